@@ -1,0 +1,20 @@
+// mmsb/mmsb.hpp — the umbrella header: include this to use mmsb.
+//
+//   #include <mmsb/mmsb.hpp>
+//   mmsb::Runtime rt;
+//   auto page = rt.create_page(4096);
+//   auto txn = rt.begin(); txn.write_value<double>(page, 0, 1.5); txn.commit();
+//
+// What each header holds:
+//   mmsb/error.hpp    mmsb::Error and ErrorCode
+//   mmsb/page_id.hpp  PageId
+//   mmsb/delta.hpp    Delta, diff, apply, compose, invert
+//   mmsb/runtime.hpp  Runtime, Transaction, ReadView, CommitSink
+//   mmsb/fwd.hpp      forward declarations, for headers that only pass these types around
+#pragma once
+
+#include "mmsb/delta.hpp"
+#include "mmsb/error.hpp"
+#include "mmsb/fwd.hpp"
+#include "mmsb/page_id.hpp"
+#include "mmsb/runtime.hpp"

@@ -1,0 +1,232 @@
+// mmsb/runtime.hpp — pages, transactions and the commit sequence.
+//
+// A Runtime owns a set of pages: byte arrays identified by PageId, each with an epoch that counts its committed
+// changes. All writes go through a Transaction, which stages them and commits them atomically: the commit takes
+// the next global LSN (log sequence number), each touched page moves to its next epoch, and the change of each
+// page is recorded as a Delta (with undo bytes) that is handed to the commit sink, if one is set, before any
+// reader can see it.
+//
+//   mmsb::Runtime rt;
+//   mmsb::PageId counter = rt.create_page(sizeof(std::int64_t));
+//   auto txn = rt.begin();
+//   txn.write_value<std::int64_t>(counter, 0, 42);
+//   std::uint64_t lsn = txn.commit();
+//
+// Visibility. A commit locks its pages exclusively in PageId order, checks every staged write, applies all of
+// them, and unlocks. Readers (read(), read_value(), ReadView) take the same locks shared, so a reader sees each
+// commit either entirely or not at all, also across several pages when it reads them through one ReadView.
+// Once commit() returns, every later read on any thread observes the commit.
+//
+// Failure. A transaction that is aborted, destroyed without commit, or whose commit throws leaves no trace: no
+// page byte, epoch or size changes. (Its LSN may be skipped: LSNs strictly increase but need not be dense.)
+//
+// Thread-safety: all Runtime members may be called concurrently from any thread. A Transaction belongs to one
+// thread at a time and is not safe for concurrent use; many transactions may run in parallel. The Runtime must
+// outlive its transactions and views.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "mmsb/delta.hpp"
+#include "mmsb/error.hpp"
+#include "mmsb/page_id.hpp"
+
+namespace mmsb {
+
+class Runtime;
+
+// Where a page's bytes live. Device placement takes effect once the GPU mirror is attached.
+enum class Location : std::uint8_t { Host = 1, Device = 2, Both = 3 };
+
+struct PageInfo {
+  PageId id;
+  std::uint64_t size = 0;
+  std::uint64_t epoch = 0;  // 0 at creation, +1 per committed change
+  Location location = Location::Host;
+};
+
+// What the runtime reports to its commit sink for each LSN. Spans point into runtime-owned memory that is valid
+// only during the call.
+struct CommitRecord {
+  struct CreatedPage {
+    PageId id;
+    std::uint64_t size;
+    Location location;
+  };
+  std::uint64_t lsn = 0;
+  std::uint64_t timestamp_ns = 0;             // wall clock, nanoseconds since the Unix epoch
+  std::span<const Delta> deltas;              // one per changed page, in PageId order
+  std::span<const CreatedPage> created;       // pages created by this record
+  std::span<const PageId> deleted;            // pages deleted by this record
+};
+
+// Receives every commit before it becomes visible (the durable log implements this). write() runs while the
+// commit holds its pages' locks; when it returns the record must be as durable as the sink promises. If it
+// throws, the commit fails with that exception and leaves no trace. Records of commits on disjoint pages may
+// arrive concurrently and out of LSN order; records touching the same page arrive in LSN order.
+class CommitSink {
+ public:
+  virtual ~CommitSink() = default;
+  virtual void write(const CommitRecord& record) = 0;
+};
+
+struct RuntimeOptions {
+  std::uint32_t rank = 0;    // owner rank stored in the high bits of every PageId created here
+  bool record_undo = true;   // keep old bytes in committed deltas (needed to invert or roll back a commit)
+};
+
+// Ids reserved in one step, so a worker can create many pages without touching the shared counter:
+//   auto block = rt.reserve_ids(1000);  for (...) rt.create_page(block.next(), 64);
+// Thread-safety: an IdBlock is a plain value; use each from one thread.
+class IdBlock {
+ public:
+  IdBlock() = default;
+  IdBlock(PageId first, std::uint64_t count) : next_(first), remaining_(count) {}
+  std::uint64_t remaining() const noexcept { return remaining_; }
+  // The next reserved id; throws Error(ResourceExhausted) when the block is used up.
+  PageId next();
+
+ private:
+  PageId next_;
+  std::uint64_t remaining_ = 0;
+};
+
+class Transaction;
+
+// A consistent snapshot of a few pages: holds their locks shared (in PageId order) until destroyed, so commits to
+// these pages wait. Keep views short-lived. Thread-safety: use from one thread; must not outlive the Runtime.
+class ReadView {
+ public:
+  ReadView(ReadView&&) noexcept;
+  ReadView& operator=(ReadView&&) noexcept;
+  ~ReadView();
+
+  // The page's bytes as of the snapshot; valid while the view lives. Throws Error(NotFound) for a page not in
+  // the view.
+  std::span<const std::byte> bytes(PageId id) const;
+  PageInfo info(PageId id) const;
+  template <class T>
+  T value(PageId id, std::uint64_t offset) const {
+    static_assert(std::is_trivially_copyable_v<T>);
+    auto b = bytes(id);
+    if (offset > b.size() || b.size() - offset < sizeof(T)) throw_out_of_range(id, offset, sizeof(T), b.size());
+    T out;
+    std::memcpy(&out, b.data() + offset, sizeof(T));
+    return out;
+  }
+
+ private:
+  friend class Runtime;
+  struct Impl;
+  explicit ReadView(std::unique_ptr<Impl> impl);
+  [[noreturn]] static void throw_out_of_range(PageId id, std::uint64_t offset, std::uint64_t length,
+                                              std::uint64_t size);
+  std::unique_ptr<Impl> impl_;
+};
+
+class Runtime {
+ public:
+  explicit Runtime(RuntimeOptions options = {});
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // Creates a zero-filled page of `size` bytes (0 allowed) with the next id; takes an LSN.
+  PageId create_page(std::uint64_t size, Location location = Location::Host);
+  // Creates a page with an id from reserve_ids(); throws Error(InvalidArgument) for an id not reserved here or
+  // already used.
+  PageId create_page(PageId reserved_id, std::uint64_t size, Location location = Location::Host);
+  IdBlock reserve_ids(std::uint64_t count);
+
+  // Deletes a page; its id is never reused. Throws Error(NotFound) when the page does not exist.
+  void delete_page(PageId id);
+  // Resizes a page as one commit (truncating, or zero-extending); returns the commit's LSN.
+  std::uint64_t resize_page(PageId id, std::uint64_t new_size);
+
+  bool contains(PageId id) const noexcept;
+  PageInfo info(PageId id) const;
+  std::uint64_t page_count() const noexcept;  // live pages
+
+  // Copies `out.size()` bytes from offset `offset` under the page's shared lock.
+  void read(PageId id, std::uint64_t offset, std::span<std::byte> out) const;
+  std::vector<std::byte> read_all(PageId id) const;
+  template <class T>
+  T read_value(PageId id, std::uint64_t offset) const {
+    static_assert(std::is_trivially_copyable_v<T>);
+    T out;
+    read(id, offset, std::as_writable_bytes(std::span<T, 1>(&out, 1)));
+    return out;
+  }
+  // Snapshot of several pages at one instant (duplicates allowed). Throws Error(NotFound) for a missing page.
+  ReadView read_view(std::span<const PageId> ids) const;
+
+  Transaction begin();
+  // The LSN of the most recent commit (0 before the first).
+  std::uint64_t last_lsn() const noexcept;
+
+  // Sets (or clears, with nullptr) the sink that receives every commit; not to be called while commits run.
+  void set_commit_sink(std::shared_ptr<CommitSink> sink);
+
+  const RuntimeOptions& options() const noexcept;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// A set of staged changes committed atomically. Reads inside a transaction see committed state, not the
+// transaction's own staged writes. Destroying an uncommitted transaction aborts it.
+class Transaction {
+ public:
+  Transaction(Transaction&&) noexcept;
+  Transaction& operator=(Transaction&&) noexcept;
+  ~Transaction();
+
+  // Stages a write of `bytes` at `offset`. Checks now (and again at commit) that the page exists and the range
+  // fits; later writes to the same bytes win. Throws Error(NotFound) or Error(InvalidArgument).
+  void write(PageId id, std::uint64_t offset, std::span<const std::byte> bytes);
+  template <class T>
+  void write_value(PageId id, std::uint64_t offset, const T& value) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    write(id, offset, std::as_bytes(std::span<const T, 1>(&value, 1)));
+  }
+  // Stages a resize (applied before this transaction's writes to the page, which may then use the new size).
+  void resize(PageId id, std::uint64_t new_size);
+  // Stages a whole delta; the commit fails with Error(Aborted) unless the page is then at delta.base_epoch with
+  // size delta.base_size. A page may receive either one delta or writes/resizes in one transaction, not both.
+  void apply(const Delta& delta);
+  // Makes the commit fail with Error(Aborted) unless the page is at `epoch` (optimistic concurrency).
+  void expect_epoch(PageId id, std::uint64_t epoch);
+
+  void set_intent(std::string_view intent);
+  void set_source(std::uint32_t source);
+
+  // Commits and returns the LSN. On any error the transaction is aborted with no trace and the error rethrown.
+  // An empty transaction commits nothing and returns 0.
+  std::uint64_t commit();
+  // Drops the staged changes. Idempotent.
+  void abort() noexcept;
+  bool active() const noexcept;
+
+  // The deltas of the last successful commit (one per page, PageId order), valid until the transaction is
+  // destroyed or reused.
+  std::span<const Delta> committed_deltas() const noexcept;
+
+  struct State;
+
+ private:
+  friend class Runtime;
+  Transaction(Runtime::Impl* runtime, State* state) : runtime_(runtime), state_(state) {}
+  Runtime::Impl* runtime_ = nullptr;
+  State* state_ = nullptr;
+};
+
+}  // namespace mmsb

@@ -1,0 +1,184 @@
+#include "mmsb/runtime.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+
+#include "runtime/page_allocator.hpp"
+#include "runtime/page_store.hpp"
+#include "runtime/runtime_impl.hpp"
+
+namespace mmsb {
+
+
+
+PageId IdBlock::next() {
+  if (remaining_ == 0) {
+    throw Error(ErrorCode::ResourceExhausted, "the id block is used up; reserve a new one with reserve_ids()");
+  }
+  PageId id = next_;
+  next_ = PageId(next_.value() + 1);
+  --remaining_;
+  return id;
+}
+
+Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>(options)) {}
+Runtime::~Runtime() = default;
+
+const RuntimeOptions& Runtime::options() const noexcept { return impl_->options; }
+
+PageId Runtime::create_page(std::uint64_t size, Location location) {
+  std::uint64_t sequence = impl_->next_sequence.fetch_add(1, std::memory_order_relaxed);
+  if (sequence > detail::PageStore::kMaxSequence) {
+    throw Error(ErrorCode::ResourceExhausted, "this runtime has used all " +
+                                                  std::to_string(detail::PageStore::kMaxSequence) + " page ids");
+  }
+  return impl_->create(sequence, size, location);
+}
+
+PageId Runtime::create_page(PageId reserved_id, std::uint64_t size, Location location) {
+  if (reserved_id.rank() != impl_->options.rank || !reserved_id.valid() ||
+      reserved_id.sequence() >= impl_->next_sequence.load(std::memory_order_relaxed)) {
+    throw Error(ErrorCode::InvalidArgument,
+                "page id " + reserved_id.to_string() + " was not reserved by this runtime; use reserve_ids()");
+  }
+  return impl_->create(reserved_id.sequence(), size, location);
+}
+
+IdBlock Runtime::reserve_ids(std::uint64_t count) {
+  std::uint64_t first = impl_->next_sequence.fetch_add(count, std::memory_order_relaxed);
+  if (first + count - 1 > detail::PageStore::kMaxSequence || first + count < first) {
+    throw Error(ErrorCode::ResourceExhausted,
+                "cannot reserve " + std::to_string(count) + " more page ids: the id space holds " +
+                    std::to_string(detail::PageStore::kMaxSequence));
+  }
+  return IdBlock(PageId::make(impl_->options.rank, first), count);
+}
+
+void Runtime::delete_page(PageId id) {
+  PageRecord* record = impl_->find_or_throw(id);
+  std::unique_lock lock(record->mutex);
+  if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+  std::uint64_t lsn = impl_->take_lsn();
+  if (impl_->sink) {
+    CommitRecord rec;
+    rec.lsn = lsn;
+    rec.timestamp_ns = detail::now_ns();
+    rec.deleted = std::span<const PageId>(&id, 1);
+    impl_->sink->write(rec);
+  }
+  record->deleted.store(true, std::memory_order_relaxed);
+  if (record->data) PageAllocator::global().deallocate(record->data, record->capacity);
+  record->data = nullptr;
+  record->capacity = 0;
+  record->size.store(0, std::memory_order_relaxed);
+  impl_->live_pages.fetch_sub(1, std::memory_order_relaxed);
+}
+
+std::uint64_t Runtime::resize_page(PageId id, std::uint64_t new_size) {
+  Transaction txn = begin();
+  txn.resize(id, new_size);
+  return txn.commit();
+}
+
+bool Runtime::contains(PageId id) const noexcept {
+  PageRecord* record = impl_->find(id);
+  if (!record) return false;
+  std::shared_lock lock(record->mutex);
+  return !record->deleted.load(std::memory_order_relaxed);
+}
+
+PageInfo Runtime::info(PageId id) const {
+  PageRecord* record = impl_->find_or_throw(id);
+  std::shared_lock lock(record->mutex);
+  if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+  return {id, record->size.load(std::memory_order_relaxed), record->epoch.load(std::memory_order_relaxed),
+          record->location};
+}
+
+std::uint64_t Runtime::page_count() const noexcept { return impl_->live_pages.load(std::memory_order_relaxed); }
+
+void Runtime::read(PageId id, std::uint64_t offset, std::span<std::byte> out) const {
+  PageRecord* record = impl_->find_or_throw(id);
+  std::shared_lock lock(record->mutex);
+  if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+  std::uint64_t size = record->size.load(std::memory_order_relaxed);
+  if (offset > size || size - offset < out.size()) {
+    throw Error(ErrorCode::InvalidArgument, "read of " + detail::range_text(offset, out.size()) + " is outside page " +
+                                                id.to_string() + " of " + std::to_string(size) + " bytes");
+  }
+  if (!out.empty()) std::memcpy(out.data(), record->data + offset, out.size());
+}
+
+std::vector<std::byte> Runtime::read_all(PageId id) const {
+  PageRecord* record = impl_->find_or_throw(id);
+  std::shared_lock lock(record->mutex);
+  if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+  std::uint64_t size = record->size.load(std::memory_order_relaxed);
+  return std::vector<std::byte>(record->data, record->data + size);
+}
+
+std::uint64_t Runtime::last_lsn() const noexcept { return impl_->last_lsn.load(std::memory_order_acquire); }
+
+void Runtime::set_commit_sink(std::shared_ptr<CommitSink> sink) { impl_->sink = std::move(sink); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// ReadView
+
+struct ReadView::Impl {
+  std::vector<PageRecord*> pages;  // sorted by id, unique, each locked shared
+  ~Impl() {
+    for (PageRecord* page : pages) page->mutex.unlock_shared();
+  }
+  PageRecord* find(PageId id) const {
+    auto it = std::lower_bound(pages.begin(), pages.end(), id,
+                               [](const PageRecord* p, PageId key) { return p->id < key; });
+    if (it == pages.end() || (*it)->id != id) {
+      throw Error(ErrorCode::NotFound, "page " + id.to_string() + " is not part of this read view");
+    }
+    return *it;
+  }
+};
+
+ReadView::ReadView(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ReadView::ReadView(ReadView&&) noexcept = default;
+ReadView& ReadView::operator=(ReadView&&) noexcept = default;
+ReadView::~ReadView() = default;
+
+std::span<const std::byte> ReadView::bytes(PageId id) const {
+  PageRecord* page = impl_->find(id);
+  return {page->data, page->size.load(std::memory_order_relaxed)};
+}
+
+PageInfo ReadView::info(PageId id) const {
+  PageRecord* page = impl_->find(id);
+  return {id, page->size.load(std::memory_order_relaxed), page->epoch.load(std::memory_order_relaxed),
+          page->location};
+}
+
+void ReadView::throw_out_of_range(PageId id, std::uint64_t offset, std::uint64_t length, std::uint64_t size) {
+  throw Error(ErrorCode::InvalidArgument, "read of " + detail::range_text(offset, length) + " is outside page " +
+                                              id.to_string() + " of " + std::to_string(size) + " bytes");
+}
+
+ReadView Runtime::read_view(std::span<const PageId> ids) const {
+  auto impl = std::make_unique<ReadView::Impl>();
+  std::vector<PageRecord*> records;
+  records.reserve(ids.size());
+  for (PageId id : ids) records.push_back(impl_->find_or_throw(id));
+  std::sort(records.begin(), records.end(), [](const PageRecord* a, const PageRecord* b) { return a->id < b->id; });
+  records.erase(std::unique(records.begin(), records.end()), records.end());
+  impl->pages.reserve(records.size());
+  // Lock in id order, as commits do, so views and commits never deadlock.
+  for (PageRecord* record : records) {
+    record->mutex.lock_shared();
+    impl->pages.push_back(record);  // from here on, Impl's destructor unlocks it
+    if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(record->id);
+  }
+  return ReadView(std::move(impl));
+}
+
+}  // namespace mmsb

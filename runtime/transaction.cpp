@@ -1,0 +1,451 @@
+// Transactions: staging, and the commit protocol described in mmsb/runtime.hpp.
+//
+// Commit = lock the touched pages exclusively in PageId order → check everything (existence, epochs, bounds) and
+// allocate any memory a resize needs → build each page's delta (with undo bytes) → take the LSN and hand the
+// record to the sink → apply (cannot fail) → unlock. Everything that can fail happens before the sink sees the
+// record and before any byte changes, which is what makes a failed commit leave no trace.
+//
+// Transaction state objects are recycled through a per-thread pool so that, once warm, a commit allocates
+// nothing: the staged writes, the deltas and their vectors keep their capacity.
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <numeric>
+#include <shared_mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mmsb/runtime.hpp"
+#include "runtime/runtime_impl.hpp"
+
+namespace mmsb {
+
+struct Transaction::State {
+  struct Write {
+    PageRecord* page;
+    std::uint64_t offset;
+    std::uint64_t length;
+    std::uint64_t data_pos;  // where its bytes start in `data`
+  };
+  struct PageOp {
+    PageRecord* page = nullptr;
+    bool resize = false;
+    std::uint64_t new_size = 0;
+    bool expect = false;
+    std::uint64_t expected_epoch = 0;
+    std::size_t delta_index = kNoDelta;
+  };
+  static constexpr std::size_t kNoDelta = ~std::size_t{0};
+
+  // One touched page during commit.
+  struct Entry {
+    PageRecord* page = nullptr;
+    std::size_t write_begin = 0, write_end = 0;  // its writes in `order`
+    const PageOp* op = nullptr;
+    std::uint64_t epoch = 0, size = 0, final_size = 0;
+    detail::Block grown;  // new memory when the page outgrows its capacity
+  };
+
+  bool active = false;
+  std::vector<Write> writes;
+  std::vector<std::byte> data;
+  std::vector<PageOp> ops;
+  std::vector<Delta> staged_deltas;
+  std::string intent;
+  std::uint32_t source = 0;
+
+  // Commit scratch, kept for its capacity.
+  std::vector<std::size_t> order;
+  std::vector<Entry> entries;
+  std::vector<Delta> committed;
+  std::size_t committed_count = 0;
+  std::vector<ByteRange> scratch_ranges;
+  std::vector<std::uint64_t> scratch_positions;
+
+  void reset() noexcept {
+    active = false;
+    writes.clear();
+    data.clear();
+    ops.clear();
+    staged_deltas.clear();
+    intent.clear();
+    source = 0;
+    for (Entry& e : entries) free_grown(e);
+    entries.clear();
+  }
+  static void free_grown(Entry& e) noexcept {
+    if (e.grown.data) PageAllocator::global().deallocate(e.grown.data, e.grown.capacity);
+    e.grown = {};
+  }
+
+  PageOp& op_for(PageRecord* page) {
+    for (PageOp& op : ops)
+      if (op.page == page) return op;
+    ops.push_back(PageOp{});
+    ops.back().page = page;
+    return ops.back();
+  }
+
+  std::uint64_t commit(Runtime::Impl& rt);
+  void collect_entries();
+  void check_and_prepare(Entry& e, const Runtime::Impl& rt);
+  void build_delta(const Entry& e, Delta& d, bool record_undo);
+};
+
+namespace {
+
+// Recycles State objects per thread; a state returns to the pool of the thread that destroys its transaction.
+struct StatePool {
+  std::vector<Transaction::State*> free;
+  ~StatePool() {
+    for (auto* s : free) delete s;
+  }
+};
+thread_local StatePool state_pool;
+
+// Unlocks the pages locked so far, in reverse order, on scope exit.
+struct PageLocks {
+  std::vector<Transaction::State::Entry>& entries;
+  std::size_t locked = 0;
+  explicit PageLocks(std::vector<Transaction::State::Entry>& e) : entries(e) {}
+  void lock_all() {
+    for (auto& e : entries) {
+      e.page->mutex.lock();
+      ++locked;
+    }
+  }
+  ~PageLocks() {
+    while (locked > 0) entries[--locked].page->mutex.unlock();
+  }
+};
+
+}  // namespace
+
+Transaction Runtime::begin() {
+  Transaction::State* state = nullptr;
+  if (!state_pool.free.empty()) {
+    state = state_pool.free.back();
+    state_pool.free.pop_back();
+  } else {
+    state = new Transaction::State;
+  }
+  state->active = true;
+  return Transaction(impl_.get(), state);
+}
+
+Transaction::Transaction(Transaction&& other) noexcept
+    : runtime_(std::exchange(other.runtime_, nullptr)), state_(std::exchange(other.state_, nullptr)) {}
+
+Transaction& Transaction::operator=(Transaction&& other) noexcept {
+  if (this != &other) {
+    this->~Transaction();
+    runtime_ = std::exchange(other.runtime_, nullptr);
+    state_ = std::exchange(other.state_, nullptr);
+  }
+  return *this;
+}
+
+Transaction::~Transaction() {
+  if (!state_) return;
+  state_->reset();
+  state_->committed_count = 0;
+  try {
+    state_pool.free.push_back(state_);
+  } catch (...) {
+    delete state_;
+  }
+  state_ = nullptr;
+}
+
+bool Transaction::active() const noexcept { return state_ && state_->active; }
+
+namespace {
+[[noreturn]] void throw_inactive() {
+  throw Error(ErrorCode::InvalidArgument,
+              "the transaction is not active (already committed, aborted or moved from); call Runtime::begin()");
+}
+}  // namespace
+
+void Transaction::write(PageId id, std::uint64_t offset, std::span<const std::byte> bytes) {
+  if (!active()) throw_inactive();
+  PageRecord* page = runtime_->find_live_or_throw(id);
+  // An early check against the current size (a hint; commit re-checks under the lock, after any resize).
+  std::uint64_t size = page->size.load(std::memory_order_relaxed);
+  bool resized = false;
+  for (const auto& op : state_->ops) {
+    if (op.page == page && op.resize) {
+      size = op.new_size;
+      resized = true;
+    }
+  }
+  if (offset > size || size - offset < bytes.size()) {
+    throw Error(ErrorCode::InvalidArgument,
+                "write of " + detail::range_text(offset, bytes.size()) + " is outside page " + id.to_string() +
+                    " of " + std::to_string(size) + " bytes" +
+                    (resized ? " (after this transaction's resize)" : "; resize the page first"));
+  }
+  if (bytes.empty()) return;
+  State& st = *state_;
+  st.writes.push_back({page, offset, bytes.size(), st.data.size()});
+  st.data.insert(st.data.end(), bytes.begin(), bytes.end());
+}
+
+void Transaction::resize(PageId id, std::uint64_t new_size) {
+  if (!active()) throw_inactive();
+  PageRecord* page = runtime_->find_live_or_throw(id);
+  State::PageOp& op = state_->op_for(page);
+  op.resize = true;
+  op.new_size = new_size;
+}
+
+void Transaction::apply(const Delta& delta) {
+  if (!active()) throw_inactive();
+  delta.validate();
+  PageRecord* page = runtime_->find_live_or_throw(delta.page);
+  State::PageOp& op = state_->op_for(page);
+  if (op.delta_index != State::kNoDelta) {
+    throw Error(ErrorCode::InvalidArgument, "page " + delta.page.to_string() +
+                                                " already has a delta in this transaction; compose() them first");
+  }
+  state_->staged_deltas.push_back(delta);
+  op.delta_index = state_->staged_deltas.size() - 1;
+}
+
+void Transaction::expect_epoch(PageId id, std::uint64_t epoch) {
+  if (!active()) throw_inactive();
+  PageRecord* page = runtime_->find_live_or_throw(id);
+  State::PageOp& op = state_->op_for(page);
+  op.expect = true;
+  op.expected_epoch = epoch;
+}
+
+void Transaction::set_intent(std::string_view intent) {
+  if (!active()) throw_inactive();
+  state_->intent.assign(intent);
+}
+
+void Transaction::set_source(std::uint32_t source) {
+  if (!active()) throw_inactive();
+  state_->source = source;
+}
+
+void Transaction::abort() noexcept {
+  if (state_) {
+    state_->reset();
+  }
+}
+
+std::span<const Delta> Transaction::committed_deltas() const noexcept {
+  if (!state_) return {};
+  return {state_->committed.data(), state_->committed_count};
+}
+
+std::uint64_t Transaction::commit() {
+  if (!active()) throw_inactive();
+  State& st = *state_;
+  st.committed_count = 0;
+  if (st.writes.empty() && st.ops.empty()) {
+    st.reset();
+    return 0;
+  }
+  try {
+    std::uint64_t lsn = st.commit(*runtime_);
+    st.reset();
+    return lsn;
+  } catch (...) {
+    st.committed_count = 0;
+    st.reset();
+    throw;
+  }
+}
+
+// Groups writes and ops by page into `entries`, sorted by PageId; `order` lists write indices page by page, in
+// program order within a page.
+void Transaction::State::collect_entries() {
+  entries.clear();
+  order.resize(writes.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  if (ops.empty() && writes.size() == 1) {
+    entries.push_back(Entry{writes[0].page, 0, 1, nullptr, 0, 0, 0, {}});
+    return;
+  }
+  std::sort(order.begin(), order.end(), [this](std::size_t a, std::size_t b) {
+    PageId pa = writes[a].page->id, pb = writes[b].page->id;
+    return pa != pb ? pa < pb : a < b;
+  });
+  std::sort(ops.begin(), ops.end(), [](const PageOp& a, const PageOp& b) { return a.page->id < b.page->id; });
+  std::size_t w = 0, o = 0;
+  while (w < order.size() || o < ops.size()) {
+    PageRecord* page = nullptr;
+    if (o == ops.size() || (w < order.size() && writes[order[w]].page->id < ops[o].page->id)) {
+      page = writes[order[w]].page;
+    } else {
+      page = ops[o].page;
+    }
+    Entry e;
+    e.page = page;
+    e.write_begin = w;
+    while (w < order.size() && writes[order[w]].page == page) ++w;
+    e.write_end = w;
+    if (o < ops.size() && ops[o].page == page) e.op = &ops[o++];
+    if (e.op && e.op->delta_index != kNoDelta && (e.write_end > e.write_begin || e.op->resize)) {
+      throw Error(ErrorCode::InvalidArgument, "page " + page->id.to_string() +
+                                                  " has both a delta and writes or a resize in one transaction; "
+                                                  "stage one or the other");
+    }
+    entries.push_back(e);
+  }
+}
+
+// Runs under the page's exclusive lock; throws without side effects (grown memory is freed by reset()).
+void Transaction::State::check_and_prepare(Entry& e, const Runtime::Impl& rt) {
+  (void)rt;
+  PageRecord& page = *e.page;
+  if (page.deleted.load(std::memory_order_relaxed)) detail::throw_not_found(page.id);
+  e.epoch = page.epoch.load(std::memory_order_relaxed);
+  e.size = page.size.load(std::memory_order_relaxed);
+  e.final_size = e.size;
+  if (e.op) {
+    if (e.op->expect && e.op->expected_epoch != e.epoch) {
+      throw Error(ErrorCode::Aborted, "page " + page.id.to_string() + " is at epoch " + std::to_string(e.epoch) +
+                                          " but the transaction expected epoch " +
+                                          std::to_string(e.op->expected_epoch) + "; re-read the page and retry");
+    }
+    if (e.op->delta_index != kNoDelta) {
+      const Delta& d = staged_deltas[e.op->delta_index];
+      if (d.base_epoch != e.epoch || d.base_size != e.size) {
+        throw Error(ErrorCode::Aborted,
+                    "delta for page " + page.id.to_string() + " was made against epoch " +
+                        std::to_string(d.base_epoch) + " (size " + std::to_string(d.base_size) +
+                        ") but the page is at epoch " + std::to_string(e.epoch) + " (size " +
+                        std::to_string(e.size) + "); rebase the delta on the current page");
+      }
+      e.final_size = d.size;
+    }
+    if (e.op->resize) e.final_size = e.op->new_size;
+  }
+  for (std::size_t i = e.write_begin; i < e.write_end; ++i) {
+    const Write& w = writes[order[i]];
+    if (w.offset > e.final_size || e.final_size - w.offset < w.length) {
+      throw Error(ErrorCode::InvalidArgument, "write of " + detail::range_text(w.offset, w.length) +
+                                                  " is outside page " + page.id.to_string() + " of " +
+                                                  std::to_string(e.final_size) + " bytes");
+    }
+  }
+  if (e.final_size > page.capacity) {
+    e.grown = PageAllocator::global().allocate(e.final_size, detail::Zeroing::Zeroed);
+  }
+}
+
+// Fills `d` with the change of one page. Ranges come out canonical: sorted, merged where they touch.
+void Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo) {
+  const PageRecord& page = *e.page;
+  d.clear();
+  d.page = page.id;
+  d.base_epoch = e.epoch;
+  d.epoch_count = 1;
+  d.base_size = e.size;
+  d.size = e.final_size;
+  d.source = source;
+  d.intent = intent;
+  if (e.op && e.op->delta_index != kNoDelta) {
+    const Delta& staged = staged_deltas[e.op->delta_index];
+    d.ranges = staged.ranges;
+    d.payload = staged.payload;
+    if (!staged.intent.empty() && intent.empty()) d.intent = staged.intent;
+  } else if (e.write_end - e.write_begin == 1) {
+    const Write& w = writes[order[e.write_begin]];
+    d.ranges.push_back({w.offset, w.length});
+    d.payload.assign(data.begin() + static_cast<std::ptrdiff_t>(w.data_pos),
+                     data.begin() + static_cast<std::ptrdiff_t>(w.data_pos + w.length));
+  } else if (e.write_end > e.write_begin) {
+    // Union of the written intervals, then each write copied in program order so later writes win.
+    scratch_ranges.clear();
+    for (std::size_t i = e.write_begin; i < e.write_end; ++i) {
+      const Write& w = writes[order[i]];
+      scratch_ranges.push_back({w.offset, w.length});
+    }
+    std::sort(scratch_ranges.begin(), scratch_ranges.end(),
+              [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
+    for (const ByteRange& r : scratch_ranges) {
+      if (!d.ranges.empty() && r.offset <= d.ranges.back().end()) {
+        d.ranges.back().length = std::max(d.ranges.back().end(), r.end()) - d.ranges.back().offset;
+      } else {
+        d.ranges.push_back(r);
+      }
+    }
+    scratch_positions.clear();
+    std::uint64_t total = 0;
+    for (const ByteRange& r : d.ranges) {
+      scratch_positions.push_back(total);
+      total += r.length;
+    }
+    d.payload.resize(total);
+    for (std::size_t i = e.write_begin; i < e.write_end; ++i) {
+      const Write& w = writes[order[i]];
+      auto it = std::upper_bound(d.ranges.begin(), d.ranges.end(), w.offset,
+                                 [](std::uint64_t off, const ByteRange& r) { return off < r.offset; });
+      std::size_t k = static_cast<std::size_t>(it - d.ranges.begin()) - 1;
+      std::memcpy(d.payload.data() + scratch_positions[k] + (w.offset - d.ranges[k].offset),
+                  data.data() + w.data_pos, w.length);
+    }
+  }
+  if (!record_undo) return;
+  d.has_undo = true;
+  d.undo.resize(d.payload.size());
+  std::uint64_t pos = 0;
+  for (const ByteRange& r : d.ranges) {
+    std::uint64_t old_part = r.offset < e.size ? std::min(r.length, e.size - r.offset) : 0;
+    if (old_part > 0) std::memcpy(d.undo.data() + pos, page.data + r.offset, old_part);
+    if (old_part < r.length) std::memset(d.undo.data() + pos + old_part, 0, r.length - old_part);
+    pos += r.length;
+  }
+  if (e.final_size < e.size) d.undo_tail.assign(page.data + e.final_size, page.data + e.size);
+}
+
+std::uint64_t Transaction::State::commit(Runtime::Impl& rt) {
+  collect_entries();
+  PageLocks locks(entries);
+  locks.lock_all();
+  for (Entry& e : entries) check_and_prepare(e, rt);
+
+  if (committed.size() < entries.size()) committed.resize(entries.size());
+  for (std::size_t i = 0; i < entries.size(); ++i) build_delta(entries[i], committed[i], rt.options.record_undo);
+
+  std::uint64_t lsn = rt.take_lsn();
+  if (rt.sink) {
+    CommitRecord record;
+    record.lsn = lsn;
+    record.timestamp_ns = detail::now_ns();
+    record.deltas = std::span<const Delta>(committed.data(), entries.size());
+    rt.sink->write(record);
+  }
+
+  // Apply: nothing below can fail.
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    Entry& e = entries[i];
+    PageRecord& page = *e.page;
+    if (e.grown.data) {
+      if (e.size > 0) std::memcpy(e.grown.data, page.data, e.size);
+      if (page.data) PageAllocator::global().deallocate(page.data, page.capacity);
+      page.data = e.grown.data;
+      page.capacity = e.grown.capacity;
+      e.grown = {};
+    } else if (e.final_size > e.size) {
+      std::memset(page.data + e.size, 0, e.final_size - e.size);  // bytes past a shrink may be stale
+    }
+    const Delta& d = committed[i];
+    const std::byte* src = d.payload.data();
+    for (const ByteRange& r : d.ranges) {
+      std::memcpy(page.data + r.offset, src, r.length);
+      src += r.length;
+    }
+    page.size.store(e.final_size, std::memory_order_relaxed);
+    page.epoch.store(e.epoch + 1, std::memory_order_release);
+  }
+  committed_count = entries.size();
+  return lsn;
+}
+
+}  // namespace mmsb

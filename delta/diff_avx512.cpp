@@ -10,19 +10,25 @@ namespace mmsb::detail {
 void diff_runs_avx512(const std::byte* old_bytes, const std::byte* new_bytes, std::size_t n, std::uint64_t base,
                       ScanState& state) {
   std::size_t i = 0;
-  // Two blocks per iteration: an unchanged pair costs four loads, two compares and one test of the masks.
-  for (; i + 128 <= n; i += 128) {
+  // Four blocks per iteration: an unchanged group costs eight loads, four compares and one test of the OR-ed
+  // masks, so the one data-dependent branch is taken once per 256 bytes.
+  for (; i + 256 <= n; i += 256) {
     const __mmask64 m0 = _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(old_bytes + i), _mm512_loadu_si512(new_bytes + i));
     const __mmask64 m1 =
         _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(old_bytes + i + 64), _mm512_loadu_si512(new_bytes + i + 64));
-    if ((m0 | m1) == 0) continue;
+    const __mmask64 m2 =
+        _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(old_bytes + i + 128), _mm512_loadu_si512(new_bytes + i + 128));
+    const __mmask64 m3 =
+        _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(old_bytes + i + 192), _mm512_loadu_si512(new_bytes + i + 192));
+    if ((m0 | m1 | m2 | m3) == 0) continue;
     if (m0 != 0) scan_mask(state, m0, base + i);
     if (m1 != 0) scan_mask(state, m1, base + i + 64);
+    if (m2 != 0) scan_mask(state, m2, base + i + 128);
+    if (m3 != 0) scan_mask(state, m3, base + i + 192);
   }
-  if (i + 64 <= n) {
+  for (; i + 64 <= n; i += 64) {
     const __mmask64 m = _mm512_cmpneq_epi8_mask(_mm512_loadu_si512(old_bytes + i), _mm512_loadu_si512(new_bytes + i));
     if (m != 0) scan_mask(state, m, base + i);
-    i += 64;
   }
   if (i < n) {
     // Masked loads read only the n - i valid bytes (no fault past the end) and zero the rest, which compare equal.

@@ -57,8 +57,10 @@ struct SizeClasses {
 };
 
 const SizeClasses& size_classes() {
-  static const SizeClasses classes;
-  return classes;
+  // Never destroyed: thread caches flush through it when their threads exit, which can be after static
+  // destructors ran (e.g. TBB worker threads at process exit).
+  static const SizeClasses* classes = new SizeClasses;
+  return *classes;
 }
 
 constexpr std::size_t kMaxClasses = 64;

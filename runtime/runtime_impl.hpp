@@ -8,6 +8,7 @@
 #include <string>
 
 #include "mmsb/runtime.hpp"
+#include "runtime/commit_listener.hpp"
 #include "runtime/page_allocator.hpp"
 #include "runtime/page_store.hpp"
 
@@ -17,6 +18,11 @@ using detail::PageAllocator;
 using detail::PageRecord;
 
 namespace detail {
+
+// Gives mmsb's own modules (graph/, serialize/) the runtime's internals.
+struct RuntimeAccess {
+  static Runtime::Impl& of(Runtime& runtime) noexcept { return *runtime.impl_; }
+};
 
 inline std::uint64_t now_ns() {
   return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -53,6 +59,7 @@ struct Runtime::Impl {
   std::atomic<std::uint64_t> last_lsn{0};
   std::atomic<std::uint64_t> live_pages{0};
   std::shared_ptr<CommitSink> sink;
+  std::atomic<detail::CommitListener*> listener{nullptr};  // the propagation engine, if attached
 
   // The record of a page of this runtime, or nullptr. The record may be flagged deleted: re-check under its lock.
   PageRecord* find(PageId id) const noexcept {

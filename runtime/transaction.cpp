@@ -87,7 +87,7 @@ struct Transaction::State {
     return ops.back();
   }
 
-  std::uint64_t commit(Runtime::Impl& rt);
+  std::uint64_t commit(Runtime::Impl& rt, detail::CommitListener* listener);
   void collect_entries();
   void check_and_prepare(Entry& e, const Runtime::Impl& rt);
   void build_delta(const Entry& e, Delta& d, bool record_undo);
@@ -249,15 +249,26 @@ std::uint64_t Transaction::commit() {
     st.reset();
     return 0;
   }
+  detail::CommitListener* listener = runtime_->listener.load(std::memory_order_acquire);
+  std::uint64_t lsn = 0;
   try {
-    std::uint64_t lsn = st.commit(*runtime_);
-    st.reset();
-    return lsn;
+    if (listener) listener->reserve();
   } catch (...) {
+    st.reset();
+    throw;
+  }
+  try {
+    lsn = st.commit(*runtime_, listener);
+    st.reset();
+  } catch (...) {
+    if (listener) listener->release();
     st.committed_count = 0;
     st.reset();
     throw;
   }
+  // The commit is visible; what follows is propagation, whose errors reach the caller but do not undo it.
+  if (listener) listener->after_commit();
+  return lsn;
 }
 
 // Groups writes and ops by page into `entries`, sorted by PageId; `order` lists write indices page by page, in
@@ -404,7 +415,7 @@ void Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo)
   if (e.final_size < e.size) d.undo_tail.assign(page.data + e.final_size, page.data + e.size);
 }
 
-std::uint64_t Transaction::State::commit(Runtime::Impl& rt) {
+std::uint64_t Transaction::State::commit(Runtime::Impl& rt, detail::CommitListener* listener) {
   collect_entries();
   PageLocks locks(entries);
   locks.lock_all();
@@ -445,6 +456,8 @@ std::uint64_t Transaction::State::commit(Runtime::Impl& rt) {
     page.epoch.store(e.epoch + 1, std::memory_order_release);
   }
   committed_count = entries.size();
+  // Still under the page locks: commits of the same page reach the listener in LSN order.
+  if (listener) listener->published(lsn, std::span<const Delta>(committed.data(), committed_count));
   return lsn;
 }
 

@@ -41,6 +41,9 @@
 namespace mmsb {
 
 class Runtime;
+namespace detail {
+struct RuntimeAccess;
+}
 
 // Where a page's bytes live. Device placement takes effect once the GPU mirror is attached.
 enum class Location : std::uint8_t { Host = 1, Device = 2, Both = 3 };
@@ -179,6 +182,7 @@ class Runtime {
   struct Impl;
 
  private:
+  friend struct detail::RuntimeAccess;
   std::unique_ptr<Impl> impl_;
 };
 

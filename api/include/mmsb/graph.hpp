@@ -1,0 +1,259 @@
+// mmsb/graph.hpp — derived pages and their propagation in waves.
+//
+// A Propagator attaches to a Runtime and keeps derived pages up to date. Each derived page is the output of one
+// node, which reads input pages (sources or other derived pages) and writes its output:
+//
+//   mmsb::Runtime rt;
+//   mmsb::Propagator prop(rt);
+//   auto a = rt.create_page(8), doubled = rt.create_page(8);
+//   prop.derive_map(doubled, {a}, [](mmsb::MapContext& c) {
+//     c.output_as<std::int64_t>() = 2 * c.input_as<std::int64_t>(0);
+//   });
+//   auto txn = rt.begin(); txn.write_value<std::int64_t>(a, 0, 21); txn.commit();  // doubled now holds 42
+//
+// Waves. A commit marks the pages it changed; the next wave runs every node downstream of them, in a topological
+// order of the dependency graph, each node after all of its inputs. A node whose inputs did not change in the wave
+// is skipped. Independent nodes run in parallel on a TBB flow graph (with `threads` workers), whose plan is built
+// once per graph version and reused; linear chains are fused into one task, and waves that touch only a few nodes
+// run inline on the calling thread, where scheduling would cost more than the work.
+//
+// Node kinds.
+//  - map: recomputes its whole output from its inputs; the new output is diffed against the old one and an empty
+//    diff stops propagation there (cutoff). A node declared `always_changes` skips the diff and emits a dense delta.
+//  - passthrough: forwards its single input's delta to the output, optionally shifted/clipped (remap); no compute.
+//  - incremental: receives its inputs' deltas and returns the output delta itself.
+// Functions can be registered by name (FunctionRegistry) so a restarted program re-binds them to the same nodes.
+//
+// Modes. IMMEDIATE runs the wave inside commit(), on the committing thread, before commit() returns. DEFERRED
+// queues each commit; propagate() (or the background worker) runs one wave per queued commit, in commit order.
+// BATCH queues too, but propagate() coalesces everything queued into one wave, composing the deltas of a page
+// that was committed several times. Queues are bounded (`queue_capacity`); when full, a commit either blocks until
+// the queue drains or fails with ResourceExhausted (before it becomes visible), as `full_policy` says.
+//
+// Visibility. A node's output is published only when the node finishes (under the output page's lock, with its
+// epoch advanced), so a reader never sees half of a node's write. Derived-page updates take no LSN of their own;
+// they are consequences of the commit that triggered the wave. When propagate() or an IMMEDIATE commit returns,
+// every derived page reflects every commit processed by that wave.
+//
+// Failure. If a node throws, the wave is cancelled (nodes not yet started do not run), nothing of the failing
+// node's output is published, the failing node and everything downstream of it that did not complete is marked
+// stale, and the wave rethrows a NodeError naming the failing page (with the original exception nested). The next
+// wave recomputes stale nodes even if their inputs did not change again. No lock is held while node code runs
+// except shared locks on the node's own inputs, so a throwing node cannot deadlock the runtime.
+//
+// Determinism. Node functions must depend only on their inputs. The state after a wave is then independent of
+// the thread count and of timing (tests compare page hashes across 1, 2 and 8 threads).
+//
+// Limits. Derived pages keep their size (a map writes into a buffer of the output's current size). A page is the
+// output of at most one node. Cycles are refused when the edge that would close one is added; the error names
+// the cycle's pages. Graph changes (derive_*, add/remove dependencies) are allowed at any time; they take effect
+// from the next wave.
+//
+// Thread-safety: every Propagator member may be called from any thread. Waves are serialized: one runs at a
+// time. Node functions run on TBB worker threads or the calling thread and may run concurrently with each other
+// (never two at once for the same node). Node functions must not commit or call the Propagator.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "mmsb/delta.hpp"
+#include "mmsb/error.hpp"
+#include "mmsb/page_id.hpp"
+
+namespace mmsb {
+
+class Runtime;
+
+enum class PropagationMode : std::uint8_t { Immediate, Deferred, Batch };
+enum class QueueFullPolicy : std::uint8_t { Block, Fail };
+enum class EdgeKind : std::uint8_t { Data = 0, Control = 1, GpuSync = 2 };
+
+struct PropagatorOptions {
+  PropagationMode mode = PropagationMode::Immediate;
+  // Worker threads for parallel waves (the TBB task_arena's concurrency); 0 = one per hardware thread.
+  unsigned threads = 0;
+  // Waves that reach at most this many nodes run inline on the calling thread.
+  std::size_t inline_node_limit = 32;
+  // Commits a DEFERRED/BATCH queue holds before `full_policy` applies.
+  std::size_t queue_capacity = 1 << 16;
+  QueueFullPolicy full_policy = QueueFullPolicy::Block;
+  // Run propagate() on a background thread whenever commits are queued (DEFERRED/BATCH).
+  bool background_worker = false;
+};
+
+// What a map function sees: read-only input bytes (in declaration order) and the output buffer, which holds the
+// output page's current bytes when the function starts. Valid only during the call.
+class MapContext {
+ public:
+  std::size_t input_count() const noexcept { return inputs_.size(); }
+  std::span<const std::byte> input(std::size_t i) const {
+    if (i >= inputs_.size()) throw_no_input(i, inputs_.size());
+    return inputs_[i];
+  }
+  std::span<std::byte> output() const noexcept { return output_; }
+  PageId output_page() const noexcept { return output_page_; }
+
+  template <class T>
+  T input_as(std::size_t i, std::size_t offset = 0) const {
+    static_assert(std::is_trivially_copyable_v<T>);
+    auto bytes = input(i);
+    check_fits(bytes.size(), offset, sizeof(T));
+    T value;
+    std::memcpy(&value, bytes.data() + offset, sizeof(T));
+    return value;
+  }
+  // A typed reference into the output buffer; the buffer is 64-byte aligned, `offset` must keep T aligned.
+  template <class T>
+  T& output_as(std::size_t offset = 0) const {
+    static_assert(std::is_trivially_copyable_v<T>);
+    check_fits(output_.size(), offset, sizeof(T));
+    return *reinterpret_cast<T*>(output_.data() + offset);
+  }
+
+  MapContext(std::span<const std::span<const std::byte>> inputs, std::span<std::byte> output, PageId output_page)
+      : inputs_(inputs), output_(output), output_page_(output_page) {}
+
+ private:
+  static void check_fits(std::size_t size, std::size_t offset, std::size_t length);
+  [[noreturn]] static void throw_no_input(std::size_t index, std::size_t count);
+  std::span<const std::span<const std::byte>> inputs_;
+  std::span<std::byte> output_;
+  PageId output_page_;
+};
+
+// What an incremental function sees: for each input, its bytes after this wave and its delta in this wave
+// (nullptr when that input did not change), plus the output's current bytes. It fills `out` with the output's
+// change: ranges and payload (sizes, epochs and undo are filled in by the propagator). Leaving `out` without
+// ranges means "no change" (cutoff).
+struct IncrementalContext {
+  std::span<const std::span<const std::byte>> inputs;
+  std::span<const Delta* const> input_deltas;
+  std::span<const std::byte> output;
+  PageId output_page;
+};
+
+using MapFunction = std::function<void(MapContext&)>;
+using IncrementalFunction = std::function<void(const IncrementalContext&, Delta& out)>;
+
+// Maps an input byte range of a passthrough node to the output: bytes [input_offset, input_offset + length) of
+// the input land at output_offset; input bytes outside that window are not forwarded. The default forwards all.
+struct ByteRemap {
+  std::uint64_t input_offset = 0;
+  std::uint64_t length = ~std::uint64_t{0};
+  std::uint64_t output_offset = 0;
+};
+
+struct NodeOptions {
+  bool always_changes = false;  // map only: skip the cutoff diff; the output is treated as fully changed
+  std::string name;             // shown in dot export and errors; defaults to the function name, if registered
+};
+
+// Node functions by name, so a restarted program binds the same names to the same nodes.
+// Thread-safety: all members may be called concurrently.
+class FunctionRegistry {
+ public:
+  static FunctionRegistry& global();
+  // Throws Error(InvalidArgument) when the name is already registered.
+  void register_map(const std::string& name, MapFunction fn);
+  void register_incremental(const std::string& name, IncrementalFunction fn);
+  // Throws Error(NotFound) naming the function when it is not registered.
+  MapFunction map(const std::string& name) const;
+  IncrementalFunction incremental(const std::string& name) const;
+  bool contains(const std::string& name) const;
+
+  FunctionRegistry();
+  ~FunctionRegistry();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The exception a wave rethrows when a node fails. nested() is the node's original exception.
+class NodeError : public Error {
+ public:
+  NodeError(PageId page, const std::string& what, std::exception_ptr nested)
+      : Error(ErrorCode::Aborted, "node computing page " + page.to_string() + " failed: " + what +
+                                      "; the wave was cancelled and its downstream pages are stale until the next "
+                                      "wave"),
+        page_(page),
+        nested_(std::move(nested)) {}
+  PageId page() const noexcept { return page_; }
+  std::exception_ptr nested() const noexcept { return nested_; }
+
+ private:
+  PageId page_;
+  std::exception_ptr nested_;
+};
+
+struct PropagationStats {
+  std::uint64_t waves = 0;
+  std::uint64_t nodes_recomputed = 0;
+  std::uint64_t nodes_skipped = 0;     // reached by a wave, but no input changed
+  std::uint64_t nodes_cut_off = 0;     // recomputed, output unchanged: propagation stopped there
+  std::uint64_t nodes_failed = 0;
+  std::uint64_t inline_waves = 0;      // waves run on the calling thread
+  std::uint64_t plan_builds = 0;       // execution plans built (once per graph version that ran a parallel wave)
+  std::uint64_t commits_queued = 0;    // DEFERRED/BATCH
+  std::uint64_t deltas_composed = 0;   // BATCH: deltas folded into an earlier delta of the same page
+};
+
+class Propagator {
+ public:
+  // Attaches to `runtime`, which must outlive the Propagator. At most one Propagator per Runtime.
+  explicit Propagator(Runtime& runtime, PropagatorOptions options = {});
+  ~Propagator();
+  Propagator(const Propagator&) = delete;
+  Propagator& operator=(const Propagator&) = delete;
+
+  // Makes `output` a derived page. Each input gets a DATA edge to it. Throws Error(InvalidArgument) if `output`
+  // already has a node, if it is among its inputs, or if an edge would close a cycle (the message names the
+  // cycle); Error(NotFound) for pages that do not exist. The node runs in the next wave that touches an input;
+  // call recompute(output) to compute it now.
+  void derive_map(PageId output, std::vector<PageId> inputs, MapFunction fn, NodeOptions options = {});
+  void derive_map(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
+                  NodeOptions options = {});
+  void derive_passthrough(PageId output, PageId input, ByteRemap remap = {}, NodeOptions options = {});
+  void derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn,
+                          NodeOptions options = {});
+  void derive_incremental(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
+                          NodeOptions options = {});
+  // Removes the node computing `output` (the page stays, with its last bytes) and its incoming DATA edges.
+  void remove_node(PageId output);
+
+  // Ordering-only edges: CONTROL (run `to` after `from` when both are in a wave) and GPU_SYNC (device ordering).
+  // They never carry data; they are checked for cycles like data edges.
+  void add_dependency(PageId from, PageId to, EdgeKind kind);
+  bool remove_dependency(PageId from, PageId to, EdgeKind kind);
+
+  // Runs the queued commits (DEFERRED: one wave each, in order; BATCH: one coalesced wave) and returns when they
+  // are done. In IMMEDIATE mode it only recomputes stale pages. Rethrows a NodeError of a failed wave.
+  void propagate();
+  // Marks a derived page stale and runs a wave that recomputes it (and what depends on it).
+  void recompute(PageId output);
+  // Blocks until `page` has reached `epoch` (or later). Throws Error(NotFound) when the page is deleted.
+  void wait_for(PageId page, std::uint64_t epoch);
+
+  bool is_stale(PageId page) const;
+  std::size_t node_count() const;
+  PropagationStats stats() const;
+  // Graphviz dot of the dependency graph: node kinds, edge kinds, stale pages highlighted.
+  std::string to_dot() const;
+
+  const PropagatorOptions& options() const noexcept;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mmsb

@@ -1,0 +1,55 @@
+// Raw oneTBB baselines for the propagation metrics: the same workload as bench/propagation_bench.cpp written
+// directly against tbb::flow::graph, with plain arrays instead of pages. Each workload checks its own result.
+#include <benchmark/benchmark.h>
+#include <oneapi/tbb/flow_graph.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "bench/harness.hpp"
+
+namespace mmsb::bench {
+namespace {
+
+namespace flow = oneapi::tbb::flow;
+
+constexpr std::size_t kChain = 1000;
+
+Register tbb_hop("tbb_hop_ns",
+                 "baseline: raw tbb::flow chain of 1000 continue_nodes each copying 8 bytes from the previous "
+                 "node's slot; time per wave / 1000",
+                 [] {
+                   flow::graph g;
+                   // slots[0] is the source; node i copies slots[i] into slots[i + 1].
+                   std::vector<std::uint64_t> slots(kChain + 1, 0);
+                   std::vector<std::unique_ptr<flow::continue_node<flow::continue_msg>>> nodes;
+                   nodes.reserve(kChain);
+                   for (std::size_t i = 0; i < kChain; ++i) {
+                     nodes.push_back(std::make_unique<flow::continue_node<flow::continue_msg>>(
+                         g, [&slots, i](const flow::continue_msg&) {
+                           std::memcpy(&slots[i + 1], &slots[i], sizeof(std::uint64_t));
+                           return flow::continue_msg{};
+                         }));
+                     if (i > 0) flow::make_edge(*nodes[i - 1], *nodes[i]);
+                   }
+                   std::uint64_t value = 0;
+                   auto wave = [&] {
+                     slots[0] = ++value;
+                     nodes.front()->try_put(flow::continue_msg{});
+                     g.wait_for_all();
+                   };
+                   wave();
+                   if (slots[kChain] != value) throw std::runtime_error("tbb_hop_ns: the chain's end was not updated");
+                   const double ns = ns_per_op([&] {
+                     wave();
+                     benchmark::DoNotOptimize(slots.data());
+                   });
+                   if (slots[kChain] != value) throw std::runtime_error("tbb_hop_ns: the chain's end is stale");
+                   return ns / static_cast<double>(kChain);
+                 });
+
+}  // namespace
+}  // namespace mmsb::bench

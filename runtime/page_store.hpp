@@ -12,10 +12,10 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <shared_mutex>
 
 #include "mmsb/page_id.hpp"
 #include "mmsb/runtime.hpp"
+#include "runtime/page_lock.hpp"
 
 namespace mmsb::detail {
 
@@ -24,7 +24,7 @@ struct PageRecord {
 
   const PageId id;
   const Location location;
-  mutable std::shared_mutex mutex;
+  mutable PageLock mutex;
   std::byte* data = nullptr;            // guarded by mutex
   std::uint64_t capacity = 0;           // guarded by mutex: allocator capacity of `data`
   std::atomic<std::uint64_t> size{0};   // written under the exclusive lock

@@ -95,6 +95,38 @@ void diff_with(detail::DiffKernel kernel, std::span<const std::byte> old_bytes, 
   out.size = new_size;
   out.has_undo = options.record_undo;
 
+  // Pages no longer than the merge gap (small derived values, counters): every two changed runs are closer than
+  // the gap, so the canonical result is one range from the first to the last differing byte. Found directly, it
+  // skips the kernel dispatch and the run bookkeeping, which cost more than the compare at this size.
+  if (old_size == new_size && new_size <= options.merge_gap && new_size <= 64) {
+    std::uint64_t first = 0, last = new_size;
+    while (first < new_size && old_bytes[first] == new_bytes[first]) ++first;
+    if (first != new_size) {
+      while (old_bytes[last - 1] == new_bytes[last - 1]) --last;
+    }
+    out.ranges.clear();
+    out.undo_tail.clear();
+    if (first == new_size) {
+      out.payload.clear();
+      out.undo.clear();
+      return;
+    }
+    if (static_cast<double>(last - first) > options.dense_fraction * static_cast<double>(new_size)) {
+      first = 0;
+      last = new_size;
+    }
+    out.ranges.push_back(ByteRange{first, last - first});
+    out.payload.assign(new_bytes.begin() + static_cast<std::ptrdiff_t>(first),
+                       new_bytes.begin() + static_cast<std::ptrdiff_t>(last));
+    if (options.record_undo) {
+      out.undo.assign(old_bytes.begin() + static_cast<std::ptrdiff_t>(first),
+                      old_bytes.begin() + static_cast<std::ptrdiff_t>(last));
+    } else {
+      out.undo.clear();
+    }
+    return;
+  }
+
   // Use the ranges vector's existing elements (and some of its capacity) as scratch space for the kernel.
   std::vector<ByteRange>& ranges = out.ranges;
   if (ranges.size() < 16) ranges.resize(std::min<std::size_t>(16, ranges.capacity()));

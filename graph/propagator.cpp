@@ -170,6 +170,7 @@ struct Node {
 
   // Plan (rebuilt per graph version).
   std::uint64_t topo = 0;
+  std::size_t chain = 0;  // the fused linear chain this node belongs to
 
   // Wave state.
   std::atomic<std::uint64_t> reached_wave{0};
@@ -181,29 +182,49 @@ struct Node {
   std::vector<const Delta*> input_deltas;
 };
 
+// Per-task counts, added to the shared counters once per task rather than once per node (those atomics would
+// otherwise bounce between cores on every node of a parallel wave).
+struct Tally {
+  std::uint64_t recomputed = 0, skipped = 0, cut_off = 0, failed = 0;
+};
+
 struct PendingCommit {
   std::uint64_t lsn = 0;
   std::vector<Delta> deltas;
 };
 
-// Shared locks on a node's pages, taken in PageId order (as commits take theirs) and dropped on scope exit.
-class SharedPageLocks {
+// A node's page locks: its inputs shared and its output exclusive, taken in PageId order (as commits take theirs,
+// so the two never deadlock) and dropped on scope exit. Holding the output from the start means the node computes,
+// diffs and publishes in one pass, and readers never see the output between two of those steps.
+class NodeLocks {
  public:
-  explicit SharedPageLocks(const std::vector<PageRecord*>& pages) : pages_(pages) {
+  NodeLocks(const std::vector<PageRecord*>& pages, const PageRecord* output) : pages_(pages), output_(output) {
     for (PageRecord* p : pages_) {
-      p->mutex.lock_shared();
+      if (p == output_) {
+        p->mutex.lock();
+      } else {
+        p->mutex.lock_shared();
+      }
       ++locked_;
       if (p->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(p->id);
     }
   }
-  ~SharedPageLocks() {
-    while (locked_ > 0) pages_[--locked_]->mutex.unlock_shared();
+  ~NodeLocks() {
+    while (locked_ > 0) {
+      PageRecord* p = pages_[--locked_];
+      if (p == output_) {
+        p->mutex.unlock();
+      } else {
+        p->mutex.unlock_shared();
+      }
+    }
   }
-  SharedPageLocks(const SharedPageLocks&) = delete;
-  SharedPageLocks& operator=(const SharedPageLocks&) = delete;
+  NodeLocks(const NodeLocks&) = delete;
+  NodeLocks& operator=(const NodeLocks&) = delete;
 
  private:
   const std::vector<PageRecord*>& pages_;
+  const PageRecord* output_;
   std::size_t locked_ = 0;
 };
 
@@ -258,6 +279,9 @@ struct Propagator::Impl : detail::CommitListener {
   std::uint64_t structure_version = 0;  // engine_mutex
   std::uint64_t plan_version = ~std::uint64_t{0};
   std::vector<Node*> topo_nodes;
+  std::vector<std::vector<Node*>> chains;             // fused linear chains, each in topological order
+  std::vector<std::vector<std::size_t>> chain_preds;  // chains that must finish before each chain starts
+  std::vector<Node*> stale_nodes;                     // engine_mutex: nodes to recompute in the next wave
   std::uint64_t flow_version = ~std::uint64_t{0};
   std::unique_ptr<tbb::flow::graph> plan_graph;
   std::unique_ptr<tbb::flow::broadcast_node<tbb::flow::continue_msg>> plan_start;
@@ -271,7 +295,6 @@ struct Propagator::Impl : detail::CommitListener {
   PageId failed_page;              // guarded by failure_mutex
   std::exception_ptr failure;      // guarded by failure_mutex
   std::vector<Node*> affected;     // engine_mutex
-  std::vector<Node*> bfs_queue;    // engine_mutex
 
   // Queue of published commits.
   std::mutex queue_mutex;
@@ -365,10 +388,14 @@ struct Propagator::Impl : detail::CommitListener {
       graph.remove_edge(s->page, out, DependencyKind::Data);
       s->readers.erase(std::remove(s->readers.begin(), s->readers.end(), node), s->readers.end());
     }
+    stale_nodes.erase(std::remove(stale_nodes.begin(), stale_nodes.end(), node), stale_nodes.end());
     nodes.erase(it);
     ++structure_version;
   }
 
+  // Rebuilds the topological order and the chains when the structure changed. A node joins its predecessor's chain
+  // when it is that predecessor's only successor and has no other predecessor; topological order guarantees the
+  // predecessor's chain already exists.
   void ensure_order() {
     if (plan_version == structure_version) return;
     topo_nodes.clear();
@@ -377,6 +404,32 @@ struct Propagator::Impl : detail::CommitListener {
       if (it != nodes.end()) topo_nodes.push_back(it->second.get());
     }
     for (std::size_t i = 0; i < topo_nodes.size(); ++i) topo_nodes[i]->topo = i;
+    const std::size_t n = topo_nodes.size();
+    std::vector<std::vector<Node*>> pred(n);
+    std::vector<std::size_t> succ_count(n, 0);
+    for (Node* node : topo_nodes) {
+      for (Node* s : successors_of(*node)) {
+        pred[s->topo].push_back(node);
+        ++succ_count[node->topo];
+      }
+    }
+    chains.clear();
+    chain_preds.clear();
+    for (Node* node : topo_nodes) {
+      const auto& p = pred[node->topo];
+      if (p.size() == 1 && succ_count[p[0]->topo] == 1) {
+        node->chain = p[0]->chain;
+        chains[node->chain].push_back(node);
+      } else {
+        node->chain = chains.size();
+        chains.push_back({node});
+        std::vector<std::size_t> from;
+        for (Node* q : p) from.push_back(q->chain);
+        std::sort(from.begin(), from.end());
+        from.erase(std::unique(from.begin(), from.end()), from.end());
+        chain_preds.push_back(std::move(from));
+      }
+    }
     plan_version = structure_version;
   }
 
@@ -391,7 +444,10 @@ struct Propagator::Impl : detail::CommitListener {
     return out;
   }
 
-  // Builds the flow graph: one continue_node per linear chain, edges between chains, sources fed by a broadcast.
+  // Builds the flow graph. Chains with the same predecessor chains cannot depend on each other, so siblings are
+  // bundled into at most 4 tasks per worker: a fan-out of thousands of small nodes then costs a few task spawns
+  // instead of thousands, and consecutive nodes reading the same input lock it on the same core. Bundles of one
+  // group run in parallel; each runs its chains in order.
   void ensure_flow_plan() {
     ensure_order();
     if (flow_version == structure_version && plan_graph) return;
@@ -400,49 +456,51 @@ struct Propagator::Impl : detail::CommitListener {
     plan_graph.reset();
     counters.plan_builds.fetch_add(1, std::memory_order_relaxed);
 
-    const std::size_t n = topo_nodes.size();
-    std::vector<std::vector<Node*>> succ(n), pred(n);
-    for (Node* node : topo_nodes) {
-      for (Node* s : successors_of(*node)) {
-        succ[node->topo].push_back(s);
-        pred[s->topo].push_back(node);
-      }
-    }
-    // Chains: a node joins its predecessor's chain when it is that predecessor's only successor and has no other
-    // predecessor. Topological order guarantees the predecessor's chain already exists.
-    std::vector<std::size_t> chain_of(n);
-    std::vector<std::vector<Node*>> chains;
-    for (Node* node : topo_nodes) {
-      const auto& p = pred[node->topo];
-      if (p.size() == 1 && succ[p[0]->topo].size() == 1) {
-        chain_of[node->topo] = chain_of[p[0]->topo];
-        chains[chain_of[node->topo]].push_back(node);
-      } else {
-        chain_of[node->topo] = chains.size();
-        chains.push_back({node});
+    const std::size_t max_bundles = 4 * static_cast<std::size_t>(std::max(1, arena.max_concurrency()));
+    std::map<std::vector<std::size_t>, std::vector<std::size_t>> groups;  // predecessor chains → sibling chains
+    for (std::size_t c = 0; c < chains.size(); ++c) groups[chain_preds[c]].push_back(c);
+    std::vector<std::vector<Node*>> bundles;
+    std::vector<std::size_t> bundle_of_chain(chains.size());
+    std::vector<std::vector<std::size_t>> bundle_preds;
+    // Deterministic: groups in the order of their first chain.
+    std::vector<const std::vector<std::size_t>*> ordered;
+    for (const auto& [preds, members] : groups) ordered.push_back(&members);
+    std::sort(ordered.begin(), ordered.end(), [](const auto* a, const auto* b) { return a->front() < b->front(); });
+    for (const auto* members : ordered) {
+      const std::size_t count = std::min(members->size(), max_bundles);
+      for (std::size_t b = 0; b < count; ++b) {
+        const std::size_t begin = members->size() * b / count, end = members->size() * (b + 1) / count;
+        bundles.emplace_back();
+        for (std::size_t i = begin; i < end; ++i) {
+          const std::size_t c = (*members)[i];
+          bundle_of_chain[c] = bundles.size() - 1;
+          bundles.back().insert(bundles.back().end(), chains[c].begin(), chains[c].end());
+        }
+        std::vector<std::size_t> preds;
+        for (std::size_t p : chain_preds[(*members)[begin]]) preds.push_back(bundle_of_chain[p]);
+        std::sort(preds.begin(), preds.end());
+        preds.erase(std::unique(preds.begin(), preds.end()), preds.end());
+        bundle_preds.push_back(std::move(preds));
       }
     }
     arena.execute([&] {
       plan_graph = std::make_unique<tbb::flow::graph>();
       plan_start = std::make_unique<tbb::flow::broadcast_node<tbb::flow::continue_msg>>(*plan_graph);
-      for (auto& chain : chains) {
+      for (auto& bundle : bundles) {
         plan_chains.push_back(std::make_unique<tbb::flow::continue_node<tbb::flow::continue_msg>>(
-            *plan_graph, [this, members = chain](const tbb::flow::continue_msg&) {
+            *plan_graph, [this, members = bundle](const tbb::flow::continue_msg&) {
               const std::uint64_t wave = wave_number.load(std::memory_order_acquire);
+              Tally tally;
               for (Node* node : members) {
-                if (node->reached_wave.load(std::memory_order_relaxed) == wave) run_node(*node, wave);
+                if (node->reached_wave.load(std::memory_order_relaxed) == wave) run_node(*node, wave, tally);
               }
+              add_tally(tally);
               tasks_done.fetch_add(1, std::memory_order_acq_rel);
             }));
       }
-      for (std::size_t c = 0; c < chains.size(); ++c) {
-        Node* head = chains[c].front();
-        std::vector<std::size_t> from;
-        for (Node* p : pred[head->topo]) from.push_back(chain_of[p->topo]);
-        std::sort(from.begin(), from.end());
-        from.erase(std::unique(from.begin(), from.end()), from.end());
-        if (from.empty()) tbb::flow::make_edge(*plan_start, *plan_chains[c]);
-        for (std::size_t f : from) tbb::flow::make_edge(*plan_chains[f], *plan_chains[c]);
+      for (std::size_t b = 0; b < bundles.size(); ++b) {
+        if (bundle_preds[b].empty()) tbb::flow::make_edge(*plan_start, *plan_chains[b]);
+        for (std::size_t f : bundle_preds[b]) tbb::flow::make_edge(*plan_chains[f], *plan_chains[b]);
       }
     });
     flow_version = structure_version;
@@ -459,12 +517,10 @@ struct Propagator::Impl : detail::CommitListener {
     cancelled.store(true, std::memory_order_release);
   }
 
-  // Writes `d` (ranges and payload set) into the node's output page as one new epoch. Returns false if the delta
-  // is empty (cutoff). Runs under no other lock.
+  // Writes `d` (ranges and payload set, or computed here by diffing the scratch buffer) into the node's output page
+  // as one new epoch. Returns false if the delta is empty (cutoff). The caller holds the output's exclusive lock.
   bool publish(Node& node, Delta& d, bool diff_against_scratch) {
     PageRecord& page = *node.out_slot->record;
-    std::unique_lock lock(page.mutex);
-    if (page.deleted.load(std::memory_order_relaxed)) detail::throw_not_found(page.id);
     const std::uint64_t size = page.size.load(std::memory_order_relaxed);
     const bool record_undo = runtime_impl.options.record_undo;
     if (diff_against_scratch) {
@@ -519,19 +575,17 @@ struct Propagator::Impl : detail::CommitListener {
   }
 
   bool compute_map(Node& node) {
-    {
-      SharedPageLocks locks(node.lock_order);
-      for (std::size_t i = 0; i < node.inputs.size(); ++i) {
-        PageRecord* rec = node.inputs[i]->record;
-        node.spans[i] = {rec->data, rec->size.load(std::memory_order_relaxed)};
-      }
-      PageRecord* out = node.out_slot->record;
-      const std::uint64_t size = out->size.load(std::memory_order_relaxed);
-      std::span<std::byte> buffer = node.scratch.resize(size);
-      if (size) std::memcpy(buffer.data(), out->data, size);
-      MapContext ctx(node.spans, buffer, node.output);
-      node.map(ctx);
+    NodeLocks locks(node.lock_order, node.out_slot->record);
+    for (std::size_t i = 0; i < node.inputs.size(); ++i) {
+      PageRecord* rec = node.inputs[i]->record;
+      node.spans[i] = {rec->data, rec->size.load(std::memory_order_relaxed)};
     }
+    PageRecord* out = node.out_slot->record;
+    const std::uint64_t size = out->size.load(std::memory_order_relaxed);
+    std::span<std::byte> buffer = node.scratch.resize(size);
+    if (size) std::memcpy(buffer.data(), out->data, size);
+    MapContext ctx(node.spans, buffer, node.output);
+    node.map(ctx);
     return publish(node, node.out_delta, /*diff_against_scratch=*/true);
   }
 
@@ -559,8 +613,8 @@ struct Propagator::Impl : detail::CommitListener {
       d.payload.insert(d.payload.end(), bytes + (begin - offset), bytes + (begin - offset) + n);
     };
     const bool changed = in->changed_wave.load(std::memory_order_acquire) == wave;
+    NodeLocks locks(node.lock_order, node.out_slot->record);
     if (stale || !changed) {
-      SharedPageLocks locks(node.lock_order);
       forward(0, in->record->size.load(std::memory_order_relaxed), in->record->data);
     } else {
       const Delta* src = in->delta.load(std::memory_order_relaxed);
@@ -576,24 +630,28 @@ struct Propagator::Impl : detail::CommitListener {
   bool compute_incremental(Node& node, std::uint64_t wave) {
     Delta& d = node.out_delta;
     d.clear();
-    {
-      SharedPageLocks locks(node.lock_order);
-      for (std::size_t i = 0; i < node.inputs.size(); ++i) {
-        Slot* s = node.inputs[i];
-        node.spans[i] = {s->record->data, s->record->size.load(std::memory_order_relaxed)};
-        node.input_deltas[i] = s->changed_wave.load(std::memory_order_acquire) == wave
-                                   ? s->delta.load(std::memory_order_relaxed)
-                                   : nullptr;
-      }
-      PageRecord* out = node.out_slot->record;
-      IncrementalContext ctx{node.spans, node.input_deltas,
-                             {out->data, out->size.load(std::memory_order_relaxed)}, node.output};
-      node.incremental(ctx, d);
+    NodeLocks locks(node.lock_order, node.out_slot->record);
+    for (std::size_t i = 0; i < node.inputs.size(); ++i) {
+      Slot* s = node.inputs[i];
+      node.spans[i] = {s->record->data, s->record->size.load(std::memory_order_relaxed)};
+      node.input_deltas[i] =
+          s->changed_wave.load(std::memory_order_acquire) == wave ? s->delta.load(std::memory_order_relaxed) : nullptr;
     }
+    PageRecord* out = node.out_slot->record;
+    IncrementalContext ctx{node.spans, node.input_deltas, {out->data, out->size.load(std::memory_order_relaxed)},
+                           node.output};
+    node.incremental(ctx, d);
     return publish(node, d, /*diff_against_scratch=*/false);
   }
 
-  void run_node(Node& node, std::uint64_t wave) {
+  void add_tally(const Tally& t) {
+    if (t.recomputed) counters.recomputed.fetch_add(t.recomputed, std::memory_order_relaxed);
+    if (t.skipped) counters.skipped.fetch_add(t.skipped, std::memory_order_relaxed);
+    if (t.cut_off) counters.cut_off.fetch_add(t.cut_off, std::memory_order_relaxed);
+    if (t.failed) counters.failed.fetch_add(t.failed, std::memory_order_relaxed);
+  }
+
+  void run_node(Node& node, std::uint64_t wave, Tally& tally) {
     if (cancelled.load(std::memory_order_acquire)) return;
     const bool stale = node.stale.load(std::memory_order_relaxed);
     bool input_changed = false;
@@ -604,7 +662,7 @@ struct Propagator::Impl : detail::CommitListener {
       }
     }
     if (!input_changed && !stale) {
-      counters.skipped.fetch_add(1, std::memory_order_relaxed);
+      ++tally.skipped;
       node.completed_wave.store(wave, std::memory_order_relaxed);
       return;
     }
@@ -616,18 +674,18 @@ struct Propagator::Impl : detail::CommitListener {
         case NodeKind::Incremental: changed = compute_incremental(node, wave); break;
       }
     } catch (...) {
-      counters.failed.fetch_add(1, std::memory_order_relaxed);
+      ++tally.failed;
       record_failure(node, std::current_exception());
       return;
     }
     node.stale.store(false, std::memory_order_relaxed);
     node.completed_wave.store(wave, std::memory_order_relaxed);
     if (changed) {
-      counters.recomputed.fetch_add(1, std::memory_order_relaxed);
+      ++tally.recomputed;
       node.out_slot->delta.store(&node.out_delta, std::memory_order_relaxed);
       node.out_slot->changed_wave.store(wave, std::memory_order_release);
     } else {
-      counters.cut_off.fetch_add(1, std::memory_order_relaxed);
+      ++tally.cut_off;
     }
   }
 
@@ -638,12 +696,12 @@ struct Propagator::Impl : detail::CommitListener {
     ensure_order();
     const std::uint64_t wave = wave_number.load(std::memory_order_relaxed) + 1;
     affected.clear();
-    bfs_queue.clear();
+    bool single_chain = true;  // whether every reached node is in one fused chain (then it runs inline)
     auto reach = [&](Node* node) {
       if (node->reached_wave.load(std::memory_order_relaxed) == wave) return;
       node->reached_wave.store(wave, std::memory_order_relaxed);
-      affected.push_back(node);
-      bfs_queue.push_back(node);
+      if (!affected.empty() && node->chain != affected.front()->chain) single_chain = false;
+      affected.push_back(node);  // doubles as the breadth-first queue
     };
     for (const auto& [page, delta] : changes) {
       auto it = slots.find(page);
@@ -652,10 +710,9 @@ struct Propagator::Impl : detail::CommitListener {
       it->second->changed_wave.store(wave, std::memory_order_relaxed);
       for (Node* reader : it->second->readers) reach(reader);
     }
-    for (Node* node : topo_nodes)
-      if (node->stale.load(std::memory_order_relaxed)) reach(node);
-    for (std::size_t i = 0; i < bfs_queue.size(); ++i) {
-      for (Node* reader : bfs_queue[i]->out_slot->readers) reach(reader);
+    for (Node* node : stale_nodes) reach(node);
+    for (std::size_t i = 0; i < affected.size(); ++i) {
+      for (Node* reader : affected[i]->out_slot->readers) reach(reader);
     }
     if (affected.empty()) return;
 
@@ -665,13 +722,20 @@ struct Propagator::Impl : detail::CommitListener {
       std::lock_guard lock(failure_mutex);
       failure = nullptr;
     }
-    const bool run_inline = affected.size() <= options.inline_node_limit || arena.max_concurrency() == 1;
+    // Inline when the wave is small, when there is one worker, or when all of it is one fused chain: a chain is
+    // sequential, so handing it to a worker would only add latency.
+    const bool run_inline =
+        single_chain || affected.size() <= options.inline_node_limit || arena.max_concurrency() == 1;
     if (!run_inline) ensure_flow_plan();
     wave_number.store(wave, std::memory_order_release);  // publishes everything above to the tasks
     if (run_inline) {
       counters.inline_waves.fetch_add(1, std::memory_order_relaxed);
-      std::sort(affected.begin(), affected.end(), [](const Node* a, const Node* b) { return a->topo < b->topo; });
-      for (Node* node : affected) run_node(*node, wave);
+      auto by_topo = [](const Node* a, const Node* b) { return a->topo < b->topo; };
+      // Breadth-first discovery along a chain is already in order; sort only when it is not.
+      if (!std::is_sorted(affected.begin(), affected.end(), by_topo)) std::sort(affected.begin(), affected.end(), by_topo);
+      Tally tally;
+      for (Node* node : affected) run_node(*node, wave, tally);
+      add_tally(tally);
     } else {
       arena.execute([&] {
         plan_start->try_put(tbb::flow::continue_msg());
@@ -679,8 +743,10 @@ struct Propagator::Impl : detail::CommitListener {
       });
       tasks_done.load(std::memory_order_acquire);  // pairs with each task's final increment
     }
+    stale_nodes.clear();
     for (Node* node : affected) {
       if (node->completed_wave.load(std::memory_order_relaxed) != wave) node->stale.store(true, std::memory_order_relaxed);
+      if (node->stale.load(std::memory_order_relaxed)) stale_nodes.push_back(node);
     }
     {
       std::lock_guard lock(done_mutex);
@@ -707,11 +773,7 @@ struct Propagator::Impl : detail::CommitListener {
     throw NodeError(page, what, error);
   }
 
-  bool any_stale() const {
-    for (const auto& [id, node] : nodes)
-      if (node->stale.load(std::memory_order_relaxed)) return true;
-    return false;
-  }
+  bool any_stale() const { return !stale_nodes.empty(); }
 
   // Runs queued commits according to the mode; then stale nodes if nothing else ran.
   void drain() {
@@ -938,6 +1000,7 @@ void Propagator::recompute(PageId output) {
       throw Error(ErrorCode::NotFound, "page " + output.to_string() + " is not derived by any node");
     }
     it->second->stale.store(true, std::memory_order_relaxed);
+    impl_->stale_nodes.push_back(it->second.get());
   }
   impl_->drain();
 }

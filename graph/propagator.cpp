@@ -136,6 +136,11 @@ struct Slot {
   std::atomic<std::uint64_t> changed_wave{0};  // release-stored after `delta`
   std::atomic<const Delta*> delta{nullptr};
   std::vector<Node*> readers;                  // nodes with this page as a data input (engine lock)
+  // BATCH: the commits not yet propagated, folded into one delta. Guarded by the page's lock, which every commit
+  // of this page holds while it publishes, so folds happen in LSN order.
+  Delta pending;
+  bool has_pending = false;
+  std::uint64_t pending_folds = 0;  // deltas folded into `pending` after the first
 };
 
 // A 64-byte aligned scratch buffer from the page allocator (map outputs are written here before publishing).
@@ -257,6 +262,7 @@ struct Propagator::Impl : detail::CommitListener {
     queue_space.notify_all();
     if (worker.joinable()) worker.join();
     runtime_impl.listener.store(nullptr, std::memory_order_release);
+    for (auto& [id, slot] : slots) slot->record->listener_tag.store(nullptr, std::memory_order_release);
     // Nodes unregister from their graph when destroyed: destroy them before the graph.
     plan_chains.clear();
     plan_start.reset();
@@ -272,8 +278,7 @@ struct Propagator::Impl : detail::CommitListener {
   std::recursive_mutex engine_mutex;
   DependencyGraph graph;
   std::unordered_map<PageId, std::unique_ptr<Node>> nodes;
-  std::unordered_map<PageId, std::unique_ptr<Slot>> slots;  // also guarded for lookup by slots_mutex
-  mutable std::shared_mutex slots_mutex;                    // lets published() look up slots under page locks
+  std::unordered_map<PageId, std::unique_ptr<Slot>> slots;  // never shrinks; commits find slots via listener_tag
 
   // Plan, rebuilt when the structure changes (nodes or edges added or removed).
   std::uint64_t structure_version = 0;  // engine_mutex
@@ -300,13 +305,26 @@ struct Propagator::Impl : detail::CommitListener {
   std::mutex queue_mutex;
   std::condition_variable queue_space, queue_nonempty;
   std::deque<PendingCommit> queue;  // guarded by queue_mutex
-  std::size_t reserved = 0;         // guarded by queue_mutex: commits between reserve() and being drained
+  std::atomic<std::size_t> reserved{0};  // commits between reserve() and being drained (or released)
+  std::atomic<std::size_t> blocked{0};   // commits waiting in reserve() for queue space
+  std::atomic<std::size_t> batch_commits{0};  // BATCH: commits folded into slots since the last drain
+  std::mutex dirty_mutex;
+  std::vector<Slot*> dirty_slots;        // guarded by dirty_mutex: BATCH slots with a pending delta
+  std::vector<Slot*> drain_slots;        // engine_mutex: the ones being drained
+  std::vector<Delta> drain_deltas;       // engine_mutex: their pending deltas, swapped out (capacity reused)
   bool stopping = false;            // guarded by queue_mutex
   std::exception_ptr background_error;  // guarded by queue_mutex
   std::thread worker;
 
   std::mutex done_mutex;
   std::condition_variable wave_done;
+  std::atomic<int> waiters{0};  // threads inside wait_for(); commits and waves notify only when there are some
+
+  void notify_waiters() {
+    if (waiters.load(std::memory_order_acquire) == 0) return;
+    { std::lock_guard lock(done_mutex); }  // orders this notification after a waiter's check
+    wave_done.notify_all();
+  }
 
   struct Counters {
     std::atomic<std::uint64_t> waves{0}, recomputed{0}, skipped{0}, cut_off{0}, failed{0}, inline_waves{0},
@@ -326,8 +344,8 @@ struct Propagator::Impl : detail::CommitListener {
     if (it != slots.end()) return it->second.get();
     auto slot = std::make_unique<Slot>(id, live_record(id));
     Slot* raw = slot.get();
-    std::unique_lock lock(slots_mutex);
     slots.emplace(id, std::move(slot));
+    raw->record->listener_tag.store(raw, std::memory_order_release);
     return raw;
   }
 
@@ -748,10 +766,7 @@ struct Propagator::Impl : detail::CommitListener {
       if (node->completed_wave.load(std::memory_order_relaxed) != wave) node->stale.store(true, std::memory_order_relaxed);
       if (node->stale.load(std::memory_order_relaxed)) stale_nodes.push_back(node);
     }
-    {
-      std::lock_guard lock(done_mutex);
-    }
-    wave_done.notify_all();
+    notify_waiters();
     std::exception_ptr error;
     PageId page;
     {
@@ -775,58 +790,115 @@ struct Propagator::Impl : detail::CommitListener {
 
   bool any_stale() const { return !stale_nodes.empty(); }
 
+  // Frees `n` reserved queue places and wakes commits blocked on a full queue.
+  void free_places(std::size_t n) {
+    if (n == 0) return;
+    reserved.fetch_sub(n, std::memory_order_acq_rel);
+    if (blocked.load(std::memory_order_acquire) > 0) {
+      { std::lock_guard lock(queue_mutex); }  // orders this wake-up after a waiter's check
+      queue_space.notify_all();
+    }
+  }
+
   // Runs queued commits according to the mode; then stale nodes if nothing else ran.
   void drain() {
     std::lock_guard lock(engine_mutex);
+    if (options.mode == PropagationMode::Batch) {
+      drain_batch();
+      return;
+    }
     bool ran = false;
     for (;;) {
-      std::vector<PendingCommit> batch;
+      PendingCommit commit;
       {
         std::lock_guard qlock(queue_mutex);
         if (queue.empty()) break;
-        if (options.mode == PropagationMode::Batch) {
-          while (!queue.empty()) {
-            batch.push_back(std::move(queue.front()));
-            queue.pop_front();
-          }
-        } else {
-          batch.push_back(std::move(queue.front()));
-          queue.pop_front();
-        }
-        reserved -= batch.size();
+        commit = std::move(queue.front());
+        queue.pop_front();
       }
-      queue_space.notify_all();
+      free_places(1);
       ran = true;
-      if (batch.size() == 1) {
-        std::vector<std::pair<PageId, const Delta*>> changes;
-        for (const Delta& d : batch[0].deltas) changes.emplace_back(d.page, &d);
-        run_wave(changes);
-      } else {
-        std::map<PageId, Delta> composed;
-        for (const PendingCommit& c : batch) {
-          for (const Delta& d : c.deltas) {
-            auto it = composed.find(d.page);
-            if (it == composed.end()) {
-              composed.emplace(d.page, d);
-            } else {
-              it->second = compose(it->second, d);
-              counters.composed.fetch_add(1, std::memory_order_relaxed);
-            }
-          }
-        }
-        std::vector<std::pair<PageId, const Delta*>> changes;
-        for (const auto& [page, d] : composed) changes.emplace_back(page, &d);
-        run_wave(changes);
-      }
+      std::vector<std::pair<PageId, const Delta*>> changes;
+      for (const Delta& d : commit.deltas) changes.emplace_back(d.page, &d);
+      run_wave(changes);
     }
     if (!ran && any_stale()) run_wave({});
+  }
+
+  // BATCH: takes every slot's folded delta (under its page lock) and runs them as one wave.
+  void drain_batch() {
+    drain_slots.clear();
+    {
+      std::lock_guard dlock(dirty_mutex);
+      drain_slots.swap(dirty_slots);
+    }
+    free_places(batch_commits.exchange(0, std::memory_order_acq_rel));
+    if (drain_slots.empty()) {
+      if (any_stale()) run_wave({});
+      return;
+    }
+    std::sort(drain_slots.begin(), drain_slots.end(), [](const Slot* a, const Slot* b) { return a->page < b->page; });
+    if (drain_deltas.size() < drain_slots.size()) drain_deltas.resize(drain_slots.size());
+    std::vector<std::pair<PageId, const Delta*>> changes;
+    changes.reserve(drain_slots.size());
+    std::uint64_t folds = 0;
+    for (std::size_t i = 0; i < drain_slots.size(); ++i) {
+      Slot* slot = drain_slots[i];
+      std::unique_lock page_lock(slot->record->mutex);
+      std::swap(drain_deltas[i], slot->pending);
+      slot->has_pending = false;
+      folds += std::exchange(slot->pending_folds, 0);
+      changes.emplace_back(slot->page, &drain_deltas[i]);
+    }
+    counters.composed.fetch_add(folds, std::memory_order_relaxed);
+    run_wave(changes);
+  }
+
+  // Folds `next` into `acc` (acc then next). The common case, `next` rewriting bytes `acc` already covers, is done
+  // in place: same ranges, newer payload, the older undo kept. Otherwise compose().
+  static void fold(Delta& acc, const Delta& next) {
+    bool in_place = next.base_size == next.size && acc.size == next.base_size && acc.base_size == acc.size;
+    if (in_place) {
+      for (const ByteRange& r : next.ranges) {
+        auto it = std::upper_bound(acc.ranges.begin(), acc.ranges.end(), r.offset,
+                                   [](std::uint64_t off, const ByteRange& a) { return off < a.offset; });
+        if (it == acc.ranges.begin() || r.end() > std::prev(it)->end()) {
+          in_place = false;
+          break;
+        }
+      }
+    }
+    if (!in_place) {
+      acc = compose(acc, next);
+      return;
+    }
+    // Both range lists are sorted, so one forward walk finds each containing range and its payload offset: the
+    // first acc range that ends at or after r ends is the one the check above found to contain r.
+    std::size_t k = 0;
+    std::uint64_t acc_pos = 0;
+    const std::byte* src = next.payload.data();
+    for (const ByteRange& r : next.ranges) {
+      while (acc.ranges[k].end() < r.end()) acc_pos += acc.ranges[k++].length;
+      std::memcpy(acc.payload.data() + acc_pos + (r.offset - acc.ranges[k].offset), src, r.length);
+      src += r.length;
+    }
+    acc.epoch_count += next.epoch_count;
+    acc.source = next.source;
+    acc.intent = next.intent;
+    if (!next.has_undo) {
+      acc.has_undo = false;
+      acc.undo.clear();
+      acc.undo_tail.clear();
+    }
   }
 
   void worker_loop() {
     for (;;) {
       {
         std::unique_lock lock(queue_mutex);
-        queue_nonempty.wait(lock, [&] { return stopping || !queue.empty(); });
+        queue_nonempty.wait(lock, [&] {
+          return stopping || !queue.empty() || batch_commits.load(std::memory_order_acquire) > 0;
+        });
         if (stopping) return;
       }
       try {
@@ -841,59 +913,93 @@ struct Propagator::Impl : detail::CommitListener {
   // --- CommitListener -------------------------------------------------------------------------------------------
 
   void reserve() override {
-    std::unique_lock lock(queue_mutex);
     if (options.mode == PropagationMode::Immediate) {
-      ++reserved;
+      reserved.fetch_add(1, std::memory_order_relaxed);  // drained by this very commit: no bound needed
       return;
     }
-    while (reserved >= options.queue_capacity) {
-      if (options.full_policy == QueueFullPolicy::Fail || stopping) {
+    for (;;) {
+      if (reserved.fetch_add(1, std::memory_order_acq_rel) < options.queue_capacity) return;
+      reserved.fetch_sub(1, std::memory_order_acq_rel);
+      if (options.full_policy == QueueFullPolicy::Fail) {
         throw Error(ErrorCode::ResourceExhausted,
                     "the propagation queue is full (" + std::to_string(options.queue_capacity) +
                         " commits); call propagate(), enable the background worker, or raise queue_capacity");
       }
-      queue_space.wait(lock);
-    }
-    ++reserved;
-  }
-
-  void release() noexcept override {
-    {
-      std::lock_guard lock(queue_mutex);
-      --reserved;
-    }
-    queue_space.notify_one();
-  }
-
-  void published(std::uint64_t lsn, std::span<const Delta> deltas) noexcept override {
-    PendingCommit commit;
-    {
-      std::shared_lock lock(slots_mutex);
-      for (const Delta& d : deltas) {
-        if (slots.count(d.page)) {
-          if (commit.deltas.empty()) commit.deltas.reserve(deltas.size());
-          commit.deltas.push_back(d);
-        }
+      std::unique_lock lock(queue_mutex);
+      blocked.fetch_add(1, std::memory_order_acq_rel);
+      queue_space.wait(lock, [&] {
+        return stopping || reserved.load(std::memory_order_acquire) < options.queue_capacity;
+      });
+      blocked.fetch_sub(1, std::memory_order_acq_rel);
+      if (stopping) {
+        throw Error(ErrorCode::Aborted, "the Propagator is being destroyed; the commit was not made");
       }
     }
-    std::lock_guard lock(queue_mutex);
+  }
+
+  void release() noexcept override { free_places(1); }
+
+  void published(std::uint64_t lsn, std::span<const Delta> deltas) noexcept override {
+    if (options.mode == PropagationMode::Batch) {
+      publish_batch(deltas);
+      return;
+    }
+    PendingCommit commit;
+    for (const Delta& d : deltas) {
+      if (slot_of(d.page) == nullptr) continue;
+      if (commit.deltas.empty()) commit.deltas.reserve(deltas.size());
+      commit.deltas.push_back(d);
+    }
     if (commit.deltas.empty()) {
-      --reserved;
-      queue_space.notify_one();
+      free_places(1);
       return;
     }
     commit.lsn = lsn;
-    queue.push_back(std::move(commit));
+    {
+      std::lock_guard lock(queue_mutex);
+      queue.push_back(std::move(commit));
+    }
     counters.queued.fetch_add(1, std::memory_order_relaxed);
     queue_nonempty.notify_one();
   }
 
+  Slot* slot_of(PageId page) const noexcept {
+    PageRecord* record = runtime_impl.find(page);
+    return record ? static_cast<Slot*>(record->listener_tag.load(std::memory_order_acquire)) : nullptr;
+  }
+
+  // BATCH: fold each watched delta into its page's pending delta. Runs under the commit's page locks.
+  void publish_batch(std::span<const Delta> deltas) noexcept {
+    bool watched = false;
+    for (const Delta& d : deltas) {
+      Slot* slot = slot_of(d.page);
+      if (slot == nullptr) continue;
+      watched = true;
+      if (!slot->has_pending) {
+        slot->pending = d;  // copy-assignment reuses the capacity left by the last drain
+        slot->has_pending = true;
+        std::lock_guard lock(dirty_mutex);
+        dirty_slots.push_back(slot);
+      } else {
+        fold(slot->pending, d);
+        ++slot->pending_folds;
+      }
+    }
+    if (!watched) {
+      free_places(1);
+      return;
+    }
+    batch_commits.fetch_add(1, std::memory_order_acq_rel);
+    counters.queued.fetch_add(1, std::memory_order_relaxed);
+    if (worker.joinable()) {
+      { std::lock_guard lock(queue_mutex); }  // orders this wake-up after the worker's check
+      queue_nonempty.notify_one();
+    }
+  }
+
   void after_commit() override {
     if (options.mode == PropagationMode::Immediate) drain();
-    {
-      std::lock_guard lock(done_mutex);
-    }
-    wave_done.notify_all();  // a commit may be what a wait_for() is waiting on
+    notify_waiters();  // a commit may be what a wait_for() is waiting on
   }
 };
 
@@ -1006,6 +1112,11 @@ void Propagator::recompute(PageId output) {
 }
 
 void Propagator::wait_for(PageId page, std::uint64_t epoch) {
+  impl_->waiters.fetch_add(1, std::memory_order_acq_rel);
+  struct Leave {
+    std::atomic<int>& count;
+    ~Leave() { count.fetch_sub(1, std::memory_order_acq_rel); }
+  } leave{impl_->waiters};
   std::unique_lock lock(impl_->done_mutex);
   for (;;) {
     if (impl_->runtime.info(page).epoch >= epoch) return;

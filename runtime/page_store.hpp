@@ -30,6 +30,9 @@ struct PageRecord {
   std::atomic<std::uint64_t> size{0};   // written under the exclusive lock
   std::atomic<std::uint64_t> epoch{0};  // written under the exclusive lock
   std::atomic<bool> deleted{false};     // written under the exclusive lock
+  // Set by the commit listener (the propagation engine) on pages it watches, so a commit finds the listener's state
+  // for a page with one atomic load instead of a map lookup. Opaque to the runtime.
+  std::atomic<void*> listener_tag{nullptr};
 };
 
 class PageStore {

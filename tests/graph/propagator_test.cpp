@@ -885,6 +885,39 @@ TEST(PropagatorBatch, ComposedDeltasEqualSequentialApplication) {
   EXPECT_EQ(after.waves, before.waves + 1) << "BATCH coalesces the queued commits into one wave";
 }
 
+// BATCH folds commits into one delta per page as they are published, in place when a commit only rewrites bytes
+// the pending delta already covers. Whatever path a fold takes, the wave must see exactly compose() of the
+// commits' deltas: same ranges, payload, undo, epochs and intent.
+TEST(PropagatorBatch, FoldedDeltaEqualsComposeOfTheCommittedDeltas) {
+  Runtime rt;
+  Propagator prop(rt, PropagatorOptions{.mode = PropagationMode::Batch});
+  PageId src = rt.create_page(64), out = rt.create_page(64);
+  std::vector<Delta> received;
+  prop.derive_incremental(out, {src}, [&](const IncrementalContext& ctx, Delta&) {
+    if (ctx.input_deltas[0]) received.push_back(*ctx.input_deltas[0]);
+  });
+  std::vector<Delta> committed;
+  auto write = [&](std::uint64_t offset, std::vector<std::uint8_t> bytes, const char* intent) {
+    auto txn = rt.begin();
+    txn.set_intent(intent);
+    txn.write(src, offset, std::as_bytes(std::span<const std::uint8_t>(bytes)));
+    txn.commit();
+    committed.push_back(txn.committed_deltas()[0]);
+  };
+  write(0, {1, 2, 3, 4, 5, 6, 7, 8}, "first");
+  write(2, {9, 9}, "inside");     // covered by the pending delta: folded in place
+  write(40, {7, 7, 7}, "beyond");  // new bytes: folded by compose()
+  write(41, {5}, "inside again");  // covered again
+  prop.propagate();
+  ASSERT_EQ(received.size(), 1u);
+  Delta expected = committed[0];
+  for (std::size_t i = 1; i < committed.size(); ++i) expected = mmsb::compose(expected, committed[i]);
+  EXPECT_EQ(received[0], expected);
+  EXPECT_EQ(received[0].epoch_count, 4u);
+  EXPECT_EQ(received[0].intent, "inside again");
+  EXPECT_EQ(prop.stats().deltas_composed, 3u);
+}
+
 TEST(PropagatorBatch, MapNodeRunsOnceForManyQueuedCommits) {
   Runtime rt;
   Propagator prop(rt, PropagatorOptions{.mode = PropagationMode::Batch});

@@ -26,9 +26,11 @@
 //
 // Modes. IMMEDIATE runs the wave inside commit(), on the committing thread, before commit() returns. DEFERRED
 // queues each commit; propagate() (or the background worker) runs one wave per queued commit, in commit order.
-// BATCH queues too, but propagate() coalesces everything queued into one wave, composing the deltas of a page
-// that was committed several times. Queues are bounded (`queue_capacity`); when full, a commit either blocks until
-// the queue drains or fails with ResourceExhausted (before it becomes visible), as `full_policy` says.
+// BATCH folds each commit into one pending delta per page as it is published (the composition of that page's
+// commits, in LSN order; rewrites of bytes already pending are folded in place), and propagate() runs everything
+// pending as one wave. Queues are bounded (`queue_capacity` commits); when full, a commit either blocks until the
+// queue drains or fails with ResourceExhausted (before it becomes visible), as `full_policy` says. Under many
+// concurrent committers the bound may be exceeded by at most the number of committing threads.
 //
 // Visibility. A node's output is published only when the node finishes (under the output page's lock, with its
 // epoch advanced), so a reader never sees half of a node's write. Derived-page updates take no LSN of their own;
@@ -196,19 +198,20 @@ class NodeError : public Error {
 
 struct PropagationStats {
   std::uint64_t waves = 0;
-  std::uint64_t nodes_recomputed = 0;
-  std::uint64_t nodes_skipped = 0;     // reached by a wave, but no input changed
-  std::uint64_t nodes_cut_off = 0;     // recomputed, output unchanged: propagation stopped there
+  std::uint64_t nodes_recomputed = 0;  // ran and changed their output
+  std::uint64_t nodes_skipped = 0;     // reached by a wave, but no input changed: not run
+  std::uint64_t nodes_cut_off = 0;     // ran, output unchanged: propagation stopped there (not in recomputed)
   std::uint64_t nodes_failed = 0;
   std::uint64_t inline_waves = 0;      // waves run on the calling thread
   std::uint64_t plan_builds = 0;       // execution plans built (once per graph version that ran a parallel wave)
   std::uint64_t commits_queued = 0;    // DEFERRED/BATCH
-  std::uint64_t deltas_composed = 0;   // BATCH: deltas folded into an earlier delta of the same page
+  std::uint64_t deltas_composed = 0;   // BATCH: deltas folded into an earlier pending delta of the same page
 };
 
 class Propagator {
  public:
-  // Attaches to `runtime`, which must outlive the Propagator. At most one Propagator per Runtime.
+  // Attaches to `runtime`, which must outlive the Propagator. At most one Propagator per Runtime. Destroy it only
+  // while no commit is running on the runtime; commits still queued (DEFERRED/BATCH) are then not propagated.
   explicit Propagator(Runtime& runtime, PropagatorOptions options = {});
   ~Propagator();
   Propagator(const Propagator&) = delete;

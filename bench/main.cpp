@@ -6,13 +6,100 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <regex>
+#include <string>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bench/harness.hpp"
 #include "mmsb/error.hpp"
+
+namespace {
+
+double median_of(std::vector<double> samples) {
+  std::sort(samples.begin(), samples.end());
+  const std::size_t n = samples.size();
+  return n % 2 ? samples[n / 2] : (samples[n / 2 - 1] + samples[n / 2]) / 2;
+}
+
+// Runs one metric's repetitions in a child process and returns the median through a pipe. Each metric thus starts
+// from a fresh heap, allocator and thread pool: a workload that ran before it (say, 1000 pages freed in an order
+// that scatters the next allocations, or TBB workers still spinning) cannot change its numbers.
+bool run_isolated(const mmsb::bench::Metric& metric, int repetitions, double& value, std::string& error) {
+  if (std::getenv("MMSB_BENCH_IN_PROCESS")) {  // for profilers and debuggers, which follow one process
+    try {
+      std::vector<double> samples;
+      for (int r = 0; r < repetitions; ++r) samples.push_back(metric.run_once());
+      value = median_of(samples);
+      return true;
+    } catch (const std::exception& e) {
+      error = e.what();
+      return false;
+    }
+  }
+  int fds[2];
+  if (pipe(fds) != 0) {
+    error = "pipe() failed";
+    return false;
+  }
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    error = "fork() failed";
+    return false;
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    std::string message;
+    try {
+      std::vector<double> samples;
+      for (int r = 0; r < repetitions; ++r) samples.push_back(metric.run_once());
+      char text[64];
+      std::snprintf(text, sizeof text, "ok %.17g", median_of(samples));  // full precision: values can be tiny
+      message = text;
+    } catch (const std::exception& e) {
+      message = std::string("error ") + e.what();
+    }
+    const char* p = message.c_str();
+    std::size_t left = message.size();
+    while (left > 0) {
+      ssize_t n = write(fds[1], p, left);
+      if (n <= 0) break;
+      p += n;
+      left -= static_cast<std::size_t>(n);
+    }
+    close(fds[1]);
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string reply;
+  char buffer[512];
+  for (;;) {
+    ssize_t n = read(fds[0], buffer, sizeof buffer);
+    if (n <= 0) break;
+    reply.append(buffer, static_cast<std::size_t>(n));
+  }
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (reply.rfind("ok ", 0) == 0) {
+    value = std::stod(reply.substr(3));
+    return true;
+  }
+  if (reply.rfind("error ", 0) == 0) {
+    error = reply.substr(6);
+  } else if (WIFSIGNALED(status)) {
+    error = "killed by signal " + std::to_string(WTERMSIG(status));
+  } else {
+    error = "exited without a result (status " + std::to_string(status) + ")";
+  }
+  return false;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -69,16 +156,13 @@ int main(int argc, char** argv) {
   for (const auto* m : selected) {
     ++index;
     if (progress) std::fprintf(stderr, "\r[%zu/%zu] %-40s", index, selected.size(), m->name.c_str());
-    std::vector<double> samples;
-    try {
-      for (int r = 0; r < repetitions; ++r) samples.push_back(m->run_once());
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "\nmmsb-bench: metric %s failed: %s\n", m->name.c_str(), e.what());
+    std::string error;
+    double value = 0;
+    if (!run_isolated(*m, repetitions, value, error)) {
+      std::fprintf(stderr, "\nmmsb-bench: metric %s failed: %s\n", m->name.c_str(), error.c_str());
       return 1;
     }
-    std::sort(samples.begin(), samples.end());
-    std::size_t n = samples.size();
-    results[m->name] = n % 2 ? samples[n / 2] : (samples[n / 2 - 1] + samples[n / 2]) / 2;
+    results[m->name] = value;
   }
   if (progress) std::fprintf(stderr, "\r%-60s\r", "");
   for (const auto& r : mmsb::bench::ratios()) {

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "delta/copy_bytes.hpp"
 #include "diff_kernels.hpp"
 #include "mmsb/delta.hpp"
 #include "mmsb/error.hpp"
@@ -54,28 +55,6 @@ detail::DiffKernel kernel_for(SimdLevel level) noexcept {
   return &detail::diff_runs_scalar;
 }
 
-// Copies n bytes; short copies (the common case for sparse deltas) stay inline as two overlapping moves instead
-// of an out-of-line memcpy call, which costs more than the copy itself.
-inline void copy_bytes(std::byte* dst, const std::byte* src, std::uint64_t n) noexcept {
-  if (n >= 8 && n <= 16) {
-    std::uint64_t head, tail;
-    std::memcpy(&head, src, 8);
-    std::memcpy(&tail, src + n - 8, 8);
-    std::memcpy(dst, &head, 8);
-    std::memcpy(dst + n - 8, &tail, 8);
-  } else if (n >= 4 && n < 8) {
-    std::uint32_t head, tail;
-    std::memcpy(&head, src, 4);
-    std::memcpy(&tail, src + n - 4, 4);
-    std::memcpy(dst, &head, 4);
-    std::memcpy(dst + n - 4, &tail, 4);
-  } else if (n < 4) {
-    for (std::uint64_t i = 0; i < n; ++i) dst[i] = src[i];
-  } else {
-    std::memcpy(dst, src, n);
-  }
-}
-
 // Zeros to compare the grown tail against: its non-zero bytes are the changes (zero-extension supplies zeros).
 alignas(64) constexpr std::byte kZeros[4096] = {};
 
@@ -116,11 +95,11 @@ void diff_with(detail::DiffKernel kernel, std::span<const std::byte> old_bytes, 
       last = new_size;
     }
     out.ranges.push_back(ByteRange{first, last - first});
-    out.payload.assign(new_bytes.begin() + static_cast<std::ptrdiff_t>(first),
-                       new_bytes.begin() + static_cast<std::ptrdiff_t>(last));
+    out.payload.resize(last - first);
+    detail::copy_bytes(out.payload.data(), new_bytes.data() + first, last - first);
     if (options.record_undo) {
-      out.undo.assign(old_bytes.begin() + static_cast<std::ptrdiff_t>(first),
-                      old_bytes.begin() + static_cast<std::ptrdiff_t>(last));
+      out.undo.resize(last - first);
+      detail::copy_bytes(out.undo.data(), old_bytes.data() + first, last - first);
     } else {
       out.undo.clear();
     }
@@ -151,7 +130,7 @@ void diff_with(detail::DiffKernel kernel, std::span<const std::byte> old_bytes, 
   out.payload.resize(changed);
   std::byte* payload = out.payload.data();
   for (const ByteRange& r : ranges) {
-    copy_bytes(payload, new_bytes.data() + r.offset, r.length);
+    detail::copy_bytes(payload, new_bytes.data() + r.offset, r.length);
     payload += r.length;
   }
 
@@ -165,7 +144,7 @@ void diff_with(detail::DiffKernel kernel, std::span<const std::byte> old_bytes, 
   for (const ByteRange& r : ranges) {
     // Old bytes where the old page had them, zeros beyond (the grown part).
     const std::uint64_t have = r.offset < old_size ? std::min(r.end(), old_size) - r.offset : 0;
-    if (have != 0) copy_bytes(undo, old_bytes.data() + r.offset, have);
+    if (have != 0) detail::copy_bytes(undo, old_bytes.data() + r.offset, have);
     if (have != r.length) std::memset(undo + have, 0, r.length - have);
     undo += r.length;
   }

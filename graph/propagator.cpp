@@ -30,6 +30,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "delta/copy_bytes.hpp"
 #include "graph/dependency_graph.hpp"
 #include "mmsb/runtime.hpp"
 #include "runtime/commit_listener.hpp"
@@ -585,7 +586,7 @@ struct Propagator::Impl : detail::CommitListener {
     d.base_size = d.size = size;
     const std::byte* src = d.payload.data();
     for (const ByteRange& r : d.ranges) {
-      std::memcpy(page.data + r.offset, src, r.length);
+      detail::copy_bytes(page.data + r.offset, src, r.length);
       src += r.length;
     }
     page.epoch.store(epoch + 1, std::memory_order_release);
@@ -601,7 +602,7 @@ struct Propagator::Impl : detail::CommitListener {
     PageRecord* out = node.out_slot->record;
     const std::uint64_t size = out->size.load(std::memory_order_relaxed);
     std::span<std::byte> buffer = node.scratch.resize(size);
-    if (size) std::memcpy(buffer.data(), out->data, size);
+    detail::copy_bytes(buffer.data(), out->data, size);
     MapContext ctx(node.spans, buffer, node.output);
     node.map(ctx);
     return publish(node, node.out_delta, /*diff_against_scratch=*/true);

@@ -21,5 +21,10 @@ class IdBlock;
 class ReadView;
 class Runtime;
 class Transaction;
+class Propagator;
+struct PropagatorOptions;
+class MapContext;
+struct IncrementalContext;
+class NodeError;
 
 }  // namespace mmsb

@@ -10,11 +10,13 @@
 //   mmsb/page_id.hpp  PageId
 //   mmsb/delta.hpp    Delta, diff, apply, compose, invert
 //   mmsb/runtime.hpp  Runtime, Transaction, ReadView, CommitSink
+//   mmsb/graph.hpp    Propagator: derived pages, waves, modes
 //   mmsb/fwd.hpp      forward declarations, for headers that only pass these types around
 #pragma once
 
 #include "mmsb/delta.hpp"
 #include "mmsb/error.hpp"
 #include "mmsb/fwd.hpp"
+#include "mmsb/graph.hpp"
 #include "mmsb/page_id.hpp"
 #include "mmsb/runtime.hpp"

@@ -9,6 +9,8 @@
 //                  touch the same page reach the listener in LSN order. Must be quick.
 //   after_commit() on the committing thread after the locks are released; may run propagation and throw its
 //                  error (the commit itself has succeeded by then).
+// Page creation and deletion are reported after they took effect, outside every lock (page_created,
+// page_deleted); these must not throw.
 //
 // Thread-safety: all three are called concurrently from committing threads.
 #pragma once
@@ -17,6 +19,7 @@
 #include <span>
 
 #include "mmsb/delta.hpp"
+#include "mmsb/page_id.hpp"
 
 namespace mmsb::detail {
 
@@ -27,6 +30,8 @@ class CommitListener {
   virtual void release() noexcept = 0;
   virtual void published(std::uint64_t lsn, std::span<const Delta> deltas) noexcept = 0;
   virtual void after_commit() = 0;
+  virtual void page_created(PageId /*page*/) noexcept {}
+  virtual void page_deleted(PageId /*page*/) noexcept {}
 };
 
 }  // namespace mmsb::detail

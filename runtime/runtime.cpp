@@ -76,6 +76,8 @@ void Runtime::delete_page(PageId id) {
   record->capacity = 0;
   record->size.store(0, std::memory_order_relaxed);
   impl_->live_pages.fetch_sub(1, std::memory_order_relaxed);
+  lock.unlock();
+  if (detail::CommitListener* l = impl_->listener.load(std::memory_order_acquire)) l->page_deleted(id);
 }
 
 std::uint64_t Runtime::resize_page(PageId id, std::uint64_t new_size) {

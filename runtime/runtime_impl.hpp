@@ -118,6 +118,7 @@ struct Runtime::Impl {
       throw;
     }
     live_pages.fetch_add(1, std::memory_order_relaxed);
+    if (detail::CommitListener* l = listener.load(std::memory_order_acquire)) l->page_created(id);
     return id;
   }
 };

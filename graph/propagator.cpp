@@ -17,11 +17,16 @@
 // wait_for_all().
 #include "mmsb/graph.hpp"
 
+#include <nlohmann/json.hpp>
 #include <tbb/flow_graph.h>
 #include <tbb/task_arena.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <chrono>
+#include <cmath>
+#include <sstream>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -53,6 +58,91 @@ void MapContext::throw_no_input(std::size_t index, std::size_t count) {
   throw Error(ErrorCode::InvalidArgument, "input " + std::to_string(index) + " requested from a node with " +
                                               std::to_string(count) + " input(s)");
 }
+
+const char* event_kind_name(EventKind kind) noexcept {
+  switch (kind) {
+    case EventKind::PageCreated: return "page_created";
+    case EventKind::PageDeleted: return "page_deleted";
+    case EventKind::PageResized: return "page_resized";
+    case EventKind::PageChanged: return "page_changed";
+    case EventKind::Commit: return "commit";
+    case EventKind::WaveBegin: return "wave_begin";
+    case EventKind::WaveEnd: return "wave_end";
+    case EventKind::NodeRecomputed: return "node_recomputed";
+    case EventKind::NodeSkipped: return "node_skipped";
+    case EventKind::NodeCutOff: return "node_cut_off";
+    case EventKind::NodeFailed: return "node_failed";
+    case EventKind::Checkpoint: return "checkpoint";
+    case EventKind::Error: return "error";
+  }
+  return "unknown";
+}
+
+namespace {
+
+std::uint64_t steady_ns() {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+}
+
+// Lock-free latency histogram: four buckets per power of two (values below 4 ns get their own buckets).
+class LatencyHistogram {
+ public:
+  void record(std::uint64_t ns) noexcept {
+    buckets_[bucket_of(ns)].fetch_add(1, std::memory_order_relaxed);
+    count_.fetch_add(1, std::memory_order_relaxed);
+    sum_.fetch_add(ns, std::memory_order_relaxed);
+    std::uint64_t seen = max_.load(std::memory_order_relaxed);
+    while (ns > seen && !max_.compare_exchange_weak(seen, ns, std::memory_order_relaxed)) {
+    }
+  }
+  LatencySummary summary() const noexcept {
+    LatencySummary out;
+    out.count = count_.load(std::memory_order_relaxed);
+    out.max_ns = max_.load(std::memory_order_relaxed);
+    if (out.count == 0) return out;
+    out.mean_ns = static_cast<double>(sum_.load(std::memory_order_relaxed)) / static_cast<double>(out.count);
+    out.p50_ns = quantile(0.50, out.count);
+    out.p90_ns = quantile(0.90, out.count);
+    out.p99_ns = quantile(0.99, out.count);
+    return out;
+  }
+  std::uint64_t sum_ns() const noexcept { return sum_.load(std::memory_order_relaxed); }
+
+ private:
+  static constexpr std::size_t kBuckets = 64 * 4;
+  static std::size_t bucket_of(std::uint64_t ns) noexcept {
+    if (ns < 4) return static_cast<std::size_t>(ns);
+    const unsigned e = 63u - static_cast<unsigned>(__builtin_clzll(ns));  // ns in [2^e, 2^(e+1)), e >= 2
+    return e * 4 + static_cast<std::size_t>((ns >> (e - 2)) & 3);
+  }
+  // The upper bound of a bucket: a quantile is reported as at most this.
+  static std::uint64_t bucket_limit(std::size_t b) noexcept {
+    if (b < 4) return b;
+    const unsigned e = static_cast<unsigned>(b / 4), sub = static_cast<unsigned>(b % 4);
+    const std::uint64_t base = std::uint64_t{1} << e, step = base >> 2;
+    return base + step * (sub + 1) - 1;
+  }
+  std::uint64_t quantile(double q, std::uint64_t count) const noexcept {
+    const auto rank = static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(count)));
+    std::uint64_t seen = 0;
+    for (std::size_t b = 0; b < kBuckets; ++b) {
+      seen += buckets_[b].load(std::memory_order_relaxed);
+      if (seen >= rank) return std::min(bucket_limit(b), max_.load(std::memory_order_relaxed));
+    }
+    return max_.load(std::memory_order_relaxed);
+  }
+  std::array<std::atomic<std::uint64_t>, kBuckets> buckets_{};
+  std::atomic<std::uint64_t> count_{0}, sum_{0}, max_{0};
+};
+
+// How often node runs and commits are timed, so clock reads stay off the hot paths: a node run costs ~60 ns, a
+// clock read ~20 ns.
+constexpr std::uint64_t kSampleHopsEvery = 64;
+constexpr std::uint64_t kSampleCommitsEvery = 16;
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
 // FunctionRegistry
@@ -137,6 +227,7 @@ struct Slot {
   std::atomic<std::uint64_t> changed_wave{0};  // release-stored after `delta`
   std::atomic<const Delta*> delta{nullptr};
   std::vector<Node*> readers;                  // nodes with this page as a data input (engine lock)
+  std::atomic<int> subscribers{0};             // page subscriptions (observers)
   // BATCH: the commits not yet propagated, folded into one delta. Guarded by the page's lock, which every commit
   // of this page holds while it publishes, so folds happen in LSN order.
   Delta pending;
@@ -191,11 +282,22 @@ struct Node {
 // Per-task counts, added to the shared counters once per task rather than once per node (those atomics would
 // otherwise bounce between cores on every node of a parallel wave).
 struct Tally {
-  std::uint64_t recomputed = 0, skipped = 0, cut_off = 0, failed = 0;
+  std::uint32_t wanted = 0;  // the observers' event mask, read once per task
+  std::uint64_t recomputed = 0, skipped = 0, cut_off = 0, failed = 0, bytes = 0, runs = 0;
+};
+
+constexpr std::uint32_t event_bit(EventKind kind) { return EventMask{kind}.bits(); }
+
+// A derived or committed change of a subscribed page, kept for delivery after the wave.
+struct PageChange {
+  PageId page;
+  Delta delta;
+  std::uint64_t epoch = 0;
 };
 
 struct PendingCommit {
   std::uint64_t lsn = 0;
+  std::uint64_t published_ns = 0;  // set on sampled commits, for the commit latency
   std::vector<Delta> deltas;
 };
 
@@ -285,6 +387,14 @@ struct Propagator::Impl : detail::CommitListener {
   std::uint64_t structure_version = 0;  // engine_mutex
   std::uint64_t plan_version = ~std::uint64_t{0};
   std::vector<Node*> topo_nodes;
+  // The data successors of each node as one contiguous array (CSR, by topological position), with reached-marks
+  // and chain ids beside it: a wave's breadth-first walk then reads flat arrays instead of chasing node → slot →
+  // readers pointers, which cost dependent cache misses per hop once a graph outgrows the cache.
+  std::vector<std::uint32_t> successor_offsets;
+  std::vector<std::uint32_t> successor_targets;
+  std::vector<std::uint64_t> reached_mark;
+  std::vector<std::uint32_t> chain_of;
+  std::vector<std::uint32_t> affected_positions;  // engine_mutex: this wave's nodes, as topological positions
   std::vector<std::vector<Node*>> chains;             // fused linear chains, each in topological order
   std::vector<std::vector<std::size_t>> chain_preds;  // chains that must finish before each chain starts
   std::vector<Node*> stale_nodes;                     // engine_mutex: nodes to recompute in the next wave
@@ -329,8 +439,104 @@ struct Propagator::Impl : detail::CommitListener {
 
   struct Counters {
     std::atomic<std::uint64_t> waves{0}, recomputed{0}, skipped{0}, cut_off{0}, failed{0}, inline_waves{0},
-        plan_builds{0}, queued{0}, composed{0};
+        plan_builds{0}, queued{0}, composed{0}, bytes{0};
   } counters;
+  LatencyHistogram wave_latency, hop_latency, commit_latency;
+  std::atomic<std::uint64_t> batch_sample_ns{0};  // BATCH: publish time of a sampled commit not yet propagated
+
+  // Observers. Subscriptions are guarded by observers_mutex; callbacks are called on copies of their shared_ptrs,
+  // outside every lock, so a callback may subscribe, unsubscribe or commit.
+  std::mutex observers_mutex;
+  SubscriptionId next_subscription = 1;  // observers_mutex
+  std::unordered_map<SubscriptionId, std::pair<PageId, std::shared_ptr<PageCallback>>> page_subscriptions;
+  std::unordered_map<SubscriptionId, std::pair<EventMask, std::shared_ptr<EventCallback>>> event_subscriptions;
+  std::atomic<std::uint32_t> wanted_events{0};  // union of the event subscriptions' kinds
+  // What a wave produced for observers, delivered by deliver() once the engine lock is released.
+  std::mutex pending_mutex;
+  std::vector<Event> pending_events;         // pending_mutex
+  std::vector<PageChange> pending_changes;   // pending_mutex
+
+  bool wants(EventKind kind) const noexcept {
+    return (wanted_events.load(std::memory_order_relaxed) & EventMask{kind}.bits()) != 0;
+  }
+  [[gnu::cold]] void emit(Event event) {
+    std::lock_guard lock(pending_mutex);
+    pending_events.push_back(std::move(event));
+  }
+  // Records a page change for page subscribers and PageChanged/PageResized observers.
+  [[gnu::cold]] void note_change(Slot* slot, const Delta& d, std::uint64_t epoch, std::uint64_t wave) {
+    if (slot && slot->subscribers.load(std::memory_order_relaxed) > 0) {
+      std::lock_guard lock(pending_mutex);
+      pending_changes.push_back(PageChange{d.page, d, epoch});
+    }
+    if (wants(EventKind::PageChanged)) emit(Event{EventKind::PageChanged, d.page, 0, epoch, wave, 0, {}});
+    if (d.base_size != d.size && wants(EventKind::PageResized)) {
+      emit(Event{EventKind::PageResized, d.page, 0, epoch, wave, 0, {}});
+    }
+  }
+
+  // Calls the callbacks for everything the finished waves produced. Must run without the engine lock.
+  void deliver() {
+    std::vector<Event> events;
+    std::vector<PageChange> changes;
+    {
+      std::lock_guard lock(pending_mutex);
+      if (pending_events.empty() && pending_changes.empty()) return;
+      events.swap(pending_events);
+      changes.swap(pending_changes);
+    }
+    std::vector<std::string> failures;
+    for (const PageChange& change : changes) {
+      std::vector<std::shared_ptr<PageCallback>> callbacks;
+      {
+        std::lock_guard lock(observers_mutex);
+        for (const auto& [id, sub] : page_subscriptions)
+          if (sub.first == change.page) callbacks.push_back(sub.second);
+      }
+      for (const auto& cb : callbacks) {
+        try {
+          (*cb)(change.delta, change.epoch);
+        } catch (const std::exception& e) {
+          failures.push_back(std::string("page observer of ") + change.page.to_string() + " threw: " + e.what());
+        } catch (...) {
+          failures.push_back("page observer of " + change.page.to_string() + " threw");
+        }
+      }
+    }
+    for (const std::string& f : failures) events.push_back(Event{EventKind::Error, PageId(), 0, 0, 0, 0, f});
+    deliver_events(events, /*report_failures=*/true);
+  }
+
+  void deliver_events(const std::vector<Event>& events, bool report_failures) {
+    if (events.empty()) return;
+    std::vector<std::pair<EventMask, std::shared_ptr<EventCallback>>> subscribers;
+    {
+      std::lock_guard lock(observers_mutex);
+      for (const auto& [id, sub] : event_subscriptions) subscribers.push_back(sub);
+    }
+    std::vector<Event> failures;
+    for (const Event& event : events) {
+      for (const auto& [mask, cb] : subscribers) {
+        if (!mask.contains(event.kind)) continue;
+        try {
+          (*cb)(event);
+        } catch (const std::exception& e) {
+          failures.push_back(Event{EventKind::Error, event.page, 0, 0, event.wave, 0,
+                                   std::string("event observer threw on ") + event_kind_name(event.kind) + ": " +
+                                       e.what()});
+        } catch (...) {
+          failures.push_back(Event{EventKind::Error, event.page, 0, 0, event.wave, 0, "event observer threw"});
+        }
+      }
+    }
+    if (report_failures) deliver_events(failures, /*report_failures=*/false);  // once; a second throw is dropped
+  }
+
+  void refresh_wanted_events() {  // observers_mutex held
+    std::uint32_t bits = 0;
+    for (const auto& [id, sub] : event_subscriptions) bits |= sub.first.bits();
+    wanted_events.store(bits, std::memory_order_relaxed);
+  }
 
   // --- structure ------------------------------------------------------------------------------------------------
 
@@ -449,6 +655,16 @@ struct Propagator::Impl : detail::CommitListener {
         chain_preds.push_back(std::move(from));
       }
     }
+    successor_offsets.assign(n + 1, 0);
+    successor_targets.clear();
+    chain_of.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      for (const Node* reader : topo_nodes[i]->out_slot->readers)
+        successor_targets.push_back(static_cast<std::uint32_t>(reader->topo));
+      successor_offsets[i + 1] = static_cast<std::uint32_t>(successor_targets.size());
+      chain_of[i] = static_cast<std::uint32_t>(topo_nodes[i]->chain);
+    }
+    reached_mark.assign(n, 0);
     plan_version = structure_version;
   }
 
@@ -510,6 +726,7 @@ struct Propagator::Impl : detail::CommitListener {
             *plan_graph, [this, members = bundle](const tbb::flow::continue_msg&) {
               const std::uint64_t wave = wave_number.load(std::memory_order_acquire);
               Tally tally;
+              tally.wanted = wanted_events.load(std::memory_order_relaxed);
               for (Node* node : members) {
                 if (node->reached_wave.load(std::memory_order_relaxed) == wave) run_node(*node, wave, tally);
               }
@@ -668,6 +885,7 @@ struct Propagator::Impl : detail::CommitListener {
     if (t.skipped) counters.skipped.fetch_add(t.skipped, std::memory_order_relaxed);
     if (t.cut_off) counters.cut_off.fetch_add(t.cut_off, std::memory_order_relaxed);
     if (t.failed) counters.failed.fetch_add(t.failed, std::memory_order_relaxed);
+    if (t.bytes) counters.bytes.fetch_add(t.bytes, std::memory_order_relaxed);
   }
 
   void run_node(Node& node, std::uint64_t wave, Tally& tally) {
@@ -683,8 +901,11 @@ struct Propagator::Impl : detail::CommitListener {
     if (!input_changed && !stale) {
       ++tally.skipped;
       node.completed_wave.store(wave, std::memory_order_relaxed);
+      if (tally.wanted & event_bit(EventKind::NodeSkipped)) [[unlikely]] emit(Event{EventKind::NodeSkipped, node.output, 0, 0, wave, 0, {}});
       return;
     }
+    const bool timed = tally.runs++ % kSampleHopsEvery == 0;
+    const std::uint64_t started = timed ? steady_ns() : 0;
     bool changed = false;
     try {
       switch (node.kind) {
@@ -694,17 +915,39 @@ struct Propagator::Impl : detail::CommitListener {
       }
     } catch (...) {
       ++tally.failed;
+      if (tally.wanted & event_bit(EventKind::NodeFailed)) {
+        emit(Event{EventKind::NodeFailed, node.output, 0, 0, wave, 0, describe(std::current_exception())});
+      }
       record_failure(node, std::current_exception());
       return;
     }
+    if (timed) hop_latency.record(steady_ns() - started);
     node.stale.store(false, std::memory_order_relaxed);
     node.completed_wave.store(wave, std::memory_order_relaxed);
     if (changed) {
       ++tally.recomputed;
+      tally.bytes += node.out_delta.payload.size();
+      constexpr std::uint32_t kChangeEvents = event_bit(EventKind::PageChanged) | event_bit(EventKind::PageResized);
+      if ((tally.wanted & kChangeEvents) || node.out_slot->subscribers.load(std::memory_order_relaxed) > 0)
+          [[unlikely]] {
+        note_change(node.out_slot, node.out_delta, node.out_delta.target_epoch(), wave);
+      }
+      if (tally.wanted & event_bit(EventKind::NodeRecomputed)) [[unlikely]] emit(Event{EventKind::NodeRecomputed, node.output, 0, 0, wave, 0, {}});
       node.out_slot->delta.store(&node.out_delta, std::memory_order_relaxed);
       node.out_slot->changed_wave.store(wave, std::memory_order_release);
     } else {
       ++tally.cut_off;
+      if (tally.wanted & event_bit(EventKind::NodeCutOff)) [[unlikely]] emit(Event{EventKind::NodeCutOff, node.output, 0, 0, wave, 0, {}});
+    }
+  }
+
+  static std::string describe(std::exception_ptr error) {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      return e.what();
+    } catch (...) {
+      return "unknown exception";
     }
   }
 
@@ -714,27 +957,47 @@ struct Propagator::Impl : detail::CommitListener {
   void run_wave(const std::vector<std::pair<PageId, const Delta*>>& changes) {
     ensure_order();
     const std::uint64_t wave = wave_number.load(std::memory_order_relaxed) + 1;
-    affected.clear();
+    affected_positions.clear();
     bool single_chain = true;  // whether every reached node is in one fused chain (then it runs inline)
-    auto reach = [&](Node* node) {
-      if (node->reached_wave.load(std::memory_order_relaxed) == wave) return;
-      node->reached_wave.store(wave, std::memory_order_relaxed);
-      if (!affected.empty() && node->chain != affected.front()->chain) single_chain = false;
-      affected.push_back(node);  // doubles as the breadth-first queue
+    auto reach = [&](std::uint32_t position) {
+      if (reached_mark[position] == wave) return;
+      reached_mark[position] = wave;
+      if (!affected_positions.empty() && chain_of[position] != chain_of[affected_positions.front()]) {
+        single_chain = false;
+      }
+      affected_positions.push_back(position);  // doubles as the breadth-first queue
     };
     for (const auto& [page, delta] : changes) {
       auto it = slots.find(page);
       if (it == slots.end()) continue;
       it->second->delta.store(delta, std::memory_order_relaxed);
       it->second->changed_wave.store(wave, std::memory_order_relaxed);
-      for (Node* reader : it->second->readers) reach(reader);
+      if (wants(EventKind::PageChanged) || wants(EventKind::PageResized) ||
+          it->second->subscribers.load(std::memory_order_relaxed) > 0) {
+        note_change(it->second.get(), *delta, delta->target_epoch(), wave);
+      }
+      for (Node* reader : it->second->readers) reach(static_cast<std::uint32_t>(reader->topo));
     }
-    for (Node* node : stale_nodes) reach(node);
-    for (std::size_t i = 0; i < affected.size(); ++i) {
-      for (Node* reader : affected[i]->out_slot->readers) reach(reader);
+    for (Node* node : stale_nodes) reach(static_cast<std::uint32_t>(node->topo));
+    for (std::size_t k = 0; k < affected_positions.size(); ++k) {
+      const std::uint32_t position = affected_positions[k];
+      for (std::uint32_t e = successor_offsets[position]; e < successor_offsets[position + 1]; ++e)
+        reach(successor_targets[e]);
     }
-    if (affected.empty()) return;
+    // Topological order: breadth-first discovery along a chain already is; sort only when it is not.
+    if (!std::is_sorted(affected_positions.begin(), affected_positions.end())) {
+      std::sort(affected_positions.begin(), affected_positions.end());
+    }
+    affected.clear();
+    for (std::uint32_t position : affected_positions) affected.push_back(topo_nodes[position]);
+    if (affected.empty()) {
+      // The wave number still advances: the slots marked above must not look changed in the next wave.
+      wave_number.store(wave, std::memory_order_release);
+      return;
+    }
 
+    const std::uint64_t started = steady_ns();
+    if (wants(EventKind::WaveBegin)) emit(Event{EventKind::WaveBegin, PageId(), 0, 0, wave, 0, {}});
     counters.waves.fetch_add(1, std::memory_order_relaxed);
     cancelled.store(false, std::memory_order_relaxed);
     {
@@ -749,13 +1012,12 @@ struct Propagator::Impl : detail::CommitListener {
     wave_number.store(wave, std::memory_order_release);  // publishes everything above to the tasks
     if (run_inline) {
       counters.inline_waves.fetch_add(1, std::memory_order_relaxed);
-      auto by_topo = [](const Node* a, const Node* b) { return a->topo < b->topo; };
-      // Breadth-first discovery along a chain is already in order; sort only when it is not.
-      if (!std::is_sorted(affected.begin(), affected.end(), by_topo)) std::sort(affected.begin(), affected.end(), by_topo);
       Tally tally;
+      tally.wanted = wanted_events.load(std::memory_order_relaxed);
       for (Node* node : affected) run_node(*node, wave, tally);
       add_tally(tally);
     } else {
+      for (Node* node : affected) node->reached_wave.store(wave, std::memory_order_relaxed);  // the tasks' filter
       arena.execute([&] {
         plan_start->try_put(tbb::flow::continue_msg());
         plan_graph->wait_for_all();
@@ -767,6 +1029,9 @@ struct Propagator::Impl : detail::CommitListener {
       if (node->completed_wave.load(std::memory_order_relaxed) != wave) node->stale.store(true, std::memory_order_relaxed);
       if (node->stale.load(std::memory_order_relaxed)) stale_nodes.push_back(node);
     }
+    const std::uint64_t duration = steady_ns() - started;
+    wave_latency.record(duration);
+    if (wants(EventKind::WaveEnd)) emit(Event{EventKind::WaveEnd, PageId(), 0, 0, wave, duration, {}});
     notify_waiters();
     std::exception_ptr error;
     PageId page;
@@ -775,18 +1040,14 @@ struct Propagator::Impl : detail::CommitListener {
       error = failure;
       page = failed_page;
     }
-    if (error) throw_node_error(page, error);
+    if (error) {
+      if (wants(EventKind::Error)) emit(Event{EventKind::Error, page, 0, 0, wave, 0, describe(error)});
+      throw_node_error(page, error);
+    }
   }
 
   [[noreturn]] static void throw_node_error(PageId page, std::exception_ptr error) {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    throw NodeError(page, what, error);
+    throw NodeError(page, describe(error), error);
   }
 
   bool any_stale() const { return !stale_nodes.empty(); }
@@ -801,9 +1062,24 @@ struct Propagator::Impl : detail::CommitListener {
     }
   }
 
-  // Runs queued commits according to the mode; then stale nodes if nothing else ran.
+  // Runs what is queued, then hands observers what the waves produced, outside the engine lock (callbacks may
+  // commit, which in IMMEDIATE mode drains again on this thread).
   void drain() {
-    std::lock_guard lock(engine_mutex);
+    std::exception_ptr error;
+    {
+      std::lock_guard lock(engine_mutex);
+      try {
+        drain_locked();
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    deliver();
+    if (error) std::rethrow_exception(error);
+  }
+
+  // Runs queued commits according to the mode; then stale nodes if nothing else ran.
+  void drain_locked() {
     if (options.mode == PropagationMode::Batch) {
       drain_batch();
       return;
@@ -822,6 +1098,7 @@ struct Propagator::Impl : detail::CommitListener {
       std::vector<std::pair<PageId, const Delta*>> changes;
       for (const Delta& d : commit.deltas) changes.emplace_back(d.page, &d);
       run_wave(changes);
+      if (commit.published_ns) commit_latency.record(steady_ns() - commit.published_ns);
     }
     if (!ran && any_stale()) run_wave({});
   }
@@ -852,7 +1129,9 @@ struct Propagator::Impl : detail::CommitListener {
       changes.emplace_back(slot->page, &drain_deltas[i]);
     }
     counters.composed.fetch_add(folds, std::memory_order_relaxed);
+    const std::uint64_t sampled = batch_sample_ns.exchange(0, std::memory_order_acq_rel);
     run_wave(changes);
+    if (sampled) commit_latency.record(steady_ns() - sampled);
   }
 
   // Folds `next` into `acc` (acc then next). The common case, `next` rewriting bytes `acc` already covers, is done
@@ -940,7 +1219,19 @@ struct Propagator::Impl : detail::CommitListener {
 
   void release() noexcept override { free_places(1); }
 
+  // One commit in kSampleCommitsEvery per thread is timed from here to the end of its wave.
+  static bool sample_this_commit() noexcept {
+    thread_local std::uint64_t commits = 0;
+    return commits++ % kSampleCommitsEvery == 0;
+  }
+
   void published(std::uint64_t lsn, std::span<const Delta> deltas) noexcept override {
+    if (wants(EventKind::Commit)) {
+      try {
+        emit(Event{EventKind::Commit, deltas.empty() ? PageId() : deltas[0].page, lsn, 0, 0, 0, {}});
+      } catch (...) {  // observers are best effort; the commit must not fail here
+      }
+    }
     if (options.mode == PropagationMode::Batch) {
       publish_batch(deltas);
       return;
@@ -956,6 +1247,7 @@ struct Propagator::Impl : detail::CommitListener {
       return;
     }
     commit.lsn = lsn;
+    if (sample_this_commit()) commit.published_ns = steady_ns();
     {
       std::lock_guard lock(queue_mutex);
       queue.push_back(std::move(commit));
@@ -990,11 +1282,25 @@ struct Propagator::Impl : detail::CommitListener {
       free_places(1);
       return;
     }
+    if (sample_this_commit()) {
+      std::uint64_t none = 0;
+      batch_sample_ns.compare_exchange_strong(none, steady_ns(), std::memory_order_acq_rel);
+    }
     batch_commits.fetch_add(1, std::memory_order_acq_rel);
     counters.queued.fetch_add(1, std::memory_order_relaxed);
     if (worker.joinable()) {
       { std::lock_guard lock(queue_mutex); }  // orders this wake-up after the worker's check
       queue_nonempty.notify_one();
+    }
+  }
+
+  void page_created(PageId page) noexcept override { page_event(EventKind::PageCreated, page); }
+  void page_deleted(PageId page) noexcept override { page_event(EventKind::PageDeleted, page); }
+  void page_event(EventKind kind, PageId page) noexcept {
+    if (!wants(kind)) return;
+    try {
+      deliver_events({Event{kind, page, 0, 0, 0, 0, {}}}, /*report_failures=*/true);
+    } catch (...) {  // observers are best effort here
     }
   }
 
@@ -1126,6 +1432,48 @@ void Propagator::wait_for(PageId page, std::uint64_t epoch) {
   }
 }
 
+SubscriptionId Propagator::subscribe(PageId page, PageCallback callback) {
+  if (!callback) throw Error(ErrorCode::InvalidArgument, "subscribe: the page callback is empty");
+  Slot* slot = nullptr;
+  {
+    std::lock_guard lock(impl_->engine_mutex);
+    slot = impl_->slot_for(page);  // makes the page's commits reach the engine even if no node reads it
+  }
+  std::lock_guard lock(impl_->observers_mutex);
+  const SubscriptionId id = impl_->next_subscription++;
+  impl_->page_subscriptions.emplace(id, std::make_pair(page, std::make_shared<PageCallback>(std::move(callback))));
+  slot->subscribers.fetch_add(1, std::memory_order_relaxed);
+  return id;
+}
+
+SubscriptionId Propagator::subscribe(EventMask kinds, EventCallback callback) {
+  if (!callback) throw Error(ErrorCode::InvalidArgument, "subscribe: the event callback is empty");
+  std::lock_guard lock(impl_->observers_mutex);
+  const SubscriptionId id = impl_->next_subscription++;
+  impl_->event_subscriptions.emplace(id, std::make_pair(kinds, std::make_shared<EventCallback>(std::move(callback))));
+  impl_->refresh_wanted_events();
+  return id;
+}
+
+bool Propagator::unsubscribe(SubscriptionId id) {
+  PageId page;
+  {
+    std::lock_guard lock(impl_->observers_mutex);
+    if (impl_->event_subscriptions.erase(id)) {
+      impl_->refresh_wanted_events();
+      return true;
+    }
+    auto it = impl_->page_subscriptions.find(id);
+    if (it == impl_->page_subscriptions.end()) return false;
+    page = it->second.first;
+    impl_->page_subscriptions.erase(it);
+  }
+  std::lock_guard lock(impl_->engine_mutex);
+  auto slot = impl_->slots.find(page);
+  if (slot != impl_->slots.end()) slot->second->subscribers.fetch_sub(1, std::memory_order_relaxed);
+  return true;
+}
+
 bool Propagator::is_stale(PageId page) const {
   std::lock_guard lock(impl_->engine_mutex);
   auto it = impl_->nodes.find(page);
@@ -1149,7 +1497,76 @@ PropagationStats Propagator::stats() const {
   s.plan_builds = c.plan_builds.load(std::memory_order_relaxed);
   s.commits_queued = c.queued.load(std::memory_order_relaxed);
   s.deltas_composed = c.composed.load(std::memory_order_relaxed);
+  s.bytes_changed = c.bytes.load(std::memory_order_relaxed);
+  s.wave_latency = impl_->wave_latency.summary();
+  s.hop_latency = impl_->hop_latency.summary();
+  s.commit_latency = impl_->commit_latency.summary();
   return s;
+}
+
+namespace {
+
+// (name, help, value) of each counter, shared by the JSON and Prometheus exports.
+struct CounterField {
+  const char* name;
+  const char* help;
+  std::uint64_t value;
+};
+std::vector<CounterField> counter_fields(const PropagationStats& s) {
+  return {{"waves", "Waves run", s.waves},
+          {"nodes_recomputed", "Nodes that ran and changed their output", s.nodes_recomputed},
+          {"nodes_skipped", "Nodes reached by a wave whose inputs did not change", s.nodes_skipped},
+          {"nodes_cut_off", "Nodes that ran and left their output unchanged", s.nodes_cut_off},
+          {"nodes_failed", "Nodes that threw", s.nodes_failed},
+          {"inline_waves", "Waves run on the calling thread", s.inline_waves},
+          {"plan_builds", "Flow-graph execution plans built", s.plan_builds},
+          {"commits_queued", "Commits that reached the propagation queue", s.commits_queued},
+          {"deltas_composed", "Deltas folded into a pending delta of the same page (BATCH)", s.deltas_composed},
+          {"bytes_changed", "Payload bytes of derived-page deltas published", s.bytes_changed}};
+}
+
+struct LatencyField {
+  const char* name;
+  const char* help;
+  const LatencySummary* summary;
+};
+std::vector<LatencyField> latency_fields(const PropagationStats& s) {
+  return {{"wave_latency", "Wave duration", &s.wave_latency},
+          {"hop_latency", "Node run time (sampled)", &s.hop_latency},
+          {"commit_latency", "Commit published to its wave finished (sampled)", &s.commit_latency}};
+}
+
+}  // namespace
+
+std::string Propagator::stats_json() const {
+  const PropagationStats s = stats();
+  nlohmann::ordered_json out;
+  for (const auto& f : counter_fields(s)) out[f.name] = f.value;
+  for (const auto& f : latency_fields(s)) {
+    out[f.name] = {{"count", f.summary->count},   {"mean_ns", f.summary->mean_ns}, {"p50_ns", f.summary->p50_ns},
+                   {"p90_ns", f.summary->p90_ns}, {"p99_ns", f.summary->p99_ns},   {"max_ns", f.summary->max_ns}};
+  }
+  return out.dump(2);
+}
+
+std::string Propagator::stats_prometheus() const {
+  const PropagationStats s = stats();
+  std::ostringstream out;
+  for (const auto& f : counter_fields(s)) {
+    out << "# HELP mmsb_propagation_" << f.name << "_total " << f.help << ".\n"
+        << "# TYPE mmsb_propagation_" << f.name << "_total counter\n"
+        << "mmsb_propagation_" << f.name << "_total " << f.value << "\n";
+  }
+  for (const auto& f : latency_fields(s)) {
+    const std::string name = std::string("mmsb_propagation_") + f.name + "_seconds";
+    const LatencySummary& l = *f.summary;
+    out << "# HELP " << name << " " << f.help << ".\n# TYPE " << name << " summary\n";
+    const std::pair<const char*, std::uint64_t> quantiles[] = {{"0.5", l.p50_ns}, {"0.9", l.p90_ns}, {"0.99", l.p99_ns}};
+    for (const auto& [q, ns] : quantiles) out << name << "{quantile=\"" << q << "\"} " << ns * 1e-9 << "\n";
+    out << name << "_sum " << l.mean_ns * static_cast<double>(l.count) * 1e-9 << "\n"
+        << name << "_count " << l.count << "\n";
+  }
+  return out.str();
 }
 
 std::string Propagator::to_dot() const {

@@ -60,6 +60,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <span>
 #include <string>
@@ -196,6 +197,63 @@ class NodeError : public Error {
   std::exception_ptr nested_;
 };
 
+// What observers can subscribe to. Checkpoint is emitted once durable checkpoints exist (serialize/).
+enum class EventKind : std::uint8_t {
+  PageCreated = 0,
+  PageDeleted,
+  PageResized,
+  PageChanged,     // a committed or derived change of a page (page, epoch, wave)
+  Commit,          // one per commit that touched a watched page (lsn)
+  WaveBegin,       // (wave)
+  WaveEnd,         // (wave, duration_ns)
+  NodeRecomputed,  // a node ran and changed its output (page, wave)
+  NodeSkipped,     // a node was reached but none of its inputs changed (page, wave)
+  NodeCutOff,      // a node ran and its output did not change (page, wave)
+  NodeFailed,      // a node threw (page, wave, message)
+  Checkpoint,
+  Error,           // a wave failed (page of the failing node, message)
+};
+const char* event_kind_name(EventKind kind) noexcept;  // "page_created", "wave_end", ...
+
+// A set of EventKinds: EventMask{EventKind::WaveEnd, EventKind::NodeFailed}, or EventMask::all().
+class EventMask {
+ public:
+  constexpr EventMask() = default;
+  constexpr EventMask(std::initializer_list<EventKind> kinds) {
+    for (EventKind k : kinds) bits_ |= bit(k);
+  }
+  static constexpr EventMask all() { return EventMask(~std::uint32_t{0}); }
+  constexpr bool contains(EventKind k) const noexcept { return (bits_ & bit(k)) != 0; }
+  constexpr std::uint32_t bits() const noexcept { return bits_; }
+
+ private:
+  constexpr explicit EventMask(std::uint32_t bits) : bits_(bits) {}
+  static constexpr std::uint32_t bit(EventKind k) { return std::uint32_t{1} << static_cast<unsigned>(k); }
+  std::uint32_t bits_ = 0;
+};
+
+struct Event {
+  EventKind kind = EventKind::WaveEnd;
+  PageId page;                   // the page concerned, if any
+  std::uint64_t lsn = 0;         // Commit
+  std::uint64_t epoch = 0;       // PageChanged, PageResized: the page's new epoch
+  std::uint64_t wave = 0;        // wave events and node events
+  std::uint64_t duration_ns = 0; // WaveEnd
+  std::string message;           // NodeFailed, Error
+};
+
+using SubscriptionId = std::uint64_t;
+// Called with each change of a subscribed page: its delta and the epoch the page reached.
+using PageCallback = std::function<void(const Delta& delta, std::uint64_t epoch)>;
+using EventCallback = std::function<void(const Event& event)>;
+
+// A latency distribution: counts in log-linear buckets (four per power of two), so percentiles are within ~19%.
+struct LatencySummary {
+  std::uint64_t count = 0;
+  std::uint64_t p50_ns = 0, p90_ns = 0, p99_ns = 0, max_ns = 0;
+  double mean_ns = 0;
+};
+
 struct PropagationStats {
   std::uint64_t waves = 0;
   std::uint64_t nodes_recomputed = 0;  // ran and changed their output
@@ -206,6 +264,10 @@ struct PropagationStats {
   std::uint64_t plan_builds = 0;       // execution plans built (once per graph version that ran a parallel wave)
   std::uint64_t commits_queued = 0;    // DEFERRED/BATCH
   std::uint64_t deltas_composed = 0;   // BATCH: deltas folded into an earlier pending delta of the same page
+  std::uint64_t bytes_changed = 0;     // payload bytes of all derived-page deltas published
+  LatencySummary wave_latency;         // every wave, start to end
+  LatencySummary hop_latency;          // node runs (sampled: one in 64 per task, to keep clocks off the hot path)
+  LatencySummary commit_latency;       // commit published → its wave finished (sampled: one commit in 16)
 };
 
 class Propagator {
@@ -245,9 +307,22 @@ class Propagator {
   // Blocks until `page` has reached `epoch` (or later). Throws Error(NotFound) when the page is deleted.
   void wait_for(PageId page, std::uint64_t epoch);
 
+  // Observers. Callbacks run on the thread that ran the wave (or committed), after the wave, outside every internal
+  // lock; they may read pages and commit (a commit from a callback schedules a new wave as usual). A callback that
+  // throws is reported once as an Error event to the other subscribers and otherwise ignored. Subscribing to a page
+  // makes its changes reach the engine even if no node reads it. IMMEDIATE delivers at each commit; DEFERRED and
+  // BATCH when their waves run.
+  SubscriptionId subscribe(PageId page, PageCallback callback);
+  SubscriptionId subscribe(EventMask kinds, EventCallback callback);
+  // Removes a subscription; returns false if it did not exist. A callback already running finishes.
+  bool unsubscribe(SubscriptionId id);
+
   bool is_stale(PageId page) const;
   std::size_t node_count() const;
   PropagationStats stats() const;
+  // stats() as a JSON object, and in the Prometheus text exposition format (metrics prefixed mmsb_propagation_).
+  std::string stats_json() const;
+  std::string stats_prometheus() const;
   // Graphviz dot of the dependency graph: node kinds, edge kinds, stale pages highlighted.
   std::string to_dot() const;
 

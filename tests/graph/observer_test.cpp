@@ -261,3 +261,27 @@ TEST(PropagationStats, JsonAndPrometheusExportTheCountersAndLatencies) {
 
 }  // namespace
 }  // namespace mmsb
+
+namespace mmsb {
+namespace {
+
+// A commit to a watched page that no node reads runs a wave that reaches nothing. That wave must still use up its
+// wave number: otherwise a node added later and reached in the next wave would see the old change as current
+// (and, for an incremental node, receive a delta that no longer exists).
+TEST(PropagatorWaves, AChangeFromAnEmptyWaveIsNotSeenByTheNextWave) {
+  Runtime rt;
+  Propagator prop(rt);
+  PageId p = rt.create_page(8), q = rt.create_page(8), out = rt.create_page(8);
+  prop.subscribe(p, [](const Delta&, std::uint64_t) {});  // watched, but no node reads it yet
+  commit_i64(rt, p, 1);                                   // a wave that reaches no node
+  std::vector<bool> p_changed;
+  prop.derive_incremental(out, {p, q}, [&](const IncrementalContext& ctx, Delta&) {
+    p_changed.push_back(ctx.input_deltas[0] != nullptr);
+  });
+  commit_i64(rt, q, 2);
+  commit_i64(rt, p, 3);
+  EXPECT_EQ(p_changed, (std::vector<bool>{false, true}));
+}
+
+}  // namespace
+}  // namespace mmsb

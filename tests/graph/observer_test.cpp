@@ -11,15 +11,12 @@
 #include <vector>
 
 #include "mmsb/mmsb.hpp"
+#include "support/test_support.hpp"
 
 namespace mmsb {
 namespace {
 
-void commit_i64(Runtime& rt, PageId page, std::int64_t value) {
-  auto txn = rt.begin();
-  txn.write_value<std::int64_t>(page, 0, value);
-  txn.commit();
-}
+using mmsb::testing::commit_i64;
 
 MapFunction doubling() {
   return [](MapContext& c) { c.output_as<std::int64_t>() = 2 * c.input_as<std::int64_t>(0); };
@@ -264,6 +261,8 @@ TEST(PropagationStats, JsonAndPrometheusExportTheCountersAndLatencies) {
 
 namespace mmsb {
 namespace {
+
+using mmsb::testing::commit_i64;
 
 // A commit to a watched page that no node reads runs a wave that reaches nothing. That wave must still use up its
 // wave number: otherwise a node added later and reached in the next wave would see the old change as current

@@ -19,6 +19,7 @@
 
 #include "mmsb/graph.hpp"
 #include "mmsb/mmsb.hpp"
+#include "support/test_support.hpp"
 
 namespace mmsb {
 namespace {
@@ -27,17 +28,8 @@ using namespace std::chrono_literals;
 
 // ---- helpers ------------------------------------------------------------------------------------------------
 
-void commit_u64(Runtime& rt, PageId page, std::uint64_t offset, std::uint64_t value) {
-  auto txn = rt.begin();
-  txn.write_value<std::uint64_t>(page, offset, value);
-  txn.commit();
-}
-
-void commit_i64(Runtime& rt, PageId page, std::int64_t value) {
-  auto txn = rt.begin();
-  txn.write_value<std::int64_t>(page, 0, value);
-  txn.commit();
-}
+using mmsb::testing::commit_i64;
+using mmsb::testing::commit_u64;
 
 std::uint64_t read_u64(const Runtime& rt, PageId page, std::uint64_t offset = 0) {
   return rt.read_value<std::uint64_t>(page, offset);

@@ -7,20 +7,12 @@
 #include <vector>
 
 #include "mmsb/mmsb.hpp"
+#include "support/test_support.hpp"
 
 namespace mmsb {
 namespace {
 
-template <class F>
-ErrorCode error_code_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  ADD_FAILURE() << "expected an mmsb::Error";
-  return ErrorCode::Internal;
-}
+using mmsb::testing::error_code_of;
 
 TEST(Runtime, NewPageIsZeroFilledAtEpochZero) {
   Runtime rt;

@@ -8,20 +8,12 @@
 #include <vector>
 
 #include "mmsb/mmsb.hpp"
+#include "support/test_support.hpp"
 
 namespace mmsb {
 namespace {
 
-template <class F>
-ErrorCode error_code_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  ADD_FAILURE() << "expected an mmsb::Error";
-  return ErrorCode::Internal;
-}
+using mmsb::testing::error_code_of;
 
 std::vector<std::byte> bytes_of(std::initializer_list<int> values) {
   std::vector<std::byte> out;

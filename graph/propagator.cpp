@@ -1,14 +1,16 @@
-// The propagation engine: derived-page nodes, waves, modes. See mmsb/graph.hpp for the behaviour it promises.
+// The propagation engine: derived-page nodes, waves, modes, observers. See mmsb/graph.hpp for its promises.
 //
-// Structure. Every page that a node reads or writes has a Slot; a Slot records the wave in which its page last
-// changed and that change's delta, so "did an input change in this wave?" is one atomic load per input. The
-// DependencyGraph (Boost.Graph) is the authority on edges, cycles and the topological order; from it the engine
-// derives, once per graph version, an execution plan: each node's topological index and successors, and a TBB
-// flow graph in which each linear chain of nodes is one continue_node.
+// Structure. Every page that a node reads or writes (or an observer watches) has a Slot; a Slot records the wave
+// in which its page last changed and that change's delta, so "did an input change in this wave?" is one atomic
+// load per input. Commits find a page's Slot through a tag on the page record. The DependencyGraph (Boost.Graph)
+// is the authority on edges, cycles and the topological order; from it the engine derives, once per graph shape,
+// an execution plan: each node's topological position, the fused linear chains, a flat successor array for the
+// breadth-first walk, and a TBB flow graph whose tasks are bundles of sibling chains.
 //
-// A wave: mark the changed slots → find the affected nodes (breadth-first over data dependents, plus stale nodes)
-// → run them inline in topological order when there are few, else fire the flow graph, whose bodies return at
-// once for nodes outside the wave. A node publishes its output under the output page's exclusive lock.
+// A wave: mark the changed slots → walk the successor array from them (plus stale nodes) to find the affected
+// nodes → run them inline in topological order when they are few or one chain, else fire the flow graph, whose
+// tasks skip nodes outside the wave. A node locks its inputs shared and its output exclusive, computes, diffs and
+// publishes under those locks. Observers get what the wave produced after it, outside the engine lock.
 //
 // Memory ordering. Work handed to TBB crosses threads inside libtbb, which sanitizers cannot see into, so the
 // engine states its own happens-before edges with atomics: the caller publishes the wave number (release) after
@@ -108,7 +110,6 @@ class LatencyHistogram {
     out.p99_ns = quantile(0.99, out.count);
     return out;
   }
-  std::uint64_t sum_ns() const noexcept { return sum_.load(std::memory_order_relaxed); }
 
  private:
   static constexpr std::size_t kBuckets = 64 * 4;
@@ -367,7 +368,7 @@ struct Propagator::Impl : detail::CommitListener {
     runtime_impl.listener.store(nullptr, std::memory_order_release);
     for (auto& [id, slot] : slots) slot->record->listener_tag.store(nullptr, std::memory_order_release);
     // Nodes unregister from their graph when destroyed: destroy them before the graph.
-    plan_chains.clear();
+    plan_bundles.clear();
     plan_start.reset();
     plan_graph.reset();
   }
@@ -401,7 +402,7 @@ struct Propagator::Impl : detail::CommitListener {
   std::uint64_t flow_version = ~std::uint64_t{0};
   std::unique_ptr<tbb::flow::graph> plan_graph;
   std::unique_ptr<tbb::flow::broadcast_node<tbb::flow::continue_msg>> plan_start;
-  std::vector<std::unique_ptr<tbb::flow::continue_node<tbb::flow::continue_msg>>> plan_chains;
+  std::vector<std::unique_ptr<tbb::flow::continue_node<tbb::flow::continue_msg>>> plan_bundles;  // one task each
 
   // Wave state.
   std::atomic<std::uint64_t> wave_number{0};
@@ -686,7 +687,7 @@ struct Propagator::Impl : detail::CommitListener {
   void ensure_flow_plan() {
     ensure_order();
     if (flow_version == structure_version && plan_graph) return;
-    plan_chains.clear();
+    plan_bundles.clear();
     plan_start.reset();
     plan_graph.reset();
     counters.plan_builds.fetch_add(1, std::memory_order_relaxed);
@@ -722,7 +723,7 @@ struct Propagator::Impl : detail::CommitListener {
       plan_graph = std::make_unique<tbb::flow::graph>();
       plan_start = std::make_unique<tbb::flow::broadcast_node<tbb::flow::continue_msg>>(*plan_graph);
       for (auto& bundle : bundles) {
-        plan_chains.push_back(std::make_unique<tbb::flow::continue_node<tbb::flow::continue_msg>>(
+        plan_bundles.push_back(std::make_unique<tbb::flow::continue_node<tbb::flow::continue_msg>>(
             *plan_graph, [this, members = bundle](const tbb::flow::continue_msg&) {
               const std::uint64_t wave = wave_number.load(std::memory_order_acquire);
               Tally tally;
@@ -735,8 +736,8 @@ struct Propagator::Impl : detail::CommitListener {
             }));
       }
       for (std::size_t b = 0; b < bundles.size(); ++b) {
-        if (bundle_preds[b].empty()) tbb::flow::make_edge(*plan_start, *plan_chains[b]);
-        for (std::size_t f : bundle_preds[b]) tbb::flow::make_edge(*plan_chains[f], *plan_chains[b]);
+        if (bundle_preds[b].empty()) tbb::flow::make_edge(*plan_start, *plan_bundles[b]);
+        for (std::size_t f : bundle_preds[b]) tbb::flow::make_edge(*plan_bundles[f], *plan_bundles[b]);
       }
     });
     flow_version = structure_version;

@@ -1,0 +1,47 @@
+// serialize/codec.hpp — protobuf encoding of commit records and deltas (messages in proto/mmsb.proto).
+//
+// encode_commit() turns a CommitRecord (whose spans point into runtime memory) into the bytes of a
+// mmsb.wire.Commit message; decode_commit() turns such bytes back into owning values. Decoding treats its input
+// as untrusted: malformed protobuf, a delta that breaks a Delta invariant, or a location other than 1, 2, 3 give
+// Error(Corruption) naming what is wrong. The generated protobuf types never appear in this header.
+//
+//   std::string bytes = mmsb::serialize::encode_commit(record);
+//   mmsb::serialize::DecodedCommit c = mmsb::serialize::decode_commit(bytes);
+//   for (const mmsb::Delta& d : c.deltas) mmsb::apply(d, pages[d.page]);
+//
+// Thread-safety: all functions are reentrant and may run concurrently.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mmsb/delta.hpp"
+#include "mmsb/page_id.hpp"
+#include "mmsb/runtime.hpp"
+
+namespace mmsb::serialize {
+
+// An owning copy of one CommitRecord.
+struct DecodedCommit {
+  std::uint64_t lsn = 0;
+  std::uint64_t timestamp_ns = 0;
+  std::vector<Delta> deltas;
+  std::vector<CommitRecord::CreatedPage> created;
+  std::vector<PageId> deleted;
+
+  friend bool operator==(const DecodedCommit& a, const DecodedCommit& b);
+};
+
+// Serialized mmsb.wire.Commit message of `record`.
+std::string encode_commit(const CommitRecord& record);
+// Parses a mmsb.wire.Commit message; throws Error(Corruption) when the bytes are not one or a delta is invalid.
+DecodedCommit decode_commit(std::string_view bytes);
+
+// Serialized mmsb.wire.Delta message of `delta`.
+std::string encode_delta(const Delta& delta);
+// Parses a mmsb.wire.Delta message and validates it; throws Error(Corruption) on any failure.
+Delta decode_delta(std::string_view bytes);
+
+}  // namespace mmsb::serialize

@@ -1,0 +1,426 @@
+#include "serialize/log.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <system_error>
+
+#include "mmsb/error.hpp"
+
+namespace mmsb::serialize {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::string_view kSegmentPrefix = "log-";
+constexpr std::string_view kSegmentSuffix = ".mmsb";
+constexpr std::size_t kSegmentDigits = 20;
+
+[[noreturn]] void io_error(const std::string& what, const fs::path& path, int err) {
+  throw Error(ErrorCode::IoError, what + " " + path.string() + ": " + std::strerror(err));
+}
+
+void put_u32(char* p, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+void put_u64(char* p, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+std::uint32_t get_u32(const char* p) {
+  std::uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+std::uint64_t get_u64(const char* p) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+// XXH3-64 of the 4 type bytes (as stored) followed by the body.
+std::uint64_t record_checksum(const char* type_bytes, std::string_view body) {
+  XXH3_state_t state;
+  XXH3_64bits_reset(&state);
+  XXH3_64bits_update(&state, type_bytes, 4);
+  XXH3_64bits_update(&state, body.data(), body.size());
+  return XXH3_64bits_digest(&state);
+}
+
+std::string hex(std::uint64_t v) {
+  char buf[19];
+  std::snprintf(buf, sizeof buf, "0x%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+// The LSN in a segment file name, or false when `name` is not a segment name.
+bool parse_segment_name(const std::string& name, std::uint64_t& key) {
+  if (name.size() != kSegmentPrefix.size() + kSegmentDigits + kSegmentSuffix.size()) return false;
+  if (name.compare(0, kSegmentPrefix.size(), kSegmentPrefix) != 0) return false;
+  if (name.compare(name.size() - kSegmentSuffix.size(), kSegmentSuffix.size(), kSegmentSuffix) != 0) return false;
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < kSegmentDigits; ++i) {
+    char c = name[kSegmentPrefix.size() + i];
+    if (c < '0' || c > '9') return false;
+    std::uint64_t digit = static_cast<std::uint64_t>(c - '0');
+    if (v > (UINT64_MAX - digit) / 10) return false;
+    v = v * 10 + digit;
+  }
+  key = v;
+  return true;
+}
+
+void write_all(int fd, const char* data, std::size_t n, const fs::path& path) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, data, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      io_error("cannot write to", path, errno);
+    }
+    data += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+void sync_fd(int fd, const fs::path& path) {
+  while (::fdatasync(fd) != 0) {
+    if (errno != EINTR) io_error("cannot fdatasync", path, errno);
+  }
+}
+
+void sync_directory(const fs::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) io_error("cannot open directory", dir, errno);
+  int rc;
+  while ((rc = ::fsync(fd)) != 0 && errno == EINTR) {
+  }
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) io_error("cannot fsync directory", dir, err);
+}
+
+std::string read_file(const fs::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) io_error("cannot open", path, errno);
+  std::string out;
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) out.reserve(static_cast<std::size_t>(st.st_size));
+  char buf[1 << 16];
+  for (;;) {
+    ssize_t r = ::read(fd, buf, sizeof buf);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      io_error("cannot read", path, err);
+    }
+    if (r == 0) break;
+    out.append(buf, static_cast<std::size_t>(r));
+  }
+  ::close(fd);
+  return out;
+}
+
+// How the record at some offset of a segment looks.
+enum class RecordState { Ok, Incomplete, BadChecksum };
+
+struct RecordView {
+  RecordState state = RecordState::Incomplete;
+  std::uint32_t type = 0;
+  std::string_view body;
+  std::uint64_t end = 0;  // offset after the record (when the header is complete)
+  std::string what;       // why it is not Ok
+};
+
+// Throws (through `too_long`) only for a length no writer can produce, which tearing cannot explain.
+template <class TooLong>
+RecordView view_record(const std::string& data, std::uint64_t pos, TooLong&& too_long) {
+  RecordView v;
+  const std::uint64_t left = data.size() - pos;
+  if (left < kRecordHeaderBytes) {
+    v.what = "incomplete record header (" + std::to_string(left) + " of " + std::to_string(kRecordHeaderBytes) +
+             " bytes)";
+    return v;
+  }
+  const char* h = data.data() + pos;
+  const std::uint64_t length = get_u32(h);
+  if (length > kMaxRecordBody) too_long(length);
+  v.type = get_u32(h + 4);
+  if (left - kRecordHeaderBytes < length) {
+    v.what = "incomplete record body (" + std::to_string(left - kRecordHeaderBytes) + " of " +
+             std::to_string(length) + " bytes)";
+    return v;
+  }
+  v.body = std::string_view(h + kRecordHeaderBytes, length);
+  v.end = pos + kRecordHeaderBytes + length;
+  const std::uint64_t stored = get_u64(h + 8);
+  const std::uint64_t computed = record_checksum(h + 4, v.body);
+  if (stored != computed) {
+    v.state = RecordState::BadChecksum;
+    v.what = "checksum mismatch (stored " + hex(stored) + ", computed " + hex(computed) + ")";
+    return v;
+  }
+  v.state = RecordState::Ok;
+  return v;
+}
+
+}  // namespace
+
+std::string segment_file_name(std::uint64_t first_lsn) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "log-%020llu.mmsb", static_cast<unsigned long long>(first_lsn));
+  return buf;
+}
+
+// ---------------------------------------------------------------------------------------------------- LogReader
+
+LogReader::LogReader(fs::path dir) : dir_(std::move(dir)) {
+  std::error_code ec;
+  if (!fs::is_directory(dir_, ec)) {
+    throw Error(ErrorCode::NotFound, "log directory " + dir_.string() + " does not exist (or is not a directory)");
+  }
+  std::vector<std::pair<std::uint64_t, fs::path>> found;
+  fs::directory_iterator it(dir_, ec);
+  if (ec) throw Error(ErrorCode::IoError, "cannot list log directory " + dir_.string() + ": " + ec.message());
+  for (; it != fs::directory_iterator(); it.increment(ec)) {
+    std::uint64_t key = 0;
+    if (parse_segment_name(it->path().filename().string(), key)) found.emplace_back(key, it->path());
+  }
+  if (ec) throw Error(ErrorCode::IoError, "cannot list log directory " + dir_.string() + ": " + ec.message());
+  std::sort(found.begin(), found.end());
+  for (auto& f : found) segments_.push_back(std::move(f.second));
+}
+
+void LogReader::corrupt_at(std::uint64_t offset, const std::string& what) const {
+  throw Error(ErrorCode::Corruption, "segment " + segments_[segment_].filename().string() + " offset " +
+                                         std::to_string(offset) + ": " + what);
+}
+
+void LogReader::load_segment() {
+  const fs::path& path = segments_[segment_];
+  data_ = read_file(path);
+  const std::string name = path.filename().string();
+  if (data_.size() < kSegmentHeaderBytes) {
+    throw Error(ErrorCode::Corruption, "segment " + name + ": not an mmsb log (only " + std::to_string(data_.size()) +
+                                           " bytes, shorter than the 16-byte header)");
+  }
+  if (std::memcmp(data_.data(), kLogMagic, sizeof kLogMagic) != 0) {
+    throw Error(ErrorCode::Corruption, "segment " + name + ": not an mmsb log (bad magic)");
+  }
+  const std::uint32_t version = get_u32(data_.data() + 8);
+  if (version != kLogFormatVersion) {
+    throw Error(ErrorCode::Corruption, "segment " + name + ": unsupported log format version " +
+                                           std::to_string(version) + " (this build reads version " +
+                                           std::to_string(kLogFormatVersion) + ")");
+  }
+  const std::uint32_t reserved = get_u32(data_.data() + 12);
+  if (reserved != 0) {
+    throw Error(ErrorCode::Corruption, "segment " + name + ": reserved header field is " + std::to_string(reserved) +
+                                           ", expected 0");
+  }
+  pos_ = kSegmentHeaderBytes;
+  loaded_ = true;
+}
+
+bool LogReader::next(DecodedCommit& out) {
+  while (!done_) {
+    if (!loaded_) {
+      if (segment_ >= segments_.size()) {
+        done_ = true;
+        break;
+      }
+      load_segment();
+    }
+    if (pos_ == data_.size()) {
+      loaded_ = false;
+      data_.clear();
+      ++segment_;
+      continue;
+    }
+    auto too_long = [&](std::uint64_t length) {
+      corrupt_at(pos_, "record length " + std::to_string(length) + " exceeds the maximum of " +
+                           std::to_string(kMaxRecordBody));
+    };
+    RecordView v = view_record(data_, pos_, too_long);
+    if (v.state == RecordState::Ok) {
+      if (v.type != kRecordTypeCommit) {
+        corrupt_at(pos_, "unknown record type " + std::to_string(v.type) + " (expected 1 = commit)");
+      }
+      try {
+        out = decode_commit(v.body);
+      } catch (const Error& e) {
+        corrupt_at(pos_, e.what());
+      }
+      ++report_.records;
+      report_.last_lsn = std::max(report_.last_lsn, out.lsn);
+      pos_ = v.end;
+      return true;
+    }
+    // A damaged record. Only the end of the last segment may hold a torn write; anywhere else it is corruption.
+    if (segment_ + 1 != segments_.size()) corrupt_at(pos_, v.what);
+    if (v.state == RecordState::BadChecksum) {
+      // A bad checksum is a torn tail only if no valid record follows.
+      std::uint64_t p = v.end;
+      while (p < data_.size()) {
+        RecordView after = view_record(data_, p, [](std::uint64_t) {});
+        if (after.state == RecordState::Ok) {
+          corrupt_at(pos_, v.what + "; a valid record follows at offset " + std::to_string(p));
+        }
+        if (after.state == RecordState::Incomplete) break;
+        p = after.end;
+      }
+    }
+    report_.truncated_segment = segments_[segment_].filename().string();
+    report_.truncated_offset = pos_;
+    report_.truncated_bytes = data_.size() - pos_;
+    done_ = true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------------- LogWriter
+
+LogWriter::LogWriter(fs::path dir, LogOptions options) : dir_(std::move(dir)), options_(options) {
+  std::error_code ec;
+  fs::create_directories(dir_, ec);
+  if (ec) throw Error(ErrorCode::IoError, "cannot create log directory " + dir_.string() + ": " + ec.message());
+
+  LogReader reader(dir_);
+  DecodedCommit scratch;
+  while (reader.next(scratch)) {
+  }
+  recovery_ = reader.report();
+  last_lsn_.store(recovery_.last_lsn, std::memory_order_release);
+  if (reader.segments().empty()) return;  // the first write creates the first segment
+
+  path_ = reader.segments().back();
+  parse_segment_name(path_.filename().string(), key_);
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd_ < 0) io_error("cannot open log segment", path_, errno);
+  if (recovery_.truncated_bytes > 0) {
+    if (::ftruncate(fd_, static_cast<off_t>(recovery_.truncated_offset)) != 0) {
+      int err = errno;
+      close_segment_locked();
+      io_error("cannot truncate the torn tail of", path_, err);
+    }
+    try {
+      sync_fd(fd_, path_);
+    } catch (...) {
+      close_segment_locked();
+      throw;
+    }
+  }
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) {
+    int err = errno;
+    close_segment_locked();
+    io_error("cannot stat", path_, err);
+  }
+  size_ = static_cast<std::uint64_t>(st.st_size);
+}
+
+LogWriter::~LogWriter() { close_segment_locked(); }
+
+void LogWriter::close_segment_locked() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+void LogWriter::open_segment_locked(std::uint64_t key) {
+  const fs::path final_path = dir_ / segment_file_name(key);
+  const fs::path tmp_path = dir_ / (segment_file_name(key) + ".tmp");
+  // The header is written to a temporary file that is renamed into place, so a segment file always has a
+  // complete header.
+  int fd = ::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) io_error("cannot create log segment", tmp_path, errno);
+  char header[kSegmentHeaderBytes];
+  std::memcpy(header, kLogMagic, sizeof kLogMagic);
+  put_u32(header + 8, kLogFormatVersion);
+  put_u32(header + 12, 0);
+  try {
+    write_all(fd, header, sizeof header, tmp_path);
+    sync_fd(fd, tmp_path);
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp_path.c_str());
+    throw;
+  }
+  ::close(fd);
+  if (::rename(tmp_path.c_str(), final_path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp_path.c_str());
+    io_error("cannot rename log segment into place:", final_path, err);
+  }
+  sync_directory(dir_);
+
+  int nfd = ::open(final_path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (nfd < 0) io_error("cannot open log segment", final_path, errno);
+  if (fd_ >= 0) {
+    // The previous segment is complete: make it durable before records go elsewhere.
+    try {
+      sync_fd(fd_, path_);
+    } catch (...) {
+      ::close(nfd);
+      throw;
+    }
+    close_segment_locked();
+  }
+  fd_ = nfd;
+  path_ = final_path;
+  key_ = key;
+  size_ = kSegmentHeaderBytes;
+}
+
+void LogWriter::write(const CommitRecord& record) {
+  const std::string body = encode_commit(record);
+  if (body.size() > kMaxRecordBody) {
+    throw Error(ErrorCode::InvalidArgument, "commit record of LSN " + std::to_string(record.lsn) + " encodes to " +
+                                                std::to_string(body.size()) + " bytes, more than the log's " +
+                                                std::to_string(kMaxRecordBody) + "-byte record limit");
+  }
+  std::string frame(kRecordHeaderBytes + body.size(), '\0');
+  put_u32(frame.data(), static_cast<std::uint32_t>(body.size()));
+  put_u32(frame.data() + 4, kRecordTypeCommit);
+  std::memcpy(frame.data() + kRecordHeaderBytes, body.data(), body.size());
+  put_u64(frame.data() + 8, record_checksum(frame.data() + 4, body));
+
+  std::lock_guard lock(mutex_);
+  if (failed_) {
+    throw Error(ErrorCode::IoError, "log writer for " + dir_.string() +
+                                        " is unusable after an earlier I/O error; reopen the log to recover it");
+  }
+  if (fd_ < 0) {
+    open_segment_locked(record.lsn);
+  } else if (size_ > kSegmentHeaderBytes && size_ + frame.size() > options_.segment_bytes) {
+    open_segment_locked(std::max(record.lsn, key_ + 1));
+  }
+  bool written = false;
+  try {
+    write_all(fd_, frame.data(), frame.size(), path_);
+    written = true;
+    if (options_.sync == SyncPolicy::EveryCommit) sync_fd(fd_, path_);
+  } catch (...) {
+    // Remove what reached the file so the failed commit leaves no trace. After a failed fdatasync the state of
+    // the file on disk is unknown, and so it is when the truncation fails: the writer then refuses more writes.
+    if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0 || written) failed_ = true;
+    throw;
+  }
+  size_ += frame.size();
+  std::uint64_t seen = last_lsn_.load(std::memory_order_relaxed);
+  while (seen < record.lsn && !last_lsn_.compare_exchange_weak(seen, record.lsn, std::memory_order_release)) {
+  }
+}
+
+void LogWriter::sync() {
+  std::lock_guard lock(mutex_);
+  if (fd_ >= 0) sync_fd(fd_, path_);
+}
+
+}  // namespace mmsb::serialize

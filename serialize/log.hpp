@@ -1,0 +1,133 @@
+// serialize/log.hpp — the durable transaction log: segment files of framed commit records.
+//
+// LogWriter is a CommitSink: set it on a Runtime and every commit record (page writes, resizes, page creation
+// and deletion) is appended to the log before the commit becomes visible. LogReader reads a log directory back,
+// record by record, in segment order. The on-disk format and the damage rules are specified in docs/formats.md.
+//
+//   auto log = std::make_shared<mmsb::serialize::LogWriter>("/var/lib/app/log");
+//   rt.set_commit_sink(log);                              // every commit is now logged (fdatasync'd by default)
+//   mmsb::serialize::LogReader reader("/var/lib/app/log");
+//   for (mmsb::serialize::DecodedCommit c; reader.next(c);) { /* replay c */ }
+//
+// Damage. A torn tail (an incomplete record, or a checksum mismatch in the last record of the last segment — what
+// a crash during an unsynced append leaves) is not an error: the reader stops before it and reports it in
+// report(), and LogWriter's constructor truncates it away. Any other damage — a bad record followed by a valid
+// one, a bad record in a segment that is not the last, a bad segment header — is Error(Corruption) naming the
+// segment file and byte offset; it is never skipped silently.
+//
+// Thread-safety: LogWriter::write(), sync() and last_lsn() may be called concurrently (writes are serialized by
+// a mutex; records appear in the order write() is entered). A LogReader is used from one thread. Do not read a
+// directory while a writer appends to it: the reader may see the writer's last record half-written (a torn tail).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "mmsb/runtime.hpp"
+#include "serialize/codec.hpp"
+
+namespace mmsb::serialize {
+
+// Constants of the log format (docs/formats.md, "Transaction log").
+inline constexpr char kLogMagic[8] = {'M', 'M', 'S', 'B', 'L', 'O', 'G', '\0'};
+inline constexpr std::uint32_t kLogFormatVersion = 1;
+inline constexpr std::uint64_t kSegmentHeaderBytes = 16;   // magic, u32 version, u32 reserved
+inline constexpr std::uint64_t kRecordHeaderBytes = 16;    // u32 length, u32 type, u64 XXH3-64 checksum
+inline constexpr std::uint64_t kMaxRecordBody = std::uint64_t{64} << 20;
+inline constexpr std::uint32_t kRecordTypeCommit = 1;
+
+// "log-<first LSN, 20 digits>.mmsb"
+std::string segment_file_name(std::uint64_t first_lsn);
+
+enum class SyncPolicy : std::uint8_t {
+  None,         // leave flushing to the OS: a crash may lose the latest commits (never corrupts earlier ones)
+  EveryCommit,  // fdatasync before write() returns: a commit that returned is durable
+};
+
+struct LogOptions {
+  // A segment that has reached this size is closed and the next record starts a new one. A single record
+  // larger than this still goes into a segment of its own.
+  std::uint64_t segment_bytes = std::uint64_t{64} << 20;
+  SyncPolicy sync = SyncPolicy::EveryCommit;
+};
+
+// What reading (or recovering) a log found.
+struct RecoveryReport {
+  std::uint64_t records = 0;         // valid records read
+  std::uint64_t last_lsn = 0;        // highest LSN among them (0 when none)
+  std::uint64_t truncated_bytes = 0; // bytes of torn tail found after the last valid record (0 when clean)
+  std::string truncated_segment;     // file name of the segment with the torn tail (empty when clean)
+  std::uint64_t truncated_offset = 0;  // offset in that segment where the torn tail starts
+};
+
+// Reads a log directory. Throws Error(NotFound) when `dir` does not exist, Error(IoError) when a file cannot be
+// read, Error(Corruption) for damage other than a torn tail. Files whose names are not segment names are ignored.
+class LogReader {
+ public:
+  explicit LogReader(std::filesystem::path dir);
+
+  // Reads the next record into `out`; false at the end of the log or at a torn tail (see report()).
+  bool next(DecodedCommit& out);
+  // Counts so far; final once next() has returned false.
+  const RecoveryReport& report() const noexcept { return report_; }
+  // The segment files found at construction, in LSN order.
+  const std::vector<std::filesystem::path>& segments() const noexcept { return segments_; }
+
+ private:
+  void load_segment();
+  [[noreturn]] void corrupt_at(std::uint64_t offset, const std::string& what) const;
+
+  std::filesystem::path dir_;
+  std::vector<std::filesystem::path> segments_;
+  std::size_t segment_ = 0;    // index of the segment being read
+  bool loaded_ = false;        // whether data_ holds segments_[segment_]
+  bool done_ = false;
+  std::string data_;           // the whole current segment
+  std::uint64_t pos_ = 0;      // offset of the next record in data_
+  RecoveryReport report_;
+};
+
+// Appends commit records to a log directory (created if missing). The constructor first recovers the directory:
+// it reads every record (throwing Error(Corruption) on damage it must not repair), truncates a torn tail and
+// continues appending to the last segment.
+class LogWriter : public CommitSink {
+ public:
+  explicit LogWriter(std::filesystem::path dir, LogOptions options = {});
+  ~LogWriter() override;
+  LogWriter(const LogWriter&) = delete;
+  LogWriter& operator=(const LogWriter&) = delete;
+
+  // Appends the record (and fdatasyncs it under SyncPolicy::EveryCommit). Throws Error(IoError) when the OS
+  // refuses; the partial record is then removed, or, when even that fails, the writer refuses all later writes.
+  // Throws Error(InvalidArgument) for a record whose encoding exceeds kMaxRecordBody.
+  void write(const CommitRecord& record) override;
+  // Makes every record written so far durable.
+  void sync();
+  // The highest LSN in the log (recovered or written).
+  std::uint64_t last_lsn() const noexcept { return last_lsn_.load(std::memory_order_acquire); }
+  // What recovery found when the writer opened.
+  const RecoveryReport& recovery() const noexcept { return recovery_; }
+  const std::filesystem::path& directory() const noexcept { return dir_; }
+
+ private:
+  void open_segment_locked(std::uint64_t key);
+  void close_segment_locked();
+
+  const std::filesystem::path dir_;
+  const LogOptions options_;
+  RecoveryReport recovery_;
+  std::atomic<std::uint64_t> last_lsn_{0};
+
+  std::mutex mutex_;
+  int fd_ = -1;                    // GUARDED_BY(mutex_): the current segment, or -1 before the first
+  std::filesystem::path path_;     // GUARDED_BY(mutex_)
+  std::uint64_t key_ = 0;          // GUARDED_BY(mutex_): the LSN in the current segment's name
+  std::uint64_t size_ = 0;         // GUARDED_BY(mutex_): bytes in the current segment
+  bool failed_ = false;            // GUARDED_BY(mutex_): an I/O error left the segment in an unknown state
+};
+
+}  // namespace mmsb::serialize

@@ -1,0 +1,135 @@
+#include "serialize/codec.hpp"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <string>
+
+#include "support/test_support.hpp"
+#include "serialize/random_commit.hpp"
+
+namespace mmsb::serialize {
+namespace {
+
+using mmsb::testing::error_code_of;
+using mmsb::testing::OwnedCommit;
+using mmsb::testing::random_commit;
+using mmsb::testing::random_delta;
+
+std::string corruption_message(std::string_view bytes) {
+  try {
+    decode_commit(bytes);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::Corruption) << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "decode_commit accepted the bytes";
+  return {};
+}
+
+TEST(Codec, RandomCommitsRoundTripEqual) {
+  std::mt19937_64 rng(42);
+  bool saw_undo = false, saw_resize = false, saw_created = false, saw_deleted = false;
+  for (std::uint64_t lsn = 1; lsn <= 500; ++lsn) {
+    OwnedCommit c = random_commit(rng, lsn);
+    for (const Delta& d : c.deltas) {
+      saw_undo |= d.has_undo;
+      saw_resize |= d.size != d.base_size;
+    }
+    saw_created |= !c.created.empty();
+    saw_deleted |= !c.deleted.empty();
+    DecodedCommit back = decode_commit(encode_commit(c.record()));
+    ASSERT_EQ(back, c.decoded()) << "lsn " << lsn;
+  }
+  EXPECT_TRUE(saw_undo && saw_resize && saw_created && saw_deleted);
+}
+
+TEST(Codec, EmptyCommitRoundTrips) {
+  CommitRecord r;
+  r.lsn = 7;
+  DecodedCommit back = decode_commit(encode_commit(r));
+  EXPECT_EQ(back.lsn, 7u);
+  EXPECT_TRUE(back.deltas.empty() && back.created.empty() && back.deleted.empty());
+}
+
+TEST(Codec, DeltaRoundTripsAlone) {
+  std::mt19937_64 rng(3);
+  for (int i = 0; i < 200; ++i) {
+    Delta d = random_delta(rng, PageId::make(2, 9));
+    EXPECT_EQ(decode_delta(encode_delta(d)), d);
+  }
+}
+
+TEST(Codec, GarbageIsCorruption) {
+  EXPECT_EQ(error_code_of([] { decode_commit(std::string(16, '\xff')); }), ErrorCode::Corruption);
+  EXPECT_EQ(error_code_of([] { decode_delta(std::string("\x0a\x80", 2)); }), ErrorCode::Corruption);
+  // Field 3 (deltas) claiming 100 bytes that are not there.
+  EXPECT_EQ(error_code_of([] { decode_commit(std::string("\x1a\x64\x08\x01", 4)); }), ErrorCode::Corruption);
+}
+
+TEST(Codec, TruncatedCommitIsCorruption) {
+  OwnedCommit c;
+  c.lsn = 5;
+  c.deleted = {PageId::make(0, 300), PageId::make(0, 400)};  // packed, encoded last
+  std::string bytes = encode_commit(c.record());
+  bytes.pop_back();
+  EXPECT_NE(corruption_message(bytes).find("cannot parse"), std::string::npos);
+}
+
+TEST(Codec, EveryTruncationEitherDecodesOrIsCorruption) {
+  std::mt19937_64 rng(11);
+  OwnedCommit c = random_commit(rng, 99);
+  while (c.deltas.empty()) c = random_commit(rng, 99);
+  const std::string bytes = encode_commit(c.record());
+  for (std::size_t n = 0; n < bytes.size(); ++n) {
+    try {
+      decode_commit(std::string_view(bytes).substr(0, n));
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::Corruption) << n;
+    }
+  }
+}
+
+TEST(Codec, InvalidDeltaIsCorruptionNamingTheDelta) {
+  OwnedCommit c;
+  c.lsn = 12;
+  Delta d;
+  d.page = PageId::make(0, 4);
+  d.epoch_count = 1;
+  d.base_size = d.size = 8;
+  d.ranges = {{2, 4}};
+  d.payload.resize(3);  // one byte short
+  c.deltas.push_back(d);
+  const std::string msg = corruption_message(encode_commit(c.record()));
+  EXPECT_NE(msg.find("commit LSN 12 delta 0 (page p0:4)"), std::string::npos) << msg;
+  EXPECT_EQ(error_code_of([&] { decode_delta(encode_delta(d)); }), ErrorCode::Corruption);
+}
+
+TEST(Codec, MoreRangesThanPayloadBytesIsCorruption) {
+  Delta d;
+  d.page = PageId::make(0, 1);
+  d.size = d.base_size = 1000;
+  for (std::uint64_t i = 0; i < 10; ++i) d.ranges.push_back({i * 10, 1});
+  d.payload.resize(2);
+  EXPECT_EQ(error_code_of([&] { decode_delta(encode_delta(d)); }), ErrorCode::Corruption);
+}
+
+TEST(Codec, UnknownLocationIsCorruption) {
+  for (unsigned location : {0u, 4u, 255u}) {
+    OwnedCommit c;
+    c.lsn = 1;
+    c.created.push_back({PageId::make(0, 1), 64, static_cast<Location>(location)});
+    const std::string msg = corruption_message(encode_commit(c.record()));
+    EXPECT_NE(msg.find("location " + std::to_string(location)), std::string::npos) << msg;
+  }
+}
+
+TEST(Codec, InvalidPageIdIsCorruption) {
+  OwnedCommit c;
+  c.lsn = 1;
+  c.deleted.push_back(PageId(0));
+  EXPECT_EQ(error_code_of([&] { decode_commit(encode_commit(c.record())); }), ErrorCode::Corruption);
+}
+
+}  // namespace
+}  // namespace mmsb::serialize

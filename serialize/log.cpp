@@ -298,7 +298,13 @@ LogWriter::LogWriter(fs::path dir, LogOptions options) : dir_(std::move(dir)), o
   }
   recovery_ = reader.report();
   last_lsn_.store(recovery_.last_lsn, std::memory_order_release);
-  if (reader.segments().empty()) return;  // the first write creates the first segment
+  if (options_.sync == SyncPolicy::Interval && options_.sync_interval.count() <= 0) {
+    throw Error(ErrorCode::InvalidArgument, "LogOptions::sync_interval must be positive");
+  }
+  if (reader.segments().empty()) {  // the first write creates the first segment
+    start_flusher();
+    return;
+  }
 
   path_ = reader.segments().back();
   parse_segment_name(path_.filename().string(), key_);
@@ -324,9 +330,31 @@ LogWriter::LogWriter(fs::path dir, LogOptions options) : dir_(std::move(dir)), o
     io_error("cannot stat", path_, err);
   }
   size_ = static_cast<std::uint64_t>(st.st_size);
+  start_flusher();
 }
 
-LogWriter::~LogWriter() { close_segment_locked(); }
+void LogWriter::start_flusher() {
+  if (options_.sync == SyncPolicy::Interval) flusher_ = std::thread([this] { flusher_main(); });
+}
+
+LogWriter::~LogWriter() {
+  if (flusher_.joinable()) {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    stop_cv_.notify_all();
+    flusher_.join();
+  }
+  if (options_.sync == SyncPolicy::Interval) {
+    try {
+      sync();
+    } catch (...) {
+      // A destructor cannot report it; the failure is the same as a crash before the last interval's sync.
+    }
+  }
+  close_segment_locked();
+}
 
 void LogWriter::close_segment_locked() {
   if (fd_ >= 0) ::close(fd_);
@@ -363,19 +391,153 @@ void LogWriter::open_segment_locked(std::uint64_t key) {
   int nfd = ::open(final_path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   if (nfd < 0) io_error("cannot open log segment", final_path, errno);
   if (fd_ >= 0) {
-    // The previous segment is complete: make it durable before records go elsewhere.
+    // The previous segment is complete: make it durable before records go elsewhere. No leader is syncing it
+    // (the caller waited), so after this every record appended so far is durable.
     try {
+      flush_pending_locked();
+      ++stats_.syncs;
       sync_fd(fd_, path_);
-    } catch (...) {
+    } catch (const Error& e) {
       ::close(nfd);
+      if (!failed_) {
+        failed_ = true;
+        failure_ = e.what();
+      }
+      synced_cv_.notify_all();
       throw;
     }
     close_segment_locked();
+    if (synced_ < written_) {
+      synced_ = written_;
+      synced_cv_.notify_all();
+    }
   }
   fd_ = nfd;
   path_ = final_path;
   key_ = key;
   size_ = kSegmentHeaderBytes;
+}
+
+void LogWriter::throw_failed_locked() const {
+  throw Error(ErrorCode::IoError, "log writer for " + dir_.string() +
+                                      " is unusable after an earlier I/O error (" + failure_ +
+                                      "); reopen the log to recover it");
+}
+
+// Makes sure the current segment can take a record of `frame_bytes`: creates the first segment or rolls to a
+// new one. Rolling waits until no leader is in fdatasync on the old segment (releasing the lock meanwhile).
+void LogWriter::prepare_segment_locked(std::unique_lock<std::mutex>& lock, std::uint64_t lsn,
+                                       std::uint64_t frame_bytes) {
+  for (;;) {
+    if (failed_) throw_failed_locked();
+    if (fd_ < 0) {
+      open_segment_locked(lsn);
+      return;
+    }
+    if (size_ <= kSegmentHeaderBytes || size_ + frame_bytes <= options_.segment_bytes) return;
+    if (syncing_) {
+      synced_cv_.wait(lock);
+      continue;  // the segment may have changed meanwhile
+    }
+    open_segment_locked(std::max(lsn, key_ + 1));
+    return;
+  }
+}
+
+// Interval only: writes the buffered records out. A failure loses records of commits that already returned, so
+// the writer refuses everything afterwards.
+void LogWriter::flush_pending_locked() {
+  if (pending_.empty()) return;
+  try {
+    write_all(fd_, pending_.data(), pending_.size(), path_);
+  } catch (const Error& e) {
+    failed_ = true;
+    failure_ = e.what();
+    synced_cv_.notify_all();
+    throw;
+  }
+  pending_.clear();
+}
+
+// Becomes the sync leader: writes out what is buffered, then fdatasyncs without the lock (other threads keep
+// appending to the same file) and publishes what the sync covered.
+void LogWriter::lead_sync_locked(std::unique_lock<std::mutex>& lock) {
+  flush_pending_locked();
+  syncing_ = true;  // from here on the segment cannot change and no one else leads
+  if (options_.sync == SyncPolicy::EveryCommit && last_sync_ns_ > 0) {
+    // Gather: the writers that the previous sync just released are usually about to append again. While records
+    // keep arriving, yield so they can join this sync instead of waiting for the next one; bounded by the
+    // duration of the last sync, and over as soon as four yields in a row bring nothing new (at once for a lone
+    // writer).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(last_sync_ns_);
+    std::uint64_t seen = written_;
+    int idle = 0;
+    while (idle < 4 && std::chrono::steady_clock::now() < deadline) {
+      lock.unlock();
+      std::this_thread::yield();
+      lock.lock();
+      idle = written_ == seen ? idle + 1 : 0;
+      seen = written_;
+    }
+  }
+  const std::uint64_t target = written_;
+  const int fd = fd_;
+  ++stats_.syncs;
+  lock.unlock();
+  const auto started = std::chrono::steady_clock::now();
+  int err = 0;
+  while (::fdatasync(fd) != 0) {
+    if (errno != EINTR) {
+      err = errno;
+      break;
+    }
+  }
+  const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started);
+  lock.lock();
+  last_sync_ns_ = static_cast<std::uint64_t>(took.count());
+  syncing_ = false;
+  if (err != 0) {
+    failed_ = true;
+    failure_ = "cannot fdatasync " + path_.string() + ": " + std::strerror(err);
+    if (options_.sync == SyncPolicy::EveryCommit) {
+      // Every record after synced_ belongs to a write() that is about to fail: remove them (best effort; the
+      // state of the file is unknown after a failed fdatasync anyway, which is why the writer stays failed).
+      const std::uint64_t unsynced = written_ - synced_;
+      if (unsynced <= size_) (void)::ftruncate(fd_, static_cast<off_t>(size_ - unsynced));
+    }
+    synced_cv_.notify_all();
+    throw_failed_locked();
+  }
+  if (target > synced_) synced_ = target;
+  synced_cv_.notify_all();
+}
+
+// Returns once every record byte up to `ticket` is durable; leads a sync when none is in progress.
+void LogWriter::wait_durable_locked(std::unique_lock<std::mutex>& lock, std::uint64_t ticket) {
+  for (;;) {
+    if (synced_ >= ticket) return;
+    if (failed_) throw_failed_locked();
+    if (syncing_) {
+      synced_cv_.wait(lock);
+      continue;
+    }
+    lead_sync_locked(lock);
+  }
+}
+
+void LogWriter::flusher_main() {
+  std::unique_lock lock(mutex_);
+  while (!stop_) {
+    stop_cv_.wait_for(lock, options_.sync_interval, [this] { return stop_; });
+    if (stop_) break;
+    if (written_ > synced_ && !syncing_ && !failed_) {
+      try {
+        lead_sync_locked(lock);
+      } catch (const Error&) {
+        // failed_ is set: later write() and sync() calls report it.
+      }
+    }
+  }
 }
 
 void LogWriter::write(const CommitRecord& record) {
@@ -385,42 +547,54 @@ void LogWriter::write(const CommitRecord& record) {
                                                 std::to_string(body.size()) + " bytes, more than the log's " +
                                                 std::to_string(kMaxRecordBody) + "-byte record limit");
   }
-  std::string frame(kRecordHeaderBytes + body.size(), '\0');
-  put_u32(frame.data(), static_cast<std::uint32_t>(body.size()));
-  put_u32(frame.data() + 4, kRecordTypeCommit);
-  std::memcpy(frame.data() + kRecordHeaderBytes, body.data(), body.size());
-  put_u64(frame.data() + 8, record_checksum(frame.data() + 4, body));
+  char header[kRecordHeaderBytes];
+  put_u32(header, static_cast<std::uint32_t>(body.size()));
+  put_u32(header + 4, kRecordTypeCommit);
+  put_u64(header + 8, record_checksum(header + 4, body));
+  const std::uint64_t frame_bytes = kRecordHeaderBytes + body.size();
 
-  std::lock_guard lock(mutex_);
-  if (failed_) {
-    throw Error(ErrorCode::IoError, "log writer for " + dir_.string() +
-                                        " is unusable after an earlier I/O error; reopen the log to recover it");
+  std::unique_lock lock(mutex_);
+  prepare_segment_locked(lock, record.lsn, frame_bytes);
+  if (options_.sync == SyncPolicy::Interval) {
+    pending_.append(header, sizeof header);
+    pending_.append(body);
+    if (pending_.size() >= kFlushBytes) flush_pending_locked();
+  } else {
+    std::string frame;
+    frame.reserve(frame_bytes);
+    frame.append(header, sizeof header);
+    frame.append(body);
+    try {
+      write_all(fd_, frame.data(), frame.size(), path_);
+    } catch (const Error& e) {
+      // Remove what reached the file so the failed commit leaves no trace; when even that fails the state of
+      // the file is unknown and the writer refuses more writes.
+      if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) {
+        failed_ = true;
+        failure_ = e.what();
+        synced_cv_.notify_all();
+      }
+      throw;
+    }
   }
-  if (fd_ < 0) {
-    open_segment_locked(record.lsn);
-  } else if (size_ > kSegmentHeaderBytes && size_ + frame.size() > options_.segment_bytes) {
-    open_segment_locked(std::max(record.lsn, key_ + 1));
-  }
-  bool written = false;
-  try {
-    write_all(fd_, frame.data(), frame.size(), path_);
-    written = true;
-    if (options_.sync == SyncPolicy::EveryCommit) sync_fd(fd_, path_);
-  } catch (...) {
-    // Remove what reached the file so the failed commit leaves no trace. After a failed fdatasync the state of
-    // the file on disk is unknown, and so it is when the truncation fails: the writer then refuses more writes.
-    if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0 || written) failed_ = true;
-    throw;
-  }
-  size_ += frame.size();
+  size_ += frame_bytes;
+  written_ += frame_bytes;
+  ++stats_.records;
+  stats_.bytes += frame_bytes;
   std::uint64_t seen = last_lsn_.load(std::memory_order_relaxed);
   while (seen < record.lsn && !last_lsn_.compare_exchange_weak(seen, record.lsn, std::memory_order_release)) {
   }
+  if (options_.sync == SyncPolicy::EveryCommit) wait_durable_locked(lock, written_);
 }
 
 void LogWriter::sync() {
+  std::unique_lock lock(mutex_);
+  wait_durable_locked(lock, written_);
+}
+
+LogStats LogWriter::stats() const {
   std::lock_guard lock(mutex_);
-  if (fd_ >= 0) sync_fd(fd_, path_);
+  return stats_;
 }
 
 }  // namespace mmsb::serialize

@@ -15,16 +15,32 @@
 // one, a bad record in a segment that is not the last, a bad segment header — is Error(Corruption) naming the
 // segment file and byte offset; it is never skipped silently.
 //
-// Thread-safety: LogWriter::write(), sync() and last_lsn() may be called concurrently (writes are serialized by
-// a mutex; records appear in the order write() is entered). A LogReader is used from one thread. Do not read a
-// directory while a writer appends to it: the reader may see the writer's last record half-written (a torn tail).
+// Durability (LogOptions::sync):
+//   EveryCommit  write() returns only once its record is durable (fdatasync'd). Concurrent writers share syncs
+//                (group commit): the first waiter finding no sync in progress leads one fdatasync covering every
+//                record appended so far, while other threads keep appending; the rest wait for it. Before it
+//                syncs, a leader yields briefly while records keep arriving (at most one previous sync's time) so
+//                writers just released by the previous sync can join.
+//   Interval     write() appends to an in-memory buffer and returns; a background thread writes the buffer out
+//                and fdatasyncs every sync_interval when anything was written since the last sync. A crash (of
+//                the process or the machine) may lose at most the commits of the last interval (plus the time
+//                one sync takes); it never corrupts earlier ones. sync() forces one; the destructor syncs last.
+//   None         records are written to the file at once and the OS decides when they reach the disk.
+//
+// Thread-safety: LogWriter::write(), sync(), stats() and last_lsn() may be called concurrently (appends are
+// serialized by a mutex; records appear in the order write() is entered). A LogReader is used from one thread.
+// Do not read a directory while a writer appends to it: the reader may see the writer's last record half-written
+// (a torn tail).
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "mmsb/runtime.hpp"
@@ -39,13 +55,16 @@ inline constexpr std::uint64_t kSegmentHeaderBytes = 16;   // magic, u32 version
 inline constexpr std::uint64_t kRecordHeaderBytes = 16;    // u32 length, u32 type, u64 XXH3-64 checksum
 inline constexpr std::uint64_t kMaxRecordBody = std::uint64_t{64} << 20;
 inline constexpr std::uint32_t kRecordTypeCommit = 1;
+// SyncPolicy::Interval: buffered records are written out once this many bytes are pending.
+inline constexpr std::uint64_t kFlushBytes = std::uint64_t{1} << 20;
 
 // "log-<first LSN, 20 digits>.mmsb"
 std::string segment_file_name(std::uint64_t first_lsn);
 
 enum class SyncPolicy : std::uint8_t {
   None,         // leave flushing to the OS: a crash may lose the latest commits (never corrupts earlier ones)
-  EveryCommit,  // fdatasync before write() returns: a commit that returned is durable
+  EveryCommit,  // fdatasync (shared by concurrent commits) before write() returns: a commit that returned is durable
+  Interval,     // fdatasync every LogOptions::sync_interval by a background thread: a crash may lose the last interval
 };
 
 struct LogOptions {
@@ -53,6 +72,15 @@ struct LogOptions {
   // larger than this still goes into a segment of its own.
   std::uint64_t segment_bytes = std::uint64_t{64} << 20;
   SyncPolicy sync = SyncPolicy::EveryCommit;
+  // SyncPolicy::Interval only: how often the background thread syncs (when anything was written).
+  std::chrono::milliseconds sync_interval{10};
+};
+
+// Counters of one LogWriter since it opened.
+struct LogStats {
+  std::uint64_t records = 0;  // records appended by write()
+  std::uint64_t syncs = 0;    // fdatasync calls that made appended records durable (group, interval, sync(), roll)
+  std::uint64_t bytes = 0;    // record bytes appended (headers included, segment headers not)
 };
 
 // What reading (or recovering) a log found.
@@ -101,12 +129,14 @@ class LogWriter : public CommitSink {
   LogWriter(const LogWriter&) = delete;
   LogWriter& operator=(const LogWriter&) = delete;
 
-  // Appends the record (and fdatasyncs it under SyncPolicy::EveryCommit). Throws Error(IoError) when the OS
-  // refuses; the partial record is then removed, or, when even that fails, the writer refuses all later writes.
+  // Appends the record; under SyncPolicy::EveryCommit returns once it is durable. Throws Error(IoError) when the
+  // OS refuses: a failed append is removed again (when even that fails the writer refuses all later writes); a
+  // failed fdatasync fails every write() waiting on it, and the writer then refuses all later writes.
   // Throws Error(InvalidArgument) for a record whose encoding exceeds kMaxRecordBody.
   void write(const CommitRecord& record) override;
-  // Makes every record written so far durable.
+  // Makes every record written so far durable (Error(IoError) when that fails).
   void sync();
+  LogStats stats() const;
   // The highest LSN in the log (recovered or written).
   std::uint64_t last_lsn() const noexcept { return last_lsn_.load(std::memory_order_acquire); }
   // What recovery found when the writer opened.
@@ -114,20 +144,39 @@ class LogWriter : public CommitSink {
   const std::filesystem::path& directory() const noexcept { return dir_; }
 
  private:
+  void start_flusher();
   void open_segment_locked(std::uint64_t key);
   void close_segment_locked();
+  void prepare_segment_locked(std::unique_lock<std::mutex>& lock, std::uint64_t lsn, std::uint64_t frame_bytes);
+  void flush_pending_locked();
+  void wait_durable_locked(std::unique_lock<std::mutex>& lock, std::uint64_t ticket);
+  void lead_sync_locked(std::unique_lock<std::mutex>& lock);
+  [[noreturn]] void throw_failed_locked() const;
+  void flusher_main();
 
   const std::filesystem::path dir_;
   const LogOptions options_;
   RecoveryReport recovery_;
   std::atomic<std::uint64_t> last_lsn_{0};
 
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
+  std::condition_variable synced_cv_;  // synced_, syncing_ or failed_ changed
+  std::condition_variable stop_cv_;    // stop_ changed (wakes the Interval thread)
   int fd_ = -1;                    // GUARDED_BY(mutex_): the current segment, or -1 before the first
   std::filesystem::path path_;     // GUARDED_BY(mutex_)
   std::uint64_t key_ = 0;          // GUARDED_BY(mutex_): the LSN in the current segment's name
   std::uint64_t size_ = 0;         // GUARDED_BY(mutex_): bytes in the current segment
   bool failed_ = false;            // GUARDED_BY(mutex_): an I/O error left the segment in an unknown state
+  std::string failure_;            // GUARDED_BY(mutex_): what failed, when failed_
+  std::string pending_;            // GUARDED_BY(mutex_): Interval only: appended record bytes not yet written out
+  // Tickets: record bytes appended by this writer, in total over all segments.
+  std::uint64_t written_ = 0;      // GUARDED_BY(mutex_): appended (in the file or in pending_)
+  std::uint64_t synced_ = 0;       // GUARDED_BY(mutex_): durable
+  bool syncing_ = false;           // GUARDED_BY(mutex_): a leader is in fdatasync (the segment must not change)
+  std::uint64_t last_sync_ns_ = 0; // GUARDED_BY(mutex_): how long the last leader's fdatasync took
+  bool stop_ = false;              // GUARDED_BY(mutex_): the Interval thread should exit
+  LogStats stats_;                 // GUARDED_BY(mutex_)
+  std::thread flusher_;            // SyncPolicy::Interval: the background sync thread
 };
 
 }  // namespace mmsb::serialize

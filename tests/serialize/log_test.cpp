@@ -392,5 +392,130 @@ TEST(Log, RuntimeCommitsReplayOntoFreshPages) {
   EXPECT_FALSE(replayed.count(pages[2]));
 }
 
+TEST(Log, GroupCommitLandsEveryRecordWithFewerSyncsThanCommits) {
+  TempDir dir;
+  constexpr int kThreads = 8;
+  constexpr int kCommits = 500;
+  LogWriter writer(dir.path(), LogOptions{});  // SyncPolicy::EveryCommit
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(static_cast<std::uint64_t>(100 + t));
+      for (int i = 0; i < kCommits; ++i) {
+        const auto lsn = static_cast<std::uint64_t>(t * kCommits + i + 1);
+        writer.write(random_commit(rng, lsn).record());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  const LogStats stats = writer.stats();
+  EXPECT_EQ(stats.records, static_cast<std::uint64_t>(kThreads * kCommits));
+  EXPECT_GT(stats.syncs, 0u);
+  EXPECT_LT(stats.syncs, static_cast<std::uint64_t>(kThreads * kCommits));
+  EXPECT_EQ(writer.last_lsn(), static_cast<std::uint64_t>(kThreads * kCommits));
+  std::set<std::uint64_t> lsns;
+  for (const DecodedCommit& c : read_all(dir.path())) EXPECT_TRUE(lsns.insert(c.lsn).second) << c.lsn;
+  EXPECT_EQ(lsns.size(), static_cast<std::size_t>(kThreads * kCommits));
+  EXPECT_EQ(*lsns.begin(), 1u);
+  EXPECT_EQ(*lsns.rbegin(), static_cast<std::uint64_t>(kThreads * kCommits));
+}
+
+TEST(Log, GroupCommitAcrossSegmentRollsThroughARuntime) {
+  TempDir dir;
+  Runtime rt;
+  auto log = std::make_shared<LogWriter>(dir.path(), LogOptions{4096, SyncPolicy::EveryCommit});
+  rt.set_commit_sink(log);
+  constexpr int kThreads = 4;
+  constexpr int kCommits = 100;
+  std::vector<PageId> pages;
+  for (int t = 0; t < kThreads; ++t) pages.push_back(rt.create_page(64));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 1; i <= kCommits; ++i)
+        mmsb::testing::commit_u64(rt, pages[static_cast<std::size_t>(t)], 0, static_cast<std::uint64_t>(i));
+    });
+  }
+  for (auto& th : threads) th.join();
+  rt.set_commit_sink(nullptr);
+  EXPECT_EQ(log->stats().records, static_cast<std::uint64_t>(kThreads + kThreads * kCommits));
+  log.reset();
+  EXPECT_GT(segments_of(dir.path()).size(), 2u);
+  std::set<std::uint64_t> lsns;
+  for (const DecodedCommit& c : read_all(dir.path())) EXPECT_TRUE(lsns.insert(c.lsn).second) << c.lsn;
+  EXPECT_EQ(lsns.size(), static_cast<std::size_t>(kThreads + kThreads * kCommits));
+}
+
+LogOptions interval(std::chrono::milliseconds every, std::uint64_t segment_bytes = std::uint64_t{64} << 20) {
+  LogOptions o;
+  o.segment_bytes = segment_bytes;
+  o.sync = SyncPolicy::Interval;
+  o.sync_interval = every;
+  return o;
+}
+
+TEST(Log, IntervalPolicyRecordsAreReadableAfterSync) {
+  TempDir dir;
+  std::mt19937_64 rng(5);
+  std::vector<OwnedCommit> want;
+  LogWriter writer(dir.path(), interval(std::chrono::hours(1)));  // the thread never fires during the test
+  for (std::uint64_t lsn = 1; lsn <= 50; ++lsn) {
+    want.push_back(random_commit(rng, lsn));
+    writer.write(want.back().record());
+  }
+  writer.sync();
+  auto got = read_all(dir.path());
+  ASSERT_EQ(got.size(), want.size());
+  expect_prefix(got, want, want.size());
+  EXPECT_GE(writer.stats().syncs, 1u);
+  EXPECT_EQ(writer.stats().records, 50u);
+}
+
+TEST(Log, IntervalPolicyDestructorSyncsTheRest) {
+  TempDir dir;
+  std::mt19937_64 rng(6);
+  std::vector<OwnedCommit> want;
+  {
+    LogWriter writer(dir.path(), interval(std::chrono::hours(1), 2048));  // rolls flush the buffer too
+    for (std::uint64_t lsn = 1; lsn <= 200; ++lsn) {
+      want.push_back(random_commit(rng, lsn));
+      writer.write(want.back().record());
+    }
+  }
+  RecoveryReport report;
+  auto got = read_all(dir.path(), &report);
+  ASSERT_EQ(got.size(), want.size());
+  expect_prefix(got, want, want.size());
+  EXPECT_EQ(report.truncated_bytes, 0u);
+  EXPECT_GT(segments_of(dir.path()).size(), 2u);
+}
+
+TEST(Log, IntervalThreadSyncsOnItsOwn) {
+  TempDir dir;
+  std::mt19937_64 rng(7);
+  constexpr auto kEvery = std::chrono::milliseconds(10);
+  LogWriter writer(dir.path(), interval(kEvery));
+  for (std::uint64_t lsn = 1; lsn <= 20; ++lsn) writer.write(random_commit(rng, lsn).record());
+  // Records are buffered until the thread's sync writes them out; no sync() call here. Wait ~3 intervals, longer
+  // on a loaded machine.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  std::this_thread::sleep_for(3 * kEvery);
+  while (read_all(dir.path()).size() < 20 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(kEvery);
+  EXPECT_EQ(read_all(dir.path()).size(), 20u);
+  EXPECT_GT(writer.stats().syncs, 0u);
+  // Once everything is synced, an idle writer does not sync again.
+  std::this_thread::sleep_for(3 * kEvery);
+  const std::uint64_t syncs = writer.stats().syncs;
+  std::this_thread::sleep_for(3 * kEvery);
+  EXPECT_EQ(writer.stats().syncs, syncs);
+}
+
+TEST(Log, IntervalRequiresAPositiveInterval) {
+  TempDir dir;
+  EXPECT_EQ(error_code_of([&] { LogWriter w(dir.path(), interval(std::chrono::milliseconds(0))); }),
+            ErrorCode::InvalidArgument);
+}
+
 }  // namespace
 }  // namespace mmsb::serialize

@@ -1,0 +1,208 @@
+// Durability metrics: the transaction log (serialize/log.hpp) against raw fdatasync on the same file system.
+// Every workload uses a fresh directory under the system temp dir, removed afterwards, and checks its result.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench/harness.hpp"
+#include "mmsb/mmsb.hpp"
+#include "serialize/log.hpp"
+
+namespace mmsb::bench {
+namespace {
+
+namespace fs = std::filesystem;
+using clock_type = std::chrono::steady_clock;
+
+[[noreturn]] void check_failed(const std::string& what) { throw std::runtime_error(what); }
+
+// A fresh directory under the system temp dir, removed when this goes out of scope.
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path_ = fs::temp_directory_path() /
+            ("mmsb-log-bench-" + std::to_string(::getpid()) + "-" +
+             std::to_string(clock_type::now().time_since_epoch().count()) + "-" + std::to_string(counter++));
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// Median microseconds of one 4 KiB append + fdatasync to a plain file.
+double fsync_append_us() {
+  TempDir dir;
+  const fs::path file = dir.path() / "raw";
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) check_failed("fsync_us: cannot create " + file.string());
+  std::vector<char> block(4096, 'x');
+  constexpr int kIterations = 50;
+  std::vector<double> us;
+  for (int i = 0; i < kIterations + 1; ++i) {
+    const auto start = clock_type::now();
+    if (::write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size()) || ::fdatasync(fd) != 0) {
+      ::close(fd);
+      check_failed("fsync_us: write or fdatasync failed");
+    }
+    const double elapsed = std::chrono::duration<double, std::micro>(clock_type::now() - start).count();
+    if (i > 0) us.push_back(elapsed);  // the first append also allocates the file's first extent
+  }
+  ::close(fd);
+  if (fs::file_size(file) != (kIterations + 1) * block.size()) check_failed("fsync_us: file has the wrong size");
+  std::nth_element(us.begin(), us.begin() + kIterations / 2, us.end());
+  return us[kIterations / 2];
+}
+
+Register fsync_us("fsync_us", "baseline: microseconds for one 4 KiB append + fdatasync (median of 50), temp dir",
+                  [] { return fsync_append_us(); });
+
+Register fsyncs_per_s("fsyncs_per_s", "baseline: 1e6 / fsync_us (the same workload, as a rate)",
+                      [] { return 1e6 / fsync_append_us(); });
+
+struct LoggedRun {
+  double commits_per_s = 0;
+  double records_per_sync = 0;  // from LogWriter::stats(), during the timed run
+};
+
+// Commits per second of `threads` threads, each committing 64-byte single-page transactions to its own pages,
+// through a Runtime whose commit sink is a LogWriter with `options`, for about `duration`.
+LoggedRun logged_commits(int threads, serialize::LogOptions options, std::chrono::milliseconds duration) {
+  TempDir dir;
+  constexpr int kPagesPerThread = 8;
+  constexpr std::size_t kBytes = 64;
+  std::uint64_t total = 0;
+  std::uint64_t logged = 0;
+  double seconds = 0;
+  LoggedRun run;
+  {
+    Runtime rt;
+    auto log = std::make_shared<serialize::LogWriter>(dir.path(), options);
+    rt.set_commit_sink(log);
+    std::vector<std::vector<PageId>> pages(static_cast<std::size_t>(threads));
+    for (auto& own : pages)
+      for (int i = 0; i < kPagesPerThread; ++i) own.push_back(rt.create_page(kBytes));
+    const std::uint64_t created = static_cast<std::uint64_t>(threads) * kPagesPerThread;
+    std::atomic<bool> go{false}, stop{false};
+    std::vector<std::uint64_t> counts(static_cast<std::size_t>(threads), 0);
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+      workers.emplace_back([&, t] {
+        const auto& own = pages[static_cast<std::size_t>(t)];
+        std::byte payload[kBytes];
+        std::uint64_t n = 0;
+        while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+        while (!stop.load(std::memory_order_relaxed)) {
+          std::memset(payload, static_cast<int>(n & 0xff), kBytes);
+          std::memcpy(payload, &n, sizeof n);
+          auto txn = rt.begin();
+          txn.write(own[n % own.size()], 0, payload);
+          txn.commit();
+          ++n;
+        }
+        counts[static_cast<std::size_t>(t)] = n;
+        if (n > 0) {
+          const std::uint64_t last = n - 1;
+          if (rt.read_value<std::uint64_t>(own[last % own.size()], 0) != last)
+            check_failed("logged commits: last commit not visible");
+        }
+      });
+    }
+    const auto start = clock_type::now();
+    go.store(true, std::memory_order_release);
+    std::this_thread::sleep_for(duration);
+    stop.store(true, std::memory_order_relaxed);
+    for (auto& w : workers) w.join();
+    seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+    for (std::uint64_t c : counts) total += c;
+    rt.set_commit_sink(nullptr);
+    const serialize::LogStats during = log->stats();
+    run.records_per_sync = static_cast<double>(during.records) / static_cast<double>(std::max<std::uint64_t>(during.syncs, 1));
+    log->sync();
+    logged = log->stats().records - created;
+  }
+  if (logged != total) check_failed("logged commits: the log holds a different number of records");
+  if (total == 0) check_failed("logged commits: no commit completed");
+  run.commits_per_s = static_cast<double>(total) / seconds;
+  return run;
+}
+
+serialize::LogOptions every_commit() {
+  serialize::LogOptions o;
+  o.sync = serialize::SyncPolicy::EveryCommit;
+  return o;
+}
+
+Register log_commits("log_commits_per_s",
+                     "4 threads, 64-byte single-page commits logged with SyncPolicy::Interval (10 ms), ~0.5 s", [] {
+                       serialize::LogOptions o;
+                       o.sync = serialize::SyncPolicy::Interval;
+                       o.sync_interval = std::chrono::milliseconds(10);
+                       return logged_commits(4, o, std::chrono::milliseconds(500)).commits_per_s;
+                     });
+
+Register log_commits_sync("log_commits_per_s_sync",
+                          "16 threads, 64-byte single-page commits, SyncPolicy::EveryCommit (group commit), ~1 s",
+                          [] { return logged_commits(16, every_commit(), std::chrono::milliseconds(1000)).commits_per_s; });
+
+Register records_per_sync("group_commit_records_per_sync",
+                          "the log_commits_per_s_sync workload: records per fdatasync (LogWriter::stats())", [] {
+                            return logged_commits(16, every_commit(), std::chrono::milliseconds(1000)).records_per_sync;
+                          });
+
+Register group_factor(Ratio{"group_commit_factor", "log_commits_per_s_sync", "fsyncs_per_s",
+                            "log_commits_per_s_sync x fsync time = durable commits per fdatasync-time (target >= 8)"});
+
+Register replay("replay_commits_per_s", "LogReader: read back and decode a log of 1,000,000 small commits", [] {
+  TempDir dir;
+  constexpr std::uint64_t kCommits = 1'000'000;
+  constexpr int kPages = 64;
+  {
+    Runtime rt;
+    serialize::LogOptions o;
+    o.sync = serialize::SyncPolicy::None;
+    auto log = std::make_shared<serialize::LogWriter>(dir.path(), o);
+    std::vector<PageId> pages;
+    for (int i = 0; i < kPages; ++i) pages.push_back(rt.create_page(64));
+    rt.set_commit_sink(log);
+    for (std::uint64_t i = 0; i < kCommits; ++i) {
+      auto txn = rt.begin();
+      txn.write_value<std::uint64_t>(pages[i % kPages], (i * 8) % 64, i);
+      txn.commit();
+    }
+    rt.set_commit_sink(nullptr);
+  }
+  const auto start = clock_type::now();
+  serialize::LogReader reader(dir.path());
+  std::uint64_t records = 0, last = 0;
+  for (serialize::DecodedCommit c; reader.next(c);) {
+    ++records;
+    last = c.lsn;
+  }
+  const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+  if (records != kCommits || reader.report().truncated_bytes != 0 || last == 0)
+    check_failed("replay_commits_per_s: read back " + std::to_string(records) + " records");
+  return static_cast<double>(records) / seconds;
+});
+
+}  // namespace
+}  // namespace mmsb::bench

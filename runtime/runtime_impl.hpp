@@ -45,7 +45,10 @@ inline std::string range_text(std::uint64_t offset, std::uint64_t length) {
 // Runtime::Impl
 
 struct Runtime::Impl {
-  explicit Impl(RuntimeOptions opts) : options(opts) {
+  explicit Impl(RuntimeOptions opts) : options(opts), next_lsn{opts.first_lsn}, last_lsn{opts.first_lsn - 1} {
+    if (options.first_lsn == 0) {
+      throw Error(ErrorCode::InvalidArgument, "RuntimeOptions::first_lsn must be at least 1 (LSN 0 means none)");
+    }
     if (options.rank > PageId::kMaxRank) {
       throw Error(ErrorCode::InvalidArgument, "rank " + std::to_string(options.rank) + " exceeds the maximum " +
                                                   std::to_string(PageId::kMaxRank));
@@ -55,8 +58,8 @@ struct Runtime::Impl {
   RuntimeOptions options;
   detail::PageStore store;
   std::atomic<std::uint64_t> next_sequence{1};
-  std::atomic<std::uint64_t> next_lsn{1};
-  std::atomic<std::uint64_t> last_lsn{0};
+  std::atomic<std::uint64_t> next_lsn;  // initialised from options.first_lsn
+  std::atomic<std::uint64_t> last_lsn;
   std::atomic<std::uint64_t> live_pages{0};
   std::shared_ptr<CommitSink> sink;
   std::atomic<detail::CommitListener*> listener{nullptr};  // the propagation engine, if attached

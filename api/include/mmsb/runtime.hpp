@@ -83,6 +83,9 @@ class CommitSink {
 struct RuntimeOptions {
   std::uint32_t rank = 0;    // owner rank stored in the high bits of every PageId created here
   bool record_undo = true;   // keep old bytes in committed deltas (needed to invert or roll back a commit)
+  // LSN of the first commit (>= 1). A runtime rebuilt from a log sets it past the log's last LSN, so the LSNs of
+  // new commits keep increasing in that log; last_lsn() is first_lsn - 1 until the first commit.
+  std::uint64_t first_lsn = 1;
 };
 
 // Ids reserved in one step, so a worker can create many pages without touching the shared counter:

@@ -111,13 +111,7 @@ Corpus make_corpus(const fs::path& dir, std::uint64_t seed) {
             [](const Segment& a, const Segment& b) { return a.name < b.name; });
   mmsb::serialize::LogReader reader(dir);
   for (DecodedCommit c; reader.next(c);) {
-    mmsb::CommitRecord record;
-    record.lsn = c.lsn;
-    record.timestamp_ns = c.timestamp_ns;
-    record.deltas = c.deltas;
-    record.created = c.created;
-    record.deleted = c.deleted;
-    corpus.bodies.push_back(mmsb::serialize::encode_commit(record));
+    corpus.bodies.push_back(mmsb::serialize::encode_commit(c.record()));
   }
   if (corpus.segments.size() < 2 || corpus.bodies.size() < 20) {
     throw std::runtime_error("the seed log is smaller than expected (" + std::to_string(corpus.segments.size()) +

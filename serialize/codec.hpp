@@ -31,6 +31,17 @@ struct DecodedCommit {
   std::vector<CommitRecord::CreatedPage> created;
   std::vector<PageId> deleted;
 
+  // A CommitRecord viewing this commit (to re-encode it, or hand it to a CommitSink); valid while it lives.
+  CommitRecord record() const {
+    CommitRecord r;
+    r.lsn = lsn;
+    r.timestamp_ns = timestamp_ns;
+    r.deltas = deltas;
+    r.created = created;
+    r.deleted = deleted;
+    return r;
+  }
+
   friend bool operator==(const DecodedCommit& a, const DecodedCommit& b);
 };
 

@@ -12,7 +12,6 @@ namespace mmsb::serialize {
 namespace {
 
 using mmsb::testing::error_code_of;
-using mmsb::testing::OwnedCommit;
 using mmsb::testing::random_commit;
 using mmsb::testing::random_delta;
 
@@ -31,7 +30,7 @@ TEST(Codec, RandomCommitsRoundTripEqual) {
   std::mt19937_64 rng(42);
   bool saw_undo = false, saw_resize = false, saw_created = false, saw_deleted = false;
   for (std::uint64_t lsn = 1; lsn <= 500; ++lsn) {
-    OwnedCommit c = random_commit(rng, lsn);
+    DecodedCommit c = random_commit(rng, lsn);
     for (const Delta& d : c.deltas) {
       saw_undo |= d.has_undo;
       saw_resize |= d.size != d.base_size;
@@ -39,7 +38,7 @@ TEST(Codec, RandomCommitsRoundTripEqual) {
     saw_created |= !c.created.empty();
     saw_deleted |= !c.deleted.empty();
     DecodedCommit back = decode_commit(encode_commit(c.record()));
-    ASSERT_EQ(back, c.decoded()) << "lsn " << lsn;
+    ASSERT_EQ(back, c) << "lsn " << lsn;
   }
   EXPECT_TRUE(saw_undo && saw_resize && saw_created && saw_deleted);
 }
@@ -77,7 +76,7 @@ TEST(Codec, GarbageIsCorruption) {
 }
 
 TEST(Codec, TruncatedCommitIsCorruption) {
-  OwnedCommit c;
+  DecodedCommit c;
   c.lsn = 5;
   c.deleted = {PageId::make(0, 300), PageId::make(0, 400)};  // packed, encoded last
   std::string bytes = encode_commit(c.record());
@@ -87,7 +86,7 @@ TEST(Codec, TruncatedCommitIsCorruption) {
 
 TEST(Codec, EveryTruncationEitherDecodesOrIsCorruption) {
   std::mt19937_64 rng(11);
-  OwnedCommit c = random_commit(rng, 99);
+  DecodedCommit c = random_commit(rng, 99);
   while (c.deltas.empty()) c = random_commit(rng, 99);
   const std::string bytes = encode_commit(c.record());
   for (std::size_t n = 0; n < bytes.size(); ++n) {
@@ -100,7 +99,7 @@ TEST(Codec, EveryTruncationEitherDecodesOrIsCorruption) {
 }
 
 TEST(Codec, InvalidDeltaIsCorruptionNamingTheDelta) {
-  OwnedCommit c;
+  DecodedCommit c;
   c.lsn = 12;
   Delta d;
   d.page = PageId::make(0, 4);
@@ -125,7 +124,7 @@ TEST(Codec, MoreRangesThanPayloadBytesIsCorruption) {
 
 TEST(Codec, UnknownLocationIsCorruption) {
   for (unsigned location : {0u, 4u, 255u}) {
-    OwnedCommit c;
+    DecodedCommit c;
     c.lsn = 1;
     c.created.push_back({PageId::make(0, 1), 64, static_cast<Location>(location)});
     const std::string msg = corruption_message(encode_commit(c.record()));
@@ -134,7 +133,7 @@ TEST(Codec, UnknownLocationIsCorruption) {
 }
 
 TEST(Codec, InvalidPageIdIsCorruption) {
-  OwnedCommit c;
+  DecodedCommit c;
   c.lsn = 1;
   c.deleted.push_back(PageId(0));
   EXPECT_EQ(error_code_of([&] { decode_commit(encode_commit(c.record())); }), ErrorCode::Corruption);

@@ -23,7 +23,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using mmsb::testing::error_code_of;
-using mmsb::testing::OwnedCommit;
 using mmsb::testing::random_commit;
 
 // A fresh directory under the system temp dir, removed when the test ends.
@@ -70,10 +69,10 @@ void flip_byte(const fs::path& file, std::uint64_t offset) {
 }
 
 // Writes `count` random commits (LSN 1..count) into one segment; returns them and the file offset of each record.
-std::vector<OwnedCommit> write_commits(const fs::path& dir, std::size_t count, std::vector<std::uint64_t>* offsets,
+std::vector<DecodedCommit> write_commits(const fs::path& dir, std::size_t count, std::vector<std::uint64_t>* offsets,
                                        std::uint64_t seed = 1) {
   std::mt19937_64 rng(seed);
-  std::vector<OwnedCommit> commits;
+  std::vector<DecodedCommit> commits;
   LogWriter writer(dir, fast());
   for (std::size_t i = 0; i < count; ++i) {
     commits.push_back(random_commit(rng, i + 1));
@@ -85,9 +84,9 @@ std::vector<OwnedCommit> write_commits(const fs::path& dir, std::size_t count, s
   return commits;
 }
 
-void expect_prefix(const std::vector<DecodedCommit>& got, const std::vector<OwnedCommit>& want, std::size_t n) {
+void expect_prefix(const std::vector<DecodedCommit>& got, const std::vector<DecodedCommit>& want, std::size_t n) {
   ASSERT_EQ(got.size(), n);
-  for (std::size_t i = 0; i < n; ++i) EXPECT_EQ(got[i], want[i].decoded()) << "record " << i;
+  for (std::size_t i = 0; i < n; ++i) EXPECT_EQ(got[i], want[i]) << "record " << i;
 }
 
 TEST(Log, SegmentNamesHaveTwentyDigits) {
@@ -97,7 +96,7 @@ TEST(Log, SegmentNamesHaveTwentyDigits) {
 TEST(Log, WriterThenReaderAcrossManySegmentsGivesIdenticalCommits) {
   TempDir dir;
   std::mt19937_64 rng(7);
-  std::vector<OwnedCommit> commits;
+  std::vector<DecodedCommit> commits;
   {
     LogWriter writer(dir.path(), fast(4096));
     for (std::uint64_t lsn = 1; lsn <= 300; ++lsn) {
@@ -120,7 +119,7 @@ TEST(Log, WriterThenReaderAcrossManySegmentsGivesIdenticalCommits) {
 TEST(Log, EveryCommitSyncPolicyWritesReadableRecords) {
   TempDir dir;
   std::mt19937_64 rng(8);
-  std::vector<OwnedCommit> commits;
+  std::vector<DecodedCommit> commits;
   {
     LogWriter writer(dir.path(), LogOptions{});
     for (std::uint64_t lsn = 1; lsn <= 5; ++lsn) {
@@ -156,7 +155,7 @@ TEST(Log, TornTailAtEveryOffsetOfTheLastRecordIsTruncatedAndAppendingContinues) 
   const std::uint64_t end = fs::file_size(segments_of(probe).back());
   ASSERT_GT(end - start, kRecordHeaderBytes);
   std::mt19937_64 rng(5);
-  const OwnedCommit extra = random_commit(rng, 6);
+  const DecodedCommit extra = random_commit(rng, 6);
 
   for (std::uint64_t cut = start; cut < end; ++cut) {
     SCOPED_TRACE("cut at " + std::to_string(cut));
@@ -178,7 +177,7 @@ TEST(Log, TornTailAtEveryOffsetOfTheLastRecordIsTruncatedAndAppendingContinues) 
       EXPECT_EQ(fs::file_size(segment), start);
       writer.write(extra.record());
     }
-    std::vector<OwnedCommit> want(commits.begin(), commits.begin() + 4);
+    std::vector<DecodedCommit> want(commits.begin(), commits.begin() + 4);
     want.push_back(extra);
     RecoveryReport after;
     expect_prefix(read_all(dir, &after), want, 5);
@@ -457,7 +456,7 @@ LogOptions interval(std::chrono::milliseconds every, std::uint64_t segment_bytes
 TEST(Log, IntervalPolicyRecordsAreReadableAfterSync) {
   TempDir dir;
   std::mt19937_64 rng(5);
-  std::vector<OwnedCommit> want;
+  std::vector<DecodedCommit> want;
   LogWriter writer(dir.path(), interval(std::chrono::hours(1)));  // the thread never fires during the test
   for (std::uint64_t lsn = 1; lsn <= 50; ++lsn) {
     want.push_back(random_commit(rng, lsn));
@@ -474,7 +473,7 @@ TEST(Log, IntervalPolicyRecordsAreReadableAfterSync) {
 TEST(Log, IntervalPolicyDestructorSyncsTheRest) {
   TempDir dir;
   std::mt19937_64 rng(6);
-  std::vector<OwnedCommit> want;
+  std::vector<DecodedCommit> want;
   {
     LogWriter writer(dir.path(), interval(std::chrono::hours(1), 2048));  // rolls flush the buffer too
     for (std::uint64_t lsn = 1; lsn <= 200; ++lsn) {

@@ -12,26 +12,6 @@
 
 namespace mmsb::testing {
 
-// Owns the storage a CommitRecord's spans point into.
-struct OwnedCommit {
-  std::uint64_t lsn = 0;
-  std::uint64_t timestamp_ns = 0;
-  std::vector<Delta> deltas;
-  std::vector<CommitRecord::CreatedPage> created;
-  std::vector<PageId> deleted;
-
-  CommitRecord record() const {
-    CommitRecord r;
-    r.lsn = lsn;
-    r.timestamp_ns = timestamp_ns;
-    r.deltas = deltas;
-    r.created = created;
-    r.deleted = deleted;
-    return r;
-  }
-  serialize::DecodedCommit decoded() const { return {lsn, timestamp_ns, deltas, created, deleted}; }
-};
-
 inline std::vector<std::byte> random_bytes(std::mt19937_64& rng, std::size_t n) {
   std::vector<std::byte> out(n);
   for (auto& b : out) b = static_cast<std::byte>(rng() & 0xff);
@@ -55,8 +35,8 @@ inline Delta random_delta(std::mt19937_64& rng, PageId page, std::size_t max_siz
   return d;
 }
 
-inline OwnedCommit random_commit(std::mt19937_64& rng, std::uint64_t lsn) {
-  OwnedCommit c;
+inline serialize::DecodedCommit random_commit(std::mt19937_64& rng, std::uint64_t lsn) {
+  serialize::DecodedCommit c;
   c.lsn = lsn;
   c.timestamp_ns = rng();
   const std::size_t deltas = rng() % 4;

@@ -9,9 +9,7 @@
 // nothing: the staged writes, the deltas and their vectors keep their capacity.
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <numeric>
-#include <shared_mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -89,7 +87,7 @@ struct Transaction::State {
 
   std::uint64_t commit(Runtime::Impl& rt, detail::CommitListener* listener);
   void collect_entries();
-  void check_and_prepare(Entry& e, const Runtime::Impl& rt);
+  void check_and_prepare(Entry& e);
   void build_delta(const Entry& e, Delta& d, bool record_undo);
 };
 
@@ -310,8 +308,7 @@ void Transaction::State::collect_entries() {
 }
 
 // Runs under the page's exclusive lock; throws without side effects (grown memory is freed by reset()).
-void Transaction::State::check_and_prepare(Entry& e, const Runtime::Impl& rt) {
-  (void)rt;
+void Transaction::State::check_and_prepare(Entry& e) {
   PageRecord& page = *e.page;
   if (page.deleted.load(std::memory_order_relaxed)) detail::throw_not_found(page.id);
   e.epoch = page.epoch.load(std::memory_order_relaxed);
@@ -419,7 +416,7 @@ std::uint64_t Transaction::State::commit(Runtime::Impl& rt, detail::CommitListen
   collect_entries();
   PageLocks locks(entries);
   locks.lock_all();
-  for (Entry& e : entries) check_and_prepare(e, rt);
+  for (Entry& e : entries) check_and_prepare(e);
 
   if (committed.size() < entries.size()) committed.resize(entries.size());
   for (std::size_t i = 0; i < entries.size(); ++i) build_delta(entries[i], committed[i], rt.options.record_undo);

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 
@@ -60,6 +61,7 @@ IdBlock Runtime::reserve_ids(std::uint64_t count) {
 
 void Runtime::delete_page(PageId id) {
   PageRecord* record = impl_->find_or_throw(id);
+  std::optional<detail::GateGuard> inside(std::in_place, impl_->gate);
   std::unique_lock lock(record->mutex);
   if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
   std::uint64_t lsn = impl_->take_lsn();
@@ -77,6 +79,7 @@ void Runtime::delete_page(PageId id) {
   record->size.store(0, std::memory_order_relaxed);
   impl_->live_pages.fetch_sub(1, std::memory_order_relaxed);
   lock.unlock();
+  inside.reset();
   if (detail::CommitListener* l = impl_->listener.load(std::memory_order_acquire)) l->page_deleted(id);
 }
 
@@ -99,6 +102,16 @@ PageInfo Runtime::info(PageId id) const {
   if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
   return {id, record->size.load(std::memory_order_relaxed), record->epoch.load(std::memory_order_relaxed),
           record->location};
+}
+
+std::vector<PageId> Runtime::page_ids() const {
+  std::vector<PageId> ids;
+  const std::uint64_t end = impl_->next_sequence.load(std::memory_order_acquire);
+  for (std::uint64_t seq = 1; seq < end && seq <= detail::PageStore::kMaxSequence; ++seq) {
+    PageRecord* record = impl_->store.find(seq);
+    if (record && !record->deleted.load(std::memory_order_relaxed)) ids.push_back(record->id);
+  }
+  return ids;
 }
 
 std::uint64_t Runtime::page_count() const noexcept { return impl_->live_pages.load(std::memory_order_relaxed); }

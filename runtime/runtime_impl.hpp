@@ -8,6 +8,7 @@
 #include <string>
 
 #include "mmsb/runtime.hpp"
+#include "runtime/commit_gate.hpp"
 #include "runtime/commit_listener.hpp"
 #include "runtime/page_allocator.hpp"
 #include "runtime/page_store.hpp"
@@ -63,6 +64,7 @@ struct Runtime::Impl {
   std::atomic<std::uint64_t> live_pages{0};
   std::shared_ptr<CommitSink> sink;
   std::atomic<detail::CommitListener*> listener{nullptr};  // the propagation engine, if attached
+  detail::CommitGate gate;  // held by every LSN-taking operation; closed by checkpoints
 
   // The record of a page of this runtime, or nullptr. The record may be flagged deleted: re-check under its lock.
   PageRecord* find(PageId id) const noexcept {
@@ -93,6 +95,7 @@ struct Runtime::Impl {
   }
 
   PageId create(std::uint64_t sequence, std::uint64_t size, Location location) {
+    detail::GateGuard inside(gate);
     PageId id = PageId::make(options.rank, sequence);
     auto* record = new PageRecord(id, location);
     try {
@@ -123,6 +126,59 @@ struct Runtime::Impl {
     live_pages.fetch_add(1, std::memory_order_relaxed);
     if (detail::CommitListener* l = listener.load(std::memory_order_acquire)) l->page_created(id);
     return id;
+  }
+
+  // Calls fn(record) for every live page, in id order, without locking: the caller holds the gate closed (no
+  // page is being created, deleted or committed to) or otherwise keeps the runtime quiet.
+  template <class Fn>
+  void for_each_live_page(Fn&& fn) const {
+    const std::uint64_t end = next_sequence.load(std::memory_order_acquire);
+    for (std::uint64_t seq = 1; seq < end && seq <= detail::PageStore::kMaxSequence; ++seq) {
+      PageRecord* record = store.find(seq);
+      if (record && !record->deleted.load(std::memory_order_relaxed)) fn(*record);
+    }
+  }
+
+  // ---- Recovery only: called on a runtime that no other thread uses yet, with no sink and no listener.
+
+  // Makes `sequence` (and everything below it) unavailable to create_page()/reserve_ids().
+  void reserve_through(std::uint64_t sequence) noexcept {
+    std::uint64_t seen = next_sequence.load(std::memory_order_relaxed);
+    while (seen <= sequence && !next_sequence.compare_exchange_weak(seen, sequence + 1)) {
+    }
+  }
+  // Inserts a page with its bytes and epoch as a checkpoint stored it; takes no LSN.
+  void restore_page(PageId id, std::uint64_t epoch, Location location, const std::byte* bytes, std::uint64_t size) {
+    if (id.rank() != options.rank || !id.valid() || id.sequence() > detail::PageStore::kMaxSequence) {
+      throw Error(ErrorCode::Corruption, "page " + id.to_string() + " cannot belong to a runtime of rank " +
+                                             std::to_string(options.rank));
+    }
+    auto* record = new PageRecord(id, location);
+    if (size > 0) {
+      detail::Block block = PageAllocator::global().allocate(size, detail::Zeroing::Uninitialized);
+      std::memcpy(block.data, bytes, size);
+      record->data = block.data;
+      record->capacity = block.capacity;
+    }
+    record->size.store(size, std::memory_order_relaxed);
+    record->epoch.store(epoch, std::memory_order_relaxed);
+    if (!store.insert(id.sequence(), record)) {
+      if (record->data) PageAllocator::global().deallocate(record->data, record->capacity);
+      delete record;
+      throw Error(ErrorCode::Corruption, "page " + id.to_string() + " appears twice");
+    }
+    reserve_through(id.sequence());
+    live_pages.fetch_add(1, std::memory_order_relaxed);
+  }
+  // The next LSN-taking operation takes exactly `lsn` (replaying a log record at its own LSN). LSNs below the
+  // last one may be replayed too: last_lsn stays the high-water mark.
+  void set_next_lsn(std::uint64_t lsn) noexcept { next_lsn.store(lsn, std::memory_order_relaxed); }
+  // After replay: new commits continue after `last`.
+  void continue_after(std::uint64_t last) noexcept {
+    next_lsn.store(last + 1, std::memory_order_relaxed);
+    std::uint64_t seen = last_lsn.load(std::memory_order_relaxed);
+    while (seen < last && !last_lsn.compare_exchange_weak(seen, last)) {
+    }
   }
 };
 

@@ -256,6 +256,7 @@ std::uint64_t Transaction::commit() {
     throw;
   }
   try {
+    detail::GateGuard inside(runtime_->gate);
     lsn = st.commit(*runtime_, listener);
     st.reset();
   } catch (...) {

@@ -159,6 +159,8 @@ class Runtime {
   bool contains(PageId id) const noexcept;
   PageInfo info(PageId id) const;
   std::uint64_t page_count() const noexcept;  // live pages
+  // The ids of the live pages, in id order (a snapshot: pages may be created or deleted meanwhile).
+  std::vector<PageId> page_ids() const;
 
   // Copies `out.size()` bytes from offset `offset` under the page's shared lock.
   void read(PageId id, std::uint64_t offset, std::span<std::byte> out) const;

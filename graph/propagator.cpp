@@ -209,7 +209,6 @@ bool FunctionRegistry::contains(const std::string& name) const {
 
 namespace {
 
-enum class NodeKind : std::uint8_t { Map, Passthrough, Incremental };
 const char* node_kind_name(NodeKind kind) {
   switch (kind) {
     case NodeKind::Map: return "map";
@@ -264,6 +263,7 @@ struct Node {
   IncrementalFunction incremental;
   ByteRemap remap;
   NodeOptions options;
+  std::string function;                 // the registered function name, when bound by name
   std::vector<PageRecord*> lock_order;  // inputs and output, by PageId, unique
 
   // Plan (rebuilt per graph version).
@@ -1340,7 +1340,10 @@ void Propagator::derive_map(PageId output, std::vector<PageId> inputs, MapFuncti
 void Propagator::derive_map(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                             NodeOptions options) {
   if (options.name.empty()) options.name = registered_name;
-  derive_map(output, std::move(inputs), FunctionRegistry::global().map(registered_name), std::move(options));
+  auto node = make_node(output, NodeKind::Map, std::move(options));
+  node->map = FunctionRegistry::global().map(registered_name);
+  node->function = registered_name;
+  impl_->add_node(std::move(node), inputs);
 }
 
 void Propagator::derive_passthrough(PageId output, PageId input, ByteRemap remap, NodeOptions options) {
@@ -1360,8 +1363,10 @@ void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, I
 void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                                     NodeOptions options) {
   if (options.name.empty()) options.name = registered_name;
-  derive_incremental(output, std::move(inputs), FunctionRegistry::global().incremental(registered_name),
-                     std::move(options));
+  auto node = make_node(output, NodeKind::Incremental, std::move(options));
+  node->incremental = FunctionRegistry::global().incremental(registered_name);
+  node->function = registered_name;
+  impl_->add_node(std::move(node), inputs);
 }
 
 void Propagator::remove_node(PageId output) { impl_->remove_node(output); }
@@ -1415,6 +1420,17 @@ void Propagator::recompute(PageId output) {
     }
     it->second->stale.store(true, std::memory_order_relaxed);
     impl_->stale_nodes.push_back(it->second.get());
+  }
+  impl_->drain();
+}
+
+void Propagator::recompute_all() {
+  {
+    std::lock_guard lock(impl_->engine_mutex);
+    for (auto& [id, node] : impl_->nodes) {
+      node->stale.store(true, std::memory_order_relaxed);
+      impl_->stale_nodes.push_back(node.get());
+    }
   }
   impl_->drain();
 }
@@ -1568,6 +1584,36 @@ std::string Propagator::stats_prometheus() const {
         << name << "_count " << l.count << "\n";
   }
   return out.str();
+}
+
+std::vector<NodeDescription> Propagator::nodes() const {
+  std::lock_guard lock(impl_->engine_mutex);
+  std::vector<NodeDescription> out;
+  out.reserve(impl_->nodes.size());
+  for (const auto& [id, node] : impl_->nodes) {
+    NodeDescription d;
+    d.output = id;
+    d.kind = node->kind;
+    for (const Slot* in : node->inputs) d.inputs.push_back(in->page);
+    d.function = node->function;
+    d.options = node->options;
+    d.remap = node->remap;
+    out.push_back(std::move(d));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.output < b.output; });
+  return out;
+}
+
+std::vector<OrderingEdge> Propagator::ordering_edges() const {
+  std::lock_guard lock(impl_->engine_mutex);
+  std::vector<OrderingEdge> out;
+  for (PageId page : impl_->graph.topological_order()) {
+    for (const detail::Dependency& dep : impl_->graph.inputs_of(page)) {
+      if (dep.kind == DependencyKind::Control) out.push_back({dep.from, dep.to, EdgeKind::Control});
+      if (dep.kind == DependencyKind::GpuSync) out.push_back({dep.from, dep.to, EdgeKind::GpuSync});
+    }
+  }
+  return out;
 }
 
 std::string Propagator::to_dot() const {

@@ -154,9 +154,28 @@ struct ByteRemap {
   std::uint64_t output_offset = 0;
 };
 
+enum class NodeKind : std::uint8_t { Map = 0, Passthrough = 1, Incremental = 2 };
+
 struct NodeOptions {
   bool always_changes = false;  // map only: skip the cutoff diff; the output is treated as fully changed
   std::string name;             // shown in dot export and errors; defaults to the function name, if registered
+};
+
+// How a derived page is computed (Propagator::nodes()); enough to declare the node again.
+struct NodeDescription {
+  PageId output;
+  NodeKind kind = NodeKind::Map;
+  std::vector<PageId> inputs;  // in declaration order
+  std::string function;        // the registered function name; empty when the function was passed directly
+  NodeOptions options;
+  ByteRemap remap;             // Passthrough only
+};
+
+// An ordering-only edge (CONTROL or GPU_SYNC).
+struct OrderingEdge {
+  PageId from;
+  PageId to;
+  EdgeKind kind = EdgeKind::Control;
 };
 
 // Node functions by name, so a restarted program binds the same names to the same nodes.
@@ -304,6 +323,8 @@ class Propagator {
   void propagate();
   // Marks a derived page stale and runs a wave that recomputes it (and what depends on it).
   void recompute(PageId output);
+  // Marks every derived page stale and runs one wave that recomputes them all (after a recovery).
+  void recompute_all();
   // Blocks until `page` has reached `epoch` (or later). Throws Error(NotFound) when the page is deleted.
   void wait_for(PageId page, std::uint64_t epoch);
 
@@ -319,6 +340,9 @@ class Propagator {
 
   bool is_stale(PageId page) const;
   std::size_t node_count() const;
+  // The graph's nodes (by output page) and ordering edges, as declared: what a checkpoint stores.
+  std::vector<NodeDescription> nodes() const;
+  std::vector<OrderingEdge> ordering_edges() const;
   PropagationStats stats() const;
   // stats() as a JSON object, and in the Prometheus text exposition format (metrics prefixed mmsb_propagation_).
   std::string stats_json() const;

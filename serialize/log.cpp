@@ -14,8 +14,12 @@
 #include <system_error>
 
 #include "mmsb/error.hpp"
+#include "serialize/file_io.hpp"
 
 namespace mmsb::serialize {
+
+using namespace detail;  // NOLINT: the byte-order and file helpers
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -23,27 +27,6 @@ namespace fs = std::filesystem;
 constexpr std::string_view kSegmentPrefix = "log-";
 constexpr std::string_view kSegmentSuffix = ".mmsb";
 constexpr std::size_t kSegmentDigits = 20;
-
-[[noreturn]] void io_error(const std::string& what, const fs::path& path, int err) {
-  throw Error(ErrorCode::IoError, what + " " + path.string() + ": " + std::strerror(err));
-}
-
-void put_u32(char* p, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
-void put_u64(char* p, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
-std::uint32_t get_u32(const char* p) {
-  std::uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-std::uint64_t get_u64(const char* p) {
-  std::uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
 
 // XXH3-64 of the 4 type bytes (as stored) followed by the body.
 std::uint64_t record_checksum(const char* type_bytes, std::string_view body) {
@@ -54,11 +37,7 @@ std::uint64_t record_checksum(const char* type_bytes, std::string_view body) {
   return XXH3_64bits_digest(&state);
 }
 
-std::string hex(std::uint64_t v) {
-  char buf[19];
-  std::snprintf(buf, sizeof buf, "0x%016llx", static_cast<unsigned long long>(v));
-  return buf;
-}
+}  // namespace
 
 // The LSN in a segment file name, or false when `name` is not a segment name.
 bool parse_segment_name(const std::string& name, std::uint64_t& key) {
@@ -75,6 +54,13 @@ bool parse_segment_name(const std::string& name, std::uint64_t& key) {
   }
   key = v;
   return true;
+}
+
+
+namespace detail {
+
+void io_error(const std::string& what, const fs::path& path, int err) {
+  throw Error(ErrorCode::IoError, what + " " + path.string() + ": " + std::strerror(err));
 }
 
 void write_all(int fd, const char* data, std::size_t n, const fs::path& path) {
@@ -94,6 +80,14 @@ void sync_fd(int fd, const fs::path& path) {
     if (errno != EINTR) io_error("cannot fdatasync", path, errno);
   }
 }
+
+std::string hex64(std::uint64_t v) {
+  char buf[19];
+  std::snprintf(buf, sizeof buf, "0x%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace detail
 
 void sync_directory(const fs::path& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -128,34 +122,26 @@ std::string read_file(const fs::path& path) {
   return out;
 }
 
-// How the record at some offset of a segment looks.
-enum class RecordState { Ok, Incomplete, BadChecksum };
 
-struct RecordView {
-  RecordState state = RecordState::Incomplete;
-  std::uint32_t type = 0;
-  std::string_view body;
-  std::uint64_t end = 0;  // offset after the record (when the header is complete)
-  std::string what;       // why it is not Ok
-};
-
-// Throws (through `too_long`) only for a length no writer can produce, which tearing cannot explain.
-template <class TooLong>
-RecordView view_record(const std::string& data, std::uint64_t pos, TooLong&& too_long) {
-  RecordView v;
-  const std::uint64_t left = data.size() - pos;
+FramedRecord frame_at(std::string_view data, std::uint64_t pos) {
+  FramedRecord v;
+  const std::uint64_t left = pos <= data.size() ? data.size() - pos : 0;
   if (left < kRecordHeaderBytes) {
-    v.what = "incomplete record header (" + std::to_string(left) + " of " + std::to_string(kRecordHeaderBytes) +
-             " bytes)";
+    v.problem = "incomplete record header (" + std::to_string(left) + " of " + std::to_string(kRecordHeaderBytes) +
+                " bytes)";
     return v;
   }
   const char* h = data.data() + pos;
   const std::uint64_t length = get_u32(h);
-  if (length > kMaxRecordBody) too_long(length);
   v.type = get_u32(h + 4);
+  if (length > kMaxRecordBody) {
+    v.state = FramedRecord::State::TooLong;
+    v.problem = "record length " + std::to_string(length) + " exceeds the maximum of " + std::to_string(kMaxRecordBody);
+    return v;
+  }
   if (left - kRecordHeaderBytes < length) {
-    v.what = "incomplete record body (" + std::to_string(left - kRecordHeaderBytes) + " of " +
-             std::to_string(length) + " bytes)";
+    v.problem = "incomplete record body (" + std::to_string(left - kRecordHeaderBytes) + " of " +
+                std::to_string(length) + " bytes)";
     return v;
   }
   v.body = std::string_view(h + kRecordHeaderBytes, length);
@@ -163,15 +149,65 @@ RecordView view_record(const std::string& data, std::uint64_t pos, TooLong&& too
   const std::uint64_t stored = get_u64(h + 8);
   const std::uint64_t computed = record_checksum(h + 4, v.body);
   if (stored != computed) {
-    v.state = RecordState::BadChecksum;
-    v.what = "checksum mismatch (stored " + hex(stored) + ", computed " + hex(computed) + ")";
+    v.state = FramedRecord::State::BadChecksum;
+    v.problem = "checksum mismatch (stored " + hex64(stored) + ", computed " + hex64(computed) + ")";
     return v;
   }
-  v.state = RecordState::Ok;
+  v.state = FramedRecord::State::Ok;
   return v;
 }
 
-}  // namespace
+std::string encode_frame(std::uint32_t type, std::string_view body) {
+  std::string frame(kRecordHeaderBytes, '\0');
+  put_u32(frame.data(), static_cast<std::uint32_t>(body.size()));
+  put_u32(frame.data() + 4, type);
+  put_u64(frame.data() + 8, record_checksum(frame.data() + 4, body));
+  frame.append(body);
+  return frame;
+}
+
+std::string segment_header_problem(std::string_view data) {
+  if (data.size() < kSegmentHeaderBytes) {
+    return "not an mmsb log (only " + std::to_string(data.size()) + " bytes, shorter than the 16-byte header)";
+  }
+  if (std::memcmp(data.data(), kLogMagic, sizeof kLogMagic) != 0) return "not an mmsb log (bad magic)";
+  const std::uint32_t version = get_u32(data.data() + 8);
+  if (version != kLogFormatVersion) {
+    return "unsupported log format version " + std::to_string(version) + " (this build reads version " +
+           std::to_string(kLogFormatVersion) + ")";
+  }
+  const std::uint32_t reserved = get_u32(data.data() + 12);
+  if (reserved != 0) return "reserved header field is " + std::to_string(reserved) + ", expected 0";
+  return {};
+}
+
+std::string segment_header_bytes() {
+  std::string header(kSegmentHeaderBytes, '\0');
+  std::memcpy(header.data(), kLogMagic, sizeof kLogMagic);
+  put_u32(header.data() + 8, kLogFormatVersion);
+  return header;
+}
+
+void write_file_durably(const fs::path& path, std::string_view data) {
+  const fs::path tmp = path.string() + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) io_error("cannot create", tmp, errno);
+  try {
+    write_all(fd, data.data(), data.size(), tmp);
+    sync_fd(fd, tmp);
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    io_error("cannot rename into place:", path, err);
+  }
+  sync_directory(path.parent_path().empty() ? fs::path(".") : path.parent_path());
+}
 
 std::string segment_file_name(std::uint64_t first_lsn) {
   char buf[64];
@@ -206,25 +242,8 @@ void LogReader::corrupt_at(std::uint64_t offset, const std::string& what) const 
 void LogReader::load_segment() {
   const fs::path& path = segments_[segment_];
   data_ = read_file(path);
-  const std::string name = path.filename().string();
-  if (data_.size() < kSegmentHeaderBytes) {
-    throw Error(ErrorCode::Corruption, "segment " + name + ": not an mmsb log (only " + std::to_string(data_.size()) +
-                                           " bytes, shorter than the 16-byte header)");
-  }
-  if (std::memcmp(data_.data(), kLogMagic, sizeof kLogMagic) != 0) {
-    throw Error(ErrorCode::Corruption, "segment " + name + ": not an mmsb log (bad magic)");
-  }
-  const std::uint32_t version = get_u32(data_.data() + 8);
-  if (version != kLogFormatVersion) {
-    throw Error(ErrorCode::Corruption, "segment " + name + ": unsupported log format version " +
-                                           std::to_string(version) + " (this build reads version " +
-                                           std::to_string(kLogFormatVersion) + ")");
-  }
-  const std::uint32_t reserved = get_u32(data_.data() + 12);
-  if (reserved != 0) {
-    throw Error(ErrorCode::Corruption, "segment " + name + ": reserved header field is " + std::to_string(reserved) +
-                                           ", expected 0");
-  }
+  std::string problem = segment_header_problem(data_);
+  if (!problem.empty()) throw Error(ErrorCode::Corruption, "segment " + path.filename().string() + ": " + problem);
   pos_ = kSegmentHeaderBytes;
   loaded_ = true;
 }
@@ -244,12 +263,10 @@ bool LogReader::next(DecodedCommit& out) {
       ++segment_;
       continue;
     }
-    auto too_long = [&](std::uint64_t length) {
-      corrupt_at(pos_, "record length " + std::to_string(length) + " exceeds the maximum of " +
-                           std::to_string(kMaxRecordBody));
-    };
-    RecordView v = view_record(data_, pos_, too_long);
-    if (v.state == RecordState::Ok) {
+    FramedRecord v = frame_at(data_, pos_);
+    // A length no writer can produce: tearing cannot explain it.
+    if (v.state == FramedRecord::State::TooLong) corrupt_at(pos_, v.problem);
+    if (v.state == FramedRecord::State::Ok) {
       if (v.type != kRecordTypeCommit) {
         corrupt_at(pos_, "unknown record type " + std::to_string(v.type) + " (expected 1 = commit)");
       }
@@ -260,20 +277,21 @@ bool LogReader::next(DecodedCommit& out) {
       }
       ++report_.records;
       report_.last_lsn = std::max(report_.last_lsn, out.lsn);
+      record_offset_ = pos_;
       pos_ = v.end;
       return true;
     }
     // A damaged record. Only the end of the last segment may hold a torn write; anywhere else it is corruption.
-    if (segment_ + 1 != segments_.size()) corrupt_at(pos_, v.what);
-    if (v.state == RecordState::BadChecksum) {
+    if (segment_ + 1 != segments_.size()) corrupt_at(pos_, v.problem);
+    if (v.state == FramedRecord::State::BadChecksum) {
       // A bad checksum is a torn tail only if no valid record follows.
       std::uint64_t p = v.end;
       while (p < data_.size()) {
-        RecordView after = view_record(data_, p, [](std::uint64_t) {});
-        if (after.state == RecordState::Ok) {
-          corrupt_at(pos_, v.what + "; a valid record follows at offset " + std::to_string(p));
+        FramedRecord after = frame_at(data_, p);
+        if (after.state == FramedRecord::State::Ok) {
+          corrupt_at(pos_, v.problem + "; a valid record follows at offset " + std::to_string(p));
         }
-        if (after.state == RecordState::Incomplete) break;
+        if (after.state != FramedRecord::State::BadChecksum) break;
         p = after.end;
       }
     }
@@ -285,17 +303,35 @@ bool LogReader::next(DecodedCommit& out) {
   return false;
 }
 
+fs::path LogReader::current_segment() const {
+  return segment_ < segments_.size() ? segments_[segment_] : fs::path();
+}
+
 // ---------------------------------------------------------------------------------------------------- LogWriter
 
-LogWriter::LogWriter(fs::path dir, LogOptions options) : dir_(std::move(dir)), options_(options) {
+namespace {
+fs::path created_directory(fs::path dir) {
   std::error_code ec;
-  fs::create_directories(dir_, ec);
-  if (ec) throw Error(ErrorCode::IoError, "cannot create log directory " + dir_.string() + ": " + ec.message());
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(ErrorCode::IoError, "cannot create log directory " + dir.string() + ": " + ec.message());
+  return dir;
+}
+}  // namespace
 
+LogWriter::LogWriter(fs::path dir, LogOptions options) : dir_(created_directory(std::move(dir))), options_(options) {
   LogReader reader(dir_);
   DecodedCommit scratch;
   while (reader.next(scratch)) {
   }
+  attach(reader);
+}
+
+LogWriter::LogWriter(fs::path dir, LogOptions options, const LogReader& finished)
+    : dir_(std::move(dir)), options_(options) {
+  attach(finished);
+}
+
+void LogWriter::attach(const LogReader& reader) {
   recovery_ = reader.report();
   last_lsn_.store(recovery_.last_lsn, std::memory_order_release);
   if (options_.sync == SyncPolicy::Interval && options_.sync_interval.count() <= 0) {
@@ -547,23 +583,15 @@ void LogWriter::write(const CommitRecord& record) {
                                                 std::to_string(body.size()) + " bytes, more than the log's " +
                                                 std::to_string(kMaxRecordBody) + "-byte record limit");
   }
-  char header[kRecordHeaderBytes];
-  put_u32(header, static_cast<std::uint32_t>(body.size()));
-  put_u32(header + 4, kRecordTypeCommit);
-  put_u64(header + 8, record_checksum(header + 4, body));
-  const std::uint64_t frame_bytes = kRecordHeaderBytes + body.size();
+  const std::string frame = encode_frame(kRecordTypeCommit, body);
+  const std::uint64_t frame_bytes = frame.size();
 
   std::unique_lock lock(mutex_);
   prepare_segment_locked(lock, record.lsn, frame_bytes);
   if (options_.sync == SyncPolicy::Interval) {
-    pending_.append(header, sizeof header);
-    pending_.append(body);
+    pending_.append(frame);
     if (pending_.size() >= kFlushBytes) flush_pending_locked();
   } else {
-    std::string frame;
-    frame.reserve(frame_bytes);
-    frame.append(header, sizeof header);
-    frame.append(body);
     try {
       write_all(fd_, frame.data(), frame.size(), path_);
     } catch (const Error& e) {
@@ -590,6 +618,44 @@ void LogWriter::write(const CommitRecord& record) {
 void LogWriter::sync() {
   std::unique_lock lock(mutex_);
   wait_durable_locked(lock, written_);
+}
+
+std::uint64_t LogWriter::roll() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    if (failed_) throw_failed_locked();
+    if (fd_ < 0) return 0;
+    if (size_ <= kSegmentHeaderBytes) return key_;
+    if (!syncing_) break;
+    synced_cv_.wait(lock);
+  }
+  open_segment_locked(std::max(last_lsn_.load(std::memory_order_relaxed) + 1, key_ + 1));
+  return key_;
+}
+
+std::uint64_t LogWriter::current_segment_key() const {
+  std::lock_guard lock(mutex_);
+  return fd_ < 0 ? 0 : key_;
+}
+
+std::uint64_t LogWriter::remove_segments_before(std::uint64_t key) {
+  std::vector<fs::path> doomed;
+  {
+    std::lock_guard lock(mutex_);
+    std::error_code ec;
+    for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
+      std::uint64_t k = 0;
+      if (parse_segment_name(it->path().filename().string(), k) && k < key && (fd_ < 0 || k != key_)) {
+        doomed.push_back(it->path());
+      }
+    }
+    if (ec) throw Error(ErrorCode::IoError, "cannot list log directory " + dir_.string() + ": " + ec.message());
+  }
+  for (const fs::path& p : doomed) {
+    if (::unlink(p.c_str()) != 0 && errno != ENOENT) io_error("cannot delete log segment", p, errno);
+  }
+  if (!doomed.empty()) sync_directory(dir_);
+  return doomed.size();
 }
 
 LogStats LogWriter::stats() const {

@@ -40,6 +40,7 @@
 #include <filesystem>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -60,6 +61,38 @@ inline constexpr std::uint64_t kFlushBytes = std::uint64_t{1} << 20;
 
 // "log-<first LSN, 20 digits>.mmsb"
 std::string segment_file_name(std::uint64_t first_lsn);
+// The LSN in a segment file name, or false when `name` is not a segment file name.
+bool parse_segment_name(const std::string& name, std::uint64_t& first_lsn);
+
+// ---- Low-level access to log bytes (verify, repair, tools). None of these throws except where noted.
+
+// One framed record at some offset of a segment's bytes, as far as it can be parsed.
+struct FramedRecord {
+  enum class State : std::uint8_t {
+    Ok,           // complete, checksum matches
+    Incomplete,   // the header or body runs past the end of the data
+    BadChecksum,  // complete, checksum does not match
+    TooLong,      // the length field exceeds kMaxRecordBody: no writer produces that
+  };
+  State state = State::Incomplete;
+  std::uint32_t type = 0;
+  std::string_view body;    // Ok, BadChecksum
+  std::uint64_t end = 0;    // offset after the record (Ok, BadChecksum)
+  std::string problem;      // why it is not Ok
+};
+FramedRecord frame_at(std::string_view data, std::uint64_t pos);
+// Header, type, checksum and body of one record.
+std::string encode_frame(std::uint32_t type, std::string_view body);
+// Empty when `data` starts with a valid segment header, else what is wrong with it.
+std::string segment_header_problem(std::string_view data);
+// The 16 header bytes of a segment file.
+std::string segment_header_bytes();
+// The whole file; Error(IoError) when it cannot be read.
+std::string read_file(const std::filesystem::path& path);
+// Writes `path` atomically: a temporary file, fsync, rename, directory fsync. Error(IoError) on failure.
+void write_file_durably(const std::filesystem::path& path, std::string_view data);
+// fsync of a directory (so renames and unlinks in it are durable). Error(IoError) on failure.
+void sync_directory(const std::filesystem::path& dir);
 
 enum class SyncPolicy : std::uint8_t {
   None,         // leave flushing to the OS: a crash may lose the latest commits (never corrupts earlier ones)
@@ -104,6 +137,9 @@ class LogReader {
   const RecoveryReport& report() const noexcept { return report_; }
   // The segment files found at construction, in LSN order.
   const std::vector<std::filesystem::path>& segments() const noexcept { return segments_; }
+  // The segment and offset of the record next() returned last.
+  std::filesystem::path current_segment() const;
+  std::uint64_t record_offset() const noexcept { return record_offset_; }
 
  private:
   void load_segment();
@@ -116,6 +152,7 @@ class LogReader {
   bool done_ = false;
   std::string data_;           // the whole current segment
   std::uint64_t pos_ = 0;      // offset of the next record in data_
+  std::uint64_t record_offset_ = 0;
   RecoveryReport report_;
 };
 
@@ -125,6 +162,9 @@ class LogReader {
 class LogWriter : public CommitSink {
  public:
   explicit LogWriter(std::filesystem::path dir, LogOptions options = {});
+  // Continues the log that `finished` (a reader of `dir` whose next() has returned false) has just read, so
+  // recovery reads the log once: the reader's report is the writer's recovery().
+  LogWriter(std::filesystem::path dir, LogOptions options, const LogReader& finished);
   ~LogWriter() override;
   LogWriter(const LogWriter&) = delete;
   LogWriter& operator=(const LogWriter&) = delete;
@@ -143,7 +183,16 @@ class LogWriter : public CommitSink {
   const RecoveryReport& recovery() const noexcept { return recovery_; }
   const std::filesystem::path& directory() const noexcept { return dir_; }
 
+  // Starts a new segment unless the current one holds no record yet (makes the old one durable first); later
+  // records go to the new one. Returns the new current segment's key (0 when no segment exists yet).
+  std::uint64_t roll();
+  // The key (the LSN in the file name) of the segment records are appended to now; 0 before the first.
+  std::uint64_t current_segment_key() const;
+  // Deletes the segments whose key is below `key` (never the current one); returns how many.
+  std::uint64_t remove_segments_before(std::uint64_t key);
+
  private:
+  void attach(const LogReader& reader);
   void start_flusher();
   void open_segment_locked(std::uint64_t key);
   void close_segment_locked();

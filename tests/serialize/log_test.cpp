@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "serialize/random_commit.hpp"
+#include "support/temp_dir.hpp"
 #include "support/test_support.hpp"
 
 namespace mmsb::serialize {
@@ -25,25 +26,7 @@ namespace fs = std::filesystem;
 using mmsb::testing::error_code_of;
 using mmsb::testing::random_commit;
 
-// A fresh directory under the system temp dir, removed when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
-    path_ = fs::temp_directory_path() / ("mmsb-log-test-" + std::to_string(::getpid()) + "-" +
-                                         std::to_string(now) + "-" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using mmsb::testing::TempDir;
 
 LogOptions fast(std::uint64_t segment_bytes = std::uint64_t{64} << 20) {
   return LogOptions{segment_bytes, SyncPolicy::None};

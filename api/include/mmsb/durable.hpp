@@ -67,7 +67,6 @@ struct DurableOptions {
   std::chrono::milliseconds sync_interval{10};       // SyncPolicy::Interval
   std::uint64_t segment_bytes = std::uint64_t{64} << 20;  // a log segment is closed once it reaches this size
   int checkpoint_compression_level = 3;              // zstd level 1..19, or 0 to store checkpoints uncompressed
-  const FunctionRegistry* functions = nullptr;       // where node functions are looked up; nullptr: global()
 };
 
 struct RecoveryInfo {
@@ -97,9 +96,9 @@ struct CheckpointInfo {
 class DurableRuntime {
  public:
   // Opens `dir` (created when missing) and recovers its state. Throws Error(Corruption) for damage other than a
-  // torn tail, Error(NotFound) when a checkpoint names a function that is not registered, Error(IoError) when the
-  // directory cannot be read or written, Error(InvalidArgument) when another process has it open or it is not an
-  // mmsb directory (it holds other files that look like ours but are not).
+  // torn tail; Error(NotFound) when a checkpoint names a function not registered in FunctionRegistry::global();
+  // Error(IoError) when the directory cannot be read or written; Error(InvalidArgument) when another process has
+  // it open, or when it holds files but no mmsb state (so a mistyped path never fills a foreign directory).
   explicit DurableRuntime(const std::filesystem::path& dir, DurableOptions options = {});
   // Syncs the log (every commit that returned is then durable under every policy) and closes the directory.
   ~DurableRuntime();

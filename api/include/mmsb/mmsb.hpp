@@ -15,6 +15,7 @@
 #pragma once
 
 #include "mmsb/delta.hpp"
+#include "mmsb/durable.hpp"
 #include "mmsb/error.hpp"
 #include "mmsb/fwd.hpp"
 #include "mmsb/graph.hpp"

@@ -1,0 +1,36 @@
+// serialize/file_io.hpp — little-endian fields and POSIX file helpers shared by the log and checkpoints (internal).
+//
+// Every function that fails throws Error(IoError) naming the path and the OS error.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace mmsb::serialize::detail {
+
+inline void put_u32(char* p, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+inline void put_u64(char* p, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+inline std::uint32_t get_u32(const char* p) {
+  std::uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+inline std::uint64_t get_u64(const char* p) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+[[noreturn]] void io_error(const std::string& what, const std::filesystem::path& path, int err);
+// Writes all `n` bytes (retrying short writes and EINTR).
+void write_all(int fd, const char* data, std::size_t n, const std::filesystem::path& path);
+void sync_fd(int fd, const std::filesystem::path& path);
+// "0x" and 16 hex digits.
+std::string hex64(std::uint64_t v);
+
+}  // namespace mmsb::serialize::detail

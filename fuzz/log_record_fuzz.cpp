@@ -3,7 +3,9 @@
 //   (b) LogReader on log directories whose segment files (written by LogWriter) were mutated: bits flipped,
 //       bytes inserted, deleted, overwritten with edge values, files truncated or removed;
 //   (c) now and then LogWriter opening such a directory: when the reader accepted it, the writer must too, and
-//       afterwards the log must read back cleanly with the same records.
+//       afterwards the log must read back cleanly with the same records;
+//   (d) the checkpoint loader on mutated checkpoint files (stored and zstd-compressed), and now and then the
+//       recovery of a directory holding such a checkpoint and a log (load_state()).
 // Every outcome must be success or mmsb::Error with code Corruption or NotFound. Anything else — another
 // exception, a crash, or an iteration running past 30 s — stops the run with the seed and iteration number;
 // iteration i draws from its own generator seeded with (seed, i), so `--seed S` reproduces a run exactly.
@@ -28,6 +30,7 @@
 #include <csignal>
 #include <unistd.h>
 
+#include "serialize/checkpoint.hpp"
 #include "serialize/codec.hpp"
 #include "serialize/log.hpp"
 
@@ -54,6 +57,7 @@ struct Segment {
 struct Corpus {
   std::vector<std::string> bodies;
   std::vector<Segment> segments;
+  std::vector<std::string> checkpoints;  // whole checkpoint files, stored and compressed
 };
 
 std::string read_file(const fs::path& path) {
@@ -112,6 +116,22 @@ Corpus make_corpus(const fs::path& dir, std::uint64_t seed) {
   mmsb::serialize::LogReader reader(dir);
   for (DecodedCommit c; reader.next(c);) {
     corpus.bodies.push_back(mmsb::serialize::encode_commit(c.record()));
+  }
+  for (int level : {0, 3}) {
+    const fs::path ck_dir = dir.parent_path() / ("checkpoint-seed-" + std::to_string(level));
+    mmsb::DurableOptions options;
+    options.sync = mmsb::SyncPolicy::None;
+    options.checkpoint_compression_level = level;
+    mmsb::DurableRuntime db(ck_dir, options);
+    mmsb::Runtime& rt = db.runtime();
+    std::vector<mmsb::PageId> pages;
+    for (int i = 0; i < 5; ++i) pages.push_back(rt.create_page(8 + rng() % 120));
+    auto txn = rt.begin();
+    for (mmsb::PageId p : pages) txn.write_value<std::uint64_t>(p, 0, rng());
+    txn.commit();
+    db.propagator().derive_passthrough(pages[1], pages[0], mmsb::ByteRemap{0, 8, 0});
+    db.propagator().add_dependency(pages[2], pages[3], mmsb::EdgeKind::Control);
+    corpus.checkpoints.push_back(read_file(db.checkpoint().file));
   }
   if (corpus.segments.size() < 2 || corpus.bodies.size() < 20) {
     throw std::runtime_error("the seed log is smaller than expected (" + std::to_string(corpus.segments.size()) +
@@ -231,6 +251,36 @@ void fuzz_log(const Corpus& corpus, const fs::path& dir, std::mt19937_64& rng, b
   }
 }
 
+// A mutated checkpoint: parse_checkpoint() must accept it or say Corruption; sometimes the whole recovery
+// (checkpoint plus a log) runs on it too.
+void fuzz_checkpoint(const Corpus& corpus, const fs::path& dir, std::mt19937_64& rng, std::string& input) {
+  input = corpus.checkpoints[rng() % corpus.checkpoints.size()];
+  mutate(input, rng);
+  mmsb::serialize::CheckpointLimits limits;
+  limits.max_body_bytes = std::uint64_t{64} << 20;  // a decompression bomb must be refused, not allocated
+  std::uint64_t lsn = 0;
+  try {
+    mmsb::serialize::CheckpointState state = mmsb::serialize::parse_checkpoint(input, "fuzz", limits);
+    lsn = state.lsn;
+    for (const auto& page : state.pages) {
+      if (page.offset + page.size > state.arena.size()) throw Violation{"an accepted page lies outside the arena"};
+    }
+  } catch (const mmsb::Error& e) {
+    check_error(e, "parse_checkpoint");
+    return;
+  }
+  if (rng() % 4 != 0) return;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  write_file(dir / mmsb::serialize::checkpoint_file_name(lsn), input);
+  if (rng() % 2) write_file(dir / corpus.segments.back().name, corpus.segments.back().bytes);
+  try {
+    (void)mmsb::load_state(dir);
+  } catch (const mmsb::Error& e) {
+    check_error(e, "load_state");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -238,8 +288,8 @@ int main(int argc, char** argv) {
   std::uint64_t seed = 1;
   double seconds = 0;
   CLI::App app{
-      "mmsb-fuzz-log: feeds random and mutated bytes to decode_commit() and mutated log segments to LogReader and "
-      "LogWriter; fails on any outcome other than success or mmsb::Error(corruption|not_found)."};
+      "mmsb-fuzz-log: feeds random and mutated bytes to decode_commit(), mutated log segments to LogReader and "
+      "LogWriter, and mutated checkpoints to the checkpoint loader and recovery; fails on any outcome other than success or mmsb::Error(corruption|not_found)."};
   app.add_option("--iterations", iterations, "iterations to run (0: no limit, use --seconds)")->capture_default_str();
   app.add_option("--seed", seed, "seed; a run is reproducible from it")->capture_default_str();
   app.add_option("--seconds", seconds, "stop after this many seconds (0: no limit)")->capture_default_str();
@@ -261,7 +311,7 @@ int main(int argc, char** argv) {
   fs::remove_all(root);
   const auto start = std::chrono::steady_clock::now();
   std::uint64_t i = 0;
-  std::uint64_t counts[3] = {0, 0, 0};
+  std::uint64_t counts[4] = {0, 0, 0, 0};
   try {
     const Corpus corpus = make_corpus(root / "seed", seed);
     const fs::path dir = root / "log";
@@ -275,7 +325,7 @@ int main(int argc, char** argv) {
       std::string input;
       bool log_mode = false;
       try {
-        switch (rng() % 4) {
+        switch (rng() % 5) {
           case 0:  // random bytes
             ++counts[0];
             input = random_bytes(rng, rng() % 300);
@@ -286,6 +336,10 @@ int main(int argc, char** argv) {
             input = corpus.bodies[rng() % corpus.bodies.size()];
             mutate(input, rng);
             fuzz_decode(input);
+            break;
+          case 4:  // a mutated checkpoint
+            ++counts[3];
+            fuzz_checkpoint(corpus, dir, rng, input);
             break;
           default:  // a mutated log
             ++counts[2];
@@ -315,10 +369,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   fs::remove_all(root);
-  std::printf("mmsb-fuzz-log: %llu iterations (%llu random, %llu mutated commits, %llu mutated logs), seed %llu, "
-              "%.1f s: ok\n",
+  std::printf("mmsb-fuzz-log: %llu iterations (%llu random, %llu mutated commits, %llu mutated logs, %llu mutated "
+              "checkpoints), seed %llu, %.1f s: ok\n",
               static_cast<unsigned long long>(i), static_cast<unsigned long long>(counts[0]),
               static_cast<unsigned long long>(counts[1]), static_cast<unsigned long long>(counts[2]),
+              static_cast<unsigned long long>(counts[3]),
               static_cast<unsigned long long>(seed),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return 0;

@@ -337,7 +337,10 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
     m.recovery.pages_restored = ckpt.state->pages.size();
   }
   LogReader reader(dir);
+  std::map<fs::path, std::uint64_t> segment_max_lsn;
   for (DecodedCommit c; reader.next(c);) {
+    std::uint64_t& seen = segment_max_lsn[reader.current_segment()];
+    seen = std::max(seen, c.lsn);
     if (c.lsn <= m.recovery.checkpoint_lsn) continue;
     apply_record(*m.runtime, c);
     ++m.recovery.records_replayed;
@@ -354,6 +357,26 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
   log_options.sync_interval = options.sync_interval;
   m.log = std::make_shared<serialize::LogWriter>(dir, log_options, reader);
   m.runtime->set_commit_sink(m.log);
+  if (ckpt.state) {
+    // Finish what a checkpoint interrupted by a crash left undone: older checkpoints and the segments (except
+    // the one being appended to) whose records the loaded checkpoint covers.
+    bool removed = false;
+    for (const auto& [lsn, path] : files.checkpoints) {
+      if (lsn < ckpt.state->lsn) removed |= fs::remove(path, ec);
+    }
+    std::uint64_t keep_from = 0;
+    for (const fs::path& segment : reader.segments()) {
+      std::uint64_t key = 0;
+      serialize::parse_segment_name(segment.filename().string(), key);
+      auto it = segment_max_lsn.find(segment);
+      if (segment == reader.segments().back() || (it != segment_max_lsn.end() && it->second > ckpt.state->lsn)) {
+        keep_from = key;
+        break;
+      }
+    }
+    if (removed) serialize::sync_directory(dir);
+    if (keep_from > 0) m.log->remove_segments_before(keep_from);
+  }
 
   m.propagator = std::make_unique<Propagator>(*m.runtime, options.propagation);
   if (ckpt.state) {

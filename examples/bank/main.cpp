@@ -3,8 +3,10 @@
 //
 // Each account is one page holding a little-endian int64 balance. Worker threads move random amounts between two
 // random accounts: read both through one ReadView, stage both writes guarded by expect_epoch, commit, and retry
-// when another transfer won the race (ErrorCode::Aborted). With --log the Runtime's commit sink is a LogWriter,
-// and a commit is durable once it is in the log; restarting on the same directory replays the log first.
+// when another transfer won the race (ErrorCode::Aborted). With --log the runtime is a DurableRuntime: a commit
+// is durable once it is in the log, checkpoints (--checkpoint-every) compact the log, and restarting on the same
+// directory recovers the newest checkpoint plus the log after it.
+
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -24,7 +26,6 @@
 #include <thread>
 #include <vector>
 
-#include "serialize/log.hpp"
 
 namespace {
 
@@ -41,6 +42,8 @@ struct Options {
   unsigned threads = 4;
   std::string sync = "every-commit";
   std::uint64_t seed = 0;
+  std::uint64_t checkpoint_every = 0;         // transfers between checkpoints; 0: never
+  std::uint64_t segment_bytes = 64ull << 20;  // log segment size
 };
 
 // Balances are stored little-endian whatever the host's byte order, so a log can move between machines.
@@ -75,35 +78,6 @@ class Printer {
  private:
   std::mutex mutex_;
 };
-
-// Replays every record of the log in `dir` onto `rt` (which has no sink): created pages are created again in the
-// same order, so they get the same ids; deltas are applied in record order, which is LSN order for each page.
-// Returns the live pages in creation order.
-std::vector<PageId> replay(mmsb::Runtime& rt, const fs::path& dir) {
-  std::vector<PageId> pages;
-  mmsb::serialize::LogReader reader(dir);
-  for (mmsb::serialize::DecodedCommit c; reader.next(c);) {
-    for (const auto& created : c.created) {
-      PageId id = rt.create_page(created.size, created.location);
-      if (id != created.id) {
-        throw mmsb::Error(mmsb::ErrorCode::Corruption,
-                          "log record " + std::to_string(c.lsn) + " creates page " + created.id.to_string() +
-                              " but replay created " + id.to_string() + "; this log was not written by bank");
-      }
-      pages.push_back(id);
-    }
-    if (!c.deltas.empty()) {
-      auto txn = rt.begin();
-      for (const mmsb::Delta& d : c.deltas) txn.apply(d);
-      txn.commit();
-    }
-    for (PageId id : c.deleted) {
-      rt.delete_page(id);
-      std::erase(pages, id);
-    }
-  }
-  return pages;
-}
 
 std::int64_t total_balance(const mmsb::Runtime& rt, const std::vector<PageId>& accounts) {
   mmsb::ReadView view = rt.read_view(accounts);  // one instant across all accounts
@@ -152,39 +126,29 @@ std::uint64_t transfer(mmsb::Runtime& rt, const std::vector<PageId>& accounts, s
 int run(const Options& opt) {
   Printer out;
   const bool durable = !opt.log.empty();
-  std::shared_ptr<mmsb::serialize::LogWriter> log;
-  mmsb::RuntimeOptions rt_options;
+  // Durable: the directory is recovered (newest checkpoint, then the log after it) before anything else happens.
+  std::unique_ptr<mmsb::DurableRuntime> db;
+  std::unique_ptr<mmsb::Runtime> in_memory;
   if (durable) {
-    mmsb::serialize::LogOptions log_options;
-    log_options.sync = opt.sync == "none"       ? mmsb::serialize::SyncPolicy::None
-                       : opt.sync == "interval" ? mmsb::serialize::SyncPolicy::Interval
-                                                : mmsb::serialize::SyncPolicy::EveryCommit;
-    // Opening the writer recovers the directory: it checks every record and truncates a torn tail.
-    log = std::make_shared<mmsb::serialize::LogWriter>(opt.log, log_options);
-    // Replaying consumes one LSN per record; start just low enough that the first new commit gets the LSN after
-    // the log's last one (LSNs in a log are unique, so there are at most last_lsn records).
-    rt_options.first_lsn = log->last_lsn() + 1 - log->recovery().records;
+    mmsb::DurableOptions options;
+    options.sync = opt.sync == "none"       ? mmsb::SyncPolicy::None
+                   : opt.sync == "interval" ? mmsb::SyncPolicy::Interval
+                                            : mmsb::SyncPolicy::EveryCommit;
+    options.segment_bytes = opt.segment_bytes;
+    db = std::make_unique<mmsb::DurableRuntime>(opt.log, options);
+    out.line("recovered", db->recovery().last_lsn);
+  } else {
+    in_memory = std::make_unique<mmsb::Runtime>();
   }
-  mmsb::Runtime rt(rt_options);
-
-  std::vector<PageId> accounts;
-  if (durable) {
-    accounts = replay(rt, opt.log);
-    if (rt.last_lsn() != log->last_lsn()) {
-      throw mmsb::Error(mmsb::ErrorCode::Corruption,
-                        "replay ended at LSN " + std::to_string(rt.last_lsn()) + " but the log's last LSN is " +
-                            std::to_string(log->last_lsn()) + "; this log was not written by bank");
-    }
-    rt.set_commit_sink(log);  // only now: the replayed commits are already in the log
-    out.line("recovered", log->last_lsn());
-  }
+  mmsb::Runtime& rt = durable ? db->runtime() : *in_memory;
+  std::vector<PageId> accounts = rt.page_ids();  // bank creates nothing but accounts, in id order
 
   // A commit is durable when commit() returns under every-commit; under none and interval we do not know when the
   // OS or the background thread made it durable, so each worker calls sync() every 64 transfers and reports then.
   const bool sync_each = durable && opt.sync == "every-commit";
   auto report_durable = [&](std::vector<std::uint64_t>& pending) {
     if (!durable || pending.empty()) return;
-    if (!sync_each) log->sync();
+    if (!sync_each) db->sync();
     for (std::uint64_t lsn : pending) out.line("committed", lsn);
     pending.clear();
   };
@@ -214,6 +178,7 @@ int run(const Options& opt) {
   const std::int64_t expected = static_cast<std::int64_t>(accounts.size()) * kInitialBalance;
 
   std::atomic<bool> failed{false};
+  std::atomic<std::uint64_t> transfers_done{0};
   std::vector<std::thread> workers;
   for (unsigned t = 0; t < opt.threads; ++t) {
     std::uint64_t share = opt.transfers / opt.threads + (t < opt.transfers % opt.threads ? 1 : 0);
@@ -225,6 +190,10 @@ int run(const Options& opt) {
         for (std::uint64_t i = 0; i < share && !failed.load(std::memory_order_relaxed); ++i) {
           pending.push_back(transfer(rt, accounts, rng));
           if (sync_each || pending.size() >= 64) report_durable(pending);
+          if (durable && opt.checkpoint_every > 0 &&
+              (transfers_done.fetch_add(1, std::memory_order_relaxed) + 1) % opt.checkpoint_every == 0) {
+            out.line("checkpoint", db->checkpoint().lsn);
+          }
         }
         report_durable(pending);
       } catch (const std::exception& e) {
@@ -270,6 +239,12 @@ int main(int argc, char** argv) {
                  "transfers and only then prints them as committed (a crash may lose later ones, never those)")
       ->capture_default_str()->check(CLI::IsMember({"every-commit", "none", "interval"}));
   app.add_option("--seed", opt.seed, "seed of the transfer choices (default: random)");
+  app.add_option("--checkpoint-every", opt.checkpoint_every,
+                 "with --log: write a checkpoint after every N transfers (printing `checkpoint <lsn>`), which "
+                 "deletes the log segments it covers; 0: never")
+      ->capture_default_str();
+  app.add_option("--segment-bytes", opt.segment_bytes, "with --log: size at which a log segment is closed")
+      ->capture_default_str()->check(CLI::Range(std::uint64_t{64}, std::uint64_t{1} << 40));
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -170,6 +170,49 @@ struct Runtime::Impl {
     reserve_through(id.sequence());
     live_pages.fetch_add(1, std::memory_order_relaxed);
   }
+  // Applies the deltas of one replayed commit record straight to the pages (all checked first, then all applied:
+  // no Transaction, no undo capture). Throws Error(Corruption) naming the first delta that does not apply.
+  void replay_deltas(std::span<const Delta> deltas, std::uint64_t lsn) {
+    for (std::size_t i = 0; i < deltas.size(); ++i) {
+      const Delta& d = deltas[i];
+      PageRecord* record = find(d.page);
+      auto fail = [&](const std::string& what) {
+        throw Error(ErrorCode::Corruption, "log record of LSN " + std::to_string(lsn) + " does not apply to page " +
+                                               d.page.to_string() + ": " + what);
+      };
+      if (i > 0 && !(deltas[i - 1].page < d.page)) fail("its deltas are not in strictly increasing page order");
+      if (!record || record->deleted.load(std::memory_order_relaxed)) fail("the page does not exist");
+      const std::uint64_t epoch = record->epoch.load(std::memory_order_relaxed);
+      const std::uint64_t size = record->size.load(std::memory_order_relaxed);
+      if (epoch != d.base_epoch || size != d.base_size) {
+        fail("it changes epoch " + std::to_string(d.base_epoch) + " (" + std::to_string(d.base_size) +
+             " bytes), the page is at epoch " + std::to_string(epoch) + " (" + std::to_string(size) + " bytes)");
+      }
+    }
+    for (const Delta& d : deltas) {
+      PageRecord* found = find(d.page);
+      if (!found) continue;  // not reached: checked above
+      PageRecord& page = *found;
+      const std::uint64_t size = page.size.load(std::memory_order_relaxed);
+      if (d.size > page.capacity) {
+        detail::Block grown = PageAllocator::global().allocate(d.size, detail::Zeroing::Zeroed);
+        if (size > 0) std::memcpy(grown.data, page.data, size);
+        if (page.data) PageAllocator::global().deallocate(page.data, page.capacity);
+        page.data = grown.data;
+        page.capacity = grown.capacity;
+      } else if (d.size > size) {
+        std::memset(page.data + size, 0, d.size - size);
+      }
+      const std::byte* src = d.payload.data();
+      for (const ByteRange& r : d.ranges) {
+        std::memcpy(page.data + r.offset, src, r.length);
+        src += r.length;
+      }
+      page.size.store(d.size, std::memory_order_relaxed);
+      page.epoch.store(d.base_epoch + d.epoch_count, std::memory_order_relaxed);
+    }
+  }
+
   // The next LSN-taking operation takes exactly `lsn` (replaying a log record at its own LSN). LSNs below the
   // last one may be replayed too: last_lsn stays the high-water mark.
   void set_next_lsn(std::uint64_t lsn) noexcept { next_lsn.store(lsn, std::memory_order_relaxed); }

@@ -117,12 +117,7 @@ void apply_record(Runtime& rt, const DecodedCommit& c) {
       impl.set_next_lsn(c.lsn);
       impl.create(created.id.sequence(), created.size, created.location);
     }
-    if (!c.deltas.empty()) {
-      impl.set_next_lsn(c.lsn);
-      Transaction txn = rt.begin();
-      for (const Delta& d : c.deltas) txn.apply(d);
-      txn.commit();
-    }
+    if (!c.deltas.empty()) impl.replay_deltas(c.deltas, c.lsn);
     for (PageId id : c.deleted) {
       impl.set_next_lsn(c.lsn);
       rt.delete_page(id);

@@ -26,10 +26,28 @@ inline std::uint64_t get_u64(const char* p) {
   return v;
 }
 
+// Fault injection for tests (tests/serialize/fault_test.cpp): makes chosen writes or syncs of the log and of
+// checkpoints fail, so the error paths are exercised without a full disk. Off unless a test arms it; then one
+// relaxed atomic load per I/O call.
+enum class FaultOp : std::uint8_t { Write, Sync };
+struct FaultPlan {
+  FaultOp op = FaultOp::Write;
+  std::uint64_t skip = 0;   // calls of this kind that still succeed first
+  std::uint64_t fail = 1;   // calls that then fail
+  int error = 28;           // errno of the failure (default ENOSPC)
+  bool partial = false;     // Write: write half of the bytes, then fail (a short write on a filling disk)
+};
+void inject_fault(const FaultPlan& plan);
+void clear_faults();
+// The failure planned for this call, or 0. With `partial`, *half is set.
+int take_fault(FaultOp op, bool* half = nullptr);
+
 [[noreturn]] void io_error(const std::string& what, const std::filesystem::path& path, int err);
 // Writes all `n` bytes (retrying short writes and EINTR).
 void write_all(int fd, const char* data, std::size_t n, const std::filesystem::path& path);
 void sync_fd(int fd, const std::filesystem::path& path);
+// fdatasync, retrying EINTR; returns 0 or the errno of the failure (also an injected one).
+int fdatasync_retry(int fd);
 // "0x" and 16 hex digits.
 std::string hex64(std::uint64_t v);
 

@@ -8,6 +8,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -63,7 +64,51 @@ void io_error(const std::string& what, const fs::path& path, int err) {
   throw Error(ErrorCode::IoError, what + " " + path.string() + ": " + std::strerror(err));
 }
 
+namespace {
+std::atomic<bool> fault_armed{false};
+std::mutex fault_mutex;
+FaultPlan fault_plan;  // guarded by fault_mutex
+}  // namespace
+
+void inject_fault(const FaultPlan& plan) {
+  std::lock_guard lock(fault_mutex);
+  fault_plan = plan;
+  fault_armed.store(true, std::memory_order_release);
+}
+
+void clear_faults() {
+  std::lock_guard lock(fault_mutex);
+  fault_armed.store(false, std::memory_order_release);
+}
+
+int take_fault(FaultOp op, bool* half) {
+  if (!fault_armed.load(std::memory_order_relaxed)) return 0;
+  std::lock_guard lock(fault_mutex);
+  if (!fault_armed.load(std::memory_order_relaxed) || fault_plan.op != op) return 0;
+  if (fault_plan.skip > 0) {
+    --fault_plan.skip;
+    return 0;
+  }
+  if (fault_plan.fail == 0) return 0;
+  --fault_plan.fail;
+  if (half) *half = fault_plan.partial;
+  return fault_plan.error;
+}
+
+int fdatasync_retry(int fd) {
+  if (int injected = take_fault(FaultOp::Sync)) return injected;
+  while (::fdatasync(fd) != 0) {
+    if (errno != EINTR) return errno;
+  }
+  return 0;
+}
+
 void write_all(int fd, const char* data, std::size_t n, const fs::path& path) {
+  bool half = false;
+  if (int injected = take_fault(FaultOp::Write, &half)) {
+    if (half && n > 1) (void)!::write(fd, data, n / 2);
+    io_error("cannot write to", path, injected);
+  }
   while (n > 0) {
     ssize_t w = ::write(fd, data, n);
     if (w < 0) {
@@ -76,9 +121,7 @@ void write_all(int fd, const char* data, std::size_t n, const fs::path& path) {
 }
 
 void sync_fd(int fd, const fs::path& path) {
-  while (::fdatasync(fd) != 0) {
-    if (errno != EINTR) io_error("cannot fdatasync", path, errno);
-  }
+  if (int err = fdatasync_retry(fd)) io_error("cannot fdatasync", path, err);
 }
 
 std::string hex64(std::uint64_t v) {
@@ -521,13 +564,7 @@ void LogWriter::lead_sync_locked(std::unique_lock<std::mutex>& lock) {
   ++stats_.syncs;
   lock.unlock();
   const auto started = std::chrono::steady_clock::now();
-  int err = 0;
-  while (::fdatasync(fd) != 0) {
-    if (errno != EINTR) {
-      err = errno;
-      break;
-    }
-  }
+  const int err = fdatasync_retry(fd);
   const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started);
   lock.lock();
   last_sync_ns_ = static_cast<std::uint64_t>(took.count());

@@ -1,0 +1,135 @@
+// I/O failures injected into the log and checkpoint writers (serialize/file_io.hpp): a failed commit leaves no
+// trace, a failed sync makes the writer refuse further commits, a failed checkpoint leaves the previous one and
+// the log intact — and in every case the directory recovers to a state the application saw.
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <filesystem>
+
+#include "mmsb/durable.hpp"
+#include "serialize/file_io.hpp"
+#include "support/temp_dir.hpp"
+#include "support/test_support.hpp"
+
+namespace mmsb {
+namespace {
+
+namespace fs = std::filesystem;
+using serialize::detail::FaultOp;
+using serialize::detail::FaultPlan;
+using testing::commit_i64;
+using testing::error_code_of;
+using testing::TempDir;
+
+// Disarms the fault injector when a test ends, whatever happens.
+struct Faults {
+  explicit Faults(const FaultPlan& plan) { serialize::detail::inject_fault(plan); }
+  ~Faults() { serialize::detail::clear_faults(); }
+};
+
+std::size_t count_files(const fs::path& dir, const std::string& needle) {
+  std::size_t n = 0;
+  for (const auto& e : fs::directory_iterator(dir)) n += e.path().filename().string().find(needle) != std::string::npos;
+  return n;
+}
+
+DurableOptions every_commit() {
+  DurableOptions o;
+  o.sync = SyncPolicy::EveryCommit;
+  return o;
+}
+
+TEST(Faults, FailedAppendLeavesNoTraceAndTheLogGoesOn) {
+  TempDir dir;
+  std::uint64_t hash_before = 0, hash_after = 0;
+  {
+    DurableRuntime db(dir.path(), every_commit());
+    Runtime& rt = db.runtime();
+    PageId p = rt.create_page(8);
+    commit_i64(rt, p, 1);
+    hash_before = state_hash(rt);
+    for (bool partial : {false, true}) {
+      Faults f(FaultPlan{FaultOp::Write, 0, 1, ENOSPC, partial});
+      EXPECT_EQ(error_code_of([&] { commit_i64(rt, p, 2); }), ErrorCode::IoError);
+      EXPECT_EQ(rt.read_value<std::int64_t>(p, 0), 1) << "a failed commit changed the page";
+      EXPECT_EQ(state_hash(rt), hash_before);
+    }
+    commit_i64(rt, p, 3);  // the half-written record was removed: the writer carries on
+    hash_after = state_hash(rt);
+  }
+  EXPECT_TRUE(verify(dir.path()).ok);
+  DurableRuntime db(dir.path(), every_commit());
+  EXPECT_EQ(state_hash(db.runtime()), hash_after);
+  EXPECT_EQ(db.recovery().truncated_bytes, 0u);
+}
+
+TEST(Faults, FailedSyncFailsTheCommitAndTheWriterRefusesMore) {
+  TempDir dir;
+  std::uint64_t hash_before = 0;
+  {
+    DurableRuntime db(dir.path(), every_commit());
+    Runtime& rt = db.runtime();
+    PageId p = rt.create_page(8);
+    commit_i64(rt, p, 1);
+    hash_before = state_hash(rt);
+    {
+      Faults f(FaultPlan{FaultOp::Sync, 0, 1, EIO, false});
+      EXPECT_EQ(error_code_of([&] { commit_i64(rt, p, 2); }), ErrorCode::IoError);
+    }
+    EXPECT_EQ(rt.read_value<std::int64_t>(p, 0), 1);
+    // After a failed fdatasync the file's state is unknown: the writer refuses until the directory is reopened.
+    try {
+      commit_i64(rt, p, 3);
+      FAIL() << "a commit succeeded on a failed writer";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::IoError);
+      EXPECT_NE(std::string(e.what()).find("reopen"), std::string::npos) << e.what();
+    }
+  }
+  DurableRuntime db(dir.path(), every_commit());
+  EXPECT_EQ(state_hash(db.runtime()), hash_before);
+  commit_i64(db.runtime(), PageId::make(0, 1), 4);  // reopened: commits work again
+}
+
+TEST(Faults, FailedCheckpointKeepsThePreviousCheckpointAndTheLog) {
+  TempDir dir;
+  std::uint64_t live_hash = 0;
+  CheckpointInfo first;
+  {
+    DurableOptions o;
+    o.sync = SyncPolicy::None;
+    o.segment_bytes = 512;
+    DurableRuntime db(dir.path(), o);
+    Runtime& rt = db.runtime();
+    PageId p = rt.create_page(64);
+    for (int i = 0; i < 20; ++i) commit_i64(rt, p, i);
+    first = db.checkpoint();
+    for (int i = 0; i < 20; ++i) commit_i64(rt, p, 100 + i);
+    const std::size_t segments = count_files(dir.path(), "log-");
+    for (FaultOp op : {FaultOp::Write, FaultOp::Sync}) {
+      commit_i64(rt, p, 50);  // so the checkpoint starts with a log roll, whatever the previous attempt did
+      // Let the roll's I/O through (one write and two syncs: the new segment's header, the old segment), then
+      // fail the checkpoint file's first write, or its sync.
+      Faults f(FaultPlan{op, op == FaultOp::Write ? 1u : 2u, 1, ENOSPC, false});
+      try {
+        db.checkpoint();
+        ADD_FAILURE() << "the checkpoint did not fail";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::IoError);
+        EXPECT_NE(std::string(e.what()).find("checkpoint-"), std::string::npos) << "failed elsewhere: " << e.what();
+      }
+      EXPECT_TRUE(fs::exists(first.file));
+      EXPECT_EQ(count_files(dir.path(), ".tmp"), 0u) << "a failed checkpoint left its temporary file";
+      EXPECT_GE(count_files(dir.path(), "log-"), segments) << "segments were deleted for a failed checkpoint";
+    }
+    commit_i64(rt, p, 7);  // commits are unaffected by a failed checkpoint
+    EXPECT_EQ(count_files(dir.path(), "checkpoint-"), 1u);
+    live_hash = state_hash(rt);
+  }
+  DurableRuntime db(dir.path(), DurableOptions{});
+  EXPECT_EQ(db.recovery().checkpoint_lsn, first.lsn);
+  EXPECT_EQ(state_hash(db.runtime()), live_hash);
+}
+
+}  // namespace
+}  // namespace mmsb

@@ -242,12 +242,37 @@ serialize::SyncPolicy to_log_policy(SyncPolicy p) {
   return serialize::SyncPolicy::EveryCommit;
 }
 
+// Bytes of all live pages now (a hint when read outside the gate).
+std::uint64_t live_bytes(Runtime& rt) {
+  std::uint64_t total = 0;
+  detail::RuntimeAccess::of(rt).for_each_live_page(
+      [&](const detail::PageRecord& record) { total += record.size.load(std::memory_order_relaxed); });
+  return total;
+}
+
+// Makes `buffer` hold at least `bytes` of capacity that has been written once, so copying into it later causes
+// no page faults (they are costly, and would otherwise happen while commits are held back).
+void prefault(std::string& buffer, std::uint64_t bytes) {
+  buffer.clear();
+  if (buffer.capacity() >= bytes) return;
+  buffer.resize(bytes);  // zero-fills: touches every page
+  buffer.clear();        // keeps the capacity
+}
+
 // Copies every live page under the gate (the caller closed it) into a checkpoint state.
 void snapshot_pages(Runtime& rt, CheckpointState& state) {
   Runtime::Impl& impl = detail::RuntimeAccess::of(rt);
   state.lsn = rt.last_lsn();
   state.rank = impl.options.rank;
   state.next_sequence = impl.next_sequence.load(std::memory_order_acquire);
+  std::size_t count = 0;
+  std::uint64_t total = 0;
+  impl.for_each_live_page([&](const detail::PageRecord& record) {
+    ++count;
+    total += record.size.load(std::memory_order_relaxed);  // stable: the gate is closed, derived pages keep sizes
+  });
+  state.pages.reserve(count);
+  state.arena.reserve(total);
   impl.for_each_live_page([&](const detail::PageRecord& record) {
     // Derived pages are written by waves outside the gate: copy each page under its lock.
     std::shared_lock lock(record.mutex);
@@ -299,6 +324,7 @@ struct DurableRuntime::Impl {
   std::unique_ptr<Propagator> propagator;
   RecoveryInfo recovery;
   std::mutex checkpoint_mutex;
+  std::string snapshot_buffer;  // checkpoint_mutex: page bytes of the last checkpoint, kept for its capacity
 };
 
 DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : impl_(std::make_unique<Impl>()) {
@@ -410,6 +436,10 @@ CheckpointInfo DurableRuntime::checkpoint() {
   CheckpointState state;
   state.created_ns = now_ns();
   Runtime::Impl& rt = detail::RuntimeAccess::of(*m.runtime);
+  // Outside the pause: a buffer large enough for the pages (with room for growth meanwhile), already faulted in.
+  const std::uint64_t estimate = live_bytes(*m.runtime);
+  prefault(m.snapshot_buffer, estimate + estimate / 8 + 4096);
+  state.arena = std::move(m.snapshot_buffer);
   std::uint64_t keep_from = 0;
   const auto pause_start = std::chrono::steady_clock::now();
   rt.gate.close();  // no commit in flight from here: every record up to last_lsn is in the log and the pages
@@ -428,6 +458,7 @@ CheckpointInfo DurableRuntime::checkpoint() {
   state.edges = m.propagator->ordering_edges();
   serialize::CheckpointFileInfo file =
       serialize::write_checkpoint(m.dir, state, m.options.checkpoint_compression_level);
+  m.snapshot_buffer = std::move(state.arena);
 
   // The new checkpoint is durable: what it covers can go.
   DirectoryFiles files = list_directory(m.dir);

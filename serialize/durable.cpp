@@ -586,6 +586,7 @@ std::vector<PageChange> page_history(const fs::path& dir, PageId page) {
       ch.lsn = r.lsn;
       ch.timestamp_ns = r.timestamp_ns;
       ch.epoch = out.empty() ? 0 : out.back().epoch;
+      ch.size = 0;
       out.push_back(std::move(ch));
     }
     return true;

@@ -155,8 +155,8 @@ struct PageChange {
   Kind kind = Kind::Changed;
   std::uint64_t lsn = 0;
   std::uint64_t timestamp_ns = 0;
-  std::uint64_t epoch = 0;         // the page's epoch after the change
-  std::uint64_t size = 0;          // the page's size after the change
+  std::uint64_t epoch = 0;         // the page's epoch after the change (Deleted: the last epoch seen in the log)
+  std::uint64_t size = 0;          // the page's size after the change (Deleted: 0)
   Delta delta;                     // Changed: the delta (with undo bytes when the runtime recorded them)
 };
 // The changes of `page` recorded in the log of `dir` (after its checkpoint), in LSN order.
@@ -183,7 +183,7 @@ struct CheckpointSummary {
 struct DirectorySummary {
   std::vector<CheckpointSummary> checkpoints;  // newest last; recovery uses the newest
   std::vector<SegmentSummary> segments;        // in LSN order
-  std::uint64_t records = 0;                   // log records in all segments
+  std::uint64_t records = 0;                   // log records in all segments (also those the checkpoint covers)
   std::uint64_t first_lsn = 0, last_lsn = 0;   // of the recoverable history (checkpoint, then records)
   std::uint64_t torn_tail_bytes = 0;           // what recovery would truncate
   std::uint64_t deltas = 0, payload_bytes = 0, pages_created = 0, pages_deleted = 0;
@@ -209,7 +209,7 @@ struct VerifyReport {
 VerifyReport verify(const std::filesystem::path& dir);
 
 struct RepairReport {
-  std::uint64_t records_dropped = 0;
+  std::uint64_t records_dropped = 0;  // damaged stretches dropped (each held at least one damaged record)
   std::uint64_t bytes_dropped = 0;
   std::uint64_t torn_tail_bytes = 0;
   std::vector<std::filesystem::path> backups;  // the damaged files, kept as "<name>.damaged"

@@ -1,5 +1,5 @@
 // mmsb-fuzz-log: a standalone fuzz driver (no libFuzzer needed) for the parsers of outside bytes in serialize/:
-//   (a) decode_commit() on random byte strings and on mutated valid commit messages;
+//   (a) decode_commit() and decode_event() on random byte strings and on mutated valid commit messages;
 //   (b) LogReader on log directories whose segment files (written by LogWriter) were mutated: bits flipped,
 //       bytes inserted, deleted, overwritten with edge values, files truncated or removed;
 //   (c) now and then LogWriter opening such a directory: when the reader accepted it, the writer must too, and
@@ -204,6 +204,11 @@ void fuzz_decode(const std::string& bytes) {
     for (const mmsb::Delta& d : c.deltas) d.validate();  // what decoding accepted must be a valid delta
   } catch (const mmsb::Error& e) {
     check_error(e, "decode_commit");
+  }
+  try {
+    (void)mmsb::serialize::decode_event(bytes);
+  } catch (const mmsb::Error& e) {
+    check_error(e, "decode_event");
   }
 }
 

@@ -170,4 +170,34 @@ Delta decode_delta(std::string_view bytes) {
   return from_wire(w, "delta of page " + PageId(w.page()).to_string());
 }
 
+std::string encode_event(const Event& event) {
+  wire::Event w;
+  w.set_kind(static_cast<wire::Event::Kind>(static_cast<int>(event.kind)));
+  w.set_page(event.page.value());
+  w.set_lsn(event.lsn);
+  w.set_epoch(event.epoch);
+  w.set_wave(event.wave);
+  w.set_duration_ns(event.duration_ns);
+  w.set_message(event.message);
+  return w.SerializeAsString();
+}
+
+Event decode_event(std::string_view bytes) {
+  wire::Event w;
+  parse_or_throw(w, bytes, "mmsb.wire.Event");
+  if (w.kind() < 0 || w.kind() > static_cast<int>(EventKind::Error)) {
+    corrupt("event kind " + std::to_string(w.kind()) + " is unknown (expected 0.." +
+            std::to_string(static_cast<int>(EventKind::Error)) + ")");
+  }
+  Event e;
+  e.kind = static_cast<EventKind>(w.kind());
+  e.page = PageId(w.page());
+  e.lsn = w.lsn();
+  e.epoch = w.epoch();
+  e.wave = w.wave();
+  e.duration_ns = w.duration_ns();
+  e.message = w.message();
+  return e;
+}
+
 }  // namespace mmsb::serialize

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "mmsb/delta.hpp"
+#include "mmsb/graph.hpp"
 #include "mmsb/page_id.hpp"
 #include "mmsb/runtime.hpp"
 
@@ -49,6 +50,11 @@ struct DecodedCommit {
 std::string encode_commit(const CommitRecord& record);
 // Parses a mmsb.wire.Commit message; throws Error(Corruption) when the bytes are not one or a delta is invalid.
 DecodedCommit decode_commit(std::string_view bytes);
+
+// Serialized mmsb.wire.Event message of `event` (observers' events, e.g. to ship them to a monitor).
+std::string encode_event(const Event& event);
+// Parses a mmsb.wire.Event message; Error(Corruption) when it does not parse or names an unknown kind.
+Event decode_event(std::string_view bytes);
 
 // Serialized mmsb.wire.Delta message of `delta`.
 std::string encode_delta(const Delta& delta);

@@ -141,3 +141,42 @@ TEST(Codec, InvalidPageIdIsCorruption) {
 
 }  // namespace
 }  // namespace mmsb::serialize
+
+namespace mmsb::serialize {
+namespace {
+
+TEST(Codec, EveryEventKindRoundTrips) {
+  std::mt19937_64 rng(11);
+  for (int k = 0; k <= static_cast<int>(EventKind::Error); ++k) {
+    Event e;
+    e.kind = static_cast<EventKind>(k);
+    e.page = PageId::make(static_cast<std::uint32_t>(rng() % 4), 1 + rng() % 1000);
+    e.lsn = rng();
+    e.epoch = rng();
+    e.wave = rng();
+    e.duration_ns = rng();
+    e.message = k % 2 ? std::string("node failed: \xff\x00 bytes", 22) : "";
+    Event back = decode_event(encode_event(e));
+    EXPECT_EQ(back.kind, e.kind);
+    EXPECT_EQ(back.page, e.page);
+    EXPECT_EQ(back.lsn, e.lsn);
+    EXPECT_EQ(back.epoch, e.epoch);
+    EXPECT_EQ(back.wave, e.wave);
+    EXPECT_EQ(back.duration_ns, e.duration_ns);
+    EXPECT_EQ(back.message, e.message);
+  }
+}
+
+TEST(Codec, UnknownEventKindAndGarbageAreCorruption) {
+  Event e;
+  e.kind = EventKind::Error;
+  std::string bytes = encode_event(e);
+  ASSERT_GE(bytes.size(), 2u);
+  ASSERT_EQ(bytes[0], 0x08);  // field 1 (kind), varint
+  bytes[1] = 13;              // one past the last kind
+  EXPECT_EQ(mmsb::testing::error_code_of([&] { decode_event(bytes); }), ErrorCode::Corruption);
+  EXPECT_EQ(mmsb::testing::error_code_of([&] { decode_event("\xff\xff\xff"); }), ErrorCode::Corruption);
+}
+
+}  // namespace
+}  // namespace mmsb::serialize

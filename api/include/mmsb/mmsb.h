@@ -1,0 +1,110 @@
+/* mmsb/mmsb.h — the C ABI of mmsb: pages, transactions, derived pages with C callbacks, durable directories.
+ *
+ *   mmsb_runtime* rt;
+ *   if (mmsb_runtime_create(&rt) != MMSB_OK) { fprintf(stderr, "%s\n", mmsb_last_error()); return 1; }
+ *   mmsb_page_id a, twice;
+ *   mmsb_page_create(rt, 8, &a);
+ *   mmsb_page_create(rt, 8, &twice);
+ *   mmsb_derive_map(rt, twice, &a, 1, double_it, NULL);      // twice = 2 * a, kept up to date
+ *   mmsb_txn* txn;
+ *   mmsb_txn_begin(rt, &txn);
+ *   int64_t v = 21;
+ *   mmsb_txn_write(txn, a, 0, &v, sizeof v);
+ *   mmsb_txn_commit(txn, NULL);                              // the wave runs inside commit: twice holds 42
+ *   mmsb_runtime_destroy(rt);
+ *
+ * Errors. Every function that can fail returns an mmsb_status; MMSB_OK is 0. The message of the last failure on the
+ * calling thread is mmsb_last_error() (valid until the thread's next failing call). No function lets a C++
+ * exception escape.
+ *
+ * Ownership. Objects made by *_create / *_open / *_begin are owned by the caller and released by the matching
+ * *_destroy, or, for a transaction, by mmsb_txn_commit or mmsb_txn_abort (whatever they return). Pointers passed
+ * in are only read during the call, except the `user` pointer of a callback, which must stay valid while the node
+ * exists.
+ *
+ * Thread-safety: as the C++ API (mmsb/runtime.hpp, mmsb/graph.hpp): a runtime may be used from many threads at
+ * once; a transaction from one thread at a time. Callbacks may run on worker threads, concurrently with each
+ * other (never two at once for the same node); they must not call back into mmsb.
+ */
+#ifndef MMSB_MMSB_H
+#define MMSB_MMSB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mmsb_status {
+  MMSB_OK = 0,
+  MMSB_INVALID_ARGUMENT = 1,
+  MMSB_NOT_FOUND = 2,
+  MMSB_CORRUPTION = 3,
+  MMSB_IO_ERROR = 4,
+  MMSB_UNSUPPORTED = 5,
+  MMSB_RESOURCE_EXHAUSTED = 6,
+  MMSB_ABORTED = 7,
+  MMSB_INTERNAL = 8
+} mmsb_status;
+
+typedef uint64_t mmsb_page_id; /* PageId::value(): rank in the high 16 bits, sequence below; 0 is no page */
+typedef struct mmsb_runtime mmsb_runtime;
+typedef struct mmsb_txn mmsb_txn;
+
+/* One input of a map callback: the input page's bytes, read-only, valid during the call. */
+typedef struct mmsb_input {
+  const void* data;
+  uint64_t size;
+} mmsb_input;
+
+/* Computes a derived page: writes `output` (`output_size` bytes, holding the page's current bytes on entry) from
+ * the inputs, in declaration order. Returns 0 on success; anything else fails the wave: the page stays unchanged
+ * and stale until the next wave, and the call that ran the wave returns MMSB_ABORTED. */
+typedef int (*mmsb_map_fn)(void* user, const mmsb_input* inputs, size_t input_count, void* output,
+                           uint64_t output_size);
+
+/* The message of the calling thread's last failure ("" if none). */
+const char* mmsb_last_error(void);
+
+/* An in-memory runtime with a propagator in IMMEDIATE mode (waves run inside each commit). */
+mmsb_status mmsb_runtime_create(mmsb_runtime** out);
+/* A durable runtime on directory `dir` (created if missing, recovered if not); every commit is on disk when
+ * mmsb_txn_commit returns. `recovered_lsn`, if not NULL, receives the last recovered LSN (0 for a new one). */
+mmsb_status mmsb_runtime_open(const char* dir, mmsb_runtime** out, uint64_t* recovered_lsn);
+/* Writes a checkpoint of a durable runtime (MMSB_UNSUPPORTED for an in-memory one). */
+mmsb_status mmsb_runtime_checkpoint(mmsb_runtime* rt);
+void mmsb_runtime_destroy(mmsb_runtime* rt); /* NULL is allowed */
+
+mmsb_status mmsb_page_create(mmsb_runtime* rt, uint64_t size, mmsb_page_id* out);
+mmsb_status mmsb_page_delete(mmsb_runtime* rt, mmsb_page_id page);
+mmsb_status mmsb_page_info(mmsb_runtime* rt, mmsb_page_id page, uint64_t* size, uint64_t* epoch);
+/* Copies `length` bytes from `offset` of the page into `out`. */
+mmsb_status mmsb_page_read(mmsb_runtime* rt, mmsb_page_id page, uint64_t offset, void* out, uint64_t length);
+
+mmsb_status mmsb_txn_begin(mmsb_runtime* rt, mmsb_txn** out);
+/* Stages a write of `length` bytes (copied now) at `offset`. */
+mmsb_status mmsb_txn_write(mmsb_txn* txn, mmsb_page_id page, uint64_t offset, const void* bytes, uint64_t length);
+/* Commits and releases the transaction; `lsn`, if not NULL, receives the commit's LSN. When the commit succeeded
+ * but the wave it triggered failed (a callback returned non-zero), the commit has taken effect, MMSB_ABORTED
+ * reports the wave's failure, and `lsn` receives 0. */
+mmsb_status mmsb_txn_commit(mmsb_txn* txn, uint64_t* lsn);
+/* Drops the staged changes and releases the transaction. NULL is allowed. */
+void mmsb_txn_abort(mmsb_txn* txn);
+
+/* Makes `output` a page derived from `inputs` by `fn`; it is recomputed whenever an input changes. The node is
+ * computed for the first time by the next wave that touches an input, or by mmsb_recompute(). */
+mmsb_status mmsb_derive_map(mmsb_runtime* rt, mmsb_page_id output, const mmsb_page_id* inputs, size_t input_count,
+                            mmsb_map_fn fn, void* user);
+/* An ordering-only edge: `to` runs after `from` when both are in a wave. */
+mmsb_status mmsb_add_dependency(mmsb_runtime* rt, mmsb_page_id from, mmsb_page_id to);
+/* Computes a derived page now (and what depends on it). */
+mmsb_status mmsb_recompute(mmsb_runtime* rt, mmsb_page_id output);
+/* Runs pending waves (recomputes stale pages after a failure). */
+mmsb_status mmsb_propagate(mmsb_runtime* rt);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MMSB_MMSB_H */

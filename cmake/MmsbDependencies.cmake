@@ -83,6 +83,13 @@ if(NOT ZSTD_FOUND)
   mmsb_missing("zstd (libzstd.pc)" "libzstd-dev")
 endif()
 
+if(MMSB_BUILD_EXAMPLES)
+  find_package(PNG QUIET)
+  if(NOT PNG_FOUND)
+    mmsb_missing("libpng (heat_diffusion --image)" "libpng-dev")
+  endif()
+endif()
+
 if(MMSB_BUILD_TESTS)
   find_package(GTest CONFIG QUIET)
   if(NOT GTest_FOUND)

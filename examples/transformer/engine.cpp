@@ -37,7 +37,7 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   prop_options.threads = options.threads;
   prop_options.inline_node_limit = 3 * static_cast<std::size_t>(c.n_layers) + 8;  // every wave runs inline
   propagator_ = std::make_unique<Propagator>(*runtime_, prop_options);
-  shape_ = std::make_unique<ForwardShape>(c, k);
+  shape_ = std::make_unique<ForwardShape>(c, k, options.rounding);
   logits_.resize(c.vocab_size);
 
   Runtime& rt = *runtime_;

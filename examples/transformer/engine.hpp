@@ -38,6 +38,7 @@ namespace mmsb::llm {
 struct EngineOptions {
   unsigned threads = 1;              // Propagator worker threads (waves of this graph run inline regardless)
   const Kernels* kernels = nullptr;  // nullptr: kernels(), the best this CPU supports
+  ActivationRounding rounding = ActivationRounding::None;  // LikeLlamaCpp: to compare with llama.cpp's logits
 };
 
 class Engine {

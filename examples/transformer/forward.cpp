@@ -27,7 +27,11 @@ void softmax(float* x, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) x[i] /= sum;
 }
 
-void matvec(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, float* out, std::size_t rows) {
+void matvec(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, float* out, std::size_t rows,
+            ForwardScratch& scratch) {
+  if (s.rounding == ActivationRounding::LikeLlamaCpp) {
+    return matmul_llamacpp_rounding(*s.kernels, w.type, w.data, w.row_stride, x, cols, out, rows, scratch.rounded);
+  }
   matmul(*s.kernels, w.type, w.data, w.row_stride, x, cols, out, rows);
 }
 
@@ -46,7 +50,8 @@ void rope(const ForwardShape& s, float* vec, std::size_t n, int pos) {
 
 }  // namespace
 
-ForwardShape::ForwardShape(const ModelConfig& c, const Kernels& k) : config(c), kernels(&k) {
+ForwardShape::ForwardShape(const ModelConfig& c, const Kernels& k, ActivationRounding r)
+    : config(c), kernels(&k), rounding(r) {
   const std::size_t head = c.head_size(), half = head / 2;
   rope_cos.resize(static_cast<std::size_t>(c.seq_len) * half);
   rope_sin.resize(rope_cos.size());
@@ -73,8 +78,8 @@ void kv_project(const ForwardShape& s, const float* x, const float* attn_norm, W
                 ForwardScratch& scratch, float* k, float* v) {
   const std::size_t dim = s.config.dim, kv_dim = s.config.kv_dim();
   rmsnorm(scratch.xb.data(), x, attn_norm, dim, s.config.rms_eps);
-  matvec(s, wk, scratch.xb.data(), dim, k, kv_dim);
-  matvec(s, wv, scratch.xb.data(), dim, v, kv_dim);
+  matvec(s, wk, scratch.xb.data(), dim, k, kv_dim, scratch);
+  matvec(s, wv, scratch.xb.data(), dim, v, kv_dim, scratch);
   rope(s, k, kv_dim, pos);
 }
 
@@ -88,7 +93,7 @@ void attention(const ForwardShape& s, const float* x, const float* attn_norm, We
   float* att = scratch.att.data();
   float* attn = scratch.attn_out.data();
   rmsnorm(xb, x, attn_norm, dim, c.rms_eps);
-  matvec(s, wq, xb, dim, q, dim);
+  matvec(s, wq, xb, dim, q, dim, scratch);
   rope(s, q, dim, pos);
   const float scale = std::sqrt(static_cast<float>(head));
   const std::size_t positions = static_cast<std::size_t>(pos) + 1;
@@ -99,7 +104,7 @@ void attention(const ForwardShape& s, const float* x, const float* attn_norm, We
     softmax(att, positions);
     s.kernels->attention_mix(att, values + kv_offset, kv_dim, positions, head, attn + h * head);
   }
-  matvec(s, wo, attn, dim, xb, dim);
+  matvec(s, wo, attn, dim, xb, dim, scratch);
   for (std::size_t i = 0; i < dim; ++i) out[i] = x[i] + xb[i];
 }
 
@@ -111,26 +116,26 @@ void feed_forward(const ForwardShape& s, const float* x, const float* ffn_norm, 
   float* hb = scratch.hb.data();
   float* hb2 = scratch.hb2.data();
   rmsnorm(xb, x, ffn_norm, dim, c.rms_eps);
-  matvec(s, w1, xb, dim, hb, hidden);
-  matvec(s, w3, xb, dim, hb2, hidden);
+  matvec(s, w1, xb, dim, hb, hidden, scratch);
+  matvec(s, w3, xb, dim, hb2, hidden, scratch);
   for (std::size_t i = 0; i < hidden; ++i) {
     float v = hb[i];
     v *= 1.0f / (1.0f + std::exp(-v));  // SiLU
     hb[i] = v * hb2[i];
   }
-  matvec(s, w2, hb, hidden, xb, dim);
+  matvec(s, w2, hb, hidden, xb, dim, scratch);
   for (std::size_t i = 0; i < dim; ++i) out[i] = x[i] + xb[i];
 }
 
 void logits(const ForwardShape& s, const float* x, const float* final_norm, WeightRef classifier,
             ForwardScratch& scratch, float* out) {
   rmsnorm(scratch.xb.data(), x, final_norm, s.config.dim, s.config.rms_eps);
-  matvec(s, classifier, scratch.xb.data(), s.config.dim, out, s.config.vocab_size);
+  matvec(s, classifier, scratch.xb.data(), s.config.dim, out, s.config.vocab_size, scratch);
 }
 
-DirectModel::DirectModel(const Model& model, const Kernels& kernels)
+DirectModel::DirectModel(const Model& model, const Kernels& kernels, ActivationRounding rounding)
     : model_(model),
-      shape_(model.config, kernels),
+      shape_(model.config, kernels, rounding),
       scratch_(model.config),
       x_(model.config.dim),
       x2_(model.config.dim),

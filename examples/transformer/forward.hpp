@@ -19,11 +19,17 @@
 
 namespace mmsb::llm {
 
+// How activations enter the products with quantized weights: kept in f32 (this engine), or rounded as llama.cpp's
+// CPU backend rounds them (to compare with its logits; see matmul_llamacpp_rounding()).
+enum class ActivationRounding : std::uint8_t { None, LikeLlamaCpp };
+
 // The shape of the model plus precomputed RoPE rotations, shared by every step.
 struct ForwardShape {
-  ForwardShape(const ModelConfig& config, const Kernels& kernels);
+  ForwardShape(const ModelConfig& config, const Kernels& kernels,
+               ActivationRounding rounding = ActivationRounding::None);
   ModelConfig config;
   const Kernels* kernels;
+  ActivationRounding rounding;
   std::vector<float> rope_cos, rope_sin;  // [seq_len][head_size / 2]
 };
 
@@ -39,6 +45,7 @@ inline WeightRef weight_ref(const Tensor& t, const std::byte* data) { return {da
 struct ForwardScratch {
   explicit ForwardScratch(const ModelConfig& c);
   std::vector<float> xb, q, att, attn_out, hb, hb2, k, v;
+  std::vector<float> rounded;  // ActivationRounding::LikeLlamaCpp only
 };
 
 // The step's input, as stored in the step page.
@@ -64,7 +71,7 @@ void logits(const ForwardShape& s, const float* x, const float* final_norm, Weig
 // (llm_direct_tok_per_s_*) and by tests as a second opinion on the engine.
 class DirectModel {
  public:
-  DirectModel(const Model& model, const Kernels& kernels);
+  DirectModel(const Model& model, const Kernels& kernels, ActivationRounding rounding = ActivationRounding::None);
   const float* step(int token, int pos);  // returns vocab_size logits, valid until the next step
 
  private:

@@ -4,7 +4,9 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -534,6 +536,72 @@ void matmul(const Kernels& k, TensorType type, const std::byte* matrix, std::siz
             std::size_t cols, float* out, std::size_t rows) noexcept {
   DotFn dot = k.dot[static_cast<std::uint32_t>(type)];
   for (std::size_t r = 0; r < rows; ++r) out[r] = dot(matrix + r * row_stride, x, cols);
+}
+
+// --- activations rounded as llama.cpp rounds them (a comparison mode, scalar) ----------------------------------
+
+namespace {
+
+struct RoundedBlock {
+  std::int8_t q[kBlock];
+  float d;    // the block's scale, as stored (half precision)
+  float sum;  // d * sum(q), as stored (half precision): the Q8_1 activation blocks of Q4_1 / Q5_1
+};
+
+void round_activations(const float* x, std::size_t n, RoundedBlock* out) {
+  for (std::size_t b = 0; b < n / kBlock; ++b) {
+    const float* xb = x + b * kBlock;
+    float amax = 0;
+    for (std::size_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int sum = 0;
+    for (std::size_t j = 0; j < kBlock; ++j) {
+      out[b].q[j] = static_cast<std::int8_t>(std::lround(xb[j] * id));
+      sum += out[b].q[j];
+    }
+    out[b].d = fp16_to_fp32(fp32_to_fp16(d));
+    out[b].sum = fp16_to_fp32(fp32_to_fp16(d * static_cast<float>(sum)));
+  }
+}
+
+float dot_rounded(TensorType type, const std::uint8_t* row, const RoundedBlock* x, std::size_t n) {
+  const TypeTraits t = type_traits(type);
+  float acc = 0;
+  DecodedBlock w;
+  for (std::size_t b = 0; b < n / kBlock; ++b, row += t.block_bytes) {
+    switch (type) {
+      case TensorType::Q8_0: decode_q8_0(row, w); break;
+      case TensorType::Q4_0: decode_q4_0(row, w); break;
+      case TensorType::Q4_1: decode_q4_1(row, w); break;
+      case TensorType::Q5_0: decode_q5_0(row, w); break;
+      case TensorType::Q5_1: decode_q5_1(row, w); break;
+      default: return 0;
+    }
+    int sumi = 0;
+    for (std::size_t j = 0; j < kBlock; ++j) sumi += static_cast<int>(w.q[j]) * x[b].q[j];
+    acc += static_cast<float>(sumi) * (w.d * x[b].d) + w.m * x[b].sum;
+  }
+  return acc;
+}
+
+}  // namespace
+
+void matmul_llamacpp_rounding(const Kernels& k, TensorType type, const std::byte* matrix, std::size_t row_stride,
+                              const float* x, std::size_t cols, float* out, std::size_t rows,
+                              std::vector<float>& scratch) {
+  if (type == TensorType::F32) return matmul(k, type, matrix, row_stride, x, cols, out, rows);
+  if (type == TensorType::F16) {
+    scratch.resize(cols);
+    for (std::size_t i = 0; i < cols; ++i) scratch[i] = fp16_to_fp32(fp32_to_fp16(x[i]));
+    return matmul(k, type, matrix, row_stride, scratch.data(), cols, out, rows);
+  }
+  const std::size_t blocks = cols / kBlock;
+  scratch.resize((blocks * sizeof(RoundedBlock) + sizeof(float) - 1) / sizeof(float));
+  auto* rounded = reinterpret_cast<RoundedBlock*>(scratch.data());
+  round_activations(x, cols, rounded);
+  const auto* m = reinterpret_cast<const std::uint8_t*>(matrix);
+  for (std::size_t r = 0; r < rows; ++r) out[r] = dot_rounded(type, m + r * row_stride, rounded, cols);
 }
 
 }  // namespace mmsb::llm

@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "mmsb/delta.hpp"  // SimdLevel, active_simd_level(): the same levels and MMSB_SIMD cap as diff()
 
@@ -85,5 +86,13 @@ const Kernels& kernels();
 // out[r] = dot(row r of `matrix`, x) for r in [0, rows); rows are `row_stride` bytes apart.
 void matmul(const Kernels& k, TensorType type, const std::byte* matrix, std::size_t row_stride, const float* x,
             std::size_t cols, float* out, std::size_t rows) noexcept;
+
+// As matmul(), but with the activations rounded the way llama.cpp's CPU backend rounds them before a product:
+// to F16 for F16 weights, to blocks of 32 int8 with a half-precision scale for the block types (plus the block's
+// scaled sum for Q4_1 / Q5_1), with integer block sums. A comparison mode for tests against llama.cpp's logits
+// (scalar, not a hot path); `scratch` is reused between calls.
+void matmul_llamacpp_rounding(const Kernels& k, TensorType type, const std::byte* matrix, std::size_t row_stride,
+                              const float* x, std::size_t cols, float* out, std::size_t rows,
+                              std::vector<float>& scratch);
 
 }  // namespace mmsb::llm

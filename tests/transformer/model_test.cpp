@@ -62,6 +62,7 @@ TEST(Tokenizer, DecodeDropsTheLeadingSpaceAfterBosAndPrintsBytesRaw) {
 struct GreedyCase {
   const char* model;
   const char* tokenizer;  // nullptr: from the GGUF
+  friend void PrintTo(const GreedyCase& c, std::ostream* os) { *os << c.model; }
 };
 
 class Greedy : public ::testing::TestWithParam<GreedyCase> {};
@@ -130,7 +131,8 @@ TEST(Logits, QuantizedModelsAreCloseToLlamaCppWithTheSameTopToken) {
     // this engine keeps them in f32, as the reference's `what` anticipates. That rounding alone moves the Q8_0
     // logits by about half of Q8_0's distance to the f32 model (measured: this engine's Q8_0 is 0.150 from its own
     // f32, llama.cpp's 0.281 from f32, the two 0.149 apart), so the bound is 0.6 of the distance to f32 for the
-    // largest difference and a fifth of it on average, and the top token must agree.
+    // largest difference and a fifth of it on average, and the top token must agree. (The next test rounds the
+    // activations as llama.cpp does and then matches it to within 1e-4.)
     const float distance = c["max_abs_diff_vs_f32"].get<float>();
     const float tolerance = 0.6f * distance;
     const float diff = max_abs_diff(logits, c["first_step_logits"]);
@@ -142,6 +144,24 @@ TEST(Logits, QuantizedModelsAreCloseToLlamaCppWithTheSameTopToken) {
     EXPECT_EQ(argmax(logits), argmax(expected)) << c["model"];
     std::printf("[ info ] %s: |logit - llama.cpp| max %.4f (bound %.4f), mean %.4f\n",
                 c["model"].get<std::string>().c_str(), diff, tolerance, mean);
+  }
+}
+
+TEST(Logits, QuantizedModelsMatchLlamaCppWhenActivationsAreRoundedAlike) {
+  MMSB_REQUIRE_SHARED(ref_path, "reference/logits_llamacpp_quantized.json");
+  auto ref = load_json(ref_path);
+  for (const auto& c : ref["cases"]) {
+    MMSB_REQUIRE_SHARED(model_path, "models/" + c["model"].get<std::string>());
+    Model model = load_model(model_path);
+    EngineOptions options;
+    options.rounding = ActivationRounding::LikeLlamaCpp;
+    Engine engine(model, options);
+    std::vector<float> logits = last_prompt_logits(engine, c["prompt_ids_with_bos"].get<std::vector<int>>());
+    const float diff = max_abs_diff(logits, c["first_step_logits"]);
+    std::printf("[ info ] %s, activations rounded as llama.cpp: max |logit - llama.cpp| %.2e\n",
+                c["model"].get<std::string>().c_str(), diff);
+    EXPECT_LE(diff, 1e-4f) << c["model"];  // the same arithmetic up to summation order
+    EXPECT_EQ(argmax(logits), argmax(c["first_step_logits"].get<std::vector<float>>())) << c["model"];
   }
 }
 

@@ -35,7 +35,7 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   runtime_ = std::make_unique<Runtime>(rt_options);
   PropagatorOptions prop_options;
   prop_options.threads = options.threads;
-  prop_options.inline_node_limit = 3 * static_cast<std::size_t>(c.n_layers) + 8;  // every wave runs inline
+  prop_options.inline_node_limit = 2 * static_cast<std::size_t>(c.n_layers) + 8;  // every wave runs inline
   propagator_ = std::make_unique<Propagator>(*runtime_, prop_options);
   shape_ = std::make_unique<ForwardShape>(c, k, options.rounding);
   logits_.resize(c.vocab_size);
@@ -73,7 +73,6 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
            wv = weight_page(w->wv), wo = weight_page(w->wo), ffn_norm = weight_page(w->ffn_norm),
            w1 = weight_page(w->w1), w2 = weight_page(w->w2), w3 = weight_page(w->w3);
     PageId kv = rt.create_page(2 * cache_half);
-    PageId h = rt.create_page(stream_bytes);
 
     // Only the two rows of this position change: emit them as the delta, so no other cache byte is copied.
     auto kv_scratch = std::make_shared<ForwardScratch>(c);
@@ -91,22 +90,20 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
                  weight_ref(w->wv, ctx.inputs[4].data()), in.pos, *kv_scratch, key, key + shape->config.kv_dim());
     }, kv_options);
 
-    auto attn_scratch = std::make_shared<ForwardScratch>(c);
-    always.name = "attn" + layer;
-    prop.derive_map(h, {x[l], step_page_, kv, attn_norm, wq, wo},
-                    [shape, w, attn_scratch, cache_half](MapContext& ctx) {
+    // Attention and feed-forward fused into one node: the stream between them (x_l + attention) stays in the
+    // node's scratch, which saves a node run, a page publish and its locks per layer and token.
+    auto block_scratch = std::make_shared<ForwardScratch>(c);
+    auto mid = std::make_shared<std::vector<float>>(c.dim);
+    always.name = "block" + layer;
+    prop.derive_map(x[l + 1], {x[l], step_page_, kv, attn_norm, wq, wo, ffn_norm, w1, w2, w3},
+                    [shape, w, block_scratch, mid, cache_half](MapContext& ctx) {
       StepInput in = read_step(ctx.input(1), shape->config);
       const std::byte* cache = ctx.input(2).data();
       attention(*shape, floats(ctx.input(0)), floats(ctx.input(3)), weight_ref(w->wq, ctx.input(4).data()),
                 weight_ref(w->wo, ctx.input(5).data()), reinterpret_cast<const float*>(cache),
-                reinterpret_cast<const float*>(cache + cache_half), in.pos, *attn_scratch, floats(ctx.output()));
-    }, always);
-
-    auto ffn_scratch = std::make_shared<ForwardScratch>(c);
-    always.name = "ffn" + layer;
-    prop.derive_map(x[l + 1], {h, ffn_norm, w1, w2, w3}, [shape, w, ffn_scratch](MapContext& ctx) {
-      feed_forward(*shape, floats(ctx.input(0)), floats(ctx.input(1)), weight_ref(w->w1, ctx.input(2).data()),
-                   weight_ref(w->w2, ctx.input(3).data()), weight_ref(w->w3, ctx.input(4).data()), *ffn_scratch,
+                reinterpret_cast<const float*>(cache + cache_half), in.pos, *block_scratch, mid->data());
+      feed_forward(*shape, mid->data(), floats(ctx.input(6)), weight_ref(w->w1, ctx.input(7).data()),
+                   weight_ref(w->w2, ctx.input(8).data()), weight_ref(w->w3, ctx.input(9).data()), *block_scratch,
                    floats(ctx.output()));
     }, always);
   }

@@ -1,18 +1,17 @@
 // examples/transformer/engine.hpp — a Llama model running on mmsb: weights, activations and the KV cache are
-// pages, each layer is three graph nodes, and one decoding step is one propagation wave.
+// pages, each layer is two graph nodes, and one decoding step is one propagation wave.
 //
 // Pages (see docs/transformer.md for the picture):
 //   step          8 bytes {token, pos}; the only page the application writes. Committing it starts the wave.
 //   weights       one external read-only page per tensor, pointing into the memory-mapped model file (no copy).
 //   x[0..L]       the residual stream entering each layer (x[L] leaves the last one), dim floats each.
-//   h[l]          the stream after layer l's attention, dim floats.
 //   kv[l]         layer l's KV cache: seq_len key rows, then seq_len value rows, kv_dim floats each.
 //   logits        vocab_size floats.
 // Nodes:
 //   embed         map [step, token_embd] → x[0]
 //   kv[l]         incremental [x[l], step, attn_norm, wk, wv] → kv[l]; emits only the two rows of `pos`
-//   attn[l]       map [x[l], step, kv[l], attn_norm, wq, wo] → h[l]
-//   ffn[l]        map [h[l], ffn_norm, w1, w2, w3] → x[l+1]
+//   block[l]      map [x[l], step, kv[l], attn_norm, wq, wo, ffn_norm, w1, w2, w3] → x[l+1]
+//                 (attention, then the SwiGLU feed-forward, each added to the stream)
 //   logits        map [x[L], output_norm, output] → logits
 // Map nodes are declared always_changes (activations change every step, so a cutoff diff could never help), and
 // the runtime records no undo bytes; waves run inline on the calling thread.

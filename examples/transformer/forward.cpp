@@ -21,7 +21,9 @@ void softmax(float* x, std::size_t n) {
   for (std::size_t i = 1; i < n; ++i) max_value = std::max(max_value, x[i]);
   float sum = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - max_value);
+    // Below -105, expf's result rounds to 0 anyway; returning it directly skips libm's underflow (errno) path.
+    const float shifted = x[i] - max_value;
+    x[i] = shifted < -105.0f ? 0.0f : std::exp(shifted);
     sum += x[i];
   }
   for (std::size_t i = 0; i < n; ++i) x[i] /= sum;

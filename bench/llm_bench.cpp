@@ -2,10 +2,12 @@
 // 256 tokens generated after BOS), one wave per token on mmsb, and the same maths in a direct loop without the
 // runtime (the baseline, measured in the same run). Each repetition checks that both paths generate the same
 // tokens. The model files come from ../shared/models (MMSB_SHARED_DIR); a missing file fails the metric.
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "bench/harness.hpp"
 #include "examples/transformer/model.hpp"
@@ -49,8 +51,20 @@ Register q4("llm_tok_per_s_q4_0", "mmsb-llm engine: greedy tokens/s, stories260K
 Register direct("llm_direct_tok_per_s_f32",
                 "baseline: the same f32 greedy generation as a direct loop without the runtime (same kernels)",
                 [] { return tok_per_s("stories260K-f32.gguf", llm::ThroughputPath::Direct); });
-Register ratio(Ratio{"llm_f32_vs_direct_ratio", "llm_tok_per_s_f32", "llm_direct_tok_per_s_f32",
-                     "engine tokens/s over direct-loop tokens/s (target >= 0.9)"});
+// The ratio is measured on its own rather than from the two medians above: engine and direct runs alternate
+// within one process, so a burst of noise from other tenants hits both sides alike.
+Register ratio("llm_f32_vs_direct_ratio",
+               "engine tokens/s over direct-loop tokens/s, f32, alternating 5 runs of each (target >= 0.9)", [] {
+                 const llm::Model& m = model("stories260K-f32.gguf");
+                 std::vector<double> on_engine, on_direct;
+                 for (int i = 0; i < 5; ++i) {
+                   on_engine.push_back(llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, kGenerated).tok_per_s);
+                   on_direct.push_back(llm::measure_throughput(m, llm::ThroughputPath::Direct, 1, kGenerated).tok_per_s);
+                 }
+                 std::sort(on_engine.begin(), on_engine.end());
+                 std::sort(on_direct.begin(), on_direct.end());
+                 return on_engine[2] / on_direct[2];
+               });
 
 }  // namespace
 }  // namespace mmsb::bench

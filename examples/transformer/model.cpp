@@ -371,16 +371,16 @@ void check_config(const ModelConfig& c, const std::string& format) {
          ", heads " + num(c.n_heads) + ", kv heads " + num(c.n_kv_heads) + ", vocab " + num(c.vocab_size) +
          ", positions " + num(c.seq_len) + ")");
   }
-  if (c.dim % c.n_heads != 0) fail("dim " + num(c.dim) + " is not a multiple of the head count " + num(c.n_heads));
-  if (c.head_size() % 2 != 0) fail("head size " + num(c.head_size()) + " is odd; RoPE rotates pairs");
-  if (c.n_heads % c.n_kv_heads != 0) {
-    fail("head count " + num(c.n_heads) + " is not a multiple of the kv head count " + num(c.n_kv_heads));
-  }
   constexpr std::uint32_t kLimit = 1u << 20;  // far beyond any Llama; keeps buffer sizes sane
   if (c.dim > kLimit || c.hidden_dim > kLimit || c.n_layers > 4096 || c.vocab_size > (1u << 24) ||
       c.seq_len > kLimit) {
     fail("implausible dimensions (dim " + num(c.dim) + ", hidden " + num(c.hidden_dim) + ", layers " +
          num(c.n_layers) + ", vocab " + num(c.vocab_size) + ", positions " + num(c.seq_len) + ")");
+  }
+  if (c.dim % c.n_heads != 0) fail("dim " + num(c.dim) + " is not a multiple of the head count " + num(c.n_heads));
+  if (c.head_size() % 2 != 0) fail("head size " + num(c.head_size()) + " is odd; RoPE rotates pairs");
+  if (c.n_heads % c.n_kv_heads != 0) {
+    fail("head count " + num(c.n_heads) + " is not a multiple of the kv head count " + num(c.n_kv_heads));
   }
   if (!(c.rms_eps > 0.0f && c.rms_eps < 1.0f)) fail("RMSNorm epsilon " + std::to_string(c.rms_eps) + " is out of (0, 1)");
   if (!(c.rope_base > 1.0f && c.rope_base < 1e12f)) fail("RoPE base " + std::to_string(c.rope_base) + " is out of range");

@@ -171,6 +171,40 @@ TEST(Loader, MisalignedTensorOffsetIsRefused) {
   EXPECT_NE(error.find("not a multiple of the alignment"), std::string::npos) << error;
 }
 
+TEST(Loader, GgufVersion2LoadsLikeVersion3) {
+  MMSB_REQUIRE_SHARED(path, "models/stories260K-Q8_0.gguf");
+  std::string bytes = read_bytes(path);
+  bytes[4] = 2;  // v2 and v3 share the layout for little-endian files
+  EXPECT_EQ(try_load(bytes, true), "");
+  bytes[4] = 1;  // v1 had 32-bit counts
+  EXPECT_NE(try_load(bytes, true).find("version 1"), std::string::npos);
+}
+
+TEST(Loader, Llama2cCheckpointWithSeparateClassifier) {
+  MMSB_REQUIRE_SHARED(path, "models/stories260K.bin");
+  const std::string shared = read_bytes(path);
+  auto shared_owner = std::make_shared<std::string>(shared);
+  Model a = parse_llama2c(span_of(*shared_owner), shared_owner);
+  // The same weights with a negative vocab size and the embedding appended as the classifier.
+  auto separate = std::make_shared<std::string>(shared);
+  std::int32_t vocab;
+  std::memcpy(&vocab, separate->data() + 20, 4);
+  vocab = -vocab;
+  std::memcpy(separate->data() + 20, &vocab, 4);
+  separate->append(reinterpret_cast<const char*>(a.token_embedding.bytes.data()), a.token_embedding.bytes.size());
+  Model b = parse_llama2c(span_of(*separate), separate);
+  EXPECT_NE(b.classifier.bytes.data(), b.token_embedding.bytes.data());
+  Engine ea(a), eb(b);
+  for (int pos = 0; pos < 5; ++pos) {
+    auto la = ea.step(1 + pos, pos);
+    auto lb = eb.step(1 + pos, pos);
+    ASSERT_EQ(0, std::memcmp(la.data(), lb.data(), la.size_bytes()));
+  }
+  // One float short: the size no longer matches what the header implies, and the message says both.
+  std::string error = try_load(separate->substr(0, separate->size() - 4), false);
+  EXPECT_NE(error.find("implies"), std::string::npos) << error;
+}
+
 TEST(Loader, TokenizerFileIsBoundsChecked) {
   MMSB_REQUIRE_SHARED(path, "models/tok512.bin");
   const std::string full = read_bytes(path);

@@ -115,9 +115,12 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   PageId final_norm = weight_page(model.final_norm);
   PageId classifier_page = classifier->bytes.data() == embedding->bytes.data() ? weight_pages_.front()
                                                                                : weight_page(*classifier);
-  prop.derive_map(logits_page_, {x[c.n_layers], final_norm, classifier_page},
+  prop.derive_map(logits_page_, {x[c.n_layers], step_page_, final_norm, classifier_page},
                   [shape, classifier, out_scratch](MapContext& ctx) {
-    logits(*shape, floats(ctx.input(0)), floats(ctx.input(1)), weight_ref(*classifier, ctx.input(2).data()),
+    // The classifier is the largest matrix of a small model; prompt steps before the last do not need it. The
+    // page then keeps its previous bytes (the node still publishes: it is always_changes).
+    if (read_step(ctx.input(1), shape->config).want_logits == 0) return;
+    logits(*shape, floats(ctx.input(0)), floats(ctx.input(2)), weight_ref(*classifier, ctx.input(3).data()),
            *out_scratch, floats(ctx.output()));
   }, always);
 }
@@ -127,7 +130,11 @@ Engine::~Engine() {
   runtime_.reset();
 }
 
-std::span<const float> Engine::step(int token, int pos) {
+std::span<const float> Engine::step(int token, int pos) { return run_step(token, pos, true); }
+
+void Engine::prefill_step(int token, int pos) { run_step(token, pos, false); }
+
+std::span<const float> Engine::run_step(int token, int pos, bool want_logits) {
   const ModelConfig& c = model_.config;
   if (token < 0 || static_cast<std::uint32_t>(token) >= c.vocab_size) {
     throw Error(ErrorCode::InvalidArgument,
@@ -138,8 +145,9 @@ std::span<const float> Engine::step(int token, int pos) {
                                                 std::to_string(c.seq_len) + " positions");
   }
   auto txn = runtime_->begin();
-  txn.write_value(step_page_, 0, StepInput{token, pos});
+  txn.write_value(step_page_, 0, StepInput{token, pos, want_logits ? 1 : 0});
   txn.commit();  // IMMEDIATE: the wave runs inside commit()
+  if (!want_logits) return {};
   runtime_->read(logits_page_, 0, std::as_writable_bytes(std::span<float>(logits_)));
   return logits_;
 }

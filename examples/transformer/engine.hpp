@@ -12,7 +12,7 @@
 //   kv[l]         incremental [x[l], step, attn_norm, wk, wv] → kv[l]; emits only the two rows of `pos`
 //   block[l]      map [x[l], step, kv[l], attn_norm, wq, wo, ffn_norm, w1, w2, w3] → x[l+1]
 //                 (attention, then the SwiGLU feed-forward, each added to the stream)
-//   logits        map [x[L], output_norm, output] → logits
+//   logits        map [x[L], step, output_norm, output] → logits (skipped for prefill steps)
 // Map nodes are declared always_changes (activations change every step, so a cutoff diff could never help), and
 // the runtime records no undo bytes; waves run inline on the calling thread.
 //
@@ -52,6 +52,8 @@ class Engine {
   // again at 0 begins a new sequence. Throws Error(InvalidArgument) for a token outside the vocabulary or a
   // position at or past seq_len.
   std::span<const float> step(int token, int pos);
+  // As step(), for a prompt position whose logits are not needed: the wave skips the classifier.
+  void prefill_step(int token, int pos);
 
   const ModelConfig& config() const noexcept { return model_.config; }
   Runtime& runtime() noexcept { return *runtime_; }
@@ -68,6 +70,8 @@ class Engine {
   PageId step_page_, logits_page_;
   std::vector<PageId> weight_pages_;
   std::vector<float> logits_;
+
+  std::span<const float> run_step(int token, int pos, bool want_logits);
 };
 
 }  // namespace mmsb::llm

@@ -145,7 +145,7 @@ DirectModel::DirectModel(const Model& model, const Kernels& kernels, ActivationR
       values_(keys_.size()),
       logits_(model.config.vocab_size) {}
 
-const float* DirectModel::step(int token, int pos) {
+const float* DirectModel::step(int token, int pos, bool want_logits) {
   const ModelConfig& c = model_.config;
   const std::size_t kv_dim = c.kv_dim(), layer_cache = static_cast<std::size_t>(c.seq_len) * kv_dim;
   auto ref = [](const Tensor& t) { return weight_ref(t, t.bytes.data()); };
@@ -160,6 +160,7 @@ const float* DirectModel::step(int token, int pos) {
     attention(shape_, x_.data(), f32(w.attn_norm), ref(w.wq), ref(w.wo), keys, values, pos, scratch_, x2_.data());
     feed_forward(shape_, x2_.data(), f32(w.ffn_norm), ref(w.w1), ref(w.w2), ref(w.w3), scratch_, x_.data());
   }
+  if (!want_logits) return nullptr;
   logits(shape_, x_.data(), f32(model_.final_norm), ref(model_.classifier), scratch_, logits_.data());
   return logits_.data();
 }

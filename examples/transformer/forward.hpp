@@ -52,6 +52,7 @@ struct ForwardScratch {
 struct StepInput {
   std::int32_t token;
   std::int32_t pos;
+  std::int32_t want_logits = 1;  // 0: a prompt step whose logits nobody reads; the classifier is skipped
 };
 
 void embed(const ForwardShape& s, WeightRef table, int token, float* x);
@@ -72,7 +73,8 @@ void logits(const ForwardShape& s, const float* x, const float* final_norm, Weig
 class DirectModel {
  public:
   DirectModel(const Model& model, const Kernels& kernels, ActivationRounding rounding = ActivationRounding::None);
-  const float* step(int token, int pos);  // returns vocab_size logits, valid until the next step
+  // Returns vocab_size logits, valid until the next step (nullptr when !want_logits: the classifier is skipped).
+  const float* step(int token, int pos, bool want_logits = true);
 
  private:
   const Model& model_;

@@ -24,11 +24,12 @@ GenerateResult generate(Engine& engine, const Tokenizer& tokenizer, Sampler& sam
   for (int pos = 0; pos < seq_len; ++pos) {
     const bool in_prompt = pos < n_prompt - 1;
     if (!in_prompt && static_cast<int>(result.generated_ids.size()) >= max_new_tokens) break;
-    std::span<const float> logits = engine.step(token, pos);
     int next;
     if (in_prompt) {
+      engine.prefill_step(token, pos);
       next = result.prompt_ids[static_cast<std::size_t>(pos) + 1];
     } else {
+      std::span<const float> logits = engine.step(token, pos);
       if (pos == n_prompt - 1) {  // the first sampled step: the prompt phase ended with the previous step
         auto now = clock::now();
         result.prompt_seconds = std::chrono::duration<double>(now - phase_start).count();

@@ -12,14 +12,14 @@ namespace mmsb::llm {
 
 namespace {
 
-template <class Step>
-Throughput run(const ModelConfig& c, int n_prompt, int n_gen, Step&& step) {
+template <class Prefill, class Step>
+Throughput run(const ModelConfig& c, int n_prompt, int n_gen, Prefill&& prefill, Step&& step) {
   using clock = std::chrono::steady_clock;
   Throughput out;
   auto start = clock::now();
   int token = 1;
   for (int pos = 0; pos < n_prompt; ++pos) {
-    step(token, pos);
+    prefill(token, pos);
     token = static_cast<int>((static_cast<std::uint64_t>(pos) * 7919 + 3) % c.vocab_size);  // fixed, varied ids
   }
   auto mid = clock::now();
@@ -48,10 +48,14 @@ Throughput measure_throughput(const Model& model, ThroughputPath path, int n_pro
   }
   if (path == ThroughputPath::Engine) {
     Engine engine(model, options);
-    return run(c, n_prompt, n_gen, [&](int token, int pos) { return engine.step(token, pos).data(); });
+    return run(
+        c, n_prompt, n_gen, [&](int token, int pos) { engine.prefill_step(token, pos); },
+        [&](int token, int pos) { return engine.step(token, pos).data(); });
   }
   DirectModel direct(model, options.kernels ? *options.kernels : kernels());
-  return run(c, n_prompt, n_gen, [&](int token, int pos) { return direct.step(token, pos); });
+  return run(
+      c, n_prompt, n_gen, [&](int token, int pos) { direct.step(token, pos, /*want_logits=*/false); },
+      [&](int token, int pos) { return direct.step(token, pos); });
 }
 
 }  // namespace mmsb::llm

@@ -67,14 +67,17 @@ int run_generate(const Options& o) {
   std::fputc('\n', stdout);
   std::fflush(stdout);
   const double prompt_steps = static_cast<double>(r.prompt_ids.size()) - 1;
+  const mmsb::PropagationStats stats = engine.propagator().stats();
   std::fprintf(stderr,
                "mmsb-llm: %s, %u layers, kernels %s; prompt %zu tokens (%.0f tok/s), generated %zu tokens "
-               "(%.0f tok/s)%s\n",
-               model.format.c_str(), model.config.n_layers,
-               mmsb::simd_level_name(kernels().level), r.prompt_ids.size(),
-               r.prompt_seconds > 0 ? prompt_steps / r.prompt_seconds : 0.0, r.generated_ids.size(),
+               "(%.0f tok/s)%s; %llu waves (%llu inline), %llu node runs\n",
+               model.format.c_str(), model.config.n_layers, mmsb::simd_level_name(kernels().level),
+               r.prompt_ids.size(), r.prompt_seconds > 0 ? prompt_steps / r.prompt_seconds : 0.0,
+               r.generated_ids.size(),
                r.generate_seconds > 0 ? static_cast<double>(r.generated_ids.size()) / r.generate_seconds : 0.0,
-               r.stopped_on_special ? "; stopped at an end-of-text token" : "");
+               r.stopped_on_special ? "; stopped at an end-of-text token" : "",
+               static_cast<unsigned long long>(stats.waves), static_cast<unsigned long long>(stats.inline_waves),
+               static_cast<unsigned long long>(stats.nodes_recomputed));
   return 0;
 }
 

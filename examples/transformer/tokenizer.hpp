@@ -28,6 +28,11 @@ namespace mmsb::llm {
 class Tokenizer {
  public:
   explicit Tokenizer(Vocabulary vocabulary);
+  // Movable, not copyable: the lookup table views the pieces' own strings (a move keeps them where they are).
+  Tokenizer(Tokenizer&&) noexcept = default;
+  Tokenizer& operator=(Tokenizer&&) noexcept = default;
+  Tokenizer(const Tokenizer&) = delete;
+  Tokenizer& operator=(const Tokenizer&) = delete;
 
   // Token ids of `text`, BOS first (no EOS).
   std::vector<int> encode(std::string_view text) const;
@@ -45,7 +50,7 @@ class Tokenizer {
   Vocabulary vocab_;
   std::unordered_map<std::string_view, int> ids_;  // piece → lowest id with that piece
   std::vector<std::string> byte_pieces_;           // decode(): one-byte strings for <0xNN> pieces
-  std::vector<signed char> byte_of_token_;         // the byte of a <0xNN> piece, or -1; as unsigned via cast
+  std::vector<signed char> byte_of_token_;         // the byte of a <0xNN> piece (read back as unsigned char)
   std::vector<bool> is_byte_token_;
 };
 

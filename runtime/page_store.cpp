@@ -11,7 +11,7 @@ PageStore::~PageStore() {
     for (auto& slot : chunk->slots) {
       PageRecord* record = slot.load(std::memory_order_acquire);
       if (!record) continue;
-      if (record->data) PageAllocator::global().deallocate(record->data, record->capacity);
+      if (record->data && !record->external) PageAllocator::global().deallocate(record->data, record->capacity);
       delete record;
     }
     delete chunk;

@@ -12,6 +12,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 
 #include "mmsb/page_id.hpp"
 #include "mmsb/runtime.hpp"
@@ -33,6 +34,10 @@ struct PageRecord {
   // Set by the commit listener (the propagation engine) on pages it watches, so a commit finds the listener's state
   // for a page with one atomic load instead of a map lookup. Opaque to the runtime.
   std::atomic<void*> listener_tag{nullptr};
+  // External page (Runtime::create_external_page): `data` is read-only memory owned by `external_owner`, never by
+  // the allocator; `capacity` stays 0 and every write, resize or delta is refused.
+  bool external = false;
+  std::shared_ptr<const void> external_owner;
 };
 
 class PageStore {

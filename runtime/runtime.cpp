@@ -49,6 +49,45 @@ PageId Runtime::create_page(PageId reserved_id, std::uint64_t size, Location loc
   return impl_->create(reserved_id.sequence(), size, location);
 }
 
+PageId Runtime::create_external_page(std::span<const std::byte> bytes, std::shared_ptr<const void> owner,
+                                     Location location) {
+  std::uint64_t sequence = impl_->next_sequence.fetch_add(1, std::memory_order_relaxed);
+  if (sequence > detail::PageStore::kMaxSequence) {
+    throw Error(ErrorCode::ResourceExhausted, "this runtime has used all " +
+                                                  std::to_string(detail::PageStore::kMaxSequence) + " page ids");
+  }
+  PageId id = PageId::make(impl_->options.rank, sequence);
+  auto record = std::make_unique<PageRecord>(id, location);
+  // The bytes are never written through this record: every write path refuses external pages (transaction.cpp).
+  record->data = const_cast<std::byte*>(bytes.data());
+  record->external = true;
+  record->external_owner = std::move(owner);
+  record->size.store(bytes.size(), std::memory_order_relaxed);
+  if (impl_->sink) {
+    CommitRecord::CreatedPage created{id, bytes.size(), location};
+    CommitRecord rec;
+    rec.lsn = impl_->take_lsn();
+    rec.timestamp_ns = detail::now_ns();
+    rec.created = std::span<const CommitRecord::CreatedPage>(&created, 1);
+    impl_->sink->write(rec);
+  } else {
+    impl_->take_lsn();
+  }
+  if (!impl_->store.insert(sequence, record.get())) {
+    throw Error(ErrorCode::Internal, "page id " + id.to_string() + " is already in use");
+  }
+  record.release();  // the store owns it now
+  impl_->live_pages.fetch_add(1, std::memory_order_relaxed);
+  if (detail::CommitListener* l = impl_->listener.load(std::memory_order_acquire)) l->page_created(id);
+  return id;
+}
+
+bool Runtime::is_external(PageId id) const {
+  PageRecord* record = impl_->find_or_throw(id);
+  if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+  return record->external;
+}
+
 IdBlock Runtime::reserve_ids(std::uint64_t count) {
   std::uint64_t first = impl_->next_sequence.fetch_add(count, std::memory_order_relaxed);
   if (first + count - 1 > detail::PageStore::kMaxSequence || first + count < first) {
@@ -73,7 +112,8 @@ void Runtime::delete_page(PageId id) {
     impl_->sink->write(rec);
   }
   record->deleted.store(true, std::memory_order_relaxed);
-  if (record->data) PageAllocator::global().deallocate(record->data, record->capacity);
+  if (record->data && !record->external) PageAllocator::global().deallocate(record->data, record->capacity);
+  record->external_owner.reset();
   record->data = nullptr;
   record->capacity = 0;
   record->size.store(0, std::memory_order_relaxed);

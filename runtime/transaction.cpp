@@ -159,6 +159,15 @@ Transaction::~Transaction() {
 bool Transaction::active() const noexcept { return state_ && state_->active; }
 
 namespace {
+// External pages (Runtime::create_external_page) are read-only views of memory the runtime does not own.
+void refuse_external(const PageRecord& page) {
+  if (page.external) {
+    throw Error(ErrorCode::InvalidArgument, "page " + page.id.to_string() +
+                                                " is an external read-only page (create_external_page); its bytes "
+                                                "cannot be written, resized or replaced");
+  }
+}
+
 [[noreturn]] void throw_inactive() {
   throw Error(ErrorCode::InvalidArgument,
               "the transaction is not active (already committed, aborted or moved from); call Runtime::begin()");
@@ -168,6 +177,7 @@ namespace {
 void Transaction::write(PageId id, std::uint64_t offset, std::span<const std::byte> bytes) {
   if (!active()) throw_inactive();
   PageRecord* page = runtime_->find_live_or_throw(id);
+  refuse_external(*page);
   // An early check against the current size (a hint; commit re-checks under the lock, after any resize).
   std::uint64_t size = page->size.load(std::memory_order_relaxed);
   bool resized = false;
@@ -192,6 +202,7 @@ void Transaction::write(PageId id, std::uint64_t offset, std::span<const std::by
 void Transaction::resize(PageId id, std::uint64_t new_size) {
   if (!active()) throw_inactive();
   PageRecord* page = runtime_->find_live_or_throw(id);
+  refuse_external(*page);
   State::PageOp& op = state_->op_for(page);
   op.resize = true;
   op.new_size = new_size;
@@ -201,6 +212,7 @@ void Transaction::apply(const Delta& delta) {
   if (!active()) throw_inactive();
   delta.validate();
   PageRecord* page = runtime_->find_live_or_throw(delta.page);
+  refuse_external(*page);
   State::PageOp& op = state_->op_for(page);
   if (op.delta_index != State::kNoDelta) {
     throw Error(ErrorCode::InvalidArgument, "page " + delta.page.to_string() +
@@ -312,6 +324,7 @@ void Transaction::State::collect_entries() {
 void Transaction::State::check_and_prepare(Entry& e) {
   PageRecord& page = *e.page;
   if (page.deleted.load(std::memory_order_relaxed)) detail::throw_not_found(page.id);
+  refuse_external(page);
   e.epoch = page.epoch.load(std::memory_order_relaxed);
   e.size = page.size.load(std::memory_order_relaxed);
   e.final_size = e.size;

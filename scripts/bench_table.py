@@ -19,6 +19,8 @@ TARGETS = {
     "scaling_2t": (">= 1.7", lambda r: r["scaling_2t"] >= 1.7),
     "cycle_check_10k_ms": ("< 1", lambda r: r["cycle_check_10k_ms"] < 1),
     "deltas_per_s_batch": (">= 10,000,000", lambda r: r["deltas_per_s_batch"] >= 1e7),
+    "llm_tok_per_s_f32": (">= 12,000", lambda r: r["llm_tok_per_s_f32"] >= 12000),
+    "llm_f32_vs_direct_ratio": (">= 0.9", lambda r: r["llm_f32_vs_direct_ratio"] >= 0.9),
 }
 
 

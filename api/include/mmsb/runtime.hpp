@@ -151,6 +151,17 @@ class Runtime {
   PageId create_page(PageId reserved_id, std::uint64_t size, Location location = Location::Host);
   IdBlock reserve_ids(std::uint64_t count);
 
+  // Creates a read-only page whose bytes are `bytes`, memory the runtime does not own and never copies (a
+  // memory-mapped model file, say). `owner` (may be null) is kept alive until the page is deleted or the runtime
+  // destroyed; without one the caller must keep `bytes` valid that long. Writes, resizes and deltas to the page
+  // fail with Error(InvalidArgument); its epoch stays 0. It is read like any page (read(), ReadView, node inputs),
+  // but must not be the output of a Propagator node. A commit sink sees it created with its size; its bytes are
+  // not logged, so a program that replays a log re-creates its external pages itself. Takes an LSN.
+  PageId create_external_page(std::span<const std::byte> bytes, std::shared_ptr<const void> owner = nullptr,
+                              Location location = Location::Host);
+  // True for pages made by create_external_page(). Throws Error(NotFound) for a missing page.
+  bool is_external(PageId id) const;
+
   // Deletes a page; its id is never reused. Throws Error(NotFound) when the page does not exist.
   void delete_page(PageId id);
   // Resizes a page as one commit (truncating, or zero-extending); returns the commit's LSN.

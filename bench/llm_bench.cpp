@@ -1,0 +1,70 @@
+// Transformer workload metrics: tokens per second of greedy generation on the shared stories260K model (1 thread,
+// 256 tokens generated after BOS), one wave per token on mmsb, and the same maths in a direct loop without the
+// runtime (the baseline, measured in the same run). Each repetition checks that both paths generate the same
+// tokens. The model files come from ../shared/models (MMSB_SHARED_DIR); a missing file fails the metric.
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bench/harness.hpp"
+#include "examples/transformer/model.hpp"
+#include "examples/transformer/throughput.hpp"
+
+namespace mmsb::bench {
+namespace {
+
+constexpr int kGenerated = 256;
+
+const llm::Model& model(const std::string& file) {
+  static std::map<std::string, std::unique_ptr<llm::Model>> cache;
+  auto& slot = cache[file];
+  if (!slot) {
+    const std::string path = std::string(MMSB_SHARED_DIR) + "/models/" + file;
+    try {
+      slot = std::make_unique<llm::Model>(llm::load_model(path));
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string("llm bench needs the shared test model: ") + e.what());
+    }
+  }
+  return *slot;
+}
+
+double tok_per_s(const std::string& file, llm::ThroughputPath path) {
+  const llm::Model& m = model(file);
+  llm::Throughput t = llm::measure_throughput(m, path, 1, kGenerated);
+  llm::Throughput other = llm::measure_throughput(
+      m, path == llm::ThroughputPath::Engine ? llm::ThroughputPath::Direct : llm::ThroughputPath::Engine, 1, 8);
+  llm::Throughput same = llm::measure_throughput(m, path, 1, 8);
+  if (other.checksum != same.checksum) throw std::runtime_error("llm bench: engine and direct loop disagree");
+  return t.tok_per_s;
+}
+
+Register f32("llm_tok_per_s_f32", "mmsb-llm engine: greedy tokens/s, stories260K f32 GGUF, 1 thread, 256 after BOS",
+             [] { return tok_per_s("stories260K-f32.gguf", llm::ThroughputPath::Engine); });
+Register q8("llm_tok_per_s_q8_0", "mmsb-llm engine: greedy tokens/s, stories260K Q8_0 GGUF, 1 thread, 256 after BOS",
+            [] { return tok_per_s("stories260K-Q8_0.gguf", llm::ThroughputPath::Engine); });
+Register q4("llm_tok_per_s_q4_0", "mmsb-llm engine: greedy tokens/s, stories260K Q4_0 GGUF, 1 thread, 256 after BOS",
+            [] { return tok_per_s("stories260K-Q4_0.gguf", llm::ThroughputPath::Engine); });
+Register direct("llm_direct_tok_per_s_f32",
+                "baseline: the same f32 greedy generation as a direct loop without the runtime (same kernels)",
+                [] { return tok_per_s("stories260K-f32.gguf", llm::ThroughputPath::Direct); });
+// The ratio is measured on its own rather than from the two medians above: engine and direct runs alternate
+// within one process, so a burst of noise from other tenants hits both sides alike.
+Register ratio("llm_f32_vs_direct_ratio",
+               "engine tokens/s over direct-loop tokens/s, f32, alternating 5 runs of each (target >= 0.9)", [] {
+                 const llm::Model& m = model("stories260K-f32.gguf");
+                 std::vector<double> on_engine, on_direct;
+                 for (int i = 0; i < 5; ++i) {
+                   on_engine.push_back(llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, kGenerated).tok_per_s);
+                   on_direct.push_back(llm::measure_throughput(m, llm::ThroughputPath::Direct, 1, kGenerated).tok_per_s);
+                 }
+                 std::sort(on_engine.begin(), on_engine.end());
+                 std::sort(on_direct.begin(), on_direct.end());
+                 return on_engine[2] / on_direct[2];
+               });
+
+}  // namespace
+}  // namespace mmsb::bench

@@ -1,0 +1,77 @@
+// examples/transformer/engine.hpp — a Llama model running on mmsb: weights, activations and the KV cache are
+// pages, each layer is two graph nodes, and one decoding step is one propagation wave.
+//
+// Pages (see docs/transformer.md for the picture):
+//   step          8 bytes {token, pos}; the only page the application writes. Committing it starts the wave.
+//   weights       one external read-only page per tensor, pointing into the memory-mapped model file (no copy).
+//   x[0..L]       the residual stream entering each layer (x[L] leaves the last one), dim floats each.
+//   kv[l]         layer l's KV cache: seq_len key rows, then seq_len value rows, kv_dim floats each.
+//   logits        vocab_size floats.
+// Nodes:
+//   embed         map [step, token_embd] → x[0]
+//   kv[l]         incremental [x[l], step, attn_norm, wk, wv] → kv[l]; emits only the two rows of `pos`
+//   block[l]      map [x[l], step, kv[l], attn_norm, wq, wo, ffn_norm, w1, w2, w3] → x[l+1]
+//                 (attention, then the SwiGLU feed-forward, each added to the stream)
+//   logits        map [x[L], step, output_norm, output] → logits (skipped for prefill steps)
+// Map nodes are declared always_changes (activations change every step, so a cutoff diff could never help), and
+// the runtime records no undo bytes; waves run inline on the calling thread.
+//
+//   mmsb::llm::Engine engine(model);
+//   std::span<const float> logits = engine.step(/*token=*/1, /*pos=*/0);
+//
+// Thread-safety: an Engine is used from one thread at a time. The Model must outlive it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "examples/transformer/forward.hpp"
+#include "examples/transformer/model.hpp"
+#include "mmsb/graph.hpp"
+#include "mmsb/runtime.hpp"
+
+namespace mmsb::llm {
+
+struct EngineOptions {
+  unsigned threads = 1;              // Propagator worker threads (waves of this graph run inline regardless)
+  const Kernels* kernels = nullptr;  // nullptr: kernels(), the best this CPU supports
+  ActivationRounding rounding = ActivationRounding::None;  // LikeLlamaCpp: to compare with llama.cpp's logits
+};
+
+class Engine {
+ public:
+  explicit Engine(const Model& model, EngineOptions options = {});
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Runs one decoding step as one wave: commits {token, pos} and returns the logits of that position (valid until
+  // the next step). Positions must be fed in order from 0 (the KV cache holds what earlier steps wrote); starting
+  // again at 0 begins a new sequence. Throws Error(InvalidArgument) for a token outside the vocabulary or a
+  // position at or past seq_len.
+  std::span<const float> step(int token, int pos);
+  // As step(), for a prompt position whose logits are not needed: the wave skips the classifier.
+  void prefill_step(int token, int pos);
+
+  const ModelConfig& config() const noexcept { return model_.config; }
+  Runtime& runtime() noexcept { return *runtime_; }
+  Propagator& propagator() noexcept { return *propagator_; }
+  PageId step_page() const noexcept { return step_page_; }
+  PageId logits_page() const noexcept { return logits_page_; }
+  std::span<const PageId> weight_pages() const noexcept { return weight_pages_; }
+
+ private:
+  const Model& model_;
+  std::unique_ptr<Runtime> runtime_;
+  std::unique_ptr<Propagator> propagator_;
+  std::unique_ptr<ForwardShape> shape_;
+  PageId step_page_, logits_page_;
+  std::vector<PageId> weight_pages_;
+  std::vector<float> logits_;
+
+  std::span<const float> run_step(int token, int pos, bool want_logits);
+};
+
+}  // namespace mmsb::llm

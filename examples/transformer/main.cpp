@@ -1,0 +1,179 @@
+// mmsb-llm: runs a Llama model (llama2.c checkpoint or GGUF) on mmsb and streams the generated text.
+//
+//   mmsb-llm -m stories260K.bin -z tok512.bin -p "Once upon a time" -n 64
+//   mmsb-llm -m stories260K-Q8_0.gguf -p "Once upon a time" --temp 0.8 --top-p 0.9 --seed 7
+//   mmsb-llm bench -m stories260K-f32.gguf -p 16 -n 256 --json
+//
+// stdout carries only the text (the prompt, then each token as it is generated, then a newline), byte for byte
+// what llama2.c's run prints for the same greedy run; timings go to stderr. Errors are one line and exit code 2.
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+#include <exception>
+#include <string>
+
+#include "examples/transformer/engine.hpp"
+#include "examples/transformer/generate.hpp"
+#include "examples/transformer/model.hpp"
+#include "examples/transformer/throughput.hpp"
+#include "examples/transformer/tokenizer.hpp"
+#include "mmsb/error.hpp"
+
+namespace {
+
+using namespace mmsb::llm;
+
+struct Options {
+  std::string model, tokenizer, prompt;
+  int steps = 256;
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  std::uint64_t seed = 0;
+  unsigned threads = 1;
+  std::uint32_t context = 0;
+  // bench
+  int bench_prompt = 16, bench_gen = 256;
+  bool json = false;
+  int repeat = 7;
+};
+
+int run_generate(const Options& o) {
+  if (o.model.empty()) throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "no model given; use -m MODEL (see --help)");
+  LoadOptions load;
+  load.context_length = o.context;
+  Model model = load_model(o.model, load);
+  Vocabulary vocab;
+  if (!o.tokenizer.empty()) {
+    vocab = load_llama2c_tokenizer(o.tokenizer, model.config.vocab_size);
+  } else if (model.vocabulary) {
+    vocab = *model.vocabulary;
+  } else {
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
+                      o.model + " is a llama2.c checkpoint, which carries no tokenizer; give one with -z tok512.bin");
+  }
+  Tokenizer tokenizer(std::move(vocab));
+  Sampler sampler({o.temperature, o.top_k, o.top_p, o.seed});
+  if (o.steps < 0) throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "-n must be >= 0");
+  EngineOptions engine_options;
+  engine_options.threads = o.threads;
+  Engine engine(model, engine_options);
+  GenerateResult r = generate(engine, tokenizer, sampler, o.prompt, o.steps, [](std::string_view text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  });
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  const double prompt_steps = static_cast<double>(r.prompt_ids.size()) - 1;
+  const mmsb::PropagationStats stats = engine.propagator().stats();
+  std::fprintf(stderr,
+               "mmsb-llm: %s, %u layers, kernels %s; prompt %zu tokens (%.0f tok/s), generated %zu tokens "
+               "(%.0f tok/s)%s; %llu waves (%llu inline), %llu node runs\n",
+               model.format.c_str(), model.config.n_layers, mmsb::simd_level_name(kernels().level),
+               r.prompt_ids.size(), r.prompt_seconds > 0 ? prompt_steps / r.prompt_seconds : 0.0,
+               r.generated_ids.size(),
+               r.generate_seconds > 0 ? static_cast<double>(r.generated_ids.size()) / r.generate_seconds : 0.0,
+               r.stopped_on_special ? "; stopped at an end-of-text token" : "",
+               static_cast<unsigned long long>(stats.waves), static_cast<unsigned long long>(stats.inline_waves),
+               static_cast<unsigned long long>(stats.nodes_recomputed));
+  return 0;
+}
+
+int run_bench(const Options& o) {
+  if (o.model.empty()) throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "no model given; use -m MODEL (see --help)");
+  LoadOptions load;
+  load.context_length = o.context;
+  Model model = load_model(o.model, load);
+  EngineOptions engine_options;
+  engine_options.threads = o.threads;
+  // Warm up once (page faults of the mapping, allocator caches), then measure both paths alternately in the same
+  // run and keep the median of each figure, so that noise from other processes hits both alike.
+  measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, engine_options);
+  std::vector<Throughput> engines, directs;
+  for (int r = 0; r < o.repeat; ++r) {
+    engines.push_back(measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, engine_options));
+    directs.push_back(measure_throughput(model, ThroughputPath::Direct, o.bench_prompt, o.bench_gen, engine_options));
+    if (engines.back().checksum != directs.back().checksum) {
+      throw mmsb::Error(mmsb::ErrorCode::Internal, "bench: the engine and the direct loop generated different tokens");
+    }
+  }
+  auto median = [](std::vector<Throughput> runs, double Throughput::*field) {
+    std::sort(runs.begin(), runs.end(), [field](const Throughput& a, const Throughput& b) { return a.*field < b.*field; });
+    return runs[runs.size() / 2].*field;
+  };
+  Throughput engine{median(engines, &Throughput::prompt_tok_per_s), median(engines, &Throughput::tok_per_s), 0};
+  Throughput direct{median(directs, &Throughput::prompt_tok_per_s), median(directs, &Throughput::tok_per_s), 0};
+  if (o.json) {
+    std::printf(
+        "{\"model\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"threads\": %u, \"kernels\": \"%s\", "
+        "\"prompt_tok_per_s\": %.1f, \"tok_per_s\": %.1f, \"direct_prompt_tok_per_s\": %.1f, "
+        "\"direct_tok_per_s\": %.1f, \"vs_direct_ratio\": %.4f}\n",
+        o.model.c_str(), o.bench_prompt, o.bench_gen, o.threads, mmsb::simd_level_name(kernels().level),
+        engine.prompt_tok_per_s, engine.tok_per_s, direct.prompt_tok_per_s, direct.tok_per_s,
+        engine.tok_per_s / direct.tok_per_s);
+  } else {
+    std::printf("model %s (%s), kernels %s, %u thread(s)\n", o.model.c_str(), model.format.c_str(),
+                mmsb::simd_level_name(kernels().level), o.threads);
+    std::printf("  mmsb engine: prompt %10.0f tok/s   generation %10.0f tok/s\n", engine.prompt_tok_per_s,
+                engine.tok_per_s);
+    std::printf("  direct loop: prompt %10.0f tok/s   generation %10.0f tok/s   (engine/direct %.3f)\n",
+                direct.prompt_tok_per_s, direct.tok_per_s, engine.tok_per_s / direct.tok_per_s);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"mmsb-llm: Llama inference on mmsb pages (llama2.c .bin or GGUF models). The text goes to stdout "
+               "as it is generated; statistics go to stderr."};
+  app.add_option("-m,--model", o.model, "model file: a llama2.c checkpoint (.bin) or GGUF v2/v3 (architecture llama)");
+  app.add_option("-z,--tokenizer", o.tokenizer,
+                 "llama2.c tokenizer (tok*.bin); required for .bin checkpoints, overrides a GGUF's own vocabulary");
+  app.add_option("-p,--prompt", o.prompt, "prompt text (BOS and a leading space are added, as llama2.c does)");
+  app.add_option("-n,--steps", o.steps, "how many new tokens to generate (fewer if the context fills or the model "
+                                        "emits BOS/EOS)")
+      ->capture_default_str();
+  app.add_option("--temp", o.temperature, "sampling temperature; 0 = greedy (argmax)")->capture_default_str();
+  app.add_option("--top-k", o.top_k, "sample only among the K most likely tokens; 0 = no limit")->capture_default_str();
+  app.add_option("--top-p", o.top_p, "nucleus sampling: the smallest set of tokens whose probability reaches P; 1 = off")
+      ->capture_default_str();
+  app.add_option("--seed", o.seed, "seed of the sampler's random generator (runs with the same seed are identical)")
+      ->capture_default_str();
+  app.add_option("-t,--threads", o.threads, "worker threads of the propagator (this model's waves run inline)")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1024u));
+  app.add_option("--ctx", o.context, "KV cache positions; 0 = from the file (at least 512 for GGUF)")
+      ->capture_default_str();
+  CLI::App* bench = app.add_subcommand("bench", "measure prompt and generation throughput (engine and direct loop)");
+  bench->add_option("-m,--model", o.model, "model file")->required();
+  bench->add_option("-p,--n-prompt", o.bench_prompt, "prompt tokens to process")->capture_default_str();
+  bench->add_option("-n,--n-gen", o.bench_gen, "tokens to generate")->capture_default_str();
+  bench->add_option("-t,--threads", o.threads, "worker threads of the propagator")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1024u));
+  bench->add_option("-r,--repeat", o.repeat, "repetitions of each path; the medians are reported")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  bench->add_flag("--json", o.json, "print one JSON object with tok_per_s and prompt_tok_per_s");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "mmsb-llm: error: %s (see --help)\n", e.what());
+    return 2;
+  }
+  try {
+    return bench->parsed() ? run_bench(o) : run_generate(o);
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "mmsb-llm: error: %s\n", e.what());
+    return 2;
+  }
+}

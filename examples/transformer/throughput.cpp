@@ -1,0 +1,61 @@
+#include "examples/transformer/throughput.hpp"
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "examples/transformer/forward.hpp"
+#include "examples/transformer/sampler.hpp"
+#include "mmsb/error.hpp"
+
+namespace mmsb::llm {
+
+namespace {
+
+template <class Prefill, class Step>
+Throughput run(const ModelConfig& c, int n_prompt, int n_gen, Prefill&& prefill, Step&& step) {
+  using clock = std::chrono::steady_clock;
+  Throughput out;
+  auto start = clock::now();
+  int token = 1;
+  for (int pos = 0; pos < n_prompt; ++pos) {
+    prefill(token, pos);
+    token = static_cast<int>((static_cast<std::uint64_t>(pos) * 7919 + 3) % c.vocab_size);  // fixed, varied ids
+  }
+  auto mid = clock::now();
+  std::uint64_t hash = 1469598103934665603ULL;
+  for (int i = 0; i < n_gen; ++i) {
+    const float* logits = step(token, n_prompt + i);
+    token = argmax({logits, c.vocab_size});
+    hash = (hash ^ static_cast<std::uint64_t>(token)) * 1099511628211ULL;
+  }
+  auto end = clock::now();
+  out.prompt_tok_per_s = n_prompt / std::chrono::duration<double>(mid - start).count();
+  out.tok_per_s = n_gen / std::chrono::duration<double>(end - mid).count();
+  out.checksum = hash;
+  return out;
+}
+
+}  // namespace
+
+Throughput measure_throughput(const Model& model, ThroughputPath path, int n_prompt, int n_gen,
+                              EngineOptions options) {
+  const ModelConfig& c = model.config;
+  if (n_prompt < 1 || n_gen < 1 || static_cast<std::uint64_t>(n_prompt) + static_cast<std::uint64_t>(n_gen) > c.seq_len) {
+    throw Error(ErrorCode::InvalidArgument, "bench: " + std::to_string(n_prompt) + " prompt + " +
+                                                std::to_string(n_gen) + " generated tokens must be >= 1 each and fit " +
+                                                std::to_string(c.seq_len) + " positions");
+  }
+  if (path == ThroughputPath::Engine) {
+    Engine engine(model, options);
+    return run(
+        c, n_prompt, n_gen, [&](int token, int pos) { engine.prefill_step(token, pos); },
+        [&](int token, int pos) { return engine.step(token, pos).data(); });
+  }
+  DirectModel direct(model, options.kernels ? *options.kernels : kernels());
+  return run(
+      c, n_prompt, n_gen, [&](int token, int pos) { direct.step(token, pos, /*want_logits=*/false); },
+      [&](int token, int pos) { return direct.step(token, pos); });
+}
+
+}  // namespace mmsb::llm

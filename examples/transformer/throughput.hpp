@@ -1,0 +1,30 @@
+// examples/transformer/throughput.hpp — prompt-processing and generation speed, for `mmsb-llm bench` and
+// mmsb-bench's llm_* metrics.
+//
+// Prompt processing feeds `n_prompt` fixed tokens (BOS first) one step each; generation then feeds back the
+// greedy choice for `n_gen` steps. The same workload runs on the Engine (one wave per step) or on DirectModel
+// (the same maths in a plain loop), so the two figures compare the runtime's overhead and nothing else.
+//
+// Thread-safety: each call builds its own engine; calls may run concurrently on a shared Model.
+#pragma once
+
+#include <cstdint>
+
+#include "examples/transformer/engine.hpp"
+#include "examples/transformer/model.hpp"
+
+namespace mmsb::llm {
+
+struct Throughput {
+  double prompt_tok_per_s = 0;
+  double tok_per_s = 0;
+  std::uint64_t checksum = 0;  // the generated ids, hashed: both paths must agree
+};
+
+enum class ThroughputPath { Engine, Direct };
+
+// Throws Error(InvalidArgument) when n_prompt + n_gen exceeds the context or either is < 1.
+Throughput measure_throughput(const Model& model, ThroughputPath path, int n_prompt, int n_gen,
+                              EngineOptions options = {});
+
+}  // namespace mmsb::llm

@@ -1,0 +1,153 @@
+// mmsb-fuzz-gguf: a standalone fuzz driver (no libFuzzer needed) for the model loaders of the transformer workload
+// (examples/transformer/model.hpp): mutated copies of real GGUF files and llama2.c checkpoints — bits flipped,
+// bytes overwritten with edge values, 64-bit fields set to huge counts, bytes inserted or deleted, files
+// truncated. Each mutated file is parsed; when it loads, an Engine is built on it and runs two steps.
+// Every outcome must be success or mmsb::Error. Anything else — another exception, a crash, or an iteration
+// running past 30 s — stops the run with the seed and iteration; iteration i draws from its own generator seeded
+// with (seed, i), so `--seed S` reproduces a run exactly.
+//
+//   mmsb-fuzz-gguf --iterations 0 --seconds 600 --seed 7     # ten minutes
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "examples/transformer/engine.hpp"
+#include "examples/transformer/model.hpp"
+#include "mmsb/error.hpp"
+
+namespace {
+
+void on_alarm(int) {
+  static const char msg[] = "mmsb-fuzz-gguf: an iteration ran longer than 30 s (hang)\n";
+  ssize_t ignored = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+  (void)ignored;
+  ::_exit(3);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path + " (the fuzz corpus; see --models)");
+  in.seekg(0, std::ios::end);
+  std::string out(static_cast<std::size_t>(in.tellg()), '\0');
+  in.seekg(0);
+  in.read(out.data(), static_cast<std::streamsize>(out.size()));
+  return out;
+}
+
+struct Seed {
+  std::string name;
+  std::string bytes;
+  bool gguf;
+  std::size_t header;  // where mutations concentrate: the metadata and tensor table
+};
+
+std::string mutate(const Seed& seed, std::mt19937_64& rng) {
+  std::string b = seed.bytes;
+  auto pick = [&](std::size_t limit) { return static_cast<std::size_t>(rng() % std::max<std::size_t>(limit, 1)); };
+  const int edits = 1 + static_cast<int>(rng() % 4);
+  for (int e = 0; e < edits && !b.empty(); ++e) {
+    // Most edits land in the header, where every byte is structure; some anywhere.
+    const std::size_t span = (rng() % 8 == 0) ? b.size() : std::min(seed.header, b.size());
+    const std::size_t at = pick(span);
+    switch (rng() % 6) {
+      case 0: b[at] = static_cast<char>(b[at] ^ (1 << (rng() % 8))); break;
+      case 1: {
+        static const unsigned char edge[] = {0x00, 0xFF, 0x7F, 0x80, 0x01, 0x20};
+        b[at] = static_cast<char>(edge[rng() % sizeof edge]);
+        break;
+      }
+      case 2: {  // a 64-bit field set to a huge or boundary value
+        static const std::uint64_t values[] = {~0ull, 1ull << 63, 1ull << 32, 0xFFFFFFFFull, 0, 1, 1ull << 40};
+        std::uint64_t v = values[rng() % (sizeof values / sizeof values[0])];
+        std::size_t pos = at & ~std::size_t{7};
+        if (pos + 8 <= b.size()) std::memcpy(b.data() + pos, &v, 8);
+        break;
+      }
+      case 3: b.insert(at, std::string(1 + pick(16), static_cast<char>(rng()))); break;
+      case 4: b.erase(at, 1 + pick(16)); break;
+      default: b.resize(pick(b.size())); break;
+    }
+  }
+  return b;
+}
+
+// Returns "" for an acceptable outcome, else what went wrong.
+std::string run_one(const std::string& bytes, bool gguf) {
+  auto owner = std::make_shared<std::string>(bytes);
+  auto span = std::as_bytes(std::span(owner->data(), owner->size()));
+  try {
+    mmsb::llm::Model m = gguf ? mmsb::llm::parse_gguf(span, owner) : mmsb::llm::parse_llama2c(span, owner);
+    mmsb::llm::Engine engine(m);
+    engine.step(1, 0);
+    engine.step(static_cast<int>(m.config.vocab_size - 1), 1);
+  } catch (const mmsb::Error&) {
+    return "";  // NodeError included: a node refusing a value is a clean failure
+  } catch (const std::exception& e) {
+    return std::string("unexpected exception: ") + e.what();
+  } catch (...) {
+    return "unexpected non-standard exception";
+  }
+  return "";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"mmsb-fuzz-gguf: fuzzes the GGUF and llama2.c loaders with mutated real model files"};
+  std::uint64_t iterations = 2000, seed = 1;
+  double seconds = 0;
+  std::string models = MMSB_SHARED_DIR "/models";
+  app.add_option("--iterations", iterations, "iterations to run (0 = until --seconds)")->capture_default_str();
+  app.add_option("--seconds", seconds, "stop after this long (0 = no limit)")->capture_default_str();
+  app.add_option("--seed", seed, "seed; iteration i uses (seed, i)")->capture_default_str();
+  app.add_option("--models", models, "folder with the corpus model files")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  if (iterations == 0 && seconds <= 0) {
+    std::fprintf(stderr, "mmsb-fuzz-gguf: give --iterations or --seconds\n");
+    return 2;
+  }
+  std::vector<Seed> corpus;
+  try {
+    corpus.push_back({"stories260K-Q4_0.gguf", read_file(models + "/stories260K-Q4_0.gguf"), true, 14300});
+    corpus.push_back({"stories260K-Q8_0.gguf", read_file(models + "/stories260K-Q8_0.gguf"), true, 14300});
+    corpus.push_back({"stories260K.bin", read_file(models + "/stories260K.bin"), false, 28});
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mmsb-fuzz-gguf: %s\n", e.what());
+    return 2;
+  }
+  std::signal(SIGALRM, on_alarm);
+  const auto start = std::chrono::steady_clock::now();
+  std::uint64_t done = 0;
+  for (std::uint64_t i = 0; iterations == 0 || i < iterations; ++i) {
+    if (seconds > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > seconds) break;
+    std::seed_seq sequence{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32),
+                           static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(i >> 32)};
+    std::mt19937_64 rng(sequence);
+    const Seed& s = corpus[rng() % corpus.size()];
+    const std::string input = mutate(s, rng);
+    ::alarm(30);
+    std::string failure = run_one(input, s.gguf);
+    ::alarm(0);
+    if (!failure.empty()) {
+      std::fprintf(stderr, "mmsb-fuzz-gguf: seed %llu iteration %llu (%s): %s\n",
+                   static_cast<unsigned long long>(seed), static_cast<unsigned long long>(i), s.name.c_str(),
+                   failure.c_str());
+      return 1;
+    }
+    ++done;
+  }
+  std::printf("mmsb-fuzz-gguf: %llu iterations, no failure\n", static_cast<unsigned long long>(done));
+  return 0;
+}

@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <png.h>
 
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <exception>
@@ -93,6 +94,9 @@ int run(const Options& opt) {
   }
   const double energy_start = sim.energy();
 
+  // On a terminal, a progress line on stderr (at most five updates a second); nothing when redirected.
+  const bool progress = isatty(STDERR_FILENO) != 0;
+
   // Progress: a subscriber on the summary page, which every step's wave recomputes.
   const std::uint64_t every = opt.report_every > 0 ? opt.report_every : std::max<std::uint64_t>(1, opt.steps / 10);
   const std::uint32_t tiles = opt.config.tiles;
@@ -100,15 +104,30 @@ int run(const Options& opt) {
     const std::uint64_t step = sim.steps_done();
     if (step % every != 0 && step != opt.steps) return;
     const heat::Summary s = sim.summary();
+    if (progress) std::fprintf(stderr, "\r%-70s\r", "");  // clear the progress line first
     std::printf("step %6" PRIu64 "  min %8.4f  max %8.4f  mean %8.5f  hottest tile (%u,%u)\n", step, s.min, s.max,
                 s.mean, s.hottest_tile / tiles, s.hottest_tile % tiles);
     std::fflush(stdout);
   });
 
+  const auto started = std::chrono::steady_clock::now();
+  auto last_shown = started;
+  const std::uint64_t first_step = sim.steps_done();
   while (sim.steps_done() < opt.steps) {
     sim.step();
-    if (db && opt.checkpoint_every > 0 && sim.steps_done() % opt.checkpoint_every == 0) db->checkpoint();
+    const std::uint64_t done = sim.steps_done();
+    if (db && opt.checkpoint_every > 0 && done % opt.checkpoint_every == 0) db->checkpoint();
+    const auto now = std::chrono::steady_clock::now();
+    if (progress && now - last_shown > std::chrono::milliseconds(200)) {
+      last_shown = now;
+      const double seconds = std::chrono::duration<double>(now - started).count();
+      const double rate = static_cast<double>(done - first_step) / seconds;
+      std::fprintf(stderr, "\rstep %" PRIu64 "/%" PRIu64 " (%.0f%%), %.0f steps/s, %.0f s left   ", done, opt.steps,
+                   100.0 * static_cast<double>(done) / static_cast<double>(opt.steps), rate,
+                   static_cast<double>(opt.steps - done) / rate);
+    }
   }
+  if (progress) std::fprintf(stderr, "\r%-70s\r", "");
 
   const double energy_end = sim.energy();
   std::printf("energy %.6e -> %.6e (relative change %.2e)\n", energy_start, energy_end,

@@ -19,6 +19,7 @@
 #include <shared_mutex>
 
 #include "mmsb/error.hpp"
+#include "runtime/logging.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "serialize/checkpoint.hpp"
 #include "serialize/codec.hpp"
@@ -371,6 +372,15 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
   m.recovery.last_lsn = last;
   m.recovery.truncated_bytes = reader.report().truncated_bytes;
   m.recovery.fresh = !files.has_state();
+  if (m.recovery.truncated_bytes > 0) {
+    // Expected after a crash during an append, but worth a line: those bytes are gone.
+    detail::logger()->warn("{}: truncated a torn tail of {} bytes at offset {} of {} (a crash during an append)",
+                           dir.string(), m.recovery.truncated_bytes, reader.report().truncated_offset,
+                           reader.report().truncated_segment);
+  }
+  detail::logger()->info("{}: recovered to LSN {} (checkpoint LSN {}, {} pages, {} log records replayed)",
+                         dir.string(), m.recovery.last_lsn, m.recovery.checkpoint_lsn, m.recovery.pages_restored,
+                         m.recovery.records_replayed);
 
   serialize::LogOptions log_options;
   log_options.segment_bytes = options.segment_bytes;

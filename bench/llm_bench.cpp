@@ -17,6 +17,7 @@ namespace mmsb::bench {
 namespace {
 
 constexpr int kGenerated = 256;
+constexpr int kRounds = 15;  // each repetition: the median of 15 rounds of 1 + 256 steps
 
 const llm::Model& model(const std::string& file) {
   static std::map<std::string, std::unique_ptr<llm::Model>> cache;
@@ -34,7 +35,7 @@ const llm::Model& model(const std::string& file) {
 
 double tok_per_s(const std::string& file, llm::ThroughputPath path) {
   const llm::Model& m = model(file);
-  llm::Throughput t = llm::measure_throughput(m, path, 1, kGenerated);
+  llm::Throughput t = llm::measure_throughput(m, path, 1, kGenerated, {}, kRounds);
   llm::Throughput other = llm::measure_throughput(
       m, path == llm::ThroughputPath::Engine ? llm::ThroughputPath::Direct : llm::ThroughputPath::Engine, 1, 8);
   llm::Throughput same = llm::measure_throughput(m, path, 1, 8);
@@ -58,8 +59,10 @@ Register ratio("llm_f32_vs_direct_ratio",
                  const llm::Model& m = model("stories260K-f32.gguf");
                  std::vector<double> on_engine, on_direct;
                  for (int i = 0; i < 5; ++i) {
-                   on_engine.push_back(llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, kGenerated).tok_per_s);
-                   on_direct.push_back(llm::measure_throughput(m, llm::ThroughputPath::Direct, 1, kGenerated).tok_per_s);
+                   on_engine.push_back(
+                       llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, kGenerated, {}, kRounds).tok_per_s);
+                   on_direct.push_back(
+                       llm::measure_throughput(m, llm::ThroughputPath::Direct, 1, kGenerated, {}, kRounds).tok_per_s);
                  }
                  std::sort(on_engine.begin(), on_engine.end());
                  std::sort(on_direct.begin(), on_direct.end());

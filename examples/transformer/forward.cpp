@@ -16,19 +16,6 @@ void rmsnorm(float* out, const float* x, const float* weight, std::size_t n, flo
   for (std::size_t j = 0; j < n; ++j) out[j] = weight[j] * (ss * x[j]);
 }
 
-void softmax(float* x, std::size_t n) {
-  float max_value = x[0];
-  for (std::size_t i = 1; i < n; ++i) max_value = std::max(max_value, x[i]);
-  float sum = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    // Below -105, expf's result rounds to 0 anyway; returning it directly skips libm's underflow (errno) path.
-    const float shifted = x[i] - max_value;
-    x[i] = shifted < -105.0f ? 0.0f : std::exp(shifted);
-    sum += x[i];
-  }
-  for (std::size_t i = 0; i < n; ++i) x[i] /= sum;
-}
-
 void matvec(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, float* out, std::size_t rows,
             ForwardScratch& scratch) {
   if (s.rounding == ActivationRounding::LikeLlamaCpp) {
@@ -103,7 +90,7 @@ void attention(const ForwardShape& s, const float* x, const float* attn_norm, We
     const float* qh = q + h * head;
     const std::size_t kv_offset = (h / group) * head;
     s.kernels->attention_scores(qh, keys + kv_offset, kv_dim, positions, head, scale, att);
-    softmax(att, positions);
+    s.kernels->softmax(att, positions);
     s.kernels->attention_mix(att, values + kv_offset, kv_dim, positions, head, attn + h * head);
   }
   matvec(s, wo, attn, dim, xb, dim, scratch);

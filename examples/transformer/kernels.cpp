@@ -144,6 +144,19 @@ void attention_mix_scalar(const float* weights, const float* values, std::size_t
   }
 }
 
+void softmax_scalar(float* x, std::size_t n) {
+  float max_value = x[0];
+  for (std::size_t i = 1; i < n; ++i) max_value = std::max(max_value, x[i]);
+  float sum = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    // Below -105, expf's result rounds to 0 anyway; returning it directly skips libm's underflow (errno) path.
+    const float shifted = x[i] - max_value;
+    x[i] = shifted < -105.0f ? 0.0f : std::exp(shifted);
+    sum += x[i];
+  }
+  for (std::size_t i = 0; i < n; ++i) x[i] /= sum;
+}
+
 // --- AVX2 ------------------------------------------------------------------------------------------------------
 
 #define MMSB_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -321,6 +334,59 @@ MMSB_AVX2_NO_FMA void attention_mix_avx2(const float* weights, const float* valu
   }
 }
 
+// exp(x) for x <= 0, 8 lanes: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact product), e^r by
+// its degree-7 Taylor polynomial (truncation error below 1e-8 relative), then scaled by 2^n through the exponent
+// bits. Inputs below -87 (where the result would be subnormal) give 0: next to the maximum's e^0 = 1 they add
+// nothing to a softmax.
+MMSB_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {
+  const __m256 too_small = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(too_small, _mm256_mul_ps(p, _mm256_castsi256_ps(scale)));
+}
+
+MMSB_AVX2 void softmax_avx2(float* x, std::size_t n) {
+  std::size_t i = 0;
+  __m256 vmax = _mm256_set1_ps(x[0]);
+  for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  float max_value = _mm_cvtss_f32(m4);
+  for (; i < n; ++i) max_value = std::max(max_value, x[i]);
+  const __m256 vmax_all = _mm256_set1_ps(max_value);
+  __m256 vsum = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= n; i += 8) {
+    __m256 e = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax_all));
+    _mm256_storeu_ps(x + i, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  if (i < n) {  // the tail through the same polynomial, so every element is computed alike
+    alignas(32) float tail[8] = {-1e30f, -1e30f, -1e30f, -1e30f, -1e30f, -1e30f, -1e30f, -1e30f};
+    for (std::size_t j = i; j < n; ++j) tail[j - i] = x[j] - max_value;
+    __m256 e = exp_nonpositive_avx2(_mm256_load_ps(tail));
+    _mm256_store_ps(tail, e);
+    vsum = _mm256_add_ps(vsum, e);
+    for (std::size_t j = i; j < n; ++j) x[j] = tail[j - i];
+  }
+  const float sum = hsum256(vsum);
+  const __m256 vsumv = _mm256_set1_ps(sum);
+  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_div_ps(_mm256_loadu_ps(x + i), vsumv));
+  for (; i < n; ++i) x[i] /= sum;
+}
+
 // --- AVX-512 (F32, F16 and Q8_0; the other types use the AVX2 kernels at this level) --------------------------
 
 // GCC 12's own AVX-512 headers pass _mm512_undefined_*() to masked builtins, which -Wuninitialized reports once
@@ -395,6 +461,7 @@ Kernels make_scalar() {
   k.dequantize[8] = dequantize_blocks<decode_q8_0, kQ8_0Bytes>;
   k.attention_scores = attention_scores_scalar;
   k.attention_mix = attention_mix_scalar;
+  k.softmax = softmax_scalar;
   return k;
 }
 Kernels make_avx2() {
@@ -409,6 +476,7 @@ Kernels make_avx2() {
   k.dot[8] = dot_q8_0_avx2;
   k.attention_scores = attention_scores_avx2;
   k.attention_mix = attention_mix_avx2;
+  k.softmax = softmax_avx2;
   return k;
 }
 Kernels make_avx512() {

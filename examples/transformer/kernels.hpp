@@ -68,12 +68,17 @@ using AttentionScoresFn = void (*)(const float* q, const float* keys, std::size_
 using AttentionMixFn = void (*)(const float* weights, const float* values, std::size_t stride, std::size_t n,
                                 std::size_t head, float* out);
 
+// In-place softmax of n floats. The scalar reference uses libm's expf and sums in order (as llama2.c does); the
+// SIMD levels use a polynomial exp and lane-wise sums, so they differ from it by rounding only (a few ulp).
+using SoftmaxFn = void (*)(float* x, std::size_t n);
+
 struct Kernels {
   SimdLevel level;
   DotFn dot[kTypeSlots];              // nullptr for unused ids
   DequantizeFn dequantize[kTypeSlots];
   AttentionScoresFn attention_scores;
   AttentionMixFn attention_mix;
+  SoftmaxFn softmax;
 };
 
 // The table of one level; throws mmsb::Error(Unsupported) when this CPU lacks it.

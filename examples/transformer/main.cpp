@@ -38,6 +38,7 @@ struct Options {
   int bench_prompt = 16, bench_gen = 256;
   bool json = false;
   int repeat = 7;
+  int rounds = 5;
 };
 
 int run_generate(const Options& o) {
@@ -93,8 +94,10 @@ int run_bench(const Options& o) {
   measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, engine_options);
   std::vector<Throughput> engines, directs;
   for (int r = 0; r < o.repeat; ++r) {
-    engines.push_back(measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, engine_options));
-    directs.push_back(measure_throughput(model, ThroughputPath::Direct, o.bench_prompt, o.bench_gen, engine_options));
+    engines.push_back(
+        measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, engine_options, o.rounds));
+    directs.push_back(
+        measure_throughput(model, ThroughputPath::Direct, o.bench_prompt, o.bench_gen, engine_options, o.rounds));
     if (engines.back().checksum != directs.back().checksum) {
       throw mmsb::Error(mmsb::ErrorCode::Internal, "bench: the engine and the direct loop generated different tokens");
     }
@@ -156,6 +159,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1u, 1024u));
   bench->add_option("-r,--repeat", o.repeat, "repetitions of each path; the medians are reported")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  bench->add_option("--rounds", o.rounds, "sequences per repetition (each from position 0); the median round counts")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
   bench->add_flag("--json", o.json, "print one JSON object with tok_per_s and prompt_tok_per_s");

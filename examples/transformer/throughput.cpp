@@ -1,5 +1,6 @@
 #include "examples/transformer/throughput.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -13,7 +14,7 @@ namespace mmsb::llm {
 namespace {
 
 template <class Prefill, class Step>
-Throughput run(const ModelConfig& c, int n_prompt, int n_gen, Prefill&& prefill, Step&& step) {
+Throughput run_once(const ModelConfig& c, int n_prompt, int n_gen, Prefill&& prefill, Step&& step) {
   using clock = std::chrono::steady_clock;
   Throughput out;
   auto start = clock::now();
@@ -36,10 +37,23 @@ Throughput run(const ModelConfig& c, int n_prompt, int n_gen, Prefill&& prefill,
   return out;
 }
 
+template <class Prefill, class Step>
+Throughput run(const ModelConfig& c, int n_prompt, int n_gen, int rounds, Prefill&& prefill, Step&& step) {
+  std::vector<Throughput> all;
+  for (int r = 0; r < rounds; ++r) all.push_back(run_once(c, n_prompt, n_gen, prefill, step));
+  auto median = [&all](double Throughput::*field) {
+    std::vector<double> v;
+    for (const Throughput& t : all) v.push_back(t.*field);
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  return {median(&Throughput::prompt_tok_per_s), median(&Throughput::tok_per_s), all.front().checksum};
+}
+
 }  // namespace
 
 Throughput measure_throughput(const Model& model, ThroughputPath path, int n_prompt, int n_gen,
-                              EngineOptions options) {
+                              EngineOptions options, int rounds) {
   const ModelConfig& c = model.config;
   if (n_prompt < 1 || n_gen < 1 || static_cast<std::uint64_t>(n_prompt) + static_cast<std::uint64_t>(n_gen) > c.seq_len) {
     throw Error(ErrorCode::InvalidArgument, "bench: " + std::to_string(n_prompt) + " prompt + " +
@@ -49,12 +63,12 @@ Throughput measure_throughput(const Model& model, ThroughputPath path, int n_pro
   if (path == ThroughputPath::Engine) {
     Engine engine(model, options);
     return run(
-        c, n_prompt, n_gen, [&](int token, int pos) { engine.prefill_step(token, pos); },
+        c, n_prompt, n_gen, std::max(rounds, 1), [&](int token, int pos) { engine.prefill_step(token, pos); },
         [&](int token, int pos) { return engine.step(token, pos).data(); });
   }
   DirectModel direct(model, options.kernels ? *options.kernels : kernels());
   return run(
-      c, n_prompt, n_gen, [&](int token, int pos) { direct.step(token, pos, /*want_logits=*/false); },
+      c, n_prompt, n_gen, std::max(rounds, 1), [&](int token, int pos) { direct.step(token, pos, /*want_logits=*/false); },
       [&](int token, int pos) { return direct.step(token, pos); });
 }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "examples/transformer/engine.hpp"
 #include "examples/transformer/model.hpp"
@@ -23,8 +24,10 @@ struct Throughput {
 
 enum class ThroughputPath { Engine, Direct };
 
-// Throws Error(InvalidArgument) when n_prompt + n_gen exceeds the context or either is < 1.
+// Runs the workload `rounds` times on one engine (each round a new sequence from position 0) and reports the
+// median round, so that a preemption in one round (a round of this model lasts ~10 ms, one scheduler slice) does
+// not decide the figure. Throws Error(InvalidArgument) when n_prompt + n_gen exceeds the context or either is < 1.
 Throughput measure_throughput(const Model& model, ThroughputPath path, int n_prompt, int n_gen,
-                              EngineOptions options = {});
+                              EngineOptions options = {}, int rounds = 1);
 
 }  // namespace mmsb::llm

@@ -167,6 +167,29 @@ TEST(Kernels, AttentionKernelsAreBitIdenticalToScalar) {
   }
 }
 
+TEST(Kernels, SoftmaxMatchesTheScalarReferenceWithinAFewUlp) {
+  const Kernels& ref = kernels_for(SimdLevel::Scalar);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> value(-40.0f, 8.0f);
+  for (SimdLevel level : available_levels()) {
+    const Kernels& k = kernels_for(level);
+    for (std::size_t n : {1u, 2u, 7u, 8u, 9u, 31u, 64u, 257u, 1000u}) {
+      std::vector<float> a(n);
+      for (float& v : a) v = value(rng);
+      a[n / 2] = -200.0f;  // far below the maximum: exp underflows to 0 in both
+      std::vector<float> b = a;
+      ref.softmax(a.data(), n);
+      k.softmax(b.data(), n);
+      double total = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        ASSERT_NEAR(b[i], a[i], 6e-7 * a[i] + 1e-12) << simd_level_name(level) << " n=" << n << " i=" << i;
+        total += b[i];
+      }
+      EXPECT_NEAR(total, 1.0, 1e-5);
+    }
+  }
+}
+
 TEST(Kernels, RowBytesRefusesPartialBlocks) {
   EXPECT_EQ(row_bytes(TensorType::Q8_0, 64), 68u);
   EXPECT_EQ(row_bytes(TensorType::Q8_0, 172), 0u);  // why ffn_down stays F16 in the quantized files

@@ -573,7 +573,10 @@ struct Propagator::Impl : detail::CommitListener {
                     "page " + out.to_string() + " cannot be an input of the node that computes it");
       }
     }
-    live_record(out);
+    if (live_record(out)->external) {
+      throw Error(ErrorCode::InvalidArgument, "page " + out.to_string() +
+                                                  " is an external (read-only) page and cannot be a node's output");
+    }
     for (PageId in : inputs) live_record(in);
     // Add the edges; undo the ones added so far if one closes a cycle.
     std::vector<PageId> added;

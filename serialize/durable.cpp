@@ -247,7 +247,9 @@ serialize::SyncPolicy to_log_policy(SyncPolicy p) {
 std::uint64_t live_bytes(Runtime& rt) {
   std::uint64_t total = 0;
   detail::RuntimeAccess::of(rt).for_each_live_page(
-      [&](const detail::PageRecord& record) { total += record.size.load(std::memory_order_relaxed); });
+      [&](const detail::PageRecord& record) {
+        if (!record.external) total += record.size.load(std::memory_order_relaxed);
+      });
   return total;
 }
 
@@ -269,12 +271,14 @@ void snapshot_pages(Runtime& rt, CheckpointState& state) {
   std::size_t count = 0;
   std::uint64_t total = 0;
   impl.for_each_live_page([&](const detail::PageRecord& record) {
+    if (record.external) return;  // not the runtime's state: the application maps it again
     ++count;
     total += record.size.load(std::memory_order_relaxed);  // stable: the gate is closed, derived pages keep sizes
   });
   state.pages.reserve(count);
   state.arena.reserve(total);
   impl.for_each_live_page([&](const detail::PageRecord& record) {
+    if (record.external) return;
     // Derived pages are written by waves outside the gate: copy each page under its lock.
     std::shared_lock lock(record.mutex);
     serialize::PageImage img;

@@ -2,6 +2,8 @@
 // backpressure, cycles, determinism across thread counts, and random DAGs checked against a sequential reference.
 #include <gtest/gtest.h>
 
+#include <array>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -86,6 +88,20 @@ TEST(Propagator, MapNodeOutputIsVisibleWhenImmediateCommitReturns) {
   commit_i64(rt, a, -4);
   EXPECT_EQ(read_i64(rt, doubled), -8);
   EXPECT_FALSE(prop.is_stale(doubled));
+}
+
+TEST(Propagator, AnExternalPageCannotBeANodesOutput) {
+  Runtime rt;
+  Propagator prop(rt);
+  static const std::array<std::byte, 8> memory{};
+  PageId external = rt.create_external_page(memory);
+  PageId in = rt.create_page(8);
+  EXPECT_EQ(mmsb::testing::error_code_of([&] { prop.derive_passthrough(external, in); }), ErrorCode::InvalidArgument);
+  EXPECT_EQ(prop.node_count(), 0u);
+  // As an input it is fine.
+  PageId out = rt.create_page(8);
+  prop.derive_passthrough(out, external);
+  EXPECT_EQ(prop.node_count(), 1u);
 }
 
 TEST(Propagator, DerivedPageEpochAdvancesOncePerChangingWave) {

@@ -30,7 +30,11 @@ TEST(Concurrency, ReadersNeverSeeATornMultiPageCommit) {
   std::atomic<bool> stop{false};
   std::atomic<std::int64_t> commits{0}, retries{0}, snapshots{0}, torn{0};
 
+  // Writers start once both readers are reading, so snapshots overlap the commits even on a loaded machine (a
+  // reader scheduled only after the writers finished would test nothing).
+  std::atomic<int> readers_started{0};
   auto writer = [&](unsigned seed) {
+    while (readers_started.load() < 2) std::this_thread::yield();
     std::mt19937 rng(seed);
     for (int i = 0; i < 3000; ++i) {
       PageId from = accounts[rng() % kAccounts], to = accounts[rng() % kAccounts];
@@ -64,13 +68,16 @@ TEST(Concurrency, ReadersNeverSeeATornMultiPageCommit) {
     }
   };
   auto reader = [&] {
-    while (!stop.load()) {
+    bool first = true;
+    do {
       ReadView view = rt.read_view(accounts);
       std::int64_t sum = 0;
       for (PageId id : accounts) sum += view.value<std::int64_t>(id, 0);
       if (sum != total) torn.fetch_add(1);
       snapshots.fetch_add(1);
-    }
+      if (first) readers_started.fetch_add(1);
+      first = false;
+    } while (!stop.load());
   };
   std::vector<std::thread> writers, readers;
   for (unsigned t = 0; t < 3; ++t) writers.emplace_back(writer, t + 10);

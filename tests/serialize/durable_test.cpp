@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -292,6 +293,26 @@ TEST(DurableRuntime, ConcurrentCommitsDuringCheckpointsLoseNothing) {
   EXPECT_EQ(total, kAccounts * 1000);
   DurableRuntime db(dir.path(), fast_options(8192));
   EXPECT_EQ(state_hash(db.runtime()), live_hash);
+}
+
+TEST(DurableRuntime, ExternalPagesAreNotCheckpointed) {
+  TempDir dir;
+  static const std::array<std::byte, 4> weights{std::byte{1}, std::byte{2}, std::byte{3}, std::byte{4}};
+  PageId own;
+  {
+    DurableRuntime db(dir.path(), fast_options());
+    PageId external = db.runtime().create_external_page(weights);
+    own = db.runtime().create_page(8);
+    commit_i64(db.runtime(), own, 5);
+    const CheckpointInfo info = db.checkpoint();
+    EXPECT_EQ(info.pages, 1u);
+    EXPECT_TRUE(db.runtime().contains(external));
+  }
+  DurableRuntime db(dir.path(), fast_options());
+  EXPECT_EQ(db.runtime().page_count(), 1u);
+  EXPECT_EQ(db.runtime().read_value<std::int64_t>(own, 0), 5);
+  // The external page's id stays used: a page created now gets a new one.
+  EXPECT_GT(db.runtime().create_page(8).sequence(), own.sequence());
 }
 
 TEST(DurableRuntime, RefusesAForeignDirectoryAndASecondOpener) {

@@ -20,7 +20,8 @@
 // inputs, and recovery recomputes every restored node. The graph topology (nodes, their inputs, function names,
 // CONTROL/GPU_SYNC edges) is stored by checkpoint(), not logged: call checkpoint() after changing the graph. A
 // node whose function was given as a lambda rather than by registered name cannot be restored; its page is listed
-// in RecoveryInfo::unbound_nodes so the application can derive it again.
+// in RecoveryInfo::unbound_nodes so the application can derive it again. External pages
+// (Runtime::create_external_page) are neither logged nor checkpointed: the application maps them again.
 //
 // Recovery. Opening a directory loads the newest checkpoint, then replays every log record with a higher LSN. A
 // torn tail (what a crash during an append leaves) is truncated and reported; any other damage is

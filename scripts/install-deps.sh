@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config ccache git
+  build-essential cmake ninja-build pkg-config ccache git python3
   libtbb-dev libboost-dev libboost-graph-dev libhwloc-dev
   libvulkan-dev glslc mesa-vulkan-drivers
   libspdlog-dev libfmt-dev

@@ -500,7 +500,8 @@ CheckpointInfo DurableRuntime::checkpoint() {
 
 // ------------------------------------------------------------------------------------------------ offline access
 
-std::unique_ptr<Runtime> load_state(const fs::path& dir, ReplayTarget target, std::uint64_t* reached_lsn) {
+std::unique_ptr<Runtime> load_state(const fs::path& dir, ReplayTarget target, std::uint64_t* reached_lsn,
+                                    const ReplayProgress& progress) {
   DirectoryFiles files = existing_state(dir);
   Checkpoint ckpt = newest_checkpoint(files);
   const std::uint64_t checkpoint_lsn = ckpt.state ? ckpt.state->lsn : 0;
@@ -516,7 +517,17 @@ std::unique_ptr<Runtime> load_state(const fs::path& dir, ReplayTarget target, st
   if (ckpt.state) restore_pages(*rt, *ckpt.state);
   std::uint64_t reached = checkpoint_lsn, last = checkpoint_lsn;
   LogReader reader(dir);
+  // Progress in log bytes: the sizes of the segments finished, plus the offset in the current one.
+  std::uint64_t total_bytes = 0;
+  std::map<fs::path, std::uint64_t> bytes_before;
+  for (const fs::path& segment : reader.segments()) {
+    bytes_before[segment] = total_bytes;
+    std::error_code ec;
+    total_bytes += fs::file_size(segment, ec);
+  }
+  std::uint64_t records = 0;
   for (DecodedCommit c; reader.next(c);) {
+    if (progress && ++records % 4096 == 0) progress(bytes_before[reader.current_segment()] + reader.record_offset(), total_bytes);
     last = std::max(last, c.lsn);
     if (c.lsn <= checkpoint_lsn || c.lsn > goal) continue;
     apply_record(*rt, c);
@@ -528,16 +539,18 @@ std::unique_ptr<Runtime> load_state(const fs::path& dir, ReplayTarget target, st
   }
   detail::RuntimeAccess::of(*rt).continue_after(reached);
   if (reached_lsn) *reached_lsn = reached;
+  if (progress) progress(total_bytes, total_bytes);
   return rt;
 }
 
-CheckpointInfo replay_to(const fs::path& dir, ReplayTarget target, const fs::path& out) {
+CheckpointInfo replay_to(const fs::path& dir, ReplayTarget target, const fs::path& out,
+                         const ReplayProgress& progress) {
   std::error_code ec;
   if (fs::exists(out, ec) && !(fs::is_directory(out, ec) && fs::is_empty(out, ec))) {
     throw Error(ErrorCode::InvalidArgument, "output directory " + out.string() + " exists and is not empty");
   }
   std::uint64_t reached = 0;
-  std::unique_ptr<Runtime> rt = load_state(dir, target, &reached);
+  std::unique_ptr<Runtime> rt = load_state(dir, target, &reached, progress);
   Checkpoint ckpt = newest_checkpoint(list_directory(dir));
   CheckpointState state;
   state.created_ns = now_ns();

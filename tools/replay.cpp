@@ -1,5 +1,6 @@
 // `mmsb replay DIR --out DIR2 [--to-lsn N | --to-time T | --page ID --to-epoch E]`: the state at a point in
 // history, written as a new durable directory.
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -17,9 +18,8 @@
 namespace mmsb::cli {
 namespace {
 
-// An elapsed-time line on stderr, redrawn while a long call runs, erased when it ends. replay_to() reports no
-// progress of its own, so this shows that the tool is working rather than how far it got. Nothing is drawn for
-// calls shorter than the first delay, so quick replays leave no trace.
+// A progress line on stderr (share of the log replayed, elapsed time), redrawn while a long call runs, erased
+// when it ends. Nothing is drawn for calls shorter than the first delay, so quick replays leave no trace.
 class ProgressLine {
  public:
   ProgressLine(bool enabled, std::string label) : label_(std::move(label)) {
@@ -37,6 +37,12 @@ class ProgressLine {
   ProgressLine(const ProgressLine&) = delete;
   ProgressLine& operator=(const ProgressLine&) = delete;
 
+  // Called by replay_to() on the replaying thread.
+  void update(std::uint64_t done, std::uint64_t total) {
+    done_bytes_.store(done, std::memory_order_relaxed);
+    total_bytes_.store(total, std::memory_order_relaxed);
+  }
+
  private:
   void draw_until_done() {
     using namespace std::chrono;
@@ -47,7 +53,14 @@ class ProgressLine {
     for (unsigned tick = 0; !wake_.wait_for(lock, milliseconds(tick == 0 ? 300 : 200), [this] { return done_; });
          ++tick) {
       const double seconds = duration<double>(steady_clock::now() - start).count();
-      std::fprintf(stderr, "\r%c %s  %.1f s ", kSpinner[tick % 4], label_.c_str(), seconds);
+      const std::uint64_t total = total_bytes_.load(std::memory_order_relaxed);
+      if (total > 0) {
+        const double share = 100.0 * static_cast<double>(done_bytes_.load(std::memory_order_relaxed)) /
+                             static_cast<double>(total);
+        std::fprintf(stderr, "\r%c %s  %.0f%%  %.1f s ", kSpinner[tick % 4], label_.c_str(), share, seconds);
+      } else {
+        std::fprintf(stderr, "\r%c %s  %.1f s ", kSpinner[tick % 4], label_.c_str(), seconds);
+      }
       std::fflush(stderr);
       drawn = true;
     }
@@ -61,6 +74,7 @@ class ProgressLine {
   std::mutex mutex_;
   std::condition_variable wake_;
   bool done_ = false;
+  std::atomic<std::uint64_t> done_bytes_{0}, total_bytes_{0};
   std::thread thread_;
 };
 
@@ -106,7 +120,8 @@ int run_replay(const ReplayOptions& options, std::ostream& out) {
   CheckpointInfo written;
   try {
     ProgressLine progress(options.progress, "replaying " + dir.string() + " to " + target.description);
-    written = replay_to(dir, target.target, out_dir);
+    written = replay_to(dir, target.target, out_dir,
+                        [&](std::uint64_t done, std::uint64_t total) { progress.update(done, total); });
   } catch (const Error& e) {
     rethrow_for_directory(dir, e);
   }

@@ -139,16 +139,21 @@ struct ReplayTarget {
   static ReplayTarget page_epoch(PageId page, std::uint64_t epoch) { return {Kind::PageEpoch, epoch, page}; }
 };
 
+// Progress of a long replay: log bytes read so far and in total (called every few thousand records, from the
+// calling thread).
+using ReplayProgress = std::function<void(std::uint64_t bytes_done, std::uint64_t bytes_total)>;
+
 // A runtime holding the state of `dir` at `target` (no sink, no graph: derived pages hold their checkpointed
 // bytes). Throws Error(NotFound) when the target lies before the checkpoint (that history was compacted away) or
 // past the end of the log, Error(Corruption) for a damaged directory. `reached_lsn`, if given, receives the LSN of
 // the last commit applied.
 std::unique_ptr<Runtime> load_state(const std::filesystem::path& dir, ReplayTarget target = {},
-                                    std::uint64_t* reached_lsn = nullptr);
+                                    std::uint64_t* reached_lsn = nullptr, const ReplayProgress& progress = {});
 
 // Writes the state of `dir` at `target` as a new durable directory `out` (a checkpoint and an empty log; the graph
 // topology of `dir`'s checkpoint comes along). `out` must not exist or be empty. Returns what was written.
-CheckpointInfo replay_to(const std::filesystem::path& dir, ReplayTarget target, const std::filesystem::path& out);
+CheckpointInfo replay_to(const std::filesystem::path& dir, ReplayTarget target, const std::filesystem::path& out,
+                         const ReplayProgress& progress = {});
 
 // One change of one page, from the log.
 struct PageChange {

@@ -2,11 +2,13 @@
 // nodes whose function runs a compute shader (mmsb/gpu.hpp describes the behaviour).
 //
 // How changes reach the device. The mirror subscribes to every device page; after a wave the Propagator hands it
-// each page's delta, which it composes into one pending delta per page (so one wave never writes a byte twice and
-// vkCmdCopyBuffer regions never overlap). The WaveEnd event then stages every pending payload into the next slot
-// of the staging ring and submits one command buffer: a barrier (ordering it after earlier submits), then one
-// vkCmdCopyBuffer per device buffer with one region per changed range. Its fence is waited for only when that slot
-// comes round again, so the upload overlaps the next wave.
+// each page's delta, whose payload is copied straight into the open slot of the staging ring (the slot's previous
+// submit is waited for when the slot is opened). A second delta of the same page in one delivery (DEFERRED or
+// BATCH waves) is composed with the first instead, so one wave never writes a byte twice and vkCmdCopyBuffer
+// regions never overlap. The first Commit or WaveEnd event of the delivery then submits one command buffer: a
+// barrier (ordering it after earlier submits), then one vkCmdCopyBuffer per device buffer with one region per
+// changed range. Its fence is waited for only when that slot comes round again, so the upload overlaps the next
+// wave.
 //
 // Epochs. Each mirrored page records the epoch its device copy will have once pending work is submitted. A delta
 // that does not start at that epoch (deliveries of concurrent waves overtaking each other, or a device node having
@@ -27,6 +29,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -115,6 +118,18 @@ struct GpuMirror::Impl {
   mutable std::mutex mutex;
   std::unordered_map<PageId, MirroredPage> pages;   // mutex
   std::map<PageId, Delta> pending;                  // mutex; composed deltas of this wave, per page
+  // Copy path: a page's first delta of a delivery is written straight into the open staging slot.
+  struct StagedRange {
+    PageId page;
+    std::uint32_t block;
+    std::uint64_t target;   // byte offset in the device buffer
+    std::uint64_t staging;  // byte offset in the staging buffer
+    std::uint64_t length;
+  };
+  std::vector<StagedRange> staged;                  // mutex
+  std::unordered_set<PageId> staged_pages;          // mutex
+  std::uint64_t staged_bytes = 0;                   // mutex; staging bytes used (also by unstaged ranges)
+  StagingSlot* open_slot = nullptr;                 // mutex; the slot the next submit will use, fence waited
   std::vector<Block> blocks;                        // mutex
   std::vector<StagingSlot> slots;                   // mutex
   std::size_t next_slot = 0;                        // mutex
@@ -358,6 +373,7 @@ struct GpuMirror::Impl {
       sub = it->second.subscription;
       pages.erase(it);
       pending.erase(id);
+      unstage(id);
     }
     if (sub) propagator.unsubscribe(sub);
   }
@@ -382,9 +398,19 @@ struct GpuMirror::Impl {
       page.needs_whole = true;
       page.epoch = epoch;
       pending.erase(id);
+      unstage(id);
       return;
     }
     counters.bytes_changed += delta.changed_bytes();
+    if (options.upload == UploadPath::CopyRegions && !pending.count(id)) {
+      if (!staged_pages.count(id)) {
+        stage_direct(id, page, delta);  // the common case: one delta per page per delivery, copied once
+        page.epoch = epoch;
+        return;
+      }
+      // A second delta of the page in one delivery (DEFERRED/BATCH): compose, so copy regions never overlap.
+      pending.emplace(id, unstage_as_delta(id, page, delta.base_epoch));
+    }
     auto p = pending.find(id);
     if (p == pending.end()) {
       Delta copy;
@@ -407,6 +433,66 @@ struct GpuMirror::Impl {
   }
 
   // --- uploads --------------------------------------------------------------------------------------------------
+
+  // The slot the next submit uses; its previous submit is waited for when it is opened.
+  StagingSlot& open_staging() {
+    if (!open_slot) {
+      open_slot = &slots[next_slot];
+      next_slot = (next_slot + 1) % slots.size();
+      wait_slot(*open_slot);
+    }
+    return *open_slot;
+  }
+
+  // Grows the slot's staging buffer to `bytes`, keeping its first `keep` bytes.
+  void reserve_staging(StagingSlot& slot, std::uint64_t bytes, std::uint64_t keep) {
+    if (slot.staging.size >= bytes) return;
+    std::uint64_t size = std::max(kMinStagingBytes, slot.staging.size);
+    while (size < bytes) size *= 2;
+    Buffer bigger = vk->create_host_buffer(size);
+    if (keep > 0) std::memcpy(bigger.mapped, slot.staging.mapped, keep);
+    vk->destroy(slot.staging);
+    slot.staging = bigger;
+  }
+
+  void stage_direct(PageId id, const MirroredPage& page, const Delta& delta) {
+    const std::uint64_t started = steady_ns();
+    StagingSlot& slot = open_staging();
+    reserve_staging(slot, staged_bytes + delta.changed_bytes(), staged_bytes);
+    auto* base = static_cast<std::byte*>(slot.staging.mapped);
+    const std::byte* payload = delta.payload.data();
+    for (const ByteRange& r : delta.ranges) {
+      std::memcpy(base + staged_bytes, payload, r.length);
+      staged.push_back({id, page.region.block, page.region.offset + r.offset, staged_bytes, r.length});
+      staged_bytes += r.length;
+      payload += r.length;
+    }
+    staged_pages.insert(id);
+    counters.upload_ns += steady_ns() - started;
+  }
+
+  // Drops the page's staged ranges (their staging bytes stay unused until the submit).
+  void unstage(PageId id) {
+    if (!staged_pages.erase(id)) return;
+    staged.erase(std::remove_if(staged.begin(), staged.end(), [id](const StagedRange& r) { return r.page == id; }),
+                 staged.end());
+  }
+
+  // The page's staged ranges as a delta reaching `epoch`, removed from the staging list.
+  Delta unstage_as_delta(PageId id, const MirroredPage& page, std::uint64_t epoch) {
+    Delta d;
+    d.page = id;
+    d.epoch_count = epoch;  // so that compose() chains the next delta, which starts at `epoch`
+    d.base_size = d.size = page.size;
+    const auto* base = static_cast<const std::byte*>(open_slot->staging.mapped);
+    for (const StagedRange& r : staged) {
+      if (r.page != id) continue;
+      d.ranges.push_back({r.target - page.region.offset, r.length});
+      d.payload.insert(d.payload.end(), base + r.staging, base + r.staging + r.length);
+    }
+    unstage(id);
+    return d;
+  }
 
   // Reads the pages that need a whole upload (without `mutex`: this takes page locks) and queues them as dense
   // pending deltas.
@@ -437,6 +523,7 @@ struct GpuMirror::Impl {
   }
 
   void queue_whole_locked(PageId id, MirroredPage& page, std::span<const std::byte> bytes, std::uint64_t epoch) {
+    unstage(id);
     if (bytes.size() > page.region.capacity) {
       wait_all_slots();
       free_region(page.region);
@@ -517,27 +604,6 @@ struct GpuMirror::Impl {
     std::stable_sort(pieces.begin(), pieces.end(),
                      [](const UploadPiece& a, const UploadPiece& b) { return a.block < b.block; });
     return pieces;
-  }
-
-  // Stages `pieces` into `staging` (from byte `at`) and records their copies into `cmd`; returns the bytes used.
-  std::uint64_t record_copies(VkCommandBuffer cmd, const Buffer& staging, std::uint64_t at,
-                              const std::vector<UploadPiece>& pieces) {
-    auto* base = static_cast<std::byte*>(staging.mapped);
-    std::vector<VkBufferCopy> regions;
-    std::uint64_t cursor = at;
-    for (std::size_t i = 0; i < pieces.size();) {
-      const std::uint32_t block = pieces[i].block;
-      regions.clear();
-      for (; i < pieces.size() && pieces[i].block == block; ++i) {
-        std::memcpy(base + cursor, pieces[i].source, pieces[i].length);
-        regions.push_back({cursor, pieces[i].target, pieces[i].length});
-        cursor += pieces[i].length;
-      }
-      vkCmdCopyBuffer(cmd, staging.buffer, blocks[block].buffer.buffer, static_cast<std::uint32_t>(regions.size()),
-                      regions.data());
-      counters.regions_uploaded += regions.size();
-    }
-    return cursor - at;
   }
 
   // The scatter-shader layout of `pieces` in a staging buffer: per device buffer a segment table followed by the
@@ -625,22 +691,33 @@ struct GpuMirror::Impl {
     zero_regions.clear();
   }
 
-  // Submits everything pending as one command buffer on the next staging slot, without waiting for it.
+  // Submits everything staged and pending as one command buffer on the open staging slot, without waiting.
   void flush_locked() {
-    if (pending.empty() && zero_regions.empty()) return;
+    if (pending.empty() && staged.empty() && zero_regions.empty()) return;
     const std::uint64_t started = steady_ns();
-    StagingSlot& slot = slots[next_slot];
-    next_slot = (next_slot + 1) % slots.size();
-    wait_slot(slot);
+    StagingSlot& slot = open_staging();
     const std::vector<UploadPiece> pieces = pending_pieces();
-    std::uint64_t payload = 0;
-    for (const UploadPiece& p : pieces) payload += p.length;
     const bool scatter = options.upload == UploadPath::ScatterShader;
-    ensure_capacity(slot.staging, scatter ? scatter_bytes(pieces) : payload);
+    std::uint64_t payload = 0;
+    if (scatter) {
+      reserve_staging(slot, scatter_bytes(pieces), 0);
+      for (const UploadPiece& p : pieces) payload += p.length;
+    } else {
+      std::uint64_t more = 0;
+      for (const UploadPiece& p : pieces) more += p.length;
+      reserve_staging(slot, staged_bytes + more, staged_bytes);
+      auto* base = static_cast<std::byte*>(slot.staging.mapped);
+      for (const UploadPiece& p : pieces) {
+        std::memcpy(base + staged_bytes, p.source, p.length);
+        staged.push_back({PageId(), p.block, p.target, staged_bytes, p.length});
+        staged_bytes += p.length;
+      }
+      for (const StagedRange& r : staged) payload += r.length;
+    }
     begin(slot.commands);
     barrier(slot.commands);
     record_zero_fills(slot.commands);
-    if (!pieces.empty()) {
+    if (payload > 0) {
       barrier(slot.commands);
       if (scatter) {
         if (slot.descriptor_capacity < blocks.size()) {  // one set per device buffer written by this submit
@@ -652,16 +729,37 @@ struct GpuMirror::Impl {
         check(vkResetDescriptorPool(vk->device(), slot.descriptors, 0), "vkResetDescriptorPool");
         record_scatter(slot.commands, slot.staging, slot.descriptors, pieces);
       } else {
-        record_copies(slot.commands, slot.staging, 0, pieces);
+        record_staged_copies(slot.commands, slot.staging);
       }
       vk->flush_host_writes(slot.staging, payload);
     }
     submit(slot.commands, slot.fence);
     slot.in_flight = true;
+    open_slot = nullptr;
     pending.clear();
+    staged.clear();
+    staged_pages.clear();
+    staged_bytes = 0;
     counters.bytes_uploaded += payload;
     ++counters.waves_uploaded;
     counters.upload_ns += steady_ns() - started;
+  }
+
+  // One vkCmdCopyBuffer per device buffer, one region per staged range.
+  void record_staged_copies(VkCommandBuffer cmd, const Buffer& staging) {
+    std::stable_sort(staged.begin(), staged.end(),
+                     [](const StagedRange& a, const StagedRange& b) { return a.block < b.block; });
+    std::vector<VkBufferCopy> regions;
+    for (std::size_t i = 0; i < staged.size();) {
+      const std::uint32_t block = staged[i].block;
+      regions.clear();
+      for (; i < staged.size() && staged[i].block == block; ++i) {
+        regions.push_back({staged[i].staging, staged[i].target, staged[i].length});
+      }
+      vkCmdCopyBuffer(cmd, staging.buffer, blocks[block].buffer.buffer, static_cast<std::uint32_t>(regions.size()),
+                      regions.data());
+      counters.regions_uploaded += regions.size();
+    }
   }
 
   void flush() {
@@ -769,20 +867,20 @@ struct GpuMirror::Impl {
     MirroredPage& out_page = pages.at(output);
     check_grid(node, in_page.size, out_page.size);
     // Bring the input's device copy to the host epoch: earlier pending deltas first, then this wave's delta (or
-    // the whole input when the chain of deltas has a gap).
-    flush_pending_deltas_locked();
+    // the whole input when the chain of deltas has a gap), each as an upload submit ordered before the dispatch.
+    flush_locked();
     if (!in_page.device_ahead && input_bytes.data() != nullptr) {
       const std::uint64_t now = host_epoch(node.input);
       if (in_page.epoch != now || in_page.needs_whole) {
-        Delta staged;
+        Delta upload;
         std::uint64_t reached = now;
         if (!in_page.needs_whole && input_delta && input_delta->base_epoch == in_page.epoch &&
             input_delta->base_size == input_delta->size) {
           // This wave's delta; in DEFERRED mode later commits may already be on the host, and their waves bring
           // their own deltas, so the device copy reaches the delta's epoch, not necessarily the host's.
           counters.bytes_changed += input_delta->changed_bytes();
-          staged.ranges = input_delta->ranges;
-          staged.payload = input_delta->payload;
+          upload.ranges = input_delta->ranges;
+          upload.payload = input_delta->payload;
           reached = input_delta->target_epoch();
         } else {
           if (input_bytes.size() > in_page.region.capacity) {
@@ -791,37 +889,23 @@ struct GpuMirror::Impl {
             in_page.region = allocate_region(input_bytes.size());
           }
           if (!input_bytes.empty()) {
-            staged.ranges.push_back({0, input_bytes.size()});
-            staged.payload.assign(input_bytes.begin(), input_bytes.end());
+            upload.ranges.push_back({0, input_bytes.size()});
+            upload.payload.assign(input_bytes.begin(), input_bytes.end());
           }
           ++counters.full_page_uploads;
           in_page.size = input_bytes.size();
           in_page.needs_whole = false;
         }
-        staged.page = node.input;
-        pending[node.input] = std::move(staged);
+        upload.page = node.input;
+        pending[node.input] = std::move(upload);
         in_page.epoch = reached;
+        flush_locked();
       }
     }
-    const std::vector<UploadPiece> pieces = pending_pieces();
-    std::uint64_t payload = 0;
-    for (const UploadPiece& p : pieces) payload += p.length;
-    StagingSlot& slot = slots[next_slot];
-    next_slot = (next_slot + 1) % slots.size();
-    wait_slot(slot);
-    ensure_capacity(slot.staging, payload);
     if (!node.device_only) ensure_capacity(readback, grid_bytes);
 
     check(vkResetDescriptorPool(vk->device(), node_descriptors, 0), "vkResetDescriptorPool");
     begin(node_commands);
-    barrier(node_commands);
-    record_zero_fills(node_commands);
-    if (!pieces.empty()) {
-      barrier(node_commands);
-      counters.bytes_uploaded += record_copies(node_commands, slot.staging, 0, pieces);
-      vk->flush_host_writes(slot.staging, payload);
-    }
-    pending.clear();
     Region source = in_page.region;
     const std::uint32_t steps = node.params.steps;
     vkCmdBindPipeline(node_commands, VK_PIPELINE_BIND_POINT_COMPUTE, stencil_pipeline);
@@ -863,12 +947,6 @@ struct GpuMirror::Impl {
     diff_result(ctx.output, result, out);
     // The device copy of the output already holds the result: the delta the host publishes is not uploaded.
     out_page.epoch = host_epoch(output) + (out.ranges.empty() ? 0 : 1);
-  }
-
-  // Submits pending deltas that need no host read (used inside waves, where page locks must not be taken).
-  void flush_pending_deltas_locked() {
-    if (pending.empty()) return;
-    flush_locked();
   }
 
   static void diff_result(std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes, Delta& out) {

@@ -268,6 +268,30 @@ TEST(GpuMirror, ABatchWaveUploadsRewrittenBytesOnce) {
   EXPECT_EQ(gpu.read_device(p), rt.read_all(p));
 }
 
+TEST(GpuMirror, SeveralDeferredWavesOfOnePageAreComposedIntoOneUpload) {
+  ScopedDeviceEnv env(nullptr);
+  Runtime rt;
+  PropagatorOptions popts;
+  popts.mode = PropagationMode::Deferred;  // one wave per commit, all delivered to observers after the last
+  Propagator prop(rt, popts);
+  GpuMirror gpu(rt, prop);
+  ASSERT_ON_VULKAN(gpu);
+  PageId p = rt.create_page(1024, Location::Device), q = rt.create_page(256, Location::Device);
+  gpu.wait_idle();
+  const GpuStats before = gpu.stats();
+  mmsb::testing::commit_u64(rt, p, 0, 1);
+  mmsb::testing::commit_u64(rt, p, 4, 2);    // overlaps the first write
+  mmsb::testing::commit_u64(rt, q, 8, 3);
+  mmsb::testing::commit_u64(rt, p, 100, 4);
+  prop.propagate();
+  gpu.wait_idle();
+  const GpuStats after = gpu.stats();
+  EXPECT_EQ(after.waves_uploaded - before.waves_uploaded, 1u);
+  EXPECT_EQ(after.bytes_uploaded - before.bytes_uploaded, 12u + 8u + 8u) << "bytes 0-11 of p once, q, p at 100";
+  EXPECT_EQ(gpu.read_device(p), rt.read_all(p));
+  EXPECT_EQ(gpu.read_device(q), rt.read_all(q));
+}
+
 TEST(GpuMirror, DeletedPagesGiveTheirDeviceMemoryBack) {
   ScopedDeviceEnv env(nullptr);
   Runtime rt;

@@ -392,8 +392,13 @@ struct GpuMirror::Impl {
     if (it == pages.end()) return;
     MirroredPage& page = it->second;
     if (page.device_ahead) return;  // device-only output: the host copy is not authoritative
-    // Already on the device (a device node uploaded it), or the whole page will be read at the flush anyway.
-    if (page.needs_whole || epoch <= page.epoch) return;
+    if (page.needs_whole) {
+      // The whole page will be read at the flush; remember how far the host has got, so that a read taken
+      // before this delta's commit is not mistaken for the latest state.
+      page.epoch = std::max(page.epoch, epoch);
+      return;
+    }
+    if (epoch <= page.epoch) return;  // already on the device (a device node uploaded it)
     if (delta.base_size != delta.size || delta.base_epoch != page.epoch) {
       page.needs_whole = true;
       page.epoch = epoch;
@@ -518,6 +523,9 @@ struct GpuMirror::Impl {
       std::lock_guard lock(mutex);
       auto it = pages.find(id);
       if (it == pages.end() || !it->second.needs_whole) continue;
+      // A delta newer than the bytes read arrived meanwhile: read again at the next flush (its delivery ends
+      // with an event that flushes).
+      if (info.epoch < it->second.epoch) continue;
       queue_whole_locked(id, it->second, bytes, info.epoch);
     }
   }

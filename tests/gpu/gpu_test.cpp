@@ -9,6 +9,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gpu/device_allocator.hpp"
@@ -290,6 +291,30 @@ TEST(GpuMirror, SeveralDeferredWavesOfOnePageAreComposedIntoOneUpload) {
   EXPECT_EQ(after.bytes_uploaded - before.bytes_uploaded, 12u + 8u + 8u) << "bytes 0-11 of p once, q, p at 100";
   EXPECT_EQ(gpu.read_device(p), rt.read_all(p));
   EXPECT_EQ(gpu.read_device(q), rt.read_all(q));
+}
+
+TEST(GpuMirror, ConcurrentCommittersKeepTheDeviceEqualToTheHost) {
+  ScopedDeviceEnv env(nullptr);
+  Runtime rt;
+  Propagator prop(rt);  // IMMEDIATE: each committer delivers its own waves, so deliveries may overtake each other
+  GpuMirror gpu(rt, prop);
+  ASSERT_ON_VULKAN(gpu);
+  std::vector<PageId> pages;
+  for (int i = 0; i < 8; ++i) pages.push_back(rt.create_page(512, Location::Both));
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < 4; ++t) {
+    threads.emplace_back([&rt, &pages, t] {
+      std::mt19937_64 rng(t);
+      for (int i = 0; i < 400; ++i) {
+        auto txn = rt.begin();
+        txn.write_value<std::uint64_t>(pages[rng() % pages.size()], (rng() % 64) * 8, rng());
+        txn.commit();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  gpu.wait_idle();
+  for (PageId p : pages) ASSERT_EQ(gpu.read_device(p), rt.read_all(p)) << "page " << p.to_string();
 }
 
 TEST(GpuMirror, DeletedPagesGiveTheirDeviceMemoryBack) {

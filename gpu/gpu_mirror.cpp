@@ -118,6 +118,7 @@ struct GpuMirror::Impl {
   mutable std::mutex mutex;
   std::unordered_map<PageId, MirroredPage> pages;   // mutex
   std::map<PageId, Delta> pending;                  // mutex; composed deltas of this wave, per page
+  std::unordered_set<PageId> whole_wanted;          // mutex; the pages with needs_whole set
   // Copy path: a page's first delta of a delivery is written straight into the open staging slot.
   struct StagedRange {
     PageId page;
@@ -343,7 +344,11 @@ struct GpuMirror::Impl {
       // A fresh page is all zeros: clearing the region is enough. Existing bytes are read and uploaded at the
       // next flush.
       page.needs_whole = info.epoch != 0;
-      if (!page.needs_whole) zero_fill(page.region, info.size);
+      if (page.needs_whole) {
+        whole_wanted.insert(id);
+      } else {
+        zero_fill(page.region, info.size);
+      }
       pages.emplace(id, page);
     }
     SubscriptionId sub = 0;
@@ -353,12 +358,23 @@ struct GpuMirror::Impl {
       // The page was deleted before we could subscribe; the PageDeleted event drops it.
       return;
     }
+    // A commit between info() and subscribe() reached no subscriber: catch it by its epoch.
+    std::uint64_t epoch_now = info.epoch;
+    try {
+      epoch_now = runtime.info(id).epoch;
+    } catch (const Error&) {  // deleted: the PageDeleted event drops the page
+    }
     std::lock_guard lock(mutex);
     auto it = pages.find(id);
     if (it == pages.end()) {
       propagator.unsubscribe(sub);
-    } else {
-      it->second.subscription = sub;
+      return;
+    }
+    it->second.subscription = sub;
+    if (epoch_now > it->second.epoch && !it->second.needs_whole) {
+      it->second.needs_whole = true;
+      it->second.epoch = epoch_now;
+      whole_wanted.insert(id);
     }
   }
 
@@ -373,6 +389,7 @@ struct GpuMirror::Impl {
       sub = it->second.subscription;
       pages.erase(it);
       pending.erase(id);
+      whole_wanted.erase(id);
       unstage(id);
     }
     if (sub) propagator.unsubscribe(sub);
@@ -401,6 +418,7 @@ struct GpuMirror::Impl {
     if (epoch <= page.epoch) return;  // already on the device (a device node uploaded it)
     if (delta.base_size != delta.size || delta.base_epoch != page.epoch) {
       page.needs_whole = true;
+      whole_wanted.insert(id);
       page.epoch = epoch;
       pending.erase(id);
       unstage(id);
@@ -505,8 +523,8 @@ struct GpuMirror::Impl {
     std::vector<PageId> wanted;
     {
       std::lock_guard lock(mutex);
-      for (auto& [id, page] : pages)
-        if (page.needs_whole) wanted.push_back(id);
+      if (whole_wanted.empty()) return;  // the usual case: no page scan on every flush
+      wanted.assign(whole_wanted.begin(), whole_wanted.end());
     }
     for (PageId id : wanted) {
       std::vector<std::byte> bytes;
@@ -532,6 +550,11 @@ struct GpuMirror::Impl {
 
   void queue_whole_locked(PageId id, MirroredPage& page, std::span<const std::byte> bytes, std::uint64_t epoch) {
     unstage(id);
+    if (page.device_ahead) {  // a device-only output: its host bytes are stale by design, never upload them
+      page.needs_whole = false;
+      whole_wanted.erase(id);
+      return;
+    }
     if (bytes.size() > page.region.capacity) {
       wait_all_slots();
       free_region(page.region);
@@ -540,6 +563,7 @@ struct GpuMirror::Impl {
     page.size = bytes.size();
     page.epoch = epoch;
     page.needs_whole = false;
+    whole_wanted.erase(id);
     Delta whole;
     whole.page = id;
     whole.base_size = whole.size = bytes.size();
@@ -871,8 +895,11 @@ struct GpuMirror::Impl {
     }
 
     std::lock_guard lock(mutex);
-    MirroredPage& in_page = pages.at(node.input);
-    MirroredPage& out_page = pages.at(output);
+    auto in_it = pages.find(node.input), out_it = pages.find(output);
+    if (in_it == pages.end()) throw_not_mirrored(node.input);  // deleted since the node was declared
+    if (out_it == pages.end()) throw_not_mirrored(output);
+    MirroredPage& in_page = in_it->second;
+    MirroredPage& out_page = out_it->second;
     check_grid(node, in_page.size, out_page.size);
     // Bring the input's device copy to the host epoch: earlier pending deltas first, then this wave's delta (or
     // the whole input when the chain of deltas has a gap), each as an upload submit ordered before the dispatch.
@@ -903,6 +930,7 @@ struct GpuMirror::Impl {
           ++counters.full_page_uploads;
           in_page.size = input_bytes.size();
           in_page.needs_whole = false;
+          whole_wanted.erase(node.input);
         }
         upload.page = node.input;
         pending[node.input] = std::move(upload);
@@ -946,6 +974,8 @@ struct GpuMirror::Impl {
 
     if (node.device_only) {
       out_page.device_ahead = true;
+      out_page.needs_whole = false;  // from now on the device copy is the page's content
+      whole_wanted.erase(output);
       return;  // no host change: nothing on the host reads this page
     }
     vk->invalidate_for_host_reads(readback);

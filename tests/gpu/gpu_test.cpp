@@ -317,6 +317,36 @@ TEST(GpuMirror, ConcurrentCommittersKeepTheDeviceEqualToTheHost) {
   for (PageId p : pages) ASSERT_EQ(gpu.read_device(p), rt.read_all(p)) << "page " << p.to_string();
 }
 
+TEST(GpuMirror, ScatterShaderMergesRangesThatShareAWord) {
+  ScopedDeviceEnv env(nullptr);
+  Runtime rt;
+  Propagator prop(rt);
+  GpuOptions options;
+  options.upload = UploadPath::ScatterShader;
+  GpuMirror gpu(rt, prop, options);
+  ASSERT_ON_VULKAN(gpu);
+  PageId p = rt.create_page(64, Location::Device);
+  std::vector<std::byte> all(64, std::byte{0x11});
+  {
+    auto txn = rt.begin();
+    txn.write(p, 0, all);
+    txn.commit();
+  }
+  // Single bytes and short runs, unaligned, several in one 32-bit word: only masked bytes may change.
+  for (std::uint64_t offset : {1u, 3u, 9u, 14u, 33u, 62u}) {
+    auto txn = rt.begin();
+    txn.write_value<std::uint8_t>(p, offset, static_cast<std::uint8_t>(0xA0 + offset));
+    txn.write_value<std::uint8_t>(p, offset - 1 == 0 ? 5 : offset - 1, 0x77);
+    txn.commit();
+    ASSERT_EQ(gpu.read_device(p), rt.read_all(p)) << "after the write at " << offset;
+  }
+  auto txn = rt.begin();
+  txn.write(p, 5, std::vector<std::byte>(7, std::byte{0x5c}));  // bytes 5..11: two partial words and a whole one
+  txn.write(p, 13, std::vector<std::byte>(2, std::byte{0x6d}));
+  txn.commit();
+  EXPECT_EQ(gpu.read_device(p), rt.read_all(p));
+}
+
 TEST(GpuMirror, DeletedPagesGiveTheirDeviceMemoryBack) {
   ScopedDeviceEnv env(nullptr);
   Runtime rt;

@@ -13,6 +13,8 @@ import sys
 TARGETS = {
     "alloc_free_4k_ns": ("< 50", lambda r: r["alloc_free_4k_ns"] < 50),
     "diff_4k_1pct_vs_memcmp_ratio": ("<= 2", lambda r: r["diff_4k_1pct_vs_memcmp_ratio"] <= 2),
+    "gpu_upload_ratio": ("<= 1.1", lambda r: r["gpu_upload_ratio"] <= 1.1),
+    "gpu_upload_vs_copy_ratio": (">= 0.5", lambda r: r["gpu_upload_vs_copy_ratio"] >= 0.5),
     "apply_4k_1pct_vs_memcpy_ratio": ("<= 1", lambda r: r["apply_4k_1pct_vs_memcpy_ratio"] <= 1),
     "commits_per_s_1t": (">= 5,000,000", lambda r: r["commits_per_s_1t"] >= 5e6),
     "hop_vs_tbb_ratio": ("<= 1.5", lambda r: r["hop_vs_tbb_ratio"] <= 1.5),

@@ -11,6 +11,7 @@
 //   mmsb/delta.hpp    Delta, diff, apply, compose, invert
 //   mmsb/runtime.hpp  Runtime, Transaction, ReadView, CommitSink
 //   mmsb/graph.hpp    Propagator: derived pages, waves, modes
+//   mmsb/gpu.hpp      GpuMirror: device pages on Vulkan, compute-shader device nodes, CPU fallback
 //   mmsb/fwd.hpp      forward declarations, for headers that only pass these types around
 #pragma once
 
@@ -18,6 +19,7 @@
 #include "mmsb/durable.hpp"
 #include "mmsb/error.hpp"
 #include "mmsb/fwd.hpp"
+#include "mmsb/gpu.hpp"
 #include "mmsb/graph.hpp"
 #include "mmsb/page_id.hpp"
 #include "mmsb/runtime.hpp"

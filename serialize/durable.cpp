@@ -292,6 +292,17 @@ void snapshot_pages(Runtime& rt, CheckpointState& state) {
   });
 }
 
+// What a written checkpoint holds, for CheckpointInfo.
+void describe_checkpoint(const CheckpointState& state, const serialize::CheckpointFileInfo& file,
+                         CheckpointInfo& info) {
+  info.lsn = state.lsn;
+  info.file = file.file;
+  info.pages = state.pages.size();
+  info.nodes = state.nodes.size();
+  info.raw_bytes = file.raw_bytes;
+  info.file_bytes = file.file_bytes;
+}
+
 class DirectoryLock {
  public:
   explicit DirectoryLock(const fs::path& dir) {
@@ -488,12 +499,7 @@ CheckpointInfo DurableRuntime::checkpoint() {
   if (removed) serialize::sync_directory(m.dir);
   if (keep_from > 0) info.segments_removed = m.log->remove_segments_before(keep_from);
 
-  info.lsn = state.lsn;
-  info.file = file.file;
-  info.pages = state.pages.size();
-  info.nodes = state.nodes.size();
-  info.raw_bytes = file.raw_bytes;
-  info.file_bytes = file.file_bytes;
+  describe_checkpoint(state, file, info);
   info.duration = std::chrono::steady_clock::now() - started;
   return info;
 }
@@ -564,12 +570,7 @@ CheckpointInfo replay_to(const fs::path& dir, ReplayTarget target, const fs::pat
   if (ec) throw Error(ErrorCode::IoError, "cannot create directory " + out.string() + ": " + ec.message());
   serialize::CheckpointFileInfo file = serialize::write_checkpoint(out, state, 3);
   CheckpointInfo info;
-  info.lsn = state.lsn;
-  info.file = file.file;
-  info.pages = state.pages.size();
-  info.nodes = state.nodes.size();
-  info.raw_bytes = file.raw_bytes;
-  info.file_bytes = file.file_bytes;
+  describe_checkpoint(state, file, info);
   return info;
 }
 

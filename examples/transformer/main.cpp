@@ -10,9 +10,11 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <vector>
 #include <exception>
 #include <string>
+#include <vector>
+
+#include <unistd.h>
 
 #include "examples/transformer/engine.hpp"
 #include "examples/transformer/generate.hpp"
@@ -93,7 +95,9 @@ int run_bench(const Options& o) {
   // run and keep the median of each figure, so that noise from other processes hits both alike.
   measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, engine_options);
   std::vector<Throughput> engines, directs;
+  const bool progress = isatty(STDERR_FILENO) != 0;  // a progress line on a terminal only
   for (int r = 0; r < o.repeat; ++r) {
+    if (progress) std::fprintf(stderr, "\rbench: repetition %d of %d ", r + 1, o.repeat);
     engines.push_back(
         measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, engine_options, o.rounds));
     directs.push_back(
@@ -102,6 +106,7 @@ int run_bench(const Options& o) {
       throw mmsb::Error(mmsb::ErrorCode::Internal, "bench: the engine and the direct loop generated different tokens");
     }
   }
+  if (progress) std::fprintf(stderr, "\r%-40s\r", "");
   auto median = [](std::vector<Throughput> runs, double Throughput::*field) {
     std::sort(runs.begin(), runs.end(), [field](const Throughput& a, const Throughput& b) { return a.*field < b.*field; });
     return runs[runs.size() / 2].*field;

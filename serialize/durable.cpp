@@ -374,9 +374,9 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
     m.recovery.pages_restored = ckpt.state->pages.size();
   }
   LogReader reader(dir);
-  std::map<fs::path, std::uint64_t> segment_max_lsn;
+  std::vector<std::uint64_t> segment_max_lsn(reader.segments().size(), 0);  // 0: no record
   for (DecodedCommit c; reader.next(c);) {
-    std::uint64_t& seen = segment_max_lsn[reader.current_segment()];
+    std::uint64_t& seen = segment_max_lsn[reader.current_segment_index()];
     seen = std::max(seen, c.lsn);
     if (c.lsn <= m.recovery.checkpoint_lsn) continue;
     apply_record(*m.runtime, c);
@@ -411,12 +411,10 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
       if (lsn < ckpt.state->lsn) removed |= fs::remove(path, ec);
     }
     std::uint64_t keep_from = 0;
-    for (const fs::path& segment : reader.segments()) {
-      std::uint64_t key = 0;
-      serialize::parse_segment_name(segment.filename().string(), key);
-      auto it = segment_max_lsn.find(segment);
-      if (segment == reader.segments().back() || (it != segment_max_lsn.end() && it->second > ckpt.state->lsn)) {
-        keep_from = key;
+    const std::vector<fs::path>& segments = reader.segments();
+    for (std::size_t i = 0; i < segments.size(); ++i) {
+      if (i + 1 == segments.size() || segment_max_lsn[i] > ckpt.state->lsn) {
+        serialize::parse_segment_name(segments[i].filename().string(), keep_from);
         break;
       }
     }

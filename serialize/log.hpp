@@ -139,6 +139,7 @@ class LogReader {
   const std::vector<std::filesystem::path>& segments() const noexcept { return segments_; }
   // The segment and offset of the record next() returned last.
   std::filesystem::path current_segment() const;
+  std::size_t current_segment_index() const noexcept { return segment_; }  // into segments()
   std::uint64_t record_offset() const noexcept { return record_offset_; }
 
  private:

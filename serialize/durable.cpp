@@ -638,18 +638,17 @@ DirectorySummary inspect(const fs::path& dir) {
     sum.checkpoints.push_back(std::move(c));
   }
   const std::uint64_t checkpoint_lsn = sum.checkpoints.empty() ? 0 : sum.checkpoints.back().lsn;
-  std::map<fs::path, SegmentSummary> by_file;
-  for (const fs::path& p : files.segments) {
+  LogReader reader(dir);
+  for (const fs::path& p : reader.segments()) {  // the same files, in the reader's order
     SegmentSummary s;
     s.file = p;
     std::error_code ec;
     s.bytes = fs::file_size(p, ec);
-    by_file.emplace(p, std::move(s));
+    sum.segments.push_back(std::move(s));
   }
-  LogReader reader(dir);
   std::uint64_t first = 0, last = checkpoint_lsn;
   for (DecodedCommit c; reader.next(c);) {
-    SegmentSummary& s = by_file[reader.current_segment()];
+    SegmentSummary& s = sum.segments[reader.current_segment_index()];
     ++s.records;
     s.min_lsn = s.min_lsn == 0 ? c.lsn : std::min(s.min_lsn, c.lsn);
     s.max_lsn = std::max(s.max_lsn, c.lsn);
@@ -663,7 +662,6 @@ DirectorySummary inspect(const fs::path& dir) {
     sum.pages_created += c.created.size();
     sum.pages_deleted += c.deleted.size();
   }
-  for (auto& [path, s] : by_file) sum.segments.push_back(std::move(s));
   sum.first_lsn = checkpoint_lsn > 0 ? checkpoint_lsn : first;
   sum.last_lsn = last;
   sum.torn_tail_bytes = reader.report().truncated_bytes;

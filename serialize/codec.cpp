@@ -104,6 +104,12 @@ bool operator==(const DecodedCommit& a, const DecodedCommit& b) {
 }
 
 std::string encode_commit(const CommitRecord& record) {
+  std::string out;
+  append_commit(record, out);
+  return out;
+}
+
+void append_commit(const CommitRecord& record, std::string& out) {
   wire::Commit w;
   w.set_lsn(record.lsn);
   w.set_timestamp_ns(record.timestamp_ns);
@@ -117,12 +123,10 @@ std::string encode_commit(const CommitRecord& record) {
   }
   w.mutable_deleted()->Reserve(static_cast<int>(record.deleted.size()));
   for (PageId id : record.deleted) w.add_deleted(id.value());
-  std::string out;
-  if (!w.SerializeToString(&out)) {
+  if (!w.AppendToString(&out)) {
     throw Error(ErrorCode::InvalidArgument, "commit record of LSN " + std::to_string(record.lsn) +
                                                 " cannot be serialized (larger than protobuf's 2 GiB limit?)");
   }
-  return out;
 }
 
 DecodedCommit decode_commit(std::string_view bytes) {

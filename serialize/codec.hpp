@@ -48,6 +48,8 @@ struct DecodedCommit {
 
 // Serialized mmsb.wire.Commit message of `record`.
 std::string encode_commit(const CommitRecord& record);
+// The same, appended to `out` (the log builds a record's frame in one buffer this way).
+void append_commit(const CommitRecord& record, std::string& out);
 // Parses a mmsb.wire.Commit message; throws Error(Corruption) when the bytes are not one or a delta is invalid.
 DecodedCommit decode_commit(std::string_view bytes);
 

@@ -200,12 +200,20 @@ FramedRecord frame_at(std::string_view data, std::uint64_t pos) {
   return v;
 }
 
-std::string encode_frame(std::uint32_t type, std::string_view body) {
-  std::string frame(kRecordHeaderBytes, '\0');
+namespace {
+// Fills the header of `frame`, whose body already follows kRecordHeaderBytes reserved bytes.
+void seal_frame(std::string& frame, std::uint32_t type) {
+  const std::string_view body = std::string_view(frame).substr(kRecordHeaderBytes);
   put_u32(frame.data(), static_cast<std::uint32_t>(body.size()));
   put_u32(frame.data() + 4, type);
   put_u64(frame.data() + 8, record_checksum(frame.data() + 4, body));
+}
+}  // namespace
+
+std::string encode_frame(std::uint32_t type, std::string_view body) {
+  std::string frame(kRecordHeaderBytes, '\0');
   frame.append(body);
+  seal_frame(frame, type);
   return frame;
 }
 
@@ -614,13 +622,16 @@ void LogWriter::flusher_main() {
 }
 
 void LogWriter::write(const CommitRecord& record) {
-  const std::string body = encode_commit(record);
-  if (body.size() > kMaxRecordBody) {
+  // The frame is built in one buffer: header bytes reserved, the body serialized after them, the header filled.
+  std::string frame(kRecordHeaderBytes, '\0');
+  append_commit(record, frame);
+  const std::uint64_t body_bytes = frame.size() - kRecordHeaderBytes;
+  if (body_bytes > kMaxRecordBody) {
     throw Error(ErrorCode::InvalidArgument, "commit record of LSN " + std::to_string(record.lsn) + " encodes to " +
-                                                std::to_string(body.size()) + " bytes, more than the log's " +
+                                                std::to_string(body_bytes) + " bytes, more than the log's " +
                                                 std::to_string(kMaxRecordBody) + "-byte record limit");
   }
-  const std::string frame = encode_frame(kRecordTypeCommit, body);
+  seal_frame(frame, kRecordTypeCommit);
   const std::uint64_t frame_bytes = frame.size();
 
   std::unique_lock lock(mutex_);

@@ -1494,6 +1494,8 @@ bool Propagator::unsubscribe(SubscriptionId id) {
   return true;
 }
 
+void Propagator::notify(const Event& event) { impl_->deliver_events({event}, /*report_failures=*/true); }
+
 bool Propagator::is_stale(PageId page) const {
   std::lock_guard lock(impl_->engine_mutex);
   auto it = impl_->nodes.find(page);

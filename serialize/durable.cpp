@@ -499,6 +499,12 @@ CheckpointInfo DurableRuntime::checkpoint() {
 
   describe_checkpoint(state, file, info);
   info.duration = std::chrono::steady_clock::now() - started;
+  Event done;
+  done.kind = EventKind::Checkpoint;
+  done.lsn = info.lsn;
+  done.duration_ns = static_cast<std::uint64_t>(info.duration.count());
+  done.message = info.file.filename().string();
+  m.propagator->notify(done);
   return info;
 }
 

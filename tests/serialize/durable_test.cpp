@@ -295,6 +295,20 @@ TEST(DurableRuntime, ConcurrentCommitsDuringCheckpointsLoseNothing) {
   EXPECT_EQ(state_hash(db.runtime()), live_hash);
 }
 
+TEST(DurableRuntime, CheckpointRaisesACheckpointEvent) {
+  TempDir dir;
+  DurableRuntime db(dir.path(), fast_options());
+  std::vector<Event> seen;
+  db.propagator().subscribe(EventMask{EventKind::Checkpoint}, [&](const Event& e) { seen.push_back(e); });
+  commit_i64(db.runtime(), db.runtime().create_page(8), 1);
+  const CheckpointInfo info = db.checkpoint();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].kind, EventKind::Checkpoint);
+  EXPECT_EQ(seen[0].lsn, info.lsn);
+  EXPECT_EQ(seen[0].message, info.file.filename().string());
+  EXPECT_GT(seen[0].duration_ns, 0u);
+}
+
 TEST(DurableRuntime, ExternalPagesAreNotCheckpointed) {
   TempDir dir;
   static const std::array<std::byte, 4> weights{std::byte{1}, std::byte{2}, std::byte{3}, std::byte{4}};

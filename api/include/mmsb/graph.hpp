@@ -216,7 +216,7 @@ class NodeError : public Error {
   std::exception_ptr nested_;
 };
 
-// What observers can subscribe to. Checkpoint is emitted once durable checkpoints exist (serialize/).
+// What observers can subscribe to. Checkpoint is raised by DurableRuntime::checkpoint() (mmsb/durable.hpp).
 enum class EventKind : std::uint8_t {
   PageCreated = 0,
   PageDeleted,
@@ -229,7 +229,7 @@ enum class EventKind : std::uint8_t {
   NodeSkipped,     // a node was reached but none of its inputs changed (page, wave)
   NodeCutOff,      // a node ran and its output did not change (page, wave)
   NodeFailed,      // a node threw (page, wave, message)
-  Checkpoint,
+  Checkpoint,      // a durable checkpoint was written (lsn it covers, duration_ns, message: the file)
   Error,           // a wave failed (page of the failing node, message)
 };
 const char* event_kind_name(EventKind kind) noexcept;  // "page_created", "wave_end", ...
@@ -337,6 +337,9 @@ class Propagator {
   SubscriptionId subscribe(EventMask kinds, EventCallback callback);
   // Removes a subscription; returns false if it did not exist. A callback already running finishes.
   bool unsubscribe(SubscriptionId id);
+  // Delivers an event raised outside the engine (DurableRuntime's Checkpoint, or an application's own) to the
+  // subscribers of its kind, on the calling thread, as the engine delivers its own.
+  void notify(const Event& event);
 
   bool is_stale(PageId page) const;
   std::size_t node_count() const;

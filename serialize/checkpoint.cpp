@@ -29,7 +29,6 @@ namespace fs = std::filesystem;
 
 constexpr std::string_view kPrefix = "checkpoint-";
 constexpr std::string_view kSuffix = ".mmsb";
-constexpr std::size_t kDigits = 20;
 constexpr std::size_t kFrameHeaderBytes = 8;
 constexpr std::size_t kOutChunk = std::size_t{1} << 20;
 
@@ -355,26 +354,10 @@ class Parser {
 
 }  // namespace
 
-std::string checkpoint_file_name(std::uint64_t lsn) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "checkpoint-%020llu.mmsb", static_cast<unsigned long long>(lsn));
-  return buf;
-}
+std::string checkpoint_file_name(std::uint64_t lsn) { return numbered_file_name(kPrefix, lsn, kSuffix); }
 
 bool parse_checkpoint_name(const std::string& name, std::uint64_t& lsn) {
-  if (name.size() != kPrefix.size() + kDigits + kSuffix.size()) return false;
-  if (name.compare(0, kPrefix.size(), kPrefix) != 0) return false;
-  if (name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0) return false;
-  std::uint64_t v = 0;
-  for (std::size_t i = 0; i < kDigits; ++i) {
-    char c = name[kPrefix.size() + i];
-    if (c < '0' || c > '9') return false;
-    std::uint64_t digit = static_cast<std::uint64_t>(c - '0');
-    if (v > (UINT64_MAX - digit) / 10) return false;
-    v = v * 10 + digit;
-  }
-  lsn = v;
-  return true;
+  return parse_numbered_file_name(name, kPrefix, kSuffix, lsn);
 }
 
 CheckpointFileInfo write_checkpoint(const fs::path& dir, const CheckpointState& state, int zstd_level) {

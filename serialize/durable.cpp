@@ -79,11 +79,15 @@ DirectoryFiles list_directory(const fs::path& dir) {
 }
 
 // The directory of an offline function: it must exist and hold mmsb state.
-DirectoryFiles existing_state(const fs::path& dir) {
+void require_directory(const fs::path& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
     throw Error(ErrorCode::NotFound, "directory " + dir.string() + " does not exist (or is not a directory)");
   }
+}
+
+DirectoryFiles existing_state(const fs::path& dir) {
+  require_directory(dir);
   DirectoryFiles files = list_directory(dir);
   if (!files.has_state()) {
     throw Error(ErrorCode::NotFound, "directory " + dir.string() +
@@ -167,17 +171,14 @@ std::uint32_t rank_of(const Checkpoint& ckpt, const fs::path& dir) {
   return 0;
 }
 
-// Resolves a Time or PageEpoch target to the LSN it means (a first pass over the log).
+// Resolves a target to the highest LSN to apply; Time and PageEpoch take a first pass over the log.
 std::uint64_t target_lsn(const fs::path& dir, const ReplayTarget& target, std::uint64_t checkpoint_lsn) {
   if (target.kind == ReplayTarget::Kind::Lsn) return target.value;
+  if (target.kind == ReplayTarget::Kind::End) return UINT64_MAX;  // every record: no pass needed
   std::uint64_t found = 0;
   bool any = false;
   LogReader reader(dir);
   for (DecodedCommit c; reader.next(c);) {
-    if (target.kind == ReplayTarget::Kind::End) {
-      found = std::max(found, c.lsn);
-      continue;
-    }
     if (target.kind == ReplayTarget::Kind::Time) {
       if (c.timestamp_ns <= target.value) found = std::max(found, c.lsn);
       continue;
@@ -195,7 +196,6 @@ std::uint64_t target_lsn(const fs::path& dir, const ReplayTarget& target, std::u
       }
     }
   }
-  if (target.kind == ReplayTarget::Kind::End) return std::max(found, checkpoint_lsn);
   if (target.kind == ReplayTarget::Kind::Time) {
     if (found == 0 && checkpoint_lsn == 0) {
       throw Error(ErrorCode::NotFound, "no commit in " + dir.string() + " is as old as the requested time");
@@ -738,10 +738,7 @@ SegmentScan scan_segment(std::string_view data, bool last_segment) {
 }  // namespace
 
 VerifyReport verify(const fs::path& dir) {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) {
-    throw Error(ErrorCode::NotFound, "directory " + dir.string() + " does not exist (or is not a directory)");
-  }
+  require_directory(dir);
   DirectoryFiles files = list_directory(dir);
   VerifyReport report;
   if (!files.has_state()) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 
 namespace mmsb::serialize::detail {
 
@@ -41,6 +42,13 @@ void inject_fault(const FaultPlan& plan);
 void clear_faults();
 // The failure planned for this call, or 0. With `partial`, *half is set.
 int take_fault(FaultOp op, bool* half = nullptr);
+
+// Names of the form <prefix><n as 20 zero-padded digits><suffix> ("log-00000000000000000001.mmsb"), which sort
+// as their numbers do: segments and checkpoints.
+std::string numbered_file_name(std::string_view prefix, std::uint64_t n, std::string_view suffix);
+// The number in such a name, or false when `name` does not have exactly that form.
+bool parse_numbered_file_name(std::string_view name, std::string_view prefix, std::string_view suffix,
+                              std::uint64_t& n);
 
 [[noreturn]] void io_error(const std::string& what, const std::filesystem::path& path, int err);
 // Writes all `n` bytes (retrying short writes and EINTR).

@@ -27,7 +27,6 @@ namespace fs = std::filesystem;
 
 constexpr std::string_view kSegmentPrefix = "log-";
 constexpr std::string_view kSegmentSuffix = ".mmsb";
-constexpr std::size_t kSegmentDigits = 20;
 
 // XXH3-64 of the 4 type bytes (as stored) followed by the body.
 std::uint64_t record_checksum(const char* type_bytes, std::string_view body) {
@@ -42,19 +41,7 @@ std::uint64_t record_checksum(const char* type_bytes, std::string_view body) {
 
 // The LSN in a segment file name, or false when `name` is not a segment name.
 bool parse_segment_name(const std::string& name, std::uint64_t& key) {
-  if (name.size() != kSegmentPrefix.size() + kSegmentDigits + kSegmentSuffix.size()) return false;
-  if (name.compare(0, kSegmentPrefix.size(), kSegmentPrefix) != 0) return false;
-  if (name.compare(name.size() - kSegmentSuffix.size(), kSegmentSuffix.size(), kSegmentSuffix) != 0) return false;
-  std::uint64_t v = 0;
-  for (std::size_t i = 0; i < kSegmentDigits; ++i) {
-    char c = name[kSegmentPrefix.size() + i];
-    if (c < '0' || c > '9') return false;
-    std::uint64_t digit = static_cast<std::uint64_t>(c - '0');
-    if (v > (UINT64_MAX - digit) / 10) return false;
-    v = v * 10 + digit;
-  }
-  key = v;
-  return true;
+  return parse_numbered_file_name(name, kSegmentPrefix, kSegmentSuffix, key);
 }
 
 
@@ -122,6 +109,32 @@ void write_all(int fd, const char* data, std::size_t n, const fs::path& path) {
 
 void sync_fd(int fd, const fs::path& path) {
   if (int err = fdatasync_retry(fd)) io_error("cannot fdatasync", path, err);
+}
+
+constexpr std::size_t kNameDigits = 20;  // enough for any uint64
+
+std::string numbered_file_name(std::string_view prefix, std::uint64_t n, std::string_view suffix) {
+  char digits[kNameDigits + 1];
+  std::snprintf(digits, sizeof digits, "%020llu", static_cast<unsigned long long>(n));
+  std::string name(prefix);
+  name.append(digits, kNameDigits);
+  name.append(suffix);
+  return name;
+}
+
+bool parse_numbered_file_name(std::string_view name, std::string_view prefix, std::string_view suffix,
+                              std::uint64_t& n) {
+  if (name.size() != prefix.size() + kNameDigits + suffix.size()) return false;
+  if (name.substr(0, prefix.size()) != prefix || name.substr(name.size() - suffix.size()) != suffix) return false;
+  std::uint64_t v = 0;
+  for (char c : name.substr(prefix.size(), kNameDigits)) {
+    if (c < '0' || c > '9') return false;
+    const std::uint64_t digit = static_cast<std::uint64_t>(c - '0');
+    if (v > (UINT64_MAX - digit) / 10) return false;
+    v = v * 10 + digit;
+  }
+  n = v;
+  return true;
 }
 
 std::string hex64(std::uint64_t v) {
@@ -261,9 +274,7 @@ void write_file_durably(const fs::path& path, std::string_view data) {
 }
 
 std::string segment_file_name(std::uint64_t first_lsn) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "log-%020llu.mmsb", static_cast<unsigned long long>(first_lsn));
-  return buf;
+  return numbered_file_name(kSegmentPrefix, first_lsn, kSegmentSuffix);
 }
 
 // ---------------------------------------------------------------------------------------------------- LogReader

@@ -497,17 +497,18 @@ void LogWriter::open_segment_locked(std::uint64_t key) {
       sync_fd(fd_, path_);
     } catch (const Error& e) {
       ::close(nfd);
-      if (!failed_) {
-        failed_ = true;
-        failure_ = e.what();
-      }
-      synced_cv_.notify_all();
+      if (!failed_) fail_locked(e.what());
       throw;
     }
     close_segment_locked();
     if (synced_ < written_) {
       synced_ = written_;
       synced_cv_.notify_all();
+    }
+    if (!next_batch_.empty()) {  // their records were in pending_: durable now
+      std::vector<BatchWaiter*> batch;
+      const std::uint64_t seq = take_next_batch_locked(batch);
+      finish_batch_locked(batch, seq, nullptr);
     }
   }
   fd_ = nfd;
@@ -516,11 +517,12 @@ void LogWriter::open_segment_locked(std::uint64_t key) {
   size_ = kSegmentHeaderBytes;
 }
 
-void LogWriter::throw_failed_locked() const {
-  throw Error(ErrorCode::IoError, "log writer for " + dir_.string() +
-                                      " is unusable after an earlier I/O error (" + failure_ +
-                                      "); reopen the log to recover it");
+std::string LogWriter::failed_message_locked() const {
+  return "log writer for " + dir_.string() + " is unusable after an earlier I/O error (" + failure_ +
+         "); reopen the log to recover it";
 }
+
+void LogWriter::throw_failed_locked() const { throw Error(ErrorCode::IoError, failed_message_locked()); }
 
 // Makes sure the current segment can take a record of `frame_bytes`: creates the first segment or rolls to a
 // new one. Rolling waits until no leader is in fdatasync on the old segment (releasing the lock meanwhile).
@@ -542,66 +544,172 @@ void LogWriter::prepare_segment_locked(std::unique_lock<std::mutex>& lock, std::
   }
 }
 
-// Interval only: writes the buffered records out. A failure loses records of commits that already returned, so
-// the writer refuses everything afterwards.
+// Writes the buffered records out (Interval: on a full buffer and before each sync; EveryCommit: before a roll).
+// A failure loses records that Interval commits already returned for, so the writer refuses everything afterwards.
 void LogWriter::flush_pending_locked() {
   if (pending_.empty()) return;
   try {
     write_all(fd_, pending_.data(), pending_.size(), path_);
   } catch (const Error& e) {
-    failed_ = true;
-    failure_ = e.what();
-    synced_cv_.notify_all();
+    fail_locked(e.what());
     throw;
   }
   pending_.clear();
 }
 
-// Becomes the sync leader: writes out what is buffered, then fdatasyncs without the lock (other threads keep
-// appending to the same file) and publishes what the sync covered.
+// A write() of SyncPolicy::EveryCommit waiting for the batch that holds its record. Each has its own condition
+// variable, so finishing a batch wakes exactly its writers and handing leadership on wakes exactly one.
+struct LogWriter::BatchWaiter {
+  std::uint64_t seq = 0;  // the batch: next_batch_seq_ when the record was appended
+  bool done = false;
+  std::string error;      // when done: empty if the record is durable, else why the commit failed
+  std::condition_variable cv;
+};
+
+namespace {
+// Which writer and batch this thread last appended to, so a leader can tell when the writers that the previous
+// batch released have come back.
+thread_local const void* tls_batch_writer = nullptr;
+thread_local std::uint64_t tls_batch_seq = 0;
+}  // namespace
+
+// The writer cannot go on: remembers why, fails the writes queued for the next batch (their records never reach
+// the file) and wakes everyone who waits.
+void LogWriter::fail_locked(const std::string& what) {
+  failed_ = true;
+  failure_ = what;
+  if (!next_batch_.empty()) {
+    std::vector<BatchWaiter*> batch;
+    const std::uint64_t seq = take_next_batch_locked(batch);
+    const std::string message = failed_message_locked();
+    finish_batch_locked(batch, seq, &message);
+  }
+  synced_cv_.notify_all();
+  gather_cv_.notify_all();
+}
+
+std::uint64_t LogWriter::take_next_batch_locked(std::vector<BatchWaiter*>& into) {
+  into.clear();
+  into.swap(next_batch_);
+  return next_batch_seq_++;
+}
+
+void LogWriter::finish_batch_locked(std::vector<BatchWaiter*>& batch, std::uint64_t seq, const std::string* error) {
+  finished_batch_seq_ = seq;
+  finished_batch_size_ = error == nullptr ? batch.size() : 0;
+  returned_ = 0;
+  for (BatchWaiter* w : batch) {
+    w->done = true;
+    if (error != nullptr) w->error = *error;
+    w->cv.notify_one();
+  }
+  batch.clear();
+}
+
+// EveryCommit: the writers that the last batch released usually commit again at once. Waits (releasing the lock)
+// until all of them have appended, so one fdatasync serves them all rather than splitting them into two
+// alternating halves. Bounded, for writers that stopped committing, by half the last fdatasync's duration but at
+// least kMinGather: on a device that syncs in microseconds, waking the writers takes longer than the sync.
+void LogWriter::gather_locked(std::unique_lock<std::mutex>& lock) {
+  constexpr std::chrono::nanoseconds kMinGather = std::chrono::microseconds(100);
+  if (finished_batch_size_ == 0 || returned_ >= finished_batch_size_) return;
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::max(kMinGather, std::chrono::nanoseconds(last_sync_ns_ / 2));
+  gathering_ = true;
+  gather_cv_.wait_until(lock, deadline, [this] { return returned_ >= finished_batch_size_ || failed_; });
+  gathering_ = false;
+}
+
+// Becomes the sync leader and publishes what the sync covered. Interval: writes out the buffer under the lock,
+// then fdatasyncs without it (other threads keep appending). EveryCommit: takes the next batch (its records and
+// writers), writes and fdatasyncs it without the lock while later writers form the batch after it.
 void LogWriter::lead_sync_locked(std::unique_lock<std::mutex>& lock) {
-  flush_pending_locked();
-  syncing_ = true;  // from here on the segment cannot change and no one else leads
-  if (options_.sync == SyncPolicy::EveryCommit && last_sync_ns_ > 0) {
-    // Gather: the writers that the previous sync just released are usually about to append again. While records
-    // keep arriving, yield so they can join this sync instead of waiting for the next one; bounded by the
-    // duration of the last sync, and over as soon as four yields in a row bring nothing new (at once for a lone
-    // writer).
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(last_sync_ns_);
-    std::uint64_t seen = written_;
-    int idle = 0;
-    while (idle < 4 && std::chrono::steady_clock::now() < deadline) {
-      lock.unlock();
-      std::this_thread::yield();
-      lock.lock();
-      idle = written_ == seen ? idle + 1 : 0;
-      seen = written_;
+  const bool batched = options_.sync == SyncPolicy::EveryCommit;
+  std::uint64_t batch_seq = 0;
+  std::uint64_t file_size_before = 0;  // EveryCommit: the segment's size without the batch
+  if (batched) {
+    syncing_ = true;  // from here on the segment cannot change and no one else leads
+    gather_locked(lock);
+    if (failed_) {
+      syncing_ = false;
+      synced_cv_.notify_all();
+      throw_failed_locked();
     }
+    leader_bytes_.clear();
+    leader_bytes_.swap(pending_);
+    batch_seq = take_next_batch_locked(leader_batch_);
+    file_size_before = size_ - pending_.size() - leader_bytes_.size();
+  } else {
+    flush_pending_locked();
+    syncing_ = true;
   }
   const std::uint64_t target = written_;
   const int fd = fd_;
   ++stats_.syncs;
   lock.unlock();
-  const auto started = std::chrono::steady_clock::now();
-  const int err = fdatasync_retry(fd);
-  const auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started);
-  lock.lock();
-  last_sync_ns_ = static_cast<std::uint64_t>(took.count());
-  syncing_ = false;
-  if (err != 0) {
-    failed_ = true;
-    failure_ = "cannot fdatasync " + path_.string() + ": " + std::strerror(err);
-    if (options_.sync == SyncPolicy::EveryCommit) {
-      // Every record after synced_ belongs to a write() that is about to fail: remove them (best effort; the
-      // state of the file is unknown after a failed fdatasync anyway, which is why the writer stays failed).
-      const std::uint64_t unsynced = written_ - synced_;
-      if (unsynced <= size_) (void)::ftruncate(fd_, static_cast<off_t>(size_ - unsynced));
+  std::string write_error;
+  if (batched) {
+    try {
+      write_all(fd, leader_bytes_.data(), leader_bytes_.size(), path_);
+    } catch (const Error& e) {
+      write_error = e.what();
     }
-    synced_cv_.notify_all();
+  }
+  int err = 0;
+  std::chrono::nanoseconds took{0};
+  if (write_error.empty()) {
+    const auto started = std::chrono::steady_clock::now();
+    err = fdatasync_retry(fd);
+    took = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started);
+  }
+  lock.lock();
+  syncing_ = false;
+  if (!write_error.empty()) {
+    // Nothing of the batch is durable: remove what reached the file, so its commits fail without a trace and
+    // the writer goes on. When even that fails the file's state is unknown and the writer refuses more.
+    if (::ftruncate(fd, static_cast<off_t>(file_size_before)) == 0) {
+      size_ -= leader_bytes_.size();
+      stats_.records -= leader_batch_.size();
+      stats_.bytes -= leader_bytes_.size();
+      --stats_.syncs;
+      synced_ = std::max(synced_, target);  // resolved: those records are gone, their writers get the error
+      finish_batch_locked(leader_batch_, batch_seq, &write_error);
+      synced_cv_.notify_all();
+      hand_on_leadership_locked();
+      return;
+    }
+    fail_locked(write_error);
+    const std::string message = failed_message_locked();
+    finish_batch_locked(leader_batch_, batch_seq, &message);
+    throw_failed_locked();
+  }
+  last_sync_ns_ = static_cast<std::uint64_t>(took.count());
+  if (err != 0) {
+    // Every record after synced_ belongs to a write() that is about to fail: remove them (best effort; the state
+    // of the file is unknown after a failed fdatasync anyway, which is why the writer stays failed).
+    const std::uint64_t unsynced = written_ - synced_ - pending_.size();
+    if (options_.sync == SyncPolicy::EveryCommit && unsynced <= size_) {
+      (void)::ftruncate(fd_, static_cast<off_t>(size_ - pending_.size() - unsynced));
+    }
+    fail_locked("cannot fdatasync " + path_.string() + ": " + std::strerror(err));
+    if (batched) {
+      const std::string message = failed_message_locked();
+      finish_batch_locked(leader_batch_, batch_seq, &message);
+    }
     throw_failed_locked();
   }
   if (target > synced_) synced_ = target;
+  if (batched) {
+    finish_batch_locked(leader_batch_, batch_seq, nullptr);
+    hand_on_leadership_locked();
+  }
   synced_cv_.notify_all();
+}
+
+// EveryCommit: the batch that formed during a sync needs a leader; wakes its first writer (it leads unless
+// someone else started a sync meanwhile).
+void LogWriter::hand_on_leadership_locked() {
+  if (!next_batch_.empty()) next_batch_.front()->cv.notify_one();
 }
 
 // Returns once every record byte up to `ticket` is durable; leads a sync when none is in progress.
@@ -647,22 +755,17 @@ void LogWriter::write(const CommitRecord& record) {
 
   std::unique_lock lock(mutex_);
   prepare_segment_locked(lock, record.lsn, frame_bytes);
-  if (options_.sync == SyncPolicy::Interval) {
-    pending_.append(frame);
-    if (pending_.size() >= kFlushBytes) flush_pending_locked();
-  } else {
+  if (options_.sync == SyncPolicy::None) {
     try {
       write_all(fd_, frame.data(), frame.size(), path_);
     } catch (const Error& e) {
       // Remove what reached the file so the failed commit leaves no trace; when even that fails the state of
       // the file is unknown and the writer refuses more writes.
-      if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) {
-        failed_ = true;
-        failure_ = e.what();
-        synced_cv_.notify_all();
-      }
+      if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) fail_locked(e.what());
       throw;
     }
+  } else {
+    pending_.append(frame);
   }
   size_ += frame_bytes;
   written_ += frame_bytes;
@@ -671,7 +774,31 @@ void LogWriter::write(const CommitRecord& record) {
   std::uint64_t seen = last_lsn_.load(std::memory_order_relaxed);
   while (seen < record.lsn && !last_lsn_.compare_exchange_weak(seen, record.lsn, std::memory_order_release)) {
   }
-  if (options_.sync == SyncPolicy::EveryCommit) wait_durable_locked(lock, written_);
+  if (options_.sync == SyncPolicy::Interval) {
+    if (pending_.size() >= kFlushBytes) flush_pending_locked();
+    return;
+  }
+  if (options_.sync != SyncPolicy::EveryCommit) return;
+
+  BatchWaiter me;
+  me.seq = next_batch_seq_;
+  next_batch_.push_back(&me);
+  if (tls_batch_writer == this && tls_batch_seq == finished_batch_seq_ && finished_batch_size_ > 0) {
+    if (++returned_ >= finished_batch_size_ && gathering_) gather_cv_.notify_one();
+  }
+  tls_batch_writer = this;
+  tls_batch_seq = me.seq;
+  for (;;) {
+    if (me.done) {
+      if (!me.error.empty()) throw Error(ErrorCode::IoError, me.error);
+      return;
+    }
+    if (!syncing_ && me.seq == next_batch_seq_) {
+      lead_sync_locked(lock);  // finishes this batch (or throws having failed it)
+      continue;
+    }
+    me.cv.wait(lock);
+  }
 }
 
 void LogWriter::sync() {

@@ -170,9 +170,11 @@ class LogWriter : public CommitSink {
   LogWriter(const LogWriter&) = delete;
   LogWriter& operator=(const LogWriter&) = delete;
 
-  // Appends the record; under SyncPolicy::EveryCommit returns once it is durable. Throws Error(IoError) when the
-  // OS refuses: a failed append is removed again (when even that fails the writer refuses all later writes); a
-  // failed fdatasync fails every write() waiting on it, and the writer then refuses all later writes.
+  // Appends the record; under SyncPolicy::EveryCommit returns once it is durable (group commit: concurrent
+  // writers' records are written and synced as one batch). Throws Error(IoError) when the OS refuses: a failed
+  // append is removed again and fails only the write() calls of its batch (when even the removal fails the writer
+  // refuses all later writes); a failed fdatasync fails every write() waiting on it, and the writer then refuses
+  // all later writes.
   // Throws Error(InvalidArgument) for a record whose encoding exceeds kMaxRecordBody.
   void write(const CommitRecord& record) override;
   // Makes every record written so far durable (Error(IoError) when that fails).
@@ -193,6 +195,8 @@ class LogWriter : public CommitSink {
   std::uint64_t remove_segments_before(std::uint64_t key);
 
  private:
+  struct BatchWaiter;  // a write() waiting for its group commit (log.cpp)
+
   void attach(const LogReader& reader);
   void start_flusher();
   void open_segment_locked(std::uint64_t key);
@@ -201,6 +205,12 @@ class LogWriter : public CommitSink {
   void flush_pending_locked();
   void wait_durable_locked(std::unique_lock<std::mutex>& lock, std::uint64_t ticket);
   void lead_sync_locked(std::unique_lock<std::mutex>& lock);
+  void gather_locked(std::unique_lock<std::mutex>& lock);
+  std::uint64_t take_next_batch_locked(std::vector<BatchWaiter*>& into);
+  void finish_batch_locked(std::vector<BatchWaiter*>& batch, std::uint64_t seq, const std::string* error);
+  void hand_on_leadership_locked();
+  void fail_locked(const std::string& what);
+  std::string failed_message_locked() const;
   [[noreturn]] void throw_failed_locked() const;
   void flusher_main();
 
@@ -218,7 +228,22 @@ class LogWriter : public CommitSink {
   std::uint64_t size_ = 0;         // GUARDED_BY(mutex_): bytes in the current segment
   bool failed_ = false;            // GUARDED_BY(mutex_): an I/O error left the segment in an unknown state
   std::string failure_;            // GUARDED_BY(mutex_): what failed, when failed_
-  std::string pending_;            // GUARDED_BY(mutex_): Interval only: appended record bytes not yet written out
+  std::string pending_;            // GUARDED_BY(mutex_): appended record bytes not yet written out
+  // EveryCommit group commit: the write() calls whose records are in pending_ (the next batch) and in the batch a
+  // leader is writing and syncing. Each waits on batch_cv_[parity of its batch], so finishing one batch does
+  // not wake the writers queued for the next.
+  std::vector<BatchWaiter*> next_batch_;    // GUARDED_BY(mutex_)
+  std::vector<BatchWaiter*> leader_batch_;  // GUARDED_BY(mutex_): owned by the leader while syncing_
+  std::string leader_bytes_;                       // GUARDED_BY(mutex_): likewise, pending_'s bytes of that batch
+  std::uint64_t next_batch_seq_ = 1;               // GUARDED_BY(mutex_): sequence number of next_batch_
+  std::condition_variable batch_cv_[2];
+  // Gathering: the writers released by the last finished batch usually commit again at once; the next leader
+  // waits (bounded) until they have appended, so one fdatasync serves all of them instead of half.
+  std::uint64_t finished_batch_seq_ = 0;   // GUARDED_BY(mutex_)
+  std::uint64_t finished_batch_size_ = 0;  // GUARDED_BY(mutex_): writers released by it
+  std::uint64_t returned_ = 0;             // GUARDED_BY(mutex_): of those, how many have appended again
+  bool gathering_ = false;                 // GUARDED_BY(mutex_)
+  std::condition_variable gather_cv_;
   // Tickets: record bytes appended by this writer, in total over all segments.
   std::uint64_t written_ = 0;      // GUARDED_BY(mutex_): appended (in the file or in pending_)
   std::uint64_t synced_ = 0;       // GUARDED_BY(mutex_): durable

@@ -10,6 +10,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -64,6 +65,15 @@ void write_png(const std::string& path, const std::vector<float>& field, std::ui
   if (std::fclose(file) != 0) throw mmsb::Error(mmsb::ErrorCode::IoError, "cannot write " + path);
 }
 
+// Removes the log segments of a run that was killed before its first checkpoint.
+void discard_interrupted_setup(const std::string& dir) {
+  std::fprintf(stderr, "heat_diffusion: %s holds a run killed during setup (no checkpoint yet); starting afresh\n",
+               dir.c_str());
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().filename().string().starts_with("log-")) std::filesystem::remove(entry.path());
+  }
+}
+
 int run(const Options& opt) {
   mmsb::PropagatorOptions propagation;
   propagation.threads = opt.threads;
@@ -78,6 +88,13 @@ int run(const Options& opt) {
     mmsb::DurableOptions options;
     options.propagation = propagation;
     db = std::make_unique<mmsb::DurableRuntime>(opt.log, options);
+    if (!db->recovery().fresh && db->recovery().checkpoint_lsn == 0) {
+      // Killed during setup, before the first checkpoint stored the graph: no step ran yet, so nothing is lost by
+      // starting over, and resuming would find pages without the nodes that derive them.
+      db.reset();
+      discard_interrupted_setup(opt.log);
+      db = std::make_unique<mmsb::DurableRuntime>(opt.log, options);
+    }
     rt = &db->runtime();
     prop = &db->propagator();
     resumed = !db->recovery().fresh;

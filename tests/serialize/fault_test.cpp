@@ -3,8 +3,11 @@
 // the log intact — and in every case the directory recovers to a state the application saw.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cerrno>
 #include <filesystem>
+#include <thread>
+#include <vector>
 
 #include "mmsb/durable.hpp"
 #include "serialize/file_io.hpp"
@@ -61,6 +64,51 @@ TEST(Faults, FailedAppendLeavesNoTraceAndTheLogGoesOn) {
   DurableRuntime db(dir.path(), every_commit());
   EXPECT_EQ(state_hash(db.runtime()), hash_after);
   EXPECT_EQ(db.recovery().truncated_bytes, 0u);
+}
+
+// Group commit writes a whole batch of records with one write(): when it fails, every commit of the batch fails
+// without a trace, the commits of other batches are unaffected, and the writer goes on.
+TEST(Faults, FailedBatchAppendFailsOnlyItsCommits) {
+  TempDir dir;
+  constexpr int kThreads = 8;
+  constexpr int kCommitsPerThread = 40;
+  std::uint64_t live_hash = 0;
+  std::atomic<int> failed{0};
+  {
+    DurableRuntime db(dir.path(), every_commit());
+    Runtime& rt = db.runtime();
+    std::vector<PageId> pages;
+    for (int t = 0; t < kThreads; ++t) pages.push_back(rt.create_page(8));
+    Faults f(FaultPlan{FaultOp::Write, 10, 3, ENOSPC, true});
+    std::vector<std::thread> threads;
+    std::vector<std::int64_t> last_ok(kThreads, 0);
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 1; i <= kCommitsPerThread; ++i) {
+          const std::int64_t value = std::int64_t{t} * 1000 + i;
+          try {
+            commit_i64(rt, pages[static_cast<std::size_t>(t)], value);
+            last_ok[static_cast<std::size_t>(t)] = value;
+          } catch (const Error& e) {
+            EXPECT_EQ(e.code(), ErrorCode::IoError) << e.what();
+            failed.fetch_add(1);
+          }
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    for (int t = 0; t < kThreads; ++t) {
+      EXPECT_EQ(rt.read_value<std::int64_t>(pages[static_cast<std::size_t>(t)], 0), last_ok[static_cast<std::size_t>(t)])
+          << "thread " << t << ": the page does not hold its last successful commit";
+    }
+    live_hash = state_hash(rt);
+  }
+  EXPECT_GE(failed.load(), 3) << "each injected failure fails at least the commit that appended";
+  EXPECT_LT(failed.load(), kThreads * kCommitsPerThread / 2);
+  EXPECT_TRUE(verify(dir.path()).ok);
+  DurableRuntime db(dir.path(), every_commit());
+  EXPECT_EQ(db.recovery().truncated_bytes, 0u);
+  EXPECT_EQ(state_hash(db.runtime()), live_hash) << "recovery differs from what the application saw";
 }
 
 TEST(Faults, FailedSyncFailsTheCommitAndTheWriterRefusesMore) {

@@ -40,7 +40,7 @@
 // uninterrupted run reaches.
 //
 // Thread-safety: a DistRuntime is driven by one thread per rank. Collective calls (create_page, derive_*,
-// propagate, state_hash, fetch, checkpoint, the constructor and the destructor) must be made by
+// propagate, recompute_all, state_hash, fetch, checkpoint, the constructor and the destructor) must be made by
 // every rank of the communicator, in the same order, with the same arguments. Other members are local. Node
 // functions run on the local Propagator's threads as documented in graph.hpp. runtime() may be used to write
 // owned pages (between waves) and read any local page; never write a replica, call the local Propagator's

@@ -12,7 +12,9 @@ install(TARGETS mmsb_shared mmsb_api EXPORT mmsbTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(DIRECTORY ${PROJECT_SOURCE_DIR}/api/include/mmsb DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+# Distributed mode (mmsb::dist, MPI) is not part of the installed libmmsb: its headers stay in the build tree.
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/api/include/mmsb DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
+  PATTERN "dist*.hpp" EXCLUDE)
 install(EXPORT mmsbTargets NAMESPACE mmsb:: FILE mmsbTargets.cmake
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/mmsb)
 

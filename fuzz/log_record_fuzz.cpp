@@ -1,5 +1,6 @@
 // mmsb-fuzz-log: a standalone fuzz driver (no libFuzzer needed) for the parsers of outside bytes in serialize/:
-//   (a) decode_commit() and decode_event() on random byte strings and on mutated valid commit messages;
+//   (a) decode_commit(), decode_event() and decode_delta_batch() (dist/) on random byte strings and on mutated
+//       valid commit and delta-batch messages;
 //   (b) LogReader on log directories whose segment files (written by LogWriter) were mutated: bits flipped,
 //       bytes inserted, deleted, overwritten with edge values, files truncated or removed;
 //   (c) now and then LogWriter opening such a directory: when the reader accepted it, the writer must too, and
@@ -116,6 +117,13 @@ Corpus make_corpus(const fs::path& dir, std::uint64_t seed) {
   mmsb::serialize::LogReader reader(dir);
   for (DecodedCommit c; reader.next(c);) {
     corpus.bodies.push_back(mmsb::serialize::encode_commit(c.record()));
+    if (!c.deltas.empty()) {  // the same deltas as a distributed superstep's DeltaBatch message
+      std::vector<const mmsb::Delta*> deltas;
+      for (const mmsb::Delta& d : c.deltas) deltas.push_back(&d);
+      std::string batch;
+      mmsb::serialize::append_delta_batch(1, c.lsn, 2, deltas, batch);
+      corpus.bodies.push_back(std::move(batch));
+    }
   }
   for (int level : {0, 3}) {
     const fs::path ck_dir = dir.parent_path() / ("checkpoint-seed-" + std::to_string(level));
@@ -209,6 +217,12 @@ void fuzz_decode(const std::string& bytes) {
     (void)mmsb::serialize::decode_event(bytes);
   } catch (const mmsb::Error& e) {
     check_error(e, "decode_event");
+  }
+  try {
+    const mmsb::serialize::DecodedDeltaBatch batch = mmsb::serialize::decode_delta_batch(bytes);
+    for (const mmsb::Delta& d : batch.deltas) d.validate();
+  } catch (const mmsb::Error& e) {
+    check_error(e, "decode_delta_batch");
   }
 }
 

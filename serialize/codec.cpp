@@ -174,6 +174,58 @@ Delta decode_delta(std::string_view bytes) {
   return from_wire(w, "delta of page " + PageId(w.page()).to_string());
 }
 
+void append_delta_batch(std::uint32_t source_rank, std::uint64_t wave, std::uint64_t superstep,
+                        std::span<const Delta* const> deltas, std::string& out) {
+  wire::DeltaBatch w;
+  w.set_source_rank(source_rank);
+  w.set_wave(wave);
+  w.set_superstep(superstep);
+  w.mutable_deltas()->Reserve(static_cast<int>(deltas.size()));
+  for (const Delta* d : deltas) {
+    wire::Delta* wd = w.add_deltas();
+    wd->set_page(d->page.value());
+    wd->set_base_epoch(d->base_epoch);
+    wd->set_epoch_count(d->epoch_count);
+    wd->set_base_size(d->base_size);
+    wd->set_size(d->size);
+    wd->mutable_ranges()->Reserve(static_cast<int>(d->ranges.size()));
+    for (const ByteRange& r : d->ranges) {
+      wire::ByteRange* wr = wd->add_ranges();
+      wr->set_offset(r.offset);
+      wr->set_length(r.length);
+    }
+    wd->set_payload(to_bytes(d->payload));
+    wd->set_source(d->source);
+    wd->set_intent(d->intent);
+  }
+  const std::size_t before = out.size();
+  const std::size_t size = w.ByteSizeLong();
+  if (size > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
+    throw Error(ErrorCode::InvalidArgument, "a superstep's delta batch for one rank exceeds 2 GiB (" +
+                                                std::to_string(size) + " bytes); run smaller waves");
+  }
+  out.resize(before + size);
+  if (!w.SerializeToArray(out.data() + before, static_cast<int>(size))) {
+    out.resize(before);
+    throw Error(ErrorCode::Internal, "serializing a delta batch failed");
+  }
+}
+
+DecodedDeltaBatch decode_delta_batch(std::string_view bytes) {
+  wire::DeltaBatch w;
+  parse_or_throw(w, bytes, "mmsb.wire.DeltaBatch");
+  DecodedDeltaBatch out;
+  out.source_rank = w.source_rank();
+  out.wave = w.wave();
+  out.superstep = w.superstep();
+  out.deltas.reserve(static_cast<std::size_t>(w.deltas_size()));
+  for (int i = 0; i < w.deltas_size(); ++i) {
+    out.deltas.push_back(from_wire(w.deltas(i), "delta " + std::to_string(i) + " (page " +
+                                                    PageId(w.deltas(i).page()).to_string() + ") of a delta batch"));
+  }
+  return out;
+}
+
 std::string encode_event(const Event& event) {
   wire::Event w;
   w.set_kind(static_cast<wire::Event::Kind>(static_cast<int>(event.kind)));

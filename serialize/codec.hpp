@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -62,5 +63,19 @@ Event decode_event(std::string_view bytes);
 std::string encode_delta(const Delta& delta);
 // Parses a mmsb.wire.Delta message and validates it; throws Error(Corruption) on any failure.
 Delta decode_delta(std::string_view bytes);
+
+// The deltas one rank sends another in one superstep of a distributed wave (mmsb.wire.DeltaBatch; dist/).
+struct DecodedDeltaBatch {
+  std::uint32_t source_rank = 0;
+  std::uint64_t wave = 0;
+  std::uint64_t superstep = 0;
+  std::vector<Delta> deltas;
+};
+// Appends the serialized mmsb.wire.DeltaBatch to `out` (undo bytes are never sent). Throws Error(InvalidArgument)
+// when the message would exceed protobuf's 2 GiB limit.
+void append_delta_batch(std::uint32_t source_rank, std::uint64_t wave, std::uint64_t superstep,
+                        std::span<const Delta* const> deltas, std::string& out);
+// Parses a mmsb.wire.DeltaBatch and validates every delta; throws Error(Corruption) on any failure.
+DecodedDeltaBatch decode_delta_batch(std::string_view bytes);
 
 }  // namespace mmsb::serialize

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "heat.hpp"
+#include "heat_dist.hpp"
 #include "mmsb/mmsb.hpp"
 
 namespace {
@@ -31,6 +32,7 @@ struct Options {
   std::uint64_t report_every = 0;  // 0: steps / 10
   bool hash = false;
   std::string image;
+  bool timing = false;
 };
 
 // Black -> red -> yellow -> white over [0, top].
@@ -75,6 +77,13 @@ void discard_interrupted_setup(const std::string& dir) {
 }
 
 int run(const Options& opt) {
+  if (heat::launched_by_mpirun()) {  // `mpirun -np N heat_diffusion ...`: the tiles spread over N ranks
+    if (!opt.log.empty() || !opt.image.empty()) {
+      throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--log and --image are not available under mpirun");
+    }
+    return heat::run_distributed({opt.config, opt.steps, opt.report_every, opt.threads ? opt.threads : 1, opt.hash,
+                                  opt.timing});
+  }
   mmsb::PropagatorOptions propagation;
   propagation.threads = opt.threads;
   std::unique_ptr<mmsb::DurableRuntime> db;
@@ -181,6 +190,7 @@ int main(int argc, char** argv) {
   app.add_option("--report-every", opt.report_every, "print the statistics every N steps (default: steps / 10)");
   app.add_flag("--hash", opt.hash, "end with `state-hash: HEX` over all pages (independent of --threads)");
   app.add_option("--image", opt.image, "write the final field as a PNG image");
+  app.add_flag("--timing", opt.timing, "under mpirun: print the time per step (weak-scaling benchmark)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -61,6 +61,34 @@ TEST(Codec, DeltaRoundTripsAlone) {
 
 // Delta::intent is an arbitrary std::string; a tag that is not UTF-8 must survive the log like any other bytes
 // (a proto3 `string` field would make such a record unparsable, and the log unrecoverable).
+TEST(Codec, DeltaBatchRoundTripsWithoutUndo) {
+  std::mt19937_64 rng(11);
+  std::vector<Delta> deltas;
+  for (int i = 0; i < 5; ++i) deltas.push_back(random_delta(rng, PageId::make(3, 10 + i)));
+  std::vector<const Delta*> pointers;
+  for (const Delta& d : deltas) pointers.push_back(&d);
+  std::string bytes = "prefix";  // appended after what `out` holds
+  mmsb::serialize::append_delta_batch(3, 7, 2, pointers, bytes);
+  ASSERT_EQ(bytes.substr(0, 6), "prefix");
+  const auto batch = mmsb::serialize::decode_delta_batch(std::string_view(bytes).substr(6));
+  EXPECT_EQ(batch.source_rank, 3u);
+  EXPECT_EQ(batch.wave, 7u);
+  EXPECT_EQ(batch.superstep, 2u);
+  ASSERT_EQ(batch.deltas.size(), deltas.size());
+  for (std::size_t i = 0; i < deltas.size(); ++i) {
+    Delta expected = deltas[i];
+    expected.has_undo = false;  // batches never carry undo bytes
+    expected.undo.clear();
+    expected.undo_tail.clear();
+    EXPECT_EQ(batch.deltas[i], expected) << i;
+  }
+}
+
+TEST(Codec, DeltaBatchGarbageIsCorruption) {
+  EXPECT_EQ(error_code_of([] { mmsb::serialize::decode_delta_batch(std::string("\x22\x80", 2)); }),
+            ErrorCode::Corruption);
+}
+
 TEST(Codec, IntentThatIsNotUtf8RoundTrips) {
   std::mt19937_64 rng(4);
   Delta d = random_delta(rng, PageId::make(0, 3));

@@ -1,0 +1,57 @@
+# ctest example.heat_diffusion_mpi (cmake -P; -DHEAT=binary -DMPIEXEC=mpirun "-DMPIRUN_FLAGS=flags"):
+#  1. `mpirun -np N heat_diffusion --hash` prints the same state-hash for N = 1, 2, 3, 4;
+#  2. its statistics lines equal those of the single-process run without MPI (same physics, same floats);
+#  3. the hash tells states apart (one step fewer gives another hash).
+function(heat out_var)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${ARGN} failed (${rc}):\n${out}\n${err}")
+  endif()
+  set(${out_var} "${out}" PARENT_SCOPE)
+endfunction()
+
+function(hash_of out_var text)
+  if(NOT text MATCHES "state-hash: ([0-9a-f]+)")
+    message(FATAL_ERROR "no state-hash line in:\n${text}")
+  endif()
+  set(${out_var} ${CMAKE_MATCH_1} PARENT_SCOPE)
+endfunction()
+
+# The "step ... min ... max ..." lines of a run, one per report.
+function(steps_of out_var text)
+  string(REGEX MATCHALL "step +[0-9]+  min[^\n]*" lines "${text}")
+  list(LENGTH lines n)
+  if(n LESS 5)
+    message(FATAL_ERROR "expected at least 5 statistics lines in:\n${text}")
+  endif()
+  set(${out_var} "${lines}" PARENT_SCOPE)
+endfunction()
+
+set(args --size 64 --tiles 4 --steps 100 --report-every 20 --hash)
+heat(plain ${HEAT} ${args} --threads 1)
+steps_of(plain_steps "${plain}")
+
+set(reference "")
+foreach(np 1 2 3 4)
+  heat(out ${MPIEXEC} ${MPIRUN_FLAGS} -np ${np} ${HEAT} ${args})
+  if(NOT out MATCHES "distributed over ${np} ranks")
+    message(FATAL_ERROR "np ${np} did not run distributed:\n${out}")
+  endif()
+  hash_of(h "${out}")
+  steps_of(s "${out}")
+  if(NOT s STREQUAL plain_steps)
+    message(FATAL_ERROR "np ${np}: statistics differ from the single-process run:\n${s}\nvs\n${plain_steps}")
+  endif()
+  if(reference STREQUAL "")
+    set(reference ${h})
+  elseif(NOT h STREQUAL reference)
+    message(FATAL_ERROR "np ${np}: state-hash ${h} differs from np 1's ${reference}")
+  endif()
+  message(STATUS "np ${np}: state-hash ${h}")
+endforeach()
+
+heat(fewer ${MPIEXEC} ${MPIRUN_FLAGS} -np 2 ${HEAT} --size 64 --tiles 4 --steps 99 --hash)
+hash_of(h "${fewer}")
+if(h STREQUAL reference)
+  message(FATAL_ERROR "99 and 100 steps give the same state-hash ${h}: the hash does not see the state")
+endif()

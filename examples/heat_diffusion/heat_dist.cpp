@@ -1,0 +1,161 @@
+#include "heat_dist.hpp"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "mmsb/dist.hpp"
+
+namespace heat {
+namespace {
+
+using mmsb::PageId;
+
+// The byte layouts of heat.cpp's pages (params, tile statistics, summary).
+struct Params {
+  float alpha;
+  std::uint32_t side, size, tiles;
+};
+struct TileStats {
+  double min, max, sum;
+};
+struct SummaryBytes {
+  double min, max, mean;
+  std::uint32_t hottest_tile, pad;
+};
+
+template <class T>
+T value_of(const std::vector<std::byte>& bytes) {
+  T out;
+  std::memcpy(&out, bytes.data(), sizeof(T));
+  return out;
+}
+
+}  // namespace
+
+int run_distributed(const DistRunOptions& opt) {
+  register_functions();
+  mmsb::dist::DistOptions options;
+  options.propagation.threads = opt.threads;
+  mmsb::dist::DistRuntime d(options);
+  const Config& config = opt.config;
+  if (config.tiles == 0 || config.size % config.tiles != 0 || config.size / config.tiles < 2 ||
+      !(config.alpha > 0.0f && config.alpha < 0.25f)) {
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--size must be a multiple of --tiles with tiles of at "
+                                                        "least 2 x 2 cells, and alpha in (0, 0.25)");
+  }
+  const std::uint32_t ranks = d.size(), tiles = config.tiles, count = tiles * tiles, side = config.size / tiles;
+  // Bands of tile rows: tile row r belongs to rank r * ranks / tiles.
+  auto owner = [&](std::uint32_t t) { return static_cast<std::uint32_t>(std::uint64_t{t / tiles} * ranks / tiles); };
+  const std::uint64_t tile_bytes = std::uint64_t{side} * side * sizeof(float), edge_bytes = side * sizeof(float);
+
+  // The pages, in heat.cpp's creation order.
+  const PageId params = d.create_page(0, sizeof(Params));
+  const PageId meta = d.create_page(0, sizeof(std::uint64_t));
+  const PageId summary = d.create_page(0, sizeof(SummaryBytes));
+  std::vector<PageId> cells, next, stats;
+  std::vector<std::array<PageId, 4>> edges(count);
+  for (std::uint32_t t = 0; t < count; ++t) {
+    cells.push_back(d.create_page(owner(t), tile_bytes));
+    for (auto& e : edges[t]) e = d.create_page(owner(t), edge_bytes);
+    next.push_back(d.create_page(owner(t), tile_bytes));
+    stats.push_back(d.create_page(owner(t), sizeof(TileStats)));
+  }
+  if (d.owns(params)) {
+    auto txn = d.runtime().begin();
+    txn.write_value(params, 0, Params{config.alpha, side, config.size, tiles});
+    txn.commit();
+  }
+  enum { N, S, W, E };
+  const char* const edge_fn[4] = {"heat.edge_north", "heat.edge_south", "heat.edge_west", "heat.edge_east"};
+  for (std::uint32_t t = 0; t < count; ++t) {
+    for (int k = 0; k < 4; ++k) d.derive_map(edges[t][k], {params, cells[t]}, edge_fn[k]);
+  }
+  mmsb::NodeOptions every_cell_changes;
+  every_cell_changes.always_changes = true;
+  for (std::uint32_t r = 0; r < tiles; ++r) {
+    for (std::uint32_t c = 0; c < tiles; ++c) {
+      const std::uint32_t t = r * tiles + c;
+      const PageId north = r > 0 ? edges[t - tiles][S] : edges[t][N];
+      const PageId south = r + 1 < tiles ? edges[t + tiles][N] : edges[t][S];
+      const PageId west = c > 0 ? edges[t - 1][E] : edges[t][W];
+      const PageId east = c + 1 < tiles ? edges[t + 1][W] : edges[t][E];
+      d.derive_map(next[t], {params, cells[t], north, south, west, east}, "heat.stencil", every_cell_changes);
+      d.derive_map(stats[t], {cells[t]}, "heat.tile_stats");
+    }
+  }
+  std::vector<PageId> summary_inputs{params};
+  summary_inputs.insert(summary_inputs.end(), stats.begin(), stats.end());
+  d.derive_map(summary, std::move(summary_inputs), "heat.summary");
+
+  // The initial field (heat.cpp's hot square), each rank writing its own tiles.
+  {
+    auto txn = d.runtime().begin();
+    std::vector<float> tile(std::size_t{side} * side);
+    for (std::uint32_t t = 0; t < count; ++t) {
+      if (!d.owns(cells[t])) continue;
+      const std::uint32_t r0 = t / tiles * side, c0 = t % tiles * side;
+      for (std::uint32_t y = 0; y < side; ++y) {
+        for (std::uint32_t x = 0; x < side; ++x) {
+          const std::uint32_t gy = r0 + y, gx = c0 + x;
+          const bool hot = gy >= config.size * 3 / 8 && gy < config.size * 5 / 8 && gx >= config.size * 3 / 8 &&
+                           gx < config.size * 5 / 8;
+          tile[y * side + x] = hot ? 100.0f : 0.0f;
+        }
+      }
+      txn.write(cells[t], 0, std::as_bytes(std::span<const float>(tile)));
+    }
+    if (d.owns(meta)) txn.write_value<std::uint64_t>(meta, 0, 0);
+    txn.commit();
+  }
+  d.propagate();
+  const bool root = d.rank() == 0;
+  auto energy = [&] { return value_of<SummaryBytes>(d.fetch(summary)).mean * config.size * config.size; };
+  const double energy_start = energy();
+  if (root) std::printf("distributed over %u ranks (bands of tile rows)\n", ranks);
+
+  const std::uint64_t every = opt.report_every > 0 ? opt.report_every : std::max<std::uint64_t>(1, opt.steps / 10);
+  std::vector<PageId> own_cells, own_next;
+  for (std::uint32_t t = 0; t < count; ++t) {
+    if (d.owns(cells[t])) {
+      own_cells.push_back(cells[t]);
+      own_next.push_back(next[t]);
+    }
+  }
+  const auto started = std::chrono::steady_clock::now();
+  for (std::uint64_t step = 1; step <= opt.steps; ++step) {
+    auto txn = d.runtime().begin();
+    txn.set_intent("step");
+    if (!own_next.empty()) {
+      mmsb::ReadView view = d.runtime().read_view(own_next);
+      for (std::size_t i = 0; i < own_cells.size(); ++i) txn.write(own_cells[i], 0, view.bytes(own_next[i]));
+    }
+    if (d.owns(meta)) txn.write_value<std::uint64_t>(meta, 0, step);
+    txn.commit();
+    d.propagate();
+    if (root && (step % every == 0 || step == opt.steps)) {
+      const SummaryBytes s = value_of<SummaryBytes>(d.read(summary));
+      std::printf("step %6" PRIu64 "  min %8.4f  max %8.4f  mean %8.5f  hottest tile (%u,%u)\n", step, s.min, s.max,
+                  s.mean, s.hottest_tile / tiles, s.hottest_tile % tiles);
+      std::fflush(stdout);
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const double energy_end = energy();
+  const std::uint64_t hash = d.state_hash();
+  if (root) {
+    std::printf("energy %.6e -> %.6e (relative change %.2e)\n", energy_start, energy_end,
+                energy_start != 0 ? (energy_end - energy_start) / energy_start : 0.0);
+    if (opt.timing) {
+      std::printf("time-per-step-us: %.1f\n", opt.steps ? seconds * 1e6 / static_cast<double>(opt.steps) : 0.0);
+    }
+    if (opt.hash) std::printf("state-hash: %016" PRIx64 "\n", hash);
+  }
+  return 0;
+}
+
+}  // namespace heat

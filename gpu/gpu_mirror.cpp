@@ -21,6 +21,7 @@
 #include <vulkan/vulkan.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -34,6 +35,7 @@
 #include <vector>
 
 #include "gpu/device_allocator.hpp"
+#include "gpu/kernels.hpp"
 #include "gpu/shaders.hpp"
 #include "gpu/vulkan_context.hpp"
 #include "mmsb/delta.hpp"
@@ -102,6 +104,18 @@ struct DeviceNode {
   std::vector<PageId> triggers;  // the node's DATA inputs in the Propagator
   bool device_only = false;      // output is Location::Device: not read back
   std::optional<Region> scratch; // ping-pong grid for steps > 1
+  // A kernel of the table (gpu/kernels.hpp) instead of the stencil: its inputs in binding order (a page may
+  // repeat; `triggers` holds each once) and its push constants.
+  std::optional<gpu::KernelId> kernel;
+  std::vector<PageId> kernel_inputs;
+  std::vector<std::uint32_t> push;
+};
+
+// The Vulkan objects of one kernel of the table.
+struct KernelPipeline {
+  VkDescriptorSetLayout set_layout = VK_NULL_HANDLE;
+  VkPipelineLayout layout = VK_NULL_HANDLE;
+  VkPipeline pipeline = VK_NULL_HANDLE;
 };
 
 constexpr std::uint64_t kMinStagingBytes = std::uint64_t{1} << 20;
@@ -147,6 +161,8 @@ struct GpuMirror::Impl {
   VkPipelineLayout pipeline_layout = VK_NULL_HANDLE;
   VkPipeline stencil_pipeline = VK_NULL_HANDLE;
   VkPipeline scatter_pipeline = VK_NULL_HANDLE;
+  std::array<KernelPipeline, static_cast<std::size_t>(gpu::KernelId::Count)> kernel_pipelines{};
+  VkDescriptorPool kernel_descriptors = VK_NULL_HANDLE;  // one set per kernel node run (reset each run)
   Buffer readback;
 
   std::vector<SubscriptionId> event_subscriptions;
@@ -191,7 +207,7 @@ struct GpuMirror::Impl {
     }
   }
 
-  VkPipeline create_pipeline(std::span<const std::uint32_t> spirv) {
+  VkPipeline create_pipeline(std::span<const std::uint32_t> spirv, VkPipelineLayout layout) {
     VkShaderModuleCreateInfo module_info{};
     module_info.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO;
     module_info.codeSize = spirv.size_bytes();
@@ -204,7 +220,7 @@ struct GpuMirror::Impl {
     info.stage.stage = VK_SHADER_STAGE_COMPUTE_BIT;
     info.stage.module = module;
     info.stage.pName = "main";
-    info.layout = pipeline_layout;
+    info.layout = layout;
     VkPipeline pipeline = VK_NULL_HANDLE;
     const VkResult r = vkCreateComputePipelines(vk->device(), VK_NULL_HANDLE, 1, &info, nullptr, &pipeline);
     vkDestroyShaderModule(vk->device(), module, nullptr);
@@ -212,8 +228,8 @@ struct GpuMirror::Impl {
     return pipeline;
   }
 
-  VkDescriptorPool create_descriptor_pool(std::uint32_t sets) {
-    VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 2 * sets};
+  VkDescriptorPool create_descriptor_pool(std::uint32_t sets, std::uint32_t buffers_per_set = 2) {
+    VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, buffers_per_set * sets};
     VkDescriptorPoolCreateInfo info{};
     info.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO;
     info.maxSets = sets;
@@ -263,8 +279,37 @@ struct GpuMirror::Impl {
     layout_info.pushConstantRangeCount = 1;
     layout_info.pPushConstantRanges = &push;
     check(vkCreatePipelineLayout(device, &layout_info, nullptr, &pipeline_layout), "vkCreatePipelineLayout");
-    stencil_pipeline = create_pipeline(gpu::stencil5_spirv());
-    scatter_pipeline = create_pipeline(gpu::scatter_apply_spirv());
+    stencil_pipeline = create_pipeline(gpu::stencil5_spirv(), pipeline_layout);
+    scatter_pipeline = create_pipeline(gpu::scatter_apply_spirv(), pipeline_layout);
+    std::uint32_t most_buffers = 2;
+    for (std::size_t k = 0; k < kernel_pipelines.size(); ++k) {
+      const gpu::KernelInfo& info = gpu::kernel_info(static_cast<gpu::KernelId>(k));
+      KernelPipeline& kp = kernel_pipelines[k];
+      const std::uint32_t buffers = info.inputs + 1;
+      most_buffers = std::max(most_buffers, buffers);
+      std::vector<VkDescriptorSetLayoutBinding> kb(buffers);
+      for (std::uint32_t i = 0; i < buffers; ++i) {
+        kb[i].binding = i;
+        kb[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+        kb[i].descriptorCount = 1;
+        kb[i].stageFlags = VK_SHADER_STAGE_COMPUTE_BIT;
+      }
+      VkDescriptorSetLayoutCreateInfo ks{};
+      ks.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO;
+      ks.bindingCount = buffers;
+      ks.pBindings = kb.data();
+      check(vkCreateDescriptorSetLayout(device, &ks, nullptr, &kp.set_layout), "vkCreateDescriptorSetLayout");
+      VkPushConstantRange kpush{VK_SHADER_STAGE_COMPUTE_BIT, 0, 4 * info.push_words};
+      VkPipelineLayoutCreateInfo kl{};
+      kl.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO;
+      kl.setLayoutCount = 1;
+      kl.pSetLayouts = &kp.set_layout;
+      kl.pushConstantRangeCount = info.push_words > 0 ? 1 : 0;
+      kl.pPushConstantRanges = &kpush;
+      check(vkCreatePipelineLayout(device, &kl, nullptr, &kp.layout), "vkCreatePipelineLayout");
+      kp.pipeline = create_pipeline(info.spirv(), kp.layout);
+    }
+    kernel_descriptors = create_descriptor_pool(1, most_buffers);
 
     const std::uint32_t command_count = options.staging_slots + 1;
     std::vector<VkCommandBuffer> commands(command_count);
@@ -301,6 +346,12 @@ struct GpuMirror::Impl {
     vk->destroy(readback);
     if (node_fence) vkDestroyFence(device, node_fence, nullptr);
     if (node_descriptors) vkDestroyDescriptorPool(device, node_descriptors, nullptr);
+    if (kernel_descriptors) vkDestroyDescriptorPool(device, kernel_descriptors, nullptr);
+    for (KernelPipeline& kp : kernel_pipelines) {
+      if (kp.pipeline) vkDestroyPipeline(device, kp.pipeline, nullptr);
+      if (kp.layout) vkDestroyPipelineLayout(device, kp.layout, nullptr);
+      if (kp.set_layout) vkDestroyDescriptorSetLayout(device, kp.set_layout, nullptr);
+    }
     if (command_pool) vkDestroyCommandPool(device, command_pool, nullptr);  // frees its command buffers
     if (stencil_pipeline) vkDestroyPipeline(device, stencil_pipeline, nullptr);
     if (scatter_pipeline) vkDestroyPipeline(device, scatter_pipeline, nullptr);
@@ -857,6 +908,45 @@ struct GpuMirror::Impl {
     return record ? record->epoch.load(std::memory_order_relaxed) : 0;
   }
 
+  // Queues the upload that brings the device copy of `id` (a node's input) to the host epoch: this wave's delta
+  // when it starts where the device copy is, else the whole page from `bytes`. The caller flushes.
+  void queue_input_locked(PageId id, MirroredPage& in_page, std::span<const std::byte> input_bytes,
+                          const Delta* input_delta) {
+    if (!in_page.device_ahead && input_bytes.data() != nullptr) {
+      const std::uint64_t now = host_epoch(id);
+      if (in_page.epoch != now || in_page.needs_whole) {
+        Delta upload;
+        std::uint64_t reached = now;
+        if (!in_page.needs_whole && input_delta && input_delta->base_epoch == in_page.epoch &&
+            input_delta->base_size == input_delta->size) {
+          // This wave's delta; in DEFERRED mode later commits may already be on the host, and their waves bring
+          // their own deltas, so the device copy reaches the delta's epoch, not necessarily the host's.
+          counters.bytes_changed += input_delta->changed_bytes();
+          upload.ranges = input_delta->ranges;
+          upload.payload = input_delta->payload;
+          reached = input_delta->target_epoch();
+        } else {
+          if (input_bytes.size() > in_page.region.capacity) {
+            wait_all_slots();
+            free_region(in_page.region);
+            in_page.region = allocate_region(input_bytes.size());
+          }
+          if (!input_bytes.empty()) {
+            upload.ranges.push_back({0, input_bytes.size()});
+            upload.payload.assign(input_bytes.begin(), input_bytes.end());
+          }
+          ++counters.full_page_uploads;
+          in_page.size = input_bytes.size();
+          in_page.needs_whole = false;
+          whole_wanted.erase(id);
+        }
+        upload.page = id;
+        pending[id] = std::move(upload);
+        in_page.epoch = reached;
+      }
+    }
+  }
+
   // The body of a stencil device node (an incremental node function).
   void run_stencil(PageId output, const IncrementalContext& ctx, Delta& out) {
     DeviceNode node;
@@ -904,40 +994,8 @@ struct GpuMirror::Impl {
     // Bring the input's device copy to the host epoch: earlier pending deltas first, then this wave's delta (or
     // the whole input when the chain of deltas has a gap), each as an upload submit ordered before the dispatch.
     flush_locked();
-    if (!in_page.device_ahead && input_bytes.data() != nullptr) {
-      const std::uint64_t now = host_epoch(node.input);
-      if (in_page.epoch != now || in_page.needs_whole) {
-        Delta upload;
-        std::uint64_t reached = now;
-        if (!in_page.needs_whole && input_delta && input_delta->base_epoch == in_page.epoch &&
-            input_delta->base_size == input_delta->size) {
-          // This wave's delta; in DEFERRED mode later commits may already be on the host, and their waves bring
-          // their own deltas, so the device copy reaches the delta's epoch, not necessarily the host's.
-          counters.bytes_changed += input_delta->changed_bytes();
-          upload.ranges = input_delta->ranges;
-          upload.payload = input_delta->payload;
-          reached = input_delta->target_epoch();
-        } else {
-          if (input_bytes.size() > in_page.region.capacity) {
-            wait_all_slots();
-            free_region(in_page.region);
-            in_page.region = allocate_region(input_bytes.size());
-          }
-          if (!input_bytes.empty()) {
-            upload.ranges.push_back({0, input_bytes.size()});
-            upload.payload.assign(input_bytes.begin(), input_bytes.end());
-          }
-          ++counters.full_page_uploads;
-          in_page.size = input_bytes.size();
-          in_page.needs_whole = false;
-          whole_wanted.erase(node.input);
-        }
-        upload.page = node.input;
-        pending[node.input] = std::move(upload);
-        in_page.epoch = reached;
-        flush_locked();
-      }
-    }
+    queue_input_locked(node.input, in_page, input_bytes, input_delta);
+    flush_locked();
     if (!node.device_only) ensure_capacity(readback, grid_bytes);
 
     check(vkResetDescriptorPool(vk->device(), node_descriptors, 0), "vkResetDescriptorPool");
@@ -985,6 +1043,176 @@ struct GpuMirror::Impl {
     diff_result(ctx.output, result, out);
     // The device copy of the output already holds the result: the delta the host publishes is not uploaded.
     out_page.epoch = host_epoch(output) + (out.ranges.empty() ? 0 : 1);
+  }
+
+  // The body of a table-kernel device node (an incremental node function).
+  void run_kernel(PageId output, const IncrementalContext& ctx, Delta& out) {
+    DeviceNode node;
+    {
+      std::lock_guard lock(mutex);
+      node = nodes.at(output);
+    }
+    const gpu::KernelInfo& kernel = gpu::kernel_info(*node.kernel);
+    const std::size_t count = node.kernel_inputs.size();
+    std::vector<std::span<const std::byte>> inputs(count);
+    for (std::size_t i = 0; i < count; ++i) {
+      const auto t = std::find(node.triggers.begin(), node.triggers.end(), node.kernel_inputs[i]);
+      inputs[i] = ctx.inputs[static_cast<std::size_t>(t - node.triggers.begin())];
+      const std::uint64_t need = kernel.input_bytes(static_cast<std::uint32_t>(i), node.push);
+      if (inputs[i].size() < need) kernel_too_small(node, kernel, node.kernel_inputs[i], inputs[i].size(), need);
+    }
+    const std::uint64_t out_bytes = kernel.output_bytes(node.push);
+    if (ctx.output.size() < out_bytes) kernel_too_small(node, kernel, output, ctx.output.size(), out_bytes);
+    if (!on_device()) {
+      std::vector<std::byte> result(ctx.output.begin(), ctx.output.end());
+      kernel.cpu(inputs, result, node.push);
+      diff_result(ctx.output, result, out);
+      return;
+    }
+
+    std::lock_guard lock(mutex);
+    auto out_it = pages.find(output);
+    if (out_it == pages.end()) throw_not_mirrored(output);
+    MirroredPage& out_page = out_it->second;
+    std::vector<const MirroredPage*> in_pages(count);
+    for (std::size_t i = 0; i < count; ++i) {
+      auto it = pages.find(node.kernel_inputs[i]);
+      if (it == pages.end()) throw_not_mirrored(node.kernel_inputs[i]);  // deleted since the node was declared
+      in_pages[i] = &it->second;
+    }
+    // Earlier pending deltas first (so this wave's uploads do not replace them), then each input's upload, all
+    // in one submit ordered before the dispatch.
+    flush_locked();
+    for (std::size_t t = 0; t < node.triggers.size(); ++t) {
+      queue_input_locked(node.triggers[t], pages.at(node.triggers[t]), ctx.inputs[t], ctx.input_deltas[t]);
+    }
+    flush_locked();
+    if (!node.device_only) ensure_capacity(readback, out_bytes);
+
+    const KernelPipeline& kp = kernel_pipelines[static_cast<std::size_t>(*node.kernel)];
+    check(vkResetDescriptorPool(vk->device(), kernel_descriptors, 0), "vkResetDescriptorPool");
+    VkDescriptorSetAllocateInfo alloc{};
+    alloc.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO;
+    alloc.descriptorPool = kernel_descriptors;
+    alloc.descriptorSetCount = 1;
+    alloc.pSetLayouts = &kp.set_layout;
+    VkDescriptorSet set = VK_NULL_HANDLE;
+    check(vkAllocateDescriptorSets(vk->device(), &alloc, &set), "vkAllocateDescriptorSets");
+    // Each binding is exactly the page's region (regions are aligned for storage-buffer offsets), so the shader
+    // indexes from 0 and needs no offsets.
+    std::vector<VkDescriptorBufferInfo> infos(count + 1);
+    for (std::size_t i = 0; i < count; ++i) {
+      const Region& r = in_pages[i]->region;
+      infos[i] = {blocks[r.block].buffer.buffer, r.offset,
+                  std::max<std::uint64_t>(4, kernel.input_bytes(static_cast<std::uint32_t>(i), node.push))};
+    }
+    infos[count] = {blocks[out_page.region.block].buffer.buffer, out_page.region.offset,
+                    std::max<std::uint64_t>(4, out_bytes)};
+    std::vector<VkWriteDescriptorSet> writes(count + 1);
+    for (std::size_t i = 0; i <= count; ++i) {
+      writes[i].sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET;
+      writes[i].dstSet = set;
+      writes[i].dstBinding = static_cast<std::uint32_t>(i);
+      writes[i].descriptorCount = 1;
+      writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+      writes[i].pBufferInfo = &infos[i];
+    }
+    vkUpdateDescriptorSets(vk->device(), static_cast<std::uint32_t>(writes.size()), writes.data(), 0, nullptr);
+
+    begin(node_commands);
+    barrier(node_commands);
+    vkCmdBindPipeline(node_commands, VK_PIPELINE_BIND_POINT_COMPUTE, kp.pipeline);
+    vkCmdBindDescriptorSets(node_commands, VK_PIPELINE_BIND_POINT_COMPUTE, kp.layout, 0, 1, &set, 0, nullptr);
+    if (!node.push.empty()) {
+      vkCmdPushConstants(node_commands, kp.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                         static_cast<std::uint32_t>(4 * node.push.size()), node.push.data());
+    }
+    const auto groups = kernel.groups(node.push);
+    vkCmdDispatch(node_commands, groups[0], groups[1], groups[2]);
+    ++counters.dispatches;
+    if (!node.device_only) {
+      barrier(node_commands);
+      download(node_commands, out_page.region, out_bytes, 0);
+    }
+    submit(node_commands, node_fence);
+    wait_node_fence();
+
+    if (node.device_only) {
+      out_page.device_ahead = true;
+      out_page.needs_whole = false;
+      whole_wanted.erase(output);
+      return;
+    }
+    vk->invalidate_for_host_reads(readback);
+    counters.bytes_read_back += out_bytes;
+    std::vector<std::byte> result(ctx.output.begin(), ctx.output.end());
+    std::memcpy(result.data(), readback.mapped, out_bytes);
+    diff_result(ctx.output, result, out);
+    out_page.epoch = host_epoch(output) + (out.ranges.empty() ? 0 : 1);
+  }
+
+  [[noreturn]] static void kernel_too_small(const DeviceNode& node, const gpu::KernelInfo& kernel, PageId page,
+                                            std::uint64_t has, std::uint64_t need) {
+    throw Error(ErrorCode::InvalidArgument, std::string(kernel.name) + " node of page " + node.output.to_string() +
+                                                ": page " + page.to_string() + " has " + std::to_string(has) +
+                                                " bytes, the kernel needs " + std::to_string(need) +
+                                                "; resize the page or change the parameters");
+  }
+
+  // Declares a table-kernel device node (see derive_heat_tile).
+  void derive_kernel(gpu::KernelId id, PageId output, std::vector<PageId> inputs, std::vector<std::uint32_t> push) {
+    const gpu::KernelInfo& kernel = gpu::kernel_info(id);
+    const std::string what = std::string("derive_") + kernel.name;
+    auto check_page = [&](PageId page, std::uint64_t need) {
+      const PageInfo info = runtime.info(page);
+      if (info.location == Location::Host) {
+        throw Error(ErrorCode::InvalidArgument, what + ": page " + page.to_string() +
+                                                    " is a host page; device nodes read and write device pages "
+                                                    "(create it with Location::Device or Location::Both)");
+      }
+      if (info.size < need) {
+        throw Error(ErrorCode::InvalidArgument, what + ": page " + page.to_string() + " has " +
+                                                    std::to_string(info.size) + " bytes; the kernel needs " +
+                                                    std::to_string(need));
+      }
+      return info;
+    };
+    if (std::find(inputs.begin(), inputs.end(), output) != inputs.end()) {
+      throw Error(ErrorCode::InvalidArgument, what + ": page " + output.to_string() + " is its own input");
+    }
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      check_page(inputs[i], kernel.input_bytes(static_cast<std::uint32_t>(i), push));
+    }
+    const PageInfo out = check_page(output, kernel.output_bytes(push));
+    DeviceNode node;
+    node.output = output;
+    node.kernel = id;
+    node.kernel_inputs = inputs;
+    node.push = std::move(push);
+    node.device_only = out.location == Location::Device;
+    for (PageId p : inputs) {
+      if (std::find(node.triggers.begin(), node.triggers.end(), p) == node.triggers.end()) node.triggers.push_back(p);
+    }
+    {
+      std::lock_guard lock(mutex);
+      for (PageId p : node.triggers) {
+        auto it = nodes.find(p);
+        if (it != nodes.end() && it->second.device_only) {
+          throw Error(ErrorCode::InvalidArgument, what + ": input page " + p.to_string() +
+                                                      " is a device-only output; make it Location::Both");
+        }
+      }
+      nodes[output] = node;
+    }
+    try {
+      propagator.derive_incremental(output, node.triggers, [this, output](const IncrementalContext& ctx, Delta& d) {
+        run_kernel(output, ctx, d);
+      });
+    } catch (...) {
+      std::lock_guard lock(mutex);
+      nodes.erase(output);
+      throw;
+    }
   }
 
   static void diff_result(std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes, Delta& out) {
@@ -1135,6 +1363,19 @@ void GpuMirror::derive_stencil5(PageId output, PageId input, Stencil5Params para
     m.nodes.erase(output);
     throw;
   }
+}
+
+void GpuMirror::derive_heat_tile(PageId output, PageId cell, const std::array<PageId, 4>& halo,
+                                 HeatTileParams params) {
+  if (params.side < 1 || params.side > 0xffffu || !(params.alpha > 0.0f && params.alpha < 0.25f)) {
+    throw Error(ErrorCode::InvalidArgument,
+                "derive_heat_tile: side must lie in [1, 65535] and alpha in (0, 0.25) (got side " +
+                    std::to_string(params.side) + ", alpha " + std::to_string(params.alpha) + ")");
+  }
+  std::uint32_t alpha_bits;
+  std::memcpy(&alpha_bits, &params.alpha, sizeof alpha_bits);
+  impl_->derive_kernel(gpu::KernelId::HeatTile, output, {cell, halo[0], halo[1], halo[2], halo[3]},
+                       {params.side, alpha_bits});
 }
 
 GpuStats GpuMirror::stats() const {

@@ -39,6 +39,7 @@
 // Device node functions run inside waves like any node and may run concurrently with host nodes.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -95,6 +96,18 @@ struct Stencil5Params {
   std::uint32_t steps = 1;
 };
 
+// One explicit heat-diffusion step of a side x side tile of float cells (row-major, the page's first
+// side * side * 4 bytes) with halos: the rows just north and south of the tile and the columns just west and east
+// of it (side floats each; at an insulated border pass the tile's own edge). A cell c with neighbours n, s, w, e
+// (from the halo at the tile's edges) becomes c + alpha * ((n + s) + (w + e) - 4c), evaluated in exactly this
+// order without FMA contraction, and every intermediate below 2^-125 in magnitude is replaced by +0 (after the
+// subtraction, the product and the sum), so no denormal is produced or read. Hence the device and the CPU twin
+// (heat_tile_step_cpu) give the same bits on any device, whatever it does with denormals.
+struct HeatTileParams {
+  std::uint32_t side = 0;
+  float alpha = 0.2f;
+};
+
 class GpuMirror {
  public:
   // Attaches to `runtime` and `propagator` and mirrors their device pages. Never throws for a missing device
@@ -121,6 +134,13 @@ class GpuMirror {
   // Propagator::recompute(output) runs it now.
   void derive_stencil5(PageId output, PageId input, Stencil5Params params);
 
+  // Makes `output` a device node: one heat step (HeatTileParams) of the tile `cell` with the halo pages
+  // `halo` = {north, south, west, east}. The node is incremental over the distinct pages among cell and halo and
+  // runs in every wave that changes one of them. All pages must be device pages (Device or Both) that are not
+  // device-only outputs of other device nodes; `cell` and `output` hold at least side * side floats, each halo
+  // page at least side floats. Throws Error(InvalidArgument) otherwise.
+  void derive_heat_tile(PageId output, PageId cell, const std::array<PageId, 4>& halo, HeatTileParams params);
+
   GpuStats stats() const;
 
   struct Impl;
@@ -132,5 +152,10 @@ class GpuMirror {
 // The CPU kernel behind derive_stencil5 (also what the fallback runs): one step from `in` to `out`, both
 // width * height cells. For tests and benchmarks that compare the backends.
 void stencil5_step_cpu(const std::int32_t* in, std::int32_t* out, std::uint32_t width, std::uint32_t height);
+
+// The CPU twin of derive_heat_tile (also what the fallback runs): `cell` and `out` hold side * side floats, each
+// halo side floats. Compiled without FMA contraction; the same bits as the shader.
+void heat_tile_step_cpu(const float* cell, const float* north, const float* south, const float* west,
+                        const float* east, float* out, std::uint32_t side, float alpha);
 
 }  // namespace mmsb

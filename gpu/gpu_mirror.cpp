@@ -75,8 +75,11 @@ struct MirroredPage {
 };
 
 struct Block {
-  Buffer buffer;
+  Buffer buffer;  // mapped with UploadPath::DirectWrite
   gpu::RangeAllocator ranges;
+  // DirectWrite into non-coherent memory: the bytes written since the last flush, [begin, end).
+  std::uint64_t dirty_begin = UINT64_MAX;
+  std::uint64_t dirty_end = 0;
 };
 
 // One slot of the staging ring: a command buffer, its fence and a host-visible buffer that grows as needed.
@@ -150,6 +153,10 @@ struct GpuMirror::Impl {
   std::size_t next_slot = 0;                        // mutex
   std::unordered_map<PageId, DeviceNode> nodes;     // mutex
   GpuStats counters;                                // mutex (pages_mirrored and device_* computed on demand)
+  // The path in use (UploadPath::Auto resolved when the device is opened); `direct` for DirectWrite.
+  UploadPath upload_mode = UploadPath::CopyRegions;
+  bool direct = false;
+  bool direct_written = false;                      // mutex; something was written directly since the last flush
   std::uint64_t granule = 256;
 
   // Vulkan objects of the compute side.
@@ -196,6 +203,16 @@ struct GpuMirror::Impl {
                              why_not);
       return;
     }
+    upload_mode = options.upload;
+    if (upload_mode == UploadPath::Auto) {
+      upload_mode = vk->host_visible_device_memory() ? UploadPath::DirectWrite : UploadPath::CopyRegions;
+    } else if (upload_mode == UploadPath::DirectWrite && !vk->host_visible_device_memory()) {
+      detail::logger()->warn("gpu: {} has no host-visible device memory; UploadPath::DirectWrite falls back to "
+                             "CopyRegions",
+                             vk->name());
+      upload_mode = UploadPath::CopyRegions;
+    }
+    direct = upload_mode == UploadPath::DirectWrite;
     try {
       create_compute_objects();
     } catch (const std::exception& e) {
@@ -362,17 +379,40 @@ struct GpuMirror::Impl {
   // --- device memory ------------------------------------------------------------------------------------------
 
   Region allocate_region(std::uint64_t size) {
+    std::optional<std::uint32_t> released;
     for (std::uint32_t i = 0; i < blocks.size(); ++i) {
+      if (!blocks[i].buffer.buffer) {
+        if (!released) released = i;
+        continue;
+      }
       if (auto offset = blocks[i].ranges.allocate(size)) return Region{i, *offset, size};
     }
     const std::uint64_t rounded = gpu::RangeAllocator(0, granule).rounded(size);
     const std::uint64_t bytes = std::max(options.block_bytes, rounded);
-    blocks.push_back(Block{vk->create_device_buffer(bytes), gpu::RangeAllocator(bytes, granule)});
-    const auto offset = blocks.back().ranges.allocate(size);
-    return Region{static_cast<std::uint32_t>(blocks.size() - 1), *offset, size};
+    Block block{vk->create_device_buffer(bytes, direct), gpu::RangeAllocator(bytes, granule)};
+    // Region::block indexes `blocks`, so a released block's slot is reused rather than erased.
+    const std::uint32_t index = released ? *released : static_cast<std::uint32_t>(blocks.size());
+    if (released) {
+      blocks[index] = std::move(block);
+    } else {
+      blocks.push_back(std::move(block));
+    }
+    const auto offset = blocks[index].ranges.allocate(size);
+    return Region{index, *offset, size};
   }
 
-  void free_region(const Region& region) { blocks[region.block].ranges.free(region.offset, region.capacity); }
+  // Returns a region; a block left empty goes back to the driver (vkFreeMemory) once no submit can use it.
+  void free_region(const Region& region) {
+    Block& block = blocks[region.block];
+    block.ranges.free(region.offset, region.capacity);
+    if (block.ranges.used() != 0) return;
+    wait_all_slots();  // no in-flight upload may still write the buffer
+    zero_regions.erase(std::remove_if(zero_regions.begin(), zero_regions.end(),
+                                      [&](const auto& z) { return z.first.block == region.block; }),
+                       zero_regions.end());
+    vk->destroy(block.buffer);
+    block = Block{Buffer{}, gpu::RangeAllocator(0, granule)};
+  }
 
   // --- tracking pages -------------------------------------------------------------------------------------------
 
@@ -448,6 +488,10 @@ struct GpuMirror::Impl {
 
   void zero_fill(const Region& region, std::uint64_t size) {
     if (size == 0) return;
+    if (direct) {
+      write_direct(region.block, region.offset, nullptr, size);
+      return;
+    }
     // Recorded as part of the next upload so that it stays ordered with it; a fill is rare (page creation).
     zero_regions.push_back({region, size});
   }
@@ -476,7 +520,22 @@ struct GpuMirror::Impl {
       return;
     }
     counters.bytes_changed += delta.changed_bytes();
-    if (options.upload == UploadPath::CopyRegions && !pending.count(id)) {
+    if (direct && !pending.count(id)) {
+      // Straight into device memory. A later delta of the page in the same delivery is written over this one
+      // (overlapping bytes are written twice: cheaper than composing, since this write is the whole upload).
+      const std::uint64_t started = steady_ns();
+      const std::byte* payload = delta.payload.data();
+      for (const ByteRange& r : delta.ranges) {
+        write_direct(page.region.block, page.region.offset + r.offset, payload, r.length);
+        payload += r.length;
+      }
+      counters.bytes_uploaded += delta.changed_bytes();
+      counters.regions_uploaded += delta.ranges.size();
+      counters.upload_ns += steady_ns() - started;
+      page.epoch = epoch;
+      return;
+    }
+    if (upload_mode == UploadPath::CopyRegions && !pending.count(id)) {
       if (!staged_pages.count(id)) {
         stage_direct(id, page, delta);  // the common case: one delta per page per delivery, copied once
         page.epoch = epoch;
@@ -507,6 +566,46 @@ struct GpuMirror::Impl {
   }
 
   // --- uploads --------------------------------------------------------------------------------------------------
+
+  // DirectWrite: copies `length` bytes (zeros when `source` is null) to `offset` of a mapped device buffer. No
+  // device work that touches device memory is in flight here: DirectWrite submits no uploads, and device nodes and
+  // read_device() wait for their own submits under `mutex`; waiting for the slots keeps that true regardless.
+  void write_direct(std::uint32_t block, std::uint64_t offset, const std::byte* source, std::uint64_t length) {
+    if (length == 0) return;
+    wait_all_slots();
+    Block& b = blocks[block];
+    auto* target = static_cast<std::byte*>(b.buffer.mapped) + offset;
+    if (source) {
+      std::memcpy(target, source, length);
+    } else {
+      std::memset(target, 0, length);
+    }
+    if (!b.buffer.host_coherent) {
+      b.dirty_begin = std::min(b.dirty_begin, offset);
+      b.dirty_end = std::max(b.dirty_end, offset + length);
+    }
+    direct_written = true;
+  }
+
+  // DirectWrite's flush: writes the pending deltas, makes non-coherent writes visible (the next vkQueueSubmit
+  // then makes them visible to the device), and counts the wave.
+  void flush_direct_locked() {
+    const std::uint64_t started = steady_ns();
+    for (const UploadPiece& p : pending_pieces()) {
+      write_direct(p.block, p.target, p.source, p.length);
+      counters.bytes_uploaded += p.length;
+      ++counters.regions_uploaded;
+    }
+    pending.clear();
+    for (Block& b : blocks) {
+      if (b.dirty_begin < b.dirty_end) vk->flush_host_writes(b.buffer, b.dirty_begin, b.dirty_end);
+      b.dirty_begin = UINT64_MAX;
+      b.dirty_end = 0;
+    }
+    if (direct_written) ++counters.waves_uploaded;
+    direct_written = false;
+    counters.upload_ns += steady_ns() - started;
+  }
 
   // The slot the next submit uses; its previous submit is waited for when it is opened.
   StagingSlot& open_staging() {
@@ -776,11 +875,15 @@ struct GpuMirror::Impl {
 
   // Submits everything staged and pending as one command buffer on the open staging slot, without waiting.
   void flush_locked() {
+    if (direct) {
+      flush_direct_locked();
+      return;
+    }
     if (pending.empty() && staged.empty() && zero_regions.empty()) return;
     const std::uint64_t started = steady_ns();
     StagingSlot& slot = open_staging();
     const std::vector<UploadPiece> pieces = pending_pieces();
-    const bool scatter = options.upload == UploadPath::ScatterShader;
+    const bool scatter = upload_mode == UploadPath::ScatterShader;
     std::uint64_t payload = 0;
     if (scatter) {
       reserve_staging(slot, scatter_bytes(pieces), 0);
@@ -1290,6 +1393,8 @@ GpuMirror::~GpuMirror() {
 
 GpuBackend GpuMirror::backend() const noexcept { return impl_->on_device() ? GpuBackend::Vulkan : GpuBackend::Cpu; }
 
+UploadPath GpuMirror::upload_path() const noexcept { return impl_->upload_mode; }
+
 std::string GpuMirror::device_name() const { return impl_->on_device() ? impl_->vk->name() : "cpu"; }
 
 bool GpuMirror::is_mirrored(PageId page) const {
@@ -1382,8 +1487,12 @@ GpuStats GpuMirror::stats() const {
   std::lock_guard lock(impl_->mutex);
   GpuStats s = impl_->counters;
   s.pages_mirrored = impl_->pages.size();
-  s.device_buffers = impl_->blocks.size();
-  for (const Block& b : impl_->blocks) s.device_bytes_reserved += b.buffer.size;
+  for (const Block& b : impl_->blocks) {
+    if (!b.buffer.buffer) continue;  // released
+    ++s.device_buffers;
+    s.device_bytes_reserved += b.buffer.size;
+  }
+  if (impl_->vk) s.device_memory_allocations = impl_->vk->live_allocations();
   return s;
 }
 

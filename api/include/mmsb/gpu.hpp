@@ -2,10 +2,12 @@
 //
 // A GpuMirror attaches to a Runtime and its Propagator. Every page created with Location::Device or
 // Location::Both (before or after the mirror is attached) gets a region of a large device buffer, and after each
-// wave exactly the byte ranges that this wave's deltas changed are copied into a host-visible staging ring and
-// uploaded with one command buffer and one submit (many regions per copy). The upload is not waited for: the next
-// wave's host work overlaps it; the next submit on the same staging slot, a device node, read_device() and
-// wait_idle() wait for it.
+// wave exactly the byte ranges that this wave's deltas changed reach the device: where device memory is
+// host-visible (UMA and integrated GPUs, lavapipe, resizable BAR) the host writes them straight into the mapped
+// buffer (UploadPath::DirectWrite); elsewhere they are copied into a host-visible staging ring and uploaded with
+// one command buffer and one submit (many regions per copy), which is not waited for: the next wave's host work
+// overlaps it; the next submit on the same staging slot, a device node, read_device() and wait_idle() wait for it.
+// A device buffer left empty by deleted pages is returned to the driver.
 //
 //   mmsb::Runtime rt;
 //   mmsb::Propagator prop(rt);
@@ -57,8 +59,11 @@ enum class GpuBackend : std::uint8_t { Vulkan, Cpu };
 
 // How the changed ranges of a wave reach device memory.
 enum class UploadPath : std::uint8_t {
-  CopyRegions,   // vkCmdCopyBuffer from the staging ring, one region per changed range (default)
-  ScatterShader, // the scatter-apply compute shader writes the ranges (word-masked at the edges)
+  CopyRegions,   // staged in a host-visible ring, then vkCmdCopyBuffer, one region per changed range
+  ScatterShader, // staged, then the scatter-apply compute shader writes the ranges (word-masked at the edges)
+  DirectWrite,   // written by the host straight into mapped device memory (needs host-visible device memory)
+  Auto,          // DirectWrite where all device memory is host-visible (UMA, lavapipe, resizable BAR), else
+                 // CopyRegions (the default)
 };
 
 struct GpuOptions {
@@ -68,19 +73,24 @@ struct GpuOptions {
   std::uint64_t block_bytes = std::uint64_t{64} << 20;
   // Staging slots in the ring: how many waves' uploads may be in flight at once.
   unsigned staging_slots = 3;
-  UploadPath upload = UploadPath::CopyRegions;
+  // DirectWrite on a device without host-visible device memory falls back to CopyRegions with a warning;
+  // upload_path() says which path runs.
+  UploadPath upload = UploadPath::Auto;
 };
 
 // Counters since the mirror was attached.
 struct GpuStats {
-  std::uint64_t waves_uploaded = 0;    // submits of wave uploads (waves that changed nothing submit nothing)
+  std::uint64_t waves_uploaded = 0;    // wave uploads: submits, or flushes that wrote directly (a wave that
+                                       // changed nothing uploads nothing)
   std::uint64_t bytes_changed = 0;     // changed bytes of the deltas the mirror received for mirrored pages
-  std::uint64_t bytes_uploaded = 0;    // bytes written into the staging ring for uploads
+  std::uint64_t bytes_uploaded = 0;    // bytes written into the staging ring (or, DirectWrite, device memory)
   std::uint64_t regions_uploaded = 0;  // copy regions (or scatter segments)
   std::uint64_t full_page_uploads = 0; // pages uploaded whole: new, resized, or re-synchronized
   std::uint64_t pages_mirrored = 0;    // live mirrored pages
   std::uint64_t device_bytes_reserved = 0;  // device memory held by the sub-allocator's buffers
-  std::uint64_t device_buffers = 0;         // VkDeviceMemory allocations of the sub-allocator
+  std::uint64_t device_buffers = 0;         // VkDeviceMemory allocations of the sub-allocator (a buffer left
+                                            // empty by deleted pages is freed)
+  std::uint64_t device_memory_allocations = 0;  // live VkDeviceMemory of the mirror: buffers, staging, readback
   std::uint64_t dispatches = 0;        // compute dispatches of device nodes
   std::uint64_t bytes_read_back = 0;   // device node outputs read back to the host
   std::uint64_t upload_ns = 0;         // host time spent staging, recording and submitting wave uploads
@@ -118,6 +128,8 @@ class GpuMirror {
   GpuMirror& operator=(const GpuMirror&) = delete;
 
   GpuBackend backend() const noexcept;
+  // The upload path in use (never Auto; CopyRegions in the CPU fallback, where nothing is uploaded).
+  UploadPath upload_path() const noexcept;
   // "llvmpipe (LLVM 15.0.6, 256 bits)" and the like; "cpu" in the fallback.
   std::string device_name() const;
 

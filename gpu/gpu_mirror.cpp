@@ -7,7 +7,7 @@
 // BATCH waves) is composed with the first instead, so one wave never writes a byte twice and vkCmdCopyBuffer
 // regions never overlap. The first Commit or WaveEnd event of the delivery then submits one command buffer: a
 // barrier (ordering it after earlier submits), then one vkCmdCopyBuffer per device buffer with one region per
-// changed range. Its fence is waited for only when that slot comes round again, so the upload overlaps the next
+// changed range. Its timeline value is waited for only when that slot comes round again, so the upload overlaps the next
 // wave.
 //
 // Epochs. Each mirrored page records the epoch its device copy will have once pending work is submitted. A delta
@@ -82,10 +82,11 @@ struct Block {
   std::uint64_t dirty_end = 0;
 };
 
-// One slot of the staging ring: a command buffer, its fence and a host-visible buffer that grows as needed.
+// One slot of the staging ring: a command buffer, the timeline value its submit signals and a host-visible buffer
+// that grows as needed.
 struct StagingSlot {
   VkCommandBuffer commands = VK_NULL_HANDLE;
-  VkFence fence = VK_NULL_HANDLE;
+  std::uint64_t value = 0;  // the timeline value of this slot's last submit
   VkDescriptorPool descriptors = VK_NULL_HANDLE;  // scatter-shader descriptor sets of this slot's submit
   std::uint32_t descriptor_capacity = 0;
   Buffer staging;
@@ -147,7 +148,7 @@ struct GpuMirror::Impl {
   std::vector<StagedRange> staged;                  // mutex
   std::unordered_set<PageId> staged_pages;          // mutex
   std::uint64_t staged_bytes = 0;                   // mutex; staging bytes used (also by unstaged ranges)
-  StagingSlot* open_slot = nullptr;                 // mutex; the slot the next submit will use, fence waited
+  StagingSlot* open_slot = nullptr;                 // mutex; the slot the next submit will use, already waited
   std::vector<Block> blocks;                        // mutex
   std::vector<StagingSlot> slots;                   // mutex
   std::size_t next_slot = 0;                        // mutex
@@ -162,7 +163,12 @@ struct GpuMirror::Impl {
   // Vulkan objects of the compute side.
   VkCommandPool command_pool = VK_NULL_HANDLE;
   VkCommandBuffer node_commands = VK_NULL_HANDLE;
-  VkFence node_fence = VK_NULL_HANDLE;
+  // One timeline semaphore orders the queue's work: every submit signals the next value. An upload submit's value
+  // is recorded in its slot and in `uploaded_value`; a device node's submit waits on `uploaded_value` (the uploads
+  // of its inputs), and the host waits for values (vkWaitSemaphores) instead of fences.
+  VkSemaphore timeline = VK_NULL_HANDLE;
+  std::uint64_t timeline_value = 0;   // mutex; the last value a submit will signal
+  std::uint64_t uploaded_value = 0;   // mutex; the value of the last upload submit
   VkDescriptorPool node_descriptors = VK_NULL_HANDLE;
   VkDescriptorSetLayout set_layout = VK_NULL_HANDLE;
   VkPipelineLayout pipeline_layout = VK_NULL_HANDLE;
@@ -257,12 +263,17 @@ struct GpuMirror::Impl {
     return pool;
   }
 
-  VkFence create_fence() {
-    VkFenceCreateInfo info{};
-    info.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO;
-    VkFence fence = VK_NULL_HANDLE;
-    check(vkCreateFence(vk->device(), &info, nullptr, &fence), "vkCreateFence");
-    return fence;
+  VkSemaphore create_timeline() {
+    VkSemaphoreTypeCreateInfo type{};
+    type.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO;
+    type.semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE;
+    type.initialValue = 0;
+    VkSemaphoreCreateInfo info{};
+    info.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO;
+    info.pNext = &type;
+    VkSemaphore semaphore = VK_NULL_HANDLE;
+    check(vkCreateSemaphore(vk->device(), &info, nullptr, &semaphore), "vkCreateSemaphore");
+    return semaphore;
   }
 
   void create_compute_objects() {
@@ -339,12 +350,11 @@ struct GpuMirror::Impl {
     slots.resize(options.staging_slots);
     for (std::uint32_t i = 0; i < options.staging_slots; ++i) {
       slots[i].commands = commands[i];
-      slots[i].fence = create_fence();
       slots[i].descriptor_capacity = 16;
       slots[i].descriptors = create_descriptor_pool(slots[i].descriptor_capacity);
     }
     node_commands = commands[options.staging_slots];
-    node_fence = create_fence();
+    timeline = create_timeline();
     node_descriptors = create_descriptor_pool(8);
   }
 
@@ -353,7 +363,6 @@ struct GpuMirror::Impl {
     const VkDevice device = vk->device();
     vkDeviceWaitIdle(device);
     for (StagingSlot& slot : slots) {
-      if (slot.fence) vkDestroyFence(device, slot.fence, nullptr);
       if (slot.descriptors) vkDestroyDescriptorPool(device, slot.descriptors, nullptr);
       vk->destroy(slot.staging);
     }
@@ -361,7 +370,7 @@ struct GpuMirror::Impl {
     for (Block& block : blocks) vk->destroy(block.buffer);
     blocks.clear();
     vk->destroy(readback);
-    if (node_fence) vkDestroyFence(device, node_fence, nullptr);
+    if (timeline) vkDestroySemaphore(device, timeline, nullptr);
     if (node_descriptors) vkDestroyDescriptorPool(device, node_descriptors, nullptr);
     if (kernel_descriptors) vkDestroyDescriptorPool(device, kernel_descriptors, nullptr);
     for (KernelPipeline& kp : kernel_pipelines) {
@@ -727,8 +736,7 @@ struct GpuMirror::Impl {
 
   void wait_slot(StagingSlot& slot) {
     if (!slot.in_flight) return;
-    check(vkWaitForFences(vk->device(), 1, &slot.fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
-    check(vkResetFences(vk->device(), 1, &slot.fence), "vkResetFences");
+    wait_value(slot.value);
     slot.in_flight = false;
   }
 
@@ -755,13 +763,45 @@ struct GpuMirror::Impl {
     check(vkBeginCommandBuffer(cmd, &info), "vkBeginCommandBuffer");
   }
 
-  void submit(VkCommandBuffer cmd, VkFence fence) {
+  // Submits `cmd`, which signals the next timeline value (returned). With `after_uploads`, the submit first waits
+  // for the last upload submit's value (a device node consuming this wave's uploads).
+  std::uint64_t submit(VkCommandBuffer cmd, bool after_uploads) {
     check(vkEndCommandBuffer(cmd), "vkEndCommandBuffer");
+    const std::uint64_t signal = timeline_value + 1;
+    const std::uint64_t wait = uploaded_value;
+    const bool waits = after_uploads && wait > 0;
+    VkTimelineSemaphoreSubmitInfo values{};
+    values.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO;
+    values.waitSemaphoreValueCount = waits ? 1 : 0;
+    values.pWaitSemaphoreValues = &wait;
+    values.signalSemaphoreValueCount = 1;
+    values.pSignalSemaphoreValues = &signal;
+    const VkPipelineStageFlags wait_stage = VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT;
     VkSubmitInfo info{};
     info.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
+    info.pNext = &values;
+    info.waitSemaphoreCount = waits ? 1 : 0;
+    info.pWaitSemaphores = &timeline;
+    info.pWaitDstStageMask = &wait_stage;
     info.commandBufferCount = 1;
     info.pCommandBuffers = &cmd;
-    check(vkQueueSubmit(vk->queue(), 1, &info, fence), "vkQueueSubmit");
+    info.signalSemaphoreCount = 1;
+    info.pSignalSemaphores = &timeline;
+    check(vkQueueSubmit(vk->queue(), 1, &info, VK_NULL_HANDLE), "vkQueueSubmit");
+    timeline_value = signal;
+    ++counters.timeline_submits;
+    if (waits) ++counters.timeline_waits;
+    return signal;
+  }
+
+  // Waits on the host until the timeline reaches `value`.
+  void wait_value(std::uint64_t value) {
+    VkSemaphoreWaitInfo info{};
+    info.sType = VK_STRUCTURE_TYPE_SEMAPHORE_WAIT_INFO;
+    info.semaphoreCount = 1;
+    info.pSemaphores = &timeline;
+    info.pValues = &value;
+    check(vkWaitSemaphores(vk->device(), &info, UINT64_MAX), "vkWaitSemaphores");
   }
 
   void ensure_capacity(Buffer& buffer, std::uint64_t bytes) {
@@ -919,7 +959,8 @@ struct GpuMirror::Impl {
       }
       vk->flush_host_writes(slot.staging, payload);
     }
-    submit(slot.commands, slot.fence);
+    slot.value = submit(slot.commands, false);
+    uploaded_value = slot.value;
     slot.in_flight = true;
     open_slot = nullptr;
     pending.clear();
@@ -973,8 +1014,7 @@ struct GpuMirror::Impl {
     begin(node_commands);
     barrier(node_commands);
     download(node_commands, page.region, page.size, 0);
-    submit(node_commands, node_fence);
-    wait_node_fence();
+    wait_value(submit(node_commands, true));
     vk->invalidate_for_host_reads(readback);
     std::memcpy(out.data(), readback.mapped, page.size);
     return out;
@@ -991,10 +1031,6 @@ struct GpuMirror::Impl {
                          nullptr);
   }
 
-  void wait_node_fence() {
-    check(vkWaitForFences(vk->device(), 1, &node_fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
-    check(vkResetFences(vk->device(), 1, &node_fence), "vkResetFences");
-  }
 
   [[noreturn]] static void throw_not_mirrored(PageId id) {
     throw Error(ErrorCode::NotFound, "page " + id.to_string() +
@@ -1130,8 +1166,7 @@ struct GpuMirror::Impl {
       barrier(node_commands);
       download(node_commands, out_page.region, grid_bytes, 0);
     }
-    submit(node_commands, node_fence);
-    wait_node_fence();
+    wait_value(submit(node_commands, true));
 
     if (node.device_only) {
       out_page.device_ahead = true;
@@ -1237,8 +1272,7 @@ struct GpuMirror::Impl {
       barrier(node_commands);
       download(node_commands, out_page.region, out_bytes, 0);
     }
-    submit(node_commands, node_fence);
-    wait_node_fence();
+    wait_value(submit(node_commands, true));
 
     if (node.device_only) {
       out_page.device_ahead = true;

@@ -191,8 +191,24 @@ std::unique_ptr<VulkanContext> VulkanContext::create(const std::string& selector
   queue_info.queueFamilyIndex = ctx->queue_family_;
   queue_info.queueCount = 1;
   queue_info.pQueuePriorities = &priority;
+  // Timeline semaphores (core and required in Vulkan 1.2) order device nodes after the uploads they read and
+  // replace fences for the host's waits.
+  VkPhysicalDeviceVulkan12Features supported12{};
+  supported12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
+  VkPhysicalDeviceFeatures2 supported{};
+  supported.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2;
+  supported.pNext = &supported12;
+  vkGetPhysicalDeviceFeatures2(ctx->physical_, &supported);
+  if (!supported12.timelineSemaphore) {
+    why_not = std::string(ctx->properties_.deviceName) + " lacks timeline semaphores (Vulkan 1.2)";
+    return nullptr;
+  }
+  VkPhysicalDeviceVulkan12Features features12{};
+  features12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
+  features12.timelineSemaphore = VK_TRUE;
   VkDeviceCreateInfo device_info{};
   device_info.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
+  device_info.pNext = &features12;
   device_info.queueCreateInfoCount = 1;
   device_info.pQueueCreateInfos = &queue_info;
   if (VkResult r = vkCreateDevice(ctx->physical_, &device_info, nullptr, &ctx->device_); r != VK_SUCCESS) {

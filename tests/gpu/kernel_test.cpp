@@ -119,10 +119,13 @@ void commit_inputs(Runtime& rt, const HeatGraph& g, const HeatInputs& in) {
 
 // Runs a few waves (all inputs, then a sparse cell edit, then one halo alone) and returns each wave's output.
 std::vector<std::vector<float>> run_heat(GpuBackend expected, std::uint32_t side, float alpha,
-                                         std::vector<std::vector<float>>* expected_out = nullptr) {
+                                         std::vector<std::vector<float>>* expected_out = nullptr,
+                                         UploadPath path = UploadPath::Auto) {
   Runtime rt;
   Propagator prop(rt);
-  GpuMirror gpu(rt, prop);
+  GpuOptions options;
+  options.upload = path;
+  GpuMirror gpu(rt, prop, options);
   EXPECT_EQ(gpu.backend(), expected) << "(lavapipe: install mesa-vulkan-drivers)";
   const HeatGraph g = heat_graph(rt, gpu, side, alpha);
   std::mt19937_64 rng(side);
@@ -146,6 +149,13 @@ std::vector<std::vector<float>> run_heat(GpuBackend expected, std::uint32_t side
   if (expected == GpuBackend::Vulkan) {
     EXPECT_EQ(gpu.read_device(g.out), rt.read_all(g.out)) << "the device copy of the output is the result";
     EXPECT_EQ(gpu.stats().dispatches, 5u);  // one per wave: the inputs, three cell edits, the halo
+    if (gpu.upload_path() == UploadPath::DirectWrite) {
+      EXPECT_EQ(gpu.stats().timeline_waits, 0u) << "direct writes submit nothing a node could wait for";
+    } else {
+      // Each node run's submit waited on the device for the upload submit of its inputs (the timeline value).
+      EXPECT_GE(gpu.stats().timeline_waits, 5u);
+    }
+    EXPECT_GE(gpu.stats().timeline_submits, 5u);
   } else {
     EXPECT_EQ(gpu.stats().dispatches, 0u);
   }
@@ -154,11 +164,15 @@ std::vector<std::vector<float>> run_heat(GpuBackend expected, std::uint32_t side
 
 TEST(GpuKernels, HeatTileOnTheDeviceEqualsTheCpuTwinBitForBit) {
   ScopedDevice env(nullptr);
-  for (std::uint32_t side : {1u, 5u, 16u, 37u}) {
-    std::vector<std::vector<float>> expected;
-    const auto device = run_heat(GpuBackend::Vulkan, side, 0.2f, &expected);
-    ASSERT_EQ(device.size(), expected.size());
-    for (std::size_t w = 0; w < device.size(); ++w) EXPECT_TRUE(same_bits(device[w], expected[w])) << side << " wave " << w;
+  for (UploadPath path : {UploadPath::DirectWrite, UploadPath::CopyRegions, UploadPath::ScatterShader}) {
+    for (std::uint32_t side : {1u, 5u, 16u, 37u}) {
+      std::vector<std::vector<float>> expected;
+      const auto device = run_heat(GpuBackend::Vulkan, side, 0.2f, &expected, path);
+      ASSERT_EQ(device.size(), expected.size());
+      for (std::size_t w = 0; w < device.size(); ++w) {
+        EXPECT_TRUE(same_bits(device[w], expected[w])) << "path " << int(path) << " side " << side << " wave " << w;
+      }
+    }
   }
 }
 

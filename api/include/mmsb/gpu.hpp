@@ -94,6 +94,8 @@ struct GpuStats {
   std::uint64_t dispatches = 0;        // compute dispatches of device nodes
   std::uint64_t bytes_read_back = 0;   // device node outputs read back to the host
   std::uint64_t upload_ns = 0;         // host time spent staging, recording and submitting wave uploads
+  std::uint64_t timeline_submits = 0;  // submits, each signalling the next value of the mirror's timeline semaphore
+  std::uint64_t timeline_waits = 0;    // device-node submits that waited on the device for an upload submit
 };
 
 // A 2-D 5-point heat-diffusion step on a width x height grid of int32 (row-major, the page's first

@@ -7,7 +7,7 @@
 // BATCH waves) is composed with the first instead, so one wave never writes a byte twice and vkCmdCopyBuffer
 // regions never overlap. The first Commit or WaveEnd event of the delivery then submits one command buffer: a
 // barrier (ordering it after earlier submits), then one vkCmdCopyBuffer per device buffer with one region per
-// changed range. Its fence is waited for only when that slot comes round again, so the upload overlaps the next
+// changed range. Its timeline value is waited for only when that slot comes round again, so the upload overlaps the next
 // wave.
 //
 // Epochs. Each mirrored page records the epoch its device copy will have once pending work is submitted. A delta
@@ -21,6 +21,7 @@
 #include <vulkan/vulkan.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -34,6 +35,7 @@
 #include <vector>
 
 #include "gpu/device_allocator.hpp"
+#include "gpu/kernels.hpp"
 #include "gpu/shaders.hpp"
 #include "gpu/vulkan_context.hpp"
 #include "mmsb/delta.hpp"
@@ -73,14 +75,18 @@ struct MirroredPage {
 };
 
 struct Block {
-  Buffer buffer;
+  Buffer buffer;  // mapped with UploadPath::DirectWrite
   gpu::RangeAllocator ranges;
+  // DirectWrite into non-coherent memory: the bytes written since the last flush, [begin, end).
+  std::uint64_t dirty_begin = UINT64_MAX;
+  std::uint64_t dirty_end = 0;
 };
 
-// One slot of the staging ring: a command buffer, its fence and a host-visible buffer that grows as needed.
+// One slot of the staging ring: a command buffer, the timeline value its submit signals and a host-visible buffer
+// that grows as needed.
 struct StagingSlot {
   VkCommandBuffer commands = VK_NULL_HANDLE;
-  VkFence fence = VK_NULL_HANDLE;
+  std::uint64_t value = 0;  // the timeline value of this slot's last submit
   VkDescriptorPool descriptors = VK_NULL_HANDLE;  // scatter-shader descriptor sets of this slot's submit
   std::uint32_t descriptor_capacity = 0;
   Buffer staging;
@@ -102,6 +108,18 @@ struct DeviceNode {
   std::vector<PageId> triggers;  // the node's DATA inputs in the Propagator
   bool device_only = false;      // output is Location::Device: not read back
   std::optional<Region> scratch; // ping-pong grid for steps > 1
+  // A kernel of the table (gpu/kernels.hpp) instead of the stencil: its inputs in binding order (a page may
+  // repeat; `triggers` holds each once) and its push constants.
+  std::optional<gpu::KernelId> kernel;
+  std::vector<PageId> kernel_inputs;
+  std::vector<std::uint32_t> push;
+};
+
+// The Vulkan objects of one kernel of the table.
+struct KernelPipeline {
+  VkDescriptorSetLayout set_layout = VK_NULL_HANDLE;
+  VkPipelineLayout layout = VK_NULL_HANDLE;
+  VkPipeline pipeline = VK_NULL_HANDLE;
 };
 
 constexpr std::uint64_t kMinStagingBytes = std::uint64_t{1} << 20;
@@ -130,23 +148,34 @@ struct GpuMirror::Impl {
   std::vector<StagedRange> staged;                  // mutex
   std::unordered_set<PageId> staged_pages;          // mutex
   std::uint64_t staged_bytes = 0;                   // mutex; staging bytes used (also by unstaged ranges)
-  StagingSlot* open_slot = nullptr;                 // mutex; the slot the next submit will use, fence waited
+  StagingSlot* open_slot = nullptr;                 // mutex; the slot the next submit will use, already waited
   std::vector<Block> blocks;                        // mutex
   std::vector<StagingSlot> slots;                   // mutex
   std::size_t next_slot = 0;                        // mutex
   std::unordered_map<PageId, DeviceNode> nodes;     // mutex
   GpuStats counters;                                // mutex (pages_mirrored and device_* computed on demand)
+  // The path in use (UploadPath::Auto resolved when the device is opened); `direct` for DirectWrite.
+  UploadPath upload_mode = UploadPath::CopyRegions;
+  bool direct = false;
+  bool direct_written = false;                      // mutex; something was written directly since the last flush
   std::uint64_t granule = 256;
 
   // Vulkan objects of the compute side.
   VkCommandPool command_pool = VK_NULL_HANDLE;
   VkCommandBuffer node_commands = VK_NULL_HANDLE;
-  VkFence node_fence = VK_NULL_HANDLE;
+  // One timeline semaphore orders the queue's work: every submit signals the next value. An upload submit's value
+  // is recorded in its slot and in `uploaded_value`; a device node's submit waits on `uploaded_value` (the uploads
+  // of its inputs), and the host waits for values (vkWaitSemaphores) instead of fences.
+  VkSemaphore timeline = VK_NULL_HANDLE;
+  std::uint64_t timeline_value = 0;   // mutex; the last value a submit will signal
+  std::uint64_t uploaded_value = 0;   // mutex; the value of the last upload submit
   VkDescriptorPool node_descriptors = VK_NULL_HANDLE;
   VkDescriptorSetLayout set_layout = VK_NULL_HANDLE;
   VkPipelineLayout pipeline_layout = VK_NULL_HANDLE;
   VkPipeline stencil_pipeline = VK_NULL_HANDLE;
   VkPipeline scatter_pipeline = VK_NULL_HANDLE;
+  std::array<KernelPipeline, static_cast<std::size_t>(gpu::KernelId::Count)> kernel_pipelines{};
+  VkDescriptorPool kernel_descriptors = VK_NULL_HANDLE;  // one set per kernel node run (reset each run)
   Buffer readback;
 
   std::vector<SubscriptionId> event_subscriptions;
@@ -180,6 +209,16 @@ struct GpuMirror::Impl {
                              why_not);
       return;
     }
+    upload_mode = options.upload;
+    if (upload_mode == UploadPath::Auto) {
+      upload_mode = vk->host_visible_device_memory() ? UploadPath::DirectWrite : UploadPath::CopyRegions;
+    } else if (upload_mode == UploadPath::DirectWrite && !vk->host_visible_device_memory()) {
+      detail::logger()->warn("gpu: {} has no host-visible device memory; UploadPath::DirectWrite falls back to "
+                             "CopyRegions",
+                             vk->name());
+      upload_mode = UploadPath::CopyRegions;
+    }
+    direct = upload_mode == UploadPath::DirectWrite;
     try {
       create_compute_objects();
     } catch (const std::exception& e) {
@@ -191,7 +230,7 @@ struct GpuMirror::Impl {
     }
   }
 
-  VkPipeline create_pipeline(std::span<const std::uint32_t> spirv) {
+  VkPipeline create_pipeline(std::span<const std::uint32_t> spirv, VkPipelineLayout layout) {
     VkShaderModuleCreateInfo module_info{};
     module_info.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO;
     module_info.codeSize = spirv.size_bytes();
@@ -204,7 +243,7 @@ struct GpuMirror::Impl {
     info.stage.stage = VK_SHADER_STAGE_COMPUTE_BIT;
     info.stage.module = module;
     info.stage.pName = "main";
-    info.layout = pipeline_layout;
+    info.layout = layout;
     VkPipeline pipeline = VK_NULL_HANDLE;
     const VkResult r = vkCreateComputePipelines(vk->device(), VK_NULL_HANDLE, 1, &info, nullptr, &pipeline);
     vkDestroyShaderModule(vk->device(), module, nullptr);
@@ -212,8 +251,8 @@ struct GpuMirror::Impl {
     return pipeline;
   }
 
-  VkDescriptorPool create_descriptor_pool(std::uint32_t sets) {
-    VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 2 * sets};
+  VkDescriptorPool create_descriptor_pool(std::uint32_t sets, std::uint32_t buffers_per_set = 2) {
+    VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, buffers_per_set * sets};
     VkDescriptorPoolCreateInfo info{};
     info.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO;
     info.maxSets = sets;
@@ -224,12 +263,17 @@ struct GpuMirror::Impl {
     return pool;
   }
 
-  VkFence create_fence() {
-    VkFenceCreateInfo info{};
-    info.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO;
-    VkFence fence = VK_NULL_HANDLE;
-    check(vkCreateFence(vk->device(), &info, nullptr, &fence), "vkCreateFence");
-    return fence;
+  VkSemaphore create_timeline() {
+    VkSemaphoreTypeCreateInfo type{};
+    type.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO;
+    type.semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE;
+    type.initialValue = 0;
+    VkSemaphoreCreateInfo info{};
+    info.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO;
+    info.pNext = &type;
+    VkSemaphore semaphore = VK_NULL_HANDLE;
+    check(vkCreateSemaphore(vk->device(), &info, nullptr, &semaphore), "vkCreateSemaphore");
+    return semaphore;
   }
 
   void create_compute_objects() {
@@ -263,8 +307,37 @@ struct GpuMirror::Impl {
     layout_info.pushConstantRangeCount = 1;
     layout_info.pPushConstantRanges = &push;
     check(vkCreatePipelineLayout(device, &layout_info, nullptr, &pipeline_layout), "vkCreatePipelineLayout");
-    stencil_pipeline = create_pipeline(gpu::stencil5_spirv());
-    scatter_pipeline = create_pipeline(gpu::scatter_apply_spirv());
+    stencil_pipeline = create_pipeline(gpu::stencil5_spirv(), pipeline_layout);
+    scatter_pipeline = create_pipeline(gpu::scatter_apply_spirv(), pipeline_layout);
+    std::uint32_t most_buffers = 2;
+    for (std::size_t k = 0; k < kernel_pipelines.size(); ++k) {
+      const gpu::KernelInfo& info = gpu::kernel_info(static_cast<gpu::KernelId>(k));
+      KernelPipeline& kp = kernel_pipelines[k];
+      const std::uint32_t buffers = info.inputs + 1;
+      most_buffers = std::max(most_buffers, buffers);
+      std::vector<VkDescriptorSetLayoutBinding> kb(buffers);
+      for (std::uint32_t i = 0; i < buffers; ++i) {
+        kb[i].binding = i;
+        kb[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+        kb[i].descriptorCount = 1;
+        kb[i].stageFlags = VK_SHADER_STAGE_COMPUTE_BIT;
+      }
+      VkDescriptorSetLayoutCreateInfo ks{};
+      ks.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO;
+      ks.bindingCount = buffers;
+      ks.pBindings = kb.data();
+      check(vkCreateDescriptorSetLayout(device, &ks, nullptr, &kp.set_layout), "vkCreateDescriptorSetLayout");
+      VkPushConstantRange kpush{VK_SHADER_STAGE_COMPUTE_BIT, 0, 4 * info.push_words};
+      VkPipelineLayoutCreateInfo kl{};
+      kl.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO;
+      kl.setLayoutCount = 1;
+      kl.pSetLayouts = &kp.set_layout;
+      kl.pushConstantRangeCount = info.push_words > 0 ? 1 : 0;
+      kl.pPushConstantRanges = &kpush;
+      check(vkCreatePipelineLayout(device, &kl, nullptr, &kp.layout), "vkCreatePipelineLayout");
+      kp.pipeline = create_pipeline(info.spirv(), kp.layout);
+    }
+    kernel_descriptors = create_descriptor_pool(1, most_buffers);
 
     const std::uint32_t command_count = options.staging_slots + 1;
     std::vector<VkCommandBuffer> commands(command_count);
@@ -277,12 +350,11 @@ struct GpuMirror::Impl {
     slots.resize(options.staging_slots);
     for (std::uint32_t i = 0; i < options.staging_slots; ++i) {
       slots[i].commands = commands[i];
-      slots[i].fence = create_fence();
       slots[i].descriptor_capacity = 16;
       slots[i].descriptors = create_descriptor_pool(slots[i].descriptor_capacity);
     }
     node_commands = commands[options.staging_slots];
-    node_fence = create_fence();
+    timeline = create_timeline();
     node_descriptors = create_descriptor_pool(8);
   }
 
@@ -291,7 +363,6 @@ struct GpuMirror::Impl {
     const VkDevice device = vk->device();
     vkDeviceWaitIdle(device);
     for (StagingSlot& slot : slots) {
-      if (slot.fence) vkDestroyFence(device, slot.fence, nullptr);
       if (slot.descriptors) vkDestroyDescriptorPool(device, slot.descriptors, nullptr);
       vk->destroy(slot.staging);
     }
@@ -299,8 +370,14 @@ struct GpuMirror::Impl {
     for (Block& block : blocks) vk->destroy(block.buffer);
     blocks.clear();
     vk->destroy(readback);
-    if (node_fence) vkDestroyFence(device, node_fence, nullptr);
+    if (timeline) vkDestroySemaphore(device, timeline, nullptr);
     if (node_descriptors) vkDestroyDescriptorPool(device, node_descriptors, nullptr);
+    if (kernel_descriptors) vkDestroyDescriptorPool(device, kernel_descriptors, nullptr);
+    for (KernelPipeline& kp : kernel_pipelines) {
+      if (kp.pipeline) vkDestroyPipeline(device, kp.pipeline, nullptr);
+      if (kp.layout) vkDestroyPipelineLayout(device, kp.layout, nullptr);
+      if (kp.set_layout) vkDestroyDescriptorSetLayout(device, kp.set_layout, nullptr);
+    }
     if (command_pool) vkDestroyCommandPool(device, command_pool, nullptr);  // frees its command buffers
     if (stencil_pipeline) vkDestroyPipeline(device, stencil_pipeline, nullptr);
     if (scatter_pipeline) vkDestroyPipeline(device, scatter_pipeline, nullptr);
@@ -311,17 +388,40 @@ struct GpuMirror::Impl {
   // --- device memory ------------------------------------------------------------------------------------------
 
   Region allocate_region(std::uint64_t size) {
+    std::optional<std::uint32_t> released;
     for (std::uint32_t i = 0; i < blocks.size(); ++i) {
+      if (!blocks[i].buffer.buffer) {
+        if (!released) released = i;
+        continue;
+      }
       if (auto offset = blocks[i].ranges.allocate(size)) return Region{i, *offset, size};
     }
     const std::uint64_t rounded = gpu::RangeAllocator(0, granule).rounded(size);
     const std::uint64_t bytes = std::max(options.block_bytes, rounded);
-    blocks.push_back(Block{vk->create_device_buffer(bytes), gpu::RangeAllocator(bytes, granule)});
-    const auto offset = blocks.back().ranges.allocate(size);
-    return Region{static_cast<std::uint32_t>(blocks.size() - 1), *offset, size};
+    Block block{vk->create_device_buffer(bytes, direct), gpu::RangeAllocator(bytes, granule)};
+    // Region::block indexes `blocks`, so a released block's slot is reused rather than erased.
+    const std::uint32_t index = released ? *released : static_cast<std::uint32_t>(blocks.size());
+    if (released) {
+      blocks[index] = std::move(block);
+    } else {
+      blocks.push_back(std::move(block));
+    }
+    const auto offset = blocks[index].ranges.allocate(size);
+    return Region{index, *offset, size};
   }
 
-  void free_region(const Region& region) { blocks[region.block].ranges.free(region.offset, region.capacity); }
+  // Returns a region; a block left empty goes back to the driver (vkFreeMemory) once no submit can use it.
+  void free_region(const Region& region) {
+    Block& block = blocks[region.block];
+    block.ranges.free(region.offset, region.capacity);
+    if (block.ranges.used() != 0) return;
+    wait_all_slots();  // no in-flight upload may still write the buffer
+    zero_regions.erase(std::remove_if(zero_regions.begin(), zero_regions.end(),
+                                      [&](const auto& z) { return z.first.block == region.block; }),
+                       zero_regions.end());
+    vk->destroy(block.buffer);
+    block = Block{Buffer{}, gpu::RangeAllocator(0, granule)};
+  }
 
   // --- tracking pages -------------------------------------------------------------------------------------------
 
@@ -397,6 +497,10 @@ struct GpuMirror::Impl {
 
   void zero_fill(const Region& region, std::uint64_t size) {
     if (size == 0) return;
+    if (direct) {
+      write_direct(region.block, region.offset, nullptr, size);
+      return;
+    }
     // Recorded as part of the next upload so that it stays ordered with it; a fill is rare (page creation).
     zero_regions.push_back({region, size});
   }
@@ -425,7 +529,22 @@ struct GpuMirror::Impl {
       return;
     }
     counters.bytes_changed += delta.changed_bytes();
-    if (options.upload == UploadPath::CopyRegions && !pending.count(id)) {
+    if (direct && !pending.count(id)) {
+      // Straight into device memory. A later delta of the page in the same delivery is written over this one
+      // (overlapping bytes are written twice: cheaper than composing, since this write is the whole upload).
+      const std::uint64_t started = steady_ns();
+      const std::byte* payload = delta.payload.data();
+      for (const ByteRange& r : delta.ranges) {
+        write_direct(page.region.block, page.region.offset + r.offset, payload, r.length);
+        payload += r.length;
+      }
+      counters.bytes_uploaded += delta.changed_bytes();
+      counters.regions_uploaded += delta.ranges.size();
+      counters.upload_ns += steady_ns() - started;
+      page.epoch = epoch;
+      return;
+    }
+    if (upload_mode == UploadPath::CopyRegions && !pending.count(id)) {
       if (!staged_pages.count(id)) {
         stage_direct(id, page, delta);  // the common case: one delta per page per delivery, copied once
         page.epoch = epoch;
@@ -456,6 +575,46 @@ struct GpuMirror::Impl {
   }
 
   // --- uploads --------------------------------------------------------------------------------------------------
+
+  // DirectWrite: copies `length` bytes (zeros when `source` is null) to `offset` of a mapped device buffer. No
+  // device work that touches device memory is in flight here: DirectWrite submits no uploads, and device nodes and
+  // read_device() wait for their own submits under `mutex`; waiting for the slots keeps that true regardless.
+  void write_direct(std::uint32_t block, std::uint64_t offset, const std::byte* source, std::uint64_t length) {
+    if (length == 0) return;
+    wait_all_slots();
+    Block& b = blocks[block];
+    auto* target = static_cast<std::byte*>(b.buffer.mapped) + offset;
+    if (source) {
+      std::memcpy(target, source, length);
+    } else {
+      std::memset(target, 0, length);
+    }
+    if (!b.buffer.host_coherent) {
+      b.dirty_begin = std::min(b.dirty_begin, offset);
+      b.dirty_end = std::max(b.dirty_end, offset + length);
+    }
+    direct_written = true;
+  }
+
+  // DirectWrite's flush: writes the pending deltas, makes non-coherent writes visible (the next vkQueueSubmit
+  // then makes them visible to the device), and counts the wave.
+  void flush_direct_locked() {
+    const std::uint64_t started = steady_ns();
+    for (const UploadPiece& p : pending_pieces()) {
+      write_direct(p.block, p.target, p.source, p.length);
+      counters.bytes_uploaded += p.length;
+      ++counters.regions_uploaded;
+    }
+    pending.clear();
+    for (Block& b : blocks) {
+      if (b.dirty_begin < b.dirty_end) vk->flush_host_writes(b.buffer, b.dirty_begin, b.dirty_end);
+      b.dirty_begin = UINT64_MAX;
+      b.dirty_end = 0;
+    }
+    if (direct_written) ++counters.waves_uploaded;
+    direct_written = false;
+    counters.upload_ns += steady_ns() - started;
+  }
 
   // The slot the next submit uses; its previous submit is waited for when it is opened.
   StagingSlot& open_staging() {
@@ -577,8 +736,7 @@ struct GpuMirror::Impl {
 
   void wait_slot(StagingSlot& slot) {
     if (!slot.in_flight) return;
-    check(vkWaitForFences(vk->device(), 1, &slot.fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
-    check(vkResetFences(vk->device(), 1, &slot.fence), "vkResetFences");
+    wait_value(slot.value);
     slot.in_flight = false;
   }
 
@@ -605,13 +763,45 @@ struct GpuMirror::Impl {
     check(vkBeginCommandBuffer(cmd, &info), "vkBeginCommandBuffer");
   }
 
-  void submit(VkCommandBuffer cmd, VkFence fence) {
+  // Submits `cmd`, which signals the next timeline value (returned). With `after_uploads`, the submit first waits
+  // for the last upload submit's value (a device node consuming this wave's uploads).
+  std::uint64_t submit(VkCommandBuffer cmd, bool after_uploads) {
     check(vkEndCommandBuffer(cmd), "vkEndCommandBuffer");
+    const std::uint64_t signal = timeline_value + 1;
+    const std::uint64_t wait = uploaded_value;
+    const bool waits = after_uploads && wait > 0;
+    VkTimelineSemaphoreSubmitInfo values{};
+    values.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO;
+    values.waitSemaphoreValueCount = waits ? 1 : 0;
+    values.pWaitSemaphoreValues = &wait;
+    values.signalSemaphoreValueCount = 1;
+    values.pSignalSemaphoreValues = &signal;
+    const VkPipelineStageFlags wait_stage = VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT;
     VkSubmitInfo info{};
     info.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
+    info.pNext = &values;
+    info.waitSemaphoreCount = waits ? 1 : 0;
+    info.pWaitSemaphores = &timeline;
+    info.pWaitDstStageMask = &wait_stage;
     info.commandBufferCount = 1;
     info.pCommandBuffers = &cmd;
-    check(vkQueueSubmit(vk->queue(), 1, &info, fence), "vkQueueSubmit");
+    info.signalSemaphoreCount = 1;
+    info.pSignalSemaphores = &timeline;
+    check(vkQueueSubmit(vk->queue(), 1, &info, VK_NULL_HANDLE), "vkQueueSubmit");
+    timeline_value = signal;
+    ++counters.timeline_submits;
+    if (waits) ++counters.timeline_waits;
+    return signal;
+  }
+
+  // Waits on the host until the timeline reaches `value`.
+  void wait_value(std::uint64_t value) {
+    VkSemaphoreWaitInfo info{};
+    info.sType = VK_STRUCTURE_TYPE_SEMAPHORE_WAIT_INFO;
+    info.semaphoreCount = 1;
+    info.pSemaphores = &timeline;
+    info.pValues = &value;
+    check(vkWaitSemaphores(vk->device(), &info, UINT64_MAX), "vkWaitSemaphores");
   }
 
   void ensure_capacity(Buffer& buffer, std::uint64_t bytes) {
@@ -725,11 +915,15 @@ struct GpuMirror::Impl {
 
   // Submits everything staged and pending as one command buffer on the open staging slot, without waiting.
   void flush_locked() {
+    if (direct) {
+      flush_direct_locked();
+      return;
+    }
     if (pending.empty() && staged.empty() && zero_regions.empty()) return;
     const std::uint64_t started = steady_ns();
     StagingSlot& slot = open_staging();
     const std::vector<UploadPiece> pieces = pending_pieces();
-    const bool scatter = options.upload == UploadPath::ScatterShader;
+    const bool scatter = upload_mode == UploadPath::ScatterShader;
     std::uint64_t payload = 0;
     if (scatter) {
       reserve_staging(slot, scatter_bytes(pieces), 0);
@@ -765,7 +959,8 @@ struct GpuMirror::Impl {
       }
       vk->flush_host_writes(slot.staging, payload);
     }
-    submit(slot.commands, slot.fence);
+    slot.value = submit(slot.commands, false);
+    uploaded_value = slot.value;
     slot.in_flight = true;
     open_slot = nullptr;
     pending.clear();
@@ -819,8 +1014,7 @@ struct GpuMirror::Impl {
     begin(node_commands);
     barrier(node_commands);
     download(node_commands, page.region, page.size, 0);
-    submit(node_commands, node_fence);
-    wait_node_fence();
+    wait_value(submit(node_commands, true));
     vk->invalidate_for_host_reads(readback);
     std::memcpy(out.data(), readback.mapped, page.size);
     return out;
@@ -837,10 +1031,6 @@ struct GpuMirror::Impl {
                          nullptr);
   }
 
-  void wait_node_fence() {
-    check(vkWaitForFences(vk->device(), 1, &node_fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
-    check(vkResetFences(vk->device(), 1, &node_fence), "vkResetFences");
-  }
 
   [[noreturn]] static void throw_not_mirrored(PageId id) {
     throw Error(ErrorCode::NotFound, "page " + id.to_string() +
@@ -855,6 +1045,45 @@ struct GpuMirror::Impl {
     // the atomic directly avoids taking a page lock again, which would deadlock behind a waiting writer.
     PageRecord* record = runtime_impl.find(id);
     return record ? record->epoch.load(std::memory_order_relaxed) : 0;
+  }
+
+  // Queues the upload that brings the device copy of `id` (a node's input) to the host epoch: this wave's delta
+  // when it starts where the device copy is, else the whole page from `bytes`. The caller flushes.
+  void queue_input_locked(PageId id, MirroredPage& in_page, std::span<const std::byte> input_bytes,
+                          const Delta* input_delta) {
+    if (!in_page.device_ahead && input_bytes.data() != nullptr) {
+      const std::uint64_t now = host_epoch(id);
+      if (in_page.epoch != now || in_page.needs_whole) {
+        Delta upload;
+        std::uint64_t reached = now;
+        if (!in_page.needs_whole && input_delta && input_delta->base_epoch == in_page.epoch &&
+            input_delta->base_size == input_delta->size) {
+          // This wave's delta; in DEFERRED mode later commits may already be on the host, and their waves bring
+          // their own deltas, so the device copy reaches the delta's epoch, not necessarily the host's.
+          counters.bytes_changed += input_delta->changed_bytes();
+          upload.ranges = input_delta->ranges;
+          upload.payload = input_delta->payload;
+          reached = input_delta->target_epoch();
+        } else {
+          if (input_bytes.size() > in_page.region.capacity) {
+            wait_all_slots();
+            free_region(in_page.region);
+            in_page.region = allocate_region(input_bytes.size());
+          }
+          if (!input_bytes.empty()) {
+            upload.ranges.push_back({0, input_bytes.size()});
+            upload.payload.assign(input_bytes.begin(), input_bytes.end());
+          }
+          ++counters.full_page_uploads;
+          in_page.size = input_bytes.size();
+          in_page.needs_whole = false;
+          whole_wanted.erase(id);
+        }
+        upload.page = id;
+        pending[id] = std::move(upload);
+        in_page.epoch = reached;
+      }
+    }
   }
 
   // The body of a stencil device node (an incremental node function).
@@ -904,40 +1133,8 @@ struct GpuMirror::Impl {
     // Bring the input's device copy to the host epoch: earlier pending deltas first, then this wave's delta (or
     // the whole input when the chain of deltas has a gap), each as an upload submit ordered before the dispatch.
     flush_locked();
-    if (!in_page.device_ahead && input_bytes.data() != nullptr) {
-      const std::uint64_t now = host_epoch(node.input);
-      if (in_page.epoch != now || in_page.needs_whole) {
-        Delta upload;
-        std::uint64_t reached = now;
-        if (!in_page.needs_whole && input_delta && input_delta->base_epoch == in_page.epoch &&
-            input_delta->base_size == input_delta->size) {
-          // This wave's delta; in DEFERRED mode later commits may already be on the host, and their waves bring
-          // their own deltas, so the device copy reaches the delta's epoch, not necessarily the host's.
-          counters.bytes_changed += input_delta->changed_bytes();
-          upload.ranges = input_delta->ranges;
-          upload.payload = input_delta->payload;
-          reached = input_delta->target_epoch();
-        } else {
-          if (input_bytes.size() > in_page.region.capacity) {
-            wait_all_slots();
-            free_region(in_page.region);
-            in_page.region = allocate_region(input_bytes.size());
-          }
-          if (!input_bytes.empty()) {
-            upload.ranges.push_back({0, input_bytes.size()});
-            upload.payload.assign(input_bytes.begin(), input_bytes.end());
-          }
-          ++counters.full_page_uploads;
-          in_page.size = input_bytes.size();
-          in_page.needs_whole = false;
-          whole_wanted.erase(node.input);
-        }
-        upload.page = node.input;
-        pending[node.input] = std::move(upload);
-        in_page.epoch = reached;
-        flush_locked();
-      }
-    }
+    queue_input_locked(node.input, in_page, input_bytes, input_delta);
+    flush_locked();
     if (!node.device_only) ensure_capacity(readback, grid_bytes);
 
     check(vkResetDescriptorPool(vk->device(), node_descriptors, 0), "vkResetDescriptorPool");
@@ -969,8 +1166,7 @@ struct GpuMirror::Impl {
       barrier(node_commands);
       download(node_commands, out_page.region, grid_bytes, 0);
     }
-    submit(node_commands, node_fence);
-    wait_node_fence();
+    wait_value(submit(node_commands, true));
 
     if (node.device_only) {
       out_page.device_ahead = true;
@@ -985,6 +1181,175 @@ struct GpuMirror::Impl {
     diff_result(ctx.output, result, out);
     // The device copy of the output already holds the result: the delta the host publishes is not uploaded.
     out_page.epoch = host_epoch(output) + (out.ranges.empty() ? 0 : 1);
+  }
+
+  // The body of a table-kernel device node (an incremental node function).
+  void run_kernel(PageId output, const IncrementalContext& ctx, Delta& out) {
+    DeviceNode node;
+    {
+      std::lock_guard lock(mutex);
+      node = nodes.at(output);
+    }
+    const gpu::KernelInfo& kernel = gpu::kernel_info(*node.kernel);
+    const std::size_t count = node.kernel_inputs.size();
+    std::vector<std::span<const std::byte>> inputs(count);
+    for (std::size_t i = 0; i < count; ++i) {
+      const auto t = std::find(node.triggers.begin(), node.triggers.end(), node.kernel_inputs[i]);
+      inputs[i] = ctx.inputs[static_cast<std::size_t>(t - node.triggers.begin())];
+      const std::uint64_t need = kernel.input_bytes(static_cast<std::uint32_t>(i), node.push);
+      if (inputs[i].size() < need) kernel_too_small(node, kernel, node.kernel_inputs[i], inputs[i].size(), need);
+    }
+    const std::uint64_t out_bytes = kernel.output_bytes(node.push);
+    if (ctx.output.size() < out_bytes) kernel_too_small(node, kernel, output, ctx.output.size(), out_bytes);
+    if (!on_device()) {
+      std::vector<std::byte> result(ctx.output.begin(), ctx.output.end());
+      kernel.cpu(inputs, result, node.push);
+      diff_result(ctx.output, result, out);
+      return;
+    }
+
+    std::lock_guard lock(mutex);
+    auto out_it = pages.find(output);
+    if (out_it == pages.end()) throw_not_mirrored(output);
+    MirroredPage& out_page = out_it->second;
+    std::vector<const MirroredPage*> in_pages(count);
+    for (std::size_t i = 0; i < count; ++i) {
+      auto it = pages.find(node.kernel_inputs[i]);
+      if (it == pages.end()) throw_not_mirrored(node.kernel_inputs[i]);  // deleted since the node was declared
+      in_pages[i] = &it->second;
+    }
+    // Earlier pending deltas first (so this wave's uploads do not replace them), then each input's upload, all
+    // in one submit ordered before the dispatch.
+    flush_locked();
+    for (std::size_t t = 0; t < node.triggers.size(); ++t) {
+      queue_input_locked(node.triggers[t], pages.at(node.triggers[t]), ctx.inputs[t], ctx.input_deltas[t]);
+    }
+    flush_locked();
+    if (!node.device_only) ensure_capacity(readback, out_bytes);
+
+    const KernelPipeline& kp = kernel_pipelines[static_cast<std::size_t>(*node.kernel)];
+    check(vkResetDescriptorPool(vk->device(), kernel_descriptors, 0), "vkResetDescriptorPool");
+    VkDescriptorSetAllocateInfo alloc{};
+    alloc.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO;
+    alloc.descriptorPool = kernel_descriptors;
+    alloc.descriptorSetCount = 1;
+    alloc.pSetLayouts = &kp.set_layout;
+    VkDescriptorSet set = VK_NULL_HANDLE;
+    check(vkAllocateDescriptorSets(vk->device(), &alloc, &set), "vkAllocateDescriptorSets");
+    // Each binding is exactly the page's region (regions are aligned for storage-buffer offsets), so the shader
+    // indexes from 0 and needs no offsets.
+    std::vector<VkDescriptorBufferInfo> infos(count + 1);
+    for (std::size_t i = 0; i < count; ++i) {
+      const Region& r = in_pages[i]->region;
+      infos[i] = {blocks[r.block].buffer.buffer, r.offset,
+                  std::max<std::uint64_t>(4, kernel.input_bytes(static_cast<std::uint32_t>(i), node.push))};
+    }
+    infos[count] = {blocks[out_page.region.block].buffer.buffer, out_page.region.offset,
+                    std::max<std::uint64_t>(4, out_bytes)};
+    std::vector<VkWriteDescriptorSet> writes(count + 1);
+    for (std::size_t i = 0; i <= count; ++i) {
+      writes[i].sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET;
+      writes[i].dstSet = set;
+      writes[i].dstBinding = static_cast<std::uint32_t>(i);
+      writes[i].descriptorCount = 1;
+      writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+      writes[i].pBufferInfo = &infos[i];
+    }
+    vkUpdateDescriptorSets(vk->device(), static_cast<std::uint32_t>(writes.size()), writes.data(), 0, nullptr);
+
+    begin(node_commands);
+    barrier(node_commands);
+    vkCmdBindPipeline(node_commands, VK_PIPELINE_BIND_POINT_COMPUTE, kp.pipeline);
+    vkCmdBindDescriptorSets(node_commands, VK_PIPELINE_BIND_POINT_COMPUTE, kp.layout, 0, 1, &set, 0, nullptr);
+    if (!node.push.empty()) {
+      vkCmdPushConstants(node_commands, kp.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                         static_cast<std::uint32_t>(4 * node.push.size()), node.push.data());
+    }
+    const auto groups = kernel.groups(node.push);
+    vkCmdDispatch(node_commands, groups[0], groups[1], groups[2]);
+    ++counters.dispatches;
+    if (!node.device_only) {
+      barrier(node_commands);
+      download(node_commands, out_page.region, out_bytes, 0);
+    }
+    wait_value(submit(node_commands, true));
+
+    if (node.device_only) {
+      out_page.device_ahead = true;
+      out_page.needs_whole = false;
+      whole_wanted.erase(output);
+      return;
+    }
+    vk->invalidate_for_host_reads(readback);
+    counters.bytes_read_back += out_bytes;
+    std::vector<std::byte> result(ctx.output.begin(), ctx.output.end());
+    std::memcpy(result.data(), readback.mapped, out_bytes);
+    diff_result(ctx.output, result, out);
+    out_page.epoch = host_epoch(output) + (out.ranges.empty() ? 0 : 1);
+  }
+
+  [[noreturn]] static void kernel_too_small(const DeviceNode& node, const gpu::KernelInfo& kernel, PageId page,
+                                            std::uint64_t has, std::uint64_t need) {
+    throw Error(ErrorCode::InvalidArgument, std::string(kernel.name) + " node of page " + node.output.to_string() +
+                                                ": page " + page.to_string() + " has " + std::to_string(has) +
+                                                " bytes, the kernel needs " + std::to_string(need) +
+                                                "; resize the page or change the parameters");
+  }
+
+  // Declares a table-kernel device node (see derive_heat_tile).
+  void derive_kernel(gpu::KernelId id, PageId output, std::vector<PageId> inputs, std::vector<std::uint32_t> push) {
+    const gpu::KernelInfo& kernel = gpu::kernel_info(id);
+    const std::string what = std::string("derive_") + kernel.name;
+    auto check_page = [&](PageId page, std::uint64_t need) {
+      const PageInfo info = runtime.info(page);
+      if (info.location == Location::Host) {
+        throw Error(ErrorCode::InvalidArgument, what + ": page " + page.to_string() +
+                                                    " is a host page; device nodes read and write device pages "
+                                                    "(create it with Location::Device or Location::Both)");
+      }
+      if (info.size < need) {
+        throw Error(ErrorCode::InvalidArgument, what + ": page " + page.to_string() + " has " +
+                                                    std::to_string(info.size) + " bytes; the kernel needs " +
+                                                    std::to_string(need));
+      }
+      return info;
+    };
+    if (std::find(inputs.begin(), inputs.end(), output) != inputs.end()) {
+      throw Error(ErrorCode::InvalidArgument, what + ": page " + output.to_string() + " is its own input");
+    }
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      check_page(inputs[i], kernel.input_bytes(static_cast<std::uint32_t>(i), push));
+    }
+    const PageInfo out = check_page(output, kernel.output_bytes(push));
+    DeviceNode node;
+    node.output = output;
+    node.kernel = id;
+    node.kernel_inputs = inputs;
+    node.push = std::move(push);
+    node.device_only = out.location == Location::Device;
+    for (PageId p : inputs) {
+      if (std::find(node.triggers.begin(), node.triggers.end(), p) == node.triggers.end()) node.triggers.push_back(p);
+    }
+    {
+      std::lock_guard lock(mutex);
+      for (PageId p : node.triggers) {
+        auto it = nodes.find(p);
+        if (it != nodes.end() && it->second.device_only) {
+          throw Error(ErrorCode::InvalidArgument, what + ": input page " + p.to_string() +
+                                                      " is a device-only output; make it Location::Both");
+        }
+      }
+      nodes[output] = node;
+    }
+    try {
+      propagator.derive_incremental(output, node.triggers, [this, output](const IncrementalContext& ctx, Delta& d) {
+        run_kernel(output, ctx, d);
+      });
+    } catch (...) {
+      std::lock_guard lock(mutex);
+      nodes.erase(output);
+      throw;
+    }
   }
 
   static void diff_result(std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes, Delta& out) {
@@ -1062,6 +1427,8 @@ GpuMirror::~GpuMirror() {
 
 GpuBackend GpuMirror::backend() const noexcept { return impl_->on_device() ? GpuBackend::Vulkan : GpuBackend::Cpu; }
 
+UploadPath GpuMirror::upload_path() const noexcept { return impl_->upload_mode; }
+
 std::string GpuMirror::device_name() const { return impl_->on_device() ? impl_->vk->name() : "cpu"; }
 
 bool GpuMirror::is_mirrored(PageId page) const {
@@ -1137,12 +1504,29 @@ void GpuMirror::derive_stencil5(PageId output, PageId input, Stencil5Params para
   }
 }
 
+void GpuMirror::derive_heat_tile(PageId output, PageId cell, const std::array<PageId, 4>& halo,
+                                 HeatTileParams params) {
+  if (params.side < 1 || params.side > 0xffffu || !(params.alpha > 0.0f && params.alpha < 0.25f)) {
+    throw Error(ErrorCode::InvalidArgument,
+                "derive_heat_tile: side must lie in [1, 65535] and alpha in (0, 0.25) (got side " +
+                    std::to_string(params.side) + ", alpha " + std::to_string(params.alpha) + ")");
+  }
+  std::uint32_t alpha_bits;
+  std::memcpy(&alpha_bits, &params.alpha, sizeof alpha_bits);
+  impl_->derive_kernel(gpu::KernelId::HeatTile, output, {cell, halo[0], halo[1], halo[2], halo[3]},
+                       {params.side, alpha_bits});
+}
+
 GpuStats GpuMirror::stats() const {
   std::lock_guard lock(impl_->mutex);
   GpuStats s = impl_->counters;
   s.pages_mirrored = impl_->pages.size();
-  s.device_buffers = impl_->blocks.size();
-  for (const Block& b : impl_->blocks) s.device_bytes_reserved += b.buffer.size;
+  for (const Block& b : impl_->blocks) {
+    if (!b.buffer.buffer) continue;  // released
+    ++s.device_buffers;
+    s.device_bytes_reserved += b.buffer.size;
+  }
+  if (impl_->vk) s.device_memory_allocations = impl_->vk->live_allocations();
   return s;
 }
 

@@ -166,6 +166,23 @@ std::unique_ptr<VulkanContext> VulkanContext::create(const std::string& selector
   ctx->physical_ = devices[static_cast<std::size_t>(chosen)];
   vkGetPhysicalDeviceProperties(ctx->physical_, &ctx->properties_);
   vkGetPhysicalDeviceMemoryProperties(ctx->physical_, &ctx->memory_properties_);
+  {
+    const VkPhysicalDeviceMemoryProperties& mp = ctx->memory_properties_;
+    VkDeviceSize largest_local = 0;
+    for (std::uint32_t h = 0; h < mp.memoryHeapCount; ++h) {
+      if (mp.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) {
+        largest_local = std::max(largest_local, mp.memoryHeaps[h].size);
+      }
+    }
+    constexpr VkMemoryPropertyFlags both = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT | VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT;
+    for (std::uint32_t i = 0; i < mp.memoryTypeCount; ++i) {
+      if ((mp.memoryTypes[i].propertyFlags & both) == both &&
+          mp.memoryHeaps[mp.memoryTypes[i].heapIndex].size >= largest_local) {
+        ctx->host_visible_device_type_ = static_cast<int>(i);
+        break;
+      }
+    }
+  }
   ctx->queue_family_ = static_cast<std::uint32_t>(compute_family(ctx->physical_));
 
   const float priority = 1.0f;
@@ -174,8 +191,24 @@ std::unique_ptr<VulkanContext> VulkanContext::create(const std::string& selector
   queue_info.queueFamilyIndex = ctx->queue_family_;
   queue_info.queueCount = 1;
   queue_info.pQueuePriorities = &priority;
+  // Timeline semaphores (core and required in Vulkan 1.2) order device nodes after the uploads they read and
+  // replace fences for the host's waits.
+  VkPhysicalDeviceVulkan12Features supported12{};
+  supported12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
+  VkPhysicalDeviceFeatures2 supported{};
+  supported.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2;
+  supported.pNext = &supported12;
+  vkGetPhysicalDeviceFeatures2(ctx->physical_, &supported);
+  if (!supported12.timelineSemaphore) {
+    why_not = std::string(ctx->properties_.deviceName) + " lacks timeline semaphores (Vulkan 1.2)";
+    return nullptr;
+  }
+  VkPhysicalDeviceVulkan12Features features12{};
+  features12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
+  features12.timelineSemaphore = VK_TRUE;
   VkDeviceCreateInfo device_info{};
   device_info.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
+  device_info.pNext = &features12;
   device_info.queueCreateInfoCount = 1;
   device_info.pQueueCreateInfos = &queue_info;
   if (VkResult r = vkCreateDevice(ctx->physical_, &device_info, nullptr, &ctx->device_); r != VK_SUCCESS) {
@@ -212,7 +245,8 @@ std::uint32_t VulkanContext::memory_type(std::uint32_t type_bits, VkMemoryProper
                                           std::to_string(wanted) + " for this buffer");
 }
 
-Buffer VulkanContext::create_buffer(std::uint64_t size, VkBufferUsageFlags usage, bool host_visible) const {
+Buffer VulkanContext::create_buffer(std::uint64_t size, VkBufferUsageFlags usage, VkMemoryPropertyFlags wanted,
+                                   bool map) const {
   Buffer out;
   out.size = size;
   VkBufferCreateInfo info{};
@@ -227,12 +261,11 @@ Buffer VulkanContext::create_buffer(std::uint64_t size, VkBufferUsageFlags usage
   alloc.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO;
   alloc.allocationSize = req.size;
   try {
-    alloc.memoryTypeIndex =
-        host_visible ? memory_type(req.memoryTypeBits, VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT, out.host_coherent)
-                     : memory_type(req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, out.host_coherent);
+    alloc.memoryTypeIndex = memory_type(req.memoryTypeBits, wanted, out.host_coherent);
     check(vkAllocateMemory(device_, &alloc, nullptr, &out.memory), "vkAllocateMemory");
+    live_allocations_.fetch_add(1, std::memory_order_relaxed);
     check(vkBindBufferMemory(device_, out.buffer, out.memory, 0), "vkBindBufferMemory");
-    if (host_visible) check(vkMapMemory(device_, out.memory, 0, VK_WHOLE_SIZE, 0, &out.mapped), "vkMapMemory");
+    if (map) check(vkMapMemory(device_, out.memory, 0, VK_WHOLE_SIZE, 0, &out.mapped), "vkMapMemory");
   } catch (...) {
     destroy(out);
     throw;
@@ -240,24 +273,32 @@ Buffer VulkanContext::create_buffer(std::uint64_t size, VkBufferUsageFlags usage
   return out;
 }
 
-Buffer VulkanContext::create_device_buffer(std::uint64_t size) const {
+Buffer VulkanContext::create_device_buffer(std::uint64_t size, bool mapped) const {
+  if (mapped && !host_visible_device_memory()) {
+    throw Error(ErrorCode::Unsupported, "vulkan: " + name() + " has no host-visible device memory to map");
+  }
   return create_buffer(size,
                        VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
                            VK_BUFFER_USAGE_TRANSFER_DST_BIT,
-                       false);
+                       mapped ? VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT | VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT
+                              : VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT,
+                       mapped);
 }
 
 Buffer VulkanContext::create_host_buffer(std::uint64_t size) const {
   return create_buffer(size,
                        VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
                            VK_BUFFER_USAGE_TRANSFER_DST_BIT,
-                       true);
+                       VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT, true);
 }
 
 void VulkanContext::destroy(Buffer& buffer) const noexcept {
   if (buffer.mapped) vkUnmapMemory(device_, buffer.memory);
   if (buffer.buffer) vkDestroyBuffer(device_, buffer.buffer, nullptr);
-  if (buffer.memory) vkFreeMemory(device_, buffer.memory, nullptr);
+  if (buffer.memory) {
+    vkFreeMemory(device_, buffer.memory, nullptr);
+    live_allocations_.fetch_sub(1, std::memory_order_relaxed);
+  }
   buffer = Buffer{};
 }
 
@@ -267,6 +308,18 @@ void VulkanContext::flush_host_writes(const Buffer& buffer, std::uint64_t) const
   range.sType = VK_STRUCTURE_TYPE_MAPPED_MEMORY_RANGE;
   range.memory = buffer.memory;
   range.size = VK_WHOLE_SIZE;
+  check(vkFlushMappedMemoryRanges(device_, 1, &range), "vkFlushMappedMemoryRanges");
+}
+
+void VulkanContext::flush_host_writes(const Buffer& buffer, std::uint64_t begin, std::uint64_t end) const {
+  if (buffer.host_coherent || begin >= end) return;
+  const std::uint64_t atom = std::max<std::uint64_t>(1, properties_.limits.nonCoherentAtomSize);
+  VkMappedMemoryRange range{};
+  range.sType = VK_STRUCTURE_TYPE_MAPPED_MEMORY_RANGE;
+  range.memory = buffer.memory;
+  range.offset = begin / atom * atom;
+  const std::uint64_t last = (end + atom - 1) / atom * atom;
+  range.size = last >= buffer.size ? VK_WHOLE_SIZE : last - range.offset;
   check(vkFlushMappedMemoryRanges(device_, 1, &range), "vkFlushMappedMemoryRanges");
 }
 

@@ -9,6 +9,7 @@
 
 #include <vulkan/vulkan.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -38,18 +39,27 @@ class VulkanContext {
   const VkPhysicalDeviceProperties& properties() const noexcept { return properties_; }
   std::string name() const { return properties_.deviceName; }
 
-  // Device-local storage buffer (transfer source and destination too).
-  Buffer create_device_buffer(std::uint64_t size) const;
+  // Device-local storage buffer (transfer source and destination too). With `mapped`, from a memory type that is
+  // also host-visible, and mapped (only when host_visible_device_memory()).
+  Buffer create_device_buffer(std::uint64_t size, bool mapped = false) const;
+  // True when a memory type is both device-local and host-visible and its heap is as large as the largest
+  // device-local heap: all of device memory can be written by the host (UMA and integrated GPUs, CPU drivers such
+  // as lavapipe, discrete GPUs with resizable BAR). False for the 256 MiB BAR window of a discrete GPU without it.
+  bool host_visible_device_memory() const noexcept { return host_visible_device_type_ >= 0; }
   // Host-visible, mapped buffer for staging and readback.
   Buffer create_host_buffer(std::uint64_t size) const;
   void destroy(Buffer& buffer) const noexcept;
   // Makes host writes to a non-coherent mapping visible to the device (no-op when coherent).
   void flush_host_writes(const Buffer& buffer, std::uint64_t bytes) const;
+  // The same for bytes [begin, end) of the mapping, widened to nonCoherentAtomSize.
+  void flush_host_writes(const Buffer& buffer, std::uint64_t begin, std::uint64_t end) const;
   void invalidate_for_host_reads(const Buffer& buffer) const;
+  // VkDeviceMemory objects allocated by create_*_buffer and not yet destroyed.
+  std::uint64_t live_allocations() const noexcept { return live_allocations_.load(std::memory_order_relaxed); }
 
  private:
   VulkanContext() = default;
-  Buffer create_buffer(std::uint64_t size, VkBufferUsageFlags usage, bool host_visible) const;
+  Buffer create_buffer(std::uint64_t size, VkBufferUsageFlags usage, VkMemoryPropertyFlags wanted, bool map) const;
   std::uint32_t memory_type(std::uint32_t type_bits, VkMemoryPropertyFlags wanted, bool& coherent) const;
 
   VkInstance instance_ = VK_NULL_HANDLE;
@@ -60,6 +70,8 @@ class VulkanContext {
   std::uint32_t queue_family_ = 0;
   VkPhysicalDeviceProperties properties_{};
   VkPhysicalDeviceMemoryProperties memory_properties_{};
+  int host_visible_device_type_ = -1;  // see host_visible_device_memory()
+  mutable std::atomic<std::uint64_t> live_allocations_{0};
 };
 
 // Throws Error(Internal) naming `what` when `result` is not VK_SUCCESS (ResourceExhausted for out-of-memory).

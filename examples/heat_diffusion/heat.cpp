@@ -50,27 +50,14 @@ void extract(MapContext& c, std::uint32_t index_of(std::uint32_t side)) {
 std::uint32_t first(std::uint32_t) { return 0; }
 std::uint32_t last(std::uint32_t side) { return side - 1; }
 
-// next = c + alpha * ((n + s) + (w + e) - 4c), in this order for every cell: the result does not depend on the
-// thread that computes it. Inputs: params, cell, the rows north and south of the tile, the columns west and east.
+// next = c + alpha * ((n + s) + (w + e) - 4c), in this order for every cell and without FMA contraction (the
+// kernel of mmsb::GpuMirror::derive_heat_tile, also run by heat_diffusion --gpu): the result does not depend on
+// the thread or the device that computes it. Inputs: params, cell, the rows north and south of the tile, the
+// columns west and east.
 void stencil(MapContext& c) {
   const Params p = params_of(c);
-  const std::uint32_t side = p.side;
-  const float* cell = floats(c.input(1));
-  const float* north = floats(c.input(2));
-  const float* south = floats(c.input(3));
-  const float* west = floats(c.input(4));
-  const float* east = floats(c.input(5));
-  float* out = reinterpret_cast<float*>(c.output().data());
-  for (std::uint32_t y = 0; y < side; ++y) {
-    for (std::uint32_t x = 0; x < side; ++x) {
-      const float here = cell[y * side + x];
-      const float n = y > 0 ? cell[(y - 1) * side + x] : north[x];
-      const float s = y + 1 < side ? cell[(y + 1) * side + x] : south[x];
-      const float w = x > 0 ? cell[y * side + x - 1] : west[y];
-      const float e = x + 1 < side ? cell[y * side + x + 1] : east[y];
-      out[y * side + x] = here + p.alpha * ((n + s) + (w + e) - 4.0f * here);
-    }
-  }
+  mmsb::heat_tile_step_cpu(floats(c.input(1)), floats(c.input(2)), floats(c.input(3)), floats(c.input(4)),
+                           floats(c.input(5)), reinterpret_cast<float*>(c.output().data()), p.side, p.alpha);
 }
 
 void tile_stats(MapContext& c) {
@@ -134,7 +121,7 @@ void register_functions() {
 
 Heat::Heat(mmsb::Runtime& rt, const Config& config) : rt_(&rt), config_(config) { check(config); }
 
-Heat Heat::create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& config) {
+Heat Heat::create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& config, TileStepper* stepper) {
   register_functions();
   Heat h(rt, config);
   if (rt.page_count() != 0) bad_config("Heat::create needs an empty runtime");
@@ -144,11 +131,12 @@ Heat Heat::create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& confi
   h.params_ = rt.create_page(sizeof(Params));
   h.meta_ = rt.create_page(sizeof(std::uint64_t));
   h.summary_ = rt.create_page(sizeof(SummaryBytes));
+  const mmsb::Location where = stepper ? stepper->location() : mmsb::Location::Host;
   std::vector<std::array<PageId, 4>> edges(h.tile_count());
   for (std::uint32_t t = 0; t < h.tile_count(); ++t) {
-    h.cells_.push_back(rt.create_page(tile_bytes));
-    for (auto& e : edges[t]) e = rt.create_page(edge_bytes);
-    h.next_.push_back(rt.create_page(tile_bytes));
+    h.cells_.push_back(rt.create_page(tile_bytes, where));
+    for (auto& e : edges[t]) e = rt.create_page(edge_bytes, where);
+    h.next_.push_back(rt.create_page(tile_bytes, where));
     h.stats_.push_back(rt.create_page(sizeof(TileStats)));
   }
   {
@@ -172,8 +160,12 @@ Heat Heat::create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& confi
       const PageId south = r + 1 < tiles ? edges[t + tiles][N] : edges[t][S];
       const PageId west = c > 0 ? edges[t - 1][E] : edges[t][W];
       const PageId east = c + 1 < tiles ? edges[t + 1][W] : edges[t][E];
-      prop.derive_map(h.next_[t], {h.params_, h.cells_[t], north, south, west, east}, "heat.stencil",
-                      every_cell_changes);
+      if (stepper) {
+        stepper->derive(prop, h.next_[t], h.params_, h.cells_[t], {north, south, west, east}, config);
+      } else {
+        prop.derive_map(h.next_[t], {h.params_, h.cells_[t], north, south, west, east}, "heat.stencil",
+                        every_cell_changes);
+      }
       prop.derive_map(h.stats_[t], {h.cells_[t]}, "heat.tile_stats");
     }
   }

@@ -16,6 +16,7 @@
 // Thread-safety: a Heat is driven from one thread; its waves use the propagator's worker threads.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -34,13 +35,27 @@ struct Summary {
   std::uint32_t hottest_tile = 0;  // row-major tile index of the highest tile mean
 };
 
+// How next[t] is computed. Heat::create() without one declares the host map node "heat.stencil"; heat_gpu.hpp
+// supplies device nodes on a GpuMirror. Every stepper computes mmsb::heat_tile_step_cpu()'s bits.
+class TileStepper {
+ public:
+  virtual ~TileStepper() = default;
+  // Where the cell, edge and next pages live (their ids do not depend on it).
+  virtual mmsb::Location location() const = 0;
+  // Derives `next` from `cell` and its halo {north, south, west, east} (`params` is the params page).
+  virtual void derive(mmsb::Propagator& prop, mmsb::PageId next, mmsb::PageId params, mmsb::PageId cell,
+                      const std::array<mmsb::PageId, 4>& halo, const Config& config) = 0;
+};
+
 // Registers the node functions in FunctionRegistry::global() (once per process).
 void register_functions();
 
 class Heat {
  public:
   // Builds the pages and the graph in an empty runtime (rt.page_count() == 0), with a hot square in the middle.
-  static Heat create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& config);
+  // `stepper` (optional, must outlive the call) derives the next tiles instead of the host stencil node.
+  static Heat create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& config,
+                     TileStepper* stepper = nullptr);
   // Attaches to the pages of a runtime recovered from a directory Heat::create() filled (ids are deterministic).
   // Throws mmsb::Error(InvalidArgument) when the recovered state has another size or tiling.
   static Heat attach(mmsb::Runtime& rt, const Config& config);

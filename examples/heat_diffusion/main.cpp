@@ -3,6 +3,7 @@
 //   heat_diffusion --size 256 --tiles 4 --steps 500            in memory, progress every 50 steps
 //   heat_diffusion --steps 500 --log /tmp/heat --hash          durable: kill it, run it again, same final hash
 //   heat_diffusion --steps 200 --image heat.png                a picture of the final field
+//   heat_diffusion --steps 500 --gpu --hash                    tiles stepped by device nodes (heat_gpu.hpp)
 #include <CLI/CLI.hpp>
 #include <png.h>
 
@@ -19,6 +20,7 @@
 
 #include "heat.hpp"
 #include "heat_dist.hpp"
+#include "heat_gpu.hpp"
 #include "mmsb/mmsb.hpp"
 
 namespace {
@@ -33,6 +35,7 @@ struct Options {
   bool hash = false;
   std::string image;
   bool timing = false;
+  bool gpu = false;
 };
 
 // Black -> red -> yellow -> white over [0, top].
@@ -78,8 +81,8 @@ void discard_interrupted_setup(const std::string& dir) {
 
 int run(const Options& opt) {
   if (heat::launched_by_mpirun()) {  // `mpirun -np N heat_diffusion ...`: the tiles spread over N ranks
-    if (!opt.log.empty() || !opt.image.empty()) {
-      throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--log and --image are not available under mpirun");
+    if (!opt.log.empty() || !opt.image.empty() || opt.gpu) {
+      throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--log, --image and --gpu are not available under mpirun");
     }
     return heat::run_distributed({opt.config, opt.steps, opt.report_every, opt.threads ? opt.threads : 1, opt.hash,
                                   opt.timing});
@@ -113,7 +116,19 @@ int run(const Options& opt) {
     rt = memory.get();
     prop = memory_propagator.get();
   }
-  heat::Heat sim = resumed ? heat::Heat::attach(*rt, opt.config) : heat::Heat::create(*rt, *prop, opt.config);
+  std::unique_ptr<mmsb::GpuMirror> gpu;
+  std::unique_ptr<heat::GpuTileStepper> stepper;
+  if (opt.gpu) {
+    if (!opt.log.empty()) {
+      throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
+                        "--gpu runs in memory (device nodes are not stored by checkpoints); drop --log or --gpu");
+    }
+    gpu = std::make_unique<mmsb::GpuMirror>(*rt, *prop);
+    stepper = std::make_unique<heat::GpuTileStepper>(*gpu);
+    std::printf("gpu: %s\n", gpu->device_name().c_str());
+  }
+  heat::Heat sim = resumed ? heat::Heat::attach(*rt, opt.config)
+                           : heat::Heat::create(*rt, *prop, opt.config, stepper.get());
   if (db && !resumed) db->checkpoint();  // stores the graph, so a restart restores it
   if (resumed) {
     std::printf("resumed at step %" PRIu64 " from %s\n", sim.steps_done(), opt.log.c_str());
@@ -191,6 +206,8 @@ int main(int argc, char** argv) {
   app.add_flag("--hash", opt.hash, "end with `state-hash: HEX` over all pages (independent of --threads)");
   app.add_option("--image", opt.image, "write the final field as a PNG image");
   app.add_flag("--timing", opt.timing, "under mpirun: print the time per step (weak-scaling benchmark)");
+  app.add_flag("--gpu", opt.gpu,
+               "step the tiles with device nodes on the GPU mirror (Vulkan, or its CPU fallback); same results");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -203,11 +203,64 @@ TEST_P(GpuMirrorConsistency, RandomCommitsResizesAndDeletesLeaveDeviceEqualToHos
 }
 
 INSTANTIATE_TEST_SUITE_P(UploadPaths, GpuMirrorConsistency,
-                         ::testing::Values(UploadPath::CopyRegions, UploadPath::ScatterShader),
+                         ::testing::Values(UploadPath::CopyRegions, UploadPath::ScatterShader,
+                                           UploadPath::DirectWrite),
                          [](const auto& test_param) {
-                           return test_param.param == UploadPath::CopyRegions ? std::string("CopyRegions")
-                                                                        : std::string("ScatterShader");
+                           switch (test_param.param) {
+                             case UploadPath::CopyRegions: return std::string("CopyRegions");
+                             case UploadPath::ScatterShader: return std::string("ScatterShader");
+                             default: return std::string("DirectWrite");
+                           }
                          });
+
+TEST(GpuMirror, AutoWritesDirectlyWhereDeviceMemoryIsHostVisibleAndStagingCanBeForced) {
+  ScopedDeviceEnv env(nullptr);
+  Runtime rt;
+  Propagator prop(rt);
+  GpuMirror automatic(rt, prop);
+  ASSERT_ON_VULKAN(automatic);
+  // lavapipe's only memory type is device-local and host-visible: the direct path is chosen.
+  EXPECT_EQ(automatic.upload_path(), UploadPath::DirectWrite) << automatic.device_name();
+  Runtime rt2;
+  Propagator prop2(rt2);
+  GpuOptions staged;
+  staged.upload = UploadPath::CopyRegions;
+  GpuMirror forced(rt2, prop2, staged);
+  EXPECT_EQ(forced.upload_path(), UploadPath::CopyRegions);
+  ScopedDeviceEnv none("none");
+  Runtime rt3;
+  Propagator prop3(rt3);
+  GpuMirror cpu(rt3, prop3);
+  EXPECT_EQ(cpu.upload_path(), UploadPath::CopyRegions);
+}
+
+TEST(GpuMirror, DirectWritesOfDeferredWavesLandInOrder) {
+  ScopedDeviceEnv env(nullptr);
+  Runtime rt;
+  PropagatorOptions popts;
+  popts.mode = PropagationMode::Deferred;  // several deltas of one page in one delivery: written in order
+  Propagator prop(rt, popts);
+  GpuOptions options;
+  options.upload = UploadPath::DirectWrite;
+  GpuMirror gpu(rt, prop, options);
+  ASSERT_ON_VULKAN(gpu);
+  ASSERT_EQ(gpu.upload_path(), UploadPath::DirectWrite);
+  PageId p = rt.create_page(1024, Location::Device), q = rt.create_page(256, Location::Both);
+  gpu.wait_idle();
+  const GpuStats before = gpu.stats();
+  mmsb::testing::commit_u64(rt, p, 0, 1);
+  mmsb::testing::commit_u64(rt, p, 4, 2);  // overlaps the first write: the later bytes must win
+  mmsb::testing::commit_u64(rt, q, 8, 3);
+  mmsb::testing::commit_u64(rt, p, 100, 4);
+  prop.propagate();
+  gpu.wait_idle();
+  const GpuStats after = gpu.stats();
+  EXPECT_EQ(after.waves_uploaded - before.waves_uploaded, 1u);
+  EXPECT_EQ(after.bytes_uploaded - before.bytes_uploaded, 32u) << "each delta written as it came, none staged";
+  EXPECT_EQ(after.regions_uploaded - before.regions_uploaded, 4u);
+  EXPECT_EQ(gpu.read_device(p), rt.read_all(p));
+  EXPECT_EQ(gpu.read_device(q), rt.read_all(q));
+}
 
 TEST(GpuMirror, UploadsExactlyTheChangedBytesWithOneSubmitPerWave) {
   ScopedDeviceEnv env(nullptr);
@@ -275,7 +328,9 @@ TEST(GpuMirror, SeveralDeferredWavesOfOnePageAreComposedIntoOneUpload) {
   PropagatorOptions popts;
   popts.mode = PropagationMode::Deferred;  // one wave per commit, all delivered to observers after the last
   Propagator prop(rt, popts);
-  GpuMirror gpu(rt, prop);
+  GpuOptions staged;
+  staged.upload = UploadPath::CopyRegions;  // the staging path composes; DirectWrite writes in order (below)
+  GpuMirror gpu(rt, prop, staged);
   ASSERT_ON_VULKAN(gpu);
   PageId p = rt.create_page(1024, Location::Device), q = rt.create_page(256, Location::Device);
   gpu.wait_idle();
@@ -358,11 +413,51 @@ TEST(GpuMirror, DeletedPagesGiveTheirDeviceMemoryBack) {
   for (int round = 0; round < 20; ++round) {
     std::vector<PageId> pages;
     for (int i = 0; i < 100; ++i) pages.push_back(rt.create_page(4096, Location::Device));  // 400 KiB per round
+    ASSERT_EQ(gpu.stats().device_buffers, 1u) << "one 1 MiB buffer serves every round when regions are reused";
     for (PageId p : pages) rt.delete_page(p);
+    ASSERT_EQ(gpu.stats().device_buffers, 0u) << "the empty buffer went back to the driver";
   }
-  EXPECT_EQ(gpu.stats().device_buffers, 1u) << "one 1 MiB buffer serves every round when regions are reused";
   EXPECT_EQ(gpu.stats().pages_mirrored, 0u);
   EXPECT_EQ(error_code_of([&] { gpu.read_device(PageId()); }), ErrorCode::NotFound);
+}
+
+TEST(GpuMirror, EmptyDeviceBuffersAreFreedAndLiveAllocationsCounted) {
+  ScopedDeviceEnv env(nullptr);
+  for (UploadPath path : {UploadPath::CopyRegions, UploadPath::DirectWrite}) {
+    Runtime rt;
+    Propagator prop(rt);
+    GpuOptions options;
+    options.block_bytes = 1 << 16;
+    options.upload = path;
+    GpuMirror gpu(rt, prop, options);
+    ASSERT_ON_VULKAN(gpu);
+    const std::uint64_t base = gpu.stats().device_memory_allocations;  // staging and readback buffers, if any
+    std::vector<PageId> pages;
+    for (int i = 0; i < 6; ++i) pages.push_back(rt.create_page(40 << 10, Location::Both));  // one 64 KiB block each
+    mmsb::testing::commit_u64(rt, pages[0], 0, 7);
+    gpu.wait_idle();
+    GpuStats s = gpu.stats();
+    EXPECT_EQ(s.device_buffers, 6u);
+    const std::uint64_t with_pages = s.device_memory_allocations;
+    EXPECT_GE(with_pages, base + 6);
+    // Deleting four pages frees four buffers; the two left keep theirs and their bytes.
+    for (int i = 2; i < 6; ++i) rt.delete_page(pages[static_cast<std::size_t>(i)]);
+    s = gpu.stats();
+    EXPECT_EQ(s.device_buffers, 2u);
+    EXPECT_EQ(s.device_memory_allocations, with_pages - 4);
+    EXPECT_EQ(gpu.read_device(pages[0]), rt.read_all(pages[0]));
+    // A new page reuses a freed slot (one new allocation), and the device copy follows the host.
+    PageId fresh = rt.create_page(40 << 10, Location::Both);
+    mmsb::testing::commit_u64(rt, fresh, 128, 99);
+    EXPECT_EQ(gpu.stats().device_buffers, 3u);
+    EXPECT_EQ(gpu.read_device(fresh), rt.read_all(fresh));
+    const std::uint64_t before_last = gpu.stats().device_memory_allocations;  // read_device added a readback
+    rt.delete_page(pages[0]);
+    rt.delete_page(pages[1]);
+    rt.delete_page(fresh);
+    EXPECT_EQ(gpu.stats().device_buffers, 0u);
+    EXPECT_EQ(gpu.stats().device_memory_allocations, before_last - 3);
+  }
 }
 
 TEST(GpuMirror, ManyMirrorsComeAndGoCleanly) {

@@ -2,10 +2,12 @@
 //
 // A GpuMirror attaches to a Runtime and its Propagator. Every page created with Location::Device or
 // Location::Both (before or after the mirror is attached) gets a region of a large device buffer, and after each
-// wave exactly the byte ranges that this wave's deltas changed are copied into a host-visible staging ring and
-// uploaded with one command buffer and one submit (many regions per copy). The upload is not waited for: the next
-// wave's host work overlaps it; the next submit on the same staging slot, a device node, read_device() and
-// wait_idle() wait for it.
+// wave exactly the byte ranges that this wave's deltas changed reach the device: where device memory is
+// host-visible (UMA and integrated GPUs, lavapipe, resizable BAR) the host writes them straight into the mapped
+// buffer (UploadPath::DirectWrite); elsewhere they are copied into a host-visible staging ring and uploaded with
+// one command buffer and one submit (many regions per copy), which is not waited for: the next wave's host work
+// overlaps it; the next submit on the same staging slot, a device node, read_device() and wait_idle() wait for it.
+// A device buffer left empty by deleted pages is returned to the driver.
 //
 //   mmsb::Runtime rt;
 //   mmsb::Propagator prop(rt);
@@ -39,6 +41,7 @@
 // Device node functions run inside waves like any node and may run concurrently with host nodes.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -56,8 +59,11 @@ enum class GpuBackend : std::uint8_t { Vulkan, Cpu };
 
 // How the changed ranges of a wave reach device memory.
 enum class UploadPath : std::uint8_t {
-  CopyRegions,   // vkCmdCopyBuffer from the staging ring, one region per changed range (default)
-  ScatterShader, // the scatter-apply compute shader writes the ranges (word-masked at the edges)
+  CopyRegions,   // staged in a host-visible ring, then vkCmdCopyBuffer, one region per changed range
+  ScatterShader, // staged, then the scatter-apply compute shader writes the ranges (word-masked at the edges)
+  DirectWrite,   // written by the host straight into mapped device memory (needs host-visible device memory)
+  Auto,          // DirectWrite where all device memory is host-visible (UMA, lavapipe, resizable BAR), else
+                 // CopyRegions (the default)
 };
 
 struct GpuOptions {
@@ -67,22 +73,29 @@ struct GpuOptions {
   std::uint64_t block_bytes = std::uint64_t{64} << 20;
   // Staging slots in the ring: how many waves' uploads may be in flight at once.
   unsigned staging_slots = 3;
-  UploadPath upload = UploadPath::CopyRegions;
+  // DirectWrite on a device without host-visible device memory falls back to CopyRegions with a warning;
+  // upload_path() says which path runs.
+  UploadPath upload = UploadPath::Auto;
 };
 
 // Counters since the mirror was attached.
 struct GpuStats {
-  std::uint64_t waves_uploaded = 0;    // submits of wave uploads (waves that changed nothing submit nothing)
+  std::uint64_t waves_uploaded = 0;    // wave uploads: submits, or flushes that wrote directly (a wave that
+                                       // changed nothing uploads nothing)
   std::uint64_t bytes_changed = 0;     // changed bytes of the deltas the mirror received for mirrored pages
-  std::uint64_t bytes_uploaded = 0;    // bytes written into the staging ring for uploads
+  std::uint64_t bytes_uploaded = 0;    // bytes written into the staging ring (or, DirectWrite, device memory)
   std::uint64_t regions_uploaded = 0;  // copy regions (or scatter segments)
   std::uint64_t full_page_uploads = 0; // pages uploaded whole: new, resized, or re-synchronized
   std::uint64_t pages_mirrored = 0;    // live mirrored pages
   std::uint64_t device_bytes_reserved = 0;  // device memory held by the sub-allocator's buffers
-  std::uint64_t device_buffers = 0;         // VkDeviceMemory allocations of the sub-allocator
+  std::uint64_t device_buffers = 0;         // VkDeviceMemory allocations of the sub-allocator (a buffer left
+                                            // empty by deleted pages is freed)
+  std::uint64_t device_memory_allocations = 0;  // live VkDeviceMemory of the mirror: buffers, staging, readback
   std::uint64_t dispatches = 0;        // compute dispatches of device nodes
   std::uint64_t bytes_read_back = 0;   // device node outputs read back to the host
   std::uint64_t upload_ns = 0;         // host time spent staging, recording and submitting wave uploads
+  std::uint64_t timeline_submits = 0;  // submits, each signalling the next value of the mirror's timeline semaphore
+  std::uint64_t timeline_waits = 0;    // device-node submits that waited on the device for an upload submit
 };
 
 // A 2-D 5-point heat-diffusion step on a width x height grid of int32 (row-major, the page's first
@@ -95,6 +108,18 @@ struct Stencil5Params {
   std::uint32_t steps = 1;
 };
 
+// One explicit heat-diffusion step of a side x side tile of float cells (row-major, the page's first
+// side * side * 4 bytes) with halos: the rows just north and south of the tile and the columns just west and east
+// of it (side floats each; at an insulated border pass the tile's own edge). A cell c with neighbours n, s, w, e
+// (from the halo at the tile's edges) becomes c + alpha * ((n + s) + (w + e) - 4c), evaluated in exactly this
+// order without FMA contraction, and every intermediate below 2^-125 in magnitude is replaced by +0 (after the
+// subtraction, the product and the sum), so no denormal is produced or read. Hence the device and the CPU twin
+// (heat_tile_step_cpu) give the same bits on any device, whatever it does with denormals.
+struct HeatTileParams {
+  std::uint32_t side = 0;
+  float alpha = 0.2f;
+};
+
 class GpuMirror {
  public:
   // Attaches to `runtime` and `propagator` and mirrors their device pages. Never throws for a missing device
@@ -105,6 +130,8 @@ class GpuMirror {
   GpuMirror& operator=(const GpuMirror&) = delete;
 
   GpuBackend backend() const noexcept;
+  // The upload path in use (never Auto; CopyRegions in the CPU fallback, where nothing is uploaded).
+  UploadPath upload_path() const noexcept;
   // "llvmpipe (LLVM 15.0.6, 256 bits)" and the like; "cpu" in the fallback.
   std::string device_name() const;
 
@@ -121,6 +148,13 @@ class GpuMirror {
   // Propagator::recompute(output) runs it now.
   void derive_stencil5(PageId output, PageId input, Stencil5Params params);
 
+  // Makes `output` a device node: one heat step (HeatTileParams) of the tile `cell` with the halo pages
+  // `halo` = {north, south, west, east}. The node is incremental over the distinct pages among cell and halo and
+  // runs in every wave that changes one of them. All pages must be device pages (Device or Both) that are not
+  // device-only outputs of other device nodes; `cell` and `output` hold at least side * side floats, each halo
+  // page at least side floats. Throws Error(InvalidArgument) otherwise.
+  void derive_heat_tile(PageId output, PageId cell, const std::array<PageId, 4>& halo, HeatTileParams params);
+
   GpuStats stats() const;
 
   struct Impl;
@@ -132,5 +166,10 @@ class GpuMirror {
 // The CPU kernel behind derive_stencil5 (also what the fallback runs): one step from `in` to `out`, both
 // width * height cells. For tests and benchmarks that compare the backends.
 void stencil5_step_cpu(const std::int32_t* in, std::int32_t* out, std::uint32_t width, std::uint32_t height);
+
+// The CPU twin of derive_heat_tile (also what the fallback runs): `cell` and `out` hold side * side floats, each
+// halo side floats. Compiled without FMA contraction; the same bits as the shader.
+void heat_tile_step_cpu(const float* cell, const float* north, const float* south, const float* west,
+                        const float* east, float* out, std::uint32_t side, float alpha);
 
 }  // namespace mmsb

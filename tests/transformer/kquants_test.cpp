@@ -3,7 +3,12 @@
 // quantize -> load -> generate for every type through GGUF files written by quantize_gguf().
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <utility>
 
 #include <cmath>
 #include <cstring>
@@ -558,6 +563,47 @@ TEST(KQuantFiles, QuantizeErrors) {
   EXPECT_EQ(code_of(dir.file("o.gguf"), dir.file("o.gguf")), ErrorCode::InvalidArgument);  // in place
   o.pad_to = 100;
   EXPECT_EQ(code_of(f32, dir.file("p.gguf")), ErrorCode::InvalidArgument);
+}
+
+// stdout and stderr of one mmsb-llm run, with its exit code.
+std::pair<int, std::string> run_llm(const std::string& args) {
+  const std::string cmd = std::string(MMSB_LLM_BINARY) + " " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return {-1, ""};
+  std::string out;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST(KQuantFiles, QuantizeCommand) {
+  MMSB_REQUIRE_SHARED(f32, "models/stories260K-f32.gguf");
+  TempDir dir;
+  const std::string out = dir.file("q6.gguf");
+  auto [rc, text] = run_llm("quantize " + f32 + " " + out + " q6_k --pad 256");
+  EXPECT_EQ(rc, 0) << text;
+  EXPECT_NE(text.find("37 Q6_K"), std::string::npos) << text;  // the summary line: every matrix in Q6_K
+  auto [gen_rc, gen] = run_llm("-m " + out + " -p 'Once upon a time' -n 8");
+  EXPECT_EQ(gen_rc, 0) << gen;
+  EXPECT_EQ(gen.rfind("Once upon a time", 0), 0u) << gen;
+  // Errors: one line on stderr that says what to do, exit code 2.
+  const struct {
+    std::string args, says;
+  } errors[] = {{"quantize " + f32 + " " + out + " q6_k", "--force"},
+                {"quantize " + f32 + " " + dir.file("x.gguf") + " q7_k", "unknown tensor type 'q7_k'"},
+                {"quantize " + dir.file("missing.gguf") + " " + dir.file("x.gguf") + " q4_k", "missing.gguf"},
+                {"quantize " + f32 + " " + dir.file("x.gguf"), "type"}};
+  for (const auto& e : errors) {
+    auto [erc, etext] = run_llm(e.args);
+    EXPECT_EQ(erc, 2) << e.args << ": " << etext;
+    EXPECT_NE(etext.find(e.says), std::string::npos) << e.args << ": " << etext;
+    EXPECT_EQ(std::count(etext.begin(), etext.end(), '\n'), 1) << etext;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir.file("x.gguf")));
+  EXPECT_EQ(run_llm("quantize " + out + " " + dir.file("y.gguf") + " f32 --force").first, 0);  // from a K-quant
+  EXPECT_NO_THROW(load_model(dir.file("y.gguf")));
 }
 
 }  // namespace

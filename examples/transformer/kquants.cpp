@@ -321,7 +321,6 @@ MMSB_KQ_AVX2 float dot_tq2_0_avx2(const void* row, const BlockQ8K* y, std::size_
   return hsum_ps(acc);
 }
 
-// Trits of one 32-byte group: 16-bit lanes multiply by 3^n (mod 256 after the mask), times 3, high byte.
 // Trit n of 16 bytes held in 16-bit lanes, for lane multipliers `pow` = 3^n: ((b * 3^n) mod 256) * 3 >> 8.
 MMSB_KQ_AVX2 inline __m256i trit_lanes(__m256i bytes16, __m256i pow) {
   const __m256i masked = _mm256_and_si256(_mm256_mullo_epi16(bytes16, pow), _mm256_set1_epi16(0xFF));
@@ -420,8 +419,13 @@ MMSB_KQ_AVX2 void quantize_q8k_avx2(const float* x, BlockQ8K* out, std::size_t n
 // --- quantization (f32 -> blocks) -------------------------------------------------------------------------------
 
 inline int clamp_round(float v, int lo, int hi) {
-  const long r = std::lround(v);
+  const long r = std::lround(v);  // NaN gives an unspecified value, clamped below: never undefined behaviour
   return static_cast<int>(std::clamp<long>(r, lo, hi));
+}
+// An integral float clamped to [lo, hi]; NaN gives lo.
+inline int clamp_integral(float v, int lo, int hi) {
+  if (!(v >= static_cast<float>(lo))) return lo;
+  return v > static_cast<float>(hi) ? hi : static_cast<int>(v);
 }
 
 // Q4_K (levels = 15) and Q5_K (31): per sub-block of 32 the range [min(0, lowest), highest] in `levels` steps;
@@ -445,7 +449,7 @@ void quantize_k4(const float* x, std::uint8_t* b) {
   int sq[8], mq[8];
   for (int s = 0; s < 8; ++s) {
     // Rounding the scale up keeps the highest value inside the range.
-    sq[s] = d > 0 ? std::clamp(static_cast<int>(std::ceil(scale[s] / d - 1e-4f)), 0, 63) : 0;
+    sq[s] = d > 0 ? clamp_integral(std::ceil(scale[s] / d - 1e-4f), 0, 63) : 0;
     mq[s] = dmin > 0 ? clamp_round(min[s] / dmin, 0, 63) : 0;
   }
   std::uint8_t* sc = b + 4;
@@ -593,7 +597,7 @@ void quantize_row_q8k(const float* x, BlockQ8K* out, std::size_t n, SimdLevel le
     out->d = amax / 127.0f;
     const float id = amax > 0 ? 127.0f / amax : 0.0f;
     for (std::size_t j = 0; j < QK; ++j) {
-      out->qs[j] = static_cast<std::int8_t>(std::clamp(static_cast<int>(std::nearbyint(x[j] * id)), -127, 127));
+      out->qs[j] = static_cast<std::int8_t>(clamp_integral(std::nearbyint(x[j] * id), -127, 127));
     }
     for (int s = 0; s < 16; ++s) {
       int sum = 0;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -393,6 +394,7 @@ QuantizeReport quantize_gguf(const std::string& input, const std::string& output
   }
   if (alignment == 0 || alignment % 8 != 0) corrupt("GGUF general.alignment " + std::to_string(alignment));
 
+  if (n_tensors > bytes.size() / 24) corrupt("GGUF header: " + std::to_string(n_tensors) + " tensors cannot fit");
   std::vector<TensorEntry> tensors(n_tensors);
   for (TensorEntry& t : tensors) {
     t.name = r.string("tensor name");

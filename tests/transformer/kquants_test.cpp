@@ -272,7 +272,7 @@ TEST(KQuantDot, EveryLevelMatchesTheScalarReferenceAndTheF32Product) {
           // Integer sums are exact at every level; only the float combination of the blocks differs.
           double magnitude = 0, exact = 0, bound = 0;
           for (std::size_t i = 0; i < n; ++i) {
-            const double xi = static_cast<double>(xq[i / 256].d) * xq[i / 256].qs[i];
+            const double xi = static_cast<double>(xq[i / 256].d) * xq[i / 256].qs[i % 256];
             magnitude += std::fabs(w[i] * xi);
             exact += static_cast<double>(w[i]) * x[i];
             // Rounding x to Q8_K moves each value by at most half its block's step.

@@ -1,7 +1,10 @@
 // mmsb-fuzz-gguf: a standalone fuzz driver (no libFuzzer needed) for the model loaders of the transformer workload
 // (examples/transformer/model.hpp): mutated copies of real GGUF files and llama2.c checkpoints — bits flipped,
 // bytes overwritten with edge values, 64-bit fields set to huge counts, bytes inserted or deleted, files
-// truncated. Each mutated file is parsed; when it loads, an Engine is built on it and runs two steps.
+// truncated. Each mutated file is parsed; when it loads, an Engine is built on it and runs two steps, and one
+// loading file in eight is also rewritten by quantize_gguf() (examples/transformer/quantize.hpp). The corpus adds
+// super-block files made at start-up by quantize_gguf (stories260K padded to widths of 256, in Q4_K, Q6_K and
+// TQ1_0), so the K-quant and ternary kernels run on mutated blocks too.
 // Every outcome must be success or mmsb::Error. Anything else — another exception, a crash, or an iteration
 // running past 30 s — stops the run with the seed and iteration; iteration i draws from its own generator seeded
 // with (seed, i), so `--seed S` reproduces a run exactly.
@@ -13,6 +16,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <fstream>
@@ -25,6 +29,7 @@
 
 #include "examples/transformer/engine.hpp"
 #include "examples/transformer/model.hpp"
+#include "examples/transformer/quantize.hpp"
 #include "mmsb/error.hpp"
 
 namespace {
@@ -83,8 +88,14 @@ std::string mutate(const Seed& seed, std::mt19937_64& rng) {
   return b;
 }
 
-// Returns "" for an acceptable outcome, else what went wrong.
-std::string run_one(const std::string& bytes, bool gguf) {
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+// Returns "" for an acceptable outcome, else what went wrong. `scratch` is a folder for quantize's files.
+std::string run_one(const std::string& bytes, bool gguf, bool quantize, const std::string& scratch) {
   auto owner = std::make_shared<std::string>(bytes);
   auto span = std::as_bytes(std::span(owner->data(), owner->size()));
   try {
@@ -92,6 +103,14 @@ std::string run_one(const std::string& bytes, bool gguf) {
     mmsb::llm::Engine engine(m);
     engine.step(1, 0);
     engine.step(static_cast<int>(m.config.vocab_size - 1), 1);
+    if (gguf && quantize) {
+      write_file(scratch + "/in.gguf", bytes);
+      mmsb::llm::QuantizeOptions o;
+      o.type = mmsb::llm::TensorType::Q4_K;
+      o.force = true;
+      mmsb::llm::quantize_gguf(scratch + "/in.gguf", scratch + "/out.gguf", o);
+      mmsb::llm::load_model(scratch + "/out.gguf");  // what quantize writes must load
+    }
   } catch (const mmsb::Error&) {
     return "";  // NodeError included: a node refusing a value is a clean failure
   } catch (const std::exception& e) {
@@ -127,6 +146,39 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "mmsb-fuzz-gguf: %s\n", e.what());
     return 2;
   }
+  char scratch_template[] = "/tmp/mmsb-fuzz-gguf-XXXXXX";
+  if (::mkdtemp(scratch_template) == nullptr) {
+    std::fprintf(stderr, "mmsb-fuzz-gguf: cannot create a scratch folder in /tmp\n");
+    return 2;
+  }
+  const std::string scratch = scratch_template;
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      for (const char* f : {"/wide.gguf", "/seed.gguf", "/in.gguf", "/out.gguf", "/out.gguf.tmp"}) {
+        std::remove((dir + f).c_str());
+      }
+      ::rmdir(dir.c_str());
+    }
+  } cleanup{scratch};
+  try {
+    mmsb::llm::QuantizeOptions o;
+    o.type = mmsb::llm::TensorType::F32;
+    o.pad_to = 256;
+    o.force = true;
+    mmsb::llm::quantize_gguf(models + "/stories260K-f32.gguf", scratch + "/wide.gguf", o);
+    o.pad_to = 0;
+    for (auto type : {mmsb::llm::TensorType::Q4_K, mmsb::llm::TensorType::Q6_K, mmsb::llm::TensorType::TQ1_0}) {
+      o.type = type;
+      mmsb::llm::quantize_gguf(scratch + "/wide.gguf", scratch + "/seed.gguf", o);
+      const std::string name =
+          "stories260K-pad256-" + std::string(*mmsb::llm::tensor_type_name(static_cast<std::uint32_t>(type)));
+      corpus.push_back({name, read_file(scratch + "/seed.gguf"), true, 14300});
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mmsb-fuzz-gguf: %s\n", e.what());
+    return 2;
+  }
   std::signal(SIGALRM, on_alarm);
   const auto start = std::chrono::steady_clock::now();
   std::uint64_t done = 0;
@@ -138,7 +190,7 @@ int main(int argc, char** argv) {
     const Seed& s = corpus[rng() % corpus.size()];
     const std::string input = mutate(s, rng);
     ::alarm(30);
-    std::string failure = run_one(input, s.gguf);
+    std::string failure = run_one(input, s.gguf, rng() % 8 == 0, scratch);
     ::alarm(0);
     if (!failure.empty()) {
       std::fprintf(stderr, "mmsb-fuzz-gguf: seed %llu iteration %llu (%s): %s\n",

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <string>
 
+#include "examples/transformer/kquants.hpp"
 #include "mmsb/error.hpp"
 
 namespace mmsb::llm {
@@ -462,6 +463,7 @@ Kernels make_scalar() {
   k.attention_scores = attention_scores_scalar;
   k.attention_mix = attention_mix_scalar;
   k.softmax = softmax_scalar;
+  add_super_block_kernels(k);
   return k;
 }
 Kernels make_avx2() {
@@ -477,6 +479,7 @@ Kernels make_avx2() {
   k.attention_scores = attention_scores_avx2;
   k.attention_mix = attention_mix_avx2;
   k.softmax = softmax_avx2;
+  add_super_block_kernels(k);
   return k;
 }
 Kernels make_avx512() {
@@ -499,6 +502,12 @@ std::optional<std::string_view> tensor_type_name(std::uint32_t id) noexcept {
     case 6: return "Q5_0";
     case 7: return "Q5_1";
     case 8: return "Q8_0";
+    case 12: return "Q4_K";
+    case 13: return "Q5_K";
+    case 14: return "Q6_K";
+    case 15: return "Q8_K";
+    case 34: return "TQ1_0";
+    case 35: return "TQ2_0";
     default: return std::nullopt;
   }
 }
@@ -513,6 +522,12 @@ TypeTraits type_traits(TensorType type) noexcept {
     case TensorType::Q5_0: return {32, kQ5_0Bytes};
     case TensorType::Q5_1: return {32, kQ5_1Bytes};
     case TensorType::Q8_0: return {32, kQ8_0Bytes};
+    case TensorType::Q4_K: return {256, kQ4_KBytes};
+    case TensorType::Q5_K: return {256, kQ5_KBytes};
+    case TensorType::Q6_K: return {256, kQ6_KBytes};
+    case TensorType::Q8_K: return {256, kQ8_KBytes};
+    case TensorType::TQ1_0: return {256, kTQ1_0Bytes};
+    case TensorType::TQ2_0: return {256, kTQ2_0Bytes};
   }
   return {1, 0};
 }
@@ -602,6 +617,7 @@ const Kernels& kernels() {
 
 void matmul(const Kernels& k, TensorType type, const std::byte* matrix, std::size_t row_stride, const float* x,
             std::size_t cols, float* out, std::size_t rows) noexcept {
+  if (is_super_block_type(type)) return matmul_q8k(k, type, matrix, row_stride, x, cols, out, rows);
   DotFn dot = k.dot[static_cast<std::uint32_t>(type)];
   for (std::size_t r = 0; r < rows; ++r) out[r] = dot(matrix + r * row_stride, x, cols);
 }
@@ -658,7 +674,10 @@ float dot_rounded(TensorType type, const std::uint8_t* row, const RoundedBlock* 
 void matmul_llamacpp_rounding(const Kernels& k, TensorType type, const std::byte* matrix, std::size_t row_stride,
                               const float* x, std::size_t cols, float* out, std::size_t rows,
                               std::vector<float>& scratch) {
-  if (type == TensorType::F32) return matmul(k, type, matrix, row_stride, x, cols, out, rows);
+  // F32 takes the activations as they are; the super-block types already round them to Q8_K as llama.cpp does.
+  if (type == TensorType::F32 || is_super_block_type(type)) {
+    return matmul(k, type, matrix, row_stride, x, cols, out, rows);
+  }
   if (type == TensorType::F16) {
     scratch.resize(cols);
     for (std::size_t i = 0; i < cols; ++i) scratch[i] = fp16_to_fp32(fp32_to_fp16(x[i]));

@@ -34,8 +34,14 @@ enum class TensorType : std::uint32_t {
   Q5_0 = 6,
   Q5_1 = 7,
   Q8_0 = 8,
+  Q4_K = 12,  // super-block types (256 values; kquants.hpp)
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  TQ1_0 = 34,
+  TQ2_0 = 35,
 };
-inline constexpr int kTypeSlots = 9;  // table size: the largest supported id + 1
+inline constexpr int kTypeSlots = 36;  // table size: the largest supported id + 1
 
 // Name ("Q4_0") of a type id, or std::nullopt when the id is not one of the supported types.
 std::optional<std::string_view> tensor_type_name(std::uint32_t id) noexcept;
@@ -56,6 +62,9 @@ float fp16_to_fp32(std::uint16_t h) noexcept;
 std::uint16_t fp32_to_fp16(float f) noexcept;  // round to nearest even (for tests and quantizers)
 
 using DotFn = float (*)(const void* row, const float* x, std::size_t n);
+// A super-block row against activations already rounded to Q8_K blocks (kquants.hpp).
+struct BlockQ8K;
+using DotQ8KFn = float (*)(const void* row, const BlockQ8K* x, std::size_t n);
 // Writes the `n` values of a row as floats.
 using DequantizeFn = void (*)(const void* row, float* out, std::size_t n);
 
@@ -76,6 +85,7 @@ struct Kernels {
   SimdLevel level;
   DotFn dot[kTypeSlots];              // nullptr for unused ids
   DequantizeFn dequantize[kTypeSlots];
+  DotQ8KFn dot_q8k[kTypeSlots];       // the super-block types only
   AttentionScoresFn attention_scores;
   AttentionMixFn attention_mix;
   SoftmaxFn softmax;

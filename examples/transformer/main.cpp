@@ -3,6 +3,7 @@
 //   mmsb-llm -m stories260K.bin -z tok512.bin -p "Once upon a time" -n 64
 //   mmsb-llm -m stories260K-Q8_0.gguf -p "Once upon a time" --temp 0.8 --top-p 0.9 --seed 7
 //   mmsb-llm bench -m stories260K-f32.gguf -p 16 -n 256 --json
+//   mmsb-llm quantize stories260K-f32.gguf stories260K-q4_k.gguf q4_k
 //
 // stdout carries only the text (the prompt, then each token as it is generated, then a newline), byte for byte
 // what llama2.c's run prints for the same greedy run; timings go to stderr. Errors are one line and exit code 2.
@@ -19,6 +20,7 @@
 #include "examples/transformer/engine.hpp"
 #include "examples/transformer/generate.hpp"
 #include "examples/transformer/model.hpp"
+#include "examples/transformer/quantize.hpp"
 #include "examples/transformer/throughput.hpp"
 #include "examples/transformer/tokenizer.hpp"
 #include "mmsb/error.hpp"
@@ -41,7 +43,31 @@ struct Options {
   bool json = false;
   int repeat = 7;
   int rounds = 5;
+  // quantize
+  std::string quant_in, quant_out, quant_type;
+  bool force = false;
+  std::uint64_t pad = 0;
 };
+
+int run_quantize(const Options& o) {
+  QuantizeOptions q;
+  q.type = quantize_type_from_name(o.quant_type);
+  q.force = o.force;
+  q.pad_to = o.pad;
+  if (isatty(STDERR_FILENO) != 0) {  // a progress line on a terminal only
+    q.progress = [](std::size_t done, std::size_t total, std::string_view name) {
+      std::fprintf(stderr, "\rquantize: tensor %zu of %zu (%.*s)%-20s", done, total, static_cast<int>(name.size()),
+                   name.data(), "");
+      if (done == total) std::fprintf(stderr, "\r%-70s\r", "");
+    };
+  }
+  const QuantizeReport r = quantize_gguf(o.quant_in, o.quant_out, q);
+  std::string types;
+  for (const auto& [name, count] : r.types) types += (types.empty() ? "" : ", ") + std::to_string(count) + " " + name;
+  std::fprintf(stderr, "mmsb-llm: wrote %s: %zu tensors (%s), %.1f KiB -> %.1f KiB\n", o.quant_out.c_str(), r.tensors,
+               types.c_str(), static_cast<double>(r.input_bytes) / 1024, static_cast<double>(r.output_bytes) / 1024);
+  return 0;
+}
 
 int run_generate(const Options& o) {
   if (o.model.empty()) throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "no model given; use -m MODEL (see --help)");
@@ -170,6 +196,15 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
   bench->add_flag("--json", o.json, "print one JSON object with tok_per_s and prompt_tok_per_s");
+  CLI::App* quantize = app.add_subcommand(
+      "quantize", "write a GGUF copy of a model with its matrices in another tensor type (rows that do not fit the "
+                  "type's blocks get a wider type, as llama.cpp does; norm vectors stay F32)");
+  quantize->add_option("input", o.quant_in, "GGUF model to read")->required();
+  quantize->add_option("output", o.quant_out, "GGUF file to write")->required();
+  quantize->add_option("type", o.quant_type, "tensor type: " + quantize_type_names())->required();
+  quantize->add_flag("-f,--force", o.force, "overwrite the output file if it exists");
+  quantize->add_option("--pad", o.pad, "zero-pad the model's widths to multiples of N first (same function; 256 lets "
+                                       "the K-quants and ternary types apply to every matrix of a small model)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -181,6 +216,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    if (quantize->parsed()) return run_quantize(o);
     return bench->parsed() ? run_bench(o) : run_generate(o);
   } catch (const std::exception& e) {
     std::fflush(stdout);

@@ -336,7 +336,8 @@ Tensor gguf_tensor(const GgufFile& f, const std::string& name, std::uint64_t col
   }
   if (!is_supported_type(info.type)) {
     unsupported("GGUF tensor '" + name + "' has type id " + num(info.type) +
-                ", which this engine does not support (F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)");
+                ", which this engine does not support (F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, "
+                "Q8_K, TQ1_0, TQ2_0)");
   }
   Tensor t;
   t.name = name;

@@ -194,7 +194,8 @@ TEST(Kernels, RowBytesRefusesPartialBlocks) {
   EXPECT_EQ(row_bytes(TensorType::Q8_0, 64), 68u);
   EXPECT_EQ(row_bytes(TensorType::Q8_0, 172), 0u);  // why ffn_down stays F16 in the quantized files
   EXPECT_EQ(row_bytes(TensorType::F16, 172), 344u);
-  EXPECT_FALSE(is_supported_type(12));              // Q4_K
+  EXPECT_TRUE(is_supported_type(12));               // Q4_K
+  EXPECT_FALSE(is_supported_type(16));              // IQ2_XXS
   EXPECT_TRUE(is_supported_type(7));
 }
 

@@ -24,7 +24,8 @@ const llm::Model& f32_model() {
   static std::unique_ptr<llm::Model> model;
   if (!model) {
     try {
-      model = std::make_unique<llm::Model>(llm::load_model(std::string(MMSB_SHARED_DIR) + "/models/stories260K-f32.gguf"));
+      model =
+          std::make_unique<llm::Model>(llm::load_model(std::string(MMSB_SHARED_DIR) + "/models/stories260K-f32.gguf"));
     } catch (const std::exception& e) {
       throw std::runtime_error(std::string("lora bench needs the shared test model: ") + e.what());
     }
@@ -42,8 +43,8 @@ double median(std::vector<double> v) {
 }
 
 struct SwapRun {
-  double median_us;    // per swap
-  double mean_wave_us; // the propagation wave inside each swap (the re-run of the last step)
+  double median_us;     // per swap
+  double mean_wave_us;  // the propagation wave inside each swap (the re-run of the last step)
 };
 
 SwapRun swap_run() {
@@ -62,8 +63,8 @@ SwapRun swap_run() {
   }
   const LatencySummary after = engine.propagator().stats().wave_latency;
   if (after.count != before.count + kSwaps) throw std::runtime_error("lora bench: expected one wave per swap");
-  const double wave_ns = (after.mean_ns * static_cast<double>(after.count) -
-                          before.mean_ns * static_cast<double>(before.count)) / kSwaps;
+  const double wave_ns =
+      (after.mean_ns * static_cast<double>(after.count) - before.mean_ns * static_cast<double>(before.count)) / kSwaps;
   return {median(us), wave_ns / 1000.0};
 }
 
@@ -76,22 +77,23 @@ Register swap_wave("llm_lora_swap_wave_us",
                    "the part of llm_lora_swap_us spent in the propagation wave each swap triggers (mean)",
                    [] { return swap_run().mean_wave_us; });
 
-Register swap_memcpy("llm_lora_swap_memcpy_us",
-                     "baseline: memcpy of the weight bytes one swap replaces (the attn_q and attn_v matrices of "
-                     "every layer), median microseconds",
-                     [] {
-                       std::uint64_t bytes = 0;
-                       for (const auto& t : adapter(1).tensors) bytes += llm::find_lora_target(f32_model(), t.target)->bytes.size();
-                       std::vector<std::byte> from(bytes, std::byte{1}), to(bytes, std::byte{2}), other(bytes, std::byte{3});
-                       std::vector<double> us;
-                       for (int i = 0; i < kSwaps; ++i) {
-                         auto start = std::chrono::steady_clock::now();
-                         std::memcpy(to.data(), i % 2 == 0 ? from.data() : other.data(), bytes);
-                         us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
-                       }
-                       if (to[bytes / 2] == std::byte{0}) throw std::runtime_error("memcpy baseline: no copy");
-                       return median(us);
-                     });
+Register swap_memcpy(
+    "llm_lora_swap_memcpy_us",
+    "baseline: memcpy of the weight bytes one swap replaces (the attn_q and attn_v matrices of "
+    "every layer), median microseconds",
+    [] {
+      std::uint64_t bytes = 0;
+      for (const auto& t : adapter(1).tensors) bytes += llm::find_lora_target(f32_model(), t.target)->bytes.size();
+      std::vector<std::byte> from(bytes, std::byte{1}), to(bytes, std::byte{2}), other(bytes, std::byte{3});
+      std::vector<double> us;
+      for (int i = 0; i < kSwaps; ++i) {
+        auto start = std::chrono::steady_clock::now();
+        std::memcpy(to.data(), i % 2 == 0 ? from.data() : other.data(), bytes);
+        us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+      }
+      if (to[bytes / 2] == std::byte{0}) throw std::runtime_error("memcpy baseline: no copy");
+      return median(us);
+    });
 
 Register swap_ratio(Ratio{"llm_lora_swap_vs_memcpy_ratio", "llm_lora_swap_us", "llm_lora_swap_memcpy_us",
                           "LoRA swap time over a memcpy of the same weight bytes"});

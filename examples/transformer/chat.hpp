@@ -30,8 +30,8 @@ struct TurnResult {
   std::vector<int> input_ids;      // tokens this turn fed before sampling (the pending token, then the text)
   std::vector<int> generated_ids;  // sampled tokens (a final BOS/EOS not included)
   bool stopped_on_special = false;
-  bool context_full = false;       // stopped because the KV cache is full
-  std::uint64_t steps = 0;         // waves this turn ran (= new positions computed)
+  bool context_full = false;  // stopped because the KV cache is full
+  std::uint64_t steps = 0;    // waves this turn ran (= new positions computed)
 };
 
 class ChatSession {

@@ -79,7 +79,9 @@ struct Writer {
     out.insert(out.end(), b, b + n);
   }
   template <class T>
-  void value(T v) { raw(&v, sizeof v); }
+  void value(T v) {
+    raw(&v, sizeof v);
+  }
   void string(std::string_view s) {
     value<std::uint64_t>(s.size());
     raw(s.data(), s.size());
@@ -93,7 +95,9 @@ struct Writer {
 
 void quantize_row(TensorType type, const float* in, std::size_t n, std::byte* out) {
   switch (type) {
-    case TensorType::F32: std::memcpy(out, in, n * sizeof(float)); return;
+    case TensorType::F32:
+      std::memcpy(out, in, n * sizeof(float));
+      return;
     case TensorType::F16:
       for (std::size_t i = 0; i < n; ++i) {
         std::uint16_t h = fp32_to_fp16(in[i]);
@@ -109,7 +113,8 @@ void quantize_row(TensorType type, const float* in, std::size_t n, std::byte* ou
         const float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
         std::uint16_t h = fp32_to_fp16(d);
         std::memcpy(o, &h, 2);
-        for (int j = 0; j < 32; ++j) o[2 + j] = static_cast<std::byte>(static_cast<std::int8_t>(std::lround(x[j] * id)));
+        for (int j = 0; j < 32; ++j)
+          o[2 + j] = static_cast<std::byte>(static_cast<std::int8_t>(std::lround(x[j] * id)));
       }
       return;
     case TensorType::Q4_0:  // blocks of 32: d = (value of largest magnitude) / -8, q = clamp(x / d + 8.5) in 0..15
@@ -227,8 +232,8 @@ LoraAdapter parse_lora_gguf(std::span<const std::byte> bytes, const std::string&
   if (pairs.empty()) corrupt("LoRA adapter has no tensors");
   for (const auto& [target, ab] : pairs) {
     if (!ab.first || !ab.second) {
-      corrupt("LoRA adapter has '" + target + (ab.first ? ".lora_a" : ".lora_b") + "' without its partner '" +
-              target + (ab.first ? ".lora_b" : ".lora_a") + "'");
+      corrupt("LoRA adapter has '" + target + (ab.first ? ".lora_a" : ".lora_b") + "' without its partner '" + target +
+              (ab.first ? ".lora_b" : ".lora_a") + "'");
     }
     const GgufTensorEntry& a = *ab.first;
     const GgufTensorEntry& b = *ab.second;
@@ -284,8 +289,8 @@ std::vector<std::byte> serialize_lora_gguf(const LoraAdapter& adapter) {
   std::uint64_t offset = 0;
   auto aligned = [&](std::uint64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; };
   for (const LoraTensor& t : adapter.tensors) {
-    const std::pair<const char*, std::pair<std::uint64_t, std::uint64_t>> factors[] = {
-        {".lora_a", {t.cols, t.rank}}, {".lora_b", {t.rank, t.rows}}};
+    const std::pair<const char*, std::pair<std::uint64_t, std::uint64_t>> factors[] = {{".lora_a", {t.cols, t.rank}},
+                                                                                       {".lora_b", {t.rank, t.rows}}};
     for (const auto& [suffix, dims] : factors) {
       w.string(t.target + suffix);
       w.value<std::uint32_t>(2);
@@ -330,8 +335,8 @@ LoraAdapter make_random_lora(const Model& model, std::uint32_t rank, float alpha
                 "' (use attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down)");
       }
       if (rank == 0 || rank > base->rows || rank > base->cols) {
-        invalid("LoRA rank " + num(rank) + " must be 1.." + num(std::min(base->rows, base->cols)) + " for '" +
-                target + "'");
+        invalid("LoRA rank " + num(rank) + " must be 1.." + num(std::min(base->rows, base->cols)) + " for '" + target +
+                "'");
       }
       LoraTensor t;
       t.target = target;
@@ -363,18 +368,20 @@ std::size_t LoraSwitcher::prepare(const LoraAdapter& adapter, float user_scale) 
     if (!base) {
       unsupported("LoRA adapter " + adapter.name + " targets '" + t.target +
                   "', which is not a per-layer weight matrix of this model (blk.<n>.attn_q/k/v/output.weight, "
-                  "blk.<n>.ffn_gate/up/down.weight, n < " + num(model_.layers.size()) + ")");
+                  "blk.<n>.ffn_gate/up/down.weight, n < " +
+                  num(model_.layers.size()) + ")");
     }
     merged.resize(base->bytes.size());
     merge_lora_tensor(*base, t, adapter.scale_of(t, user_scale), merged);
     PreparedPage page;
     page.page = engine_.weight_page_of(*base);
     diff_into(base->bytes, merged, page.delta);  // undo recorded: the base bytes, for revert
-    if (page.delta.ranges.empty()) continue;  // no byte changes (a zero adapter, or below the type's resolution)
+    if (page.delta.ranges.empty()) continue;     // no byte changes (a zero adapter, or below the type's resolution)
     page.delta.page = page.page;
     p.pages.push_back(std::move(page));
   }
-  std::sort(p.pages.begin(), p.pages.end(), [](const PreparedPage& a, const PreparedPage& b) { return a.page < b.page; });
+  std::sort(p.pages.begin(), p.pages.end(),
+            [](const PreparedPage& a, const PreparedPage& b) { return a.page < b.page; });
   for (std::size_t i = 1; i < p.pages.size(); ++i) {
     if (p.pages[i].page == p.pages[i - 1].page) invalid("LoRA adapter " + adapter.name + " targets a tensor twice");
   }
@@ -398,7 +405,7 @@ void LoraSwitcher::revert() {
 // delta (its undo bytes are the base bytes), the new adapter's delta, or their composition. Computed once per
 // pair of states and kept without undo bytes (a later change starts from the pair's own deltas, never from a
 // committed one), so a swap allocates no weight-sized buffers of its own.
-const std::vector<Delta>& LoraSwitcher::transition(std::size_t from, std::size_t to) {
+std::vector<Delta>& LoraSwitcher::transition(std::size_t from, std::size_t to) {
   auto [it, fresh] = transitions_.try_emplace({from, to});
   if (!fresh) return it->second;
   static const std::vector<PreparedPage> kNone;
@@ -436,7 +443,7 @@ const std::vector<Delta>& LoraSwitcher::transition(std::size_t from, std::size_t
 // epoch it was made against); a page that changed since this switcher's last commit is refused (Aborted).
 void LoraSwitcher::commit_change(std::size_t to, const std::string& intent) {
   Runtime& rt = engine_.runtime();
-  std::vector<Delta>& change = const_cast<std::vector<Delta>&>(transition(active_ ? *active_ : kBase, to));
+  std::vector<Delta>& change = transition(active_ ? *active_ : kBase, to);
   Transaction txn = rt.begin();
   txn.set_intent(intent);
   for (Delta& d : change) {

@@ -112,14 +112,14 @@ class LoraSwitcher {
  private:
   struct PreparedPage {
     PageId page;
-    Delta delta;  // base → merged, with undo; base_epoch stamped when committed
+    Delta delta;  // base → merged, with undo (the base bytes); the source of the transitions
   };
   struct Prepared {
     std::string name;
     std::vector<PreparedPage> pages;  // in PageId order
   };
   static constexpr std::size_t kBase = static_cast<std::size_t>(-1);  // the base weights, as a state
-  const std::vector<Delta>& transition(std::size_t from, std::size_t to);
+  std::vector<Delta>& transition(std::size_t from, std::size_t to);   // built once per pair, then stamped and reused
   void commit_change(std::size_t to, const std::string& intent);
 
   Engine& engine_;

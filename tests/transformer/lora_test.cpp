@@ -15,8 +15,8 @@
 
 #include "examples/transformer/chat.hpp"
 #include "examples/transformer/engine.hpp"
-#include "examples/transformer/generate.hpp"
 #include "examples/transformer/forward.hpp"
+#include "examples/transformer/generate.hpp"
 #include "examples/transformer/kernels.hpp"
 #include "examples/transformer/lora.hpp"
 #include "examples/transformer/model.hpp"
@@ -28,8 +28,8 @@
 namespace mmsb::llm {
 namespace {
 
-const std::vector<std::string> kAllKinds = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
-                                            "ffn_down"};
+const std::vector<std::string> kAllKinds = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                            "ffn_gate", "ffn_up", "ffn_down"};
 
 std::uint64_t fnv1a(std::span<const std::byte> bytes) {
   std::uint64_t h = 1469598103934665603ull;
@@ -73,7 +73,7 @@ std::vector<float> dequantize_all(const Tensor& base, std::span<const std::byte>
   const Kernels& k = kernels_for(SimdLevel::Scalar);
   for (std::size_t r = 0; r < base.rows; ++r) {
     k.dequantize[static_cast<int>(base.type)](bytes.data() + r * base.row_stride, out.data() + r * base.cols,
-                                               base.cols);
+                                              base.cols);
   }
   return out;
 }
@@ -181,7 +181,7 @@ TEST(LoraFile, RefusesModelsBrokenPairsShapesAndValuesWithClearErrors) {
   std::string t2(reinterpret_cast<const char*>(bad_rank.data()), bad_rank.size());
   std::size_t b_name = t2.find(".lora_b");
   ASSERT_NE(b_name, std::string::npos);
-  std::uint64_t one = 1;  // A has rank 2
+  std::uint64_t one = 1;                                   // A has rank 2
   std::memcpy(bad_rank.data() + b_name + 7 + 4, &one, 8);  // after the name: u32 n_dims, then dims[0]
   try {
     parse_lora_gguf(bad_rank);
@@ -241,7 +241,7 @@ TEST(LoraMerge, QuantizedMergeIsWithinOneRequantizationOfTheDenseReference) {
         for (std::size_t i = b0; i < b0 + block; ++i) amax = std::max(amax, std::fabs(ref[i]));
         double bound = base.type == TensorType::Q8_0   ? 0.6 * amax / 127
                        : base.type == TensorType::Q4_0 ? 1.05 * amax / 8
-                                                        : amax * 1e-3 + 1e-7;  // F16: half an ulp is 2^-11
+                                                       : amax * 1e-3 + 1e-7;  // F16: half an ulp is 2^-11
         for (std::size_t i = b0; i < b0 + block; ++i) {
           ASSERT_LE(std::fabs(got[i] - ref[i]), bound) << file << " " << t.target << " element " << i;
         }
@@ -320,7 +320,8 @@ TEST(LoraCli, LoraMakeThenLoraGivesTheLibrarysTextAndKeepsTheModelFile) {
   MMSB_REQUIRE_SHARED(path, "models/stories260K-Q8_0.gguf");
   const std::uint64_t before = file_hash(path);
   const std::string adapter = ::testing::TempDir() + "mmsb_lora_cli_" + std::to_string(::getpid()) + ".gguf";
-  CliRun made = run_cli("lora-make -m " + path + " -o " + adapter + " --rank 4 --alpha 8 --seed 5 --targets attn_q,ffn_down");
+  CliRun made =
+      run_cli("lora-make -m " + path + " -o " + adapter + " --rank 4 --alpha 8 --seed 5 --targets attn_q,ffn_down");
   ASSERT_EQ(made.status, 0);
   Model model = load_model(path);
   LoraAdapter a = load_lora(adapter);
@@ -483,7 +484,8 @@ INSTANTIATE_TEST_SUITE_P(Files, LoraEngine,
                          ::testing::Values("stories260K-f32.gguf", "stories260K-Q8_0.gguf", "stories260K-Q4_0.gguf"),
                          [](const auto& test_info) {
                            std::string n = test_info.param;
-                           for (char& c : n) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           for (char& c : n)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
                            return n;
                          });
 

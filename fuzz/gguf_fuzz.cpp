@@ -5,6 +5,8 @@
 // loading file in eight is also rewritten by quantize_gguf() (examples/transformer/quantize.hpp). The corpus adds
 // super-block files made at start-up by quantize_gguf (stories260K padded to widths of 256, in Q4_K, Q6_K and
 // TQ1_0), so the K-quant and ternary kernels run on mutated blocks too.
+// LoRA adapters (examples/transformer/lora.hpp) are fuzzed the same way: a random adapter for the Q8_0 model,
+// mutated, parsed, and when it parses, prepared, applied and reverted on an engine over that model.
 // Every outcome must be success or mmsb::Error. Anything else — another exception, a crash, or an iteration
 // running past 30 s — stops the run with the seed and iteration; iteration i draws from its own generator seeded
 // with (seed, i), so `--seed S` reproduces a run exactly.
@@ -28,6 +30,7 @@
 #include <unistd.h>
 
 #include "examples/transformer/engine.hpp"
+#include "examples/transformer/lora.hpp"
 #include "examples/transformer/model.hpp"
 #include "examples/transformer/quantize.hpp"
 #include "mmsb/error.hpp"
@@ -56,7 +59,29 @@ struct Seed {
   std::string bytes;
   bool gguf;
   std::size_t header;  // where mutations concentrate: the metadata and tensor table
+  bool lora = false;   // a LoRA adapter (gguf is then true too)
 };
+
+// The model LoRA seeds are made for, with one engine to apply them on (built once: engines are not cheap).
+struct LoraTarget {
+  mmsb::llm::Model model;
+  std::unique_ptr<mmsb::llm::Engine> engine;
+};
+LoraTarget* lora_target = nullptr;
+
+std::string run_lora(const std::string& bytes) {
+  try {
+    mmsb::llm::LoraAdapter a = mmsb::llm::parse_lora_gguf(std::as_bytes(std::span(bytes.data(), bytes.size())));
+    mmsb::llm::LoraSwitcher sw(*lora_target->engine, lora_target->model);
+    sw.activate(sw.prepare(a));
+    sw.revert();
+  } catch (const mmsb::Error&) {
+    return "";
+  } catch (const std::exception& e) {
+    return std::string("unexpected exception: ") + e.what();
+  }
+  return "";
+}
 
 std::string mutate(const Seed& seed, std::mt19937_64& rng) {
   std::string b = seed.bytes;
@@ -142,6 +167,13 @@ int main(int argc, char** argv) {
     corpus.push_back({"stories260K-Q4_0.gguf", read_file(models + "/stories260K-Q4_0.gguf"), true, 14300});
     corpus.push_back({"stories260K-Q8_0.gguf", read_file(models + "/stories260K-Q8_0.gguf"), true, 14300});
     corpus.push_back({"stories260K.bin", read_file(models + "/stories260K.bin"), false, 28});
+    static LoraTarget target{mmsb::llm::load_model(models + "/stories260K-Q8_0.gguf"), nullptr};
+    target.engine = std::make_unique<mmsb::llm::Engine>(target.model);
+    lora_target = &target;
+    auto adapter = mmsb::llm::serialize_lora_gguf(
+        mmsb::llm::make_random_lora(target.model, 2, 4.0f, seed, {"attn_q", "ffn_down"}));
+    std::string adapter_bytes(reinterpret_cast<const char*>(adapter.data()), adapter.size());
+    corpus.push_back({"random LoRA adapter", adapter_bytes, true, 1200, true});
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mmsb-fuzz-gguf: %s\n", e.what());
     return 2;
@@ -190,7 +222,7 @@ int main(int argc, char** argv) {
     const Seed& s = corpus[rng() % corpus.size()];
     const std::string input = mutate(s, rng);
     ::alarm(30);
-    std::string failure = run_one(input, s.gguf, rng() % 8 == 0, scratch);
+    std::string failure = s.lora ? run_lora(input) : run_one(input, s.gguf, rng() % 8 == 0, scratch);
     ::alarm(0);
     if (!failure.empty()) {
       std::fprintf(stderr, "mmsb-fuzz-gguf: seed %llu iteration %llu (%s): %s\n",

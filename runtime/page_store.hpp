@@ -35,8 +35,9 @@ struct PageRecord {
   // for a page with one atomic load instead of a map lookup. Opaque to the runtime.
   std::atomic<void*> listener_tag{nullptr};
   // External page (Runtime::create_external_page): `data` is read-only memory owned by `external_owner`, never by
-  // the allocator; `capacity` stays 0 and every write, resize or delta is refused.
-  bool external = false;
+  // the allocator; `capacity` stays 0 and every write, resize or delta is refused. Atomic: Runtime::make_private()
+  // clears it under the exclusive lock while lock-free readers (is_external) may look.
+  std::atomic<bool> external{false};
   std::shared_ptr<const void> external_owner;
 };
 

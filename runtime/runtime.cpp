@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -86,6 +87,27 @@ bool Runtime::is_external(PageId id) const {
   PageRecord* record = impl_->find_or_throw(id);
   if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
   return record->external;
+}
+
+bool Runtime::make_private(PageId id) {
+  PageRecord* record = impl_->find_or_throw(id);
+  std::unique_lock lock(record->mutex);
+  if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+  if (!record->external) return false;
+  const std::uint64_t size = record->size.load(std::memory_order_relaxed);
+  if (size > 0) {
+    detail::Block block = PageAllocator::global().allocate(size, detail::Zeroing::Uninitialized);
+    std::memcpy(block.data, record->data, size);
+    record->data = block.data;
+    record->capacity = block.capacity;
+  } else {
+    record->data = nullptr;
+  }
+  record->external = false;
+  std::shared_ptr<const void> owner = std::move(record->external_owner);
+  lock.unlock();
+  owner.reset();  // may unmap a file: outside the lock
+  return true;
 }
 
 IdBlock Runtime::reserve_ids(std::uint64_t count) {

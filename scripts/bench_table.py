@@ -22,6 +22,7 @@ TARGETS = {
     "cycle_check_10k_ms": ("< 1", lambda r: r["cycle_check_10k_ms"] < 1),
     "deltas_per_s_batch": (">= 10,000,000", lambda r: r["deltas_per_s_batch"] >= 1e7),
     "llm_tok_per_s_f32": (">= 12,000", lambda r: r["llm_tok_per_s_f32"] >= 12000),
+    "llm_lora_swap_us": ("< 1000", lambda r: r["llm_lora_swap_us"] < 1000),
     "llm_f32_vs_direct_ratio": (">= 0.9", lambda r: r["llm_f32_vs_direct_ratio"] >= 0.9),
     "log_commits_per_s": (">= 1,000,000", lambda r: r["log_commits_per_s"] >= 1e6),
     "replay_commits_per_s": (">= 1,000,000", lambda r: r["replay_commits_per_s"] >= 1e6),

@@ -46,6 +46,7 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   auto weight_page = [&](const Tensor& t) {
     PageId id = rt.create_external_page(t.bytes, model.owner);
     weight_pages_.push_back(id);
+    weight_data_.push_back(t.bytes.data());
     return id;
   };
   const std::uint64_t stream_bytes = std::uint64_t{c.dim} * sizeof(float);
@@ -123,6 +124,13 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
     logits(*shape, floats(ctx.input(0)), floats(ctx.input(2)), weight_ref(*classifier, ctx.input(3).data()),
            *out_scratch, floats(ctx.output()));
   }, always);
+}
+
+PageId Engine::weight_page_of(const Tensor& tensor) const {
+  for (std::size_t i = 0; i < weight_data_.size(); ++i) {
+    if (weight_data_[i] == tensor.bytes.data()) return weight_pages_[i];
+  }
+  throw Error(ErrorCode::NotFound, "tensor '" + tensor.name + "' has no weight page in this engine");
 }
 
 Engine::~Engine() {

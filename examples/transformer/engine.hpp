@@ -61,6 +61,8 @@ class Engine {
   PageId step_page() const noexcept { return step_page_; }
   PageId logits_page() const noexcept { return logits_page_; }
   std::span<const PageId> weight_pages() const noexcept { return weight_pages_; }
+  // The page over a weight tensor of the model (found by the tensor's bytes in the file); Error(NotFound) if none.
+  PageId weight_page_of(const Tensor& tensor) const;
 
  private:
   const Model& model_;
@@ -69,6 +71,7 @@ class Engine {
   std::unique_ptr<ForwardShape> shape_;
   PageId step_page_, logits_page_;
   std::vector<PageId> weight_pages_;
+  std::vector<const std::byte*> weight_data_;  // the file bytes each weight page was created over
   std::vector<float> logits_;
 
   std::span<const float> run_step(int token, int pos, bool want_logits);

@@ -10,15 +10,20 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <iostream>
+#include <memory>
 #include <exception>
 #include <string>
 #include <vector>
 
 #include <unistd.h>
 
+#include "examples/transformer/chat.hpp"
 #include "examples/transformer/engine.hpp"
 #include "examples/transformer/generate.hpp"
+#include "examples/transformer/lora.hpp"
 #include "examples/transformer/model.hpp"
 #include "examples/transformer/quantize.hpp"
 #include "examples/transformer/throughput.hpp"
@@ -47,6 +52,14 @@ struct Options {
   std::string quant_in, quant_out, quant_type;
   bool force = false;
   std::uint64_t pad = 0;
+  // LoRA and chat
+  std::vector<std::string> lora;
+  float lora_scale = 1.0f;
+  int lora_swap_every = 0;
+  bool interactive = false;
+  std::string lora_out, lora_targets = "attn_q,attn_v";
+  std::uint32_t lora_rank = 4;
+  float lora_alpha = 4.0f;
 };
 
 int run_quantize(const Options& o) {
@@ -66,6 +79,99 @@ int run_quantize(const Options& o) {
   for (const auto& [name, count] : r.types) types += (types.empty() ? "" : ", ") + std::to_string(count) + " " + name;
   std::fprintf(stderr, "mmsb-llm: wrote %s: %zu tensors (%s), %.1f KiB -> %.1f KiB\n", o.quant_out.c_str(), r.tensors,
                types.c_str(), static_cast<double>(r.input_bytes) / 1024, static_cast<double>(r.output_bytes) / 1024);
+  return 0;
+}
+
+// Prepares every --lora adapter and activates the first; with --lora-swap-every N, on_position() moves to the
+// next adapter (cycling; with one adapter: adapter, base, adapter, ...) every N positions.
+struct LoraCycle {
+  LoraCycle(const Options& o, Engine& engine, const Model& model) : every(o.lora_swap_every) {
+    if (o.lora.empty()) {
+      if (every > 0) throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--lora-swap-every needs --lora FILE");
+      return;
+    }
+    switcher = std::make_unique<LoraSwitcher>(engine, model);
+    for (const std::string& file : o.lora) switcher->prepare(load_lora(file), o.lora_scale);
+    switcher->activate(0);
+  }
+  void on_position() {
+    if (!switcher || every <= 0 || ++positions % every != 0) return;
+    const auto start = std::chrono::steady_clock::now();
+    const std::size_t n = switcher->prepared_count();
+    const std::size_t state = (switcher->active() ? *switcher->active() : n) + 1;  // n = the base weights
+    const std::size_t next = state % (n == 1 ? 2 : n);
+    if (next < n) switcher->activate(next); else switcher->revert();
+    swap_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+  }
+  void report() const {
+    if (swap_us.empty()) return;
+    std::vector<double> s = swap_us;
+    std::sort(s.begin(), s.end());
+    std::fprintf(stderr, "mmsb-llm: %zu LoRA swaps, median %.1f us, max %.1f us\n", s.size(), s[s.size() / 2],
+                 s.back());
+  }
+  std::unique_ptr<LoraSwitcher> switcher;
+  int every;
+  long positions = 0;
+  std::vector<double> swap_us;
+};
+
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    std::size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    if (end > start) out.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
+int run_lora_make(const Options& o) {
+  Model model = load_model(o.model);
+  LoraAdapter a = make_random_lora(model, o.lora_rank, o.lora_alpha, o.seed, split_commas(o.lora_targets));
+  write_lora_gguf(o.lora_out, a);
+  std::fprintf(stderr, "mmsb-llm: wrote %s: %zu adapted matrices, rank %u, alpha %g, seed %llu\n",
+               o.lora_out.c_str(), a.tensors.size(), o.lora_rank, static_cast<double>(o.lora_alpha),
+               static_cast<unsigned long long>(o.seed));
+  return 0;
+}
+
+// Chat: each stdin line is a turn ("/reset" starts over); the KV cache carries the conversation between turns.
+int run_chat(const Options& o, Engine& engine, const Tokenizer& tokenizer, Sampler& sampler, LoraCycle& lora) {
+  ChatSession chat(engine, tokenizer, sampler);
+  const bool tty = isatty(STDIN_FILENO) != 0;
+  auto print = [&lora](std::string_view text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+    lora.on_position();
+  };
+  auto one_turn = [&](const std::string& line) {
+    TurnResult r = chat.turn(line, o.steps, print);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+    std::fprintf(stderr, "[%zu tokens in, %zu out, %llu positions computed, %zu in the cache%s]\n",
+                 r.input_ids.size(), r.generated_ids.size(), static_cast<unsigned long long>(r.steps),
+                 chat.history().size(), r.context_full ? "; context full, /reset to go on" : "");
+  };
+  if (!o.prompt.empty()) one_turn(o.prompt);
+  std::string line;
+  for (;;) {
+    if (tty) std::fputs("> ", stderr);
+    if (!std::getline(std::cin, line)) break;
+    if (line == "/reset") {
+      chat.reset();
+      continue;
+    }
+    try {
+      one_turn(line);
+    } catch (const mmsb::Error& e) {
+      if (e.code() != mmsb::ErrorCode::InvalidArgument) throw;
+      std::fprintf(stderr, "mmsb-llm: %s\n", e.what());
+    }
+  }
+  lora.report();
   return 0;
 }
 
@@ -89,10 +195,14 @@ int run_generate(const Options& o) {
   EngineOptions engine_options;
   engine_options.threads = o.threads;
   Engine engine(model, engine_options);
-  GenerateResult r = generate(engine, tokenizer, sampler, o.prompt, o.steps, [](std::string_view text) {
+  LoraCycle lora(o, engine, model);
+  if (o.interactive) return run_chat(o, engine, tokenizer, sampler, lora);
+  GenerateResult r = generate(engine, tokenizer, sampler, o.prompt, o.steps, [&lora](std::string_view text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
+    lora.on_position();
   });
+  lora.report();
   std::fputc('\n', stdout);
   std::fflush(stdout);
   const double prompt_steps = static_cast<double>(r.prompt_ids.size()) - 1;
@@ -182,6 +292,22 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 1024u));
   app.add_option("--ctx", o.context, "KV cache positions; 0 = from the file (at least 512 for GGUF)")
       ->capture_default_str();
+  app.add_option("--lora", o.lora, "LoRA adapter (llama.cpp GGUF adapter); repeat to prepare several for --lora-swap-every");
+  app.add_option("--lora-scale", o.lora_scale, "scale of the adapters (times alpha / rank)")->capture_default_str();
+  app.add_option("--lora-swap-every", o.lora_swap_every,
+                 "swap to the next --lora adapter every N positions (one adapter: adapter and base alternate)")
+      ->check(CLI::Range(0, 1 << 30));
+  app.add_flag("-i,--interactive", o.interactive,
+               "chat: each stdin line is a turn (-p is the first); the KV cache is kept between turns; /reset");
+  CLI::App* lora_make = app.add_subcommand("lora-make", "write a random LoRA adapter (GGUF) for a model, for tests");
+  lora_make->add_option("-m,--model", o.model, "the base model")->required();
+  lora_make->add_option("-o,--output", o.lora_out, "adapter file to write")->required();
+  lora_make->add_option("--rank", o.lora_rank, "rank")->capture_default_str();
+  lora_make->add_option("--alpha", o.lora_alpha, "adapter.lora.alpha (scale = alpha / rank)")->capture_default_str();
+  lora_make->add_option("--seed", o.seed, "random seed")->capture_default_str();
+  lora_make->add_option("--targets", o.lora_targets,
+                        "comma-separated kinds: attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down")
+      ->capture_default_str();
   CLI::App* bench = app.add_subcommand("bench", "measure prompt and generation throughput (engine and direct loop)");
   bench->add_option("-m,--model", o.model, "model file")->required();
   bench->add_option("-p,--n-prompt", o.bench_prompt, "prompt tokens to process")->capture_default_str();
@@ -217,6 +343,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (quantize->parsed()) return run_quantize(o);
+    if (lora_make->parsed()) return run_lora_make(o);
     return bench->parsed() ? run_bench(o) : run_generate(o);
   } catch (const std::exception& e) {
     std::fflush(stdout);

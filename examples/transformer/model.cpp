@@ -252,6 +252,7 @@ class GgufFile {
   }
 
   std::uint32_t version() const noexcept { return version_; }
+  const std::map<std::string, GgufValue>& metadata() const noexcept { return kv_; }
   const std::map<std::string, GgufTensorInfo>& tensors() const noexcept { return tensors_; }
   std::uint64_t data_start() const noexcept { return data_start_; }
   std::span<const std::byte> bytes() const noexcept { return bytes_; }
@@ -593,6 +594,44 @@ Model load_model(const std::string& path, const LoadOptions& options) {
     // Re-thrown with the file name in front of the message (what() starts with "<code name>: ").
     throw Error(e.code(), path + ": " + std::string(e.what()).substr(error_code_name(e.code()).size() + 2));
   }
+}
+
+GgufContents parse_gguf_contents(std::span<const std::byte> bytes) {
+  GgufFile f(bytes);
+  GgufContents out;
+  out.version = f.version();
+  for (const auto& [key, v] : f.metadata()) {
+    if (v.type == GgufType::String) {
+      out.strings.emplace(key, std::string(v.text));
+    } else if (v.type != GgufType::Array) {
+      out.numbers.emplace(key, v.is_integer ? static_cast<double>(v.integer) : v.number);
+    }
+  }
+  const std::uint64_t available = f.bytes().size() - f.data_start();
+  for (const auto& [name, info] : f.tensors()) {
+    GgufTensorEntry e;
+    e.name = name;
+    e.type = info.type;
+    e.dims = info.dims;
+    if (is_supported_type(info.type)) {
+      const auto type = static_cast<TensorType>(info.type);
+      const std::uint64_t stride = row_bytes(type, info.dims[0]);
+      if (stride == 0) {
+        corrupt("GGUF tensor '" + name + "' rows of " + num(info.dims[0]) + " values are not a whole number of " +
+                std::string(*tensor_type_name(info.type)) + " blocks");
+      }
+      std::uint64_t rows = 1;
+      for (std::size_t d = 1; d < info.dims.size(); ++d) rows *= info.dims[d];  // checked at parse
+      const std::uint64_t size = mul_checked(stride, rows, "GGUF tensor '" + name + "' size");
+      if (info.offset > available || available - info.offset < size) {
+        corrupt("GGUF tensor '" + name + "' data [" + num(info.offset) + ", +" + num(size) +
+                ") lies outside the data section of " + num(available) + " bytes (truncated file?)");
+      }
+      e.bytes = f.bytes().subspan(f.data_start() + info.offset, size);
+    }
+    out.tensors.push_back(std::move(e));
+  }
+  return out;
 }
 
 // --- MappedFile --------------------------------------------------------------------------------------------------

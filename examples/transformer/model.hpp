@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -105,5 +106,21 @@ Model parse_llama2c(std::span<const std::byte> bytes, std::shared_ptr<const void
 // A llama2.c tokenizer file (tok512.bin): int32 max piece length, then per piece f32 score, int32 length, bytes.
 Vocabulary load_llama2c_tokenizer(const std::string& path, std::uint32_t vocab_size);
 Vocabulary parse_llama2c_tokenizer(std::span<const std::byte> bytes, std::uint32_t vocab_size);
+
+// A GGUF file read without model semantics (LoRA adapters, tools): its metadata scalars and its tensor table,
+// with the same bounds checks as parse_gguf(). Tensor bytes are spans into `bytes`.
+struct GgufTensorEntry {
+  std::string name;
+  std::uint32_t type = 0;             // ggml type id, possibly one this engine cannot run
+  std::vector<std::uint64_t> dims;    // GGUF order: dims[0] is the length of a row
+  std::span<const std::byte> bytes;   // the data, checked to lie in the file; empty for an unsupported type
+};
+struct GgufContents {
+  std::uint32_t version = 0;
+  std::map<std::string, std::string> strings;  // string-valued keys
+  std::map<std::string, double> numbers;       // integer, float and bool keys
+  std::vector<GgufTensorEntry> tensors;        // in name order
+};
+GgufContents parse_gguf_contents(std::span<const std::byte> bytes);
 
 }  // namespace mmsb::llm

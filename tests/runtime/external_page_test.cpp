@@ -76,5 +76,48 @@ TEST(ExternalPage, OwnerIsReleasedWhenTheRuntimeIsDestroyed) {
   EXPECT_TRUE(watch.expired());
 }
 
+TEST(ExternalPage, MakePrivateCopiesOnceThenAcceptsDeltasAndLeavesTheMappingUntouched) {
+  void* map = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  static_cast<std::uint8_t*>(map)[7] = 42;
+  ASSERT_EQ(::mprotect(map, 4096, PROT_READ), 0);  // any write through the runtime now crashes the test
+  std::shared_ptr<const void> owner(map, [](const void* p) { ::munmap(const_cast<void*>(p), 4096); });
+  std::weak_ptr<const void> watch = owner;
+  Runtime rt;
+  PageId id = rt.create_external_page({static_cast<const std::byte*>(map), 4096}, owner);
+  owner.reset();
+  EXPECT_TRUE(rt.make_private(id));
+  EXPECT_TRUE(watch.expired());  // the mapping's owner is released: the page no longer points into it
+  EXPECT_FALSE(rt.is_external(id));
+  EXPECT_FALSE(rt.make_private(id));  // already private: nothing to copy
+  EXPECT_EQ(rt.info(id).epoch, 0u);
+  EXPECT_EQ(rt.info(id).size, 4096u);
+  EXPECT_EQ(rt.read_value<std::uint8_t>(id, 7), 42u);
+  auto before = rt.read_all(id);
+  auto after = before;
+  after[7] = std::byte{1};
+  after[4000] = std::byte{2};
+  Delta d = diff(before, after);
+  d.page = id;
+  auto txn = rt.begin();
+  txn.apply(d);
+  txn.commit();
+  EXPECT_EQ(rt.read_all(id), after);
+  EXPECT_EQ(rt.info(id).epoch, 1u);
+  Delta undo = invert(d);
+  auto txn2 = rt.begin();
+  txn2.apply(undo);
+  txn2.commit();
+  EXPECT_EQ(rt.read_all(id), before);
+}
+
+TEST(ExternalPage, MakePrivateOfAMissingPageIsNotFound) {
+  Runtime rt;
+  PageId id = rt.create_page(8);
+  EXPECT_FALSE(rt.make_private(id));  // an ordinary page is already private
+  rt.delete_page(id);
+  EXPECT_EQ(error_code_of([&] { rt.make_private(id); }), ErrorCode::NotFound);
+}
+
 }  // namespace
 }  // namespace mmsb

@@ -161,6 +161,13 @@ class Runtime {
                               Location location = Location::Host);
   // True for pages made by create_external_page(). Throws Error(NotFound) for a missing page.
   bool is_external(PageId id) const;
+  // Copy on write for an external page: copies its bytes once into memory the runtime owns, after which it is an
+  // ordinary page (writes, deltas and resizes allowed; id, size and epoch unchanged) and its `owner` is released.
+  // The external memory itself is never written. Returns true when it copied, false for a page that was already
+  // private. Nothing is logged (the bytes do not change); later commits to the page are, as for any page. Takes
+  // the page's exclusive lock, so it waits for readers (ReadViews, running node functions). Throws
+  // Error(NotFound) for a missing page.
+  bool make_private(PageId id);
 
   // Deletes a page; its id is never reused. Throws Error(NotFound) when the page does not exist.
   void delete_page(PageId id);

@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
-#include <chrono>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
@@ -53,20 +53,20 @@ struct LayerPager::Impl {
   struct Unit {
     std::uint64_t bytes = 0;
     std::atomic<State> state{State::Absent};  // written under mutex; read without it while spinning
-    Buffer buffer;                // guarded by mutex; fixed while Loading or Resident
-    std::uint32_t pins = 0;       // guarded by mutex
-    std::uint64_t last_use = 0;   // guarded by mutex: tick of the last pin or started prefetch
-    bool by_prefetch = false;     // guarded by mutex: loaded (or loading) by a prefetch, not pinned since
+    Buffer buffer;                            // guarded by mutex; fixed while Loading or Resident
+    std::uint32_t pins = 0;                   // guarded by mutex
+    std::uint64_t last_use = 0;               // guarded by mutex: tick of the last pin or started prefetch
+    bool by_prefetch = false;                 // guarded by mutex: loaded (or loading) by a prefetch, not pinned since
   };
 
   std::uint64_t budget = 0;
   Loader loader;
   Options options;
   mutable std::mutex mutex;
-  std::condition_variable changed;  // a load finished or failed, or a unit was unpinned
-  std::vector<Unit> units;          // the vector itself never changes size
-  std::vector<Buffer> pool;         // guarded by mutex: free buffers, counted in stats.held_bytes
-  std::uint64_t tick = 0;           // guarded by mutex
+  std::condition_variable changed;         // a load finished or failed, or a unit was unpinned
+  std::vector<Unit> units;                 // the vector itself never changes size
+  std::vector<Buffer> pool;                // guarded by mutex: free buffers, counted in stats.held_bytes
+  std::uint64_t tick = 0;                  // guarded by mutex
   std::uint64_t loads_in_flight = 0;       // guarded by mutex: synchronous and prefetch loads
   std::uint64_t prefetches_in_flight = 0;  // guarded by mutex
   PagerStats stats;                        // guarded by mutex
@@ -303,8 +303,8 @@ LayerPager::Pin LayerPager::pin(std::size_t index) {
 void LayerPager::prefetch(std::size_t index) {
   Impl& m = *impl_;
   if (index >= m.units.size()) {
-    throw Error(ErrorCode::InvalidArgument, "layer pager: cannot prefetch unit " + std::to_string(index) + " of " +
-                                                std::to_string(m.units.size()));
+    throw Error(ErrorCode::InvalidArgument,
+                "layer pager: cannot prefetch unit " + std::to_string(index) + " of " + std::to_string(m.units.size()));
   }
   if (!m.options.prefetch) return;
   {
@@ -398,7 +398,8 @@ std::uint64_t parse_mem_budget(std::string_view text, std::uint64_t model_bytes)
         throw bad("is more than 2^64 bytes");
       }
     } else {
-      const long double exact = std::floor(static_cast<long double>(model_bytes) * static_cast<long double>(percent) / 100.0L);
+      const long double exact =
+          std::floor(static_cast<long double>(model_bytes) * static_cast<long double>(percent) / 100.0L);
       if (exact >= 18446744073709551616.0L) throw bad("is more than 2^64 bytes");
       bytes = static_cast<std::uint64_t>(exact);
     }

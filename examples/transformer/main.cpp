@@ -59,14 +59,14 @@ std::optional<PagingOptions> paging_for(const Options& o, const Model& model, bo
 void print_pager_stats(const char* label, const PagerStats& s) {
   std::fprintf(stderr,
                "%s: %llu pins: %llu synchronous loads, %llu hits, %llu waits for a prefetch in flight; %llu "
-               "prefetches (%llu hits, %llu dropped, %llu unused); %llu evictions; %llu bytes loaded; peak %llu "
+               "prefetches (%llu hits, %llu late, %llu dropped, %llu unused); %llu evictions; %llu bytes loaded; peak %llu "
                "bytes held\n",
                label, static_cast<unsigned long long>(s.pins), static_cast<unsigned long long>(s.sync_loads),
                static_cast<unsigned long long>(s.hits), static_cast<unsigned long long>(s.waits),
                static_cast<unsigned long long>(s.prefetches), static_cast<unsigned long long>(s.prefetch_hits),
-               static_cast<unsigned long long>(s.prefetches_dropped), static_cast<unsigned long long>(s.prefetches_unused),
-               static_cast<unsigned long long>(s.evictions), static_cast<unsigned long long>(s.bytes_loaded),
-               static_cast<unsigned long long>(s.peak_held_bytes));
+               static_cast<unsigned long long>(s.prefetches_late), static_cast<unsigned long long>(s.prefetches_dropped),
+               static_cast<unsigned long long>(s.prefetches_unused), static_cast<unsigned long long>(s.evictions),
+               static_cast<unsigned long long>(s.bytes_loaded), static_cast<unsigned long long>(s.peak_held_bytes));
 }
 
 int run_generate(const Options& o) {
@@ -126,12 +126,14 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
   synchronous.paging = paging_for(o, model, false);
   std::vector<Throughput> paged, unprefetched;
   for (int r = 0; r < o.repeat; ++r) {
-    paged.push_back(measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, prefetching, o.rounds));
+    paged.push_back(
+        measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, prefetching, o.rounds));
     unprefetched.push_back(
         measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, synchronous, o.rounds));
     resident.push_back(measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, base, o.rounds));
     if (paged.back().checksum != resident.back().checksum || unprefetched.back().checksum != resident.back().checksum) {
-      throw mmsb::Error(mmsb::ErrorCode::Internal, "bench: the paged engine generated other tokens than the resident one");
+      throw mmsb::Error(mmsb::ErrorCode::Internal,
+                        "bench: the paged engine generated other tokens than the resident one");
     }
   }
   auto median = [](const std::vector<Throughput>& runs, double Throughput::*field) {
@@ -147,9 +149,8 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
   // evictions are the same in every repetition, waits depend on timing.
   const PagerStats& with = paged.back().paging;
   const PagerStats& without = unprefetched.back().paging;
-  const double sync_ratio = without.sync_loads > 0
-                                ? static_cast<double>(with.sync_loads) / static_cast<double>(without.sync_loads)
-                                : 0.0;
+  const double sync_ratio =
+      without.sync_loads > 0 ? static_cast<double>(with.sync_loads) / static_cast<double>(without.sync_loads) : 0.0;
   const std::uint64_t model_bytes = PagedModel::model_bytes(model);
   const std::uint64_t budget = prefetching.paging->budget;
   if (o.json) {
@@ -158,32 +159,35 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
         "\"mem_budget\": %llu, \"resident_tok_per_s\": %.1f, \"paged_tok_per_s\": %.1f, "
         "\"paged_no_prefetch_tok_per_s\": %.1f, \"paged_vs_resident_ratio\": %.4f, \"sync_loads\": %llu, "
         "\"sync_loads_no_prefetch\": %llu, \"sync_loads_ratio\": %.4f, \"prefetch_hits\": %llu, "
-        "\"prefetch_waits\": %llu, \"prefetches_dropped\": %llu, \"evictions\": %llu, \"bytes_loaded\": %llu, "
+        "\"prefetch_waits\": %llu, \"prefetches_late\": %llu, \"prefetches_dropped\": %llu, \"evictions\": %llu, "
+        "\"bytes_loaded\": %llu, "
         "\"peak_held_bytes\": %llu}\n",
         o.model.c_str(), o.bench_prompt, o.bench_gen, o.rounds, static_cast<unsigned long long>(model_bytes),
         static_cast<unsigned long long>(budget), resident_tok, paged_tok, unprefetched_tok, paged_tok / resident_tok,
         static_cast<unsigned long long>(with.sync_loads), static_cast<unsigned long long>(without.sync_loads),
         sync_ratio, static_cast<unsigned long long>(with.prefetch_hits), static_cast<unsigned long long>(with.waits),
-        static_cast<unsigned long long>(with.prefetches_dropped), static_cast<unsigned long long>(with.evictions),
-        static_cast<unsigned long long>(with.bytes_loaded), static_cast<unsigned long long>(with.peak_held_bytes));
+        static_cast<unsigned long long>(with.prefetches_late), static_cast<unsigned long long>(with.prefetches_dropped),
+        static_cast<unsigned long long>(with.evictions), static_cast<unsigned long long>(with.bytes_loaded),
+        static_cast<unsigned long long>(with.peak_held_bytes));
   } else {
-    std::printf("model %s (%s), %llu bytes paged in %zu units, budget %llu bytes (%.1f%%), %d sequence(s) of %d + %d "
-                "steps per repetition\n",
-                o.model.c_str(), model.format.c_str(), static_cast<unsigned long long>(model_bytes),
-                PagedModel::unit_sizes(model).size(), static_cast<unsigned long long>(budget),
-                100.0 * static_cast<double>(budget) / static_cast<double>(model_bytes), o.rounds, o.bench_prompt,
-                o.bench_gen);
+    std::printf(
+        "model %s (%s), %llu bytes paged in %zu units, budget %llu bytes (%.1f%%), %d sequence(s) of %d + %d "
+        "steps per repetition\n",
+        o.model.c_str(), model.format.c_str(), static_cast<unsigned long long>(model_bytes),
+        PagedModel::unit_sizes(model).size(), static_cast<unsigned long long>(budget),
+        100.0 * static_cast<double>(budget) / static_cast<double>(model_bytes), o.rounds, o.bench_prompt, o.bench_gen);
     std::printf("  resident:              generation %10.0f tok/s\n", resident_tok);
     std::printf("  paged, prefetch:       generation %10.0f tok/s   (paged/resident %.3f)\n", paged_tok,
                 paged_tok / resident_tok);
     std::printf("  paged, no prefetch:    generation %10.0f tok/s   (paged/resident %.3f)\n", unprefetched_tok,
                 unprefetched_tok / resident_tok);
-    std::printf("  synchronous loads: %llu with prefetch, %llu without (ratio %.4f); prefetch hits %llu (%llu waited "
-                "for the copy), dropped %llu; evictions %llu\n",
-                static_cast<unsigned long long>(with.sync_loads), static_cast<unsigned long long>(without.sync_loads),
-                sync_ratio, static_cast<unsigned long long>(with.prefetch_hits),
-                static_cast<unsigned long long>(with.waits), static_cast<unsigned long long>(with.prefetches_dropped),
-                static_cast<unsigned long long>(with.evictions));
+    std::printf(
+        "  synchronous loads: %llu with prefetch, %llu without (ratio %.4f); prefetch hits %llu (%llu waited "
+        "for the copy), %llu late (loaded by the pin), dropped %llu; evictions %llu\n",
+        static_cast<unsigned long long>(with.sync_loads), static_cast<unsigned long long>(without.sync_loads),
+        sync_ratio, static_cast<unsigned long long>(with.prefetch_hits), static_cast<unsigned long long>(with.waits),
+        static_cast<unsigned long long>(with.prefetches_late), static_cast<unsigned long long>(with.prefetches_dropped),
+        static_cast<unsigned long long>(with.evictions));
   }
   return 0;
 }

@@ -92,9 +92,7 @@ std::uint64_t PagedModel::model_bytes(const Model& model) {
   return total;
 }
 
-std::uint64_t PagedModel::minimum_budget(const Model& model) {
-  return LayerPager::minimum_budget(unit_sizes(model));
-}
+std::uint64_t PagedModel::minimum_budget(const Model& model) { return LayerPager::minimum_budget(unit_sizes(model)); }
 
 PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model), layers_(model.layers.size()) {
   Plan p = plan(model);
@@ -119,8 +117,8 @@ PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model
   if (model.file) {
     fd_ = ::open(model.file->path().c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) {
-      throw Error(ErrorCode::IoError, "layer paging: cannot open " + model.file->path() + " again to read layers: " +
-                                          std::strerror(errno));
+      throw Error(ErrorCode::IoError,
+                  "layer paging: cannot open " + model.file->path() + " again to read layers: " + std::strerror(errno));
     }
     // The weights now come from the file through the pager: drop the mapping's pages under every tensor (whole
     // pages only; a page shared with the header or another unit's tensor may stay), so that they do not count.

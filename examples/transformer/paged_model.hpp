@@ -34,9 +34,9 @@
 namespace mmsb::llm {
 
 struct PagingOptions {
-  std::uint64_t budget = 0;         // bytes for every weight buffer; at least PagedModel::minimum_budget(model)
-  bool prefetch = true;             // false: no prefetch, every miss is a synchronous load (the baseline)
-  LayerPager::Executor executor;    // empty: TBB tasks
+  std::uint64_t budget = 0;       // bytes for every weight buffer; at least PagedModel::minimum_budget(model)
+  bool prefetch = true;           // false: no prefetch, every miss is a synchronous load (the baseline)
+  LayerPager::Executor executor;  // empty: TBB tasks
 };
 
 class PagedModel {

@@ -149,7 +149,7 @@ TEST(LayerPager, CountsPrefetchHitsLatePrefetchesAndDropsOfAScriptedSequence) {
     pager.prefetch(3);                  // evict 1 (eviction 2), queue 3; the task does not run yet
     LayerPager::Pin p3 = pager.pin(3);  // its task has not started: loaded here (sync 2, late prefetch 1)
     EXPECT_TRUE(holds_pattern(p3.bytes(), 3));
-    ex.run_all();  // finds 3 resident: does nothing
+    ex.run_all();       // finds 3 resident: does nothing
     pager.prefetch(0);  // 2 and 3 are pinned and fill the budget: dropped
     EXPECT_TRUE(ex.queue.empty());
     try {

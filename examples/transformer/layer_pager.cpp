@@ -12,6 +12,8 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <iterator>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -71,6 +73,23 @@ struct LayerPager::Impl {
   std::uint64_t prefetches_in_flight = 0;  // guarded by mutex
   PagerStats stats;                        // guarded by mutex
   std::unique_ptr<tbb::task_group> tasks;  // the default executor
+
+  // The default executor's hand-off: prefetch() queues (pager, unit) here under a mutex and runs a TBB task that
+  // captures nothing; the task pops one entry (of any pager: each entry has exactly one task) and loads it. The
+  // tasks see everything through this mutex, which ThreadSanitizer can follow; a capture handed over inside the
+  // uninstrumented libtbb would read as a race.
+  static inline std::mutex pending_mutex;
+  static inline std::deque<std::pair<Impl*, std::size_t>> pending;  // guarded by pending_mutex
+
+  static void run_one_pending() noexcept {
+    std::pair<Impl*, std::size_t> next;
+    {
+      std::lock_guard lock(pending_mutex);
+      next = pending.front();
+      pending.pop_front();
+    }
+    next.first->run_prefetch(next.second);
+  }
 
   // Evicts the least recently used unpinned resident unit into the pool; false when there is none.
   bool evict_lru() {
@@ -325,12 +344,27 @@ void LayerPager::prefetch(std::size_t index) {
     ++m.prefetches_in_flight;
     ++m.stats.prefetches;
   }
-  auto task = [&m, index] { m.run_prefetch(index); };
   try {
     if (m.options.executor) {
-      m.options.executor(task);
+      m.options.executor([&m, index] { m.run_prefetch(index); });
     } else {
-      m.tasks->run(task);
+      {
+        std::lock_guard lock(Impl::pending_mutex);
+        Impl::pending.emplace_back(&m, index);
+      }
+      try {
+        m.tasks->run([] { Impl::run_one_pending(); });
+      } catch (...) {
+        std::lock_guard lock(Impl::pending_mutex);
+        auto& q = Impl::pending;
+        for (auto it = q.rbegin(); it != q.rend(); ++it) {
+          if (*it == std::pair<Impl*, std::size_t>{&m, index}) {
+            q.erase(std::next(it).base());
+            break;
+          }
+        }
+        throw;
+      }
     }
   } catch (...) {  // the task never started
     std::lock_guard lock(m.mutex);

@@ -254,13 +254,12 @@ TEST(LayerPager, ALoaderErrorReachesThePinAndTheUnitCanBeLoadedLater) {
 }
 
 TEST(LayerPager, APinWaitsForAPrefetchBeingCopiedOnAnotherThread) {
-  std::mutex gate;
-  std::unique_lock closed(gate);
+  std::atomic<bool> open{false};  // the copy of unit 1 finishes once the test opens it
   std::atomic<bool> copying{false};
   LayerPager::Loader loader = [&](std::size_t unit, std::span<std::byte> out) {
     if (unit == 1) {
       copying = true;
-      std::lock_guard wait_for_the_test(gate);
+      while (!open) std::this_thread::yield();
     }
     for (std::size_t i = 0; i < out.size(); ++i) out[i] = pattern(unit, i);
   };
@@ -273,7 +272,7 @@ TEST(LayerPager, APinWaitsForAPrefetchBeingCopiedOnAnotherThread) {
     while (!copying) std::this_thread::yield();  // the task is inside the loader
     std::thread release([&] {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      closed.unlock();
+      open = true;
     });
     {
       LayerPager::Pin pin = pager.pin(1);  // waits until the copy is done

@@ -11,6 +11,7 @@
 
 #include "bench/harness.hpp"
 #include "examples/transformer/model.hpp"
+#include "examples/transformer/paged_model.hpp"
 #include "examples/transformer/throughput.hpp"
 
 namespace mmsb::bench {
@@ -68,6 +69,49 @@ Register ratio("llm_f32_vs_direct_ratio",
                  std::sort(on_direct.begin(), on_direct.end());
                  return on_engine[2] / on_direct[2];
                });
+
+// Layer paging (examples/transformer/paged_model.hpp) at a budget of half the f32 model: the same greedy run paged
+// with and without prefetch, and fully resident, in the same process.
+llm::EngineOptions paged_options(const llm::Model& m, bool prefetch) {
+  llm::EngineOptions o;
+  o.paging = llm::PagingOptions{};
+  o.paging->budget = llm::PagedModel::model_bytes(m) / 2;
+  o.paging->prefetch = prefetch;
+  return o;
+}
+
+Register sync_loads("llm_sync_loads_ratio",
+                    "layer paging at half the f32 model: synchronous loads with prefetch / without, greedy 1 + 256 "
+                    "steps (target <= 0.1)",
+                    [] {
+                      const llm::Model& m = model("stories260K-f32.gguf");
+                      const auto with = llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, kGenerated,
+                                                                paged_options(m, true));
+                      const auto without = llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, kGenerated,
+                                                                   paged_options(m, false));
+                      if (with.checksum != without.checksum)
+                        throw std::runtime_error("llm bench: paging changed tokens");
+                      return static_cast<double>(with.paging.sync_loads) /
+                             static_cast<double>(without.paging.sync_loads);
+                    });
+Register paged_ratio(
+    "llm_paged_tok_s_ratio",
+    "layer paging at half the f32 model with prefetch: tokens/s over fully resident, alternating 5 "
+    "runs of each (target >= 0.8)",
+    [] {
+      const llm::Model& m = model("stories260K-f32.gguf");
+      std::vector<double> paged, resident;
+      for (int i = 0; i < 5; ++i) {
+        paged.push_back(
+            llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, kGenerated, paged_options(m, true), kRounds)
+                .tok_per_s);
+        resident.push_back(
+            llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, kGenerated, {}, kRounds).tok_per_s);
+      }
+      std::sort(paged.begin(), paged.end());
+      std::sort(resident.begin(), resident.end());
+      return paged[2] / resident[2];
+    });
 
 }  // namespace
 }  // namespace mmsb::bench

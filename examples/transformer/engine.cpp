@@ -1,6 +1,8 @@
 #include "examples/transformer/engine.hpp"
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "mmsb/error.hpp"
 
@@ -39,6 +41,10 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   propagator_ = std::make_unique<Propagator>(*runtime_, prop_options);
   shape_ = std::make_unique<ForwardShape>(c, k, options.rounding);
   logits_.resize(c.vocab_size);
+  if (options.paging) paged_ = std::make_unique<PagedModel>(model, std::move(*options.paging));
+  // Paged: nodes take no weight pages as inputs; each pins its unit of the PagedModel while it computes and reads
+  // the tensors there (the unit stays pinned until the node returns, so it cannot be evicted under it).
+  PagedModel* paged = paged_.get();
 
   Runtime& rt = *runtime_;
   Propagator& prop = *propagator_;
@@ -62,33 +68,50 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
 
   const Tensor* embedding = &model.token_embedding;
   always.name = "embed";
-  prop.derive_map(x[0], {step_page_, weight_page(*embedding)}, [shape, embedding](MapContext& ctx) {
+  std::vector<PageId> embed_inputs{step_page_};
+  if (!paged) embed_inputs.push_back(weight_page(*embedding));
+  prop.derive_map(x[0], std::move(embed_inputs), [shape, embedding, paged](MapContext& ctx) {
     StepInput in = read_step(ctx.input(0), shape->config);
-    embed(*shape, weight_ref(*embedding, ctx.input(1).data()), in.token, floats(ctx.output()));
+    LayerPager::Pin pin;
+    if (paged) pin = paged->pin(paged->embed_unit(), in.want_logits != 0);
+    const std::byte* table = paged ? paged->tensor(pin, *embedding) : ctx.input(1).data();
+    embed(*shape, weight_ref(*embedding, table), in.token, floats(ctx.output()));
   }, always);
 
   for (std::uint32_t l = 0; l < c.n_layers; ++l) {
     const LayerTensors* w = &model.layers[l];
     const std::string layer = std::to_string(l);
-    PageId attn_norm = weight_page(w->attn_norm), wq = weight_page(w->wq), wk = weight_page(w->wk),
-           wv = weight_page(w->wv), wo = weight_page(w->wo), ffn_norm = weight_page(w->ffn_norm),
-           w1 = weight_page(w->w1), w2 = weight_page(w->w2), w3 = weight_page(w->w3);
     PageId kv = rt.create_page(2 * cache_half);
+    std::vector<PageId> kv_inputs{x[l], step_page_}, block_inputs{x[l], step_page_, kv};
+    if (!paged) {
+      PageId attn_norm = weight_page(w->attn_norm), wq = weight_page(w->wq), wk = weight_page(w->wk),
+             wv = weight_page(w->wv), wo = weight_page(w->wo), ffn_norm = weight_page(w->ffn_norm),
+             w1 = weight_page(w->w1), w2 = weight_page(w->w2), w3 = weight_page(w->w3);
+      kv_inputs.insert(kv_inputs.end(), {attn_norm, wk, wv});
+      block_inputs.insert(block_inputs.end(), {attn_norm, wq, wo, ffn_norm, w1, w2, w3});
+    }
+    const std::size_t unit = paged ? paged->layer_unit(l) : 0;
 
     // Only the two rows of this position change: emit them as the delta, so no other cache byte is copied.
     auto kv_scratch = std::make_shared<ForwardScratch>(c);
     NodeOptions kv_options;
     kv_options.name = "kv" + layer;
-    prop.derive_incremental(kv, {x[l], step_page_, attn_norm, wk, wv},
-                            [shape, w, kv_scratch, row_bytes_kv, cache_half](const IncrementalContext& ctx, Delta& out) {
+    prop.derive_incremental(kv, std::move(kv_inputs), [shape, w, kv_scratch, row_bytes_kv, cache_half, paged, unit](
+                                                          const IncrementalContext& ctx, Delta& out) {
       StepInput in = read_step(ctx.inputs[1], shape->config);
+      LayerPager::Pin pin;
+      if (paged) pin = paged->pin(unit, in.want_logits != 0);
+      auto weight = [&](std::size_t input, const Tensor& t) {
+        return paged ? paged->tensor(pin, t) : ctx.inputs[input].data();
+      };
       const std::uint64_t row = static_cast<std::uint64_t>(in.pos) * row_bytes_kv;
       out.ranges.push_back({row, row_bytes_kv});
       out.ranges.push_back({cache_half + row, row_bytes_kv});
       out.payload.resize(2 * row_bytes_kv);
       float* key = reinterpret_cast<float*>(out.payload.data());
-      kv_project(*shape, floats(ctx.inputs[0]), floats(ctx.inputs[2]), weight_ref(w->wk, ctx.inputs[3].data()),
-                 weight_ref(w->wv, ctx.inputs[4].data()), in.pos, *kv_scratch, key, key + shape->config.kv_dim());
+      kv_project(*shape, floats(ctx.inputs[0]), reinterpret_cast<const float*>(weight(2, w->attn_norm)),
+                 weight_ref(w->wk, weight(3, w->wk)), weight_ref(w->wv, weight(4, w->wv)), in.pos, *kv_scratch, key,
+                 key + shape->config.kv_dim());
     }, kv_options);
 
     // Attention and feed-forward fused into one node: the stream between them (x_l + attention) stays in the
@@ -96,15 +119,21 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
     auto block_scratch = std::make_shared<ForwardScratch>(c);
     auto mid = std::make_shared<std::vector<float>>(c.dim);
     always.name = "block" + layer;
-    prop.derive_map(x[l + 1], {x[l], step_page_, kv, attn_norm, wq, wo, ffn_norm, w1, w2, w3},
-                    [shape, w, block_scratch, mid, cache_half](MapContext& ctx) {
+    prop.derive_map(x[l + 1], std::move(block_inputs),
+                    [shape, w, block_scratch, mid, cache_half, paged, unit](MapContext& ctx) {
       StepInput in = read_step(ctx.input(1), shape->config);
+      LayerPager::Pin pin;
+      if (paged) pin = paged->pin(unit, in.want_logits != 0);
+      auto weight = [&](std::size_t input, const Tensor& t) {
+        return paged ? paged->tensor(pin, t) : ctx.input(input).data();
+      };
+      auto f32w = [&](std::size_t input, const Tensor& t) { return reinterpret_cast<const float*>(weight(input, t)); };
       const std::byte* cache = ctx.input(2).data();
-      attention(*shape, floats(ctx.input(0)), floats(ctx.input(3)), weight_ref(w->wq, ctx.input(4).data()),
-                weight_ref(w->wo, ctx.input(5).data()), reinterpret_cast<const float*>(cache),
+      attention(*shape, floats(ctx.input(0)), f32w(3, w->attn_norm), weight_ref(w->wq, weight(4, w->wq)),
+                weight_ref(w->wo, weight(5, w->wo)), reinterpret_cast<const float*>(cache),
                 reinterpret_cast<const float*>(cache + cache_half), in.pos, *block_scratch, mid->data());
-      feed_forward(*shape, mid->data(), floats(ctx.input(6)), weight_ref(w->w1, ctx.input(7).data()),
-                   weight_ref(w->w2, ctx.input(8).data()), weight_ref(w->w3, ctx.input(9).data()), *block_scratch,
+      feed_forward(*shape, mid->data(), f32w(6, w->ffn_norm), weight_ref(w->w1, weight(7, w->w1)),
+                   weight_ref(w->w2, weight(8, w->w2)), weight_ref(w->w3, weight(9, w->w3)), *block_scratch,
                    floats(ctx.output()));
     }, always);
   }
@@ -113,15 +142,24 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   const Tensor* classifier = &model.classifier;
   auto out_scratch = std::make_shared<ForwardScratch>(c);
   always.name = "logits";
-  PageId final_norm = weight_page(model.final_norm);
-  PageId classifier_page = classifier->bytes.data() == embedding->bytes.data() ? weight_pages_.front()
-                                                                               : weight_page(*classifier);
-  prop.derive_map(logits_page_, {x[c.n_layers], step_page_, final_norm, classifier_page},
-                  [shape, classifier, out_scratch](MapContext& ctx) {
+  std::vector<PageId> logits_inputs{x[c.n_layers], step_page_};
+  if (!paged) {
+    PageId final_norm = weight_page(model.final_norm);
+    PageId classifier_page = classifier->bytes.data() == embedding->bytes.data() ? weight_pages_.front()
+                                                                                 : weight_page(*classifier);
+    logits_inputs.insert(logits_inputs.end(), {final_norm, classifier_page});
+  }
+  const Tensor* final_norm = &model.final_norm;
+  prop.derive_map(logits_page_, std::move(logits_inputs),
+                  [shape, classifier, final_norm, out_scratch, paged](MapContext& ctx) {
     // The classifier is the largest matrix of a small model; prompt steps before the last do not need it. The
     // page then keeps its previous bytes (the node still publishes: it is always_changes).
     if (read_step(ctx.input(1), shape->config).want_logits == 0) return;
-    logits(*shape, floats(ctx.input(0)), floats(ctx.input(2)), weight_ref(*classifier, ctx.input(3).data()),
+    LayerPager::Pin pin;
+    if (paged) pin = paged->pin(paged->head_unit(), true);
+    const std::byte* norm = paged ? paged->tensor(pin, *final_norm) : ctx.input(2).data();
+    const std::byte* table = paged ? paged->tensor(pin, *classifier) : ctx.input(3).data();
+    logits(*shape, floats(ctx.input(0)), reinterpret_cast<const float*>(norm), weight_ref(*classifier, table),
            *out_scratch, floats(ctx.output()));
   }, always);
 }

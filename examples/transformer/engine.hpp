@@ -24,11 +24,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "examples/transformer/forward.hpp"
 #include "examples/transformer/model.hpp"
+#include "examples/transformer/paged_model.hpp"
 #include "mmsb/graph.hpp"
 #include "mmsb/runtime.hpp"
 
@@ -38,6 +40,9 @@ struct EngineOptions {
   unsigned threads = 1;              // Propagator worker threads (waves of this graph run inline regardless)
   const Kernels* kernels = nullptr;  // nullptr: kernels(), the best this CPU supports
   ActivationRounding rounding = ActivationRounding::None;  // LikeLlamaCpp: to compare with llama.cpp's logits
+  // Layer paging (paged_model.hpp): the weights live in buffers of a PagedModel under this budget instead of being
+  // read from the mapping; nodes pin their unit while they compute. Empty: every weight resident (the mapping).
+  std::optional<PagingOptions> paging;
 };
 
 class Engine {
@@ -60,12 +65,17 @@ class Engine {
   Propagator& propagator() noexcept { return *propagator_; }
   PageId step_page() const noexcept { return step_page_; }
   PageId logits_page() const noexcept { return logits_page_; }
+  // The external weight pages over the mapping; empty when paging (the nodes then read through paged()).
   std::span<const PageId> weight_pages() const noexcept { return weight_pages_; }
   // The page over a weight tensor of the model (found by the tensor's bytes in the file); Error(NotFound) if none.
   PageId weight_page_of(const Tensor& tensor) const;
+  // The paged weights, or nullptr when every weight is resident.
+  PagedModel* paged() noexcept { return paged_.get(); }
+  const PagedModel* paged() const noexcept { return paged_.get(); }
 
  private:
   const Model& model_;
+  std::unique_ptr<PagedModel> paged_;
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<Propagator> propagator_;
   std::unique_ptr<ForwardShape> shape_;

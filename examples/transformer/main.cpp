@@ -15,6 +15,7 @@
 #include <iostream>
 #include <memory>
 #include <exception>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,7 @@
 #include "examples/transformer/lora.hpp"
 #include "examples/transformer/model.hpp"
 #include "examples/transformer/quantize.hpp"
+#include "examples/transformer/paged_model.hpp"
 #include "examples/transformer/throughput.hpp"
 #include "examples/transformer/tokenizer.hpp"
 #include "mmsb/error.hpp"
@@ -43,6 +45,8 @@ struct Options {
   std::uint64_t seed = 0;
   unsigned threads = 1;
   std::uint32_t context = 0;
+  std::string mem_budget;  // empty: every weight resident
+  bool no_prefetch = false;
   // bench
   int bench_prompt = 16, bench_gen = 256;
   bool json = false;
@@ -89,6 +93,10 @@ struct LoraCycle {
     if (o.lora.empty()) {
       if (every > 0) throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--lora-swap-every needs --lora FILE");
       return;
+    }
+    if (engine.paged() != nullptr) {
+      throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
+                        "--lora needs the weights resident: it cannot be combined with --mem-budget");
     }
     switcher = std::make_unique<LoraSwitcher>(engine, model);
     for (const std::string& file : o.lora) switcher->prepare(load_lora(file), o.lora_scale);
@@ -175,6 +183,28 @@ int run_chat(const Options& o, Engine& engine, const Tokenizer& tokenizer, Sampl
   return 0;
 }
 
+// The paging options for --mem-budget (none when it is not given).
+std::optional<PagingOptions> paging_for(const Options& o, const Model& model, bool prefetch) {
+  if (o.mem_budget.empty()) return std::nullopt;
+  PagingOptions paging;
+  paging.budget = parse_mem_budget(o.mem_budget, PagedModel::model_bytes(model));
+  paging.prefetch = prefetch;
+  return paging;
+}
+
+void print_pager_stats(const char* label, const PagerStats& s) {
+  std::fprintf(stderr,
+               "%s: %llu pins: %llu synchronous loads, %llu hits, %llu waits for a prefetch in flight; %llu "
+               "prefetches (%llu hits, %llu late, %llu dropped, %llu unused); %llu evictions; %llu bytes loaded; peak %llu "
+               "bytes held\n",
+               label, static_cast<unsigned long long>(s.pins), static_cast<unsigned long long>(s.sync_loads),
+               static_cast<unsigned long long>(s.hits), static_cast<unsigned long long>(s.waits),
+               static_cast<unsigned long long>(s.prefetches), static_cast<unsigned long long>(s.prefetch_hits),
+               static_cast<unsigned long long>(s.prefetches_late), static_cast<unsigned long long>(s.prefetches_dropped),
+               static_cast<unsigned long long>(s.prefetches_unused), static_cast<unsigned long long>(s.evictions),
+               static_cast<unsigned long long>(s.bytes_loaded), static_cast<unsigned long long>(s.peak_held_bytes));
+}
+
 int run_generate(const Options& o) {
   if (o.model.empty()) throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "no model given; use -m MODEL (see --help)");
   LoadOptions load;
@@ -194,6 +224,7 @@ int run_generate(const Options& o) {
   if (o.steps < 0) throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "-n must be >= 0");
   EngineOptions engine_options;
   engine_options.threads = o.threads;
+  engine_options.paging = paging_for(o, model, !o.no_prefetch);
   Engine engine(model, engine_options);
   LoraCycle lora(o, engine, model);
   if (o.interactive) return run_chat(o, engine, tokenizer, sampler, lora);
@@ -217,6 +248,87 @@ int run_generate(const Options& o) {
                r.stopped_on_special ? "; stopped at an end-of-text token" : "",
                static_cast<unsigned long long>(stats.waves), static_cast<unsigned long long>(stats.inline_waves),
                static_cast<unsigned long long>(stats.nodes_recomputed));
+  if (engine.paged()) {
+    const LayerPager& pager = engine.paged()->pager();
+    std::fprintf(stderr, "mmsb-llm: paging %zu units of %llu bytes in all under a budget of %llu bytes\n",
+                 pager.unit_count(), static_cast<unsigned long long>(PagedModel::model_bytes(model)),
+                 static_cast<unsigned long long>(pager.budget()));
+    print_pager_stats("mmsb-llm: pager", pager.stats());
+  }
+  return 0;
+}
+
+// `bench --mem-budget`: the engine fully resident, paged with prefetch and paged without, alternated in one run.
+// `resident` already holds the fully resident repetitions; the paged ones alternate with as many more.
+int run_paged_bench(const Options& o, const Model& model, const EngineOptions& base, std::vector<Throughput> resident) {
+  EngineOptions prefetching = base, synchronous = base;
+  prefetching.paging = paging_for(o, model, true);
+  synchronous.paging = paging_for(o, model, false);
+  std::vector<Throughput> paged, unprefetched;
+  for (int r = 0; r < o.repeat; ++r) {
+    paged.push_back(
+        measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, prefetching, o.rounds));
+    unprefetched.push_back(
+        measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, synchronous, o.rounds));
+    resident.push_back(measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, base, o.rounds));
+    if (paged.back().checksum != resident.back().checksum || unprefetched.back().checksum != resident.back().checksum) {
+      throw mmsb::Error(mmsb::ErrorCode::Internal,
+                        "bench: the paged engine generated other tokens than the resident one");
+    }
+  }
+  auto median = [](const std::vector<Throughput>& runs, double Throughput::*field) {
+    std::vector<double> v;
+    for (const Throughput& t : runs) v.push_back(t.*field);
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const double resident_tok = median(resident, &Throughput::tok_per_s);
+  const double paged_tok = median(paged, &Throughput::tok_per_s);
+  const double unprefetched_tok = median(unprefetched, &Throughput::tok_per_s);
+  // The counters of one repetition (each: `rounds` sequences of n_prompt + n_gen steps); synchronous loads and
+  // evictions are the same in every repetition, waits depend on timing.
+  const PagerStats& with = paged.back().paging;
+  const PagerStats& without = unprefetched.back().paging;
+  const double sync_ratio =
+      without.sync_loads > 0 ? static_cast<double>(with.sync_loads) / static_cast<double>(without.sync_loads) : 0.0;
+  const std::uint64_t model_bytes = PagedModel::model_bytes(model);
+  const std::uint64_t budget = prefetching.paging->budget;
+  if (o.json) {
+    std::printf(
+        "{\"model\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"rounds\": %d, \"model_bytes\": %llu, "
+        "\"mem_budget\": %llu, \"resident_tok_per_s\": %.1f, \"paged_tok_per_s\": %.1f, "
+        "\"paged_no_prefetch_tok_per_s\": %.1f, \"paged_vs_resident_ratio\": %.4f, \"sync_loads\": %llu, "
+        "\"sync_loads_no_prefetch\": %llu, \"sync_loads_ratio\": %.4f, \"prefetch_hits\": %llu, "
+        "\"prefetch_waits\": %llu, \"prefetches_late\": %llu, \"prefetches_dropped\": %llu, \"evictions\": %llu, "
+        "\"bytes_loaded\": %llu, "
+        "\"peak_held_bytes\": %llu}\n",
+        o.model.c_str(), o.bench_prompt, o.bench_gen, o.rounds, static_cast<unsigned long long>(model_bytes),
+        static_cast<unsigned long long>(budget), resident_tok, paged_tok, unprefetched_tok, paged_tok / resident_tok,
+        static_cast<unsigned long long>(with.sync_loads), static_cast<unsigned long long>(without.sync_loads),
+        sync_ratio, static_cast<unsigned long long>(with.prefetch_hits), static_cast<unsigned long long>(with.waits),
+        static_cast<unsigned long long>(with.prefetches_late), static_cast<unsigned long long>(with.prefetches_dropped),
+        static_cast<unsigned long long>(with.evictions), static_cast<unsigned long long>(with.bytes_loaded),
+        static_cast<unsigned long long>(with.peak_held_bytes));
+  } else {
+    std::printf(
+        "model %s (%s), %llu bytes paged in %zu units, budget %llu bytes (%.1f%%), %d sequence(s) of %d + %d "
+        "steps per repetition\n",
+        o.model.c_str(), model.format.c_str(), static_cast<unsigned long long>(model_bytes),
+        PagedModel::unit_sizes(model).size(), static_cast<unsigned long long>(budget),
+        100.0 * static_cast<double>(budget) / static_cast<double>(model_bytes), o.rounds, o.bench_prompt, o.bench_gen);
+    std::printf("  resident:              generation %10.0f tok/s\n", resident_tok);
+    std::printf("  paged, prefetch:       generation %10.0f tok/s   (paged/resident %.3f)\n", paged_tok,
+                paged_tok / resident_tok);
+    std::printf("  paged, no prefetch:    generation %10.0f tok/s   (paged/resident %.3f)\n", unprefetched_tok,
+                unprefetched_tok / resident_tok);
+    std::printf(
+        "  synchronous loads: %llu with prefetch, %llu without (ratio %.4f); prefetch hits %llu (%llu waited "
+        "for the copy), %llu late (loaded by the pin), dropped %llu; evictions %llu\n",
+        static_cast<unsigned long long>(with.sync_loads), static_cast<unsigned long long>(without.sync_loads),
+        sync_ratio, static_cast<unsigned long long>(with.prefetch_hits), static_cast<unsigned long long>(with.waits),
+        static_cast<unsigned long long>(with.prefetches_late), static_cast<unsigned long long>(with.prefetches_dropped),
+        static_cast<unsigned long long>(with.evictions));
+  }
   return 0;
 }
 
@@ -243,12 +355,13 @@ int run_bench(const Options& o) {
     }
   }
   if (progress) std::fprintf(stderr, "\r%-40s\r", "");
+  if (!o.mem_budget.empty()) return run_paged_bench(o, model, engine_options, engines);
   auto median = [](std::vector<Throughput> runs, double Throughput::*field) {
     std::sort(runs.begin(), runs.end(), [field](const Throughput& a, const Throughput& b) { return a.*field < b.*field; });
     return runs[runs.size() / 2].*field;
   };
-  Throughput engine{median(engines, &Throughput::prompt_tok_per_s), median(engines, &Throughput::tok_per_s), 0};
-  Throughput direct{median(directs, &Throughput::prompt_tok_per_s), median(directs, &Throughput::tok_per_s), 0};
+  Throughput engine{median(engines, &Throughput::prompt_tok_per_s), median(engines, &Throughput::tok_per_s), 0, {}};
+  Throughput direct{median(directs, &Throughput::prompt_tok_per_s), median(directs, &Throughput::tok_per_s), 0, {}};
   if (o.json) {
     std::printf(
         "{\"model\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"threads\": %u, \"kernels\": \"%s\", "
@@ -308,6 +421,11 @@ int main(int argc, char** argv) {
   lora_make->add_option("--targets", o.lora_targets,
                         "comma-separated kinds: attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down")
       ->capture_default_str();
+  const char* budget_help =
+      "layer paging: keep at most this many bytes of weights resident (suffix K/M/G, or a percentage of the model "
+      "such as 50%); the least recently used layers are evicted and the next layer is prefetched";
+  app.add_option("--mem-budget", o.mem_budget, budget_help);
+  app.add_flag("--no-prefetch", o.no_prefetch, "with --mem-budget: load layers only when needed (no prefetch)");
   CLI::App* bench = app.add_subcommand("bench", "measure prompt and generation throughput (engine and direct loop)");
   bench->add_option("-m,--model", o.model, "model file")->required();
   bench->add_option("-p,--n-prompt", o.bench_prompt, "prompt tokens to process")->capture_default_str();
@@ -331,6 +449,9 @@ int main(int argc, char** argv) {
   quantize->add_flag("-f,--force", o.force, "overwrite the output file if it exists");
   quantize->add_option("--pad", o.pad, "zero-pad the model's widths to multiples of N first (same function; 256 lets "
                                        "the K-quants and ternary types apply to every matrix of a small model)");
+  bench->add_option("--mem-budget", o.mem_budget,
+                    "also measure layer paging under this budget (bytes, K/M/G, or a percentage of the model): the "
+                    "paged engine with and without prefetch against the resident one, and the synchronous loads");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

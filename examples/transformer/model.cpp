@@ -588,8 +588,10 @@ Model load_model(const std::string& path, const LoadOptions& options) {
   std::shared_ptr<const MappedFile> file = MappedFile::open(path);
   auto bytes = file->bytes();
   try {
-    if (bytes.size() >= 4 && std::memcmp(bytes.data(), "GGUF", 4) == 0) return parse_gguf(bytes, file, options);
-    return parse_llama2c(bytes, file, options);
+    Model m = bytes.size() >= 4 && std::memcmp(bytes.data(), "GGUF", 4) == 0 ? parse_gguf(bytes, file, options)
+                                                                             : parse_llama2c(bytes, file, options);
+    m.file = file;
+    return m;
   } catch (const Error& e) {
     // Re-thrown with the file name in front of the message (what() starts with "<code name>: ").
     throw Error(e.code(), path + ": " + std::string(e.what()).substr(error_code_name(e.code()).size() + 2));

@@ -89,6 +89,7 @@ struct Model {
   Tensor token_embedding, final_norm, classifier;
   std::vector<LayerTensors> layers;
   std::optional<Vocabulary> vocabulary;  // GGUF files carry their tokenizer; llama2.c checkpoints do not
+  std::shared_ptr<const MappedFile> file;  // the mapped file (load_model); nullptr for bytes parsed from memory
 };
 
 struct LoadOptions {

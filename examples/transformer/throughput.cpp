@@ -47,7 +47,7 @@ Throughput run(const ModelConfig& c, int n_prompt, int n_gen, int rounds, Prefil
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   };
-  return {median(&Throughput::prompt_tok_per_s), median(&Throughput::tok_per_s), all.front().checksum};
+  return {median(&Throughput::prompt_tok_per_s), median(&Throughput::tok_per_s), all.front().checksum, {}};
 }
 
 }  // namespace
@@ -62,9 +62,11 @@ Throughput measure_throughput(const Model& model, ThroughputPath path, int n_pro
   }
   if (path == ThroughputPath::Engine) {
     Engine engine(model, options);
-    return run(
+    Throughput t = run(
         c, n_prompt, n_gen, std::max(rounds, 1), [&](int token, int pos) { engine.prefill_step(token, pos); },
         [&](int token, int pos) { return engine.step(token, pos).data(); });
+    if (engine.paged()) t.paging = engine.paged()->pager().stats();
+    return t;
   }
   DirectModel direct(model, options.kernels ? *options.kernels : kernels());
   return run(

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "examples/transformer/engine.hpp"
+#include "examples/transformer/layer_pager.hpp"
 #include "examples/transformer/model.hpp"
 
 namespace mmsb::llm {
@@ -20,6 +21,7 @@ struct Throughput {
   double prompt_tok_per_s = 0;
   double tok_per_s = 0;
   std::uint64_t checksum = 0;  // the generated ids, hashed: both paths must agree
+  PagerStats paging;           // with EngineOptions::paging: the pager's counters over every round
 };
 
 enum class ThroughputPath { Engine, Direct };

@@ -1,0 +1,464 @@
+#include "examples/transformer/layer_pager.hpp"
+
+#include <sys/mman.h>
+#include <tbb/task_group.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <iterator>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "mmsb/error.hpp"
+
+namespace mmsb::llm {
+
+namespace {
+
+// An anonymous mapping: freed memory goes straight back to the OS, fresh memory is zero pages until written.
+struct Buffer {
+  std::byte* data = nullptr;
+  std::uint64_t capacity = 0;
+};
+
+Buffer allocate(std::uint64_t bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    throw Error(ErrorCode::ResourceExhausted, "layer pager: cannot map " + std::to_string(bytes) +
+                                                  " bytes of anonymous memory: " + std::strerror(errno));
+  }
+  return {static_cast<std::byte*>(p), bytes};
+}
+
+void release(Buffer& b) noexcept {
+  if (b.data) ::munmap(b.data, b.capacity);
+  b = {};
+}
+
+// Queued: a prefetch reserved the buffer but its task has not started; a pin that needs the unit then loads it
+// itself rather than wait for a worker thread to be scheduled (the task later finds nothing to do).
+enum class State : std::uint8_t { Absent, Queued, Loading, Resident };
+
+}  // namespace
+
+struct LayerPager::Impl {
+  struct Unit {
+    std::uint64_t bytes = 0;
+    std::atomic<State> state{State::Absent};  // written under mutex; read without it while spinning
+    Buffer buffer;                            // guarded by mutex; fixed while Loading or Resident
+    std::uint32_t pins = 0;                   // guarded by mutex
+    std::uint64_t last_use = 0;               // guarded by mutex: tick of the last pin or started prefetch
+    bool by_prefetch = false;                 // guarded by mutex: loaded (or loading) by a prefetch, not pinned since
+  };
+
+  std::uint64_t budget = 0;
+  Loader loader;
+  Options options;
+  mutable std::mutex mutex;
+  std::condition_variable changed;         // a load finished or failed, or a unit was unpinned
+  std::vector<Unit> units;                 // the vector itself never changes size
+  std::vector<Buffer> pool;                // guarded by mutex: free buffers, counted in stats.held_bytes
+  std::uint64_t tick = 0;                  // guarded by mutex
+  std::uint64_t loads_in_flight = 0;       // guarded by mutex: synchronous and prefetch loads
+  std::uint64_t prefetches_in_flight = 0;  // guarded by mutex
+  PagerStats stats;                        // guarded by mutex
+  std::unique_ptr<tbb::task_group> tasks;  // the default executor
+
+  // The default executor's hand-off: prefetch() queues (pager, unit) here under a mutex and runs a TBB task that
+  // captures nothing; the task pops one entry (of any pager: each entry has exactly one task) and loads it. The
+  // tasks see everything through this mutex, which ThreadSanitizer can follow; a capture handed over inside the
+  // uninstrumented libtbb would read as a race.
+  static inline std::mutex pending_mutex;
+  static inline std::deque<std::pair<Impl*, std::size_t>> pending;  // guarded by pending_mutex
+
+  static void run_one_pending() noexcept {
+    std::pair<Impl*, std::size_t> next;
+    {
+      std::lock_guard lock(pending_mutex);
+      next = pending.front();
+      pending.pop_front();
+    }
+    next.first->run_prefetch(next.second);
+  }
+
+  // Evicts the least recently used unpinned resident unit into the pool; false when there is none.
+  bool evict_lru() {
+    Unit* victim = nullptr;
+    for (Unit& u : units) {
+      if (u.state == State::Resident && u.pins == 0 && (!victim || u.last_use < victim->last_use)) victim = &u;
+    }
+    if (!victim) return false;
+    if (victim->by_prefetch) ++stats.prefetches_unused;
+    victim->by_prefetch = false;
+    victim->state = State::Absent;
+    pool.push_back(victim->buffer);
+    victim->buffer = {};
+    stats.resident_bytes -= victim->bytes;
+    ++stats.evictions;
+    return true;
+  }
+
+  // A buffer of at least `bytes` for a load: the smallest pooled one that fits, else a new one if the budget has
+  // room, else pooled buffers are freed and LRU units evicted until it has. {} when nothing more can be evicted.
+  Buffer acquire(std::uint64_t bytes) {
+    for (;;) {
+      auto best = pool.end();
+      for (auto it = pool.begin(); it != pool.end(); ++it) {
+        if (it->capacity >= bytes && (best == pool.end() || it->capacity < best->capacity)) best = it;
+      }
+      if (best != pool.end()) {
+        Buffer b = *best;
+        pool.erase(best);
+        return b;
+      }
+      if (stats.held_bytes + bytes <= budget) {
+        Buffer b = allocate(bytes);
+        stats.held_bytes += bytes;
+        stats.peak_held_bytes = std::max(stats.peak_held_bytes, stats.held_bytes);
+        return b;
+      }
+      if (!pool.empty()) {  // every pooled buffer is too small: free the largest to make room
+        auto largest = std::max_element(pool.begin(), pool.end(),
+                                        [](const Buffer& a, const Buffer& b) { return a.capacity < b.capacity; });
+        stats.held_bytes -= largest->capacity;
+        release(*largest);
+        pool.erase(largest);
+        continue;
+      }
+      if (!evict_lru()) return {};
+    }
+  }
+
+  // Marks a unit whose load failed absent again and returns its buffer to the pool.
+  void abandon_load(Unit& u) {
+    u.state = State::Absent;
+    u.by_prefetch = false;
+    pool.push_back(u.buffer);
+    u.buffer = {};
+    stats.resident_bytes -= u.bytes;
+    --loads_in_flight;
+  }
+
+  void run_prefetch(std::size_t index) noexcept {
+    Unit& u = units[index];
+    std::unique_lock lock(mutex);
+    if (u.state != State::Queued) {  // a pin loaded it meanwhile (or it was loaded, evicted and queued again)
+      --prefetches_in_flight;
+      changed.notify_all();
+      return;
+    }
+    u.state = State::Loading;
+    const std::span<std::byte> destination{u.buffer.data, u.bytes};
+    lock.unlock();
+    bool ok = true;
+    try {
+      loader(index, destination);
+    } catch (...) {
+      ok = false;  // a later pin loads it synchronously, and reports the error if it recurs
+    }
+    lock.lock();
+    if (ok) {
+      u.state = State::Resident;
+      stats.bytes_loaded += u.bytes;
+      --loads_in_flight;
+    } else {
+      abandon_load(u);
+      ++stats.prefetch_failures;
+    }
+    --prefetches_in_flight;
+    changed.notify_all();  // under the lock: the destructor may free this object as soon as it sees zero in flight
+  }
+};
+
+LayerPager::Pin::Pin(Pin&& other) noexcept
+    : pager_(std::exchange(other.pager_, nullptr)), unit_(other.unit_), bytes_(other.bytes_) {}
+
+LayerPager::Pin& LayerPager::Pin::operator=(Pin&& other) noexcept {
+  if (this != &other) {
+    reset();
+    pager_ = std::exchange(other.pager_, nullptr);
+    unit_ = other.unit_;
+    bytes_ = other.bytes_;
+  }
+  return *this;
+}
+
+void LayerPager::Pin::reset() noexcept {
+  if (pager_) std::exchange(pager_, nullptr)->unpin(unit_);
+  bytes_ = {};
+}
+
+std::uint64_t LayerPager::minimum_budget(std::span<const std::uint64_t> unit_bytes) noexcept {
+  std::uint64_t largest = 0;
+  for (std::uint64_t b : unit_bytes) largest = std::max(largest, b);
+  return 2 * largest;
+}
+
+LayerPager::LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budget, Loader loader, Options options)
+    : impl_(std::make_unique<Impl>()) {
+  if (unit_bytes.empty()) throw Error(ErrorCode::InvalidArgument, "layer pager: no units to page");
+  for (std::size_t i = 0; i < unit_bytes.size(); ++i) {
+    if (unit_bytes[i] == 0) {
+      throw Error(ErrorCode::InvalidArgument, "layer pager: unit " + std::to_string(i) + " has 0 bytes");
+    }
+  }
+  const std::uint64_t minimum = minimum_budget(unit_bytes);
+  if (budget < minimum) {
+    std::uint64_t largest = minimum / 2;
+    throw Error(ErrorCode::InvalidArgument,
+                "memory budget of " + std::to_string(budget) + " bytes is below the minimum of " +
+                    std::to_string(minimum) + " bytes (two of the largest paged units, " + std::to_string(largest) +
+                    " bytes each: one in use while the next one loads); give a budget of at least " +
+                    std::to_string(minimum) + " bytes");
+  }
+  if (!loader) throw Error(ErrorCode::InvalidArgument, "layer pager: no loader given");
+  impl_->budget = budget;
+  impl_->loader = std::move(loader);
+  impl_->options = std::move(options);
+  impl_->units = std::vector<Impl::Unit>(unit_bytes.size());  // (Unit holds an atomic: not movable)
+  for (std::size_t i = 0; i < unit_bytes.size(); ++i) impl_->units[i].bytes = unit_bytes[i];
+  if (!impl_->options.executor) impl_->tasks = std::make_unique<tbb::task_group>();
+}
+
+LayerPager::~LayerPager() {
+  Impl& m = *impl_;
+  {
+    std::unique_lock lock(m.mutex);
+    m.changed.wait(lock, [&m] { return m.prefetches_in_flight == 0; });
+  }
+  if (m.tasks) m.tasks->wait();
+  for (Impl::Unit& u : m.units) release(u.buffer);
+  for (Buffer& b : m.pool) release(b);
+}
+
+LayerPager::Pin LayerPager::pin(std::size_t index) {
+  Impl& m = *impl_;
+  if (index >= m.units.size()) {
+    throw Error(ErrorCode::InvalidArgument, "layer pager: unit " + std::to_string(index) + " does not exist (" +
+                                                std::to_string(m.units.size()) + " units)");
+  }
+  std::unique_lock lock(m.mutex);
+  Impl::Unit& u = m.units[index];
+  bool waited = false;
+  for (;;) {
+    if (u.state == State::Resident) {
+      ++u.pins;
+      u.last_use = ++m.tick;
+      ++m.stats.pins;
+      ++(waited ? m.stats.waits : m.stats.hits);
+      if (u.by_prefetch) ++m.stats.prefetch_hits;
+      u.by_prefetch = false;
+      return Pin(this, index, {u.buffer.data, u.bytes});
+    }
+    if (u.state == State::Loading) {
+      // Another thread is copying it: spin briefly (a unit copies in tens of microseconds; sleeping on the
+      // condition variable would add a wake-up), then block.
+      waited = true;
+      lock.unlock();
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+      while (u.state.load(std::memory_order_acquire) == State::Loading && std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::yield();
+      }
+      lock.lock();
+      if (u.state == State::Loading) m.changed.wait(lock);
+      continue;
+    }
+    if (u.state == State::Queued) {  // the prefetch task has not started: load it here
+      ++m.stats.prefetches_late;
+      u.state = State::Loading;
+      u.by_prefetch = false;
+      u.last_use = ++m.tick;
+    } else {
+      Buffer b = m.acquire(u.bytes);
+      if (!b.data) {
+        if (m.loads_in_flight > 0) {  // a finishing load makes its unit evictable
+          m.changed.wait(lock);
+          continue;
+        }
+        throw Error(ErrorCode::ResourceExhausted,
+                    "layer pager: no room for unit " + std::to_string(index) + " (" + std::to_string(u.bytes) +
+                        " bytes): every resident unit is pinned within a budget of " + std::to_string(m.budget) +
+                        " bytes; release pins first or give a larger budget");
+      }
+      u.state = State::Loading;
+      u.buffer = b;
+      u.by_prefetch = false;
+      u.last_use = ++m.tick;
+      m.stats.resident_bytes += u.bytes;
+      ++m.loads_in_flight;
+    }
+    const Buffer b = u.buffer;
+    lock.unlock();
+    try {
+      m.loader(index, {b.data, u.bytes});
+    } catch (...) {
+      lock.lock();
+      m.abandon_load(u);
+      m.changed.notify_all();
+      throw;
+    }
+    lock.lock();
+    u.state = State::Resident;
+    --m.loads_in_flight;
+    ++u.pins;
+    ++m.stats.pins;
+    ++m.stats.sync_loads;
+    m.stats.bytes_loaded += u.bytes;
+    m.changed.notify_all();
+    return Pin(this, index, {b.data, u.bytes});
+  }
+}
+
+void LayerPager::prefetch(std::size_t index) {
+  Impl& m = *impl_;
+  if (index >= m.units.size()) {
+    throw Error(ErrorCode::InvalidArgument,
+                "layer pager: cannot prefetch unit " + std::to_string(index) + " of " + std::to_string(m.units.size()));
+  }
+  if (!m.options.prefetch) return;
+  {
+    std::lock_guard lock(m.mutex);
+    Impl::Unit& u = m.units[index];
+    if (u.state != State::Absent) return;
+    Buffer b = m.acquire(u.bytes);
+    if (!b.data) {
+      ++m.stats.prefetches_dropped;
+      return;
+    }
+    u.state = State::Queued;
+    u.buffer = b;
+    u.by_prefetch = true;
+    u.last_use = ++m.tick;
+    m.stats.resident_bytes += u.bytes;
+    ++m.loads_in_flight;
+    ++m.prefetches_in_flight;
+    ++m.stats.prefetches;
+  }
+  try {
+    if (m.options.executor) {
+      m.options.executor([&m, index] { m.run_prefetch(index); });
+    } else {
+      {
+        std::lock_guard lock(Impl::pending_mutex);
+        Impl::pending.emplace_back(&m, index);
+      }
+      try {
+        m.tasks->run([] { Impl::run_one_pending(); });
+      } catch (...) {
+        std::lock_guard lock(Impl::pending_mutex);
+        auto& q = Impl::pending;
+        for (auto it = q.rbegin(); it != q.rend(); ++it) {
+          if (*it == std::pair<Impl*, std::size_t>{&m, index}) {
+            q.erase(std::next(it).base());
+            break;
+          }
+        }
+        throw;
+      }
+    }
+  } catch (...) {  // the task never started
+    std::lock_guard lock(m.mutex);
+    if (m.units[index].state == State::Queued) m.abandon_load(m.units[index]);
+    --m.prefetches_in_flight;
+    --m.stats.prefetches;
+    m.changed.notify_all();
+    throw;
+  }
+}
+
+void LayerPager::wait_prefetches() {
+  Impl& m = *impl_;
+  std::unique_lock lock(m.mutex);
+  m.changed.wait(lock, [&m] { return m.prefetches_in_flight == 0; });
+}
+
+void LayerPager::unpin(std::size_t index) noexcept {
+  Impl& m = *impl_;
+  std::lock_guard lock(m.mutex);
+  if (--m.units[index].pins == 0) m.changed.notify_all();
+}
+
+PagerStats LayerPager::stats() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->stats;
+}
+
+bool LayerPager::resident(std::size_t index) const {
+  std::lock_guard lock(impl_->mutex);
+  return index < impl_->units.size() && impl_->units[index].state == State::Resident;
+}
+
+std::uint64_t LayerPager::budget() const noexcept { return impl_->budget; }
+std::size_t LayerPager::unit_count() const noexcept { return impl_->units.size(); }
+std::uint64_t LayerPager::unit_bytes(std::size_t index) const noexcept {
+  return index < impl_->units.size() ? impl_->units[index].bytes : 0;
+}
+
+std::uint64_t parse_mem_budget(std::string_view text, std::uint64_t model_bytes) {
+  auto bad = [&](const std::string& why) {
+    return Error(ErrorCode::InvalidArgument,
+                 "memory budget '" + std::string(text) + "' " + why +
+                     "; give bytes with an optional K/M/G/T suffix (e.g. 400000, 512K, 1M) or a percentage of the "
+                     "model (e.g. 50%)");
+  };
+  if (text.empty()) throw bad("is empty");
+  if (text.back() == '%') {
+    std::string_view number = text.substr(0, text.size() - 1);
+    double percent = 0;
+    auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), percent);
+    if (number.empty() || ec != std::errc() || end != number.data() + number.size() || !std::isfinite(percent)) {
+      throw bad("is not a percentage");
+    }
+    if (percent <= 0) throw bad("must be above 0%");
+    std::uint64_t whole = 0;
+    auto [wend, wec] = std::from_chars(number.data(), number.data() + number.size(), whole);
+    std::uint64_t bytes = 0;
+    if (wec == std::errc() && wend == number.data() + number.size()) {
+      // An integer percentage, exactly: floor(model_bytes * whole / 100) = q * whole + floor(r * whole / 100).
+      const std::uint64_t q = model_bytes / 100, r = model_bytes % 100;
+      std::uint64_t a = 0, b = 0;
+      if (__builtin_mul_overflow(q, whole, &a) || __builtin_mul_overflow(r, whole, &b) ||
+          __builtin_add_overflow(a, b / 100, &bytes)) {
+        throw bad("is more than 2^64 bytes");
+      }
+    } else {
+      const long double exact =
+          std::floor(static_cast<long double>(model_bytes) * static_cast<long double>(percent) / 100.0L);
+      if (exact >= 18446744073709551616.0L) throw bad("is more than 2^64 bytes");
+      bytes = static_cast<std::uint64_t>(exact);
+    }
+    if (bytes == 0) throw bad("is 0 bytes of this model");
+    return bytes;
+  }
+  std::uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec == std::errc::result_out_of_range) throw bad("is more than 2^64 bytes");
+  if (ec != std::errc() || end == text.data()) throw bad("is not a byte count");
+  std::string suffix(end, text.data() + text.size());
+  for (char& ch : suffix) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  unsigned shift = 0;
+  if (!suffix.empty() && suffix != "b") {
+    const std::string units = "kmgt";
+    const auto at = units.find(suffix[0]);
+    const std::string rest = suffix.substr(1);
+    if (at == std::string::npos || !(rest.empty() || rest == "b" || rest == "ib")) {
+      throw bad("has an unknown suffix '" + std::string(end, text.data() + text.size()) + "'");
+    }
+    shift = 10 * static_cast<unsigned>(at + 1);
+  }
+  if (value == 0) throw bad("must be above 0");
+  if (shift > 0 && value > (~std::uint64_t{0} >> shift)) throw bad("is more than 2^64 bytes");
+  return value << shift;
+}
+
+}  // namespace mmsb::llm

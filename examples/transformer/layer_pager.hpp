@@ -1,0 +1,134 @@
+// examples/transformer/layer_pager.hpp — keeps some of a model's weight units in memory under a byte budget.
+//
+// A LayerPager knows a list of *units* (a layer's tensors, the embedding, ...) by index and size, and a loader that
+// copies a unit's bytes into a buffer. pin(u) returns the unit's bytes, loading them on the calling thread when they
+// are not resident (a *synchronous load*); prefetch(u) starts the load as a task so that a later pin finds the bytes
+// ready (a *prefetch hit*). Resident units live in anonymous buffers the pager owns; when a load needs room, the
+// least recently used unpinned unit is evicted and its buffer goes to a free pool that later loads reuse. Every
+// buffer the pager holds, in use or pooled, counts against the budget, byte for byte (the sizes given; the OS
+// rounds each buffer up to whole pages), so `stats().held_bytes <= budget()` always.
+//
+//   LayerPager pager({4096, 4096, 4096}, /*budget=*/8192, [](std::size_t u, std::span<std::byte> out) { ... });
+//   { LayerPager::Pin pin = pager.pin(0); pager.prefetch(1); use(pin.bytes()); }  // unpinned at the end of scope
+//
+// Counting (each pin is exactly one of sync load, hit, wait):
+//   sync_loads     pin found the unit absent, or queued by a prefetch whose task had not started yet (see
+//                  prefetches_late), and loaded it itself;
+//   hits           pin found the unit resident;
+//   waits          pin found the unit being copied (by a prefetch task or another thread) and waited for it
+//                  (spinning up to 200 us, then blocking);
+//   prefetch_hits  hits and waits that are the first pin of a unit a prefetch loaded.
+// A prefetch of a unit that is resident or loading does nothing (and counts nothing); one that finds no room
+// (every other unit pinned or loading) is dropped and counted in prefetches_dropped. LRU order is by the last
+// pin() or started prefetch().
+//
+// Thread-safety: all members may be called from any thread. A pinned unit is never evicted or reloaded, so the
+// bytes of a Pin stay valid and unchanged until it is released; bytes loaded by another thread are visible to the
+// pinning thread (the load completes before the unit is marked resident, under the pager's mutex). A pin that needs
+// room while every resident unit is pinned and no load is in flight throws Error(ResourceExhausted): the budget
+// must hold the units pinned at once, plus one. The loader runs without the pager's lock, on the pinning thread or
+// on the executor's thread; it must be thread-safe for distinct units. The destructor waits for started prefetches;
+// a custom executor must therefore run every task it is given. Pins must be released before the pager is destroyed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace mmsb::llm {
+
+struct PagerStats {
+  std::uint64_t pins = 0;
+  std::uint64_t sync_loads = 0;
+  std::uint64_t hits = 0;
+  std::uint64_t waits = 0;
+  std::uint64_t prefetch_hits = 0;
+  std::uint64_t prefetches = 0;          // prefetch() calls that started a load
+  std::uint64_t prefetches_dropped = 0;  // prefetch() calls that found no room
+  std::uint64_t prefetches_unused = 0;   // prefetched units evicted before any pin
+  std::uint64_t prefetches_late = 0;     // prefetches whose task had not started when a pin needed the unit: the
+                                         // pin loaded it itself (counted in sync_loads too)
+  std::uint64_t prefetch_failures = 0;   // prefetch loads whose loader threw (a later pin loads synchronously)
+  std::uint64_t evictions = 0;
+  std::uint64_t bytes_loaded = 0;
+  std::uint64_t resident_bytes = 0;  // bytes of the units resident or loading now
+  std::uint64_t held_bytes = 0;      // buffers held now: resident, loading and pooled (<= budget)
+  std::uint64_t peak_held_bytes = 0;
+};
+
+class LayerPager {
+ public:
+  // Copies unit `unit`'s bytes into `destination` (exactly the unit's size). May throw; the load then fails.
+  using Loader = std::function<void(std::size_t unit, std::span<std::byte> destination)>;
+  // Runs a task asynchronously (must run each task exactly once). Empty: a TBB task group owned by the pager.
+  using Executor = std::function<void(std::function<void()>)>;
+
+  struct Options {
+    bool prefetch = true;  // false: prefetch() does nothing (the baseline of the sync-load ratio)
+    Executor executor;
+  };
+
+  // The bytes of a pinned unit; releases the pin when destroyed or reset. Movable, not copyable.
+  class Pin {
+   public:
+    Pin() = default;
+    Pin(Pin&& other) noexcept;
+    Pin& operator=(Pin&& other) noexcept;
+    ~Pin() { reset(); }
+    Pin(const Pin&) = delete;
+    Pin& operator=(const Pin&) = delete;
+    void reset() noexcept;
+    explicit operator bool() const noexcept { return pager_ != nullptr; }
+    std::span<const std::byte> bytes() const noexcept { return bytes_; }
+    std::size_t unit() const noexcept { return unit_; }
+
+   private:
+    friend class LayerPager;
+    Pin(LayerPager* pager, std::size_t unit, std::span<const std::byte> bytes) noexcept
+        : pager_(pager), unit_(unit), bytes_(bytes) {}
+    LayerPager* pager_ = nullptr;
+    std::size_t unit_ = 0;
+    std::span<const std::byte> bytes_;
+  };
+
+  // Throws Error(InvalidArgument) for no units, a unit of 0 bytes, or a budget below minimum_budget(unit_bytes).
+  LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budget, Loader loader, Options options);
+  LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budget, Loader loader)
+      : LayerPager(std::move(unit_bytes), budget, std::move(loader), Options{}) {}
+  ~LayerPager();
+  LayerPager(const LayerPager&) = delete;
+  LayerPager& operator=(const LayerPager&) = delete;
+
+  // Two of the largest units: one pinned while the next one loads.
+  static std::uint64_t minimum_budget(std::span<const std::uint64_t> unit_bytes) noexcept;
+
+  // Blocks until the unit is resident (loading it here if needed) and pins it. Rethrows the loader's error.
+  // Throws Error(InvalidArgument) for an unknown unit, Error(ResourceExhausted) when no room can be made.
+  Pin pin(std::size_t unit);
+  // Starts loading the unit asynchronously if it is absent and room can be made without waiting.
+  void prefetch(std::size_t unit);
+  // Waits until no prefetch is in flight.
+  void wait_prefetches();
+
+  PagerStats stats() const;
+  bool resident(std::size_t unit) const;  // resident now (not loading)
+  std::uint64_t budget() const noexcept;
+  std::size_t unit_count() const noexcept;
+  std::uint64_t unit_bytes(std::size_t unit) const noexcept;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  void unpin(std::size_t unit) noexcept;
+};
+
+// Parses a memory budget: a byte count with an optional binary suffix (K, M, G, T; "KiB"/"KB" and a trailing "B"
+// accepted, case-insensitive), or a percentage of `model_bytes` ("50%", "12.5%"; rounded down to whole bytes).
+// Throws Error(InvalidArgument) naming the text for anything else, zero, or a value past 2^64.
+std::uint64_t parse_mem_budget(std::string_view text, std::uint64_t model_bytes);
+
+}  // namespace mmsb::llm

@@ -557,14 +557,62 @@ void LogWriter::flush_pending_locked() {
   pending_.clear();
 }
 
-// A write() of SyncPolicy::EveryCommit waiting for the batch that holds its record. Each has its own condition
-// variable, so finishing a batch wakes exactly its writers and handing leadership on wakes exactly one.
+// A write() of SyncPolicy::EveryCommit waiting for the batch that holds its record. Finishing a batch wakes exactly
+// its writers and handing leadership on wakes exactly one, each through its own futex word and outside the
+// writer's mutex (a woken writer that finds its batch done returns without taking the mutex at all).
+//
+// Waking protocol: under the mutex a waker marks the waiter `pending` (so no second wake starts while one is in
+// flight) and queues it; after releasing the mutex it sets `signal` 1, wakes the futex, and sets `signal` 2,
+// its last touch of the waiter. A waiter leaves only after seeing 2, so the waiter (on its writer's stack) outlives
+// every wake aimed at it.
 struct LogWriter::BatchWaiter {
-  std::uint64_t seq = 0;  // the batch: next_batch_seq_ when the record was appended
-  bool done = false;
-  std::string error;      // when done: empty if the record is durable, else why the commit failed
-  std::condition_variable cv;
+  std::uint64_t seq = 0;              // the batch: next_batch_seq_ when the record was appended
+  bool pending = false;               // GUARDED_BY(mutex_): a wake is queued or in flight
+  std::string error;                  // set before `done`: empty if the record is durable, else why it failed
+  std::atomic<bool> done{false};
+  std::atomic<std::uint32_t> signal{0};  // 0 asleep or awake; 1 being woken; 2 woken (see above)
 };
+
+namespace {
+void wake(LogWriter::BatchWaiter* w) {
+  w->signal.store(1, std::memory_order_release);
+  w->signal.notify_one();
+  w->signal.store(2, std::memory_order_release);
+}
+
+// Returns once a wake aimed at `w` has completed.
+void wait_woken(LogWriter::BatchWaiter& w) {
+  for (;;) {
+    const std::uint32_t s = w.signal.load(std::memory_order_acquire);
+    if (s == 2) return;
+    if (s == 0) {
+      w.signal.wait(0, std::memory_order_acquire);
+    } else {
+      std::this_thread::yield();  // the waker is between its two stores
+    }
+  }
+}
+}  // namespace
+
+// Queues a wake of `w` unless one is already on its way.
+void LogWriter::collect_locked(BatchWaiter* w) {
+  if (w->pending) return;
+  w->pending = true;
+  w->signal.store(0, std::memory_order_relaxed);
+  to_wake_.push_back(w);
+}
+
+// Wakes the queued waiters, without the mutex (released meanwhile).
+void LogWriter::wake_collected(std::unique_lock<std::mutex>& lock) {
+  if (to_wake_.empty()) return;
+  thread_local std::vector<BatchWaiter*> waking;
+  waking.clear();
+  waking.swap(to_wake_);
+  lock.unlock();
+  for (BatchWaiter* w : waking) wake(w);
+  waking.clear();
+  lock.lock();
+}
 
 namespace {
 // Which writer and batch this thread last appended to, so a leader can tell when the writers that the previous
@@ -599,9 +647,11 @@ void LogWriter::finish_batch_locked(std::vector<BatchWaiter*>& batch, std::uint6
   finished_batch_size_ = error == nullptr ? batch.size() : 0;
   returned_ = 0;
   for (BatchWaiter* w : batch) {
-    w->done = true;
     if (error != nullptr) w->error = *error;
-    w->cv.notify_one();
+    collect_locked(w);
+    // Last touch: a writer that sees `done` may return at once (its waiter is then gone), so `done` comes after
+    // everything this loop does to `w`; the wake queued above completes before the writer can see it anyway.
+    w->done.store(true, std::memory_order_release);
   }
   batch.clear();
 }
@@ -633,6 +683,7 @@ void LogWriter::lead_sync_locked(std::unique_lock<std::mutex>& lock) {
     if (failed_) {
       syncing_ = false;
       synced_cv_.notify_all();
+      wake_collected(lock);
       throw_failed_locked();
     }
     leader_bytes_.clear();
@@ -676,11 +727,13 @@ void LogWriter::lead_sync_locked(std::unique_lock<std::mutex>& lock) {
       finish_batch_locked(leader_batch_, batch_seq, &write_error);
       synced_cv_.notify_all();
       hand_on_leadership_locked();
+      wake_collected(lock);
       return;
     }
     fail_locked(write_error);
     const std::string message = failed_message_locked();
     finish_batch_locked(leader_batch_, batch_seq, &message);
+    wake_collected(lock);
     throw_failed_locked();
   }
   last_sync_ns_ = static_cast<std::uint64_t>(took.count());
@@ -696,20 +749,22 @@ void LogWriter::lead_sync_locked(std::unique_lock<std::mutex>& lock) {
       const std::string message = failed_message_locked();
       finish_batch_locked(leader_batch_, batch_seq, &message);
     }
+    wake_collected(lock);
     throw_failed_locked();
   }
   if (target > synced_) synced_ = target;
+  synced_cv_.notify_all();
   if (batched) {
     finish_batch_locked(leader_batch_, batch_seq, nullptr);
     hand_on_leadership_locked();
+    wake_collected(lock);
   }
-  synced_cv_.notify_all();
 }
 
 // EveryCommit: the batch that formed during a sync needs a leader; wakes its first writer (it leads unless
 // someone else started a sync meanwhile).
 void LogWriter::hand_on_leadership_locked() {
-  if (!next_batch_.empty()) next_batch_.front()->cv.notify_one();
+  if (!next_batch_.empty()) collect_locked(next_batch_.front());
 }
 
 // Returns once every record byte up to `ticket` is durable; leads a sync when none is in progress.
@@ -754,7 +809,12 @@ void LogWriter::write(const CommitRecord& record) {
   const std::uint64_t frame_bytes = frame.size();
 
   std::unique_lock lock(mutex_);
-  prepare_segment_locked(lock, record.lsn, frame_bytes);
+  try {
+    prepare_segment_locked(lock, record.lsn, frame_bytes);  // a roll finishes the batch that was forming
+  } catch (...) {
+    wake_collected(lock);
+    throw;
+  }
   if (options_.sync == SyncPolicy::None) {
     try {
       write_all(fd_, frame.data(), frame.size(), path_);
@@ -788,16 +848,30 @@ void LogWriter::write(const CommitRecord& record) {
   }
   tls_batch_writer = this;
   tls_batch_seq = me.seq;
+  auto finished = [&me] {
+    if (!me.error.empty()) throw Error(ErrorCode::IoError, me.error);
+  };
   for (;;) {
-    if (me.done) {
-      if (!me.error.empty()) throw Error(ErrorCode::IoError, me.error);
-      return;
+    wake_collected(lock);  // what a roll above or a leader's failure queued (the state is re-read below)
+    if (me.pending) {  // let a wake in flight finish before `me` can go
+      if (me.signal.load(std::memory_order_acquire) != 2) {
+        lock.unlock();
+        wait_woken(me);
+        lock.lock();
+      }
+      me.pending = false;
+      me.signal.store(0, std::memory_order_relaxed);
     }
+    if (me.done.load(std::memory_order_acquire)) return finished();
     if (!syncing_ && me.seq == next_batch_seq_) {
       lead_sync_locked(lock);  // finishes this batch (or throws having failed it)
       continue;
     }
-    me.cv.wait(lock);
+    lock.unlock();
+    wait_woken(me);
+    // Done: nobody holds `me` any more (it left its batch, and the wake that said so has completed).
+    if (me.done.load(std::memory_order_acquire)) return finished();
+    lock.lock();
   }
 }
 
@@ -815,7 +889,13 @@ std::uint64_t LogWriter::roll() {
     if (!syncing_) break;
     synced_cv_.wait(lock);
   }
-  open_segment_locked(std::max(last_lsn_.load(std::memory_order_relaxed) + 1, key_ + 1));
+  try {
+    open_segment_locked(std::max(last_lsn_.load(std::memory_order_relaxed) + 1, key_ + 1));
+  } catch (...) {
+    wake_collected(lock);
+    throw;
+  }
+  wake_collected(lock);
   return key_;
 }
 

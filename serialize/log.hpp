@@ -194,9 +194,9 @@ class LogWriter : public CommitSink {
   // Deletes the segments whose key is below `key` (never the current one); returns how many.
   std::uint64_t remove_segments_before(std::uint64_t key);
 
- private:
-  struct BatchWaiter;  // a write() waiting for its group commit (log.cpp)
+  struct BatchWaiter;  // internal: a write() waiting for its group commit (log.cpp)
 
+ private:
   void attach(const LogReader& reader);
   void start_flusher();
   void open_segment_locked(std::uint64_t key);
@@ -209,6 +209,8 @@ class LogWriter : public CommitSink {
   std::uint64_t take_next_batch_locked(std::vector<BatchWaiter*>& into);
   void finish_batch_locked(std::vector<BatchWaiter*>& batch, std::uint64_t seq, const std::string* error);
   void hand_on_leadership_locked();
+  void collect_locked(BatchWaiter* w);
+  void wake_collected(std::unique_lock<std::mutex>& lock);
   void fail_locked(const std::string& what);
   std::string failed_message_locked() const;
   [[noreturn]] void throw_failed_locked() const;
@@ -230,13 +232,12 @@ class LogWriter : public CommitSink {
   std::string failure_;            // GUARDED_BY(mutex_): what failed, when failed_
   std::string pending_;            // GUARDED_BY(mutex_): appended record bytes not yet written out
   // EveryCommit group commit: the write() calls whose records are in pending_ (the next batch) and in the batch a
-  // leader is writing and syncing. Each waits on batch_cv_[parity of its batch], so finishing one batch does
-  // not wake the writers queued for the next.
+  // leader is writing and syncing.
   std::vector<BatchWaiter*> next_batch_;    // GUARDED_BY(mutex_)
   std::vector<BatchWaiter*> leader_batch_;  // GUARDED_BY(mutex_): owned by the leader while syncing_
   std::string leader_bytes_;                       // GUARDED_BY(mutex_): likewise, pending_'s bytes of that batch
   std::uint64_t next_batch_seq_ = 1;               // GUARDED_BY(mutex_): sequence number of next_batch_
-  std::condition_variable batch_cv_[2];
+  std::vector<BatchWaiter*> to_wake_;              // GUARDED_BY(mutex_): wakes to send once the mutex is released
   // Gathering: the writers released by the last finished batch usually commit again at once; the next leader
   // waits (bounded) until they have appended, so one fdatasync serves all of them instead of half.
   std::uint64_t finished_batch_seq_ = 0;   // GUARDED_BY(mutex_)

@@ -6,19 +6,11 @@
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
 
-function(heat out_var)
-  execute_process(COMMAND ${HEAT} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "heat_diffusion ${ARGN} failed (${rc}):\n${out}\n${err}")
-  endif()
-  set(${out_var} "${out}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/check_common.cmake)
 
-function(hash_of out_var text)
-  if(NOT text MATCHES "state-hash: ([0-9a-f]+)")
-    message(FATAL_ERROR "no state-hash line in:\n${text}")
-  endif()
-  set(${out_var} ${CMAKE_MATCH_1} PARENT_SCOPE)
+function(heat out_var)
+  run_checked(out ${HEAT} ${ARGN})
+  set(${out_var} "${out}" PARENT_SCOPE)
 endfunction()
 
 set(small --size 64 --tiles 4 --steps 200 --hash)

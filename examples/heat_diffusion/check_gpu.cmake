@@ -4,20 +4,11 @@
 #  2. --gpu conserves the energy (insulated borders) within float rounding;
 #  3. on a grid whose far cells go through values far below the float range (down to 0), the hashes agree too.
 # A run whose --gpu did not reach a Vulkan device fails: the device path must not be skipped silently.
-function(heat out_var)
-  execute_process(COMMAND ${CMAKE_COMMAND} -E env ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out
-                  ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "heat_diffusion ${ARGN} failed (${rc}):\n${out}\n${err}")
-  endif()
-  set(${out_var} "${out}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/check_common.cmake)
 
-function(hash_of out_var text)
-  if(NOT text MATCHES "state-hash: ([0-9a-f]+)")
-    message(FATAL_ERROR "no state-hash line in:\n${text}")
-  endif()
-  set(${out_var} ${CMAKE_MATCH_1} PARENT_SCOPE)
+function(heat out_var)
+  run_checked(out ${CMAKE_COMMAND} -E env ${ARGN})
+  set(${out_var} "${out}" PARENT_SCOPE)
 endfunction()
 
 function(compare size tiles steps)

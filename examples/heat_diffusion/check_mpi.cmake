@@ -2,19 +2,11 @@
 #  1. `mpirun -np N heat_diffusion --hash` prints the same state-hash for N = 1, 2, 3, 4;
 #  2. its statistics lines equal those of the single-process run without MPI (same physics, same floats);
 #  3. the hash tells states apart (one step fewer gives another hash).
-function(heat out_var)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "${ARGN} failed (${rc}):\n${out}\n${err}")
-  endif()
-  set(${out_var} "${out}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/check_common.cmake)
 
-function(hash_of out_var text)
-  if(NOT text MATCHES "state-hash: ([0-9a-f]+)")
-    message(FATAL_ERROR "no state-hash line in:\n${text}")
-  endif()
-  set(${out_var} ${CMAKE_MATCH_1} PARENT_SCOPE)
+function(heat out_var)
+  run_checked(out ${ARGN})
+  set(${out_var} "${out}" PARENT_SCOPE)
 endfunction()
 
 # The "step ... min ... max ..." lines of a run, one per report.

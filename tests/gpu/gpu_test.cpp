@@ -15,6 +15,7 @@
 #include "gpu/device_allocator.hpp"
 #include "mmsb/gpu.hpp"
 #include "mmsb/mmsb.hpp"
+#include "gpu/scoped_device_env.hpp"
 #include "support/test_support.hpp"
 
 namespace mmsb {
@@ -22,28 +23,7 @@ namespace {
 
 using mmsb::testing::error_code_of;
 
-// Sets MMSB_VULKAN_DEVICE for the lifetime of a test, and restores it.
-class ScopedDeviceEnv {
- public:
-  explicit ScopedDeviceEnv(const char* value) {
-    if (const char* old = std::getenv("MMSB_VULKAN_DEVICE")) saved_ = old;
-    if (value) {
-      ::setenv("MMSB_VULKAN_DEVICE", value, 1);
-    } else {
-      ::unsetenv("MMSB_VULKAN_DEVICE");
-    }
-  }
-  ~ScopedDeviceEnv() {
-    if (saved_) {
-      ::setenv("MMSB_VULKAN_DEVICE", saved_->c_str(), 1);
-    } else {
-      ::unsetenv("MMSB_VULKAN_DEVICE");
-    }
-  }
-
- private:
-  std::optional<std::string> saved_;
-};
+using ScopedDeviceEnv = mmsb::testing::ScopedDeviceEnv;
 
 constexpr const char* kNoDevice =
     "no Vulkan device was found: these tests need one (install mesa-vulkan-drivers for the lavapipe CPU driver)";

@@ -14,6 +14,7 @@
 
 #include "mmsb/gpu.hpp"
 #include "mmsb/mmsb.hpp"
+#include "gpu/scoped_device_env.hpp"
 #include "support/test_support.hpp"
 
 namespace mmsb {
@@ -21,27 +22,7 @@ namespace {
 
 using mmsb::testing::error_code_of;
 
-class ScopedDevice {
- public:
-  explicit ScopedDevice(const char* value) {
-    if (const char* old = std::getenv("MMSB_VULKAN_DEVICE")) saved_ = old;
-    if (value) {
-      ::setenv("MMSB_VULKAN_DEVICE", value, 1);
-    } else {
-      ::unsetenv("MMSB_VULKAN_DEVICE");
-    }
-  }
-  ~ScopedDevice() {
-    if (saved_) {
-      ::setenv("MMSB_VULKAN_DEVICE", saved_->c_str(), 1);
-    } else {
-      ::unsetenv("MMSB_VULKAN_DEVICE");
-    }
-  }
-
- private:
-  std::optional<std::string> saved_;
-};
+using ScopedDevice = mmsb::testing::ScopedDeviceEnv;
 
 // Floats over many magnitudes, both signs, exact zeros and values just above and below the 2^-125 flush threshold
 // (never denormals: the kernel's inputs are assumed free of them, and it never produces one).

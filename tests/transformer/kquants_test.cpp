@@ -566,26 +566,19 @@ TEST(KQuantFiles, QuantizeErrors) {
 }
 
 // stdout and stderr of one mmsb-llm run, with its exit code.
-std::pair<int, std::string> run_llm(const std::string& args) {
-  const std::string cmd = std::string(MMSB_LLM_BINARY) + " " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return {-1, ""};
-  std::string out;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = ::pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+std::pair<int, std::string> run_llm_both(const std::string& args) {
+  testing::LlmRun r = testing::run_llm(args, true);
+  return {r.status, r.out};
 }
 
 TEST(KQuantFiles, QuantizeCommand) {
   MMSB_REQUIRE_SHARED(f32, "models/stories260K-f32.gguf");
   TempDir dir;
   const std::string out = dir.file("q6.gguf");
-  auto [rc, text] = run_llm("quantize " + f32 + " " + out + " q6_k --pad 256");
+  auto [rc, text] = run_llm_both("quantize " + f32 + " " + out + " q6_k --pad 256");
   EXPECT_EQ(rc, 0) << text;
   EXPECT_NE(text.find("37 Q6_K"), std::string::npos) << text;  // the summary line: every matrix in Q6_K
-  auto [gen_rc, gen] = run_llm("-m " + out + " -p 'Once upon a time' -n 8");
+  auto [gen_rc, gen] = run_llm_both("-m " + out + " -p 'Once upon a time' -n 8");
   EXPECT_EQ(gen_rc, 0) << gen;
   EXPECT_EQ(gen.rfind("Once upon a time", 0), 0u) << gen;
   // Errors: one line on stderr that says what to do, exit code 2.
@@ -596,13 +589,13 @@ TEST(KQuantFiles, QuantizeCommand) {
                 {"quantize " + dir.file("missing.gguf") + " " + dir.file("x.gguf") + " q4_k", "missing.gguf"},
                 {"quantize " + f32 + " " + dir.file("x.gguf"), "type"}};
   for (const auto& e : errors) {
-    auto [erc, etext] = run_llm(e.args);
+    auto [erc, etext] = run_llm_both(e.args);
     EXPECT_EQ(erc, 2) << e.args << ": " << etext;
     EXPECT_NE(etext.find(e.says), std::string::npos) << e.args << ": " << etext;
     EXPECT_EQ(std::count(etext.begin(), etext.end(), '\n'), 1) << etext;
   }
   EXPECT_FALSE(std::filesystem::exists(dir.file("x.gguf")));
-  EXPECT_EQ(run_llm("quantize " + out + " " + dir.file("y.gguf") + " f32 --force").first, 0);  // from a K-quant
+  EXPECT_EQ(run_llm_both("quantize " + out + " " + dir.file("y.gguf") + " f32 --force").first, 0);  // from a K-quant
   EXPECT_NO_THROW(load_model(dir.file("y.gguf")));
 }
 

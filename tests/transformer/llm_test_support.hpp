@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -33,6 +36,28 @@ inline std::string read_bytes(const std::string& path) {
   std::string out(static_cast<std::size_t>(std::filesystem::file_size(path)), '\0');
   in.read(out.data(), static_cast<std::streamsize>(out.size()));
   return out;
+}
+
+// What one run of the mmsb-llm binary printed, and its exit code (-1 when it did not exit normally).
+struct LlmRun {
+  int status = -1;
+  std::string out;
+};
+
+// Runs `mmsb-llm ARGS` through the shell: stdout is captured, and stderr too when `with_stderr` (else it is
+// dropped); `input`, when given, is its stdin (printf format, so no single quotes).
+inline LlmRun run_llm(const std::string& args, bool with_stderr = false, const std::string& input = "") {
+  std::string cmd = std::string(MMSB_LLM_BINARY) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
+  if (!input.empty()) cmd = "printf '" + input + "' | " + cmd;
+  LlmRun run;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return run;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) run.out.append(buf, n);
+  const int status = ::pclose(p);
+  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run;
 }
 
 }  // namespace mmsb::llm::testing

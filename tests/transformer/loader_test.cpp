@@ -221,22 +221,8 @@ TEST(Loader, TokenizerFileIsBoundsChecked) {
 
 // --- the mmsb-llm command ----------------------------------------------------------------------------------------
 
-struct Command {
-  int status;
-  std::string out;
-};
-Command run(const std::string& args) {
-  std::string cmd = std::string(MMSB_LLM_BINARY) + " " + args + " 2>/dev/null";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  Command c{-1, ""};
-  if (!p) return c;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) c.out.append(buf, n);
-  int status = ::pclose(p);
-  c.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return c;
-}
+using testing::LlmRun;
+LlmRun run(const std::string& args) { return testing::run_llm(args); }
 
 TEST(Cli, GreedyStdoutIsLlama2csByteForByte) {
   MMSB_REQUIRE_SHARED(ref_path, "reference/greedy_llama2c.json");
@@ -246,10 +232,10 @@ TEST(Cli, GreedyStdoutIsLlama2csByteForByte) {
   auto ref = testing::load_json(ref_path);
   const auto& once = ref["runs"][0];
   const std::string n = std::to_string(once["n_generated"].get<int>());
-  Command a = run("-m " + model + " -z " + tok + " -p 'Once upon a time' -n " + n);
+  LlmRun a = run("-m " + model + " -z " + tok + " -p 'Once upon a time' -n " + n);
   EXPECT_EQ(a.status, 0);
   EXPECT_EQ(a.out, once["stdout_exact"].get<std::string>());
-  Command b = run("-m " + gguf + " -p 'Once upon a time' -n " + n);
+  LlmRun b = run("-m " + gguf + " -p 'Once upon a time' -n " + n);
   EXPECT_EQ(b.out, once["stdout_exact"].get<std::string>());
 }
 
@@ -261,7 +247,7 @@ TEST(Cli, ErrorsExitWithCode2) {
   EXPECT_EQ(run("-m " + gguf + " --ctx 4 -p 'a prompt longer than four tokens'").status, 2);
   EXPECT_EQ(run("--no-such-option").status, 2);
   EXPECT_EQ(run("--help").status, 0);
-  Command bench = run("bench -m " + gguf + " -p 4 -n 16 -r 1 --json");
+  LlmRun bench = run("bench -m " + gguf + " -p 4 -n 16 -r 1 --json");
   EXPECT_EQ(bench.status, 0);
   EXPECT_NE(bench.out.find("\"tok_per_s\""), std::string::npos);
   EXPECT_NE(bench.out.find("\"prompt_tok_per_s\""), std::string::npos);
@@ -270,7 +256,7 @@ TEST(Cli, ErrorsExitWithCode2) {
 TEST(Cli, SampledRunsWithTheSameSeedAreIdentical) {
   MMSB_REQUIRE_SHARED(gguf, "models/stories260K-Q4_0.gguf");
   const std::string args = "-m " + gguf + " -p 'Once' -n 40 --temp 0.9 --top-p 0.9 --top-k 40 --seed 3";
-  Command a = run(args), b = run(args);
+  LlmRun a = run(args), b = run(args);
   EXPECT_EQ(a.status, 0);
   EXPECT_EQ(a.out, b.out);
   EXPECT_GT(a.out.size(), 10u);

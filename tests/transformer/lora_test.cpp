@@ -298,23 +298,8 @@ TEST(LoraMerge, RequantizationErrorIsSmallAgainstTheAdaptersEffect) {
   }
 }
 
-struct CliRun {
-  int status;
-  std::string out;
-};
-CliRun run_cli(const std::string& args, const std::string& input = "") {
-  std::string cmd = std::string(MMSB_LLM_BINARY) + " " + args + " 2>/dev/null";
-  if (!input.empty()) cmd = "printf '" + input + "' | " + cmd;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  CliRun c{-1, ""};
-  if (!p) return c;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) c.out.append(buf, n);
-  int status = ::pclose(p);
-  c.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return c;
-}
+using CliRun = testing::LlmRun;
+CliRun run_cli(const std::string& args, const std::string& input = "") { return testing::run_llm(args, false, input); }
 
 TEST(LoraCli, LoraMakeThenLoraGivesTheLibrarysTextAndKeepsTheModelFile) {
   MMSB_REQUIRE_SHARED(path, "models/stories260K-Q8_0.gguf");

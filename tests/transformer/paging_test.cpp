@@ -178,17 +178,9 @@ TEST(Paging, CommandLineGivesTheSameTextAndRefusesATooSmallBudget) {
   MMSB_REQUIRE_SHARED(path, "models/stories260K-f32.gguf");
   // Runs mmsb-llm; `stderr_too` keeps its error line in the output.
   auto run_cli = [&](const std::string& args, int& status, bool stderr_too = false) {
-    const std::string cmd = std::string(MMSB_LLM_BINARY) + " -m " + path + " -p 'Once upon a time' -n 40 " + args +
-                            (stderr_too ? " 2>&1" : " 2>/dev/null");
-    FILE* p = ::popen(cmd.c_str(), "r");
-    std::string out;
-    if (!p) return out;
-    char buf[4096];
-    std::size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    const int raw = ::pclose(p);
-    status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-    return out;
+    testing::LlmRun r = testing::run_llm("-m " + path + " -p 'Once upon a time' -n 40 " + args, stderr_too);
+    status = r.status;
+    return r.out;
   };
   int status = -1;
   std::string resident = run_cli("", status);

@@ -1,5 +1,7 @@
 #include "examples/transformer/engine.hpp"
 
+#include <algorithm>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,6 +27,37 @@ StepInput read_step(std::span<const std::byte> bytes, const ModelConfig& c) {
                                                 std::to_string(c.seq_len));
   }
   return in;
+}
+
+// The prefill page: this header, then `capacity` token ids (int32).
+struct PrefillHeader {
+  std::int32_t pos;
+  std::int32_t n;
+};
+
+// Reads and checks the prefill page inside a node (as read_step: any writer may commit it).
+PrefillHeader read_prefill(std::span<const std::byte> bytes, const ModelConfig& c, std::size_t capacity) {
+  PrefillHeader h;
+  std::memcpy(&h, bytes.data(), sizeof h);
+  if (h.n < 1 || static_cast<std::size_t>(h.n) > capacity || h.pos < 0 ||
+      static_cast<std::uint64_t>(h.pos) + static_cast<std::uint64_t>(h.n) >= c.seq_len) {
+    throw Error(ErrorCode::InvalidArgument, "prefill page holds " + std::to_string(h.n) + " tokens at position " +
+                                                std::to_string(h.pos) + "; expected 1 to " + std::to_string(capacity) +
+                                                " tokens ending before position " + std::to_string(c.seq_len - 1));
+  }
+  for (std::int32_t i = 0; i < h.n; ++i) {
+    std::int32_t token;
+    std::memcpy(&token, bytes.data() + sizeof h + static_cast<std::size_t>(i) * sizeof token, sizeof token);
+    if (token < 0 || static_cast<std::uint32_t>(token) >= c.vocab_size) {
+      throw Error(ErrorCode::InvalidArgument, "prefill page holds token " + std::to_string(token) +
+                                                  "; expected a token below " + std::to_string(c.vocab_size));
+    }
+  }
+  return h;
+}
+
+const std::int32_t* prefill_tokens(std::span<const std::byte> bytes) {
+  return reinterpret_cast<const std::int32_t*>(bytes.data() + sizeof(PrefillHeader));
 }
 
 }  // namespace
@@ -66,6 +99,16 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   NodeOptions always;
   always.always_changes = true;
 
+  // Batch nodes: none when paging (their weights would need pins of their own) or when disabled.
+  batch_ = paged ? 0 : options.prefill_batch;
+  const std::size_t batch = batch_;
+  std::vector<PageId> xb;
+  if (batch > 0) {
+    prefill_page_ = rt.create_page(sizeof(PrefillHeader) + batch * sizeof(std::int32_t));
+    xb.resize(c.n_layers + 1);
+    for (auto& id : xb) id = rt.create_page(batch * stream_bytes);
+  }
+
   const Tensor* embedding = &model.token_embedding;
   always.name = "embed";
   std::vector<PageId> embed_inputs{step_page_};
@@ -77,6 +120,20 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
     const std::byte* table = paged ? paged->tensor(pin, *embedding) : ctx.input(1).data();
     embed(*shape, weight_ref(*embedding, table), in.token, floats(ctx.output()));
   }, always);
+  if (batch > 0) {
+    NodeOptions embed_b;
+    embed_b.name = "embed_b";
+    prop.derive_incremental(xb[0], {prefill_page_, weight_pages_.front()},
+                            [shape, embedding, batch, stream_bytes](const IncrementalContext& ctx, Delta& out) {
+      if (ctx.input_deltas[0] == nullptr) return;  // not a prompt wave: nothing to embed
+      const PrefillHeader h = read_prefill(ctx.inputs[0], shape->config, batch);
+      const std::uint64_t bytes = static_cast<std::uint64_t>(h.n) * stream_bytes;
+      out.ranges.push_back({0, bytes});
+      out.payload.resize(bytes);
+      embed_batch(*shape, weight_ref(*embedding, ctx.inputs[1].data()), prefill_tokens(ctx.inputs[0]),
+                  static_cast<std::size_t>(h.n), reinterpret_cast<float*>(out.payload.data()));
+    }, embed_b);
+  }
 
   for (std::uint32_t l = 0; l < c.n_layers; ++l) {
     const LayerTensors* w = &model.layers[l];
@@ -89,6 +146,33 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
              w1 = weight_page(w->w1), w2 = weight_page(w->w2), w3 = weight_page(w->w3);
       kv_inputs.insert(kv_inputs.end(), {attn_norm, wk, wv});
       block_inputs.insert(block_inputs.end(), {attn_norm, wq, wo, ffn_norm, w1, w2, w3});
+      if (batch > 0) {
+        kv_inputs.insert(kv_inputs.end(), {xb[l], prefill_page_});
+        std::vector<PageId> batch_inputs{xb[l], prefill_page_, kv, attn_norm, wq, wo, ffn_norm, w1, w2, w3};
+        auto scratch = std::make_shared<BatchScratch>(c, batch);
+        NodeOptions block_b;
+        block_b.name = "block_b" + layer;
+        prop.derive_incremental(xb[l + 1], std::move(batch_inputs),
+                                [shape, w, scratch, cache_half, stream_bytes, batch](const IncrementalContext& ctx,
+                                                                                     Delta& out) {
+          // kv[l] changes every step; only a wave whose batch stream changed has positions for this node.
+          if (ctx.input_deltas[0] == nullptr) return;
+          const PrefillHeader h = read_prefill(ctx.inputs[1], shape->config, batch);
+          const std::size_t n = static_cast<std::size_t>(h.n);
+          auto in = [&](std::size_t i) { return ctx.inputs[i].data(); };
+          auto f32w = [&](std::size_t i) { return reinterpret_cast<const float*>(in(i)); };
+          const std::byte* cache = in(2);
+          float* mid = scratch->mid.data();
+          attention_batch(*shape, floats(ctx.inputs[0]), f32w(3), weight_ref(w->wq, in(4)), weight_ref(w->wo, in(5)),
+                          reinterpret_cast<const float*>(cache), reinterpret_cast<const float*>(cache + cache_half),
+                          h.pos, n, *scratch, mid);
+          const std::uint64_t bytes = n * stream_bytes;
+          out.ranges.push_back({0, bytes});
+          out.payload.resize(bytes);
+          feed_forward_batch(*shape, mid, f32w(6), weight_ref(w->w1, in(7)), weight_ref(w->w2, in(8)),
+                             weight_ref(w->w3, in(9)), n, *scratch, reinterpret_cast<float*>(out.payload.data()));
+        }, block_b);
+      }
     }
     const std::size_t unit = paged ? paged->layer_unit(l) : 0;
 
@@ -96,9 +180,34 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
     auto kv_scratch = std::make_shared<ForwardScratch>(c);
     NodeOptions kv_options;
     kv_options.name = "kv" + layer;
-    prop.derive_incremental(kv, std::move(kv_inputs), [shape, w, kv_scratch, row_bytes_kv, cache_half, paged, unit](
-                                                          const IncrementalContext& ctx, Delta& out) {
+    auto kv_batch = batch > 0 ? std::make_shared<BatchScratch>(c, batch) : nullptr;
+    prop.derive_incremental(kv, std::move(kv_inputs), [shape, w, kv_scratch, kv_batch, row_bytes_kv, cache_half,
+                                                       paged, unit, batch](const IncrementalContext& ctx, Delta& out) {
       StepInput in = read_step(ctx.inputs[1], shape->config);
+      if (batch > 0 && ctx.input_deltas[5] != nullptr) {
+        // A prompt wave: the batch positions pos .. pos + n - 1 from xb[l], then the step's position pos + n from
+        // x[l], all emitted as one contiguous run of rows in each half.
+        const PrefillHeader h = read_prefill(ctx.inputs[6], shape->config, batch);
+        if (in.pos != h.pos + h.n) {
+          throw Error(ErrorCode::InvalidArgument, "prompt wave: the step position " + std::to_string(in.pos) +
+                                                      " does not follow the prefill positions " +
+                                                      std::to_string(h.pos) + " + " + std::to_string(h.n));
+        }
+        const std::size_t rows = static_cast<std::size_t>(h.n) + 1, kv_dim = shape->config.kv_dim();
+        const std::uint64_t first = static_cast<std::uint64_t>(h.pos) * row_bytes_kv, bytes = rows * row_bytes_kv;
+        out.ranges.push_back({first, bytes});
+        out.ranges.push_back({cache_half + first, bytes});
+        out.payload.resize(2 * bytes);
+        float* keys = reinterpret_cast<float*>(out.payload.data());
+        float* values = keys + rows * kv_dim;
+        const float* norm = reinterpret_cast<const float*>(ctx.inputs[2].data());
+        kv_project_batch(*shape, floats(ctx.inputs[5]), norm, weight_ref(w->wk, ctx.inputs[3].data()),
+                         weight_ref(w->wv, ctx.inputs[4].data()), h.pos, rows - 1, *kv_batch, keys, values);
+        kv_project(*shape, floats(ctx.inputs[0]), norm, weight_ref(w->wk, ctx.inputs[3].data()),
+                   weight_ref(w->wv, ctx.inputs[4].data()), in.pos, *kv_scratch, keys + (rows - 1) * kv_dim,
+                   values + (rows - 1) * kv_dim);
+        return;
+      }
       LayerPager::Pin pin;
       if (paged) pin = paged->pin(unit, in.want_logits != 0);
       auto weight = [&](std::size_t input, const Tensor& t) {
@@ -180,6 +289,61 @@ std::span<const float> Engine::step(int token, int pos) { return run_step(token,
 
 void Engine::prefill_step(int token, int pos) { run_step(token, pos, false); }
 
+std::span<const float> Engine::prompt(std::span<const int> tokens, int pos) {
+  if (tokens.empty()) throw Error(ErrorCode::InvalidArgument, "prompt(): no tokens to feed");
+  return run_prompt(tokens, pos, true);
+}
+
+void Engine::prefill(std::span<const int> tokens, int pos) { run_prompt(tokens, pos, false); }
+
+std::span<const float> Engine::run_prompt(std::span<const int> tokens, int pos, bool want_logits) {
+  const ModelConfig& c = model_.config;
+  for (int t : tokens) {
+    if (t < 0 || static_cast<std::uint32_t>(t) >= c.vocab_size) {
+      throw Error(ErrorCode::InvalidArgument,
+                  "token " + std::to_string(t) + " is outside the vocabulary of " + std::to_string(c.vocab_size));
+    }
+  }
+  if (pos < 0 || static_cast<std::uint64_t>(pos) + tokens.size() > c.seq_len) {
+    throw Error(ErrorCode::InvalidArgument, std::to_string(tokens.size()) + " tokens from position " +
+                                                std::to_string(pos) + " do not fit the context of " +
+                                                std::to_string(c.seq_len) + " positions");
+  }
+  std::span<const float> last;
+  std::vector<std::byte> page;
+  for (std::size_t done = 0; done < tokens.size();) {
+    // One wave: n batch positions (at most batch_) plus the step position after them.
+    const std::size_t n = std::min(batch_, tokens.size() - done - 1);
+    const int pos0 = pos + static_cast<int>(done);
+    const bool last_wave = done + n + 1 == tokens.size();
+    const int step_token = tokens[done + n];
+    const int step_pos = pos0 + static_cast<int>(n);
+    if (n == 0) {
+      last = run_step(step_token, step_pos, want_logits && last_wave);
+    } else {
+      page.resize(sizeof(PrefillHeader) + n * sizeof(std::int32_t));
+      const PrefillHeader h{pos0, static_cast<std::int32_t>(n)};
+      std::memcpy(page.data(), &h, sizeof h);
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::int32_t t = tokens[done + i];
+        std::memcpy(page.data() + sizeof h + i * sizeof t, &t, sizeof t);
+      }
+      const bool logits = want_logits && last_wave;
+      auto txn = runtime_->begin();
+      txn.write(prefill_page_, 0, page);
+      txn.write_value(step_page_, 0, StepInput{step_token, step_pos, logits ? 1 : 0});
+      txn.commit();
+      ++waves_;
+      if (logits) {
+        runtime_->read(logits_page_, 0, std::as_writable_bytes(std::span<float>(logits_)));
+        last = logits_;
+      }
+    }
+    done += n + 1;
+  }
+  return want_logits ? last : std::span<const float>{};
+}
+
 std::span<const float> Engine::run_step(int token, int pos, bool want_logits) {
   const ModelConfig& c = model_.config;
   if (token < 0 || static_cast<std::uint32_t>(token) >= c.vocab_size) {
@@ -193,6 +357,7 @@ std::span<const float> Engine::run_step(int token, int pos, bool want_logits) {
   auto txn = runtime_->begin();
   txn.write_value(step_page_, 0, StepInput{token, pos, want_logits ? 1 : 0});
   txn.commit();  // IMMEDIATE: the wave runs inside commit()
+  ++waves_;
   if (!want_logits) return {};
   runtime_->read(logits_page_, 0, std::as_writable_bytes(std::span<float>(logits_)));
   return logits_;

@@ -102,12 +102,11 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   // Batch nodes: none when paging (their weights would need pins of their own) or when disabled.
   batch_ = paged ? 0 : options.prefill_batch;
   const std::size_t batch = batch_;
-  std::vector<PageId> xb;
-  if (batch > 0) {
-    prefill_page_ = rt.create_page(sizeof(PrefillHeader) + batch * sizeof(std::int32_t));
-    xb.resize(c.n_layers + 1);
-    for (auto& id : xb) id = rt.create_page(batch * stream_bytes);
-  }
+  // One scratch for every layer's batch attention: the kv nodes form a chain, so two never run at once.
+  auto batch_scratch = batch > 0 ? std::make_shared<BatchScratch>(c, batch) : nullptr;
+  auto batch_cache = batch > 0 ? std::make_shared<std::vector<float>>(2 * std::size_t{c.seq_len} * c.kv_dim())
+                               : nullptr;
+  if (batch > 0) prefill_page_ = rt.create_page(sizeof(PrefillHeader) + batch * sizeof(std::int32_t));
 
   const Tensor* embedding = &model.token_embedding;
   always.name = "embed";
@@ -120,25 +119,16 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
     const std::byte* table = paged ? paged->tensor(pin, *embedding) : ctx.input(1).data();
     embed(*shape, weight_ref(*embedding, table), in.token, floats(ctx.output()));
   }, always);
-  if (batch > 0) {
-    NodeOptions embed_b;
-    embed_b.name = "embed_b";
-    prop.derive_incremental(xb[0], {prefill_page_, weight_pages_.front()},
-                            [shape, embedding, batch, stream_bytes](const IncrementalContext& ctx, Delta& out) {
-      if (ctx.input_deltas[0] == nullptr) return;  // not a prompt wave: nothing to embed
-      const PrefillHeader h = read_prefill(ctx.inputs[0], shape->config, batch);
-      const std::uint64_t bytes = static_cast<std::uint64_t>(h.n) * stream_bytes;
-      out.ranges.push_back({0, bytes});
-      out.payload.resize(bytes);
-      embed_batch(*shape, weight_ref(*embedding, ctx.inputs[1].data()), prefill_tokens(ctx.inputs[0]),
-                  static_cast<std::size_t>(h.n), reinterpret_cast<float*>(out.payload.data()));
-    }, embed_b);
-  }
 
+  std::vector<PageId> kv_pages;
   for (std::uint32_t l = 0; l < c.n_layers; ++l) {
     const LayerTensors* w = &model.layers[l];
     const std::string layer = std::to_string(l);
-    PageId kv = rt.create_page(2 * cache_half);
+    // With batch nodes the page ends with the batch stream leaving this layer (batch × dim floats), which the next
+    // layer's kv node reads in a prompt wave.
+    PageId kv = rt.create_page(2 * cache_half + batch * stream_bytes);
+    const PageId source = l == 0 ? (batch > 0 ? weight_page_of(*embedding) : PageId{}) : kv_pages.back();
+    kv_pages.push_back(kv);
     std::vector<PageId> kv_inputs{x[l], step_page_}, block_inputs{x[l], step_page_, kv};
     if (!paged) {
       PageId attn_norm = weight_page(w->attn_norm), wq = weight_page(w->wq), wk = weight_page(w->wk),
@@ -146,33 +136,7 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
              w1 = weight_page(w->w1), w2 = weight_page(w->w2), w3 = weight_page(w->w3);
       kv_inputs.insert(kv_inputs.end(), {attn_norm, wk, wv});
       block_inputs.insert(block_inputs.end(), {attn_norm, wq, wo, ffn_norm, w1, w2, w3});
-      if (batch > 0) {
-        kv_inputs.insert(kv_inputs.end(), {xb[l], prefill_page_});
-        std::vector<PageId> batch_inputs{xb[l], prefill_page_, kv, attn_norm, wq, wo, ffn_norm, w1, w2, w3};
-        auto scratch = std::make_shared<BatchScratch>(c, batch);
-        NodeOptions block_b;
-        block_b.name = "block_b" + layer;
-        prop.derive_incremental(xb[l + 1], std::move(batch_inputs),
-                                [shape, w, scratch, cache_half, stream_bytes, batch](const IncrementalContext& ctx,
-                                                                                     Delta& out) {
-          // kv[l] changes every step; only a wave whose batch stream changed has positions for this node.
-          if (ctx.input_deltas[0] == nullptr) return;
-          const PrefillHeader h = read_prefill(ctx.inputs[1], shape->config, batch);
-          const std::size_t n = static_cast<std::size_t>(h.n);
-          auto in = [&](std::size_t i) { return ctx.inputs[i].data(); };
-          auto f32w = [&](std::size_t i) { return reinterpret_cast<const float*>(in(i)); };
-          const std::byte* cache = in(2);
-          float* mid = scratch->mid.data();
-          attention_batch(*shape, floats(ctx.inputs[0]), f32w(3), weight_ref(w->wq, in(4)), weight_ref(w->wo, in(5)),
-                          reinterpret_cast<const float*>(cache), reinterpret_cast<const float*>(cache + cache_half),
-                          h.pos, n, *scratch, mid);
-          const std::uint64_t bytes = n * stream_bytes;
-          out.ranges.push_back({0, bytes});
-          out.payload.resize(bytes);
-          feed_forward_batch(*shape, mid, f32w(6), weight_ref(w->w1, in(7)), weight_ref(w->w2, in(8)),
-                             weight_ref(w->w3, in(9)), n, *scratch, reinterpret_cast<float*>(out.payload.data()));
-        }, block_b);
-      }
+      if (batch > 0) kv_inputs.insert(kv_inputs.end(), {prefill_page_, source, wq, wo, ffn_norm, w1, w2, w3});
     }
     const std::size_t unit = paged ? paged->layer_unit(l) : 0;
 
@@ -180,32 +144,70 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
     auto kv_scratch = std::make_shared<ForwardScratch>(c);
     NodeOptions kv_options;
     kv_options.name = "kv" + layer;
-    auto kv_batch = batch > 0 ? std::make_shared<BatchScratch>(c, batch) : nullptr;
-    prop.derive_incremental(kv, std::move(kv_inputs), [shape, w, kv_scratch, kv_batch, row_bytes_kv, cache_half,
-                                                       paged, unit, batch](const IncrementalContext& ctx, Delta& out) {
+    const bool last_layer = l + 1 == c.n_layers;
+    prop.derive_incremental(kv, std::move(kv_inputs), [shape, w, kv_scratch, batch_scratch, batch_cache, row_bytes_kv,
+                                                       cache_half, stream_bytes, paged, unit, batch, l, last_layer,
+                                                       embedding](const IncrementalContext& ctx, Delta& out) {
       StepInput in = read_step(ctx.inputs[1], shape->config);
       if (batch > 0 && ctx.input_deltas[5] != nullptr) {
-        // A prompt wave: the batch positions pos .. pos + n - 1 from xb[l], then the step's position pos + n from
-        // x[l], all emitted as one contiguous run of rows in each half.
-        const PrefillHeader h = read_prefill(ctx.inputs[6], shape->config, batch);
+        // A prompt wave (the prefill page changed): the batch positions pos .. pos + n - 1 and the step's position
+        // pos + n. Their key and value rows go out as one run of rows in each half; then the batch's attention and
+        // feed-forward (as matrix x n products) give the batch stream leaving this layer, emitted into the page's
+        // tail for the next layer (the last layer skips it: no batch position needs logits).
+        const PrefillHeader h = read_prefill(ctx.inputs[5], shape->config, batch);
         if (in.pos != h.pos + h.n) {
           throw Error(ErrorCode::InvalidArgument, "prompt wave: the step position " + std::to_string(in.pos) +
                                                       " does not follow the prefill positions " +
                                                       std::to_string(h.pos) + " + " + std::to_string(h.n));
         }
-        const std::size_t rows = static_cast<std::size_t>(h.n) + 1, kv_dim = shape->config.kv_dim();
+        const ModelConfig& cfg = shape->config;
+        const std::size_t n = static_cast<std::size_t>(h.n), rows = n + 1, kv_dim = cfg.kv_dim();
+        BatchScratch& bs = *batch_scratch;
+        const float* stream;  // the batch stream entering this layer
+        if (l == 0) {
+          embed_batch(*shape, weight_ref(*embedding, ctx.inputs[6].data()), prefill_tokens(ctx.inputs[5]), n,
+                      bs.mid.data());
+          stream = bs.mid.data();
+        } else {
+          stream = reinterpret_cast<const float*>(ctx.inputs[6].data() + 2 * cache_half);
+        }
         const std::uint64_t first = static_cast<std::uint64_t>(h.pos) * row_bytes_kv, bytes = rows * row_bytes_kv;
+        const std::uint64_t stream_out = last_layer ? 0 : n * stream_bytes;
         out.ranges.push_back({first, bytes});
         out.ranges.push_back({cache_half + first, bytes});
-        out.payload.resize(2 * bytes);
+        if (stream_out > 0) {
+          // Ranges must not touch: a run of value rows ending at the cache's end merges with the stream's.
+          if (out.ranges.back().end() == 2 * cache_half) {
+            out.ranges.back().length += stream_out;
+          } else {
+            out.ranges.push_back({2 * cache_half, stream_out});
+          }
+        }
+        out.payload.resize(2 * bytes + stream_out);
         float* keys = reinterpret_cast<float*>(out.payload.data());
         float* values = keys + rows * kv_dim;
         const float* norm = reinterpret_cast<const float*>(ctx.inputs[2].data());
-        kv_project_batch(*shape, floats(ctx.inputs[5]), norm, weight_ref(w->wk, ctx.inputs[3].data()),
-                         weight_ref(w->wv, ctx.inputs[4].data()), h.pos, rows - 1, *kv_batch, keys, values);
-        kv_project(*shape, floats(ctx.inputs[0]), norm, weight_ref(w->wk, ctx.inputs[3].data()),
-                   weight_ref(w->wv, ctx.inputs[4].data()), in.pos, *kv_scratch, keys + (rows - 1) * kv_dim,
-                   values + (rows - 1) * kv_dim);
+        const WeightRef wk = weight_ref(w->wk, ctx.inputs[3].data()), wv = weight_ref(w->wv, ctx.inputs[4].data());
+        kv_project_batch(*shape, stream, norm, wk, wv, h.pos, n, bs, keys, values);
+        kv_project(*shape, floats(ctx.inputs[0]), norm, wk, wv, in.pos, *kv_scratch, keys + n * kv_dim,
+                   values + n * kv_dim);
+        if (last_layer) return;
+        // The cache as the batch sees it: the rows before it (this page) and its own rows, contiguous.
+        float* ck = batch_cache->data();
+        float* cv = ck + std::size_t{cfg.seq_len} * kv_dim;
+        const std::size_t before = static_cast<std::size_t>(h.pos) * kv_dim;
+        const float* cache = reinterpret_cast<const float*>(ctx.output.data());
+        std::memcpy(ck, cache, before * sizeof(float));
+        std::memcpy(cv, cache + std::size_t{cfg.seq_len} * kv_dim, before * sizeof(float));
+        std::memcpy(ck + before, keys, n * kv_dim * sizeof(float));
+        std::memcpy(cv + before, values, n * kv_dim * sizeof(float));
+        auto f32 = [&](std::size_t i) { return reinterpret_cast<const float*>(ctx.inputs[i].data()); };
+        std::vector<float>& after_attention = bs.mid;  // may be `stream` itself (layer 0): updated in place
+        attention_batch(*shape, stream, norm, weight_ref(w->wq, ctx.inputs[7].data()),
+                        weight_ref(w->wo, ctx.inputs[8].data()), ck, cv, h.pos, n, bs, after_attention.data());
+        feed_forward_batch(*shape, after_attention.data(), f32(9), weight_ref(w->w1, ctx.inputs[10].data()),
+                           weight_ref(w->w2, ctx.inputs[11].data()), weight_ref(w->w3, ctx.inputs[12].data()), n, bs,
+                           reinterpret_cast<float*>(out.payload.data() + 2 * bytes));
         return;
       }
       LayerPager::Pin pin;

@@ -13,12 +13,12 @@
 //   block[l]      map [x[l], step, kv[l], attn_norm, wq, wo, ffn_norm, w1, w2, w3] → x[l+1]
 //                 (attention, then the SwiGLU feed-forward, each added to the stream)
 //   logits        map [x[L], step, output_norm, output] → logits (skipped for prefill steps)
-// Batched prefill (not with paging): a prefill page {pos, n, tokens[B]} and batch streams xb[0..L] of B × dim
-// floats; a prompt wave commits the prefill page (all positions but the last) with the step page (the last one):
-//   embed_b       incremental [prefill, token_embd] → xb[0] (only when the prefill page changed)
-//   kv[l]         also reads [xb[l], prefill]: when xb[l] changed it emits the rows of all n + 1 positions
-//   block_b[l]    incremental [xb[l], prefill, kv[l], weights...] → xb[l+1]: n positions as batched products;
-//                 emits nothing when xb[l] did not change (a decode step)
+// Batched prefill (not with paging): a prefill page {pos, n, tokens[B]}; a prompt wave commits it (positions
+// pos .. pos + n - 1) with the step page (position pos + n, computed by the nodes above). When the prefill page
+// changed, kv[l] (which then also reads [prefill, token_embd or kv[l-1], wq, wo, ffn_norm, w1, w2, w3]) emits the
+// rows of all n + 1 positions and, as matrix x n products, the batch's attention and feed-forward: the batch
+// stream leaving layer l, into a tail of B x dim floats of its page that kv[l+1] reads. No extra node runs in a
+// decode step.
 // Map nodes are declared always_changes (activations change every step, so a cutoff diff could never help), and
 // the runtime records no undo bytes; waves run inline on the calling thread.
 //

@@ -266,13 +266,12 @@ void DirectModel::prefill(std::span<const std::int32_t> tokens, int pos, std::si
       const std::size_t row = static_cast<std::size_t>(pos0) * kv_dim;
       kv_project_batch(shape_, bx_.data(), f32(w.attn_norm), ref(w.wk), ref(w.wv), pos0, n, *batch_, keys + row,
                        values + row);
+      if (l + 1 == c.n_layers) break;  // the last layer's stream would only feed the classifier
       attention_batch(shape_, bx_.data(), f32(w.attn_norm), ref(w.wq), ref(w.wo), keys, values, pos0, n, *batch_,
                       bx2_.data());
       feed_forward_batch(shape_, bx2_.data(), f32(w.ffn_norm), ref(w.w1), ref(w.w2), ref(w.w3), n, *batch_,
                          bx_.data());
     }
-    // The stream of the last position, as a step would leave it (a later step overwrites it anyway).
-    std::copy(bx_.data() + (n - 1) * c.dim, bx_.data() + n * c.dim, x_.data());
     done += n;
   }
 }

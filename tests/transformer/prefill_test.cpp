@@ -139,8 +139,8 @@ TEST_P(PrefillModels, DirectLoopPrefillEqualsItsSteps) {
 INSTANTIATE_TEST_SUITE_P(Models, PrefillModels,
                          ::testing::Values("stories260K-f32.gguf", "stories260K-Q8_0.gguf", "stories260K-Q4_0.gguf",
                                            "stories260K-Q4_K_M.gguf"),
-                         [](const auto& info) {
-                           std::string n = info.param.substr(12, info.param.size() - 12 - 5);
+                         [](const auto& param_info) {
+                           std::string n = param_info.param.substr(12, param_info.param.size() - 12 - 5);
                            for (char& ch : n) {
                              if (ch == '-' || ch == '.') ch = '_';
                            }

@@ -100,7 +100,7 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   always.always_changes = true;
 
   // Batch nodes: none when paging (their weights would need pins of their own) or when disabled.
-  batch_ = paged ? 0 : options.prefill_batch;
+  batch_ = paged ? 0 : std::min<std::size_t>(options.prefill_batch, c.seq_len);  // more could never be used
   const std::size_t batch = batch_;
   // One scratch for every layer's batch attention: the kv nodes form a chain, so two never run at once.
   auto batch_scratch = batch > 0 ? std::make_shared<BatchScratch>(c, batch) : nullptr;

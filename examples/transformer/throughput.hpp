@@ -1,9 +1,9 @@
 // examples/transformer/throughput.hpp — prompt-processing and generation speed, for `mmsb-llm bench` and
 // mmsb-bench's llm_* metrics.
 //
-// Prompt processing feeds `n_prompt` fixed tokens (BOS first), batched or one step each; generation then feeds back the
-// greedy choice for `n_gen` steps. The same workload runs on the Engine (one wave per step) or on DirectModel
-// (the same maths in a plain loop), so the two figures compare the runtime's overhead and nothing else.
+// Prompt processing feeds `n_prompt` fixed tokens (BOS first), in batched waves or one step each; generation then
+// feeds back the greedy choice for `n_gen` steps (one wave each). The same workload runs on the Engine or on
+// DirectModel (the same maths in a plain loop), so the two figures compare the runtime's overhead and nothing else.
 //
 // Thread-safety: each call builds its own engine; calls may run concurrently on a shared Model.
 #pragma once

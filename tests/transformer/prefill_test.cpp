@@ -68,7 +68,7 @@ TEST_P(PrefillModels, BatchedWavesEqualOneWavePerToken) {
   const std::vector<int> prompt = prompt_ids(model.config, 100, 3);
   Engine reference(model, EngineOptions{});
   const Generation expected = run(reference, prompt, false);
-  for (unsigned batch : {64u, 7u, 1u, 0u}) {
+  for (unsigned batch : {64u, 7u, 1u, 0u, 100000u}) {  // the last: capped at seq_len, one wave
     EngineOptions o;
     o.prefill_batch = batch;
     Engine engine(model, o);

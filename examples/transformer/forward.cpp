@@ -142,9 +142,18 @@ void batched_matmul(const ForwardShape& s, WeightRef w, const float* x, std::siz
     return;
   }
   const DotFn dot = s.kernels->dot[static_cast<std::uint32_t>(w.type)];
+  const Dot4Fn dot4 = s.kernels->dot4[static_cast<std::uint32_t>(w.type)];
   for (std::size_t r = 0; r < rows; ++r) {
     const std::byte* row = w.data + r * w.row_stride;
-    for (std::size_t t = 0; t < n; ++t) out[t * rows + r] = dot(row, x + t * cols, cols);
+    std::size_t t = 0;
+    if (dot4 != nullptr) {
+      for (; t + 4 <= n; t += 4) {
+        float four[4];
+        dot4(row, x + t * cols, cols, cols, four);
+        for (std::size_t j = 0; j < 4; ++j) out[(t + j) * rows + r] = four[j];
+      }
+    }
+    for (; t < n; ++t) out[t * rows + r] = dot(row, x + t * cols, cols);
   }
 }
 

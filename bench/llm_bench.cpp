@@ -7,6 +7,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/harness.hpp"
@@ -69,6 +70,50 @@ Register ratio("llm_f32_vs_direct_ratio",
                  std::sort(on_direct.begin(), on_direct.end());
                  return on_engine[2] / on_direct[2];
                });
+
+// Batched prefill: a 128-token prompt processed in batched waves (64 + 1 positions each) against the same prompt
+// one wave per token (the baseline, also measured on its own); the ratio alternates 5 runs of each in one process.
+// Each run is the median of 15 rounds. Both paths must generate the same tokens afterwards.
+constexpr int kPromptTokens = 128;
+double prompt_speed(bool batched) {
+  const llm::Model& m = model("stories260K-f32.gguf");
+  return llm::measure_throughput(m, llm::ThroughputPath::Engine, kPromptTokens, 1, {}, kRounds, batched)
+      .prompt_tok_per_s;
+}
+void check_prompt_paths_agree() {
+  const llm::Model& m = model("stories260K-f32.gguf");
+  if (llm::measure_throughput(m, llm::ThroughputPath::Engine, kPromptTokens, 8, {}, 1, true).checksum !=
+      llm::measure_throughput(m, llm::ThroughputPath::Engine, kPromptTokens, 8, {}, 1, false).checksum) {
+    throw std::runtime_error("llm bench: batched and per-token prompts generated different tokens");
+  }
+}
+std::pair<double, double> prompt_medians() {
+  check_prompt_paths_agree();
+  std::vector<double> batched, per_token;
+  for (int i = 0; i < 5; ++i) {
+    batched.push_back(prompt_speed(true));
+    per_token.push_back(prompt_speed(false));
+  }
+  std::sort(batched.begin(), batched.end());
+  std::sort(per_token.begin(), per_token.end());
+  return {batched[2], per_token[2]};
+}
+Register prompt_f32("llm_prompt_tok_per_s_f32",
+                    "mmsb-llm engine: prompt tokens/s, 128-token prompt in batched waves (64 + 1), stories260K f32, "
+                    "1 thread",
+                    [] {
+                      check_prompt_paths_agree();
+                      return prompt_speed(true);
+                    });
+Register prompt_per_token("llm_prompt_per_token_tok_per_s_f32",
+                          "baseline: the same 128-token prompt one wave per token (the path before batched prefill)",
+                          [] { return prompt_speed(false); });
+Register prompt_ratio("llm_prompt_batched_vs_per_token_ratio",
+                      "batched prompt tokens/s over one wave per token, f32, 128 tokens, alternating 5 runs of each",
+                      [] {
+                        const auto [batched, per_token] = prompt_medians();
+                        return batched / per_token;
+                      });
 
 // Layer paging (examples/transformer/paged_model.hpp) at a budget of half the f32 model: the same greedy run paged
 // with and without prefetch, and fully resident, in the same process.

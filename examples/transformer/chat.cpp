@@ -35,16 +35,13 @@ TurnResult ChatSession::turn(std::string_view text, int max_new_tokens,
   }
   pending_.reset();
   int pos = static_cast<int>(history_.size());
-  for (std::size_t i = 0; i + 1 < r.input_ids.size(); ++i) {
-    engine_.prefill_step(r.input_ids[i], pos++);
-    history_.push_back(r.input_ids[i]);
-    ++r.steps;
-  }
+  const std::uint64_t waves_before = engine_.waves();
+  std::span<const float> logits = engine_.prompt(r.input_ids, pos);  // every input position, batched
+  history_.insert(history_.end(), r.input_ids.begin(), r.input_ids.end());
+  pos += static_cast<int>(r.input_ids.size());
+  r.steps += r.input_ids.size();
   int token = r.input_ids.back();
   for (;;) {
-    std::span<const float> logits = engine_.step(token, pos++);
-    history_.push_back(token);
-    ++r.steps;
     const int next = sampler_.sample(logits);
     if (next == tokenizer_.bos() || next == tokenizer_.eos()) {
       r.stopped_on_special = true;
@@ -62,7 +59,11 @@ TurnResult ChatSession::turn(std::string_view text, int max_new_tokens,
       break;
     }
     token = next;
+    logits = engine_.step(token, pos++);
+    history_.push_back(token);
+    ++r.steps;
   }
+  r.waves = engine_.waves() - waves_before;
   total_steps_ += r.steps;
   return r;
 }

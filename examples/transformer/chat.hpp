@@ -31,7 +31,8 @@ struct TurnResult {
   std::vector<int> generated_ids;  // sampled tokens (a final BOS/EOS not included)
   bool stopped_on_special = false;
   bool context_full = false;  // stopped because the KV cache is full
-  std::uint64_t steps = 0;    // waves this turn ran (= new positions computed)
+  std::uint64_t steps = 0;    // new positions computed
+  std::uint64_t waves = 0;    // waves this turn ran: the input in batched waves (Engine::prompt), then one a token
 };
 
 class ChatSession {

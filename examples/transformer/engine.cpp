@@ -1,5 +1,7 @@
 #include "examples/transformer/engine.hpp"
 
+#include <algorithm>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,6 +27,37 @@ StepInput read_step(std::span<const std::byte> bytes, const ModelConfig& c) {
                                                 std::to_string(c.seq_len));
   }
   return in;
+}
+
+// The prefill page: this header, then `capacity` token ids (int32).
+struct PrefillHeader {
+  std::int32_t pos;
+  std::int32_t n;
+};
+
+// Reads and checks the prefill page inside a node (as read_step: any writer may commit it).
+PrefillHeader read_prefill(std::span<const std::byte> bytes, const ModelConfig& c, std::size_t capacity) {
+  PrefillHeader h;
+  std::memcpy(&h, bytes.data(), sizeof h);
+  if (h.n < 1 || static_cast<std::size_t>(h.n) > capacity || h.pos < 0 ||
+      static_cast<std::uint64_t>(h.pos) + static_cast<std::uint64_t>(h.n) >= c.seq_len) {
+    throw Error(ErrorCode::InvalidArgument, "prefill page holds " + std::to_string(h.n) + " tokens at position " +
+                                                std::to_string(h.pos) + "; expected 1 to " + std::to_string(capacity) +
+                                                " tokens ending before position " + std::to_string(c.seq_len - 1));
+  }
+  for (std::int32_t i = 0; i < h.n; ++i) {
+    std::int32_t token;
+    std::memcpy(&token, bytes.data() + sizeof h + static_cast<std::size_t>(i) * sizeof token, sizeof token);
+    if (token < 0 || static_cast<std::uint32_t>(token) >= c.vocab_size) {
+      throw Error(ErrorCode::InvalidArgument, "prefill page holds token " + std::to_string(token) +
+                                                  "; expected a token below " + std::to_string(c.vocab_size));
+    }
+  }
+  return h;
+}
+
+const std::int32_t* prefill_tokens(std::span<const std::byte> bytes) {
+  return reinterpret_cast<const std::int32_t*>(bytes.data() + sizeof(PrefillHeader));
 }
 
 }  // namespace
@@ -66,6 +99,15 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   NodeOptions always;
   always.always_changes = true;
 
+  // Batch nodes: none when paging (their weights would need pins of their own) or when disabled.
+  batch_ = paged ? 0 : std::min<std::size_t>(options.prefill_batch, c.seq_len);  // more could never be used
+  const std::size_t batch = batch_;
+  // One scratch for every layer's batch attention: the kv nodes form a chain, so two never run at once.
+  auto batch_scratch = batch > 0 ? std::make_shared<BatchScratch>(c, batch) : nullptr;
+  auto batch_cache = batch > 0 ? std::make_shared<std::vector<float>>(2 * std::size_t{c.seq_len} * c.kv_dim())
+                               : nullptr;
+  if (batch > 0) prefill_page_ = rt.create_page(sizeof(PrefillHeader) + batch * sizeof(std::int32_t));
+
   const Tensor* embedding = &model.token_embedding;
   always.name = "embed";
   std::vector<PageId> embed_inputs{step_page_};
@@ -78,10 +120,15 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
     embed(*shape, weight_ref(*embedding, table), in.token, floats(ctx.output()));
   }, always);
 
+  std::vector<PageId> kv_pages;
   for (std::uint32_t l = 0; l < c.n_layers; ++l) {
     const LayerTensors* w = &model.layers[l];
     const std::string layer = std::to_string(l);
-    PageId kv = rt.create_page(2 * cache_half);
+    // With batch nodes the page ends with the batch stream leaving this layer (batch × dim floats), which the next
+    // layer's kv node reads in a prompt wave.
+    PageId kv = rt.create_page(2 * cache_half + batch * stream_bytes);
+    const PageId source = l == 0 ? (batch > 0 ? weight_page_of(*embedding) : PageId{}) : kv_pages.back();
+    kv_pages.push_back(kv);
     std::vector<PageId> kv_inputs{x[l], step_page_}, block_inputs{x[l], step_page_, kv};
     if (!paged) {
       PageId attn_norm = weight_page(w->attn_norm), wq = weight_page(w->wq), wk = weight_page(w->wk),
@@ -89,6 +136,7 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
              w1 = weight_page(w->w1), w2 = weight_page(w->w2), w3 = weight_page(w->w3);
       kv_inputs.insert(kv_inputs.end(), {attn_norm, wk, wv});
       block_inputs.insert(block_inputs.end(), {attn_norm, wq, wo, ffn_norm, w1, w2, w3});
+      if (batch > 0) kv_inputs.insert(kv_inputs.end(), {prefill_page_, source, wq, wo, ffn_norm, w1, w2, w3});
     }
     const std::size_t unit = paged ? paged->layer_unit(l) : 0;
 
@@ -96,9 +144,72 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
     auto kv_scratch = std::make_shared<ForwardScratch>(c);
     NodeOptions kv_options;
     kv_options.name = "kv" + layer;
-    prop.derive_incremental(kv, std::move(kv_inputs), [shape, w, kv_scratch, row_bytes_kv, cache_half, paged, unit](
-                                                          const IncrementalContext& ctx, Delta& out) {
+    const bool last_layer = l + 1 == c.n_layers;
+    prop.derive_incremental(kv, std::move(kv_inputs), [shape, w, kv_scratch, batch_scratch, batch_cache, row_bytes_kv,
+                                                       cache_half, stream_bytes, paged, unit, batch, l, last_layer,
+                                                       embedding](const IncrementalContext& ctx, Delta& out) {
       StepInput in = read_step(ctx.inputs[1], shape->config);
+      if (batch > 0 && ctx.input_deltas[5] != nullptr) {
+        // A prompt wave (the prefill page changed): the batch positions pos .. pos + n - 1 and the step's position
+        // pos + n. Their key and value rows go out as one run of rows in each half; then the batch's attention and
+        // feed-forward (as matrix x n products) give the batch stream leaving this layer, emitted into the page's
+        // tail for the next layer (the last layer skips it: no batch position needs logits).
+        const PrefillHeader h = read_prefill(ctx.inputs[5], shape->config, batch);
+        if (in.pos != h.pos + h.n) {
+          throw Error(ErrorCode::InvalidArgument, "prompt wave: the step position " + std::to_string(in.pos) +
+                                                      " does not follow the prefill positions " +
+                                                      std::to_string(h.pos) + " + " + std::to_string(h.n));
+        }
+        const ModelConfig& cfg = shape->config;
+        const std::size_t n = static_cast<std::size_t>(h.n), rows = n + 1, kv_dim = cfg.kv_dim();
+        BatchScratch& bs = *batch_scratch;
+        const float* stream;  // the batch stream entering this layer
+        if (l == 0) {
+          embed_batch(*shape, weight_ref(*embedding, ctx.inputs[6].data()), prefill_tokens(ctx.inputs[5]), n,
+                      bs.mid.data());
+          stream = bs.mid.data();
+        } else {
+          stream = reinterpret_cast<const float*>(ctx.inputs[6].data() + 2 * cache_half);
+        }
+        const std::uint64_t first = static_cast<std::uint64_t>(h.pos) * row_bytes_kv, bytes = rows * row_bytes_kv;
+        const std::uint64_t stream_out = last_layer ? 0 : n * stream_bytes;
+        out.ranges.push_back({first, bytes});
+        out.ranges.push_back({cache_half + first, bytes});
+        if (stream_out > 0) {
+          // Ranges must not touch: a run of value rows ending at the cache's end merges with the stream's.
+          if (out.ranges.back().end() == 2 * cache_half) {
+            out.ranges.back().length += stream_out;
+          } else {
+            out.ranges.push_back({2 * cache_half, stream_out});
+          }
+        }
+        out.payload.resize(2 * bytes + stream_out);
+        float* keys = reinterpret_cast<float*>(out.payload.data());
+        float* values = keys + rows * kv_dim;
+        const float* norm = reinterpret_cast<const float*>(ctx.inputs[2].data());
+        const WeightRef wk = weight_ref(w->wk, ctx.inputs[3].data()), wv = weight_ref(w->wv, ctx.inputs[4].data());
+        kv_project_batch(*shape, stream, norm, wk, wv, h.pos, n, bs, keys, values);
+        kv_project(*shape, floats(ctx.inputs[0]), norm, wk, wv, in.pos, *kv_scratch, keys + n * kv_dim,
+                   values + n * kv_dim);
+        if (last_layer) return;
+        // The cache as the batch sees it: the rows before it (this page) and its own rows, contiguous.
+        float* ck = batch_cache->data();
+        float* cv = ck + std::size_t{cfg.seq_len} * kv_dim;
+        const std::size_t before = static_cast<std::size_t>(h.pos) * kv_dim;
+        const float* cache = reinterpret_cast<const float*>(ctx.output.data());
+        std::memcpy(ck, cache, before * sizeof(float));
+        std::memcpy(cv, cache + std::size_t{cfg.seq_len} * kv_dim, before * sizeof(float));
+        std::memcpy(ck + before, keys, n * kv_dim * sizeof(float));
+        std::memcpy(cv + before, values, n * kv_dim * sizeof(float));
+        auto f32 = [&](std::size_t i) { return reinterpret_cast<const float*>(ctx.inputs[i].data()); };
+        std::vector<float>& after_attention = bs.mid;  // may be `stream` itself (layer 0): updated in place
+        attention_batch(*shape, stream, norm, weight_ref(w->wq, ctx.inputs[7].data()),
+                        weight_ref(w->wo, ctx.inputs[8].data()), ck, cv, h.pos, n, bs, after_attention.data());
+        feed_forward_batch(*shape, after_attention.data(), f32(9), weight_ref(w->w1, ctx.inputs[10].data()),
+                           weight_ref(w->w2, ctx.inputs[11].data()), weight_ref(w->w3, ctx.inputs[12].data()), n, bs,
+                           reinterpret_cast<float*>(out.payload.data() + 2 * bytes));
+        return;
+      }
       LayerPager::Pin pin;
       if (paged) pin = paged->pin(unit, in.want_logits != 0);
       auto weight = [&](std::size_t input, const Tensor& t) {
@@ -180,6 +291,61 @@ std::span<const float> Engine::step(int token, int pos) { return run_step(token,
 
 void Engine::prefill_step(int token, int pos) { run_step(token, pos, false); }
 
+std::span<const float> Engine::prompt(std::span<const int> tokens, int pos) {
+  if (tokens.empty()) throw Error(ErrorCode::InvalidArgument, "prompt(): no tokens to feed");
+  return run_prompt(tokens, pos, true);
+}
+
+void Engine::prefill(std::span<const int> tokens, int pos) { run_prompt(tokens, pos, false); }
+
+std::span<const float> Engine::run_prompt(std::span<const int> tokens, int pos, bool want_logits) {
+  const ModelConfig& c = model_.config;
+  for (int t : tokens) {
+    if (t < 0 || static_cast<std::uint32_t>(t) >= c.vocab_size) {
+      throw Error(ErrorCode::InvalidArgument,
+                  "token " + std::to_string(t) + " is outside the vocabulary of " + std::to_string(c.vocab_size));
+    }
+  }
+  if (pos < 0 || static_cast<std::uint64_t>(pos) + tokens.size() > c.seq_len) {
+    throw Error(ErrorCode::InvalidArgument, std::to_string(tokens.size()) + " tokens from position " +
+                                                std::to_string(pos) + " do not fit the context of " +
+                                                std::to_string(c.seq_len) + " positions");
+  }
+  std::span<const float> last;
+  std::vector<std::byte> page;
+  for (std::size_t done = 0; done < tokens.size();) {
+    // One wave: n batch positions (at most batch_) plus the step position after them.
+    const std::size_t n = std::min(batch_, tokens.size() - done - 1);
+    const int pos0 = pos + static_cast<int>(done);
+    const bool last_wave = done + n + 1 == tokens.size();
+    const int step_token = tokens[done + n];
+    const int step_pos = pos0 + static_cast<int>(n);
+    if (n == 0) {
+      last = run_step(step_token, step_pos, want_logits && last_wave);
+    } else {
+      page.resize(sizeof(PrefillHeader) + n * sizeof(std::int32_t));
+      const PrefillHeader h{pos0, static_cast<std::int32_t>(n)};
+      std::memcpy(page.data(), &h, sizeof h);
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::int32_t t = tokens[done + i];
+        std::memcpy(page.data() + sizeof h + i * sizeof t, &t, sizeof t);
+      }
+      const bool logits = want_logits && last_wave;
+      auto txn = runtime_->begin();
+      txn.write(prefill_page_, 0, page);
+      txn.write_value(step_page_, 0, StepInput{step_token, step_pos, logits ? 1 : 0});
+      txn.commit();
+      ++waves_;
+      if (logits) {
+        runtime_->read(logits_page_, 0, std::as_writable_bytes(std::span<float>(logits_)));
+        last = logits_;
+      }
+    }
+    done += n + 1;
+  }
+  return want_logits ? last : std::span<const float>{};
+}
+
 std::span<const float> Engine::run_step(int token, int pos, bool want_logits) {
   const ModelConfig& c = model_.config;
   if (token < 0 || static_cast<std::uint32_t>(token) >= c.vocab_size) {
@@ -193,6 +359,7 @@ std::span<const float> Engine::run_step(int token, int pos, bool want_logits) {
   auto txn = runtime_->begin();
   txn.write_value(step_page_, 0, StepInput{token, pos, want_logits ? 1 : 0});
   txn.commit();  // IMMEDIATE: the wave runs inside commit()
+  ++waves_;
   if (!want_logits) return {};
   runtime_->read(logits_page_, 0, std::as_writable_bytes(std::span<float>(logits_)));
   return logits_;

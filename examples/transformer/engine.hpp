@@ -13,6 +13,12 @@
 //   block[l]      map [x[l], step, kv[l], attn_norm, wq, wo, ffn_norm, w1, w2, w3] → x[l+1]
 //                 (attention, then the SwiGLU feed-forward, each added to the stream)
 //   logits        map [x[L], step, output_norm, output] → logits (skipped for prefill steps)
+// Batched prefill (not with paging): a prefill page {pos, n, tokens[B]}; a prompt wave commits it (positions
+// pos .. pos + n - 1) with the step page (position pos + n, computed by the nodes above). When the prefill page
+// changed, kv[l] (which then also reads [prefill, token_embd or kv[l-1], wq, wo, ffn_norm, w1, w2, w3]) emits the
+// rows of all n + 1 positions and, as matrix x n products, the batch's attention and feed-forward: the batch
+// stream leaving layer l, into a tail of B x dim floats of its page that kv[l+1] reads. No extra node runs in a
+// decode step.
 // Map nodes are declared always_changes (activations change every step, so a cutoff diff could never help), and
 // the runtime records no undo bytes; waves run inline on the calling thread.
 //
@@ -43,6 +49,10 @@ struct EngineOptions {
   // Layer paging (paged_model.hpp): the weights live in buffers of a PagedModel under this budget instead of being
   // read from the mapping; nodes pin their unit while they compute. Empty: every weight resident (the mapping).
   std::optional<PagingOptions> paging;
+  // Batched prefill (prompt()/prefill()): up to this many prompt positions computed in one wave by the batch
+  // nodes, besides the one the step nodes compute. 0: no batch nodes (prompts go one wave per token). Paging
+  // always goes one wave per token.
+  unsigned prefill_batch = 64;
 };
 
 class Engine {
@@ -59,6 +69,18 @@ class Engine {
   std::span<const float> step(int token, int pos);
   // As step(), for a prompt position whose logits are not needed: the wave skips the classifier.
   void prefill_step(int token, int pos);
+  // Batched prefill: feeds tokens[i] at position pos + i, up to prefill_batch + 1 positions per wave (the batch
+  // nodes compute all but the last position of a wave as matrix x N products; the step nodes compute the last),
+  // giving the same KV cache, stream and logits bit for bit as one step per token. prompt() returns the logits of
+  // the last position (valid until the next step); prefill() skips the classifier. Without batch nodes (paging,
+  // prefill_batch 0) both run one wave per token. Throws as step() for a bad token or position (nothing is
+  // computed then), and Error(InvalidArgument) for an empty prompt().
+  std::span<const float> prompt(std::span<const int> tokens, int pos);
+  void prefill(std::span<const int> tokens, int pos);
+  // Whether prompt()/prefill() run batched waves.
+  bool batched_prefill() const noexcept { return batch_ > 0; }
+  // Waves run since construction (steps, prefill steps and batched waves).
+  std::uint64_t waves() const noexcept { return waves_; }
 
   const ModelConfig& config() const noexcept { return model_.config; }
   Runtime& runtime() noexcept { return *runtime_; }
@@ -85,6 +107,11 @@ class Engine {
   std::vector<float> logits_;
 
   std::span<const float> run_step(int token, int pos, bool want_logits);
+  std::span<const float> run_prompt(std::span<const int> tokens, int pos, bool want_logits);
+
+  std::size_t batch_ = 0;  // the batch nodes' capacity (0: none)
+  PageId prefill_page_;
+  std::uint64_t waves_ = 0;
 };
 
 }  // namespace mmsb::llm

@@ -1,7 +1,9 @@
 #include "examples/transformer/generate.hpp"
 
 #include <chrono>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "mmsb/error.hpp"
 
@@ -19,38 +21,38 @@ GenerateResult generate(Engine& engine, const Tokenizer& tokenizer, Sampler& sam
                                                 " tokens (BOS included) but the context holds " +
                                                 std::to_string(seq_len) + " positions");
   }
-  int token = result.prompt_ids[0];
+  const std::vector<int>& ids = result.prompt_ids;
   auto phase_start = clock::now();
-  for (int pos = 0; pos < seq_len; ++pos) {
-    const bool in_prompt = pos < n_prompt - 1;
-    if (!in_prompt && static_cast<int>(result.generated_ids.size()) >= max_new_tokens) break;
-    int next;
-    if (in_prompt) {
-      engine.prefill_step(token, pos);
-      next = result.prompt_ids[static_cast<std::size_t>(pos) + 1];
-    } else {
-      std::span<const float> logits = engine.step(token, pos);
-      if (pos == n_prompt - 1) {  // the first sampled step: the prompt phase ended with the previous step
-        auto now = clock::now();
-        result.prompt_seconds = std::chrono::duration<double>(now - phase_start).count();
-        phase_start = now;
-      }
-      next = sampler.sample(logits);
-      if (next == tokenizer.bos() || next == tokenizer.eos()) {
-        result.stopped_on_special = true;
-        break;
-      }
-      result.generated_ids.push_back(next);
+  auto print_prompt = [&] {
+    if (!on_text) return;
+    for (int i = 0; i + 1 < n_prompt; ++i) on_text(tokenizer.decode(ids[i], ids[static_cast<std::size_t>(i) + 1]));
+  };
+  if (max_new_tokens < 1) {  // the prompt's positions but the last, no logits
+    engine.prefill(std::span<const int>(ids).first(static_cast<std::size_t>(n_prompt) - 1), 0);
+    print_prompt();
+    result.prompt_seconds = std::chrono::duration<double>(clock::now() - phase_start).count();
+    return result;
+  }
+  // The whole prompt in batched waves; the last wave's logits are the first sampled position's.
+  std::span<const float> logits = engine.prompt(ids, 0);
+  auto now = clock::now();
+  result.prompt_seconds = std::chrono::duration<double>(now - phase_start).count();
+  phase_start = now;
+  print_prompt();
+  int token = ids.back();
+  for (int pos = n_prompt - 1;;) {
+    const int next = sampler.sample(logits);
+    if (next == tokenizer.bos() || next == tokenizer.eos()) {
+      result.stopped_on_special = true;
+      break;
     }
+    result.generated_ids.push_back(next);
     if (on_text) on_text(tokenizer.decode(token, next));
     token = next;
+    if (static_cast<int>(result.generated_ids.size()) >= max_new_tokens || ++pos >= seq_len) break;
+    logits = engine.step(token, pos);
   }
-  auto end = clock::now();
-  if (result.generated_ids.empty() && !result.stopped_on_special) {
-    result.prompt_seconds = std::chrono::duration<double>(end - phase_start).count();
-  } else {
-    result.generate_seconds = std::chrono::duration<double>(end - phase_start).count();
-  }
+  result.generate_seconds = std::chrono::duration<double>(clock::now() - phase_start).count();
   return result;
 }
 

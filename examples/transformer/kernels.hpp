@@ -62,6 +62,9 @@ float fp16_to_fp32(std::uint16_t h) noexcept;
 std::uint16_t fp32_to_fp16(float f) noexcept;  // round to nearest even (for tests and quantizers)
 
 using DotFn = float (*)(const void* row, const float* x, std::size_t n);
+// One row against four activation vectors (x + j * stride, j < 4): out[j] = dot(row, x + j * stride, n), each with
+// exactly the operations of the same level's DotFn (bit-identical), the row loaded once for the four.
+using Dot4Fn = void (*)(const void* row, const float* x, std::size_t stride, std::size_t n, float* out);
 // A super-block row against activations already rounded to Q8_K blocks (kquants.hpp).
 struct BlockQ8K;
 using DotQ8KFn = float (*)(const void* row, const BlockQ8K* x, std::size_t n);
@@ -86,6 +89,7 @@ struct Kernels {
   DotFn dot[kTypeSlots];              // nullptr for unused ids
   DequantizeFn dequantize[kTypeSlots];
   DotQ8KFn dot_q8k[kTypeSlots];       // the super-block types only
+  Dot4Fn dot4[kTypeSlots];            // batched prefill; nullptr where the level has none (dot is used instead)
   AttentionScoresFn attention_scores;
   AttentionMixFn attention_mix;
   SoftmaxFn softmax;

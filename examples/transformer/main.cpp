@@ -49,6 +49,7 @@ struct Options {
   bool no_prefetch = false;
   // bench
   int bench_prompt = 16, bench_gen = 256;
+  unsigned prefill_batch = 64;  // EngineOptions::prefill_batch
   bool json = false;
   int repeat = 7;
   int rounds = 5;
@@ -339,10 +340,11 @@ int run_bench(const Options& o) {
   Model model = load_model(o.model, load);
   EngineOptions engine_options;
   engine_options.threads = o.threads;
+  engine_options.prefill_batch = o.prefill_batch;
   // Warm up once (page faults of the mapping, allocator caches), then measure both paths alternately in the same
   // run and keep the median of each figure, so that noise from other processes hits both alike.
   measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, engine_options);
-  std::vector<Throughput> engines, directs;
+  std::vector<Throughput> engines, directs, per_token;
   const bool progress = isatty(STDERR_FILENO) != 0;  // a progress line on a terminal only
   for (int r = 0; r < o.repeat; ++r) {
     if (progress) std::fprintf(stderr, "\rbench: repetition %d of %d ", r + 1, o.repeat);
@@ -353,6 +355,12 @@ int run_bench(const Options& o) {
     if (engines.back().checksum != directs.back().checksum) {
       throw mmsb::Error(mmsb::ErrorCode::Internal, "bench: the engine and the direct loop generated different tokens");
     }
+    // The prompt one wave per token (the path before batched prefill), as the baseline of the batched figure.
+    per_token.push_back(measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, engine_options,
+                                           o.rounds, /*batched_prompt=*/false));
+    if (per_token.back().checksum != engines.back().checksum) {
+      throw mmsb::Error(mmsb::ErrorCode::Internal, "bench: batched and per-token prompts generated different tokens");
+    }
   }
   if (progress) std::fprintf(stderr, "\r%-40s\r", "");
   if (!o.mem_budget.empty()) return run_paged_bench(o, model, engine_options, engines);
@@ -362,14 +370,16 @@ int run_bench(const Options& o) {
   };
   Throughput engine{median(engines, &Throughput::prompt_tok_per_s), median(engines, &Throughput::tok_per_s), 0, {}};
   Throughput direct{median(directs, &Throughput::prompt_tok_per_s), median(directs, &Throughput::tok_per_s), 0, {}};
+  const double serial_prompt = median(per_token, &Throughput::prompt_tok_per_s);
   if (o.json) {
     std::printf(
         "{\"model\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"threads\": %u, \"kernels\": \"%s\", "
-        "\"prompt_tok_per_s\": %.1f, \"tok_per_s\": %.1f, \"direct_prompt_tok_per_s\": %.1f, "
-        "\"direct_tok_per_s\": %.1f, \"vs_direct_ratio\": %.4f}\n",
+        "\"prefill_batch\": %u, \"prompt_tok_per_s\": %.1f, \"tok_per_s\": %.1f, \"direct_prompt_tok_per_s\": %.1f, "
+        "\"direct_tok_per_s\": %.1f, \"vs_direct_ratio\": %.4f, \"per_token_prompt_tok_per_s\": %.1f, "
+        "\"prompt_batched_vs_per_token\": %.3f}\n",
         o.model.c_str(), o.bench_prompt, o.bench_gen, o.threads, mmsb::simd_level_name(kernels().level),
-        engine.prompt_tok_per_s, engine.tok_per_s, direct.prompt_tok_per_s, direct.tok_per_s,
-        engine.tok_per_s / direct.tok_per_s);
+        o.prefill_batch, engine.prompt_tok_per_s, engine.tok_per_s, direct.prompt_tok_per_s, direct.tok_per_s,
+        engine.tok_per_s / direct.tok_per_s, serial_prompt, engine.prompt_tok_per_s / serial_prompt);
   } else {
     std::printf("model %s (%s), kernels %s, %u thread(s)\n", o.model.c_str(), model.format.c_str(),
                 mmsb::simd_level_name(kernels().level), o.threads);
@@ -377,6 +387,8 @@ int run_bench(const Options& o) {
                 engine.tok_per_s);
     std::printf("  direct loop: prompt %10.0f tok/s   generation %10.0f tok/s   (engine/direct %.3f)\n",
                 direct.prompt_tok_per_s, direct.tok_per_s, engine.tok_per_s / direct.tok_per_s);
+    std::printf("  prompt one wave per token: %10.0f tok/s   (batched/per-token %.2f, batch %u + 1)\n", serial_prompt,
+                engine.prompt_tok_per_s / serial_prompt, o.prefill_batch);
   }
   return 0;
 }
@@ -429,6 +441,9 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "measure prompt and generation throughput (engine and direct loop)");
   bench->add_option("-m,--model", o.model, "model file")->required();
   bench->add_option("-p,--n-prompt", o.bench_prompt, "prompt tokens to process")->capture_default_str();
+  bench->add_option("--prefill-batch", o.prefill_batch,
+                    "prompt positions per batched wave besides the last (0: one wave per token)")
+      ->capture_default_str();
   bench->add_option("-n,--n-gen", o.bench_gen, "tokens to generate")->capture_default_str();
   bench->add_option("-t,--threads", o.threads, "worker threads of the propagator")
       ->capture_default_str()

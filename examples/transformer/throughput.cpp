@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "examples/transformer/forward.hpp"
 #include "examples/transformer/sampler.hpp"
@@ -13,16 +15,23 @@ namespace mmsb::llm {
 
 namespace {
 
+// The prompt: BOS, then fixed, varied ids; and the token fed at the first generated position.
+std::vector<int> prompt_ids(const ModelConfig& c, int n_prompt) {
+  std::vector<int> ids{1};
+  for (int pos = 0; pos < n_prompt; ++pos) {
+    ids.push_back(static_cast<int>((static_cast<std::uint64_t>(pos) * 7919 + 3) % c.vocab_size));
+  }
+  return ids;  // n_prompt + 1 ids
+}
+
 template <class Prefill, class Step>
 Throughput run_once(const ModelConfig& c, int n_prompt, int n_gen, Prefill&& prefill, Step&& step) {
   using clock = std::chrono::steady_clock;
   Throughput out;
+  const std::vector<int> ids = prompt_ids(c, n_prompt);
   auto start = clock::now();
-  int token = 1;
-  for (int pos = 0; pos < n_prompt; ++pos) {
-    prefill(token, pos);
-    token = static_cast<int>((static_cast<std::uint64_t>(pos) * 7919 + 3) % c.vocab_size);  // fixed, varied ids
-  }
+  prefill(std::span<const int>(ids.data(), static_cast<std::size_t>(n_prompt)));
+  int token = ids.back();
   auto mid = clock::now();
   std::uint64_t hash = 1469598103934665603ULL;
   for (int i = 0; i < n_gen; ++i) {
@@ -53,7 +62,7 @@ Throughput run(const ModelConfig& c, int n_prompt, int n_gen, int rounds, Prefil
 }  // namespace
 
 Throughput measure_throughput(const Model& model, ThroughputPath path, int n_prompt, int n_gen,
-                              EngineOptions options, int rounds) {
+                              EngineOptions options, int rounds, bool batched_prompt) {
   const ModelConfig& c = model.config;
   if (n_prompt < 1 || n_gen < 1 || static_cast<std::uint64_t>(n_prompt) + static_cast<std::uint64_t>(n_gen) > c.seq_len) {
     throw Error(ErrorCode::InvalidArgument, "bench: " + std::to_string(n_prompt) + " prompt + " +
@@ -63,14 +72,28 @@ Throughput measure_throughput(const Model& model, ThroughputPath path, int n_pro
   if (path == ThroughputPath::Engine) {
     Engine engine(model, options);
     Throughput t = run(
-        c, n_prompt, n_gen, std::max(rounds, 1), [&](int token, int pos) { engine.prefill_step(token, pos); },
+        c, n_prompt, n_gen, std::max(rounds, 1),
+        [&](std::span<const int> ids) {
+          if (batched_prompt) return engine.prefill(ids, 0);
+          for (std::size_t pos = 0; pos < ids.size(); ++pos) engine.prefill_step(ids[pos], static_cast<int>(pos));
+        },
         [&](int token, int pos) { return engine.step(token, pos).data(); });
     if (engine.paged()) t.paging = engine.paged()->pager().stats();
     return t;
   }
   DirectModel direct(model, options.kernels ? *options.kernels : kernels());
+  // The direct loop batches as the engine would (the same chunk size), so the two prompt figures stay comparable.
+  const bool direct_batched = batched_prompt && options.prefill_batch > 0 && !options.paging;
+  const std::vector<std::int32_t> ids32 = [&] {
+    const std::vector<int> ids = prompt_ids(c, n_prompt);
+    return std::vector<std::int32_t>(ids.begin(), ids.end());
+  }();
   return run(
-      c, n_prompt, n_gen, std::max(rounds, 1), [&](int token, int pos) { direct.step(token, pos, /*want_logits=*/false); },
+      c, n_prompt, n_gen, std::max(rounds, 1),
+      [&](std::span<const int> ids) {
+        if (direct_batched) return direct.prefill(std::span(ids32).first(ids.size()), 0, options.prefill_batch + 1);
+        for (std::size_t pos = 0; pos < ids.size(); ++pos) direct.step(ids[pos], static_cast<int>(pos), false);
+      },
       [&](int token, int pos) { return direct.step(token, pos); });
 }
 

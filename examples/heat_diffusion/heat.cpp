@@ -144,7 +144,6 @@ Heat Heat::create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& confi
     txn.write_value(h.params_, 0, Params{config.alpha, side, config.size, config.tiles});
     txn.commit();
   }
-  enum { N, S, W, E };
   const char* const edge_fn[4] = {"heat.edge_north", "heat.edge_south", "heat.edge_west", "heat.edge_east"};
   const std::uint32_t tiles = config.tiles;
   for (std::uint32_t t = 0; t < h.tile_count(); ++t) {
@@ -155,11 +154,7 @@ Heat Heat::create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& confi
   for (std::uint32_t r = 0; r < tiles; ++r) {
     for (std::uint32_t c = 0; c < tiles; ++c) {
       const std::uint32_t t = r * tiles + c;
-      // A missing neighbour is replaced by the tile's own boundary: the flux across the border is zero.
-      const PageId north = r > 0 ? edges[t - tiles][S] : edges[t][N];
-      const PageId south = r + 1 < tiles ? edges[t + tiles][N] : edges[t][S];
-      const PageId west = c > 0 ? edges[t - 1][E] : edges[t][W];
-      const PageId east = c + 1 < tiles ? edges[t + 1][W] : edges[t][E];
+      const auto [north, south, west, east] = halo_of(edges, r, c, tiles);
       if (stepper) {
         stepper->derive(prop, h.next_[t], h.params_, h.cells_[t], {north, south, west, east}, config);
       } else {
@@ -192,6 +187,14 @@ Heat Heat::create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& confi
   txn.write_value<std::uint64_t>(h.meta_, 0, 0);
   txn.commit();
   return h;
+}
+
+std::array<PageId, 4> halo_of(const std::vector<TileEdges>& edges, std::uint32_t r, std::uint32_t c,
+                              std::uint32_t tiles) {
+  enum { N, S, W, E };
+  const std::uint32_t t = r * tiles + c;
+  return {r > 0 ? edges[t - tiles][S] : edges[t][N], r + 1 < tiles ? edges[t + tiles][N] : edges[t][S],
+          c > 0 ? edges[t - 1][E] : edges[t][W], c + 1 < tiles ? edges[t + 1][W] : edges[t][E]};
 }
 
 Heat Heat::attach(mmsb::Runtime& rt, const Config& config) {

@@ -50,6 +50,13 @@ class TileStepper {
 // Registers the node functions in FunctionRegistry::global() (once per process).
 void register_functions();
 
+// Edge pages of one tile, in the order north, south, west, east (each a row or column of the tile's boundary).
+using TileEdges = std::array<mmsb::PageId, 4>;
+// The four halo inputs of the stencil of tile (r, c) on a tiles x tiles grid: each neighbour's facing edge, or the
+// tile's own edge where there is no neighbour (the flux across the border is then zero).
+std::array<mmsb::PageId, 4> halo_of(const std::vector<TileEdges>& edges, std::uint32_t r, std::uint32_t c,
+                                    std::uint32_t tiles);
+
 class Heat {
  public:
   // Builds the pages and the graph in an empty runtime (rt.page_count() == 0), with a hot square in the middle.

@@ -70,7 +70,6 @@ int run_distributed(const DistRunOptions& opt) {
     txn.write_value(params, 0, Params{config.alpha, side, config.size, tiles});
     txn.commit();
   }
-  enum { N, S, W, E };
   const char* const edge_fn[4] = {"heat.edge_north", "heat.edge_south", "heat.edge_west", "heat.edge_east"};
   for (std::uint32_t t = 0; t < count; ++t) {
     for (int k = 0; k < 4; ++k) d.derive_map(edges[t][k], {params, cells[t]}, edge_fn[k]);
@@ -80,10 +79,7 @@ int run_distributed(const DistRunOptions& opt) {
   for (std::uint32_t r = 0; r < tiles; ++r) {
     for (std::uint32_t c = 0; c < tiles; ++c) {
       const std::uint32_t t = r * tiles + c;
-      const PageId north = r > 0 ? edges[t - tiles][S] : edges[t][N];
-      const PageId south = r + 1 < tiles ? edges[t + tiles][N] : edges[t][S];
-      const PageId west = c > 0 ? edges[t - 1][E] : edges[t][W];
-      const PageId east = c + 1 < tiles ? edges[t + 1][W] : edges[t][E];
+      const auto [north, south, west, east] = halo_of(edges, r, c, tiles);
       d.derive_map(next[t], {params, cells[t], north, south, west, east}, "heat.stencil", every_cell_changes);
       d.derive_map(stats[t], {cells[t]}, "heat.tile_stats");
     }

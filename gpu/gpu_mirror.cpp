@@ -1162,22 +1162,29 @@ struct GpuMirror::Impl {
       ++counters.dispatches;
       source = target;
     }
-    if (!node.device_only) {
+    finish_node_locked(node.device_only, output, out_page, grid_bytes, ctx, out);
+  }
+
+  // Ends a device node's recorded commands: reads the output back unless it stays on the device, submits and
+  // waits, and turns the result into `out` (its changed ranges only). Called with `mutex` held.
+  void finish_node_locked(bool device_only, PageId output, MirroredPage& out_page, std::uint64_t out_bytes,
+                          const IncrementalContext& ctx, Delta& out) {
+    if (!device_only) {
       barrier(node_commands);
-      download(node_commands, out_page.region, grid_bytes, 0);
+      download(node_commands, out_page.region, out_bytes, 0);
     }
     wait_value(submit(node_commands, true));
 
-    if (node.device_only) {
+    if (device_only) {
       out_page.device_ahead = true;
       out_page.needs_whole = false;  // from now on the device copy is the page's content
       whole_wanted.erase(output);
       return;  // no host change: nothing on the host reads this page
     }
     vk->invalidate_for_host_reads(readback);
-    counters.bytes_read_back += grid_bytes;
+    counters.bytes_read_back += out_bytes;
     std::vector<std::byte> result(ctx.output.begin(), ctx.output.end());
-    std::memcpy(result.data(), readback.mapped, grid_bytes);
+    std::memcpy(result.data(), readback.mapped, out_bytes);
     diff_result(ctx.output, result, out);
     // The device copy of the output already holds the result: the delta the host publishes is not uploaded.
     out_page.epoch = host_epoch(output) + (out.ranges.empty() ? 0 : 1);
@@ -1268,24 +1275,7 @@ struct GpuMirror::Impl {
     const auto groups = kernel.groups(node.push);
     vkCmdDispatch(node_commands, groups[0], groups[1], groups[2]);
     ++counters.dispatches;
-    if (!node.device_only) {
-      barrier(node_commands);
-      download(node_commands, out_page.region, out_bytes, 0);
-    }
-    wait_value(submit(node_commands, true));
-
-    if (node.device_only) {
-      out_page.device_ahead = true;
-      out_page.needs_whole = false;
-      whole_wanted.erase(output);
-      return;
-    }
-    vk->invalidate_for_host_reads(readback);
-    counters.bytes_read_back += out_bytes;
-    std::vector<std::byte> result(ctx.output.begin(), ctx.output.end());
-    std::memcpy(result.data(), readback.mapped, out_bytes);
-    diff_result(ctx.output, result, out);
-    out_page.epoch = host_epoch(output) + (out.ranges.empty() ? 0 : 1);
+    finish_node_locked(node.device_only, output, out_page, out_bytes, ctx, out);
   }
 
   [[noreturn]] static void kernel_too_small(const DeviceNode& node, const gpu::KernelInfo& kernel, PageId page,

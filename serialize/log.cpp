@@ -738,12 +738,9 @@ void LogWriter::lead_sync_locked(std::unique_lock<std::mutex>& lock) {
   }
   last_sync_ns_ = static_cast<std::uint64_t>(took.count());
   if (err != 0) {
-    // Every record after synced_ belongs to a write() that is about to fail: remove them (best effort; the state
-    // of the file is unknown after a failed fdatasync anyway, which is why the writer stays failed).
-    const std::uint64_t unsynced = written_ - synced_ - pending_.size();
-    if (options_.sync == SyncPolicy::EveryCommit && unsynced <= size_) {
-      (void)::ftruncate(fd_, static_cast<off_t>(size_ - pending_.size() - unsynced));
-    }
+    // The batch belongs to write() calls that are about to fail: remove it (best effort; the state of the file is
+    // unknown after a failed fdatasync anyway, which is why the writer stays failed).
+    if (batched) (void)::ftruncate(fd, static_cast<off_t>(file_size_before));
     fail_locked("cannot fdatasync " + path_.string() + ": " + std::strerror(err));
     if (batched) {
       const std::string message = failed_message_locked();

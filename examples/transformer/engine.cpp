@@ -112,8 +112,14 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   always.name = "embed";
   std::vector<PageId> embed_inputs{step_page_};
   if (!paged) embed_inputs.push_back(weight_page(*embedding));
-  prop.derive_map(x[0], std::move(embed_inputs), [shape, embedding, paged](MapContext& ctx) {
+  auto embedding_row = std::make_shared<std::vector<std::byte>>(embedding->row_stride);
+  prop.derive_map(x[0], std::move(embed_inputs), [shape, embedding, paged, embedding_row](MapContext& ctx) {
     StepInput in = read_step(ctx.input(0), shape->config);
+    if (paged && paged->embedding_by_rows()) {  // one row of the file, not the table
+      paged->read_embedding_row(in.token, embedding_row->data());
+      embed(*shape, {embedding_row->data(), embedding->type, embedding->row_stride}, 0, floats(ctx.output()));
+      return;
+    }
     LayerPager::Pin pin;
     if (paged) pin = paged->pin(paged->embed_unit(), in.want_logits != 0);
     const std::byte* table = paged ? paged->tensor(pin, *embedding) : ctx.input(1).data();
@@ -138,7 +144,7 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
       block_inputs.insert(block_inputs.end(), {attn_norm, wq, wo, ffn_norm, w1, w2, w3});
       if (batch > 0) kv_inputs.insert(kv_inputs.end(), {prefill_page_, source, wq, wo, ffn_norm, w1, w2, w3});
     }
-    const std::size_t unit = paged ? paged->layer_unit(l) : 0;
+    const std::size_t unit = paged ? paged->attention_unit(l) : 0, ffn_unit = paged ? paged->ffn_unit(l) : 0;
 
     // Only the two rows of this position change: emit them as the delta, so no other cache byte is copied.
     auto kv_scratch = std::make_shared<ForwardScratch>(c);
@@ -231,7 +237,7 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
     auto mid = std::make_shared<std::vector<float>>(c.dim);
     always.name = "block" + layer;
     prop.derive_map(x[l + 1], std::move(block_inputs),
-                    [shape, w, block_scratch, mid, cache_half, paged, unit](MapContext& ctx) {
+                    [shape, w, block_scratch, mid, cache_half, paged, unit, ffn_unit](MapContext& ctx) {
       StepInput in = read_step(ctx.input(1), shape->config);
       LayerPager::Pin pin;
       if (paged) pin = paged->pin(unit, in.want_logits != 0);
@@ -243,6 +249,10 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
       attention(*shape, floats(ctx.input(0)), f32w(3, w->attn_norm), weight_ref(w->wq, weight(4, w->wq)),
                 weight_ref(w->wo, weight(5, w->wo)), reinterpret_cast<const float*>(cache),
                 reinterpret_cast<const float*>(cache + cache_half), in.pos, *block_scratch, mid->data());
+      if (paged) {  // the feed-forward unit follows the attention unit
+        pin.reset();
+        pin = paged->pin(ffn_unit, in.want_logits != 0);
+      }
       feed_forward(*shape, mid->data(), f32w(6, w->ffn_norm), weight_ref(w->w1, weight(7, w->w1)),
                    weight_ref(w->w2, weight(8, w->w2)), weight_ref(w->w3, weight(9, w->w3)), *block_scratch,
                    floats(ctx.output()));

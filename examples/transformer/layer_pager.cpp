@@ -1,7 +1,6 @@
 #include "examples/transformer/layer_pager.hpp"
 
 #include <sys/mman.h>
-#include <tbb/task_group.h>
 
 #include <algorithm>
 #include <atomic>
@@ -17,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <utility>
 
 #include "mmsb/error.hpp"
@@ -59,9 +59,12 @@ struct LayerPager::Impl {
     std::uint32_t pins = 0;                   // guarded by mutex
     std::uint64_t last_use = 0;               // guarded by mutex: tick of the last pin or started prefetch
     bool by_prefetch = false;                 // guarded by mutex: loaded (or loading) by a prefetch, not pinned since
+    bool kept = false;                        // fixed after construction: never evicted
   };
 
   std::uint64_t budget = 0;
+  std::uint64_t slot_bytes = 0;  // the largest unit that is not kept: the size of every buffer of such units
+  std::uint64_t slots_held = 0;  // guarded by mutex: bytes of the slots mapped (in use or pooled)
   Loader loader;
   Options options;
   mutable std::mutex mutex;
@@ -72,78 +75,114 @@ struct LayerPager::Impl {
   std::uint64_t loads_in_flight = 0;       // guarded by mutex: synchronous and prefetch loads
   std::uint64_t prefetches_in_flight = 0;  // guarded by mutex
   PagerStats stats;                        // guarded by mutex
-  std::unique_ptr<tbb::task_group> tasks;  // the default executor
 
-  // The default executor's hand-off: prefetch() queues (pager, unit) here under a mutex and runs a TBB task that
-  // captures nothing; the task pops one entry (of any pager: each entry has exactly one task) and loads it. The
-  // tasks see everything through this mutex, which ThreadSanitizer can follow; a capture handed over inside the
-  // uninstrumented libtbb would read as a race.
-  static inline std::mutex pending_mutex;
-  static inline std::deque<std::pair<Impl*, std::size_t>> pending;  // guarded by pending_mutex
+  // The loader thread (when no executor is given): prefetch() queues unit indexes in `requests` under the mutex.
+  std::thread loader_thread;
+  std::deque<std::size_t> requests;          // guarded by mutex
+  bool stopping = false;                     // guarded by mutex
+  bool loader_sleeping = false;              // guarded by mutex: prefetch() must notify `work`
+  std::condition_variable work;              // a request was queued or the pager is stopping
+  std::atomic<std::uint64_t> queued{0};      // a hint for the spinning loader: requests were queued
+  std::atomic<bool> stop_spinning{false};
 
-  static void run_one_pending() noexcept {
-    std::pair<Impl*, std::size_t> next;
-    {
-      std::lock_guard lock(pending_mutex);
-      next = pending.front();
-      pending.pop_front();
+  // How long the loader spins for the next request after a load before it sleeps. A decoding loop asks every few
+  // to few tens of microseconds; waking a sleeping thread costs about as much as a small layer's compute.
+  static constexpr std::chrono::microseconds kLoaderSpin{2000};
+
+  void loader_loop() noexcept {
+    std::unique_lock lock(mutex);
+    for (;;) {
+      if (!requests.empty()) {
+        const std::size_t index = requests.front();
+        requests.pop_front();
+        lock.unlock();
+        run_prefetch(index);
+        lock.lock();
+        continue;
+      }
+      if (stopping) return;
+      const std::uint64_t seen = queued.load(std::memory_order_relaxed);
+      lock.unlock();
+      const auto give_up = std::chrono::steady_clock::now() + kLoaderSpin;
+      while (queued.load(std::memory_order_relaxed) == seen && !stop_spinning.load(std::memory_order_relaxed) &&
+             std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::yield();
+      }
+      lock.lock();
+      if (requests.empty() && !stopping) {
+        loader_sleeping = true;
+        work.wait(lock, [this] { return !requests.empty() || stopping; });
+        loader_sleeping = false;
+      }
     }
-    next.first->run_prefetch(next.second);
   }
 
-  // Evicts the least recently used unpinned resident unit into the pool; false when there is none.
+  // Evicts the unit into the pool.
+  void evict(Unit& victim) {
+    if (victim.by_prefetch) ++stats.prefetches_unused;
+    victim.by_prefetch = false;
+    victim.state = State::Absent;
+    pool.push_back(victim.buffer);
+    victim.buffer = {};
+    stats.resident_bytes -= victim.bytes;
+    ++stats.evictions;
+  }
+
+  // Evicts an unpinned resident unit that is not kept into the pool: the least recently used one that has been
+  // pinned since it was loaded, else the least recently used one a prefetch loaded for a pin still to come (which
+  // is needed sooner than anything already used in a cyclic order). False when there is none.
   bool evict_lru() {
     Unit* victim = nullptr;
+    auto before = [](const Unit& a, const Unit& b) {
+      return a.by_prefetch != b.by_prefetch ? !a.by_prefetch : a.last_use < b.last_use;
+    };
     for (Unit& u : units) {
-      if (u.state == State::Resident && u.pins == 0 && (!victim || u.last_use < victim->last_use)) victim = &u;
+      if (u.state == State::Resident && u.pins == 0 && !u.kept && (!victim || before(u, *victim))) victim = &u;
     }
     if (!victim) return false;
-    if (victim->by_prefetch) ++stats.prefetches_unused;
-    victim->by_prefetch = false;
-    victim->state = State::Absent;
-    pool.push_back(victim->buffer);
-    victim->buffer = {};
-    stats.resident_bytes -= victim->bytes;
-    ++stats.evictions;
+    evict(*victim);
     return true;
   }
 
-  // A buffer of at least `bytes` for a load: the smallest pooled one that fits, else a new one if the budget has
-  // room, else pooled buffers are freed and LRU units evicted until it has. {} when nothing more can be evicted.
-  Buffer acquire(std::uint64_t bytes) {
+  // A buffer for a load of `unit`. The budget is split: every kept unit has room for a buffer of exactly its size,
+  // and the rest holds *slots*, buffers of slot_bytes (the largest unit that is not kept) for the other units, so
+  // that any freed slot serves any later load and paging never unmaps or maps memory once the slots exist (fresh
+  // pages cost a fault each, more than the copy). A slot is a pooled one, else a new one while the slots' share of
+  // the budget has room, else the one of an evicted LRU unit. {} when nothing can be evicted.
+  Buffer acquire(const Unit& unit) {
+    if (unit.kept) return take_new(unit.bytes);
     for (;;) {
-      auto best = pool.end();
-      for (auto it = pool.begin(); it != pool.end(); ++it) {
-        if (it->capacity >= bytes && (best == pool.end() || it->capacity < best->capacity)) best = it;
-      }
-      if (best != pool.end()) {
-        Buffer b = *best;
-        pool.erase(best);
+      if (!pool.empty()) {
+        Buffer b = pool.back();
+        pool.pop_back();
         return b;
       }
-      if (stats.held_bytes + bytes <= budget) {
-        Buffer b = allocate(bytes);
-        stats.held_bytes += bytes;
-        stats.peak_held_bytes = std::max(stats.peak_held_bytes, stats.held_bytes);
-        return b;
-      }
-      if (!pool.empty()) {  // every pooled buffer is too small: free the largest to make room
-        auto largest = std::max_element(pool.begin(), pool.end(),
-                                        [](const Buffer& a, const Buffer& b) { return a.capacity < b.capacity; });
-        stats.held_bytes -= largest->capacity;
-        release(*largest);
-        pool.erase(largest);
-        continue;
+      if (slots_held + slot_bytes <= budget - stats.kept_bytes) {
+        slots_held += slot_bytes;
+        return take_new(slot_bytes);
       }
       if (!evict_lru()) return {};
     }
   }
 
-  // Marks a unit whose load failed absent again and returns its buffer to the pool.
+  Buffer take_new(std::uint64_t bytes) {
+    Buffer b = allocate(bytes);
+    stats.held_bytes += bytes;
+    stats.peak_held_bytes = std::max(stats.peak_held_bytes, stats.held_bytes);
+    return b;
+  }
+
+  // Marks a unit whose load failed absent again; a slot returns to the pool, a kept unit's buffer is freed (its
+  // room stays reserved).
   void abandon_load(Unit& u) {
     u.state = State::Absent;
     u.by_prefetch = false;
-    pool.push_back(u.buffer);
+    if (u.kept) {
+      stats.held_bytes -= u.buffer.capacity;
+      release(u.buffer);
+    } else {
+      pool.push_back(u.buffer);
+    }
     u.buffer = {};
     stats.resident_bytes -= u.bytes;
     --loads_in_flight;
@@ -198,10 +237,61 @@ void LayerPager::Pin::reset() noexcept {
   bytes_ = {};
 }
 
-std::uint64_t LayerPager::minimum_budget(std::span<const std::uint64_t> unit_bytes) noexcept {
-  std::uint64_t largest = 0;
-  for (std::uint64_t b : unit_bytes) largest = std::max(largest, b);
-  return 2 * largest;
+std::uint64_t LayerPager::minimum_budget(std::span<const std::uint64_t> unit_bytes,
+                                         std::span<const std::size_t> kept) noexcept {
+  std::vector<bool> is_kept(unit_bytes.size(), false);
+  for (std::size_t k : kept) {
+    if (k < is_kept.size()) is_kept[k] = true;
+  }
+  std::uint64_t kept_bytes = 0, largest_other = 0;
+  for (std::size_t i = 0; i < unit_bytes.size(); ++i) {
+    if (is_kept[i]) {
+      kept_bytes += unit_bytes[i];
+    } else {
+      largest_other = std::max(largest_other, unit_bytes[i]);
+    }
+  }
+  return kept_bytes + 2 * largest_other;
+}
+
+std::vector<std::size_t> LayerPager::choose_kept(std::span<const std::uint64_t> unit_bytes, std::uint64_t budget) {
+  std::vector<std::size_t> order(unit_bytes.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return unit_bytes[a] > unit_bytes[b]; });
+  std::uint64_t total = 0;
+  for (std::uint64_t b : unit_bytes) total += b;
+  if (total <= budget) {  // everything fits: keep it all
+    std::sort(order.begin(), order.end());
+    return order;
+  }
+  // For each candidate size T of the largest streamed unit: every larger unit must be kept, room for two units of
+  // T stays free, and the units of at most T fill what is left, largest first. The candidate keeping the most bytes
+  // loads the fewest per cycle.
+  std::vector<std::size_t> best;
+  std::uint64_t best_bytes = 0;
+  for (std::size_t c = 0; c < order.size(); ++c) {
+    const std::uint64_t stream_max = unit_bytes[order[c]];
+    if (c > 0 && unit_bytes[order[c - 1]] == stream_max) continue;  // the same candidate as before
+    std::uint64_t kept_bytes = 0;
+    for (std::size_t i = 0; i < c; ++i) kept_bytes += unit_bytes[order[i]];
+    if (kept_bytes + 2 * stream_max > budget) continue;
+    std::vector<std::size_t> kept(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(c));
+    std::uint64_t room = budget - kept_bytes - 2 * stream_max;
+    for (std::size_t i = c; i < order.size(); ++i) {
+      if (unit_bytes[order[i]] <= room) {
+        room -= unit_bytes[order[i]];
+        kept_bytes += unit_bytes[order[i]];
+        kept.push_back(order[i]);
+      }
+    }
+    if (kept_bytes > best_bytes) {
+      best_bytes = kept_bytes;
+      best = std::move(kept);
+    }
+  }
+  std::sort(best.begin(), best.end());
+  return best;
 }
 
 LayerPager::LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budget, Loader loader, Options options)
@@ -212,14 +302,28 @@ LayerPager::LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budg
       throw Error(ErrorCode::InvalidArgument, "layer pager: unit " + std::to_string(i) + " has 0 bytes");
     }
   }
-  const std::uint64_t minimum = minimum_budget(unit_bytes);
-  if (budget < minimum) {
-    std::uint64_t largest = minimum / 2;
+  const std::uint64_t unkept_minimum = minimum_budget(unit_bytes);
+  if (budget < unkept_minimum) {
+    std::uint64_t largest = unkept_minimum / 2;
     throw Error(ErrorCode::InvalidArgument,
                 "memory budget of " + std::to_string(budget) + " bytes is below the minimum of " +
-                    std::to_string(minimum) + " bytes (two of the largest paged units, " + std::to_string(largest) +
-                    " bytes each: one in use while the next one loads); give a budget of at least " +
-                    std::to_string(minimum) + " bytes");
+                    std::to_string(unkept_minimum) + " bytes (two of the largest paged units, " +
+                    std::to_string(largest) + " bytes each: one in use while the next one loads); give a budget of " +
+                    "at least " + std::to_string(unkept_minimum) + " bytes");
+  }
+  std::unordered_set<std::size_t> kept_seen;
+  for (std::size_t k : options.kept) {
+    if (k >= unit_bytes.size() || !kept_seen.insert(k).second) {
+      throw Error(ErrorCode::InvalidArgument, "layer pager: kept unit " + std::to_string(k) +
+                                                  (k >= unit_bytes.size() ? " does not exist" : " is named twice"));
+    }
+  }
+  const std::uint64_t minimum = minimum_budget(unit_bytes, options.kept);
+  if (budget < minimum) {
+    throw Error(ErrorCode::InvalidArgument,
+                "layer pager: a budget of " + std::to_string(budget) + " bytes cannot keep " +
+                    std::to_string(options.kept.size()) + " units resident and stream the others (" +
+                    std::to_string(minimum) + " bytes needed); keep fewer units (see choose_kept)");
   }
   if (!loader) throw Error(ErrorCode::InvalidArgument, "layer pager: no loader given");
   impl_->budget = budget;
@@ -227,16 +331,32 @@ LayerPager::LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budg
   impl_->options = std::move(options);
   impl_->units = std::vector<Impl::Unit>(unit_bytes.size());  // (Unit holds an atomic: not movable)
   for (std::size_t i = 0; i < unit_bytes.size(); ++i) impl_->units[i].bytes = unit_bytes[i];
-  if (!impl_->options.executor) impl_->tasks = std::make_unique<tbb::task_group>();
+  for (std::size_t k : impl_->options.kept) {
+    impl_->units[k].kept = true;
+    ++impl_->stats.kept_units;
+    impl_->stats.kept_bytes += unit_bytes[k];
+  }
+  for (const Impl::Unit& u : impl_->units) {
+    if (!u.kept) impl_->slot_bytes = std::max(impl_->slot_bytes, u.bytes);
+  }
+  if (!impl_->options.executor && impl_->options.prefetch) {
+    impl_->loader_thread = std::thread([m = impl_.get()] { m->loader_loop(); });
+  }
 }
 
 LayerPager::~LayerPager() {
   Impl& m = *impl_;
   {
     std::unique_lock lock(m.mutex);
+    m.stopping = true;
+    m.work.notify_all();
+  }
+  m.stop_spinning = true;
+  if (m.loader_thread.joinable()) m.loader_thread.join();  // it runs the queued requests first
+  {
+    std::unique_lock lock(m.mutex);
     m.changed.wait(lock, [&m] { return m.prefetches_in_flight == 0; });
   }
-  if (m.tasks) m.tasks->wait();
   for (Impl::Unit& u : m.units) release(u.buffer);
   for (Buffer& b : m.pool) release(b);
 }
@@ -279,7 +399,7 @@ LayerPager::Pin LayerPager::pin(std::size_t index) {
       u.by_prefetch = false;
       u.last_use = ++m.tick;
     } else {
-      Buffer b = m.acquire(u.bytes);
+      Buffer b = m.acquire(u);
       if (!b.data) {
         if (m.loads_in_flight > 0) {  // a finishing load makes its unit evictable
           m.changed.wait(lock);
@@ -326,11 +446,12 @@ void LayerPager::prefetch(std::size_t index) {
                 "layer pager: cannot prefetch unit " + std::to_string(index) + " of " + std::to_string(m.units.size()));
   }
   if (!m.options.prefetch) return;
+  bool wake_loader = false;
   {
     std::lock_guard lock(m.mutex);
     Impl::Unit& u = m.units[index];
     if (u.state != State::Absent) return;
-    Buffer b = m.acquire(u.bytes);
+    Buffer b = m.acquire(u);
     if (!b.data) {
       ++m.stats.prefetches_dropped;
       return;
@@ -343,29 +464,25 @@ void LayerPager::prefetch(std::size_t index) {
     ++m.loads_in_flight;
     ++m.prefetches_in_flight;
     ++m.stats.prefetches;
-  }
-  try {
-    if (m.options.executor) {
-      m.options.executor([&m, index] { m.run_prefetch(index); });
-    } else {
-      {
-        std::lock_guard lock(Impl::pending_mutex);
-        Impl::pending.emplace_back(&m, index);
-      }
+    if (!m.options.executor) {
       try {
-        m.tasks->run([] { Impl::run_one_pending(); });
-      } catch (...) {
-        std::lock_guard lock(Impl::pending_mutex);
-        auto& q = Impl::pending;
-        for (auto it = q.rbegin(); it != q.rend(); ++it) {
-          if (*it == std::pair<Impl*, std::size_t>{&m, index}) {
-            q.erase(std::next(it).base());
-            break;
-          }
-        }
+        m.requests.push_back(index);
+      } catch (...) {  // out of memory: undo, as when an executor refuses the task
+        m.abandon_load(u);
+        --m.prefetches_in_flight;
+        --m.stats.prefetches;
         throw;
       }
+      m.queued.fetch_add(1, std::memory_order_relaxed);
+      wake_loader = m.loader_sleeping;
     }
+  }
+  if (!m.options.executor) {
+    if (wake_loader) m.work.notify_one();
+    return;
+  }
+  try {
+    m.options.executor([&m, index] { m.run_prefetch(index); });
   } catch (...) {  // the task never started
     std::lock_guard lock(m.mutex);
     if (m.units[index].state == State::Queued) m.abandon_load(m.units[index]);
@@ -391,6 +508,10 @@ void LayerPager::unpin(std::size_t index) noexcept {
 PagerStats LayerPager::stats() const {
   std::lock_guard lock(impl_->mutex);
   return impl_->stats;
+}
+
+bool LayerPager::kept(std::size_t index) const noexcept {
+  return index < impl_->units.size() && impl_->units[index].kept;
 }
 
 bool LayerPager::resident(std::size_t index) const {

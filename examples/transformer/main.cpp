@@ -251,9 +251,14 @@ int run_generate(const Options& o) {
                static_cast<unsigned long long>(stats.nodes_recomputed));
   if (engine.paged()) {
     const LayerPager& pager = engine.paged()->pager();
-    std::fprintf(stderr, "mmsb-llm: paging %zu units of %llu bytes in all under a budget of %llu bytes\n",
+    std::fprintf(stderr,
+                 "mmsb-llm: paging %zu units of %llu bytes in all under a budget of %llu bytes%s; %llu units (%llu "
+                 "bytes) kept resident, the others streamed\n",
                  pager.unit_count(), static_cast<unsigned long long>(PagedModel::model_bytes(model)),
-                 static_cast<unsigned long long>(pager.budget()));
+                 static_cast<unsigned long long>(pager.budget()),
+                 engine.paged()->embedding_by_rows() ? " (the embedding read by rows)" : "",
+                 static_cast<unsigned long long>(pager.stats().kept_units),
+                 static_cast<unsigned long long>(pager.stats().kept_bytes));
     print_pager_stats("mmsb-llm: pager", pager.stats());
   }
   return 0;
@@ -301,7 +306,7 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
         "\"paged_no_prefetch_tok_per_s\": %.1f, \"paged_vs_resident_ratio\": %.4f, \"sync_loads\": %llu, "
         "\"sync_loads_no_prefetch\": %llu, \"sync_loads_ratio\": %.4f, \"prefetch_hits\": %llu, "
         "\"prefetch_waits\": %llu, \"prefetches_late\": %llu, \"prefetches_dropped\": %llu, \"evictions\": %llu, "
-        "\"bytes_loaded\": %llu, "
+        "\"bytes_loaded\": %llu, \"kept_units\": %llu, \"kept_bytes\": %llu, "
         "\"peak_held_bytes\": %llu}\n",
         o.model.c_str(), o.bench_prompt, o.bench_gen, o.rounds, static_cast<unsigned long long>(model_bytes),
         static_cast<unsigned long long>(budget), resident_tok, paged_tok, unprefetched_tok, paged_tok / resident_tok,
@@ -309,6 +314,7 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
         sync_ratio, static_cast<unsigned long long>(with.prefetch_hits), static_cast<unsigned long long>(with.waits),
         static_cast<unsigned long long>(with.prefetches_late), static_cast<unsigned long long>(with.prefetches_dropped),
         static_cast<unsigned long long>(with.evictions), static_cast<unsigned long long>(with.bytes_loaded),
+        static_cast<unsigned long long>(with.kept_units), static_cast<unsigned long long>(with.kept_bytes),
         static_cast<unsigned long long>(with.peak_held_bytes));
   } else {
     std::printf(
@@ -329,6 +335,10 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
         sync_ratio, static_cast<unsigned long long>(with.prefetch_hits), static_cast<unsigned long long>(with.waits),
         static_cast<unsigned long long>(with.prefetches_late), static_cast<unsigned long long>(with.prefetches_dropped),
         static_cast<unsigned long long>(with.evictions));
+    const double steps = static_cast<double>(o.rounds) * (o.bench_prompt + o.bench_gen);
+    std::printf("  %llu units (%llu bytes) kept resident; %.0f bytes loaded per step\n",
+                static_cast<unsigned long long>(with.kept_units), static_cast<unsigned long long>(with.kept_bytes),
+                static_cast<double>(with.bytes_loaded) / steps);
   }
   return 0;
 }
@@ -435,7 +445,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   const char* budget_help =
       "layer paging: keep at most this many bytes of weights resident (suffix K/M/G, or a percentage of the model "
-      "such as 50%); the least recently used layers are evicted and the next layer is prefetched";
+      "such as 50%); as much of the model as fits stays resident, the rest streams through and is prefetched by a "
+      "loader thread";
   app.add_option("--mem-budget", o.mem_budget, budget_help);
   app.add_flag("--no-prefetch", o.no_prefetch, "with --mem-budget: load layers only when needed (no prefetch)");
   CLI::App* bench = app.add_subcommand("bench", "measure prompt and generation throughput (engine and direct loop)");

@@ -30,7 +30,8 @@ Plan plan(const Model& m) {
   p.units.push_back({&m.token_embedding});
   if (shared) p.units.back().push_back(&m.final_norm);
   for (const LayerTensors& w : m.layers) {
-    p.units.push_back({&w.attn_norm, &w.wq, &w.wk, &w.wv, &w.wo, &w.ffn_norm, &w.w1, &w.w2, &w.w3});
+    p.units.push_back({&w.attn_norm, &w.wq, &w.wk, &w.wv, &w.wo});
+    p.units.push_back({&w.ffn_norm, &w.w1, &w.w2, &w.w3});
   }
   if (shared) {
     p.head = 0;
@@ -92,7 +93,12 @@ std::uint64_t PagedModel::model_bytes(const Model& model) {
   return total;
 }
 
-std::uint64_t PagedModel::minimum_budget(const Model& model) { return LayerPager::minimum_budget(unit_sizes(model)); }
+std::uint64_t PagedModel::minimum_budget(const Model& model) {
+  std::vector<std::uint64_t> sizes = unit_sizes(model);
+  // Below the whole model a separate classifier's embedding is read by rows, not paged (see the header).
+  if (plan(model).head != 0) sizes.erase(sizes.begin());
+  return LayerPager::minimum_budget(sizes);
+}
 
 PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model), layers_(model.layers.size()) {
   Plan p = plan(model);
@@ -106,13 +112,28 @@ PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model
     units_.push_back(std::move(unit));
     sizes.push_back(l.bytes);
   }
+  // The embedding is read by rows when a separate classifier is the step's last unit and not everything fits.
+  std::uint64_t total = 0;
+  for (std::uint64_t b : sizes) total += b;
+  if (head_ != embed_unit() && options.budget < total) first_paged_ = 1;
+  const std::vector<std::uint64_t> paged_sizes(sizes.begin() + static_cast<std::ptrdiff_t>(first_paged_), sizes.end());
+
   LayerPager::Options pager_options;
   pager_options.prefetch = options.prefetch;
   pager_options.executor = std::move(options.executor);
+  if (options.keep) pager_options.kept = LayerPager::choose_kept(paged_sizes, options.budget);
   // Checks the budget before anything else happens.
   pager_ = std::make_unique<LayerPager>(
-      sizes, options.budget, [this](std::size_t unit, std::span<std::byte> out) { load(unit, out); },
+      paged_sizes, options.budget,
+      [this](std::size_t unit, std::span<std::byte> out) { load(unit + first_paged_, out); },
       std::move(pager_options));
+  // Slots for streamed units (each the size of the largest one) in what the kept units leave: one is in use, the
+  // others can be loading ahead.
+  std::uint64_t slot = 0;
+  for (std::size_t i = 0; i < paged_sizes.size(); ++i) {
+    if (!pager_->kept(i)) slot = std::max(slot, paged_sizes[i]);
+  }
+  if (slot > 0) lookahead_ = std::max<std::uint64_t>(1, (options.budget - pager_->stats().kept_bytes) / slot - 1);
 
   if (model.file) {
     fd_ = ::open(model.file->path().c_str(), O_RDONLY | O_CLOEXEC);
@@ -138,46 +159,79 @@ PagedModel::~PagedModel() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void PagedModel::load(std::size_t unit, std::span<std::byte> destination) const {
-  for (const Placement& t : units_[unit].runs) {
-    std::byte* out = destination.data() + t.offset;
-    if (fd_ < 0) {
-      std::memcpy(out, t.source, t.size);
-      continue;
+void PagedModel::read(const std::byte* source, std::uint64_t size, std::byte* out) const {
+  if (fd_ < 0) {
+    std::memcpy(out, source, size);
+    return;
+  }
+  const auto file_offset = static_cast<off_t>(source - model_.file->bytes().data());
+  std::uint64_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::pread(fd_, out + done, size - done, file_offset + static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      throw Error(ErrorCode::IoError, "layer paging: cannot read " + std::to_string(size) + " bytes at offset " +
+                                          std::to_string(file_offset) + " of " + model_.file->path() + ": " +
+                                          (n < 0 ? std::strerror(errno) : "the file is shorter than when loaded"));
     }
-    auto file_offset = static_cast<off_t>(t.source - model_.file->bytes().data());
-    std::uint64_t done = 0;
-    while (done < t.size) {
-      const ssize_t n = ::pread(fd_, out + done, t.size - done, file_offset + static_cast<off_t>(done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        throw Error(ErrorCode::IoError, "layer paging: cannot read " + std::to_string(t.size) + " bytes at offset " +
-                                            std::to_string(file_offset) + " of " + model_.file->path() + ": " +
-                                            (n < 0 ? std::strerror(errno) : "the file is shorter than when loaded"));
-      }
-      done += static_cast<std::uint64_t>(n);
-    }
+    done += static_cast<std::uint64_t>(n);
   }
 }
 
+void PagedModel::load(std::size_t unit, std::span<std::byte> destination) const {
+  for (const Placement& t : units_[unit].runs) read(t.source, t.size, destination.data() + t.offset);
+}
+
+void PagedModel::read_embedding_row(int token, std::byte* out) const {
+  const Tensor& e = model_.token_embedding;
+  if (token < 0 || static_cast<std::uint64_t>(token) >= e.rows) {
+    throw Error(ErrorCode::InvalidArgument,
+                "token " + std::to_string(token) + " is outside the vocabulary of " + std::to_string(e.rows));
+  }
+  read(e.bytes.data() + static_cast<std::uint64_t>(token) * e.row_stride, e.row_stride, out);
+}
+
+std::size_t PagedModel::pager_unit(std::size_t unit) const {
+  if (unit < first_paged_ || unit >= units_.size()) {
+    throw Error(ErrorCode::Internal, "layer paging: unit " + std::to_string(unit) + " is not paged");
+  }
+  return unit - first_paged_;
+}
+
 std::size_t PagedModel::next_unit(std::size_t unit, bool want_logits) const noexcept {
-  if (unit == embed_unit()) return layer_unit(0);
+  if (unit == embed_unit()) return attention_unit(0);
   if (unit == head_) return embed_unit();
-  if (unit + 1 < layer_unit(layers_)) return unit + 1;  // the next layer
-  return want_logits ? head_ : embed_unit();            // after the last layer
+  if (unit + 1 < attention_unit(layers_)) return unit + 1;  // the layer's feed-forward, or the next layer
+  return want_logits ? head_ : embed_unit();                // after the last layer
 }
 
 LayerPager::Pin PagedModel::pin(std::size_t unit, bool want_logits) {
-  LayerPager::Pin pinned = pager_->pin(unit);
-  pager_->prefetch(next_unit(unit, want_logits));
+  LayerPager::Pin pinned = pager_->pin(pager_unit(unit));
+  // Walk the cycle: a kept unit costs a prefetch only until it is resident; the next `lookahead_` streamed units
+  // are prefetched (a prefetch of a resident or loading unit does nothing).
+  std::size_t streamed = 0;
+  std::size_t next = unit;
+  for (std::size_t steps = 0; steps + 1 < units_.size() && streamed < lookahead_; ++steps) {
+    next = next_unit(next, want_logits);
+    if (next == unit) break;
+    if (next < first_paged_) continue;  // the embedding, read by rows
+    const std::size_t p = next - first_paged_;
+    if (pager_->kept(p)) {
+      if (!pager_->resident(p)) pager_->prefetch(p);
+      continue;
+    }
+    ++streamed;
+    pager_->prefetch(p);
+  }
   return pinned;
 }
 
 const std::byte* PagedModel::tensor(const LayerPager::Pin& pin, const Tensor& t) const {
-  for (const auto& [source, offset] : units_[pin.unit()].tensors) {
+  for (const auto& [source, offset] : units_[pin.unit() + first_paged_].tensors) {
     if (source == t.bytes.data()) return pin.bytes().data() + offset;
   }
-  throw Error(ErrorCode::Internal, "layer paging: tensor " + t.name + " is not in unit " + std::to_string(pin.unit()));
+  throw Error(ErrorCode::Internal, "layer paging: tensor " + t.name + " is not in unit " +
+                                           std::to_string(pin.unit() + first_paged_));
 }
 
 }  // namespace mmsb::llm

@@ -195,36 +195,95 @@ TEST(LayerPager, CountsAPrefetchEvictedBeforeUseAsUnused) {
   EXPECT_TRUE(pager.resident(2));
 }
 
-TEST(LayerPager, ReusesPooledBuffersBestFitAndFreesThemToStayWithinTheBudget) {
+TEST(LayerPager, GivesEveryUnitASlotOfTheLargestSizeAndReusesItForAnyOther) {
   FakeLoader fake;
   ManualExecutor ex;
-  LayerPager pager({100, 60, 60, 100}, 220, fake.loader(), manual(ex, false));
+  LayerPager pager({100, 60, 60, 100, 30}, 220, fake.loader(), manual(ex, false));
   auto touch = [&](std::size_t u) {
     LayerPager::Pin pin = pager.pin(u);
     EXPECT_EQ(pin.bytes().size(), pager.unit_bytes(u));
     EXPECT_TRUE(holds_pattern(pin.bytes(), u)) << "unit " << u;
   };
-  touch(0);  // new buffer of 100: held 100
-  touch(1);  // new 60: held 160
-  touch(2);  // new 60: held 220
-  EXPECT_EQ(pager.stats().held_bytes, 220u);
-  touch(3);  // no room: evict 0 (LRU); its buffer of 100 fits 3 exactly: held 220
-  EXPECT_EQ(pager.stats().held_bytes, 220u);
-  // 0 needs 100: evict 1 → pool {60}, too small: free it (held 160), still no room: evict 2 → pool {60}, free it
-  // (held 100), then a new buffer of 100: held 200.
-  touch(0);
-  PagerStats s = pager.stats();
+  // Slots of 100 bytes (the largest unit); 220 bytes hold two.
+  touch(0);  // a new slot: held 100
+  touch(1);  // a new slot for 60 bytes: held 200
+  EXPECT_EQ(pager.stats().held_bytes, 200u);
+  EXPECT_EQ(pager.stats().resident_bytes, 160u);
+  touch(2);  // no third slot fits: evict 0 (LRU), reuse its slot
+  touch(3);  // evict 1
+  touch(4);  // evict 2
+  const PagerStats s = pager.stats();
   EXPECT_EQ(s.held_bytes, 200u);
-  EXPECT_EQ(s.resident_bytes, 200u);
+  EXPECT_EQ(s.peak_held_bytes, 200u);
+  EXPECT_EQ(s.resident_bytes, 130u);  // 3 and 4
+  EXPECT_EQ(s.sync_loads, 5u);
   EXPECT_EQ(s.evictions, 3u);
-  // 1 needs 60: evict 3 (LRU) → pool {100}; the buffer of 100 is reused for 60 bytes: held stays 200.
-  touch(1);
-  s = pager.stats();
-  EXPECT_EQ(s.held_bytes, 200u);
-  EXPECT_EQ(s.resident_bytes, 160u);
-  EXPECT_EQ(s.peak_held_bytes, 220u);
-  EXPECT_EQ(s.sync_loads, 6u);
-  EXPECT_EQ(s.evictions, 4u);
+  EXPECT_TRUE(pager.resident(3));
+  EXPECT_TRUE(pager.resident(4));
+}
+
+TEST(LayerPager, KeepsKeptUnitsInBuffersOfTheirSizeAndStreamsTheOthersThroughSlots) {
+  FakeLoader fake;
+  ManualExecutor ex;
+  LayerPager::Options o = manual(ex, false);
+  o.kept = {1, 4};  // 60 + 30 bytes; the others get slots of 100: at least 90 + 2·100 = 290 bytes
+  const std::vector<std::uint64_t> sizes{100, 60, 60, 100, 30};
+  EXPECT_EQ(LayerPager::minimum_budget(sizes, o.kept), 290u);
+  LayerPager pager(sizes, 290, fake.loader(), o);
+  EXPECT_TRUE(pager.kept(1));
+  EXPECT_FALSE(pager.kept(0));
+  for (int round = 0; round < 3; ++round) {
+    for (std::size_t u = 0; u < 5; ++u) {
+      LayerPager::Pin pin = pager.pin(u);
+      EXPECT_TRUE(holds_pattern(pin.bytes(), u)) << "unit " << u;
+    }
+  }
+  // Round 1 loads all five: slots for 0 and 2, 3 evicts 0 (the LRU unit that is not kept), 1 and 4 take their
+  // own room. Rounds 2 and 3 load 0, 2 and 3 again, each evicting the slot unit used longest ago, and hit 1 and 4.
+  const PagerStats s = pager.stats();
+  EXPECT_EQ(s.sync_loads, 5u + 3u + 3u);
+  EXPECT_EQ(s.hits, 4u);
+  EXPECT_EQ(s.evictions, 1u + 3u + 3u);
+  EXPECT_EQ(s.held_bytes, 290u);
+  EXPECT_EQ(s.peak_held_bytes, 290u);
+  EXPECT_EQ(s.kept_units, 2u);
+  EXPECT_EQ(s.kept_bytes, 90u);
+  EXPECT_TRUE(pager.resident(1));
+  EXPECT_TRUE(pager.resident(4));
+  EXPECT_FALSE(pager.resident(0));
+
+  auto refused = [&](std::vector<std::size_t> kept, std::uint64_t budget, const char* says) {
+    LayerPager::Options bad = manual(ex, false);
+    bad.kept = std::move(kept);
+    try {
+      LayerPager p(sizes, budget, fake.loader(), bad);
+      ADD_FAILURE() << "accepted: " << says;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+  };
+  refused({1, 4}, 289, "290 bytes needed");
+  refused({5}, 400, "does not exist");
+  refused({1, 1}, 400, "named twice");
+}
+
+TEST(LayerPager, ChoosesTheKeptUnitsThatLeaveTheFewestBytesToLoad) {
+  const std::vector<std::uint64_t> sizes{100, 60, 60, 100, 30};  // 350 in all
+  using V = std::vector<std::size_t>;
+  EXPECT_EQ(LayerPager::choose_kept(sizes, 350), (V{0, 1, 2, 3, 4}));  // everything fits
+  EXPECT_EQ(LayerPager::choose_kept(sizes, 1000), (V{0, 1, 2, 3, 4}));
+  // Two slots of 100 take 200; of the other 90 bytes, 60 (unit 1, the lower index) and 30 are kept.
+  EXPECT_EQ(LayerPager::choose_kept(sizes, 290), (V{1, 4}));
+  // 330: slots of 100 leave 130 for 1 and 2 (120 kept); keeping both 100-byte units leaves slots of 60 and
+  // 320 bytes in use (200 kept). The second keeps more.
+  EXPECT_EQ(LayerPager::choose_kept(sizes, 330), (V{0, 3}));
+  EXPECT_EQ(LayerPager::choose_kept(sizes, 200), V{});  // just the two slots
+  EXPECT_EQ(LayerPager::choose_kept(sizes, 100), V{});  // below the minimum
+  for (std::uint64_t budget : {200u, 250u, 290u, 330u, 349u}) {
+    const V kept = LayerPager::choose_kept(sizes, budget);
+    EXPECT_LE(LayerPager::minimum_budget(sizes, kept), budget) << budget;
+  }
 }
 
 TEST(LayerPager, ALoaderErrorReachesThePinAndTheUnitCanBeLoadedLater) {

@@ -257,8 +257,9 @@ std::uint64_t LayerPager::minimum_budget(std::span<const std::uint64_t> unit_byt
 std::vector<std::size_t> LayerPager::choose_kept(std::span<const std::uint64_t> unit_bytes, std::uint64_t budget) {
   std::vector<std::size_t> order(unit_bytes.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::size_t a, std::size_t b) { return unit_bytes[a] > unit_bytes[b]; });
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return unit_bytes[a] != unit_bytes[b] ? unit_bytes[a] > unit_bytes[b] : a < b;  // largest first, then by index
+  });
   std::uint64_t total = 0;
   for (std::uint64_t b : unit_bytes) total += b;
   if (total <= budget) {  // everything fits: keep it all

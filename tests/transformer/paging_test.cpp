@@ -31,7 +31,15 @@ struct Generation {
   PagerStats stats;
 };
 
-Generation run(const Model& model, std::optional<PagingOptions> paging) {
+// The number of units resident in the pager now.
+std::uint64_t resident_units(const LayerPager& pager) {
+  std::uint64_t n = 0;
+  for (std::size_t u = 0; u < pager.unit_count(); ++u) n += pager.resident(u) ? 1 : 0;
+  return n;
+}
+
+// A fixed prompt, then greedy steps; with paging, the pager's counters (and the units resident at the end).
+Generation run(const Model& model, std::optional<PagingOptions> paging, std::uint64_t* resident_at_end = nullptr) {
   EngineOptions options;
   options.paging = std::move(paging);
   Engine engine(model, options);
@@ -50,6 +58,7 @@ Generation run(const Model& model, std::optional<PagingOptions> paging) {
   if (engine.paged()) {
     engine.paged()->pager().wait_prefetches();
     r.stats = engine.paged()->pager().stats();
+    if (resident_at_end) *resident_at_end = resident_units(engine.paged()->pager());
   }
   return r;
 }
@@ -134,30 +143,6 @@ TEST(Paging, RefusesABudgetBelowTwoLayersWithAMessageNamingTheMinimum) {
   }
 }
 
-// The number of units resident in the pager now.
-std::uint64_t resident_units(const LayerPager& pager) {
-  std::uint64_t n = 0;
-  for (std::size_t u = 0; u < pager.unit_count(); ++u) n += pager.resident(u) ? 1 : 0;
-  return n;
-}
-
-Generation run_keeping(const Model& model, PagingOptions paging, std::uint64_t& resident_at_end) {
-  EngineOptions options;
-  options.paging = std::move(paging);
-  Engine engine(model, options);
-  Generation r;
-  int token = 1;
-  for (int pos = 0; pos < kPrompt; ++pos) {
-    engine.prefill_step(token, pos);
-    token = 10 + 7 * pos;
-  }
-  for (int i = 0; i < kGenerated; ++i) token = argmax(engine.step(token, kPrompt + i));
-  engine.paged()->pager().wait_prefetches();
-  r.stats = engine.paged()->pager().stats();
-  resident_at_end = resident_units(engine.paged()->pager());
-  return r;
-}
-
 TEST(Paging, SynchronousLoadsOfAScriptedRunAreExact) {
   MMSB_REQUIRE_SHARED(path, "models/stories260K-f32.gguf");
   const Model model = load_model(path);
@@ -173,7 +158,7 @@ TEST(Paging, SynchronousLoadsOfAScriptedRunAreExact) {
   // Without prefetch, at the minimum: two slots of 132352 bytes and nothing kept, and every unit comes back only
   // after nine others, so every first pin of a unit in a step loads it; the block node's pin of A finds the unit
   // the kv node loaded. The first two loads map the slots; every later one evicts a unit.
-  Generation r = run_keeping(model, paging(minimum, false), resident);
+  Generation r = run(model, paging(minimum, false), &resident);
   EXPECT_EQ(r.stats.kept_units, 0u);
   EXPECT_EQ(r.stats.pins, pins);
   EXPECT_EQ(r.stats.sync_loads, touched);
@@ -188,7 +173,7 @@ TEST(Paging, SynchronousLoadsOfAScriptedRunAreExact) {
   // every other unit is prefetched by the pin before it (H's pin skips the embedding and prefetches the next
   // step's A0), and the last step's H also prefetches the next step's A0 (one more prefetch and eviction, never
   // pinned).
-  r = run_keeping(model, paging(minimum, true, /*inline_prefetch=*/true), resident);
+  r = run(model, paging(minimum, true, /*inline_prefetch=*/true), &resident);
   EXPECT_EQ(r.stats.pins, pins);
   EXPECT_EQ(r.stats.sync_loads, 1u);
   EXPECT_EQ(r.stats.prefetches, touched);
@@ -205,7 +190,7 @@ TEST(Paging, SynchronousLoadsOfAScriptedRunAreExact) {
   // slots of 132352; the other 8 units are streamed: 7 in a prompt step (no H), 8 in a generated one.
   const std::uint64_t half = PagedModel::model_bytes(model) / 2;
   const std::uint64_t streamed = 7 * kPrompt + 8 * kGenerated;
-  r = run_keeping(model, paging(half, false), resident);
+  r = run(model, paging(half, false), &resident);
   EXPECT_EQ(r.stats.kept_units, 3u);
   EXPECT_EQ(r.stats.kept_bytes, 314112u);
   EXPECT_EQ(r.stats.sync_loads, 3 + streamed);  // the kept units once, the streamed ones every step
@@ -216,7 +201,7 @@ TEST(Paging, SynchronousLoadsOfAScriptedRunAreExact) {
   EXPECT_EQ(r.stats.peak_held_bytes, 314112u + 2 * 132352);
   EXPECT_EQ(resident, 3u + 2u);  // the kept units and the last two streamed ones
   const std::uint64_t half_without = r.stats.sync_loads;
-  r = run_keeping(model, paging(half, true, /*inline_prefetch=*/true), resident);
+  r = run(model, paging(half, true, /*inline_prefetch=*/true), &resident);
   EXPECT_EQ(r.stats.sync_loads, 1u);
   EXPECT_EQ(r.stats.prefetches, 3 + streamed);  // less the first load, plus the last step's extra prefetch
   EXPECT_EQ(r.stats.prefetch_hits, 3 + streamed - 1);
@@ -226,7 +211,7 @@ TEST(Paging, SynchronousLoadsOfAScriptedRunAreExact) {
   EXPECT_LE(static_cast<double>(r.stats.sync_loads) / static_cast<double>(half_without), 0.1);
 
   // The whole model: every unit (the embedding too) is kept and loaded once.
-  r = run_keeping(model, paging(PagedModel::model_bytes(model), false), resident);
+  r = run(model, paging(PagedModel::model_bytes(model), false), &resident);
   EXPECT_EQ(r.stats.sync_loads, 12u);
   EXPECT_EQ(r.stats.kept_units, 12u);
   EXPECT_EQ(r.stats.evictions, 0u);

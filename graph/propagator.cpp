@@ -302,7 +302,10 @@ struct PageChange {
 struct PendingCommit {
   std::uint64_t lsn = 0;
   std::uint64_t published_ns = 0;  // set on sampled commits, for the commit latency
-  std::shared_ptr<std::vector<Delta>> deltas;  // immutable once queued; page observers may share it
+  // Immutable once queued; page observers may share it. One allocation (make_shared of an array) holds the deltas
+  // and the control block, no more than the plain vector it replaces (the engine's allocation test counts them).
+  std::shared_ptr<Delta[]> deltas;
+  std::size_t count = 0;  // deltas[0, count) are the commit's watched deltas
 };
 
 // A node's page locks: its inputs shared and its output exclusive, taken in PageId order (as commits take theirs,
@@ -1109,8 +1112,8 @@ struct Propagator::Impl : detail::CommitListener {
       free_places(1);
       ran = true;
       std::vector<std::pair<PageId, const Delta*>> changes;
-      for (const Delta& d : *commit.deltas) changes.emplace_back(d.page, &d);
-      run_wave(changes, commit.deltas);
+      for (std::size_t i = 0; i < commit.count; ++i) changes.emplace_back(commit.deltas[i].page, &commit.deltas[i]);
+      run_wave(changes, std::shared_ptr<const void>(commit.deltas, commit.deltas.get()));
       if (commit.published_ns) commit_latency.record(steady_ns() - commit.published_ns);
     }
     if (!ran && any_stale()) run_wave({});
@@ -1252,13 +1255,10 @@ struct Propagator::Impl : detail::CommitListener {
     PendingCommit commit;
     for (const Delta& d : deltas) {
       if (slot_of(d.page) == nullptr) continue;
-      if (!commit.deltas) {
-        commit.deltas = std::make_shared<std::vector<Delta>>();
-        commit.deltas->reserve(deltas.size());
-      }
-      commit.deltas->push_back(d);
+      if (!commit.deltas) commit.deltas = std::make_shared<Delta[]>(deltas.size());  // empty Deltas allocate nothing
+      commit.deltas[commit.count++] = d;
     }
-    if (!commit.deltas) {
+    if (commit.count == 0) {
       free_places(1);
       return;
     }

@@ -399,6 +399,7 @@ struct GpuMirror::Impl {
     const std::uint64_t rounded = gpu::RangeAllocator(0, granule).rounded(size);
     const std::uint64_t bytes = std::max(options.block_bytes, rounded);
     Block block{vk->create_device_buffer(bytes, direct), gpu::RangeAllocator(bytes, granule)};
+    vk->advise_huge_pages(block.buffer);  // before the first write (CPU drivers only; see docs/gpu.md)
     // Region::block indexes `blocks`, so a released block's slot is reused rather than erased.
     const std::uint32_t index = released ? *released : static_cast<std::uint32_t>(blocks.size());
     if (released) {
@@ -632,6 +633,7 @@ struct GpuMirror::Impl {
     std::uint64_t size = std::max(kMinStagingBytes, slot.staging.size);
     while (size < bytes) size *= 2;
     Buffer bigger = vk->create_host_buffer(size);
+    vk->advise_huge_pages(bigger);
     if (keep > 0) std::memcpy(bigger.mapped, slot.staging.mapped, keep);
     vk->destroy(slot.staging);
     slot.staging = bigger;
@@ -810,6 +812,7 @@ struct GpuMirror::Impl {
     while (size < bytes) size *= 2;
     vk->destroy(buffer);
     buffer = vk->create_host_buffer(size);
+    vk->advise_huge_pages(buffer);
   }
 
   // The pieces of all pending deltas, grouped by device buffer (for one copy command per buffer).

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <sys/mman.h>
 #include <vector>
 
 #include "mmsb/error.hpp"
@@ -321,6 +322,16 @@ void VulkanContext::flush_host_writes(const Buffer& buffer, std::uint64_t begin,
   const std::uint64_t last = (end + atom - 1) / atom * atom;
   range.size = last >= buffer.size ? VK_WHOLE_SIZE : last - range.offset;
   check(vkFlushMappedMemoryRanges(device_, 1, &range), "vkFlushMappedMemoryRanges");
+}
+
+bool VulkanContext::advise_huge_pages(const Buffer& buffer) const noexcept {
+  if (properties_.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU || !buffer.mapped) return false;
+  constexpr std::uintptr_t kHuge = std::uintptr_t{2} << 20;
+  const auto start = reinterpret_cast<std::uintptr_t>(buffer.mapped);
+  const std::uintptr_t begin = (start + kHuge - 1) & ~(kHuge - 1);
+  const std::uintptr_t end = (start + buffer.size) & ~(kHuge - 1);
+  if (end <= begin) return false;
+  return madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE) == 0;
 }
 
 void VulkanContext::invalidate_for_host_reads(const Buffer& buffer) const {

@@ -54,6 +54,13 @@ class VulkanContext {
   // The same for bytes [begin, end) of the mapping, widened to nonCoherentAtomSize.
   void flush_host_writes(const Buffer& buffer, std::uint64_t begin, std::uint64_t end) const;
   void invalidate_for_host_reads(const Buffer& buffer) const;
+  // On a CPU driver (lavapipe) a mapped buffer is ordinary memory of this process: asks the kernel to back it with
+  // transparent huge pages (madvise(MADV_HUGEPAGE) on the 2 MiB-aligned part of the mapping). Call before the first
+  // write, so the first touch already faults in 2 MiB pages. Best effort: returns false, changing nothing, on any
+  // other device type, for a mapping without a whole aligned 2 MiB, or when the kernel refuses. Why: with 4 KiB
+  // pages every large host write walks one page-table entry per 4 KiB, and under a hypervisor that shadows page
+  // tables each of those is rebuilt after the process unmaps memory anywhere (docs/gpu.md, "Huge pages").
+  bool advise_huge_pages(const Buffer& buffer) const noexcept;
   // VkDeviceMemory objects allocated by create_*_buffer and not yet destroyed.
   std::uint64_t live_allocations() const noexcept { return live_allocations_.load(std::memory_order_relaxed); }
 

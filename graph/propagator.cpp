@@ -32,6 +32,7 @@
 #include <condition_variable>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <thread>
@@ -289,17 +290,22 @@ struct Tally {
 
 constexpr std::uint32_t event_bit(EventKind kind) { return EventMask{kind}.bits(); }
 
-// A derived or committed change of a subscribed page, kept for delivery after the wave.
+// A derived or committed change of a subscribed page, kept for delivery after the wave. A committed delta is
+// shared with its PendingCommit rather than copied: a wave rewriting many large pages would otherwise allocate and
+// fault in a second copy of every payload and undo for its page observers (such as the GPU mirror).
 struct PageChange {
   PageId page;
-  Delta delta;
+  std::shared_ptr<const Delta> delta;
   std::uint64_t epoch = 0;
 };
 
 struct PendingCommit {
   std::uint64_t lsn = 0;
   std::uint64_t published_ns = 0;  // set on sampled commits, for the commit latency
-  std::vector<Delta> deltas;
+  // Immutable once queued; page observers may share it. One allocation (make_shared of an array) holds the deltas
+  // and the control block, no more than the plain vector it replaces (the engine's allocation test counts them).
+  std::shared_ptr<Delta[]> deltas;
+  std::size_t count = 0;  // deltas[0, count) are the commit's watched deltas
 };
 
 // A node's page locks: its inputs shared and its output exclusive, taken in PageId order (as commits take theirs,
@@ -465,10 +471,14 @@ struct Propagator::Impl : detail::CommitListener {
     pending_events.push_back(std::move(event));
   }
   // Records a page change for page subscribers and PageChanged/PageResized observers.
-  [[gnu::cold]] void note_change(Slot* slot, const Delta& d, std::uint64_t epoch, std::uint64_t wave) {
+  // `owner`, when set, keeps `d` alive (it points into the owner): the change shares it instead of copying it.
+  [[gnu::cold]] void note_change(Slot* slot, const Delta& d, std::uint64_t epoch, std::uint64_t wave,
+                                 const std::shared_ptr<const void>& owner = nullptr) {
     if (slot && slot->subscribers.load(std::memory_order_relaxed) > 0) {
+      std::shared_ptr<const Delta> shared = owner ? std::shared_ptr<const Delta>(owner, &d)
+                                                  : std::make_shared<const Delta>(d);
       std::lock_guard lock(pending_mutex);
-      pending_changes.push_back(PageChange{d.page, d, epoch});
+      pending_changes.push_back(PageChange{d.page, std::move(shared), epoch});
     }
     if (wants(EventKind::PageChanged)) emit(Event{EventKind::PageChanged, d.page, 0, epoch, wave, 0, {}});
     if (d.base_size != d.size && wants(EventKind::PageResized)) {
@@ -496,7 +506,7 @@ struct Propagator::Impl : detail::CommitListener {
       }
       for (const auto& cb : callbacks) {
         try {
-          (*cb)(change.delta, change.epoch);
+          (*cb)(*change.delta, change.epoch);
         } catch (const std::exception& e) {
           failures.push_back(std::string("page observer of ") + change.page.to_string() + " threw: " + e.what());
         } catch (...) {
@@ -958,7 +968,9 @@ struct Propagator::Impl : detail::CommitListener {
   // --- waves ----------------------------------------------------------------------------------------------------
 
   // Runs one wave for the given changed pages (and stale nodes). engine_mutex must be held.
-  void run_wave(const std::vector<std::pair<PageId, const Delta*>>& changes) {
+  // `owner`, when set, owns the deltas of `changes`: page observers then share them instead of copying them.
+  void run_wave(const std::vector<std::pair<PageId, const Delta*>>& changes,
+                const std::shared_ptr<const void>& owner = nullptr) {
     ensure_order();
     const std::uint64_t wave = wave_number.load(std::memory_order_relaxed) + 1;
     affected_positions.clear();
@@ -978,7 +990,7 @@ struct Propagator::Impl : detail::CommitListener {
       it->second->changed_wave.store(wave, std::memory_order_relaxed);
       if (wants(EventKind::PageChanged) || wants(EventKind::PageResized) ||
           it->second->subscribers.load(std::memory_order_relaxed) > 0) {
-        note_change(it->second.get(), *delta, delta->target_epoch(), wave);
+        note_change(it->second.get(), *delta, delta->target_epoch(), wave, owner);
       }
       for (Node* reader : it->second->readers) reach(static_cast<std::uint32_t>(reader->topo));
     }
@@ -1100,8 +1112,8 @@ struct Propagator::Impl : detail::CommitListener {
       free_places(1);
       ran = true;
       std::vector<std::pair<PageId, const Delta*>> changes;
-      for (const Delta& d : commit.deltas) changes.emplace_back(d.page, &d);
-      run_wave(changes);
+      for (std::size_t i = 0; i < commit.count; ++i) changes.emplace_back(commit.deltas[i].page, &commit.deltas[i]);
+      run_wave(changes, std::shared_ptr<const void>(commit.deltas, commit.deltas.get()));
       if (commit.published_ns) commit_latency.record(steady_ns() - commit.published_ns);
     }
     if (!ran && any_stale()) run_wave({});
@@ -1243,10 +1255,10 @@ struct Propagator::Impl : detail::CommitListener {
     PendingCommit commit;
     for (const Delta& d : deltas) {
       if (slot_of(d.page) == nullptr) continue;
-      if (commit.deltas.empty()) commit.deltas.reserve(deltas.size());
-      commit.deltas.push_back(d);
+      if (!commit.deltas) commit.deltas = std::make_shared<Delta[]>(deltas.size());  // empty Deltas allocate nothing
+      commit.deltas[commit.count++] = d;
     }
-    if (commit.deltas.empty()) {
+    if (commit.count == 0) {
       free_places(1);
       return;
     }

@@ -27,6 +27,8 @@ TARGETS = {
     "log_commits_per_s": (">= 1,000,000", lambda r: r["log_commits_per_s"] >= 1e6),
     "replay_commits_per_s": (">= 1,000,000", lambda r: r["replay_commits_per_s"] >= 1e6),
     "group_commit_factor": (">= 8", lambda r: r["group_commit_factor"] >= 8),
+    "llm_paged_tok_s_ratio": (">= 0.8", lambda r: r["llm_paged_tok_s_ratio"] >= 0.8),
+    "llm_sync_loads_ratio": ("<= 0.1", lambda r: r["llm_sync_loads_ratio"] <= 0.1),
 }
 
 

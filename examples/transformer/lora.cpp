@@ -358,33 +358,41 @@ LoraAdapter make_random_lora(const Model& model, std::uint32_t rank, float alpha
 
 LoraSwitcher::LoraSwitcher(Engine& engine, const Model& model) : engine_(engine), model_(model) {}
 
-std::size_t LoraSwitcher::prepare(const LoraAdapter& adapter, float user_scale) {
+std::vector<TensorOverride> merge_lora(const Model& model, const LoraAdapter& adapter, float user_scale) {
   if (!std::isfinite(user_scale)) invalid("LoRA scale must be a finite number");
-  Prepared p;
-  p.name = adapter.name;
-  std::vector<std::byte> merged;
+  std::vector<TensorOverride> merged;
   for (const LoraTensor& t : adapter.tensors) {
-    const Tensor* base = find_lora_target(model_, t.target);
+    const Tensor* base = find_lora_target(model, t.target);
     if (!base) {
       unsupported("LoRA adapter " + adapter.name + " targets '" + t.target +
                   "', which is not a per-layer weight matrix of this model (blk.<n>.attn_q/k/v/output.weight, "
                   "blk.<n>.ffn_gate/up/down.weight, n < " +
-                  num(model_.layers.size()) + ")");
+                  num(model.layers.size()) + ")");
     }
-    merged.resize(base->bytes.size());
-    merge_lora_tensor(*base, t, adapter.scale_of(t, user_scale), merged);
+    for (const TensorOverride& m : merged) {
+      if (m.tensor == base) invalid("LoRA adapter " + adapter.name + " targets a tensor twice");
+    }
+    TensorOverride m{base, std::vector<std::byte>(base->bytes.size())};
+    merge_lora_tensor(*base, t, adapter.scale_of(t, user_scale), m.bytes);
+    // No byte changes (a zero adapter, or below the type's resolution): nothing to override.
+    if (std::equal(m.bytes.begin(), m.bytes.end(), base->bytes.begin())) continue;
+    merged.push_back(std::move(m));
+  }
+  return merged;
+}
+
+std::size_t LoraSwitcher::prepare(const LoraAdapter& adapter, float user_scale) {
+  Prepared p;
+  p.name = adapter.name;
+  for (const TensorOverride& m : merge_lora(model_, adapter, user_scale)) {
     PreparedPage page;
-    page.page = engine_.weight_page_of(*base);
-    diff_into(base->bytes, merged, page.delta);  // undo recorded: the base bytes, for revert
-    if (page.delta.ranges.empty()) continue;     // no byte changes (a zero adapter, or below the type's resolution)
+    page.page = engine_.weight_page_of(*m.tensor);
+    diff_into(m.tensor->bytes, m.bytes, page.delta);  // undo recorded: the base bytes, for revert
     page.delta.page = page.page;
     p.pages.push_back(std::move(page));
   }
   std::sort(p.pages.begin(), p.pages.end(),
             [](const PreparedPage& a, const PreparedPage& b) { return a.page < b.page; });
-  for (std::size_t i = 1; i < p.pages.size(); ++i) {
-    if (p.pages[i].page == p.pages[i - 1].page) invalid("LoRA adapter " + adapter.name + " targets a tensor twice");
-  }
   prepared_.push_back(std::move(p));
   return prepared_.size() - 1;
 }

@@ -85,6 +85,11 @@ const Tensor* find_lora_target(const Model& model, std::string_view gguf_name);
 // Throws Error(InvalidArgument) on a shape mismatch, Error(Unsupported) for Q4_1 / Q5_0 / Q5_1.
 void merge_lora_tensor(const Tensor& base, const LoraTensor& lora, float scale, std::span<std::byte> out);
 
+// Every matrix of `adapter` merged into a copy of its base tensor at `user_scale` (TensorOverride: the base tensor
+// and the merged bytes; matrices whose bytes do not change are left out). The overrides of a paged engine
+// (PagingOptions::overrides) take these. Throws Error(InvalidArgument) for a non-finite scale or a tensor targeted
+// twice, Error(Unsupported) for a target that is not a per-layer matrix of `model`, and as merge_lora_tensor().
+std::vector<TensorOverride> merge_lora(const Model& model, const LoraAdapter& adapter, float user_scale = 1.0f);
 // Row-block quantizers used by the merge (also for tests): `n` floats into one row of `type` (F32, F16, Q8_0,
 // Q4_0); Unsupported for the others. `n` must be a whole number of blocks.
 void quantize_row(TensorType type, const float* in, std::size_t n, std::byte* out);

@@ -95,10 +95,7 @@ struct LoraCycle {
       if (every > 0) throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--lora-swap-every needs --lora FILE");
       return;
     }
-    if (engine.paged() != nullptr) {
-      throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
-                        "--lora needs the weights resident: it cannot be combined with --mem-budget");
-    }
+    if (engine.paged() != nullptr) return;  // merged into the paged units when they load (paging_for)
     switcher = std::make_unique<LoraSwitcher>(engine, model);
     for (const std::string& file : o.lora) switcher->prepare(load_lora(file), o.lora_scale);
     switcher->activate(0);
@@ -190,6 +187,14 @@ std::optional<PagingOptions> paging_for(const Options& o, const Model& model, bo
   PagingOptions paging;
   paging.budget = parse_mem_budget(o.mem_budget, PagedModel::model_bytes(model));
   paging.prefetch = prefetch;
+  if (!o.lora.empty()) {  // one adapter, merged once: swapping needs the weights resident as runtime pages
+    if (o.lora.size() > 1 || o.lora_swap_every > 0) {
+      throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
+                        "with --mem-budget, give one --lora adapter and no --lora-swap-every: swapping adapters "
+                        "needs the weights resident");
+    }
+    paging.overrides = merge_lora(model, load_lora(o.lora.front()), o.lora_scale);
+  }
   return paging;
 }
 
@@ -345,6 +350,9 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
 
 int run_bench(const Options& o) {
   if (o.model.empty()) throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "no model given; use -m MODEL (see --help)");
+  if (!o.lora.empty()) {
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "bench measures the base model: it does not take --lora");
+  }
   LoadOptions load;
   load.context_length = o.context;
   Model model = load_model(o.model, load);
@@ -427,7 +435,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 1024u));
   app.add_option("--ctx", o.context, "KV cache positions; 0 = from the file (at least 512 for GGUF)")
       ->capture_default_str();
-  app.add_option("--lora", o.lora, "LoRA adapter (llama.cpp GGUF adapter); repeat to prepare several for --lora-swap-every");
+  app.add_option("--lora", o.lora,
+                 "LoRA adapter (llama.cpp GGUF adapter); repeat to prepare several for --lora-swap-every (one only "
+                 "with --mem-budget)");
   app.add_option("--lora-scale", o.lora_scale, "scale of the adapters (times alpha / rank)")->capture_default_str();
   app.add_option("--lora-swap-every", o.lora_swap_every,
                  "swap to the next --lora adapter every N positions (one adapter: adapter and base alternate)")

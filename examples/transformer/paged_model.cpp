@@ -115,8 +115,43 @@ PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model
   // The embedding is read by rows when a separate classifier is the step's last unit and not everything fits.
   std::uint64_t total = 0;
   for (std::uint64_t b : sizes) total += b;
-  if (head_ != embed_unit() && options.budget < total) first_paged_ = 1;
+  overrides_ = std::move(options.overrides);
+  std::uint64_t override_bytes = 0;
+  for (const TensorOverride& o : overrides_) override_bytes += o.bytes.size();
+  if (head_ != embed_unit() && options.budget < total + override_bytes) first_paged_ = 1;
+
+  // Overrides: found in their unit, their bytes taken off the budget.
+  for (const TensorOverride& o : overrides_) {
+    if (!o.tensor || o.bytes.size() != o.tensor->bytes.size()) {
+      throw Error(ErrorCode::InvalidArgument, "layer paging: an override of " +
+                                                  (o.tensor ? o.tensor->name : std::string("no tensor")) +
+                                                  " does not have the tensor's size");
+    }
+    bool placed = false;
+    for (std::size_t u = first_paged_; u < units_.size() && !placed; ++u) {
+      for (const auto& [source, offset] : units_[u].tensors) {
+        if (source == o.tensor->bytes.data()) {
+          units_[u].overrides.emplace_back(offset, &o.bytes);
+          placed = true;
+          break;
+        }
+      }
+    }
+    if (!placed) {
+      throw Error(ErrorCode::InvalidArgument, "layer paging: " + o.tensor->name + " is not in a paged unit");
+    }
+  }
   const std::vector<std::uint64_t> paged_sizes(sizes.begin() + static_cast<std::ptrdiff_t>(first_paged_), sizes.end());
+  if (override_bytes > 0) {
+    const std::uint64_t needed = override_bytes + LayerPager::minimum_budget(paged_sizes);
+    if (options.budget < needed) {
+      throw Error(ErrorCode::InvalidArgument,
+                  "memory budget of " + std::to_string(options.budget) + " bytes is below the minimum of " +
+                      std::to_string(needed) + " bytes with the adapter: " + std::to_string(override_bytes) +
+                      " bytes of merged matrices held in memory, and two of the largest paged units");
+    }
+    options.budget -= override_bytes;
+  }
 
   LayerPager::Options pager_options;
   pager_options.prefetch = options.prefetch;
@@ -180,6 +215,9 @@ void PagedModel::read(const std::byte* source, std::uint64_t size, std::byte* ou
 
 void PagedModel::load(std::size_t unit, std::span<std::byte> destination) const {
   for (const Placement& t : units_[unit].runs) read(t.source, t.size, destination.data() + t.offset);
+  for (const auto& [offset, bytes] : units_[unit].overrides) {
+    std::memcpy(destination.data() + offset, bytes->data(), bytes->size());
+  }
 }
 
 void PagedModel::read_embedding_row(int token, std::byte* out) const {

@@ -42,17 +42,28 @@
 
 namespace mmsb::llm {
 
+// Bytes that replace a tensor's bytes in every load of its unit (a LoRA-merged matrix: lora.hpp's merge_lora).
+// `bytes` has the tensor's size and encoding.
+struct TensorOverride {
+  const Tensor* tensor = nullptr;
+  std::vector<std::byte> bytes;
+};
+
 struct PagingOptions {
   std::uint64_t budget = 0;       // bytes for every weight buffer; at least PagedModel::minimum_budget(model)
   bool prefetch = true;           // false: no prefetch, every miss is a synchronous load (the baseline)
   LayerPager::Executor executor;  // empty: the pager's loader thread
   bool keep = true;               // false: keep nothing resident (plain LRU, which reloads every unit every step)
+  // Held for the PagedModel's life and counted against the budget (the pager gets what they leave). A LoRA
+  // adapter is merged this way once; swapping adapters needs the weights resident (LoraSwitcher).
+  std::vector<TensorOverride> overrides;
 };
 
 class PagedModel {
  public:
-  // Throws Error(InvalidArgument) for a budget below minimum_budget(model), Error(IoError) when the model file
-  // cannot be opened again for reading.
+  // Throws Error(InvalidArgument) for a budget below minimum_budget(model) plus the overrides' bytes, or an
+  // override of a tensor that is not paged (the embedding read by rows) or of the wrong size, Error(IoError) when
+  // the model file cannot be opened again for reading.
   PagedModel(const Model& model, PagingOptions options);
   ~PagedModel();
   PagedModel(const PagedModel&) = delete;
@@ -95,6 +106,7 @@ class PagedModel {
   };
   struct Unit {
     std::vector<Placement> runs;                                      // what a load copies
+    std::vector<std::pair<std::uint64_t, const std::vector<std::byte>*>> overrides;  // offset → bytes, after runs
     std::vector<std::pair<const std::byte*, std::uint64_t>> tensors;  // a tensor's bytes in the model → offset
   };
   const Model& model_;
@@ -104,6 +116,7 @@ class PagedModel {
   std::size_t lookahead_ = 1;    // streamed units to prefetch ahead of the one pinned
   std::size_t first_paged_ = 0;  // 1 when the embedding is read by rows: the pager holds units 1.. as 0..
   int fd_ = -1;  // the model file, for pread(); -1 for a model parsed from memory
+  std::vector<TensorOverride> overrides_;
   std::unique_ptr<LayerPager> pager_;
 
   std::size_t pager_unit(std::size_t unit) const;

@@ -20,6 +20,7 @@
 #include "examples/transformer/kernels.hpp"
 #include "examples/transformer/lora.hpp"
 #include "examples/transformer/model.hpp"
+#include "examples/transformer/paged_model.hpp"
 #include "examples/transformer/sampler.hpp"
 #include "examples/transformer/tokenizer.hpp"
 #include "mmsb/error.hpp"
@@ -328,6 +329,13 @@ TEST(LoraCli, LoraMakeThenLoraGivesTheLibrarysTextAndKeepsTheModelFile) {
   CliRun swapping = run_cli("-m " + path + " -p 'Once upon a time' -n 30 --lora " + adapter + " --lora-swap-every 3");
   EXPECT_EQ(swapping.status, 0);
   EXPECT_NE(swapping.out, with.out);
+  // Under a memory budget the adapter is merged into the paged units: the same text; swapping there is refused.
+  CliRun paged = run_cli("-m " + path + " -p 'Once upon a time' -n 30 --lora " + adapter +
+                         " --lora-scale 0.5 --mem-budget 90%");
+  EXPECT_EQ(paged.status, 0);
+  EXPECT_EQ(paged.out, with.out);
+  CliRun paged_swap = run_cli("-m " + path + " -n 4 --lora " + adapter + " --lora-swap-every 3 --mem-budget 90%");
+  EXPECT_EQ(paged_swap.status, 2);
   CliRun bad = run_cli("-m " + path + " --lora " + path);  // a model is not an adapter
   EXPECT_EQ(bad.status, 2);
   std::remove(adapter.c_str());
@@ -463,6 +471,62 @@ TEST_P(LoraEngine, MidSequenceSwapsMatchTheDirectLoopSwitchingWeights) {
   }
   Engine fresh(model);
   EXPECT_NE(tokens, engine_greedy(fresh, 40)) << "the swaps must change the output for this test to mean anything";
+}
+
+// A paged engine with one adapter merged into its units (PagingOptions::overrides) gives the resident engine's
+// logits with that adapter bit for bit, at budgets from the smallest that holds the merged matrices to beyond the
+// whole model; a budget that cannot hold them is refused with a message naming the minimum.
+TEST_P(LoraEngine, PagedEngineWithAnAdapterGivesTheResidentAdaptersLogits) {
+  MMSB_REQUIRE_SHARED(path, std::string("models/") + GetParam());
+  const Model model = load_model(path);
+  const LoraAdapter a = make_random_lora(model, 4, 4.0f, 61, {"attn_q", "attn_v", "ffn_up"});
+  constexpr int kSteps = 24;
+  auto logits_of = [&](Engine& engine) {
+    std::vector<float> all;
+    greedy(
+        [&](int t, int pos) {
+          std::span<const float> l = engine.step(t, pos);
+          all.insert(all.end(), l.begin(), l.end());
+          return l;
+        },
+        kSteps);
+    return all;
+  };
+  Engine resident(model);
+  LoraSwitcher sw(resident, model);
+  sw.activate(sw.prepare(a, 0.75f));
+  const std::vector<float> expected = logits_of(resident);
+
+  std::uint64_t merged_bytes = 0;
+  for (const TensorOverride& o : merge_lora(model, a, 0.75f)) merged_bytes += o.bytes.size();
+  ASSERT_GT(merged_bytes, 0u);
+  const std::uint64_t minimum = merged_bytes + PagedModel::minimum_budget(model);
+  const std::uint64_t all = PagedModel::model_bytes(model);
+  for (std::uint64_t budget : {minimum, minimum + all / 4, merged_bytes + all, 2 * all}) {
+    SCOPED_TRACE("budget " + std::to_string(budget));
+    EngineOptions options;
+    options.paging = PagingOptions{};
+    options.paging->budget = budget;
+    options.paging->overrides = merge_lora(model, a, 0.75f);
+    Engine paged(model, options);
+    const std::vector<float> got = logits_of(paged);
+    ASSERT_EQ(got.size(), expected.size());
+    EXPECT_EQ(0, std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)));
+    EXPECT_LE(paged.paged()->pager().stats().peak_held_bytes, budget - merged_bytes);
+  }
+  EngineOptions tight;
+  tight.paging = PagingOptions{};
+  tight.paging->budget = minimum - 1;
+  tight.paging->overrides = merge_lora(model, a, 0.75f);
+  try {
+    Engine refused(model, tight);
+    ADD_FAILURE() << "a budget one byte below the adapter's minimum was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("minimum of " + std::to_string(minimum) + " bytes with the adapter"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Files, LoraEngine,

@@ -41,10 +41,10 @@
 // bytes of a Pin stay valid and unchanged until it is released; bytes loaded by another thread are visible to the
 // pinning thread (the load completes before the unit is marked resident, under the pager's mutex). A pin that needs
 // room while every resident unit is pinned or kept and no load is in flight throws Error(ResourceExhausted): the
-// slots must hold the units pinned at once, plus one. The loader runs without the pager's
-// lock, on the pinning thread or on the loader thread (or the executor's); it must be thread-safe for distinct
-// units. The destructor finishes the queued prefetches; a custom executor must therefore run every task it is
-// given. Pins must be released before the pager is destroyed.
+// slots must hold the units pinned at once, plus one. The loader runs without the pager's lock, on the pinning
+// thread or on the loader thread (or the executor's); it must be thread-safe for distinct units. The destructor
+// finishes the queued prefetches; a custom executor must therefore run every task it is given. Pins must be
+// released before the pager is destroyed.
 #pragma once
 
 #include <cstddef>

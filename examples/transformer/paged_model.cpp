@@ -156,7 +156,7 @@ PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model
   LayerPager::Options pager_options;
   pager_options.prefetch = options.prefetch;
   pager_options.executor = std::move(options.executor);
-  if (options.keep) pager_options.kept = LayerPager::choose_kept(paged_sizes, options.budget);
+  pager_options.kept = LayerPager::choose_kept(paged_sizes, options.budget);
   // Checks the budget before anything else happens.
   pager_ = std::make_unique<LayerPager>(
       paged_sizes, options.budget,

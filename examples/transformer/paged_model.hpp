@@ -17,9 +17,9 @@
 // unit that is not resident is not in this process's memory at all.
 //
 // Residency: a step reads the units in a cycle (embedding → attention 0 → feed-forward 0 → … → feed-forward L-1 →
-// classifier, or, for a prompt step that skips the logits, the next step's embedding), so the pager keeps the set of units that
-// LayerPager::choose_kept picks for the budget (the most bytes, leaving room for two of the largest other units)
-// and streams the rest; a step then loads only the streamed units.
+// classifier, or, for a prompt step that skips the logits, the next step's embedding), so the pager keeps the set
+// of units that LayerPager::choose_kept picks for the budget (the most bytes, leaving room for two of the largest
+// other units) and streams the rest; a step then loads only the streamed units.
 // The engine's nodes pin their unit while they compute (pin(unit, want_logits)), which prefetches the next units
 // of the cycle that are not resident: as many streamed units ahead as the pager's slots left by the kept units
 // hold, less the one in use.
@@ -53,7 +53,6 @@ struct PagingOptions {
   std::uint64_t budget = 0;       // bytes for every weight buffer; at least PagedModel::minimum_budget(model)
   bool prefetch = true;           // false: no prefetch, every miss is a synchronous load (the baseline)
   LayerPager::Executor executor;  // empty: the pager's loader thread
-  bool keep = true;               // false: keep nothing resident (plain LRU, which reloads every unit every step)
   // Held for the PagedModel's life and counted against the budget (the pager gets what they leave). A LoRA
   // adapter is merged this way once; swapping adapters needs the weights resident (LoraSwitcher).
   std::vector<TensorOverride> overrides;

@@ -16,7 +16,6 @@
 #include <mutex>
 #include <string>
 #include <thread>
-#include <unordered_set>
 #include <utility>
 
 #include "mmsb/error.hpp"
@@ -117,17 +116,6 @@ struct LayerPager::Impl {
     }
   }
 
-  // Evicts the unit into the pool.
-  void evict(Unit& victim) {
-    if (victim.by_prefetch) ++stats.prefetches_unused;
-    victim.by_prefetch = false;
-    victim.state = State::Absent;
-    pool.push_back(victim.buffer);
-    victim.buffer = {};
-    stats.resident_bytes -= victim.bytes;
-    ++stats.evictions;
-  }
-
   // Evicts an unpinned resident unit that is not kept into the pool: the least recently used one that has been
   // pinned since it was loaded, else the least recently used one a prefetch loaded for a pin still to come (which
   // is needed sooner than anything already used in a cyclic order). False when there is none.
@@ -140,7 +128,13 @@ struct LayerPager::Impl {
       if (u.state == State::Resident && u.pins == 0 && !u.kept && (!victim || before(u, *victim))) victim = &u;
     }
     if (!victim) return false;
-    evict(*victim);
+    if (victim->by_prefetch) ++stats.prefetches_unused;
+    victim->by_prefetch = false;
+    victim->state = State::Absent;
+    pool.push_back(victim->buffer);
+    victim->buffer = {};
+    stats.resident_bytes -= victim->bytes;
+    ++stats.evictions;
     return true;
   }
 
@@ -163,6 +157,16 @@ struct LayerPager::Impl {
       }
       if (!evict_lru()) return {};
     }
+  }
+
+  // A load of `u` into `b` starts: on the pinning thread (Loading) or for the loader (Queued).
+  void begin_load(Unit& u, Buffer b, State state, bool by_prefetch) {
+    u.state = state;
+    u.buffer = b;
+    u.by_prefetch = by_prefetch;
+    u.last_use = ++tick;
+    stats.resident_bytes += u.bytes;
+    ++loads_in_flight;
   }
 
   Buffer take_new(std::uint64_t bytes) {
@@ -312,12 +316,13 @@ LayerPager::LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budg
                     std::to_string(largest) + " bytes each: one in use while the next one loads); give a budget of " +
                     "at least " + std::to_string(unkept_minimum) + " bytes");
   }
-  std::unordered_set<std::size_t> kept_seen;
+  std::vector<bool> kept_seen(unit_bytes.size(), false);
   for (std::size_t k : options.kept) {
-    if (k >= unit_bytes.size() || !kept_seen.insert(k).second) {
+    if (k >= unit_bytes.size() || kept_seen[k]) {
       throw Error(ErrorCode::InvalidArgument, "layer pager: kept unit " + std::to_string(k) +
                                                   (k >= unit_bytes.size() ? " does not exist" : " is named twice"));
     }
+    kept_seen[k] = true;
   }
   const std::uint64_t minimum = minimum_budget(unit_bytes, options.kept);
   if (budget < minimum) {
@@ -411,12 +416,7 @@ LayerPager::Pin LayerPager::pin(std::size_t index) {
                         " bytes): every resident unit is pinned within a budget of " + std::to_string(m.budget) +
                         " bytes; release pins first or give a larger budget");
       }
-      u.state = State::Loading;
-      u.buffer = b;
-      u.by_prefetch = false;
-      u.last_use = ++m.tick;
-      m.stats.resident_bytes += u.bytes;
-      ++m.loads_in_flight;
+      m.begin_load(u, b, State::Loading, false);
     }
     const Buffer b = u.buffer;
     lock.unlock();
@@ -457,12 +457,7 @@ void LayerPager::prefetch(std::size_t index) {
       ++m.stats.prefetches_dropped;
       return;
     }
-    u.state = State::Queued;
-    u.buffer = b;
-    u.by_prefetch = true;
-    u.last_use = ++m.tick;
-    m.stats.resident_bytes += u.bytes;
-    ++m.loads_in_flight;
+    m.begin_load(u, b, State::Queued, true);
     ++m.prefetches_in_flight;
     ++m.stats.prefetches;
     if (!m.options.executor) {
@@ -521,6 +516,7 @@ bool LayerPager::resident(std::size_t index) const {
 }
 
 std::uint64_t LayerPager::budget() const noexcept { return impl_->budget; }
+std::uint64_t LayerPager::slot_bytes() const noexcept { return impl_->slot_bytes; }
 std::size_t LayerPager::unit_count() const noexcept { return impl_->units.size(); }
 std::uint64_t LayerPager::unit_bytes(std::size_t index) const noexcept {
   return index < impl_->units.size() ? impl_->units[index].bytes : 0;

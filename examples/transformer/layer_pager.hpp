@@ -147,6 +147,8 @@ class LayerPager {
   bool resident(std::size_t unit) const;  // resident now (not loading)
   bool kept(std::size_t unit) const noexcept;
   std::uint64_t budget() const noexcept;
+  // The size of a slot: the largest unit that is not kept (0 when every unit is kept).
+  std::uint64_t slot_bytes() const noexcept;
   std::size_t unit_count() const noexcept;
   std::uint64_t unit_bytes(std::size_t unit) const noexcept;
 

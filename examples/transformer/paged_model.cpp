@@ -162,13 +162,10 @@ PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model
       paged_sizes, options.budget,
       [this](std::size_t unit, std::span<std::byte> out) { load(unit + first_paged_, out); },
       std::move(pager_options));
-  // Slots for streamed units (each the size of the largest one) in what the kept units leave: one is in use, the
-  // others can be loading ahead.
-  std::uint64_t slot = 0;
-  for (std::size_t i = 0; i < paged_sizes.size(); ++i) {
-    if (!pager_->kept(i)) slot = std::max(slot, paged_sizes[i]);
+  // Slots for streamed units in what the kept units leave: one is in use, the others can be loading ahead.
+  if (const std::uint64_t slot = pager_->slot_bytes(); slot > 0) {
+    lookahead_ = std::max<std::uint64_t>(1, (options.budget - pager_->stats().kept_bytes) / slot - 1);
   }
-  if (slot > 0) lookahead_ = std::max<std::uint64_t>(1, (options.budget - pager_->stats().kept_bytes) / slot - 1);
 
   if (model.file) {
     fd_ = ::open(model.file->path().c_str(), O_RDONLY | O_CLOEXEC);
@@ -245,8 +242,7 @@ std::size_t PagedModel::next_unit(std::size_t unit, bool want_logits) const noex
 
 LayerPager::Pin PagedModel::pin(std::size_t unit, bool want_logits) {
   LayerPager::Pin pinned = pager_->pin(pager_unit(unit));
-  // Walk the cycle: a kept unit costs a prefetch only until it is resident; the next `lookahead_` streamed units
-  // are prefetched (a prefetch of a resident or loading unit does nothing).
+  // Walk the cycle: prefetch the kept units on the way (they load once) and the next `lookahead_` streamed units.
   std::size_t streamed = 0;
   std::size_t next = unit;
   for (std::size_t steps = 0; steps + 1 < units_.size() && streamed < lookahead_; ++steps) {
@@ -254,12 +250,8 @@ LayerPager::Pin PagedModel::pin(std::size_t unit, bool want_logits) {
     if (next == unit) break;
     if (next < first_paged_) continue;  // the embedding, read by rows
     const std::size_t p = next - first_paged_;
-    if (pager_->kept(p)) {
-      if (!pager_->resident(p)) pager_->prefetch(p);
-      continue;
-    }
-    ++streamed;
-    pager_->prefetch(p);
+    pager_->prefetch(p);  // does nothing for a unit that is resident or loading
+    if (!pager_->kept(p)) ++streamed;
   }
   return pinned;
 }

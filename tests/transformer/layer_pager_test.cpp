@@ -27,6 +27,13 @@ bool holds_pattern(std::span<const std::byte> bytes, std::size_t unit) {
   return true;
 }
 
+// Pins `u` and checks that its bytes are the unit's, whole; unpins at return.
+void touch(LayerPager& pager, std::size_t u) {
+  LayerPager::Pin pin = pager.pin(u);
+  EXPECT_EQ(pin.bytes().size(), pager.unit_bytes(u));
+  EXPECT_TRUE(holds_pattern(pin.bytes(), u)) << "unit " << u;
+}
+
 // Fills a unit with its pattern and records the order of loads; can be told to fail for one unit.
 struct FakeLoader {
   std::mutex mutex;
@@ -199,19 +206,14 @@ TEST(LayerPager, GivesEveryUnitASlotOfTheLargestSizeAndReusesItForAnyOther) {
   FakeLoader fake;
   ManualExecutor ex;
   LayerPager pager({100, 60, 60, 100, 30}, 220, fake.loader(), manual(ex, false));
-  auto touch = [&](std::size_t u) {
-    LayerPager::Pin pin = pager.pin(u);
-    EXPECT_EQ(pin.bytes().size(), pager.unit_bytes(u));
-    EXPECT_TRUE(holds_pattern(pin.bytes(), u)) << "unit " << u;
-  };
   // Slots of 100 bytes (the largest unit); 220 bytes hold two.
-  touch(0);  // a new slot: held 100
-  touch(1);  // a new slot for 60 bytes: held 200
+  touch(pager, 0);  // a new slot: held 100
+  touch(pager, 1);  // a new slot for 60 bytes: held 200
   EXPECT_EQ(pager.stats().held_bytes, 200u);
   EXPECT_EQ(pager.stats().resident_bytes, 160u);
-  touch(2);  // no third slot fits: evict 0 (LRU), reuse its slot
-  touch(3);  // evict 1
-  touch(4);  // evict 2
+  touch(pager, 2);  // no third slot fits: evict 0 (LRU), reuse its slot
+  touch(pager, 3);  // evict 1
+  touch(pager, 4);  // evict 2
   const PagerStats s = pager.stats();
   EXPECT_EQ(s.held_bytes, 200u);
   EXPECT_EQ(s.peak_held_bytes, 200u);
@@ -232,11 +234,9 @@ TEST(LayerPager, KeepsKeptUnitsInBuffersOfTheirSizeAndStreamsTheOthersThroughSlo
   LayerPager pager(sizes, 290, fake.loader(), o);
   EXPECT_TRUE(pager.kept(1));
   EXPECT_FALSE(pager.kept(0));
+  EXPECT_EQ(pager.slot_bytes(), 100u);  // the largest unit that is not kept
   for (int round = 0; round < 3; ++round) {
-    for (std::size_t u = 0; u < 5; ++u) {
-      LayerPager::Pin pin = pager.pin(u);
-      EXPECT_TRUE(holds_pattern(pin.bytes(), u)) << "unit " << u;
-    }
+    for (std::size_t u = 0; u < 5; ++u) touch(pager, u);
   }
   // Round 1 loads all five: slots for 0 and 2, 3 evicts 0 (the LRU unit that is not kept), 1 and 4 take their
   // own room. Rounds 2 and 3 load 0, 2 and 3 again, each evicting the slot unit used longest ago, and hit 1 and 4.

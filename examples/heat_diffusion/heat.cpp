@@ -173,20 +173,25 @@ Heat Heat::create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& confi
   txn.set_intent("initial field");
   std::vector<float> tile(std::size_t{side} * side);
   for (std::uint32_t t = 0; t < h.tile_count(); ++t) {
-    const std::uint32_t r0 = t / tiles * side, c0 = t % tiles * side;
-    for (std::uint32_t y = 0; y < side; ++y) {
-      for (std::uint32_t x = 0; x < side; ++x) {
-        const std::uint32_t gy = r0 + y, gx = c0 + x;
-        const bool hot = gy >= config.size * 3 / 8 && gy < config.size * 5 / 8 && gx >= config.size * 3 / 8 &&
-                         gx < config.size * 5 / 8;
-        tile[y * side + x] = hot ? 100.0f : 0.0f;
-      }
-    }
+    initial_tile(config, t, tile);
     txn.write(h.cells_[t], 0, std::as_bytes(std::span<const float>(tile)));
   }
   txn.write_value<std::uint64_t>(h.meta_, 0, 0);
   txn.commit();
   return h;
+}
+
+void initial_tile(const Config& config, std::uint32_t t, std::span<float> tile) {
+  const std::uint32_t side = config.size / config.tiles;
+  const std::uint32_t r0 = t / config.tiles * side, c0 = t % config.tiles * side;
+  for (std::uint32_t y = 0; y < side; ++y) {
+    for (std::uint32_t x = 0; x < side; ++x) {
+      const std::uint32_t gy = r0 + y, gx = c0 + x;
+      const bool hot = gy >= config.size * 3 / 8 && gy < config.size * 5 / 8 && gx >= config.size * 3 / 8 &&
+                       gx < config.size * 5 / 8;
+      tile[y * side + x] = hot ? 100.0f : 0.0f;
+    }
+  }
 }
 
 std::array<PageId, 4> halo_of(const std::vector<TileEdges>& edges, std::uint32_t r, std::uint32_t c,

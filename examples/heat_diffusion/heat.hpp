@@ -18,6 +18,7 @@
 
 #include <array>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "mmsb/mmsb.hpp"
@@ -56,6 +57,11 @@ using TileEdges = std::array<mmsb::PageId, 4>;
 // tile's own edge where there is no neighbour (the flux across the border is then zero).
 std::array<mmsb::PageId, 4> halo_of(const std::vector<TileEdges>& edges, std::uint32_t r, std::uint32_t c,
                                     std::uint32_t tiles);
+
+// The initial field of tile t (row-major) of a config.tiles x config.tiles grid, into `tile` (side x side floats,
+// side = size / tiles): a hot square of 100 degrees in the middle of the grid, 0 elsewhere. Every mode starts
+// from it, so that they end with the same state hash.
+void initial_tile(const Config& config, std::uint32_t t, std::span<float> tile);
 
 class Heat {
  public:

@@ -88,21 +88,13 @@ int run_distributed(const DistRunOptions& opt) {
   summary_inputs.insert(summary_inputs.end(), stats.begin(), stats.end());
   d.derive_map(summary, std::move(summary_inputs), "heat.summary");
 
-  // The initial field (heat.cpp's hot square), each rank writing its own tiles.
+  // The initial field, each rank writing its own tiles.
   {
     auto txn = d.runtime().begin();
     std::vector<float> tile(std::size_t{side} * side);
     for (std::uint32_t t = 0; t < count; ++t) {
       if (!d.owns(cells[t])) continue;
-      const std::uint32_t r0 = t / tiles * side, c0 = t % tiles * side;
-      for (std::uint32_t y = 0; y < side; ++y) {
-        for (std::uint32_t x = 0; x < side; ++x) {
-          const std::uint32_t gy = r0 + y, gx = c0 + x;
-          const bool hot = gy >= config.size * 3 / 8 && gy < config.size * 5 / 8 && gx >= config.size * 3 / 8 &&
-                           gx < config.size * 5 / 8;
-          tile[y * side + x] = hot ? 100.0f : 0.0f;
-        }
-      }
+      initial_tile(config, t, tile);
       txn.write(cells[t], 0, std::as_bytes(std::span<const float>(tile)));
     }
     if (d.owns(meta)) txn.write_value<std::uint64_t>(meta, 0, 0);

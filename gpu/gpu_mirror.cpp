@@ -230,6 +230,38 @@ struct GpuMirror::Impl {
     }
   }
 
+  // A set layout of `buffers` storage buffers at bindings 0.. (every compute shader here takes its pages so).
+  VkDescriptorSetLayout create_set_layout(std::uint32_t buffers) {
+    std::vector<VkDescriptorSetLayoutBinding> bindings(buffers);
+    for (std::uint32_t i = 0; i < buffers; ++i) {
+      bindings[i].binding = i;
+      bindings[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+      bindings[i].descriptorCount = 1;
+      bindings[i].stageFlags = VK_SHADER_STAGE_COMPUTE_BIT;
+    }
+    VkDescriptorSetLayoutCreateInfo info{};
+    info.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO;
+    info.bindingCount = buffers;
+    info.pBindings = bindings.data();
+    VkDescriptorSetLayout layout = VK_NULL_HANDLE;
+    check(vkCreateDescriptorSetLayout(vk->device(), &info, nullptr, &layout), "vkCreateDescriptorSetLayout");
+    return layout;
+  }
+
+  // A pipeline layout of one set and `push_bytes` of push constants (none when 0).
+  VkPipelineLayout create_pipeline_layout(const VkDescriptorSetLayout& set, std::uint32_t push_bytes) {
+    VkPushConstantRange push{VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes};
+    VkPipelineLayoutCreateInfo info{};
+    info.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO;
+    info.setLayoutCount = 1;
+    info.pSetLayouts = &set;
+    info.pushConstantRangeCount = push_bytes > 0 ? 1 : 0;
+    info.pPushConstantRanges = &push;
+    VkPipelineLayout layout = VK_NULL_HANDLE;
+    check(vkCreatePipelineLayout(vk->device(), &info, nullptr, &layout), "vkCreatePipelineLayout");
+    return layout;
+  }
+
   VkPipeline create_pipeline(std::span<const std::uint32_t> spirv, VkPipelineLayout layout) {
     VkShaderModuleCreateInfo module_info{};
     module_info.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO;
@@ -287,26 +319,8 @@ struct GpuMirror::Impl {
     pool_info.queueFamilyIndex = vk->queue_family();
     check(vkCreateCommandPool(device, &pool_info, nullptr, &command_pool), "vkCreateCommandPool");
 
-    VkDescriptorSetLayoutBinding bindings[2]{};
-    for (std::uint32_t i = 0; i < 2; ++i) {
-      bindings[i].binding = i;
-      bindings[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
-      bindings[i].descriptorCount = 1;
-      bindings[i].stageFlags = VK_SHADER_STAGE_COMPUTE_BIT;
-    }
-    VkDescriptorSetLayoutCreateInfo set_info{};
-    set_info.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO;
-    set_info.bindingCount = 2;
-    set_info.pBindings = bindings;
-    check(vkCreateDescriptorSetLayout(device, &set_info, nullptr, &set_layout), "vkCreateDescriptorSetLayout");
-    VkPushConstantRange push{VK_SHADER_STAGE_COMPUTE_BIT, 0, 16};
-    VkPipelineLayoutCreateInfo layout_info{};
-    layout_info.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO;
-    layout_info.setLayoutCount = 1;
-    layout_info.pSetLayouts = &set_layout;
-    layout_info.pushConstantRangeCount = 1;
-    layout_info.pPushConstantRanges = &push;
-    check(vkCreatePipelineLayout(device, &layout_info, nullptr, &pipeline_layout), "vkCreatePipelineLayout");
+    set_layout = create_set_layout(2);
+    pipeline_layout = create_pipeline_layout(set_layout, 16);
     stencil_pipeline = create_pipeline(gpu::stencil5_spirv(), pipeline_layout);
     scatter_pipeline = create_pipeline(gpu::scatter_apply_spirv(), pipeline_layout);
     std::uint32_t most_buffers = 2;
@@ -315,26 +329,8 @@ struct GpuMirror::Impl {
       KernelPipeline& kp = kernel_pipelines[k];
       const std::uint32_t buffers = info.inputs + 1;
       most_buffers = std::max(most_buffers, buffers);
-      std::vector<VkDescriptorSetLayoutBinding> kb(buffers);
-      for (std::uint32_t i = 0; i < buffers; ++i) {
-        kb[i].binding = i;
-        kb[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
-        kb[i].descriptorCount = 1;
-        kb[i].stageFlags = VK_SHADER_STAGE_COMPUTE_BIT;
-      }
-      VkDescriptorSetLayoutCreateInfo ks{};
-      ks.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO;
-      ks.bindingCount = buffers;
-      ks.pBindings = kb.data();
-      check(vkCreateDescriptorSetLayout(device, &ks, nullptr, &kp.set_layout), "vkCreateDescriptorSetLayout");
-      VkPushConstantRange kpush{VK_SHADER_STAGE_COMPUTE_BIT, 0, 4 * info.push_words};
-      VkPipelineLayoutCreateInfo kl{};
-      kl.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO;
-      kl.setLayoutCount = 1;
-      kl.pSetLayouts = &kp.set_layout;
-      kl.pushConstantRangeCount = info.push_words > 0 ? 1 : 0;
-      kl.pPushConstantRanges = &kpush;
-      check(vkCreatePipelineLayout(device, &kl, nullptr, &kp.layout), "vkCreatePipelineLayout");
+      kp.set_layout = create_set_layout(buffers);
+      kp.layout = create_pipeline_layout(kp.set_layout, 4 * info.push_words);
       kp.pipeline = create_pipeline(info.spirv(), kp.layout);
     }
     kernel_descriptors = create_descriptor_pool(1, most_buffers);

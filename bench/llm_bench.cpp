@@ -14,10 +14,10 @@
 #include <vector>
 
 #include "bench/harness.hpp"
-#include "examples/transformer/model.hpp"
-#include "examples/transformer/paged_model.hpp"
-#include "examples/transformer/quantize.hpp"
-#include "examples/transformer/throughput.hpp"
+#include "mmsb/llm/model.hpp"
+#include "mmsb/llm/paged_model.hpp"
+#include "mmsb/llm/quantize.hpp"
+#include "mmsb/llm/throughput.hpp"
 
 namespace mmsb::bench {
 namespace {
@@ -119,7 +119,7 @@ Register prompt_ratio("llm_prompt_batched_vs_per_token_ratio",
                         return batched / per_token;
                       });
 
-// Layer paging (examples/transformer/paged_model.hpp) at a budget of half the model. stories260K (1.1 MiB in f32,
+// Layer paging (llm/include/mmsb/llm/paged_model.hpp) at a budget of half the model. stories260K (1.1 MiB in f32,
 // 0.35 MiB in Q8_0) fits in a core's L2 cache, where the resident engine reads its weights; paging then only adds
 // copies between cores. The paging targets are measured on a model larger than L2: stories260K zero-padded to
 // widths of 256 (the same function: `mmsb-llm quantize --pad 256`) in Q8_0, 2.3 MiB, written to a temporary

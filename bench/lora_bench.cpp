@@ -1,4 +1,4 @@
-// LoRA hot-swap metrics (examples/transformer/lora.hpp) on the shared stories260K f32 model: two random rank-8
+// LoRA hot-swap metrics (llm/include/mmsb/llm/lora.hpp) on the shared stories260K f32 model: two random rank-8
 // adapters on attn_q and attn_v of every layer, swapped back and forth on a live engine (each swap is one commit
 // of composed deltas to the weight pages, plus the wave that re-runs the last step with the new weights). The
 // baseline, measured in the same run, is a plain memcpy of the weight bytes a swap replaces.
@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "bench/harness.hpp"
-#include "examples/transformer/engine.hpp"
-#include "examples/transformer/lora.hpp"
-#include "examples/transformer/model.hpp"
+#include "mmsb/llm/engine.hpp"
+#include "mmsb/llm/lora.hpp"
+#include "mmsb/llm/model.hpp"
 #include "mmsb/graph.hpp"
 
 namespace mmsb::bench {

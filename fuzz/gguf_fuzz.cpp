@@ -1,11 +1,11 @@
 // mmsb-fuzz-gguf: a standalone fuzz driver (no libFuzzer needed) for the model loaders of the transformer workload
-// (examples/transformer/model.hpp): mutated copies of real GGUF files and llama2.c checkpoints — bits flipped,
+// (llm/include/mmsb/llm/model.hpp): mutated copies of real GGUF files and llama2.c checkpoints — bits flipped,
 // bytes overwritten with edge values, 64-bit fields set to huge counts, bytes inserted or deleted, files
 // truncated. Each mutated file is parsed; when it loads, an Engine is built on it and runs two steps, and one
-// loading file in eight is also rewritten by quantize_gguf() (examples/transformer/quantize.hpp). The corpus adds
+// loading file in eight is also rewritten by quantize_gguf() (llm/include/mmsb/llm/quantize.hpp). The corpus adds
 // super-block files made at start-up by quantize_gguf (stories260K padded to widths of 256, in Q4_K, Q6_K and
 // TQ1_0), so the K-quant and ternary kernels run on mutated blocks too.
-// LoRA adapters (examples/transformer/lora.hpp) are fuzzed the same way: a random adapter for the Q8_0 model,
+// LoRA adapters (llm/include/mmsb/llm/lora.hpp) are fuzzed the same way: a random adapter for the Q8_0 model,
 // mutated, parsed, and when it parses, prepared, applied and reverted on an engine over that model.
 // Every outcome must be success or mmsb::Error. Anything else — another exception, a crash, or an iteration
 // running past 30 s — stops the run with the seed and iteration; iteration i draws from its own generator seeded
@@ -29,10 +29,10 @@
 
 #include <unistd.h>
 
-#include "examples/transformer/engine.hpp"
-#include "examples/transformer/lora.hpp"
-#include "examples/transformer/model.hpp"
-#include "examples/transformer/quantize.hpp"
+#include "mmsb/llm/engine.hpp"
+#include "mmsb/llm/lora.hpp"
+#include "mmsb/llm/model.hpp"
+#include "mmsb/llm/quantize.hpp"
 #include "mmsb/error.hpp"
 
 namespace {

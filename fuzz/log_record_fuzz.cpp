@@ -1,5 +1,5 @@
 // mmsb-fuzz-log: a standalone fuzz driver (no libFuzzer needed) for the parsers of outside bytes in serialize/:
-//   (a) decode_commit(), decode_event() and decode_delta_batch() (dist/) on random byte strings and on mutated
+//   (a) decode_commit(), decode_event() and decode_delta_batch() (distributed/) on random byte strings and on mutated
 //       valid commit and delta-batch messages;
 //   (b) LogReader on log directories whose segment files (written by LogWriter) were mutated: bits flipped,
 //       bytes inserted, deleted, overwritten with edge values, files truncated or removed;

@@ -16,7 +16,7 @@
 #include <string_view>
 #include <vector>
 
-#include "mmsb/graph.hpp"
+#include "mmsb/topology.hpp"
 #include "mmsb/page_id.hpp"
 #include "mmsb/runtime.hpp"
 

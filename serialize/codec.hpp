@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "mmsb/delta.hpp"
-#include "mmsb/graph.hpp"
+#include "mmsb/event.hpp"
 #include "mmsb/page_id.hpp"
 #include "mmsb/runtime.hpp"
 
@@ -64,7 +64,7 @@ std::string encode_delta(const Delta& delta);
 // Parses a mmsb.wire.Delta message and validates it; throws Error(Corruption) on any failure.
 Delta decode_delta(std::string_view bytes);
 
-// The deltas one rank sends another in one superstep of a distributed wave (mmsb.wire.DeltaBatch; dist/).
+// The deltas one rank sends another in one superstep of a distributed wave (mmsb.wire.DeltaBatch; distributed/).
 struct DecodedDeltaBatch {
   std::uint32_t source_rank = 0;
   std::uint64_t wave = 0;

@@ -27,7 +27,7 @@ inline std::uint64_t get_u64(const char* p) {
   return v;
 }
 
-// Fault injection for tests (tests/serialize/fault_test.cpp): makes chosen writes or syncs of the log and of
+// Fault injection for tests (tests/durable/fault_test.cpp): makes chosen writes or syncs of the log and of
 // checkpoints fail, so the error paths are exercised without a full disk. Off unless a test arms it; then one
 // relaxed atomic load per I/O call.
 enum class FaultOp : std::uint8_t { Write, Sync };

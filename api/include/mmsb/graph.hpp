@@ -70,6 +70,8 @@
 #include "mmsb/delta.hpp"
 #include "mmsb/error.hpp"
 #include "mmsb/page_id.hpp"
+#include "mmsb/event.hpp"
+#include "mmsb/topology.hpp"
 
 namespace mmsb {
 
@@ -77,7 +79,6 @@ class Runtime;
 
 enum class PropagationMode : std::uint8_t { Immediate, Deferred, Batch };
 enum class QueueFullPolicy : std::uint8_t { Block, Fail };
-enum class EdgeKind : std::uint8_t { Data = 0, Control = 1, GpuSync = 2 };
 
 struct PropagatorOptions {
   PropagationMode mode = PropagationMode::Immediate;
@@ -146,38 +147,6 @@ struct IncrementalContext {
 using MapFunction = std::function<void(MapContext&)>;
 using IncrementalFunction = std::function<void(const IncrementalContext&, Delta& out)>;
 
-// Maps an input byte range of a passthrough node to the output: bytes [input_offset, input_offset + length) of
-// the input land at output_offset; input bytes outside that window are not forwarded. The default forwards all.
-struct ByteRemap {
-  std::uint64_t input_offset = 0;
-  std::uint64_t length = ~std::uint64_t{0};
-  std::uint64_t output_offset = 0;
-};
-
-enum class NodeKind : std::uint8_t { Map = 0, Passthrough = 1, Incremental = 2 };
-
-struct NodeOptions {
-  bool always_changes = false;  // map only: skip the cutoff diff; the output is treated as fully changed
-  std::string name;             // shown in dot export and errors; defaults to the function name, if registered
-};
-
-// How a derived page is computed (Propagator::nodes()); enough to declare the node again.
-struct NodeDescription {
-  PageId output;
-  NodeKind kind = NodeKind::Map;
-  std::vector<PageId> inputs;  // in declaration order
-  std::string function;        // the registered function name; empty when the function was passed directly
-  NodeOptions options;
-  ByteRemap remap;             // Passthrough only
-};
-
-// An ordering-only edge (CONTROL or GPU_SYNC).
-struct OrderingEdge {
-  PageId from;
-  PageId to;
-  EdgeKind kind = EdgeKind::Control;
-};
-
 // Node functions by name, so a restarted program binds the same names to the same nodes.
 // Thread-safety: all members may be called concurrently.
 class FunctionRegistry {
@@ -214,51 +183,6 @@ class NodeError : public Error {
  private:
   PageId page_;
   std::exception_ptr nested_;
-};
-
-// What observers can subscribe to. Checkpoint is raised by DurableRuntime::checkpoint() (mmsb/durable.hpp).
-enum class EventKind : std::uint8_t {
-  PageCreated = 0,
-  PageDeleted,
-  PageResized,
-  PageChanged,     // a committed or derived change of a page (page, epoch, wave)
-  Commit,          // one per commit that touched a watched page (lsn)
-  WaveBegin,       // (wave)
-  WaveEnd,         // (wave, duration_ns)
-  NodeRecomputed,  // a node ran and changed its output (page, wave)
-  NodeSkipped,     // a node was reached but none of its inputs changed (page, wave)
-  NodeCutOff,      // a node ran and its output did not change (page, wave)
-  NodeFailed,      // a node threw (page, wave, message)
-  Checkpoint,      // a durable checkpoint was written (lsn it covers, duration_ns, message: the file)
-  Error,           // a wave failed (page of the failing node, message)
-};
-const char* event_kind_name(EventKind kind) noexcept;  // "page_created", "wave_end", ...
-
-// A set of EventKinds: EventMask{EventKind::WaveEnd, EventKind::NodeFailed}, or EventMask::all().
-class EventMask {
- public:
-  constexpr EventMask() = default;
-  constexpr EventMask(std::initializer_list<EventKind> kinds) {
-    for (EventKind k : kinds) bits_ |= bit(k);
-  }
-  static constexpr EventMask all() { return EventMask(~std::uint32_t{0}); }
-  constexpr bool contains(EventKind k) const noexcept { return (bits_ & bit(k)) != 0; }
-  constexpr std::uint32_t bits() const noexcept { return bits_; }
-
- private:
-  constexpr explicit EventMask(std::uint32_t bits) : bits_(bits) {}
-  static constexpr std::uint32_t bit(EventKind k) { return std::uint32_t{1} << static_cast<unsigned>(k); }
-  std::uint32_t bits_ = 0;
-};
-
-struct Event {
-  EventKind kind = EventKind::WaveEnd;
-  PageId page;                   // the page concerned, if any
-  std::uint64_t lsn = 0;         // Commit
-  std::uint64_t epoch = 0;       // PageChanged, PageResized: the page's new epoch
-  std::uint64_t wave = 0;        // wave events and node events
-  std::uint64_t duration_ns = 0; // WaveEnd
-  std::string message;           // NodeFailed, Error
 };
 
 using SubscriptionId = std::uint64_t;

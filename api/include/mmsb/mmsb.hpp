@@ -11,6 +11,8 @@
 //   mmsb/delta.hpp    Delta, diff, apply, compose, invert
 //   mmsb/runtime.hpp  Runtime, Transaction, ReadView, CommitSink
 //   mmsb/graph.hpp    Propagator: derived pages, waves, modes
+//   mmsb/event.hpp    Event, EventKind, EventMask: what observers receive
+//   mmsb/topology.hpp the graph as plain values (node descriptions, edge kinds), as checkpoints store it
 //   mmsb/gpu.hpp      GpuMirror: device pages on Vulkan, compute-shader device nodes, CPU fallback
 //   mmsb/fwd.hpp      forward declarations, for headers that only pass these types around
 #pragma once

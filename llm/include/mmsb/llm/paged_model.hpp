@@ -1,0 +1,126 @@
+// mmsb/llm/paged_model.hpp — a Model's weights under a memory budget (layer paging).
+//
+// The weights are cut into units in the order a decoding step reads them: unit 0 is the token embedding (with the
+// final norm when the classifier is the embedding itself), then each layer's attention (attention norm, wq, wk, wv,
+// wo) and feed-forward (ffn norm, w1, w2, w3) units, and last the final norm with a separate classifier. A layer is
+// two units, not one, because the room kept free for streaming is two of the largest streamed units: halving the
+// largest unit leaves more of the budget to units that stay resident. A LayerPager keeps some of
+// them in anonymous buffers it owns. A unit's tensors that lie back to back in the file (at most 256 bytes apart)
+// form one run, kept in the buffer as in the file, padding included; each run starts at a 64-byte aligned offset,
+// and a unit's size is the end of its last run rounded up to 64 (a GGUF layer: one run; a llama2.c layer: nine).
+// model_bytes(), 100% of a percentage budget, is the sum of the units.
+// Embedding rows: when the classifier is a tensor of its own and the budget does not hold the whole model, a step
+// needs one row of the embedding, not the table, so the embedding is not paged at all: read_embedding_row() reads
+// the token's row (one pread(), a few hundred bytes) and the pager holds the other units only.
+// Loading a unit reads each run from the model file with one pread() (a model parsed from memory: memcpy), and the
+// file mapping's pages under the tensors are dropped (madvise MADV_DONTNEED) when the PagedModel is made, so a
+// unit that is not resident is not in this process's memory at all.
+//
+// Residency: a step reads the units in a cycle (embedding → attention 0 → feed-forward 0 → … → feed-forward L-1 →
+// classifier, or, for a prompt step that skips the logits, the next step's embedding), so the pager keeps the set
+// of units that LayerPager::choose_kept picks for the budget (the most bytes, leaving room for two of the largest
+// other units) and streams the rest; a step then loads only the streamed units.
+// The engine's nodes pin their unit while they compute (pin(unit, want_logits)), which prefetches the next units
+// of the cycle that are not resident: as many streamed units ahead as the pager's slots left by the kept units
+// hold, less the one in use.
+//
+//   PagedModel paged(model, {.budget = PagedModel::model_bytes(model) / 2});
+//   LayerPager::Pin pin = paged.pin(paged.attention_unit(0), true);
+//   const float* norm = reinterpret_cast<const float*>(paged.tensor(pin, model.layers[0].attn_norm));
+//
+// Thread-safety: as LayerPager; the Model must outlive the PagedModel (the tensors are looked up in it).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "mmsb/llm/layer_pager.hpp"
+#include "mmsb/llm/model.hpp"
+
+namespace mmsb::llm {
+
+// Bytes that replace a tensor's bytes in every load of its unit (a LoRA-merged matrix: lora.hpp's merge_lora).
+// `bytes` has the tensor's size and encoding.
+struct TensorOverride {
+  const Tensor* tensor = nullptr;
+  std::vector<std::byte> bytes;
+};
+
+struct PagingOptions {
+  std::uint64_t budget = 0;       // bytes for every weight buffer; at least PagedModel::minimum_budget(model)
+  bool prefetch = true;           // false: no prefetch, every miss is a synchronous load (the baseline)
+  LayerPager::Executor executor;  // empty: the pager's loader thread
+  // Held for the PagedModel's life and counted against the budget (the pager gets what they leave). A LoRA
+  // adapter is merged this way once; swapping adapters needs the weights resident (LoraSwitcher).
+  std::vector<TensorOverride> overrides;
+};
+
+class PagedModel {
+ public:
+  // Throws Error(InvalidArgument) for a budget below minimum_budget(model) plus the overrides' bytes, or an
+  // override of a tensor that is not paged (the embedding read by rows) or of the wrong size, Error(IoError) when
+  // the model file cannot be opened again for reading.
+  PagedModel(const Model& model, PagingOptions options);
+  ~PagedModel();
+  PagedModel(const PagedModel&) = delete;
+  PagedModel& operator=(const PagedModel&) = delete;
+
+  // The paged size of the model (every unit), and the smallest budget it runs in (two of the largest units that
+  // are paged below the whole model: not an embedding read by rows).
+  static std::uint64_t model_bytes(const Model& model);
+  static std::uint64_t minimum_budget(const Model& model);
+  // Each unit's size, in unit order.
+  static std::vector<std::uint64_t> unit_sizes(const Model& model);
+
+  std::size_t embed_unit() const noexcept { return 0; }
+  std::size_t attention_unit(std::size_t layer) const noexcept { return 1 + 2 * layer; }
+  std::size_t ffn_unit(std::size_t layer) const noexcept { return 2 + 2 * layer; }
+  std::size_t head_unit() const noexcept { return head_; }  // == embed_unit() when the classifier is shared
+  // The unit a step reads after `unit` (see the top of the file).
+  std::size_t next_unit(std::size_t unit, bool want_logits) const noexcept;
+
+  // Pins `unit` and prefetches the units that follow it in the cycle (see the top of the file). Throws
+  // Error(Internal) for the embedding when it is read by rows.
+  LayerPager::Pin pin(std::size_t unit, bool want_logits);
+  // True when the embedding is read by rows instead of paged (see the top of the file).
+  bool embedding_by_rows() const noexcept { return first_paged_ == 1; }
+  // Copies the embedding row of `token` (Tensor::row_stride bytes) to `out`. Throws Error(InvalidArgument) for a
+  // token outside the vocabulary, Error(IoError) when the file cannot be read.
+  void read_embedding_row(int token, std::byte* out) const;
+  // Where tensor `t` of the model lies in the pinned unit's buffer. Throws Error(Internal) if it is not there.
+  const std::byte* tensor(const LayerPager::Pin& pin, const Tensor& t) const;
+
+  // The pager. Its unit indexes are this model's, less one when the embedding is read by rows (pager_unit()).
+  LayerPager& pager() noexcept { return *pager_; }
+  const LayerPager& pager() const noexcept { return *pager_; }
+
+ private:
+  struct Placement {
+    const std::byte* source;  // bytes of the model (a run of tensors)
+    std::uint64_t size;
+    std::uint64_t offset;  // in the unit's buffer
+  };
+  struct Unit {
+    std::vector<Placement> runs;                                      // what a load copies
+    std::vector<std::pair<std::uint64_t, const std::vector<std::byte>*>> overrides;  // offset → bytes, after runs
+    std::vector<std::pair<const std::byte*, std::uint64_t>> tensors;  // a tensor's bytes in the model → offset
+  };
+  const Model& model_;
+  std::vector<Unit> units_;
+  std::size_t head_ = 0;
+  std::size_t layers_ = 0;
+  std::size_t lookahead_ = 1;    // streamed units to prefetch ahead of the one pinned
+  std::size_t first_paged_ = 0;  // 1 when the embedding is read by rows: the pager holds units 1.. as 0..
+  int fd_ = -1;  // the model file, for pread(); -1 for a model parsed from memory
+  std::vector<TensorOverride> overrides_;
+  std::unique_ptr<LayerPager> pager_;
+
+  std::size_t pager_unit(std::size_t unit) const;
+  void load(std::size_t unit, std::span<std::byte> destination) const;
+  void read(const std::byte* source, std::uint64_t size, std::byte* out) const;
+};
+
+}  // namespace mmsb::llm

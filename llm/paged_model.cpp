@@ -1,0 +1,267 @@
+#include "mmsb/llm/paged_model.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "mmsb/error.hpp"
+
+namespace mmsb::llm {
+
+namespace {
+
+constexpr std::uint64_t kAlign = 64;
+
+struct Plan {
+  std::vector<std::vector<const Tensor*>> units;
+  std::size_t head = 0;
+};
+
+// The units in the order a step reads them; the classifier shares unit 0 when it is the embedding's bytes.
+Plan plan(const Model& m) {
+  Plan p;
+  const bool shared = m.classifier.bytes.data() == m.token_embedding.bytes.data();
+  p.units.push_back({&m.token_embedding});
+  if (shared) p.units.back().push_back(&m.final_norm);
+  for (const LayerTensors& w : m.layers) {
+    p.units.push_back({&w.attn_norm, &w.wq, &w.wk, &w.wv, &w.wo});
+    p.units.push_back({&w.ffn_norm, &w.w1, &w.w2, &w.w3});
+  }
+  if (shared) {
+    p.head = 0;
+  } else {
+    p.head = p.units.size();
+    p.units.push_back({&m.final_norm, &m.classifier});
+  }
+  return p;
+}
+
+constexpr std::uint64_t kMaxGap = 256;  // tensors at most this far apart in the file are read in one run
+
+std::uint64_t round_up(std::uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// A unit's layout: its tensors in file order, those that lie (almost) back to back in the file forming one run,
+// read with one pread() and kept in the buffer as they are in the file (gaps included); each run starts at a
+// 64-byte aligned offset. The unit's size is the end of its last run, rounded up to 64.
+struct Layout {
+  struct Run {
+    const std::byte* source;
+    std::uint64_t size;
+    std::uint64_t offset;
+  };
+  std::vector<Run> runs;
+  std::vector<std::pair<const std::byte*, std::uint64_t>> tensors;  // source → offset in the buffer
+  std::uint64_t bytes = 0;
+};
+
+Layout layout(std::vector<const Tensor*> tensors) {
+  std::sort(tensors.begin(), tensors.end(),
+            [](const Tensor* a, const Tensor* b) { return a->bytes.data() < b->bytes.data(); });
+  Layout out;
+  for (const Tensor* t : tensors) {
+    const std::byte* begin = t->bytes.data();
+    const std::byte* end = begin + t->bytes.size();
+    if (out.runs.empty() || begin > out.runs.back().source + out.runs.back().size + kMaxGap) {
+      out.runs.push_back({begin, 0, round_up(out.bytes)});
+    }
+    Layout::Run& run = out.runs.back();
+    run.size = std::max<std::uint64_t>(run.size, static_cast<std::uint64_t>(end - run.source));
+    out.tensors.emplace_back(begin, run.offset + static_cast<std::uint64_t>(begin - run.source));
+    out.bytes = run.offset + run.size;
+  }
+  out.bytes = round_up(out.bytes);
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::uint64_t> PagedModel::unit_sizes(const Model& model) {
+  std::vector<std::uint64_t> sizes;
+  for (const auto& unit : plan(model).units) sizes.push_back(layout(unit).bytes);
+  return sizes;
+}
+
+std::uint64_t PagedModel::model_bytes(const Model& model) {
+  std::uint64_t total = 0;
+  for (std::uint64_t s : unit_sizes(model)) total += s;
+  return total;
+}
+
+std::uint64_t PagedModel::minimum_budget(const Model& model) {
+  std::vector<std::uint64_t> sizes = unit_sizes(model);
+  // Below the whole model a separate classifier's embedding is read by rows, not paged (see the header).
+  if (plan(model).head != 0) sizes.erase(sizes.begin());
+  return LayerPager::minimum_budget(sizes);
+}
+
+PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model), layers_(model.layers.size()) {
+  Plan p = plan(model);
+  head_ = p.head;
+  std::vector<std::uint64_t> sizes;
+  for (const auto& tensors : p.units) {
+    Layout l = layout(tensors);
+    Unit unit;
+    for (const Layout::Run& r : l.runs) unit.runs.push_back({r.source, r.size, r.offset});
+    unit.tensors = std::move(l.tensors);
+    units_.push_back(std::move(unit));
+    sizes.push_back(l.bytes);
+  }
+  // The embedding is read by rows when a separate classifier is the step's last unit and not everything fits.
+  std::uint64_t total = 0;
+  for (std::uint64_t b : sizes) total += b;
+  overrides_ = std::move(options.overrides);
+  std::uint64_t override_bytes = 0;
+  for (const TensorOverride& o : overrides_) override_bytes += o.bytes.size();
+  if (head_ != embed_unit() && options.budget < total + override_bytes) first_paged_ = 1;
+
+  // Overrides: found in their unit, their bytes taken off the budget.
+  for (const TensorOverride& o : overrides_) {
+    if (!o.tensor || o.bytes.size() != o.tensor->bytes.size()) {
+      throw Error(ErrorCode::InvalidArgument, "layer paging: an override of " +
+                                                  (o.tensor ? o.tensor->name : std::string("no tensor")) +
+                                                  " does not have the tensor's size");
+    }
+    bool placed = false;
+    for (std::size_t u = first_paged_; u < units_.size() && !placed; ++u) {
+      for (const auto& [source, offset] : units_[u].tensors) {
+        if (source == o.tensor->bytes.data()) {
+          units_[u].overrides.emplace_back(offset, &o.bytes);
+          placed = true;
+          break;
+        }
+      }
+    }
+    if (!placed) {
+      throw Error(ErrorCode::InvalidArgument, "layer paging: " + o.tensor->name + " is not in a paged unit");
+    }
+  }
+  const std::vector<std::uint64_t> paged_sizes(sizes.begin() + static_cast<std::ptrdiff_t>(first_paged_), sizes.end());
+  if (override_bytes > 0) {
+    const std::uint64_t needed = override_bytes + LayerPager::minimum_budget(paged_sizes);
+    if (options.budget < needed) {
+      throw Error(ErrorCode::InvalidArgument,
+                  "memory budget of " + std::to_string(options.budget) + " bytes is below the minimum of " +
+                      std::to_string(needed) + " bytes with the adapter: " + std::to_string(override_bytes) +
+                      " bytes of merged matrices held in memory, and two of the largest paged units");
+    }
+    options.budget -= override_bytes;
+  }
+
+  LayerPager::Options pager_options;
+  pager_options.prefetch = options.prefetch;
+  pager_options.executor = std::move(options.executor);
+  pager_options.kept = LayerPager::choose_kept(paged_sizes, options.budget);
+  // Checks the budget before anything else happens.
+  pager_ = std::make_unique<LayerPager>(
+      paged_sizes, options.budget,
+      [this](std::size_t unit, std::span<std::byte> out) { load(unit + first_paged_, out); },
+      std::move(pager_options));
+  // Slots for streamed units in what the kept units leave: one is in use, the others can be loading ahead.
+  if (const std::uint64_t slot = pager_->slot_bytes(); slot > 0) {
+    lookahead_ = std::max<std::uint64_t>(1, (options.budget - pager_->stats().kept_bytes) / slot - 1);
+  }
+
+  if (model.file) {
+    fd_ = ::open(model.file->path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) {
+      throw Error(ErrorCode::IoError,
+                  "layer paging: cannot open " + model.file->path() + " again to read layers: " + std::strerror(errno));
+    }
+    // The weights now come from the file through the pager: drop the mapping's pages under every tensor (whole
+    // pages only; a page shared with the header or another unit's tensor may stay), so that they do not count.
+    const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    for (const Unit& unit : units_) {
+      for (const Placement& t : unit.runs) {
+        const auto begin = (reinterpret_cast<std::uintptr_t>(t.source) + page - 1) / page * page;
+        const auto end = (reinterpret_cast<std::uintptr_t>(t.source) + t.size) / page * page;
+        if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+      }
+    }
+  }
+}
+
+PagedModel::~PagedModel() {
+  pager_.reset();  // waits for prefetches, which read through fd_
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void PagedModel::read(const std::byte* source, std::uint64_t size, std::byte* out) const {
+  if (fd_ < 0) {
+    std::memcpy(out, source, size);
+    return;
+  }
+  const auto file_offset = static_cast<off_t>(source - model_.file->bytes().data());
+  std::uint64_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::pread(fd_, out + done, size - done, file_offset + static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      throw Error(ErrorCode::IoError, "layer paging: cannot read " + std::to_string(size) + " bytes at offset " +
+                                          std::to_string(file_offset) + " of " + model_.file->path() + ": " +
+                                          (n < 0 ? std::strerror(errno) : "the file is shorter than when loaded"));
+    }
+    done += static_cast<std::uint64_t>(n);
+  }
+}
+
+void PagedModel::load(std::size_t unit, std::span<std::byte> destination) const {
+  for (const Placement& t : units_[unit].runs) read(t.source, t.size, destination.data() + t.offset);
+  for (const auto& [offset, bytes] : units_[unit].overrides) {
+    std::memcpy(destination.data() + offset, bytes->data(), bytes->size());
+  }
+}
+
+void PagedModel::read_embedding_row(int token, std::byte* out) const {
+  const Tensor& e = model_.token_embedding;
+  if (token < 0 || static_cast<std::uint64_t>(token) >= e.rows) {
+    throw Error(ErrorCode::InvalidArgument,
+                "token " + std::to_string(token) + " is outside the vocabulary of " + std::to_string(e.rows));
+  }
+  read(e.bytes.data() + static_cast<std::uint64_t>(token) * e.row_stride, e.row_stride, out);
+}
+
+std::size_t PagedModel::pager_unit(std::size_t unit) const {
+  if (unit < first_paged_ || unit >= units_.size()) {
+    throw Error(ErrorCode::Internal, "layer paging: unit " + std::to_string(unit) + " is not paged");
+  }
+  return unit - first_paged_;
+}
+
+std::size_t PagedModel::next_unit(std::size_t unit, bool want_logits) const noexcept {
+  if (unit == embed_unit()) return attention_unit(0);
+  if (unit == head_) return embed_unit();
+  if (unit + 1 < attention_unit(layers_)) return unit + 1;  // the layer's feed-forward, or the next layer
+  return want_logits ? head_ : embed_unit();                // after the last layer
+}
+
+LayerPager::Pin PagedModel::pin(std::size_t unit, bool want_logits) {
+  LayerPager::Pin pinned = pager_->pin(pager_unit(unit));
+  // Walk the cycle: prefetch the kept units on the way (they load once) and the next `lookahead_` streamed units.
+  std::size_t streamed = 0;
+  std::size_t next = unit;
+  for (std::size_t steps = 0; steps + 1 < units_.size() && streamed < lookahead_; ++steps) {
+    next = next_unit(next, want_logits);
+    if (next == unit) break;
+    if (next < first_paged_) continue;  // the embedding, read by rows
+    const std::size_t p = next - first_paged_;
+    pager_->prefetch(p);  // does nothing for a unit that is resident or loading
+    if (!pager_->kept(p)) ++streamed;
+  }
+  return pinned;
+}
+
+const std::byte* PagedModel::tensor(const LayerPager::Pin& pin, const Tensor& t) const {
+  for (const auto& [source, offset] : units_[pin.unit() + first_paged_].tensors) {
+    if (source == t.bytes.data()) return pin.bytes().data() + offset;
+  }
+  throw Error(ErrorCode::Internal, "layer paging: tensor " + t.name + " is not in unit " +
+                                           std::to_string(pin.unit() + first_paged_));
+}
+
+}  // namespace mmsb::llm

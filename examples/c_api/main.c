@@ -10,14 +10,13 @@
 
 #include <mmsb/mmsb.h>
 
-#define CHECK(call)                                                            \
-  do {                                                                         \
-    mmsb_status status_ = (call);                                              \
-    if (status_ != MMSB_OK) {                                                  \
-      fprintf(stderr, "c_api: %s failed (%d): %s\n", #call, (int)status_,      \
-              mmsb_last_error());                                              \
-      return 1;                                                                \
-    }                                                                          \
+#define CHECK(call)                                                                           \
+  do {                                                                                        \
+    mmsb_status status_ = (call);                                                             \
+    if (status_ != MMSB_OK) {                                                                 \
+      fprintf(stderr, "c_api: %s failed (%d): %s\n", #call, (int)status_, mmsb_last_error()); \
+      return 1;                                                                               \
+    }                                                                                         \
   } while (0)
 
 /* sum = inputs[0] + inputs[1], each a little int64 at offset 0. */
@@ -113,8 +112,9 @@ static int durable(const char* dir) {
 
 int main(int argc, char** argv) {
   if (argc > 2 || (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))) {
-    fprintf(argc > 2 ? stderr : stdout, "usage: c_api [DIR]\n  without DIR: a derived sum in memory\n"
-                                        "  with DIR: a durable counter in DIR, one more on every run\n");
+    fprintf(argc > 2 ? stderr : stdout,
+            "usage: c_api [DIR]\n  without DIR: a derived sum in memory\n"
+            "  with DIR: a durable counter in DIR, one more on every run\n");
     return argc > 2 ? 2 : 0;
   }
   return argc == 2 ? durable(argv[1]) : in_memory();

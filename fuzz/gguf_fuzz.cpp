@@ -12,6 +12,9 @@
 // with (seed, i), so `--seed S` reproduces a run exactly.
 //
 //   mmsb-fuzz-gguf --iterations 0 --seconds 600 --seed 7     # ten minutes
+//   mmsb-fuzz-gguf --seed 777 --only 16089 --write-input crash.gguf  # keep one iteration's input as a regression
+//
+// Inputs that once failed are kept in tests/llm/regressions/ (the llm test suite parses each of them).
 #include <CLI/CLI.hpp>
 
 #include <chrono>
@@ -153,11 +156,16 @@ int main(int argc, char** argv) {
   std::uint64_t iterations = 2000, seed = 1;
   double seconds = 0;
   std::string models = MMSB_SHARED_DIR "/models";
+  std::int64_t only = -1;
+  std::string write_input;
   app.add_option("--iterations", iterations, "iterations to run (0 = until --seconds)")->capture_default_str();
   app.add_option("--seconds", seconds, "stop after this long (0 = no limit)")->capture_default_str();
   app.add_option("--seed", seed, "seed; iteration i uses (seed, i)")->capture_default_str();
   app.add_option("--models", models, "folder with the corpus model files")->capture_default_str();
+  app.add_option("--only", only, "run this one iteration (of --seed) and nothing else");
+  app.add_option("--write-input", write_input, "with --only: also write that iteration's input to this file");
   CLI11_PARSE(app, argc, argv);
+  if (only >= 0) iterations = static_cast<std::uint64_t>(only) + 1;
   if (iterations == 0 && seconds <= 0) {
     std::fprintf(stderr, "mmsb-fuzz-gguf: give --iterations or --seconds\n");
     return 2;
@@ -214,13 +222,14 @@ int main(int argc, char** argv) {
   std::signal(SIGALRM, on_alarm);
   const auto start = std::chrono::steady_clock::now();
   std::uint64_t done = 0;
-  for (std::uint64_t i = 0; iterations == 0 || i < iterations; ++i) {
+  for (std::uint64_t i = only >= 0 ? static_cast<std::uint64_t>(only) : 0; iterations == 0 || i < iterations; ++i) {
     if (seconds > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > seconds) break;
     std::seed_seq sequence{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32),
                            static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(i >> 32)};
     std::mt19937_64 rng(sequence);
     const Seed& s = corpus[rng() % corpus.size()];
     const std::string input = mutate(s, rng);
+    if (!write_input.empty()) write_file(write_input, input);
     ::alarm(30);
     std::string failure = s.lora ? run_lora(input) : run_one(input, s.gguf, rng() % 8 == 0, scratch);
     ::alarm(0);

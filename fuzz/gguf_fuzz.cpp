@@ -12,6 +12,9 @@
 // with (seed, i), so `--seed S` reproduces a run exactly.
 //
 //   mmsb-fuzz-gguf --iterations 0 --seconds 600 --seed 7     # ten minutes
+//   mmsb-fuzz-gguf --seed 777 --start 16089 --iterations 1 --write-input crash.gguf  # keep one input
+//
+// Inputs that once failed are kept in tests/llm/regressions/ (the llm test suite parses each of them).
 #include <chrono>
 #include <csignal>
 #include <cstdint>
@@ -149,8 +152,8 @@ std::string run_one(const std::string& bytes, bool gguf, bool quantize, const st
 }
 
 // The fuzz loop; returns the exit code (0: every outcome was acceptable, 1: a failure, reported on stderr).
-int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, double seconds,
-         const std::string& models) {
+int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, double seconds, const std::string& models,
+         const std::string& write_input) {
   if (iterations == 0 && seconds <= 0) {
     throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "give --iterations or --seconds");
   }
@@ -214,6 +217,7 @@ int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, doub
     std::mt19937_64 rng(sequence);
     const Seed& s = corpus[rng() % corpus.size()];
     const std::string input = mutate(s, rng);
+    if (!write_input.empty()) write_file(write_input, input);
     ::alarm(30);
     mmsb::fuzz::CrashNote::set(seed, i);
     std::string failure = s.lora ? run_lora(input) : run_one(input, s.gguf, rng() % 8 == 0, scratch);
@@ -251,6 +255,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(mmsb::program::non_negative<std::uint64_t>());
   app.add_option("--models", models, "folder with the corpus model files")->capture_default_str();
+  std::string write_input;
+  app.add_option("--write-input", write_input,
+                 "write each iteration's input to this file before running it (with --start I --iterations 1: that "
+                 "iteration's input, to keep as a regression file)");
   return mmsb::program::run("mmsb-fuzz-gguf", app, argc, argv,
-                            [&] { return fuzz(iterations, first, seed, seconds, models); });
+                            [&] { return fuzz(iterations, first, seed, seconds, models, write_input); });
 }

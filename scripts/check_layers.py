@@ -36,6 +36,7 @@ PUBLIC = {
     "mmsb/runtime.hpp": "runtime",
     "mmsb/graph.hpp": "graph",
     "mmsb/durable.hpp": "durable",
+    "mmsb/file_system.hpp": "serialize",
     "mmsb/gpu.hpp": "gpu",
     "mmsb/dist.hpp": "distributed",
     "mmsb/dist_mpi.hpp": "distributed",

@@ -61,7 +61,7 @@ TEST(Concurrency, ReadersNeverSeeATornMultiPageCommit) {
           commits.fetch_add(1);
           break;
         } catch (const Error& e) {
-          ASSERT_EQ(e.code(), ErrorCode::Aborted) << e.what();
+          ASSERT_EQ(e.code(), ErrorCode::Conflict) << e.what();
           retries.fetch_add(1);
         }
       }

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "mmsb/runtime.hpp"
+#include "delta/changed_runs.hpp"
 #include "runtime/runtime_impl.hpp"
 
 namespace mmsb {
@@ -66,6 +67,7 @@ struct Transaction::State {
   std::vector<Delta> staged_deltas;
   std::string intent;
   std::uint32_t source = 0;
+  bool write_through = false;  // record staged bytes as written, without comparing them with the page
 
   // Commit scratch, kept for its capacity.
   std::vector<std::size_t> order;
@@ -74,6 +76,7 @@ struct Transaction::State {
   std::size_t committed_count = 0;
   std::vector<ByteRange> scratch_ranges;
   std::vector<std::uint64_t> scratch_positions;
+  std::vector<std::byte> old_scratch;
 
   // The page and epoch a commit found when it failed with Conflict (kept past reset() for Runtime::transact).
   PageRecord* conflict_page = nullptr;
@@ -87,6 +90,7 @@ struct Transaction::State {
     staged_deltas.clear();
     intent.clear();
     source = 0;
+    write_through = false;
     for (Entry& e : entries) free_grown(e);
     entries.clear();
   }
@@ -129,7 +133,9 @@ struct Transaction::State {
   void validate_reads_only();
   void collect_entries();
   void check_and_prepare(Entry& e);
-  void build_delta(const Entry& e, Delta& d, bool record_undo);
+  bool build_delta(const Entry& e, Delta& d, bool record_undo);
+  const std::byte* old_bytes(const Entry& e, std::uint64_t offset, std::uint64_t length);
+  void keep_changed_bytes(const Entry& e, Delta& d, bool record_undo);
 };
 
 namespace {
@@ -319,6 +325,11 @@ void Transaction::set_intent(std::string_view intent) {
 void Transaction::set_source(std::uint32_t source) {
   if (!active()) throw_inactive();
   state_->source = source;
+}
+
+void Transaction::set_write_through(bool on) {
+  if (!active()) throw_inactive();
+  state_->write_through = on;
 }
 
 void Transaction::read(PageId id, std::uint64_t offset, std::span<std::byte> out) {
@@ -522,7 +533,45 @@ void Transaction::State::check_and_prepare(Entry& e) {
 }
 
 // Fills `d` with the change of one page. Ranges come out canonical: sorted, merged where they touch.
-void Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo) {
+// The page's bytes [offset, offset + length) before this commit: zero beyond its size (a resize zero-extends).
+// Points into the page when it can, else into `old_scratch` (valid until the next call).
+const std::byte* Transaction::State::old_bytes(const Entry& e, std::uint64_t offset, std::uint64_t length) {
+  const PageRecord& page = *e.page;
+  if (offset + length <= e.size) return page.data + offset;
+  if (old_scratch.size() < length) old_scratch.resize(length);
+  const std::uint64_t have = offset < e.size ? e.size - offset : 0;
+  if (have > 0) std::memcpy(old_scratch.data(), page.data + offset, have);
+  std::memset(old_scratch.data() + have, 0, length - have);
+  return old_scratch.data();
+}
+
+// Change-only commits: keeps only the runs of `d` (ranges and payload as staged) whose bytes differ from the page,
+// merging runs closer than a range header costs in the log, and records their old bytes as undo.
+void Transaction::State::keep_changed_bytes(const Entry& e, Delta& d, bool record_undo) {
+  // A range costs about 8 bytes in a log record; a merged gap costs its bytes once (payload) or twice (and undo).
+  const std::uint64_t merge_gap = record_undo ? 4 : 8;
+  scratch_ranges.clear();
+  std::uint64_t in = 0, out = 0;
+  for (const ByteRange& r : d.ranges) {
+    const std::byte* old = old_bytes(e, r.offset, r.length);
+    const std::size_t first = scratch_ranges.size();
+    detail::append_changed_runs(old, d.payload.data() + in, r.length, r.offset, merge_gap, scratch_ranges);
+    for (std::size_t k = first; k < scratch_ranges.size(); ++k) {
+      const ByteRange& run = scratch_ranges[k];
+      const std::uint64_t at = run.offset - r.offset;
+      if (out != in + at) std::memmove(d.payload.data() + out, d.payload.data() + in + at, run.length);
+      if (record_undo) d.undo.insert(d.undo.end(), old + at, old + at + run.length);
+      out += run.length;
+    }
+    in += r.length;
+  }
+  d.ranges.swap(scratch_ranges);
+  d.payload.resize(out);
+}
+
+// Fills `d` with the change of one page. Ranges come out canonical: sorted, merged where they touch. Returns false
+// when the commit does not change the page after all (its writes rewrote equal bytes): no delta, no new epoch.
+bool Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo) {
   const PageRecord& page = *e.page;
   d.clear();
   d.page = page.id;
@@ -532,7 +581,9 @@ void Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo)
   d.size = e.final_size;
   d.source = source;
   d.intent = intent;
-  if (e.op && e.op->delta_index != kNoDelta) {
+  d.has_undo = record_undo;
+  const bool staged_delta = e.op && e.op->delta_index != kNoDelta;
+  if (staged_delta) {
     const Delta& staged = staged_deltas[e.op->delta_index];
     d.ranges = staged.ranges;
     d.payload = staged.payload;
@@ -574,17 +625,19 @@ void Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo)
                   data.data() + w.data_pos, w.length);
     }
   }
-  if (!record_undo) return;
-  d.has_undo = true;
-  d.undo.resize(d.payload.size());
-  std::uint64_t pos = 0;
-  for (const ByteRange& r : d.ranges) {
-    std::uint64_t old_part = r.offset < e.size ? std::min(r.length, e.size - r.offset) : 0;
-    if (old_part > 0) std::memcpy(d.undo.data() + pos, page.data + r.offset, old_part);
-    if (old_part < r.length) std::memset(d.undo.data() + pos + old_part, 0, r.length - old_part);
-    pos += r.length;
+  if (!staged_delta && !write_through) {
+    keep_changed_bytes(e, d, record_undo);  // a staged delta is recorded as given
+    if (d.ranges.empty() && d.size == d.base_size) return false;
+  } else if (record_undo) {
+    d.undo.resize(d.payload.size());
+    std::uint64_t pos = 0;
+    for (const ByteRange& r : d.ranges) {
+      std::memcpy(d.undo.data() + pos, old_bytes(e, r.offset, r.length), r.length);
+      pos += r.length;
+    }
   }
-  if (e.final_size < e.size) d.undo_tail.assign(page.data + e.final_size, page.data + e.size);
+  if (record_undo && e.final_size < e.size) d.undo_tail.assign(page.data + e.final_size, page.data + e.size);
+  return true;
 }
 
 std::uint64_t Transaction::State::commit(Runtime::Impl& rt, detail::CommitListener* listener) {
@@ -597,7 +650,7 @@ std::uint64_t Transaction::State::commit(Runtime::Impl& rt, detail::CommitListen
   for (Entry& e : entries) {
     if (!e.changes()) continue;
     if (committed.size() <= count) committed.emplace_back();
-    build_delta(e, committed[count], rt.options.record_undo);
+    if (!build_delta(e, committed[count], rt.options.record_undo)) continue;  // rewrote equal bytes only
     e.delta = count++;
   }
   if (count == 0) return 0;

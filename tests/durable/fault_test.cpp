@@ -155,7 +155,9 @@ TEST(Faults, FailedCheckpointKeepsThePreviousCheckpointAndTheLog) {
     for (int i = 0; i < 20; ++i) commit_i64(rt, p, 100 + i);
     const std::size_t segments = count_files(dir.path(), "log-");
     for (FaultOp op : {FaultOp::Write, FaultOp::Sync}) {
-      commit_i64(rt, p, 50);  // so the checkpoint starts with a log roll, whatever the previous attempt did
+      // A new value (an unchanged one would commit nothing), so the checkpoint starts with a log roll, whatever
+      // the previous attempt did.
+      commit_i64(rt, p, 50 + static_cast<int>(op));
       // Let the roll's I/O through (one write and two syncs: the new segment's header, the old segment), then
       // fail the checkpoint file's first write, or its sync.
       Faults f(FaultPlan{op, op == FaultOp::Write ? 1u : 2u, 1, ENOSPC, false});

@@ -276,6 +276,12 @@ class Transaction {
 
   void set_intent(std::string_view intent);
   void set_source(std::uint32_t source);
+  // Change-only commits (the default): the commit compares the staged bytes with the page (SIMD, as diff() does)
+  // and records only the bytes that differ, so rewriting equal bytes gives no delta and no new epoch (and no
+  // node downstream runs); a commit whose writes change nothing at all commits nothing and returns 0. With
+  // write-through on, every staged byte is recorded as written, without the compare, for a caller that knows
+  // they all changed. A delta staged with apply() is always recorded as given.
+  void set_write_through(bool on = true);
 
   // Commits and returns the LSN. A transaction that changes nothing commits nothing and returns 0 (its reads are
   // still validated). Whether a failed commit took effect is in its code (docs/api.md, "Errors"): on every code

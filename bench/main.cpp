@@ -1,8 +1,9 @@
 // mmsb-bench: runs the registered metrics and prints their medians (a table, or one JSON object with --json).
-// This is the only translation unit that includes CLI11.
-#include <CLI/CLI.hpp>
+// This is the only translation unit that includes CLI11 (through program/options.hpp).
 #include <nlohmann/json.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -10,12 +11,12 @@
 #include <iostream>
 #include <map>
 #include <regex>
+#include <stdexcept>
 #include <string>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "bench/harness.hpp"
 #include "mmsb/error.hpp"
+#include "program/options.hpp"
 
 namespace {
 
@@ -99,28 +100,19 @@ bool run_isolated(const mmsb::bench::Metric& metric, int repetitions, double& va
   return false;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{
-      "mmsb-bench: measures mmsb against raw baselines (memcpy, memcmp, malloc, ...) in the same run.\n"
-      "Each metric is the median of several repetitions; values are nanoseconds unless the key says otherwise\n"
-      "(_per_s: operations per second, _ratio: dimensionless, _ms: milliseconds)."};
+struct Settings {
   bool json = false, list = false;
   std::string filter = ".*";
   int repetitions = 7;
-  app.add_flag("--json", json, "Print one JSON object {key: number} on stdout instead of a table");
-  app.add_flag("--list", list, "List the metric keys with a description and exit");
-  app.add_option("--filter", filter, "Only run metrics whose key matches this regular expression (ECMAScript)")
-      ->capture_default_str();
-  app.add_option("--repetitions,-r", repetitions, "Repetitions per metric; the median is reported")
-      ->check(CLI::Range(1, 1000))
-      ->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+};
 
+int run(const Settings& settings) {
+  const bool json = settings.json;
+  const std::string& filter = settings.filter;
+  const int repetitions = settings.repetitions;
   auto& all = mmsb::bench::metrics();
   std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
-  if (list) {
+  if (settings.list) {
     for (const auto& m : all) std::printf("%-28s %s\n", m.name.c_str(), m.description.c_str());
     for (const auto& r : mmsb::bench::ratios()) std::printf("%-28s %s\n", r.name.c_str(), r.description.c_str());
     return 0;
@@ -129,9 +121,8 @@ int main(int argc, char** argv) {
   try {
     pattern = std::regex(filter);
   } catch (const std::regex_error& e) {
-    std::fprintf(stderr, "mmsb-bench: --filter '%s' is not a valid regular expression: %s\n", filter.c_str(),
-                 e.what());
-    return 2;
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
+                      "--filter '" + filter + "' is not a valid regular expression: " + e.what());
   }
 
   const bool progress = isatty(STDERR_FILENO);
@@ -149,8 +140,7 @@ int main(int argc, char** argv) {
     }
   }
   if (selected.empty()) {
-    std::fprintf(stderr, "mmsb-bench: no metric matches --filter '%s'; see --list\n", filter.c_str());
-    return 2;
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "no metric matches --filter '" + filter + "'; see --list");
   }
   std::size_t index = 0;
   for (const auto* m : selected) {
@@ -159,8 +149,8 @@ int main(int argc, char** argv) {
     std::string error;
     double value = 0;
     if (!run_isolated(*m, repetitions, value, error)) {
-      std::fprintf(stderr, "\nmmsb-bench: metric %s failed: %s\n", m->name.c_str(), error.c_str());
-      return 1;
+      if (progress) std::fprintf(stderr, "\n");
+      throw std::runtime_error("metric " + m->name + " failed: " + error);
     }
     results[m->name] = value;
   }
@@ -179,4 +169,22 @@ int main(int argc, char** argv) {
     for (const auto& [key, value] : results) std::printf("%-28s %14.3f\n", key.c_str(), value);
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "mmsb-bench: measures mmsb against raw baselines (memcpy, memcmp, malloc, ...) in the same run.\n"
+      "Each metric is the median of several repetitions; values are nanoseconds unless the key says otherwise\n"
+      "(_per_s: operations per second, _ratio: dimensionless, _ms: milliseconds)."};
+  Settings settings;
+  app.add_flag("--json", settings.json, "Print one JSON object {key: number} on stdout instead of a table");
+  app.add_flag("--list", settings.list, "List the metric keys with a description and exit");
+  app.add_option("--filter", settings.filter, "Only run metrics whose key matches this regular expression (ECMAScript)")
+      ->capture_default_str();
+  app.add_option("--repetitions,-r", settings.repetitions, "Repetitions per metric; the median is reported")
+      ->check(mmsb::program::range(1, 1000))
+      ->capture_default_str();
+  return mmsb::program::run("mmsb-bench", app, argc, argv, [&] { return run(settings); });
 }

@@ -16,6 +16,7 @@
 
 #include "bench/harness.hpp"
 #include "mmsb/error.hpp"
+#include "mmsb/version.hpp"
 
 namespace {
 
@@ -106,6 +107,7 @@ int main(int argc, char** argv) {
       "mmsb-bench: measures mmsb against raw baselines (memcpy, memcmp, malloc, ...) in the same run.\n"
       "Each metric is the median of several repetitions; values are nanoseconds unless the key says otherwise\n"
       "(_per_s: operations per second, _ratio: dimensionless, _ms: milliseconds)."};
+  app.set_version_flag("--version", std::string("mmsb-bench ") + MMSB_VERSION_STRING, "Print the version and exit");
   bool json = false, list = false;
   std::string filter = ".*";
   int repetitions = 7;

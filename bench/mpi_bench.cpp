@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "mmsb/dist.hpp"
+#include "mmsb/version.hpp"
 
 namespace {
 
@@ -124,6 +125,10 @@ double bytes_ratio(std::uint64_t edit, double* wave_us) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "--version") {  // before MPI_Init: works without mpirun
+    std::printf("mmsb-bench-mpi %s\n", MMSB_VERSION_STRING);
+    return 0;
+  }
   MPI_Init(&argc, &argv);
   bool json = false;
   int repetitions = 7;

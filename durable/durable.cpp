@@ -120,13 +120,14 @@ void apply_record(Runtime& rt, const DecodedCommit& c) {
       }
       impl.reserve_through(created.id.sequence());
       impl.set_next_lsn(c.lsn);
-      impl.create(created.id.sequence(), created.size, created.location);
+      impl.create(created.id.sequence(), created.size, created.location, created.name);
     }
     if (!c.deltas.empty()) impl.replay_deltas(c.deltas, c.lsn);
     for (PageId id : c.deleted) {
       impl.set_next_lsn(c.lsn);
       rt.delete_page(id);
     }
+    for (const CommitRecord::RenamedPage& r : c.renamed) impl.replay_rename(r.id, r.name, c.lsn);
   } catch (const Error& e) {
     if (e.code() == ErrorCode::Corruption) throw;
     bad_record(c, e.what());
@@ -137,8 +138,8 @@ void restore_pages(Runtime& rt, const CheckpointState& ckpt) {
   Runtime::Impl& impl = detail::RuntimeAccess::of(rt);
   for (const serialize::PageImage& img : ckpt.pages) {
     const std::string_view bytes = ckpt.bytes(img);
-    impl.restore_page(img.id, img.epoch, img.location, reinterpret_cast<const std::byte*>(bytes.data()),
-                      bytes.size());
+    impl.restore_page(img.id, img.epoch, img.location, reinterpret_cast<const std::byte*>(bytes.data()), bytes.size(),
+                      img.name);
   }
   if (ckpt.next_sequence > 1) impl.reserve_through(ckpt.next_sequence - 1);
   impl.continue_after(ckpt.lsn);
@@ -286,6 +287,7 @@ void snapshot_pages(Runtime& rt, CheckpointState& state) {
     img.epoch = record.epoch.load(std::memory_order_relaxed);
     img.location = record.location;
     img.size = record.size.load(std::memory_order_relaxed);
+    img.name = impl.names.name_of(record.id);  // stable: renames take the gate, which the caller closed
     img.offset = state.arena.size();
     state.arena.append(reinterpret_cast<const char*>(record.data), img.size);
     state.pages.push_back(img);
@@ -591,35 +593,37 @@ void for_each_commit(const fs::path& dir, const std::function<bool(const CommitR
 std::vector<PageChange> page_history(const fs::path& dir, PageId page) {
   std::vector<PageChange> out;
   for_each_commit(dir, [&](const CommitRecord& r) {
-    for (const auto& created : r.created) {
-      if (created.id != page) continue;
-      PageChange ch;
-      ch.kind = PageChange::Kind::Created;
+    // A change of `page` in record `r`; epoch and size default to the last ones seen (for Deleted and Renamed).
+    auto add = [&](PageChange::Kind kind) -> PageChange& {
+      PageChange& ch = out.emplace_back();
+      ch.kind = kind;
       ch.lsn = r.lsn;
       ch.timestamp_ns = r.timestamp_ns;
+      if (out.size() > 1) {
+        ch.epoch = out[out.size() - 2].epoch;
+        ch.size = out[out.size() - 2].size;
+      }
+      return ch;
+    };
+    for (const auto& created : r.created) {
+      if (created.id != page) continue;
+      PageChange& ch = add(PageChange::Kind::Created);
+      ch.epoch = 0;
       ch.size = created.size;
-      out.push_back(std::move(ch));
+      ch.name = created.name;
     }
     for (const Delta& d : r.deltas) {
       if (d.page != page) continue;
-      PageChange ch;
-      ch.kind = PageChange::Kind::Changed;
-      ch.lsn = r.lsn;
-      ch.timestamp_ns = r.timestamp_ns;
+      PageChange& ch = add(PageChange::Kind::Changed);
       ch.epoch = d.base_epoch + d.epoch_count;
       ch.size = d.size;
       ch.delta = d;
-      out.push_back(std::move(ch));
     }
     for (PageId id : r.deleted) {
-      if (id != page) continue;
-      PageChange ch;
-      ch.kind = PageChange::Kind::Deleted;
-      ch.lsn = r.lsn;
-      ch.timestamp_ns = r.timestamp_ns;
-      ch.epoch = out.empty() ? 0 : out.back().epoch;
-      ch.size = 0;
-      out.push_back(std::move(ch));
+      if (id == page) add(PageChange::Kind::Deleted).size = 0;
+    }
+    for (const CommitRecord::RenamedPage& renamed : r.renamed) {
+      if (renamed.id == page) add(PageChange::Kind::Renamed).name = renamed.name;
     }
     return true;
   });

@@ -34,6 +34,7 @@
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/quantize.hpp"
 #include "mmsb/error.hpp"
+#include "mmsb/version.hpp"
 
 namespace {
 
@@ -150,6 +151,7 @@ std::string run_one(const std::string& bytes, bool gguf, bool quantize, const st
 
 int main(int argc, char** argv) {
   CLI::App app{"mmsb-fuzz-gguf: fuzzes the GGUF and llama2.c loaders with mutated real model files"};
+  app.set_version_flag("--version", std::string("mmsb-fuzz-gguf ") + MMSB_VERSION_STRING, "Print the version and exit");
   std::uint64_t iterations = 2000, seed = 1;
   double seconds = 0;
   std::string models = MMSB_SHARED_DIR "/models";

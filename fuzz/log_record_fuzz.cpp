@@ -309,11 +309,14 @@ int main(int argc, char** argv) {
   CLI::App app{
       "mmsb-fuzz-log: feeds random and mutated bytes to decode_commit(), mutated log segments to LogReader and "
       "LogWriter, and mutated checkpoints to the checkpoint loader and recovery; fails on any outcome other than success or mmsb::Error(corruption|not_found)."};
+  app.set_version_flag("--version", std::string("mmsb-fuzz-log ") + MMSB_VERSION_STRING, "Print the version and exit");
   app.add_option("--iterations", iterations, "iterations to run (0: no limit, use --seconds)")->capture_default_str();
   app.add_option("--seed", seed, "seed; a run is reproducible from it")->capture_default_str();
   app.add_option("--seconds", seconds, "stop after this many seconds (0: no limit)")->capture_default_str();
   try {
     app.parse(argc, argv);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {

@@ -877,7 +877,7 @@ struct Propagator::Impl : detail::CommitListener {
     return publish(node, d, /*diff_against_scratch=*/false);
   }
 
-  bool compute_incremental(Node& node, std::uint64_t wave) {
+  bool compute_incremental(Node& node, std::uint64_t wave, bool stale) {
     Delta& d = node.out_delta;
     d.clear();
     NodeLocks locks(node.lock_order, node.out_slot->record);
@@ -888,8 +888,11 @@ struct Propagator::Impl : detail::CommitListener {
           s->changed_wave.load(std::memory_order_acquire) == wave ? s->delta.load(std::memory_order_relaxed) : nullptr;
     }
     PageRecord* out = node.out_slot->record;
-    IncrementalContext ctx{node.spans, node.input_deltas, {out->data, out->size.load(std::memory_order_relaxed)},
-                           node.output};
+    IncrementalContext ctx{node.spans,
+                           node.input_deltas,
+                           {out->data, out->size.load(std::memory_order_relaxed)},
+                           node.output,
+                           /*recompute=*/stale};
     node.incremental(ctx, d);
     return publish(node, d, /*diff_against_scratch=*/false);
   }
@@ -925,7 +928,9 @@ struct Propagator::Impl : detail::CommitListener {
       switch (node.kind) {
         case NodeKind::Map: changed = compute_map(node); break;
         case NodeKind::Passthrough: changed = compute_passthrough(node, wave, stale); break;
-        case NodeKind::Incremental: changed = compute_incremental(node, wave); break;
+        case NodeKind::Incremental:
+          changed = compute_incremental(node, wave, stale);
+          break;
       }
     } catch (...) {
       ++tally.failed;
@@ -1336,6 +1341,16 @@ Propagator::~Propagator() = default;
 const PropagatorOptions& Propagator::options() const noexcept { return impl_->options; }
 
 namespace {
+// A new node is stale, so the next wave computes it once whatever its inputs do (graph.hpp, derive_*).
+void mark_stale(Propagator::Impl& impl, PageId output) {
+  std::lock_guard lock(impl.engine_mutex);
+  auto it = impl.nodes.find(output);
+  if (it == impl.nodes.end()) {
+    throw Error(ErrorCode::NotFound, "page " + output.to_string() + " is not derived by any node");
+  }
+  if (!it->second->stale.exchange(true, std::memory_order_relaxed)) impl.stale_nodes.push_back(it->second.get());
+}
+
 std::unique_ptr<Node> make_node(PageId output, NodeKind kind, NodeOptions options) {
   auto node = std::make_unique<Node>();
   node->output = output;
@@ -1350,6 +1365,7 @@ void Propagator::derive_map(PageId output, std::vector<PageId> inputs, MapFuncti
   auto node = make_node(output, NodeKind::Map, std::move(options));
   node->map = std::move(fn);
   impl_->add_node(std::move(node), inputs);
+  mark_stale(*impl_, output);
 }
 
 void Propagator::derive_map(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
@@ -1359,12 +1375,14 @@ void Propagator::derive_map(PageId output, std::vector<PageId> inputs, const std
   node->map = FunctionRegistry::global().map(registered_name);
   node->function = registered_name;
   impl_->add_node(std::move(node), inputs);
+  mark_stale(*impl_, output);
 }
 
 void Propagator::derive_passthrough(PageId output, PageId input, ByteRemap remap, NodeOptions options) {
   auto node = make_node(output, NodeKind::Passthrough, std::move(options));
   node->remap = remap;
   impl_->add_node(std::move(node), {input});
+  mark_stale(*impl_, output);
 }
 
 void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn,
@@ -1373,6 +1391,7 @@ void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, I
   auto node = make_node(output, NodeKind::Incremental, std::move(options));
   node->incremental = std::move(fn);
   impl_->add_node(std::move(node), inputs);
+  mark_stale(*impl_, output);
 }
 
 void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
@@ -1382,6 +1401,7 @@ void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, c
   node->incremental = FunctionRegistry::global().incremental(registered_name);
   node->function = registered_name;
   impl_->add_node(std::move(node), inputs);
+  mark_stale(*impl_, output);
 }
 
 void Propagator::remove_node(PageId output) { impl_->remove_node(output); }
@@ -1427,15 +1447,7 @@ void Propagator::propagate() {
 }
 
 void Propagator::recompute(PageId output) {
-  {
-    std::lock_guard lock(impl_->engine_mutex);
-    auto it = impl_->nodes.find(output);
-    if (it == impl_->nodes.end()) {
-      throw Error(ErrorCode::NotFound, "page " + output.to_string() + " is not derived by any node");
-    }
-    it->second->stale.store(true, std::memory_order_relaxed);
-    impl_->stale_nodes.push_back(it->second.get());
-  }
+  mark_stale(*impl_, output);
   impl_->drain();
 }
 
@@ -1443,8 +1455,7 @@ void Propagator::recompute_all() {
   {
     std::lock_guard lock(impl_->engine_mutex);
     for (auto& [id, node] : impl_->nodes) {
-      node->stale.store(true, std::memory_order_relaxed);
-      impl_->stale_nodes.push_back(node.get());
+      if (!node->stale.exchange(true, std::memory_order_relaxed)) impl_->stale_nodes.push_back(node.get());
     }
   }
   impl_->drain();
@@ -1512,6 +1523,11 @@ bool Propagator::is_stale(PageId page) const {
   std::lock_guard lock(impl_->engine_mutex);
   auto it = impl_->nodes.find(page);
   return it != impl_->nodes.end() && it->second->stale.load(std::memory_order_relaxed);
+}
+
+bool Propagator::has_node(PageId page) const {
+  std::lock_guard lock(impl_->engine_mutex);
+  return impl_->nodes.count(page) != 0;
 }
 
 std::size_t Propagator::node_count() const {

@@ -225,6 +225,7 @@ int main(int argc, char** argv) {
       "changes.\nWith --log every commit is logged, `committed <lsn>` is printed once it is durable, and a restart "
       "on the same directory recovers the log first (`recovered <lsn>`). The last line is `total <sum>`.\n"
       "Exit status: 0 when the total is conserved, 1 otherwise (or on an error), 2 on bad options."};
+  app.set_version_flag("--version", std::string("bank ") + MMSB_VERSION_STRING, "Print the version and exit");
   app.add_option("--log", opt.log, "log directory; created if missing, recovered if it holds a log "
                                    "(without it the bank runs in memory only)");
   app.add_option("--accounts", opt.accounts, "accounts opened at first start, 1000 each")
@@ -247,6 +248,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::Range(std::uint64_t{64}, std::uint64_t{1} << 40));
   try {
     app.parse(argc, argv);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {

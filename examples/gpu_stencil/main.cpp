@@ -4,6 +4,7 @@
 // as the plate's next state (only the cells that changed), which the mirror uploads as a sparse delta again.
 //
 //   gpu_stencil [--size N] [--waves N] [--steps N]
+//   gpu_stencil --version
 //
 // It prints the backend, then one line per 10 waves, then `checksum 0x...`: the same on every backend.
 #include <cstdint>
@@ -53,6 +54,10 @@ std::uint64_t fnv1a(const std::vector<std::byte>& bytes) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::strcmp(argv[1], "--version") == 0) {
+    std::printf("gpu_stencil %s\n", MMSB_VERSION_STRING);
+    return 0;
+  }
   Options o;
   if (!parse(argc, argv, o)) {
     std::fprintf(stderr, "usage: gpu_stencil [--size N>=3] [--waves N] [--steps N]\n");

@@ -200,6 +200,7 @@ int main(int argc, char** argv) {
       "stencil node per tile) and the statistics, which a subscriber prints. Borders are insulated: the total "
       "energy is conserved.\nWith --log the run is durable and resumable: run the same command again after an "
       "interruption and it continues to --steps, ending in the same state."};
+  app.set_version_flag("--version", std::string("heat_diffusion ") + MMSB_VERSION_STRING, "Print the version and exit");
   app.add_option("--size", opt.config.size, "cells per side of the square grid")
       ->capture_default_str()->check(CLI::Range(2u, 1u << 15));
   app.add_option("--tiles", opt.config.tiles, "tiles per side (--size must be a multiple)")
@@ -219,6 +220,8 @@ int main(int argc, char** argv) {
                "step the tiles with device nodes on the GPU mirror (Vulkan, or its CPU fallback); same results");
   try {
     app.parse(argc, argv);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {

@@ -145,6 +145,7 @@ int main(int argc, char** argv) {
       "pipeline: sensors -> smoothing filters -> zone levels -> alerts, in BATCH mode. Readings are committed one "
       "at a time; each batch is propagated as one wave, and unchanged filters and zones cut the wave off. Prints "
       "each change of the alerts and, at the end, how many nodes ran, were cut off or skipped."};
+  app.set_version_flag("--version", std::string("pipeline ") + MMSB_VERSION_STRING, "Print the version and exit");
   app.add_option("--sensors", opt.sensors, "sensor pages")->capture_default_str()->check(CLI::Range(1u, 1u << 20));
   app.add_option("--zones", opt.zones, "zones (sensor i belongs to zone i % zones)")
       ->capture_default_str()->check(CLI::Range(1u, static_cast<unsigned>(kMaxZones)));
@@ -154,6 +155,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", opt.seed, "seed of the readings")->capture_default_str();
   try {
     app.parse(argc, argv);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {

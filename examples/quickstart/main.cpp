@@ -1,10 +1,17 @@
 // quickstart: pages, an atomic two-page transaction, the delta it recorded, and undoing it.
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <mmsb/mmsb.hpp>
 #include <vector>
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 1) {
+    const bool version = argc == 2 && std::strcmp(argv[1], "--version") == 0;
+    std::fprintf(version ? stdout : stderr, version ? "quickstart %s\n" : "usage: quickstart [--version]\n",
+                 MMSB_VERSION_STRING);
+    return version ? 0 : 2;
+  }
   mmsb::Runtime rt;
   mmsb::PageId alice = rt.create_page(sizeof(std::int64_t));
   mmsb::PageId bob = rt.create_page(sizeof(std::int64_t));

@@ -31,6 +31,7 @@
 #include "mmsb/llm/throughput.hpp"
 #include "mmsb/llm/tokenizer.hpp"
 #include "mmsb/error.hpp"
+#include "mmsb/version.hpp"
 
 namespace {
 
@@ -417,6 +418,7 @@ int main(int argc, char** argv) {
   Options o;
   CLI::App app{"mmsb-llm: Llama inference on mmsb pages (llama2.c .bin or GGUF models). The text goes to stdout "
                "as it is generated; statistics go to stderr."};
+  app.set_version_flag("--version", std::string("mmsb-llm ") + MMSB_VERSION_STRING, "Print the version and exit");
   app.add_option("-m,--model", o.model, "model file: a llama2.c checkpoint (.bin) or GGUF v2/v3 (architecture llama)");
   app.add_option("-z,--tokenizer", o.tokenizer,
                  "llama2.c tokenizer (tok*.bin); required for .bin checkpoints, overrides a GGUF's own vocabulary");
@@ -490,6 +492,8 @@ int main(int argc, char** argv) {
                     "paged engine with and without prefetch against the resident one, and the synchronous loads");
   try {
     app.parse(argc, argv);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

@@ -12,8 +12,6 @@
 // iteration i draws from its own generator seeded with (seed, i), so `--seed S` reproduces a run exactly.
 //
 //   mmsb-fuzz-log --iterations 0 --seconds 3600 --seed 7     # one hour; see docs/durability.md
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -33,11 +31,13 @@
 
 #include "serialize/checkpoint.hpp"
 #include "serialize/codec.hpp"
+#include "program/options.hpp"
 #include "serialize/log.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
+using mmsb::program::range;
 using mmsb::serialize::DecodedCommit;
 
 constexpr unsigned kHangSeconds = 30;
@@ -300,32 +300,10 @@ void fuzz_checkpoint(const Corpus& corpus, const fs::path& dir, std::mt19937_64&
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  std::uint64_t iterations = 20000;
-  std::uint64_t seed = 1;
-  double seconds = 0;
-  CLI::App app{
-      "mmsb-fuzz-log: feeds random and mutated bytes to decode_commit(), mutated log segments to LogReader and "
-      "LogWriter, and mutated checkpoints to the checkpoint loader and recovery; fails on any outcome other than success or mmsb::Error(corruption|not_found)."};
-  app.set_version_flag("--version", std::string("mmsb-fuzz-log ") + MMSB_VERSION_STRING, "Print the version and exit");
-  app.add_option("--iterations", iterations, "iterations to run (0: no limit, use --seconds)")->capture_default_str();
-  app.add_option("--seed", seed, "seed; a run is reproducible from it")->capture_default_str();
-  app.add_option("--seconds", seconds, "stop after this many seconds (0: no limit)")->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return 2;
-  }
-  if (seconds < 0 || (iterations == 0 && seconds == 0)) {
-    std::fprintf(stderr, "mmsb-fuzz-log: --seconds must be >= 0, and --iterations 0 needs a --seconds limit\n");
-    return 2;
+// The fuzz loop; returns the exit code (0: every outcome was acceptable, 1: a violation, reported on stderr).
+int fuzz(std::uint64_t iterations, std::uint64_t seed, double seconds) {
+  if (iterations == 0 && seconds == 0) {
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--iterations 0 needs a --seconds limit");
   }
 
   std::signal(SIGALRM, on_alarm);
@@ -399,4 +377,26 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(seed),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::uint64_t iterations = 20000;
+  std::uint64_t seed = 1;
+  double seconds = 0;
+  CLI::App app{
+      "mmsb-fuzz-log: feeds random and mutated bytes to decode_commit(), mutated log segments to LogReader and "
+      "LogWriter, and mutated checkpoints to the checkpoint loader and recovery; fails on any outcome other than "
+      "success or mmsb::Error(corruption|not_found)."};
+  app.add_option("--iterations", iterations, "iterations to run (0: no limit, use --seconds)")
+      ->capture_default_str()
+      ->check(range<std::uint64_t>(0, std::uint64_t{1} << 40));
+  app.add_option("--seed", seed, "seed; a run is reproducible from it")
+      ->capture_default_str()
+      ->check(mmsb::program::non_negative<std::uint64_t>());
+  app.add_option("--seconds", seconds, "stop after this many seconds (0: no limit)")
+      ->capture_default_str()
+      ->check(range(0.0, 1e9));
+  return mmsb::program::run("mmsb-fuzz-log", app, argc, argv, [&] { return fuzz(iterations, seed, seconds); });
 }

@@ -13,8 +13,6 @@
 //
 // Prints "step S: total energy E, chunks at rest R" every 50 steps, the observer's lines, the statistics, and last
 // "checksum 0x...": the same for any thread count, and for a run interrupted and resumed.
-#include <CLI/CLI.hpp>
-
 #include <cinttypes>
 #include <cmath>
 #include <cstdint>
@@ -26,6 +24,7 @@
 #include <vector>
 
 #include "mmsb/mmsb.hpp"
+#include "program/options.hpp"
 
 namespace {
 
@@ -220,41 +219,30 @@ int run(const Options& opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  using mmsb::program::range;
   Options opt;
   CLI::App app{"particles: a particle simulation mirrored into mmsb pages (docs/tutorial.md, part two)."};
-  app.set_version_flag("--version", std::string("particles ") + MMSB_VERSION_STRING, "Print the version and exit");
-  app.add_option("--particles", opt.particles, "particles in all")
-      ->capture_default_str()
-      ->check(CLI::Range(1u, 1u << 24));
+  app.add_option("--particles", opt.particles, "particles in all")->capture_default_str()->check(range(1u, 1u << 24));
   app.add_option("--chunks", opt.chunks, "pages the particles are split into (must divide --particles)")
       ->capture_default_str()
-      ->check(CLI::Range(1u, 4096u));
-  app.add_option("--steps", opt.steps, "run until this step")->capture_default_str();
+      ->check(range(1u, 4096u));
+  app.add_option("--steps", opt.steps, "run until this step")->capture_default_str()->check(range(0u, 1u << 30));
   app.add_option("--wave-every", opt.wave_every, "steps per wave (BATCH mode)")
       ->capture_default_str()
-      ->check(CLI::Range(1u, 1u << 20));
+      ->check(range(1u, 1u << 20));
   app.add_option("--threads", opt.threads, "propagator worker threads (0: one per hardware thread)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(range(0u, 1024u));
   app.add_option("--dir", opt.dir, "durable directory: resume the run found there, or start one");
-  app.add_option("--seed", opt.seed, "seed of the initial particles")->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return 2;
-  }
-  if (opt.particles % opt.chunks != 0) {
-    std::fprintf(stderr, "particles: --chunks %u must divide --particles %u\n", opt.chunks, opt.particles);
-    return 2;
-  }
-  try {
+  app.add_option("--seed", opt.seed, "seed of the initial particles")
+      ->capture_default_str()
+      ->check(mmsb::program::non_negative<std::uint64_t>());
+  return mmsb::program::run("particles", app, argc, argv, [&] {
+    if (opt.particles % opt.chunks != 0) {
+      throw mmsb::Error(
+          mmsb::ErrorCode::InvalidArgument,
+          "--chunks " + std::to_string(opt.chunks) + " must divide --particles " + std::to_string(opt.particles));
+    }
     return run(opt);
-  } catch (const mmsb::Error& e) {
-    std::fprintf(stderr, "particles: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -1,17 +1,15 @@
 // quickstart: pages, an atomic two-page transaction, the delta it recorded, and undoing it.
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
+#include <optional>
 #include <mmsb/mmsb.hpp>
 #include <vector>
 
-int main(int argc, char** argv) {
-  if (argc > 1) {
-    const bool version = argc == 2 && std::strcmp(argv[1], "--version") == 0;
-    std::fprintf(version ? stdout : stderr, version ? "quickstart %s\n" : "usage: quickstart [--version]\n",
-                 MMSB_VERSION_STRING);
-    return version ? 0 : 2;
-  }
+#include "program/main.hpp"
+
+namespace {
+
+int tour() {
   mmsb::Runtime rt;
   mmsb::PageId alice = rt.create_page(sizeof(std::int64_t));
   mmsb::PageId bob = rt.create_page(sizeof(std::int64_t));
@@ -52,4 +50,12 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(rt.info(bob).epoch));
   std::printf("restored: %s\n", a == 100 && b == 50 ? "yes" : "NO");
   return a == 100 && b == 50 ? 0 : 1;
+}
+
+}  // namespace
+
+// Any exception (none is expected here) becomes one line on stderr and exit code 1.
+int main(int argc, char** argv) {
+  if (const std::optional<int> code = mmsb::program::no_options("quickstart", argc, argv)) return *code;
+  return mmsb::program::guard("quickstart", tour);
 }

@@ -5,8 +5,6 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -16,6 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "support/test_support.hpp"
+
 extern char** environ;
 
 namespace mmsb::testing {
@@ -24,13 +24,6 @@ struct Outcome {
   int code = -1;  // exit status; 128 + signal when killed
   std::string out, err;
 };
-
-inline std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Runs `args` (args[0] is the program's path) with stdin from /dev/null and stdout/stderr in files of `scratch`.
 inline Outcome run_process(const std::vector<std::string>& args, const std::filesystem::path& scratch) {

@@ -7,6 +7,7 @@
 #include "mmsb/error.hpp"
 #include "serialize/file_io.hpp"
 #include "serialize/log_format.hpp"
+#include "serialize/log_writer.hpp"
 
 namespace mmsb::durable {
 
@@ -41,6 +42,7 @@ std::uint64_t add_reader_damage(const serialize::LogReader& reader, LogEdit& edi
   const fs::path& dir = reader.directory();
   auto add = [&](const serialize::DamageInfo& info, bool to_end) {
     edit.report.push_back(damage_report(dir, info));
+    if (info.segment == serialize::kManifestName) return;  // set_aside() keeps a copy and writes it anew
     const fs::path path = dir / info.segment;
     if (info.unusable_file) {
       edit.remove.push_back(path);
@@ -79,6 +81,12 @@ fs::path set_aside(FileSystem& fsys, const fs::path& dir, const LogEdit& edit, c
     serialize::write_file_durably(fsys, folder / path.filename(), bytes);
   }
   serialize::write_file_durably(fsys, folder / "REPORT.txt", report_text(edit, why));
+  const fs::path manifest = dir / serialize::kManifestName;
+  const FileStatus manifest_status = fsys.status(manifest);
+  if (manifest_status.type == FileType::Regular && manifest_status.size <= serialize::kManifestMaxBytes) {
+    serialize::write_file_durably(fsys, folder / serialize::kManifestName,
+                                  fsys.read(manifest, serialize::kManifestMaxBytes));
+  }
   // 2. Whole segments move into the folder (a rename: nothing is copied, nothing lost).
   for (const fs::path& path : edit.remove) fsys.rename(path, folder / path.filename());
   fsys.sync_directory(folder);
@@ -96,6 +104,7 @@ fs::path set_aside(FileSystem& fsys, const fs::path& dir, const LogEdit& edit, c
     if (pos < bytes.size()) kept.append(bytes, pos, std::string::npos);
     serialize::write_file_durably(fsys, path, kept);
   }
+  serialize::rebuild_manifest(fsys, dir);
   return folder;
 }
 

@@ -26,7 +26,7 @@ struct LogEdit {
   // What is dropped and why, for REPORT.txt.
   std::vector<DamageReport> report;
 
-  bool empty() const { return drop.empty() && remove.empty(); }
+  bool empty() const { return drop.empty() && remove.empty() && report.empty(); }
 };
 
 // Adds what `reader` (finished) passed over to `edit`: each stretch it skipped (SkipDamaged), or the cut where it
@@ -34,7 +34,8 @@ struct LogEdit {
 // commit records that lie beyond a cut.
 std::uint64_t add_reader_damage(const serialize::LogReader& reader, LogEdit& edit, bool torn_tail);
 
-// Applies `edit` to the log of `dir` as described above; returns the folder (empty path when `edit` is empty).
+// Applies `edit` to the log of `dir` as described above, keeps a copy of MANIFEST in the folder and then rewrites
+// MANIFEST for the segments that remain; returns the folder (empty path when `edit` is empty).
 std::filesystem::path set_aside(FileSystem& fsys, const std::filesystem::path& dir, const LogEdit& edit,
                                 const std::string& why);
 

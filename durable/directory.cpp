@@ -38,7 +38,7 @@ DirectoryFiles list_directory(FileSystem& fsys, const fs::path& dir) {
       segments.emplace_back(key, dir / name);
     } else if (ends_with(name, ".mmsb.tmp")) {
       files.temporaries.push_back(dir / name);
-    } else if (name != kLockFile && !ends_with(name, ".damaged") && name.rfind(kAsidePrefix, 0) != 0) {
+    } else if (name != kLockFile && name != serialize::kManifestName && name.rfind(kAsidePrefix, 0) != 0) {
       ++files.other;
     }
   }

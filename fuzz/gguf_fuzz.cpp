@@ -12,7 +12,7 @@
 // with (seed, i), so `--seed S` reproduces a run exactly.
 //
 //   mmsb-fuzz-gguf --iterations 0 --seconds 600 --seed 7     # ten minutes
-//   mmsb-fuzz-gguf --seed 777 --only 16089 --write-input crash.gguf  # keep one iteration's input as a regression
+//   mmsb-fuzz-gguf --seed 777 --start 16089 --iterations 1 --write-input crash.gguf  # keep one input
 //
 // Inputs that once failed are kept in tests/llm/regressions/ (the llm test suite parses each of them).
 #include <chrono>
@@ -35,6 +35,7 @@
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/quantize.hpp"
 #include "mmsb/error.hpp"
+#include "fuzz/crash_note.hpp"
 #include "program/options.hpp"
 
 namespace {
@@ -151,9 +152,8 @@ std::string run_one(const std::string& bytes, bool gguf, bool quantize, const st
 }
 
 // The fuzz loop; returns the exit code (0: every outcome was acceptable, 1: a failure, reported on stderr).
-int fuzz(std::uint64_t iterations, std::uint64_t seed, double seconds, const std::string& models, std::int64_t only,
+int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, double seconds, const std::string& models,
          const std::string& write_input) {
-  if (only >= 0) iterations = static_cast<std::uint64_t>(only) + 1;
   if (iterations == 0 && seconds <= 0) {
     throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "give --iterations or --seconds");
   }
@@ -207,9 +207,10 @@ int fuzz(std::uint64_t iterations, std::uint64_t seed, double seconds, const std
     return 2;
   }
   std::signal(SIGALRM, on_alarm);
+  mmsb::fuzz::CrashNote::install("mmsb-fuzz-gguf");
   const auto start = std::chrono::steady_clock::now();
   std::uint64_t done = 0;
-  for (std::uint64_t i = only >= 0 ? static_cast<std::uint64_t>(only) : 0; iterations == 0 || i < iterations; ++i) {
+  for (std::uint64_t i = first; iterations == 0 || i - first < iterations; ++i) {
     if (seconds > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > seconds) break;
     std::seed_seq sequence{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32),
                            static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(i >> 32)};
@@ -218,12 +219,14 @@ int fuzz(std::uint64_t iterations, std::uint64_t seed, double seconds, const std
     const std::string input = mutate(s, rng);
     if (!write_input.empty()) write_file(write_input, input);
     ::alarm(30);
+    mmsb::fuzz::CrashNote::set(seed, i);
     std::string failure = s.lora ? run_lora(input) : run_one(input, s.gguf, rng() % 8 == 0, scratch);
     ::alarm(0);
     if (!failure.empty()) {
-      std::fprintf(stderr, "mmsb-fuzz-gguf: seed %llu iteration %llu (%s): %s\n",
+      std::fprintf(stderr, "mmsb-fuzz-gguf: seed %llu iteration %llu (%s; --seed %llu --start %llu --iterations 1 "
+                   "replays it): %s\n",
                    static_cast<unsigned long long>(seed), static_cast<unsigned long long>(i), s.name.c_str(),
-                   failure.c_str());
+                   static_cast<unsigned long long>(seed), static_cast<unsigned long long>(i), failure.c_str());
       return 1;
     }
     ++done;
@@ -236,7 +239,7 @@ int fuzz(std::uint64_t iterations, std::uint64_t seed, double seconds, const std
 
 int main(int argc, char** argv) {
   CLI::App app{"mmsb-fuzz-gguf: fuzzes the GGUF and llama2.c loaders with mutated real model files"};
-  std::uint64_t iterations = 2000, seed = 1;
+  std::uint64_t iterations = 2000, seed = 1, first = 0;
   double seconds = 0;
   std::string models = MMSB_SHARED_DIR "/models";
   app.add_option("--iterations", iterations, "iterations to run (0 = until --seconds)")
@@ -248,12 +251,14 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "seed; iteration i uses (seed, i)")
       ->capture_default_str()
       ->check(mmsb::program::non_negative<std::uint64_t>());
+  app.add_option("--start", first, "the first iteration (to replay iteration I alone: --start I --iterations 1)")
+      ->capture_default_str()
+      ->check(mmsb::program::non_negative<std::uint64_t>());
   app.add_option("--models", models, "folder with the corpus model files")->capture_default_str();
-  std::int64_t only = -1;
   std::string write_input;
-  app.add_option("--only", only, "run this one iteration (of --seed) and nothing else")
-      ->check(mmsb::program::non_negative<std::int64_t>());
-  app.add_option("--write-input", write_input, "with --only: also write that iteration's input to this file");
+  app.add_option("--write-input", write_input,
+                 "write each iteration's input to this file before running it (with --start I --iterations 1: that "
+                 "iteration's input, to keep as a regression file)");
   return mmsb::program::run("mmsb-fuzz-gguf", app, argc, argv,
-                            [&] { return fuzz(iterations, seed, seconds, models, only, write_input); });
+                            [&] { return fuzz(iterations, first, seed, seconds, models, write_input); });
 }

@@ -1,29 +1,38 @@
 // graph/engine.hpp — the propagation engine's state, shared by the files that implement it (internal to mmsb).
 //
 // Propagator::Impl is one object; its code is split by concern:
-//   plan.cpp       graph version and plan: nodes and slots, the topological order, chains, the flow graph
+//   plan.cpp       graph version and plan: nodes, slots and functions; the per-version execution plan
 //   wave.cpp       the wave executor: which nodes a wave reaches, running them, publishing their outputs
 //   queue.cpp      queues and modes: the commit listener, IMMEDIATE/DEFERRED/BATCH draining, the worker thread
 //   observers.cpp  observers and stats: subscriptions, events, delivery after the wave, counters and exports
+//   builder.cpp    GraphBuilder: many nodes declared as one graph version
 //   propagator.cpp the public Propagator members, which lock and delegate
 //
-// Structure. Every page that a node reads or writes (or an observer watches) has a Slot; a Slot records the wave
-// in which its page last changed and that change's delta, so "did an input change in this wave?" is one atomic
-// load per input. Commits find a page's Slot through a tag on the page record. The DependencyGraph (Boost.Graph)
-// is the authority on edges, cycles and the topological order; from it the engine derives, once per graph shape,
-// an execution plan: each node's topological position, the fused linear chains, a flat successor array for the
-// breadth-first walk, and a TBB flow graph whose tasks are bundles of sibling chains.
+// Structure, sized for millions of pages (about 40 bytes per page and 40 per node here, besides the graph index):
+//  - The DependencyGraph (graph/dependency_graph.hpp) is the authority on edges, cycles and the topological order.
+//    Its dense vertex ids index the engine's per-page Slots.
+//  - A Slot records the wave in which its page last changed and that change's delta, so "did an input change in
+//    this wave?" is one atomic load per input. Commits find a page's Slot through a tag on its page record.
+//  - A Node is a derived page's computation: its output vertex, its inputs (a range of one shared pool of vertex
+//    ids) and an index into a function table, so nodes declared with one shared function store it once.
+//  - Slots and nodes live in chunked arrays whose elements never move: a commit on another thread may hold a
+//    Slot pointer while the engine adds pages.
+//  - The Plan, built once per graph version at the next wave, lists the nodes level by level (a node's level is
+//    one more than the deepest node it depends on, by any edge kind), with the data successors of each position
+//    as a Boost.Graph compressed_sparse_row_graph for the walk that finds a wave's nodes.
 //
-// A wave: mark the changed slots → walk the successor array from them (plus stale nodes) to find the affected
-// nodes → run them inline in topological order when they are few or one chain, else fire the flow graph, whose
-// tasks skip nodes outside the wave. A node locks its inputs shared and its output exclusive, computes, diffs and
-// publishes under those locks. Observers get what the wave produced after it, outside the engine lock.
+// A wave: mark the changed slots → walk the successors from their readers (plus stale nodes) to find the reached
+// positions → run them level by level: a level's nodes are independent, so a level with enough work is split
+// across the arena's threads (tbb::parallel_for), and everything else runs inline on the calling thread. A node
+// locks its inputs shared and its output exclusive (in PageId order, as commits do), computes, diffs and publishes
+// under those locks. Per-run scratch (the map output buffer, input spans, a delta nobody reads) belongs to the
+// thread, not the node. Observers get what the wave produced after it, outside the engine lock.
 //
 // Memory ordering. Work handed to TBB crosses threads inside libtbb, which sanitizers cannot see into, so the
 // engine states its own happens-before edges with atomics: the caller publishes the wave number (release) after
-// preparing the wave and each task acquires it; a producer publishes its slot's change (release) after writing
-// its delta and consumers acquire it; every task ends with an acq_rel increment that the caller acquires after
-// wait_for_all().
+// preparing the wave and each chunk acquires it; a producer publishes its slot's change (release) after writing
+// its delta and consumers acquire it; every chunk ends with an acq_rel increment of chunks_done, which each later
+// chunk and the caller acquire.
 //
 // Thread-safety: see the comment of each member group (most are guarded by engine_mutex).
 #pragma once
@@ -72,76 +81,127 @@ inline const char* node_kind_name(NodeKind kind) {
   return "?";
 }
 
-struct Node;
+constexpr std::uint32_t event_bit(EventKind kind) { return EventMask{kind}.bits(); }
 
-struct Slot {
-  explicit Slot(PageId id, PageRecord* rec) : page(id), record(rec) {}
-  const PageId page;
-  PageRecord* const record;
-  std::atomic<std::uint64_t> changed_wave{0};  // release-stored after `delta`
-  std::atomic<const Delta*> delta{nullptr};
-  std::vector<Node*> readers;       // nodes with this page as a data input (engine lock)
-  std::atomic<int> subscribers{0};  // page subscriptions (observers)
-  // BATCH: the commits not yet propagated, folded into one delta. Guarded by the page's lock, which every commit
-  // of this page holds while it publishes, so folds happen in LSN order.
-  Delta pending;
-  bool has_pending = false;
-  std::uint64_t pending_folds = 0;  // deltas folded into `pending` after the first
+using NodeIndex = std::uint32_t;
+inline constexpr NodeIndex kNoNode = ~NodeIndex{0};
+
+// An array of T in chunks of 4096 that never move once allocated, indexed by a 32-bit id. Growing takes the
+// engine lock; reading an element needs no lock once the reader has its address.
+template <class T>
+class StableArray {
+ public:
+  static constexpr unsigned kChunkBits = 12;
+  T& operator[](std::uint32_t i) noexcept { return chunks_[i >> kChunkBits][i & kMask]; }
+  const T& operator[](std::uint32_t i) const noexcept { return chunks_[i >> kChunkBits][i & kMask]; }
+  std::uint32_t size() const noexcept { return size_; }
+  // Makes ids [0, n) valid (new elements are value-initialized).
+  void grow_to(std::uint32_t n) {
+    while (static_cast<std::size_t>(chunks_.size()) << kChunkBits < n)
+      chunks_.push_back(std::make_unique<T[]>(std::size_t{1} << kChunkBits));
+    if (n > size_) size_ = n;
+  }
+  std::size_t memory_bytes() const noexcept {
+    return chunks_.size() * (sizeof(T) << kChunkBits) + chunks_.capacity() * sizeof(void*);
+  }
+
+ private:
+  static constexpr std::uint32_t kMask = (1u << kChunkBits) - 1;
+  std::vector<std::unique_ptr<T[]>> chunks_;
+  std::uint32_t size_ = 0;
 };
 
-// A 64-byte aligned scratch buffer from the page allocator (map outputs are written here before publishing).
-struct Scratch {
-  detail::Block block;
-  std::size_t size = 0;
-  ~Scratch() { release(); }
-  void release() noexcept {
-    if (block.data) detail::PageAllocator::global().deallocate(block.data, block.capacity);
-    block = {};
-  }
-  std::span<std::byte> resize(std::size_t n) {
-    if (n > block.capacity || block.data == nullptr) {
-      release();
-      block = detail::PageAllocator::global().allocate(std::max<std::size_t>(n, 1), detail::Zeroing::Uninitialized);
-    }
-    size = n;
-    return {block.data, n};
-  }
+// The engine's state for one page of the graph, indexed by its vertex id.
+struct Slot {
+  PageRecord* record = nullptr;                // null until the page joins the engine
+  std::atomic<const Delta*> delta{nullptr};    // this wave's change, when someone reads it; valid for the wave
+  std::atomic<std::uint32_t> changed_wave{0};  // release-stored after `delta`
+  NodeIndex node = kNoNode;                    // the node computing this page (engine_mutex)
+  std::atomic<std::uint32_t> subscribers{0};   // page subscriptions (observers)
+  VertexId vertex = kNoVertex;
+  struct BatchPending* batch = nullptr;  // BATCH: its pending delta (guarded by the page's lock)
+};
+
+// BATCH: the commits of one page not yet propagated, folded into one delta. Guarded by the page's lock, which
+// every commit of this page holds while it publishes, so folds happen in LSN order.
+struct BatchPending {
+  Delta pending;
+  bool has_pending = false;
+  std::uint64_t folds = 0;  // deltas folded into `pending` after the first
 };
 
 struct Node {
-  PageId output;
-  Slot* out_slot = nullptr;
+  static constexpr std::uint8_t kLive = 1;           // the index is in use
+  static constexpr std::uint8_t kAlwaysChanges = 2;  // map: no diff, the whole output is the delta
+  static constexpr std::uint8_t kLockOrder = 4;      // inputs strictly increase by PageId: they are the lock order
+  static constexpr std::uint8_t kKeepDelta = 8;      // a reader consumes this node's delta (set by the plan)
+
+  VertexId out = kNoVertex;
+  std::uint32_t inputs = 0;  // first input in Impl::input_pool
+  std::uint32_t input_count = 0;
+  std::uint32_t function = 0;  // index into the kind's function table (maps, incrementals, remaps)
+  std::uint32_t position = 0;  // in the plan of its graph version
+  std::atomic<std::uint32_t> completed_wave{0};
   NodeKind kind = NodeKind::Map;
-  std::vector<Slot*> inputs;
-  MapFunction map;
-  IncrementalFunction incremental;
-  ByteRemap remap;
-  NodeOptions options;
-  std::string function;                 // the registered function name, when bound by name
-  std::vector<PageRecord*> lock_order;  // inputs and output, by PageId, unique
-
-  // Plan (rebuilt per graph version).
-  std::uint64_t topo = 0;
-  std::size_t chain = 0;  // the fused linear chain this node belongs to
-
-  // Wave state.
-  std::atomic<std::uint64_t> reached_wave{0};
-  std::atomic<std::uint64_t> completed_wave{0};
+  std::uint8_t flags = 0;
   std::atomic<bool> stale{false};
-  Delta out_delta;
-  Scratch scratch;
-  std::vector<std::span<const std::byte>> spans;
-  std::vector<const Delta*> input_deltas;
+  std::unique_ptr<Delta> delta;  // the published delta, kept when a reader consumes it (kKeepDelta)
 };
 
-// Per-task counts, added to the shared counters once per task rather than once per node (those atomics would
+// Functions shared by index, with a use count so the last node using one frees it.
+template <class F>
+struct FunctionTable {
+  std::vector<F> entries;
+  std::vector<std::uint32_t> uses;
+  std::vector<std::uint32_t> free;
+  std::uint32_t add(F fn, std::uint32_t initial_uses) {
+    std::uint32_t i;
+    if (!free.empty()) {
+      i = free.back();
+      free.pop_back();
+      entries[i] = std::move(fn);
+      uses[i] = initial_uses;
+    } else {
+      i = static_cast<std::uint32_t>(entries.size());
+      entries.push_back(std::move(fn));
+      uses.push_back(initial_uses);
+    }
+    return i;
+  }
+  void release(std::uint32_t i) {
+    if (--uses[i] == 0) {
+      entries[i] = F{};
+      free.push_back(i);
+    }
+  }
+};
+
+// What a node's description needs beyond the hot fields: its options' name and its registered function name.
+struct NodeLabel {
+  std::string name;
+  std::string function;
+};
+
+// The execution plan of one graph version (engine_mutex).
+struct Plan;
+struct PlanDeleter {
+  void operator()(Plan* plan) const noexcept;  // plan.cpp, where Plan is complete
+};
+
+// Per-run scratch of one thread: the map output buffer, input spans and deltas, a delta that no reader keeps.
+struct RunScratch;
+// Per-chunk counts, added to the shared counters once per chunk rather than once per node (those atomics would
 // otherwise bounce between cores on every node of a parallel wave).
 struct Tally {
-  std::uint32_t wanted = 0;  // the observers' event mask, read once per task
+  std::uint32_t wanted = 0;  // the observers' event mask, read once per chunk
   std::uint64_t recomputed = 0, skipped = 0, cut_off = 0, failed = 0, bytes = 0, runs = 0;
+  RunScratch* scratch = nullptr;
 };
 
-constexpr std::uint32_t event_bit(EventKind kind) { return EventMask{kind}.bits(); }
+// A level of a wave: [first, last) of the wave's sorted positions (sparse waves) or of plan positions (dense).
+struct Segment {
+  std::uint32_t first, last;
+};
 
 // A derived or committed change of a subscribed page, kept for delivery after the wave. A committed delta is
 // shared with its PendingCommit rather than copied: a wave rewriting many large pages would otherwise allocate and
@@ -161,44 +221,20 @@ struct PendingCommit {
   std::size_t count = 0;  // deltas[0, count) are the commit's watched deltas
 };
 
-// A node's page locks: its inputs shared and its output exclusive, taken in PageId order (as commits take theirs,
-// so the two never deadlock) and dropped on scope exit. Holding the output from the start means the node computes,
-// diffs and publishes in one pass, and readers never see the output between two of those steps.
-class NodeLocks {
- public:
-  NodeLocks(const std::vector<PageRecord*>& pages, const PageRecord* output) : pages_(pages), output_(output) {
-    for (PageRecord* p : pages_) {
-      if (p == output_) {
-        p->mutex.lock();
-      } else {
-        p->mutex.lock_shared();
-      }
-      ++locked_;
-      if (p->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(p->id);
-    }
-  }
-  ~NodeLocks() {
-    while (locked_ > 0) {
-      PageRecord* p = pages_[--locked_];
-      if (p == output_) {
-        p->mutex.unlock();
-      } else {
-        p->mutex.unlock_shared();
-      }
-    }
-  }
-  NodeLocks(const NodeLocks&) = delete;
-  NodeLocks& operator=(const NodeLocks&) = delete;
-
- private:
-  const std::vector<PageRecord*>& pages_;
-  const PageRecord* output_;
-  std::size_t locked_ = 0;
-};
-
-struct FlowPlan;  // the TBB flow graph of a graph version (plan.cpp)
-struct FlowPlanDeleter {
-  void operator()(FlowPlan* plan) const noexcept;  // plan.cpp, where FlowPlan is complete
+// A node as GraphBuilder and derive_* hand it to the engine.
+struct NodeSpec {
+  PageId output;
+  std::span<const PageId> inputs;
+  NodeKind kind = NodeKind::Map;
+  bool always_changes = false;
+  ByteRemap remap;
+  // Exactly one of these is set for map and incremental nodes: a shared function's index in the engine's table
+  // (already counted for this node), or a function of this node alone.
+  std::uint32_t shared_function = kNoNode;
+  MapFunction* map = nullptr;
+  IncrementalFunction* incremental = nullptr;
+  const std::string* name = nullptr;      // NodeOptions::name, may be empty
+  const std::string* function = nullptr;  // the registered function name, may be empty
 };
 
 }  // namespace detail
@@ -206,9 +242,11 @@ struct FlowPlanDeleter {
 struct Propagator::Impl : detail::CommitListener {
   using Slot = detail::Slot;
   using Node = detail::Node;
+  using NodeIndex = detail::NodeIndex;
   using Tally = detail::Tally;
   using PageChange = detail::ObservedChange;
   using PendingCommit = detail::PendingCommit;
+  using VertexId = detail::VertexId;
 
   Impl(Runtime& rt, PropagatorOptions opts);
   ~Impl() override;
@@ -221,35 +259,32 @@ struct Propagator::Impl : detail::CommitListener {
   // Structure: guarded by engine_mutex (taken by structural calls and by waves, so a wave sees a fixed graph).
   std::recursive_mutex engine_mutex;
   detail::DependencyGraph graph;
-  std::unordered_map<PageId, std::unique_ptr<Node>> nodes;
-  std::unordered_map<PageId, std::unique_ptr<Slot>> slots;  // never shrinks; commits find slots via listener_tag
+  detail::StableArray<Slot> slots;    // by vertex id; commits find them through their page record's tag
+  detail::StableArray<Node> node_at;  // by node index
+  std::vector<NodeIndex> free_nodes;
+  std::size_t live_nodes = 0;
+  std::vector<VertexId> input_pool;  // every node's inputs, in declaration order
+  std::size_t input_garbage = 0;     // entries of removed nodes, reclaimed by compact_inputs()
+  detail::FunctionTable<MapFunction> maps;
+  detail::FunctionTable<IncrementalFunction> incrementals;
+  detail::FunctionTable<ByteRemap> remaps;
+  std::unordered_map<NodeIndex, detail::NodeLabel> labels;  // nodes with a name or a registered function
+  std::uint64_t structure_version = 0;
 
-  // Plan, rebuilt when the structure changes (nodes or edges added or removed).
-  std::uint64_t structure_version = 0;  // engine_mutex
-  std::uint64_t plan_version = ~std::uint64_t{0};
-  std::vector<Node*> topo_nodes;
-  // The data successors of each node as one contiguous array (CSR, by topological position), with reached-marks
-  // and chain ids beside it: a wave's breadth-first walk then reads flat arrays instead of chasing node → slot →
-  // readers pointers, which cost dependent cache misses per hop once a graph outgrows the cache.
-  std::vector<std::uint32_t> successor_offsets;
-  std::vector<std::uint32_t> successor_targets;
-  std::vector<std::uint64_t> reached_mark;
-  std::vector<std::uint32_t> chain_of;
-  std::vector<std::uint32_t> affected_positions;      // engine_mutex: this wave's nodes, as topological positions
-  std::vector<std::vector<Node*>> chains;             // fused linear chains, each in topological order
-  std::vector<std::vector<std::size_t>> chain_preds;  // chains that must finish before each chain starts
-  std::vector<Node*> stale_nodes;                     // engine_mutex: nodes to recompute in the next wave
-  std::uint64_t flow_version = ~std::uint64_t{0};
-  std::unique_ptr<detail::FlowPlan, detail::FlowPlanDeleter> flow;  // engine_mutex
+  // Plan, rebuilt at the first wave after the structure changed.
+  std::unique_ptr<detail::Plan, detail::PlanDeleter> plan;
+  std::vector<NodeIndex> stale_nodes;              // engine_mutex: nodes to recompute in the next wave
+  std::atomic<std::uint64_t> node_ns_estimate{0};  // recent sampled node run time, for splitting levels
 
   // Wave state.
-  std::atomic<std::uint64_t> wave_number{0};
-  std::atomic<std::uint64_t> tasks_done{0};
+  std::atomic<std::uint32_t> wave_number{0};
+  std::atomic<std::uint64_t> chunks_done{0};
   std::atomic<bool> cancelled{false};
   std::mutex failure_mutex;
-  PageId failed_page;           // guarded by failure_mutex
-  std::exception_ptr failure;   // guarded by failure_mutex
-  std::vector<Node*> affected;  // engine_mutex
+  PageId failed_page;                   // guarded by failure_mutex
+  std::exception_ptr failure;           // guarded by failure_mutex
+  std::vector<std::uint32_t> affected;  // engine_mutex: this wave's positions, in plan order (sparse waves)
+  std::vector<detail::Segment> segments;  // engine_mutex: this wave's levels
 
   // Queue of published commits.
   std::mutex queue_mutex;
@@ -259,11 +294,13 @@ struct Propagator::Impl : detail::CommitListener {
   std::atomic<std::size_t> blocked{0};        // commits waiting in reserve() for queue space
   std::atomic<std::size_t> batch_commits{0};  // BATCH: commits folded into slots since the last drain
   std::mutex dirty_mutex;
-  std::vector<Slot*> dirty_slots;       // guarded by dirty_mutex: BATCH slots with a pending delta
-  std::vector<Slot*> drain_slots;       // engine_mutex: the ones being drained
-  std::vector<Delta> drain_deltas;      // engine_mutex: their pending deltas, swapped out (capacity reused)
-  bool stopping = false;                // guarded by queue_mutex
-  std::exception_ptr background_error;  // guarded by queue_mutex
+  std::vector<Slot*> dirty_slots;   // guarded by dirty_mutex: BATCH slots with a pending delta
+  std::vector<Slot*> drain_slots;   // engine_mutex: the ones being drained
+  std::vector<Delta> drain_deltas;  // engine_mutex: their pending deltas, swapped out (capacity reused)
+  std::mutex batch_mutex;           // guards batch_pending
+  std::vector<std::unique_ptr<detail::BatchPending>> batch_pending;  // owns the Slots' BATCH deltas
+  bool stopping = false;                                             // guarded by queue_mutex
+  std::exception_ptr background_error;                               // guarded by queue_mutex
   std::thread worker;
 
   std::mutex done_mutex;
@@ -307,32 +344,38 @@ struct Propagator::Impl : detail::CommitListener {
 
   // --- structure and plan (plan.cpp) ----------------------------------------------------------------------------
   PageRecord* live_record(PageId id);
-  Slot* slot_for(PageId id);
-  void add_node(std::unique_ptr<Node> node, const std::vector<PageId>& inputs);
-  void remove_node(PageId out);
-  // Rebuilds the topological order and the chains when the structure changed. A node joins its predecessor's chain
-  // when it is that predecessor's only successor and has no other predecessor; topological order guarantees the
-  // predecessor's chain already exists.
-  void ensure_order();
-  // Node successors for ordering: nodes whose page depends on this node's output by any edge kind.
-  std::vector<Node*> successors_of(const Node& node);
-  // Builds the flow graph (see plan.cpp).
-  void ensure_flow_plan();
-  // Fires the flow graph for the current wave and waits for it (in the arena).
-  void run_flow_plan();
+  // The page's slot (and graph vertex), created if missing; `where` places a new vertex in the order.
+  Slot* slot_for(PageId id, detail::DependencyGraph::Placement where = detail::DependencyGraph::Placement::Last);
+  Slot& slot(VertexId v) noexcept { return slots[v]; }
+  Node& node(NodeIndex n) noexcept { return node_at[n]; }
+  Slot& out_slot(const Node& n) noexcept { return slots[n.out]; }
+  std::span<const VertexId> inputs_of(const Node& n) const noexcept {
+    return {input_pool.data() + n.inputs, n.input_count};
+  }
+  // The node computing `page`, or kNoNode. engine_mutex held.
+  NodeIndex node_of(PageId page) const noexcept;
+  // Adds one node (engine_mutex held); throws with nothing changed when the node is refused.
+  NodeIndex add_node(const detail::NodeSpec& spec);
+  void remove_node(NodeIndex n);
+  void compact_inputs();
+  // Builds the plan if the structure changed since it was built.
+  void ensure_plan();
+  std::size_t memory_bytes() const;
 
   // --- node execution and waves (wave.cpp) ----------------------------------------------------------------------
   void record_failure(Node& node, std::exception_ptr error);
-  // Writes `d` (ranges and payload set, or computed here by diffing the scratch buffer) into the node's output page
-  // as one new epoch. Returns false if the delta is empty (cutoff). The caller holds the output's exclusive lock.
-  bool publish(Node& node, Delta& d, bool diff_against_scratch);
-  bool compute_map(Node& node);
+  // Writes `d` (ranges and payload set, or computed here by diffing `computed`) into the node's output page as one
+  // new epoch. Returns false if the delta is empty (cutoff). The caller holds the output's exclusive lock.
+  bool publish(Node& node, PageRecord& page, Delta& d, std::span<const std::byte> computed, bool diff);
+  bool compute_map(Node& node, Delta& d, detail::RunScratch& scratch);
   // Forwards the input's delta through the remap window; a stale node copies the whole window instead.
-  bool compute_passthrough(Node& node, std::uint64_t wave, bool stale);
-  // `stale`: the node missed changes (new, or left behind by a failed wave); IncrementalContext::recompute says so.
-  bool compute_incremental(Node& node, std::uint64_t wave, bool stale);
+  bool compute_passthrough(Node& node, Delta& d, std::uint32_t wave, bool stale, detail::RunScratch& scratch);
+  bool compute_incremental(Node& node, Delta& d, std::uint32_t wave, detail::RunScratch& scratch);
   void add_tally(const Tally& t);
-  void run_node(Node& node, std::uint64_t wave, Tally& tally);
+  void run_node(NodeIndex index, std::uint32_t wave, Tally& tally);
+  // Runs the reached nodes among plan positions [begin, end) (dense waves) or the listed positions (sparse).
+  void run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally);
+  void run_list(const std::uint32_t* positions, std::size_t count, std::uint32_t wave, Tally& tally);
   static std::string describe(std::exception_ptr error);
   // Runs one wave for the given changed pages (and stale nodes). engine_mutex must be held.
   // `owner`, when set, owns the deltas of `changes`: page observers then share them instead of copying them.
@@ -340,6 +383,8 @@ struct Propagator::Impl : detail::CommitListener {
                 const std::shared_ptr<const void>& owner = nullptr);
   [[noreturn]] static void throw_node_error(PageId page, std::exception_ptr error);
   bool any_stale() const { return !stale_nodes.empty(); }
+  // The next wave number; when the 32-bit counter would wrap, every wave mark is reset first.
+  std::uint32_t next_wave();
 
   // --- queues and modes (queue.cpp) -----------------------------------------------------------------------------
   // Frees `n` reserved queue places and wakes commits blocked on a full queue.
@@ -358,6 +403,7 @@ struct Propagator::Impl : detail::CommitListener {
   // One commit in kSampleCommitsEvery per thread is timed from here to the end of its wave.
   static bool sample_this_commit() noexcept;
   Slot* slot_of(PageId page) const noexcept;
+  detail::BatchPending& batch_of(Slot& slot);
   // BATCH: fold each watched delta into its page's pending delta. Runs under the commit's page locks.
   void publish_batch(std::span<const Delta> deltas) noexcept;
 
@@ -365,7 +411,7 @@ struct Propagator::Impl : detail::CommitListener {
   void reserve() override;
   void release() noexcept override;
   void published(std::uint64_t lsn, std::span<const Delta> deltas) noexcept override;
-  void after_commit() override;
+  void after_commit(std::uint64_t lsn) override;
   void page_created(PageId page) noexcept override { page_event(EventKind::PageCreated, page); }
   void page_deleted(PageId page) noexcept override { page_event(EventKind::PageDeleted, page); }
 };

@@ -182,8 +182,7 @@ bool Propagator::unsubscribe(SubscriptionId id) {
     impl_->page_subscriptions.erase(it);
   }
   std::lock_guard lock(impl_->engine_mutex);
-  auto slot = impl_->slots.find(page);
-  if (slot != impl_->slots.end()) slot->second->subscribers.fetch_sub(1, std::memory_order_relaxed);
+  if (Slot* slot = impl_->slot_of(page)) slot->subscribers.fetch_sub(1, std::memory_order_relaxed);
   return true;
 }
 
@@ -223,7 +222,7 @@ std::vector<CounterField> counter_fields(const PropagationStats& s) {
           {"nodes_cut_off", "Nodes that ran and left their output unchanged", s.nodes_cut_off},
           {"nodes_failed", "Nodes that threw", s.nodes_failed},
           {"inline_waves", "Waves run on the calling thread", s.inline_waves},
-          {"plan_builds", "Flow-graph execution plans built", s.plan_builds},
+          {"plan_builds", "Execution plans built (one per graph version that ran a wave)", s.plan_builds},
           {"commits_queued", "Commits that reached the propagation queue", s.commits_queued},
           {"deltas_composed", "Deltas folded into a pending delta of the same page (BATCH)", s.deltas_composed},
           {"bytes_changed", "Payload bytes of derived-page deltas published", s.bytes_changed}};

@@ -1,33 +1,39 @@
-// Graph version and plan: nodes and their slots, and what the engine derives from the DependencyGraph once per
-// graph shape (the topological order, fused chains, the successor array and the TBB flow graph).
-#include <tbb/flow_graph.h>
+// Graph version and plan: nodes, slots and function tables, and the execution plan the engine derives from the
+// DependencyGraph once per graph version (see graph/engine.hpp).
+//
+// The plan lists the nodes level by level: a node's level is one more than the deepest level among the nodes it
+// depends on by any edge kind (nodes that depend on no node are level 0), computed by Kahn's algorithm in
+// O(nodes + edges). Within a level nodes keep their index order (creation order), so plans are deterministic.
+// Every node of a level can run at the same time; a wave runs the levels in order. The data successors of each
+// position form a Boost.Graph compressed_sparse_row_graph, the walk that finds a wave's nodes.
+#include <boost/graph/compressed_sparse_row_graph.hpp>
 
 #include <algorithm>
-#include <map>
 #include <memory>
 #include <vector>
 
 #include "graph/engine.hpp"
+#include "graph/plan.hpp"
 
 namespace mmsb {
 
+using detail::DependencyGraph;
 using detail::DependencyKind;
+using detail::kNoNode;
+using detail::kNoVertex;
 using detail::Node;
+using detail::NodeIndex;
 using detail::Slot;
-using detail::Tally;
+using detail::VertexId;
 
 namespace detail {
 
-// The flow graph of one graph version: one continue_node per bundle of sibling chains, fired by `start`.
-struct FlowPlan {
-  tbb::flow::graph graph;
-  tbb::flow::broadcast_node<tbb::flow::continue_msg> start{graph};
-  std::vector<std::unique_ptr<tbb::flow::continue_node<tbb::flow::continue_msg>>> bundles;  // one task each
-  // Nodes unregister from their graph when destroyed: destroy them before the graph.
-  ~FlowPlan() { bundles.clear(); }
-};
+void PlanDeleter::operator()(Plan* p) const noexcept { delete p; }
 
-void FlowPlanDeleter::operator()(FlowPlan* plan) const noexcept { delete plan; }
+std::size_t Plan::memory_bytes() const noexcept {
+  return (order.capacity() + level_begin.capacity() + reached.capacity()) * sizeof(std::uint32_t) +
+         (boost::num_vertices(successors) + 1 + boost::num_edges(successors)) * sizeof(std::uint32_t);
+}
 
 }  // namespace detail
 
@@ -37,208 +43,238 @@ PageRecord* Propagator::Impl::live_record(PageId id) {
   return rec;
 }
 
-Slot* Propagator::Impl::slot_for(PageId id) {
-  auto it = slots.find(id);
-  if (it != slots.end()) return it->second.get();
-  auto slot = std::make_unique<Slot>(id, live_record(id));
-  Slot* raw = slot.get();
-  slots.emplace(id, std::move(slot));
-  raw->record->listener_tag.store(raw, std::memory_order_release);
-  return raw;
+Slot* Propagator::Impl::slot_for(PageId id, DependencyGraph::Placement where) {
+  PageRecord* record = live_record(id);
+  if (auto* tagged = static_cast<Slot*>(record->listener_tag.load(std::memory_order_acquire))) return tagged;
+  const VertexId v = graph.vertex(id, where);
+  slots.grow_to(v + 1);
+  Slot& s = slots[v];
+  s.record = record;
+  s.vertex = v;
+  s.node = kNoNode;
+  s.batch = nullptr;
+  s.delta.store(nullptr, std::memory_order_relaxed);
+  s.changed_wave.store(0, std::memory_order_relaxed);
+  s.subscribers.store(0, std::memory_order_relaxed);
+  record->listener_tag.store(&s, std::memory_order_release);  // commits reach the engine from now on
+  return &s;
 }
 
-void Propagator::Impl::add_node(std::unique_ptr<Node> node, const std::vector<PageId>& inputs) {
-  std::lock_guard lock(engine_mutex);
-  const PageId out = node->output;
-  if (inputs.empty()) {
+NodeIndex Propagator::Impl::node_of(PageId page) const noexcept {
+  const Slot* s = slot_of(page);
+  return s ? s->node : kNoNode;
+}
+
+NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
+  const PageId out = spec.output;
+  if (spec.inputs.empty()) {
     throw Error(ErrorCode::InvalidArgument, "derived page " + out.to_string() + " needs at least one input");
   }
-  if (nodes.count(out)) {
+  PageRecord* out_record = live_record(out);
+  if (auto* s = static_cast<Slot*>(out_record->listener_tag.load(std::memory_order_relaxed)); s && s->node != kNoNode) {
     throw Error(ErrorCode::InvalidArgument,
                 "page " + out.to_string() + " is already derived by a node; remove_node() it first");
   }
-  for (PageId in : inputs) {
+  for (PageId in : spec.inputs) {
     if (in == out) {
       throw Error(ErrorCode::InvalidArgument,
                   "page " + out.to_string() + " cannot be an input of the node that computes it");
     }
   }
-  if (live_record(out)->external) {
+  if (out_record->external) {
     throw Error(ErrorCode::InvalidArgument,
                 "page " + out.to_string() + " is an external (read-only) page and cannot be a node's output");
   }
-  for (PageId in : inputs) live_record(in);
-  // Add the edges; undo the ones added so far if one closes a cycle.
-  std::vector<PageId> added;
+  for (PageId in : spec.inputs) live_record(in);
+
+  // Slots (and vertices) first: a new input goes first in the order and a new output last, so the edges of a node
+  // whose output is new agree with the order and cost no search.
+  const std::size_t pool_begin = input_pool.size();
+  for (PageId in : spec.inputs) input_pool.push_back(slot_for(in, DependencyGraph::Placement::First)->vertex);
+  const VertexId out_vertex = slot_for(out, DependencyGraph::Placement::Last)->vertex;
+  const std::span<const VertexId> ins(input_pool.data() + pool_begin, spec.inputs.size());
+  // The edges; undo the ones added so far if one closes a cycle.
+  std::size_t added = 0;
   try {
-    for (PageId in : inputs) {
-      if (std::find(added.begin(), added.end(), in) != added.end()) continue;
-      graph.add_edge(in, out, DependencyKind::Data);
-      added.push_back(in);
-    }
+    for (; added < ins.size(); ++added) graph.add_edge(ins[added], out_vertex, DependencyKind::Data);
   } catch (...) {
-    for (PageId in : added) graph.remove_edge(in, out, DependencyKind::Data);
+    for (std::size_t i = 0; i < added; ++i) {
+      // A repeated input added its edge only once: remove each edge once.
+      if (std::find(ins.begin(), ins.begin() + static_cast<std::ptrdiff_t>(i), ins[i]) == ins.begin() + i)
+        graph.remove_edge(ins[i], out_vertex, DependencyKind::Data);
+    }
+    input_pool.resize(pool_begin);
     throw;
   }
-  node->out_slot = slot_for(out);
-  for (PageId in : inputs) node->inputs.push_back(slot_for(in));
-  for (Slot* s : node->inputs) {
-    if (std::find(s->readers.begin(), s->readers.end(), node.get()) == s->readers.end())
-      s->readers.push_back(node.get());
+
+  NodeIndex index;
+  if (!free_nodes.empty()) {
+    index = free_nodes.back();
+    free_nodes.pop_back();
+  } else {
+    index = node_at.size();
+    node_at.grow_to(index + 1);
   }
-  for (Slot* s : node->inputs) node->lock_order.push_back(s->record);
-  node->lock_order.push_back(node->out_slot->record);
-  std::sort(node->lock_order.begin(), node->lock_order.end(),
-            [](const PageRecord* a, const PageRecord* b) { return a->id < b->id; });
-  node->lock_order.erase(std::unique(node->lock_order.begin(), node->lock_order.end()), node->lock_order.end());
-  node->spans.resize(node->inputs.size());
-  node->input_deltas.resize(node->inputs.size());
-  nodes.emplace(out, std::move(node));
+  Node& n = node_at[index];
+  n.out = out_vertex;
+  n.inputs = static_cast<std::uint32_t>(pool_begin);
+  n.input_count = static_cast<std::uint32_t>(ins.size());
+  n.kind = spec.kind;
+  n.position = 0;
+  n.completed_wave.store(0, std::memory_order_relaxed);
+  // A new node is stale: the next wave computes it once, whatever its inputs do (graph.hpp, derive_*).
+  n.stale.store(true, std::memory_order_relaxed);
+  stale_nodes.push_back(index);
+  n.flags = Node::kLive;
+  if (spec.always_changes) n.flags |= Node::kAlwaysChanges;
+  bool increasing = true;
+  for (std::size_t i = 1; i < spec.inputs.size(); ++i) increasing = increasing && spec.inputs[i - 1] < spec.inputs[i];
+  if (increasing) n.flags |= Node::kLockOrder;
+  switch (spec.kind) {
+    case NodeKind::Map:
+      n.function = spec.map ? maps.add(std::move(*spec.map), 1) : spec.shared_function;
+      break;
+    case NodeKind::Incremental:
+      n.function = spec.incremental ? incrementals.add(std::move(*spec.incremental), 1) : spec.shared_function;
+      break;
+    case NodeKind::Passthrough:
+      n.function = remaps.add(spec.remap, 1);
+      break;
+  }
+  if ((spec.name && !spec.name->empty()) || (spec.function && !spec.function->empty())) {
+    labels[index] = detail::NodeLabel{spec.name ? *spec.name : std::string(), spec.function ? *spec.function : ""};
+  }
+  slots[out_vertex].node = index;
+  ++live_nodes;
   ++structure_version;
+  return index;
 }
 
-void Propagator::Impl::remove_node(PageId out) {
-  std::lock_guard lock(engine_mutex);
-  auto it = nodes.find(out);
-  if (it == nodes.end()) {
-    throw Error(ErrorCode::NotFound, "page " + out.to_string() + " is not derived by any node");
+void Propagator::Impl::remove_node(NodeIndex index) {
+  Node& n = node_at[index];
+  for (VertexId in : inputs_of(n)) graph.remove_edge(in, n.out, DependencyKind::Data);
+  switch (n.kind) {
+    case NodeKind::Map:
+      maps.release(n.function);
+      break;
+    case NodeKind::Incremental:
+      incrementals.release(n.function);
+      break;
+    case NodeKind::Passthrough:
+      remaps.release(n.function);
+      break;
   }
-  Node* node = it->second.get();
-  for (Slot* s : node->inputs) {
-    graph.remove_edge(s->page, out, DependencyKind::Data);
-    s->readers.erase(std::remove(s->readers.begin(), s->readers.end(), node), s->readers.end());
-  }
-  stale_nodes.erase(std::remove(stale_nodes.begin(), stale_nodes.end(), node), stale_nodes.end());
-  nodes.erase(it);
+  stale_nodes.erase(std::remove(stale_nodes.begin(), stale_nodes.end(), index), stale_nodes.end());
+  labels.erase(index);
+  slots[n.out].node = kNoNode;
+  input_garbage += n.input_count;
+  n.flags = 0;
+  n.out = kNoVertex;
+  n.delta.reset();
+  free_nodes.push_back(index);
+  --live_nodes;
   ++structure_version;
+  if (input_garbage > 1024 && input_garbage > input_pool.size() / 2) compact_inputs();
 }
 
-// Rebuilds the topological order and the chains when the structure changed. A node joins its predecessor's chain
-// when it is that predecessor's only successor and has no other predecessor; topological order guarantees the
-// predecessor's chain already exists.
-void Propagator::Impl::ensure_order() {
-  if (plan_version == structure_version) return;
-  topo_nodes.clear();
-  for (PageId page : graph.topological_order()) {
-    auto it = nodes.find(page);
-    if (it != nodes.end()) topo_nodes.push_back(it->second.get());
+void Propagator::Impl::compact_inputs() {
+  std::vector<VertexId> packed;
+  packed.reserve(input_pool.size() - input_garbage);
+  for (NodeIndex i = 0; i < node_at.size(); ++i) {
+    Node& n = node_at[i];
+    if (!(n.flags & Node::kLive)) continue;
+    const std::uint32_t begin = static_cast<std::uint32_t>(packed.size());
+    packed.insert(packed.end(), input_pool.begin() + n.inputs, input_pool.begin() + n.inputs + n.input_count);
+    n.inputs = begin;
   }
-  for (std::size_t i = 0; i < topo_nodes.size(); ++i) topo_nodes[i]->topo = i;
-  const std::size_t n = topo_nodes.size();
-  std::vector<std::vector<Node*>> pred(n);
-  std::vector<std::size_t> succ_count(n, 0);
-  for (Node* node : topo_nodes) {
-    for (Node* s : successors_of(*node)) {
-      pred[s->topo].push_back(node);
-      ++succ_count[node->topo];
-    }
-  }
-  chains.clear();
-  chain_preds.clear();
-  for (Node* node : topo_nodes) {
-    const auto& p = pred[node->topo];
-    if (p.size() == 1 && succ_count[p[0]->topo] == 1) {
-      node->chain = p[0]->chain;
-      chains[node->chain].push_back(node);
-    } else {
-      node->chain = chains.size();
-      chains.push_back({node});
-      std::vector<std::size_t> from;
-      for (Node* q : p) from.push_back(q->chain);
-      std::sort(from.begin(), from.end());
-      from.erase(std::unique(from.begin(), from.end()), from.end());
-      chain_preds.push_back(std::move(from));
-    }
-  }
-  successor_offsets.assign(n + 1, 0);
-  successor_targets.clear();
-  chain_of.resize(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    for (const Node* reader : topo_nodes[i]->out_slot->readers)
-      successor_targets.push_back(static_cast<std::uint32_t>(reader->topo));
-    successor_offsets[i + 1] = static_cast<std::uint32_t>(successor_targets.size());
-    chain_of[i] = static_cast<std::uint32_t>(topo_nodes[i]->chain);
-  }
-  reached_mark.assign(n, 0);
-  plan_version = structure_version;
+  input_pool = std::move(packed);
+  input_garbage = 0;
 }
 
-// Node successors for ordering: nodes whose page depends on this node's output by any edge kind.
-std::vector<Node*> Propagator::Impl::successors_of(const Node& node) {
-  std::vector<Node*> out;
-  for (const auto& dep : graph.dependents_of(node.output)) {
-    auto it = nodes.find(dep.to);
-    if (it != nodes.end() && std::find(out.begin(), out.end(), it->second.get()) == out.end())
-      out.push_back(it->second.get());
-  }
-  return out;
-}
-
-// Builds the flow graph. Chains with the same predecessor chains cannot depend on each other, so siblings are
-// bundled into at most 4 tasks per worker: a fan-out of thousands of small nodes then costs a few task spawns
-// instead of thousands, and consecutive nodes reading the same input lock it on the same core. Bundles of one
-// group run in parallel; each runs its chains in order.
-void Propagator::Impl::ensure_flow_plan() {
-  ensure_order();
-  if (flow_version == structure_version && flow) return;
-  flow.reset();
+void Propagator::Impl::ensure_plan() {
+  if (plan && plan->version == structure_version) return;
   counters.plan_builds.fetch_add(1, std::memory_order_relaxed);
+  auto next = std::unique_ptr<detail::Plan, detail::PlanDeleter>(new detail::Plan());
+  detail::Plan& p = *next;
+  const NodeIndex limit = node_at.size();
 
-  const std::size_t max_bundles = 4 * static_cast<std::size_t>(std::max(1, arena.max_concurrency()));
-  std::map<std::vector<std::size_t>, std::vector<std::size_t>> groups;  // predecessor chains → sibling chains
-  for (std::size_t c = 0; c < chains.size(); ++c) groups[chain_preds[c]].push_back(c);
-  std::vector<std::vector<Node*>> bundles;
-  std::vector<std::size_t> bundle_of_chain(chains.size());
-  std::vector<std::vector<std::size_t>> bundle_preds;
-  // Deterministic: groups in the order of their first chain.
-  std::vector<const std::vector<std::size_t>*> ordered;
-  for (const auto& [preds, members] : groups) ordered.push_back(&members);
-  std::sort(ordered.begin(), ordered.end(), [](const auto* a, const auto* b) { return a->front() < b->front(); });
-  for (const auto* members : ordered) {
-    const std::size_t count = std::min(members->size(), max_bundles);
-    for (std::size_t b = 0; b < count; ++b) {
-      const std::size_t begin = members->size() * b / count, end = members->size() * (b + 1) / count;
-      bundles.emplace_back();
-      for (std::size_t i = begin; i < end; ++i) {
-        const std::size_t c = (*members)[i];
-        bundle_of_chain[c] = bundles.size() - 1;
-        bundles.back().insert(bundles.back().end(), chains[c].begin(), chains[c].end());
-      }
-      std::vector<std::size_t> preds;
-      for (std::size_t p : chain_preds[(*members)[begin]]) preds.push_back(bundle_of_chain[p]);
-      std::sort(preds.begin(), preds.end());
-      preds.erase(std::unique(preds.begin(), preds.end()), preds.end());
-      bundle_preds.push_back(std::move(preds));
+  // Calls fn(successor node) for each node that depends on node u by any edge kind (ordering) or by data only.
+  auto for_each_successor = [&](const Node& u, bool data_only, auto&& fn) {
+    graph.for_each_dependent(u.out, [&](VertexId w, DependencyKind kind) {
+      if (data_only && kind != DependencyKind::Data) return;
+      const NodeIndex v = slots[w].node;
+      if (v != kNoNode) fn(v);
+    });
+  };
+
+  // Levels by Kahn's algorithm; the queue doubles as the processing order.
+  std::vector<std::uint32_t> pending(limit, 0), level(limit, 0);
+  std::vector<NodeIndex> kahn;
+  kahn.reserve(live_nodes);
+  for (NodeIndex u = 0; u < limit; ++u) {
+    Node& n = node_at[u];
+    if (!(n.flags & Node::kLive)) continue;
+    n.flags = static_cast<std::uint8_t>(n.flags & ~Node::kKeepDelta);
+    for_each_successor(n, false, [&](NodeIndex v) { ++pending[v]; });
+  }
+  for (NodeIndex u = 0; u < limit; ++u)
+    if ((node_at[u].flags & Node::kLive) && pending[u] == 0) kahn.push_back(u);
+  std::uint32_t levels = 0;
+  for (std::size_t k = 0; k < kahn.size(); ++k) {
+    const NodeIndex u = kahn[k];
+    levels = std::max(levels, level[u] + 1);
+    for_each_successor(node_at[u], false, [&](NodeIndex v) {
+      level[v] = std::max(level[v], level[u] + 1);
+      if (--pending[v] == 0) kahn.push_back(v);
+    });
+  }
+  if (kahn.size() != live_nodes) {  // the graph refuses cycles, so this is a broken invariant
+    throw Error(ErrorCode::Internal, "the dependency graph has a cycle the incremental check missed; please report");
+  }
+
+  // Positions: level-major, index order within a level (a counting sort).
+  p.level_begin.assign(levels + 1, 0);
+  for (NodeIndex u : kahn) ++p.level_begin[level[u] + 1];
+  for (std::uint32_t l = 0; l < levels; ++l) p.level_begin[l + 1] += p.level_begin[l];
+  p.order.assign(live_nodes, kNoNode);
+  {
+    std::vector<std::uint32_t> fill(p.level_begin.begin(), p.level_begin.end() - 1);
+    for (NodeIndex u = 0; u < limit; ++u) {
+      if (!(node_at[u].flags & Node::kLive)) continue;
+      const std::uint32_t position = fill[level[u]]++;
+      p.order[position] = u;
+      node_at[u].position = position;
     }
   }
-  arena.execute([&] {
-    flow.reset(new detail::FlowPlan());
-    for (auto& bundle : bundles) {
-      flow->bundles.push_back(std::make_unique<tbb::flow::continue_node<tbb::flow::continue_msg>>(
-          flow->graph, [this, members = bundle](const tbb::flow::continue_msg&) {
-            const std::uint64_t wave = wave_number.load(std::memory_order_acquire);
-            Tally tally;
-            tally.wanted = wanted_events.load(std::memory_order_relaxed);
-            for (Node* node : members) {
-              if (node->reached_wave.load(std::memory_order_relaxed) == wave) run_node(*node, wave, tally);
-            }
-            add_tally(tally);
-            tasks_done.fetch_add(1, std::memory_order_acq_rel);
-          }));
+  pending = {};
+  level = {};
+  kahn = {};
+
+  // Data successors by position (already sorted by source), and which nodes' deltas a reader consumes.
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
+  for (std::uint32_t position = 0; position < p.order.size(); ++position) {
+    const Node& n = node_at[p.order[position]];
+    for_each_successor(n, true, [&](NodeIndex v) { edges.emplace_back(position, node_at[v].position); });
+    if (n.kind != NodeKind::Map) {
+      for (VertexId in : inputs_of(n)) {
+        const NodeIndex producer = slots[in].node;
+        if (producer != kNoNode) node_at[producer].flags |= Node::kKeepDelta;
+      }
     }
-    for (std::size_t b = 0; b < bundles.size(); ++b) {
-      if (bundle_preds[b].empty()) tbb::flow::make_edge(flow->start, *flow->bundles[b]);
-      for (std::size_t f : bundle_preds[b]) tbb::flow::make_edge(*flow->bundles[f], *flow->bundles[b]);
-    }
-  });
-  flow_version = structure_version;
+  }
+  p.successors = detail::Plan::Successors(boost::edges_are_sorted, edges.begin(), edges.end(),
+                                          static_cast<std::uint32_t>(p.order.size()));
+  p.reached.assign(p.order.size(), 0);
+  p.version = structure_version;
+  plan = std::move(next);
 }
 
-void Propagator::Impl::run_flow_plan() {
-  arena.execute([&] {
-    flow->start.try_put(tbb::flow::continue_msg());
-    flow->graph.wait_for_all();
-  });
+std::size_t Propagator::Impl::memory_bytes() const {
+  std::size_t labels_bytes = labels.size() * (sizeof(detail::NodeLabel) + 32);
+  return graph.memory_bytes() + slots.memory_bytes() + node_at.memory_bytes() +
+         input_pool.capacity() * sizeof(VertexId) + maps.entries.capacity() * sizeof(MapFunction) +
+         incrementals.entries.capacity() * sizeof(IncrementalFunction) + remaps.entries.capacity() * sizeof(ByteRemap) +
+         labels_bytes + (plan ? plan->memory_bytes() : 0);
 }
 
 }  // namespace mmsb

@@ -15,6 +15,7 @@ namespace mmsb {
 
 using detail::DependencyKind;
 using detail::Node;
+using detail::NodeIndex;
 using detail::Slot;
 
 Propagator::Impl::Impl(Runtime& rt, PropagatorOptions opts)
@@ -43,8 +44,9 @@ Propagator::Impl::~Impl() {
   queue_space.notify_all();
   if (worker.joinable()) worker.join();
   runtime_impl.listener.store(nullptr, std::memory_order_release);
-  for (auto& [id, slot] : slots) slot->record->listener_tag.store(nullptr, std::memory_order_release);
-  flow.reset();
+  for (std::uint32_t v = 0; v < slots.size(); ++v) {
+    if (slots[v].record) slots[v].record->listener_tag.store(nullptr, std::memory_order_release);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -56,70 +58,71 @@ Propagator::~Propagator() = default;
 const PropagatorOptions& Propagator::options() const noexcept { return impl_->options; }
 
 namespace {
-// A new node is stale, so the next wave computes it once whatever its inputs do (graph.hpp, derive_*).
-void mark_stale(Propagator::Impl& impl, PageId output) {
-  std::lock_guard lock(impl.engine_mutex);
-  auto it = impl.nodes.find(output);
-  if (it == impl.nodes.end()) {
-    throw Error(ErrorCode::NotFound, "page " + output.to_string() + " is not derived by any node");
-  }
-  if (!it->second->stale.exchange(true, std::memory_order_relaxed)) impl.stale_nodes.push_back(it->second.get());
-}
-
-std::unique_ptr<Node> make_node(PageId output, NodeKind kind, NodeOptions options) {
-  auto node = std::make_unique<Node>();
-  node->output = output;
-  node->kind = kind;
-  node->options = std::move(options);
-  return node;
+detail::NodeSpec make_spec(PageId output, std::span<const PageId> inputs, NodeKind kind, const NodeOptions& options) {
+  detail::NodeSpec spec;
+  spec.output = output;
+  spec.inputs = inputs;
+  spec.kind = kind;
+  spec.always_changes = options.always_changes;
+  spec.name = &options.name;
+  return spec;
 }
 }  // namespace
 
 void Propagator::derive_map(PageId output, std::vector<PageId> inputs, MapFunction fn, NodeOptions options) {
   if (!fn) throw Error(ErrorCode::InvalidArgument, "derive_map: the map function is empty");
-  auto node = make_node(output, NodeKind::Map, std::move(options));
-  node->map = std::move(fn);
-  impl_->add_node(std::move(node), inputs);
-  mark_stale(*impl_, output);
+  detail::NodeSpec spec = make_spec(output, inputs, NodeKind::Map, options);
+  spec.map = &fn;
+  std::lock_guard lock(impl_->engine_mutex);
+  impl_->add_node(spec);
 }
 
 void Propagator::derive_map(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                             NodeOptions options) {
   if (options.name.empty()) options.name = registered_name;
-  auto node = make_node(output, NodeKind::Map, std::move(options));
-  node->map = FunctionRegistry::global().map(registered_name);
-  node->function = registered_name;
-  impl_->add_node(std::move(node), inputs);
-  mark_stale(*impl_, output);
+  MapFunction fn = FunctionRegistry::global().map(registered_name);
+  detail::NodeSpec spec = make_spec(output, inputs, NodeKind::Map, options);
+  spec.map = &fn;
+  spec.function = &registered_name;
+  std::lock_guard lock(impl_->engine_mutex);
+  impl_->add_node(spec);
 }
 
 void Propagator::derive_passthrough(PageId output, PageId input, ByteRemap remap, NodeOptions options) {
-  auto node = make_node(output, NodeKind::Passthrough, std::move(options));
-  node->remap = remap;
-  impl_->add_node(std::move(node), {input});
-  mark_stale(*impl_, output);
+  detail::NodeSpec spec = make_spec(output, std::span<const PageId>(&input, 1), NodeKind::Passthrough, options);
+  spec.remap = remap;
+  std::lock_guard lock(impl_->engine_mutex);
+  impl_->add_node(spec);
 }
 
 void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn,
                                     NodeOptions options) {
   if (!fn) throw Error(ErrorCode::InvalidArgument, "derive_incremental: the function is empty");
-  auto node = make_node(output, NodeKind::Incremental, std::move(options));
-  node->incremental = std::move(fn);
-  impl_->add_node(std::move(node), inputs);
-  mark_stale(*impl_, output);
+  detail::NodeSpec spec = make_spec(output, inputs, NodeKind::Incremental, options);
+  spec.incremental = &fn;
+  std::lock_guard lock(impl_->engine_mutex);
+  impl_->add_node(spec);
 }
 
 void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                                     NodeOptions options) {
   if (options.name.empty()) options.name = registered_name;
-  auto node = make_node(output, NodeKind::Incremental, std::move(options));
-  node->incremental = FunctionRegistry::global().incremental(registered_name);
-  node->function = registered_name;
-  impl_->add_node(std::move(node), inputs);
-  mark_stale(*impl_, output);
+  IncrementalFunction fn = FunctionRegistry::global().incremental(registered_name);
+  detail::NodeSpec spec = make_spec(output, inputs, NodeKind::Incremental, options);
+  spec.incremental = &fn;
+  spec.function = &registered_name;
+  std::lock_guard lock(impl_->engine_mutex);
+  impl_->add_node(spec);
 }
 
-void Propagator::remove_node(PageId output) { impl_->remove_node(output); }
+void Propagator::remove_node(PageId output) {
+  std::lock_guard lock(impl_->engine_mutex);
+  const NodeIndex node = impl_->node_of(output);
+  if (node == detail::kNoNode) {
+    throw Error(ErrorCode::NotFound, "page " + output.to_string() + " is not derived by any node");
+  }
+  impl_->remove_node(node);
+}
 
 namespace {
 DependencyKind to_dependency_kind(EdgeKind kind) {
@@ -144,14 +147,17 @@ void Propagator::add_dependency(PageId from, PageId to, EdgeKind kind) {
   std::lock_guard lock(impl_->engine_mutex);
   impl_->live_record(from);
   impl_->live_record(to);
-  impl_->graph.add_edge(from, to, to_dependency_kind(kind));
-  ++impl_->structure_version;
+  const detail::VertexId x = impl_->slot_for(from, detail::DependencyGraph::Placement::First)->vertex;
+  const detail::VertexId y = impl_->slot_for(to, detail::DependencyGraph::Placement::Last)->vertex;
+  if (impl_->graph.add_edge(x, y, to_dependency_kind(kind))) ++impl_->structure_version;
 }
 
 bool Propagator::remove_dependency(PageId from, PageId to, EdgeKind kind) {
+  if (kind == EdgeKind::Data) return false;  // data edges belong to nodes: remove_node() removes them
   std::lock_guard lock(impl_->engine_mutex);
-  ++impl_->structure_version;
-  return impl_->graph.remove_edge(from, to, to_dependency_kind(kind));
+  const bool removed = impl_->graph.remove_edge(from, to, to_dependency_kind(kind));
+  if (removed) ++impl_->structure_version;
+  return removed;
 }
 
 void Propagator::propagate() {
@@ -166,15 +172,25 @@ void Propagator::propagate() {
 }
 
 void Propagator::recompute(PageId output) {
-  mark_stale(*impl_, output);
+  {
+    std::lock_guard lock(impl_->engine_mutex);
+    const NodeIndex node = impl_->node_of(output);
+    if (node == detail::kNoNode) {
+      throw Error(ErrorCode::NotFound, "page " + output.to_string() + " is not derived by any node");
+    }
+    if (!impl_->node(node).stale.exchange(true, std::memory_order_relaxed)) impl_->stale_nodes.push_back(node);
+  }
   impl_->drain();
 }
 
 void Propagator::recompute_all() {
   {
     std::lock_guard lock(impl_->engine_mutex);
-    for (auto& [id, node] : impl_->nodes) {
-      if (!node->stale.exchange(true, std::memory_order_relaxed)) impl_->stale_nodes.push_back(node.get());
+    impl_->stale_nodes.clear();
+    for (NodeIndex n = 0; n < impl_->node_at.size(); ++n) {
+      if (!(impl_->node(n).flags & Node::kLive)) continue;
+      impl_->node(n).stale.store(true, std::memory_order_relaxed);
+      impl_->stale_nodes.push_back(n);
     }
   }
   impl_->drain();
@@ -196,32 +212,38 @@ void Propagator::wait_for(PageId page, std::uint64_t epoch) {
 
 bool Propagator::is_stale(PageId page) const {
   std::lock_guard lock(impl_->engine_mutex);
-  auto it = impl_->nodes.find(page);
-  return it != impl_->nodes.end() && it->second->stale.load(std::memory_order_relaxed);
+  const NodeIndex node = impl_->node_of(page);
+  return node != detail::kNoNode && impl_->node(node).stale.load(std::memory_order_relaxed);
 }
 
 bool Propagator::has_node(PageId page) const {
   std::lock_guard lock(impl_->engine_mutex);
-  return impl_->nodes.count(page) != 0;
+  return impl_->node_of(page) != detail::kNoNode;
 }
 
 std::size_t Propagator::node_count() const {
   std::lock_guard lock(impl_->engine_mutex);
-  return impl_->nodes.size();
+  return impl_->live_nodes;
 }
 
 std::vector<NodeDescription> Propagator::nodes() const {
   std::lock_guard lock(impl_->engine_mutex);
+  Impl& m = *impl_;
   std::vector<NodeDescription> out;
-  out.reserve(impl_->nodes.size());
-  for (const auto& [id, node] : impl_->nodes) {
+  out.reserve(m.live_nodes);
+  for (NodeIndex n = 0; n < m.node_at.size(); ++n) {
+    const Node& node = m.node(n);
+    if (!(node.flags & Node::kLive)) continue;
     NodeDescription d;
-    d.output = id;
-    d.kind = node->kind;
-    for (const Slot* in : node->inputs) d.inputs.push_back(in->page);
-    d.function = node->function;
-    d.options = node->options;
-    d.remap = node->remap;
+    d.output = m.slot(node.out).record->id;
+    d.kind = node.kind;
+    for (detail::VertexId in : m.inputs_of(node)) d.inputs.push_back(m.slot(in).record->id);
+    if (auto it = m.labels.find(n); it != m.labels.end()) {
+      d.function = it->second.function;
+      d.options.name = it->second.name;
+    }
+    d.options.always_changes = (node.flags & Node::kAlwaysChanges) != 0;
+    if (node.kind == NodeKind::Passthrough) d.remap = m.remaps.entries[node.function];
     out.push_back(std::move(d));
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.output < b.output; });
@@ -242,15 +264,18 @@ std::vector<OrderingEdge> Propagator::ordering_edges() const {
 
 std::string Propagator::to_dot() const {
   std::lock_guard lock(impl_->engine_mutex);
+  Impl& m = *impl_;
   std::vector<std::pair<PageId, std::string>> labels;
-  for (const auto& [id, node] : impl_->nodes) {
-    std::string label = detail::node_kind_name(node->kind);
-    if (!node->options.name.empty()) label += " " + node->options.name;
-    if (node->stale.load(std::memory_order_relaxed)) label += " (stale)";
-    labels.emplace_back(id, label);
+  for (NodeIndex n = 0; n < m.node_at.size(); ++n) {
+    const Node& node = m.node(n);
+    if (!(node.flags & Node::kLive)) continue;
+    std::string label = detail::node_kind_name(node.kind);
+    if (auto it = m.labels.find(n); it != m.labels.end() && !it->second.name.empty()) label += " " + it->second.name;
+    if (node.stale.load(std::memory_order_relaxed)) label += " (stale)";
+    labels.emplace_back(m.slot(node.out).record->id, label);
   }
   std::sort(labels.begin(), labels.end());
-  return impl_->graph.to_dot(labels);
+  return m.graph.to_dot(labels);
 }
 
 }  // namespace mmsb

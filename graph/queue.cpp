@@ -13,8 +13,8 @@
 
 namespace mmsb {
 
-using detail::Slot;
 using detail::kSampleCommitsEvery;
+using detail::Slot;
 using detail::steady_ns;
 
 // Frees `n` reserved queue places and wakes commits blocked on a full queue.
@@ -80,7 +80,8 @@ void Propagator::Impl::drain_batch() {
     if (any_stale()) run_wave({});
     return;
   }
-  std::sort(drain_slots.begin(), drain_slots.end(), [](const Slot* a, const Slot* b) { return a->page < b->page; });
+  std::sort(drain_slots.begin(), drain_slots.end(),
+            [](const Slot* a, const Slot* b) { return a->record->id < b->record->id; });
   if (drain_deltas.size() < drain_slots.size()) drain_deltas.resize(drain_slots.size());
   std::vector<std::pair<PageId, const Delta*>> changes;
   changes.reserve(drain_slots.size());
@@ -88,10 +89,11 @@ void Propagator::Impl::drain_batch() {
   for (std::size_t i = 0; i < drain_slots.size(); ++i) {
     Slot* slot = drain_slots[i];
     std::unique_lock page_lock(slot->record->mutex);
-    std::swap(drain_deltas[i], slot->pending);
-    slot->has_pending = false;
-    folds += std::exchange(slot->pending_folds, 0);
-    changes.emplace_back(slot->page, &drain_deltas[i]);
+    detail::BatchPending& batch = *slot->batch;
+    std::swap(drain_deltas[i], batch.pending);
+    batch.has_pending = false;
+    folds += std::exchange(batch.folds, 0);
+    changes.emplace_back(slot->record->id, &drain_deltas[i]);
   }
   counters.composed.fetch_add(folds, std::memory_order_relaxed);
   const std::uint64_t sampled = batch_sample_ns.exchange(0, std::memory_order_acq_rel);
@@ -220,6 +222,17 @@ Slot* Propagator::Impl::slot_of(PageId page) const noexcept {
   return record ? static_cast<Slot*>(record->listener_tag.load(std::memory_order_acquire)) : nullptr;
 }
 
+// The slot's BATCH state, created at its first BATCH commit (under that commit's page lock).
+detail::BatchPending& Propagator::Impl::batch_of(Slot& slot) {
+  if (slot.batch == nullptr) {
+    auto fresh = std::make_unique<detail::BatchPending>();
+    std::lock_guard lock(batch_mutex);
+    slot.batch = fresh.get();
+    batch_pending.push_back(std::move(fresh));
+  }
+  return *slot.batch;
+}
+
 // BATCH: fold each watched delta into its page's pending delta. Runs under the commit's page locks.
 void Propagator::Impl::publish_batch(std::span<const Delta> deltas) noexcept {
   bool watched = false;
@@ -227,14 +240,15 @@ void Propagator::Impl::publish_batch(std::span<const Delta> deltas) noexcept {
     Slot* slot = slot_of(d.page);
     if (slot == nullptr) continue;
     watched = true;
-    if (!slot->has_pending) {
-      slot->pending = d;  // copy-assignment reuses the capacity left by the last drain
-      slot->has_pending = true;
+    detail::BatchPending& batch = batch_of(*slot);
+    if (!batch.has_pending) {
+      batch.pending = d;  // copy-assignment reuses the capacity left by the last drain
+      batch.has_pending = true;
       std::lock_guard lock(dirty_mutex);
       dirty_slots.push_back(slot);
     } else {
-      fold(slot->pending, d);
-      ++slot->pending_folds;
+      fold(batch.pending, d);
+      ++batch.folds;
     }
   }
   if (!watched) {
@@ -253,8 +267,15 @@ void Propagator::Impl::publish_batch(std::span<const Delta> deltas) noexcept {
   }
 }
 
-void Propagator::Impl::after_commit() {
-  if (options.mode == PropagationMode::Immediate) drain();
+// The commit `lsn` has taken effect: a wave failing now is reported as a NodeError carrying that LSN, so the
+// caller cannot mistake it for a failed commit (and retry it).
+void Propagator::Impl::after_commit(std::uint64_t lsn) {
+  try {
+    if (options.mode == PropagationMode::Immediate) drain();
+  } catch (const NodeError& e) {
+    notify_waiters();
+    throw NodeError(e.page(), e.nested() ? describe(e.nested()) : e.what(), e.nested(), lsn);
+  }
   notify_waiters();  // a commit may be what a wait_for() is waiting on
 }
 

@@ -14,6 +14,7 @@
 #include "proto/mmsb.pb.h"
 #include "mmsb/error.hpp"
 #include "runtime/page_names.hpp"
+#include "runtime/page_store.hpp"
 #include "serialize/file_io.hpp"
 
 namespace mmsb::serialize {
@@ -266,6 +267,9 @@ class Parser {
           corrupt("header counts exceed what the body can hold");
         }
         if (state_.rank > PageId::kMaxRank) corrupt("rank " + std::to_string(state_.rank) + " is out of range");
+        if (state_.next_sequence > mmsb::detail::PageStore::kMaxSequence + 1) {
+          corrupt("next page sequence " + std::to_string(state_.next_sequence) + " is beyond the largest page id");
+        }
         break;
       }
       case kFramePage: {

@@ -148,3 +148,58 @@ SegmentScan scan_segment(std::string_view data, bool last_segment) {
 }
 
 }  // namespace mmsb::serialize
+
+namespace mmsb::serialize {
+
+std::string encode_manifest(const std::vector<ManifestEntry>& entries) {
+  std::string out(kManifestHeaderBytes + entries.size() * kManifestEntryBytes + 8, '\0');
+  std::memcpy(out.data(), kManifestMagic, sizeof kManifestMagic);
+  detail::put_u32(out.data() + 8, kManifestFormatVersion);
+  detail::put_u32(out.data() + 12, static_cast<std::uint32_t>(entries.size()));
+  char* p = out.data() + kManifestHeaderBytes;
+  for (const ManifestEntry& e : entries) {
+    detail::put_u64(p, e.key);
+    detail::put_u64(p + 8, e.sealed_bytes);
+    p += kManifestEntryBytes;
+  }
+  detail::put_u64(p, XXH3_64bits(out.data(), out.size() - 8));
+  return out;
+}
+
+std::string parse_manifest(std::string_view bytes, std::vector<ManifestEntry>& out) {
+  out.clear();
+  if (bytes.size() < kManifestHeaderBytes + 8) {
+    return "only " + std::to_string(bytes.size()) + " bytes, shorter than an empty manifest (24)";
+  }
+  if (std::memcmp(bytes.data(), kManifestMagic, sizeof kManifestMagic) != 0) return "not an mmsb manifest (bad magic)";
+  const std::uint32_t version = detail::get_u32(bytes.data() + 8);
+  if (version != kManifestFormatVersion) {
+    return "unsupported manifest version " + std::to_string(version) + " (this build reads version 1)";
+  }
+  const std::uint64_t count = detail::get_u32(bytes.data() + 12);
+  // count is at most 2^32 - 1, so this cannot overflow.
+  const std::uint64_t expected = kManifestHeaderBytes + count * kManifestEntryBytes + 8;
+  if (bytes.size() != expected) {
+    return "announces " + std::to_string(count) + " segments (" + std::to_string(expected) + " bytes) but holds " +
+           std::to_string(bytes.size()) + " bytes";
+  }
+  const std::uint64_t stored = detail::get_u64(bytes.data() + bytes.size() - 8);
+  const std::uint64_t computed = XXH3_64bits(bytes.data(), bytes.size() - 8);
+  if (stored != computed) {
+    return "checksum mismatch (stored " + detail::hex64(stored) + ", computed " + detail::hex64(computed) + ")";
+  }
+  const char* p = bytes.data() + kManifestHeaderBytes;
+  for (std::uint64_t i = 0; i < count; ++i, p += kManifestEntryBytes) {
+    ManifestEntry e{detail::get_u64(p), detail::get_u64(p + 8)};
+    if (!out.empty() && e.key <= out.back().key) return "segment keys are not increasing at entry " + std::to_string(i);
+    if (!out.empty() && out.back().sealed_bytes == 0) return "an open segment is followed by another";
+    if (e.sealed_bytes != 0 && (e.sealed_bytes < kSegmentHeaderBytes || e.sealed_bytes > kMaxSegmentFileBytes)) {
+      return "segment " + segment_file_name(e.key) + " is sealed at an impossible size of " +
+             std::to_string(e.sealed_bytes) + " bytes";
+    }
+    out.push_back(e);
+  }
+  return {};
+}
+
+}  // namespace mmsb::serialize

@@ -88,3 +88,29 @@ SegmentScan scan_segment(std::string_view data, bool last_segment);
 std::uint64_t next_intact_record(std::string_view data, std::uint64_t from);
 
 }  // namespace mmsb::serialize
+
+namespace mmsb::serialize {
+
+// ---- The manifest: which segments make the log (docs/formats.md, "Manifest").
+//
+// MANIFEST lists the segments of the log in order, each with the size it was sealed at when the writer moved on to
+// the next (0 for the last, still open, segment). Writers rewrite it atomically (a temporary file, fdatasync, rename,
+// directory fsync) whenever a segment is created or removed, so a missing first, middle or last segment, a sealed
+// segment cut short or grown, or a segment that does not belong are all detected.
+inline constexpr char kManifestMagic[8] = {'M', 'M', 'S', 'B', 'M', 'A', 'N', 'I'};
+inline constexpr std::uint32_t kManifestFormatVersion = 1;
+inline constexpr const char* kManifestName = "MANIFEST";
+inline constexpr std::uint64_t kManifestHeaderBytes = 16;  // magic, u32 version, u32 count
+inline constexpr std::uint64_t kManifestEntryBytes = 16;   // u64 key, u64 sealed size
+inline constexpr std::uint64_t kManifestMaxBytes = std::uint64_t{64} << 20;
+
+struct ManifestEntry {
+  std::uint64_t key = 0;           // the LSN in the segment's name
+  std::uint64_t sealed_bytes = 0;  // the segment's final size; 0: the open (last) segment
+  friend bool operator==(const ManifestEntry&, const ManifestEntry&) = default;
+};
+std::string encode_manifest(const std::vector<ManifestEntry>& entries);
+// Parses MANIFEST bytes into `out`; returns what is wrong (empty when they are a valid manifest).
+std::string parse_manifest(std::string_view bytes, std::vector<ManifestEntry>& out);
+
+}  // namespace mmsb::serialize

@@ -13,7 +13,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -87,8 +89,23 @@ class LogReader {
   std::uint64_t last_segment_bytes() const noexcept { return last_segment_bytes_; }
   const std::filesystem::path& directory() const noexcept { return dir_; }
   FileSystem& file_system() const noexcept { return *fs_; }
+  // MANIFEST as read (empty when it is missing or damaged, see manifest_valid()).
+  const std::vector<ManifestEntry>& manifest() const noexcept { return manifest_; }
+  bool manifest_valid() const noexcept { return manifest_valid_; }
+  // Segment files a crash left outside the log (below the manifest's first segment, or an empty one after its
+  // last): not read; a writer removes them.
+  const std::vector<std::filesystem::path>& leftovers() const noexcept { return leftovers_; }
+
+  // internal: a segment to read, and what the manifest says of it.
+  struct Planned {
+    std::filesystem::path path;
+    std::uint64_t key = 0;
+    bool listed = true;              // in MANIFEST (or there is no valid MANIFEST to check against)
+    std::uint64_t sealed_bytes = 0;  // its size when sealed, per MANIFEST (0: open or unknown)
+  };
 
  private:
+  void plan(const std::map<std::uint64_t, std::filesystem::path>& found);
   bool load_segment();
   // Handles one damaged stretch of the current segment as the policy says; false when reading must stop.
   bool on_damage(const SegmentScan::Damage& damage, bool torn);
@@ -102,6 +119,12 @@ class LogReader {
   LogReaderOptions options_;
   std::shared_ptr<FileSystem> fs_;
   std::vector<std::filesystem::path> segments_;
+  std::vector<Planned> plan_;  // parallel to segments_
+  std::vector<ManifestEntry> manifest_;
+  bool manifest_valid_ = false;
+  std::optional<DamageInfo> manifest_damage_;
+  bool manifest_reported_ = false;
+  std::vector<std::filesystem::path> leftovers_;
   std::size_t segment_ = 0;  // index of the segment being read
   bool loaded_ = false;      // whether data_ and scan_ hold segments_[segment_]
   bool done_ = false;

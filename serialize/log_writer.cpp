@@ -64,9 +64,24 @@ void LogWriter::attach(const LogReader& reader) {
                 "skipped some; set the damaged parts aside first");
   }
   last_lsn_.store(recovery_.last_lsn, std::memory_order_release);
+  // What a crash left outside the log goes now (nothing in it was ever part of the log).
+  for (const fs::path& p : reader.leftovers()) fs_->remove(p);
+  if (!reader.leftovers().empty()) fs_->sync_directory(dir_);
   if (reader.segments().empty()) {  // the first write creates the first segment
     start_flusher();
     return;
+  }
+  if (reader.manifest_valid()) {
+    manifest_ = reader.manifest();
+  } else {
+    // No manifest yet (the log held no record), or one this reader was told to do without: list what is here.
+    for (const fs::path& p : reader.segments()) {
+      ManifestEntry e;
+      parse_segment_name(p.filename().string(), e.key);
+      e.sealed_bytes = p == reader.segments().back() ? 0 : fs_->status(p).size;
+      manifest_.push_back(e);
+    }
+    write_manifest_locked();
   }
 
   path_ = reader.segments().back();
@@ -84,6 +99,21 @@ void LogWriter::attach(const LogReader& reader) {
     size_ = recovery_.truncated_offset;
   }
   start_flusher();
+}
+
+void rebuild_manifest(FileSystem& fsys, const fs::path& dir) {
+  std::vector<ManifestEntry> entries;
+  for (const std::string& name : fsys.list(dir)) {
+    ManifestEntry e;
+    if (!parse_segment_name(name, e.key)) continue;
+    const FileStatus st = fsys.status(dir / name);
+    if (st.type != FileType::Regular) continue;
+    e.sealed_bytes = st.size;
+    entries.push_back(e);
+  }
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
+  if (!entries.empty()) entries.back().sealed_bytes = 0;
+  write_file_durably(fsys, dir / kManifestName, encode_manifest(entries));
 }
 
 void LogWriter::start_flusher() {
@@ -124,6 +154,8 @@ void LogWriter::write_close_record() {
 
 void LogWriter::close_segment_locked() { file_.reset(); }
 
+void LogWriter::write_manifest_locked() { write_file_durably(*fs_, dir_ / kManifestName, encode_manifest(manifest_)); }
+
 void LogWriter::open_segment_locked(std::uint64_t key) {
   const fs::path final_path = dir_ / segment_file_name(key);
   // The header goes to a temporary file that is synced and renamed into place, so a segment file always has a
@@ -151,6 +183,16 @@ void LogWriter::open_segment_locked(std::uint64_t key) {
       const std::uint64_t seq = take_next_batch_locked(batch);
       finish_batch_locked(batch, seq, nullptr);
     }
+    if (!manifest_.empty()) manifest_.back().sealed_bytes = size_;
+  }
+  // Records go to the new segment only once the manifest lists it; until then it is an empty leftover.
+  manifest_.push_back({key, 0});
+  try {
+    write_manifest_locked();
+  } catch (const Error& e) {
+    manifest_.pop_back();
+    fail_locked(e.what());
+    throw;
   }
   file_ = std::move(next);
   path_ = final_path;
@@ -568,6 +610,11 @@ std::uint64_t LogWriter::remove_segments_before(std::uint64_t key) {
       std::uint64_t k = 0;
       if (parse_segment_name(name, k) && k < key && (!file_ || k != key_)) doomed.push_back(dir_ / name);
     }
+    // The manifest goes first: a crash before the files are gone leaves them below its first segment, where
+    // readers know them for leftovers.
+    const std::size_t before = manifest_.size();
+    std::erase_if(manifest_, [&](const ManifestEntry& e) { return e.key < key && (!file_ || e.key != key_); });
+    if (manifest_.size() != before) write_manifest_locked();
   }
   for (const fs::path& p : doomed) fs_->remove(p);
   if (!doomed.empty()) fs_->sync_directory(dir_);

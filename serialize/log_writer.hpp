@@ -70,6 +70,10 @@ struct LogStats {
   std::uint64_t bytes = 0;    // record bytes appended (headers included, segment headers not)
 };
 
+// Writes MANIFEST for the segment files now in `dir`: each sealed at its present size, the last one open. For
+// tools that rewrote segments (a recovery mode's cut, repair()); no writer may have the log open.
+void rebuild_manifest(FileSystem& fsys, const std::filesystem::path& dir);
+
 // Appends commit records to a log directory (created if missing). The constructor first recovers the directory:
 // it reads every record (throwing Error(Corruption) on damage other than a torn tail), truncates a torn tail and
 // continues appending to the last segment. Throws Error(InvalidArgument) for options out of range (segment_bytes
@@ -117,6 +121,7 @@ class LogWriter : public CommitSink {
   void open_segment_locked(std::uint64_t key);
   void close_segment_locked();
   void write_close_record();
+  void write_manifest_locked();
   void prepare_segment_locked(std::unique_lock<std::mutex>& lock, std::uint64_t lsn, std::uint64_t frame_bytes);
   void flush_pending_locked();
   void wait_durable_locked(std::unique_lock<std::mutex>& lock, std::uint64_t ticket);
@@ -139,15 +144,16 @@ class LogWriter : public CommitSink {
   std::atomic<std::uint64_t> last_lsn_{0};
 
   mutable std::mutex mutex_;
-  std::condition_variable synced_cv_;   // synced_, syncing_ or failed_ changed
-  std::condition_variable stop_cv_;     // stop_ changed (wakes the Interval thread)
-  std::unique_ptr<WritableFile> file_;  // GUARDED_BY(mutex_): the current segment, or null before the first
-  std::filesystem::path path_;          // GUARDED_BY(mutex_)
-  std::uint64_t key_ = 0;               // GUARDED_BY(mutex_): the LSN in the current segment's name
-  std::uint64_t size_ = 0;              // GUARDED_BY(mutex_): bytes in the current segment
-  bool failed_ = false;                 // GUARDED_BY(mutex_): an I/O error left the segment in an unknown state
-  std::string failure_;                 // GUARDED_BY(mutex_): what failed, when failed_
-  std::string pending_;                 // GUARDED_BY(mutex_): appended record bytes not yet written out
+  std::condition_variable synced_cv_;    // synced_, syncing_ or failed_ changed
+  std::condition_variable stop_cv_;      // stop_ changed (wakes the Interval thread)
+  std::unique_ptr<WritableFile> file_;   // GUARDED_BY(mutex_): the current segment, or null before the first
+  std::filesystem::path path_;           // GUARDED_BY(mutex_)
+  std::vector<ManifestEntry> manifest_;  // GUARDED_BY(mutex_): the segments of the log, as MANIFEST lists them
+  std::uint64_t key_ = 0;                // GUARDED_BY(mutex_): the LSN in the current segment's name
+  std::uint64_t size_ = 0;               // GUARDED_BY(mutex_): bytes in the current segment
+  bool failed_ = false;                  // GUARDED_BY(mutex_): an I/O error left the segment in an unknown state
+  std::string failure_;                  // GUARDED_BY(mutex_): what failed, when failed_
+  std::string pending_;                  // GUARDED_BY(mutex_): appended record bytes not yet written out
   // EveryCommit group commit: the write() calls whose records are in pending_ (the next batch) and in the batch a
   // leader is writing and syncing.
   std::vector<BatchWaiter*> next_batch_;    // GUARDED_BY(mutex_)

@@ -2,10 +2,11 @@
 // after a crash (kill -9 it at any moment and run it again: no committed transfer is lost, no money appears).
 //
 // Each account is one page holding a little-endian int64 balance. Worker threads move random amounts between two
-// random accounts: read both through one ReadView, stage both writes guarded by expect_epoch, commit, and retry
-// when another transfer won the race (ErrorCode::Aborted). With --log the runtime is a DurableRuntime: a commit
-// is durable once it is in the log, checkpoints (--checkpoint-every) compact the log, and restarting on the same
-// directory recovers the newest checkpoint plus the log after it.
+// random accounts: read both through the transaction, stage both writes, and commit with Runtime::transact(),
+// which runs the transfer again when another one changed either account in between (ErrorCode::Conflict). With
+// --log the runtime is a DurableRuntime: a commit is durable once it is in the log, checkpoints
+// (--checkpoint-every) compact the log, and restarting on the same directory recovers the newest checkpoint plus
+// the log after it.
 
 #include <algorithm>
 #include <array>
@@ -97,32 +98,21 @@ std::uint64_t transfer(mmsb::Runtime& rt, const std::vector<PageId>& accounts, s
     PageId from = accounts[pick(rng)];
     PageId to = accounts[pick(rng)];
     if (from == to) continue;
-    std::uint64_t from_epoch = 0, to_epoch = 0;
-    std::int64_t from_balance = 0, to_balance = 0;
-    {
-      // Read both balances at one instant; the view's shared locks are released before the commit.
-      const std::array<PageId, 2> ids{from, to};
-      mmsb::ReadView view = rt.read_view(ids);
-      from_epoch = view.info(from).epoch;
-      to_epoch = view.info(to).epoch;
-      from_balance = decode_balance(view.bytes(from));
-      to_balance = decode_balance(view.bytes(to));
-    }
-    std::int64_t amount = std::min(amount_dist(rng), from_balance);
-    if (amount <= 0) continue;  // an empty account: pick another pair
-
-    auto txn = rt.begin();
-    txn.set_intent("transfer");
-    txn.expect_epoch(from, from_epoch);
-    txn.expect_epoch(to, to_epoch);
-    txn.write(from, 0, encode_balance(from_balance - amount));
-    txn.write(to, 0, encode_balance(to_balance + amount));
-    try {
-      return txn.commit();
-    } catch (const mmsb::Error& e) {
-      if (e.code() != mmsb::ErrorCode::Aborted) throw;
-      // Another transfer changed one of the accounts since we read it: read again and retry.
-    }
+    const std::int64_t wanted = amount_dist(rng);
+    bool moved = false;
+    // Reads through the transaction are validated at commit: if another transfer changed either account since
+    // they were read, the commit fails with ErrorCode::Conflict and transact() runs this again with fresh reads.
+    const std::uint64_t lsn = rt.transact([&](mmsb::Transaction& txn) {
+      txn.set_intent("transfer");
+      const std::int64_t from_balance = decode_balance(txn.read_all(from));
+      const std::int64_t to_balance = decode_balance(txn.read_all(to));
+      const std::int64_t amount = std::min(wanted, from_balance);
+      moved = amount > 0;
+      if (!moved) return;  // an empty account: commit nothing, pick another pair
+      txn.write(from, 0, encode_balance(from_balance - amount));
+      txn.write(to, 0, encode_balance(to_balance + amount));
+    });
+    if (moved) return lsn;
   }
 }
 

@@ -70,8 +70,7 @@ class Heat {
  public:
   // Builds the pages and the graph in an empty runtime (rt.page_count() == 0), with a hot square in the middle.
   // `stepper` (optional, must outlive the call) derives the next tiles instead of the host stencil node.
-  static Heat create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& config,
-                     TileStepper* stepper = nullptr);
+  static Heat create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& config, TileStepper* stepper = nullptr);
   // Attaches to the pages of a runtime recovered from a directory Heat::create() filled, finding them by name
   // ("heat/params", "heat/cell/3", ...). Throws mmsb::Error(InvalidArgument) when a page is missing or the
   // recovered state has another size or tiling.

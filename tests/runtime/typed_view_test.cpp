@@ -109,6 +109,20 @@ TEST(TypedView, MisalignedOffsetIsRefused) {
   EXPECT_EQ(error_code_of([&] { rt.read_span<std::uint32_t>(page, 6, out); }), ErrorCode::InvalidArgument);
 }
 
+TEST(TypedView, TransactionReadSpanIsATrackedRead) {
+  Runtime rt;
+  const PageId page = rt.create_page(4 * sizeof(float)), other = rt.create_page(8);
+  auto txn = rt.begin();
+  float in[4];
+  txn.read_span<float>(page, 0, in);
+  txn.write_value<std::uint64_t>(other, 0, 1);
+  auto mover = rt.begin();  // moves the page the transaction read
+  mover.write_value<float>(page, 0, 2.0f);
+  mover.commit();
+  EXPECT_EQ(error_code_of([&] { txn.commit(); }), ErrorCode::Conflict) << "the typed read was not validated";
+  EXPECT_EQ(rt.read_value<std::uint64_t>(other, 0), 0u);
+}
+
 TEST(TypedView, EmptyPageGivesAnEmptyView) {
   Runtime rt;
   const PageId page = rt.create_page(0);

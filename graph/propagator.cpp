@@ -40,6 +40,7 @@
 
 #include "delta/copy_bytes.hpp"
 #include "graph/dependency_graph.hpp"
+#include "graph/propagator_access.hpp"
 #include "mmsb/runtime.hpp"
 #include "runtime/commit_listener.hpp"
 #include "runtime/page_allocator.hpp"
@@ -153,6 +154,7 @@ struct FunctionRegistry::Impl {
   mutable std::shared_mutex mutex;
   std::unordered_map<std::string, MapFunction> maps;                  // guarded by mutex
   std::unordered_map<std::string, IncrementalFunction> incrementals;  // guarded by mutex
+  std::unordered_map<std::string, MapFunction> rebuilds;              // guarded by mutex: of incrementals
 };
 
 FunctionRegistry::FunctionRegistry() : impl_(std::make_unique<Impl>()) {}
@@ -170,7 +172,8 @@ namespace {
 }
 [[noreturn]] void throw_unknown_function(const std::string& name) {
   throw Error(ErrorCode::NotFound, "no node function named '" + name +
-                                       "' is registered; call FunctionRegistry::global().register_*() at start-up");
+                                       "' is registered; register it at start-up in the registry the Propagator uses "
+                                       "(FunctionRegistry::global() unless it was given one)");
 }
 }  // namespace
 
@@ -180,10 +183,17 @@ void FunctionRegistry::register_map(const std::string& name, MapFunction fn) {
   impl_->maps.emplace(name, std::move(fn));
 }
 
-void FunctionRegistry::register_incremental(const std::string& name, IncrementalFunction fn) {
+void FunctionRegistry::register_incremental(const std::string& name, IncrementalFunction fn, MapFunction rebuild) {
   std::unique_lock lock(impl_->mutex);
   if (impl_->maps.count(name) || impl_->incrementals.count(name)) throw_duplicate_function(name);
   impl_->incrementals.emplace(name, std::move(fn));
+  if (rebuild) impl_->rebuilds.emplace(name, std::move(rebuild));
+}
+
+MapFunction FunctionRegistry::incremental_rebuild(const std::string& name) const {
+  std::shared_lock lock(impl_->mutex);
+  auto it = impl_->rebuilds.find(name);
+  return it == impl_->rebuilds.end() ? MapFunction{} : it->second;
 }
 
 MapFunction FunctionRegistry::map(const std::string& name) const {
@@ -262,6 +272,7 @@ struct Node {
   std::vector<Slot*> inputs;
   MapFunction map;
   IncrementalFunction incremental;
+  MapFunction rebuild;  // incremental only: computes the output from scratch (recompute, stale, restart)
   ByteRemap remap;
   NodeOptions options;
   std::string function;                 // the registered function name, when bound by name
@@ -383,6 +394,9 @@ struct Propagator::Impl : detail::CommitListener {
   Runtime::Impl& runtime_impl;
   PropagatorOptions options;
   tbb::task_arena arena;
+
+  std::shared_ptr<FunctionRegistry> own_registry;  // null: FunctionRegistry::global()
+  FunctionRegistry& registry() const { return own_registry ? *own_registry : FunctionRegistry::global(); }
 
   // Structure: guarded by engine_mutex (taken by structural calls and by waves, so a wave sees a fixed graph).
   std::recursive_mutex engine_mutex;
@@ -824,7 +838,7 @@ struct Propagator::Impl : detail::CommitListener {
     return true;
   }
 
-  bool compute_map(Node& node) {
+  bool compute_map(Node& node, const MapFunction& fn) {
     NodeLocks locks(node.lock_order, node.out_slot->record);
     for (std::size_t i = 0; i < node.inputs.size(); ++i) {
       PageRecord* rec = node.inputs[i]->record;
@@ -835,7 +849,7 @@ struct Propagator::Impl : detail::CommitListener {
     std::span<std::byte> buffer = node.scratch.resize(size);
     detail::copy_bytes(buffer.data(), out->data, size);
     MapContext ctx(node.spans, buffer, node.output);
-    node.map(ctx);
+    fn(ctx);
     return publish(node, node.out_delta, /*diff_against_scratch=*/true);
   }
 
@@ -923,9 +937,11 @@ struct Propagator::Impl : detail::CommitListener {
     bool changed = false;
     try {
       switch (node.kind) {
-        case NodeKind::Map: changed = compute_map(node); break;
+        case NodeKind::Map: changed = compute_map(node, node.map); break;
         case NodeKind::Passthrough: changed = compute_passthrough(node, wave, stale); break;
-        case NodeKind::Incremental: changed = compute_incremental(node, wave); break;
+        case NodeKind::Incremental:
+          changed = stale && node.rebuild ? compute_map(node, node.rebuild) : compute_incremental(node, wave);
+          break;
       }
     } catch (...) {
       ++tally.failed;
@@ -1329,8 +1345,10 @@ struct Propagator::Impl : detail::CommitListener {
 // ---------------------------------------------------------------------------------------------------------------
 // Propagator
 
-Propagator::Propagator(Runtime& runtime, PropagatorOptions options)
-    : impl_(std::make_unique<Impl>(runtime, options)) {}
+Propagator::Propagator(Runtime& runtime, PropagatorOptions options, std::shared_ptr<FunctionRegistry> registry)
+    : impl_(std::make_unique<Impl>(runtime, options)) {
+  impl_->own_registry = std::move(registry);
+}
 Propagator::~Propagator() = default;
 
 const PropagatorOptions& Propagator::options() const noexcept { return impl_->options; }
@@ -1356,7 +1374,7 @@ void Propagator::derive_map(PageId output, std::vector<PageId> inputs, const std
                             NodeOptions options) {
   if (options.name.empty()) options.name = registered_name;
   auto node = make_node(output, NodeKind::Map, std::move(options));
-  node->map = FunctionRegistry::global().map(registered_name);
+  node->map = impl_->registry().map(registered_name);
   node->function = registered_name;
   impl_->add_node(std::move(node), inputs);
 }
@@ -1369,9 +1387,15 @@ void Propagator::derive_passthrough(PageId output, PageId input, ByteRemap remap
 
 void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn,
                                     NodeOptions options) {
+  derive_incremental(output, std::move(inputs), std::move(fn), MapFunction{}, std::move(options));
+}
+
+void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn,
+                                    MapFunction rebuild, NodeOptions options) {
   if (!fn) throw Error(ErrorCode::InvalidArgument, "derive_incremental: the function is empty");
   auto node = make_node(output, NodeKind::Incremental, std::move(options));
   node->incremental = std::move(fn);
+  node->rebuild = std::move(rebuild);
   impl_->add_node(std::move(node), inputs);
 }
 
@@ -1379,7 +1403,8 @@ void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, c
                                     NodeOptions options) {
   if (options.name.empty()) options.name = registered_name;
   auto node = make_node(output, NodeKind::Incremental, std::move(options));
-  node->incremental = FunctionRegistry::global().incremental(registered_name);
+  node->incremental = impl_->registry().incremental(registered_name);
+  node->rebuild = impl_->registry().incremental_rebuild(registered_name);
   node->function = registered_name;
   impl_->add_node(std::move(node), inputs);
 }
@@ -1615,6 +1640,7 @@ std::vector<NodeDescription> Propagator::nodes() const {
     d.function = node->function;
     d.options = node->options;
     d.remap = node->remap;
+    d.has_rebuild = static_cast<bool>(node->rebuild);
     out.push_back(std::move(d));
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.output < b.output; });
@@ -1645,5 +1671,16 @@ std::string Propagator::to_dot() const {
   std::sort(labels.begin(), labels.end());
   return impl_->graph.to_dot(labels);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// For durable/ (graph/propagator_access.hpp)
+
+void detail::PropagatorAccess::settle(Propagator& propagator) {
+  Propagator::Impl& impl = *propagator.impl_;
+  std::lock_guard lock(impl.engine_mutex);
+  impl.drain_locked();
+}
+
+void detail::PropagatorAccess::deliver_pending(Propagator& propagator) { propagator.impl_->deliver(); }
 
 }  // namespace mmsb

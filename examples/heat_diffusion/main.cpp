@@ -79,12 +79,13 @@ std::uint64_t logical_state_hash(const mmsb::Runtime& rt) {
   return sum;
 }
 
-// Removes the log segments of a run that was killed before its first checkpoint.
+// Removes the log (segments and MANIFEST) of a run that was killed before its first checkpoint.
 void discard_interrupted_setup(const std::string& dir) {
   std::fprintf(stderr, "heat_diffusion: %s holds a run killed during setup (no checkpoint yet); starting afresh\n",
                dir.c_str());
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    if (entry.path().filename().string().starts_with("log-")) std::filesystem::remove(entry.path());
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with("log-") || name == "MANIFEST") std::filesystem::remove(entry.path());
   }
 }
 

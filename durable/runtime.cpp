@@ -4,6 +4,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <tuple>
 
 #include "durable/aside.hpp"
 #include "durable/directory.hpp"
@@ -327,6 +328,11 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
     last = std::max(last, c.lsn);
   }
   leftovers.records_not_replayed += durable::add_reader_damage(reader, leftovers.edit, /*torn_tail=*/false);
+  // In log order: records that did not apply were noted while replaying, damage the reader passed over after it.
+  std::stable_sort(leftovers.edit.report.begin(), leftovers.edit.report.end(),
+                   [](const DamageReport& a, const DamageReport& b) {
+                     return std::tie(a.file, a.offset) < std::tie(b.file, b.offset);
+                   });
   detail::RuntimeAccess::of(*m.runtime).continue_after(last);
   m.recovery.last_lsn = last;
   m.recovery.fresh = !files.has_state();

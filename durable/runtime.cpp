@@ -95,7 +95,7 @@ void replay_record(Runtime& rt, Propagator& prop, const DecodedCommit& c, Recove
   }
   listener->published(c.lsn, c.deltas);
   try {
-    listener->after_commit();
+    listener->after_commit(c.lsn);
     if (prop.options().mode != PropagationMode::Immediate) prop.propagate();
   } catch (const NodeError& e) {
     // As in the live run, the commit stands and the node stays stale until a later wave recomputes it.

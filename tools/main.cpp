@@ -1,24 +1,19 @@
 // mmsb: inspect, verify, dump, replay and repair durable directories (docs/cli.md).
 //
 // This file only parses the command line (CLI11 is compiled here and nowhere else, since it is a heavy
-// header-only library) and maps failures to exit codes; each subcommand lives in its own file (commands.hpp).
-// GCC 12 at -O2 reports a "potential null pointer dereference" inside std::string as inlined into CLI11's
-// detail::split(): a false positive in code that is not ours, silenced for these headers only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wnull-dereference"
-#include <CLI/CLI.hpp>
-#pragma GCC diagnostic pop
-
-#include <unistd.h>
-
+// header-only library) and maps failures to exit codes through the programs' common main (program/main.hpp);
+// each subcommand lives in its own file (commands.hpp).
 #include <cstdint>
 #include <exception>
 #include <iostream>
 #include <optional>
 #include <string>
 
+#include <unistd.h>
+
 #include "commands.hpp"
 #include "mmsb/error.hpp"
+#include "program/options.hpp"
 
 namespace {
 
@@ -32,16 +27,8 @@ constexpr const char* kPageIdForms =
     "Page ids are written as PageId::to_string() prints them (p<rank>:<sequence>, e.g. p0:17) or as the id's\n"
     "integer value (e.g. 17, the same page as p0:17).";
 
-// Prints `message` as the tool's one error line.
-int fail(const std::string& message, int code) {
-  std::string line = message;
-  for (char& c : line) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  std::cout.flush();
-  std::cerr << "mmsb: " << line << '\n';
-  return code;
-}
+// Every error exits with 2: a bad command line, a missing directory, unreadable files (kExitCodes).
+constexpr mmsb::program::ExitCodes kErrorCodes{.usage = kExitError, .failure = kExitError};
 
 CLI::Option* add_dir(CLI::App* sub, std::string& dir) {
   return sub->add_option("DIR", dir, "the durable directory (as written by mmsb::DurableRuntime)")->required();
@@ -100,7 +87,8 @@ void add_dump(CLI::App& app, Commands& c) {
   add_dir(c.dump_cmd, c.dump.dir);
   c.dump_cmd->add_option("--page", c.dump.pages, "a page to show (repeat for more); default: every live page")
       ->allow_extra_args(false);
-  c.dump_lsn = c.dump_cmd->add_option("--to-lsn", c.dump_to_lsn, "show the state at this LSN, not at the end");
+  c.dump_lsn = c.dump_cmd->add_option("--to-lsn", c.dump_to_lsn, "show the state at this LSN, not at the end")
+                   ->check(mmsb::program::non_negative<std::uint64_t>());
   c.dump_cmd->add_flag("--json", c.dump.json, "print one JSON object; page bytes as a hex string");
   c.dump_cmd->add_flag("-v,--no-squeeze", c.dump.no_squeeze, "print repeated hex lines instead of one `*` line");
   add_recovery_mode(c.dump_cmd, c.dump.recovery_mode);
@@ -115,13 +103,15 @@ void add_replay(CLI::App& app, Commands& c) {
   CLI::App* r = c.replay_cmd;
   add_dir(r, c.replay.dir);
   r->add_option("--out", c.replay.out_dir, "the new directory (must not exist, or be empty)")->required();
-  c.r_lsn = r->add_option("--to-lsn", c.replay_to_lsn, "the state with every commit up to this LSN");
+  c.r_lsn = r->add_option("--to-lsn", c.replay_to_lsn, "the state with every commit up to this LSN")
+                ->check(mmsb::program::non_negative<std::uint64_t>());
   c.r_time = r->add_option("--to-time", c.replay_to_time,
                            "the state after the last commit at or before this time: Unix nanoseconds, or ISO-8601 "
                            "UTC such as 2026-11-23T14:13:34.5Z");
   c.r_page = r->add_option("--page", c.replay_page, "with --to-epoch: the page whose epoch is the target");
   c.r_epoch = r->add_option("--to-epoch", c.replay_to_epoch,
-                            "with --page: the state right after the commit that brought the page to this epoch");
+                            "with --page: the state right after the commit that brought the page to this epoch")
+                  ->check(mmsb::program::non_negative<std::uint64_t>());
   c.r_lsn->excludes(c.r_time, c.r_page, c.r_epoch);
   c.r_time->excludes(c.r_page, c.r_epoch);
   c.r_page->needs(c.r_epoch);
@@ -154,7 +144,7 @@ void add_stats(CLI::App& app, Commands& c) {
   c.stats_cmd->add_flag("--json", c.stats.json, "print one JSON object instead of text");
   c.stats_cmd->add_option("--buckets", c.stats.buckets, "time intervals of the commit-rate table")
       ->capture_default_str()
-      ->check(CLI::Range(1u, 10000u));
+      ->check(mmsb::program::range(1u, 10000u));
   add_recovery_mode(c.stats_cmd, c.stats.recovery_mode);
   c.stats_cmd->footer("Counts cover the log records since the newest checkpoint.");
 }
@@ -199,17 +189,6 @@ int run_parsed(const Commands& c) {
   return kExitError;
 }
 
-int usage_error(const CLI::App& app, const CLI::ParseError& e, int argc, char** argv) {
-  if (app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-') {
-    return fail("unknown command '" + std::string(argv[1]) +
-                    "'; the commands are info, verify, dump, replay, history, stats, repair (see `mmsb --help`)",
-                kExitError);
-  }
-  const std::string where =
-      app.get_subcommands().empty() ? "mmsb" : "mmsb " + app.get_subcommands().front()->get_name();
-  return fail(std::string(e.what()) + " (see `" + where + " --help`)", kExitError);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -221,30 +200,22 @@ int main(int argc, char** argv) {
   app.footer(std::string(kExitCodes) + "\n" + kPageIdForms);
   Commands c;
   for (auto add : {add_info, add_verify, add_dump, add_replay, add_history, add_stats, add_repair}) add(app, c);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    return usage_error(app, e, argc, argv);
-  }
+  if (const std::optional<int> code = mmsb::program::parse("mmsb", app, argc, argv, kErrorCodes)) return *code;
   finish_options(c);
-  int code = kExitError;
-  try {
-    code = run_parsed(c);
-  } catch (const ToolError& e) {
-    return fail(e.what(), e.exit_code());
-  } catch (const mmsb::Error& e) {
-    if (e.code() == mmsb::ErrorCode::Corruption && !c.verify_cmd->parsed()) {
-      return fail(std::string(e.what()) + " (`mmsb verify` lists every problem, `mmsb repair` drops them)", kExitError);
-    }
-    return fail(e.what(), kExitError);
-  } catch (const std::exception& e) {
-    return fail(e.what(), kExitError);
-  }
-  std::cout.flush();
-  if (!std::cout) return fail("could not write the output (is the disk full, or the pipe closed?)", kExitError);
-  return code;
+  return mmsb::program::guard(
+      "mmsb",
+      [&] {
+        try {
+          return run_parsed(c);
+        } catch (const ToolError& e) {
+          throw mmsb::program::Exit(e.what(), e.exit_code());
+        } catch (const mmsb::Error& e) {
+          if (e.code() == mmsb::ErrorCode::Corruption && !c.verify_cmd->parsed()) {
+            throw mmsb::program::Exit(
+                std::string(e.what()) + " (`mmsb verify` lists every problem, `mmsb repair` drops them)", kExitError);
+          }
+          throw;
+        }
+      },
+      kErrorCodes);
 }

@@ -281,7 +281,7 @@ TEST(DurableRuntime, ConcurrentCommitsDuringCheckpointsLoseNothing) {
           try {
             txn.commit();
           } catch (const Error& e) {
-            if (e.code() != ErrorCode::Aborted) throw;
+            if (e.code() != ErrorCode::Conflict) throw;
           }
         }
       });

@@ -166,7 +166,9 @@ TEST(Faults, FailedCheckpointKeepsThePreviousCheckpointAndTheLog) {
     for (int i = 0; i < 20; ++i) commit_i64(rt, p, 100 + i);
     const std::size_t segments = count_files(dir.path(), "log-");
     for (Op op : {Op::Append, Op::Sync}) {
-      commit_i64(rt, p, 50);  // so the checkpoint starts with a log roll, whatever the previous attempt did
+      // A new value (an unchanged one would commit nothing), so the checkpoint starts with a log roll, whatever
+      // the previous attempt did.
+      commit_i64(rt, p, 50 + static_cast<int>(op));
       // Fail the checkpoint file's first write, or its sync.
       Faults f(*fsys, {op, 0, 1, ENOSPC, false, "checkpoint-"});
       try {

@@ -101,7 +101,10 @@ RecoveryMode parse_recovery_mode(const std::string& name);
 class DurableRuntime;
 
 struct DurableOptions {
-  RuntimeOptions runtime;          // `first_lsn` is ignored: new LSNs continue the directory's log
+  // `first_lsn` is ignored: new LSNs continue the directory's log. `record_undo` says whether the log keeps each
+  // commit's old bytes (undo) beside its new ones: page_history()'s deltas, invert() of a logged delta and `mmsb
+  // history` need them; without them a record holds about half the bytes (commits record only changed bytes).
+  RuntimeOptions runtime;
   PropagatorOptions propagation;   // options of the Propagator that propagator() returns
   SyncPolicy sync = SyncPolicy::EveryCommit;
   std::chrono::milliseconds sync_interval{10};       // SyncPolicy::Interval

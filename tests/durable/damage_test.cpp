@@ -197,17 +197,23 @@ void check_mutation(const Pristine& pristine, const fs::path& dir, const Mutatio
   }
 }
 
+// check_mutation() over every mutation, through DurableRuntime for every 7th; stops at the first fatal failure.
+Outcomes check_all(const Pristine& pristine, const std::vector<Mutation>& mutations) {
+  TempDir scratch;
+  Outcomes o;
+  for (std::size_t i = 0; i < mutations.size(); ++i) {
+    check_mutation(pristine, scratch.path() / "d", mutations[i], /*through_runtime=*/i % 7 == 0, o);
+    if (::testing::Test::HasFatalFailure()) break;
+  }
+  return o;
+}
+
 TEST(Damage, EveryHeaderByteAndBitFlipEitherRestoresEveryCommitOrIsReported) {
   const Pristine pristine;
   ASSERT_GE(pristine.last_lsn, 18u);
   const std::vector<Mutation> mutations = header_mutations(pristine);
   ASSERT_GT(mutations.size(), 2500u);
-  TempDir scratch;
-  Outcomes o;
-  for (std::size_t i = 0; i < mutations.size(); ++i) {
-    check_mutation(pristine, scratch.path() / "d", mutations[i], /*through_runtime=*/i % 7 == 0, o);
-    if (::testing::Test::HasFatalFailure()) return;
-  }
+  const Outcomes o = check_all(pristine, mutations);
   // Both outcomes occur: damage before intact records refuses, damage in the close record is a torn tail.
   EXPECT_GT(o.refused, 0u);
   EXPECT_GT(o.restored, 0u);
@@ -245,12 +251,7 @@ TEST(Damage, EveryRecordBodyByteAndSegmentHeaderBitEitherRestoresEveryCommitOrIs
   const Pristine pristine;
   const std::vector<Mutation> mutations = body_and_segment_header_mutations(pristine);
   ASSERT_GT(mutations.size(), 300u);
-  TempDir scratch;
-  Outcomes o;
-  for (std::size_t i = 0; i < mutations.size(); ++i) {
-    check_mutation(pristine, scratch.path() / "d", mutations[i], /*through_runtime=*/i % 7 == 0, o);
-    if (::testing::Test::HasFatalFailure()) return;
-  }
+  const Outcomes o = check_all(pristine, mutations);
   EXPECT_GT(o.refused, 0u) << "a damaged body before intact records must refuse";
   EXPECT_GT(o.skipped, 0u);
 }

@@ -88,7 +88,9 @@ fs::path set_aside(FileSystem& fsys, const fs::path& dir, const LogEdit& edit, c
                                   fsys.read(manifest, serialize::kManifestMaxBytes));
   }
   // 2. Whole segments move into the folder (a rename: nothing is copied, nothing lost).
-  for (const fs::path& path : edit.remove) fsys.rename(path, folder / path.filename());
+  for (const fs::path& path : edit.remove) {
+    if (fsys.status(path).type != FileType::Missing) fsys.rename(path, folder / path.filename());
+  }
   fsys.sync_directory(folder);
   fsys.sync_directory(dir);
   // 3. Rewrite each segment without its dropped stretches.

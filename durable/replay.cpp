@@ -159,6 +159,8 @@ CheckpointInfo replay_to(const fs::path& dir, ReplayTarget target, const fs::pat
   durable::snapshot_pages(*rt, state);
   state.lsn = reached;
   if (ckpt.state) {
+    // Nothing recomputed the derived pages while records were replayed here: the next open does.
+    state.derived_stale = ckpt.state->derived_stale || (reached > ckpt.state->lsn && !ckpt.state->nodes.empty());
     state.nodes = std::move(ckpt.state->nodes);
     state.edges = std::move(ckpt.state->edges);
   }

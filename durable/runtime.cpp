@@ -1,10 +1,14 @@
 // DurableRuntime: opening and recovering a durable directory, logging, checkpoints (mmsb/durable.hpp).
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <mutex>
+#include <set>
+#include <tuple>
 
 #include "durable/aside.hpp"
 #include "durable/directory.hpp"
+#include "graph/propagator_access.hpp"
 #include "mmsb/durable.hpp"
 #include "mmsb/error.hpp"
 #include "runtime/logging.hpp"
@@ -50,7 +54,10 @@ RecoveryMode parse_recovery_mode(const std::string& name) {
 namespace {
 
 void restore_graph(Propagator& prop, const CheckpointState& ckpt, RecoveryInfo& info) {
-  for (const NodeDescription& n : ckpt.nodes) {
+  for (NodeDescription n : ckpt.nodes) {
+    // The checkpoint holds the node's output as the live run had it: a history node (an incremental one that
+    // counts its input's changes) must go on from there, not be recomputed from scratch.
+    n.options.output_is_current = true;
     switch (n.kind) {
       case NodeKind::Passthrough:
         prop.derive_passthrough(n.output, n.inputs.front(), n.remap, n.options);
@@ -71,6 +78,84 @@ void restore_graph(Propagator& prop, const CheckpointState& ckpt, RecoveryInfo& 
     ++info.nodes_restored;
   }
   for (const OrderingEdge& e : ckpt.edges) prop.add_dependency(e.from, e.to, e.kind);
+}
+
+// Applies one replayed record and runs its wave, as the live run did: the record's deltas reach the restored graph
+// through the listener calls a commit makes (one wave per record, in LSN order, whatever the mode), so
+// incremental nodes receive them. Page creations and deletions notify the graph on their own.
+void replay_record(Runtime& rt, Propagator& prop, const DecodedCommit& c, RecoveryInfo& info) {
+  detail::CommitListener* listener = detail::RuntimeAccess::of(rt).listener.load(std::memory_order_acquire);
+  if (listener == nullptr || c.deltas.empty()) {
+    durable::apply_record(rt, c);
+    return;
+  }
+  listener->reserve();
+  try {
+    durable::apply_record(rt, c);
+  } catch (...) {
+    listener->release();
+    throw;
+  }
+  listener->published(c.lsn, c.deltas);
+  try {
+    listener->after_commit(c.lsn);
+    if (prop.options().mode != PropagationMode::Immediate) prop.propagate();
+  } catch (const NodeError& e) {
+    // As in the live run, the commit stands and the node stays stale until a later wave recomputes it.
+    ++info.failed_waves;
+    detail::logger()->warn("replaying LSN {}: {}", c.lsn, e.what());
+  }
+}
+
+// A checkpoint written offline (replay_to) holds derived pages that do not reflect their inputs: recompute every
+// node that can be computed from scratch. An incremental node without a rebuild function cannot; it is reported.
+void recompute_stale_checkpoint(Propagator& prop, const std::string& dir) {
+  for (const NodeDescription& n : prop.nodes()) {
+    if (n.kind == NodeKind::Incremental && !n.has_rebuild) {
+      detail::logger()->warn(
+          "{}: incremental node {} has no rebuild function, so its page keeps the bytes of a "
+          "checkpoint written offline",
+          dir, n.output.to_string());
+      continue;
+    }
+    prop.recompute(n.output);
+  }
+}
+
+// Without DurableOptions::rebind, replay runs only the nodes restored from the checkpoint (by registered name, and
+// passthroughs). An incremental node without a rebuild function (its page is a history, not a function of its
+// inputs) is exact after a restart only if it is among them and so is every node it reads from, directly or not.
+void check_restorable(const std::vector<NodeDescription>& nodes) {
+  std::map<PageId, const NodeDescription*> by_output;
+  for (const NodeDescription& n : nodes) by_output[n.output] = &n;
+  auto unnamed = [](const NodeDescription& n) { return n.kind != NodeKind::Passthrough && n.function.empty(); };
+  for (const NodeDescription& n : nodes) {
+    if (n.kind != NodeKind::Incremental || n.has_rebuild) continue;
+    if (unnamed(n)) {
+      throw Error(ErrorCode::InvalidArgument,
+                  "checkpoint refused: incremental node " + n.output.to_string() +
+                      " was given as a function, without a registered name or a rebuild function, so no restart "
+                      "could restore its page exactly; derive it by registered name, pass a rebuild function to "
+                      "derive_incremental(), or derive it again in DurableOptions::rebind");
+    }
+    std::vector<PageId> todo(n.inputs.begin(), n.inputs.end());
+    std::set<PageId> seen;
+    while (!todo.empty()) {
+      const PageId page = todo.back();
+      todo.pop_back();
+      auto it = by_output.find(page);
+      if (it == by_output.end() || !seen.insert(page).second) continue;
+      if (unnamed(*it->second)) {
+        throw Error(ErrorCode::InvalidArgument,
+                    "checkpoint refused: incremental node " + n.output.to_string() + " reads page " + page.to_string() +
+                        ", whose node was given as a function without a registered name: on a restart the records "
+                        "replayed into it would not be the live ones; register that node's function by name, give "
+                        "the incremental node a rebuild function, or derive the node again in "
+                        "DurableOptions::rebind");
+      }
+      todo.insert(todo.end(), it->second->inputs.begin(), it->second->inputs.end());
+    }
+  }
 }
 
 serialize::SyncPolicy to_log_policy(SyncPolicy p) {
@@ -210,6 +295,17 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
     m.recovery.checkpoint_lsn = ckpt.state->lsn;
     m.recovery.pages_restored = ckpt.state->pages.size();
   }
+  // The graph comes back before the log is replayed, so replayed records run through it.
+  m.propagator = std::make_unique<Propagator>(*m.runtime, options.propagation, options.registry);
+  if (ckpt.state) restore_graph(*m.propagator, *ckpt.state, m.recovery);
+  if (options.rebind && ckpt.state) {
+    options.rebind(*this);
+    // What the application derived again is bound now.
+    std::set<PageId> derived;
+    for (const NodeDescription& n : m.propagator->nodes()) derived.insert(n.output);
+    std::erase_if(m.recovery.unbound_nodes, [&](PageId p) { return derived.count(p) > 0; });
+  }
+  if (ckpt.state && ckpt.state->derived_stale) recompute_stale_checkpoint(*m.propagator, dir.string());
 
   serialize::LogReaderOptions reader_options;
   reader_options.policy = durable::damage_policy(options.recovery_mode);
@@ -223,7 +319,7 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
     seen = std::max(seen, c.lsn);
     if (c.lsn > m.recovery.checkpoint_lsn) {
       try {
-        durable::apply_record(*m.runtime, c);
+        replay_record(*m.runtime, *m.propagator, c, m.recovery);
       } catch (const Error& e) {
         if (e.code() != ErrorCode::Corruption) throw;
         if (record_does_not_apply(options.recovery_mode, reader, c, last_good, e, leftovers) == Verdict::Stop) break;
@@ -235,6 +331,11 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
     last = std::max(last, c.lsn);
   }
   leftovers.records_not_replayed += durable::add_reader_damage(reader, leftovers.edit, /*torn_tail=*/false);
+  // In log order: records that did not apply were noted while replaying, damage the reader passed over after it.
+  std::stable_sort(leftovers.edit.report.begin(), leftovers.edit.report.end(),
+                   [](const DamageReport& a, const DamageReport& b) {
+                     return std::tie(a.file, a.offset) < std::tie(b.file, b.offset);
+                   });
   detail::RuntimeAccess::of(*m.runtime).continue_after(last);
   m.recovery.last_lsn = last;
   m.recovery.fresh = !files.has_state();
@@ -287,11 +388,6 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
     if (keep_from > 0 && leftovers.edit.empty()) m.log->remove_segments_before(keep_from);
   }
 
-  m.propagator = std::make_unique<Propagator>(*m.runtime, options.propagation);
-  if (ckpt.state) {
-    restore_graph(*m.propagator, *ckpt.state, m.recovery);
-    if (m.recovery.nodes_restored > 0) m.propagator->recompute_all();
-  }
   m.recovery.duration = std::chrono::steady_clock::now() - started;
 }
 
@@ -318,6 +414,7 @@ CheckpointInfo DurableRuntime::checkpoint() {
   Impl& m = *impl_;
   std::lock_guard serial(m.checkpoint_mutex);
   const auto started = std::chrono::steady_clock::now();
+  if (!m.options.rebind) check_restorable(m.propagator->nodes());
   // Start a fresh segment first, so that at the cut below the current segment holds only a few records.
   m.log->roll();
 
@@ -332,18 +429,24 @@ CheckpointInfo DurableRuntime::checkpoint() {
   const auto pause_start = std::chrono::steady_clock::now();
   rt.gate.close();  // no commit in flight from here: every record up to last_lsn is in the log and the pages
   try {
+    // Derived pages must reflect exactly the commits up to the cut: run the waves of commits published but not
+    // yet propagated (IMMEDIATE waves still on their committing threads, DEFERRED/BATCH queues).
+    detail::PropagatorAccess::settle(*m.propagator);
     durable::snapshot_pages(*m.runtime, state);
     keep_from = m.log->current_segment_key();
   } catch (...) {
     rt.gate.open();
+    detail::PropagatorAccess::deliver_pending(*m.propagator);
     throw;
   }
   rt.gate.open();
+  detail::PropagatorAccess::deliver_pending(*m.propagator);
   CheckpointInfo info;
   info.pause = std::chrono::steady_clock::now() - pause_start;
 
   state.nodes = m.propagator->nodes();
   state.edges = m.propagator->ordering_edges();
+  if (!m.options.rebind) check_restorable(state.nodes);
   serialize::CheckpointFileInfo file =
       serialize::write_checkpoint(m.dir, state, m.options.checkpoint_compression_level, *m.fsys);
   m.snapshot_buffer = std::move(state.arena);

@@ -22,6 +22,28 @@ using gpu::KernelPipeline;
 using gpu::MirroredPage;
 using gpu::Region;
 
+// A device node computes its whole output from its inputs' current bytes (a delta only spares uploads), so run
+// without deltas it is its own rebuild function (Propagator::derive_incremental): what recompute() runs, and what
+// makes its page exact after a restart (mmsb/durable.hpp).
+MapFunction rebuild_from(IncrementalFunction fn, PageId output) {
+  return [fn = std::move(fn), output](MapContext& c) {
+    std::vector<std::span<const std::byte>> inputs(c.input_count());
+    for (std::size_t i = 0; i < inputs.size(); ++i) inputs[i] = c.input(i);
+    const std::vector<const Delta*> none(inputs.size(), nullptr);
+    const std::span<std::byte> out = c.output();
+    Delta d;
+    fn(IncrementalContext{inputs, none, out, output}, d);
+    const std::byte* src = d.payload.data();
+    for (const ByteRange& r : d.ranges) {
+      if (r.offset > out.size() || r.length > out.size() - r.offset) {
+        throw Error(ErrorCode::Internal, "device node " + output.to_string() + " produced a range past its page");
+      }
+      std::memcpy(out.data() + r.offset, src, r.length);
+      src += r.length;
+    }
+  };
+}
+
 }  // namespace
 
 std::uint64_t GpuMirror::Impl::host_epoch(PageId id) const {
@@ -301,8 +323,8 @@ void GpuMirror::Impl::derive_kernel(gpu::KernelId id, PageId output, std::vector
     nodes[output] = node;
   }
   try {
-    propagator.derive_incremental(
-        output, node.triggers, [this, output](const IncrementalContext& ctx, Delta& d) { run_kernel(output, ctx, d); });
+    IncrementalFunction fn = [this, output](const IncrementalContext& ctx, Delta& d) { run_kernel(output, ctx, d); };
+    propagator.derive_incremental(output, node.triggers, fn, rebuild_from(fn, output));
   } catch (...) {
     std::lock_guard lock(mutex);
     nodes.erase(output);
@@ -364,9 +386,8 @@ void GpuMirror::derive_stencil5(PageId output, PageId input, Stencil5Params para
     m.nodes[output] = node;
   }
   try {
-    m.propagator.derive_incremental(output, node.triggers, [&m, output](const IncrementalContext& ctx, Delta& d) {
-      m.run_stencil(output, ctx, d);
-    });
+    IncrementalFunction fn = [&m, output](const IncrementalContext& ctx, Delta& d) { m.run_stencil(output, ctx, d); };
+    m.propagator.derive_incremental(output, node.triggers, fn, rebuild_from(fn, output));
     if (producer) m.propagator.add_dependency(*producer, output, EdgeKind::GpuSync);
   } catch (...) {
     std::lock_guard lock(m.mutex);

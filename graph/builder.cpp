@@ -48,6 +48,7 @@ struct GraphBuilder::Impl {
   std::vector<Extra> extras;
   std::vector<MapFunction> own_maps;
   std::vector<IncrementalFunction> own_incrementals;
+  std::vector<MapFunction> own_rebuilds;  // beside own_incrementals: a registered rebuild function, or empty
   std::vector<Shared<MapFunction>> shared_maps;
   std::vector<Shared<IncrementalFunction>> shared_incrementals;
 
@@ -79,6 +80,7 @@ struct GraphBuilder::Impl {
     extras.clear();
     own_maps.clear();
     own_incrementals.clear();
+    own_rebuilds.clear();
   }
 };
 
@@ -145,7 +147,7 @@ GraphBuilder& GraphBuilder::derive_map(PageId output, Inputs inputs, MapFunction
 
 GraphBuilder& GraphBuilder::derive_map(PageId output, Inputs inputs, const std::string& registered_name,
                                        NodeOptions options) {
-  impl_->own_maps.push_back(FunctionRegistry::global().map(registered_name));
+  impl_->own_maps.push_back(impl_->propagator->impl_->registry().map(registered_name));
   Impl::Declaration& d = impl_->declare(output, inputs.pages(), NodeKind::Map, options, &registered_name);
   d.source = Impl::Source::OwnMap;
   d.function = static_cast<std::uint32_t>(impl_->own_maps.size() - 1);
@@ -169,6 +171,7 @@ GraphBuilder& GraphBuilder::derive_incremental(PageId output, Inputs inputs, Inc
                                                NodeOptions options) {
   if (!fn) throw Error(ErrorCode::InvalidArgument, "derive_incremental: the function is empty");
   impl_->own_incrementals.push_back(std::move(fn));
+  impl_->own_rebuilds.emplace_back();
   Impl::Declaration& d = impl_->declare(output, inputs.pages(), NodeKind::Incremental, options);
   d.source = Impl::Source::OwnIncremental;
   d.function = static_cast<std::uint32_t>(impl_->own_incrementals.size() - 1);
@@ -177,7 +180,9 @@ GraphBuilder& GraphBuilder::derive_incremental(PageId output, Inputs inputs, Inc
 
 GraphBuilder& GraphBuilder::derive_incremental(PageId output, Inputs inputs, const std::string& registered_name,
                                                NodeOptions options) {
-  impl_->own_incrementals.push_back(FunctionRegistry::global().incremental(registered_name));
+  const FunctionRegistry& registry = impl_->propagator->impl_->registry();
+  impl_->own_incrementals.push_back(registry.incremental(registered_name));
+  impl_->own_rebuilds.push_back(registry.incremental_rebuild(registered_name));
   Impl::Declaration& d = impl_->declare(output, inputs.pages(), NodeKind::Incremental, options, &registered_name);
   d.source = Impl::Source::OwnIncremental;
   d.function = static_cast<std::uint32_t>(impl_->own_incrementals.size() - 1);
@@ -239,6 +244,7 @@ void GraphBuilder::commit() {
           break;
         case Impl::Source::OwnIncremental:
           spec.incremental = &b.own_incrementals[d.function];
+          spec.rebuild = &b.own_rebuilds[d.function];
           break;
         case Impl::Source::None:
           break;

@@ -135,6 +135,7 @@ struct Node {
   static constexpr std::uint8_t kAlwaysChanges = 2;  // map: no diff, the whole output is the delta
   static constexpr std::uint8_t kLockOrder = 4;      // inputs strictly increase by PageId: they are the lock order
   static constexpr std::uint8_t kKeepDelta = 8;      // a reader consumes this node's delta (set by the plan)
+  static constexpr std::uint8_t kHasRebuild = 16;    // incremental: Impl::rebuilds holds its rebuild function
 
   VertexId out = kNoVertex;
   std::uint32_t inputs = 0;  // first input in Impl::input_pool
@@ -227,12 +228,14 @@ struct NodeSpec {
   std::span<const PageId> inputs;
   NodeKind kind = NodeKind::Map;
   bool always_changes = false;
+  bool output_is_current = false;  // NodeOptions::output_is_current: declared computed, not stale
   ByteRemap remap;
   // Exactly one of these is set for map and incremental nodes: a shared function's index in the engine's table
   // (already counted for this node), or a function of this node alone.
   std::uint32_t shared_function = kNoNode;
   MapFunction* map = nullptr;
   IncrementalFunction* incremental = nullptr;
+  MapFunction* rebuild = nullptr;         // incremental: its rebuild function, if it has one
   const std::string* name = nullptr;      // NodeOptions::name, may be empty
   const std::string* function = nullptr;  // the registered function name, may be empty
 };
@@ -268,6 +271,11 @@ struct Propagator::Impl : detail::CommitListener {
   detail::FunctionTable<MapFunction> maps;
   detail::FunctionTable<IncrementalFunction> incrementals;
   detail::FunctionTable<ByteRemap> remaps;
+  // Rebuild functions of the incremental nodes that have one (Node::kHasRebuild): run instead of the incremental
+  // function when the node is computed from scratch. Rare, so a map beside the compact node table.
+  std::unordered_map<NodeIndex, MapFunction> rebuilds;
+  std::shared_ptr<FunctionRegistry> own_registry;  // derive_*() by name; null: FunctionRegistry::global()
+  FunctionRegistry& registry() const { return own_registry ? *own_registry : FunctionRegistry::global(); }
   std::unordered_map<NodeIndex, detail::NodeLabel> labels;  // nodes with a name or a registered function
   std::uint64_t structure_version = 0;
 
@@ -281,9 +289,9 @@ struct Propagator::Impl : detail::CommitListener {
   std::atomic<std::uint64_t> chunks_done{0};
   std::atomic<bool> cancelled{false};
   std::mutex failure_mutex;
-  PageId failed_page;                   // guarded by failure_mutex
-  std::exception_ptr failure;           // guarded by failure_mutex
-  std::vector<std::uint32_t> affected;  // engine_mutex: this wave's positions, in plan order (sparse waves)
+  PageId failed_page;                     // guarded by failure_mutex
+  std::exception_ptr failure;             // guarded by failure_mutex
+  std::vector<std::uint32_t> affected;    // engine_mutex: this wave's positions, in plan order (sparse waves)
   std::vector<detail::Segment> segments;  // engine_mutex: this wave's levels
 
   // Queue of published commits.
@@ -367,7 +375,7 @@ struct Propagator::Impl : detail::CommitListener {
   // Writes `d` (ranges and payload set, or computed here by diffing `computed`) into the node's output page as one
   // new epoch. Returns false if the delta is empty (cutoff). The caller holds the output's exclusive lock.
   bool publish(Node& node, PageRecord& page, Delta& d, std::span<const std::byte> computed, bool diff);
-  bool compute_map(Node& node, Delta& d, detail::RunScratch& scratch);
+  bool compute_map(Node& node, Delta& d, detail::RunScratch& scratch, const MapFunction& fn);
   // Forwards the input's delta through the remap window; a stale node copies the whole window instead.
   bool compute_passthrough(Node& node, Delta& d, std::uint32_t wave, bool stale, detail::RunScratch& scratch);
   bool compute_incremental(Node& node, Delta& d, std::uint32_t wave, detail::RunScratch& scratch);

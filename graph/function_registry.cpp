@@ -26,6 +26,7 @@ struct FunctionRegistry::Impl {
   mutable std::shared_mutex mutex;
   std::unordered_map<std::string, MapFunction> maps;                  // guarded by mutex
   std::unordered_map<std::string, IncrementalFunction> incrementals;  // guarded by mutex
+  std::unordered_map<std::string, MapFunction> rebuilds;              // guarded by mutex: of incrementals
 };
 
 FunctionRegistry::FunctionRegistry() : impl_(std::make_unique<Impl>()) {}
@@ -43,7 +44,8 @@ namespace {
 }
 [[noreturn]] void throw_unknown_function(const std::string& name) {
   throw Error(ErrorCode::NotFound, "no node function named '" + name +
-                                       "' is registered; call FunctionRegistry::global().register_*() at start-up");
+                                       "' is registered; register it at start-up in the registry the Propagator uses "
+                                       "(FunctionRegistry::global() unless it was given one)");
 }
 }  // namespace
 
@@ -53,10 +55,17 @@ void FunctionRegistry::register_map(const std::string& name, MapFunction fn) {
   impl_->maps.emplace(name, std::move(fn));
 }
 
-void FunctionRegistry::register_incremental(const std::string& name, IncrementalFunction fn) {
+void FunctionRegistry::register_incremental(const std::string& name, IncrementalFunction fn, MapFunction rebuild) {
   std::unique_lock lock(impl_->mutex);
   if (impl_->maps.count(name) || impl_->incrementals.count(name)) throw_duplicate_function(name);
   impl_->incrementals.emplace(name, std::move(fn));
+  if (rebuild) impl_->rebuilds.emplace(name, std::move(rebuild));
+}
+
+MapFunction FunctionRegistry::incremental_rebuild(const std::string& name) const {
+  std::shared_lock lock(impl_->mutex);
+  auto it = impl_->rebuilds.find(name);
+  return it == impl_->rebuilds.end() ? MapFunction{} : it->second;
 }
 
 MapFunction FunctionRegistry::map(const std::string& name) const {

@@ -122,9 +122,10 @@ NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
   n.kind = spec.kind;
   n.position = 0;
   n.completed_wave.store(0, std::memory_order_relaxed);
-  // A new node is stale: the next wave computes it once, whatever its inputs do (graph.hpp, derive_*).
-  n.stale.store(true, std::memory_order_relaxed);
-  stale_nodes.push_back(index);
+  // A new node is stale: the next wave computes it once, whatever its inputs do (graph.hpp, derive_*), unless
+  // its output is declared current (a restored checkpoint).
+  n.stale.store(!spec.output_is_current, std::memory_order_relaxed);
+  if (!spec.output_is_current) stale_nodes.push_back(index);
   n.flags = Node::kLive;
   if (spec.always_changes) n.flags |= Node::kAlwaysChanges;
   bool increasing = true;
@@ -136,6 +137,10 @@ NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
       break;
     case NodeKind::Incremental:
       n.function = spec.incremental ? incrementals.add(std::move(*spec.incremental), 1) : spec.shared_function;
+      if (spec.rebuild && *spec.rebuild) {
+        rebuilds[index] = std::move(*spec.rebuild);
+        n.flags |= Node::kHasRebuild;
+      }
       break;
     case NodeKind::Passthrough:
       n.function = remaps.add(spec.remap, 1);
@@ -166,6 +171,7 @@ void Propagator::Impl::remove_node(NodeIndex index) {
   }
   stale_nodes.erase(std::remove(stale_nodes.begin(), stale_nodes.end(), index), stale_nodes.end());
   labels.erase(index);
+  rebuilds.erase(index);
   slots[n.out].node = kNoNode;
   input_garbage += n.input_count;
   n.flags = 0;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "graph/engine.hpp"
+#include "graph/propagator_access.hpp"
 
 namespace mmsb {
 
@@ -52,7 +53,10 @@ Propagator::Impl::~Impl() {
 // ---------------------------------------------------------------------------------------------------------------
 // Propagator
 
-Propagator::Propagator(Runtime& runtime, PropagatorOptions options) : impl_(std::make_unique<Impl>(runtime, options)) {}
+Propagator::Propagator(Runtime& runtime, PropagatorOptions options, std::shared_ptr<FunctionRegistry> registry)
+    : impl_(std::make_unique<Impl>(runtime, options)) {
+  impl_->own_registry = std::move(registry);
+}
 Propagator::~Propagator() = default;
 
 const PropagatorOptions& Propagator::options() const noexcept { return impl_->options; }
@@ -64,6 +68,7 @@ detail::NodeSpec make_spec(PageId output, std::span<const PageId> inputs, NodeKi
   spec.inputs = inputs;
   spec.kind = kind;
   spec.always_changes = options.always_changes;
+  spec.output_is_current = options.output_is_current;
   spec.name = &options.name;
   return spec;
 }
@@ -80,7 +85,7 @@ void Propagator::derive_map(PageId output, std::vector<PageId> inputs, MapFuncti
 void Propagator::derive_map(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                             NodeOptions options) {
   if (options.name.empty()) options.name = registered_name;
-  MapFunction fn = FunctionRegistry::global().map(registered_name);
+  MapFunction fn = impl_->registry().map(registered_name);
   detail::NodeSpec spec = make_spec(output, inputs, NodeKind::Map, options);
   spec.map = &fn;
   spec.function = &registered_name;
@@ -97,9 +102,15 @@ void Propagator::derive_passthrough(PageId output, PageId input, ByteRemap remap
 
 void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn,
                                     NodeOptions options) {
+  derive_incremental(output, std::move(inputs), std::move(fn), MapFunction{}, std::move(options));
+}
+
+void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn,
+                                    MapFunction rebuild, NodeOptions options) {
   if (!fn) throw Error(ErrorCode::InvalidArgument, "derive_incremental: the function is empty");
   detail::NodeSpec spec = make_spec(output, inputs, NodeKind::Incremental, options);
   spec.incremental = &fn;
+  spec.rebuild = &rebuild;
   std::lock_guard lock(impl_->engine_mutex);
   impl_->add_node(spec);
 }
@@ -107,9 +118,11 @@ void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, I
 void Propagator::derive_incremental(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                                     NodeOptions options) {
   if (options.name.empty()) options.name = registered_name;
-  IncrementalFunction fn = FunctionRegistry::global().incremental(registered_name);
+  IncrementalFunction fn = impl_->registry().incremental(registered_name);
+  MapFunction rebuild = impl_->registry().incremental_rebuild(registered_name);
   detail::NodeSpec spec = make_spec(output, inputs, NodeKind::Incremental, options);
   spec.incremental = &fn;
+  spec.rebuild = &rebuild;
   spec.function = &registered_name;
   std::lock_guard lock(impl_->engine_mutex);
   impl_->add_node(spec);
@@ -243,6 +256,7 @@ std::vector<NodeDescription> Propagator::nodes() const {
       d.options.name = it->second.name;
     }
     d.options.always_changes = (node.flags & Node::kAlwaysChanges) != 0;
+    d.has_rebuild = (node.flags & Node::kHasRebuild) != 0;
     if (node.kind == NodeKind::Passthrough) d.remap = m.remaps.entries[node.function];
     out.push_back(std::move(d));
   }
@@ -277,5 +291,16 @@ std::string Propagator::to_dot() const {
   std::sort(labels.begin(), labels.end());
   return m.graph.to_dot(labels);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// For durable/ (graph/propagator_access.hpp)
+
+void detail::PropagatorAccess::settle(Propagator& propagator) {
+  Propagator::Impl& impl = *propagator.impl_;
+  std::lock_guard lock(impl.engine_mutex);
+  impl.drain_locked();
+}
+
+void detail::PropagatorAccess::deliver_pending(Propagator& propagator) { propagator.impl_->deliver(); }
 
 }  // namespace mmsb

@@ -211,14 +211,14 @@ bool Propagator::Impl::publish(Node& node, PageRecord& page, Delta& d, std::span
   return true;
 }
 
-bool Propagator::Impl::compute_map(Node& node, Delta& d, RunScratch& scratch) {
+bool Propagator::Impl::compute_map(Node& node, Delta& d, RunScratch& scratch, const MapFunction& fn) {
   PageRecord& out = *slots[node.out].record;
   detail::NodeLocks locks(*this, node, out, scratch);
   const std::uint64_t size = out.size.load(std::memory_order_relaxed);
   std::span<std::byte> buffer = scratch.buffer.resize(size);
   detail::copy_bytes(buffer.data(), out.data, size);
   MapContext ctx(scratch.spans, buffer, out.id);
-  maps.entries[node.function](ctx);
+  fn(ctx);
   return publish(node, out, d, buffer, /*diff=*/true);
 }
 
@@ -313,13 +313,15 @@ void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tall
   try {
     switch (node.kind) {
       case NodeKind::Map:
-        changed = compute_map(node, d, *tally.scratch);
+        changed = compute_map(node, d, *tally.scratch, maps.entries[node.function]);
         break;
       case NodeKind::Passthrough:
         changed = compute_passthrough(node, d, wave, stale, *tally.scratch);
         break;
       case NodeKind::Incremental:
-        changed = compute_incremental(node, d, wave, *tally.scratch);
+        // Computed from scratch (recompute, stale), a node with a rebuild function runs it, as a map would.
+        changed = stale && (node.flags & Node::kHasRebuild) ? compute_map(node, d, *tally.scratch, rebuilds.at(index))
+                                                            : compute_incremental(node, d, wave, *tally.scratch);
         break;
     }
   } catch (...) {

@@ -259,6 +259,7 @@ class Parser {
         state_.created_ns = h.created_ns();
         state_.rank = h.rank();
         state_.next_sequence = h.next_sequence();
+        state_.derived_stale = h.derived_stale();
         page_count_ = h.page_count();
         node_count_ = h.node_count();
         edge_count_ = h.edge_count();
@@ -399,6 +400,7 @@ CheckpointFileInfo write_checkpoint(const fs::path& dir, const CheckpointState& 
     h.set_compression(compression);
     h.set_rank(state.rank);
     h.set_next_sequence(state.next_sequence);
+    h.set_derived_stale(state.derived_stale);
     body.frame(kFrameHeader, h.SerializeAsString());
 
     // A page frame is the Page message without its data, followed by the data as field 5 written by hand: the

@@ -58,6 +58,7 @@ struct CheckpointState {
   std::string arena;                // the pages' bytes
   std::vector<NodeDescription> nodes;
   std::vector<OrderingEdge> edges;
+  bool derived_stale = false;       // derived pages do not reflect their inputs: recompute them on opening
 
   std::string_view bytes(const PageImage& page) const { return std::string_view(arena).substr(page.offset, page.size); }
 };

@@ -35,9 +35,14 @@ class ToolError : public std::runtime_error {
   int exit_code_;
 };
 
+// The recovery mode an offline read applies to damage (in memory; the directory is never changed), as
+// --recovery-mode names it: tolerate_torn_tail, absolute, point_in_time or skip_damaged (dashes work too).
+inline constexpr const char* kDefaultRecoveryMode = "tolerate_torn_tail";
+
 struct InfoOptions {
   std::string dir;
   bool json = false;
+  std::string recovery_mode = kDefaultRecoveryMode;
 };
 int run_info(const InfoOptions& options, std::ostream& out);
 
@@ -50,6 +55,7 @@ int run_verify(const VerifyOptions& options, std::ostream& out);
 struct RepairOptions {
   std::string dir;
   bool force = false;
+  std::string mode = "skip_damaged";  // or point_in_time: cut the log at the first damage
 };
 int run_repair(const RepairOptions& options, std::ostream& out);
 
@@ -59,6 +65,7 @@ struct DumpOptions {
   std::optional<std::uint64_t> to_lsn;  // the state at this LSN instead of the end of the log
   bool json = false;
   bool no_squeeze = false;  // print repeated hex lines instead of one `*`
+  std::string recovery_mode = kDefaultRecoveryMode;
 };
 int run_dump(const DumpOptions& options, std::ostream& out);
 
@@ -70,6 +77,7 @@ struct ReplayOptions {
   std::optional<std::string> page;     // with to_epoch
   std::optional<std::uint64_t> to_epoch;
   bool progress = false;  // show progress on stderr (main sets it when stderr is a terminal)
+  std::string recovery_mode = kDefaultRecoveryMode;
 };
 int run_replay(const ReplayOptions& options, std::ostream& out);
 
@@ -78,6 +86,7 @@ struct HistoryOptions {
   std::string page;
   bool json = false;
   bool bytes = false;  // also print the new bytes of each changed range
+  std::string recovery_mode = kDefaultRecoveryMode;
 };
 int run_history(const HistoryOptions& options, std::ostream& out);
 
@@ -85,6 +94,7 @@ struct StatsOptions {
   std::string dir;
   bool json = false;
   unsigned buckets = 10;  // time buckets of the commit-rate table
+  std::string recovery_mode = kDefaultRecoveryMode;
 };
 int run_stats(const StatsOptions& options, std::ostream& out);
 

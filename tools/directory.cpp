@@ -21,10 +21,31 @@ void require_directory(const std::filesystem::path& dir) {
   if (status.type() != std::filesystem::file_type::directory) throw ToolError(dir.string() + ": not a directory");
 }
 
-DirectorySummary inspect_directory(const std::filesystem::path& dir) {
+OfflineOptions offline_options(const std::string& recovery_mode) {
+  OfflineOptions options;
+  try {
+    options.recovery_mode = parse_recovery_mode(recovery_mode);
+  } catch (const Error& e) {
+    throw ToolError(std::string("--recovery-mode: ") + e.what());
+  }
+  return options;
+}
+
+void write_damage(std::ostream& out, const std::vector<DamageReport>& damage, std::string_view indent) {
+  for (const DamageReport& d : damage) {
+    std::string what = d.what;
+    for (char& c : what) {
+      if (c == '\n' || c == '\r') c = ' ';
+    }
+    out << indent << d.file.string() << " offset " << d.offset << ": " << what << " (" << d.bytes
+        << " bytes; last good LSN " << d.last_good_lsn << ")\n";
+  }
+}
+
+DirectorySummary inspect_directory(const std::filesystem::path& dir, const OfflineOptions& options) {
   require_directory(dir);
   try {
-    return inspect(dir);
+    return inspect(dir, options);
   } catch (const Error& e) {
     if (e.code() == ErrorCode::NotFound) not_mmsb(dir, e);
     throw;

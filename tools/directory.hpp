@@ -8,6 +8,10 @@
 #pragma once
 
 #include <filesystem>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "mmsb/durable.hpp"
 #include "mmsb/error.hpp"
@@ -17,8 +21,14 @@ namespace mmsb::cli {
 // Throws ToolError unless `dir` exists and is a directory.
 void require_directory(const std::filesystem::path& dir);
 
+// The options of an offline read in the recovery mode named by `--recovery-mode` (ToolError for another name).
+OfflineOptions offline_options(const std::string& recovery_mode);
+
 // inspect(dir), with Error(NotFound) turned into a ToolError that says `dir` is not an mmsb directory.
-DirectorySummary inspect_directory(const std::filesystem::path& dir);
+DirectorySummary inspect_directory(const std::filesystem::path& dir, const OfflineOptions& options = {});
+
+// One line per damaged stretch: "<indent><file> offset <n>: <what> (<bytes> bytes; last good LSN <lsn>)".
+void write_damage(std::ostream& out, const std::vector<DamageReport>& damage, std::string_view indent);
 
 // Throws ToolError when `dir` holds no mmsb state; returns normally for an mmsb directory, damaged or not.
 void require_mmsb_directory(const std::filesystem::path& dir);

@@ -8,7 +8,7 @@
 #include "commands.hpp"
 #include "directory.hpp"
 #include "format.hpp"
-#include "json.hpp"
+#include "json_output.hpp"
 #include "mmsb/durable.hpp"
 #include "pages.hpp"
 
@@ -35,30 +35,26 @@ int run_dump(const DumpOptions& options, std::ostream& out) {
   std::uint64_t lsn = 0;
   std::unique_ptr<Runtime> state;
   try {
-    state = load_state(dir, options.to_lsn ? ReplayTarget::lsn(*options.to_lsn) : ReplayTarget::end(), &lsn);
+    state = load_state(dir, options.to_lsn ? ReplayTarget::lsn(*options.to_lsn) : ReplayTarget::end(), &lsn, {},
+                       offline_options(options.recovery_mode));
   } catch (const Error& e) {
     rethrow_for_directory(dir, e);
   }
   const std::vector<PageId> pages = selected_pages(options, dir, *state);
 
   if (options.json) {
-    JsonWriter json(out);
-    json.begin_object().field("directory", dir.string()).field("lsn", lsn).field("live_pages", state->page_count());
-    json.key("pages").begin_array();
+    Json json{{"directory", dir.string()}, {"lsn", lsn}, {"live_pages", state->page_count()}, {"pages", Json::array()}};
     for (PageId id : pages) {
       const PageInfo info = state->info(id);
-      const std::vector<std::byte> bytes = state->read_all(id);
-      json.begin_object()
-          .field("id", id.to_string())
-          .field("value", id.value())
-          .field("name", state->name_of(id))
-          .field("size", info.size)
-          .field("epoch", info.epoch)
-          .field("location", location_name(info.location))
-          .field("hex", hex_string(bytes))
-          .end_object();
+      json["pages"].push_back({{"id", id.to_string()},
+                               {"value", id.value()},
+                               {"name", state->name_of(id)},
+                               {"size", info.size},
+                               {"epoch", info.epoch},
+                               {"location", location_name(info.location)},
+                               {"hex", hex_string(state->read_all(id))}});
     }
-    json.end_array().end_object();
+    write_json(out, json);
     return kExitOk;
   }
 

@@ -7,7 +7,7 @@
 #include "commands.hpp"
 #include "directory.hpp"
 #include "format.hpp"
-#include "json.hpp"
+#include "json_output.hpp"
 #include "mmsb/durable.hpp"
 #include "pages.hpp"
 
@@ -73,39 +73,32 @@ void write_text(const HistoryOptions& options, PageId page, const std::vector<Pa
 }
 
 void write_json(const HistoryOptions& options, PageId page, const std::vector<PageChange>& changes, std::ostream& out) {
-  JsonWriter json(out);
-  json.begin_object().field("page", page.to_string()).field("value", page.value());
-  json.key("changes").begin_array();
+  Json json{{"page", page.to_string()}, {"value", page.value()}, {"changes", Json::array()}};
   for (const auto& c : changes) {
-    json.begin_object()
-        .field("kind", kind_name(c.kind))
-        .field("lsn", c.lsn)
-        .field("timestamp_ns", c.timestamp_ns)
-        .field("time", format_utc(c.timestamp_ns))
-        .field("epoch", c.epoch)
-        .field("size", c.size);
-    if (c.kind == PageChange::Kind::Created || c.kind == PageChange::Kind::Renamed) json.field("name", c.name);
+    Json change{{"kind", kind_name(c.kind)},          {"lsn", c.lsn},     {"timestamp_ns", c.timestamp_ns},
+                {"time", format_utc(c.timestamp_ns)}, {"epoch", c.epoch}, {"size", c.size}};
+    if (c.kind == PageChange::Kind::Created || c.kind == PageChange::Kind::Renamed) change["name"] = c.name;
     if (c.kind == PageChange::Kind::Changed) {
       const Delta& d = c.delta;
-      json.field("base_epoch", d.base_epoch)
-          .field("base_size", d.base_size)
-          .field("intent", d.intent)
-          .field("source", d.source)
-          .field("changed_bytes", d.changed_bytes())
-          .field("dense", d.is_dense())
-          .field("has_undo", d.has_undo);
+      change["base_epoch"] = d.base_epoch;
+      change["base_size"] = d.base_size;
+      change["intent"] = d.intent;
+      change["source"] = d.source;
+      change["changed_bytes"] = d.changed_bytes();
+      change["dense"] = d.is_dense();
+      change["has_undo"] = d.has_undo;
       const auto payloads = range_payloads(d);
-      json.key("ranges").begin_array();
+      Json ranges = Json::array();
       for (std::size_t i = 0; i < d.ranges.size(); ++i) {
-        json.begin_object().field("offset", d.ranges[i].offset).field("length", d.ranges[i].length);
-        if (options.bytes && i < payloads.size()) json.field("hex", hex_string(payloads[i]));
-        json.end_object();
+        Json range{{"offset", d.ranges[i].offset}, {"length", d.ranges[i].length}};
+        if (options.bytes && i < payloads.size()) range["hex"] = hex_string(payloads[i]);
+        ranges.push_back(std::move(range));
       }
-      json.end_array();
+      change["ranges"] = std::move(ranges);
     }
-    json.end_object();
+    json["changes"].push_back(std::move(change));
   }
-  json.end_array().end_object();
+  cli::write_json(out, json);
 }
 
 }  // namespace
@@ -116,7 +109,7 @@ int run_history(const HistoryOptions& options, std::ostream& out) {
   const PageId page = resolve_page_in_history(options.page, dir);
   std::vector<PageChange> changes;
   try {
-    changes = page_history(dir, page);
+    changes = page_history(dir, page, offline_options(options.recovery_mode));
   } catch (const Error& e) {
     rethrow_for_directory(dir, e);
   }

@@ -7,7 +7,7 @@
 #include "commands.hpp"
 #include "directory.hpp"
 #include "format.hpp"
-#include "json.hpp"
+#include "json_output.hpp"
 #include "mmsb/durable.hpp"
 
 namespace mmsb::cli {
@@ -72,62 +72,62 @@ void write_text(const std::filesystem::path& dir, const DirectorySummary& s, std
   if (s.torn_tail_bytes != 0) {
     out << "torn tail    " << s.torn_tail_bytes << " bytes at the end of the log (recovery truncates them)\n";
   }
+  out << "closed       " << (s.closed_cleanly ? "cleanly (the log ends with a close record)" : "no close record")
+      << '\n';
+  if (!s.damage.empty()) {
+    out << "damage       " << s.damage.size() << " stretch(es) this recovery mode leaves out\n";
+    write_damage(out, s.damage, "  ");
+  }
 }
 
 void write_json(const std::filesystem::path& dir, const DirectorySummary& s, std::ostream& out) {
   const Totals t = totals_of(s);
-  JsonWriter json(out);
-  json.begin_object().field("directory", dir.string());
-  json.key("checkpoints").begin_array();
+  Json json{{"directory", dir.string()}, {"checkpoints", Json::array()}, {"segments", Json::array()}};
   for (const auto& c : s.checkpoints) {
-    json.begin_object()
-        .field("file", c.file.string())
-        .field("lsn", c.lsn)
-        .field("bytes", c.bytes)
-        .field("pages", c.pages)
-        .field("nodes", c.nodes)
-        .field("edges", c.edges)
-        .field("created_ns", c.created_ns)
-        .end_object();
+    json["checkpoints"].push_back({{"file", c.file.string()},
+                                   {"lsn", c.lsn},
+                                   {"bytes", c.bytes},
+                                   {"pages", c.pages},
+                                   {"nodes", c.nodes},
+                                   {"edges", c.edges},
+                                   {"created_ns", c.created_ns}});
   }
-  json.end_array();
-  json.key("segments").begin_array();
   for (const auto& seg : s.segments) {
-    json.begin_object()
-        .field("file", seg.file.string())
-        .field("bytes", seg.bytes)
-        .field("records", seg.records)
-        .field("min_lsn", seg.min_lsn)
-        .field("max_lsn", seg.max_lsn)
-        .field("first_timestamp_ns", seg.first_timestamp_ns)
-        .field("last_timestamp_ns", seg.last_timestamp_ns)
-        .end_object();
+    json["segments"].push_back({{"file", seg.file.string()},
+                                {"bytes", seg.bytes},
+                                {"records", seg.records},
+                                {"min_lsn", seg.min_lsn},
+                                {"max_lsn", seg.max_lsn},
+                                {"first_timestamp_ns", seg.first_timestamp_ns},
+                                {"last_timestamp_ns", seg.last_timestamp_ns}});
   }
-  json.end_array();
-  json.field("records", s.records)
-      .field("first_lsn", s.first_lsn)
-      .field("last_lsn", s.last_lsn)
-      .field("first_timestamp_ns", t.first_ns)
-      .field("last_timestamp_ns", t.last_ns);
+  json["records"] = s.records;
+  json["first_lsn"] = s.first_lsn;
+  json["last_lsn"] = s.last_lsn;
+  json["first_timestamp_ns"] = t.first_ns;
+  json["last_timestamp_ns"] = t.last_ns;
   if (t.first_ns != 0) {
-    json.field("first_time", format_utc(t.first_ns)).field("last_time", format_utc(t.last_ns));
+    json["first_time"] = format_utc(t.first_ns);
+    json["last_time"] = format_utc(t.last_ns);
   }
-  json.field("checkpoint_bytes", t.checkpoint_bytes)
-      .field("segment_bytes", t.segment_bytes)
-      .field("total_bytes", t.checkpoint_bytes + t.segment_bytes)
-      .field("deltas", s.deltas)
-      .field("payload_bytes", s.payload_bytes)
-      .field("pages_created", s.pages_created)
-      .field("pages_deleted", s.pages_deleted)
-      .field("torn_tail_bytes", s.torn_tail_bytes)
-      .end_object();
+  json["checkpoint_bytes"] = t.checkpoint_bytes;
+  json["segment_bytes"] = t.segment_bytes;
+  json["total_bytes"] = t.checkpoint_bytes + t.segment_bytes;
+  json["deltas"] = s.deltas;
+  json["payload_bytes"] = s.payload_bytes;
+  json["pages_created"] = s.pages_created;
+  json["pages_deleted"] = s.pages_deleted;
+  json["torn_tail_bytes"] = s.torn_tail_bytes;
+  json["closed_cleanly"] = s.closed_cleanly;
+  json["damage"] = damage_json(s.damage);
+  cli::write_json(out, json);
 }
 
 }  // namespace
 
 int run_info(const InfoOptions& options, std::ostream& out) {
   const std::filesystem::path dir(options.dir);
-  const DirectorySummary summary = inspect_directory(dir);
+  const DirectorySummary summary = inspect_directory(dir, offline_options(options.recovery_mode));
   if (options.json) {
     write_json(dir, summary, out);
   } else {

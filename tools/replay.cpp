@@ -56,8 +56,8 @@ class ProgressLine {
       const double seconds = duration<double>(steady_clock::now() - start).count();
       const std::uint64_t total = total_bytes_.load(std::memory_order_relaxed);
       if (total > 0) {
-        const double share = 100.0 * static_cast<double>(done_bytes_.load(std::memory_order_relaxed)) /
-                             static_cast<double>(total);
+        const double share =
+            100.0 * static_cast<double>(done_bytes_.load(std::memory_order_relaxed)) / static_cast<double>(total);
         std::fprintf(stderr, "\r%c %s  %.0f%%  %.1f s ", kSpinner[tick % 4], label_.c_str(), share, seconds);
       } else {
         std::fprintf(stderr, "\r%c %s  %.1f s ", kSpinner[tick % 4], label_.c_str(), seconds);
@@ -121,8 +121,9 @@ int run_replay(const ReplayOptions& options, std::ostream& out) {
   CheckpointInfo written;
   try {
     ProgressLine progress(options.progress, "replaying " + dir.string() + " to " + target.description);
-    written = replay_to(dir, target.target, out_dir,
-                        [&](std::uint64_t done, std::uint64_t total) { progress.update(done, total); });
+    written = replay_to(
+        dir, target.target, out_dir, [&](std::uint64_t done, std::uint64_t total) { progress.update(done, total); },
+        offline_options(options.recovery_mode));
   } catch (const Error& e) {
     rethrow_for_directory(dir, e);
   }

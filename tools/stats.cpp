@@ -10,7 +10,7 @@
 #include "commands.hpp"
 #include "directory.hpp"
 #include "format.hpp"
-#include "json.hpp"
+#include "json_output.hpp"
 #include "mmsb/durable.hpp"
 
 namespace mmsb::cli {
@@ -37,28 +37,31 @@ struct Bucket {
   std::uint64_t records = 0;
 };
 
-Stats collect(const std::filesystem::path& dir) {
+Stats collect(const std::filesystem::path& dir, const OfflineOptions& offline) {
   Stats s;
-  for_each_commit(dir, [&](const CommitRecord& r) {
-    if (s.records == 0 || r.lsn < s.first_lsn) s.first_lsn = r.lsn;
-    s.last_lsn = std::max(s.last_lsn, r.lsn);
-    if (s.records == 0 || r.timestamp_ns < s.first_ns) s.first_ns = r.timestamp_ns;
-    s.last_ns = std::max(s.last_ns, r.timestamp_ns);
-    ++s.records;
-    s.timestamps.push_back(r.timestamp_ns);
-    if (!r.deltas.empty()) ++s.commits_with_deltas;
-    for (const Delta& d : r.deltas) {
-      ++s.deltas;
-      s.payload_bytes += d.payload.size();
-      s.undo_bytes += d.undo.size() + d.undo_tail.size();
-      if (d.base_size != d.size) ++s.resizes;
-      s.pages_changed.insert(d.page);
-      ++s.deltas_by_intent[d.intent];
-    }
-    s.pages_created += r.created.size();
-    s.pages_deleted += r.deleted.size();
-    return true;
-  });
+  for_each_commit(
+      dir,
+      [&](const CommitRecord& r) {
+        if (s.records == 0 || r.lsn < s.first_lsn) s.first_lsn = r.lsn;
+        s.last_lsn = std::max(s.last_lsn, r.lsn);
+        if (s.records == 0 || r.timestamp_ns < s.first_ns) s.first_ns = r.timestamp_ns;
+        s.last_ns = std::max(s.last_ns, r.timestamp_ns);
+        ++s.records;
+        s.timestamps.push_back(r.timestamp_ns);
+        if (!r.deltas.empty()) ++s.commits_with_deltas;
+        for (const Delta& d : r.deltas) {
+          ++s.deltas;
+          s.payload_bytes += d.payload.size();
+          s.undo_bytes += d.undo.size() + d.undo_tail.size();
+          if (d.base_size != d.size) ++s.resizes;
+          s.pages_changed.insert(d.page);
+          ++s.deltas_by_intent[d.intent];
+        }
+        s.pages_created += r.created.size();
+        s.pages_deleted += r.deleted.size();
+        return true;
+      },
+      offline);
   return s;
 }
 
@@ -113,37 +116,32 @@ void write_text(const std::filesystem::path& dir, const Stats& s, const std::vec
 
 void write_json(const std::filesystem::path& dir, const Stats& s, const std::vector<Bucket>& buckets,
                 std::ostream& out) {
-  JsonWriter json(out);
-  json.begin_object()
-      .field("directory", dir.string())
-      .field("records", s.records)
-      .field("first_lsn", s.first_lsn)
-      .field("last_lsn", s.last_lsn)
-      .field("first_timestamp_ns", s.first_ns)
-      .field("last_timestamp_ns", s.last_ns)
-      .field("commits_with_deltas", s.commits_with_deltas)
-      .field("deltas", s.deltas)
-      .field("resizes", s.resizes)
-      .field("payload_bytes", s.payload_bytes)
-      .field("undo_bytes", s.undo_bytes)
-      .field("pages_created", s.pages_created)
-      .field("pages_deleted", s.pages_deleted)
-      .field("pages_changed", static_cast<std::uint64_t>(s.pages_changed.size()));
-  json.key("deltas_by_intent").begin_object();
-  for (const auto& [intent, n] : s.deltas_by_intent) json.field(intent, n);
-  json.end_object();
-  json.field("records_per_second", per_second(s.records, s.last_ns - s.first_ns));
-  json.key("rate").begin_array();
+  Json json{{"directory", dir.string()},
+            {"records", s.records},
+            {"first_lsn", s.first_lsn},
+            {"last_lsn", s.last_lsn},
+            {"first_timestamp_ns", s.first_ns},
+            {"last_timestamp_ns", s.last_ns},
+            {"commits_with_deltas", s.commits_with_deltas},
+            {"deltas", s.deltas},
+            {"resizes", s.resizes},
+            {"payload_bytes", s.payload_bytes},
+            {"undo_bytes", s.undo_bytes},
+            {"pages_created", s.pages_created},
+            {"pages_deleted", s.pages_deleted},
+            {"pages_changed", static_cast<std::uint64_t>(s.pages_changed.size())},
+            {"deltas_by_intent", Json::object()}};
+  for (const auto& [intent, n] : s.deltas_by_intent) json["deltas_by_intent"][intent] = n;
+  json["records_per_second"] = per_second(s.records, s.last_ns - s.first_ns);
+  json["rate"] = Json::array();
   for (const auto& b : buckets) {
-    json.begin_object()
-        .field("start_ns", b.start_ns)
-        .field("end_ns", b.end_ns)
-        .field("start", format_utc(b.start_ns))
-        .field("records", b.records)
-        .field("records_per_second", per_second(b.records, b.end_ns - b.start_ns))
-        .end_object();
+    json["rate"].push_back({{"start_ns", b.start_ns},
+                            {"end_ns", b.end_ns},
+                            {"start", format_utc(b.start_ns)},
+                            {"records", b.records},
+                            {"records_per_second", per_second(b.records, b.end_ns - b.start_ns)}});
   }
-  json.end_array().end_object();
+  cli::write_json(out, json);
 }
 
 }  // namespace
@@ -153,7 +151,7 @@ int run_stats(const StatsOptions& options, std::ostream& out) {
   require_directory(dir);
   Stats stats;
   try {
-    stats = collect(dir);
+    stats = collect(dir, offline_options(options.recovery_mode));
   } catch (const Error& e) {
     rethrow_for_directory(dir, e);
   }

@@ -1,4 +1,4 @@
-// `mmsb verify DIR` and `mmsb repair DIR [--force]`: find damage, and drop it on request.
+// `mmsb verify DIR` and `mmsb repair DIR [--force] [--mode MODE]`: find damage, and drop it on request.
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -6,7 +6,7 @@
 #include "commands.hpp"
 #include "directory.hpp"
 #include "format.hpp"
-#include "json.hpp"
+#include "json_output.hpp"
 #include "mmsb/durable.hpp"
 
 namespace mmsb::cli {
@@ -43,18 +43,16 @@ int run_verify(const VerifyOptions& options, std::ostream& out) {
   const std::filesystem::path dir(options.dir);
   const VerifyReport report = verify_directory(dir);
   if (options.json) {
-    JsonWriter json(out);
-    json.begin_object()
-        .field("directory", dir.string())
-        .field("ok", report.ok)
-        .field("records_checked", report.records_checked)
-        .field("checkpoints_checked", report.checkpoints_checked)
-        .field("torn_tail_bytes", report.torn_tail_bytes);
-    json.key("problems").begin_array();
+    Json json{{"directory", dir.string()},
+              {"ok", report.ok},
+              {"records_checked", report.records_checked},
+              {"checkpoints_checked", report.checkpoints_checked},
+              {"torn_tail_bytes", report.torn_tail_bytes},
+              {"problems", Json::array()}};
     for (const auto& p : report.problems) {
-      json.begin_object().field("file", p.file.string()).field("offset", p.offset).field("what", p.what).end_object();
+      json["problems"].push_back({{"file", p.file.string()}, {"offset", p.offset}, {"what", p.what}});
     }
-    json.end_array().end_object();
+    write_json(out, json);
   } else {
     write_problems(report, out);
     out << (report.ok ? "clean" : "damaged") << ": " << report.records_checked << " records and "
@@ -68,38 +66,75 @@ int run_verify(const VerifyOptions& options, std::ostream& out) {
   return report.ok ? kExitOk : kExitDamaged;
 }
 
+namespace {
+
+RecoveryMode repair_mode(const std::string& name) {
+  RecoveryMode mode = RecoveryMode::SkipDamaged;
+  try {
+    mode = parse_recovery_mode(name);
+  } catch (const Error& e) {
+    throw ToolError(std::string("--mode: ") + e.what());
+  }
+  if (mode != RecoveryMode::SkipDamaged && mode != RecoveryMode::PointInTime) {
+    throw ToolError("--mode " + name + ": repair drops damage (skip_damaged) or cuts the log at it (point_in_time)");
+  }
+  return mode;
+}
+
+// What `repair` would do, without doing it.
+void explain_repair(const std::filesystem::path& dir, RecoveryMode mode, const VerifyReport& before,
+                    std::ostream& out) {
+  out << "repair would:\n";
+  bool unrepairable = false;
+  if (mode == RecoveryMode::PointInTime) {
+    OfflineOptions offline;
+    offline.recovery_mode = mode;
+    const DirectorySummary cut = inspect_directory(dir, offline);
+    for (const DamageReport& d : cut.damage) {
+      out << "  cut the log at " << d.file.string() << " offset " << d.offset << " (after LSN " << d.last_good_lsn
+          << "): " << one_line(d.what) << "; every later segment is moved aside\n";
+    }
+  }
+  for (const auto& p : before.problems) {
+    // Only log segments are rewritten; a damaged checkpoint, or a history that fails to replay, stays as it is.
+    const std::string name = p.file.filename().string();
+    const bool in_log = name.rfind("log-", 0) == 0 || name == "MANIFEST";
+    unrepairable = unrepairable || !in_log;
+    if (mode == RecoveryMode::SkipDamaged || !in_log) {
+      out << (in_log ? "  drop " : "  not repair ") << p.file.string() << " offset " << p.offset << ": "
+          << one_line(p.what) << '\n';
+    }
+  }
+  if (!before.problems.empty()) {
+    out << "  (each rewritten segment keeps its intact records; first, the originals of the segments it changes and\n"
+           "  a list of what it drops are written to a new folder aside-<time> in the directory)\n";
+  }
+  if (unrepairable) out << "  problems marked `not repair` need a backup or the application's own recovery\n";
+  if (before.torn_tail_bytes != 0) {
+    out << "  truncate the torn tail of " << before.torn_tail_bytes << " bytes at the end of the log\n";
+  }
+}
+
+}  // namespace
+
 int run_repair(const RepairOptions& options, std::ostream& out) {
   const std::filesystem::path dir(options.dir);
+  const RecoveryMode mode = repair_mode(options.mode);
   const VerifyReport before = verify_directory(dir);
   if (before.ok && before.torn_tail_bytes == 0) {
     out << "nothing to repair: " << before.records_checked << " records and " << before.checkpoints_checked
         << " checkpoints are intact\n";
     return kExitOk;
   }
-
   if (!options.force) {
-    out << "repair would:\n";
-    bool unrepairable = false;
-    for (const auto& p : before.problems) {
-      // Only log segments are rewritten; a damaged checkpoint, or a history that fails to replay, stays as it is.
-      const bool in_segment = p.file.filename().string().rfind("log-", 0) == 0;
-      unrepairable = unrepairable || !in_segment;
-      out << (in_segment ? "  drop " : "  not repair ") << p.file.string() << " offset " << p.offset << ": "
-          << one_line(p.what) << '\n';
-    }
-    if (!before.problems.empty()) {
-      out << "  (each rewritten segment keeps its intact records; first, the originals of the segments it changes and\n"
-             "  a list of what it drops are written to a new folder aside-<time> in the directory)\n";
-    }
-    if (unrepairable) out << "  problems marked `not repair` need a backup or the application's own recovery\n";
-    if (before.torn_tail_bytes != 0) {
-      out << "  truncate the torn tail of " << before.torn_tail_bytes << " bytes at the end of the log\n";
-    }
+    explain_repair(dir, mode, before, out);
     throw ToolError("repair rewrites files in " + dir.string() + "; run `mmsb repair " + dir.string() +
                     " --force` to do it (back up the directory first if in doubt)");
   }
 
-  const RepairReport report = repair(dir);
+  mmsb::RepairOptions repair_options;
+  repair_options.mode = mode;
+  const RepairReport report = repair(dir, repair_options);
   out << "dropped " << report.records_dropped << " damaged records (" << report.bytes_dropped
       << " bytes), truncated a torn tail of " << report.torn_tail_bytes << " bytes\n";
   if (!report.set_aside.empty()) {

@@ -1,5 +1,6 @@
 // Every byte of every record header (length, type, checksum) of a multi-segment log, each single-bit flip and each
-// overwrite with 0x00 or 0xff, under every recovery mode: no mode may open with fewer committed records than
+// overwrite with 0x00 or 0xff, then a bit of every record body byte and every bit of every segment header, under
+// every recovery mode: no mode may open with fewer committed records than
 // the log holds without saying so (docs/formats.md, "Damage"; docs/durability.md, "Recovery modes").
 #include <gtest/gtest.h>
 
@@ -107,100 +108,152 @@ OfflineOptions mode(RecoveryMode m) {
   return o;
 }
 
+// How often each outcome occurred over a set of mutations.
+struct Outcomes {
+  std::size_t refused = 0, restored = 0, cut = 0, skipped = 0;
+};
+
+// Applies `m` to a fresh copy of the pristine directory in `dir` and checks every recovery mode's outcome;
+// `through_runtime` also opens the copy with DurableRuntime, which must agree with the offline replay.
+void check_mutation(const Pristine& pristine, const fs::path& dir, const Mutation& m, bool through_runtime,
+                    Outcomes& outcomes) {
+  SCOPED_TRACE(m.label);
+  pristine.restore(dir);
+  std::string bytes = pristine.files.at(m.segment);
+  bytes[m.offset] = m.value;
+  write_file(dir / m.segment, bytes);
+
+  // Default mode (offline replay and recovery agree): every committed record, or an error.
+  std::uint64_t reached = 0;
+  bool opened = false;
+  try {
+    const auto rt = load_state(dir, ReplayTarget::end(), &reached);
+    opened = true;
+    EXPECT_EQ(reached, pristine.last_lsn) << "opened with fewer committed records and no error";
+    EXPECT_EQ(state_hash(*rt), pristine.hash_at[pristine.last_lsn]);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::Corruption) << e.what();
+    EXPECT_NE(std::string(e.what()).find("last good LSN"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("intact records follow"), std::string::npos) << e.what();
+  }
+  opened ? ++outcomes.restored : ++outcomes.refused;
+  if (through_runtime) {
+    // The same through DurableRuntime (which changes the directory, so on a copy).
+    bool runtime_opened = false;
+    try {
+      DurableOptions o;
+      o.file_system = std::make_shared<testing::FaultFileSystem>(posix_file_system(), /*real_syncs=*/false);
+      DurableRuntime db(dir, o);
+      runtime_opened = true;
+      EXPECT_EQ(db.recovery().last_lsn, pristine.last_lsn);
+      EXPECT_EQ(state_hash(db.runtime()), pristine.hash_at[pristine.last_lsn]);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::Corruption) << e.what();
+    }
+    EXPECT_EQ(runtime_opened, opened) << "recovery and offline replay disagree";
+    pristine.restore(dir);
+    write_file(dir / m.segment, bytes);
+  }
+
+  // Absolute: every committed record, or an error (a torn tail included).
+  try {
+    const auto rt = load_state(dir, ReplayTarget::end(), &reached, {}, mode(RecoveryMode::Absolute));
+    EXPECT_EQ(reached, pristine.last_lsn);
+    EXPECT_EQ(state_hash(*rt), pristine.hash_at[pristine.last_lsn]);
+    EXPECT_TRUE(opened) << "absolute opened what the default mode refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::Corruption) << e.what();
+  }
+
+  // PointInTime: always opens, at a prefix of the history; a shorter one says where it was cut.
+  {
+    const auto rt = load_state(dir, ReplayTarget::end(), &reached, {}, mode(RecoveryMode::PointInTime));
+    ASSERT_LE(reached, pristine.last_lsn);
+    EXPECT_EQ(state_hash(*rt), pristine.hash_at[reached]) << "not the state at LSN " << reached;
+    if (reached < pristine.last_lsn) {
+      ++outcomes.cut;
+      const DirectorySummary s = inspect(dir, mode(RecoveryMode::PointInTime));
+      ASSERT_EQ(s.damage.size(), 1u) << "cut short without saying where";
+      EXPECT_EQ(s.damage[0].file.filename().string(), m.segment);
+      EXPECT_LE(s.damage[0].offset, m.offset);
+    }
+  }
+
+  // SkipDamaged: always opens; when it is not the whole history, each skipped stretch is reported and covers
+  // the changed byte.
+  {
+    const auto rt = load_state(dir, ReplayTarget::end(), &reached, {}, mode(RecoveryMode::SkipDamaged));
+    if (state_hash(*rt) != pristine.hash_at[pristine.last_lsn]) {
+      ++outcomes.skipped;
+      const DirectorySummary s = inspect(dir, mode(RecoveryMode::SkipDamaged));
+      ASSERT_FALSE(s.damage.empty()) << "records were skipped without a report";
+      bool covers = false;
+      for (const DamageReport& d : s.damage) {
+        covers = covers ||
+                 (d.file.filename().string() == m.segment && d.offset <= m.offset && m.offset < d.offset + d.bytes);
+      }
+      EXPECT_TRUE(covers) << "no reported stretch covers the changed byte";
+    }
+  }
+}
+
+// check_mutation() over every mutation, through DurableRuntime for every 7th; stops at the first fatal failure.
+Outcomes check_all(const Pristine& pristine, const std::vector<Mutation>& mutations) {
+  TempDir scratch;
+  Outcomes o;
+  for (std::size_t i = 0; i < mutations.size(); ++i) {
+    check_mutation(pristine, scratch.path() / "d", mutations[i], /*through_runtime=*/i % 7 == 0, o);
+    if (::testing::Test::HasFatalFailure()) break;
+  }
+  return o;
+}
+
 TEST(Damage, EveryHeaderByteAndBitFlipEitherRestoresEveryCommitOrIsReported) {
   const Pristine pristine;
   ASSERT_GE(pristine.last_lsn, 18u);
   const std::vector<Mutation> mutations = header_mutations(pristine);
   ASSERT_GT(mutations.size(), 2500u);
-  TempDir scratch;
-  const fs::path dir = scratch.path() / "d";
-  std::size_t refused = 0, restored = 0, cut = 0, skipped = 0;
-  for (std::size_t i = 0; i < mutations.size(); ++i) {
-    const Mutation& m = mutations[i];
-    SCOPED_TRACE(m.label);
-    pristine.restore(dir);
-    std::string bytes = pristine.files.at(m.segment);
-    bytes[m.offset] = m.value;
-    write_file(dir / m.segment, bytes);
+  const Outcomes o = check_all(pristine, mutations);
+  // Both outcomes occur: damage before intact records refuses, damage in the close record is a torn tail.
+  EXPECT_GT(o.refused, 0u);
+  EXPECT_GT(o.restored, 0u);
+  EXPECT_GT(o.cut, 0u);
+  EXPECT_GT(o.skipped, 0u);
+}
 
-    // Default mode (offline replay and recovery agree): every committed record, or an error.
-    std::uint64_t reached = 0;
-    bool opened = false;
-    try {
-      const auto rt = load_state(dir, ReplayTarget::end(), &reached);
-      opened = true;
-      EXPECT_EQ(reached, pristine.last_lsn) << "opened with fewer committed records and no error";
-      EXPECT_EQ(state_hash(*rt), pristine.hash_at[pristine.last_lsn]);
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::Corruption) << e.what();
-      EXPECT_NE(std::string(e.what()).find("last good LSN"), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("intact records follow"), std::string::npos) << e.what();
-    }
-    opened ? ++restored : ++refused;
-    if (i % 7 == 0) {
-      // The same through DurableRuntime (which changes the directory, so on a copy).
-      bool runtime_opened = false;
-      try {
-        DurableOptions o;
-        o.file_system = std::make_shared<testing::FaultFileSystem>(posix_file_system(), /*real_syncs=*/false);
-        DurableRuntime db(dir, o);
-        runtime_opened = true;
-        EXPECT_EQ(db.recovery().last_lsn, pristine.last_lsn);
-        EXPECT_EQ(state_hash(db.runtime()), pristine.hash_at[pristine.last_lsn]);
-      } catch (const Error& e) {
-        EXPECT_EQ(e.code(), ErrorCode::Corruption) << e.what();
-      }
-      EXPECT_EQ(runtime_opened, opened) << "recovery and offline replay disagree";
-      pristine.restore(dir);
-      write_file(dir / m.segment, bytes);
-    }
-
-    // Absolute: every committed record, or an error (a torn tail included).
-    try {
-      const auto rt = load_state(dir, ReplayTarget::end(), &reached, {}, mode(RecoveryMode::Absolute));
-      EXPECT_EQ(reached, pristine.last_lsn);
-      EXPECT_EQ(state_hash(*rt), pristine.hash_at[pristine.last_lsn]);
-      EXPECT_TRUE(opened) << "absolute opened what the default mode refused";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::Corruption) << e.what();
-    }
-
-    // PointInTime: always opens, at a prefix of the history; a shorter one says where it was cut.
-    {
-      const auto rt = load_state(dir, ReplayTarget::end(), &reached, {}, mode(RecoveryMode::PointInTime));
-      ASSERT_LE(reached, pristine.last_lsn);
-      EXPECT_EQ(state_hash(*rt), pristine.hash_at[reached]) << "not the state at LSN " << reached;
-      if (reached < pristine.last_lsn) {
-        ++cut;
-        const DirectorySummary s = inspect(dir, mode(RecoveryMode::PointInTime));
-        ASSERT_EQ(s.damage.size(), 1u) << "cut short without saying where";
-        EXPECT_EQ(s.damage[0].file.filename().string(), m.segment);
-        EXPECT_LE(s.damage[0].offset, m.offset);
+// The rest of every record (its body, covered by the checksum) and every segment's 16-byte header: one bit of
+// each body byte (a different bit from byte to byte) and every bit of each segment header byte.
+std::vector<Mutation> body_and_segment_header_mutations(const Pristine& p) {
+  std::vector<Mutation> out;
+  for (const auto& [name, bytes] : p.files) {
+    std::uint64_t key = 0;
+    if (!serialize::parse_segment_name(name, key)) continue;
+    for (std::uint64_t at = 0; at < serialize::kSegmentHeaderBytes; ++at) {
+      for (int bit = 0; bit < 8; ++bit) {
+        out.push_back({name, at, static_cast<char>(bytes[at] ^ (1 << bit)),
+                       name + " segment header byte " + std::to_string(at) + " bit " + std::to_string(bit)});
       }
     }
-
-    // SkipDamaged: always opens; when it is not the whole history, each skipped stretch is reported and covers
-    // the changed byte.
-    {
-      const auto rt = load_state(dir, ReplayTarget::end(), &reached, {}, mode(RecoveryMode::SkipDamaged));
-      if (state_hash(*rt) != pristine.hash_at[pristine.last_lsn]) {
-        ++skipped;
-        const DirectorySummary s = inspect(dir, mode(RecoveryMode::SkipDamaged));
-        ASSERT_FALSE(s.damage.empty()) << "records were skipped without a report";
-        bool covers = false;
-        for (const DamageReport& d : s.damage) {
-          covers = covers ||
-                   (d.file.filename().string() == m.segment && d.offset <= m.offset && m.offset < d.offset + d.bytes);
-        }
-        EXPECT_TRUE(covers) << "no reported stretch covers the changed byte";
+    for (const auto& r : serialize::scan_segment(bytes, false).records) {
+      const std::uint64_t body = r.offset + serialize::kRecordHeaderBytes;
+      for (std::uint64_t at = body; at < r.end; ++at) {
+        const int bit = static_cast<int>(at % 8);
+        out.push_back({name, at, static_cast<char>(bytes[at] ^ (1 << bit)),
+                       name + " record@" + std::to_string(r.offset) + " body byte " + std::to_string(at - body) +
+                           " bit " + std::to_string(bit)});
       }
     }
   }
-  // Both outcomes occur: damage before intact records refuses, damage in the close record is a torn tail.
-  EXPECT_GT(refused, 0u);
-  EXPECT_GT(restored, 0u);
-  EXPECT_GT(cut, 0u);
-  EXPECT_GT(skipped, 0u);
+  return out;
+}
+
+TEST(Damage, EveryRecordBodyByteAndSegmentHeaderBitEitherRestoresEveryCommitOrIsReported) {
+  const Pristine pristine;
+  const std::vector<Mutation> mutations = body_and_segment_header_mutations(pristine);
+  ASSERT_GT(mutations.size(), 300u);
+  const Outcomes o = check_all(pristine, mutations);
+  EXPECT_GT(o.refused, 0u) << "a damaged body before intact records must refuse";
+  EXPECT_GT(o.skipped, 0u);
 }
 
 }  // namespace

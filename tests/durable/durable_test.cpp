@@ -167,21 +167,26 @@ TEST(DurableRuntime, SecondCheckpointReplacesTheFirstAndStateSurvivesRepeatedRes
   EXPECT_EQ(files_named(dir.path(), "checkpoint-").size(), 1u);
 }
 
-const bool registered = [] {
-  FunctionRegistry::global().register_map("durable_test.sum", [](MapContext& c) {
-    std::int64_t sum = 0;
-    for (std::size_t i = 0; i < c.input_count(); ++i) sum += c.input_as<std::int64_t>(i);
-    c.output_as<std::int64_t>() = sum;
-  });
-  return true;
-}();
+// The node functions of these tests, in a registry of their own (no process-wide state between tests).
+DurableOptions with_functions(DurableOptions o) {
+  static const std::shared_ptr<FunctionRegistry> registry = [] {
+    auto r = std::make_shared<FunctionRegistry>();
+    r->register_map("durable_test.sum", [](MapContext& c) {
+      std::int64_t sum = 0;
+      for (std::size_t i = 0; i < c.input_count(); ++i) sum += c.input_as<std::int64_t>(i);
+      c.output_as<std::int64_t>() = sum;
+    });
+    return r;
+  }();
+  o.registry = registry;
+  return o;
+}
 
 TEST(DurableRuntime, GraphTopologyIsRestoredAndDerivedPagesRecomputed) {
-  ASSERT_TRUE(registered);
   TempDir dir;
   PageId a, b, sum, copy, lambda_out;
   {
-    DurableRuntime db(dir.path(), fast_options());
+    DurableRuntime db(dir.path(), with_functions(fast_options()));
     Runtime& rt = db.runtime();
     a = rt.create_page(8);
     b = rt.create_page(8);
@@ -197,7 +202,7 @@ TEST(DurableRuntime, GraphTopologyIsRestoredAndDerivedPagesRecomputed) {
     commit_i64(rt, b, 22);  // after the checkpoint: only in the log
     EXPECT_EQ(rt.read_value<std::int64_t>(sum, 0), 42);
   }
-  DurableRuntime db(dir.path(), fast_options());
+  DurableRuntime db(dir.path(), with_functions(fast_options()));
   Runtime& rt = db.runtime();
   EXPECT_EQ(db.recovery().nodes_restored, 2u);
   ASSERT_EQ(db.recovery().unbound_nodes.size(), 1u);

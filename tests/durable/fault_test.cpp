@@ -6,6 +6,9 @@
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
+#include <mutex>
+#include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -102,7 +105,8 @@ TEST(Faults, FailedBatchAppendFailsOnlyItsCommits) {
     }
     for (auto& th : threads) th.join();
     for (int t = 0; t < kThreads; ++t) {
-      EXPECT_EQ(rt.read_value<std::int64_t>(pages[static_cast<std::size_t>(t)], 0), last_ok[static_cast<std::size_t>(t)])
+      EXPECT_EQ(rt.read_value<std::int64_t>(pages[static_cast<std::size_t>(t)], 0),
+                last_ok[static_cast<std::size_t>(t)])
           << "thread " << t << ": the page does not hold its last successful commit";
     }
     live_hash = state_hash(rt);
@@ -185,6 +189,162 @@ TEST(Faults, FailedCheckpointKeepsThePreviousCheckpointAndTheLog) {
   DurableRuntime db(dir.path(), DurableOptions{});
   EXPECT_EQ(db.recovery().checkpoint_lsn, first.lsn);
   EXPECT_EQ(state_hash(db.runtime()), live_hash);
+}
+
+}  // namespace
+}  // namespace mmsb
+
+namespace mmsb {
+namespace {
+
+// Threads committing to pages of their own until `stop`; each remembers its last acknowledged value.
+struct Committers {
+  static constexpr int kThreads = 6;
+  std::vector<PageId> pages;
+  std::vector<std::int64_t> acknowledged = std::vector<std::int64_t>(kThreads, 0);
+  std::atomic<int> failed{0}, succeeded{0};
+  std::vector<std::string> errors;  // one message per thread (the last)
+  std::mutex errors_mutex;
+
+  explicit Committers(Runtime& rt) {
+    for (int t = 0; t < kThreads; ++t) pages.push_back(rt.create_page(8));
+  }
+  // Each thread makes `count` commits of increasing values starting at `from`.
+  void run(Runtime& rt, std::int64_t from, int count) {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < count; ++i) {
+          const std::int64_t value = from + std::int64_t{t} * 100000 + i;
+          try {
+            commit_i64(rt, pages[static_cast<std::size_t>(t)], value);
+            acknowledged[static_cast<std::size_t>(t)] = value;
+            succeeded.fetch_add(1);
+          } catch (const Error& e) {
+            EXPECT_EQ(e.code(), ErrorCode::IoError) << e.what();
+            failed.fetch_add(1);
+            std::lock_guard lock(errors_mutex);
+            errors.push_back(e.what());
+          }
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+  }
+  // No failed commit is visible: each page holds its thread's last acknowledged value.
+  void expect_only_acknowledged(const Runtime& rt) const {
+    for (int t = 0; t < kThreads; ++t) {
+      EXPECT_EQ(rt.read_value<std::int64_t>(pages[static_cast<std::size_t>(t)], 0),
+                acknowledged[static_cast<std::size_t>(t)])
+          << "thread " << t;
+    }
+  }
+};
+
+// The disk fills up while commits run in groups: every commit of an affected batch fails with ENOSPC named in its
+// error, none of them becomes visible, and once space returns the writer goes on and the directory opens (after a
+// crash that loses everything unsynced) with every acknowledged commit.
+TEST(Faults, DiskFullDuringGroupCommitFailsOnlyAffectedCommitsAndRecoversEveryAcknowledgedOne) {
+  TempDir dir;
+  auto fsys = std::make_shared<FaultFileSystem>();
+  std::vector<std::int64_t> acknowledged;
+  {
+    DurableRuntime db(dir.path(), every_commit(fsys));
+    Committers c(db.runtime());
+    c.run(db.runtime(), 1, 20);
+    {
+      Faults full(*fsys, {Op::Append, 0, UINT64_MAX, ENOSPC, true, "log-"});
+      c.run(db.runtime(), 1000, 10);
+      EXPECT_EQ(c.succeeded.load(), Committers::kThreads * 20) << "no commit may succeed while the disk is full";
+      EXPECT_EQ(c.failed.load(), Committers::kThreads * 10);
+      for (const std::string& e : c.errors) EXPECT_NE(e.find("No space left"), std::string::npos) << e;
+      c.expect_only_acknowledged(db.runtime());
+    }
+    c.run(db.runtime(), 5000, 10);  // space returned: the log goes on
+    EXPECT_EQ(c.succeeded.load(), Committers::kThreads * 30);
+    c.expect_only_acknowledged(db.runtime());
+    acknowledged = c.acknowledged;
+    fsys->crash();
+  }
+  std::mt19937_64 rng(3);
+  fsys->lose_unsynced(FaultFileSystem::Loss::Garble, rng);
+  fsys->restart();
+  DurableRuntime db(dir.path(), every_commit(fsys));
+  for (int t = 0; t < Committers::kThreads; ++t) {
+    EXPECT_EQ(db.runtime().read_value<std::int64_t>(PageId::make(0, static_cast<std::uint64_t>(t) + 1), 0),
+              acknowledged[static_cast<std::size_t>(t)])
+        << "thread " << t;
+  }
+}
+
+// EIO from fdatasync during group commit: every commit waiting on that sync fails, none is visible, the writer
+// refuses more (the file's state is unknown), and reopening — after a crash that drops what was not synced, or
+// after the error went away — gives every acknowledged commit and no failed one.
+TEST(Faults, EioOnFdatasyncDuringGroupCommitLosesNoAcknowledgedCommit) {
+  for (auto loss : {FaultFileSystem::Loss::Drop, FaultFileSystem::Loss::Garble}) {
+    TempDir dir;
+    auto fsys = std::make_shared<FaultFileSystem>();
+    std::vector<std::int64_t> acknowledged;
+    {
+      DurableRuntime db(dir.path(), every_commit(fsys));
+      Committers c(db.runtime());
+      c.run(db.runtime(), 1, 10);
+      Faults eio(*fsys, {Op::Sync, 3, 1, EIO, false, "log-"});
+      c.run(db.runtime(), 1000, 10);
+      EXPECT_GT(c.failed.load(), 0);
+      bool named = false;
+      for (const std::string& e : c.errors) named = named || e.find("Input/output error") != std::string::npos;
+      EXPECT_TRUE(named) << "no failed commit names the I/O error";
+      c.expect_only_acknowledged(db.runtime());
+      acknowledged = c.acknowledged;
+      fsys->crash();
+    }
+    std::mt19937_64 rng(4);
+    fsys->lose_unsynced(loss, rng);
+    fsys->restart();
+    DurableRuntime db(dir.path(), every_commit(fsys));
+    for (int t = 0; t < Committers::kThreads; ++t) {
+      EXPECT_EQ(db.runtime().read_value<std::int64_t>(PageId::make(0, static_cast<std::uint64_t>(t) + 1), 0),
+                acknowledged[static_cast<std::size_t>(t)])
+          << "thread " << t;
+    }
+  }
+}
+
+// A full disk while the log moves to a new segment (its header, the manifest) fails the commit that needed the
+// new segment; the directory reopens with every acknowledged commit.
+TEST(Faults, DiskFullWhileRollingToANewSegmentKeepsTheLogRecoverable) {
+  for (const char* where : {"log-", "MANIFEST"}) {
+    SCOPED_TRACE(where);
+    TempDir dir;
+    auto fsys = std::make_shared<FaultFileSystem>();
+    DurableOptions o = every_commit(fsys);
+    o.segment_bytes = 200;
+    std::uint64_t live = 0;
+    {
+      DurableRuntime db(dir.path(), o);
+      PageId p = db.runtime().create_page(8);
+      for (int i = 0; i < 5; ++i) commit_i64(db.runtime(), p, i);
+      Faults full(*fsys, {Op::Create, 0, 1, ENOSPC, false, where});
+      std::int64_t last_ok = 4;
+      for (int i = 5; i < 40; ++i) {
+        try {
+          commit_i64(db.runtime(), p, i);
+          last_ok = i;
+        } catch (const Error& e) {
+          EXPECT_EQ(e.code(), ErrorCode::IoError) << e.what();
+        }
+      }
+      EXPECT_EQ(db.runtime().read_value<std::int64_t>(p, 0), last_ok);
+      live = state_hash(db.runtime());
+      fsys->crash();
+    }
+    std::mt19937_64 rng(5);
+    fsys->lose_unsynced(FaultFileSystem::Loss::KeepPrefix, rng);
+    fsys->restart();
+    DurableRuntime db(dir.path(), o);
+    EXPECT_EQ(state_hash(db.runtime()), live);
+  }
 }
 
 }  // namespace

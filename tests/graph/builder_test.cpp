@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -132,16 +133,20 @@ TEST(GraphBuilder, FunctionIdFromAnotherKindOrBuilderIsInvalidArgument) {
   EXPECT_TRUE(error_of([&] { build.add_map_function(MapFunction{}); }));
 }
 
+// The registry is the test's own (not FunctionRegistry::global()), so the test can repeat in one process. A
+// registered incremental function with a rebuild function keeps it through the builder as through derive_*().
 TEST(GraphBuilder, NodesDescribeTheSameAsDeriveCalls) {
-  FunctionRegistry::global().register_map("builder_test.sum", sum_inputs);
-  auto describe = [](bool bulk) {
+  const IncrementalFunction copy_delta = [](const IncrementalContext& c, Delta& out) {
+    if (c.input_deltas[0]) out = *c.input_deltas[0];
+  };
+  const auto registry = std::make_shared<FunctionRegistry>();
+  registry->register_map("builder_test.sum", sum_inputs);
+  registry->register_incremental("builder_test.copy", copy_delta, sum_inputs);
+  auto describe = [&](bool bulk) {
     Runtime rt;
-    Propagator prop(rt);
+    Propagator prop(rt, {}, registry);
     std::vector<PageId> p;
-    for (int i = 0; i < 6; ++i) p.push_back(rt.create_page(16));
-    const IncrementalFunction copy_delta = [](const IncrementalContext& c, Delta& out) {
-      if (c.input_deltas[0]) out = *c.input_deltas[0];
-    };
+    for (int i = 0; i < 7; ++i) p.push_back(rt.create_page(16));
     NodeOptions named;
     named.name = "total";
     named.always_changes = true;
@@ -152,6 +157,7 @@ TEST(GraphBuilder, NodesDescribeTheSameAsDeriveCalls) {
       build.derive_incremental(p[3], {p[1]}, copy_delta);
       build.derive_map(p[4], {p[1], p[3]}, "builder_test.sum");
       build.derive_map(p[5], {p[2], p[4]}, sum_inputs, named);
+      build.derive_incremental(p[6], {p[1]}, "builder_test.copy");
       build.commit();
     } else {
       prop.derive_map(p[1], {p[0]}, sum_inputs);
@@ -159,6 +165,7 @@ TEST(GraphBuilder, NodesDescribeTheSameAsDeriveCalls) {
       prop.derive_incremental(p[3], {p[1]}, copy_delta);
       prop.derive_map(p[4], {p[1], p[3]}, "builder_test.sum");
       prop.derive_map(p[5], {p[2], p[4]}, sum_inputs, named);
+      prop.derive_incremental(p[6], {p[1]}, "builder_test.copy");
     }
     std::vector<std::string> out;
     for (const NodeDescription& d : prop.nodes()) {
@@ -166,13 +173,15 @@ TEST(GraphBuilder, NodesDescribeTheSameAsDeriveCalls) {
       for (PageId in : d.inputs) text += in.to_string() + " ";
       text += "] fn=" + d.function + " name=" + d.options.name + " always=" + std::to_string(d.options.always_changes) +
               " remap=" + std::to_string(d.remap.input_offset) + "," + std::to_string(d.remap.length) + "," +
-              std::to_string(d.remap.output_offset);
+              std::to_string(d.remap.output_offset) + " rebuild=" + std::to_string(d.has_rebuild);
       out.push_back(text);
     }
     return out;
   };
   const auto one_by_one = describe(false);
-  EXPECT_EQ(one_by_one.size(), 5u);
+  ASSERT_EQ(one_by_one.size(), 6u);
+  EXPECT_NE(one_by_one.back().find("rebuild=1"), std::string::npos) << one_by_one.back();
+  EXPECT_NE(one_by_one[2].find("rebuild=0"), std::string::npos) << one_by_one[2];
   EXPECT_EQ(describe(true), one_by_one);
 }
 

@@ -1,6 +1,7 @@
 // Tests of mmsb::Propagator against the contract in mmsb/graph.hpp: waves, cutoff, node kinds, modes, failure,
 // backpressure, cycles, determinism across thread counts, and random DAGs checked against a sequential reference.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <array>
 
@@ -520,14 +521,22 @@ TEST(Propagator, IncrementalNodeLeavingOutEmptyCutsOffDownstream) {
 }
 
 // ---- FunctionRegistry ---------------------------------------------------------------------------------------
+//
+// Each test registers in a registry of its own (given to its Propagator), so the tests share no process-wide state
+// and pass in any order, any number of times (--gtest_repeat, --gtest_shuffle).
+
+struct OwnRegistry {
+  std::shared_ptr<FunctionRegistry> registry = std::make_shared<FunctionRegistry>();
+};
 
 TEST(FunctionRegistry, RegisteredMapFunctionIsBoundByName) {
-  auto& reg = FunctionRegistry::global();
+  OwnRegistry own;
+  FunctionRegistry& reg = *own.registry;
   const std::string name = "propagator_test.triple.bound_by_name";
   reg.register_map(name, affine(3, 0));
   EXPECT_TRUE(reg.contains(name));
   Runtime rt;
-  Propagator prop(rt);
+  Propagator prop(rt, {}, own.registry);
   PageId a = rt.create_page(8), b = rt.create_page(8);
   prop.derive_map(b, {a}, name);
   commit_i64(rt, a, 7);
@@ -543,15 +552,17 @@ TEST(FunctionRegistry, RegisteredMapFunctionIsBoundByName) {
 }
 
 TEST(FunctionRegistry, RegisteredIncrementalFunctionIsBoundByName) {
-  auto& reg = FunctionRegistry::global();
+  OwnRegistry own;
+  FunctionRegistry& reg = *own.registry;
   const std::string name = "propagator_test.incremental_copy.bound_by_name";
   reg.register_incremental(name, [](const IncrementalContext& c, Delta& out) {
     out.ranges.push_back(ByteRange{0, 8});
     out.payload.assign(c.inputs[0].begin(), c.inputs[0].begin() + 8);
   });
   EXPECT_TRUE(reg.contains(name));
+  EXPECT_FALSE(static_cast<bool>(reg.incremental_rebuild(name)));
   Runtime rt;
-  Propagator prop(rt);
+  Propagator prop(rt, {}, own.registry);
   PageId a = rt.create_page(8), b = rt.create_page(8);
   prop.derive_incremental(b, {a}, name);
   commit_i64(rt, a, 13);
@@ -559,7 +570,8 @@ TEST(FunctionRegistry, RegisteredIncrementalFunctionIsBoundByName) {
 }
 
 TEST(FunctionRegistry, UnknownNameIsNotFoundAndNamesTheFunction) {
-  auto& reg = FunctionRegistry::global();
+  OwnRegistry own;
+  FunctionRegistry& reg = *own.registry;
   const std::string name = "propagator_test.never_registered_function";
   EXPECT_FALSE(reg.contains(name));
   auto e = error_of([&] { (void)reg.map(name); });
@@ -571,7 +583,7 @@ TEST(FunctionRegistry, UnknownNameIsNotFoundAndNamesTheFunction) {
   EXPECT_EQ(e->code(), ErrorCode::NotFound);
 
   Runtime rt;
-  Propagator prop(rt);
+  Propagator prop(rt, {}, own.registry);
   PageId a = rt.create_page(8), b = rt.create_page(8);
   e = error_of([&] { prop.derive_map(b, {a}, name); });
   ASSERT_TRUE(e);
@@ -581,7 +593,8 @@ TEST(FunctionRegistry, UnknownNameIsNotFoundAndNamesTheFunction) {
 }
 
 TEST(FunctionRegistry, DuplicateRegistrationIsInvalidArgument) {
-  auto& reg = FunctionRegistry::global();
+  OwnRegistry own;
+  FunctionRegistry& reg = *own.registry;
   const std::string name = "propagator_test.registered_twice";
   reg.register_map(name, affine(1, 0));
   auto e = error_of([&] { reg.register_map(name, affine(2, 0)); });
@@ -594,7 +607,7 @@ TEST(FunctionRegistry, DuplicateRegistrationIsInvalidArgument) {
   EXPECT_EQ(e->code(), ErrorCode::InvalidArgument);
   // The first registration still holds.
   Runtime rt;
-  Propagator prop(rt);
+  Propagator prop(rt, {}, own.registry);
   PageId a = rt.create_page(8), b = rt.create_page(8);
   prop.derive_map(b, {a}, name);
   commit_i64(rt, a, 6);
@@ -602,17 +615,130 @@ TEST(FunctionRegistry, DuplicateRegistrationIsInvalidArgument) {
 }
 
 TEST(FunctionRegistry, RegisteredNameIsTheDefaultNodeNameInDot) {
-  auto& reg = FunctionRegistry::global();
+  OwnRegistry own;
   const std::string name = "propagator_test_named_in_dot";
-  reg.register_map(name, affine(1, 0));
+  own.registry->register_map(name, affine(1, 0));
   Runtime rt;
-  Propagator prop(rt);
+  Propagator prop(rt, {}, own.registry);
   PageId a = rt.create_page(8), b = rt.create_page(8), c = rt.create_page(8);
   prop.derive_map(b, {a}, name);
   prop.derive_map(c, {a}, affine(1, 0), NodeOptions{.name = "explicit_node_name"});
   const std::string dot = prop.to_dot();
   EXPECT_NE(dot.find(name), std::string::npos) << dot;
   EXPECT_NE(dot.find("explicit_node_name"), std::string::npos) << dot;
+}
+
+// Two registries may bind one name to different functions; each Propagator uses its own.
+TEST(FunctionRegistry, EachPropagatorBindsNamesInItsOwnRegistry) {
+  OwnRegistry doubling, tripling;
+  doubling.registry->register_map("scale", affine(2, 0));
+  tripling.registry->register_map("scale", affine(3, 0));
+  Runtime rt2, rt3;
+  Propagator p2(rt2, {}, doubling.registry), p3(rt3, {}, tripling.registry);
+  PageId a2 = rt2.create_page(8), b2 = rt2.create_page(8), a3 = rt3.create_page(8), b3 = rt3.create_page(8);
+  p2.derive_map(b2, {a2}, "scale");
+  p3.derive_map(b3, {a3}, "scale");
+  commit_i64(rt2, a2, 5);
+  commit_i64(rt3, a3, 5);
+  EXPECT_EQ(read_i64(rt2, b2), 10);
+  EXPECT_EQ(read_i64(rt3, b3), 15);
+  EXPECT_FALSE(FunctionRegistry::global().contains("scale")) << "nothing leaked into the global registry";
+}
+
+// Without a registry of its own, a Propagator looks names up in FunctionRegistry::global(). The name is new on
+// every run of the test, so repeating it registers nothing twice.
+TEST(FunctionRegistry, WithoutARegistryTheGlobalOneIsUsed) {
+  static int run = 0;
+  const std::string name = "propagator_test.global_default." + std::to_string(::getpid()) + "." + std::to_string(run++);
+  FunctionRegistry::global().register_map(name, affine(4, 0));
+  Runtime rt;
+  Propagator prop(rt);
+  PageId a = rt.create_page(8), b = rt.create_page(8);
+  prop.derive_map(b, {a}, name);
+  commit_i64(rt, a, 2);
+  EXPECT_EQ(read_i64(rt, b), 8);
+}
+
+// A node declared over an output that already holds its value (a restored checkpoint) is not stale: an incremental
+// history node goes on from its page instead of being computed from scratch.
+TEST(Propagator, NodeDeclaredWithACurrentOutputIsNotStale) {
+  Runtime rt;
+  Propagator prop(rt);
+  PageId a = rt.create_page(8), count = rt.create_page(8);
+  commit_i64(rt, count, 41);  // the history so far, as a checkpoint would have restored it
+  NodeOptions current;
+  current.output_is_current = true;
+  std::atomic<int> from_scratch{0};
+  prop.derive_incremental(
+      count, {a},
+      [&](const IncrementalContext& c, Delta& out) {
+        if (c.recompute) ++from_scratch;
+        std::int64_t next = 0;
+        std::memcpy(&next, c.output.data(), 8);
+        next += c.input_deltas[0] != nullptr ? 1 : 0;
+        out.ranges.push_back(ByteRange{0, 8});
+        out.payload.resize(8);
+        std::memcpy(out.payload.data(), &next, 8);
+      },
+      current);
+  EXPECT_FALSE(prop.is_stale(count));
+  prop.propagate();  // nothing to do: no stale node, no change
+  EXPECT_EQ(read_i64(rt, count), 41);
+  commit_i64(rt, a, 7);
+  EXPECT_EQ(read_i64(rt, count), 42);
+  EXPECT_EQ(from_scratch.load(), 0);
+}
+
+// A rebuild function computes an incremental node from scratch: recompute() runs it instead of the incremental
+// function (which, handed no deltas, could not know what to add).
+TEST(FunctionRegistry, RebuildFunctionRunsWhenAnIncrementalNodeIsComputedFromScratch) {
+  Runtime rt;
+  Propagator prop(rt);
+  PageId a = rt.create_page(8), sum = rt.create_page(8);
+  std::atomic<int> rebuilds{0};
+  // Adds each change of `a` to `sum`: a running total of the differences, so sum == a once it is exact.
+  auto add_change = [](const IncrementalContext& c, Delta& out) {
+    if (c.input_deltas[0] == nullptr) return;
+    std::int64_t now = 0, total = 0, before = 0;
+    std::memcpy(&now, c.inputs[0].data(), 8);
+    std::memcpy(&total, c.output.data(), 8);
+    // The old value: today's bytes with the undo bytes of the changed ranges (a commit records only the bytes
+    // that differ) put back.
+    const Delta& d = *c.input_deltas[0];
+    std::array<std::byte, 8> old{};
+    std::memcpy(old.data(), c.inputs[0].data(), 8);
+    std::size_t at = 0;
+    for (const ByteRange& r : d.ranges) {
+      for (std::uint64_t i = 0; i < r.length && at < d.undo.size(); ++i, ++at) {
+        if (r.offset + i < 8) old[r.offset + i] = d.undo[at];
+      }
+    }
+    std::memcpy(&before, old.data(), 8);
+    total += now - before;
+    out.ranges.push_back(ByteRange{0, 8});
+    out.payload.resize(8);
+    std::memcpy(out.payload.data(), &total, 8);
+  };
+  prop.derive_incremental(sum, {a}, add_change, [&](MapContext& c) {
+    ++rebuilds;
+    c.output_as<std::int64_t>() = c.input_as<std::int64_t>(0);
+  });
+  commit_i64(rt, a, 5);  // the node's first computation is from scratch: the rebuild function
+  EXPECT_EQ(rebuilds.load(), 1);
+  commit_i64(rt, a, 9);  // then the incremental function
+  EXPECT_EQ(read_i64(rt, sum), 9);
+  EXPECT_EQ(rebuilds.load(), 1);
+  {
+    auto txn = rt.begin();  // knock the derived page off (as a restart with lost deltas would)
+    txn.write_value<std::int64_t>(sum, 0, -1);
+    txn.commit();
+  }
+  prop.recompute(sum);
+  EXPECT_EQ(rebuilds.load(), 2);
+  EXPECT_EQ(read_i64(rt, sum), 9);
+  const auto nodes = prop.nodes();
+  ASSERT_EQ(nodes.size(), 1u);
+  EXPECT_TRUE(nodes[0].has_rebuild);
 }
 
 // ---- random DAGs against a sequential reference ------------------------------------------------------------

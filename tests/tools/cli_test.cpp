@@ -500,6 +500,58 @@ TEST_F(ToolTest, RepairWithForceDropsTheDamagedRecordAndVerifyPassesAgain) {
   EXPECT_EQ(info["records"].get<std::uint64_t>(), log.records - 1);
 }
 
+// The recovery modes on the command line: applied in memory, the directory is left as it was.
+TEST_F(ToolTest, RecoveryModesReadADamagedDirectoryWithoutChangingIt) {
+  const fs::path dir = root_ / "db";
+  const FlatLog log = write_flat_log(dir);
+  const Damage damage = flip_bit_mid_segment(only_segment(dir));
+  std::map<std::string, std::string> before;
+  for (const auto& e : fs::directory_iterator(dir)) before[e.path().filename().string()] = read_file(e.path());
+
+  EXPECT_EQ(mmsb({"dump", dir.string()}).code, 2) << "the default mode refuses the damage";
+  const json cut = mmsb_json({"dump", dir.string(), "--json", "--recovery-mode", "point_in_time"});
+  EXPECT_LT(cut["lsn"].get<std::uint64_t>(), log.records);
+  EXPECT_GT(cut["lsn"].get<std::uint64_t>(), 0u);
+  const json skipped = mmsb_json({"info", dir.string(), "--json", "--recovery-mode", "skip-damaged"});
+  ASSERT_EQ(skipped["damage"].size(), 1u);
+  EXPECT_EQ(skipped["damage"][0]["offset"].get<std::uint64_t>(), damage.record_offset);
+  EXPECT_EQ(skipped["records"].get<std::uint64_t>(), log.records - 1);
+  const Outcome stats = mmsb({"stats", dir.string(), "--recovery-mode", "skip_damaged"});
+  EXPECT_EQ(stats.code, 0) << describe(stats);
+
+  std::map<std::string, std::string> after;
+  for (const auto& e : fs::directory_iterator(dir)) after[e.path().filename().string()] = read_file(e.path());
+  EXPECT_EQ(after, before) << "an offline read changed the directory";
+
+  const Outcome bad = mmsb({"info", dir.string(), "--recovery-mode", "lenient"});
+  EXPECT_EQ(bad.code, 2) << describe(bad);
+  EXPECT_NE(bad.err.find("point_in_time"), std::string::npos) << describe(bad);
+}
+
+TEST_F(ToolTest, RepairInPointInTimeModeCutsTheLogAtTheDamageAndKeepsTheRestAside) {
+  const fs::path dir = root_ / "db";
+  write_flat_log(dir);
+  const Damage damage = flip_bit_mid_segment(only_segment(dir));
+  const std::string original = read_file(damage.segment);
+  const Outcome preview = mmsb({"repair", dir.string(), "--mode", "point-in-time"});
+  EXPECT_EQ(preview.code, 2) << describe(preview);
+  EXPECT_NE(
+      preview.out.find("cut the log at " + damage.segment.string() + " offset " + std::to_string(damage.record_offset)),
+      std::string::npos)
+      << describe(preview);
+  const Outcome o = mmsb({"repair", dir.string(), "--mode", "point_in_time", "--force"});
+  EXPECT_EQ(o.code, 0) << describe(o);
+  EXPECT_EQ(fs::file_size(damage.segment), damage.record_offset) << "cut where the damage starts";
+  EXPECT_EQ(mmsb({"verify", dir.string()}).code, 0);
+  bool kept = false;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.is_directory() && e.path().filename().string().rfind("aside-", 0) == 0) {
+      kept = read_file(e.path() / damage.segment.filename()) == original;
+    }
+  }
+  EXPECT_TRUE(kept) << describe(o);
+}
+
 // --- dump, replay, history ---------------------------------------------------------------------------------
 
 TEST_F(ToolTest, DumpShowsEveryLivePageWithItsBytesEpochAndSize) {
@@ -621,14 +673,14 @@ TEST_F(ToolTest, ReplayToATimeBeforeTheCheckpointIsAnError) {
     db.checkpoint();
     after_checkpoint_hash = state_hash(db.runtime());
   }
-  const Outcome early = mmsb({"replay", dir.string(), "--to-time", std::to_string(before_checkpoint), "--out",
-                              (root_ / "early").string()});
+  const Outcome early = mmsb(
+      {"replay", dir.string(), "--to-time", std::to_string(before_checkpoint), "--out", (root_ / "early").string()});
   EXPECT_EQ(early.code, 2) << describe(early);
   EXPECT_NE(early.err.find("older than the checkpoint"), std::string::npos) << describe(early);
   EXPECT_FALSE(fs::exists(root_ / "early")) << "nothing may be written for a refused target";
   // A time after the checkpoint was written names its state.
-  const Outcome late = mmsb({"replay", dir.string(), "--to-time", std::to_string(now_ns()), "--out",
-                             (root_ / "late").string()});
+  const Outcome late =
+      mmsb({"replay", dir.string(), "--to-time", std::to_string(now_ns()), "--out", (root_ / "late").string()});
   ASSERT_EQ(late.code, 0) << describe(late);
   EXPECT_EQ(state_hash(*load_state(root_ / "late")), after_checkpoint_hash);
 }

@@ -1,4 +1,4 @@
-// The tool's parsers and printers (tools/format.hpp, tools/json.hpp), without running the tool.
+// The tool's parsers and printers (tools/format.hpp, tools/json_output.hpp), without running the tool.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -8,7 +8,7 @@
 
 #include "commands.hpp"
 #include "format.hpp"
-#include "json.hpp"
+#include "json_output.hpp"
 
 namespace mmsb::cli {
 namespace {
@@ -86,27 +86,16 @@ TEST(QuotedText, EscapesQuotesBackslashesAndEveryNonPrintableByte) {
   EXPECT_EQ(quoted_text(""), "\"\"");
 }
 
-TEST(JsonWriter, WritesNestedValuesWithEscapedStrings) {
-  std::ostringstream out;
-  JsonWriter json(out);
-  json.begin_object()
-      .field("s", std::string("a\"b\\c\nd\x01\xff"))
-      .field("n", std::uint64_t{18446744073709551615u})
-      .field("neg", std::int64_t{-3})
-      .field("t", true)
-      .key("empty")
-      .begin_array()
-      .end_array()
-      .key("list")
-      .begin_array()
-      .value(1)
-      .value(0.5)
-      .null()
-      .end_array()
-      .end_object();
-  EXPECT_EQ(out.str(),
+TEST(JsonOutput, IndentsByTwoEscapesStringsAndEndsWithANewline) {
+  Json json{{"s", std::string("a\"b\\c\nd\x01")},
+            {"n", std::uint64_t{18446744073709551615u}},
+            {"neg", std::int64_t{-3}},
+            {"t", true},
+            {"empty", Json::array()},
+            {"list", {1, 0.5, nullptr}}};
+  EXPECT_EQ(json_text(json),
             "{\n"
-            "  \"s\": \"a\\\"b\\\\c\\nd\\u0001\\ufffd\",\n"
+            "  \"s\": \"a\\\"b\\\\c\\nd\\u0001\",\n"
             "  \"n\": 18446744073709551615,\n"
             "  \"neg\": -3,\n"
             "  \"t\": true,\n"
@@ -119,11 +108,19 @@ TEST(JsonWriter, WritesNestedValuesWithEscapedStrings) {
             "}\n");
 }
 
-TEST(JsonString, KeepsValidUtf8AndReplacesOverlongAndSurrogateSequences) {
-  EXPECT_EQ(json_string("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"), "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"");
-  EXPECT_EQ(json_string("\xc0\xaf"), "\"\\ufffd\\ufffd\"") << "overlong '/'";
-  EXPECT_EQ(json_string("\xed\xa0\x80"), "\"\\ufffd\\ufffd\\ufffd\"") << "a UTF-16 surrogate";
-  EXPECT_EQ(json_string("\xe2\x82"), "\"\\ufffd\\ufffd\"") << "a truncated sequence";
+// Intents and file names are bytes, not always UTF-8: the output must stay valid JSON whatever they hold.
+TEST(JsonOutput, KeepsValidUtf8AndReplacesInvalidBytesWithTheReplacementCharacter) {
+  const std::string valid = "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80";
+  EXPECT_EQ(json_text(Json(valid)), "\"" + valid + "\"\n");
+  for (const std::string& bad :
+       {std::string("\xff"), std::string("\xc0\xaf"), std::string("\xed\xa0\x80"), std::string("x\xe2\x82")}) {
+    const std::string text = json_text(Json(bad));
+    EXPECT_NE(text.find("\xef\xbf\xbd"), std::string::npos) << "no U+FFFD in " << text;
+    EXPECT_TRUE(Json::accept(text)) << text;
+  }
+  // Keys too.
+  Json keyed{{"in\xfftent", 1}};
+  EXPECT_TRUE(Json::accept(json_text(keyed)));
 }
 
 }  // namespace

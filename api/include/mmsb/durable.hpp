@@ -43,8 +43,11 @@
 // records' deltas in LSN order (one wave per record, as IMMEDIATE and DEFERRED run them; in BATCH mode the
 // function must give the same result for a composed delta as for its parts); an incremental node given as a
 // lambda must declare a rebuild function (derive_incremental(..., rebuild)), which recompute() runs after the
-// application derives the node again. checkpoint() refuses (Error(InvalidArgument) naming the page) an
-// incremental node that has neither, since no restart could make its page exact.
+// application derives the node again. A node given as a function may also be derived again before the log is
+// replayed, in DurableOptions::rebind, and then receives the replayed records too. Without a rebind function,
+// checkpoint() refuses (Error(InvalidArgument) naming the page) what no restart could make exact: an incremental
+// node without a rebuild function that has no registered name, or that reads (directly or through other nodes) a
+// node that has none, since the deltas replayed into it would differ from the live ones.
 //
 // Thread-safety: DurableRuntime's members may be called from any thread; runtime() and propagator() are used as
 // documented in runtime.hpp and graph.hpp. Do not call checkpoint() while the calling thread holds a ReadView (the
@@ -95,6 +98,8 @@ const char* recovery_mode_name(RecoveryMode mode) noexcept;
 // The mode of one of those names; Error(InvalidArgument) listing them otherwise.
 RecoveryMode parse_recovery_mode(const std::string& name);
 
+class DurableRuntime;
+
 struct DurableOptions {
   // `first_lsn` is ignored: new LSNs continue the directory's log. `record_undo` says whether the log keeps each
   // commit's old bytes (undo) beside its new ones: page_history()'s deltas, invert() of a logged delta and `mmsb
@@ -107,6 +112,14 @@ struct DurableOptions {
   int checkpoint_compression_level = 3;              // zstd level 1..19, or 0 to store checkpoints uncompressed
   RecoveryMode recovery_mode = RecoveryMode::TolerateTornTail;
   std::shared_ptr<FileSystem> file_system;           // where the files live; null: posix_file_system()
+  // Where node functions named in a checkpoint are looked up (and what propagator() uses); null: the global one.
+  std::shared_ptr<FunctionRegistry> registry;
+  // Called while the constructor runs, when a checkpoint was loaded, once its pages and graph are restored and
+  // before the log is replayed: derive again here the nodes in db.recovery().unbound_nodes (those given as
+  // functions; attach a GpuMirror for device nodes), and they receive the replayed records like the restored
+  // nodes, so every node kind restarts exactly. It must not commit or create pages (nothing is logged yet). With
+  // it, checkpoint() trusts the application to do so (see "Exact restarts").
+  std::function<void(DurableRuntime& db)> rebind;
 };
 
 // One stretch of a durable directory that recovery (or an offline reader) did not use.
@@ -154,8 +167,8 @@ struct CheckpointInfo {
 class DurableRuntime {
  public:
   // Opens `dir` (created when missing) and recovers its state. Throws Error(Corruption) for damage the recovery
-  // mode does not accept; Error(NotFound) when a checkpoint names a function not registered in the propagation
-  // options' registry (FunctionRegistry::global() by default); Error(IoError) when the directory cannot be read or
+  // mode does not accept; Error(NotFound) when a checkpoint names a function not registered in
+  // DurableOptions::registry (FunctionRegistry::global() by default); Error(IoError) when the directory cannot be read or
   // written; Error(InvalidArgument) when another process has it open, when it holds files but no mmsb state (so
   // a mistyped path never fills a foreign directory), or for options out of range.
   explicit DurableRuntime(const std::filesystem::path& dir, DurableOptions options = {});

@@ -81,6 +81,10 @@
 namespace mmsb {
 
 class Runtime;
+class FunctionRegistry;
+namespace detail {
+struct PropagatorAccess;
+}  // namespace detail
 
 enum class PropagationMode : std::uint8_t { Immediate, Deferred, Batch };
 enum class QueueFullPolicy : std::uint8_t { Block, Fail };
@@ -216,17 +220,22 @@ struct IncrementalContext {
 using MapFunction = std::function<void(MapContext&)>;
 using IncrementalFunction = std::function<void(const IncrementalContext&, Delta& out)>;
 
-// Node functions by name, so a restarted program binds the same names to the same nodes.
+// Node functions by name, so a restarted program binds the same names to the same nodes. global() is the
+// process-wide default; a Propagator (and a DurableRuntime) may be given one of its own, which keeps its names apart
+// from every other Propagator's in the process.
 // Thread-safety: all members may be called concurrently.
 class FunctionRegistry {
  public:
   static FunctionRegistry& global();
   // Throws Error(InvalidArgument) when the name is already registered.
   void register_map(const std::string& name, MapFunction fn);
-  void register_incremental(const std::string& name, IncrementalFunction fn);
+  // `rebuild`, if given, is the node's rebuild function (see Propagator::derive_incremental).
+  void register_incremental(const std::string& name, IncrementalFunction fn, MapFunction rebuild = {});
   // Throws Error(NotFound) naming the function when it is not registered.
   MapFunction map(const std::string& name) const;
   IncrementalFunction incremental(const std::string& name) const;
+  // The rebuild function registered with an incremental function (empty when none was).
+  MapFunction incremental_rebuild(const std::string& name) const;
   bool contains(const std::string& name) const;
 
   FunctionRegistry();
@@ -359,7 +368,9 @@ class Propagator {
  public:
   // Attaches to `runtime`, which must outlive the Propagator. At most one Propagator per Runtime. Destroy it only
   // while no commit is running on the runtime; commits still queued (DEFERRED/BATCH) are then not propagated.
-  explicit Propagator(Runtime& runtime, PropagatorOptions options = {});
+  // derive_*() by name look functions up in `registry` (null: FunctionRegistry::global()).
+  explicit Propagator(Runtime& runtime, PropagatorOptions options = {},
+                      std::shared_ptr<FunctionRegistry> registry = nullptr);
   ~Propagator();
   Propagator(const Propagator&) = delete;
   Propagator& operator=(const Propagator&) = delete;
@@ -370,12 +381,19 @@ class Propagator {
   // A new node is computed once by the next wave, whatever its inputs do: propagate() runs that wave now in every
   // mode (so `derive_map(...); propagate();` leaves the output computed from its inputs' current bytes), and so
   // does the wave of the next commit that reaches the graph. Until then is_stale(output) is true. (Declaring
-  // nodes runs no wave, so building a graph of a million nodes costs no more than declaring them.)
+  // nodes runs no wave, so building a graph of a million nodes costs no more than declaring them.) With
+  // NodeOptions::output_is_current (how a DurableRuntime restores a checkpoint's graph) the node starts computed.
   void derive_map(PageId output, std::vector<PageId> inputs, MapFunction fn, NodeOptions options = {});
   void derive_map(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                   NodeOptions options = {});
   void derive_passthrough(PageId output, PageId input, ByteRemap remap = {}, NodeOptions options = {});
   void derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn, NodeOptions options = {});
+  // With a rebuild function: what the node's output is, computed from its inputs' current bytes alone (as a map
+  // would), which must be the bytes an uninterrupted run of `fn` leaves. It runs instead of `fn` whenever the node
+  // is computed from scratch: recompute(), recompute_all(), a stale node after a failed wave, and after a restart
+  // (mmsb/durable.hpp, "Exact restarts").
+  void derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn, MapFunction rebuild,
+                          NodeOptions options = {});
   void derive_incremental(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                           NodeOptions options = {});
   // Removes the node computing `output` (the page stays, with its last bytes) and its incoming DATA edges.
@@ -432,6 +450,7 @@ class Propagator {
   friend class GraphBuilder;
 
  private:
+  friend struct detail::PropagatorAccess;
   std::unique_ptr<Impl> impl_;
 };
 

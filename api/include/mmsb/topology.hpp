@@ -32,6 +32,9 @@ enum class NodeKind : std::uint8_t { Map = 0, Passthrough = 1, Incremental = 2 }
 struct NodeOptions {
   bool always_changes = false;  // map only: skip the cutoff diff; the output is treated as fully changed
   std::string name;             // shown in dot export and errors; defaults to the function name, if registered
+  // The output page already holds this node's value (a restored checkpoint): the node is not stale when declared,
+  // so the next wave runs it only if its inputs change. Not stored by checkpoints.
+  bool output_is_current = false;
 };
 
 // How a derived page is computed (Propagator::nodes()); enough to declare the node again.
@@ -42,6 +45,7 @@ struct NodeDescription {
   std::string function;        // the registered function name; empty when the function was passed directly
   NodeOptions options;
   ByteRemap remap;             // Passthrough only
+  bool has_rebuild = false;    // Incremental only: it has a rebuild function (not stored by checkpoints)
 };
 
 // An ordering-only edge (CONTROL or GPU_SYNC).

@@ -132,6 +132,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   graph->add_option("--impl", implementation_list, "Implementations to run, comma-separated, in order (mmsb, tbb)")
       ->capture_default_str();
+  graph->add_flag("--one-by-one", run_options.one_by_one,
+                  "mmsb: declare each node with derive_map() instead of one GraphBuilder commit");
   graph->add_flag("--json", json, "Print JSON instead of a table");
   CLI11_PARSE(app, argc, argv);
 

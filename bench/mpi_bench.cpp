@@ -169,10 +169,11 @@ int main(int argc, char** argv) {
   if (rank == 0) {
     const double ar = median(allreduce), ss = median(superstep);
     if (json) {
-      std::printf("{\"ranks\": %d, \"mpi_allreduce_us\": %.3f, \"mpi_superstep_us\": %.3f, "
-                  "\"mpi_superstep_over_allreduce\": %.3f, \"mpi_bytes_ratio\": %.4f, \"mpi_bytes_ratio_64\": %.4f, "
-                  "\"mpi_wave_us\": %.1f}\n",
-                  size, ar, ss, ss / ar, median(ratio256), median(ratio64), median(wave));
+      std::printf(
+          "{\"ranks\": %d, \"mpi_allreduce_us\": %.3f, \"mpi_superstep_us\": %.3f, "
+          "\"mpi_superstep_over_allreduce\": %.3f, \"mpi_bytes_ratio\": %.4f, \"mpi_bytes_ratio_64\": %.4f, "
+          "\"mpi_wave_us\": %.1f}\n",
+          size, ar, ss, ss / ar, median(ratio256), median(ratio64), median(wave));
     } else {
       std::printf("ranks                         %d\n", size);
       std::printf("mpi_allreduce_us              %.3f   (baseline)\n", ar);

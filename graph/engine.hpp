@@ -8,7 +8,7 @@
 //   builder.cpp    GraphBuilder: many nodes declared as one graph version
 //   propagator.cpp the public Propagator members, which lock and delegate
 //
-// Structure, sized for millions of pages (about 40 bytes per page and 40 per node here, besides the graph index):
+// Structure, sized for millions of pages (40 bytes per page and 32 per node here, besides the graph index):
 //  - The DependencyGraph (graph/dependency_graph.hpp) is the authority on edges, cycles and the topological order.
 //    Its dense vertex ids index the engine's per-page Slots.
 //  - A Slot records the wave in which its page last changed and that change's delta, so "did an input change in
@@ -145,8 +145,10 @@ struct Node {
   NodeKind kind = NodeKind::Map;
   std::uint8_t flags = 0;
   std::atomic<bool> stale{false};
-  std::unique_ptr<Delta> delta;  // the published delta, kept when a reader consumes it (kKeepDelta)
+  std::uint32_t kept = kNoNode;  // its slot in Impl::kept_deltas, once a reader consumed its delta (kKeepDelta)
 };
+
+static_assert(sizeof(Slot) <= 40 && sizeof(Node) <= 32, "the per-page and per-node budgets of issue 18");
 
 // Functions shared by index, with a use count so the last node using one frees it.
 template <class F>
@@ -269,6 +271,10 @@ struct Propagator::Impl : detail::CommitListener {
   detail::FunctionTable<IncrementalFunction> incrementals;
   detail::FunctionTable<ByteRemap> remaps;
   std::unordered_map<NodeIndex, detail::NodeLabel> labels;  // nodes with a name or a registered function
+  // The published deltas of nodes whose readers consume them (passthrough and incremental readers), kept per node
+  // so their capacity is reused; slots are handed out by the plan and never move during a wave.
+  std::vector<std::unique_ptr<Delta>> kept_deltas;
+  std::vector<std::uint32_t> free_kept;
   std::uint64_t structure_version = 0;
 
   // Plan, rebuilt at the first wave after the structure changed.
@@ -281,9 +287,9 @@ struct Propagator::Impl : detail::CommitListener {
   std::atomic<std::uint64_t> chunks_done{0};
   std::atomic<bool> cancelled{false};
   std::mutex failure_mutex;
-  PageId failed_page;                   // guarded by failure_mutex
-  std::exception_ptr failure;           // guarded by failure_mutex
-  std::vector<std::uint32_t> affected;  // engine_mutex: this wave's positions, in plan order (sparse waves)
+  PageId failed_page;                     // guarded by failure_mutex
+  std::exception_ptr failure;             // guarded by failure_mutex
+  std::vector<std::uint32_t> affected;    // engine_mutex: this wave's positions, in plan order (sparse waves)
   std::vector<detail::Segment> segments;  // engine_mutex: this wave's levels
 
   // Queue of published commits.

@@ -249,11 +249,12 @@ std::vector<NodeDescription> Propagator::nodes() const {
 std::vector<OrderingEdge> Propagator::ordering_edges() const {
   std::lock_guard lock(impl_->engine_mutex);
   std::vector<OrderingEdge> out;
-  for (PageId page : impl_->graph.topological_order()) {
-    for (const detail::Dependency& dep : impl_->graph.inputs_of(page)) {
-      if (dep.kind == DependencyKind::Control) out.push_back({dep.from, dep.to, EdgeKind::Control});
-      if (dep.kind == DependencyKind::GpuSync) out.push_back({dep.from, dep.to, EdgeKind::GpuSync});
-    }
+  const detail::DependencyGraph& g = impl_->graph;
+  for (detail::VertexId v : g.topological_vertices()) {
+    g.for_each_input(v, [&](detail::VertexId from, DependencyKind kind) {
+      if (kind == DependencyKind::Control) out.push_back({g.page_of(from), g.page_of(v), EdgeKind::Control});
+      if (kind == DependencyKind::GpuSync) out.push_back({g.page_of(from), g.page_of(v), EdgeKind::GpuSync});
+    });
   }
   return out;
 }

@@ -305,8 +305,7 @@ void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tall
   const bool timed = tally.runs++ % kSampleHopsEvery == 0;
   const std::uint64_t started = timed ? steady_ns() : 0;
   const bool keep = (node.flags & Node::kKeepDelta) != 0;
-  if (keep && !node.delta) node.delta = std::make_unique<Delta>();
-  Delta& d = keep ? *node.delta : tally.scratch->delta;
+  Delta& d = keep ? *kept_deltas[node.kept] : tally.scratch->delta;
   bool changed = false;
   try {
     switch (node.kind) {

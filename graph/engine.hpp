@@ -220,7 +220,8 @@ struct PendingCommit {
   // Immutable once queued; page observers may share it. One allocation (make_shared of an array) holds the deltas
   // and the control block, no more than the plain vector it replaces (the engine's allocation test counts them).
   std::shared_ptr<Delta[]> deltas;
-  std::size_t count = 0;  // deltas[0, count) are the commit's watched deltas
+  std::size_t count = 0;     // deltas[0, count) are the commit's watched deltas
+  std::size_t capacity = 0;  // the array's length
 };
 
 // A node as GraphBuilder and derive_* hand it to the engine.
@@ -295,7 +296,12 @@ struct Propagator::Impl : detail::CommitListener {
   // Queue of published commits.
   std::mutex queue_mutex;
   std::condition_variable queue_space, queue_nonempty;
-  std::deque<PendingCommit> queue;            // guarded by queue_mutex
+  std::deque<PendingCommit> queue;  // guarded by queue_mutex
+  // Drained arrays of kSpareDeltas deltas, reused by the next small commits so a steady stream of commits stops
+  // allocating (guarded by queue_mutex; at most kSpareCommits).
+  static constexpr std::size_t kSpareDeltas = 8, kSpareCommits = 8;
+  std::vector<std::shared_ptr<Delta[]>> spare_commits;
+  std::vector<std::pair<PageId, const Delta*>> drain_changes;  // engine_mutex
   std::atomic<std::size_t> reserved{0};       // commits between reserve() and being drained (or released)
   std::atomic<std::size_t> blocked{0};        // commits waiting in reserve() for queue space
   std::atomic<std::size_t> batch_commits{0};  // BATCH: commits folded into slots since the last drain
@@ -389,6 +395,9 @@ struct Propagator::Impl : detail::CommitListener {
                 const std::shared_ptr<const void>& owner = nullptr);
   [[noreturn]] static void throw_node_error(PageId page, std::exception_ptr error);
   bool any_stale() const { return !stale_nodes.empty(); }
+  // Overlaps the cache misses of a small wave's nodes (see wave.cpp).
+  static constexpr std::size_t kPrefetchNodes = 256;
+  void prefetch(const std::vector<std::uint32_t>& positions);
   // The next wave number; when the 32-bit counter would wrap, every wave mark is reset first.
   std::uint32_t next_wave();
 
@@ -405,6 +414,8 @@ struct Propagator::Impl : detail::CommitListener {
   // Folds `next` into `acc` (acc then next). The common case, `next` rewriting bytes `acc` already covers, is done
   // in place: same ranges, newer payload, the older undo kept. Otherwise compose().
   static void fold(Delta& acc, const Delta& next);
+  // Keeps a drained commit's array for reuse when it is small and unshared.
+  void recycle(PendingCommit& commit) noexcept;
   void worker_loop();
   // One commit in kSampleCommitsEvery per thread is timed from here to the end of its wave.
   static bool sample_this_commit() noexcept;

@@ -23,6 +23,7 @@ Propagator::Impl::Impl(Runtime& rt, PropagatorOptions opts)
       runtime_impl(detail::RuntimeAccess::of(rt)),
       options(opts),
       arena(opts.threads == 0 ? tbb::task_arena::automatic : static_cast<int>(opts.threads)) {
+  spare_commits.reserve(kSpareCommits);  // recycle() must not allocate
   if (options.queue_capacity == 0) {
     throw Error(ErrorCode::InvalidArgument, "PropagatorOptions::queue_capacity must be at least 1");
   }

@@ -60,10 +60,16 @@ void Propagator::Impl::drain_locked() {
     }
     free_places(1);
     ran = true;
-    std::vector<std::pair<PageId, const Delta*>> changes;
-    for (std::size_t i = 0; i < commit.count; ++i) changes.emplace_back(commit.deltas[i].page, &commit.deltas[i]);
-    run_wave(changes, std::shared_ptr<const void>(commit.deltas, commit.deltas.get()));
+    drain_changes.clear();
+    for (std::size_t i = 0; i < commit.count; ++i) drain_changes.emplace_back(commit.deltas[i].page, &commit.deltas[i]);
+    try {
+      run_wave(drain_changes, std::shared_ptr<const void>(commit.deltas, commit.deltas.get()));
+    } catch (...) {
+      recycle(commit);
+      throw;
+    }
     if (commit.published_ns) commit_latency.record(steady_ns() - commit.published_ns);
+    recycle(commit);
   }
   if (!ran && any_stale()) run_wave({});
 }
@@ -139,6 +145,13 @@ void Propagator::Impl::fold(Delta& acc, const Delta& next) {
   }
 }
 
+void Propagator::Impl::recycle(PendingCommit& commit) noexcept {
+  // Only arrays nobody else holds (page observers may keep a delta) and of the small size class are kept.
+  if (!commit.deltas || commit.capacity != kSpareDeltas || commit.deltas.use_count() != 1) return;
+  std::lock_guard lock(queue_mutex);
+  if (spare_commits.size() < kSpareCommits) spare_commits.push_back(std::move(commit.deltas));
+}
+
 void Propagator::Impl::worker_loop() {
   for (;;) {
     {
@@ -197,15 +210,27 @@ void Propagator::Impl::published(std::uint64_t lsn, std::span<const Delta> delta
     publish_batch(deltas);
     return;
   }
-  PendingCommit commit;
-  for (const Delta& d : deltas) {
-    if (slot_of(d.page) == nullptr) continue;
-    if (!commit.deltas) commit.deltas = std::make_shared<Delta[]>(deltas.size());  // empty Deltas allocate nothing
-    commit.deltas[commit.count++] = d;
-  }
-  if (commit.count == 0) {
+  std::size_t watched = 0;
+  for (const Delta& d : deltas) watched += slot_of(d.page) != nullptr;
+  if (watched == 0) {
     free_places(1);
     return;
+  }
+  PendingCommit commit;
+  if (watched <= kSpareDeltas) {  // a drained array of the same size class: its vectors' capacity is reused
+    std::lock_guard lock(queue_mutex);
+    if (!spare_commits.empty()) {
+      commit.deltas = std::move(spare_commits.back());
+      spare_commits.pop_back();
+      commit.capacity = kSpareDeltas;
+    }
+  }
+  if (!commit.deltas) {
+    commit.capacity = watched <= kSpareDeltas ? kSpareDeltas : watched;
+    commit.deltas = std::make_shared<Delta[]>(commit.capacity);  // empty Deltas allocate nothing
+  }
+  for (const Delta& d : deltas) {
+    if (slot_of(d.page) != nullptr) commit.deltas[commit.count++] = d;  // copy-assignment reuses capacity
   }
   commit.lsn = lsn;
   if (sample_this_commit()) commit.published_ns = steady_ns();

@@ -418,7 +418,8 @@ struct Propagator::Impl : detail::CommitListener {
   void recycle(PendingCommit& commit) noexcept;
   void worker_loop();
   // One commit in kSampleCommitsEvery per thread is timed from here to the end of its wave.
-  static bool sample_this_commit() noexcept;
+  bool sample_this_commit() noexcept;
+  std::atomic<std::uint64_t> commits_seen{0};
   Slot* slot_of(PageId page) const noexcept;
   detail::BatchPending& batch_of(Slot& slot);
   // BATCH: fold each watched delta into its page's pending delta. Runs under the commit's page locks.

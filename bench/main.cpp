@@ -1,6 +1,5 @@
 // mmsb-bench: runs the registered metrics and prints their medians (a table, or one JSON object with --json).
-// This is the only translation unit that includes CLI11.
-#include <CLI/CLI.hpp>
+// This is the only translation unit that includes CLI11 (through program/options.hpp).
 #include <nlohmann/json.hpp>
 
 #include <unistd.h>
@@ -14,10 +13,12 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "bench/graph_bench.hpp"
 #include "bench/harness.hpp"
 #include "mmsb/error.hpp"
+#include "program/options.hpp"
 
 namespace {
 
@@ -79,103 +80,76 @@ bool run_isolated(const mmsb::bench::Metric& metric, int repetitions, std::map<s
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{
-      "mmsb-bench: measures mmsb against raw baselines (memcpy, memcmp, malloc, ...) in the same run.\n"
-      "Each metric is the median of several repetitions; values are nanoseconds unless the key says otherwise\n"
-      "(_per_s: operations per second, _ratio: dimensionless, _ms: milliseconds)."};
+// The options of the metric run (the default command).
+struct Settings {
   bool json = false, list = false;
   std::string filter = ".*";
   int repetitions = 7;
-  app.add_flag("--json", json, "Print one JSON object {key: number} on stdout instead of a table");
-  app.add_flag("--list", list, "List the metric keys with a description and exit");
-  app.add_option("--filter", filter, "Only run metrics whose key matches this regular expression (ECMAScript)")
-      ->capture_default_str();
-  app.add_option("--repetitions,-r", repetitions, "Repetitions per metric; the median is reported")
-      ->check(CLI::Range(1, 1000))
-      ->capture_default_str();
-  app.add_flag("--quick", mmsb::bench::quick_mode(), "Smaller workloads where a key allows it (scale_*: 10^5 leaves)");
+};
 
-  // mmsb-bench graph: one dependency-graph workload on mmsb and raw oneTBB, side by side.
+// The options of `mmsb-bench graph`.
+struct GraphSettings {
+  std::string shape = "tree", file;
+  std::size_t nodes = 100'000;
+  unsigned fanin = 8;
+  std::string implementations = "mmsb,tbb";
+  mmsb::bench::graph::RunOptions run;
+};
+
+CLI::App* add_graph_command(CLI::App& app, GraphSettings& g, bool& json) {
   CLI::App* graph = app.add_subcommand(
       "graph",
       "Build a dependency graph (a generated shape, or an edge list / Graphviz dot file) on mmsb and on raw "
       "oneTBB in the same run; report build time, memory, full and single-source wave latency");
-  std::string shape_name = "tree", shape_file;
-  std::size_t nodes = 100'000;
-  unsigned fanin = 8;
-  std::string implementation_list = "mmsb,tbb";
-  mmsb::bench::graph::RunOptions run_options;
-  graph->add_option("--shape", shape_name, "chain | tree | lattice | random")
+  graph->add_option("--shape", g.shape, "chain | tree | lattice | random")
       ->check(CLI::IsMember({"chain", "tree", "lattice", "random"}))
       ->capture_default_str();
-  graph->add_option("--nodes", nodes, "Nodes (tree: leaves, each with a map node under the sum tree)")
-      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 28))
+  graph->add_option("--nodes", g.nodes, "Nodes (tree: leaves, each with a map node under the sum tree)")
+      ->check(mmsb::program::range(std::size_t{1}, std::size_t{1} << 28))
       ->capture_default_str();
-  graph->add_option("--fanin", fanin, "Inputs per node (tree, lattice, random)")
-      ->check(CLI::Range(1u, 1024u))
+  graph->add_option("--fanin", g.fanin, "Inputs per node (tree, lattice, random)")
+      ->check(mmsb::program::range(1u, 1024u))
       ->capture_default_str();
-  graph->add_option("--file", shape_file, "Read the graph from an edge list ('from to' lines) or a .dot/.gv file");
-  graph->add_option("--payload", run_options.payload, "Bytes per page (a multiple of 8)")
-      ->check(CLI::Range(std::size_t{8}, std::size_t{1} << 20))
+  graph->add_option("--file", g.file, "Read the graph from an edge list ('from to' lines) or a .dot/.gv file");
+  graph->add_option("--payload", g.run.payload, "Bytes per page (a multiple of 8)")
+      ->check(mmsb::program::range(std::size_t{8}, std::size_t{1} << 20))
       ->capture_default_str();
-  graph->add_option("--work", run_options.work_ns, "Busy work per node run, in ns")->capture_default_str();
-  graph->add_option("--threads", run_options.threads, "Worker threads")
-      ->check(CLI::Range(1u, 256u))
+  graph->add_option("--work", g.run.work_ns, "Busy work per node run, in ns")
+      ->check(mmsb::program::range(0.0, 1e9))
       ->capture_default_str();
-  graph->add_option("--full-waves", run_options.full_waves, "Full waves to time (0: about a second's worth)")
+  graph->add_option("--threads", g.run.threads, "Worker threads")
+      ->check(mmsb::program::range(1u, 256u))
       ->capture_default_str();
-  graph->add_option("--small-waves", run_options.small_waves, "Single-source waves to time")
-      ->check(CLI::Range(1, 1'000'000))
+  graph->add_option("--full-waves", g.run.full_waves, "Full waves to time (0: about a second's worth)")
+      ->check(mmsb::program::range(0, 1'000'000))
       ->capture_default_str();
-  graph->add_option("--impl", implementation_list, "Implementations to run, comma-separated, in order (mmsb, tbb)")
+  graph->add_option("--small-waves", g.run.small_waves, "Single-source waves to time")
+      ->check(mmsb::program::range(1, 1'000'000))
+      ->capture_default_str();
+  graph->add_option("--impl", g.implementations, "Implementations to run, comma-separated, in order (mmsb, tbb)")
       ->capture_default_str();
   graph->add_flag("--one-by-one", run_options.one_by_one,
                   "mmsb: declare each node with derive_map() instead of one GraphBuilder commit");
   graph->add_flag("--json", json, "Print JSON instead of a table");
-  CLI11_PARSE(app, argc, argv);
+  return graph;
+}
 
-  if (graph->parsed()) {
-    if (run_options.payload % 8 != 0) {
-      std::fprintf(stderr, "mmsb-bench graph: --payload must be a multiple of 8\n");
-      return 2;
-    }
-    try {
-      const auto shape = shape_file.empty() ? mmsb::bench::graph::make_shape(shape_name, nodes, fanin)
-                                            : mmsb::bench::graph::load_shape(shape_file);
-      std::vector<std::string> implementations;
-      std::stringstream names(implementation_list);
-      for (std::string name; std::getline(names, name, ',');)
-        if (!name.empty()) implementations.push_back(name);
-      return mmsb::bench::graph::run_graph_command(shape, run_options, implementations, json);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "mmsb-bench graph: %s\n", e.what());
-      return 2;
-    }
+int run_graph(const GraphSettings& g, bool json) {
+  if (g.run.payload % 8 != 0) {
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "graph: --payload must be a multiple of 8");
   }
+  const auto shape = g.file.empty() ? mmsb::bench::graph::make_shape(g.shape, g.nodes, g.fanin)
+                                    : mmsb::bench::graph::load_shape(g.file);
+  std::vector<std::string> implementations;
+  std::stringstream names(g.implementations);
+  for (std::string name; std::getline(names, name, ',');)
+    if (!name.empty()) implementations.push_back(name);
+  return mmsb::bench::graph::run_graph_command(shape, g.run, implementations, json);
+}
 
-  auto& all = mmsb::bench::metrics();
-  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
-  if (list) {
-    for (const auto& m : all) {
-      std::printf("%-28s %s\n", m.name.c_str(), m.description.c_str());
-      for (const auto& k : m.keys) std::printf("  %-26s (key of %s)\n", k.c_str(), m.name.c_str());
-    }
-    for (const auto& r : mmsb::bench::ratios()) std::printf("%-28s %s\n", r.name.c_str(), r.description.c_str());
-    return 0;
-  }
-  std::regex pattern;
-  try {
-    pattern = std::regex(filter);
-  } catch (const std::regex_error& e) {
-    std::fprintf(stderr, "mmsb-bench: --filter '%s' is not a valid regular expression: %s\n", filter.c_str(), e.what());
-    return 2;
-  }
-
-  const bool progress = isatty(STDERR_FILENO);
-  std::map<std::string, double> results;
+// The metrics `--filter` selects, with the inputs of every selected ratio.
+std::vector<const mmsb::bench::Metric*> select_metrics(const std::vector<mmsb::bench::Metric>& all,
+                                                       const std::regex& pattern) {
   std::vector<const mmsb::bench::Metric*> selected;
   auto matches = [&](const mmsb::bench::Metric& m, const std::string& key) {
     return m.name == key || std::find(m.keys.begin(), m.keys.end(), key) != m.keys.end();
@@ -194,18 +168,42 @@ int main(int argc, char** argv) {
         selected.push_back(&m);
     }
   }
-  if (selected.empty()) {
-    std::fprintf(stderr, "mmsb-bench: no metric matches --filter '%s'; see --list\n", filter.c_str());
-    return 2;
+  return selected;
+}
+
+int run_metrics(const Settings& settings) {
+  auto& all = mmsb::bench::metrics();
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  if (settings.list) {
+    for (const auto& m : all) {
+      std::printf("%-28s %s\n", m.name.c_str(), m.description.c_str());
+      for (const auto& k : m.keys) std::printf("  %-26s (key of %s)\n", k.c_str(), m.name.c_str());
+    }
+    for (const auto& r : mmsb::bench::ratios()) std::printf("%-28s %s\n", r.name.c_str(), r.description.c_str());
+    return 0;
   }
+  std::regex pattern;
+  try {
+    pattern = std::regex(settings.filter);
+  } catch (const std::regex_error& e) {
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
+                      "--filter '" + settings.filter + "' is not a valid regular expression: " + e.what());
+  }
+  const std::vector<const mmsb::bench::Metric*> selected = select_metrics(all, pattern);
+  if (selected.empty()) {
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
+                      "no metric matches --filter '" + settings.filter + "'; see --list");
+  }
+  const bool progress = isatty(STDERR_FILENO);
+  std::map<std::string, double> results;
   std::size_t index = 0;
   for (const auto* m : selected) {
     ++index;
     if (progress) std::fprintf(stderr, "\r[%zu/%zu] %-40s", index, selected.size(), m->name.c_str());
     std::string error;
-    if (!run_isolated(*m, repetitions, results, error)) {
-      std::fprintf(stderr, "\nmmsb-bench: metric %s failed: %s\n", m->name.c_str(), error.c_str());
-      return 1;
+    if (!run_isolated(*m, settings.repetitions, results, error)) {
+      if (progress) std::fprintf(stderr, "\n");
+      throw std::runtime_error("metric " + m->name + " failed: " + error);
     }
   }
   if (progress) std::fprintf(stderr, "\r%-60s\r", "");
@@ -214,8 +212,7 @@ int main(int argc, char** argv) {
     auto num = results.find(r.numerator), den = results.find(r.denominator);
     if (num != results.end() && den != results.end() && den->second != 0) results[r.name] = num->second / den->second;
   }
-
-  if (json) {
+  if (settings.json) {
     nlohmann::ordered_json out = nlohmann::ordered_json::object();
     for (const auto& [key, value] : results) out[key] = std::isfinite(value) ? value : 0.0;
     std::cout << out.dump(2) << std::endl;
@@ -223,4 +220,28 @@ int main(int argc, char** argv) {
     for (const auto& [key, value] : results) std::printf("%-28s %14.3f\n", key.c_str(), value);
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "mmsb-bench: measures mmsb against raw baselines (memcpy, memcmp, malloc, ...) in the same run.\n"
+      "Each metric is the median of several repetitions; values are nanoseconds unless the key says otherwise\n"
+      "(_per_s: operations per second, _ratio: dimensionless, _ms: milliseconds)."};
+  Settings settings;
+  app.add_flag("--json", settings.json, "Print one JSON object {key: number} on stdout instead of a table");
+  app.add_flag("--list", settings.list, "List the metric keys with a description and exit");
+  app.add_option("--filter", settings.filter, "Only run metrics whose key matches this regular expression (ECMAScript)")
+      ->capture_default_str();
+  app.add_option("--repetitions,-r", settings.repetitions, "Repetitions per metric; the median is reported")
+      ->check(mmsb::program::range(1, 1000))
+      ->capture_default_str();
+  app.add_flag("--quick", mmsb::bench::quick_mode(), "Smaller workloads where a key allows it (scale_*: 10^5 leaves)");
+  // mmsb-bench graph: one dependency-graph workload on mmsb and raw oneTBB, side by side.
+  GraphSettings graph_settings;
+  CLI::App* graph = add_graph_command(app, graph_settings, settings.json);
+  return mmsb::program::run("mmsb-bench", app, argc, argv, [&] {
+    return graph->parsed() ? run_graph(graph_settings, settings.json) : run_metrics(settings);
+  });
 }

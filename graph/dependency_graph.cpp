@@ -63,6 +63,8 @@ unsigned size_class(std::uint32_t count) noexcept {
 }
 
 // Escapes text for a double-quoted Graphviz string: quotes and backslashes are escaped, newlines become "\n".
+// Not the JSON escaping of tools/json.cpp (or nlohmann's): in a DOT label \l, \r and \N have meanings of their own
+// and \uXXXX is no escape, so only quotes, backslashes and line breaks change here.
 std::string dot_escape(const std::string& text) {
   std::string out;
   out.reserve(text.size());

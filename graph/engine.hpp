@@ -429,7 +429,7 @@ struct Propagator::Impl : detail::CommitListener {
   void reserve() override;
   void release() noexcept override;
   void published(std::uint64_t lsn, std::span<const Delta> deltas) noexcept override;
-  void after_commit() override;
+  void after_commit(std::uint64_t lsn) override;
   void page_created(PageId page) noexcept override { page_event(EventKind::PageCreated, page); }
   void page_deleted(PageId page) noexcept override { page_event(EventKind::PageDeleted, page); }
 };

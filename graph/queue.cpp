@@ -312,8 +312,15 @@ void Propagator::Impl::publish_batch(std::span<const Delta> deltas) noexcept {
   }
 }
 
-void Propagator::Impl::after_commit() {
-  if (options.mode == PropagationMode::Immediate) drain();
+// The commit `lsn` has taken effect: a wave failing now is reported as a NodeError carrying that LSN, so the
+// caller cannot mistake it for a failed commit (and retry it).
+void Propagator::Impl::after_commit(std::uint64_t lsn) {
+  try {
+    if (options.mode == PropagationMode::Immediate) drain();
+  } catch (const NodeError& e) {
+    notify_waiters();
+    throw NodeError(e.page(), e.nested() ? describe(e.nested()) : e.what(), e.nested(), lsn);
+  }
   notify_waiters();  // a commit may be what a wait_for() is waiting on
 }
 

@@ -580,9 +580,13 @@ TypeTraits type_traits(TensorType type) noexcept {
 }
 
 std::uint64_t row_bytes(TensorType type, std::uint64_t n) noexcept {
-  TypeTraits t = type_traits(type);
-  if (n % t.block_elements != 0) return 0;
-  return n / t.block_elements * t.block_bytes;
+  const TypeTraits t = type_traits(type);
+  std::uint64_t bytes;
+  if (t.block_bytes == 0 || n % t.block_elements != 0 ||
+      __builtin_mul_overflow(n / t.block_elements, std::uint64_t{t.block_bytes}, &bytes)) {
+    return 0;
+  }
+  return bytes;
 }
 
 float fp16_to_fp32(std::uint16_t h) noexcept {

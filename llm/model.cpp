@@ -128,6 +128,8 @@ struct GgufTensorInfo {
   std::vector<std::uint64_t> dims;
   std::uint32_t type = 0;
   std::uint64_t offset = 0;
+  std::uint64_t rows = 1;   // the product of dims[1..]
+  std::uint64_t size = 0;   // bytes, checked to lie in the data section; 0 for a type this engine cannot read
 };
 
 std::string read_gguf_string(Cursor& c, const std::string& what) {
@@ -295,6 +297,7 @@ class GgufFile {
         elements = mul_checked(elements, dim, "GGUF " + what + " element count");
         info.dims.push_back(dim);
       }
+      info.rows = elements / info.dims[0];
       info.type = c.read<std::uint32_t>(what + " type");
       info.offset = c.read<std::uint64_t>(what + " data offset");
       if (!tensors_.emplace(info.name, info).second) corrupt("GGUF tensor name '" + info.name + "' appears twice");
@@ -306,11 +309,33 @@ class GgufFile {
       corrupt("GGUF data section would start at offset " + num(data_start_) + ", past the end of the " +
               num(bytes_.size()) + "-byte file (truncated file?)");
     }
-    for (const auto& [name, info] : tensors_) {
+    for (auto& [name, info] : tensors_) {
       if (info.offset % alignment_ != 0) {
         corrupt("GGUF tensor '" + name + "' data offset " + num(info.offset) + " is not a multiple of the alignment " +
                 num(alignment_));
       }
+      check_extent(info);
+    }
+  }
+
+  // Every tensor of a readable type, used by the model or not, must have a size that fits 64 bits and lie inside
+  // the data section: later readers (quantize, LoRA) take these sizes as checked.
+  void check_extent(GgufTensorInfo& info) const {
+    if (!is_supported_type(info.type)) return;
+    const auto type = static_cast<TensorType>(info.type);
+    const std::uint64_t stride = row_bytes(type, info.dims[0]);
+    if (stride == 0) {
+      const std::uint64_t block = type_traits(type).block_elements;
+      corrupt("GGUF tensor '" + info.name + "' rows of " + num(info.dims[0]) + " " +
+              std::string(*tensor_type_name(info.type)) +
+              (info.dims[0] % block != 0 ? " values are not a whole number of blocks of " + num(block)
+                                         : " values take more than 2^64 bytes"));
+    }
+    info.size = mul_checked(stride, info.rows, "GGUF tensor '" + info.name + "' size");
+    const std::uint64_t available = bytes_.size() - data_start_;
+    if (info.offset > available || available - info.offset < info.size) {
+      corrupt("GGUF tensor '" + info.name + "' data [" + num(info.offset) + ", +" + num(info.size) +
+              ") lies outside the data section of " + num(available) + " bytes (truncated file?)");
     }
   }
 
@@ -329,8 +354,7 @@ Tensor gguf_tensor(const GgufFile& f, const std::string& name, std::uint64_t col
   if (it == f.tensors().end()) corrupt("GGUF tensor '" + name + "' is missing");
   const GgufTensorInfo& info = it->second;
   std::uint64_t found_cols = info.dims[0];
-  std::uint64_t found_rows = 1;
-  for (std::size_t d = 1; d < info.dims.size(); ++d) found_rows *= info.dims[d];  // checked at parse
+  const std::uint64_t found_rows = info.rows;
   if (found_cols != cols || found_rows != rows) {
     corrupt("GGUF tensor '" + name + "' has shape [" + num(found_cols) + ", " + num(found_rows) + "], expected [" +
             num(cols) + ", " + num(rows) + "]");
@@ -348,18 +372,8 @@ Tensor gguf_tensor(const GgufFile& f, const std::string& name, std::uint64_t col
   }
   t.rows = rows;
   t.cols = cols;
-  t.row_stride = row_bytes(t.type, cols);
-  if (t.row_stride == 0) {
-    corrupt("GGUF tensor '" + name + "' rows of " + num(cols) + " values are not a whole number of " +
-            std::string(*tensor_type_name(info.type)) + " blocks of " + num(type_traits(t.type).block_elements));
-  }
-  std::uint64_t size = mul_checked(t.row_stride, rows, "GGUF tensor '" + name + "' size");
-  std::uint64_t available = f.bytes().size() - f.data_start();
-  if (info.offset > available || available - info.offset < size) {
-    corrupt("GGUF tensor '" + name + "' data [" + num(info.offset) + ", +" + num(size) +
-            ") lies outside the data section of " + num(available) + " bytes (truncated file?)");
-  }
-  t.bytes = f.bytes().subspan(f.data_start() + info.offset, size);
+  t.row_stride = row_bytes(t.type, cols);  // nonzero and in the file: GgufFile checked every tensor
+  t.bytes = f.bytes().subspan(f.data_start() + info.offset, info.size);
   return t;
 }
 
@@ -609,28 +623,13 @@ GgufContents parse_gguf_contents(std::span<const std::byte> bytes) {
       out.numbers.emplace(key, v.is_integer ? static_cast<double>(v.integer) : v.number);
     }
   }
-  const std::uint64_t available = f.bytes().size() - f.data_start();
   for (const auto& [name, info] : f.tensors()) {
     GgufTensorEntry e;
     e.name = name;
     e.type = info.type;
     e.dims = info.dims;
-    if (is_supported_type(info.type)) {
-      const auto type = static_cast<TensorType>(info.type);
-      const std::uint64_t stride = row_bytes(type, info.dims[0]);
-      if (stride == 0) {
-        corrupt("GGUF tensor '" + name + "' rows of " + num(info.dims[0]) + " values are not a whole number of " +
-                std::string(*tensor_type_name(info.type)) + " blocks");
-      }
-      std::uint64_t rows = 1;
-      for (std::size_t d = 1; d < info.dims.size(); ++d) rows *= info.dims[d];  // checked at parse
-      const std::uint64_t size = mul_checked(stride, rows, "GGUF tensor '" + name + "' size");
-      if (info.offset > available || available - info.offset < size) {
-        corrupt("GGUF tensor '" + name + "' data [" + num(info.offset) + ", +" + num(size) +
-                ") lies outside the data section of " + num(available) + " bytes (truncated file?)");
-      }
-      e.bytes = f.bytes().subspan(f.data_start() + info.offset, size);
-    }
+    // GgufFile checked the size and extent of every tensor of a readable type.
+    if (is_supported_type(info.type)) e.bytes = f.bytes().subspan(f.data_start() + info.offset, info.size);
     out.tensors.push_back(std::move(e));
   }
   return out;

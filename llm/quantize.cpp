@@ -11,10 +11,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <span>
 #include <vector>
 
+#include "llm/gguf_writer.hpp"
 #include "llm/kquants.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/error.hpp"
@@ -135,6 +137,7 @@ class Reader {
     need(n, what);
     pos_ += n;
   }
+  std::span<const std::byte> bytes(std::uint64_t start, std::uint64_t n) const { return bytes_.subspan(start, n); }
   // Skips one metadata value of GGUF value type `t`.
   void skip_value(std::uint32_t t, int depth) {
     static constexpr std::uint64_t kSizes[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
@@ -162,7 +165,8 @@ struct TensorEntry {
   std::string name;
   std::vector<std::uint64_t> dims;  // as written (padded)
   TensorType in_type = TensorType::F32, out_type = TensorType::F32;
-  std::uint64_t in_offset = 0, out_offset = 0, rows = 0, cols = 0;  // as read
+  std::span<const std::byte> in;    // the input's rows, checked by parse_gguf_contents()
+  std::uint64_t rows = 0, cols = 0;  // as read
   std::uint64_t out_rows = 0, out_cols = 0;
   float scale = 1.0f;  // norm vectors of a padded model
 };
@@ -226,42 +230,92 @@ void pad_shape(TensorEntry& t, const ModelConfig& c, const Padding& p) {
                                            : std::vector<std::uint64_t>{t.out_cols};
 }
 
-class OutFile {
- public:
-  explicit OutFile(const std::string& path) : path_(path), f_(std::fopen(path.c_str(), "wb")) {
-    if (!f_) throw Error(ErrorCode::IoError, "cannot create " + path + ": " + std::strerror(errno));
+constexpr std::string_view kPaddedKeys[] = {"llama.embedding_length", "llama.feed_forward_length",
+                                            "llama.attention.head_count", "llama.attention.head_count_kv",
+                                            "llama.attention.layer_norm_rms_epsilon"};
+
+void check_paths(const std::string& input, const std::string& output, const QuantizeOptions& options) {
+  if (options.type == TensorType::Q8_K) {
+    throw Error(ErrorCode::InvalidArgument, "Q8_K is an activation type; choose q8_0 or q6_k for 8/6-bit weights");
   }
-  ~OutFile() {
-    if (f_) std::fclose(f_);
+  if (options.pad_to != 0 && (options.pad_to % 32 != 0 || options.pad_to > 4096)) {
+    throw Error(ErrorCode::InvalidArgument,
+                "--pad must be a multiple of 32 up to 4096 (256 makes every row fit the K-quants)");
   }
-  void write(const void* p, std::size_t n) {
-    if (n && std::fwrite(p, 1, n, f_) != n) {
-      throw Error(ErrorCode::IoError, "cannot write " + path_ + ": " + std::strerror(errno) + " (disk full?)");
+  struct stat st {};
+  if (::stat(output.c_str(), &st) != 0) return;
+  if (!options.force) throw Error(ErrorCode::InvalidArgument, output + " already exists; pass --force to overwrite it");
+  struct stat in_st {};
+  if (::stat(input.c_str(), &in_st) == 0 && in_st.st_dev == st.st_dev && in_st.st_ino == st.st_ino) {
+    throw Error(ErrorCode::InvalidArgument, "the output " + output + " is the input file; choose another name");
+  }
+}
+
+// The input's metadata, copied pair by pair (minus general.file_type, which would describe the input, and the
+// widths that padding replaces, added anew); returns the alignment it declares.
+std::uint64_t copy_metadata(Reader& r, const QuantizeOptions& options, const Padding& pad, GgufMetadata& out) {
+  const auto n_kv = r.read<std::uint64_t>("metadata count");
+  std::uint64_t alignment = 32;
+  for (std::uint64_t i = 0; i < n_kv; ++i) {
+    const std::uint64_t start = r.pos();
+    const std::string key = r.string("metadata key");
+    const auto type = r.read<std::uint32_t>("metadata value type");
+    if (key == "general.alignment" && type == 4) {
+      alignment = r.read<std::uint32_t>("general.alignment");
+    } else {
+      r.skip_value(type, 0);
     }
-    written_ += n;
+    const bool replaced =
+        options.pad_to != 0 && std::find(std::begin(kPaddedKeys), std::end(kPaddedKeys), key) != std::end(kPaddedKeys);
+    if (key != "general.file_type" && !replaced) out.add_encoded(r.bytes(start, r.pos() - start));
   }
-  template <class T>
-  void put(T v) {
-    write(&v, sizeof(T));
+  if (alignment == 0 || alignment % 8 != 0 || (alignment & (alignment - 1)) != 0) {
+    corrupt("GGUF general.alignment " + std::to_string(alignment));
   }
-  void pad_to(std::uint64_t alignment) {
-    static const char zeros[256] = {};
-    while (written_ % alignment) write(zeros, std::min<std::uint64_t>(alignment - written_ % alignment, sizeof(zeros)));
+  if (options.pad_to) {
+    out.add_u32(kPaddedKeys[0], static_cast<std::uint32_t>(pad.dim));
+    out.add_u32(kPaddedKeys[1], static_cast<std::uint32_t>(pad.hidden));
+    out.add_u32(kPaddedKeys[2], pad.heads);
+    out.add_u32(kPaddedKeys[3], pad.kv_heads);
+    out.add_f32(kPaddedKeys[4], pad.eps);
   }
-  void close() {
-    const int rc = std::fclose(f_);
-    f_ = nullptr;
-    if (rc != 0) throw Error(ErrorCode::IoError, "cannot write " + path_ + ": " + std::strerror(errno));
-  }
-  std::uint64_t written() const { return written_; }
+  return alignment;
+}
 
- private:
-  std::string path_;
-  std::FILE* f_;
-  std::uint64_t written_ = 0;
-};
-
-std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+// The tensor table in file order, each entry with its checked input bytes and its output shape and type.
+std::vector<TensorEntry> read_tensor_table(Reader& r, std::uint64_t n_tensors, const GgufContents& contents,
+                                           const ModelConfig& config, const QuantizeOptions& options,
+                                           const Padding& pad) {
+  std::map<std::string_view, const GgufTensorEntry*> by_name;
+  for (const GgufTensorEntry& e : contents.tensors) by_name.emplace(e.name, &e);
+  std::vector<TensorEntry> tensors(n_tensors);  // n_tensors: checked by parse_gguf_contents
+  for (TensorEntry& t : tensors) {
+    t.name = r.string("tensor name");
+    const auto n_dims = r.read<std::uint32_t>("tensor dimension count");
+    if (n_dims == 0 || n_dims > 4) corrupt("GGUF tensor '" + t.name + "' has " + std::to_string(n_dims) + " dimensions");
+    for (std::uint32_t d = 0; d < n_dims; ++d) t.dims.push_back(r.read<std::uint64_t>("tensor dimension"));
+    const auto type = r.read<std::uint32_t>("tensor type");
+    r.skip(8, "tensor offset");
+    const auto found = by_name.find(t.name);
+    if (found == by_name.end()) corrupt("GGUF tensor '" + t.name + "' changed between two reads of the file");
+    if (!is_supported_type(type)) {
+      throw Error(ErrorCode::Unsupported,
+                  "GGUF tensor '" + t.name + "' has type id " + std::to_string(type) + ", which quantize cannot read");
+    }
+    t.in_type = static_cast<TensorType>(type);
+    t.in = found->second->bytes;
+    t.cols = t.dims[0];
+    t.rows = t.in.size() / row_bytes(t.in_type, t.cols);  // parse_gguf_contents: a whole number of rows
+    if (options.pad_to) {
+      pad_shape(t, config, pad);
+    } else {
+      t.out_cols = t.cols;
+      t.out_rows = t.rows;
+    }
+    t.out_type = t.out_rows > 1 ? quantize_type_for_row(options.type, t.out_cols) : TensorType::F32;
+  }
+  return tensors;
+}
 
 }  // namespace
 
@@ -343,161 +397,42 @@ void quantize_row(TensorType type, const float* x, void* out, std::size_t n) {
 }
 
 QuantizeReport quantize_gguf(const std::string& input, const std::string& output, const QuantizeOptions& options) {
-  if (options.type == TensorType::Q8_K) {
-    throw Error(ErrorCode::InvalidArgument, "Q8_K is an activation type; choose q8_0 or q6_k for 8/6-bit weights");
-  }
-  struct stat st {};
-  if (::stat(output.c_str(), &st) == 0) {
-    if (!options.force) {
-      throw Error(ErrorCode::InvalidArgument, output + " already exists; pass --force to overwrite it");
-    }
-    struct stat in_st {};
-    if (::stat(input.c_str(), &in_st) == 0 && in_st.st_dev == st.st_dev && in_st.st_ino == st.st_ino) {
-      throw Error(ErrorCode::InvalidArgument, "the output " + output + " is the input file; choose another name");
-    }
-  }
-  // The full check: a file that loads is one this walk can copy.
+  check_paths(input, output, options);
+  // The full checks: a file that loads as a model, and whose every tensor (used by the model or not) has a size
+  // that fits 64 bits and lies inside the file, is one this walk can copy.
   const ModelConfig config = load_model(input).config;
-  if (options.pad_to != 0 && (options.pad_to % 32 != 0 || options.pad_to > 4096)) {
-    throw Error(ErrorCode::InvalidArgument,
-                "--pad must be a multiple of 32 up to 4096 (256 makes every row fit "
-                "the K-quants)");
-  }
   const Padding pad = options.pad_to ? plan_padding(config, options.pad_to) : Padding{};
-  static constexpr std::string_view kPaddedKeys[] = {"llama.embedding_length", "llama.feed_forward_length",
-                                                     "llama.attention.head_count", "llama.attention.head_count_kv",
-                                                     "llama.attention.layer_norm_rms_epsilon"};
   const std::shared_ptr<const MappedFile> file = MappedFile::open(input);
   const std::span<const std::byte> bytes = file->bytes();
+  const GgufContents contents = parse_gguf_contents(bytes);
   Reader r(bytes);
   if (r.read<std::uint32_t>("magic") != 0x46554747u) corrupt(input + " is not a GGUF file (quantize reads GGUF only)");
-  const auto version = r.read<std::uint32_t>("version");
-  if (version < 2) throw Error(ErrorCode::Unsupported, "GGUF v1 is not supported");
+  r.skip(4, "version");
   const auto n_tensors = r.read<std::uint64_t>("tensor count");
-  const auto n_kv = r.read<std::uint64_t>("metadata count");
+  GgufMetadata metadata;
+  const std::uint64_t alignment = copy_metadata(r, options, pad, metadata);
+  const std::vector<TensorEntry> tensors = read_tensor_table(r, n_tensors, contents, config, options, pad);
 
-  // Metadata: copied byte for byte, minus general.file_type.
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> kv_ranges;
-  std::uint64_t alignment = 32;
-  for (std::uint64_t i = 0; i < n_kv; ++i) {
-    const std::uint64_t start = r.pos();
-    const std::string key = r.string("metadata key");
-    const auto type = r.read<std::uint32_t>("metadata value type");
-    if (key == "general.alignment" && type == 4) {
-      alignment = r.read<std::uint32_t>("general.alignment");
-    } else {
-      r.skip_value(type, 0);
-    }
-    const bool replaced =
-        options.pad_to != 0 && std::find(std::begin(kPaddedKeys), std::end(kPaddedKeys), key) != std::end(kPaddedKeys);
-    if (key != "general.file_type" && !replaced) kv_ranges.emplace_back(start, r.pos() - start);
-  }
-  if (alignment == 0 || alignment % 8 != 0) corrupt("GGUF general.alignment " + std::to_string(alignment));
-
-  if (n_tensors > bytes.size() / 24) corrupt("GGUF header: " + std::to_string(n_tensors) + " tensors cannot fit");
-  std::vector<TensorEntry> tensors(n_tensors);
-  for (TensorEntry& t : tensors) {
-    t.name = r.string("tensor name");
-    const auto n_dims = r.read<std::uint32_t>("tensor dimension count");
-    if (n_dims == 0 || n_dims > 4)
-      corrupt("GGUF tensor '" + t.name + "' has " + std::to_string(n_dims) + " dimensions");
-    t.rows = 1;
-    for (std::uint32_t d = 0; d < n_dims; ++d) {
-      t.dims.push_back(r.read<std::uint64_t>("tensor dimension"));
-      if (d > 0) t.rows *= t.dims.back();  // bounded: load_model checked the extents
-    }
-    t.cols = t.dims[0];
-    const auto type = r.read<std::uint32_t>("tensor type");
-    if (!is_supported_type(type)) {
-      throw Error(ErrorCode::Unsupported,
-                  "GGUF tensor '" + t.name + "' has type id " + std::to_string(type) + ", which quantize cannot read");
-    }
-    t.in_type = static_cast<TensorType>(type);
-    t.in_offset = r.read<std::uint64_t>("tensor offset");
-    if (options.pad_to) {
-      pad_shape(t, config, pad);
-    } else {
-      t.out_cols = t.cols;
-      t.out_rows = t.rows;
-    }
-    const bool matrix = t.out_rows > 1;
-    t.out_type = matrix ? quantize_type_for_row(options.type, t.out_cols) : TensorType::F32;
-  }
-  const std::uint64_t data_start = align_up(r.pos(), alignment);
-  std::uint64_t offset = 0;
-  for (TensorEntry& t : tensors) {
-    const std::uint64_t in_row = row_bytes(t.in_type, t.cols);
-    if (in_row == 0 || data_start + t.in_offset + in_row * t.rows > bytes.size()) {
-      corrupt("GGUF tensor '" + t.name + "' lies outside the file");
-    }
-    t.out_offset = offset;
-    offset = align_up(offset + row_bytes(t.out_type, t.out_cols) * t.out_rows, alignment);
-  }
-
-  const std::string tmp = output + ".tmp";
+  std::vector<GgufTensorPlan> plan;
   QuantizeReport report;
-  report.input_bytes = bytes.size();
-  try {
-    OutFile out(tmp);
-    out.put<std::uint32_t>(0x46554747u);
-    out.put<std::uint32_t>(3);
-    out.put<std::uint64_t>(n_tensors);
-    out.put<std::uint64_t>(kv_ranges.size() + (options.pad_to ? std::size(kPaddedKeys) : 0));
-    for (auto [start, size] : kv_ranges) out.write(bytes.data() + start, size);
-    if (options.pad_to) {
-      auto key = [&](std::string_view k, std::uint32_t value_type) {
-        out.put<std::uint64_t>(k.size());
-        out.write(k.data(), k.size());
-        out.put<std::uint32_t>(value_type);
-      };
-      const std::uint32_t widths[] = {static_cast<std::uint32_t>(pad.dim), static_cast<std::uint32_t>(pad.hidden),
-                                      pad.heads, pad.kv_heads};
-      for (int i = 0; i < 4; ++i) {
-        key(kPaddedKeys[i], 4);  // uint32
-        out.put<std::uint32_t>(widths[i]);
-      }
-      key(kPaddedKeys[4], 6);  // float32
-      out.put<float>(pad.eps);
-    }
-    for (const TensorEntry& t : tensors) {
-      out.put<std::uint64_t>(t.name.size());
-      out.write(t.name.data(), t.name.size());
-      out.put<std::uint32_t>(static_cast<std::uint32_t>(t.dims.size()));
-      for (std::uint64_t d : t.dims) out.put<std::uint64_t>(d);
-      out.put<std::uint32_t>(static_cast<std::uint32_t>(t.out_type));
-      out.put<std::uint64_t>(t.out_offset);
-    }
-    out.pad_to(alignment);
-    const Kernels& k = kernels_for(SimdLevel::Scalar);
-    std::vector<float> row;
-    std::vector<std::uint8_t> packed;
-    for (std::size_t i = 0; i < tensors.size(); ++i) {
-      const TensorEntry& t = tensors[i];
-      const std::uint64_t in_row = row_bytes(t.in_type, t.cols), out_row = row_bytes(t.out_type, t.out_cols);
-      packed.resize(out_row);
-      const std::byte* src = bytes.data() + data_start + t.in_offset;
-      for (std::uint64_t rr = 0; rr < t.out_rows; ++rr) {
-        row.assign(t.out_cols, 0.0f);  // padding: zero columns, zero rows
-        if (rr < t.rows) k.dequantize[static_cast<std::uint32_t>(t.in_type)](src + rr * in_row, row.data(), t.cols);
-        if (t.scale != 1.0f) {
-          for (float& v : row) v *= t.scale;
-        }
-        quantize_row(t.out_type, row.data(), packed.data(), t.out_cols);
-        out.write(packed.data(), out_row);
-      }
-      out.pad_to(alignment);
-      ++report.types[std::string(*tensor_type_name(static_cast<std::uint32_t>(t.out_type)))];
-      if (options.progress) options.progress(i + 1, tensors.size(), t.name);
-    }
-    report.output_bytes = out.written();
-    out.close();
-    if (std::rename(tmp.c_str(), output.c_str()) != 0) {
-      throw Error(ErrorCode::IoError, "cannot rename " + tmp + " to " + output + ": " + std::strerror(errno));
-    }
-  } catch (...) {
-    std::remove(tmp.c_str());
-    throw;
+  for (const TensorEntry& t : tensors) {
+    plan.push_back({t.name, t.dims, t.out_type});
+    ++report.types[std::string(*tensor_type_name(static_cast<std::uint32_t>(t.out_type)))];
   }
+  const Kernels& k = kernels_for(SimdLevel::Scalar);
+  auto source = [&](std::size_t i, std::uint64_t row, float* out) {
+    const TensorEntry& t = tensors[i];
+    std::fill(out, out + t.out_cols, 0.0f);  // padding: zero columns, zero rows
+    if (row < t.rows) {
+      const std::uint64_t stride = t.in.size() / t.rows;
+      k.dequantize[static_cast<std::uint32_t>(t.in_type)](t.in.data() + row * stride, out, t.cols);
+    }
+    if (t.scale != 1.0f) {
+      for (std::uint64_t c = 0; c < t.out_cols; ++c) out[c] *= t.scale;
+    }
+  };
+  report.input_bytes = bytes.size();
+  report.output_bytes = write_gguf(output, metadata, plan, alignment, source, options.progress);
   report.tensors = tensors.size();
   return report;
 }

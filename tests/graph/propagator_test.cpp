@@ -1312,7 +1312,8 @@ TEST(PropagatorFailure, ThrowingNodeRaisesNodeErrorAndMarksItAndDownstreamStale)
   } catch (const NodeError& e) {
     caught = true;
     EXPECT_EQ(e.page(), t.f);
-    EXPECT_EQ(e.code(), ErrorCode::Aborted);
+    EXPECT_EQ(e.code(), ErrorCode::NodeFailed);
+    EXPECT_EQ(e.committed_lsn(), t.rt.last_lsn()) << "the commit took effect: the error must carry its LSN";
     EXPECT_NE(std::string(e.what()).find(t.f.to_string()), std::string::npos) << e.what();
     ASSERT_TRUE(e.nested());
     try {
@@ -1367,6 +1368,8 @@ TEST(PropagatorFailure, DeferredPropagateRethrowsNodeErrorAndRecovers) {
     ADD_FAILURE() << "propagate() did not throw";
   } catch (const NodeError& e) {
     EXPECT_EQ(e.page(), t.f);
+    EXPECT_EQ(e.code(), ErrorCode::NodeFailed);
+    EXPECT_EQ(e.committed_lsn(), 0u) << "propagate() commits nothing";
   }
   EXPECT_TRUE(t.prop.is_stale(t.g));
   commit_i64(t.rt, t.s, 4);

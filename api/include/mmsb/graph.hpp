@@ -173,13 +173,19 @@ class FunctionRegistry {
   std::unique_ptr<Impl> impl_;
 };
 
-// The exception a wave rethrows when a node fails. nested() is the node's original exception.
+// The exception a wave rethrows when a node fails (code NodeFailed). nested() is the node's original exception.
+// Thrown by Transaction::commit() (IMMEDIATE mode), the commit itself took effect: committed_lsn() is its LSN and
+// it must not be retried; thrown by propagate() or recompute(), committed_lsn() is 0 (no commit was involved).
 class NodeError : public Error {
  public:
-  NodeError(PageId page, const std::string& what, std::exception_ptr nested)
-      : Error(ErrorCode::Aborted, "node computing page " + page.to_string() + " failed: " + what +
-                                      "; the wave was cancelled and its downstream pages are stale until the next "
-                                      "wave"),
+  NodeError(PageId page, const std::string& what, std::exception_ptr nested, std::uint64_t committed_lsn = 0)
+      : Error(ErrorCode::NodeFailed,
+              (committed_lsn != 0 ? "the commit with LSN " + std::to_string(committed_lsn) +
+                                        " took effect (do not retry it), but then the "
+                                  : std::string()) +
+                  "node computing page " + page.to_string() + " failed: " + what +
+                  "; the wave was cancelled and its downstream pages are stale until the next wave",
+              committed_lsn),
         page_(page),
         nested_(std::move(nested)) {}
   PageId page() const noexcept { return page_; }

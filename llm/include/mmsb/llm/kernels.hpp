@@ -54,7 +54,8 @@ struct TypeTraits {
   std::uint32_t block_bytes;
 };
 TypeTraits type_traits(TensorType type) noexcept;
-// Bytes of one row of `n` elements; 0 when `n` is not a multiple of the type's block.
+// Bytes of one row of `n` elements; 0 when `n` is not a multiple of the type's block or when the size does not
+// fit 64 bits (`n` may come from a file: callers treat 0 as "no such row").
 std::uint64_t row_bytes(TensorType type, std::uint64_t n) noexcept;
 
 // IEEE half precision to single (exact; subnormals, infinities and NaN included).

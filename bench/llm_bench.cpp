@@ -129,7 +129,8 @@ Register prompt_ratio("llm_prompt_batched_vs_per_token_ratio",
 struct PaddedQ8Model {
   std::filesystem::path dir;
   std::unique_ptr<llm::Model> model;
-  PaddedQ8Model() : dir(std::filesystem::temp_directory_path() / ("mmsb-bench-paging-" + std::to_string(::getpid()))) {
+  PaddedQ8Model()
+      : dir(std::filesystem::temp_directory_path() / ("mmsb-bench-paging-" + std::to_string(::getpid()))) {
     std::filesystem::create_directories(dir);
     try {
       const std::string out = (dir / "stories260K-pad256-q8_0.gguf").string();
@@ -168,8 +169,7 @@ llm::EngineOptions paged_options(const llm::Model& m, bool prefetch) {
 double paged_ratio(const llm::Model& m, int generated, int rounds) {
   std::vector<double> paged, resident;
   for (int i = 0; i < 5; ++i) {
-    const auto p =
-        llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, generated, paged_options(m, true), rounds);
+    const auto p = llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, generated, paged_options(m, true), rounds);
     const auto r = llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, generated, {}, rounds);
     if (p.checksum != r.checksum) throw std::runtime_error("llm bench: paging changed tokens");
     paged.push_back(p.tok_per_s);

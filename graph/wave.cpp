@@ -9,7 +9,6 @@
 #include <tbb/parallel_for.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <exception>
 #include <string>
 #include <utility>
@@ -459,7 +458,7 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
   const bool dense = affected.size() * 8 >= p.order.size();
   if (!dense && !std::is_sorted(affected.begin(), affected.end())) std::sort(affected.begin(), affected.end());
   const std::size_t reached = affected.size();
-  if (!dense && reached <= kPrefetchNodes && !std::getenv("MMSB_NO_PREFETCH")) prefetch(affected);
+  if (!dense && reached <= kPrefetchNodes) prefetch(affected);
 
   const std::uint64_t started = steady_ns();
   if (wants(EventKind::WaveBegin)) emit(Event{EventKind::WaveBegin, PageId(), 0, 0, wave, 0, {}});

@@ -80,6 +80,8 @@ extern "C" {
 
 const char* mmsb_last_error(void) { return last_error.c_str(); }
 
+const char* mmsb_version(void) { return mmsb::library_version(); }
+
 const char* mmsb_status_name(mmsb_status status) {
   if (status == MMSB_OK) return "ok";
   if (status < MMSB_INVALID_ARGUMENT || status > MMSB_NODE_FAILED) return "unknown";
@@ -125,6 +127,31 @@ mmsb_status mmsb_page_create(mmsb_runtime* rt, uint64_t size, mmsb_page_id* out)
   if (!rt) return null_argument("rt");
   if (!out) return null_argument("out");
   return guarded([&] { *out = rt->runtime().create_page(size).value(); });
+}
+
+mmsb_status mmsb_page_create_named(mmsb_runtime* rt, const char* name, uint64_t size, mmsb_page_id* out) {
+  if (!rt) return null_argument("rt");
+  if (!name) return null_argument("name");
+  if (!out) return null_argument("out");
+  return guarded([&] { *out = rt->runtime().create_page(std::string_view(name), size).value(); });
+}
+
+mmsb_status mmsb_page_open(mmsb_runtime* rt, const char* name, uint64_t size, mmsb_page_id* out) {
+  if (!rt) return null_argument("rt");
+  if (!name) return null_argument("name");
+  if (!out) return null_argument("out");
+  return guarded([&] { *out = rt->runtime().open_page(name, size).value(); });
+}
+
+mmsb_status mmsb_page_find(mmsb_runtime* rt, const char* name, mmsb_page_id* out) {
+  if (!rt) return null_argument("rt");
+  if (!name) return null_argument("name");
+  if (!out) return null_argument("out");
+  return guarded([&] {
+    std::optional<mmsb::PageId> id = rt->runtime().find(name);
+    if (!id) throw mmsb::Error(mmsb::ErrorCode::NotFound, "no page is named '" + std::string(name) + "'");
+    *out = id->value();
+  });
 }
 
 mmsb_status mmsb_page_delete(mmsb_runtime* rt, mmsb_page_id page) {

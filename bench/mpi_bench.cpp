@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "mmsb/dist.hpp"
+#include "mmsb/version.hpp"
 #include "program/options.hpp"
 
 namespace {
@@ -189,6 +190,10 @@ int run(const Settings& settings) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "--version") {  // before MPI_Init: works without mpirun
+    std::printf("mmsb-bench-mpi %s\n", MMSB_VERSION_STRING);
+    return 0;
+  }
   MPI_Init(&argc, &argv);
   Settings settings;
   CLI::App app{"mmsb-bench-mpi: the distributed-mode metrics, run under mpirun (rank 0 prints the medians)."};

@@ -12,16 +12,18 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 #include <unordered_set>
 
-#include <spdlog/spdlog.h>
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
 #include "mmsb/dist.hpp"
 #include "mmsb/error.hpp"
+#include "runtime/logging.hpp"
+#include "runtime/page_names.hpp"
 #include "serialize/codec.hpp"
 
 namespace mmsb::dist {
@@ -118,6 +120,9 @@ struct DistRuntime::Impl {
   std::map<std::uint64_t, Boundary> boundaries;        // owned pages with remote dependents, in id order
   std::unordered_set<std::uint64_t> replicas;          // g of pages replicated here
   std::unordered_set<std::uint64_t> restored_nodes;    // g of nodes a recovered checkpoint already declared
+  std::map<std::string, std::uint64_t, std::less<>> names;  // page name -> g, the same on every rank
+  std::map<std::uint64_t, std::string> name_of;             // g -> page name
+  std::map<std::uint64_t, std::string> recovered_names;     // g -> the name the recovered state gives it
   std::uint64_t known_next = 1;                        // local sequences below this are reserved
   std::uint64_t wave = 0;
   DistStats stats;
@@ -135,7 +140,7 @@ struct DistRuntime::Impl {
     broken = true;
     session().broken = true;
     const std::string message = "rank " + std::to_string(rank) + ": " + what + " failed: " + why;
-    spdlog::error("mmsb dist: {}", message);
+    detail::logger()->error("dist: {}", message);
     throw Error(ErrorCode::Aborted, message);
   }
 
@@ -183,10 +188,16 @@ struct DistRuntime::Impl {
     return pages[id.sequence()];
   }
 
-  // Creates local page g (owned or replica) unless a recovered state already holds it.
+  // Creates local page g (owned or replica), with the page's name if it has one, unless a recovered state already
+  // holds it.
   void create_local(std::uint64_t g, std::uint64_t bytes) {
     const PageId local = PageId::make(rank, g);
-    if (rt->contains(local)) return;
+    auto named = name_of.find(g);
+    if (rt->contains(local)) {
+      // A page recovered from a run that did not name it takes the name now (check_recovered_name() allowed it).
+      if (named != name_of.end() && rt->name_of(local).empty()) rt->rename_page(local, named->second);
+      return;
+    }
     if (g >= known_next) {
       IdBlock probe = rt->reserve_ids(1);
       known_next = probe.next().sequence() + 1;
@@ -195,7 +206,73 @@ struct DistRuntime::Impl {
         known_next = g + 1;
       }
     }
-    rt->create_page(local, bytes);
+    if (named != name_of.end()) {
+      rt->create_page(local, named->second, bytes);
+    } else {
+      rt->create_page(local, bytes);
+    }
+  }
+
+  // Every rank learns the names its peers' recovered states hold (owned pages and replicas alike), so a restarted
+  // run checks each declaration against them on every rank alike.
+  void gather_recovered_names() {
+    std::string mine;
+    for (const auto& [id, name] : rt->page_names()) {
+      const std::uint64_t g = id.sequence(), length = name.size();
+      mine.append(reinterpret_cast<const char*>(&g), sizeof g);
+      mine.append(reinterpret_cast<const char*>(&length), sizeof length);
+      mine.append(name);
+    }
+    if (mine.size() > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
+      throw Error(ErrorCode::Unsupported, "the page names of rank " + std::to_string(rank) + " exceed 2 GiB");
+    }
+    const int count = static_cast<int>(mine.size());
+    std::vector<int> counts(size), displs(size);
+    {
+      MPI_Request request;
+      check(MPI_Iallgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, comm, &request), "MPI_Iallgather (names)");
+      wait(request, "MPI_Iallgather (names)");
+    }
+    std::int64_t total = 0;
+    for (std::uint32_t r = 0; r < size; ++r) {
+      displs[r] = static_cast<int>(total);
+      total += counts[r];
+      if (total > std::numeric_limits<int>::max()) fail("name exchange", "the page names exceed 2 GiB in all");
+    }
+    std::string all(static_cast<std::size_t>(total), '\0');
+    {
+      MPI_Request request;
+      check(MPI_Iallgatherv(mine.data(), count, MPI_CHAR, all.data(), counts.data(), displs.data(), MPI_CHAR, comm,
+                            &request),
+            "MPI_Iallgatherv (names)");
+      wait(request, "MPI_Iallgatherv (names)");
+    }
+    for (std::size_t at = 0; at + 2 * sizeof(std::uint64_t) <= all.size();) {
+      std::uint64_t g = 0, length = 0;
+      std::memcpy(&g, all.data() + at, sizeof g);
+      std::memcpy(&length, all.data() + at + sizeof g, sizeof length);
+      at += 2 * sizeof(std::uint64_t);
+      if (length > all.size() - at) throw Error(ErrorCode::Corruption, "a rank sent a truncated page name list");
+      recovered_names.emplace(g, all.substr(at, length));
+      at += length;
+    }
+  }
+
+  // A restarted run must declare the pages it recovers with the names they had (and in the same order: ids follow
+  // the declarations); a page recovered without a name may take one. Every rank holds the same recovered names, so
+  // every rank refuses alike.
+  void check_recovered_name(std::uint64_t g, std::string_view name) const {
+    if (!recovered) return;
+    auto it = recovered_names.find(g);
+    const std::string_view had = it == recovered_names.end() ? std::string_view() : std::string_view(it->second);
+    if (had == name || had.empty()) return;
+    const auto text = [](std::string_view n) {
+      return n.empty() ? std::string("no name") : "'" + std::string(n) + "'";
+    };
+    throw Error(ErrorCode::InvalidArgument,
+                "declaration " + std::to_string(g) + " of this restarted run gives its page " + text(name) +
+                    ", but the recovered page of that declaration has " + text(had) +
+                    "; a restart must declare the same pages, with the same names, in the same order");
   }
 
   // True when `to` is reachable from `from` along dependency edges (the global graph).
@@ -525,6 +602,7 @@ DistRuntime::DistRuntime(const Communicator& comm, DistOptions options) : impl_(
                 "some ranks found state in " + m.options.durable_dir.string() +
                     " and others did not; restart with every rank's directory, or start over in an empty one");
   }
+  if (m.recovered) m.gather_recovered_names();
 }
 
 DistRuntime::~DistRuntime() {
@@ -547,10 +625,51 @@ PageId DistRuntime::create_page(std::uint32_t owner, std::uint64_t size) {
   }
   const std::uint64_t g = m.pages.size();
   if (g > PageId::kSequenceMask) throw Error(ErrorCode::ResourceExhausted, "the page id space is used up");
+  m.check_recovered_name(g, {});
   if (owner == m.rank) m.create_local(g, size);
   m.pages.push_back({owner, size});
   m.dependents.emplace_back();
   return PageId::make(owner, g);
+}
+
+PageId DistRuntime::create_page(std::uint32_t owner, std::string_view name, std::uint64_t size) {
+  Impl& m = *impl_;
+  m.check_usable();
+  if (auto problem = detail::page_name_problem(name)) throw Error(ErrorCode::InvalidArgument, *problem);
+  if (auto taken = m.names.find(name); taken != m.names.end()) {
+    throw Error(ErrorCode::InvalidArgument, "the name '" + std::string(name) + "' is taken by page " +
+                                                PageId::make(m.pages[taken->second].owner, taken->second).to_string());
+  }
+  if (owner >= m.size) {
+    throw Error(ErrorCode::InvalidArgument, "owner rank " + std::to_string(owner) + " does not exist: the run has " +
+                                                std::to_string(m.size) + " ranks");
+  }
+  const std::uint64_t g = m.pages.size();
+  if (g > PageId::kSequenceMask) throw Error(ErrorCode::ResourceExhausted, "the page id space is used up");
+  m.check_recovered_name(g, name);
+  m.name_of.emplace(g, std::string(name));
+  try {
+    if (owner == m.rank) m.create_local(g, size);
+  } catch (...) {
+    m.name_of.erase(g);
+    throw;
+  }
+  m.names.emplace(std::string(name), g);
+  m.pages.push_back({owner, size});
+  m.dependents.emplace_back();
+  return PageId::make(owner, g);
+}
+
+std::optional<PageId> DistRuntime::find(std::string_view name) const {
+  auto it = impl_->names.find(name);
+  if (it == impl_->names.end()) return std::nullopt;
+  return PageId::make(impl_->pages[it->second].owner, it->second);
+}
+
+std::string DistRuntime::name_of(PageId id) const {
+  impl_->meta(id, "page");
+  auto it = impl_->name_of.find(id.sequence());
+  return it == impl_->name_of.end() ? std::string() : it->second;
 }
 
 void DistRuntime::derive_map(PageId output, std::vector<PageId> inputs, MapFunction fn, NodeOptions options) {

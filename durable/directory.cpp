@@ -130,13 +130,14 @@ void apply_record(Runtime& rt, const DecodedCommit& c) {
     for (const CommitRecord::CreatedPage& created : c.created) {
       impl.reserve_through(created.id.sequence());
       impl.set_next_lsn(c.lsn);
-      impl.create(created.id.sequence(), created.size, created.location);
+      impl.create(created.id.sequence(), created.size, created.location, created.name);
     }
     if (!c.deltas.empty()) impl.replay_deltas(c.deltas, c.lsn);
     for (PageId id : c.deleted) {
       impl.set_next_lsn(c.lsn);
       rt.delete_page(id);
     }
+    for (const CommitRecord::RenamedPage& r : c.renamed) impl.replay_rename(r.id, r.name, c.lsn);
   } catch (const Error& e) {
     if (e.code() == ErrorCode::Corruption) throw;
     bad_record(c, e.what());
@@ -147,7 +148,8 @@ void restore_pages(Runtime& rt, const CheckpointState& ckpt) {
   Runtime::Impl& impl = detail::RuntimeAccess::of(rt);
   for (const serialize::PageImage& img : ckpt.pages) {
     const std::string_view bytes = ckpt.bytes(img);
-    impl.restore_page(img.id, img.epoch, img.location, reinterpret_cast<const std::byte*>(bytes.data()), bytes.size());
+    impl.restore_page(img.id, img.epoch, img.location, reinterpret_cast<const std::byte*>(bytes.data()), bytes.size(),
+                      img.name);
   }
   if (ckpt.next_sequence > 1) impl.reserve_through(ckpt.next_sequence - 1);
   impl.continue_after(ckpt.lsn);
@@ -198,6 +200,7 @@ void snapshot_pages(Runtime& rt, CheckpointState& state) {
     img.epoch = record.epoch.load(std::memory_order_relaxed);
     img.location = record.location;
     img.size = record.size.load(std::memory_order_relaxed);
+    img.name = impl.names.name_of(record.id);  // stable: renames take the gate, which the caller closed
     img.offset = state.arena.size();
     state.arena.append(reinterpret_cast<const char*>(record.data), img.size);
     state.pages.push_back(img);

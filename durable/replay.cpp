@@ -186,35 +186,37 @@ std::vector<PageChange> page_history(const fs::path& dir, PageId page, const Off
   for_each_commit(
       dir,
       [&](const CommitRecord& r) {
-        for (const auto& created : r.created) {
-          if (created.id != page) continue;
-          PageChange ch;
-          ch.kind = PageChange::Kind::Created;
+        // A change of `page` in `r`; epoch and size default to the last ones seen (for Deleted and Renamed).
+        auto add = [&](PageChange::Kind kind) -> PageChange& {
+          PageChange& ch = out.emplace_back();
+          ch.kind = kind;
           ch.lsn = r.lsn;
           ch.timestamp_ns = r.timestamp_ns;
+          if (out.size() > 1) {
+            ch.epoch = out[out.size() - 2].epoch;
+            ch.size = out[out.size() - 2].size;
+          }
+          return ch;
+        };
+        for (const auto& created : r.created) {
+          if (created.id != page) continue;
+          PageChange& ch = add(PageChange::Kind::Created);
+          ch.epoch = 0;
           ch.size = created.size;
-          out.push_back(std::move(ch));
+          ch.name = created.name;
         }
         for (const Delta& d : r.deltas) {
           if (d.page != page) continue;
-          PageChange ch;
-          ch.kind = PageChange::Kind::Changed;
-          ch.lsn = r.lsn;
-          ch.timestamp_ns = r.timestamp_ns;
+          PageChange& ch = add(PageChange::Kind::Changed);
           ch.epoch = d.base_epoch + d.epoch_count;
           ch.size = d.size;
           ch.delta = d;
-          out.push_back(std::move(ch));
         }
         for (PageId id : r.deleted) {
-          if (id != page) continue;
-          PageChange ch;
-          ch.kind = PageChange::Kind::Deleted;
-          ch.lsn = r.lsn;
-          ch.timestamp_ns = r.timestamp_ns;
-          ch.epoch = out.empty() ? 0 : out.back().epoch;
-          ch.size = 0;
-          out.push_back(std::move(ch));
+          if (id == page) add(PageChange::Kind::Deleted).size = 0;
+        }
+        for (const CommitRecord::RenamedPage& renamed : r.renamed) {
+          if (renamed.id == page) add(PageChange::Kind::Renamed).name = renamed.name;
         }
         return true;
       },

@@ -119,7 +119,9 @@ NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
   n.kind = spec.kind;
   n.position = 0;
   n.completed_wave.store(0, std::memory_order_relaxed);
-  n.stale.store(false, std::memory_order_relaxed);
+  // A new node is stale: the next wave computes it once, whatever its inputs do (graph.hpp, derive_*).
+  n.stale.store(true, std::memory_order_relaxed);
+  stale_nodes.push_back(index);
   n.flags = Node::kLive;
   n.kept = kNoNode;
   if (spec.always_changes) n.flags |= Node::kAlwaysChanges;

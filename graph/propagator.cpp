@@ -179,8 +179,7 @@ void Propagator::recompute(PageId output) {
     if (node == detail::kNoNode) {
       throw Error(ErrorCode::NotFound, "page " + output.to_string() + " is not derived by any node");
     }
-    impl_->node(node).stale.store(true, std::memory_order_relaxed);
-    impl_->stale_nodes.push_back(node);
+    if (!impl_->node(node).stale.exchange(true, std::memory_order_relaxed)) impl_->stale_nodes.push_back(node);
   }
   impl_->drain();
 }
@@ -216,6 +215,11 @@ bool Propagator::is_stale(PageId page) const {
   std::lock_guard lock(impl_->engine_mutex);
   const NodeIndex node = impl_->node_of(page);
   return node != detail::kNoNode && impl_->node(node).stale.load(std::memory_order_relaxed);
+}
+
+bool Propagator::has_node(PageId page) const {
+  std::lock_guard lock(impl_->engine_mutex);
+  return impl_->node_of(page) != detail::kNoNode;
 }
 
 std::size_t Propagator::node_count() const {

@@ -270,7 +270,9 @@ bool Propagator::Impl::compute_incremental(Node& node, Delta& d, std::uint32_t w
     scratch.deltas[i] =
         s.changed_wave.load(std::memory_order_acquire) == wave ? s.delta.load(std::memory_order_relaxed) : nullptr;
   }
-  IncrementalContext ctx{scratch.spans, scratch.deltas, {out.data, out.size.load(std::memory_order_relaxed)}, out.id};
+  // A stale node (new, or left behind by a failed wave) missed changes: IncrementalContext::recompute says so.
+  IncrementalContext ctx{scratch.spans, scratch.deltas, {out.data, out.size.load(std::memory_order_relaxed)}, out.id,
+                         node.stale.load(std::memory_order_relaxed)};
   incrementals.entries[node.function](ctx, d);
   return publish(node, out, d, {}, /*diff=*/false);
 }

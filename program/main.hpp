@@ -23,12 +23,14 @@
 #include <exception>
 #include <iostream>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
 
 #include "mmsb/error.hpp"
+#include "mmsb/version.hpp"
 
 namespace mmsb::program {
 
@@ -88,6 +90,18 @@ int guard(std::string_view program, Body&& body, ExitCodes codes = {}) noexcept 
     print_error(program, "an unknown exception ended the program");
     return codes.failure;
   }
+}
+
+// The command line of a program without options: nothing to do (nullopt) when it has no arguments; --version
+// prints "<program> <version>" (exit code 0); anything else is one error line and codes.usage.
+inline std::optional<int> no_options(std::string_view program, int argc, char** argv, ExitCodes codes = {}) {
+  if (argc <= 1) return std::nullopt;
+  if (argc == 2 && std::string_view(argv[1]) == "--version") {
+    std::printf("%.*s %s\n", static_cast<int>(program.size()), program.data(), MMSB_VERSION_STRING);
+    return 0;
+  }
+  print_error(program, "takes no arguments but --version; got '" + std::string(argv[1]) + "'");
+  return codes.usage;
 }
 
 }  // namespace mmsb::program

@@ -32,6 +32,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "mmsb/version.hpp"
 #include "program/main.hpp"
 
 namespace mmsb::program {
@@ -92,10 +93,14 @@ inline std::string usage_message(std::string_view program, const CLI::App& app, 
 
 }  // namespace detail
 
-// Parses the command line into `app`. Returns nothing when the program should go on, or the exit code to return
-// from main: 0 after printing --help, codes.usage after printing one line about a bad command line.
+// Parses the command line into `app`, which answers --version with "<program> <version>" (MMSB_VERSION_STRING).
+// Returns nothing when the program should go on, or the exit code to return from main: 0 after printing --help
+// or --version, codes.usage after printing one line about a bad command line.
 inline std::optional<int> parse(std::string_view program, CLI::App& app, int argc, char** argv, ExitCodes codes = {}) {
   app.name(std::string(program));
+  if (app.get_version_ptr() == nullptr) {
+    app.set_version_flag("--version", std::string(program) + " " + MMSB_VERSION_STRING, "Print the version and exit");
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

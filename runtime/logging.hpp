@@ -1,6 +1,7 @@
 // runtime/logging.hpp — mmsb's spdlog logger (internal). Off the hot path only.
 //
-// The level comes from MMSB_LOG_LEVEL (trace, debug, info, warn, error, off; default warn), read at first use.
+// Its messages go where mmsb/log.hpp says (set_log_sink(), stderr by default), at the level it says
+// (set_log_level(), else MMSB_LOG_LEVEL, else warn).
 // Thread-safety: logger() may be called from any thread; the returned logger is thread-safe.
 #pragma once
 

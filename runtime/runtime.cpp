@@ -8,6 +8,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 
 #include "runtime/page_allocator.hpp"
 #include "runtime/page_store.hpp"
@@ -30,22 +31,105 @@ Runtime::~Runtime() = default;
 
 const RuntimeOptions& Runtime::options() const noexcept { return impl_->options; }
 
-PageId Runtime::create_page(std::uint64_t size, Location location) {
-  std::uint64_t sequence = impl_->next_sequence.fetch_add(1, std::memory_order_relaxed);
+namespace {
+
+std::uint64_t next_sequence(Runtime::Impl& impl) {
+  std::uint64_t sequence = impl.next_sequence.fetch_add(1, std::memory_order_relaxed);
   if (sequence > detail::PageStore::kMaxSequence) {
     throw Error(ErrorCode::ResourceExhausted, "this runtime has used all " +
                                                   std::to_string(detail::PageStore::kMaxSequence) + " page ids");
   }
-  return impl_->create(sequence, size, location);
+  return sequence;
 }
 
-PageId Runtime::create_page(PageId reserved_id, std::uint64_t size, Location location) {
-  if (reserved_id.rank() != impl_->options.rank || !reserved_id.valid() ||
-      reserved_id.sequence() >= impl_->next_sequence.load(std::memory_order_relaxed)) {
+std::uint64_t reserved_sequence(const Runtime::Impl& impl, PageId reserved_id) {
+  if (reserved_id.rank() != impl.options.rank || !reserved_id.valid() ||
+      reserved_id.sequence() >= impl.next_sequence.load(std::memory_order_relaxed)) {
     throw Error(ErrorCode::InvalidArgument,
                 "page id " + reserved_id.to_string() + " was not reserved by this runtime; use reserve_ids()");
   }
-  return impl_->create(reserved_id.sequence(), size, location);
+  return reserved_id.sequence();
+}
+
+}  // namespace
+
+PageId Runtime::create_page(std::uint64_t size, Location location) {
+  return impl_->create(next_sequence(*impl_), size, location);
+}
+
+PageId Runtime::create_page(PageId reserved_id, std::uint64_t size, Location location) {
+  return impl_->create(reserved_sequence(*impl_, reserved_id), size, location);
+}
+
+PageId Runtime::create_page(std::string_view name, std::uint64_t size, Location location) {
+  if (auto problem = detail::page_name_problem(name)) throw Error(ErrorCode::InvalidArgument, *problem);
+  return impl_->create(next_sequence(*impl_), size, location, name);
+}
+
+PageId Runtime::create_page(PageId reserved_id, std::string_view name, std::uint64_t size, Location location) {
+  if (auto problem = detail::page_name_problem(name)) throw Error(ErrorCode::InvalidArgument, *problem);
+  return impl_->create(reserved_sequence(*impl_, reserved_id), size, location, name);
+}
+
+PageId Runtime::open_page(std::string_view name, std::uint64_t size, Location location) {
+  auto existing = [&](PageId id) {
+    const PageInfo page = info(id);
+    if (page.size != size || page.location != location) {
+      throw Error(ErrorCode::InvalidArgument,
+                  "page '" + std::string(name) + "' (" + id.to_string() + ") exists with " + std::to_string(page.size) +
+                      " bytes at location " + std::to_string(static_cast<int>(page.location)) + ", not " +
+                      std::to_string(size) + " bytes at location " + std::to_string(static_cast<int>(location)) +
+                      "; resize_page() it, or use another name");
+    }
+    return id;
+  };
+  for (;;) {
+    if (std::optional<PageId> id = find(name)) return existing(*id);
+    try {
+      return create_page(name, size, location);
+    } catch (const Error&) {
+      // Another thread is creating the page (the name is claimed, not yet given): wait for it to finish.
+      if (!impl_->names.held(name)) throw;
+      std::this_thread::yield();
+    }
+  }
+}
+
+std::optional<PageId> Runtime::find(std::string_view name) const { return impl_->names.find(name); }
+
+std::string Runtime::name_of(PageId id) const {
+  PageRecord* record = impl_->find_or_throw(id);
+  if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+  return impl_->names.name_of(id);
+}
+
+std::vector<std::pair<PageId, std::string>> Runtime::page_names() const { return impl_->names.all(); }
+
+std::uint64_t Runtime::rename_page(PageId id, std::string_view new_name) {
+  PageRecord* record = impl_->find_or_throw(id);
+  detail::GateGuard inside(impl_->gate);
+  // The page's exclusive lock orders renames (and deletion) of one page, as commits are ordered.
+  std::unique_lock lock(record->mutex);
+  if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+  if (impl_->names.name_of(id) == new_name) return 0;
+  if (!new_name.empty()) impl_->names.claim(new_name, id);
+  std::uint64_t lsn = 0;
+  try {
+    lsn = impl_->take_lsn();
+    if (impl_->sink) {
+      CommitRecord::RenamedPage renamed{id, std::string(new_name)};
+      CommitRecord rec;
+      rec.lsn = lsn;
+      rec.timestamp_ns = detail::now_ns();
+      rec.renamed = std::span<const CommitRecord::RenamedPage>(&renamed, 1);
+      impl_->sink->write(rec);
+    }
+  } catch (...) {
+    if (!new_name.empty()) impl_->names.unclaim(new_name, id);
+    throw;
+  }
+  impl_->names.bind(id, new_name);
+  return lsn;
 }
 
 PageId Runtime::create_external_page(std::span<const std::byte> bytes, std::shared_ptr<const void> owner,
@@ -138,6 +222,7 @@ void Runtime::delete_page(PageId id) {
   record->capacity = 0;
   record->size.store(0, std::memory_order_relaxed);
   impl_->live_pages.fetch_sub(1, std::memory_order_relaxed);
+  impl_->names.forget(id);  // a deleted page's name is free again (the log record implies it)
   lock.unlock();
   inside.reset();
   if (detail::CommitListener* l = impl_->listener.load(std::memory_order_acquire)) l->page_deleted(id);

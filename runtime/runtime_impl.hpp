@@ -12,6 +12,7 @@
 #include "runtime/commit_gate.hpp"
 #include "runtime/commit_listener.hpp"
 #include "runtime/page_allocator.hpp"
+#include "runtime/page_names.hpp"
 #include "runtime/page_store.hpp"
 
 namespace mmsb {
@@ -78,6 +79,7 @@ struct Runtime::Impl {
   std::shared_ptr<CommitSink> sink;
   std::atomic<detail::CommitListener*> listener{nullptr};  // the propagation engine, if attached
   detail::CommitGate gate;  // held by every LSN-taking operation; closed by checkpoints
+  detail::PageNames names;  // names of pages (Runtime::create_page(name, ...), rename_page())
 
   // The record of a page of this runtime, or nullptr. The record may be flagged deleted: re-check under its lock.
   PageRecord* find(PageId id) const noexcept {
@@ -107,11 +109,12 @@ struct Runtime::Impl {
     return lsn;
   }
 
-  PageId create(std::uint64_t sequence, std::uint64_t size, Location location) {
+  PageId create(std::uint64_t sequence, std::uint64_t size, Location location, std::string_view name = {}) {
     detail::GateGuard inside(gate);
     PageId id = PageId::make(options.rank, sequence);
     auto* record = new PageRecord(id, location);
     try {
+      if (!name.empty()) names.claim(name, id);  // before the LSN: a taken name fails with no trace
       if (size > 0) {
         detail::Block block = PageAllocator::global().allocate(size, detail::Zeroing::Zeroed);
         record->data = block.data;
@@ -119,7 +122,7 @@ struct Runtime::Impl {
       }
       record->size.store(size, std::memory_order_relaxed);
       if (sink) {
-        CommitRecord::CreatedPage created{id, size, location};
+        CommitRecord::CreatedPage created{id, size, location, std::string(name)};
         CommitRecord rec;
         rec.lsn = take_lsn();
         rec.timestamp_ns = detail::now_ns();
@@ -134,8 +137,10 @@ struct Runtime::Impl {
     } catch (...) {
       if (record->data) PageAllocator::global().deallocate(record->data, record->capacity);
       delete record;
+      if (!name.empty()) names.unclaim(name, id);
       throw;
     }
+    if (!name.empty()) names.bind(id, name);
     live_pages.fetch_add(1, std::memory_order_relaxed);
     if (detail::CommitListener* l = listener.load(std::memory_order_acquire)) l->page_created(id);
     return id;
@@ -160,11 +165,20 @@ struct Runtime::Impl {
     while (seen <= sequence && !next_sequence.compare_exchange_weak(seen, sequence + 1)) {
     }
   }
-  // Inserts a page with its bytes and epoch as a checkpoint stored it; takes no LSN.
-  void restore_page(PageId id, std::uint64_t epoch, Location location, const std::byte* bytes, std::uint64_t size) {
+  // Inserts a page with its bytes, epoch and name as a checkpoint stored them; takes no LSN.
+  void restore_page(PageId id, std::uint64_t epoch, Location location, const std::byte* bytes, std::uint64_t size,
+                    std::string_view name = {}) {
     if (id.rank() != options.rank || !id.valid() || id.sequence() > detail::PageStore::kMaxSequence) {
       throw Error(ErrorCode::Corruption, "page " + id.to_string() + " cannot belong to a runtime of rank " +
                                              std::to_string(options.rank));
+    }
+    if (!name.empty()) {
+      try {
+        names.claim(name, id);
+      } catch (const Error& e) {
+        throw Error(ErrorCode::Corruption, "page " + id.to_string() + " cannot be restored: " + e.what());
+      }
+      names.bind(id, name);
     }
     auto* record = new PageRecord(id, location);
     if (size > 0) {
@@ -224,6 +238,20 @@ struct Runtime::Impl {
       page.size.store(d.size, std::memory_order_relaxed);
       page.epoch.store(d.base_epoch + d.epoch_count, std::memory_order_relaxed);
     }
+  }
+
+  // Applies a replayed rename (no sink, no LSN). Throws Error(Corruption) when the page does not exist or the name
+  // is bad or taken.
+  void replay_rename(PageId id, std::string_view name, std::uint64_t lsn) {
+    PageRecord* record = find(id);
+    try {
+      if (!record || record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+      if (!name.empty()) names.claim(name, id);
+    } catch (const Error& e) {
+      throw Error(ErrorCode::Corruption,
+                  "log record of LSN " + std::to_string(lsn) + " renames page " + id.to_string() + ": " + e.what());
+    }
+    names.bind(id, name);
   }
 
   // The next LSN-taking operation takes exactly `lsn` (replaying a log record at its own LSN). LSNs below the

@@ -29,11 +29,14 @@ ALLOWED = {
     "examples": {"api", "program"},
 }
 # Public headers that hold only plain values or declarations (no module behind them).
-VALUE_HEADERS = {"mmsb/error.hpp", "mmsb/page_id.hpp", "mmsb/topology.hpp", "mmsb/event.hpp", "mmsb/fwd.hpp"}
+VALUE_HEADERS = {"mmsb/error.hpp", "mmsb/page_id.hpp", "mmsb/topology.hpp", "mmsb/event.hpp", "mmsb/fwd.hpp",
+                 "mmsb/version.hpp"}
 # The module behind each public header.
 PUBLIC = {
     "mmsb/delta.hpp": "delta",
     "mmsb/runtime.hpp": "runtime",
+    "mmsb/typed_view.hpp": "runtime",
+    "mmsb/log.hpp": "runtime",
     "mmsb/graph.hpp": "graph",
     "mmsb/durable.hpp": "durable",
     "mmsb/file_system.hpp": "serialize",

@@ -13,6 +13,7 @@
 
 #include "proto/mmsb.pb.h"
 #include "mmsb/error.hpp"
+#include "runtime/page_names.hpp"
 #include "runtime/page_store.hpp"
 #include "serialize/file_io.hpp"
 
@@ -292,10 +293,16 @@ class Parser {
         if (p.location() < 1 || p.location() > 3) {
           corrupt(at + ": page " + id.to_string() + " has location " + std::to_string(p.location()));
         }
+        if (!p.name().empty()) {
+          if (auto problem = mmsb::detail::page_name_problem(p.name())) {
+            corrupt(at + ": page " + id.to_string() + " has a bad name: " + *problem);
+          }
+        }
         PageImage img;
         img.id = id;
         img.epoch = p.epoch();
         img.location = static_cast<Location>(p.location());
+        img.name = p.name();
         img.offset = state_.arena.size();
         img.size = p.size();
         state_.arena.append(p.data());
@@ -403,6 +410,7 @@ CheckpointFileInfo write_checkpoint(const fs::path& dir, const CheckpointState& 
       p.set_size(img.size);
       p.set_epoch(img.epoch);
       p.set_location(static_cast<std::uint32_t>(img.location));
+      if (!img.name.empty()) p.set_name(img.name);
       head = p.SerializeAsString();
       head.push_back(static_cast<char>((5 << 3) | 2));  // field 5, length-delimited
       for (std::uint64_t v = img.size;; v >>= 7) {

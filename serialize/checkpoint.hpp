@@ -46,6 +46,7 @@ struct PageImage {
   Location location = Location::Host;
   std::uint64_t offset = 0;  // the page's bytes are arena[offset, offset + size)
   std::uint64_t size = 0;
+  std::string name = {};  // "" for an unnamed page
 };
 
 struct CheckpointState {

@@ -4,6 +4,7 @@
 
 #include "mmsb/error.hpp"
 #include "proto/mmsb.pb.h"
+#include "runtime/page_names.hpp"
 
 namespace mmsb::serialize {
 namespace {
@@ -94,6 +95,14 @@ Location location_from_wire(std::uint32_t value, const std::string& where) {
   return static_cast<Location>(value);
 }
 
+// A page name read from outside bytes: empty, or one the runtime would accept.
+std::string name_from_wire(const std::string& name, const std::string& where) {
+  if (!name.empty()) {
+    if (auto problem = mmsb::detail::page_name_problem(name)) corrupt(where + " has a bad page name: " + *problem);
+  }
+  return name;
+}
+
 template <class Message>
 void parse_or_throw(Message& m, std::string_view bytes, const char* what) {
   if (bytes.size() > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
@@ -108,13 +117,16 @@ void parse_or_throw(Message& m, std::string_view bytes, const char* what) {
 
 bool operator==(const DecodedCommit& a, const DecodedCommit& b) {
   if (a.lsn != b.lsn || a.timestamp_ns != b.timestamp_ns || a.deltas != b.deltas || a.deleted != b.deleted ||
-      a.created.size() != b.created.size()) {
+      a.created.size() != b.created.size() || a.renamed.size() != b.renamed.size()) {
     return false;
   }
   for (std::size_t i = 0; i < a.created.size(); ++i) {
     const auto& x = a.created[i];
     const auto& y = b.created[i];
-    if (x.id != y.id || x.size != y.size || x.location != y.location) return false;
+    if (x.id != y.id || x.size != y.size || x.location != y.location || x.name != y.name) return false;
+  }
+  for (std::size_t i = 0; i < a.renamed.size(); ++i) {
+    if (a.renamed[i].id != b.renamed[i].id || a.renamed[i].name != b.renamed[i].name) return false;
   }
   return true;
 }
@@ -136,6 +148,12 @@ void append_commit(const CommitRecord& record, std::string& out) {
     wc->set_page(c.id.value());
     wc->set_size(c.size);
     wc->set_location(static_cast<std::uint32_t>(c.location));
+    if (!c.name.empty()) wc->set_name(c.name);
+  }
+  for (const CommitRecord::RenamedPage& r : record.renamed) {
+    wire::RenamedPage* wr = w.add_renamed();
+    wr->set_page(r.id.value());
+    wr->set_name(r.name);
   }
   w.mutable_deleted()->Reserve(static_cast<int>(record.deleted.size()));
   for (PageId id : record.deleted) w.add_deleted(id.value());
@@ -164,7 +182,14 @@ DecodedCommit decode_commit(std::string_view bytes) {
     const std::string where = at + " created page " + PageId(c.page()).to_string();
     if (!PageId(c.page()).valid()) corrupt(where + " has an invalid id " + std::to_string(c.page()));
     check_page_size(c.size(), where, "size");
-    out.created.push_back(CommitRecord::CreatedPage{PageId(c.page()), c.size(), location_from_wire(c.location(), where)});
+    out.created.push_back(CommitRecord::CreatedPage{PageId(c.page()), c.size(), location_from_wire(c.location(), where),
+                                                    name_from_wire(c.name(), where)});
+  }
+  out.renamed.reserve(static_cast<std::size_t>(w.renamed_size()));
+  for (const wire::RenamedPage& r : w.renamed()) {
+    const std::string where = at + " renames page " + PageId(r.page()).to_string();
+    if (!PageId(r.page()).valid()) corrupt(where + ", an invalid id " + std::to_string(r.page()));
+    out.renamed.push_back(CommitRecord::RenamedPage{PageId(r.page()), name_from_wire(r.name(), where)});
   }
   out.deleted.reserve(static_cast<std::size_t>(w.deleted_size()));
   for (std::uint64_t id : w.deleted()) {

@@ -32,6 +32,7 @@ struct DecodedCommit {
   std::vector<Delta> deltas;
   std::vector<CommitRecord::CreatedPage> created;
   std::vector<PageId> deleted;
+  std::vector<CommitRecord::RenamedPage> renamed;
 
   // A CommitRecord viewing this commit (to re-encode it, or hand it to a CommitSink); valid while it lives.
   CommitRecord record() const {
@@ -41,6 +42,7 @@ struct DecodedCommit {
     r.deltas = deltas;
     r.created = created;
     r.deleted = deleted;
+    r.renamed = renamed;
     return r;
   }
 

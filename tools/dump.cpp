@@ -1,4 +1,5 @@
-// `mmsb dump DIR [--page ID]... [--to-lsn N] [--json]`: the bytes and metadata of pages in a directory's state.
+// `mmsb dump DIR [--page ID|NAME]... [--to-lsn N] [--json]`: the bytes, metadata and names of pages in a directory's
+// state.
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -9,6 +10,7 @@
 #include "format.hpp"
 #include "json.hpp"
 #include "mmsb/durable.hpp"
+#include "pages.hpp"
 
 namespace mmsb::cli {
 namespace {
@@ -16,14 +18,7 @@ namespace {
 std::vector<PageId> selected_pages(const DumpOptions& options, const std::filesystem::path& dir, const Runtime& state) {
   if (options.pages.empty()) return state.page_ids();
   std::vector<PageId> ids;
-  for (const auto& text : options.pages) {
-    PageId id = parse_page_id(text);
-    if (!state.contains(id)) {
-      throw ToolError("page " + id.to_string() + " is not live in the state of " + dir.string() + " at LSN " +
-                      std::to_string(state.last_lsn()) + " (never created there, or deleted)");
-    }
-    ids.push_back(id);
-  }
+  for (const auto& text : options.pages) ids.push_back(resolve_page(text, state, dir));
   return ids;
 }
 
@@ -32,8 +27,10 @@ std::vector<PageId> selected_pages(const DumpOptions& options, const std::filesy
 int run_dump(const DumpOptions& options, std::ostream& out) {
   const std::filesystem::path dir(options.dir);
   require_directory(dir);
-  // Parse the ids before the (possibly long) load, so a typo fails at once.
-  for (const auto& text : options.pages) parse_page_id(text);
+  // Parse the ids before the (possibly long) load, so a typo fails at once (names are looked up after it).
+  for (const auto& text : options.pages) {
+    if (has_page_id_form(text)) parse_page_id(text);
+  }
 
   std::uint64_t lsn = 0;
   std::unique_ptr<Runtime> state;
@@ -54,6 +51,7 @@ int run_dump(const DumpOptions& options, std::ostream& out) {
       json.begin_object()
           .field("id", id.to_string())
           .field("value", id.value())
+          .field("name", state->name_of(id))
           .field("size", info.size)
           .field("epoch", info.epoch)
           .field("location", location_name(info.location))
@@ -67,8 +65,9 @@ int run_dump(const DumpOptions& options, std::ostream& out) {
   out << "state of " << dir.string() << " at LSN " << lsn << ": " << state->page_count() << " live pages\n";
   for (PageId id : pages) {
     const PageInfo info = state->info(id);
-    out << "\npage " << id.to_string() << " (" << id.value() << ")  size " << info.size << "  epoch " << info.epoch
-        << "  location " << location_name(info.location) << '\n';
+    out << "\npage " << id.to_string() << " (" << id.value() << ")";
+    if (const std::string name = state->name_of(id); !name.empty()) out << "  name " << quoted_text(name);
+    out << "  size " << info.size << "  epoch " << info.epoch << "  location " << location_name(info.location) << '\n';
     write_hex_dump(out, state->read_all(id), !options.no_squeeze, "  ");
   }
   return kExitOk;

@@ -1,4 +1,4 @@
-// `mmsb history DIR --page ID [--json] [--bytes]`: every logged change of one page.
+// `mmsb history DIR --page ID|NAME [--json] [--bytes]`: every logged change of one page.
 #include <filesystem>
 #include <span>
 #include <string>
@@ -9,6 +9,7 @@
 #include "format.hpp"
 #include "json.hpp"
 #include "mmsb/durable.hpp"
+#include "pages.hpp"
 
 namespace mmsb::cli {
 namespace {
@@ -21,6 +22,8 @@ const char* kind_name(PageChange::Kind kind) {
       return "changed";
     case PageChange::Kind::Deleted:
       return "deleted";
+    case PageChange::Kind::Renamed:
+      return "renamed";
   }
   return "unknown";
 }
@@ -61,6 +64,8 @@ void write_text(const HistoryOptions& options, PageId page, const std::vector<Pa
           write_hex_dump(out, payloads[i], true, "    ");
         }
       }
+    } else if (c.kind == PageChange::Kind::Created || c.kind == PageChange::Kind::Renamed) {
+      out << "  name " << (c.name.empty() ? std::string("none") : quoted_text(c.name)) << '\n';
     } else {
       out << '\n';
     }
@@ -79,6 +84,7 @@ void write_json(const HistoryOptions& options, PageId page, const std::vector<Pa
         .field("time", format_utc(c.timestamp_ns))
         .field("epoch", c.epoch)
         .field("size", c.size);
+    if (c.kind == PageChange::Kind::Created || c.kind == PageChange::Kind::Renamed) json.field("name", c.name);
     if (c.kind == PageChange::Kind::Changed) {
       const Delta& d = c.delta;
       json.field("base_epoch", d.base_epoch)
@@ -106,8 +112,8 @@ void write_json(const HistoryOptions& options, PageId page, const std::vector<Pa
 
 int run_history(const HistoryOptions& options, std::ostream& out) {
   const std::filesystem::path dir(options.dir);
-  const PageId page = parse_page_id(options.page);
   require_directory(dir);
+  const PageId page = resolve_page_in_history(options.page, dir);
   std::vector<PageChange> changes;
   try {
     changes = page_history(dir, page);

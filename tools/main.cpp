@@ -25,7 +25,7 @@ constexpr const char* kExitCodes =
 
 constexpr const char* kPageIdForms =
     "Page ids are written as PageId::to_string() prints them (p<rank>:<sequence>, e.g. p0:17) or as the id's\n"
-    "integer value (e.g. 17, the same page as p0:17).";
+    "integer value (e.g. 17, the same page as p0:17); any other text is a page name (e.g. particles/3).";
 
 // Every error exits with 2: a bad command line, a missing directory, unreadable files (kExitCodes).
 constexpr mmsb::program::ExitCodes kErrorCodes{.usage = kExitError, .failure = kExitError};
@@ -70,7 +70,8 @@ int main(int argc, char** argv) {
   std::uint64_t dump_to_lsn = 0;
   auto* dump_cmd = app.add_subcommand("dump", "Page bytes (hex), sizes, epochs and locations of the recovered state.");
   add_dir(dump_cmd, dump.dir);
-  dump_cmd->add_option("--page", dump.pages, "a page to show (repeat for more); default: every live page")
+  dump_cmd
+      ->add_option("--page", dump.pages, "a page to show, by id or name (repeat for more); default: every live page")
       ->allow_extra_args(false);
   auto* dump_lsn = dump_cmd->add_option("--to-lsn", dump_to_lsn, "show the state at this LSN, not at the end")
                        ->check(mmsb::program::non_negative<std::uint64_t>());
@@ -93,7 +94,8 @@ int main(int argc, char** argv) {
       "--to-time", replay_to_time,
       "the state after the last commit at or before this time: Unix nanoseconds, or ISO-8601 UTC such as "
       "2026-11-23T14:13:34.5Z");
-  auto* r_page = replay_cmd->add_option("--page", replay_page, "with --to-epoch: the page whose epoch is the target");
+  auto* r_page =
+      replay_cmd->add_option("--page", replay_page, "with --to-epoch: the page (id or name) whose epoch is the target");
   auto* r_epoch = replay_cmd
                       ->add_option("--to-epoch", replay_to_epoch,
                                    "with --page: the state right after the commit that brought the page to this epoch")
@@ -111,7 +113,7 @@ int main(int argc, char** argv) {
   auto* history_cmd = app.add_subcommand(
       "history", "Every logged change of one page: LSN, time, epoch, size, intent, source, changed ranges.");
   add_dir(history_cmd, history.dir);
-  history_cmd->add_option("--page", history.page, "the page")->required();
+  history_cmd->add_option("--page", history.page, "the page, by id or name")->required();
   history_cmd->add_flag("--json", history.json, "print one JSON object instead of text");
   history_cmd->add_flag("--bytes", history.bytes, "also show the new bytes of each changed range");
   history_cmd->footer(std::string("Only the log is read: changes older than the newest checkpoint are not listed.\n") +

@@ -14,6 +14,7 @@
 #include "directory.hpp"
 #include "format.hpp"
 #include "mmsb/durable.hpp"
+#include "pages.hpp"
 
 namespace mmsb::cli {
 namespace {
@@ -91,7 +92,7 @@ Target target_of(const ReplayOptions& options) {
   }
   if (options.page || options.to_epoch) {
     if (!options.page || !options.to_epoch) throw ToolError("--page and --to-epoch go together: give both");
-    PageId page = parse_page_id(*options.page);
+    PageId page = resolve_page_in_history(*options.page, std::filesystem::path(options.dir));
     return {ReplayTarget::page_epoch(page, *options.to_epoch),
             "page " + page.to_string() + " epoch " + std::to_string(*options.to_epoch)};
   }

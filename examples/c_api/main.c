@@ -2,7 +2,8 @@
  * directory argument) a durable runtime that recovers its state on the next run.
  *
  *   c_api                 in memory: prints `sum 42`, `epoch 1` and the error for a missing page
- *   c_api DIR             durable: each run adds 1 to a counter kept in DIR and prints `counter N`
+ *   c_api DIR             durable: each run adds 1 to a counter kept in DIR (a page named "counter") and prints
+ *                         `counter N`
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -90,17 +91,10 @@ static int durable(const char* dir) {
   mmsb_txn* txn;
   uint64_t recovered = 0;
   int64_t counter = 0;
-  const mmsb_page_id page = 1; /* the first page this program creates: ids are deterministic */
+  mmsb_page_id page;
 
   CHECK(mmsb_runtime_open(dir, &rt, &recovered));
-  if (recovered == 0) {
-    mmsb_page_id created;
-    CHECK(mmsb_page_create(rt, 8, &created));
-    if (created != page) {
-      fprintf(stderr, "c_api: unexpected page id %" PRIu64 "\n", created);
-      return 1;
-    }
-  }
+  CHECK(mmsb_page_open(rt, "counter", 8, &page)); /* found by name after a restart, created on the first run */
   CHECK(mmsb_page_read(rt, page, 0, &counter, sizeof counter));
   ++counter;
   CHECK(mmsb_txn_begin(rt, &txn));
@@ -112,10 +106,15 @@ static int durable(const char* dir) {
 }
 
 int main(int argc, char** argv) {
+  if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+    printf("c_api %s\n", mmsb_version());
+    return 0;
+  }
   if (argc > 2 || (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))) {
     fprintf(argc > 2 ? stderr : stdout,
             "usage: c_api [DIR]\n  without DIR: a derived sum in memory\n"
-            "  with DIR: a durable counter in DIR, one more on every run\n");
+            "  with DIR: a durable counter in DIR, one more on every run\n"
+            "  --version: the mmsb library's version\n");
     return argc > 2 ? 2 : 0;
   }
   return argc == 2 ? durable(argv[1]) : in_memory();

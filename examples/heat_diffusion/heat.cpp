@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <string>
 
 namespace heat {
@@ -31,7 +32,10 @@ struct SummaryBytes {
   std::uint32_t pad;
 };
 
-constexpr std::uint32_t kPagesPerTile = 7;  // cell, 4 edges, next, stats (creation order: see Heat::create)
+// Every page is named, so Heat::attach() finds the pages of a recovered run by name, whatever order created them.
+std::string page_name(const char* kind, std::uint32_t tile) {
+  return std::string("heat/") + kind + "/" + std::to_string(tile);
+}
 
 Params params_of(const MapContext& c) { return c.input_as<Params>(0); }
 
@@ -128,16 +132,17 @@ Heat Heat::create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& confi
   const std::uint32_t side = h.tile_side();
   const std::uint64_t tile_bytes = std::uint64_t{side} * side * sizeof(float);
   const std::uint64_t edge_bytes = std::uint64_t{side} * sizeof(float);
-  h.params_ = rt.create_page(sizeof(Params));
-  h.meta_ = rt.create_page(sizeof(std::uint64_t));
-  h.summary_ = rt.create_page(sizeof(SummaryBytes));
+  h.params_ = rt.create_page("heat/params", sizeof(Params));
+  h.meta_ = rt.create_page("heat/meta", sizeof(std::uint64_t));
+  h.summary_ = rt.create_page("heat/summary", sizeof(SummaryBytes));
   const mmsb::Location where = stepper ? stepper->location() : mmsb::Location::Host;
+  const char* const edge_kind[4] = {"edge-north", "edge-south", "edge-west", "edge-east"};
   std::vector<std::array<PageId, 4>> edges(h.tile_count());
   for (std::uint32_t t = 0; t < h.tile_count(); ++t) {
-    h.cells_.push_back(rt.create_page(tile_bytes, where));
-    for (auto& e : edges[t]) e = rt.create_page(edge_bytes, where);
-    h.next_.push_back(rt.create_page(tile_bytes, where));
-    h.stats_.push_back(rt.create_page(sizeof(TileStats)));
+    h.cells_.push_back(rt.create_page(page_name("cell", t), tile_bytes, where));
+    for (int k = 0; k < 4; ++k) edges[t][k] = rt.create_page(page_name(edge_kind[k], t), edge_bytes, where);
+    h.next_.push_back(rt.create_page(page_name("next", t), tile_bytes, where));
+    h.stats_.push_back(rt.create_page(page_name("stats", t), sizeof(TileStats)));
   }
   {
     auto txn = rt.begin();
@@ -205,12 +210,15 @@ std::array<PageId, 4> halo_of(const std::vector<TileEdges>& edges, std::uint32_t
 Heat Heat::attach(mmsb::Runtime& rt, const Config& config) {
   register_functions();
   Heat h(rt, config);
-  h.params_ = PageId::make(rt.options().rank, 1);
-  h.meta_ = PageId::make(rt.options().rank, 2);
-  h.summary_ = PageId::make(rt.options().rank, 3);
-  if (!rt.contains(h.params_) || rt.info(h.params_).size != sizeof(Params)) {
-    bad_config("the recovered state is not a heat simulation");
-  }
+  auto named = [&](const std::string& name) {
+    const std::optional<PageId> id = rt.find(name);
+    if (!id) bad_config("the recovered state is not a heat simulation (it has no page named " + name + ")");
+    return *id;
+  };
+  h.params_ = named("heat/params");
+  h.meta_ = named("heat/meta");
+  h.summary_ = named("heat/summary");
+  if (rt.info(h.params_).size != sizeof(Params)) bad_config("the recovered state is not a heat simulation");
   const Params p = rt.read_value<Params>(h.params_, 0);
   if (p.size != config.size || p.tiles != config.tiles) {
     bad_config("the recovered simulation has --size " + std::to_string(p.size) + " --tiles " + std::to_string(p.tiles) +
@@ -218,10 +226,9 @@ Heat Heat::attach(mmsb::Runtime& rt, const Config& config) {
   }
   h.config_.alpha = p.alpha;
   for (std::uint32_t t = 0; t < h.tile_count(); ++t) {
-    const std::uint64_t base = 4 + std::uint64_t{t} * kPagesPerTile;
-    h.cells_.push_back(PageId::make(rt.options().rank, base));
-    h.next_.push_back(PageId::make(rt.options().rank, base + 5));
-    h.stats_.push_back(PageId::make(rt.options().rank, base + 6));
+    h.cells_.push_back(named(page_name("cell", t)));
+    h.next_.push_back(named(page_name("next", t)));
+    h.stats_.push_back(named(page_name("stats", t)));
   }
   return h;
 }

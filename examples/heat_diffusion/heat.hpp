@@ -13,6 +13,9 @@
 // recomputes edges, next tiles and statistics. Node functions are registered by name, so a DurableRuntime
 // checkpoint restores the whole graph.
 //
+// Every page is named ("heat/params", "heat/meta", "heat/summary", "heat/cell/<t>", "heat/edge-north/<t>", ...,
+// "heat/next/<t>", "heat/stats/<t>"), so a restarted run finds its pages by name, not by creation order.
+//
 // Thread-safety: a Heat is driven from one thread; its waves use the propagator's worker threads.
 #pragma once
 
@@ -68,8 +71,9 @@ class Heat {
   // Builds the pages and the graph in an empty runtime (rt.page_count() == 0), with a hot square in the middle.
   // `stepper` (optional, must outlive the call) derives the next tiles instead of the host stencil node.
   static Heat create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& config, TileStepper* stepper = nullptr);
-  // Attaches to the pages of a runtime recovered from a directory Heat::create() filled (ids are deterministic).
-  // Throws mmsb::Error(InvalidArgument) when the recovered state has another size or tiling.
+  // Attaches to the pages of a runtime recovered from a directory Heat::create() filled, finding them by name
+  // ("heat/params", "heat/cell/3", ...). Throws mmsb::Error(InvalidArgument) when a page is missing or the
+  // recovered state has another size or tiling.
   static Heat attach(mmsb::Runtime& rt, const Config& config);
 
   // Runs one step (one commit, one wave).

@@ -1,6 +1,7 @@
 // quickstart: pages, an atomic two-page transaction, the delta it recorded, and undoing it.
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <mmsb/mmsb.hpp>
 #include <vector>
 
@@ -54,4 +55,7 @@ int tour() {
 }  // namespace
 
 // Any exception (none is expected here) becomes one line on stderr and exit code 1.
-int main() { return mmsb::program::guard("quickstart", tour); }
+int main(int argc, char** argv) {
+  if (const std::optional<int> code = mmsb::program::no_options("quickstart", argc, argv)) return *code;
+  return mmsb::program::guard("quickstart", tour);
+}

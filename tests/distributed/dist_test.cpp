@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "distributed/dist_support.hpp"
 #include "mmsb/dist.hpp"
 #include "mmsb/dist_mpi.hpp"
 #include "mmsb/durable.hpp"
@@ -239,6 +240,8 @@ TEST(Dist, CrossRankCutoffSendsNothingAndSkipsTheRemoteNode) {
     ++runs;
     ctx.output_as<std::int64_t>() = ctx.input_as<std::int64_t>(0) + 100;
   });
+  d.propagate();  // the new nodes' first computation
+  runs = 0;
   auto write_a = [&](std::int64_t v) {
     if (!d.owns(a)) return;
     auto t = d.runtime().begin();
@@ -323,18 +326,7 @@ TEST(Dist, CycleAcrossRanksIsRefusedEverywhere) {
 }
 
 TEST(Dist, CoordinatedCheckpointAndRestartEqualTheUninterruptedRun) {
-  // One directory for the whole job, named by rank 0.
-  std::string dir;
-  if (world_rank() == 0) {
-    dir = (std::filesystem::temp_directory_path() /
-           ("mmsb-dist-test-" + std::to_string(::getpid()) + "-" + std::to_string(world_size())))
-              .string();
-    std::filesystem::remove_all(dir);
-  }
-  int length = static_cast<int>(dir.size());
-  MPI_Bcast(&length, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  dir.resize(static_cast<std::size_t>(length));
-  MPI_Bcast(dir.data(), length, MPI_CHAR, 0, MPI_COMM_WORLD);
+  const std::string dir = mmsb::testing::shared_temp_dir("mmsb-dist-test-");  // one directory for the whole job
 
   const DagSpec spec = DagSpec::random(77, 60, 10, static_cast<std::uint32_t>(world_size()));
   Reference ref(spec);

@@ -241,6 +241,8 @@ TEST(Propagator, CutoffUnchangedMapOutputDoesNotRunDownstream) {
   prop.derive_map(tens, {a}, [](MapContext& c) { c.output_as<std::int64_t>() = c.input_as<std::int64_t>(0) / 10; });
   std::atomic<int> calls{0};
   prop.derive_map(down, {tens}, counting_copy(calls));
+  prop.propagate();  // the new nodes' first computation
+  calls = 0;
 
   const auto s0 = prop.stats();
   commit_i64(rt, a, 5);  // tens stays 0, as it was
@@ -269,6 +271,8 @@ TEST(Propagator, CutoffDownstreamNodeIsCountedAsSkipped) {
   prop.derive_map(zero, {a}, [](MapContext& c) { c.output_as<std::int64_t>() = c.input_as<std::int64_t>(0) * 0; });
   std::atomic<int> calls{0};
   prop.derive_map(down, {zero}, counting_copy(calls));
+  prop.propagate();  // the new nodes' first computation
+  calls = 0;
   const auto before = prop.stats();
   commit_i64(rt, a, 3);
   const auto after = prop.stats();
@@ -310,6 +314,9 @@ TEST(Propagator, TwoInputNodeIsNotRunWhenOnlyAnUnrelatedPageChanged) {
     c.output_as<std::int64_t>() = c.input_as<std::int64_t>(0) + c.input_as<std::int64_t>(1);
   });
   prop.derive_map(uu, {u}, counting_copy(uu_calls));
+  prop.propagate();  // the new nodes' first computation
+  ab_calls = 0;
+  uu_calls = 0;
   commit_i64(rt, u, 9);
   EXPECT_EQ(uu_calls.load(), 1);
   EXPECT_EQ(read_i64(rt, uu), 9);
@@ -987,7 +994,9 @@ TEST(PropagatorDeferred, PropagateWithEmptyQueueIsANoOp) {
   Propagator prop(rt, PropagatorOptions{.mode = PropagationMode::Deferred});
   PageId s = rt.create_page(8), d = rt.create_page(8);
   prop.derive_map(d, {s}, affine(1, 0));
+  prop.propagate();  // computes the new node: a wave of its own
   const auto before = prop.stats();
+  EXPECT_EQ(before.waves, 1u);
   prop.propagate();
   prop.propagate();
   EXPECT_EQ(prop.stats().waves, before.waves);

@@ -30,6 +30,7 @@ CheckpointState random_state(std::mt19937_64& rng, std::size_t pages) {
     img.epoch = rng() % 50;
     img.location = static_cast<Location>(1 + rng() % 3);
     img.size = rng() % 3 == 0 ? 0 : rng() % 5000;
+    img.name = rng() % 2 ? "particles/" + std::to_string(i) : "";
     img.offset = s.arena.size();
     for (std::uint64_t b = 0; b < img.size; ++b) s.arena.push_back(static_cast<char>(b % 7 == 0 ? rng() : 0));
     s.pages.push_back(img);
@@ -59,6 +60,7 @@ void expect_same(const CheckpointState& a, const CheckpointState& b) {
     EXPECT_EQ(a.pages[i].id, b.pages[i].id);
     EXPECT_EQ(a.pages[i].epoch, b.pages[i].epoch);
     EXPECT_EQ(a.pages[i].location, b.pages[i].location);
+    EXPECT_EQ(a.pages[i].name, b.pages[i].name);
     EXPECT_EQ(a.bytes(a.pages[i]), b.bytes(b.pages[i]));
   }
   ASSERT_EQ(a.nodes.size(), b.nodes.size());
@@ -161,6 +163,22 @@ TEST(Checkpoint, BodyLimitStopsADecompressionBomb) {
   EXPECT_LT(bytes.size(), 4096u);
   EXPECT_EQ(error_code_of([&] { parse_checkpoint(bytes, "t", CheckpointLimits{1 << 20}); }), ErrorCode::Corruption);
   EXPECT_EQ(parse_checkpoint(bytes, "t").pages.at(0).size, s.arena.size());
+}
+
+TEST(Checkpoint, PageWithABadNameIsCorruption) {
+  TempDir dir;
+  CheckpointState s;
+  s.lsn = 1;
+  s.next_sequence = 2;
+  s.pages.push_back({PageId::make(0, 1), 0, Location::Host, 0, 0, "p0:7"});  // the form of a page id
+  const std::string bytes = read_file(write_checkpoint(dir.path(), s, 0).file);
+  try {
+    parse_checkpoint(bytes, "t");
+    FAIL() << "a page name of the form of an id was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::Corruption);
+    EXPECT_NE(std::string(e.what()).find("page p0:1 has a bad name"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Checkpoint, RejectsAnUnknownCompressionLevel) {

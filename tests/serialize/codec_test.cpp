@@ -167,6 +167,31 @@ TEST(Codec, InvalidPageIdIsCorruption) {
   EXPECT_EQ(error_code_of([&] { decode_commit(encode_commit(c.record())); }), ErrorCode::Corruption);
 }
 
+TEST(Codec, BadPageNamesAreCorruption) {
+  for (const std::string& bad :
+       {std::string("p0:3"), std::string("12"), std::string("tab\there"), std::string(1025, 'x')}) {
+    DecodedCommit created;
+    created.lsn = 1;
+    created.created.push_back({PageId::make(0, 1), 8, Location::Host, bad});
+    const std::string msg = corruption_message(encode_commit(created.record()));
+    EXPECT_NE(msg.find("created page p0:1 has a bad page name"), std::string::npos) << msg;
+    DecodedCommit renamed;
+    renamed.lsn = 2;
+    renamed.renamed.push_back({PageId::make(0, 1), bad});
+    EXPECT_EQ(error_code_of([&] { decode_commit(encode_commit(renamed.record())); }), ErrorCode::Corruption);
+  }
+}
+
+TEST(Codec, NamesRoundTripAndAnEmptyNameMeansNone) {
+  DecodedCommit c;
+  c.lsn = 3;
+  c.created.push_back({PageId::make(0, 1), 8, Location::Host, "particles/3"});
+  c.created.push_back({PageId::make(0, 2), 8, Location::Host, ""});
+  c.renamed.push_back({PageId::make(0, 1), "particles/4"});
+  c.renamed.push_back({PageId::make(0, 2), ""});
+  EXPECT_EQ(decode_commit(encode_commit(c.record())), c);
+}
+
 // Sizes and epochs read from a log never reach an allocator or an addition unchecked.
 TEST(Codec, PageSizesBeyondAnyAddressSpaceAndEpochOverflowsAreCorruption) {
   for (std::uint64_t size : {std::uint64_t{1} << 49, ~std::uint64_t{0}}) {

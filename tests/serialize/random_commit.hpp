@@ -43,9 +43,13 @@ inline serialize::DecodedCommit random_commit(std::mt19937_64& rng, std::uint64_
   for (std::size_t i = 0; i < deltas; ++i) c.deltas.push_back(random_delta(rng, PageId::make(0, i + 1)));
   if (rng() % 4 == 0) {
     c.created.push_back({PageId::make(static_cast<std::uint32_t>(rng() % 3), 1 + rng() % 100000), rng() % 5000,
-                         static_cast<Location>(1 + rng() % 3)});
+                         static_cast<Location>(1 + rng() % 3),
+                         rng() % 2 ? "particles/" + std::to_string(rng() % 100) : std::string()});
   }
   if (rng() % 4 == 0) c.deleted.push_back(PageId::make(0, 1 + rng() % 100000));
+  if (rng() % 8 == 0) {
+    c.renamed.push_back({PageId::make(0, 1 + rng() % 100000), rng() % 2 ? "tile " + std::to_string(rng() % 9) : ""});
+  }
   return c;
 }
 

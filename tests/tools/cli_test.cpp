@@ -28,6 +28,7 @@
 #include "mmsb/durable.hpp"
 #include "mmsb/mmsb.hpp"
 #include "support/test_support.hpp"
+#include "tools/tool_process.hpp"
 
 extern char** environ;
 
@@ -36,53 +37,16 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-struct Outcome {
-  int code = -1;  // exit status; 128 + signal when killed
-  std::string out, err;
-};
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// Runs `args` (args[0] is the program's path) with stdin from /dev/null and stdout/stderr in files of `scratch`.
-Outcome run_process(const std::vector<std::string>& args, const fs::path& scratch) {
-  const fs::path out_file = scratch / "stdout.txt", err_file = scratch / "stderr.txt";
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  int rc = ::posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) throw std::runtime_error("posix_spawn " + args[0] + " failed: " + std::strerror(rc));
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  Outcome result;
-  result.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  result.out = read_file(out_file);
-  result.err = read_file(err_file);
-  return result;
-}
+using testing::describe;
+using testing::Outcome;
+using testing::read_file;
+using testing::run_process;
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> lines;
   std::istringstream in(text);
   for (std::string line; std::getline(in, line);) lines.push_back(line);
   return lines;
-}
-
-std::string describe(const Outcome& o) {
-  return "exit " + std::to_string(o.code) + "\n--- stdout:\n" + o.out + "--- stderr:\n" + o.err;
 }
 
 std::string hex_of(std::span<const std::byte> bytes) {

@@ -21,6 +21,13 @@
 // Composition. compose(a, b) is the single delta equivalent to applying a then b. It is associative, and the
 // identity delta (a default-constructed Delta) is its neutral element on both sides.
 //
+// Building. A DeltaBuilder collects writes in any order (overlapping, adjacent, repeated) and turns them into the
+// sorted, merged ranges and payload a Delta needs — what an incremental node returns:
+//
+//   mmsb::DeltaBuilder b(page_size);
+//   b.write_element<float>(7, 1.5f);  b.write_element<float>(2, 0.5f);   // any order
+//   b.finish(out);                     // out.ranges = {[8, 12), [28, 32)}, payload in that order
+//
 // Thread-safety: Delta is a value type with no shared state; the free functions are reentrant and may run
 // concurrently on different deltas. Concurrent reads of one Delta are safe; writes need external ordering.
 #pragma once
@@ -29,6 +36,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "mmsb/page_id.hpp"
@@ -75,6 +83,53 @@ struct Delta {
   void validate() const;
 
   friend bool operator==(const Delta&, const Delta&) = default;
+};
+
+// Collects byte writes in any order and produces the ranges and payload of a Delta: sorted, non-overlapping and
+// non-adjacent (touching or overlapping writes are merged), where a later write wins on the bytes two writes share.
+// With a page size, a write that does not fit the page throws Error(InvalidArgument) at once, naming the range.
+// Thread-safety: a value type; use each builder from one thread.
+class DeltaBuilder {
+ public:
+  static constexpr std::uint64_t kNoLimit = ~std::uint64_t{0};
+  explicit DeltaBuilder(std::uint64_t page_size = kNoLimit) : page_size_(page_size) {}
+
+  void write(std::uint64_t offset, std::span<const std::byte> bytes);
+  template <class T>
+  void write_value(std::uint64_t offset, const T& value) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    write(offset, std::as_bytes(std::span<const T, 1>(&value, 1)));
+  }
+  // Element `index` of the page seen as an array of T (byte offset index * sizeof(T)).
+  template <class T>
+  void write_element(std::uint64_t index, const T& value) {
+    write_value(index * sizeof(T), value);
+  }
+  // `values` from element `first` on.
+  template <class T>
+  void write_elements(std::uint64_t first, std::span<const T> values) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    write(first * sizeof(T), std::as_bytes(values));
+  }
+
+  bool empty() const noexcept { return writes_.empty(); }
+  std::size_t write_count() const noexcept { return writes_.size(); }
+  std::uint64_t page_size() const noexcept { return page_size_; }
+  // Forgets the writes (keeps the memory, so a reused builder stops allocating).
+  void clear() noexcept;
+  // Replaces out.ranges and out.payload with the merged writes (empty when there were none: "no change"); the
+  // other fields of `out` are left as they are. The builder keeps its writes; clear() it to start over.
+  void finish(Delta& out) const;
+
+ private:
+  struct Write {
+    std::uint64_t offset;
+    std::uint64_t length;
+    std::uint64_t at;  // where its bytes start in bytes_
+  };
+  std::uint64_t page_size_;
+  std::vector<Write> writes_;  // in the order they were made
+  std::vector<std::byte> bytes_;
 };
 
 // SIMD code paths of diff(). detected_simd_level() is the best one this CPU supports; diff() uses it unless

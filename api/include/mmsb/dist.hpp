@@ -37,7 +37,7 @@
 // log and checkpoints). checkpoint() is collective: every rank checkpoints between two waves, a consistent cut.
 // A restarted run opens the same directories, declares the same pages and nodes again (they are found, not
 // created), and its first wave resends every replicated page whole, so the state converges to what an
-// uninterrupted run reaches.
+// uninterrupted run reaches. Page names are checked then: every rank learns the names of every recovered page.
 //
 // Thread-safety: a DistRuntime is driven by one thread per rank. Collective calls (create_page, derive_*,
 // propagate, recompute_all, state_hash, fetch, checkpoint, the constructor and the destructor) must be made by
@@ -52,8 +52,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "mmsb/durable.hpp"
@@ -123,6 +125,18 @@ class DistRuntime {
   // Collective: a zero-filled page of `size` bytes owned by rank `owner`. Every rank gets the same id; only the
   // owner allocates it.
   PageId create_page(std::uint32_t owner, std::uint64_t size);
+  // Collective: as create_page(owner, size), and the page is named `name` (the naming rules of Runtime) on every
+  // rank: find(name) gives its id everywhere, and each local copy (the owner's page, every replica) carries the
+  // name in its rank's runtime, so it is logged and checkpointed with it. A restarted run finds its pages by
+  // declaring them again in the same order (ids follow the declarations); a declaration whose name differs from
+  // the recovered page's name is refused, with Error(InvalidArgument) on every rank (a page recovered without a
+  // name takes the declared one). Throws Error(InvalidArgument) for a
+  // bad name or one another page holds, on every rank alike.
+  PageId create_page(std::uint32_t owner, std::string_view name, std::uint64_t size);
+  // Local: the page named `name` (owned by any rank), or nullopt; the name of a page ("" for none; Error(NotFound)
+  // for an id no create_page() returned).
+  std::optional<PageId> find(std::string_view name) const;
+  std::string name_of(PageId id) const;
   std::uint32_t owner(PageId id) const noexcept { return id.rank(); }
   bool owns(PageId id) const noexcept { return id.rank() == rank(); }
 

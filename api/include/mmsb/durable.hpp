@@ -225,13 +225,16 @@ CheckpointInfo replay_to(const std::filesystem::path& dir, ReplayTarget target, 
 
 // One change of one page, from the log.
 struct PageChange {
-  enum class Kind : std::uint8_t { Created, Changed, Deleted };
+  enum class Kind : std::uint8_t { Created, Changed, Deleted, Renamed };
   Kind kind = Kind::Changed;
   std::uint64_t lsn = 0;
   std::uint64_t timestamp_ns = 0;
-  std::uint64_t epoch = 0;         // the page's epoch after the change (Deleted: the last epoch seen in the log)
-  std::uint64_t size = 0;          // the page's size after the change (Deleted: 0)
+  // The page's epoch and size after the change (Deleted: the last epoch seen in the log, size 0; Renamed: the last
+  // epoch and size seen in the log, 0 when the log holds no earlier change of the page).
+  std::uint64_t epoch = 0;
+  std::uint64_t size = 0;
   Delta delta;                     // Changed: the delta (with undo bytes when the runtime recorded them)
+  std::string name;                // Created, Renamed: the page's name after the change ("" for none)
 };
 // The changes of `page` recorded in the log of `dir` (after its checkpoint), in LSN order. Throws Error(NotFound)
 // when the page is neither in the checkpoint nor in the log (it never existed, or was deleted before the

@@ -10,14 +10,16 @@
 //     c.output_as<std::int64_t>() = 2 * c.input_as<std::int64_t>(0);
 //   });
 //   auto txn = rt.begin(); txn.write_value<std::int64_t>(a, 0, 21); txn.commit();  // doubled now holds 42
+//   // (A node declared after its inputs were written is computed by propagate(): derive_map(...); propagate();)
 //
 // Waves. A commit marks the pages it changed; the next wave runs every node downstream of them, in a topological
 // order of the dependency graph, each node after all of its inputs. A node whose inputs did not change in the wave
-// is skipped. A wave costs what it reaches (the nodes downstream of the change and their inputs), not the size of
-// the graph. Its plan, built once per graph version, orders the nodes by level (one more than the deepest node
-// each depends on); the nodes of one level are independent, so a level with enough work is split across `threads`
-// TBB workers, and everything else runs inline on the calling thread, where scheduling would cost more than the
-// work.
+// is skipped, unless it is stale: new nodes are stale until a wave computes them (propagate() runs one), and so
+// are nodes a failed wave left behind. A wave costs what it reaches (the nodes downstream of the change and their
+// inputs), not the size of the graph. Its plan, built once per graph version, orders the nodes by level (one more
+// than the deepest node each depends on); the nodes of one level are independent, so a level with enough work is
+// split across `threads` TBB workers, and everything else runs inline on the calling thread, where scheduling
+// would cost more than the work.
 //
 // Node kinds.
 //  - map: recomputes its whole output from its inputs; the new output is diffed against the old one and an empty
@@ -74,6 +76,7 @@
 #include "mmsb/event.hpp"
 #include "mmsb/page_id.hpp"
 #include "mmsb/topology.hpp"
+#include "mmsb/typed_view.hpp"
 
 namespace mmsb {
 
@@ -126,11 +129,23 @@ class MapContext {
     check_fits(output_.size(), offset, sizeof(T));
     return *reinterpret_cast<T*>(output_.data() + offset);
   }
+  // Input `i` as `count` elements of T from byte `offset` (default: the whole input, which must be a whole number
+  // of T), and the output buffer likewise. No copy; valid during the call. Throws Error(InvalidArgument) when they
+  // do not fit or are not aligned for T (mmsb/typed_view.hpp), naming the input and the node.
+  template <PageValue T>
+  std::span<const T> input_span(std::size_t i, std::uint64_t offset = 0, std::uint64_t count = kWholePage) const {
+    return view_as<T>(input(i), ViewSite{"MapContext::input_span", output_page_, i}, offset, count);
+  }
+  template <PageValue T>
+  std::span<T> output_span(std::uint64_t offset = 0, std::uint64_t count = kWholePage) const {
+    return view_as<T>(output_, ViewSite{"MapContext::output_span", output_page_}, offset, count);
+  }
 
   MapContext(std::span<const std::span<const std::byte>> inputs, std::span<std::byte> output, PageId output_page)
       : inputs_(inputs), output_(output), output_page_(output_page) {}
 
  private:
+  friend struct IncrementalContext;
   static void check_fits(std::size_t size, std::size_t offset, std::size_t length);
   [[noreturn]] static void throw_no_input(std::size_t index, std::size_t count);
   std::span<const std::span<const std::byte>> inputs_;
@@ -141,12 +156,61 @@ class MapContext {
 // What an incremental function sees: for each input, its bytes after this wave and its delta in this wave
 // (nullptr when that input did not change), plus the output's current bytes. It fills `out` with the output's
 // change: ranges and payload (sizes, epochs and undo are filled in by the propagator). Leaving `out` without
-// ranges means "no change" (cutoff).
+// ranges means "no change" (cutoff). `recompute` is true when the node is stale — its first run, a run after a
+// failed wave, recompute() — and the deltas do not tell everything that changed since the output was computed:
+// the function must then compute the output from the inputs' bytes.
+//
+// Typed access: input_span<T>(i) and output_span<T>() view those bytes as T (as MapContext's do), and
+// for_each_changed<T>(i, f) calls f(index) for every element of T of input i that its delta touched — none when the
+// input did not change, every element when `recompute` is set — in increasing order. A DeltaBuilder
+// (mmsb/delta.hpp) then collects the output's changes in any order, so a function written with these two handles
+// its first run like any other:
+//
+//   [](const mmsb::IncrementalContext& c, mmsb::Delta& out) {    // out[k] = 2 * in[k], for the changed k only
+//     auto in = c.input_span<float>(0);
+//     mmsb::DeltaBuilder b(c.output.size());
+//     c.for_each_changed<float>(0, [&](std::size_t k) { b.write_element(k, 2 * in[k]); });
+//     b.finish(out);
+//   }
 struct IncrementalContext {
   std::span<const std::span<const std::byte>> inputs;
   std::span<const Delta* const> input_deltas;
   std::span<const std::byte> output;
   PageId output_page;
+  bool recompute = false;
+
+  template <PageValue T>
+  std::span<const T> input_span(std::size_t i, std::uint64_t offset = 0, std::uint64_t count = kWholePage) const {
+    check_input(i);
+    return view_as<T>(inputs[i], ViewSite{"IncrementalContext::input_span", output_page, i}, offset, count);
+  }
+  template <PageValue T>
+  std::span<const T> output_span(std::uint64_t offset = 0, std::uint64_t count = kWholePage) const {
+    return view_as<T>(output, ViewSite{"IncrementalContext::output_span", output_page}, offset, count);
+  }
+  template <PageValue T, class F>
+  void for_each_changed(std::size_t i, F&& f) const {
+    check_input(i);
+    const std::uint64_t elements = inputs[i].size() / sizeof(T);
+    if (recompute) {
+      for (std::uint64_t k = 0; k < elements; ++k) f(static_cast<std::size_t>(k));
+      return;
+    }
+    const Delta* d = input_deltas[i];
+    if (d == nullptr) return;
+    std::uint64_t next = 0;  // first element not reported yet: ranges are sorted, elements reported once
+    for (const ByteRange& r : d->ranges) {
+      const std::uint64_t from = r.offset / sizeof(T), to = (r.end() + sizeof(T) - 1) / sizeof(T);
+      const std::uint64_t first = from > next ? from : next, end = to < elements ? to : elements;
+      for (std::uint64_t k = first; k < end; ++k) f(static_cast<std::size_t>(k));
+      if (end > next) next = end;
+    }
+  }
+
+ private:
+  void check_input(std::size_t i) const {
+    if (i >= inputs.size()) MapContext::throw_no_input(i, inputs.size());
+  }
 };
 
 using MapFunction = std::function<void(MapContext&)>;
@@ -302,8 +366,11 @@ class Propagator {
 
   // Makes `output` a derived page. Each input gets a DATA edge to it. Throws Error(InvalidArgument) if `output`
   // already has a node, if it is among its inputs, or if an edge would close a cycle (the message names the
-  // cycle); Error(NotFound) for pages that do not exist. The node runs in the next wave that touches an input;
-  // call recompute(output) to compute it now.
+  // cycle); Error(NotFound) for pages that do not exist.
+  // A new node is computed once by the next wave, whatever its inputs do: propagate() runs that wave now in every
+  // mode (so `derive_map(...); propagate();` leaves the output computed from its inputs' current bytes), and so
+  // does the wave of the next commit that reaches the graph. Until then is_stale(output) is true. (Declaring
+  // nodes runs no wave, so building a graph of a million nodes costs no more than declaring them.)
   void derive_map(PageId output, std::vector<PageId> inputs, MapFunction fn, NodeOptions options = {});
   void derive_map(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                   NodeOptions options = {});
@@ -320,7 +387,9 @@ class Propagator {
   bool remove_dependency(PageId from, PageId to, EdgeKind kind);
 
   // Runs the queued commits (DEFERRED: one wave each, in order; BATCH: one coalesced wave) and returns when they
-  // are done. In IMMEDIATE mode it only recomputes stale pages. Rethrows a NodeError of a failed wave.
+  // are done; stale nodes (new ones, failed ones, recompute()'d ones) are computed by the first of these waves, or
+  // by a wave of their own when nothing was queued (always so in IMMEDIATE mode). Rethrows a NodeError of a failed
+  // wave.
   void propagate();
   // Marks a derived page stale and runs a wave that recomputes it (and what depends on it).
   void recompute(PageId output);
@@ -343,6 +412,9 @@ class Propagator {
   void notify(const Event& event);
 
   bool is_stale(PageId page) const;
+  // Whether a node computes `page` (declared here, or restored from a checkpoint by DurableRuntime): a program
+  // that opens recovered state declares only the nodes that are missing, such as those a newer version adds.
+  bool has_node(PageId page) const;
   std::size_t node_count() const;
   // The graph's nodes (by output page) and ordering edges, as declared: what a checkpoint stores.
   std::vector<NodeDescription> nodes() const;

@@ -70,6 +70,8 @@ typedef int (*mmsb_map_fn)(void* user, const mmsb_input* inputs, size_t input_co
 
 /* The message of the calling thread's last failure ("" if none). */
 const char* mmsb_last_error(void);
+/* The version of the mmsb library in use ("0.1.0"); MMSB_VERSION_STRING of mmsb/version.hpp is the headers'. */
+const char* mmsb_version(void);
 /* A stable lower-case name of a status ("ok", "conflict", "node_failed", ...; "unknown" for other values). */
 const char* mmsb_status_name(mmsb_status status);
 
@@ -83,6 +85,13 @@ mmsb_status mmsb_runtime_checkpoint(mmsb_runtime* rt);
 void mmsb_runtime_destroy(mmsb_runtime* rt); /* NULL is allowed */
 
 mmsb_status mmsb_page_create(mmsb_runtime* rt, uint64_t size, mmsb_page_id* out);
+/* Named pages (mmsb::Runtime's rules: a unique, NUL-terminated name of 1 to 1024 bytes, no control characters,
+ * not of the form of a page id). create_named fails with MMSB_INVALID_ARGUMENT when the name is bad or taken;
+ * open returns the page so named, creating it (`size` zero bytes) when there is none, and fails with
+ * MMSB_INVALID_ARGUMENT when it exists with another size; find fails with MMSB_NOT_FOUND when no page has it. */
+mmsb_status mmsb_page_create_named(mmsb_runtime* rt, const char* name, uint64_t size, mmsb_page_id* out);
+mmsb_status mmsb_page_open(mmsb_runtime* rt, const char* name, uint64_t size, mmsb_page_id* out);
+mmsb_status mmsb_page_find(mmsb_runtime* rt, const char* name, mmsb_page_id* out);
 mmsb_status mmsb_page_delete(mmsb_runtime* rt, mmsb_page_id page);
 mmsb_status mmsb_page_info(mmsb_runtime* rt, mmsb_page_id page, uint64_t* size, uint64_t* epoch);
 /* Copies `length` bytes from `offset` of the page into `out`. */

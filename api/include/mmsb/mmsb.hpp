@@ -15,6 +15,9 @@
 //   mmsb/topology.hpp the graph as plain values (node descriptions, edge kinds), as checkpoints store it
 //   mmsb/gpu.hpp      GpuMirror: device pages on Vulkan, compute-shader device nodes, CPU fallback
 //   mmsb/fwd.hpp      forward declarations, for headers that only pass these types around
+//   mmsb/version.hpp  MMSB_VERSION_* macros and library_version()
+//   mmsb/log.hpp      set_log_sink(), set_log_level(): where mmsb's log messages go
+//   mmsb/typed_view.hpp  checked views of page bytes as arrays of T (used by the typed accessors)
 #pragma once
 
 #include "mmsb/delta.hpp"
@@ -23,5 +26,7 @@
 #include "mmsb/fwd.hpp"
 #include "mmsb/gpu.hpp"
 #include "mmsb/graph.hpp"
+#include "mmsb/log.hpp"
 #include "mmsb/page_id.hpp"
 #include "mmsb/runtime.hpp"
+#include "mmsb/version.hpp"

@@ -29,14 +29,18 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "mmsb/delta.hpp"
 #include "mmsb/error.hpp"
 #include "mmsb/page_id.hpp"
+#include "mmsb/typed_view.hpp"
 
 namespace mmsb {
 
@@ -62,12 +66,18 @@ struct CommitRecord {
     PageId id;
     std::uint64_t size;
     Location location;
+    std::string name = {};  // "" for an unnamed page
+  };
+  struct RenamedPage {
+    PageId id;
+    std::string name = {};  // the page's new name; "" when its name was removed
   };
   std::uint64_t lsn = 0;
   std::uint64_t timestamp_ns = 0;             // wall clock, nanoseconds since the Unix epoch
   std::span<const Delta> deltas;              // one per changed page, in PageId order
   std::span<const CreatedPage> created;       // pages created by this record
-  std::span<const PageId> deleted;            // pages deleted by this record
+  std::span<const PageId> deleted;            // pages deleted by this record (their names are free again)
+  std::span<const RenamedPage> renamed;       // pages renamed by this record
 };
 
 // Receives every commit before it becomes visible (the durable log implements this). write() runs while the
@@ -127,6 +137,13 @@ class ReadView {
     std::memcpy(&out, b.data() + offset, sizeof(T));
     return out;
   }
+  // The page's bytes as `count` elements of T from byte `offset` (default: every element of the page, which must
+  // be a whole number of T), valid while the view lives; no copy. Throws Error(InvalidArgument) when they do not
+  // fit or are not aligned for T (mmsb/typed_view.hpp), Error(NotFound) for a page not in the view.
+  template <PageValue T>
+  std::span<const T> span(PageId id, std::uint64_t offset = 0, std::uint64_t count = kWholePage) const {
+    return view_as<T>(bytes(id), ViewSite{"ReadView::span", id}, offset, count);
+  }
 
  private:
   friend class Runtime;
@@ -150,6 +167,28 @@ class Runtime {
   // already used.
   PageId create_page(PageId reserved_id, std::uint64_t size, Location location = Location::Host);
   IdBlock reserve_ids(std::uint64_t count);
+
+  // Named pages. A page may carry a name ("particles/3") that no other live page has; it is logged and
+  // checkpointed with the page, so a program finds its state by name after a restart, also when a later version
+  // of the program creates other pages first (ids follow creation order, names do not). A name is 1 to 1024 bytes
+  // without control characters, and not of the form of a page id ("p0:17", "17"). Creating a named page, or
+  // renaming one, takes an LSN. Throws Error(InvalidArgument) for a bad name or one another page holds.
+  PageId create_page(std::string_view name, std::uint64_t size, Location location = Location::Host);
+  PageId create_page(PageId reserved_id, std::string_view name, std::uint64_t size, Location location = Location::Host);
+  // The page named `name`, created with `size` zero bytes when there is none: what a program calls at start-up,
+  // whether the state is new or recovered. Throws Error(InvalidArgument) when the page exists with another size
+  // or location (resize_page() it, or use another name).
+  PageId open_page(std::string_view name, std::uint64_t size, Location location = Location::Host);
+  // The live page named `name`, or nullopt.
+  std::optional<PageId> find(std::string_view name) const;
+  // The name of page `id` ("" when it has none). Throws Error(NotFound) for a missing page.
+  std::string name_of(PageId id) const;
+  // Gives page `id` the name `new_name`, or removes its name when `new_name` is empty, as one logged record; the
+  // old name is free afterwards. Returns the record's LSN (0 when the name does not change). Throws
+  // Error(NotFound) for a missing page.
+  std::uint64_t rename_page(PageId id, std::string_view new_name);
+  // Every named live page with its name, in id order (a snapshot).
+  std::vector<std::pair<PageId, std::string>> page_names() const;
 
   // Creates a read-only page whose bytes are `bytes`, memory the runtime does not own and never copies (a
   // memory-mapped model file, say). `owner` (may be null) is kept alive until the page is deleted or the runtime
@@ -189,6 +228,12 @@ class Runtime {
     T out;
     read(id, offset, std::as_writable_bytes(std::span<T, 1>(&out, 1)));
     return out;
+  }
+  // Copies `out.size()` elements of T from byte `offset` (a multiple of alignof(T)), as read() does.
+  template <PageValue T>
+  void read_span(PageId id, std::uint64_t offset, std::span<T> out) const {
+    if (offset % alignof(T) != 0) detail::throw_misaligned("Runtime::read_span", id, offset, alignof(T));
+    read(id, offset, std::as_writable_bytes(out));
   }
   // Snapshot of several pages at one instant (duplicates allowed). Throws Error(NotFound) for a missing page.
   ReadView read_view(std::span<const PageId> ids) const;
@@ -247,6 +292,22 @@ class Transaction {
     static_assert(std::is_trivially_copyable_v<T>);
     write(id, offset, std::as_bytes(std::span<const T, 1>(&value, 1)));
   }
+  // Stages a write of `values` at byte `offset`, which must be a multiple of alignof(T) (so the page can be viewed
+  // as T later); otherwise as write(). Takes a span, or any contiguous container of a PageValue (vector, array).
+  template <PageValue T>
+  void write_span(PageId id, std::uint64_t offset, std::span<const T> values) {
+    if (offset % alignof(T) != 0) detail::throw_misaligned("Transaction::write_span", id, offset, alignof(T));
+    write(id, offset, std::as_bytes(values));
+  }
+  template <class Container>
+  requires requires(const Container& c) {
+    {std::span(c)};
+    requires PageValue<typename decltype(std::span(c))::value_type>;
+  }
+  void write_span(PageId id, std::uint64_t offset, const Container& values) {
+    auto all = std::span(values);
+    write_span<typename decltype(all)::value_type>(id, offset, all);
+  }
   // Stages a resize (applied before this transaction's writes to the page, which may then use the new size).
   void resize(PageId id, std::uint64_t new_size);
   // Stages a whole delta; the commit fails with Error(Aborted) unless the page is then at delta.base_epoch with
@@ -268,6 +329,12 @@ class Transaction {
     return out;
   }
   std::vector<std::byte> read_all(PageId id);
+  // Copies `out.size()` elements of T from byte `offset` (a multiple of alignof(T)) with read(): tracked like it.
+  template <PageValue T>
+  void read_span(PageId id, std::uint64_t offset, std::span<T> out) {
+    if (offset % alignof(T) != 0) detail::throw_misaligned("Transaction::read_span", id, offset, alignof(T));
+    read(id, offset, std::as_writable_bytes(out));
+  }
   // Records the page's current epoch as if the transaction had read all of it, without copying a byte, and
   // returns its size and epoch: the commit then fails with Conflict if anything changes the page before it,
   // whether or not the transaction writes it. For a decision made on bytes read some other way (a ReadView, a

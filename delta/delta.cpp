@@ -148,8 +148,8 @@ void Delta::validate() const {
     broken("undo holds " + std::to_string(undo.size()) + " bytes but the payload " + std::to_string(payload.size()));
   }
   if (undo_tail.size() != tail) {
-    broken("undo_tail holds " + std::to_string(undo_tail.size()) + " bytes but the delta cuts " +
-           std::to_string(tail) + " (base_size " + std::to_string(base_size) + ", size " + std::to_string(size) + ")");
+    broken("undo_tail holds " + std::to_string(undo_tail.size()) + " bytes but the delta cuts " + std::to_string(tail) +
+           " (base_size " + std::to_string(base_size) + ", size " + std::to_string(size) + ")");
   }
   if (size > base_size) {
     // Old bytes beyond the base size did not exist: undo must hold zeros there.
@@ -168,9 +168,9 @@ void Delta::validate() const {
 
 void apply_ranges(const Delta& delta, std::span<std::byte> page) {
   if (page.size() != delta.size) {
-    throw Error(ErrorCode::InvalidArgument,
-                "apply_ranges: the page has " + std::to_string(page.size()) + " bytes but the delta's size is " +
-                    std::to_string(delta.size) + "; resize the page first or use apply(Delta, std::vector&)");
+    throw Error(ErrorCode::InvalidArgument, "apply_ranges: the page has " + std::to_string(page.size()) +
+                                                " bytes but the delta's size is " + std::to_string(delta.size) +
+                                                "; resize the page first or use apply(Delta, std::vector&)");
   }
   check_ranges(delta);
   write_ranges(delta, page.data());
@@ -189,10 +189,10 @@ void apply(const Delta& delta, std::vector<std::byte>& page) {
 
 void apply(const Delta& delta, std::span<std::byte> page) {
   if (page.size() != delta.base_size || page.size() != delta.size) {
-    throw Error(ErrorCode::InvalidArgument,
-                "apply: the page has " + std::to_string(page.size()) + " bytes but the delta resizes it from " +
-                    std::to_string(delta.base_size) + " to " + std::to_string(delta.size) +
-                    "; a span cannot be resized, use apply(Delta, std::vector&)");
+    throw Error(ErrorCode::InvalidArgument, "apply: the page has " + std::to_string(page.size()) +
+                                                " bytes but the delta resizes it from " +
+                                                std::to_string(delta.base_size) + " to " + std::to_string(delta.size) +
+                                                "; a span cannot be resized, use apply(Delta, std::vector&)");
   }
   check_ranges(delta);
   write_ranges(delta, page.data());
@@ -246,28 +246,37 @@ Delta invert(const Delta& delta) {
   return r;
 }
 
-Delta compose(const Delta& first, const Delta& second) {
-  if (first.is_identity()) return second;
-  if (second.is_identity()) return first;
+namespace {
+
+// Throws unless `second` continues `first`: same page, consecutive epochs, matching sizes, well-formed operands.
+void check_composable(const Delta& first, const Delta& second) {
   if (first.page != second.page) {
-    throw Error(ErrorCode::InvalidArgument, "compose: the deltas belong to different pages (" +
-                                                first.page.to_string() + " then " + second.page.to_string() +
+    throw Error(ErrorCode::InvalidArgument, "compose: the deltas belong to different pages (" + first.page.to_string() +
+                                                " then " + second.page.to_string() +
                                                 "); compose only deltas of one page");
   }
   if (second.base_epoch != first.target_epoch()) {
-    throw Error(ErrorCode::InvalidArgument,
-                "compose: the second delta starts at epoch " + std::to_string(second.base_epoch) +
-                    " but the first ends at epoch " + std::to_string(first.target_epoch()) +
-                    "; compose consecutive deltas only, in order");
+    throw Error(ErrorCode::InvalidArgument, "compose: the second delta starts at epoch " +
+                                                std::to_string(second.base_epoch) + " but the first ends at epoch " +
+                                                std::to_string(first.target_epoch()) +
+                                                "; compose consecutive deltas only, in order");
   }
   if (second.base_size != first.size) {
-    throw Error(ErrorCode::InvalidArgument,
-                "compose: the second delta expects a page of " + std::to_string(second.base_size) +
-                    " bytes but the first leaves " + std::to_string(first.size) +
-                    "; compose consecutive deltas only, in order");
+    throw Error(ErrorCode::InvalidArgument, "compose: the second delta expects a page of " +
+                                                std::to_string(second.base_size) + " bytes but the first leaves " +
+                                                std::to_string(first.size) +
+                                                "; compose consecutive deltas only, in order");
   }
   validate_operand(first, "compose (first)");
   validate_operand(second, "compose (second)");
+}
+
+}  // namespace
+
+Delta compose(const Delta& first, const Delta& second) {
+  if (first.is_identity()) return second;
+  if (second.is_identity()) return first;
+  check_composable(first, second);
 
   const std::uint64_t s0 = first.base_size;  // original size
   const std::uint64_t s1 = first.size;       // size between the two
@@ -310,7 +319,7 @@ Delta compose(const Delta& first, const Delta& second) {
 
     if (x >= s2) {
       // [s2, s0): bytes the result cuts off; the undo tail needs their original values.
-      const std::byte* old = in_a ? first.undo.data() + at_a
+      const std::byte* old = in_a      ? first.undo.data() + at_a
                              : x >= s1 ? first.undo_tail.data() + (x - s1)
                                        : second.undo_tail.data() + (x - s2);  // first left them unchanged
       r.undo_tail.insert(r.undo_tail.end(), old, old + len);

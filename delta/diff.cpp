@@ -41,23 +41,96 @@ SimdLevel requested_level(SimdLevel detected) noexcept {
   std::string value(env);
   for (char& c : value) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
   SimdLevel wanted = detected;
-  if (value == "scalar") wanted = SimdLevel::Scalar;
-  else if (value == "avx2") wanted = SimdLevel::Avx2;
-  else if (value == "avx512") wanted = SimdLevel::Avx512;
+  if (value == "scalar")
+    wanted = SimdLevel::Scalar;
+  else if (value == "avx2")
+    wanted = SimdLevel::Avx2;
+  else if (value == "avx512")
+    wanted = SimdLevel::Avx512;
   return std::min(wanted, detected);  // a level the CPU lacks cannot be honoured; fall back to the best one
 }
 
 detail::DiffKernel kernel_for(SimdLevel level) noexcept {
   switch (level) {
-    case SimdLevel::Avx512: return &detail::diff_runs_avx512;
-    case SimdLevel::Avx2: return &detail::diff_runs_avx2;
-    case SimdLevel::Scalar: break;
+    case SimdLevel::Avx512:
+      return &detail::diff_runs_avx512;
+    case SimdLevel::Avx2:
+      return &detail::diff_runs_avx2;
+    case SimdLevel::Scalar:
+      break;
   }
   return &detail::diff_runs_scalar;
 }
 
 // Zeros to compare the grown tail against: its non-zero bytes are the changes (zero-extension supplies zeros).
 alignas(64) constexpr std::byte kZeros[4096] = {};
+
+// Pages no longer than the merge gap (small derived values, counters): every two changed runs are closer than
+// the gap, so the canonical result is one range from the first to the last differing byte. Found directly, it
+// skips the kernel dispatch and the run bookkeeping, which cost more than the compare at this size.
+void diff_small_page(std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes, Delta& out,
+                     const DiffOptions& options) {
+  const std::uint64_t new_size = new_bytes.size();
+  std::uint64_t first = 0, last = new_size;
+  while (first < new_size && old_bytes[first] == new_bytes[first]) ++first;
+  if (first != new_size) {
+    while (old_bytes[last - 1] == new_bytes[last - 1]) --last;
+  }
+  out.ranges.clear();
+  out.undo_tail.clear();
+  if (first == new_size) {
+    out.payload.clear();
+    out.undo.clear();
+    return;
+  }
+  if (static_cast<double>(last - first) > options.dense_fraction * static_cast<double>(new_size)) {
+    first = 0;
+    last = new_size;
+  }
+  out.ranges.push_back(ByteRange{first, last - first});
+  out.payload.resize(last - first);
+  detail::copy_bytes(out.payload.data(), new_bytes.data() + first, last - first);
+  if (options.record_undo) {
+    out.undo.resize(last - first);
+    detail::copy_bytes(out.undo.data(), old_bytes.data() + first, last - first);
+  } else {
+    out.undo.clear();
+  }
+}
+
+// Copies the new bytes of out.ranges (`changed` in all) into the payload and, when asked, the old ones into undo.
+void gather_payload_and_undo(std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes,
+                             std::uint64_t changed, Delta& out, bool record_undo) {
+  const std::uint64_t old_size = old_bytes.size();
+  const std::uint64_t new_size = new_bytes.size();
+  const std::vector<ByteRange>& ranges = out.ranges;
+  out.payload.resize(changed);
+  std::byte* payload = out.payload.data();
+  for (const ByteRange& r : ranges) {
+    detail::copy_bytes(payload, new_bytes.data() + r.offset, r.length);
+    payload += r.length;
+  }
+
+  if (!record_undo) {
+    out.undo.clear();
+    out.undo_tail.clear();
+    return;
+  }
+  out.undo.resize(changed);
+  std::byte* undo = out.undo.data();
+  for (const ByteRange& r : ranges) {
+    // Old bytes where the old page had them, zeros beyond (the grown part).
+    const std::uint64_t have = r.offset < old_size ? std::min(r.end(), old_size) - r.offset : 0;
+    if (have != 0) detail::copy_bytes(undo, old_bytes.data() + r.offset, have);
+    if (have != r.length) std::memset(undo + have, 0, r.length - have);
+    undo += r.length;
+  }
+  if (new_size < old_size) {
+    out.undo_tail.assign(old_bytes.begin() + static_cast<std::ptrdiff_t>(new_size), old_bytes.end());
+  } else {
+    out.undo_tail.clear();
+  }
+}
 
 void diff_with(detail::DiffKernel kernel, std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes,
                Delta& out, const DiffOptions& options) {
@@ -75,35 +148,8 @@ void diff_with(detail::DiffKernel kernel, std::span<const std::byte> old_bytes, 
   out.size = new_size;
   out.has_undo = options.record_undo;
 
-  // Pages no longer than the merge gap (small derived values, counters): every two changed runs are closer than
-  // the gap, so the canonical result is one range from the first to the last differing byte. Found directly, it
-  // skips the kernel dispatch and the run bookkeeping, which cost more than the compare at this size.
   if (old_size == new_size && new_size <= options.merge_gap && new_size <= 64) {
-    std::uint64_t first = 0, last = new_size;
-    while (first < new_size && old_bytes[first] == new_bytes[first]) ++first;
-    if (first != new_size) {
-      while (old_bytes[last - 1] == new_bytes[last - 1]) --last;
-    }
-    out.ranges.clear();
-    out.undo_tail.clear();
-    if (first == new_size) {
-      out.payload.clear();
-      out.undo.clear();
-      return;
-    }
-    if (static_cast<double>(last - first) > options.dense_fraction * static_cast<double>(new_size)) {
-      first = 0;
-      last = new_size;
-    }
-    out.ranges.push_back(ByteRange{first, last - first});
-    out.payload.resize(last - first);
-    detail::copy_bytes(out.payload.data(), new_bytes.data() + first, last - first);
-    if (options.record_undo) {
-      out.undo.resize(last - first);
-      detail::copy_bytes(out.undo.data(), old_bytes.data() + first, last - first);
-    } else {
-      out.undo.clear();
-    }
+    diff_small_page(old_bytes, new_bytes, out, options);
     return;
   }
 
@@ -128,32 +174,7 @@ void diff_with(detail::DiffKernel kernel, std::span<const std::byte> old_bytes, 
     changed = new_size;
   }
 
-  out.payload.resize(changed);
-  std::byte* payload = out.payload.data();
-  for (const ByteRange& r : ranges) {
-    detail::copy_bytes(payload, new_bytes.data() + r.offset, r.length);
-    payload += r.length;
-  }
-
-  if (!options.record_undo) {
-    out.undo.clear();
-    out.undo_tail.clear();
-    return;
-  }
-  out.undo.resize(changed);
-  std::byte* undo = out.undo.data();
-  for (const ByteRange& r : ranges) {
-    // Old bytes where the old page had them, zeros beyond (the grown part).
-    const std::uint64_t have = r.offset < old_size ? std::min(r.end(), old_size) - r.offset : 0;
-    if (have != 0) detail::copy_bytes(undo, old_bytes.data() + r.offset, have);
-    if (have != r.length) std::memset(undo + have, 0, r.length - have);
-    undo += r.length;
-  }
-  if (new_size < old_size) {
-    out.undo_tail.assign(old_bytes.begin() + static_cast<std::ptrdiff_t>(new_size), old_bytes.end());
-  } else {
-    out.undo_tail.clear();
-  }
+  gather_payload_and_undo(old_bytes, new_bytes, changed, out, options.record_undo);
 }
 
 }  // namespace
@@ -170,9 +191,12 @@ SimdLevel active_simd_level() noexcept {
 
 const char* simd_level_name(SimdLevel level) noexcept {
   switch (level) {
-    case SimdLevel::Scalar: return "scalar";
-    case SimdLevel::Avx2: return "avx2";
-    case SimdLevel::Avx512: return "avx512";
+    case SimdLevel::Scalar:
+      return "scalar";
+    case SimdLevel::Avx2:
+      return "avx2";
+    case SimdLevel::Avx512:
+      return "avx512";
   }
   return "unknown";
 }
@@ -183,12 +207,11 @@ void diff_into(std::span<const std::byte> old_bytes, std::span<const std::byte> 
   diff_with(kernel, old_bytes, new_bytes, out, options);
 }
 
-void diff_into(SimdLevel level, std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes,
-               Delta& out, const DiffOptions& options) {
+void diff_into(SimdLevel level, std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes, Delta& out,
+               const DiffOptions& options) {
   if (level > SimdLevel::Avx512) {
-    throw Error(ErrorCode::InvalidArgument,
-                "SimdLevel value " + std::to_string(static_cast<unsigned>(level)) +
-                    " is not a known level; use Scalar, Avx2 or Avx512");
+    throw Error(ErrorCode::InvalidArgument, "SimdLevel value " + std::to_string(static_cast<unsigned>(level)) +
+                                                " is not a known level; use Scalar, Avx2 or Avx512");
   }
   if (level > detected_simd_level()) {
     throw Error(ErrorCode::Unsupported,

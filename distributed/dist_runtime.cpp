@@ -115,15 +115,15 @@ struct DistRuntime::Impl {
   bool recovered = false;
   bool broken = false;
 
-  std::vector<PageMeta> pages{PageMeta{}};             // by g; index 0 unused
-  std::vector<std::vector<std::uint64_t>> dependents{{}};  // g -> outputs reading it (global graph, cycle checks)
-  std::map<std::uint64_t, Boundary> boundaries;        // owned pages with remote dependents, in id order
-  std::unordered_set<std::uint64_t> replicas;          // g of pages replicated here
-  std::unordered_set<std::uint64_t> restored_nodes;    // g of nodes a recovered checkpoint already declared
+  std::vector<PageMeta> pages{PageMeta{}};                  // by g; index 0 unused
+  std::vector<std::vector<std::uint64_t>> dependents{{}};   // g -> outputs reading it (global graph, cycle checks)
+  std::map<std::uint64_t, Boundary> boundaries;             // owned pages with remote dependents, in id order
+  std::unordered_set<std::uint64_t> replicas;               // g of pages replicated here
+  std::unordered_set<std::uint64_t> restored_nodes;         // g of nodes a recovered checkpoint already declared
   std::map<std::string, std::uint64_t, std::less<>> names;  // page name -> g, the same on every rank
   std::map<std::uint64_t, std::string> name_of;             // g -> page name
   std::map<std::uint64_t, std::string> recovered_names;     // g -> the name the recovered state gives it
-  std::uint64_t known_next = 1;                        // local sequences below this are reserved
+  std::uint64_t known_next = 1;                             // local sequences below this are reserved
   std::uint64_t wave = 0;
   DistStats stats;
 
@@ -350,11 +350,9 @@ struct DistRuntime::Impl {
     return false;
   }
 
-  void exchange(std::uint64_t superstep) {
-    // The deltas of this superstep, pointed to per destination (the deque-free reserve keeps pointers stable).
-    std::vector<Delta> deltas;
-    deltas.reserve(boundaries.size());
-    std::vector<std::vector<const Delta*>> per_dest(size);
+  // The deltas of this superstep's changed boundary pages into `deltas` (reserved by the caller, so pointers stay
+  // valid), and for each destination rank the deltas it receives.
+  void collect_outgoing(std::vector<Delta>& deltas, std::vector<std::vector<const Delta*>>& per_dest) {
     DiffOptions diff_options;
     diff_options.record_undo = false;
     for (auto& [g, b] : boundaries) {
@@ -391,6 +389,54 @@ struct DistRuntime::Impl {
         stats.payload_bytes_sent += d.payload.size();
       }
     }
+  }
+
+  // Applies every received delta (rank r's batch at recv[offsets[r]], counts[r] bytes) to its replica, in one local
+  // commit.
+  void apply_received(std::uint64_t superstep, const std::string& recv, const std::vector<int>& counts,
+                      const std::vector<int>& offsets) {
+    auto txn = rt->begin();
+    txn.set_intent("dist:replica");
+    bool any = false;
+    for (std::uint32_t src = 0; src < size; ++src) {
+      if (counts[src] == 0) continue;
+      const std::string_view bytes(recv.data() + offsets[src], static_cast<std::size_t>(counts[src]));
+      serialize::DecodedDeltaBatch batch = serialize::decode_delta_batch(bytes);
+      if (batch.source_rank != src || batch.wave != wave || batch.superstep != superstep) {
+        throw Error(ErrorCode::Corruption,
+                    "rank " + std::to_string(rank) + " received a delta batch from rank " + std::to_string(src) +
+                        " labelled rank " + std::to_string(batch.source_rank) + ", wave " + std::to_string(batch.wave) +
+                        ", superstep " + std::to_string(batch.superstep) + "; expected wave " + std::to_string(wave) +
+                        ", superstep " + std::to_string(superstep));
+      }
+      for (const Delta& d : batch.deltas) {
+        if (d.page.rank() != src || !replicas.count(d.page.sequence())) {
+          throw Error(ErrorCode::Corruption, "rank " + std::to_string(rank) + " received a delta for page " +
+                                                 d.page.to_string() + " from rank " + std::to_string(src) +
+                                                 ", which it does not replicate from that rank");
+        }
+        const PageId local = PageId::make(rank, d.page.sequence());
+        if (rt->info(local).size != d.size) txn.resize(local, d.size);
+        std::uint64_t at = 0;
+        for (const ByteRange& r : d.ranges) {
+          txn.write(local, r.offset, std::span<const std::byte>(d.payload).subspan(at, r.length));
+          at += r.length;
+        }
+        any = true;
+      }
+    }
+    if (any) {
+      txn.commit();
+      ++stats.replica_commits;
+    }
+  }
+
+  void exchange(std::uint64_t superstep) {
+    // The deltas of this superstep, pointed to per destination (the deque-free reserve keeps pointers stable).
+    std::vector<Delta> deltas;
+    deltas.reserve(boundaries.size());
+    std::vector<std::vector<const Delta*>> per_dest(size);
+    collect_outgoing(deltas, per_dest);
 
     std::string send;
     std::vector<std::int64_t> send_counts(size, 0), recv_counts(size, 0);
@@ -432,42 +478,7 @@ struct DistRuntime::Impl {
     stats.bytes_sent += send.size() + sizeof(std::int64_t) * (size - 1);
     stats.bytes_received += recv.size() + sizeof(std::int64_t) * (size - 1);
 
-    // Apply every received delta to its replica in one local commit.
-    auto txn = rt->begin();
-    txn.set_intent("dist:replica");
-    bool any = false;
-    for (std::uint32_t src = 0; src < size; ++src) {
-      if (rc[src] == 0) continue;
-      const std::string_view bytes(recv.data() + rd[src], static_cast<std::size_t>(rc[src]));
-      serialize::DecodedDeltaBatch batch = serialize::decode_delta_batch(bytes);
-      if (batch.source_rank != src || batch.wave != wave || batch.superstep != superstep) {
-        throw Error(ErrorCode::Corruption, "rank " + std::to_string(rank) + " received a delta batch from rank " +
-                                               std::to_string(src) + " labelled rank " +
-                                               std::to_string(batch.source_rank) + ", wave " +
-                                               std::to_string(batch.wave) + ", superstep " +
-                                               std::to_string(batch.superstep) + "; expected wave " +
-                                               std::to_string(wave) + ", superstep " + std::to_string(superstep));
-      }
-      for (const Delta& d : batch.deltas) {
-        if (d.page.rank() != src || !replicas.count(d.page.sequence())) {
-          throw Error(ErrorCode::Corruption, "rank " + std::to_string(rank) + " received a delta for page " +
-                                                 d.page.to_string() + " from rank " + std::to_string(src) +
-                                                 ", which it does not replicate from that rank");
-        }
-        const PageId local = PageId::make(rank, d.page.sequence());
-        if (rt->info(local).size != d.size) txn.resize(local, d.size);
-        std::uint64_t at = 0;
-        for (const ByteRange& r : d.ranges) {
-          txn.write(local, r.offset, std::span<const std::byte>(d.payload).subspan(at, r.length));
-          at += r.length;
-        }
-        any = true;
-      }
-    }
-    if (any) {
-      txn.commit();
-      ++stats.replica_commits;
-    }
+    apply_received(superstep, recv, rc, rd);
   }
 
   // One local wave; a node failure is recorded (it may be retried), any other failure becomes `fatal`.
@@ -766,7 +777,8 @@ std::uint64_t DistRuntime::checkpoint() {
   if (failed) throw Error(ErrorCode::IoError, "checkpoint of rank " + std::to_string(m.rank) + " failed: " + error);
   if (any) {
     throw Error(ErrorCode::IoError,
-                "the coordinated checkpoint failed on another rank (see its error); call checkpoint() again before relying on a restart");
+                "the coordinated checkpoint failed on another rank (see its error); call checkpoint() again before "
+                "relying on a restart");
   }
   return lsn;
 }

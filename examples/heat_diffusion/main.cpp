@@ -98,13 +98,12 @@ std::uint64_t logical_state_hash(const mmsb::Runtime& rt) {
   return sum;
 }
 
-// Removes the log segments of a run that was killed before its first checkpoint.
+// Empties the directory of a run that was killed before its first checkpoint: its segments and the MANIFEST that
+// lists them go together (a MANIFEST naming a missing segment is reported as lost records, rightly).
 void discard_interrupted_setup(const std::string& dir) {
   std::fprintf(stderr, "heat_diffusion: %s holds a run killed during setup (no checkpoint yet); starting afresh\n",
                dir.c_str());
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    if (entry.path().filename().string().starts_with("log-")) std::filesystem::remove(entry.path());
-  }
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) std::filesystem::remove_all(entry.path());
 }
 
 // Where a single-process run keeps its state: a DurableRuntime with --log, else an in-memory runtime.

@@ -122,28 +122,50 @@ struct Options {
   std::uint64_t seed = 1;
 };
 
-int run(const Options& opt) {
-  register_functions();
-  const std::size_t chunk = opt.particles / opt.chunks;
-  mmsb::PropagatorOptions propagation;
-  propagation.mode = mmsb::PropagationMode::Batch;  // a wave when the loop calls propagate()
-  propagation.threads = opt.threads;
-
-  // The runtime: durable in --dir, else in memory.
+// The runtime: durable in --dir, else in memory.
+struct Store {
   std::unique_ptr<mmsb::DurableRuntime> db;
   std::unique_ptr<mmsb::Runtime> memory;
   std::unique_ptr<mmsb::Propagator> memory_prop;
+};
+
+Store open_store(const Options& opt) {
+  mmsb::PropagatorOptions propagation;
+  propagation.mode = mmsb::PropagationMode::Batch;  // a wave when the loop calls propagate()
+  propagation.threads = opt.threads;
+  Store store;
+  std::unique_ptr<mmsb::DurableRuntime>& db = store.db;
   if (!opt.dir.empty()) {
     mmsb::DurableOptions options;
     options.propagation = propagation;
     options.sync = mmsb::SyncPolicy::None;  // the destructor syncs; a crash may lose the last steps, not the state
     db = std::make_unique<mmsb::DurableRuntime>(opt.dir, options);
   } else {
-    memory = std::make_unique<mmsb::Runtime>();
-    memory_prop = std::make_unique<mmsb::Propagator>(*memory, propagation);
+    store.memory = std::make_unique<mmsb::Runtime>();
+    store.memory_prop = std::make_unique<mmsb::Propagator>(*store.memory, propagation);
   }
-  mmsb::Runtime& rt = db ? db->runtime() : *memory;
-  mmsb::Propagator& prop = db ? db->propagator() : *memory_prop;
+  return store;
+}
+
+// What the waves did, and a checksum of the particles and energies (equal for every thread count and restart).
+void print_summary(mmsb::Runtime& rt, mmsb::Propagator& prop, const std::vector<mmsb::PageId>& chunks,
+                   mmsb::PageId energy) {
+  const mmsb::PropagationStats s = prop.stats();
+  std::printf("waves %" PRIu64 ", nodes recomputed %" PRIu64 ", cut off %" PRIu64 ", deltas composed %" PRIu64 "\n",
+              s.waves, s.nodes_recomputed, s.nodes_cut_off, s.deltas_composed);
+  std::uint64_t h = 1469598103934665603ull;
+  for (mmsb::PageId c : chunks) h = fnv1a(rt.read_all(c), h);
+  h = fnv1a(rt.read_all(energy), h);
+  std::printf("checksum 0x%016" PRIx64 "\n", h);
+}
+
+int run(const Options& opt) {
+  register_functions();
+  const std::size_t chunk = opt.particles / opt.chunks;
+  Store store = open_store(opt);
+  mmsb::DurableRuntime* db = store.db.get();
+  mmsb::Runtime& rt = db ? db->runtime() : *store.memory;
+  mmsb::Propagator& prop = db ? db->propagator() : *store.memory_prop;
 
   // Named pages: found in a recovered state, created in a new one.
   std::vector<mmsb::PageId> chunks;
@@ -206,13 +228,7 @@ int run(const Options& opt) {
     }
   }
 
-  const mmsb::PropagationStats s = prop.stats();
-  std::printf("waves %" PRIu64 ", nodes recomputed %" PRIu64 ", cut off %" PRIu64 ", deltas composed %" PRIu64 "\n",
-              s.waves, s.nodes_recomputed, s.nodes_cut_off, s.deltas_composed);
-  std::uint64_t h = 1469598103934665603ull;
-  for (mmsb::PageId c : chunks) h = fnv1a(rt.read_all(c), h);
-  h = fnv1a(rt.read_all(energy), h);
-  std::printf("checksum 0x%016" PRIx64 "\n", h);
+  print_summary(rt, prop, chunks, energy);
   return 0;
 }
 

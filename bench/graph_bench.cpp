@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -79,11 +80,13 @@ void warm_up(unsigned threads, double work_ns) {
 namespace {
 
 Result run_isolated(const std::string& implementation, const Shape& shape, const RunOptions& options) {
-  const std::string line = run_in_child([&] {
+  auto run = [&] {
     if (implementation == "mmsb") return run_mmsb(shape, options).serialize();
     if (implementation == "tbb") return run_tbb(shape, options).serialize();
     throw std::invalid_argument("unknown implementation '" + implementation + "'; use mmsb or tbb");
-  });
+  };
+  // MMSB_BENCH_IN_PROCESS (for profilers): no child; memory figures then include what earlier runs left.
+  const std::string line = std::getenv("MMSB_BENCH_IN_PROCESS") ? run() : run_in_child(run);
   return Result::parse(implementation == "tbb" ? "oneTBB" : implementation, line);
 }
 

@@ -33,6 +33,7 @@ struct RunOptions {
   double work_ns = 0;       // busy work per node run
   int full_waves = 0;       // 0: as many as fit in about a second (at least 3, at most 100)
   int small_waves = 300;
+  bool one_by_one = false;  // mmsb: one derive_map() per node instead of a GraphBuilder
 };
 
 struct Percentiles {

@@ -128,6 +128,8 @@ CLI::App* add_graph_command(CLI::App& app, GraphSettings& g, bool& json) {
       ->capture_default_str();
   graph->add_option("--impl", g.implementations, "Implementations to run, comma-separated, in order (mmsb, tbb)")
       ->capture_default_str();
+  graph->add_flag("--one-by-one", g.run.one_by_one,
+                  "mmsb: declare each node with derive_map() instead of one GraphBuilder commit");
   graph->add_flag("--json", json, "Print JSON instead of a table");
   return graph;
 }

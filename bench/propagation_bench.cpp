@@ -41,8 +41,8 @@ void commit_u64(Runtime& rt, PageId page, std::uint64_t value) {
 
 void copy_8_bytes(MapContext& c) { std::memcpy(c.output().data(), c.input(0).data(), sizeof(std::uint64_t)); }
 
-Register hop("hop_ns", "mmsb: chain of 1000 map nodes copying 8 bytes, one source commit per wave; time per wave / 1000",
-             [] {
+Register hop("hop_ns",
+             "mmsb: chain of 1000 map nodes copying 8 bytes, one source commit per wave; time per wave / 1000", [] {
                constexpr int kChain = 1000;
                Runtime rt;
                Propagator prop(rt);
@@ -55,7 +55,8 @@ Register hop("hop_ns", "mmsb: chain of 1000 map nodes copying 8 bytes, one sourc
                }
                std::uint64_t value = 0;
                commit_u64(rt, source, ++value);
-               if (rt.read_value<std::uint64_t>(last, 0) != value) check_failed("hop_ns: the chain's end was not updated");
+               if (rt.read_value<std::uint64_t>(last, 0) != value)
+                 check_failed("hop_ns: the chain's end was not updated");
                const double ns = ns_per_op([&] { commit_u64(rt, source, ++value); });
                if (rt.read_value<std::uint64_t>(last, 0) != value) check_failed("hop_ns: the chain's end is stale");
                return ns / kChain;
@@ -64,8 +65,8 @@ Register hop("hop_ns", "mmsb: chain of 1000 map nodes copying 8 bytes, one sourc
 Register hop_ratio(Ratio{"hop_vs_tbb_ratio", "hop_ns", "tbb_hop_ns",
                          "hop_ns / tbb_hop_ns: mmsb per-hop cost over a raw tbb::flow continue_node chain"});
 
-Register fanout("fanout_1000_ns", "mmsb: one source, 1000 direct map dependents copying 8 bytes; one commit, whole wave",
-                [] {
+Register fanout("fanout_1000_ns",
+                "mmsb: one source, 1000 direct map dependents copying 8 bytes; one commit, whole wave", [] {
                   constexpr int kWidth = 1000;
                   Runtime rt;
                   Propagator prop(rt);
@@ -78,7 +79,8 @@ Register fanout("fanout_1000_ns", "mmsb: one source, 1000 direct map dependents 
                   std::uint64_t value = 0;
                   commit_u64(rt, source, ++value);
                   for (PageId p : outs)
-                    if (rt.read_value<std::uint64_t>(p, 0) != value) check_failed("fanout_1000_ns: a dependent is stale");
+                    if (rt.read_value<std::uint64_t>(p, 0) != value)
+                      check_failed("fanout_1000_ns: a dependent is stale");
                   const double ns = ns_per_op([&] { commit_u64(rt, source, ++value); });
                   if (rt.read_value<std::uint64_t>(outs[kWidth / 2], 0) != value)
                     check_failed("fanout_1000_ns: a dependent is stale after timing");
@@ -238,7 +240,8 @@ Register batch("deltas_per_s_batch",
                    prop.derive_passthrough(outs.back(), sources.back());
                  }
                  auto start = clock_type::now();
-                 for (int i = 0; i < kCommits; ++i) commit_u64(rt, sources[i % kSources], static_cast<std::uint64_t>(i));
+                 for (int i = 0; i < kCommits; ++i)
+                   commit_u64(rt, sources[i % kSources], static_cast<std::uint64_t>(i));
                  prop.propagate();
                  const double ns = elapsed_ns(start);
                  for (int j = 0; j < kSources; ++j)

@@ -74,13 +74,14 @@ struct GraphBuilder::Impl {
     return declarations.back();
   }
 
+  // Empties the builder and gives its memory back (a large build's declarations are as big as its graph).
   void clear() {
-    declarations.clear();
-    pool.clear();
-    extras.clear();
-    own_maps.clear();
-    own_incrementals.clear();
-    own_rebuilds.clear();
+    std::vector<Declaration>().swap(declarations);
+    std::vector<PageId>().swap(pool);
+    std::vector<Extra>().swap(extras);
+    std::vector<MapFunction>().swap(own_maps);
+    std::vector<IncrementalFunction>().swap(own_incrementals);
+    std::vector<MapFunction>().swap(own_rebuilds);
   }
 };
 

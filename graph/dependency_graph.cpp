@@ -104,9 +104,17 @@ std::size_t DependencyGraph::slot_of(PageId page) const noexcept {
   }
 }
 
-VertexId DependencyGraph::find(PageId page) const noexcept {
-  if (index_.empty()) return kNoVertex;
+VertexId DependencyGraph::find(PageId page) const {
+  ensure_index();
   return index_[slot_of(page)];
+}
+
+void DependencyGraph::ensure_index() const {
+  if (indexed_) return;
+  index_.assign(std::max<std::size_t>(64, std::bit_ceil(2 * live_vertices_ + 2)), kNoVertex);
+  for (VertexId v = 0; v < page_.size(); ++v)
+    if (page_[v].valid()) index_[slot_of(page_[v])] = v;
+  indexed_ = true;
 }
 
 void DependencyGraph::index_grow() {
@@ -117,11 +125,13 @@ void DependencyGraph::index_grow() {
 }
 
 void DependencyGraph::index_insert(VertexId v) {
+  if (!indexed_) return;
   if (2 * (live_vertices_ + 1) > index_.size()) index_grow();
   index_[slot_of(page_[v])] = v;
 }
 
 void DependencyGraph::index_erase(PageId page) {
+  if (!indexed_) return;
   // Backward-shift deletion keeps every probe sequence unbroken without tombstones.
   const std::size_t mask = index_.size() - 1;
   std::size_t hole = slot_of(page);
@@ -183,7 +193,9 @@ void DependencyGraph::free_vertex(VertexId v) {
   --live_vertices_;
 }
 
-bool DependencyGraph::contains(PageId page) const noexcept { return find(page) != kNoVertex; }
+bool DependencyGraph::contains(PageId page) const { return find(page) != kNoVertex; }
+
+VertexId DependencyGraph::add_vertex(PageId page, Placement where) { return create_vertex(page, where); }
 
 void DependencyGraph::reserve(std::size_t vertices, std::size_t edges) {
   const std::size_t total = page_.size() + vertices;
@@ -191,8 +203,8 @@ void DependencyGraph::reserve(std::size_t vertices, std::size_t edges) {
   ord_.reserve(total);
   out_.reserve(total);
   in_.reserve(total);
-  pool_.reserve(pool_.size() + 2 * edges + 2 * vertices);
-  while (2 * (live_vertices_ + vertices) > index_.size()) index_grow();
+  ensure_pool(2 * edges);
+  while (indexed_ && 2 * (live_vertices_ + vertices) > index_.size()) index_grow();
 }
 
 std::size_t DependencyGraph::memory_bytes() const noexcept {
@@ -211,11 +223,12 @@ std::uint32_t DependencyGraph::pool_allocate(unsigned cls) {
     free_blocks_[cls].pop_back();
     return begin;
   }
-  const std::size_t begin = pool_.size(), size = std::size_t{1} << cls;
-  if (begin + size > ~std::uint32_t{0}) {
+  const std::size_t begin = pool_used_, block = std::size_t{1} << cls;
+  if (begin + block > ~std::uint32_t{0}) {
     throw Error(ErrorCode::ResourceExhausted, "the dependency graph's edge pool is full (2^32 entries)");
   }
-  pool_.resize(begin + size);
+  if (begin + block > pool_.size()) pool_.resize(std::max(begin + block, pool_.size() + pool_.size() / 2));
+  pool_used_ = begin + block;
   return static_cast<std::uint32_t>(begin);
 }
 
@@ -235,6 +248,22 @@ void DependencyGraph::list_push(EdgeList& list, std::uint32_t entry) {
     list.begin = moved;
   }
   pool_[list.begin + list.count++] = entry;
+}
+
+// Appends `entries` with at most one move of the list (push_back would move it at every power of two).
+void DependencyGraph::list_append(EdgeList& list, std::span<const std::uint32_t> entries) {
+  if (entries.empty()) return;
+  const std::uint32_t final_count = list.count + static_cast<std::uint32_t>(entries.size());
+  const unsigned have = list.count == 0 ? 0u : size_class(list.count);
+  const unsigned need = size_class(final_count);
+  if (list.count == 0 || need > have) {
+    const std::uint32_t moved = pool_allocate(need);
+    std::copy_n(pool_.begin() + list.begin, list.count, pool_.begin() + moved);
+    if (list.count > 0) pool_free(list.begin, have);
+    list.begin = moved;
+  }
+  std::copy(entries.begin(), entries.end(), pool_.begin() + list.begin + list.count);
+  list.count = final_count;
 }
 
 void DependencyGraph::list_erase(EdgeList& list, std::uint32_t entry) {
@@ -261,9 +290,8 @@ bool DependencyGraph::has_edge(VertexId from, VertexId to, DependencyKind kind) 
 }
 
 void DependencyGraph::link(VertexId from, VertexId to, DependencyKind kind) {
-  // Room for both lists' growth first (geometric), so a failed allocation leaves neither list changed.
-  const std::size_t needed = pool_.size() + 2 * (std::size_t{out_[from].count} + in_[to].count + 2);
-  if (pool_.capacity() < needed) pool_.reserve(std::max(needed, 2 * pool_.capacity()));
+  // Room for both lists' growth first, so a failed allocation leaves neither list changed.
+  ensure_pool(2 * (std::size_t{out_[from].count} + in_[to].count + 2));
   list_push(out_[from], pack(to, kind));
   list_push(in_[to], pack(from, kind));
   ++edges_;
@@ -406,17 +434,47 @@ void DependencyGraph::check_edge(PageId from, PageId to, DependencyKind kind) co
   }
 }
 
+void DependencyGraph::ensure_pool(std::size_t more) {
+  if (pool_used_ + more > pool_.size()) pool_.resize(std::max(pool_used_ + more, pool_.size() + pool_.size() / 2));
+}
+
+void DependencyGraph::order_edge(VertexId x, VertexId y) {
+  if (ord_[x] < ord_[y]) return;
+  if (search_forward(y, x)) throw_cycle(x, y);
+  search_backward(x, y);
+  reorder();
+}
+
 bool DependencyGraph::add_edge(VertexId x, VertexId y, DependencyKind kind) {
   check_edge(page_[x], page_[y], kind);
   if (has_edge(x, y, kind)) return false;
-  if (ord_[x] > ord_[y]) {
-    if (search_forward(y, x)) throw_cycle(x, y);
-    search_backward(x, y);
-    reorder();
-  }
+  order_edge(x, y);
   assert(ord_[x] < ord_[y]);
   link(x, y, kind);
   return true;
+}
+
+std::size_t DependencyGraph::add_edges(std::span<const VertexId> from, VertexId to, DependencyKind kind) {
+  // Edges into one vertex cannot close a cycle together (a cycle through two of them would pass `to` twice), so
+  // each is checked against the graph as it is; the reorders this does are valid orders whether or not the edges
+  // are then added. Nothing is linked until every edge passed.
+  batch_.clear();
+  for (const VertexId x : from) {
+    check_edge(page_[x], page_[to], kind);
+    const std::uint32_t entry = pack(x, kind);
+    if (std::find(batch_.begin(), batch_.end(), entry) != batch_.end() || has_edge(x, to, kind)) continue;
+    order_edge(x, to);
+    batch_.push_back(entry);
+  }
+  if (batch_.empty()) return 0;
+  std::size_t room = in_[to].count + batch_.size() + 1;
+  for (const std::uint32_t entry : batch_) room += out_[edge_vertex(entry)].count + 1;
+  ensure_pool(2 * room);
+  for (const std::uint32_t entry : batch_) list_push(out_[edge_vertex(entry)], pack(to, kind));
+  list_append(in_[to], batch_);
+  edges_ += batch_.size();
+  ++version_;
+  return batch_.size();
 }
 
 void DependencyGraph::add_edge(PageId from, PageId to, DependencyKind kind) {
@@ -490,15 +548,21 @@ std::vector<Dependency> DependencyGraph::dependents_of(PageId page) const {
   return out;
 }
 
-std::vector<PageId> DependencyGraph::topological_order() const {
-  std::vector<std::pair<std::uint64_t, PageId>> items;
+std::vector<VertexId> DependencyGraph::topological_vertices() const {
+  std::vector<std::pair<std::uint64_t, VertexId>> items;
   items.reserve(live_vertices_);
   for (VertexId v = 0; v < page_.size(); ++v)
-    if (page_[v].valid()) items.emplace_back(ord_[v], page_[v]);
+    if (page_[v].valid()) items.emplace_back(ord_[v], v);
   std::sort(items.begin(), items.end());
-  std::vector<PageId> order;
+  std::vector<VertexId> order;
   order.reserve(items.size());
   for (const auto& item : items) order.push_back(item.second);
+  return order;
+}
+
+std::vector<PageId> DependencyGraph::topological_order() const {
+  std::vector<PageId> order;
+  for (VertexId v : topological_vertices()) order.push_back(page_[v]);
   return order;
 }
 
@@ -514,9 +578,8 @@ std::uint64_t DependencyGraph::order_index(PageId page) const {
 std::string DependencyGraph::to_dot(const std::vector<std::pair<PageId, std::string>>& extra_labels) const {
   // Several labels for one page are joined with line breaks, in the order given; labels for pages without a
   // vertex are ignored.
-  std::unordered_map<PageId, std::string> labels;
+  std::unordered_map<PageId, std::string> labels;  // labels of pages without a vertex are never looked up
   for (const auto& [page, label] : extra_labels) {
-    if (!contains(page)) continue;
     std::string& text = labels[page];
     if (!text.empty()) text += "\n";
     text += label;

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -60,7 +61,7 @@ class DependencyGraph {
   // Removes the page's vertex and all its edges; returns false if it had none.
   bool remove_page(PageId page);
 
-  bool contains(PageId page) const noexcept;
+  bool contains(PageId page) const;
   std::size_t page_count() const noexcept { return live_vertices_; }
   std::size_t edge_count() const noexcept { return edges_; }
 
@@ -83,14 +84,22 @@ class DependencyGraph {
 
   // --- by vertex (the engine's calls; ids come from find() or vertex()) ------------------------------------------
 
-  // The page's vertex, or kNoVertex.
-  VertexId find(PageId page) const noexcept;
+  // The page's vertex, or kNoVertex. The PageId → vertex table behind it is built at the first call by page (the
+  // engine, which keeps its own map, never needs it) and kept from then on.
+  VertexId find(PageId page) const;
   // The page's vertex, created without edges (at `where` in the order) when missing. Not a topology change.
   VertexId vertex(PageId page, Placement where);
+  // A new vertex for a page that has none (the caller knows; no lookup).
+  VertexId add_vertex(PageId page, Placement where);
   // As add_edge(PageId, ...) between existing vertices. Returns false when the edge existed already.
   bool add_edge(VertexId from, VertexId to, DependencyKind kind);
+  // Adds from[i] → to for every i (repeats and existing edges are skipped), all or none: when one would close a
+  // cycle it throws as add_edge does and adds none. `to`'s input list grows once. Returns the number added.
+  std::size_t add_edges(std::span<const VertexId> from, VertexId to, DependencyKind kind);
   bool remove_edge(VertexId from, VertexId to, DependencyKind kind);
   PageId page_of(VertexId v) const noexcept { return page_[v]; }
+  // Every vertex in a topological order (as topological_order()).
+  std::vector<VertexId> topological_vertices() const;
   // Every vertex id is below this (some ids may be free).
   VertexId vertex_limit() const noexcept { return static_cast<VertexId>(page_.size()); }
   // Calls fn(VertexId other, DependencyKind kind) for each edge out of / into `v`, in insertion order.
@@ -134,7 +143,11 @@ class DependencyGraph {
   void check_edge(PageId from, PageId to, DependencyKind kind) const;
   [[noreturn]] void throw_cycle(VertexId x, VertexId y) const;
   void link(VertexId from, VertexId to, DependencyKind kind);
+  void ensure_pool(std::size_t more);  // pool_ holds `more` entries beyond pool_used_
   void list_push(EdgeList& list, std::uint32_t entry);
+  void list_append(EdgeList& list, std::span<const std::uint32_t> entries);
+  // Checks from → to against the order (reordering when needed); throws when it would close a cycle.
+  void order_edge(VertexId from, VertexId to);
   void list_erase(EdgeList& list, std::uint32_t entry);
   std::uint32_t pool_allocate(unsigned size_class);
   void pool_free(std::uint32_t begin, unsigned size_class);
@@ -150,10 +163,13 @@ class DependencyGraph {
   std::vector<PageId> page_;        // PageId() for a free id
   std::vector<std::uint64_t> ord_;  // position in the topological order
   std::vector<EdgeList> out_, in_;
-  std::vector<std::uint32_t> pool_;                      // edge entries of every list
+  std::vector<std::uint32_t> pool_;  // edge entries of every list; [0, pool_used_) handed out
+  std::size_t pool_used_ = 0;
   std::vector<std::vector<std::uint32_t>> free_blocks_;  // per size class (log2 capacity): free pool offsets
   std::vector<VertexId> free_vertices_;
-  std::vector<VertexId> index_;  // kNoVertex = empty
+  mutable std::vector<VertexId> index_;  // kNoVertex = empty; built by ensure_index(), then maintained
+  mutable bool indexed_ = false;
+  void ensure_index() const;
   std::size_t live_vertices_ = 0;
   std::size_t edges_ = 0;
   // Order indices grow in both directions from the middle of the range (2^63 vertices each way: never exhausted).
@@ -166,6 +182,7 @@ class DependencyGraph {
   std::vector<VertexId> stack_, forward_, backward_;
   std::vector<std::uint64_t> pool_ord_;
   std::vector<std::pair<VertexId, VertexId>> mark_;  // open addressing: (vertex, parent), kNoVertex = empty
+  std::vector<std::uint32_t> batch_;                 // add_edges: the entries to append to the target's list
   std::size_t marked_ = 0;
   bool mark(VertexId v, VertexId parent);  // false if already marked
   VertexId parent_of(VertexId v) const;

@@ -8,7 +8,7 @@
 //   builder.cpp    GraphBuilder: many nodes declared as one graph version
 //   propagator.cpp the public Propagator members, which lock and delegate
 //
-// Structure, sized for millions of pages (about 40 bytes per page and 40 per node here, besides the graph index):
+// Structure, sized for millions of pages (40 bytes per page and 32 per node here, besides the graph index):
 //  - The DependencyGraph (graph/dependency_graph.hpp) is the authority on edges, cycles and the topological order.
 //    Its dense vertex ids index the engine's per-page Slots.
 //  - A Slot records the wave in which its page last changed and that change's delta, so "did an input change in
@@ -146,8 +146,10 @@ struct Node {
   NodeKind kind = NodeKind::Map;
   std::uint8_t flags = 0;
   std::atomic<bool> stale{false};
-  std::unique_ptr<Delta> delta;  // the published delta, kept when a reader consumes it (kKeepDelta)
+  std::uint32_t kept = kNoNode;  // its slot in Impl::kept_deltas, once a reader consumed its delta (kKeepDelta)
 };
+
+static_assert(sizeof(Slot) <= 40 && sizeof(Node) <= 32, "the per-page and per-node budgets of issue 18");
 
 // Functions shared by index, with a use count so the last node using one frees it.
 template <class F>
@@ -219,7 +221,8 @@ struct PendingCommit {
   // Immutable once queued; page observers may share it. One allocation (make_shared of an array) holds the deltas
   // and the control block, no more than the plain vector it replaces (the engine's allocation test counts them).
   std::shared_ptr<Delta[]> deltas;
-  std::size_t count = 0;  // deltas[0, count) are the commit's watched deltas
+  std::size_t count = 0;     // deltas[0, count) are the commit's watched deltas
+  std::size_t capacity = 0;  // the array's length
 };
 
 // A node as GraphBuilder and derive_* hand it to the engine.
@@ -277,6 +280,10 @@ struct Propagator::Impl : detail::CommitListener {
   std::shared_ptr<FunctionRegistry> own_registry;  // derive_*() by name; null: FunctionRegistry::global()
   FunctionRegistry& registry() const { return own_registry ? *own_registry : FunctionRegistry::global(); }
   std::unordered_map<NodeIndex, detail::NodeLabel> labels;  // nodes with a name or a registered function
+  // The published deltas of nodes whose readers consume them (passthrough and incremental readers), kept per node
+  // so their capacity is reused; slots are handed out by the plan and never move during a wave.
+  std::vector<std::unique_ptr<Delta>> kept_deltas;
+  std::vector<std::uint32_t> free_kept;
   std::uint64_t structure_version = 0;
 
   // Plan, rebuilt at the first wave after the structure changed.
@@ -297,7 +304,12 @@ struct Propagator::Impl : detail::CommitListener {
   // Queue of published commits.
   std::mutex queue_mutex;
   std::condition_variable queue_space, queue_nonempty;
-  std::deque<PendingCommit> queue;            // guarded by queue_mutex
+  std::deque<PendingCommit> queue;  // guarded by queue_mutex
+  // Drained arrays of kSpareDeltas deltas, reused by the next small commits so a steady stream of commits stops
+  // allocating (guarded by queue_mutex; at most kSpareCommits).
+  static constexpr std::size_t kSpareDeltas = 8, kSpareCommits = 8;
+  std::vector<std::shared_ptr<Delta[]>> spare_commits;
+  std::vector<std::pair<PageId, const Delta*>> drain_changes;  // engine_mutex
   std::atomic<std::size_t> reserved{0};       // commits between reserve() and being drained (or released)
   std::atomic<std::size_t> blocked{0};        // commits waiting in reserve() for queue space
   std::atomic<std::size_t> batch_commits{0};  // BATCH: commits folded into slots since the last drain
@@ -391,6 +403,9 @@ struct Propagator::Impl : detail::CommitListener {
                 const std::shared_ptr<const void>& owner = nullptr);
   [[noreturn]] static void throw_node_error(PageId page, std::exception_ptr error);
   bool any_stale() const { return !stale_nodes.empty(); }
+  // Overlaps the cache misses of a small wave's nodes (see wave.cpp).
+  static constexpr std::size_t kPrefetchNodes = 256;
+  void prefetch(const std::vector<std::uint32_t>& positions);
   // The next wave number; when the 32-bit counter would wrap, every wave mark is reset first.
   std::uint32_t next_wave();
 
@@ -407,9 +422,12 @@ struct Propagator::Impl : detail::CommitListener {
   // Folds `next` into `acc` (acc then next). The common case, `next` rewriting bytes `acc` already covers, is done
   // in place: same ranges, newer payload, the older undo kept. Otherwise compose().
   static void fold(Delta& acc, const Delta& next);
+  // Keeps a drained commit's array for reuse when it is small and unshared.
+  void recycle(PendingCommit& commit) noexcept;
   void worker_loop();
   // One commit in kSampleCommitsEvery per thread is timed from here to the end of its wave.
-  static bool sample_this_commit() noexcept;
+  bool sample_this_commit() noexcept;
+  std::atomic<std::uint64_t> commits_seen{0};
   Slot* slot_of(PageId page) const noexcept;
   detail::BatchPending& batch_of(Slot& slot);
   // BATCH: fold each watched delta into its page's pending delta. Runs under the commit's page locks.

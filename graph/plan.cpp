@@ -2,10 +2,11 @@
 // DependencyGraph once per graph version (see graph/engine.hpp).
 //
 // The plan lists the nodes level by level: a node's level is one more than the deepest level among the nodes it
-// depends on by any edge kind (nodes that depend on no node are level 0), computed by Kahn's algorithm in
-// O(nodes + edges). Within a level nodes keep their index order (creation order), so plans are deterministic.
-// Every node of a level can run at the same time; a wave runs the levels in order. The data successors of each
-// position form a Boost.Graph compressed_sparse_row_graph, the walk that finds a wave's nodes.
+// depends on by any edge kind (nodes that depend on no node are level 0), computed in O(nodes + edges): in one pass
+// over the nodes in index order when each depends only on earlier ones, else by Kahn's algorithm. Within a level nodes
+// keep their index order (creation order), so plans are deterministic. Every node of a level can run at the same time;
+// a wave runs the levels in order. The data successors of each position form a Boost.Graph compressed_sparse_row_graph,
+// the walk that finds a wave's nodes.
 #include <boost/graph/compressed_sparse_row_graph.hpp>
 
 #include <algorithm>
@@ -46,7 +47,7 @@ PageRecord* Propagator::Impl::live_record(PageId id) {
 Slot* Propagator::Impl::slot_for(PageId id, DependencyGraph::Placement where) {
   PageRecord* record = live_record(id);
   if (auto* tagged = static_cast<Slot*>(record->listener_tag.load(std::memory_order_acquire))) return tagged;
-  const VertexId v = graph.vertex(id, where);
+  const VertexId v = graph.add_vertex(id, where);  // no tag, so no vertex yet
   slots.grow_to(v + 1);
   Slot& s = slots[v];
   s.record = record;
@@ -90,22 +91,18 @@ NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
   // Slots (and vertices) first: a new input goes first in the order and a new output last, so the edges of a node
   // whose output is new agree with the order and cost no search.
   const std::size_t pool_begin = input_pool.size();
-  for (PageId in : spec.inputs) input_pool.push_back(slot_for(in, DependencyGraph::Placement::First)->vertex);
-  const VertexId out_vertex = slot_for(out, DependencyGraph::Placement::Last)->vertex;
-  const std::span<const VertexId> ins(input_pool.data() + pool_begin, spec.inputs.size());
-  // The edges; undo the ones added so far if one closes a cycle.
-  std::size_t added = 0;
+  VertexId out_vertex;
   try {
-    for (; added < ins.size(); ++added) graph.add_edge(ins[added], out_vertex, DependencyKind::Data);
+    for (PageId in : spec.inputs) input_pool.push_back(slot_for(in, DependencyGraph::Placement::First)->vertex);
+    out_vertex = slot_for(out, DependencyGraph::Placement::Last)->vertex;
+    // All of the node's data edges or none (a refused edge names the cycle it would close).
+    graph.add_edges(std::span<const VertexId>(input_pool.data() + pool_begin, spec.inputs.size()), out_vertex,
+                    DependencyKind::Data);
   } catch (...) {
-    for (std::size_t i = 0; i < added; ++i) {
-      // A repeated input added its edge only once: remove each edge once.
-      if (std::find(ins.begin(), ins.begin() + static_cast<std::ptrdiff_t>(i), ins[i]) == ins.begin() + i)
-        graph.remove_edge(ins[i], out_vertex, DependencyKind::Data);
-    }
     input_pool.resize(pool_begin);
     throw;
   }
+  const std::span<const VertexId> ins(input_pool.data() + pool_begin, spec.inputs.size());
 
   NodeIndex index;
   if (!free_nodes.empty()) {
@@ -127,6 +124,7 @@ NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
   n.stale.store(!spec.output_is_current, std::memory_order_relaxed);
   if (!spec.output_is_current) stale_nodes.push_back(index);
   n.flags = Node::kLive;
+  n.kept = kNoNode;
   if (spec.always_changes) n.flags |= Node::kAlwaysChanges;
   bool increasing = true;
   for (std::size_t i = 1; i < spec.inputs.size(); ++i) increasing = increasing && spec.inputs[i - 1] < spec.inputs[i];
@@ -176,7 +174,11 @@ void Propagator::Impl::remove_node(NodeIndex index) {
   input_garbage += n.input_count;
   n.flags = 0;
   n.out = kNoVertex;
-  n.delta.reset();
+  if (n.kept != kNoNode) {
+    kept_deltas[n.kept].reset();
+    free_kept.push_back(n.kept);
+    n.kept = kNoNode;
+  }
   free_nodes.push_back(index);
   --live_nodes;
   ++structure_version;
@@ -204,71 +206,100 @@ void Propagator::Impl::ensure_plan() {
   detail::Plan& p = *next;
   const NodeIndex limit = node_at.size();
 
-  // Calls fn(successor node) for each node that depends on node u by any edge kind (ordering) or by data only.
-  auto for_each_successor = [&](const Node& u, bool data_only, auto&& fn) {
-    graph.for_each_dependent(u.out, [&](VertexId w, DependencyKind kind) {
-      if (data_only && kind != DependencyKind::Data) return;
-      const NodeIndex v = slots[w].node;
-      if (v != kNoNode) fn(v);
-    });
-  };
-
-  // Levels by Kahn's algorithm; the queue doubles as the processing order.
-  std::vector<std::uint32_t> pending(limit, 0), level(limit, 0);
-  std::vector<NodeIndex> kahn;
-  kahn.reserve(live_nodes);
-  for (NodeIndex u = 0; u < limit; ++u) {
+  // Levels. When every node depends only on nodes of smaller index (graphs declared inputs first, as most are), one
+  // pass in index order computes them; otherwise Kahn's algorithm over the successors.
+  std::vector<std::uint32_t> level(limit, 0);
+  std::uint32_t levels = 0;
+  bool index_order = true;
+  for (NodeIndex u = 0; u < limit && index_order; ++u) {
     Node& n = node_at[u];
     if (!(n.flags & Node::kLive)) continue;
-    n.flags = static_cast<std::uint8_t>(n.flags & ~Node::kKeepDelta);
-    for_each_successor(n, false, [&](NodeIndex v) { ++pending[v]; });
-  }
-  for (NodeIndex u = 0; u < limit; ++u)
-    if ((node_at[u].flags & Node::kLive) && pending[u] == 0) kahn.push_back(u);
-  std::uint32_t levels = 0;
-  for (std::size_t k = 0; k < kahn.size(); ++k) {
-    const NodeIndex u = kahn[k];
-    levels = std::max(levels, level[u] + 1);
-    for_each_successor(node_at[u], false, [&](NodeIndex v) {
-      level[v] = std::max(level[v], level[u] + 1);
-      if (--pending[v] == 0) kahn.push_back(v);
+    std::uint32_t l = 0;
+    graph.for_each_input(n.out, [&](VertexId w, DependencyKind) {
+      const NodeIndex v = slots[w].node;
+      if (v == kNoNode) return;
+      if (v >= u) index_order = false;
+      l = std::max(l, level[v] + 1);
     });
+    level[u] = l;
+    levels = std::max(levels, l + 1);
   }
-  if (kahn.size() != live_nodes) {  // the graph refuses cycles, so this is a broken invariant
-    throw Error(ErrorCode::Internal, "the dependency graph has a cycle the incremental check missed; please report");
+  if (!index_order) {
+    std::fill(level.begin(), level.end(), 0);
+    levels = 0;
+    std::vector<std::uint32_t> pending(limit, 0);
+    std::vector<NodeIndex> kahn;
+    kahn.reserve(live_nodes);
+    auto for_each_successor = [&](const Node& u, auto&& fn) {
+      graph.for_each_dependent(u.out, [&](VertexId w, DependencyKind) {
+        const NodeIndex v = slots[w].node;
+        if (v != kNoNode) fn(v);
+      });
+    };
+    for (NodeIndex u = 0; u < limit; ++u) {
+      if (node_at[u].flags & Node::kLive) for_each_successor(node_at[u], [&](NodeIndex v) { ++pending[v]; });
+    }
+    for (NodeIndex u = 0; u < limit; ++u)
+      if ((node_at[u].flags & Node::kLive) && pending[u] == 0) kahn.push_back(u);
+    for (std::size_t k = 0; k < kahn.size(); ++k) {
+      const NodeIndex u = kahn[k];
+      levels = std::max(levels, level[u] + 1);
+      for_each_successor(node_at[u], [&](NodeIndex v) {
+        level[v] = std::max(level[v], level[u] + 1);
+        if (--pending[v] == 0) kahn.push_back(v);
+      });
+    }
+    if (kahn.size() != live_nodes) {  // the graph refuses cycles, so this is a broken invariant
+      throw Error(ErrorCode::Internal, "the dependency graph has a cycle the incremental check missed; please report");
+    }
   }
 
   // Positions: level-major, index order within a level (a counting sort).
   p.level_begin.assign(levels + 1, 0);
-  for (NodeIndex u : kahn) ++p.level_begin[level[u] + 1];
+  for (NodeIndex u = 0; u < limit; ++u)
+    if (node_at[u].flags & Node::kLive) ++p.level_begin[level[u] + 1];
   for (std::uint32_t l = 0; l < levels; ++l) p.level_begin[l + 1] += p.level_begin[l];
   p.order.assign(live_nodes, kNoNode);
   {
     std::vector<std::uint32_t> fill(p.level_begin.begin(), p.level_begin.end() - 1);
     for (NodeIndex u = 0; u < limit; ++u) {
-      if (!(node_at[u].flags & Node::kLive)) continue;
+      Node& n = node_at[u];
+      if (!(n.flags & Node::kLive)) continue;
       const std::uint32_t position = fill[level[u]]++;
       p.order[position] = u;
-      node_at[u].position = position;
+      n.position = position;
+      n.flags = static_cast<std::uint8_t>(n.flags & ~Node::kKeepDelta);
     }
   }
-  pending = {};
   level = {};
-  kahn = {};
 
-  // Data successors by position (already sorted by source), and which nodes' deltas a reader consumes.
+  // Data successors by position, and which nodes' deltas a reader consumes (passthrough and incremental nodes).
   std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
-  for (std::uint32_t position = 0; position < p.order.size(); ++position) {
-    const Node& n = node_at[p.order[position]];
-    for_each_successor(n, true, [&](NodeIndex v) { edges.emplace_back(position, node_at[v].position); });
-    if (n.kind != NodeKind::Map) {
-      for (VertexId in : inputs_of(n)) {
-        const NodeIndex producer = slots[in].node;
-        if (producer != kNoNode) node_at[producer].flags |= Node::kKeepDelta;
-      }
+  for (NodeIndex u = 0; u < limit; ++u) {
+    const Node& n = node_at[u];
+    if (!(n.flags & Node::kLive)) continue;
+    const bool consumes = n.kind != NodeKind::Map;
+    graph.for_each_input(n.out, [&](VertexId w, DependencyKind kind) {
+      const NodeIndex v = slots[w].node;
+      if (v == kNoNode || kind != DependencyKind::Data) return;
+      edges.emplace_back(node_at[v].position, n.position);
+      if (consumes) node_at[v].flags |= Node::kKeepDelta;
+    });
+  }
+  // A kept delta for every node whose delta is consumed, allocated now so a wave never changes kept_deltas.
+  for (NodeIndex u = 0; u < limit; ++u) {
+    Node& n = node_at[u];
+    if (!(n.flags & Node::kKeepDelta) || n.kept != kNoNode) continue;
+    if (free_kept.empty()) {
+      n.kept = static_cast<std::uint32_t>(kept_deltas.size());
+      kept_deltas.push_back(std::make_unique<Delta>());
+    } else {
+      n.kept = free_kept.back();
+      free_kept.pop_back();
+      kept_deltas[n.kept] = std::make_unique<Delta>();
     }
   }
-  p.successors = detail::Plan::Successors(boost::edges_are_sorted, edges.begin(), edges.end(),
+  p.successors = detail::Plan::Successors(boost::edges_are_unsorted_multi_pass, edges.begin(), edges.end(),
                                           static_cast<std::uint32_t>(p.order.size()));
   p.reached.assign(p.order.size(), 0);
   p.version = structure_version;

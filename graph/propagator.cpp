@@ -24,6 +24,7 @@ Propagator::Impl::Impl(Runtime& rt, PropagatorOptions opts)
       runtime_impl(detail::RuntimeAccess::of(rt)),
       options(opts),
       arena(opts.threads == 0 ? tbb::task_arena::automatic : static_cast<int>(opts.threads)) {
+  spare_commits.reserve(kSpareCommits);  // recycle() must not allocate
   if (options.queue_capacity == 0) {
     throw Error(ErrorCode::InvalidArgument, "PropagatorOptions::queue_capacity must be at least 1");
   }
@@ -267,11 +268,12 @@ std::vector<NodeDescription> Propagator::nodes() const {
 std::vector<OrderingEdge> Propagator::ordering_edges() const {
   std::lock_guard lock(impl_->engine_mutex);
   std::vector<OrderingEdge> out;
-  for (PageId page : impl_->graph.topological_order()) {
-    for (const detail::Dependency& dep : impl_->graph.inputs_of(page)) {
-      if (dep.kind == DependencyKind::Control) out.push_back({dep.from, dep.to, EdgeKind::Control});
-      if (dep.kind == DependencyKind::GpuSync) out.push_back({dep.from, dep.to, EdgeKind::GpuSync});
-    }
+  const detail::DependencyGraph& g = impl_->graph;
+  for (detail::VertexId v : g.topological_vertices()) {
+    g.for_each_input(v, [&](detail::VertexId from, DependencyKind kind) {
+      if (kind == DependencyKind::Control) out.push_back({g.page_of(from), g.page_of(v), EdgeKind::Control});
+      if (kind == DependencyKind::GpuSync) out.push_back({g.page_of(from), g.page_of(v), EdgeKind::GpuSync});
+    });
   }
   return out;
 }

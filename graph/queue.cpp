@@ -60,10 +60,16 @@ void Propagator::Impl::drain_locked() {
     }
     free_places(1);
     ran = true;
-    std::vector<std::pair<PageId, const Delta*>> changes;
-    for (std::size_t i = 0; i < commit.count; ++i) changes.emplace_back(commit.deltas[i].page, &commit.deltas[i]);
-    run_wave(changes, std::shared_ptr<const void>(commit.deltas, commit.deltas.get()));
+    drain_changes.clear();
+    for (std::size_t i = 0; i < commit.count; ++i) drain_changes.emplace_back(commit.deltas[i].page, &commit.deltas[i]);
+    try {
+      run_wave(drain_changes, std::shared_ptr<const void>(commit.deltas, commit.deltas.get()));
+    } catch (...) {
+      recycle(commit);
+      throw;
+    }
     if (commit.published_ns) commit_latency.record(steady_ns() - commit.published_ns);
+    recycle(commit);
   }
   if (!ran && any_stale()) run_wave({});
 }
@@ -75,7 +81,9 @@ void Propagator::Impl::drain_batch() {
     std::lock_guard dlock(dirty_mutex);
     drain_slots.swap(dirty_slots);
   }
-  free_places(batch_commits.exchange(0, std::memory_order_acq_rel));
+  const std::size_t folded = batch_commits.exchange(0, std::memory_order_acq_rel);
+  counters.queued.fetch_add(folded, std::memory_order_relaxed);  // counted here, not per commit (stats() adds the rest)
+  free_places(folded);
   if (drain_slots.empty()) {
     if (any_stale()) run_wave({});
     return;
@@ -104,6 +112,22 @@ void Propagator::Impl::drain_batch() {
 // Folds `next` into `acc` (acc then next). The common case, `next` rewriting bytes `acc` already covers, is done
 // in place: same ranges, newer payload, the older undo kept. Otherwise compose().
 void Propagator::Impl::fold(Delta& acc, const Delta& next) {
+  // The common case of a stream of small commits: one range rewriting bytes inside acc's one range.
+  if (next.ranges.size() == 1 && acc.ranges.size() == 1 && next.base_size == next.size && acc.size == next.base_size &&
+      acc.base_size == acc.size && next.ranges[0].offset >= acc.ranges[0].offset &&
+      next.ranges[0].end() <= acc.ranges[0].end()) {
+    std::memcpy(acc.payload.data() + (next.ranges[0].offset - acc.ranges[0].offset), next.payload.data(),
+                next.ranges[0].length);
+    acc.epoch_count += next.epoch_count;
+    acc.source = next.source;
+    if (acc.intent != next.intent) acc.intent = next.intent;
+    if (!next.has_undo) {
+      acc.has_undo = false;
+      acc.undo.clear();
+      acc.undo_tail.clear();
+    }
+    return;
+  }
   bool in_place = next.base_size == next.size && acc.size == next.base_size && acc.base_size == acc.size;
   if (in_place) {
     for (const ByteRange& r : next.ranges) {
@@ -137,6 +161,13 @@ void Propagator::Impl::fold(Delta& acc, const Delta& next) {
     acc.undo.clear();
     acc.undo_tail.clear();
   }
+}
+
+void Propagator::Impl::recycle(PendingCommit& commit) noexcept {
+  // Only arrays nobody else holds (page observers may keep a delta) and of the small size class are kept.
+  if (!commit.deltas || commit.capacity != kSpareDeltas || commit.deltas.use_count() != 1) return;
+  std::lock_guard lock(queue_mutex);
+  if (spare_commits.size() < kSpareCommits) spare_commits.push_back(std::move(commit.deltas));
 }
 
 void Propagator::Impl::worker_loop() {
@@ -182,8 +213,11 @@ void Propagator::Impl::reserve() {
 
 // One commit in kSampleCommitsEvery per thread is timed from here to the end of its wave.
 bool Propagator::Impl::sample_this_commit() noexcept {
-  thread_local std::uint64_t commits = 0;
-  return commits++ % kSampleCommitsEvery == 0;
+  // A plain load and store, not a read-modify-write: concurrent commits may count the same number, which only
+  // shifts which commit gets timed.
+  const std::uint64_t seen = commits_seen.load(std::memory_order_relaxed);
+  commits_seen.store(seen + 1, std::memory_order_relaxed);
+  return seen % kSampleCommitsEvery == 0;
 }
 
 void Propagator::Impl::published(std::uint64_t lsn, std::span<const Delta> deltas) noexcept {
@@ -197,15 +231,27 @@ void Propagator::Impl::published(std::uint64_t lsn, std::span<const Delta> delta
     publish_batch(deltas);
     return;
   }
-  PendingCommit commit;
-  for (const Delta& d : deltas) {
-    if (slot_of(d.page) == nullptr) continue;
-    if (!commit.deltas) commit.deltas = std::make_shared<Delta[]>(deltas.size());  // empty Deltas allocate nothing
-    commit.deltas[commit.count++] = d;
-  }
-  if (commit.count == 0) {
+  std::size_t watched = 0;
+  for (const Delta& d : deltas) watched += slot_of(d.page) != nullptr;
+  if (watched == 0) {
     free_places(1);
     return;
+  }
+  PendingCommit commit;
+  if (watched <= kSpareDeltas) {  // a drained array of the same size class: its vectors' capacity is reused
+    std::lock_guard lock(queue_mutex);
+    if (!spare_commits.empty()) {
+      commit.deltas = std::move(spare_commits.back());
+      spare_commits.pop_back();
+      commit.capacity = kSpareDeltas;
+    }
+  }
+  if (!commit.deltas) {
+    commit.capacity = watched <= kSpareDeltas ? kSpareDeltas : watched;
+    commit.deltas = std::make_shared<Delta[]>(commit.capacity);  // empty Deltas allocate nothing
+  }
+  for (const Delta& d : deltas) {
+    if (slot_of(d.page) != nullptr) commit.deltas[commit.count++] = d;  // copy-assignment reuses capacity
   }
   commit.lsn = lsn;
   if (sample_this_commit()) commit.published_ns = steady_ns();
@@ -260,7 +306,6 @@ void Propagator::Impl::publish_batch(std::span<const Delta> deltas) noexcept {
     batch_sample_ns.compare_exchange_strong(none, steady_ns(), std::memory_order_acq_rel);
   }
   batch_commits.fetch_add(1, std::memory_order_acq_rel);
-  counters.queued.fetch_add(1, std::memory_order_relaxed);
   if (worker.joinable()) {
     { std::lock_guard lock(queue_mutex); }  // orders this wake-up after the worker's check
     queue_nonempty.notify_one();

@@ -307,8 +307,7 @@ void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tall
   const bool timed = tally.runs++ % kSampleHopsEvery == 0;
   const std::uint64_t started = timed ? steady_ns() : 0;
   const bool keep = (node.flags & Node::kKeepDelta) != 0;
-  if (keep && !node.delta) node.delta = std::make_unique<Delta>();
-  Delta& d = keep ? *node.delta : tally.scratch->delta;
+  Delta& d = keep ? *kept_deltas[node.kept] : tally.scratch->delta;
   bool changed = false;
   try {
     switch (node.kind) {
@@ -384,6 +383,33 @@ void Propagator::Impl::throw_node_error(PageId page, std::exception_ptr error) {
   throw NodeError(page, describe(error), error);
 }
 
+// A small wave's nodes are known before the first one runs, but in a large graph each sits in memory nobody touched
+// lately: its node, its inputs' slots, their page records and bytes are a chain of dependent cache misses. Walking
+// the chain one link at a time for all the wave's nodes together overlaps those misses instead of paying them one
+// after another, node by node.
+void Propagator::Impl::prefetch(const std::vector<std::uint32_t>& positions) {
+  const detail::Plan& p = *plan;
+  for (std::uint32_t position : positions) __builtin_prefetch(&node_at[p.order[position]]);
+  for (std::uint32_t position : positions) {
+    const Node& n = node_at[p.order[position]];
+    __builtin_prefetch(input_pool.data() + n.inputs);
+    __builtin_prefetch(&slots[n.out]);
+  }
+  for (std::uint32_t position : positions) {
+    for (VertexId in : inputs_of(node_at[p.order[position]])) __builtin_prefetch(&slots[in]);
+  }
+  for (std::uint32_t position : positions) {
+    const Node& n = node_at[p.order[position]];
+    __builtin_prefetch(slots[n.out].record);
+    for (VertexId in : inputs_of(n)) __builtin_prefetch(slots[in].record);
+  }
+  for (std::uint32_t position : positions) {
+    const Node& n = node_at[p.order[position]];
+    __builtin_prefetch(slots[n.out].record->data);
+    for (VertexId in : inputs_of(n)) __builtin_prefetch(slots[in].record->data);
+  }
+}
+
 std::uint32_t Propagator::Impl::next_wave() {
   std::uint32_t current = wave_number.load(std::memory_order_relaxed);
   if (current == ~std::uint32_t{0}) {
@@ -436,6 +462,7 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
   const bool dense = affected.size() * 8 >= p.order.size();
   if (!dense && !std::is_sorted(affected.begin(), affected.end())) std::sort(affected.begin(), affected.end());
   const std::size_t reached = affected.size();
+  if (!dense && reached <= kPrefetchNodes) prefetch(affected);
 
   const std::uint64_t started = steady_ns();
   if (wants(EventKind::WaveBegin)) emit(Event{EventKind::WaveBegin, PageId(), 0, 0, wave, 0, {}});
@@ -446,30 +473,37 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
     failure = nullptr;
   }
 
-  // The levels to run: [first, last) of `affected` (sparse) or of plan positions (dense).
-  using Segment = detail::Segment;
-  segments.clear();
-  if (dense) {
-    for (std::size_t l = 0; l < p.levels(); ++l) segments.push_back({p.level_begin[l], p.level_begin[l + 1]});
-  } else {
-    for (std::size_t i = 0; i < reached;) {
-      const auto level_end = *std::upper_bound(p.level_begin.begin(), p.level_begin.end(), affected[i]);
-      const std::size_t j = static_cast<std::size_t>(
-          std::lower_bound(affected.begin() + static_cast<std::ptrdiff_t>(i), affected.end(), level_end) -
-          affected.begin());
-      segments.push_back({static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(j)});
-      i = j;
-    }
-  }
   // A level is split across the threads when it has more than inline_node_limit nodes and enough work (by the
-  // sampled node run time) to be worth waking workers for; chunks aim at ~20 us of work.
+  // sampled node run time) to be worth waking workers for; chunks aim at ~20 us of work. The levels are only
+  // looked at when the wave as a whole is that wide: segments are [first, last) of `affected` (sparse) or of plan
+  // positions (dense).
+  using Segment = detail::Segment;
   const int threads = arena.max_concurrency();
   const std::uint64_t estimate = std::max<std::uint64_t>(1, node_ns_estimate.load(std::memory_order_relaxed));
-  auto split = [&](const Segment& s) {
-    const std::size_t n = s.last - s.first;
+  auto wide = [&](std::size_t n) {
     return threads > 1 && n > options.inline_node_limit && n * estimate >= options.min_parallel_work_ns;
   };
-  const bool parallel = reached > options.inline_node_limit && std::any_of(segments.begin(), segments.end(), split);
+  auto split = [&](const Segment& s) { return wide(s.last - s.first); };
+  segments.clear();
+  bool parallel = false;
+  if (wide(reached)) {
+    if (dense) {
+      for (std::size_t l = 0; l < p.levels(); ++l) segments.push_back({p.level_begin[l], p.level_begin[l + 1]});
+    } else {
+      // Positions are sorted and levels are position ranges: one walk splits them.
+      std::size_t level = static_cast<std::size_t>(
+          std::upper_bound(p.level_begin.begin(), p.level_begin.end(), affected.front()) - p.level_begin.begin() - 1);
+      std::uint32_t first = 0;
+      for (std::uint32_t i = 1; i <= reached; ++i) {
+        if (i < reached && affected[i] < p.level_begin[level + 1]) continue;
+        segments.push_back({first, i});
+        first = i;
+        if (i < reached)
+          while (affected[i] >= p.level_begin[level + 1]) ++level;
+      }
+    }
+    parallel = std::any_of(segments.begin(), segments.end(), split);
+  }
   wave_number.store(wave, std::memory_order_release);  // publishes everything above to the chunks
   auto run_segment = [&](const Segment& s, Tally& tally) {
     if (dense) {
@@ -485,7 +519,7 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
   tally.scratch = &lease.get();
   if (!parallel) {
     counters.inline_waves.fetch_add(1, std::memory_order_relaxed);
-    for (const Segment& s : segments) run_segment(s, tally);
+    run_segment(Segment{0, static_cast<std::uint32_t>(dense ? p.order.size() : reached)}, tally);
   } else {
     arena.execute([&] {
       for (const Segment& s : segments) {

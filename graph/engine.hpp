@@ -166,18 +166,31 @@ struct PendingCommit {
 // diffs and publishes in one pass, and readers never see the output between two of those steps.
 class NodeLocks {
  public:
-  NodeLocks(const std::vector<PageRecord*>& pages, const PageRecord* output) : pages_(pages), output_(output) {
-    for (PageRecord* p : pages_) {
-      if (p == output_) {
-        p->mutex.lock();
-      } else {
-        p->mutex.lock_shared();
+  NodeLocks(const std::vector<PageRecord*>& pages, PageRecord* output) : pages_(pages), output_(output) {
+    for (;;) {
+      for (PageRecord* p : pages_) {
+        if (p == output_) {
+          p->mutex.lock();
+        } else {
+          p->mutex.lock_shared();
+        }
+        ++locked_;
+        if (p->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(p->id);
       }
-      ++locked_;
-      if (p->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(p->id);
+      // A logged commit to the output page itself is on its way to the disk (runtime.hpp, "Visibility"): let it
+      // publish first, holding no lock it needs, rather than write under the in-flight deltas it heads.
+      detail::InFlight* in_flight = output_->in_flight_front.load(std::memory_order_acquire);
+      if (in_flight == nullptr) return;
+      unlock_all();
+      output_->in_flight_front.wait(in_flight, std::memory_order_acquire);
     }
   }
-  ~NodeLocks() {
+  ~NodeLocks() { unlock_all(); }
+  NodeLocks(const NodeLocks&) = delete;
+  NodeLocks& operator=(const NodeLocks&) = delete;
+
+ private:
+  void unlock_all() noexcept {
     while (locked_ > 0) {
       PageRecord* p = pages_[--locked_];
       if (p == output_) {
@@ -187,12 +200,9 @@ class NodeLocks {
       }
     }
   }
-  NodeLocks(const NodeLocks&) = delete;
-  NodeLocks& operator=(const NodeLocks&) = delete;
 
- private:
   const std::vector<PageRecord*>& pages_;
-  const PageRecord* output_;
+  PageRecord* output_;
   std::size_t locked_ = 0;
 };
 

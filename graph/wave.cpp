@@ -103,17 +103,25 @@ class NodeLocks {
       std::sort(held_.begin(), held_.end(), [](const PageRecord* a, const PageRecord* b) { return a->id < b->id; });
       held_.erase(std::unique(held_.begin(), held_.end()), held_.end());
     }
-    try {
-      for (PageRecord* rec : held_) {
-        if (!out_locked_ && out.id < rec->id) lock_output();
-        rec->mutex.lock_shared();
-        ++shared_;
-        check(*rec);
+    for (;;) {
+      try {
+        for (PageRecord* rec : held_) {
+          if (!out_locked_ && out.id < rec->id) lock_output();
+          rec->mutex.lock_shared();
+          ++shared_;
+          check(*rec);
+        }
+        if (!out_locked_) lock_output();
+      } catch (...) {
+        unlock_all();
+        throw;
       }
-      if (!out_locked_) lock_output();
-    } catch (...) {
+      // A logged commit to the output page itself is on its way to the disk (runtime.hpp, "Visibility"): let it
+      // publish first, holding no lock it needs, rather than write under the in-flight deltas it heads.
+      detail::InFlight* in_flight = out_.in_flight_front.load(std::memory_order_acquire);
+      if (in_flight == nullptr) break;
       unlock_all();
-      throw;
+      out_.in_flight_front.wait(in_flight, std::memory_order_acquire);
     }
     scratch.spans.resize(inputs.size());
     for (std::size_t i = 0; i < inputs.size(); ++i) {

@@ -1,9 +1,19 @@
-// runtime/page_lock.hpp — the reader/writer lock of one page (internal).
+// runtime/page_lock.hpp — the lock of one page (internal): shared, update and exclusive modes.
 //
-// One 32-bit word: a writer bit, a writer-pending bit and a reader count. Uncontended, each lock or unlock is a
-// single atomic read-modify-write, several times cheaper than pthread_rwlock, which matters because every commit
-// and every node of a wave takes page locks. Writers are preferred: once a writer waits, new readers hold back, so a
-// stream of readers cannot starve commits. Waiters spin briefly, then sleep in the kernel (C++20 atomic wait).
+// One 32-bit word: a writer bit, a writer-pending bit, an update bit and a reader count. Uncontended, each lock or
+// unlock is a single atomic read-modify-write, several times cheaper than pthread_rwlock, which matters because
+// every commit and every node of a wave takes page locks. Waiters spin briefly, then sleep in the kernel (C++20
+// atomic wait).
+//
+// Modes:
+//   shared     readers (read(), ReadView, a node's inputs): many at once; they exclude only exclusive holders.
+//   update     a commit building its delta and logging it: one holder at a time, excluding other update and
+//              exclusive holders but not readers, so readers go on while a commit's record is on its way to disk.
+//   exclusive  publishing (a commit applying its delta, a node writing its output): update plus no readers.
+// lock() takes update and exclusive at once. upgrade() turns a held update lock into an exclusive one; it waits
+// for the readers to leave and holds new ones back meanwhile (writers are preferred, so a stream of readers
+// cannot starve a commit). Deadlock freedom across pages comes from the callers: they lock pages in PageId order
+// and upgrade only while holding no lock of a higher page.
 //
 // Meets the standard SharedMutex requirements (usable with std::unique_lock / std::shared_lock); not recursive.
 // Thread-safety: that is its purpose.
@@ -37,51 +47,57 @@ class PageLock {
       s = pause_or_wait(s, spins);
     }
   }
-  bool try_lock_shared() noexcept {
-    std::uint32_t s = state_.load(std::memory_order_relaxed);
-    while ((s & (kWriter | kPending)) == 0) {
-      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acquire, std::memory_order_relaxed)) return true;
-    }
-    return false;
-  }
   void unlock_shared() noexcept {
     const std::uint32_t prev = state_.fetch_sub(1, std::memory_order_release);
     if ((prev & kReaders) == 1 && (prev & kPending) != 0) state_.notify_all();  // last reader lets a writer in
   }
 
-  void lock() noexcept {
+  void lock_update() noexcept {
     std::uint32_t s = state_.load(std::memory_order_relaxed);
     for (int spins = 0;;) {
-      if ((s & (kWriter | kReaders)) == 0) {
-        // Free (perhaps with our or another writer's pending bit): take it; the bit is cleared, and other waiting
-        // writers set it again when they retry.
-        if (state_.compare_exchange_weak(s, kWriter, std::memory_order_acquire, std::memory_order_relaxed)) return;
+      if ((s & kUpdate) == 0) {  // exclusive holders hold kUpdate too
+        if (state_.compare_exchange_weak(s, s | kUpdate, std::memory_order_acquire, std::memory_order_relaxed)) return;
         continue;
-      }
-      if ((s & kPending) == 0) {
-        if (!state_.compare_exchange_weak(s, s | kPending, std::memory_order_relaxed, std::memory_order_relaxed))
-          continue;
-        s |= kPending;
       }
       s = pause_or_wait(s, spins);
     }
   }
-  bool try_lock() noexcept {
-    std::uint32_t s = state_.load(std::memory_order_relaxed);
-    while ((s & (kWriter | kReaders)) == 0) {
-      if (state_.compare_exchange_weak(s, kWriter, std::memory_order_acquire, std::memory_order_relaxed)) return true;
+  void unlock_update() noexcept {
+    state_.fetch_and(~kUpdate, std::memory_order_release);
+    state_.notify_all();  // cheap when nobody waits: libstdc++ checks its waiter count before any syscall
+  }
+
+  // Holding the update lock: waits for the readers to leave (new ones hold back) and takes the lock exclusively.
+  void upgrade() noexcept {
+    std::uint32_t s = state_.fetch_or(kPending, std::memory_order_relaxed) | kPending;
+    for (int spins = 0;;) {
+      if ((s & kReaders) == 0) {
+        if (state_.compare_exchange_weak(s, (s & ~kPending) | kWriter, std::memory_order_acquire,
+                                         std::memory_order_relaxed))
+          return;
+        continue;
+      }
+      s = pause_or_wait(s, spins);
     }
-    return false;
+  }
+
+  void lock() noexcept {
+    std::uint32_t free = 0;
+    if (state_.compare_exchange_strong(free, kUpdate | kWriter, std::memory_order_acquire, std::memory_order_relaxed))
+      return;
+    lock_update();
+    upgrade();
   }
   void unlock() noexcept {
-    state_.fetch_and(~kWriter, std::memory_order_release);
-    state_.notify_all();  // cheap when nobody waits: libstdc++ checks its waiter count before any syscall
+    state_.fetch_and(~(kWriter | kUpdate), std::memory_order_release);
+    state_.notify_all();
   }
 
  private:
   static constexpr std::uint32_t kWriter = 1u << 31;
-  static constexpr std::uint32_t kPending = 1u << 30;
-  static constexpr std::uint32_t kReaders = kPending - 1;
+  static constexpr std::uint32_t kPending = 1u << 30;  // set only by the update holder while it upgrades
+  static constexpr std::uint32_t kUpdate = 1u << 29;
+  static constexpr std::uint32_t kReaders = kUpdate - 1;
   static constexpr int kSpinsBeforeSleep = 64;
 
   // Spins a little while the lock is busy, then sleeps until the word changes; returns the word seen next.

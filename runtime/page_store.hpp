@@ -6,7 +6,8 @@
 //
 // Thread-safety: find() and insert() may run concurrently. A record's bytes and capacity are guarded by its
 // mutex; size, epoch and the deleted flag are atomics written only under the exclusive lock, so lock-free reads of
-// them are hints that must be re-checked under the lock.
+// them are hints that must be re-checked under the lock. The in-flight list is guarded by the update lock (which
+// the exclusive lock includes); its front is atomic so that commits can wait for their turn without a lock.
 #pragma once
 
 #include <array>
@@ -19,6 +20,21 @@
 #include "runtime/page_lock.hpp"
 
 namespace mmsb::detail {
+
+// One commit's place in a page's in-flight list: the commit is logged (its record handed to the sink) but not yet
+// published, because the sink is still making it durable. Commits publish in list order, so those of one page
+// become visible in LSN order; a later commit of the page builds on the head (published bytes plus these deltas).
+// Lives in the committing transaction's state, which unlinks it before the commit returns or throws.
+struct InFlight {
+  const Delta* delta = nullptr;   // the commit's change of the page; null when it only read or rewrote the page
+  std::uint64_t epoch_after = 0;  // the page's head epoch and size once this commit is applied
+  std::uint64_t size_after = 0;
+  InFlight* next = nullptr;                    // guarded by the page's update lock
+  std::atomic<bool>* failed = nullptr;         // the owning commit's flag: set when a commit before it fails
+  std::atomic<std::uint32_t>* turn = nullptr;  // the owning commit's wake-up word: bumped when this node becomes
+                                               // the front of its list or its commit is failed
+  bool linked = false;                         // guarded by the page's update lock
+};
 
 struct PageRecord {
   PageRecord(PageId page_id, Location where) : id(page_id), location(where) {}
@@ -39,6 +55,22 @@ struct PageRecord {
   // clears it under the exclusive lock while lock-free readers (is_external) may look.
   std::atomic<bool> external{false};
   std::shared_ptr<const void> external_owner;
+  // In-flight commits, oldest first (see InFlight); empty without a commit sink. `in_flight_front` changes only
+  // under the update lock and is notified on every change.
+  std::atomic<InFlight*> in_flight_front{nullptr};
+  InFlight* in_flight_back = nullptr;  // guarded by the update lock
+  // Bumped (under the update lock) whenever an in-flight commit leaves the list without publishing: the head epoch
+  // it made may then be reached again by other bytes, so a transaction's read records this too, not the epoch
+  // alone.
+  std::atomic<std::uint32_t> withdrawals{0};
+
+  // The page as the next commit builds on it (published state plus the in-flight deltas). Under the update lock.
+  std::uint64_t head_epoch() const noexcept {
+    return in_flight_back ? in_flight_back->epoch_after : epoch.load(std::memory_order_relaxed);
+  }
+  std::uint64_t head_size() const noexcept {
+    return in_flight_back ? in_flight_back->size_after : size.load(std::memory_order_relaxed);
+  }
 };
 
 class PageStore {

@@ -205,16 +205,30 @@ IdBlock Runtime::reserve_ids(std::uint64_t count) {
 void Runtime::delete_page(PageId id) {
   PageRecord* record = impl_->find_or_throw(id);
   std::optional<detail::GateGuard> inside(std::in_place, impl_->gate);
-  std::unique_lock lock(record->mutex);
-  if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
-  std::uint64_t lsn = impl_->take_lsn();
-  if (impl_->sink) {
-    CommitRecord rec;
-    rec.lsn = lsn;
-    rec.timestamp_ns = detail::now_ns();
-    rec.deleted = std::span<const PageId>(&id, 1);
-    impl_->sink->write(rec);
+  // The update lock keeps commits off the page while its record is logged; readers go on until the upgrade. Logged
+  // commits still in flight on the page publish first.
+  for (;;) {
+    record->mutex.lock_update();
+    detail::InFlight* first = record->in_flight_front.load(std::memory_order_acquire);
+    if (first == nullptr) break;
+    record->mutex.unlock_update();
+    record->in_flight_front.wait(first, std::memory_order_acquire);
   }
+  try {
+    if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+    const std::uint64_t lsn = impl_->take_lsn();
+    if (impl_->sink) {
+      CommitRecord rec;
+      rec.lsn = lsn;
+      rec.timestamp_ns = detail::now_ns();
+      rec.deleted = std::span<const PageId>(&id, 1);
+      impl_->sink->write(rec);
+    }
+  } catch (...) {
+    record->mutex.unlock_update();
+    throw;
+  }
+  record->mutex.upgrade();  // holds no other page lock: cannot deadlock
   record->deleted.store(true, std::memory_order_relaxed);
   if (record->data && !record->external) PageAllocator::global().deallocate(record->data, record->capacity);
   record->external_owner.reset();
@@ -223,7 +237,7 @@ void Runtime::delete_page(PageId id) {
   record->size.store(0, std::memory_order_relaxed);
   impl_->live_pages.fetch_sub(1, std::memory_order_relaxed);
   impl_->names.forget(id);  // a deleted page's name is free again (the log record implies it)
-  lock.unlock();
+  record->mutex.unlock();
   inside.reset();
   if (detail::CommitListener* l = impl_->listener.load(std::memory_order_acquire)) l->page_deleted(id);
 }

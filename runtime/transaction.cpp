@@ -1,13 +1,23 @@
-// Transactions: staging, and the commit protocol described in mmsb/runtime.hpp.
+// Transactions: staging, and the commit protocol described in mmsb/runtime.hpp ("Visibility").
 //
-// Commit = lock the touched pages exclusively in PageId order → check everything (existence, epochs, bounds) and
-// allocate any memory a resize needs → build each page's delta (with undo bytes) → take the LSN and hand the
-// record to the sink → apply (cannot fail) → unlock. Everything that can fail happens before the sink sees the
-// record and before any byte changes, which is what makes a failed commit leave no trace.
+// In memory (no sink): lock the touched pages in PageId order (exclusive where the commit changes a page, shared
+// where it only validates one) → check everything (existence, epochs, bounds) and allocate any memory a resize
+// needs → build each page's delta (only the bytes that differ, with undo bytes) → take the LSN → apply (cannot
+// fail) → publish to the listener → unlock.
+//
+// Logged (a sink): the same steps up to the LSN run under update locks, which readers ignore, against each page's
+// head (published bytes plus the deltas of in-flight commits); then the record is appended to the sink and the
+// commit joins each page's in-flight list, and the update locks are released. Outside every lock the commit waits
+// for the sink to make the record durable (commits of one page share a sync), then for its turn at the front of
+// each of its pages' lists, and publishes: exclusive locks, apply, listener, unlock. If the sink fails, the commit
+// leaves its lists and fails every commit behind it there (they built on it). Everything that can fail happens
+// before the record is appended or is a sink failure undone this way, which is what makes a failed commit leave
+// no trace.
 //
 // Transaction state objects are recycled through a per-thread pool so that, once warm, a commit allocates
 // nothing: the staged writes, the deltas and their vectors keep their capacity.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <functional>
@@ -19,8 +29,8 @@
 #include <utility>
 #include <vector>
 
-#include "mmsb/runtime.hpp"
 #include "delta/changed_runs.hpp"
+#include "mmsb/runtime.hpp"
 #include "runtime/runtime_impl.hpp"
 
 namespace mmsb {
@@ -40,6 +50,7 @@ struct Transaction::State {
     std::uint64_t expected_epoch = 0;
     bool read = false;  // read through the transaction: the commit validates `read_epoch`
     std::uint64_t read_epoch = 0;
+    std::uint32_t read_withdrawals = 0;  // PageRecord::withdrawals when read
     std::size_t delta_index = kNoDelta;
     // Whether the commit changes the page (else it only validates it).
     bool changes() const noexcept { return resize || delta_index != kNoDelta; }
@@ -52,8 +63,9 @@ struct Transaction::State {
     std::size_t write_begin = 0, write_end = 0;  // its writes in `order`
     const PageOp* op = nullptr;
     std::uint64_t epoch = 0, size = 0, final_size = 0;
-    detail::Block grown;  // new memory when the page outgrows its capacity
+    detail::Block grown;           // new memory when the page outgrows its capacity
     std::size_t delta = kNoDelta;  // its delta in `committed`, when the commit changes the page
+    detail::InFlight node;         // logged commits: its place in the page's in-flight list
 
     // Written pages are locked exclusively; pages only read or expected are locked shared (enough to hold their
     // epochs still while the commit validates them).
@@ -78,9 +90,10 @@ struct Transaction::State {
   std::vector<std::uint64_t> scratch_positions;
   std::vector<std::byte> old_scratch;
 
-  // The page and epoch a commit found when it failed with Conflict (kept past reset() for Runtime::transact).
-  PageRecord* conflict_page = nullptr;
-  std::uint64_t conflict_epoch = 0;
+  // Logged commits: set when a commit this one builds on failed to become durable; `turn` is bumped (and
+  // notified) when one of this commit's in-flight nodes becomes the front of its list, or when it is failed.
+  std::atomic<bool> failed{false};
+  std::atomic<std::uint32_t> turn{0};
 
   void reset() noexcept {
     active = false;
@@ -110,12 +123,13 @@ struct Transaction::State {
   // The one place a read through the transaction is recorded (Transaction::read and read_for_update, and any
   // typed view built on them): the first read of a page fixes the epoch the commit validates; a later read that
   // finds the page moved fails at once, since the transaction can no longer commit.
-  void note_read(PageRecord* page, std::uint64_t epoch) {
+  void note_read(PageRecord* page, std::uint64_t epoch, std::uint32_t withdrawals) {
     PageOp& op = op_for(page);
     if (!op.read) {
       op.read = true;
       op.read_epoch = epoch;
-    } else if (op.read_epoch != epoch) {
+      op.read_withdrawals = withdrawals;
+    } else if (op.read_epoch != epoch || op.read_withdrawals != withdrawals) {
       throw_conflict(*page, op.read_epoch, epoch, "read it");
     }
   }
@@ -130,31 +144,36 @@ struct Transaction::State {
   }
 
   std::uint64_t commit(Runtime::Impl& rt, detail::CommitListener* listener);
-  void validate_reads_only();
+  std::uint64_t commit_in_memory(Runtime::Impl& rt, detail::CommitListener* listener);
+  std::uint64_t commit_logged(Runtime::Impl& rt, detail::CommitListener* listener);
+  std::size_t build_deltas(const Runtime::Impl& rt);
+  CommitRecord record_of(std::uint64_t lsn, std::size_t count) const;
+  void apply_deltas() noexcept;
+  void link_in_flight() noexcept;
+  void wait_for_turn() noexcept;
+  void publish_logged(std::uint64_t lsn, std::size_t count, detail::CommitListener* listener) noexcept;
+  void withdraw() noexcept;
+  void validate_reads_only(Runtime::Impl& rt);
+  [[noreturn]] void throw_cascade(std::uint64_t lsn);
   void collect_entries();
-  void check_and_prepare(Entry& e);
+  void check_and_prepare(Entry& e, bool on_head);
   bool build_delta(const Entry& e, Delta& d, bool record_undo);
   const std::byte* old_bytes(const Entry& e, std::uint64_t offset, std::uint64_t length);
   void keep_changed_bytes(const Entry& e, Delta& d, bool record_undo);
 };
 
 namespace {
-constexpr const char* kRetryAdvice = "; nothing was committed: run the transaction again, reads included "
-                                     "(Runtime::transact does)";
+constexpr const char* kRetryAdvice =
+    "; nothing was committed: run the transaction again, reads included (Runtime::transact does)";
 }
 
 void Transaction::State::throw_conflict(const PageRecord& page, std::uint64_t seen, std::uint64_t now,
                                         const char* how) {
-  conflict_page = const_cast<PageRecord*>(&page);
-  conflict_epoch = now;
   throw Error(ErrorCode::Conflict, "page " + page.id.to_string() + " moved from epoch " + std::to_string(seen) +
-                                       " to " + std::to_string(now) + " since this transaction " + how +
-                                       kRetryAdvice);
+                                       " to " + std::to_string(now) + " since this transaction " + how + kRetryAdvice);
 }
 
 void Transaction::State::throw_unexpected_epoch(const PageRecord& page, std::uint64_t expected, std::uint64_t now) {
-  conflict_page = const_cast<PageRecord*>(&page);
-  conflict_epoch = now;
   throw Error(ErrorCode::Conflict, "page " + page.id.to_string() + " is at epoch " + std::to_string(now) +
                                        " but the transaction expected epoch " + std::to_string(expected) +
                                        " (expect_epoch)" + kRetryAdvice);
@@ -172,7 +191,7 @@ struct StatePool {
 thread_local StatePool state_pool;
 
 // Locks the entries' pages in PageId order (exclusive where the commit changes the page, shared where it only
-// validates it) and unlocks them, in reverse order, on scope exit.
+// validates it) and unlocks them, in reverse order, on scope exit. In-memory commits.
 struct PageLocks {
   std::vector<Transaction::State::Entry>& entries;
   std::size_t locked = 0;
@@ -198,6 +217,82 @@ struct PageLocks {
     }
   }
 };
+
+// Logged commits: update locks on every entry's page, in PageId order, released on scope exit. Readers ignore them;
+// they keep other commits of these pages from building on the same head.
+struct UpdateLocks {
+  std::vector<Transaction::State::Entry>& entries;
+  std::size_t locked = 0;
+  explicit UpdateLocks(std::vector<Transaction::State::Entry>& e) : entries(e) {}
+  void lock_all() {
+    for (auto& e : entries) {
+      e.page->mutex.lock_update();
+      ++locked;
+    }
+  }
+  ~UpdateLocks() {
+    while (locked > 0) entries[--locked].page->mutex.unlock_update();
+  }
+};
+
+void notify_front(PageRecord& page) noexcept { page.in_flight_front.notify_all(); }
+
+// Wakes the commit owning `node` to re-check its turn (or its failure).
+void wake(detail::InFlight& node) noexcept {
+  node.turn->fetch_add(1, std::memory_order_release);
+  node.turn->notify_all();
+}
+
+// Copies [offset, offset + length) of the page's head: the published bytes with the deltas of its in-flight
+// commits applied in order (each zero-extends what it grows, then writes its ranges). Bytes beyond the head's size
+// come out unspecified. The caller holds the page's update lock (or exclusive: then there is nothing in flight).
+void copy_head_bytes(const PageRecord& page, std::uint64_t offset, std::uint64_t length, std::byte* out) noexcept {
+  const std::uint64_t end = offset + length;
+  auto zero = [&](std::uint64_t from, std::uint64_t to) {
+    from = std::max(from, offset);
+    to = std::min(to, end);
+    if (from < to) std::memset(out + (from - offset), 0, to - from);
+  };
+  std::uint64_t size = page.size.load(std::memory_order_relaxed);
+  if (offset < size) std::memcpy(out, page.data + offset, std::min(end, size) - offset);
+  zero(size, end);
+  for (const detail::InFlight* it = page.in_flight_front.load(std::memory_order_relaxed); it != nullptr;
+       it = it->next) {
+    if (it->delta == nullptr) continue;
+    const Delta& d = *it->delta;
+    zero(size, d.size);
+    size = d.size;
+    const std::byte* src = d.payload.data();
+    for (const ByteRange& r : d.ranges) {
+      const std::uint64_t from = std::max(r.offset, offset), to = std::min(r.end(), end);
+      if (from < to) std::memcpy(out + (from - offset), src + (from - r.offset), to - from);
+      src += r.length;
+    }
+  }
+}
+
+// Runs `fn(in_flight, size, epoch, withdrawals)` on the page's head, for a read through a transaction: under the shared
+// lock when no commit is in flight (the head is the published state), else under the update lock. Throws
+// Error(NotFound) for a deleted page.
+template <class Fn>
+void with_head(PageRecord& page, Fn&& fn) {
+  {
+    std::shared_lock lock(page.mutex);
+    if (page.in_flight_front.load(std::memory_order_acquire) == nullptr) {
+      if (page.deleted.load(std::memory_order_relaxed)) detail::throw_not_found(page.id);
+      fn(/*in_flight=*/false, page.size.load(std::memory_order_relaxed), page.epoch.load(std::memory_order_relaxed),
+         page.withdrawals.load(std::memory_order_relaxed));
+      return;
+    }
+  }
+  page.mutex.lock_update();
+  struct Unlock {
+    PageRecord& page;
+    ~Unlock() { page.mutex.unlock_update(); }
+  } unlock{page};
+  if (page.deleted.load(std::memory_order_relaxed)) detail::throw_not_found(page.id);
+  fn(/*in_flight=*/true, page.head_size(), page.head_epoch(), page.withdrawals.load(std::memory_order_relaxed));
+}
 
 }  // namespace
 
@@ -250,8 +345,9 @@ void refuse_external(const PageRecord& page) {
 }
 
 [[noreturn]] void throw_failed_after_commit(std::uint64_t lsn, const std::string& what) {
-  throw Error(ErrorCode::NodeFailed, "the commit with LSN " + std::to_string(lsn) +
-                                         " took effect (do not retry it), but propagating it failed: " + what,
+  throw Error(ErrorCode::NodeFailed,
+              "the commit with LSN " + std::to_string(lsn) +
+                  " took effect (do not retry it), but propagating it failed: " + what,
               lsn);
 }
 
@@ -276,8 +372,8 @@ void Transaction::write(PageId id, std::uint64_t offset, std::span<const std::by
   }
   if (offset > size || size - offset < bytes.size()) {
     throw Error(ErrorCode::InvalidArgument,
-                "write of " + detail::range_text(offset, bytes.size()) + " is outside page " + id.to_string() +
-                    " of " + std::to_string(size) + " bytes" +
+                "write of " + detail::range_text(offset, bytes.size()) + " is outside page " + id.to_string() + " of " +
+                    std::to_string(size) + " bytes" +
                     (resized ? " (after this transaction's resize)" : "; resize the page first"));
   }
   if (bytes.empty()) return;
@@ -302,8 +398,8 @@ void Transaction::apply(const Delta& delta) {
   refuse_external(*page);
   State::PageOp& op = state_->op_for(page);
   if (op.delta_index != State::kNoDelta) {
-    throw Error(ErrorCode::InvalidArgument, "page " + delta.page.to_string() +
-                                                " already has a delta in this transaction; compose() them first");
+    throw Error(ErrorCode::InvalidArgument,
+                "page " + delta.page.to_string() + " already has a delta in this transaction; compose() them first");
   }
   state_->staged_deltas.push_back(delta);
   op.delta_index = state_->staged_deltas.size() - 1;
@@ -336,12 +432,23 @@ void Transaction::read(PageId id, std::uint64_t offset, std::span<std::byte> out
   if (!active()) throw_inactive();
   PageRecord* page = runtime_->find_or_throw(id);
   std::uint64_t epoch = 0;
-  {
-    std::shared_lock lock(page->mutex);
-    detail::copy_out(*page, offset, out);
-    epoch = page->epoch.load(std::memory_order_relaxed);
-  }
-  state_->note_read(page, epoch);
+  std::uint32_t withdrawals = 0;
+  with_head(*page, [&](bool in_flight, std::uint64_t size, std::uint64_t head_epoch, std::uint32_t seen) {
+    if (offset > size || size - offset < out.size()) {
+      throw Error(ErrorCode::InvalidArgument, "read of " + detail::range_text(offset, out.size()) +
+                                                  " is outside page " + id.to_string() + " of " + std::to_string(size) +
+                                                  " bytes");
+    }
+    if (out.empty()) {
+    } else if (in_flight) {
+      copy_head_bytes(*page, offset, out.size(), out.data());
+    } else {
+      std::memcpy(out.data(), page->data + offset, out.size());
+    }
+    epoch = head_epoch;
+    withdrawals = seen;
+  });
+  state_->note_read(page, epoch, withdrawals);
 }
 
 std::vector<std::byte> Transaction::read_all(PageId id) {
@@ -349,13 +456,19 @@ std::vector<std::byte> Transaction::read_all(PageId id) {
   PageRecord* page = runtime_->find_or_throw(id);
   std::vector<std::byte> out;
   std::uint64_t epoch = 0;
-  {
-    std::shared_lock lock(page->mutex);
-    if (page->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
-    out.assign(page->data, page->data + page->size.load(std::memory_order_relaxed));
-    epoch = page->epoch.load(std::memory_order_relaxed);
-  }
-  state_->note_read(page, epoch);
+  std::uint32_t withdrawals = 0;
+  with_head(*page, [&](bool in_flight, std::uint64_t size, std::uint64_t head_epoch, std::uint32_t seen) {
+    out.resize(size);
+    if (size == 0) {
+    } else if (in_flight) {
+      copy_head_bytes(*page, 0, size, out.data());
+    } else {
+      std::memcpy(out.data(), page->data, size);
+    }
+    epoch = head_epoch;
+    withdrawals = seen;
+  });
+  state_->note_read(page, epoch, withdrawals);
   return out;
 }
 
@@ -363,13 +476,12 @@ PageInfo Transaction::read_for_update(PageId id) {
   if (!active()) throw_inactive();
   PageRecord* page = runtime_->find_or_throw(id);
   PageInfo info;
-  {
-    std::shared_lock lock(page->mutex);
-    if (page->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
-    info = {id, page->size.load(std::memory_order_relaxed), page->epoch.load(std::memory_order_relaxed),
-            page->location};
-  }
-  state_->note_read(page, info.epoch);
+  std::uint32_t withdrawals = 0;
+  with_head(*page, [&](bool, std::uint64_t size, std::uint64_t head_epoch, std::uint32_t seen) {
+    info = {id, size, head_epoch, page->location};
+    withdrawals = seen;
+  });
+  state_->note_read(page, info.epoch, withdrawals);
   return info;
 }
 
@@ -386,7 +498,8 @@ void Transaction::wait_before_retry(unsigned attempt) noexcept {
     std::this_thread::yield();
     return;
   }
-  thread_local std::minstd_rand jitter(static_cast<std::uint32_t>(std::hash<std::thread::id>{}(std::this_thread::get_id())));
+  thread_local std::minstd_rand jitter(
+      static_cast<std::uint32_t>(std::hash<std::thread::id>{}(std::this_thread::get_id())));
   const std::uint32_t ceiling_us = 1u << std::min(attempt - 2, 10u);
   std::this_thread::sleep_for(std::chrono::microseconds(jitter() % ceiling_us + 1));
 }
@@ -400,12 +513,11 @@ std::uint64_t Transaction::commit() {
   if (!active()) throw_inactive();
   State& st = *state_;
   st.committed_count = 0;
-  st.conflict_page = nullptr;
   if (!st.changes_anything()) {
     // Reads and expectations only: nothing to log or publish, but they are validated, so a read-only transaction
     // fails with Conflict unless what it read was one consistent state.
     try {
-      if (!st.ops.empty()) st.validate_reads_only();
+      if (!st.ops.empty()) st.validate_reads_only(*runtime_);
     } catch (...) {
       st.reset();
       throw;
@@ -494,26 +606,30 @@ void Transaction::State::collect_entries() {
 }
 
 // Runs under the page's exclusive lock; throws without side effects (grown memory is freed by reset()).
-void Transaction::State::check_and_prepare(Entry& e) {
+// `on_head`: the caller holds the update lock and builds on the page's head (logged commits); otherwise on the
+// published state (in memory, where the two are the same, and read-only validation under shared locks).
+void Transaction::State::check_and_prepare(Entry& e, bool on_head) {
   PageRecord& page = *e.page;
   if (page.deleted.load(std::memory_order_relaxed)) detail::throw_not_found(page.id);
   if (e.changes()) refuse_external(page);
-  e.epoch = page.epoch.load(std::memory_order_relaxed);
-  e.size = page.size.load(std::memory_order_relaxed);
+  e.epoch = on_head ? page.head_epoch() : page.epoch.load(std::memory_order_relaxed);
+  e.size = on_head ? page.head_size() : page.size.load(std::memory_order_relaxed);
   e.final_size = e.size;
   if (e.op) {
     if (e.op->read && e.op->read_epoch != e.epoch) throw_conflict(page, e.op->read_epoch, e.epoch, "read it");
+    if (e.op->read && on_head && e.op->read_withdrawals != page.withdrawals.load(std::memory_order_relaxed)) {
+      // The epoch is the same, but an in-flight commit of the page failed since: what was read may be gone.
+      throw_conflict(page, e.op->read_epoch, e.epoch, "read it (and an in-flight commit of it failed meanwhile)");
+    }
     if (e.op->expect && e.op->expected_epoch != e.epoch) throw_unexpected_epoch(page, e.op->expected_epoch, e.epoch);
     if (e.op->delta_index != kNoDelta) {
       const Delta& d = staged_deltas[e.op->delta_index];
       if (d.base_epoch != e.epoch || d.base_size != e.size) {
-        conflict_page = &page;
-        conflict_epoch = e.epoch;
-        throw Error(ErrorCode::Conflict,
-                    "delta for page " + page.id.to_string() + " was made against epoch " +
-                        std::to_string(d.base_epoch) + " (size " + std::to_string(d.base_size) +
-                        ") but the page is at epoch " + std::to_string(e.epoch) + " (size " +
-                        std::to_string(e.size) + "); nothing was committed: rebase the delta on the current page");
+        throw Error(ErrorCode::Conflict, "delta for page " + page.id.to_string() + " was made against epoch " +
+                                             std::to_string(d.base_epoch) + " (size " + std::to_string(d.base_size) +
+                                             ") but the page is at epoch " + std::to_string(e.epoch) + " (size " +
+                                             std::to_string(e.size) +
+                                             "); nothing was committed: rebase the delta on the current page");
       }
       e.final_size = d.size;
     }
@@ -533,18 +649,22 @@ void Transaction::State::check_and_prepare(Entry& e) {
 }
 
 // Fills `d` with the change of one page. Ranges come out canonical: sorted, merged where they touch.
-// The page's bytes [offset, offset + length) before this commit: zero beyond its size (a resize zero-extends).
-// Points into the page when it can, else into `old_scratch` (valid until the next call).
+// The page's bytes [offset, offset + length) before this commit (its head), zero beyond its size (a resize
+// zero-extends). Points into the page when it can, else into `old_scratch` (valid until the next call).
 const std::byte* Transaction::State::old_bytes(const Entry& e, std::uint64_t offset, std::uint64_t length) {
   const PageRecord& page = *e.page;
-  if (offset + length <= e.size) return page.data + offset;
+  if (page.in_flight_front.load(std::memory_order_relaxed) == nullptr && offset + length <= e.size) {
+    return page.data + offset;
+  }
   if (old_scratch.size() < length) old_scratch.resize(length);
-  const std::uint64_t have = offset < e.size ? e.size - offset : 0;
-  if (have > 0) std::memcpy(old_scratch.data(), page.data + offset, have);
-  std::memset(old_scratch.data() + have, 0, length - have);
+  copy_head_bytes(page, offset, length, old_scratch.data());
+  // Beyond the head's size the page holds nothing: this commit zero-extends it.
+  if (offset + length > e.size) {
+    const std::uint64_t from = std::max(offset, e.size);
+    std::memset(old_scratch.data() + (from - offset), 0, offset + length - from);
+  }
   return old_scratch.data();
 }
-
 // Change-only commits: keeps only the runs of `d` (ranges and payload as staged) whose bytes differ from the page,
 // merging runs closer than a range header costs in the log, and records their old bytes as undo.
 void Transaction::State::keep_changed_bytes(const Entry& e, Delta& d, bool record_undo) {
@@ -621,8 +741,8 @@ bool Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo)
       auto it = std::upper_bound(d.ranges.begin(), d.ranges.end(), w.offset,
                                  [](std::uint64_t off, const ByteRange& r) { return off < r.offset; });
       std::size_t k = static_cast<std::size_t>(it - d.ranges.begin()) - 1;
-      std::memcpy(d.payload.data() + scratch_positions[k] + (w.offset - d.ranges[k].offset),
-                  data.data() + w.data_pos, w.length);
+      std::memcpy(d.payload.data() + scratch_positions[k] + (w.offset - d.ranges[k].offset), data.data() + w.data_pos,
+                  w.length);
     }
   }
   if (!staged_delta && !write_through) {
@@ -636,39 +756,46 @@ bool Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo)
       pos += r.length;
     }
   }
-  if (record_undo && e.final_size < e.size) d.undo_tail.assign(page.data + e.final_size, page.data + e.size);
+  if (record_undo && e.final_size < e.size) {
+    const std::byte* tail = old_bytes(e, e.final_size, e.size - e.final_size);
+    d.undo_tail.assign(tail, tail + (e.size - e.final_size));
+  }
   return true;
 }
 
 std::uint64_t Transaction::State::commit(Runtime::Impl& rt, detail::CommitListener* listener) {
   collect_entries();
-  PageLocks locks(entries);
-  locks.lock_all();
-  for (Entry& e : entries) check_and_prepare(e);
+  return rt.sink ? commit_logged(rt, listener) : commit_in_memory(rt, listener);
+}
 
+// Builds the delta of every page the commit changes, in `committed`; returns how many (0: nothing changed).
+std::size_t Transaction::State::build_deltas(const Runtime::Impl& rt) {
   std::size_t count = 0;
   for (Entry& e : entries) {
+    e.delta = kNoDelta;
     if (!e.changes()) continue;
     if (committed.size() <= count) committed.emplace_back();
     if (!build_delta(e, committed[count], rt.options.record_undo)) continue;  // rewrote equal bytes only
     e.delta = count++;
   }
-  if (count == 0) return 0;
+  return count;
+}
 
-  std::uint64_t lsn = rt.take_lsn();
-  if (rt.sink) {
-    CommitRecord record;
-    record.lsn = lsn;
-    record.timestamp_ns = detail::now_ns();
-    record.deltas = std::span<const Delta>(committed.data(), count);
-    rt.sink->write(record);
-  }
+CommitRecord Transaction::State::record_of(std::uint64_t lsn, std::size_t count) const {
+  CommitRecord record;
+  record.lsn = lsn;
+  record.timestamp_ns = detail::now_ns();
+  record.deltas = std::span<const Delta>(committed.data(), count);
+  return record;
+}
 
-  // Apply: nothing below can fail.
+// Writes each delta into its page, which the caller holds exclusively and which is at the delta's base: nothing
+// here can fail.
+void Transaction::State::apply_deltas() noexcept {
   for (Entry& e : entries) {
     if (e.delta == kNoDelta) continue;
     PageRecord& page = *e.page;
-    if (e.grown.data) {
+    if (e.grown.data && e.final_size > page.capacity) {
       if (e.size > 0) std::memcpy(e.grown.data, page.data, e.size);
       if (page.data) PageAllocator::global().deallocate(page.data, page.capacity);
       page.data = e.grown.data;
@@ -686,19 +813,199 @@ std::uint64_t Transaction::State::commit(Runtime::Impl& rt, detail::CommitListen
     page.size.store(e.final_size, std::memory_order_relaxed);
     page.epoch.store(e.epoch + 1, std::memory_order_release);
   }
+}
+
+std::uint64_t Transaction::State::commit_in_memory(Runtime::Impl& rt, detail::CommitListener* listener) {
+  PageLocks locks(entries);
+  locks.lock_all();
+  for (Entry& e : entries) check_and_prepare(e, /*on_head=*/false);
+  const std::size_t count = build_deltas(rt);
+  if (count == 0) return 0;
+  const std::uint64_t lsn = rt.take_lsn();
+  apply_deltas();
   committed_count = count;
   // Still under the page locks: commits of the same page reach the listener in LSN order.
   if (listener) listener->published(lsn, std::span<const Delta>(committed.data(), committed_count));
   return lsn;
 }
 
-// A transaction that changes nothing: its reads and expectations are checked with their pages locked shared at
-// one instant, so what it read was one consistent state.
-void Transaction::State::validate_reads_only() {
+std::uint64_t Transaction::State::commit_logged(Runtime::Impl& rt, detail::CommitListener* listener) {
+  failed.store(false, std::memory_order_relaxed);
+  std::uint64_t lsn = 0, ticket = 0;
+  std::size_t count = 0;
+  for (;;) {
+    {
+      UpdateLocks locks(entries);
+      locks.lock_all();
+      for (Entry& e : entries) check_and_prepare(e, /*on_head=*/true);
+      count = build_deltas(rt);
+      if (count == 0) return 0;
+      lsn = rt.take_lsn();
+      ticket = rt.sink->append(record_of(lsn, count));  // throws: nothing was appended, no trace
+      if (ticket != CommitSink::kNotYet) {
+        link_in_flight();
+        break;
+      }
+    }
+    // A failed record's commits are leaving their pages (they need these locks): build again once they have.
+    for (Entry& e : entries) free_grown(e);
+    rt.sink->wait_appendable();
+  }
+  try {
+    rt.sink->wait_durable(ticket);
+  } catch (...) {
+    withdraw();
+    rt.sink->withdrawn();  // nothing can build on the failed record now: the sink may take records again
+    throw;
+  }
+  wait_for_turn();
+  if (failed.load(std::memory_order_acquire)) {
+    withdraw();
+    throw_cascade(lsn);
+  }
+  publish_logged(lsn, count, listener);
+  return lsn;
+}
+
+void Transaction::State::throw_cascade(std::uint64_t lsn) {
+  throw Error(ErrorCode::Conflict,
+              (lsn != 0 ? "the commit with LSN " + std::to_string(lsn) + " did not take effect: " : std::string()) +
+                  "an earlier commit of one of its pages, whose bytes this transaction read or built on, failed "
+                  "to become durable" +
+                  kRetryAdvice);
+}
+
+// Under the update locks, once the record is appended: joins the end of each page's in-flight list, so later
+// commits of the page build on this one and publish after it.
+void Transaction::State::link_in_flight() noexcept {
+  for (Entry& e : entries) {
+    detail::InFlight& node = e.node;
+    const bool changed = e.delta != kNoDelta;
+    node.delta = changed ? &committed[e.delta] : nullptr;
+    node.epoch_after = changed ? e.epoch + 1 : e.epoch;
+    node.size_after = changed ? e.final_size : e.size;
+    node.next = nullptr;
+    node.failed = &failed;
+    node.turn = &turn;
+    node.linked = true;
+    PageRecord& page = *e.page;
+    if (page.in_flight_back) {
+      page.in_flight_back->next = &node;
+    } else {
+      page.in_flight_front.store(&node, std::memory_order_release);
+    }
+    page.in_flight_back = &node;
+  }
+}
+
+// Durable: waits until this commit is first in every one of its pages' in-flight lists (every earlier commit of
+// those pages has published), or until one it builds on has failed. Holds no lock: waits only on other commits.
+void Transaction::State::wait_for_turn() noexcept {
+  for (Entry& e : entries) {
+    for (;;) {
+      const std::uint32_t seen = turn.load(std::memory_order_acquire);
+      if (failed.load(std::memory_order_acquire)) return;
+      if (e.page->in_flight_front.load(std::memory_order_acquire) == &e.node) break;
+      turn.wait(seen, std::memory_order_acquire);
+    }
+  }
+}
+// First in every list: apply and publish under exclusive locks (update locks on pages the commit only read),
+// leave the lists, and let the next commits of these pages go.
+void Transaction::State::publish_logged(std::uint64_t lsn, std::size_t count,
+                                        detail::CommitListener* listener) noexcept {
+  for (Entry& e : entries) {
+    if (e.delta != kNoDelta) {
+      e.page->mutex.lock();
+    } else {
+      e.page->mutex.lock_update();
+    }
+  }
+  apply_deltas();
+  for (Entry& e : entries) {
+    PageRecord& page = *e.page;
+    detail::InFlight* next = e.node.next;
+    page.in_flight_front.store(next, std::memory_order_release);
+    if (page.in_flight_back == &e.node) page.in_flight_back = nullptr;
+    e.node.linked = false;
+    // Its owner cannot leave while the node is linked and this page locked, so its word is still there.
+    if (next) wake(*next);
+  }
+  committed_count = count;
+  if (listener) listener->published(lsn, std::span<const Delta>(committed.data(), committed_count));
+  for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+    if (it->delta != kNoDelta) {
+      it->page->mutex.unlock();
+    } else {
+      it->page->mutex.unlock_update();
+    }
+  }
+  for (Entry& e : entries) notify_front(*e.page);
+}
+
+// The sink failed this commit (or one it builds on): leaves every in-flight list it is still in, cutting off and
+// failing the commits behind it (they built on its bytes or read what it was about to change), and lets waiters
+// of these pages re-check.
+void Transaction::State::withdraw() noexcept {
+  {
+    UpdateLocks locks(entries);
+    locks.lock_all();
+    for (Entry& e : entries) {
+      detail::InFlight& node = e.node;
+      if (!node.linked) continue;
+      PageRecord& page = *e.page;
+      detail::InFlight* before = nullptr;
+      for (detail::InFlight* it = page.in_flight_front.load(std::memory_order_relaxed); it != &node; it = it->next) {
+        before = it;
+      }
+      for (detail::InFlight* after = node.next; after != nullptr; after = after->next) {
+        after->linked = false;
+        after->failed->store(true, std::memory_order_release);
+        wake(*after);
+      }
+      page.withdrawals.fetch_add(1, std::memory_order_relaxed);
+      if (before) {
+        before->next = nullptr;
+      } else {
+        page.in_flight_front.store(nullptr, std::memory_order_release);
+      }
+      page.in_flight_back = before;
+      node.linked = false;
+    }
+  }
+  for (Entry& e : entries) notify_front(*e.page);
+}
+
+// A transaction that changes nothing: its reads and expectations are checked with their pages locked at one
+// instant, so what it read was one consistent state. With a sink it read the pages' heads: if a commit it read is
+// still in flight, it waits for that one to publish (or to fail, and then fails too) before it returns, so a
+// read-only transaction never reports what did not become durable.
+void Transaction::State::validate_reads_only(Runtime::Impl& rt) {
   collect_entries();
-  PageLocks locks(entries);
-  locks.lock_all();
-  for (Entry& e : entries) check_and_prepare(e);
+  if (!rt.sink) {
+    PageLocks locks(entries);
+    locks.lock_all();
+    for (Entry& e : entries) check_and_prepare(e, /*on_head=*/false);
+    return;
+  }
+  failed.store(false, std::memory_order_relaxed);
+  {
+    UpdateLocks locks(entries);
+    locks.lock_all();
+    bool in_flight = false;
+    for (Entry& e : entries) {
+      check_and_prepare(e, /*on_head=*/true);
+      in_flight = in_flight || e.page->in_flight_back != nullptr;
+    }
+    if (!in_flight) return;
+    link_in_flight();
+  }
+  wait_for_turn();
+  if (failed.load(std::memory_order_acquire)) {
+    withdraw();
+    throw_cascade(0);
+  }
+  publish_logged(0, 0, nullptr);  // only leaves the lists
 }
 
 }  // namespace mmsb

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <memory>
 
 #include "mmsb/error.hpp"
 #include "serialize/file_io.hpp"
@@ -421,7 +422,22 @@ void LogWriter::lead_sync_locked(std::unique_lock<std::mutex>& lock) {
       stats_.bytes -= leader_bytes_.size();
       --stats_.syncs;
       synced_ = std::max(synced_, target);  // resolved: those records are gone, their writers get the error
+      unwithdrawn_ += leader_batch_.size() + next_batch_.size();  // both fail below; append() refuses until then
       finish_batch_locked(leader_batch_, batch_seq, &write_error);
+      // The log stays a prefix (CommitSink's contract): the records appended behind the failed ones, in the batch
+      // that formed meanwhile, may build on them (a later commit of the same page), so they are dropped too.
+      if (!next_batch_.empty()) {
+        size_ -= pending_.size();
+        stats_.records -= next_batch_.size();
+        stats_.bytes -= pending_.size();
+        pending_.clear();
+        synced_ = written_;
+        std::vector<BatchWaiter*> behind;
+        const std::uint64_t behind_seq = take_next_batch_locked(behind);
+        const std::string dropped =
+            write_error + " (this record was appended after the failed ones and is dropped with them)";
+        finish_batch_locked(behind, behind_seq, &dropped);
+      }
       synced_cv_.notify_all();
       hand_on_leadership_locked();
       wake_collected(lock);
@@ -490,6 +506,31 @@ void LogWriter::flusher_main() {
 }
 
 void LogWriter::write(const CommitRecord& record) {
+  std::uint64_t ticket = append(record);
+  while (ticket == kNotYet) {
+    wait_appendable();
+    ticket = append(record);
+  }
+  try {
+    wait_durable(ticket);
+  } catch (...) {
+    withdrawn();  // a whole write() is never built on
+    throw;
+  }
+}
+
+void LogWriter::withdrawn() noexcept {
+  std::lock_guard lock(mutex_);
+  if (unwithdrawn_ > 0 && --unwithdrawn_ == 0) synced_cv_.notify_all();
+  // (Failures that poison the writer are not counted: it refuses everything anyway.)
+}
+
+void LogWriter::wait_appendable() {
+  std::unique_lock lock(mutex_);
+  synced_cv_.wait(lock, [this] { return unwithdrawn_ == 0 || failed_; });
+}
+
+std::uint64_t LogWriter::append(const CommitRecord& record) {
   // The frame is built in one buffer: header bytes reserved, the body serialized after them, the header filled.
   std::string frame(kRecordHeaderBytes, '\0');
   append_commit(record, frame);
@@ -503,6 +544,10 @@ void LogWriter::write(const CommitRecord& record) {
   const std::uint64_t frame_bytes = frame.size();
 
   std::unique_lock lock(mutex_);
+  if (unwithdrawn_ > 0) {
+    wake_collected(lock);
+    return kNotYet;
+  }
   try {
     prepare_segment_locked(lock, record.lsn, frame_bytes);  // a roll finishes the batch that was forming
   } catch (...) {
@@ -534,18 +579,29 @@ void LogWriter::write(const CommitRecord& record) {
   }
   if (options_.sync == SyncPolicy::Interval) {
     if (pending_.size() >= kFlushBytes) flush_pending_locked();
-    return;
+    return 0;
   }
-  if (options_.sync != SyncPolicy::EveryCommit) return;
+  if (options_.sync != SyncPolicy::EveryCommit) return 0;
 
-  BatchWaiter me;
-  me.seq = next_batch_seq_;
-  next_batch_.push_back(&me);
+  // The ticket is the waiter itself, which joins the forming batch now: that batch's sync covers this record
+  // whenever the committer comes to wait for it.
+  auto waiter = std::make_unique<BatchWaiter>();
+  waiter->seq = next_batch_seq_;
+  next_batch_.push_back(waiter.get());
   if (tls_batch_writer == this && tls_batch_seq == finished_batch_seq_ && finished_batch_size_ > 0) {
     if (++returned_ >= finished_batch_size_ && gathering_) gather_cv_.notify_one();
   }
   tls_batch_writer = this;
-  tls_batch_seq = me.seq;
+  tls_batch_seq = waiter->seq;
+  wake_collected(lock);  // what a roll above queued
+  return reinterpret_cast<std::uint64_t>(waiter.release());
+}
+
+void LogWriter::wait_durable(std::uint64_t ticket) {
+  if (ticket == 0) return;  // None and Interval: nothing to wait for
+  const std::unique_ptr<BatchWaiter> owned(reinterpret_cast<BatchWaiter*>(ticket));
+  BatchWaiter& me = *owned;
+  std::unique_lock lock(mutex_);
   auto finished = [&me] {
     if (!me.error.empty()) throw Error(ErrorCode::IoError, me.error);
   };

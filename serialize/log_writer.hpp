@@ -91,11 +91,21 @@ class LogWriter : public CommitSink {
 
   // Appends the record; under SyncPolicy::EveryCommit returns once it is durable (group commit: concurrent
   // writers' records are written and synced as one batch). Throws Error(IoError) when the OS refuses: a failed
-  // append is removed again and fails only the write() calls of its batch (when even the removal fails the writer
-  // refuses all later writes); a failed fdatasync fails every write() waiting on it, and the writer then refuses
-  // all later writes.
-  // Throws Error(InvalidArgument) for a record whose encoding exceeds kMaxRecordBody.
+  // append is removed again and fails the write() calls of its batch and of the batch that formed behind it
+  // (their records may build on the failed ones: the log stays a prefix); when even the removal fails the writer
+  // refuses all later writes. A failed fdatasync fails every write() waiting on it, and the writer then refuses
+  // all later writes. Throws Error(InvalidArgument) for a record whose encoding exceeds kMaxRecordBody.
   void write(const CommitRecord& record) override;
+  // write() in the two steps of CommitSink: append() orders the record (it joins the batch being formed) and
+  // returns a ticket; wait_durable(ticket) returns once that batch is durable, or throws what write() would. A
+  // commit appends under its pages' update locks and waits without them, so commits of one page share a sync.
+  // Under None and Interval the ticket is 0 and wait_durable() returns at once.
+  // After a failed append, append() answers kNotYet until every failed record's committer has called withdrawn()
+  // (wait_appendable() waits for that): a record appended meanwhile might build on a failed one.
+  std::uint64_t append(const CommitRecord& record) override;
+  void wait_durable(std::uint64_t ticket) override;
+  void withdrawn() noexcept override;
+  void wait_appendable() override;
   // Makes every record written so far durable (Error(IoError) when that fails).
   void sync();
   LogStats stats() const;
@@ -172,6 +182,7 @@ class LogWriter : public CommitSink {
   std::uint64_t written_ = 0;       // GUARDED_BY(mutex_): appended (in the file or in pending_)
   std::uint64_t synced_ = 0;        // GUARDED_BY(mutex_): durable
   bool syncing_ = false;            // GUARDED_BY(mutex_): a leader is in fdatasync (the segment must not change)
+  std::uint64_t unwithdrawn_ = 0;   // GUARDED_BY(mutex_): failed records whose committers have not withdrawn yet
   std::uint64_t last_sync_ns_ = 0;  // GUARDED_BY(mutex_): how long the last leader's fdatasync took
   bool stop_ = false;               // GUARDED_BY(mutex_): the Interval thread should exit
   LogStats stats_;                  // GUARDED_BY(mutex_)

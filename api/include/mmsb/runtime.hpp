@@ -2,9 +2,9 @@
 //
 // A Runtime owns a set of pages: byte arrays identified by PageId, each with an epoch that counts its committed
 // changes. All writes go through a Transaction, which stages them and commits them atomically: the commit takes
-// the next global LSN (log sequence number), each touched page moves to its next epoch, and the change of each
-// page is recorded as a Delta (with undo bytes) that is handed to the commit sink, if one is set, before any
-// reader can see it.
+// the next global LSN (log sequence number), each page whose bytes it changes moves to its next epoch, and that
+// change is recorded as a Delta (only the bytes that differ, with undo bytes unless RuntimeOptions::record_undo is
+// off) that is handed to the commit sink, if one is set, before any reader can see it.
 //
 //   mmsb::Runtime rt;
 //   mmsb::PageId counter = rt.create_page(sizeof(std::int64_t));
@@ -12,13 +12,29 @@
 //   txn.write_value<std::int64_t>(counter, 0, 42);
 //   std::uint64_t lsn = txn.commit();
 //
-// Visibility. A commit locks its pages exclusively in PageId order, checks every staged write, applies all of
-// them, and unlocks. Readers (read(), read_value(), ReadView) take the same locks shared, so a reader sees each
-// commit either entirely or not at all, also across several pages when it reads them through one ReadView.
+// Visibility. Readers (read(), read_value(), ReadView, a node's inputs) see a page's last published state, under
+// the page's shared lock. A commit publishes all of its pages at once, under their
+// exclusive locks, which it holds only to copy its delta in; so a reader sees each commit entirely or not at all,
+// also across several pages read through one ReadView, and never waits for more than that copy:
+//   - Without a sink, a commit builds and publishes in one step, its pages locked exclusively (shared for pages it
+//     only read) while it checks, diffs and copies: all in memory.
+//   - With a sink (the durable log), a commit becomes visible only once its record is durable, and readers never
+//     wait for the disk: the commit checks and builds its deltas under update locks, which readers ignore, hands
+//     the record to the sink, and releases them; it waits for the sync holding no lock, then publishes. Until then
+//     it is in flight: readers see the page without it; a later commit to the same page builds on it (on the
+//     page's head: the published bytes plus the in-flight deltas, in LSN order) without waiting for its sync, so
+//     commits of one page share one group sync; commits of one page publish in LSN order. Reads through a
+//     Transaction see the head too (a read-modify-write builds on in-flight commits, so it neither loses them nor
+//     waits for their sync); such a transaction publishes after them, and a read-only one returns from commit()
+//     only once what it read has published. If the sink fails a commit, the commits in flight behind it on its
+//     pages (built on it, or having read it) fail too (IoError, or Conflict: retry), and none leaves a trace.
+//   - Deleting a page, and a node writing its output page, wait for the page's in-flight commits to publish.
 // Once commit() returns, every later read on any thread observes the commit.
 //
 // Failure. A transaction that is aborted, destroyed without commit, or whose commit throws leaves no trace: no
-// page byte, epoch or size changes. (Its LSN may be skipped: LSNs strictly increase but need not be dense.)
+// page byte, epoch or size changes. (Its LSN may be skipped: LSNs strictly increase but need not be dense.) The
+// one exception is NodeFailed (IMMEDIATE propagation): the commit took effect and a wave after it failed; see
+// mmsb/error.hpp.
 //
 // Thread-safety: all Runtime members may be called concurrently from any thread. A Transaction belongs to one
 // thread at a time and is not safe for concurrent use; many transactions may run in parallel. The Runtime must
@@ -80,14 +96,36 @@ struct CommitRecord {
   std::span<const RenamedPage> renamed;       // pages renamed by this record
 };
 
-// Receives every commit before it becomes visible (the durable log implements this). write() runs while the
-// commit holds its pages' locks; when it returns the record must be as durable as the sink promises. If it
-// throws, the commit fails with that exception and leaves no trace. Records of commits on disjoint pages may
-// arrive concurrently and out of LSN order; records touching the same page arrive in LSN order.
+// Receives every commit before it becomes visible (the durable log implements this). A commit hands its record
+// over in two steps, so that readers never wait for the disk and commits of one page can share a sync:
+//   append(record)        while the commit holds its pages' update locks (which readers ignore): orders the
+//                         record and returns a ticket. Records touching the same page arrive in LSN order; those
+//                         of commits on disjoint pages may arrive concurrently and out of LSN order. If it throws,
+//                         the commit fails with that exception and leaves no trace.
+//   wait_durable(ticket)  holding no lock: returns once the record is as durable as the sink promises. If it
+//                         throws, the commit fails with that exception and leaves no trace, and so does every
+//                         commit appended after it that touches one of its pages (they were built on it).
+//                         It may instead return kNotYet, having taken nothing: then the commit releases its
+//                         locks, calls wait_appendable() and builds its record again (on the pages as they are then).
+//   withdrawn()           after a wait_durable() that threw, once the commit (and every commit built on it) has
+//                         left its pages, so that nothing can build on the failed record any more.
+// Each ticket is waited for exactly once. A sink keeps its records a prefix: no record appended after a failed one
+// and before the withdrawn() calls of the failed records may become durable (a replay would apply a record whose
+// predecessor is missing); the sink fails those at wait_durable(), or answers kNotYet meanwhile. write() is all
+// steps at once; page creation and deletion use it. The defaults are built on write(), for a sink that has nothing
+// to wait for.
 class CommitSink {
  public:
   virtual ~CommitSink() = default;
   virtual void write(const CommitRecord& record) = 0;
+  virtual std::uint64_t append(const CommitRecord& record) {
+    write(record);
+    return 0;
+  }
+  virtual void wait_durable(std::uint64_t ticket) { (void)ticket; }
+  virtual void withdrawn() noexcept {}
+  static constexpr std::uint64_t kNotYet = ~std::uint64_t{0};
+  virtual void wait_appendable() {}
 };
 
 struct RuntimeOptions {
@@ -117,7 +155,8 @@ class IdBlock {
 class Transaction;
 
 // A consistent snapshot of a few pages: holds their locks shared (in PageId order) until destroyed, so commits to
-// these pages wait. Keep views short-lived. Thread-safety: use from one thread; must not outlive the Runtime.
+// these pages cannot publish meanwhile (they wait). Keep views short-lived. Thread-safety: use from one thread;
+// must not outlive the Runtime.
 class ReadView {
  public:
   ReadView(ReadView&&) noexcept;
@@ -251,7 +290,7 @@ class Runtime {
   template <class Fn>
   std::uint64_t transact(Fn&& fn, unsigned max_attempts = 64);
 
-  // The LSN of the most recent commit (0 before the first).
+  // The highest LSN taken so far (0 before the first), by a commit that may still be in flight to the sink.
   std::uint64_t last_lsn() const noexcept;
 
   // Sets (or clears, with nullptr) the sink that receives every commit; not to be called while commits run.
@@ -266,8 +305,9 @@ class Runtime {
   std::unique_ptr<Impl> impl_;
 };
 
-// A set of staged changes committed atomically. Reads inside a transaction see committed state, not the
-// transaction's own staged writes. Destroying an uncommitted transaction aborts it.
+// A set of staged changes committed atomically. Reads inside a transaction see committed state (with a sink, the
+// pages' heads: see "Visibility" above), not the transaction's own staged writes. Destroying an uncommitted
+// transaction aborts it.
 //
 // Serializable by default (optimistic concurrency). Every read made through the transaction (read, read_value,
 // read_all, read_for_update, and any typed view built on them) records the epoch of the page it read; commit()

@@ -19,7 +19,11 @@ struct Metric {
   std::string name;         // the JSON key; nanoseconds unless the name says otherwise (_per_s, _ratio, _ms, ...)
   std::string description;  // one line for --list
   std::function<double()> run_once;
+  bool quick = false;  // part of the CI-sized subset that `mmsb-bench --quick` runs
 };
+
+// Marks a metric as part of the `--quick` subset.
+struct Quick {};
 
 // A ratio key computed from two medians: value = numerator / denominator.
 struct Ratio {
@@ -35,6 +39,9 @@ std::vector<Ratio>& ratios();
 struct Register {
   Register(std::string name, std::string description, std::function<double()> run_once) {
     metrics().push_back({std::move(name), std::move(description), std::move(run_once)});
+  }
+  Register(std::string name, std::string description, std::function<double()> run_once, Quick) {
+    metrics().push_back({std::move(name), std::move(description), std::move(run_once), true});
   }
   Register(Ratio ratio) { ratios().push_back(std::move(ratio)); }
 };

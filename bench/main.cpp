@@ -106,11 +106,12 @@ int main(int argc, char** argv) {
       "mmsb-bench: measures mmsb against raw baselines (memcpy, memcmp, malloc, ...) in the same run.\n"
       "Each metric is the median of several repetitions; values are nanoseconds unless the key says otherwise\n"
       "(_per_s: operations per second, _ratio: dimensionless, _ms: milliseconds)."};
-  bool json = false, list = false;
+  bool json = false, list = false, quick = false;
   std::string filter = ".*";
   int repetitions = 7;
   app.add_flag("--json", json, "Print one JSON object {key: number} on stdout instead of a table");
   app.add_flag("--list", list, "List the metric keys with a description and exit");
+  app.add_flag("--quick", quick, "Run only the CI-sized subset of the metrics (with --filter: those of it that match)");
   app.add_option("--filter", filter, "Only run metrics whose key matches this regular expression (ECMAScript)")
       ->capture_default_str();
   app.add_option("--repetitions,-r", repetitions, "Repetitions per metric; the median is reported")
@@ -121,7 +122,9 @@ int main(int argc, char** argv) {
   auto& all = mmsb::bench::metrics();
   std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   if (list) {
-    for (const auto& m : all) std::printf("%-28s %s\n", m.name.c_str(), m.description.c_str());
+    for (const auto& m : all) {
+      std::printf("%-28s %s%s\n", m.name.c_str(), m.description.c_str(), m.quick ? " [quick]" : "");
+    }
     for (const auto& r : mmsb::bench::ratios()) std::printf("%-28s %s\n", r.name.c_str(), r.description.c_str());
     return 0;
   }
@@ -138,12 +141,12 @@ int main(int argc, char** argv) {
   std::map<std::string, double> results;
   std::vector<const mmsb::bench::Metric*> selected;
   for (const auto& m : all)
-    if (std::regex_search(m.name, pattern)) selected.push_back(&m);
+    if (std::regex_search(m.name, pattern) && (m.quick || !quick)) selected.push_back(&m);
   // A ratio needs both of its inputs: run them when the ratio itself is selected.
   for (const auto& r : mmsb::bench::ratios()) {
     if (!std::regex_search(r.name, pattern)) continue;
     for (const auto& m : all) {
-      if ((m.name == r.numerator || m.name == r.denominator) &&
+      if ((m.quick || !quick) && (m.name == r.numerator || m.name == r.denominator) &&
           std::find(selected.begin(), selected.end(), &m) == selected.end())
         selected.push_back(&m);
     }

@@ -81,7 +81,7 @@ Throughput measure_throughput(const Model& model, ThroughputPath path, int n_pro
     if (engine.paged()) t.paging = engine.paged()->pager().stats();
     return t;
   }
-  DirectModel direct(model, options.kernels ? *options.kernels : kernels());
+  DirectModel direct(model, options.kernels ? *options.kernels : kernels(), options.rounding, options.threads);
   // The direct loop batches as the engine would (the same chunk size), so the two prompt figures stay comparable.
   const bool direct_batched = batched_prompt && options.prefill_batch > 0 && !options.paging;
   const std::vector<std::int32_t> ids32 = [&] {

@@ -162,12 +162,8 @@ void feed_forward_rows(const ForwardShape& s, const float* x, const float* ffn_n
   const std::size_t dim = c.dim, hidden = c.hidden_dim;
   for (std::size_t t = 0; t < n; ++t) rmsnorm(b.xb + t * dim, x + t * dim, ffn_norm, dim, c.rms_eps);
   products(s, w1, w3, b.xb, dim, n, b.hb, b.hb2, hidden, b.one, [&](PartRange rows) {
-    for (std::size_t t = 0; t < n; ++t) {
-      for (std::size_t i = rows.begin; i < rows.end; ++i) {
-        float v = b.hb[t * hidden + i];
-        v *= 1.0f / (1.0f + std::exp(-v));  // SiLU
-        b.hb[t * hidden + i] = v * b.hb2[t * hidden + i];
-      }
+    for (std::size_t t = 0; t < n && rows.begin < rows.end; ++t) {
+      s.kernels->swiglu(b.hb + t * hidden + rows.begin, b.hb2 + t * hidden + rows.begin, rows.end - rows.begin);
     }
   });
   product(s, w2, b.hb, hidden, n, b.xb, dim, b.one);

@@ -1,6 +1,8 @@
 #include "mmsb/llm/throughput.hpp"
 
 #include <algorithm>
+#include <time.h>
+
 #include <chrono>
 #include <memory>
 #include <span>
@@ -24,15 +26,23 @@ std::vector<int> prompt_ids(const ModelConfig& c, int n_prompt) {
   return ids;  // n_prompt + 1 ids
 }
 
+double cpu_seconds() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
 template <class Prefill, class Step>
 Throughput run_once(const ModelConfig& c, int n_prompt, int n_gen, Prefill&& prefill, Step&& step) {
   using clock = std::chrono::steady_clock;
   Throughput out;
   const std::vector<int> ids = prompt_ids(c, n_prompt);
   auto start = clock::now();
+  const double cpu_start = cpu_seconds();
   prefill(std::span<const int>(ids.data(), static_cast<std::size_t>(n_prompt)));
   int token = ids.back();
   auto mid = clock::now();
+  const double cpu_mid = cpu_seconds();
   std::uint64_t hash = 1469598103934665603ULL;
   for (int i = 0; i < n_gen; ++i) {
     const float* logits = step(token, n_prompt + i);
@@ -40,8 +50,11 @@ Throughput run_once(const ModelConfig& c, int n_prompt, int n_gen, Prefill&& pre
     hash = (hash ^ static_cast<std::uint64_t>(token)) * 1099511628211ULL;
   }
   auto end = clock::now();
+  const double cpu_end = cpu_seconds();
   out.prompt_tok_per_s = n_prompt / std::chrono::duration<double>(mid - start).count();
   out.tok_per_s = n_gen / std::chrono::duration<double>(end - mid).count();
+  out.prompt_tok_per_cpu_s = n_prompt / std::max(cpu_mid - cpu_start, 1e-9);
+  out.tok_per_cpu_s = n_gen / std::max(cpu_end - cpu_mid, 1e-9);
   out.checksum = hash;
   return out;
 }
@@ -56,7 +69,8 @@ Throughput run(const ModelConfig& c, int n_prompt, int n_gen, int rounds, Prefil
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   };
-  return {median(&Throughput::prompt_tok_per_s), median(&Throughput::tok_per_s), all.front().checksum, {}};
+  return {median(&Throughput::prompt_tok_per_s), median(&Throughput::tok_per_s), all.front().checksum, {},
+          median(&Throughput::prompt_tok_per_cpu_s), median(&Throughput::tok_per_cpu_s)};
 }
 
 }  // namespace

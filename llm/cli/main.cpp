@@ -375,23 +375,27 @@ double median_of(std::vector<double> v) {
 // `bench --engine-only`: the engine alone, measured as llama.cpp's llama-bench measures (pp / tg): the prompt
 // (BOS + n_prompt - 1 tokens) in batched waves without generating, and generation of n_gen tokens after BOS.
 int run_engine_bench(const Options& o, const Model& model, const EngineOptions& engine_options) {
-  std::vector<double> prompt, generation;
+  std::vector<double> prompt, generation, prompt_cpu, generation_cpu;
   for (int r = 0; r < o.repeat; ++r) {
-    prompt.push_back(measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, 1, engine_options, o.rounds)
-                         .prompt_tok_per_s);
-    generation.push_back(
-        measure_throughput(model, ThroughputPath::Engine, 1, o.bench_gen, engine_options, o.rounds).tok_per_s);
+    const Throughput p = measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, 1, engine_options, o.rounds);
+    const Throughput g = measure_throughput(model, ThroughputPath::Engine, 1, o.bench_gen, engine_options, o.rounds);
+    prompt.push_back(p.prompt_tok_per_s);
+    prompt_cpu.push_back(p.prompt_tok_per_cpu_s);
+    generation.push_back(g.tok_per_s);
+    generation_cpu.push_back(g.tok_per_cpu_s);
   }
   if (o.json) {
     std::printf(
         "{\"model\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"threads\": %u, \"kernels\": \"%s\", "
-        "\"prompt_tok_per_s\": %.1f, \"tok_per_s\": %.1f}\n",
+        "\"prompt_tok_per_s\": %.1f, \"tok_per_s\": %.1f, \"prompt_tok_per_cpu_s\": %.1f, \"tok_per_cpu_s\": %.1f}\n",
         o.model.c_str(), o.bench_prompt, o.bench_gen, o.threads, mmsb::simd_level_name(kernels().level),
-        median_of(prompt), median_of(generation));
+        median_of(prompt), median_of(generation), median_of(prompt_cpu), median_of(generation_cpu));
   } else {
-    std::printf("model %s, kernels %s, %u thread(s): prompt (pp%d) %.1f tok/s, generation (tg%d) %.1f tok/s\n",
-                o.model.c_str(), mmsb::simd_level_name(kernels().level), o.threads, o.bench_prompt, median_of(prompt),
-                o.bench_gen, median_of(generation));
+    std::printf(
+        "model %s, kernels %s, %u thread(s): prompt (pp%d) %.1f tok/s, generation (tg%d) %.1f tok/s; per CPU "
+        "second: %.1f and %.1f\n",
+        o.model.c_str(), mmsb::simd_level_name(kernels().level), o.threads, o.bench_prompt, median_of(prompt),
+        o.bench_gen, median_of(generation), median_of(prompt_cpu), median_of(generation_cpu));
   }
   return 0;
 }

@@ -23,6 +23,9 @@ std::vector<SimdLevel> available_levels() {
   return out;
 }
 
+// -120 or 120 by the parity of n: inputs where e^-v under- or overflows.
+float i_extreme(std::size_t n) { return n % 2 ? -120.0f : 120.0f; }
+
 // A random row of `n` values of `type`: random payload bytes, and scales that are sane halves.
 std::vector<std::byte> random_row(TensorType type, std::size_t n, std::mt19937& rng) {
   std::uniform_real_distribution<float> value(-1.0f, 1.0f);
@@ -308,6 +311,26 @@ TEST(Kernels, SoftmaxMatchesTheScalarReferenceWithinAFewUlp) {
         total += b[i];
       }
       EXPECT_NEAR(total, 1.0, 1e-5);
+    }
+  }
+}
+
+TEST(Kernels, SwigluMatchesTheScalarReferenceWithinAFewUlp) {
+  const Kernels& ref = kernels_for(SimdLevel::Scalar);
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> value(-30.0f, 30.0f);
+  for (SimdLevel level : available_levels()) {
+    const Kernels& k = kernels_for(level);
+    for (std::size_t n : {1u, 7u, 8u, 9u, 100u, 1376u}) {
+      std::vector<float> gate(n), up(n);
+      for (std::size_t i = 0; i < n; ++i) gate[i] = value(rng), up[i] = value(rng);
+      gate[0] = i_extreme(n);  // far outside the polynomial's comfortable range, both signs
+      std::vector<float> a = gate, b = gate;
+      ref.swiglu(a.data(), up.data(), n);
+      k.swiglu(b.data(), up.data(), n);
+      for (std::size_t i = 0; i < n; ++i) {
+        ASSERT_NEAR(b[i], a[i], 3e-6 * std::fabs(a[i]) + 1e-30f) << simd_level_name(level) << " n=" << n << " i=" << i;
+      }
     }
   }
 }

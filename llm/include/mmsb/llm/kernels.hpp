@@ -107,6 +107,10 @@ using AttentionMixFn = void (*)(const float* weights, const float* values, std::
 // SIMD levels use a polynomial exp and lane-wise sums, so they differ from it by rounding only (a few ulp).
 using SoftmaxFn = void (*)(float* x, std::size_t n);
 
+// The SwiGLU of the feed-forward, in place: gate[i] = silu(gate[i]) * up[i], silu(v) = v / (1 + e^-v). The scalar
+// reference uses libm's expf (as llama2.c does); the SIMD levels a polynomial exp (a few ulp apart).
+using SwigluFn = void (*)(float* gate, const float* up, std::size_t n);
+
 struct Kernels {
   SimdLevel level;
   MatmulFn matmul[kTypeSlots];  // nullptr for unused ids
@@ -116,6 +120,7 @@ struct Kernels {
   AttentionScoresFn attention_scores;
   AttentionMixFn attention_mix;
   SoftmaxFn softmax;
+  SwigluFn swiglu;
 };
 
 // The table of one level; throws mmsb::Error(Unsupported) when this CPU lacks it.

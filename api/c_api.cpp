@@ -29,6 +29,7 @@ struct mmsb_txn {
 namespace {
 
 thread_local std::string last_error;
+thread_local std::uint64_t committed_lsn = 0;  // Error::committed_lsn() of the last failure (NodeFailed)
 
 mmsb_status status_of(mmsb::ErrorCode code) {
   switch (code) {
@@ -39,6 +40,8 @@ mmsb_status status_of(mmsb::ErrorCode code) {
     case mmsb::ErrorCode::Unsupported: return MMSB_UNSUPPORTED;
     case mmsb::ErrorCode::ResourceExhausted: return MMSB_RESOURCE_EXHAUSTED;
     case mmsb::ErrorCode::Aborted: return MMSB_ABORTED;
+    case mmsb::ErrorCode::Conflict: return MMSB_CONFLICT;
+    case mmsb::ErrorCode::NodeFailed: return MMSB_NODE_FAILED;
     case mmsb::ErrorCode::Internal: break;
   }
   return MMSB_INTERNAL;
@@ -56,6 +59,7 @@ mmsb_status guarded(Body&& body) noexcept {
     body();
     return MMSB_OK;
   } catch (const mmsb::Error& e) {
+    committed_lsn = e.committed_lsn();
     return fail(status_of(e.code()), e.what());
   } catch (const std::bad_alloc&) {
     return fail(MMSB_RESOURCE_EXHAUSTED, "out of memory");
@@ -75,6 +79,12 @@ mmsb_status null_argument(const char* what) {
 extern "C" {
 
 const char* mmsb_last_error(void) { return last_error.c_str(); }
+
+const char* mmsb_status_name(mmsb_status status) {
+  if (status == MMSB_OK) return "ok";
+  if (status < MMSB_INVALID_ARGUMENT || status > MMSB_NODE_FAILED) return "unknown";
+  return mmsb::error_code_name(static_cast<mmsb::ErrorCode>(status)).data();  // names are literals: NUL-terminated
+}
 
 mmsb_status mmsb_runtime_create(mmsb_runtime** out) {
   if (!out) return null_argument("out");
@@ -159,13 +169,47 @@ mmsb_status mmsb_txn_commit(mmsb_txn* txn, uint64_t* lsn) {
   if (!txn) return null_argument("txn");
   std::unique_ptr<mmsb_txn> owned(txn);
   if (lsn) *lsn = 0;
-  return guarded([&] {
-    const std::uint64_t committed = owned->txn.commit();  // a NodeError means: committed, but the wave failed
+  const mmsb_status status = guarded([&] {
+    const std::uint64_t committed = owned->txn.commit();
     if (lsn) *lsn = committed;
   });
+  if (status == MMSB_NODE_FAILED && lsn) *lsn = committed_lsn;  // committed, but the wave after it failed
+  return status;
 }
 
 void mmsb_txn_abort(mmsb_txn* txn) { delete txn; }
+
+mmsb_status mmsb_txn_read(mmsb_txn* txn, mmsb_page_id page, uint64_t offset, void* out, uint64_t length) {
+  if (!txn) return null_argument("txn");
+  if (!out && length > 0) return null_argument("out");
+  return guarded([&] {
+    txn->txn.read(mmsb::PageId(page), offset, std::span<std::byte>(static_cast<std::byte*>(out), length));
+  });
+}
+
+mmsb_status mmsb_transact(mmsb_runtime* rt, mmsb_txn_fn fn, void* user, unsigned max_attempts, uint64_t* lsn) {
+  if (!rt) return null_argument("rt");
+  if (!fn) return null_argument("fn");
+  if (lsn) *lsn = 0;
+  const mmsb_status status = guarded([&] {
+    const std::uint64_t committed = rt->runtime().transact(
+        [&](mmsb::Transaction& txn) {
+          mmsb_txn handle(std::move(txn));
+          const mmsb_status body = fn(user, &handle);
+          txn = std::move(handle.txn);
+          if (body == MMSB_OK) return;
+          // Hand the body's status on as the error it stands for: Conflict is retried, everything else aborts.
+          const bool known = body >= MMSB_INVALID_ARGUMENT && body <= MMSB_NODE_FAILED;
+          throw mmsb::Error(known ? static_cast<mmsb::ErrorCode>(body) : mmsb::ErrorCode::Aborted,
+                            std::string("the transaction body returned ") + mmsb_status_name(body) + " (" +
+                                std::to_string(static_cast<int>(body)) + ")");
+        },
+        max_attempts);
+    if (lsn) *lsn = committed;
+  });
+  if (status == MMSB_NODE_FAILED && lsn) *lsn = committed_lsn;
+  return status;
+}
 
 mmsb_status mmsb_derive_map(mmsb_runtime* rt, mmsb_page_id output, const mmsb_page_id* inputs, size_t input_count,
                             mmsb_map_fn fn, void* user) {

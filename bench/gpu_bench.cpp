@@ -108,8 +108,8 @@ double upload_gbps(UploadPath path) {
 // Baseline: one vkCmdCopyBuffer of the same 16 MiB from a host-visible buffer to a device buffer, submit + wait.
 double copy_gbps() {
   std::string why_not;
-  auto vk = gpu::VulkanContext::create(std::getenv("MMSB_VULKAN_DEVICE") ? std::getenv("MMSB_VULKAN_DEVICE") : "",
-                                       why_not);
+  auto vk =
+      gpu::VulkanContext::create(std::getenv("MMSB_VULKAN_DEVICE") ? std::getenv("MMSB_VULKAN_DEVICE") : "", why_not);
   if (!vk) check_failed("gpu_copy_gbps: " + why_not);
   const std::uint64_t size = kLargePage * kLargePages;
   gpu::Buffer staging = vk->create_host_buffer(size), target = vk->create_device_buffer(size);

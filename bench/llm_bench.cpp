@@ -55,11 +55,11 @@ double tok_per_s(const std::string& file, llm::ThroughputPath path) {
 }
 
 Register f32("llm_tok_per_s_f32", "mmsb-llm engine: greedy tokens/s, stories260K f32 GGUF, 1 thread, 256 after BOS",
-             [] { return tok_per_s("stories260K-f32.gguf", llm::ThroughputPath::Engine); }, Quick{});
+             [] { return tok_per_s("stories260K-f32.gguf", llm::ThroughputPath::Engine); });
 Register q8("llm_tok_per_s_q8_0", "mmsb-llm engine: greedy tokens/s, stories260K Q8_0 GGUF, 1 thread, 256 after BOS",
-            [] { return tok_per_s("stories260K-Q8_0.gguf", llm::ThroughputPath::Engine); }, Quick{});
+            [] { return tok_per_s("stories260K-Q8_0.gguf", llm::ThroughputPath::Engine); });
 Register q4("llm_tok_per_s_q4_0", "mmsb-llm engine: greedy tokens/s, stories260K Q4_0 GGUF, 1 thread, 256 after BOS",
-            [] { return tok_per_s("stories260K-Q4_0.gguf", llm::ThroughputPath::Engine); }, Quick{});
+            [] { return tok_per_s("stories260K-Q4_0.gguf", llm::ThroughputPath::Engine); });
 Register direct("llm_direct_tok_per_s_f32",
                 "baseline: the same f32 greedy generation as a direct loop without the runtime (same kernels)",
                 [] { return tok_per_s("stories260K-f32.gguf", llm::ThroughputPath::Direct); });
@@ -134,8 +134,7 @@ Register prompt_ratio("llm_prompt_batched_vs_per_token_ratio",
 struct PaddedQ8Model {
   std::filesystem::path dir;
   std::unique_ptr<llm::Model> model;
-  PaddedQ8Model()
-      : dir(std::filesystem::temp_directory_path() / ("mmsb-bench-paging-" + std::to_string(::getpid()))) {
+  PaddedQ8Model() : dir(std::filesystem::temp_directory_path() / ("mmsb-bench-paging-" + std::to_string(::getpid()))) {
     std::filesystem::create_directories(dir);
     try {
       const std::string out = (dir / "stories260K-pad256-q8_0.gguf").string();
@@ -174,7 +173,8 @@ llm::EngineOptions paged_options(const llm::Model& m, bool prefetch) {
 double paged_ratio(const llm::Model& m, int generated, int rounds) {
   std::vector<double> paged, resident;
   for (int i = 0; i < 5; ++i) {
-    const auto p = llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, generated, paged_options(m, true), rounds);
+    const auto p =
+        llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, generated, paged_options(m, true), rounds);
     const auto r = llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, generated, {}, rounds);
     if (p.checksum != r.checksum) throw std::runtime_error("llm bench: paging changed tokens");
     paged.push_back(p.tok_per_s);
@@ -256,23 +256,24 @@ struct ShapeMetrics {
     for (const char* shape : {"s15m", "s42m", "s110m"}) {
       for (const char* type : {"f32", "q8_0", "q4_0", "q4_k"}) {
         const std::string s = shape, t = type, what = s + " " + t + " (random weights, vocabulary 512)";
-        const bool quick = s == "s15m";
         auto decode = [s, t] { return shape_decode(s, t, 1); };
         auto prompt = [s, t] { return shape_prompt(s, t); };
-        const std::string decode_key = "llm_tok_per_s_" + s + "_" + t, prompt_key = "llm_prompt_tok_per_s_" + s + "_" + t;
+        const std::string decode_key = "llm_tok_per_s_" + s + "_" + t,
+                          prompt_key = "llm_prompt_tok_per_s_" + s + "_" + t;
         const std::string decode_what = "mmsb-llm engine: decode tokens/s, 128 after BOS, 1 thread, " + what;
-        const std::string prompt_what = "mmsb-llm engine: prompt tokens/s, 128 tokens in batched waves, 1 thread, " + what;
-        if (quick) {
-          registered.emplace_back(decode_key, decode_what, decode, Quick{});
-          registered.emplace_back(prompt_key, prompt_what, prompt, Quick{});
-        } else {
+        const std::string prompt_what =
+            "mmsb-llm engine: prompt tokens/s, 128 tokens in batched waves, 1 thread, " + what;
+        if (s == "s15m") {  // the --quick subset: a few MB per model
           registered.emplace_back(decode_key, decode_what, decode);
           registered.emplace_back(prompt_key, prompt_what, prompt);
+          continue;
         }
-        if (s == "s15m") continue;
+        registered.emplace_back(decode_key, decode_what, decode, Heavy{});
+        registered.emplace_back(prompt_key, prompt_what, prompt, Heavy{});
         // Two threads (issue 21: >= 1.6x one thread at 42M and 110M).
         const std::string two_key = "llm_tok_per_s_2t_" + s + "_" + t;
-        registered.emplace_back(two_key, "as " + decode_key + " with 2 threads", [s, t] { return shape_decode(s, t, 2); });
+        registered.emplace_back(
+            two_key, "as " + decode_key + " with 2 threads", [s, t] { return shape_decode(s, t, 2); }, Heavy{});
         registered.emplace_back(Ratio{"llm_two_thread_decode_ratio_" + s + "_" + t, two_key, decode_key,
                                       "decode tokens/s with 2 threads over 1 (target >= 1.6)"});
       }

@@ -21,12 +21,14 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "mmsb/dist.hpp"
+#include "program/options.hpp"
 
 namespace {
 
@@ -121,17 +123,14 @@ double bytes_ratio(std::uint64_t edit, double* wave_us) {
   return ratio;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+struct Settings {
   bool json = false;
   int repetitions = 7;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--json") json = true;
-    if (a == "--repetitions" && i + 1 < argc) repetitions = std::max(1, std::atoi(argv[++i]));
-  }
+};
+
+int run(const Settings& settings) {
+  const bool json = settings.json;
+  const int repetitions = settings.repetitions;
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -169,10 +168,11 @@ int main(int argc, char** argv) {
   if (rank == 0) {
     const double ar = median(allreduce), ss = median(superstep);
     if (json) {
-      std::printf("{\"ranks\": %d, \"mpi_allreduce_us\": %.3f, \"mpi_superstep_us\": %.3f, "
-                  "\"mpi_superstep_over_allreduce\": %.3f, \"mpi_bytes_ratio\": %.4f, \"mpi_bytes_ratio_64\": %.4f, "
-                  "\"mpi_wave_us\": %.1f}\n",
-                  size, ar, ss, ss / ar, median(ratio256), median(ratio64), median(wave));
+      std::printf(
+          "{\"ranks\": %d, \"mpi_allreduce_us\": %.3f, \"mpi_superstep_us\": %.3f, "
+          "\"mpi_superstep_over_allreduce\": %.3f, \"mpi_bytes_ratio\": %.4f, \"mpi_bytes_ratio_64\": %.4f, "
+          "\"mpi_wave_us\": %.1f}\n",
+          size, ar, ss, ss / ar, median(ratio256), median(ratio64), median(wave));
     } else {
       std::printf("ranks                         %d\n", size);
       std::printf("mpi_allreduce_us              %.3f   (baseline)\n", ar);
@@ -183,6 +183,27 @@ int main(int argc, char** argv) {
       std::printf("mpi_wave_us                   %.1f   (64 edited pages crossing ranks)\n", median(wave));
     }
   }
-  MPI_Finalize();
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  Settings settings;
+  CLI::App app{"mmsb-bench-mpi: the distributed-mode metrics, run under mpirun (rank 0 prints the medians)."};
+  app.add_flag("--json", settings.json, "print one JSON object instead of a table");
+  app.add_option("--repetitions,-r", settings.repetitions, "repetitions per metric; the median is reported")
+      ->capture_default_str()
+      ->check(mmsb::program::range(1, 1000));
+  // Every rank parses the same command line, so a refusal ends every rank the same way.
+  if (const std::optional<int> code = mmsb::program::parse("mmsb-bench-mpi", app, argc, argv)) {
+    MPI_Finalize();
+    return *code;
+  }
+  const int code = mmsb::program::guard("mmsb-bench-mpi", [&] { return run(settings); });
+  // A rank that failed may have left the others inside a collective call: end them all.
+  if (code != 0) MPI_Abort(MPI_COMM_WORLD, code);
+  MPI_Finalize();
+  return code;
 }

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "delta/changed_runs.hpp"
 #include "delta/copy_bytes.hpp"
 #include "diff_kernels.hpp"
 #include "mmsb/delta.hpp"
@@ -196,6 +197,45 @@ void diff_into(SimdLevel level, std::span<const std::byte> old_bytes, std::span<
   }
   diff_with(kernel_for(level), old_bytes, new_bytes, out, options);
 }
+
+namespace detail {
+
+std::uint64_t append_changed_runs(const std::byte* old_bytes, const std::byte* new_bytes, std::size_t n,
+                                  std::uint64_t base, std::uint64_t merge_gap, std::vector<ByteRange>& out) {
+  const std::uint64_t gap = std::max<std::uint64_t>(merge_gap, 1);
+  const std::size_t first = out.size();
+  if (n <= 64) {
+    // A field or a counter: one difference mask, without the kernel dispatch or the scan bookkeeping.
+    std::uint64_t mask = tail_mask_scalar(old_bytes, new_bytes, n);
+    std::uint64_t covered = 0;
+    while (mask != 0) {
+      const unsigned start = static_cast<unsigned>(__builtin_ctzll(mask));
+      const std::uint64_t rest = ~(mask >> start);
+      const unsigned stop = rest == 0 ? 64u : start + static_cast<unsigned>(__builtin_ctzll(rest));
+      if (out.size() > first && base + start - out.back().end() < gap) {
+        covered += base + stop - out.back().end();
+        out.back().length = base + stop - out.back().offset;
+      } else {
+        out.push_back(ByteRange{base + start, stop - start});
+        covered += stop - start;
+      }
+      if (stop >= 64) break;
+      mask &= ~std::uint64_t{0} << stop;
+    }
+    return covered;
+  }
+  static const DiffKernel kernel = kernel_for(active_simd_level());
+  out.resize(first + 16);  // room for the kernel to write into; grow_run_sink() doubles it when needed
+  ScanState st{gap, 0, 0, false, RunSink{out.data(), first, out.size(), &out}};
+  kernel(old_bytes, new_bytes, n, base, st);
+  scan_finish(st);
+  out.resize(st.sink.size);
+  std::uint64_t covered = 0;
+  for (std::size_t i = first; i < out.size(); ++i) covered += out[i].length;
+  return covered;
+}
+
+}  // namespace detail
 
 Delta diff(std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes, const DiffOptions& options) {
   Delta out;

@@ -12,11 +12,9 @@
 // with (seed, i), so `--seed S` reproduces a run exactly.
 //
 //   mmsb-fuzz-gguf --iterations 0 --seconds 600 --seed 7     # ten minutes
-//   mmsb-fuzz-gguf --seed 777 --only 16089 --write-input crash.gguf  # keep one iteration's input as a regression
+//   mmsb-fuzz-gguf --seed 777 --start 16089 --iterations 1 --write-input crash.gguf  # keep one input
 //
 // Inputs that once failed are kept in tests/llm/regressions/ (the llm test suite parses each of them).
-#include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <csignal>
 #include <cstdint>
@@ -37,8 +35,12 @@
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/quantize.hpp"
 #include "mmsb/error.hpp"
+#include "fuzz/crash_note.hpp"
+#include "program/options.hpp"
 
 namespace {
+
+using mmsb::program::range;
 
 void on_alarm(int) {
   static const char msg[] = "mmsb-fuzz-gguf: an iteration ran longer than 30 s (hang)\n";
@@ -149,26 +151,11 @@ std::string run_one(const std::string& bytes, bool gguf, bool quantize, const st
   return "";
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"mmsb-fuzz-gguf: fuzzes the GGUF and llama2.c loaders with mutated real model files"};
-  std::uint64_t iterations = 2000, seed = 1;
-  double seconds = 0;
-  std::string models = MMSB_SHARED_DIR "/models";
-  std::int64_t only = -1;
-  std::string write_input;
-  app.add_option("--iterations", iterations, "iterations to run (0 = until --seconds)")->capture_default_str();
-  app.add_option("--seconds", seconds, "stop after this long (0 = no limit)")->capture_default_str();
-  app.add_option("--seed", seed, "seed; iteration i uses (seed, i)")->capture_default_str();
-  app.add_option("--models", models, "folder with the corpus model files")->capture_default_str();
-  app.add_option("--only", only, "run this one iteration (of --seed) and nothing else");
-  app.add_option("--write-input", write_input, "with --only: also write that iteration's input to this file");
-  CLI11_PARSE(app, argc, argv);
-  if (only >= 0) iterations = static_cast<std::uint64_t>(only) + 1;
+// The fuzz loop; returns the exit code (0: every outcome was acceptable, 1: a failure, reported on stderr).
+int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, double seconds, const std::string& models,
+         const std::string& write_input) {
   if (iterations == 0 && seconds <= 0) {
-    std::fprintf(stderr, "mmsb-fuzz-gguf: give --iterations or --seconds\n");
-    return 2;
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "give --iterations or --seconds");
   }
   std::vector<Seed> corpus;
   try {
@@ -220,9 +207,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::signal(SIGALRM, on_alarm);
+  mmsb::fuzz::CrashNote::install("mmsb-fuzz-gguf");
   const auto start = std::chrono::steady_clock::now();
   std::uint64_t done = 0;
-  for (std::uint64_t i = only >= 0 ? static_cast<std::uint64_t>(only) : 0; iterations == 0 || i < iterations; ++i) {
+  for (std::uint64_t i = first; iterations == 0 || i - first < iterations; ++i) {
     if (seconds > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > seconds) break;
     std::seed_seq sequence{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32),
                            static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(i >> 32)};
@@ -231,16 +219,46 @@ int main(int argc, char** argv) {
     const std::string input = mutate(s, rng);
     if (!write_input.empty()) write_file(write_input, input);
     ::alarm(30);
+    mmsb::fuzz::CrashNote::set(seed, i);
     std::string failure = s.lora ? run_lora(input) : run_one(input, s.gguf, rng() % 8 == 0, scratch);
     ::alarm(0);
     if (!failure.empty()) {
-      std::fprintf(stderr, "mmsb-fuzz-gguf: seed %llu iteration %llu (%s): %s\n",
+      std::fprintf(stderr, "mmsb-fuzz-gguf: seed %llu iteration %llu (%s; --seed %llu --start %llu --iterations 1 "
+                   "replays it): %s\n",
                    static_cast<unsigned long long>(seed), static_cast<unsigned long long>(i), s.name.c_str(),
-                   failure.c_str());
+                   static_cast<unsigned long long>(seed), static_cast<unsigned long long>(i), failure.c_str());
       return 1;
     }
     ++done;
   }
   std::printf("mmsb-fuzz-gguf: %llu iterations, no failure\n", static_cast<unsigned long long>(done));
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"mmsb-fuzz-gguf: fuzzes the GGUF and llama2.c loaders with mutated real model files"};
+  std::uint64_t iterations = 2000, seed = 1, first = 0;
+  double seconds = 0;
+  std::string models = MMSB_SHARED_DIR "/models";
+  app.add_option("--iterations", iterations, "iterations to run (0 = until --seconds)")
+      ->capture_default_str()
+      ->check(range<std::uint64_t>(0, std::uint64_t{1} << 40));
+  app.add_option("--seconds", seconds, "stop after this long (0 = no limit)")
+      ->capture_default_str()
+      ->check(range(0.0, 1e9));
+  app.add_option("--seed", seed, "seed; iteration i uses (seed, i)")
+      ->capture_default_str()
+      ->check(mmsb::program::non_negative<std::uint64_t>());
+  app.add_option("--start", first, "the first iteration (to replay iteration I alone: --start I --iterations 1)")
+      ->capture_default_str()
+      ->check(mmsb::program::non_negative<std::uint64_t>());
+  app.add_option("--models", models, "folder with the corpus model files")->capture_default_str();
+  std::string write_input;
+  app.add_option("--write-input", write_input,
+                 "write each iteration's input to this file before running it (with --start I --iterations 1: that "
+                 "iteration's input, to keep as a regression file)");
+  return mmsb::program::run("mmsb-fuzz-gguf", app, argc, argv,
+                            [&] { return fuzz(iterations, first, seed, seconds, models, write_input); });
 }

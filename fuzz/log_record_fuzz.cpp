@@ -12,8 +12,6 @@
 // iteration i draws from its own generator seeded with (seed, i), so `--seed S` reproduces a run exactly.
 //
 //   mmsb-fuzz-log --iterations 0 --seconds 3600 --seed 7     # one hour; see docs/durability.md
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -33,11 +31,14 @@
 
 #include "serialize/checkpoint.hpp"
 #include "serialize/codec.hpp"
+#include "fuzz/crash_note.hpp"
+#include "program/options.hpp"
 #include "serialize/log.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
+using mmsb::program::range;
 using mmsb::serialize::DecodedCommit;
 
 constexpr unsigned kHangSeconds = 30;
@@ -300,45 +301,28 @@ void fuzz_checkpoint(const Corpus& corpus, const fs::path& dir, std::mt19937_64&
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  std::uint64_t iterations = 20000;
-  std::uint64_t seed = 1;
-  double seconds = 0;
-  CLI::App app{
-      "mmsb-fuzz-log: feeds random and mutated bytes to decode_commit(), mutated log segments to LogReader and "
-      "LogWriter, and mutated checkpoints to the checkpoint loader and recovery; fails on any outcome other than success or mmsb::Error(corruption|not_found)."};
-  app.add_option("--iterations", iterations, "iterations to run (0: no limit, use --seconds)")->capture_default_str();
-  app.add_option("--seed", seed, "seed; a run is reproducible from it")->capture_default_str();
-  app.add_option("--seconds", seconds, "stop after this many seconds (0: no limit)")->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return 2;
-  }
-  if (seconds < 0 || (iterations == 0 && seconds == 0)) {
-    std::fprintf(stderr, "mmsb-fuzz-log: --seconds must be >= 0, and --iterations 0 needs a --seconds limit\n");
-    return 2;
+// The fuzz loop; returns the exit code (0: every outcome was acceptable, 1: a violation, reported on stderr).
+int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, double seconds) {
+  if (iterations == 0 && seconds == 0) {
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--iterations 0 needs a --seconds limit");
   }
 
   std::signal(SIGALRM, on_alarm);
+  mmsb::fuzz::CrashNote::install("mmsb-fuzz-log");
   const fs::path root = fs::temp_directory_path() / ("mmsb-fuzz-log-" + std::to_string(::getpid()));
   fs::remove_all(root);
   const auto start = std::chrono::steady_clock::now();
-  std::uint64_t i = 0;
+  std::uint64_t i = first;
   std::uint64_t counts[4] = {0, 0, 0, 0};
   try {
     const Corpus corpus = make_corpus(root / "seed", seed);
     const fs::path dir = root / "log";
-    for (; iterations == 0 || i < iterations; ++i) {
+    for (; iterations == 0 || i - first < iterations; ++i) {
       if (seconds > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > seconds) {
         break;
       }
       ::alarm(kHangSeconds);
+      mmsb::fuzz::CrashNote::set(seed, i);
       std::seed_seq seq{seed, i};
       std::mt19937_64 rng(seq);
       std::string input;
@@ -371,13 +355,17 @@ int main(int argc, char** argv) {
         if (!log_mode) write_file(saved, input);
         const std::string where = log_mode ? "the mutated log is kept in " + dir.string()
                                            : "the input is saved in " + saved;
-        std::fprintf(stderr, "mmsb-fuzz-log: FAILED at iteration %llu (--seed %llu): %s\n%s\n",
-                     static_cast<unsigned long long>(i), static_cast<unsigned long long>(seed), v.what.c_str(),
-                     where.c_str());
+        std::fprintf(stderr, "mmsb-fuzz-log: FAILED at iteration %llu (--seed %llu --start %llu --iterations 1 "
+                     "replays it): %s\n%s\n",
+                     static_cast<unsigned long long>(i), static_cast<unsigned long long>(seed),
+                     static_cast<unsigned long long>(i), v.what.c_str(), where.c_str());
         return 1;
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "mmsb-fuzz-log: FAILED at iteration %llu (--seed %llu): unexpected exception: %s\n",
-                     static_cast<unsigned long long>(i), static_cast<unsigned long long>(seed), e.what());
+        std::fprintf(stderr,
+                     "mmsb-fuzz-log: FAILED at iteration %llu (--seed %llu --start %llu --iterations 1 replays it): "
+                     "unexpected exception: %s\n",
+                     static_cast<unsigned long long>(i), static_cast<unsigned long long>(seed),
+                     static_cast<unsigned long long>(i), e.what());
         if (!log_mode) write_file("mmsb-fuzz-log-failure.bin", input);
         return 1;
       }
@@ -390,10 +378,36 @@ int main(int argc, char** argv) {
   fs::remove_all(root);
   std::printf("mmsb-fuzz-log: %llu iterations (%llu random, %llu mutated commits, %llu mutated logs, %llu mutated "
               "checkpoints), seed %llu, %.1f s: ok\n",
-              static_cast<unsigned long long>(i), static_cast<unsigned long long>(counts[0]),
+              static_cast<unsigned long long>(i - first), static_cast<unsigned long long>(counts[0]),
               static_cast<unsigned long long>(counts[1]), static_cast<unsigned long long>(counts[2]),
               static_cast<unsigned long long>(counts[3]),
               static_cast<unsigned long long>(seed),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::uint64_t iterations = 20000;
+  std::uint64_t seed = 1;
+  std::uint64_t first = 0;
+  double seconds = 0;
+  CLI::App app{
+      "mmsb-fuzz-log: feeds random and mutated bytes to decode_commit(), mutated log segments to LogReader and "
+      "LogWriter, and mutated checkpoints to the checkpoint loader and recovery; fails on any outcome other than "
+      "success or mmsb::Error(corruption|not_found)."};
+  app.add_option("--iterations", iterations, "iterations to run (0: no limit, use --seconds)")
+      ->capture_default_str()
+      ->check(range<std::uint64_t>(0, std::uint64_t{1} << 40));
+  app.add_option("--seed", seed, "seed; a run is reproducible from it")
+      ->capture_default_str()
+      ->check(mmsb::program::non_negative<std::uint64_t>());
+  app.add_option("--start", first, "the first iteration (to replay iteration I alone: --start I --iterations 1)")
+      ->capture_default_str()
+      ->check(mmsb::program::non_negative<std::uint64_t>());
+  app.add_option("--seconds", seconds, "stop after this many seconds (0: no limit)")
+      ->capture_default_str()
+      ->check(range(0.0, 1e9));
+  return mmsb::program::run("mmsb-fuzz-log", app, argc, argv, [&] { return fuzz(iterations, first, seed, seconds); });
 }

@@ -34,8 +34,8 @@ inline float flush_tiny(float v) { return std::fabs(v) < 0x1p-125f ? 0.0f : v; }
 
 }  // namespace
 
-void heat_tile_step_cpu(const float* cell, const float* north, const float* south, const float* west,
-                        const float* east, float* out, std::uint32_t side, float alpha) {
+void heat_tile_step_cpu(const float* cell, const float* north, const float* south, const float* west, const float* east,
+                        float* out, std::uint32_t side, float alpha) {
   for (std::uint32_t y = 0; y < side; ++y) {
     for (std::uint32_t x = 0; x < side; ++x) {
       const std::size_t i = std::size_t{y} * side + x;

@@ -1,11 +1,11 @@
 #include "gpu/vulkan_context.hpp"
 
+#include <sys/mman.h>
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <sys/mman.h>
 #include <vector>
 
 #include "mmsb/error.hpp"
@@ -24,11 +24,16 @@ std::string lower(std::string s) {
 // Lower is preferred: discrete, integrated, virtual, CPU, anything else.
 int type_rank(VkPhysicalDeviceType type) {
   switch (type) {
-    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return 0;
-    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return 1;
-    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return 2;
-    case VK_PHYSICAL_DEVICE_TYPE_CPU: return 3;
-    default: return 4;
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU:
+      return 0;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU:
+      return 1;
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU:
+      return 2;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU:
+      return 3;
+    default:
+      return 4;
   }
 }
 
@@ -37,9 +42,8 @@ bool has_layer(const char* name) {
   if (vkEnumerateInstanceLayerProperties(&count, nullptr) != VK_SUCCESS) return false;
   std::vector<VkLayerProperties> layers(count);
   if (vkEnumerateInstanceLayerProperties(&count, layers.data()) != VK_SUCCESS) return false;
-  return std::any_of(layers.begin(), layers.end(), [&](const VkLayerProperties& l) {
-    return std::strcmp(l.layerName, name) == 0;
-  });
+  return std::any_of(layers.begin(), layers.end(),
+                     [&](const VkLayerProperties& l) { return std::strcmp(l.layerName, name) == 0; });
 }
 
 VKAPI_ATTR VkBool32 VKAPI_CALL on_validation_message(VkDebugUtilsMessageSeverityFlagBitsEXT severity,
@@ -64,6 +68,52 @@ int compute_family(VkPhysicalDevice device) {
   return -1;
 }
 
+// The device `selector` names ("" automatic: the best type, discrete > integrated > virtual > CPU; an index; or
+// a name substring), among those with Vulkan 1.2 and a compute queue; -1 when none. `listing` gets every device.
+int choose_device(const std::vector<VkPhysicalDevice>& devices, const std::string& selector, std::string& listing) {
+  int chosen = -1;
+  const bool by_index = !selector.empty() && std::all_of(selector.begin(), selector.end(),
+                                                         [](unsigned char c) { return std::isdigit(c) != 0; });
+  for (std::uint32_t i = 0; i < devices.size(); ++i) {
+    VkPhysicalDeviceProperties p;
+    vkGetPhysicalDeviceProperties(devices[i], &p);
+    listing += (listing.empty() ? "" : ", ") + std::to_string(i) + ": " + p.deviceName;
+    const bool usable = p.apiVersion >= VK_API_VERSION_1_2 && compute_family(devices[i]) >= 0;
+    if (!usable) continue;
+    if (by_index) {
+      if (std::strtoull(selector.c_str(), nullptr, 10) == i) chosen = static_cast<int>(i);
+    } else if (!selector.empty()) {
+      if (chosen < 0 && lower(p.deviceName).find(lower(selector)) != std::string::npos) chosen = static_cast<int>(i);
+    } else if (chosen < 0) {
+      chosen = static_cast<int>(i);
+    } else {
+      VkPhysicalDeviceProperties best;
+      vkGetPhysicalDeviceProperties(devices[static_cast<std::size_t>(chosen)], &best);
+      if (type_rank(p.deviceType) < type_rank(best.deviceType)) chosen = static_cast<int>(i);
+    }
+  }
+  return chosen;
+}
+
+// A memory type that is device-local and host-visible on a heap as large as the largest device-local heap
+// (VulkanContext::host_visible_device_memory()); -1 when none.
+int host_visible_device_type(const VkPhysicalDeviceMemoryProperties& mp) {
+  VkDeviceSize largest_local = 0;
+  for (std::uint32_t h = 0; h < mp.memoryHeapCount; ++h) {
+    if (mp.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) {
+      largest_local = std::max(largest_local, mp.memoryHeaps[h].size);
+    }
+  }
+  constexpr VkMemoryPropertyFlags both = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT | VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT;
+  for (std::uint32_t i = 0; i < mp.memoryTypeCount; ++i) {
+    if ((mp.memoryTypes[i].propertyFlags & both) == both &&
+        mp.memoryHeaps[mp.memoryTypes[i].heapIndex].size >= largest_local) {
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
 }  // namespace
 
 void check(VkResult result, const char* what) {
@@ -81,9 +131,36 @@ std::unique_ptr<VulkanContext> VulkanContext::create(const std::string& selector
     why_not = "the Vulkan loader does not support Vulkan 1.2";
     return nullptr;
   }
+  if (!ctx->create_instance(why_not)) return nullptr;
 
+  std::uint32_t count = 0;
+  vkEnumeratePhysicalDevices(ctx->instance_, &count, nullptr);
+  std::vector<VkPhysicalDevice> devices(count);
+  vkEnumeratePhysicalDevices(ctx->instance_, &count, devices.data());
+  std::string listing;
+  const int chosen = choose_device(devices, selector, listing);
+  if (chosen < 0) {
+    if (count == 0) {
+      why_not = "no Vulkan device is present";
+    } else if (selector.empty()) {
+      why_not = "no device supports Vulkan 1.2 compute (devices: " + listing + ")";
+    } else {
+      why_not = "no Vulkan 1.2 compute device matches '" + selector + "' (devices: " + listing + ")";
+    }
+    return nullptr;
+  }
+  ctx->physical_ = devices[static_cast<std::size_t>(chosen)];
+  vkGetPhysicalDeviceProperties(ctx->physical_, &ctx->properties_);
+  vkGetPhysicalDeviceMemoryProperties(ctx->physical_, &ctx->memory_properties_);
+  ctx->host_visible_device_type_ = host_visible_device_type(ctx->memory_properties_);
+  ctx->queue_family_ = static_cast<std::uint32_t>(compute_family(ctx->physical_));
+  if (!ctx->create_device(why_not)) return nullptr;
+  detail::logger()->info("gpu: using Vulkan device {} ({}), devices: {}", ctx->properties_.deviceName, chosen, listing);
+  return ctx;
+}
+
+bool VulkanContext::create_instance(std::string& why_not) {
   VkApplicationInfo app{};
-
   app.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO;
   app.pApplicationName = "mmsb";
   app.pEngineName = "mmsb";
@@ -107,89 +184,31 @@ std::unique_ptr<VulkanContext> VulkanContext::create(const std::string& selector
   instance_info.ppEnabledLayerNames = layers.data();
   instance_info.enabledExtensionCount = static_cast<std::uint32_t>(extensions.size());
   instance_info.ppEnabledExtensionNames = extensions.data();
-  if (VkResult r = vkCreateInstance(&instance_info, nullptr, &ctx->instance_); r != VK_SUCCESS) {
+  if (VkResult r = vkCreateInstance(&instance_info, nullptr, &instance_); r != VK_SUCCESS) {
     why_not = "vkCreateInstance failed (VkResult " + std::to_string(r) + ")";
-    return nullptr;
+    return false;
   }
-  if (!layers.empty()) {
-    auto create_messenger = reinterpret_cast<PFN_vkCreateDebugUtilsMessengerEXT>(
-        vkGetInstanceProcAddr(ctx->instance_, "vkCreateDebugUtilsMessengerEXT"));
-    if (create_messenger) {
-      VkDebugUtilsMessengerCreateInfoEXT info{};
-      info.sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT;
-      info.messageSeverity =
-          VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT | VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT;
-      info.messageType = VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT |
-                         VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT |
-                         VK_DEBUG_UTILS_MESSAGE_TYPE_PERFORMANCE_BIT_EXT;
-      info.pfnUserCallback = on_validation_message;
-      create_messenger(ctx->instance_, &info, nullptr, &ctx->messenger_);
-    }
+  if (layers.empty()) return true;
+  auto create_messenger = reinterpret_cast<PFN_vkCreateDebugUtilsMessengerEXT>(
+      vkGetInstanceProcAddr(instance_, "vkCreateDebugUtilsMessengerEXT"));
+  if (create_messenger) {
+    VkDebugUtilsMessengerCreateInfoEXT info{};
+    info.sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT;
+    info.messageSeverity =
+        VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT | VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT;
+    info.messageType = VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT | VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT |
+                       VK_DEBUG_UTILS_MESSAGE_TYPE_PERFORMANCE_BIT_EXT;
+    info.pfnUserCallback = on_validation_message;
+    create_messenger(instance_, &info, nullptr, &messenger_);
   }
+  return true;
+}
 
-  std::uint32_t count = 0;
-  vkEnumeratePhysicalDevices(ctx->instance_, &count, nullptr);
-  std::vector<VkPhysicalDevice> devices(count);
-  vkEnumeratePhysicalDevices(ctx->instance_, &count, devices.data());
-  std::string listing;
-  int chosen = -1;
-  const bool by_index = !selector.empty() && std::all_of(selector.begin(), selector.end(), [](unsigned char c) {
-    return std::isdigit(c) != 0;
-  });
-  for (std::uint32_t i = 0; i < count; ++i) {
-    VkPhysicalDeviceProperties p;
-    vkGetPhysicalDeviceProperties(devices[i], &p);
-    listing += (listing.empty() ? "" : ", ") + std::to_string(i) + ": " + p.deviceName;
-    const bool usable = p.apiVersion >= VK_API_VERSION_1_2 && compute_family(devices[i]) >= 0;
-    if (!usable) continue;
-    if (by_index) {
-      if (std::strtoull(selector.c_str(), nullptr, 10) == i) chosen = static_cast<int>(i);
-    } else if (!selector.empty()) {
-      if (chosen < 0 && lower(p.deviceName).find(lower(selector)) != std::string::npos) chosen = static_cast<int>(i);
-    } else if (chosen < 0) {
-      chosen = static_cast<int>(i);
-    } else {
-      VkPhysicalDeviceProperties best;
-      vkGetPhysicalDeviceProperties(devices[static_cast<std::size_t>(chosen)], &best);
-      if (type_rank(p.deviceType) < type_rank(best.deviceType)) chosen = static_cast<int>(i);
-    }
-  }
-  if (chosen < 0) {
-    if (count == 0) {
-      why_not = "no Vulkan device is present";
-    } else if (selector.empty()) {
-      why_not = "no device supports Vulkan 1.2 compute (devices: " + listing + ")";
-    } else {
-      why_not = "no Vulkan 1.2 compute device matches '" + selector + "' (devices: " + listing + ")";
-    }
-    return nullptr;
-  }
-  ctx->physical_ = devices[static_cast<std::size_t>(chosen)];
-  vkGetPhysicalDeviceProperties(ctx->physical_, &ctx->properties_);
-  vkGetPhysicalDeviceMemoryProperties(ctx->physical_, &ctx->memory_properties_);
-  {
-    const VkPhysicalDeviceMemoryProperties& mp = ctx->memory_properties_;
-    VkDeviceSize largest_local = 0;
-    for (std::uint32_t h = 0; h < mp.memoryHeapCount; ++h) {
-      if (mp.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) {
-        largest_local = std::max(largest_local, mp.memoryHeaps[h].size);
-      }
-    }
-    constexpr VkMemoryPropertyFlags both = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT | VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT;
-    for (std::uint32_t i = 0; i < mp.memoryTypeCount; ++i) {
-      if ((mp.memoryTypes[i].propertyFlags & both) == both &&
-          mp.memoryHeaps[mp.memoryTypes[i].heapIndex].size >= largest_local) {
-        ctx->host_visible_device_type_ = static_cast<int>(i);
-        break;
-      }
-    }
-  }
-  ctx->queue_family_ = static_cast<std::uint32_t>(compute_family(ctx->physical_));
-
+bool VulkanContext::create_device(std::string& why_not) {
   const float priority = 1.0f;
   VkDeviceQueueCreateInfo queue_info{};
   queue_info.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO;
-  queue_info.queueFamilyIndex = ctx->queue_family_;
+  queue_info.queueFamilyIndex = queue_family_;
   queue_info.queueCount = 1;
   queue_info.pQueuePriorities = &priority;
   // Timeline semaphores (core and required in Vulkan 1.2) order device nodes after the uploads they read and
@@ -199,10 +218,10 @@ std::unique_ptr<VulkanContext> VulkanContext::create(const std::string& selector
   VkPhysicalDeviceFeatures2 supported{};
   supported.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2;
   supported.pNext = &supported12;
-  vkGetPhysicalDeviceFeatures2(ctx->physical_, &supported);
+  vkGetPhysicalDeviceFeatures2(physical_, &supported);
   if (!supported12.timelineSemaphore) {
-    why_not = std::string(ctx->properties_.deviceName) + " lacks timeline semaphores (Vulkan 1.2)";
-    return nullptr;
+    why_not = std::string(properties_.deviceName) + " lacks timeline semaphores (Vulkan 1.2)";
+    return false;
   }
   VkPhysicalDeviceVulkan12Features features12{};
   features12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
@@ -212,15 +231,13 @@ std::unique_ptr<VulkanContext> VulkanContext::create(const std::string& selector
   device_info.pNext = &features12;
   device_info.queueCreateInfoCount = 1;
   device_info.pQueueCreateInfos = &queue_info;
-  if (VkResult r = vkCreateDevice(ctx->physical_, &device_info, nullptr, &ctx->device_); r != VK_SUCCESS) {
-    why_not = std::string("vkCreateDevice failed on ") + ctx->properties_.deviceName + " (VkResult " +
-              std::to_string(r) + ")";
-    return nullptr;
+  if (VkResult r = vkCreateDevice(physical_, &device_info, nullptr, &device_); r != VK_SUCCESS) {
+    why_not =
+        std::string("vkCreateDevice failed on ") + properties_.deviceName + " (VkResult " + std::to_string(r) + ")";
+    return false;
   }
-  vkGetDeviceQueue(ctx->device_, ctx->queue_family_, 0, &ctx->queue_);
-  detail::logger()->info("gpu: using Vulkan device {} ({}), devices: {}", ctx->properties_.deviceName, chosen,
-                         listing);
-  return ctx;
+  vkGetDeviceQueue(device_, queue_family_, 0, &queue_);
+  return true;
 }
 
 VulkanContext::~VulkanContext() {
@@ -233,8 +250,7 @@ VulkanContext::~VulkanContext() {
   if (instance_) vkDestroyInstance(instance_, nullptr);
 }
 
-std::uint32_t VulkanContext::memory_type(std::uint32_t type_bits, VkMemoryPropertyFlags wanted,
-                                         bool& coherent) const {
+std::uint32_t VulkanContext::memory_type(std::uint32_t type_bits, VkMemoryPropertyFlags wanted, bool& coherent) const {
   for (std::uint32_t i = 0; i < memory_properties_.memoryTypeCount; ++i) {
     const VkMemoryPropertyFlags flags = memory_properties_.memoryTypes[i].propertyFlags;
     if ((type_bits & (1u << i)) && (flags & wanted) == wanted) {
@@ -242,12 +258,12 @@ std::uint32_t VulkanContext::memory_type(std::uint32_t type_bits, VkMemoryProper
       return i;
     }
   }
-  throw Error(ErrorCode::Unsupported, "vulkan: the device has no memory type with properties " +
-                                          std::to_string(wanted) + " for this buffer");
+  throw Error(ErrorCode::Unsupported,
+              "vulkan: the device has no memory type with properties " + std::to_string(wanted) + " for this buffer");
 }
 
 Buffer VulkanContext::create_buffer(std::uint64_t size, VkBufferUsageFlags usage, VkMemoryPropertyFlags wanted,
-                                   bool map) const {
+                                    bool map) const {
   Buffer out;
   out.size = size;
   VkBufferCreateInfo info{};
@@ -278,19 +294,17 @@ Buffer VulkanContext::create_device_buffer(std::uint64_t size, bool mapped) cons
   if (mapped && !host_visible_device_memory()) {
     throw Error(ErrorCode::Unsupported, "vulkan: " + name() + " has no host-visible device memory to map");
   }
-  return create_buffer(size,
-                       VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-                           VK_BUFFER_USAGE_TRANSFER_DST_BIT,
-                       mapped ? VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT | VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT
-                              : VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT,
-                       mapped);
+  return create_buffer(
+      size, VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+      mapped ? VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT | VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT
+             : VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT,
+      mapped);
 }
 
 Buffer VulkanContext::create_host_buffer(std::uint64_t size) const {
-  return create_buffer(size,
-                       VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-                           VK_BUFFER_USAGE_TRANSFER_DST_BIT,
-                       VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT, true);
+  return create_buffer(
+      size, VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+      VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT, true);
 }
 
 void VulkanContext::destroy(Buffer& buffer) const noexcept {

@@ -66,6 +66,9 @@ class VulkanContext {
 
  private:
   VulkanContext() = default;
+  // The steps of create(); each returns false with the reason in `why_not`.
+  bool create_instance(std::string& why_not);
+  bool create_device(std::string& why_not);  // on physical_, with queue_family_
   Buffer create_buffer(std::uint64_t size, VkBufferUsageFlags usage, VkMemoryPropertyFlags wanted, bool map) const;
   std::uint32_t memory_type(std::uint32_t type_bits, VkMemoryPropertyFlags wanted, bool& coherent) const;
 

@@ -1,15 +1,10 @@
 // graph/dependency_graph.cpp — the dependency index and its incremental topological order.
 //
-// Storage: a Boost.Graph adjacency_list with list storage for vertices and edges, so a vertex or edge descriptor
-// stays valid until that vertex or edge is removed. Two hash maps index it: PageId → vertex, and
-// (from, to, kind) → edge (duplicate check and removal in O(1) plus the edge's degree, even for a page with a
-// very large fan-out).
-//
 // Order: every vertex carries an order index `ord`; all edges go from a smaller to a larger index. A vertex created
-// by add_edge takes a fresh index below all others if it is the edge's source, above all others if it is the
+// for an edge takes a fresh index below all others if it is the edge's source, above all others if it is the
 // target, so an edge with a new endpoint never needs a reorder (building a chain from its end backwards stays
-// linear). add_edge(x → y) follows Pearce & Kelly, "A dynamic topological sort
-// algorithm for directed acyclic graphs" (JEA 2006):
+// linear). add_edge(x → y) follows Pearce & Kelly, "A dynamic topological sort algorithm for directed acyclic
+// graphs" (JEA 2006):
 //   * ord[x] < ord[y]: the order already agrees; nothing to do.
 //   * otherwise the affected region is the vertices with ord in [ord[y], ord[x]]. A forward search from y visits
 //     only vertices w with ord[w] <= ord[x]; reaching x means y already reaches x, so the edge closes a cycle and
@@ -18,16 +13,19 @@
 //     again: first to the backward set, then to the forward set, each in its previous relative order. Vertices
 //     outside the two sets keep their index, so the order stays valid for every other edge.
 // Removing edges or vertices never invalidates the order; the gaps left in the indices are harmless.
-// Both searches are iterative (explicit stacks) because chains can be very long.
+// Both searches are iterative (explicit stacks) because chains can be very long; the vertices they visit are
+// marked in a small hash table that is cleared per search, so a search costs what it visits.
+//
+// Edge pool: each list's block holds 2^k entries (k = its size class); a full list moves to a block twice as large
+// and a list that shrinks to a power of two hands back its upper half. Freed blocks are reused by size class.
 #include "graph/dependency_graph.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cassert>
 #include <cstddef>
 #include <unordered_map>
 #include <utility>
-
-#include <boost/graph/adjacency_list.hpp>
 
 #include "mmsb/error.hpp"
 
@@ -47,43 +45,26 @@ const char* dependency_kind_name(DependencyKind kind) noexcept {
 
 namespace {
 
-struct VertexProps {
-  PageId page;
-  std::uint64_t ord = 0;      // position in the topological order
-  std::uint64_t visited = 0;  // search epoch that last visited this vertex (scratch for add_edge)
-  void* parent = nullptr;     // forward search: vertex it was reached from (scratch, for the cycle message)
-};
-
-struct EdgeProps {
-  DependencyKind kind = DependencyKind::Data;
-  std::uint64_t seq = 0;  // insertion sequence number; inputs_of/dependents_of report edges in this order
-};
-
-using Graph = boost::adjacency_list<boost::listS, boost::listS, boost::bidirectionalS, VertexProps, EdgeProps>;
-using Vertex = boost::graph_traits<Graph>::vertex_descriptor;
-using Edge = boost::graph_traits<Graph>::edge_descriptor;
-
-struct EdgeKey {
-  std::uint64_t from;
-  std::uint64_t to;
-  DependencyKind kind;
-  friend bool operator==(const EdgeKey&, const EdgeKey&) = default;
-};
-
-struct EdgeKeyHash {
-  std::size_t operator()(const EdgeKey& k) const noexcept {
-    std::uint64_t h = k.from * 0x9E3779B97F4A7C15ull;
-    h ^= k.to + 0x632BE59BD9B4E019ull + (h << 6) + (h >> 2);
-    h ^= static_cast<std::uint64_t>(k.kind) + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
-    return static_cast<std::size_t>(h ^ (h >> 29));
-  }
-};
-
 bool valid_kind(DependencyKind kind) noexcept {
   return kind == DependencyKind::Data || kind == DependencyKind::Control || kind == DependencyKind::GpuSync;
 }
 
+std::size_t hash_page(PageId page) noexcept {
+  std::uint64_t z = page.value() * 0x9E3779B97F4A7C15ull;
+  z ^= z >> 29;
+  z *= 0xBF58476D1CE4E5B9ull;
+  return static_cast<std::size_t>(z ^ (z >> 32));
+}
+
+std::size_t hash_vertex(VertexId v) noexcept { return static_cast<std::size_t>((v * 0x9E3779B1u) ^ (v >> 16)); }
+
+unsigned size_class(std::uint32_t count) noexcept {
+  return count <= 1 ? 0u : static_cast<unsigned>(std::bit_width(count - 1));
+}
+
 // Escapes text for a double-quoted Graphviz string: quotes and backslashes are escaped, newlines become "\n".
+// Not the JSON escaping of tools/json.cpp (or nlohmann's): in a DOT label \l, \r and \N have meanings of their own
+// and \uXXXX is no escape, so only quotes, backslashes and line breaks change here.
 std::string dot_escape(const std::string& text) {
   std::string out;
   out.reserve(text.size());
@@ -110,158 +91,309 @@ std::string dot_escape(const std::string& text) {
 
 }  // namespace
 
-struct DependencyGraph::Impl {
-  Graph g;
-  std::unordered_map<PageId, Vertex> vertex_of;
-  std::unordered_map<EdgeKey, Edge, EdgeKeyHash> edge_of;
-  // Order indices grow in both directions from the middle of the range (2^63 vertices each way: never exhausted).
-  std::uint64_t low_ord = (std::uint64_t{1} << 63) - 1;
-  std::uint64_t high_ord = std::uint64_t{1} << 63;
-  std::uint64_t next_seq = 0;
-  std::uint64_t epoch = 0;
-  std::uint64_t version = 0;
-
-  // Scratch buffers for add_edge, kept to avoid reallocating on every reorder.
-  std::vector<Vertex> stack;
-  std::vector<Vertex> forward;
-  std::vector<Vertex> backward;
-  std::vector<std::uint64_t> pool;
-
-  Vertex find(PageId page) const {
-    auto it = vertex_of.find(page);
-    return it == vertex_of.end() ? Graph::null_vertex() : it->second;
-  }
-
-  // A new vertex takes an index before every other one when it is the source of the edge being added, after
-  // every other one when it is the target: either way the new edge agrees with the order at no cost.
-  Vertex find_or_add(PageId page, bool first) {
-    auto [it, inserted] = vertex_of.try_emplace(page, Graph::null_vertex());
-    if (inserted) {
-      try {
-        VertexProps props;
-        props.page = page;
-        props.ord = first ? low_ord-- : high_ord++;
-        it->second = boost::add_vertex(props, g);
-      } catch (...) {
-        vertex_of.erase(it);
-        throw;
-      }
-    }
-    return it->second;
-  }
-
-  // Forward search from y over vertices with ord <= ord[x]. Returns true if x is reached (the edge x → y would
-  // close a cycle); the search then stops and `parent` links lead back from x to y. Otherwise `forward` holds
-  // every vertex visited.
-  bool search_forward(Vertex y, Vertex x) {
-    const std::uint64_t bound = g[x].ord;
-    const std::uint64_t mark = ++epoch;
-    forward.clear();
-    stack.clear();
-    g[y].visited = mark;
-    g[y].parent = nullptr;
-    stack.push_back(y);
-    while (!stack.empty()) {
-      Vertex v = stack.back();
-      stack.pop_back();
-      forward.push_back(v);
-      for (auto [ei, ee] = boost::out_edges(v, g); ei != ee; ++ei) {
-        Vertex w = boost::target(*ei, g);
-        if (w == x) {
-          g[x].parent = v;
-          return true;
-        }
-        VertexProps& wp = g[w];
-        if (wp.visited == mark || wp.ord > bound) continue;
-        wp.visited = mark;
-        wp.parent = v;
-        stack.push_back(w);
-      }
-    }
-    return false;
-  }
-
-  // Backward search from x over vertices with ord >= ord[y]; fills `backward`.
-  void search_backward(Vertex x, Vertex y) {
-    const std::uint64_t bound = g[y].ord;
-    const std::uint64_t mark = ++epoch;
-    backward.clear();
-    stack.clear();
-    g[x].visited = mark;
-    stack.push_back(x);
-    while (!stack.empty()) {
-      Vertex v = stack.back();
-      stack.pop_back();
-      backward.push_back(v);
-      for (auto [ei, ee] = boost::in_edges(v, g); ei != ee; ++ei) {
-        Vertex w = boost::source(*ei, g);
-        VertexProps& wp = g[w];
-        if (wp.visited == mark || wp.ord < bound) continue;
-        wp.visited = mark;
-        stack.push_back(w);
-      }
-    }
-  }
-
-  // After a successful search: the backward set moves before the forward set, each keeping its relative order,
-  // using the same pool of order indices.
-  void reorder() {
-    auto by_ord = [this](Vertex a, Vertex b) { return g[a].ord < g[b].ord; };
-    std::sort(backward.begin(), backward.end(), by_ord);
-    std::sort(forward.begin(), forward.end(), by_ord);
-    pool.clear();
-    pool.reserve(backward.size() + forward.size());
-    for (Vertex v : backward) pool.push_back(g[v].ord);
-    for (Vertex v : forward) pool.push_back(g[v].ord);
-    std::sort(pool.begin(), pool.end());
-    std::size_t i = 0;
-    for (Vertex v : backward) g[v].ord = pool[i++];
-    for (Vertex v : forward) g[v].ord = pool[i++];
-  }
-
-  // "x -> y -> ... -> x" from the parent links left by a forward search that reached x.
-  std::string cycle_message(Vertex x, Vertex y) const {
-    std::vector<Vertex> path;  // x, parent(x), ..., y
-    for (Vertex v = x;; v = static_cast<Vertex>(g[v].parent)) {
-      path.push_back(v);
-      if (v == y) break;
-    }
-    std::string text = g[x].page.to_string();
-    for (auto it = path.rbegin(); it != path.rend(); ++it) {
-      text += " -> ";
-      text += g[*it].page.to_string();
-    }
-    return text;
-  }
-
-  template <typename Range, typename Other>
-  std::vector<Dependency> collect(Range range, Other other, bool incoming) const {
-    std::vector<std::pair<std::uint64_t, Dependency>> items;
-    for (auto [ei, ee] = range; ei != ee; ++ei) {
-      const PageId near = g[other(*ei, true)].page;
-      const PageId far = g[other(*ei, false)].page;
-      Dependency d;
-      d.from = incoming ? far : near;
-      d.to = incoming ? near : far;
-      d.kind = g[*ei].kind;
-      items.emplace_back(g[*ei].seq, d);
-    }
-    // Boost appends to both incidence lists, so they are already in insertion order; the check keeps that an
-    // observed property rather than an assumption.
-    auto by_seq = [](const auto& a, const auto& b) { return a.first < b.first; };
-    if (!std::is_sorted(items.begin(), items.end(), by_seq)) std::sort(items.begin(), items.end(), by_seq);
-    std::vector<Dependency> result;
-    result.reserve(items.size());
-    for (auto& item : items) result.push_back(item.second);
-    return result;
-  }
-};
-
-DependencyGraph::DependencyGraph() : impl_(std::make_unique<Impl>()) {}
+DependencyGraph::DependencyGraph() = default;
 DependencyGraph::~DependencyGraph() = default;
 
-void DependencyGraph::add_edge(PageId from, PageId to, DependencyKind kind) {
-  Impl& m = *impl_;
+// --- PageId → vertex ------------------------------------------------------------------------------------------
+
+std::size_t DependencyGraph::slot_of(PageId page) const noexcept {
+  const std::size_t mask = index_.size() - 1;
+  for (std::size_t i = hash_page(page) & mask;; i = (i + 1) & mask) {
+    const VertexId v = index_[i];
+    if (v == kNoVertex || page_[v] == page) return i;
+  }
+}
+
+VertexId DependencyGraph::find(PageId page) const noexcept {
+  if (index_.empty()) return kNoVertex;
+  return index_[slot_of(page)];
+}
+
+void DependencyGraph::index_grow() {
+  std::vector<VertexId> old = std::move(index_);
+  index_.assign(std::max<std::size_t>(64, old.size() * 2), kNoVertex);
+  for (VertexId v : old)
+    if (v != kNoVertex) index_[slot_of(page_[v])] = v;
+}
+
+void DependencyGraph::index_insert(VertexId v) {
+  if (2 * (live_vertices_ + 1) > index_.size()) index_grow();
+  index_[slot_of(page_[v])] = v;
+}
+
+void DependencyGraph::index_erase(PageId page) {
+  // Backward-shift deletion keeps every probe sequence unbroken without tombstones.
+  const std::size_t mask = index_.size() - 1;
+  std::size_t hole = slot_of(page);
+  index_[hole] = kNoVertex;
+  for (std::size_t i = (hole + 1) & mask; index_[i] != kNoVertex; i = (i + 1) & mask) {
+    const std::size_t home = hash_page(page_[index_[i]]) & mask;
+    // Move entry i into the hole when its home lies cyclically outside (hole, i].
+    const bool movable = hole <= i ? (home <= hole || home > i) : (home <= hole && home > i);
+    if (movable) {
+      index_[hole] = index_[i];
+      index_[i] = kNoVertex;
+      hole = i;
+    }
+  }
+}
+
+// --- vertices -------------------------------------------------------------------------------------------------
+
+VertexId DependencyGraph::create_vertex(PageId page, Placement where) {
+  VertexId v;
+  if (!free_vertices_.empty()) {
+    v = free_vertices_.back();
+    free_vertices_.pop_back();
+  } else {
+    if (page_.size() >= kMaxVertices) {
+      throw Error(ErrorCode::ResourceExhausted, "the dependency graph holds " + std::to_string(kMaxVertices) +
+                                                    " pages, its limit; remove nodes before adding more");
+    }
+    v = static_cast<VertexId>(page_.size());
+    page_.emplace_back();
+    ord_.emplace_back();
+    out_.emplace_back();
+    in_.emplace_back();
+  }
+  page_[v] = page;
+  ord_[v] = where == Placement::First ? low_ord_-- : high_ord_++;
+  out_[v] = {};
+  in_[v] = {};
+  try {
+    index_insert(v);
+  } catch (...) {
+    page_[v] = PageId();
+    free_vertices_.push_back(v);
+    throw;
+  }
+  ++live_vertices_;
+  return v;
+}
+
+VertexId DependencyGraph::vertex(PageId page, Placement where) {
+  const VertexId v = find(page);
+  return v != kNoVertex ? v : create_vertex(page, where);
+}
+
+void DependencyGraph::free_vertex(VertexId v) {
+  index_erase(page_[v]);
+  page_[v] = PageId();
+  free_vertices_.push_back(v);
+  --live_vertices_;
+}
+
+bool DependencyGraph::contains(PageId page) const noexcept { return find(page) != kNoVertex; }
+
+void DependencyGraph::reserve(std::size_t vertices, std::size_t edges) {
+  const std::size_t total = page_.size() + vertices;
+  page_.reserve(total);
+  ord_.reserve(total);
+  out_.reserve(total);
+  in_.reserve(total);
+  pool_.reserve(pool_.size() + 2 * edges + 2 * vertices);
+  while (2 * (live_vertices_ + vertices) > index_.size()) index_grow();
+}
+
+std::size_t DependencyGraph::memory_bytes() const noexcept {
+  std::size_t free_lists = 0;
+  for (const auto& list : free_blocks_) free_lists += list.capacity() * sizeof(std::uint32_t);
+  return page_.capacity() * sizeof(PageId) + ord_.capacity() * sizeof(std::uint64_t) +
+         (out_.capacity() + in_.capacity()) * sizeof(EdgeList) + pool_.capacity() * sizeof(std::uint32_t) +
+         free_vertices_.capacity() * sizeof(VertexId) + index_.capacity() * sizeof(VertexId) + free_lists;
+}
+
+// --- edge lists -----------------------------------------------------------------------------------------------
+
+std::uint32_t DependencyGraph::pool_allocate(unsigned cls) {
+  if (cls < free_blocks_.size() && !free_blocks_[cls].empty()) {
+    const std::uint32_t begin = free_blocks_[cls].back();
+    free_blocks_[cls].pop_back();
+    return begin;
+  }
+  const std::size_t begin = pool_.size(), size = std::size_t{1} << cls;
+  if (begin + size > ~std::uint32_t{0}) {
+    throw Error(ErrorCode::ResourceExhausted, "the dependency graph's edge pool is full (2^32 entries)");
+  }
+  pool_.resize(begin + size);
+  return static_cast<std::uint32_t>(begin);
+}
+
+void DependencyGraph::pool_free(std::uint32_t begin, unsigned cls) {
+  if (free_blocks_.size() <= cls) free_blocks_.resize(cls + 1);
+  free_blocks_[cls].push_back(begin);
+}
+
+void DependencyGraph::list_push(EdgeList& list, std::uint32_t entry) {
+  if (list.count == 0) {
+    list.begin = pool_allocate(0);
+  } else if (std::has_single_bit(list.count)) {  // full: move to a block twice as large
+    const unsigned cls = size_class(list.count);
+    const std::uint32_t moved = pool_allocate(cls + 1);
+    std::copy_n(pool_.begin() + list.begin, list.count, pool_.begin() + moved);
+    pool_free(list.begin, cls);
+    list.begin = moved;
+  }
+  pool_[list.begin + list.count++] = entry;
+}
+
+void DependencyGraph::list_erase(EdgeList& list, std::uint32_t entry) {
+  auto first = pool_.begin() + list.begin, last = first + list.count;
+  auto it = std::find(first, last, entry);
+  assert(it != last);
+  std::copy(it + 1, last, it);  // keeps insertion order
+  const std::uint32_t before = list.count--;
+  if (list.count == 0) {
+    pool_free(list.begin, size_class(before));
+  } else if (std::has_single_bit(list.count) && size_class(before) > size_class(list.count)) {
+    // Shrunk to a power of two: the block's upper half is free.
+    pool_free(list.begin + list.count, size_class(list.count));
+  }
+}
+
+bool DependencyGraph::has_edge(VertexId from, VertexId to, DependencyKind kind) const noexcept {
+  // Scan the shorter list: a page with a huge fan-out or fan-in costs nothing to its other edges.
+  const bool by_out = out_[from].count <= in_[to].count;
+  const EdgeList& list = by_out ? out_[from] : in_[to];
+  const std::uint32_t entry = pack(by_out ? to : from, kind);
+  const std::uint32_t* e = pool_.data() + list.begin;
+  return std::find(e, e + list.count, entry) != e + list.count;
+}
+
+void DependencyGraph::link(VertexId from, VertexId to, DependencyKind kind) {
+  // Room for both lists' growth first (geometric), so a failed allocation leaves neither list changed.
+  const std::size_t needed = pool_.size() + 2 * (std::size_t{out_[from].count} + in_[to].count + 2);
+  if (pool_.capacity() < needed) pool_.reserve(std::max(needed, 2 * pool_.capacity()));
+  list_push(out_[from], pack(to, kind));
+  list_push(in_[to], pack(from, kind));
+  ++edges_;
+  ++version_;
+}
+
+// --- the order ------------------------------------------------------------------------------------------------
+
+bool DependencyGraph::mark(VertexId v, VertexId parent) {
+  if (2 * (marked_ + 1) > mark_.size()) {
+    std::vector<std::pair<VertexId, VertexId>> old = std::move(mark_);
+    mark_.assign(std::max<std::size_t>(64, old.size() * 2), {kNoVertex, kNoVertex});
+    marked_ = 0;
+    for (const auto& [w, p] : old)
+      if (w != kNoVertex) mark(w, p);
+  }
+  const std::size_t mask = mark_.size() - 1;
+  for (std::size_t i = hash_vertex(v) & mask;; i = (i + 1) & mask) {
+    if (mark_[i].first == v) return false;
+    if (mark_[i].first == kNoVertex) {
+      mark_[i] = {v, parent};
+      ++marked_;
+      return true;
+    }
+  }
+}
+
+VertexId DependencyGraph::parent_of(VertexId v) const {
+  const std::size_t mask = mark_.size() - 1;
+  for (std::size_t i = hash_vertex(v) & mask;; i = (i + 1) & mask) {
+    if (mark_[i].first == v) return mark_[i].second;
+    if (mark_[i].first == kNoVertex) return kNoVertex;
+  }
+}
+
+void DependencyGraph::clear_marks(std::size_t expected) {
+  // A table much larger than the search ahead is shrunk, so a search costs what it visits.
+  const std::size_t want = std::max<std::size_t>(64, std::bit_ceil(2 * expected + 2));
+  if (mark_.size() > 4 * want || mark_.empty()) {
+    mark_.assign(want, {kNoVertex, kNoVertex});
+  } else {
+    std::fill(mark_.begin(), mark_.end(), std::pair<VertexId, VertexId>{kNoVertex, kNoVertex});
+  }
+  marked_ = 0;
+}
+
+// Forward search from y over vertices with ord <= ord[x]. Returns true if x is reached (the edge x → y would
+// close a cycle); the search then stops and parent links lead back from x to y. Otherwise `forward_` holds every
+// vertex visited.
+bool DependencyGraph::search_forward(VertexId y, VertexId x) {
+  const std::uint64_t bound = ord_[x];
+  clear_marks(stack_.size() + forward_.size());
+  forward_.clear();
+  stack_.clear();
+  mark(y, kNoVertex);
+  stack_.push_back(y);
+  while (!stack_.empty()) {
+    const VertexId v = stack_.back();
+    stack_.pop_back();
+    forward_.push_back(v);
+    const std::uint32_t* e = pool_.data() + out_[v].begin;
+    for (std::uint32_t i = 0, n = out_[v].count; i < n; ++i) {
+      const VertexId w = edge_vertex(e[i]);
+      if (w == x) {
+        mark(x, v);
+        return true;
+      }
+      if (ord_[w] > bound) continue;
+      if (mark(w, v)) stack_.push_back(w);
+    }
+  }
+  return false;
+}
+
+// Backward search from x over vertices with ord >= ord[y]; fills `backward_`.
+void DependencyGraph::search_backward(VertexId x, VertexId y) {
+  const std::uint64_t bound = ord_[y];
+  clear_marks(forward_.size());
+  backward_.clear();
+  stack_.clear();
+  mark(x, kNoVertex);
+  stack_.push_back(x);
+  while (!stack_.empty()) {
+    const VertexId v = stack_.back();
+    stack_.pop_back();
+    backward_.push_back(v);
+    const std::uint32_t* e = pool_.data() + in_[v].begin;
+    for (std::uint32_t i = 0, n = in_[v].count; i < n; ++i) {
+      const VertexId w = edge_vertex(e[i]);
+      if (ord_[w] < bound) continue;
+      if (mark(w, v)) stack_.push_back(w);
+    }
+  }
+}
+
+// After a successful search: the backward set moves before the forward set, each keeping its relative order,
+// using the same pool of order indices.
+void DependencyGraph::reorder() {
+  auto by_ord = [this](VertexId a, VertexId b) { return ord_[a] < ord_[b]; };
+  std::sort(backward_.begin(), backward_.end(), by_ord);
+  std::sort(forward_.begin(), forward_.end(), by_ord);
+  pool_ord_.clear();
+  for (VertexId v : backward_) pool_ord_.push_back(ord_[v]);
+  for (VertexId v : forward_) pool_ord_.push_back(ord_[v]);
+  std::sort(pool_ord_.begin(), pool_ord_.end());
+  std::size_t i = 0;
+  for (VertexId v : backward_) ord_[v] = pool_ord_[i++];
+  for (VertexId v : forward_) ord_[v] = pool_ord_[i++];
+}
+
+// "x -> y -> ... -> x" from the parent links left by a forward search that reached x.
+void DependencyGraph::throw_cycle(VertexId x, VertexId y) const {
+  std::vector<VertexId> path;  // x, parent(x), ..., y
+  for (VertexId v = x;; v = parent_of(v)) {
+    path.push_back(v);
+    if (v == y || path.size() > page_.size()) break;
+  }
+  std::string text = page_[x].to_string();
+  for (auto it = path.rbegin(); it != path.rend(); ++it) {
+    text += " -> ";
+    text += page_[*it].to_string();
+  }
+  throw Error(ErrorCode::InvalidArgument, "dependency would close a cycle: " + text +
+                                              "; remove one of these dependencies first or derive into a different "
+                                              "page");
+}
+
+// --- edges ----------------------------------------------------------------------------------------------------
+
+void DependencyGraph::check_edge(PageId from, PageId to, DependencyKind kind) const {
   if (from == to) {
     throw Error(ErrorCode::InvalidArgument,
                 "dependency " + from.to_string() + " -> " + to.to_string() +
@@ -272,93 +404,97 @@ void DependencyGraph::add_edge(PageId from, PageId to, DependencyKind kind) {
                                                 " has unknown kind " + std::to_string(static_cast<unsigned>(kind)) +
                                                 "; use data, control or gpu_sync");
   }
-  const EdgeKey key{from.value(), to.value(), kind};
-  if (m.edge_of.count(key) != 0) return;  // already present: no-op
+}
 
-  // A cycle needs both endpoints to exist already, so the check runs before anything is created and a refused
-  // edge leaves the graph (vertices, order, version) exactly as it was.
-  Vertex x = m.find(from);
-  Vertex y = m.find(to);
-  const bool reorder_needed = x != Graph::null_vertex() && y != Graph::null_vertex() && m.g[x].ord > m.g[y].ord;
-  if (reorder_needed && m.search_forward(y, x)) {
-    throw Error(ErrorCode::InvalidArgument,
-                "dependency would close a cycle: " + m.cycle_message(x, y) +
-                    "; remove one of these dependencies first or derive into a different page");
+bool DependencyGraph::add_edge(VertexId x, VertexId y, DependencyKind kind) {
+  check_edge(page_[x], page_[y], kind);
+  if (has_edge(x, y, kind)) return false;
+  if (ord_[x] > ord_[y]) {
+    if (search_forward(y, x)) throw_cycle(x, y);
+    search_backward(x, y);
+    reorder();
   }
+  assert(ord_[x] < ord_[y]);
+  link(x, y, kind);
+  return true;
+}
 
-  x = m.find_or_add(from, /*first=*/true);
-  y = m.find_or_add(to, /*first=*/false);
-  if (reorder_needed) {
-    m.search_backward(x, y);
-    m.reorder();
+void DependencyGraph::add_edge(PageId from, PageId to, DependencyKind kind) {
+  check_edge(from, to, kind);
+  VertexId x = find(from), y = find(to);
+  // A cycle needs both endpoints to exist already, so a missing endpoint is created only once the edge is known to
+  // be acceptable, and a refused edge leaves the graph (vertices, order, version) exactly as it was.
+  if (x != kNoVertex && y != kNoVertex) {
+    add_edge(x, y, kind);
+    return;
   }
-  assert(m.g[x].ord < m.g[y].ord);
+  const bool created_x = x == kNoVertex;
+  if (created_x) x = create_vertex(from, Placement::First);
+  try {
+    if (y == kNoVertex) y = create_vertex(to, Placement::Last);
+    link(x, y, kind);
+  } catch (...) {
+    if (created_x) free_vertex(x);
+    throw;
+  }
+}
 
-  m.edge_of.reserve(m.edge_of.size() + 1);
-  auto [e, added] = boost::add_edge(x, y, EdgeProps{kind, m.next_seq++}, m.g);
-  assert(added);
-  (void)added;
-  m.edge_of.emplace(key, e);
-  ++m.version;
+bool DependencyGraph::remove_edge(VertexId from, VertexId to, DependencyKind kind) {
+  if (!has_edge(from, to, kind)) return false;
+  list_erase(out_[from], pack(to, kind));
+  list_erase(in_[to], pack(from, kind));
+  --edges_;
+  ++version_;
+  return true;
 }
 
 bool DependencyGraph::remove_edge(PageId from, PageId to, DependencyKind kind) {
-  Impl& m = *impl_;
-  auto it = m.edge_of.find(EdgeKey{from.value(), to.value(), kind});
-  if (it == m.edge_of.end()) return false;
-  boost::remove_edge(it->second, m.g);
-  m.edge_of.erase(it);
-  ++m.version;
-  return true;
+  const VertexId x = find(from), y = find(to);
+  if (x == kNoVertex || y == kNoVertex || !valid_kind(kind)) return false;
+  return remove_edge(x, y, kind);
 }
 
 bool DependencyGraph::remove_page(PageId page) {
-  Impl& m = *impl_;
-  auto it = m.vertex_of.find(page);
-  if (it == m.vertex_of.end()) return false;
-  const Vertex v = it->second;
-  for (auto [ei, ee] = boost::out_edges(v, m.g); ei != ee; ++ei) {
-    m.edge_of.erase(EdgeKey{page.value(), m.g[boost::target(*ei, m.g)].page.value(), m.g[*ei].kind});
+  const VertexId v = find(page);
+  if (v == kNoVertex) return false;
+  while (out_[v].count > 0) {
+    const std::uint32_t entry = pool_[out_[v].begin + out_[v].count - 1];
+    remove_edge(v, edge_vertex(entry), edge_kind(entry));
   }
-  for (auto [ei, ee] = boost::in_edges(v, m.g); ei != ee; ++ei) {
-    m.edge_of.erase(EdgeKey{m.g[boost::source(*ei, m.g)].page.value(), page.value(), m.g[*ei].kind});
+  while (in_[v].count > 0) {
+    const std::uint32_t entry = pool_[in_[v].begin + in_[v].count - 1];
+    remove_edge(edge_vertex(entry), v, edge_kind(entry));
   }
-  boost::clear_vertex(v, m.g);
-  boost::remove_vertex(v, m.g);
-  m.vertex_of.erase(it);
-  ++m.version;
+  free_vertex(v);
+  ++version_;
   return true;
 }
 
-bool DependencyGraph::contains(PageId page) const noexcept { return impl_->vertex_of.count(page) != 0; }
-
-std::size_t DependencyGraph::page_count() const noexcept { return impl_->vertex_of.size(); }
-
-std::size_t DependencyGraph::edge_count() const noexcept { return impl_->edge_of.size(); }
+// --- queries --------------------------------------------------------------------------------------------------
 
 std::vector<Dependency> DependencyGraph::inputs_of(PageId page) const {
-  const Impl& m = *impl_;
-  const Vertex v = m.find(page);
-  if (v == Graph::null_vertex()) return {};
-  return m.collect(
-      boost::in_edges(v, m.g),
-      [&m](const Edge& e, bool near) { return near ? boost::target(e, m.g) : boost::source(e, m.g); }, true);
+  std::vector<Dependency> out;
+  const VertexId v = find(page);
+  if (v == kNoVertex) return out;
+  out.reserve(in_[v].count);
+  for_each_input(v, [&](VertexId w, DependencyKind kind) { out.push_back({page_[w], page, kind}); });
+  return out;
 }
 
 std::vector<Dependency> DependencyGraph::dependents_of(PageId page) const {
-  const Impl& m = *impl_;
-  const Vertex v = m.find(page);
-  if (v == Graph::null_vertex()) return {};
-  return m.collect(
-      boost::out_edges(v, m.g),
-      [&m](const Edge& e, bool near) { return near ? boost::source(e, m.g) : boost::target(e, m.g); }, false);
+  std::vector<Dependency> out;
+  const VertexId v = find(page);
+  if (v == kNoVertex) return out;
+  out.reserve(out_[v].count);
+  for_each_dependent(v, [&](VertexId w, DependencyKind kind) { out.push_back({page, page_[w], kind}); });
+  return out;
 }
 
 std::vector<PageId> DependencyGraph::topological_order() const {
-  const Impl& m = *impl_;
   std::vector<std::pair<std::uint64_t, PageId>> items;
-  items.reserve(m.vertex_of.size());
-  for (auto [vi, ve] = boost::vertices(m.g); vi != ve; ++vi) items.emplace_back(m.g[*vi].ord, m.g[*vi].page);
+  items.reserve(live_vertices_);
+  for (VertexId v = 0; v < page_.size(); ++v)
+    if (page_[v].valid()) items.emplace_back(ord_[v], page_[v]);
   std::sort(items.begin(), items.end());
   std::vector<PageId> order;
   order.reserve(items.size());
@@ -367,47 +503,43 @@ std::vector<PageId> DependencyGraph::topological_order() const {
 }
 
 std::uint64_t DependencyGraph::order_index(PageId page) const {
-  const Impl& m = *impl_;
-  const Vertex v = m.find(page);
-  if (v == Graph::null_vertex()) {
+  const VertexId v = find(page);
+  if (v == kNoVertex) {
     throw Error(ErrorCode::NotFound,
                 "page " + page.to_string() + " is not in the dependency graph; add a dependency that names it first");
   }
-  return m.g[v].ord;
+  return ord_[v];
 }
 
-std::uint64_t DependencyGraph::version() const noexcept { return impl_->version; }
-
 std::string DependencyGraph::to_dot(const std::vector<std::pair<PageId, std::string>>& extra_labels) const {
-  const Impl& m = *impl_;
   // Several labels for one page are joined with line breaks, in the order given; labels for pages without a
   // vertex are ignored.
   std::unordered_map<PageId, std::string> labels;
   for (const auto& [page, label] : extra_labels) {
-    if (m.vertex_of.count(page) == 0) continue;
+    if (!contains(page)) continue;
     std::string& text = labels[page];
     if (!text.empty()) text += "\n";
     text += label;
   }
-
-  std::vector<std::pair<std::uint64_t, Vertex>> order;
-  order.reserve(m.vertex_of.size());
-  for (auto [vi, ve] = boost::vertices(m.g); vi != ve; ++vi) order.emplace_back(m.g[*vi].ord, *vi);
-  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<std::pair<std::uint64_t, VertexId>> order;
+  order.reserve(live_vertices_);
+  for (VertexId v = 0; v < page_.size(); ++v)
+    if (page_[v].valid()) order.emplace_back(ord_[v], v);
+  std::sort(order.begin(), order.end());
 
   std::string out = "digraph mmsb {\n";
   for (const auto& [ord, v] : order) {
-    const std::string id = m.g[v].page.to_string();
+    const std::string id = page_[v].to_string();
     out += "  \"" + dot_escape(id) + "\"";
-    auto it = labels.find(m.g[v].page);
+    auto it = labels.find(page_[v]);
     if (it != labels.end()) out += " [label=\"" + dot_escape(id + "\n" + it->second) + "\"]";
     out += ";\n";
   }
   for (const auto& [ord, v] : order) {
-    const std::string from = dot_escape(m.g[v].page.to_string());
-    for (const Dependency& d : dependents_of(m.g[v].page)) {
-      out += "  \"" + from + "\" -> \"" + dot_escape(d.to.to_string()) + "\"";
-      switch (d.kind) {
+    const std::string from = dot_escape(page_[v].to_string());
+    for_each_dependent(v, [&](VertexId w, DependencyKind kind) {
+      out += "  \"" + from + "\" -> \"" + dot_escape(page_[w].to_string()) + "\"";
+      switch (kind) {
         case DependencyKind::Data:
           break;
         case DependencyKind::Control:
@@ -418,7 +550,7 @@ std::string DependencyGraph::to_dot(const std::vector<std::pair<PageId, std::str
           break;
       }
       out += ";\n";
-    }
+    });
   }
   out += "}\n";
   return out;

@@ -7,8 +7,9 @@
 //                  published() or release().
 //   published()    after the commit applied its deltas, while it still holds its pages' locks, so commits that
 //                  touch the same page reach the listener in LSN order. Must be quick.
-//   after_commit() on the committing thread after the locks are released; may run propagation and throw its
-//                  error (the commit itself has succeeded by then).
+//   after_commit() on the committing thread after the locks are released, with the commit's LSN; may run
+//                  propagation and throw its error, which must then carry that LSN (an Error whose
+//                  committed_lsn() is `lsn`, e.g. NodeError): the commit itself has succeeded by then.
 // Page creation and deletion are reported after they took effect, outside every lock (page_created,
 // page_deleted); these must not throw.
 //
@@ -29,7 +30,7 @@ class CommitListener {
   virtual void reserve() = 0;
   virtual void release() noexcept = 0;
   virtual void published(std::uint64_t lsn, std::span<const Delta> deltas) noexcept = 0;
-  virtual void after_commit() = 0;
+  virtual void after_commit(std::uint64_t lsn) = 0;
   virtual void page_created(PageId /*page*/) noexcept {}
   virtual void page_deleted(PageId /*page*/) noexcept {}
 };

@@ -15,8 +15,6 @@
 
 namespace mmsb {
 
-
-
 PageId IdBlock::next() {
   if (remaining_ == 0) {
     throw Error(ErrorCode::ResourceExhausted, "the id block is used up; reserve a new one with reserve_ids()");
@@ -181,13 +179,7 @@ std::uint64_t Runtime::page_count() const noexcept { return impl_->live_pages.lo
 void Runtime::read(PageId id, std::uint64_t offset, std::span<std::byte> out) const {
   PageRecord* record = impl_->find_or_throw(id);
   std::shared_lock lock(record->mutex);
-  if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
-  std::uint64_t size = record->size.load(std::memory_order_relaxed);
-  if (offset > size || size - offset < out.size()) {
-    throw Error(ErrorCode::InvalidArgument, "read of " + detail::range_text(offset, out.size()) + " is outside page " +
-                                                id.to_string() + " of " + std::to_string(size) + " bytes");
-  }
-  if (!out.empty()) std::memcpy(out.data(), record->data + offset, out.size());
+  detail::copy_out(*record, offset, out);
 }
 
 std::vector<std::byte> Runtime::read_all(PageId id) const {

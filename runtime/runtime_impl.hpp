@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "mmsb/runtime.hpp"
@@ -38,6 +39,18 @@ inline std::uint64_t now_ns() {
 
 inline std::string range_text(std::uint64_t offset, std::uint64_t length) {
   return "[" + std::to_string(offset) + ", " + std::to_string(offset + length) + ")";
+}
+
+// Copies [offset, offset + out.size()) of a page the caller holds locked (shared at least). Throws Error(NotFound)
+// for a deleted page and Error(InvalidArgument) for a range outside it.
+inline void copy_out(const PageRecord& page, std::uint64_t offset, std::span<std::byte> out) {
+  if (page.deleted.load(std::memory_order_relaxed)) throw_not_found(page.id);
+  const std::uint64_t size = page.size.load(std::memory_order_relaxed);
+  if (offset > size || size - offset < out.size()) {
+    throw Error(ErrorCode::InvalidArgument, "read of " + range_text(offset, out.size()) + " is outside page " +
+                                                page.id.to_string() + " of " + std::to_string(size) + " bytes");
+  }
+  if (!out.empty()) std::memcpy(out.data(), page.data + offset, out.size());
 }
 
 }  // namespace detail

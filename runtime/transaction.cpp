@@ -8,13 +8,19 @@
 // Transaction state objects are recycled through a per-thread pool so that, once warm, a commit allocates
 // nothing: the staged writes, the deltas and their vectors keep their capacity.
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <functional>
 #include <numeric>
+#include <random>
+#include <shared_mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "mmsb/runtime.hpp"
+#include "delta/changed_runs.hpp"
 #include "runtime/runtime_impl.hpp"
 
 namespace mmsb {
@@ -32,7 +38,11 @@ struct Transaction::State {
     std::uint64_t new_size = 0;
     bool expect = false;
     std::uint64_t expected_epoch = 0;
+    bool read = false;  // read through the transaction: the commit validates `read_epoch`
+    std::uint64_t read_epoch = 0;
     std::size_t delta_index = kNoDelta;
+    // Whether the commit changes the page (else it only validates it).
+    bool changes() const noexcept { return resize || delta_index != kNoDelta; }
   };
   static constexpr std::size_t kNoDelta = ~std::size_t{0};
 
@@ -43,6 +53,11 @@ struct Transaction::State {
     const PageOp* op = nullptr;
     std::uint64_t epoch = 0, size = 0, final_size = 0;
     detail::Block grown;  // new memory when the page outgrows its capacity
+    std::size_t delta = kNoDelta;  // its delta in `committed`, when the commit changes the page
+
+    // Written pages are locked exclusively; pages only read or expected are locked shared (enough to hold their
+    // epochs still while the commit validates them).
+    bool changes() const noexcept { return write_end > write_begin || (op && op->changes()); }
   };
 
   bool active = false;
@@ -52,6 +67,7 @@ struct Transaction::State {
   std::vector<Delta> staged_deltas;
   std::string intent;
   std::uint32_t source = 0;
+  bool write_through = false;  // record staged bytes as written, without comparing them with the page
 
   // Commit scratch, kept for its capacity.
   std::vector<std::size_t> order;
@@ -60,6 +76,11 @@ struct Transaction::State {
   std::size_t committed_count = 0;
   std::vector<ByteRange> scratch_ranges;
   std::vector<std::uint64_t> scratch_positions;
+  std::vector<std::byte> old_scratch;
+
+  // The page and epoch a commit found when it failed with Conflict (kept past reset() for Runtime::transact).
+  PageRecord* conflict_page = nullptr;
+  std::uint64_t conflict_epoch = 0;
 
   void reset() noexcept {
     active = false;
@@ -69,6 +90,7 @@ struct Transaction::State {
     staged_deltas.clear();
     intent.clear();
     source = 0;
+    write_through = false;
     for (Entry& e : entries) free_grown(e);
     entries.clear();
   }
@@ -85,11 +107,58 @@ struct Transaction::State {
     return ops.back();
   }
 
+  // The one place a read through the transaction is recorded (Transaction::read and read_for_update, and any
+  // typed view built on them): the first read of a page fixes the epoch the commit validates; a later read that
+  // finds the page moved fails at once, since the transaction can no longer commit.
+  void note_read(PageRecord* page, std::uint64_t epoch) {
+    PageOp& op = op_for(page);
+    if (!op.read) {
+      op.read = true;
+      op.read_epoch = epoch;
+    } else if (op.read_epoch != epoch) {
+      throw_conflict(*page, op.read_epoch, epoch, "read it");
+    }
+  }
+  [[noreturn]] void throw_conflict(const PageRecord& page, std::uint64_t seen, std::uint64_t now, const char* how);
+  [[noreturn]] void throw_unexpected_epoch(const PageRecord& page, std::uint64_t expected, std::uint64_t now);
+
+  bool changes_anything() const noexcept {
+    if (!writes.empty()) return true;
+    for (const PageOp& op : ops)
+      if (op.changes()) return true;
+    return false;
+  }
+
   std::uint64_t commit(Runtime::Impl& rt, detail::CommitListener* listener);
+  void validate_reads_only();
   void collect_entries();
   void check_and_prepare(Entry& e);
-  void build_delta(const Entry& e, Delta& d, bool record_undo);
+  bool build_delta(const Entry& e, Delta& d, bool record_undo);
+  const std::byte* old_bytes(const Entry& e, std::uint64_t offset, std::uint64_t length);
+  void keep_changed_bytes(const Entry& e, Delta& d, bool record_undo);
 };
+
+namespace {
+constexpr const char* kRetryAdvice = "; nothing was committed: run the transaction again, reads included "
+                                     "(Runtime::transact does)";
+}
+
+void Transaction::State::throw_conflict(const PageRecord& page, std::uint64_t seen, std::uint64_t now,
+                                        const char* how) {
+  conflict_page = const_cast<PageRecord*>(&page);
+  conflict_epoch = now;
+  throw Error(ErrorCode::Conflict, "page " + page.id.to_string() + " moved from epoch " + std::to_string(seen) +
+                                       " to " + std::to_string(now) + " since this transaction " + how +
+                                       kRetryAdvice);
+}
+
+void Transaction::State::throw_unexpected_epoch(const PageRecord& page, std::uint64_t expected, std::uint64_t now) {
+  conflict_page = const_cast<PageRecord*>(&page);
+  conflict_epoch = now;
+  throw Error(ErrorCode::Conflict, "page " + page.id.to_string() + " is at epoch " + std::to_string(now) +
+                                       " but the transaction expected epoch " + std::to_string(expected) +
+                                       " (expect_epoch)" + kRetryAdvice);
+}
 
 namespace {
 
@@ -102,19 +171,31 @@ struct StatePool {
 };
 thread_local StatePool state_pool;
 
-// Unlocks the pages locked so far, in reverse order, on scope exit.
+// Locks the entries' pages in PageId order (exclusive where the commit changes the page, shared where it only
+// validates it) and unlocks them, in reverse order, on scope exit.
 struct PageLocks {
   std::vector<Transaction::State::Entry>& entries;
   std::size_t locked = 0;
   explicit PageLocks(std::vector<Transaction::State::Entry>& e) : entries(e) {}
   void lock_all() {
     for (auto& e : entries) {
-      e.page->mutex.lock();
+      if (e.changes()) {
+        e.page->mutex.lock();
+      } else {
+        e.page->mutex.lock_shared();
+      }
       ++locked;
     }
   }
   ~PageLocks() {
-    while (locked > 0) entries[--locked].page->mutex.unlock();
+    while (locked > 0) {
+      auto& e = entries[--locked];
+      if (e.changes()) {
+        e.page->mutex.unlock();
+      } else {
+        e.page->mutex.unlock_shared();
+      }
+    }
   }
 };
 
@@ -166,6 +247,12 @@ void refuse_external(const PageRecord& page) {
                                                 " is an external read-only page (create_external_page); its bytes "
                                                 "cannot be written, resized or replaced");
   }
+}
+
+[[noreturn]] void throw_failed_after_commit(std::uint64_t lsn, const std::string& what) {
+  throw Error(ErrorCode::NodeFailed, "the commit with LSN " + std::to_string(lsn) +
+                                         " took effect (do not retry it), but propagating it failed: " + what,
+              lsn);
 }
 
 [[noreturn]] void throw_inactive() {
@@ -240,10 +327,68 @@ void Transaction::set_source(std::uint32_t source) {
   state_->source = source;
 }
 
+void Transaction::set_write_through(bool on) {
+  if (!active()) throw_inactive();
+  state_->write_through = on;
+}
+
+void Transaction::read(PageId id, std::uint64_t offset, std::span<std::byte> out) {
+  if (!active()) throw_inactive();
+  PageRecord* page = runtime_->find_or_throw(id);
+  std::uint64_t epoch = 0;
+  {
+    std::shared_lock lock(page->mutex);
+    detail::copy_out(*page, offset, out);
+    epoch = page->epoch.load(std::memory_order_relaxed);
+  }
+  state_->note_read(page, epoch);
+}
+
+std::vector<std::byte> Transaction::read_all(PageId id) {
+  if (!active()) throw_inactive();
+  PageRecord* page = runtime_->find_or_throw(id);
+  std::vector<std::byte> out;
+  std::uint64_t epoch = 0;
+  {
+    std::shared_lock lock(page->mutex);
+    if (page->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+    out.assign(page->data, page->data + page->size.load(std::memory_order_relaxed));
+    epoch = page->epoch.load(std::memory_order_relaxed);
+  }
+  state_->note_read(page, epoch);
+  return out;
+}
+
+PageInfo Transaction::read_for_update(PageId id) {
+  if (!active()) throw_inactive();
+  PageRecord* page = runtime_->find_or_throw(id);
+  PageInfo info;
+  {
+    std::shared_lock lock(page->mutex);
+    if (page->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+    info = {id, page->size.load(std::memory_order_relaxed), page->epoch.load(std::memory_order_relaxed),
+            page->location};
+  }
+  state_->note_read(page, info.epoch);
+  return info;
+}
+
 void Transaction::abort() noexcept {
   if (state_) {
     state_->reset();
   }
+}
+
+void Transaction::wait_before_retry(unsigned attempt) noexcept {
+  // Another commit won the race and has already published. The first retries only let it (and others) run; after
+  // that, a random sleep that doubles per attempt (up to ~1 ms) spreads the contenders out.
+  if (attempt <= 2) {
+    std::this_thread::yield();
+    return;
+  }
+  thread_local std::minstd_rand jitter(static_cast<std::uint32_t>(std::hash<std::thread::id>{}(std::this_thread::get_id())));
+  const std::uint32_t ceiling_us = 1u << std::min(attempt - 2, 10u);
+  std::this_thread::sleep_for(std::chrono::microseconds(jitter() % ceiling_us + 1));
 }
 
 std::span<const Delta> Transaction::committed_deltas() const noexcept {
@@ -255,7 +400,16 @@ std::uint64_t Transaction::commit() {
   if (!active()) throw_inactive();
   State& st = *state_;
   st.committed_count = 0;
-  if (st.writes.empty() && st.ops.empty()) {
+  st.conflict_page = nullptr;
+  if (!st.changes_anything()) {
+    // Reads and expectations only: nothing to log or publish, but they are validated, so a read-only transaction
+    // fails with Conflict unless what it read was one consistent state.
+    try {
+      if (!st.ops.empty()) st.validate_reads_only();
+    } catch (...) {
+      st.reset();
+      throw;
+    }
     st.reset();
     return 0;
   }
@@ -271,14 +425,27 @@ std::uint64_t Transaction::commit() {
     detail::GateGuard inside(runtime_->gate);
     lsn = st.commit(*runtime_, listener);
     st.reset();
+    if (lsn == 0 && listener) listener->release();  // nothing changed: nothing was published
   } catch (...) {
     if (listener) listener->release();
     st.committed_count = 0;
     st.reset();
     throw;
   }
-  // The commit is visible; what follows is propagation, whose errors reach the caller but do not undo it.
-  if (listener) listener->after_commit();
+  // The commit is visible; what follows is propagation, whose errors reach the caller but do not undo it: each
+  // carries the LSN, so no caller mistakes it for a failed commit.
+  if (listener && lsn != 0) {
+    try {
+      listener->after_commit(lsn);
+    } catch (const Error& e) {
+      if (e.committed_lsn() == lsn) throw;
+      throw_failed_after_commit(lsn, e.what());
+    } catch (const std::exception& e) {
+      throw_failed_after_commit(lsn, e.what());
+    } catch (...) {
+      throw_failed_after_commit(lsn, "an unknown exception");
+    }
+  }
   return lsn;
 }
 
@@ -288,8 +455,14 @@ void Transaction::State::collect_entries() {
   entries.clear();
   order.resize(writes.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
-  if (ops.empty() && writes.size() == 1) {
-    entries.push_back(Entry{writes[0].page, 0, 1, nullptr, 0, 0, 0, {}});
+  if (writes.size() == 1 &&
+      (ops.empty() || (ops.size() == 1 && ops[0].page == writes[0].page && ops[0].delta_index == kNoDelta))) {
+    // The common blind write and read-modify-write of one page.
+    Entry e;
+    e.page = writes[0].page;
+    e.write_end = 1;
+    e.op = ops.empty() ? nullptr : &ops[0];
+    entries.push_back(e);
     return;
   }
   std::sort(order.begin(), order.end(), [this](std::size_t a, std::size_t b) {
@@ -324,24 +497,23 @@ void Transaction::State::collect_entries() {
 void Transaction::State::check_and_prepare(Entry& e) {
   PageRecord& page = *e.page;
   if (page.deleted.load(std::memory_order_relaxed)) detail::throw_not_found(page.id);
-  refuse_external(page);
+  if (e.changes()) refuse_external(page);
   e.epoch = page.epoch.load(std::memory_order_relaxed);
   e.size = page.size.load(std::memory_order_relaxed);
   e.final_size = e.size;
   if (e.op) {
-    if (e.op->expect && e.op->expected_epoch != e.epoch) {
-      throw Error(ErrorCode::Aborted, "page " + page.id.to_string() + " is at epoch " + std::to_string(e.epoch) +
-                                          " but the transaction expected epoch " +
-                                          std::to_string(e.op->expected_epoch) + "; re-read the page and retry");
-    }
+    if (e.op->read && e.op->read_epoch != e.epoch) throw_conflict(page, e.op->read_epoch, e.epoch, "read it");
+    if (e.op->expect && e.op->expected_epoch != e.epoch) throw_unexpected_epoch(page, e.op->expected_epoch, e.epoch);
     if (e.op->delta_index != kNoDelta) {
       const Delta& d = staged_deltas[e.op->delta_index];
       if (d.base_epoch != e.epoch || d.base_size != e.size) {
-        throw Error(ErrorCode::Aborted,
+        conflict_page = &page;
+        conflict_epoch = e.epoch;
+        throw Error(ErrorCode::Conflict,
                     "delta for page " + page.id.to_string() + " was made against epoch " +
                         std::to_string(d.base_epoch) + " (size " + std::to_string(d.base_size) +
                         ") but the page is at epoch " + std::to_string(e.epoch) + " (size " +
-                        std::to_string(e.size) + "); rebase the delta on the current page");
+                        std::to_string(e.size) + "); nothing was committed: rebase the delta on the current page");
       }
       e.final_size = d.size;
     }
@@ -361,7 +533,45 @@ void Transaction::State::check_and_prepare(Entry& e) {
 }
 
 // Fills `d` with the change of one page. Ranges come out canonical: sorted, merged where they touch.
-void Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo) {
+// The page's bytes [offset, offset + length) before this commit: zero beyond its size (a resize zero-extends).
+// Points into the page when it can, else into `old_scratch` (valid until the next call).
+const std::byte* Transaction::State::old_bytes(const Entry& e, std::uint64_t offset, std::uint64_t length) {
+  const PageRecord& page = *e.page;
+  if (offset + length <= e.size) return page.data + offset;
+  if (old_scratch.size() < length) old_scratch.resize(length);
+  const std::uint64_t have = offset < e.size ? e.size - offset : 0;
+  if (have > 0) std::memcpy(old_scratch.data(), page.data + offset, have);
+  std::memset(old_scratch.data() + have, 0, length - have);
+  return old_scratch.data();
+}
+
+// Change-only commits: keeps only the runs of `d` (ranges and payload as staged) whose bytes differ from the page,
+// merging runs closer than a range header costs in the log, and records their old bytes as undo.
+void Transaction::State::keep_changed_bytes(const Entry& e, Delta& d, bool record_undo) {
+  // A range costs about 8 bytes in a log record; a merged gap costs its bytes once (payload) or twice (and undo).
+  const std::uint64_t merge_gap = record_undo ? 4 : 8;
+  scratch_ranges.clear();
+  std::uint64_t in = 0, out = 0;
+  for (const ByteRange& r : d.ranges) {
+    const std::byte* old = old_bytes(e, r.offset, r.length);
+    const std::size_t first = scratch_ranges.size();
+    detail::append_changed_runs(old, d.payload.data() + in, r.length, r.offset, merge_gap, scratch_ranges);
+    for (std::size_t k = first; k < scratch_ranges.size(); ++k) {
+      const ByteRange& run = scratch_ranges[k];
+      const std::uint64_t at = run.offset - r.offset;
+      if (out != in + at) std::memmove(d.payload.data() + out, d.payload.data() + in + at, run.length);
+      if (record_undo) d.undo.insert(d.undo.end(), old + at, old + at + run.length);
+      out += run.length;
+    }
+    in += r.length;
+  }
+  d.ranges.swap(scratch_ranges);
+  d.payload.resize(out);
+}
+
+// Fills `d` with the change of one page. Ranges come out canonical: sorted, merged where they touch. Returns false
+// when the commit does not change the page after all (its writes rewrote equal bytes): no delta, no new epoch.
+bool Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo) {
   const PageRecord& page = *e.page;
   d.clear();
   d.page = page.id;
@@ -371,7 +581,9 @@ void Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo)
   d.size = e.final_size;
   d.source = source;
   d.intent = intent;
-  if (e.op && e.op->delta_index != kNoDelta) {
+  d.has_undo = record_undo;
+  const bool staged_delta = e.op && e.op->delta_index != kNoDelta;
+  if (staged_delta) {
     const Delta& staged = staged_deltas[e.op->delta_index];
     d.ranges = staged.ranges;
     d.payload = staged.payload;
@@ -413,17 +625,19 @@ void Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo)
                   data.data() + w.data_pos, w.length);
     }
   }
-  if (!record_undo) return;
-  d.has_undo = true;
-  d.undo.resize(d.payload.size());
-  std::uint64_t pos = 0;
-  for (const ByteRange& r : d.ranges) {
-    std::uint64_t old_part = r.offset < e.size ? std::min(r.length, e.size - r.offset) : 0;
-    if (old_part > 0) std::memcpy(d.undo.data() + pos, page.data + r.offset, old_part);
-    if (old_part < r.length) std::memset(d.undo.data() + pos + old_part, 0, r.length - old_part);
-    pos += r.length;
+  if (!staged_delta && !write_through) {
+    keep_changed_bytes(e, d, record_undo);  // a staged delta is recorded as given
+    if (d.ranges.empty() && d.size == d.base_size) return false;
+  } else if (record_undo) {
+    d.undo.resize(d.payload.size());
+    std::uint64_t pos = 0;
+    for (const ByteRange& r : d.ranges) {
+      std::memcpy(d.undo.data() + pos, old_bytes(e, r.offset, r.length), r.length);
+      pos += r.length;
+    }
   }
-  if (e.final_size < e.size) d.undo_tail.assign(page.data + e.final_size, page.data + e.size);
+  if (record_undo && e.final_size < e.size) d.undo_tail.assign(page.data + e.final_size, page.data + e.size);
+  return true;
 }
 
 std::uint64_t Transaction::State::commit(Runtime::Impl& rt, detail::CommitListener* listener) {
@@ -432,21 +646,27 @@ std::uint64_t Transaction::State::commit(Runtime::Impl& rt, detail::CommitListen
   locks.lock_all();
   for (Entry& e : entries) check_and_prepare(e);
 
-  if (committed.size() < entries.size()) committed.resize(entries.size());
-  for (std::size_t i = 0; i < entries.size(); ++i) build_delta(entries[i], committed[i], rt.options.record_undo);
+  std::size_t count = 0;
+  for (Entry& e : entries) {
+    if (!e.changes()) continue;
+    if (committed.size() <= count) committed.emplace_back();
+    if (!build_delta(e, committed[count], rt.options.record_undo)) continue;  // rewrote equal bytes only
+    e.delta = count++;
+  }
+  if (count == 0) return 0;
 
   std::uint64_t lsn = rt.take_lsn();
   if (rt.sink) {
     CommitRecord record;
     record.lsn = lsn;
     record.timestamp_ns = detail::now_ns();
-    record.deltas = std::span<const Delta>(committed.data(), entries.size());
+    record.deltas = std::span<const Delta>(committed.data(), count);
     rt.sink->write(record);
   }
 
   // Apply: nothing below can fail.
-  for (std::size_t i = 0; i < entries.size(); ++i) {
-    Entry& e = entries[i];
+  for (Entry& e : entries) {
+    if (e.delta == kNoDelta) continue;
     PageRecord& page = *e.page;
     if (e.grown.data) {
       if (e.size > 0) std::memcpy(e.grown.data, page.data, e.size);
@@ -457,7 +677,7 @@ std::uint64_t Transaction::State::commit(Runtime::Impl& rt, detail::CommitListen
     } else if (e.final_size > e.size) {
       std::memset(page.data + e.size, 0, e.final_size - e.size);  // bytes past a shrink may be stale
     }
-    const Delta& d = committed[i];
+    const Delta& d = committed[e.delta];
     const std::byte* src = d.payload.data();
     for (const ByteRange& r : d.ranges) {
       std::memcpy(page.data + r.offset, src, r.length);
@@ -466,10 +686,19 @@ std::uint64_t Transaction::State::commit(Runtime::Impl& rt, detail::CommitListen
     page.size.store(e.final_size, std::memory_order_relaxed);
     page.epoch.store(e.epoch + 1, std::memory_order_release);
   }
-  committed_count = entries.size();
+  committed_count = count;
   // Still under the page locks: commits of the same page reach the listener in LSN order.
   if (listener) listener->published(lsn, std::span<const Delta>(committed.data(), committed_count));
   return lsn;
+}
+
+// A transaction that changes nothing: its reads and expectations are checked with their pages locked shared at
+// one instant, so what it read was one consistent state.
+void Transaction::State::validate_reads_only() {
+  collect_entries();
+  PageLocks locks(entries);
+  locks.lock_all();
+  for (Entry& e : entries) check_and_prepare(e);
 }
 
 }  // namespace mmsb

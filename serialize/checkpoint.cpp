@@ -1,8 +1,5 @@
 #include "serialize/checkpoint.hpp"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <zstd.h>
 
 #define XXH_STATIC_LINKING_ONLY
@@ -16,8 +13,8 @@
 
 #include "proto/mmsb.pb.h"
 #include "mmsb/error.hpp"
+#include "runtime/page_store.hpp"
 #include "serialize/file_io.hpp"
-#include "serialize/log.hpp"
 
 namespace mmsb::serialize {
 
@@ -42,7 +39,7 @@ struct ZstdDDeleter {
 // Writes the body to a file descriptor: frames in, (compressed) bytes out, with the checksum of the raw body.
 class BodyWriter {
  public:
-  BodyWriter(int fd, fs::path path, int level) : fd_(fd), path_(std::move(path)) {
+  BodyWriter(WritableFile& file, int level) : file_(file) {
     XXH3_64bits_reset(&hash_);
     out_.reserve(kOutChunk + ZSTD_CStreamOutSize());
     if (level > 0) {
@@ -66,6 +63,9 @@ class BodyWriter {
     raw(head);
     raw(tail);
   }
+
+  // Bytes written to the file so far.
+  std::uint64_t file_bytes() const noexcept { return file_bytes_; }
 
   // Flushes the compressor and returns the raw body's length and checksum.
   std::pair<std::uint64_t, std::uint64_t> finish() {
@@ -107,14 +107,13 @@ class BodyWriter {
   }
   void flush_out(bool all) {
     if (out_.size() >= kOutChunk || (all && !out_.empty())) {
-      write_all(fd_, out_.data(), out_.size(), path_);
+      file_.append(out_);
       file_bytes_ += out_.size();
       out_.clear();
     }
   }
 
-  int fd_;
-  fs::path path_;
+  WritableFile& file_;
   std::unique_ptr<ZSTD_CCtx, ZstdCDeleter> cctx_;
   XXH3_state_t hash_;
   std::string out_;
@@ -267,6 +266,9 @@ class Parser {
           corrupt("header counts exceed what the body can hold");
         }
         if (state_.rank > PageId::kMaxRank) corrupt("rank " + std::to_string(state_.rank) + " is out of range");
+        if (state_.next_sequence > mmsb::detail::PageStore::kMaxSequence + 1) {
+          corrupt("next page sequence " + std::to_string(state_.next_sequence) + " is beyond the largest page id");
+        }
         break;
       }
       case kFramePage: {
@@ -360,7 +362,8 @@ bool parse_checkpoint_name(const std::string& name, std::uint64_t& lsn) {
   return parse_numbered_file_name(name, kPrefix, kSuffix, lsn);
 }
 
-CheckpointFileInfo write_checkpoint(const fs::path& dir, const CheckpointState& state, int zstd_level) {
+CheckpointFileInfo write_checkpoint(const fs::path& dir, const CheckpointState& state, int zstd_level,
+                                    FileSystem& fsys) {
   if (zstd_level < 0 || zstd_level > ZSTD_maxCLevel()) {
     throw Error(ErrorCode::InvalidArgument, "checkpoint compression level " + std::to_string(zstd_level) +
                                                 " is outside 0.." + std::to_string(ZSTD_maxCLevel()));
@@ -368,17 +371,17 @@ CheckpointFileInfo write_checkpoint(const fs::path& dir, const CheckpointState& 
   CheckpointFileInfo info;
   info.file = dir / checkpoint_file_name(state.lsn);
   const fs::path tmp = info.file.string() + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) io_error("cannot create checkpoint", tmp, errno);
   try {
+    std::unique_ptr<WritableFile> file = fsys.create(tmp);
     const std::uint32_t compression = zstd_level > 0 ? kCompressionZstd : kCompressionNone;
     char header[kCheckpointHeaderBytes];
     std::memcpy(header, kCheckpointMagic, sizeof kCheckpointMagic);
     put_u32(header + 8, kCheckpointFormatVersion);
     put_u32(header + 12, compression);
-    write_all(fd, header, sizeof header, tmp);
+    file->append({header, sizeof header});
+    std::uint64_t file_bytes = sizeof header;
 
-    BodyWriter body(fd, tmp, zstd_level);
+    BodyWriter body(*file, zstd_level);
     wire::CheckpointHeader h;
     h.set_format_version(kCheckpointFormatVersion);
     h.set_lsn(state.lsn);
@@ -424,23 +427,20 @@ CheckpointFileInfo write_checkpoint(const fs::path& dir, const CheckpointState& 
     char trailer[kCheckpointTrailerBytes];
     put_u64(trailer, raw_bytes);
     put_u64(trailer + 8, hash);
-    write_all(fd, trailer, sizeof trailer, tmp);
-    sync_fd(fd, tmp);
+    file->append({trailer, sizeof trailer});
+    file->sync();
     info.raw_bytes = raw_bytes;
-    struct stat st {};
-    if (::fstat(fd, &st) == 0) info.file_bytes = static_cast<std::uint64_t>(st.st_size);
+    info.file_bytes = file_bytes + body.file_bytes() + sizeof trailer;
+    file.reset();
+    fsys.rename(tmp, info.file);
   } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
+    try {
+      fsys.remove(tmp);
+    } catch (...) {  // the original error is the one to report
+    }
     throw;
   }
-  ::close(fd);
-  if (::rename(tmp.c_str(), info.file.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    io_error("cannot rename checkpoint into place:", info.file, err);
-  }
-  sync_directory(dir);
+  fsys.sync_directory(dir);
   return info;
 }
 
@@ -448,8 +448,29 @@ CheckpointState parse_checkpoint(std::string_view file_bytes, const std::string&
   return Parser(name, limits).parse(file_bytes);
 }
 
-CheckpointState read_checkpoint(const fs::path& file, CheckpointLimits limits) {
-  const std::string bytes = read_file(file);
+CheckpointState read_checkpoint(const fs::path& file, CheckpointLimits limits, FileSystem& fsys) {
+  // The file holds the body (compressed or not) between a header and a trailer; zstd expands incompressible
+  // data by a little (at most 1/128 plus a block header per 128 KiB), so this bound refuses what no writer wrote.
+  const std::uint64_t body = limits.max_body_bytes;
+  const std::uint64_t slack = body / 64 + (std::uint64_t{1} << 20) + kCheckpointHeaderBytes + kCheckpointTrailerBytes;
+  const std::uint64_t max_file = body > UINT64_MAX - slack ? UINT64_MAX : body + slack;
+  const FileStatus status = fsys.status(file);
+  if (status.type != FileType::Regular) {
+    throw Error(ErrorCode::Corruption, "checkpoint " + file.filename().string() +
+                                           (status.type == FileType::Missing ? " is missing"
+                                                                             : " is not a regular file; not read"));
+  }
+  if (status.size > max_file) {
+    throw Error(ErrorCode::Corruption, "checkpoint " + file.filename().string() + " holds " +
+                                           std::to_string(status.size) + " bytes, more than its body limit allows");
+  }
+  std::string bytes;
+  try {
+    bytes = fsys.read(file, max_file);
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::InvalidArgument) throw;
+    throw Error(ErrorCode::Corruption, std::string("checkpoint ") + e.what());
+  }
   return parse_checkpoint(bytes, file.filename().string(), limits);
 }
 

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "mmsb/file_system.hpp"
 #include "mmsb/topology.hpp"
 #include "mmsb/page_id.hpp"
 #include "mmsb/runtime.hpp"
@@ -68,13 +69,16 @@ struct CheckpointFileInfo {
 
 // Writes dir/checkpoint-<lsn>.mmsb durably. `zstd_level` 0 stores the body uncompressed. Error(IoError) on failure
 // (no partial file is left under the final name).
-CheckpointFileInfo write_checkpoint(const std::filesystem::path& dir, const CheckpointState& state, int zstd_level);
+CheckpointFileInfo write_checkpoint(const std::filesystem::path& dir, const CheckpointState& state, int zstd_level,
+                                    FileSystem& fsys = *posix_file_system());
 
 struct CheckpointLimits {
   std::uint64_t max_body_bytes = ~std::uint64_t{0};  // refuse (Corruption) a body that decompresses beyond this
 };
-// Reads and validates a checkpoint file.
-CheckpointState read_checkpoint(const std::filesystem::path& file, CheckpointLimits limits = {});
+// Reads and validates a checkpoint file. Only a regular file no larger than the body limit allows is read; anything
+// else is Error(Corruption).
+CheckpointState read_checkpoint(const std::filesystem::path& file, CheckpointLimits limits = {},
+                                FileSystem& fsys = *posix_file_system());
 // The same for file contents in memory; `name` is used in error messages.
 CheckpointState parse_checkpoint(std::string_view file_bytes, const std::string& name, CheckpointLimits limits = {});
 

@@ -10,6 +10,16 @@ namespace {
 
 [[noreturn]] void corrupt(const std::string& what) { throw Error(ErrorCode::Corruption, what); }
 
+// No page can be larger than an address space: a size beyond this in a record is damage, and it must never reach
+// an allocator (whose rounding would overflow).
+constexpr std::uint64_t kMaxPageBytes = std::uint64_t{1} << 48;
+
+void check_page_size(std::uint64_t size, const std::string& where, const char* field) {
+  if (size > kMaxPageBytes) {
+    corrupt(where + " has " + field + " " + std::to_string(size) + ", more than any page can hold (2^48 bytes)");
+  }
+}
+
 std::string to_bytes(const std::vector<std::byte>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size());
 }
@@ -49,6 +59,12 @@ Delta from_wire(const wire::Delta& w, const std::string& where) {
   d.epoch_count = w.epoch_count();
   d.base_size = w.base_size();
   d.size = w.size();
+  check_page_size(d.base_size, where, "base_size");
+  check_page_size(d.size, where, "size");
+  if (d.epoch_count > UINT64_MAX - d.base_epoch) {
+    corrupt(where + ": base_epoch " + std::to_string(d.base_epoch) + " + epoch_count " +
+            std::to_string(d.epoch_count) + " overflows 64 bits");
+  }
   // Every range carries at least one payload byte in a valid delta, so the payload length bounds the count;
   // checking it first keeps a crafted message from making us reserve more than its own size.
   if (static_cast<std::uint64_t>(w.ranges_size()) > w.payload().size()) {
@@ -147,6 +163,7 @@ DecodedCommit decode_commit(std::string_view bytes) {
     const wire::CreatedPage& c = w.created(i);
     const std::string where = at + " created page " + PageId(c.page()).to_string();
     if (!PageId(c.page()).valid()) corrupt(where + " has an invalid id " + std::to_string(c.page()));
+    check_page_size(c.size(), where, "size");
     out.created.push_back(CommitRecord::CreatedPage{PageId(c.page()), c.size(), location_from_wire(c.location(), where)});
   }
   out.deleted.reserve(static_cast<std::size_t>(w.deleted_size()));

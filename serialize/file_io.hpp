@@ -1,12 +1,15 @@
-// serialize/file_io.hpp — little-endian fields and POSIX file helpers shared by the log and checkpoints (internal).
+// serialize/file_io.hpp — little-endian fields, numbered file names and durable whole-file writes shared by the
+// log and checkpoints (internal).
 //
-// Every function that fails throws Error(IoError) naming the path and the OS error.
+// Thread-safety: reentrant functions without shared state.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <string>
 #include <string_view>
+
+#include "mmsb/file_system.hpp"
 
 namespace mmsb::serialize::detail {
 
@@ -27,22 +30,6 @@ inline std::uint64_t get_u64(const char* p) {
   return v;
 }
 
-// Fault injection for tests (tests/durable/fault_test.cpp): makes chosen writes or syncs of the log and of
-// checkpoints fail, so the error paths are exercised without a full disk. Off unless a test arms it; then one
-// relaxed atomic load per I/O call.
-enum class FaultOp : std::uint8_t { Write, Sync };
-struct FaultPlan {
-  FaultOp op = FaultOp::Write;
-  std::uint64_t skip = 0;   // calls of this kind that still succeed first
-  std::uint64_t fail = 1;   // calls that then fail
-  int error = 28;           // errno of the failure (default ENOSPC)
-  bool partial = false;     // Write: write half of the bytes, then fail (a short write on a filling disk)
-};
-void inject_fault(const FaultPlan& plan);
-void clear_faults();
-// The failure planned for this call, or 0. With `partial`, *half is set.
-int take_fault(FaultOp op, bool* half = nullptr);
-
 // Names of the form <prefix><n as 20 zero-padded digits><suffix> ("log-00000000000000000001.mmsb"), which sort
 // as their numbers do: segments and checkpoints.
 std::string numbered_file_name(std::string_view prefix, std::uint64_t n, std::string_view suffix);
@@ -50,13 +37,18 @@ std::string numbered_file_name(std::string_view prefix, std::uint64_t n, std::st
 bool parse_numbered_file_name(std::string_view name, std::string_view prefix, std::string_view suffix,
                               std::uint64_t& n);
 
-[[noreturn]] void io_error(const std::string& what, const std::filesystem::path& path, int err);
-// Writes all `n` bytes (retrying short writes and EINTR).
-void write_all(int fd, const char* data, std::size_t n, const std::filesystem::path& path);
-void sync_fd(int fd, const std::filesystem::path& path);
-// fdatasync, retrying EINTR; returns 0 or the errno of the failure (also an injected one).
-int fdatasync_retry(int fd);
 // "0x" and 16 hex digits.
 std::string hex64(std::uint64_t v);
 
+// a + b, or Error(Corruption) naming `what` when the sum does not fit in 64 bits (sizes read from files).
+std::uint64_t checked_add(std::uint64_t a, std::uint64_t b, const char* what);
+
 }  // namespace mmsb::serialize::detail
+
+namespace mmsb::serialize {
+
+// Writes `path` atomically: `<path>.tmp`, fdatasync, rename, directory fsync. Error(IoError) on failure (the
+// temporary file is removed again, best effort).
+void write_file_durably(FileSystem& fs, const std::filesystem::path& path, std::string_view data);
+
+}  // namespace mmsb::serialize

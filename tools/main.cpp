@@ -1,14 +1,8 @@
 // mmsb: inspect, verify, dump, replay and repair durable directories (docs/cli.md).
 //
 // This file only parses the command line (CLI11 is compiled here and nowhere else, since it is a heavy
-// header-only library) and maps failures to exit codes; each subcommand lives in its own file (commands.hpp).
-// GCC 12 at -O2 reports a "potential null pointer dereference" inside std::string as inlined into CLI11's
-// detail::split(): a false positive in code that is not ours, silenced for these headers only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wnull-dereference"
-#include <CLI/CLI.hpp>
-#pragma GCC diagnostic pop
-
+// header-only library) and maps failures to exit codes through the programs' common main (program/main.hpp);
+// each subcommand lives in its own file (commands.hpp).
 #include <cstdint>
 #include <exception>
 #include <iostream>
@@ -19,6 +13,7 @@
 
 #include "commands.hpp"
 #include "mmsb/error.hpp"
+#include "program/options.hpp"
 
 namespace {
 
@@ -32,16 +27,8 @@ constexpr const char* kPageIdForms =
     "Page ids are written as PageId::to_string() prints them (p<rank>:<sequence>, e.g. p0:17) or as the id's\n"
     "integer value (e.g. 17, the same page as p0:17).";
 
-// Prints `message` as the tool's one error line.
-int fail(const std::string& message, int code) {
-  std::string line = message;
-  for (char& c : line) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  std::cout.flush();
-  std::cerr << "mmsb: " << line << '\n';
-  return code;
-}
+// Every error exits with 2: a bad command line, a missing directory, unreadable files (kExitCodes).
+constexpr mmsb::program::ExitCodes kErrorCodes{.usage = kExitError, .failure = kExitError};
 
 CLI::Option* add_dir(CLI::App* sub, std::string& dir) {
   return sub->add_option("DIR", dir, "the durable directory (as written by mmsb::DurableRuntime)")->required();
@@ -85,7 +72,8 @@ int main(int argc, char** argv) {
   add_dir(dump_cmd, dump.dir);
   dump_cmd->add_option("--page", dump.pages, "a page to show (repeat for more); default: every live page")
       ->allow_extra_args(false);
-  auto* dump_lsn = dump_cmd->add_option("--to-lsn", dump_to_lsn, "show the state at this LSN, not at the end");
+  auto* dump_lsn = dump_cmd->add_option("--to-lsn", dump_to_lsn, "show the state at this LSN, not at the end")
+                       ->check(mmsb::program::non_negative<std::uint64_t>());
   dump_cmd->add_flag("--json", dump.json, "print one JSON object; page bytes as a hex string");
   dump_cmd->add_flag("-v,--no-squeeze", dump.no_squeeze, "print repeated hex lines instead of one `*` line");
   dump_cmd->footer(std::string("The state is the newest checkpoint plus every later log record (or those up to\n"
@@ -99,15 +87,17 @@ int main(int argc, char** argv) {
       app.add_subcommand("replay", "Write the state at an LSN, a time or a page epoch as a new durable directory.");
   add_dir(replay_cmd, replay.dir);
   replay_cmd->add_option("--out", replay.out_dir, "the new directory (must not exist, or be empty)")->required();
-  auto* r_lsn = replay_cmd->add_option("--to-lsn", replay_to_lsn, "the state with every commit up to this LSN");
+  auto* r_lsn = replay_cmd->add_option("--to-lsn", replay_to_lsn, "the state with every commit up to this LSN")
+                    ->check(mmsb::program::non_negative<std::uint64_t>());
   auto* r_time = replay_cmd->add_option(
       "--to-time", replay_to_time,
       "the state after the last commit at or before this time: Unix nanoseconds, or ISO-8601 UTC such as "
       "2026-11-23T14:13:34.5Z");
   auto* r_page = replay_cmd->add_option("--page", replay_page, "with --to-epoch: the page whose epoch is the target");
-  auto* r_epoch = replay_cmd->add_option("--to-epoch", replay_to_epoch,
-                                         "with --page: the state right after the "
-                                         "commit that brought the page to this epoch");
+  auto* r_epoch = replay_cmd
+                      ->add_option("--to-epoch", replay_to_epoch,
+                                   "with --page: the state right after the commit that brought the page to this epoch")
+                      ->check(mmsb::program::non_negative<std::uint64_t>());
   r_lsn->excludes(r_time, r_page, r_epoch);
   r_time->excludes(r_page, r_epoch);
   r_page->needs(r_epoch);
@@ -134,7 +124,7 @@ int main(int argc, char** argv) {
   stats_cmd->add_flag("--json", stats.json, "print one JSON object instead of text");
   stats_cmd->add_option("--buckets", stats.buckets, "time intervals of the commit-rate table")
       ->capture_default_str()
-      ->check(CLI::Range(1u, 10000u));
+      ->check(mmsb::program::range(1u, 10000u));
   stats_cmd->footer("Counts cover the log records since the newest checkpoint.");
 
   RepairOptions repair;
@@ -146,21 +136,7 @@ int main(int argc, char** argv) {
       "Commits in dropped records are lost; a later record that depended on one then fails verify, which repair\n"
       "runs afterwards (exit 1 if damage remains). Checkpoints are never rewritten.");
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    if (app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-') {
-      return fail("unknown command '" + std::string(argv[1]) +
-                      "'; the commands are info, verify, dump, replay, history, stats, repair (see `mmsb --help`)",
-                  kExitError);
-    }
-    std::string where = app.get_subcommands().empty() ? "mmsb" : "mmsb " + app.get_subcommands().front()->get_name();
-    return fail(std::string(e.what()) + " (see `" + where + " --help`)", kExitError);
-  }
+  if (const std::optional<int> code = mmsb::program::parse("mmsb", app, argc, argv, kErrorCodes)) return *code;
 
   set_if_given(dump_lsn, dump_to_lsn, dump.to_lsn);
   set_if_given(r_lsn, replay_to_lsn, replay.to_lsn);
@@ -170,26 +146,28 @@ int main(int argc, char** argv) {
   // Progress lines would garble a log file or a pipe; show them only to a person watching.
   replay.progress = ::isatty(STDERR_FILENO) == 1;
 
-  int code = kExitError;
-  try {
-    if (info_cmd->parsed()) code = run_info(info, std::cout);
-    if (verify_cmd->parsed()) code = run_verify(verify, std::cout);
-    if (dump_cmd->parsed()) code = run_dump(dump, std::cout);
-    if (replay_cmd->parsed()) code = run_replay(replay, std::cout);
-    if (history_cmd->parsed()) code = run_history(history, std::cout);
-    if (stats_cmd->parsed()) code = run_stats(stats, std::cout);
-    if (repair_cmd->parsed()) code = run_repair(repair, std::cout);
-  } catch (const ToolError& e) {
-    return fail(e.what(), e.exit_code());
-  } catch (const mmsb::Error& e) {
-    if (e.code() == mmsb::ErrorCode::Corruption && !verify_cmd->parsed()) {
-      return fail(std::string(e.what()) + " (`mmsb verify` lists every problem, `mmsb repair` drops them)", kExitError);
-    }
-    return fail(e.what(), kExitError);
-  } catch (const std::exception& e) {
-    return fail(e.what(), kExitError);
-  }
-  std::cout.flush();
-  if (!std::cout) return fail("could not write the output (is the disk full, or the pipe closed?)", kExitError);
-  return code;
+  return mmsb::program::guard(
+      "mmsb",
+      [&] {
+        int code = kExitError;
+        try {
+          if (info_cmd->parsed()) code = run_info(info, std::cout);
+          if (verify_cmd->parsed()) code = run_verify(verify, std::cout);
+          if (dump_cmd->parsed()) code = run_dump(dump, std::cout);
+          if (replay_cmd->parsed()) code = run_replay(replay, std::cout);
+          if (history_cmd->parsed()) code = run_history(history, std::cout);
+          if (stats_cmd->parsed()) code = run_stats(stats, std::cout);
+          if (repair_cmd->parsed()) code = run_repair(repair, std::cout);
+        } catch (const ToolError& e) {
+          throw mmsb::program::Exit(e.what(), e.exit_code());
+        } catch (const mmsb::Error& e) {
+          if (e.code() == mmsb::ErrorCode::Corruption && !verify_cmd->parsed()) {
+            throw mmsb::program::Exit(
+                std::string(e.what()) + " (`mmsb verify` lists every problem, `mmsb repair` drops them)", kExitError);
+          }
+          throw;
+        }
+        return code;
+      },
+      kErrorCodes);
 }

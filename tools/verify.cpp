@@ -88,8 +88,8 @@ int run_repair(const RepairOptions& options, std::ostream& out) {
           << one_line(p.what) << '\n';
     }
     if (!before.problems.empty()) {
-      out << "  (each rewritten segment keeps its intact records; the original is kept as <name>.damaged; commits\n"
-             "  in dropped records are lost for good)\n";
+      out << "  (each rewritten segment keeps its intact records; first, the originals of the segments it changes and\n"
+             "  a list of what it drops are written to a new folder aside-<time> in the directory)\n";
     }
     if (unrepairable) out << "  problems marked `not repair` need a backup or the application's own recovery\n";
     if (before.torn_tail_bytes != 0) {
@@ -102,7 +102,10 @@ int run_repair(const RepairOptions& options, std::ostream& out) {
   const RepairReport report = repair(dir);
   out << "dropped " << report.records_dropped << " damaged records (" << report.bytes_dropped
       << " bytes), truncated a torn tail of " << report.torn_tail_bytes << " bytes\n";
-  for (const auto& backup : report.backups) out << "kept the damaged original as " << backup.string() << '\n';
+  if (!report.set_aside.empty()) {
+    out << "the originals of the changed segments and a list of what was dropped are in " << report.set_aside.string()
+        << '\n';
+  }
 
   // Repair drops records; a later record that depended on a dropped one still breaks recovery, so check again.
   const VerifyReport after = verify(dir);

@@ -10,14 +10,13 @@
 
 #include <mmsb/mmsb.h>
 
-#define CHECK(call)                                                            \
-  do {                                                                         \
-    mmsb_status status_ = (call);                                              \
-    if (status_ != MMSB_OK) {                                                  \
-      fprintf(stderr, "c_api: %s failed (%d): %s\n", #call, (int)status_,      \
-              mmsb_last_error());                                              \
-      return 1;                                                                \
-    }                                                                          \
+#define CHECK(call)                                                                           \
+  do {                                                                                        \
+    mmsb_status status_ = (call);                                                             \
+    if (status_ != MMSB_OK) {                                                                 \
+      fprintf(stderr, "c_api: %s failed (%d): %s\n", #call, (int)status_, mmsb_last_error()); \
+      return 1;                                                                               \
+    }                                                                                         \
   } while (0)
 
 /* sum = inputs[0] + inputs[1], each a little int64 at offset 0. */
@@ -70,13 +69,14 @@ static int in_memory(void) {
   }
   printf("error %s\n", mmsb_last_error());
 
-  /* A callback that fails: the commit takes effect, the wave reports MMSB_ABORTED, the derived page is untouched. */
+  /* A callback that fails: the commit takes effect (its LSN comes back; never retry it), the wave reports
+   * MMSB_NODE_FAILED, the derived page is untouched. */
   CHECK(mmsb_derive_map(rt, a, &b, 1, refuse, NULL));
   CHECK(mmsb_txn_begin(rt, &txn));
   vb = 1;
   CHECK(mmsb_txn_write(txn, b, 0, &vb, sizeof vb));
-  if (mmsb_txn_commit(txn, NULL) != MMSB_ABORTED) {
-    fprintf(stderr, "c_api: a failing callback did not make the commit report MMSB_ABORTED\n");
+  if (mmsb_txn_commit(txn, &lsn) != MMSB_NODE_FAILED || lsn == 0) {
+    fprintf(stderr, "c_api: a failing callback did not make the commit report MMSB_NODE_FAILED with its LSN\n");
     return 1;
   }
   CHECK(mmsb_page_read(rt, a, 0, &va, sizeof va));
@@ -113,8 +113,9 @@ static int durable(const char* dir) {
 
 int main(int argc, char** argv) {
   if (argc > 2 || (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))) {
-    fprintf(argc > 2 ? stderr : stdout, "usage: c_api [DIR]\n  without DIR: a derived sum in memory\n"
-                                        "  with DIR: a durable counter in DIR, one more on every run\n");
+    fprintf(argc > 2 ? stderr : stdout,
+            "usage: c_api [DIR]\n  without DIR: a derived sum in memory\n"
+            "  with DIR: a durable counter in DIR, one more on every run\n");
     return argc > 2 ? 2 : 0;
   }
   return argc == 2 ? durable(argv[1]) : in_memory();

@@ -8,39 +8,24 @@
 // It prints the backend, then one line per 10 waves, then `checksum 0x...`: the same on every backend.
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include <mmsb/mmsb.hpp>
 
+#include "program/memory.hpp"
+#include "program/options.hpp"
+
 namespace {
+
+using mmsb::program::range;
 
 struct Options {
   std::uint32_t size = 96;
-  int waves = 40;
+  std::uint32_t waves = 40;
   std::uint32_t steps = 4;
 };
-
-bool parse(int argc, char** argv, Options& o) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (i + 1 >= argc) return false;
-    const long value = std::strtol(argv[++i], nullptr, 10);
-    if (value <= 0 || value > 4096) return false;
-    if (arg == "--size" && value >= 3) {
-      o.size = static_cast<std::uint32_t>(value);
-    } else if (arg == "--waves") {
-      o.waves = static_cast<int>(value);
-    } else if (arg == "--steps") {
-      o.steps = static_cast<std::uint32_t>(value);
-    } else {
-      return false;
-    }
-  }
-  return true;
-}
 
 constexpr std::int32_t kHot = 1 << 20;  // temperatures stay far below 2^27, as the stencil requires
 
@@ -50,14 +35,7 @@ std::uint64_t fnv1a(const std::vector<std::byte>& bytes) {
   return h;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  Options o;
-  if (!parse(argc, argv, o)) {
-    std::fprintf(stderr, "usage: gpu_stencil [--size N>=3] [--waves N] [--steps N]\n");
-    return 2;
-  }
+int run(const Options& o) {
   const std::uint32_t n = o.size;
   const std::uint64_t bytes = std::uint64_t{n} * n * 4;
 
@@ -80,7 +58,7 @@ int main(int argc, char** argv) {
     txn.commit();  // the wave computes `next`
   }
   std::uint64_t changed = 0;
-  for (int wave = 1; wave <= o.waves; ++wave) {
+  for (std::uint32_t wave = 1; wave <= o.waves; ++wave) {
     std::vector<std::byte> state = rt.read_all(next);
     std::int32_t hot = kHot;
     std::memcpy(state.data() + std::uint64_t{spot} * 4, &hot, 4);  // the heater keeps the spot hot
@@ -95,7 +73,7 @@ int main(int argc, char** argv) {
     if (wave % 10 == 0) {
       std::int64_t total = 0;
       for (std::uint32_t c = 0; c < n * n; ++c) total += rt.read_value<std::int32_t>(next, std::uint64_t{c} * 4);
-      std::printf("wave %d: heat %lld\n", wave, static_cast<long long>(total));
+      std::printf("wave %u: heat %lld\n", wave, static_cast<long long>(total));
     }
   }
   const mmsb::GpuStats s = gpu.stats();
@@ -104,4 +82,27 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(s.bytes_read_back), static_cast<unsigned long long>(s.dispatches));
   std::printf("checksum 0x%016llx\n", static_cast<unsigned long long>(fnv1a(rt.read_all(next))));
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{
+      "gpu_stencil: 2-D heat diffusion as a device node on the GPU mirror (Vulkan, or its CPU fallback). Prints "
+      "the backend, a line per 10 waves and `checksum 0x...`, the same on every backend."};
+  app.add_option("--size", o.size, "cells per side of the plate")->capture_default_str()->check(range(3u, 4096u));
+  app.add_option("--waves", o.waves, "waves (one commit of the plate each)")
+      ->capture_default_str()
+      ->check(range(1u, 4096u));
+  app.add_option("--steps", o.steps, "diffusion steps the device node computes per wave")
+      ->capture_default_str()
+      ->check(range(1u, 4096u));
+  return mmsb::program::run("gpu_stencil", app, argc, argv, [&] {
+    // The plate and its next state, each mirrored, and the copies a wave reads, diffs and stages.
+    const std::uint64_t plate = std::uint64_t{o.size} * o.size * sizeof(std::int32_t);
+    mmsb::program::require_memory("a " + std::to_string(o.size) + " x " + std::to_string(o.size) + " plate",
+                                  12 * plate + (std::uint64_t{64} << 20), "use a smaller --size");
+    return run(o);
+  });
 }

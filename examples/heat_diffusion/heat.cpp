@@ -213,8 +213,8 @@ Heat Heat::attach(mmsb::Runtime& rt, const Config& config) {
   }
   const Params p = rt.read_value<Params>(h.params_, 0);
   if (p.size != config.size || p.tiles != config.tiles) {
-    bad_config("the recovered simulation has --size " + std::to_string(p.size) + " --tiles " +
-               std::to_string(p.tiles) + "; run with those, or use another directory");
+    bad_config("the recovered simulation has --size " + std::to_string(p.size) + " --tiles " + std::to_string(p.tiles) +
+               "; run with those, or use another directory");
   }
   h.config_.alpha = p.alpha;
   for (std::uint32_t t = 0; t < h.tile_count(); ++t) {

@@ -67,8 +67,7 @@ class Heat {
  public:
   // Builds the pages and the graph in an empty runtime (rt.page_count() == 0), with a hot square in the middle.
   // `stepper` (optional, must outlive the call) derives the next tiles instead of the host stencil node.
-  static Heat create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& config,
-                     TileStepper* stepper = nullptr);
+  static Heat create(mmsb::Runtime& rt, mmsb::Propagator& prop, const Config& config, TileStepper* stepper = nullptr);
   // Attaches to the pages of a runtime recovered from a directory Heat::create() filled (ids are deterministic).
   // Throws mmsb::Error(InvalidArgument) when the recovered state has another size or tiling.
   static Heat attach(mmsb::Runtime& rt, const Config& config);

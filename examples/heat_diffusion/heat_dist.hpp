@@ -23,7 +23,7 @@ struct DistRunOptions {
   std::uint64_t report_every = 0;  // 0: steps / 10
   unsigned threads = 1;            // local propagator threads per rank
   bool hash = false;
-  bool timing = false;             // print "time-per-step-us: X" (rank 0) for the weak-scaling benchmark
+  bool timing = false;  // print "time-per-step-us: X" (rank 0) for the weak-scaling benchmark
 };
 
 // True when the process was started by mpirun (Open MPI sets OMPI_COMM_WORLD_SIZE; PMI_SIZE elsewhere).

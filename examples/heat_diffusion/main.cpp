@@ -4,7 +4,6 @@
 //   heat_diffusion --steps 500 --log /tmp/heat --hash          durable: kill it, run it again, same final hash
 //   heat_diffusion --steps 200 --image heat.png                a picture of the final field
 //   heat_diffusion --steps 500 --gpu --hash                    tiles stepped by device nodes (heat_gpu.hpp)
-#include <CLI/CLI.hpp>
 #include <png.h>
 
 #include <chrono>
@@ -23,8 +22,14 @@
 #include "heat_gpu.hpp"
 #include "mmsb/dist.hpp"
 #include "mmsb/mmsb.hpp"
+#include "program/memory.hpp"
+#include "program/options.hpp"
 
 namespace {
+
+using mmsb::program::range;
+
+constexpr std::uint64_t kMaxSteps = std::uint64_t{1} << 40;  // years of stepping: anything larger is a typo
 
 struct Options {
   heat::Config config;
@@ -38,6 +43,20 @@ struct Options {
   bool timing = false;
   bool gpu = false;
 };
+
+// The peak memory of a run: eleven copies of the field's floats, measured as the peak RSS of `--steps 3` runs at
+// sizes 4096 and 8192 with one and eight tiles per side (the cells and next tiles, the copy a step's
+// transaction stages, the new and old bytes of its deltas, the stencil's output, and their transient copies),
+// counted as twelve; two more for --gpu (the mirror's device buffers, host memory on a CPU driver) and one for
+// --image. Under mpirun every rank holds a share; the estimate is for the whole grid, which the ranks of one
+// machine share.
+std::uint64_t estimated_peak_bytes(const Options& opt) {
+  const std::uint64_t field = std::uint64_t{opt.config.size} * opt.config.size * sizeof(float);
+  std::uint64_t copies = 12;
+  if (!opt.image.empty()) copies += 1;
+  if (opt.gpu) copies += 2;
+  return copies * field + (std::uint64_t{64} << 20);  // and the runtime's own fixed cost
+}
 
 // Black -> red -> yellow -> white over [0, top].
 void color(float value, float top, png_byte* rgb) {
@@ -88,85 +107,54 @@ void discard_interrupted_setup(const std::string& dir) {
   }
 }
 
-int run(const Options& opt) {
-  if (heat::launched_by_mpirun()) {  // `mpirun -np N heat_diffusion ...`: the tiles spread over N ranks
-    if (!opt.log.empty() || !opt.image.empty() || opt.gpu) {
-      throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--log, --image and --gpu are not available under mpirun");
-    }
-    return heat::run_distributed({opt.config, opt.steps, opt.report_every, opt.threads ? opt.threads : 1, opt.hash,
-                                  opt.timing});
-  }
-  mmsb::PropagatorOptions propagation;
-  propagation.threads = opt.threads;
+// Where a single-process run keeps its state: a DurableRuntime with --log, else an in-memory runtime.
+struct State {
   std::unique_ptr<mmsb::DurableRuntime> db;
   std::unique_ptr<mmsb::Runtime> memory;
   std::unique_ptr<mmsb::Propagator> memory_propagator;
   mmsb::Runtime* rt = nullptr;
   mmsb::Propagator* prop = nullptr;
-  heat::register_functions();  // before a checkpoint's graph is restored
-  bool resumed = false;
-  if (!opt.log.empty()) {
-    mmsb::DurableOptions options;
-    options.propagation = propagation;
-    db = std::make_unique<mmsb::DurableRuntime>(opt.log, options);
-    if (!db->recovery().fresh && db->recovery().checkpoint_lsn == 0) {
-      // Killed during setup, before the first checkpoint stored the graph: no step ran yet, so nothing is lost by
-      // starting over, and resuming would find pages without the nodes that derive them.
-      db.reset();
-      discard_interrupted_setup(opt.log);
-      db = std::make_unique<mmsb::DurableRuntime>(opt.log, options);
-    }
-    rt = &db->runtime();
-    prop = &db->propagator();
-    resumed = !db->recovery().fresh;
-  } else {
-    memory = std::make_unique<mmsb::Runtime>();
-    memory_propagator = std::make_unique<mmsb::Propagator>(*memory, propagation);
-    rt = memory.get();
-    prop = memory_propagator.get();
-  }
-  std::unique_ptr<mmsb::GpuMirror> gpu;
-  std::unique_ptr<heat::GpuTileStepper> stepper;
-  if (opt.gpu) {
-    if (!opt.log.empty()) {
-      throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
-                        "--gpu runs in memory (device nodes are not stored by checkpoints); drop --log or --gpu");
-    }
-    gpu = std::make_unique<mmsb::GpuMirror>(*rt, *prop);
-    stepper = std::make_unique<heat::GpuTileStepper>(*gpu);
-    std::printf("gpu: %s\n", gpu->device_name().c_str());
-  }
-  heat::Heat sim = resumed ? heat::Heat::attach(*rt, opt.config)
-                           : heat::Heat::create(*rt, *prop, opt.config, stepper.get());
-  if (db && !resumed) db->checkpoint();  // stores the graph, so a restart restores it
-  if (resumed) {
-    std::printf("resumed at step %" PRIu64 " from %s\n", sim.steps_done(), opt.log.c_str());
-  }
-  const double energy_start = sim.energy();
+  bool resumed = false;  // the directory held a run
+};
 
-  // On a terminal, a progress line on stderr (at most five updates a second); nothing when redirected.
+State open_state(const Options& opt) {
+  mmsb::PropagatorOptions propagation;
+  propagation.threads = opt.threads;
+  State state;
+  if (opt.log.empty()) {
+    state.memory = std::make_unique<mmsb::Runtime>();
+    state.memory_propagator = std::make_unique<mmsb::Propagator>(*state.memory, propagation);
+    state.rt = state.memory.get();
+    state.prop = state.memory_propagator.get();
+    return state;
+  }
+  mmsb::DurableOptions options;
+  options.propagation = propagation;
+  state.db = std::make_unique<mmsb::DurableRuntime>(opt.log, options);
+  if (!state.db->recovery().fresh && state.db->recovery().checkpoint_lsn == 0) {
+    // Killed during setup, before the first checkpoint stored the graph: no step ran yet, so nothing is lost by
+    // starting over, and resuming would find pages without the nodes that derive them.
+    state.db.reset();
+    discard_interrupted_setup(opt.log);
+    state.db = std::make_unique<mmsb::DurableRuntime>(opt.log, options);
+  }
+  state.rt = &state.db->runtime();
+  state.prop = &state.db->propagator();
+  state.resumed = !state.db->recovery().fresh;
+  return state;
+}
+
+// Steps the simulation up to --steps, with a checkpoint every --checkpoint-every steps under --log and, on a
+// terminal, a progress line on stderr (at most five updates a second; nothing when redirected).
+void step_to_end(heat::Heat& sim, const State& state, const Options& opt) {
   const bool progress = isatty(STDERR_FILENO) != 0;
-
-  // Progress: a subscriber on the summary page, which every step's wave recomputes.
-  const std::uint64_t every = opt.report_every > 0 ? opt.report_every : std::max<std::uint64_t>(1, opt.steps / 10);
-  const std::uint32_t tiles = opt.config.tiles;
-  prop->subscribe(sim.summary_page(), [&](const mmsb::Delta&, std::uint64_t) {
-    const std::uint64_t step = sim.steps_done();
-    if (step % every != 0 && step != opt.steps) return;
-    const heat::Summary s = sim.summary();
-    if (progress) std::fprintf(stderr, "\r%-70s\r", "");  // clear the progress line first
-    std::printf("step %6" PRIu64 "  min %8.4f  max %8.4f  mean %8.5f  hottest tile (%u,%u)\n", step, s.min, s.max,
-                s.mean, s.hottest_tile / tiles, s.hottest_tile % tiles);
-    std::fflush(stdout);
-  });
-
   const auto started = std::chrono::steady_clock::now();
   auto last_shown = started;
   const std::uint64_t first_step = sim.steps_done();
   while (sim.steps_done() < opt.steps) {
     sim.step();
     const std::uint64_t done = sim.steps_done();
-    if (db && opt.checkpoint_every > 0 && done % opt.checkpoint_every == 0) db->checkpoint();
+    if (state.db && opt.checkpoint_every > 0 && done % opt.checkpoint_every == 0) state.db->checkpoint();
     const auto now = std::chrono::steady_clock::now();
     if (progress && now - last_shown > std::chrono::milliseconds(200)) {
       last_shown = now;
@@ -178,6 +166,49 @@ int run(const Options& opt) {
     }
   }
   if (progress) std::fprintf(stderr, "\r%-70s\r", "");
+}
+
+int run(const Options& opt) {
+  if (heat::launched_by_mpirun()) {  // `mpirun -np N heat_diffusion ...`: the tiles spread over N ranks
+    if (!opt.log.empty() || !opt.image.empty() || opt.gpu) {
+      throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--log, --image and --gpu are not available under mpirun");
+    }
+    return heat::run_distributed(
+        {opt.config, opt.steps, opt.report_every, opt.threads ? opt.threads : 1, opt.hash, opt.timing});
+  }
+  if (opt.gpu && !opt.log.empty()) {
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
+                      "--gpu runs in memory (device nodes are not stored by checkpoints); drop --log or --gpu");
+  }
+  heat::register_functions();  // before a checkpoint's graph is restored
+  State state = open_state(opt);
+  std::unique_ptr<mmsb::GpuMirror> gpu;
+  std::unique_ptr<heat::GpuTileStepper> stepper;
+  if (opt.gpu) {
+    gpu = std::make_unique<mmsb::GpuMirror>(*state.rt, *state.prop);
+    stepper = std::make_unique<heat::GpuTileStepper>(*gpu);
+    std::printf("gpu: %s\n", gpu->device_name().c_str());
+  }
+  heat::Heat sim = state.resumed ? heat::Heat::attach(*state.rt, opt.config)
+                                 : heat::Heat::create(*state.rt, *state.prop, opt.config, stepper.get());
+  if (state.db && !state.resumed) state.db->checkpoint();  // stores the graph, so a restart restores it
+  if (state.resumed) std::printf("resumed at step %" PRIu64 " from %s\n", sim.steps_done(), opt.log.c_str());
+  const double energy_start = sim.energy();
+
+  // Progress: a subscriber on the summary page, which every step's wave recomputes.
+  const std::uint64_t every = opt.report_every > 0 ? opt.report_every : std::max<std::uint64_t>(1, opt.steps / 10);
+  const bool progress = isatty(STDERR_FILENO) != 0;
+  const std::uint32_t tiles = opt.config.tiles;
+  state.prop->subscribe(sim.summary_page(), [&](const mmsb::Delta&, std::uint64_t) {
+    const std::uint64_t step = sim.steps_done();
+    if (step % every != 0 && step != opt.steps) return;
+    const heat::Summary s = sim.summary();
+    if (progress) std::fprintf(stderr, "\r%-70s\r", "");  // clear the progress line first
+    std::printf("step %6" PRIu64 "  min %8.4f  max %8.4f  mean %8.5f  hottest tile (%u,%u)\n", step, s.min, s.max,
+                s.mean, s.hottest_tile / tiles, s.hottest_tile % tiles);
+    std::fflush(stdout);
+  });
+  step_to_end(sim, state, opt);
 
   const double energy_end = sim.energy();
   std::printf("energy %.6e -> %.6e (relative change %.2e)\n", energy_start, energy_end,
@@ -186,7 +217,7 @@ int run(const Options& opt) {
     write_png(opt.image, sim.field(), opt.config.size, 100.0f);
     std::printf("image %s\n", opt.image.c_str());
   }
-  if (opt.hash) std::printf("state-hash: %016" PRIx64 "\n", logical_state_hash(*rt));
+  if (opt.hash) std::printf("state-hash: %016" PRIx64 "\n", logical_state_hash(*state.rt));
   return 0;
 }
 
@@ -199,39 +230,40 @@ int main(int argc, char** argv) {
       "transaction, and the wave it triggers recomputes every tile's halo edges, its next state (a 5-point "
       "stencil node per tile) and the statistics, which a subscriber prints. Borders are insulated: the total "
       "energy is conserved.\nWith --log the run is durable and resumable: run the same command again after an "
-      "interruption and it continues to --steps, ending in the same state."};
+      "interruption and it continues to --steps, ending in the same state.\nA run that would not fit in the "
+      "memory available (or under MMSB_MEMORY_LIMIT, e.g. 8G) is refused before it allocates anything."};
   app.add_option("--size", opt.config.size, "cells per side of the square grid")
-      ->capture_default_str()->check(CLI::Range(2u, 1u << 15));
+      ->capture_default_str()
+      ->check(range(2u, 1u << 15));
   app.add_option("--tiles", opt.config.tiles, "tiles per side (--size must be a multiple)")
-      ->capture_default_str()->check(CLI::Range(1u, 1024u));
-  app.add_option("--steps", opt.steps, "total steps (a resumed run continues up to this many)")->capture_default_str();
-  app.add_option("--alpha", opt.config.alpha, "diffusion number, below 0.25")->capture_default_str();
+      ->capture_default_str()
+      ->check(range(1u, 1024u));
+  app.add_option("--steps", opt.steps, "total steps (a resumed run continues up to this many)")
+      ->capture_default_str()
+      ->check(range<std::uint64_t>(0, kMaxSteps));
+  app.add_option("--alpha", opt.config.alpha, "diffusion number, below 0.25")
+      ->capture_default_str()
+      ->check(range(0.0f, 0.25f));
   app.add_option("--threads", opt.threads, "worker threads of the waves (0: one per hardware thread)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(range(0u, 1024u));
   app.add_option("--log", opt.log, "durable directory: created, or resumed when it holds a run");
   app.add_option("--checkpoint-every", opt.checkpoint_every, "with --log: a checkpoint every N steps (0: never)")
-      ->capture_default_str();
-  app.add_option("--report-every", opt.report_every, "print the statistics every N steps (default: steps / 10)");
-  app.add_flag("--hash", opt.hash, "end with `state-hash: HEX` over all pages (the same for any --threads, --gpu, --log, and mpirun -np N)");
+      ->capture_default_str()
+      ->check(range<std::uint64_t>(0, kMaxSteps));
+  app.add_option("--report-every", opt.report_every, "print the statistics every N steps (default: steps / 10)")
+      ->check(range<std::uint64_t>(0, kMaxSteps));
+  app.add_flag("--hash", opt.hash,
+               "end with `state-hash: HEX` over all pages (the same for any --threads, --gpu, --log, and mpirun -np "
+               "N)");
   app.add_option("--image", opt.image, "write the final field as a PNG image");
   app.add_flag("--timing", opt.timing, "under mpirun: print the time per step (weak-scaling benchmark)");
   app.add_flag("--gpu", opt.gpu,
                "step the tiles with device nodes on the GPU mirror (Vulkan, or its CPU fallback); same results");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return 2;
-  }
-  try {
+  return mmsb::program::run("heat_diffusion", app, argc, argv, [&] {
+    mmsb::program::require_memory(
+        "a " + std::to_string(opt.config.size) + " x " + std::to_string(opt.config.size) + " grid",
+        estimated_peak_bytes(opt), "use a smaller --size");
     return run(opt);
-  } catch (const mmsb::Error& e) {
-    std::fprintf(stderr, "heat_diffusion: %s\n", e.what());
-    return e.code() == mmsb::ErrorCode::InvalidArgument ? 2 : 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "heat_diffusion: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -6,19 +6,22 @@
 // sensor at a time; BATCH mode folds all commits of a batch into one wave (deltas of the same page composed
 // first). Cutoff does the rest: a filter whose rounded mean did not move, or a zone whose level did not change,
 // stops propagation there — the counts are printed at the end. An observer on the alerts page prints each change.
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <array>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "mmsb/mmsb.hpp"
+#include "program/memory.hpp"
+#include "program/options.hpp"
 
 namespace {
+
+using mmsb::program::range;
 
 constexpr std::size_t kWindow = 8;
 
@@ -28,8 +31,8 @@ struct SensorPage {
 };
 
 struct ZoneLevel {
-  float hottest;       // highest smoothed value in the zone
-  std::uint32_t level; // 0 normal (< 30), 1 warm (< 40), 2 hot
+  float hottest;        // highest smoothed value in the zone
+  std::uint32_t level;  // 0 normal (< 30), 1 warm (< 40), 2 hot
 };
 
 constexpr std::size_t kMaxZones = 64;
@@ -70,6 +73,12 @@ void collect_alerts(mmsb::MapContext& c) {
     if (c.input_as<ZoneLevel>(z).level == 2) a.zones[a.count++] = static_cast<std::uint32_t>(z);
   }
   c.output_as<Alerts>() = a;
+}
+
+// A sensor costs about 2.7 KiB (its two pages, its filter node, its share of the zone nodes: peak RSS of runs with
+// 65536 and 262144 sensors); a batch's queued commits are small next to it (65536 cost 4 MiB).
+std::uint64_t estimated_peak_bytes(const Options& opt) {
+  return std::uint64_t{opt.sensors} * 3 * 1024 + (std::uint64_t{64} << 20);
 }
 
 int run(const Options& opt) {
@@ -145,29 +154,28 @@ int main(int argc, char** argv) {
       "pipeline: sensors -> smoothing filters -> zone levels -> alerts, in BATCH mode. Readings are committed one "
       "at a time; each batch is propagated as one wave, and unchanged filters and zones cut the wave off. Prints "
       "each change of the alerts and, at the end, how many nodes ran, were cut off or skipped."};
-  app.add_option("--sensors", opt.sensors, "sensor pages")->capture_default_str()->check(CLI::Range(1u, 1u << 20));
+  app.add_option("--sensors", opt.sensors, "sensor pages")->capture_default_str()->check(range(1u, 1u << 20));
   app.add_option("--zones", opt.zones, "zones (sensor i belongs to zone i % zones)")
-      ->capture_default_str()->check(CLI::Range(1u, static_cast<unsigned>(kMaxZones)));
-  app.add_option("--batches", opt.batches, "batches (one wave each)")->capture_default_str();
+      ->capture_default_str()
+      ->check(range(1u, static_cast<unsigned>(kMaxZones)));
+  app.add_option("--batches", opt.batches, "batches (one wave each)")
+      ->capture_default_str()
+      ->check(range(0u, 1u << 30));
+  // A batch's commits wait in the propagator's queue until the batch's wave, and nothing else drains it: a batch
+  // larger than the queue would block its last commit for ever.
   app.add_option("--readings-per-batch", opt.readings_per_batch, "commits per batch")
-      ->capture_default_str()->check(CLI::Range(1u, 1u << 24));
-  app.add_option("--seed", opt.seed, "seed of the readings")->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return 2;
-  }
-  if (opt.zones > opt.sensors) {
-    std::fprintf(stderr, "pipeline: --zones %u exceeds --sensors %u\n", opt.zones, opt.sensors);
-    return 2;
-  }
-  try {
+      ->capture_default_str()
+      ->check(range(1u, static_cast<unsigned>(mmsb::PropagatorOptions{}.queue_capacity)));
+  app.add_option("--seed", opt.seed, "seed of the readings")
+      ->capture_default_str()
+      ->check(mmsb::program::non_negative<std::uint64_t>());
+  return mmsb::program::run("pipeline", app, argc, argv, [&] {
+    if (opt.zones > opt.sensors) {
+      throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
+                        "--zones " + std::to_string(opt.zones) + " exceeds --sensors " + std::to_string(opt.sensors));
+    }
+    mmsb::program::require_memory(std::to_string(opt.sensors) + " sensors", estimated_peak_bytes(opt),
+                                  "use fewer --sensors");
     return run(opt);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "pipeline: %s\n", e.what());
-    return 1;
-  }
+  });
 }

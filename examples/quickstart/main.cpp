@@ -4,7 +4,11 @@
 #include <mmsb/mmsb.hpp>
 #include <vector>
 
-int main() {
+#include "program/main.hpp"
+
+namespace {
+
+int tour() {
   mmsb::Runtime rt;
   mmsb::PageId alice = rt.create_page(sizeof(std::int64_t));
   mmsb::PageId bob = rt.create_page(sizeof(std::int64_t));
@@ -46,3 +50,8 @@ int main() {
   std::printf("restored: %s\n", a == 100 && b == 50 ? "yes" : "NO");
   return a == 100 && b == 50 ? 0 : 1;
 }
+
+}  // namespace
+
+// Any exception (none is expected here) becomes one line on stderr and exit code 1.
+int main() { return mmsb::program::guard("quickstart", tour); }

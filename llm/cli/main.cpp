@@ -8,8 +8,6 @@
 //
 // stdout carries only the text (the prompt, then each token as it is generated, then a newline), byte for byte
 // what llama2.c's run prints for the same greedy run; timings go to stderr. Errors are one line and exit code 2.
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -33,10 +31,13 @@
 #include "mmsb/llm/quantize.hpp"
 #include "mmsb/llm/throughput.hpp"
 #include "mmsb/llm/tokenizer.hpp"
+#include "program/options.hpp"
 
 namespace {
 
 using namespace mmsb::llm;
+using mmsb::program::non_negative;
+using mmsb::program::range;
 
 struct Options {
   std::string model, tokenizer, prompt;
@@ -477,27 +478,35 @@ void add_generate_options(CLI::App& app, Options& o) {
   app.add_option("-n,--steps", o.steps,
                  "how many new tokens to generate (fewer if the context fills or the model "
                  "emits BOS/EOS)")
-      ->capture_default_str();
-  app.add_option("--temp", o.temperature, "sampling temperature; 0 = greedy (argmax)")->capture_default_str();
-  app.add_option("--top-k", o.top_k, "sample only among the K most likely tokens; 0 = no limit")->capture_default_str();
+      ->capture_default_str()
+      ->check(range(0, 1 << 30));
+  app.add_option("--temp", o.temperature, "sampling temperature; 0 = greedy (argmax)")
+      ->capture_default_str()
+      ->check(range(0.0f, 100.0f));
+  app.add_option("--top-k", o.top_k, "sample only among the K most likely tokens; 0 = no limit")
+      ->capture_default_str()
+      ->check(range(0, 1 << 30));
   app.add_option("--top-p", o.top_p,
                  "nucleus sampling: the smallest set of tokens whose probability reaches P; 1 = off")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(range(0.0f, 1.0f));
   app.add_option("--seed", o.seed, "seed of the sampler's random generator (runs with the same seed are identical)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(non_negative<std::uint64_t>());
   app.add_option("-t,--threads", o.threads,
                  "threads: each product and attention is split across them inside the nodes (same results)")
       ->capture_default_str()
-      ->check(CLI::Range(1u, 1024u));
+      ->check(range(1u, 1024u));
   app.add_option("--ctx", o.context, "KV cache positions; 0 = from the file (at least 512 for GGUF)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(range(0u, 1u << 24));
   app.add_option("--lora", o.lora,
                  "LoRA adapter (llama.cpp GGUF adapter); repeat to prepare several for --lora-swap-every (one only "
                  "with --mem-budget)");
   app.add_option("--lora-scale", o.lora_scale, "scale of the adapters (times alpha / rank)")->capture_default_str();
   app.add_option("--lora-swap-every", o.lora_swap_every,
                  "swap to the next --lora adapter every N positions (one adapter: adapter and base alternate)")
-      ->check(CLI::Range(0, 1 << 30));
+      ->check(range(0, 1 << 30));
   app.add_flag("-i,--interactive", o.interactive,
                "chat: each stdin line is a turn (-p is the first); the KV cache is kept between turns; /reset");
   const char* budget_help =
@@ -520,9 +529,9 @@ CLI::App* add_lora_make_command(CLI::App& app, Options& o) {
   CLI::App* lora_make = app.add_subcommand("lora-make", "write a random LoRA adapter (GGUF) for a model, for tests");
   lora_make->add_option("-m,--model", o.model, "the base model")->required();
   lora_make->add_option("-o,--output", o.lora_out, "adapter file to write")->required();
-  lora_make->add_option("--rank", o.lora_rank, "rank")->capture_default_str();
+  lora_make->add_option("--rank", o.lora_rank, "rank")->capture_default_str()->check(range(1u, 1u << 16));
   lora_make->add_option("--alpha", o.lora_alpha, "adapter.lora.alpha (scale = alpha / rank)")->capture_default_str();
-  lora_make->add_option("--seed", o.seed, "random seed")->capture_default_str();
+  lora_make->add_option("--seed", o.seed, "random seed")->capture_default_str()->check(non_negative<std::uint64_t>());
   lora_make
       ->add_option("--targets", o.lora_targets,
                    "comma-separated kinds: attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down")
@@ -533,21 +542,24 @@ CLI::App* add_lora_make_command(CLI::App& app, Options& o) {
 CLI::App* add_bench_command(CLI::App& app, Options& o) {
   CLI::App* bench = app.add_subcommand("bench", "measure prompt and generation throughput (engine and direct loop)");
   bench->add_option("-m,--model", o.model, "model file")->required();
-  bench->add_option("-p,--n-prompt", o.bench_prompt, "prompt tokens to process")->capture_default_str();
+  bench->add_option("-p,--n-prompt", o.bench_prompt, "prompt tokens to process")
+      ->capture_default_str()
+      ->check(range(1, 1 << 20));
   bench
       ->add_option("--prefill-batch", o.prefill_batch,
                    "prompt positions per batched wave besides the last (0: one wave per token)")
-      ->capture_default_str();
-  bench->add_option("-n,--n-gen", o.bench_gen, "tokens to generate")->capture_default_str();
+      ->capture_default_str()
+      ->check(range(0u, 1u << 20));
+  bench->add_option("-n,--n-gen", o.bench_gen, "tokens to generate")->capture_default_str()->check(range(1, 1 << 20));
   bench->add_option("-t,--threads", o.threads, "threads splitting each product and attention (same results)")
       ->capture_default_str()
-      ->check(CLI::Range(1u, 1024u));
+      ->check(range(1u, 1024u));
   bench->add_option("-r,--repeat", o.repeat, "repetitions of each path; the medians are reported")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1000));
+      ->check(range(1, 1000));
   bench->add_option("--rounds", o.rounds, "sequences per repetition (each from position 0); the median round counts")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1000));
+      ->check(range(1, 1000));
   bench->add_flag("--json", o.json, "print one JSON object with tok_per_s and prompt_tok_per_s");
   bench->add_flag("--engine-only", o.engine_only,
                   "measure the engine alone as llama-bench does: the prompt of -p tokens without generation, and -n "
@@ -567,9 +579,11 @@ CLI::App* add_quantize_command(CLI::App& app, Options& o) {
   quantize->add_option("output", o.quant_out, "GGUF file to write")->required();
   quantize->add_option("type", o.quant_type, "tensor type: " + quantize_type_names())->required();
   quantize->add_flag("-f,--force", o.force, "overwrite the output file if it exists");
-  quantize->add_option("--pad", o.pad,
-                       "zero-pad the model's widths to multiples of N first (same function; 256 lets "
-                       "the K-quants and ternary types apply to every matrix of a small model)");
+  quantize
+      ->add_option("--pad", o.pad,
+                   "zero-pad the model's widths to multiples of N first (same function; 256 lets "
+                   "the K-quants and ternary types apply to every matrix of a small model)")
+      ->check(range<std::uint64_t>(0, 1 << 20));
   return quantize;
 }
 
@@ -579,7 +593,8 @@ CLI::App* add_make_model_command(CLI::App& app, Options& o) {
   make->add_option("--shape", o.shape, "s15m (dim 288), s42m (512) or s110m (768)")->required();
   make->add_option("--type", o.quant_type, "matrix type: " + quantize_type_names())->default_val("f32");
   make->add_option("--seed", o.seed, "weights seed (equal seeds give the same f32 weights in every type)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(non_negative<std::uint64_t>());
   make->add_option("-z,--tokenizer", o.tokenizer,
                    "llama2.c tokenizer with 512 pieces (default: tok512.bin of the "
                    "shared models)");
@@ -599,24 +614,13 @@ int main(int argc, char** argv) {
   add_generate_options(app, o);
   const Commands commands{add_lora_make_command(app, o), add_bench_command(app, o), add_quantize_command(app, o),
                           add_make_model_command(app, o)};
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "mmsb-llm: error: %s (see --help)\n", e.what());
-    return 2;
-  }
-  try {
-    if (commands.quantize->parsed()) return run_quantize(o);
-    if (commands.make_model->parsed()) return run_make_model(o);
-    if (commands.lora_make->parsed()) return run_lora_make(o);
-    return commands.bench->parsed() ? run_bench(o) : run_generate(o);
-  } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "mmsb-llm: error: %s\n", e.what());
-    return 2;
-  }
+  // Every error, of the command line or of the run, exits with 2 (docs/transformer.md).
+  return mmsb::program::run("mmsb-llm", app, argc, argv,
+                            [&] {
+                              if (commands.quantize->parsed()) return run_quantize(o);
+                              if (commands.make_model->parsed()) return run_make_model(o);
+                              if (commands.lora_make->parsed()) return run_lora_make(o);
+                              return commands.bench->parsed() ? run_bench(o) : run_generate(o);
+                            },
+                            {.usage = 2, .failure = 2});
 }

@@ -276,7 +276,7 @@ TEST(DurableRuntime, ConcurrentCommitsDuringCheckpointsLoseNothing) {
           try {
             txn.commit();
           } catch (const Error& e) {
-            if (e.code() != ErrorCode::Aborted) throw;
+            if (e.code() != ErrorCode::Conflict) throw;
           }
         }
       });
@@ -550,7 +550,7 @@ TEST(Offline, InspectCountsWhatWasWritten) {
 
 // Flips one bit in the middle of the body of the record at `index` of the first segment.
 void damage_record(const fs::path& segment, std::size_t index, std::uint64_t* offset_out) {
-  std::string data = serialize::read_file(segment);
+  std::string data = testing::read_file(segment);
   std::uint64_t pos = serialize::kSegmentHeaderBytes;
   for (std::size_t i = 0; i < index; ++i) pos = serialize::frame_at(data, pos).end;
   serialize::FramedRecord r = serialize::frame_at(data, pos);
@@ -580,10 +580,14 @@ TEST(Offline, VerifyReportsABitFlipWithItsOffsetAndRepairDropsOnlyThatRecord) {
   EXPECT_EQ(bad.problems[0].file, segment);
   EXPECT_EQ(error_code_of([&] { DurableRuntime db(dir.path(), fast_options()); }), ErrorCode::Corruption);
 
+  const std::string original = testing::read_file(segment);
   RepairReport repaired = repair(dir.path());
   EXPECT_EQ(repaired.records_dropped, 1u);
-  ASSERT_EQ(repaired.backups.size(), 1u);
-  EXPECT_TRUE(fs::exists(repaired.backups[0]));
+  ASSERT_FALSE(repaired.set_aside.empty());
+  // What repair drops is kept: the original segment and a report, in the side folder.
+  EXPECT_EQ(testing::read_file(repaired.set_aside / segment.filename()), original);
+  EXPECT_NE(testing::read_file(repaired.set_aside / "REPORT.txt").find("offset " + std::to_string(offset)),
+            std::string::npos);
   EXPECT_TRUE(verify(dir.path()).ok);
   DurableRuntime db(dir.path(), fast_options());
   EXPECT_EQ(db.recovery().records_replayed, 19u);
@@ -607,7 +611,7 @@ TEST(Offline, VerifyTreatsATornTailAsCleanAndReportsADamagedCheckpoint) {
   EXPECT_TRUE(torn.ok);
   EXPECT_GT(torn.torn_tail_bytes, 0u);
 
-  std::string ck = serialize::read_file(info.file);
+  std::string ck = testing::read_file(info.file);
   ck[ck.size() / 2] ^= 1;
   std::ofstream(info.file, std::ios::binary | std::ios::trunc) << ck;
   VerifyReport bad = verify(dir.path());

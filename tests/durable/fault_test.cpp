@@ -1,4 +1,4 @@
-// I/O failures injected into the log and checkpoint writers (serialize/file_io.hpp): a failed commit leaves no
+// I/O failures injected through the file interface (support/fault_file_system.hpp): a failed commit leaves no
 // trace, a failed sync makes the writer refuse further commits, a failed checkpoint leaves the previous one and
 // the log intact — and in every case the directory recovers to a state the application saw.
 #include <gtest/gtest.h>
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "mmsb/durable.hpp"
-#include "serialize/file_io.hpp"
+#include "support/fault_file_system.hpp"
 #include "support/temp_dir.hpp"
 #include "support/test_support.hpp"
 
@@ -18,16 +18,17 @@ namespace mmsb {
 namespace {
 
 namespace fs = std::filesystem;
-using serialize::detail::FaultOp;
-using serialize::detail::FaultPlan;
 using testing::commit_i64;
 using testing::error_code_of;
+using testing::FaultFileSystem;
 using testing::TempDir;
+using Op = FaultFileSystem::Op;
 
-// Disarms the fault injector when a test ends, whatever happens.
+// Arms a fault for the scope, whatever happens.
 struct Faults {
-  explicit Faults(const FaultPlan& plan) { serialize::detail::inject_fault(plan); }
-  ~Faults() { serialize::detail::clear_faults(); }
+  Faults(FaultFileSystem& fsys, const FaultFileSystem::Fault& fault) : fsys_(fsys) { fsys_.fail(fault); }
+  ~Faults() { fsys_.clear_fault(); }
+  FaultFileSystem& fsys_;
 };
 
 std::size_t count_files(const fs::path& dir, const std::string& needle) {
@@ -36,23 +37,25 @@ std::size_t count_files(const fs::path& dir, const std::string& needle) {
   return n;
 }
 
-DurableOptions every_commit() {
+DurableOptions every_commit(std::shared_ptr<FileSystem> fsys = nullptr) {
   DurableOptions o;
   o.sync = SyncPolicy::EveryCommit;
+  o.file_system = std::move(fsys);
   return o;
 }
 
 TEST(Faults, FailedAppendLeavesNoTraceAndTheLogGoesOn) {
   TempDir dir;
+  auto fsys = std::make_shared<FaultFileSystem>();
   std::uint64_t hash_before = 0, hash_after = 0;
   {
-    DurableRuntime db(dir.path(), every_commit());
+    DurableRuntime db(dir.path(), every_commit(fsys));
     Runtime& rt = db.runtime();
     PageId p = rt.create_page(8);
     commit_i64(rt, p, 1);
     hash_before = state_hash(rt);
     for (bool partial : {false, true}) {
-      Faults f(FaultPlan{FaultOp::Write, 0, 1, ENOSPC, partial});
+      Faults f(*fsys, {Op::Append, 0, 1, ENOSPC, partial, "log-"});
       EXPECT_EQ(error_code_of([&] { commit_i64(rt, p, 2); }), ErrorCode::IoError);
       EXPECT_EQ(rt.read_value<std::int64_t>(p, 0), 1) << "a failed commit changed the page";
       EXPECT_EQ(state_hash(rt), hash_before);
@@ -74,12 +77,13 @@ TEST(Faults, FailedBatchAppendFailsOnlyItsCommits) {
   constexpr int kCommitsPerThread = 40;
   std::uint64_t live_hash = 0;
   std::atomic<int> failed{0};
+  auto fsys = std::make_shared<FaultFileSystem>();
   {
-    DurableRuntime db(dir.path(), every_commit());
+    DurableRuntime db(dir.path(), every_commit(fsys));
     Runtime& rt = db.runtime();
     std::vector<PageId> pages;
     for (int t = 0; t < kThreads; ++t) pages.push_back(rt.create_page(8));
-    Faults f(FaultPlan{FaultOp::Write, 10, 3, ENOSPC, true});
+    Faults f(*fsys, {Op::Append, 10, 3, ENOSPC, true, "log-"});
     std::vector<std::thread> threads;
     std::vector<std::int64_t> last_ok(kThreads, 0);
     for (int t = 0; t < kThreads; ++t) {
@@ -113,15 +117,16 @@ TEST(Faults, FailedBatchAppendFailsOnlyItsCommits) {
 
 TEST(Faults, FailedSyncFailsTheCommitAndTheWriterRefusesMore) {
   TempDir dir;
+  auto fsys = std::make_shared<FaultFileSystem>();
   std::uint64_t hash_before = 0;
   {
-    DurableRuntime db(dir.path(), every_commit());
+    DurableRuntime db(dir.path(), every_commit(fsys));
     Runtime& rt = db.runtime();
     PageId p = rt.create_page(8);
     commit_i64(rt, p, 1);
     hash_before = state_hash(rt);
     {
-      Faults f(FaultPlan{FaultOp::Sync, 0, 1, EIO, false});
+      Faults f(*fsys, {Op::Sync, 0, 1, EIO, false, "log-"});
       EXPECT_EQ(error_code_of([&] { commit_i64(rt, p, 2); }), ErrorCode::IoError);
     }
     EXPECT_EQ(rt.read_value<std::int64_t>(p, 0), 1);
@@ -141,12 +146,14 @@ TEST(Faults, FailedSyncFailsTheCommitAndTheWriterRefusesMore) {
 
 TEST(Faults, FailedCheckpointKeepsThePreviousCheckpointAndTheLog) {
   TempDir dir;
+  auto fsys = std::make_shared<FaultFileSystem>();
   std::uint64_t live_hash = 0;
   CheckpointInfo first;
   {
     DurableOptions o;
     o.sync = SyncPolicy::None;
     o.segment_bytes = 512;
+    o.file_system = fsys;
     DurableRuntime db(dir.path(), o);
     Runtime& rt = db.runtime();
     PageId p = rt.create_page(64);
@@ -154,11 +161,12 @@ TEST(Faults, FailedCheckpointKeepsThePreviousCheckpointAndTheLog) {
     first = db.checkpoint();
     for (int i = 0; i < 20; ++i) commit_i64(rt, p, 100 + i);
     const std::size_t segments = count_files(dir.path(), "log-");
-    for (FaultOp op : {FaultOp::Write, FaultOp::Sync}) {
-      commit_i64(rt, p, 50);  // so the checkpoint starts with a log roll, whatever the previous attempt did
-      // Let the roll's I/O through (one write and two syncs: the new segment's header, the old segment), then
-      // fail the checkpoint file's first write, or its sync.
-      Faults f(FaultPlan{op, op == FaultOp::Write ? 1u : 2u, 1, ENOSPC, false});
+    for (Op op : {Op::Append, Op::Sync}) {
+      // A new value (an unchanged one would commit nothing), so the checkpoint starts with a log roll, whatever
+      // the previous attempt did.
+      commit_i64(rt, p, 50 + static_cast<int>(op));
+      // Fail the checkpoint file's first write, or its sync.
+      Faults f(*fsys, {op, 0, 1, ENOSPC, false, "checkpoint-"});
       try {
         db.checkpoint();
         ADD_FAILURE() << "the checkpoint did not fail";

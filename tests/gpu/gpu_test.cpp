@@ -32,6 +32,9 @@ using ScopedDeviceEnv = mmsb::testing::ScopedDeviceEnv;
 constexpr const char* kNoDevice =
     "no Vulkan device was found: these tests need one (install mesa-vulkan-drivers for the lavapipe CPU driver)";
 
+// A u64 whose eight bytes all equal 1: kAllBytes * k rewrites every byte of a value of another k.
+constexpr std::uint64_t kAllBytes = 0x0101010101010101ull;
+
 // A mirror that must run on Vulkan; the test fails (does not skip) without a device.
 #define ASSERT_ON_VULKAN(gpu) ASSERT_EQ((gpu).backend(), GpuBackend::Vulkan) << kNoDevice
 
@@ -278,10 +281,11 @@ TEST(GpuMirror, DirectWritesOfDeferredWavesLandInOrder) {
   PageId p = rt.create_page(1024, Location::Device), q = rt.create_page(256, Location::Both);
   gpu.wait_idle();
   const GpuStats before = gpu.stats();
-  mmsb::testing::commit_u64(rt, p, 0, 1);
-  mmsb::testing::commit_u64(rt, p, 4, 2);  // overlaps the first write: the later bytes must win
-  mmsb::testing::commit_u64(rt, q, 8, 3);
-  mmsb::testing::commit_u64(rt, p, 100, 4);
+  // Every byte of each value differs from what it overwrites (commits record only changed bytes).
+  mmsb::testing::commit_u64(rt, p, 0, kAllBytes * 1);
+  mmsb::testing::commit_u64(rt, p, 4, kAllBytes * 2);  // overlaps the first write: the later bytes must win
+  mmsb::testing::commit_u64(rt, q, 8, kAllBytes * 3);
+  mmsb::testing::commit_u64(rt, p, 100, kAllBytes * 4);
   prop.propagate();
   gpu.wait_idle();
   const GpuStats after = gpu.stats();
@@ -343,8 +347,8 @@ TEST(GpuMirror, ABatchWaveUploadsRewrittenBytesOnce) {
   PageId p = rt.create_page(1024, Location::Both);
   gpu.wait_idle();
   const GpuStats before = gpu.stats();
-  for (std::uint64_t v = 1; v <= 10; ++v) mmsb::testing::commit_u64(rt, p, 64, v);  // same 8 bytes, 10 times
-  mmsb::testing::commit_u64(rt, p, 512, 99);
+  for (std::uint64_t v = 1; v <= 10; ++v) mmsb::testing::commit_u64(rt, p, 64, kAllBytes * v);  // same 8 bytes
+  mmsb::testing::commit_u64(rt, p, 512, kAllBytes * 99);
   prop.propagate();
   gpu.wait_idle();
   EXPECT_EQ(gpu.stats().waves_uploaded - before.waves_uploaded, 1u);
@@ -365,10 +369,10 @@ TEST(GpuMirror, SeveralDeferredWavesOfOnePageAreComposedIntoOneUpload) {
   PageId p = rt.create_page(1024, Location::Device), q = rt.create_page(256, Location::Device);
   gpu.wait_idle();
   const GpuStats before = gpu.stats();
-  mmsb::testing::commit_u64(rt, p, 0, 1);
-  mmsb::testing::commit_u64(rt, p, 4, 2);    // overlaps the first write
-  mmsb::testing::commit_u64(rt, q, 8, 3);
-  mmsb::testing::commit_u64(rt, p, 100, 4);
+  mmsb::testing::commit_u64(rt, p, 0, kAllBytes * 1);
+  mmsb::testing::commit_u64(rt, p, 4, kAllBytes * 2);  // overlaps the first write
+  mmsb::testing::commit_u64(rt, q, 8, kAllBytes * 3);
+  mmsb::testing::commit_u64(rt, p, 100, kAllBytes * 4);
   prop.propagate();
   gpu.wait_idle();
   const GpuStats after = gpu.stats();

@@ -56,7 +56,8 @@ std::optional<Error> error_of(F&& f) {
 
 // A map function: output int64 = factor * input0 + addend.
 MapFunction affine(std::int64_t factor, std::int64_t addend) {
-  return [factor, addend](MapContext& c) { c.output_as<std::int64_t>() = factor * c.input_as<std::int64_t>(0) + addend; };
+  return
+      [factor, addend](MapContext& c) { c.output_as<std::int64_t>() = factor * c.input_as<std::int64_t>(0) + addend; };
 }
 
 // A map function that counts its calls and copies input 0's int64 to the output.
@@ -164,7 +165,7 @@ TEST(Propagator, MapContextSeesInputsInDeclarationOrderAndItsOutputPage) {
     seen_size1 = c.input(1).size();
     seen_out_size = c.output().size();
     c.output_as<std::uint64_t>(0) = c.input_as<std::uint64_t>(0, 8);  // y's second word
-    c.output_as<std::uint64_t>(8) = c.input_as<std::uint64_t>(1);      // x
+    c.output_as<std::uint64_t>(8) = c.input_as<std::uint64_t>(1);     // x
   });
   auto txn = rt.begin();
   txn.write_value<std::uint64_t>(x, 0, 7);
@@ -389,8 +390,10 @@ TEST(Propagator, PassthroughRemapForwardsOnlyTheWindowToTheShiftedOffset) {
   auto bytes = rt.read_all(out);
   for (std::size_t i = 0; i < 32; ++i) {
     std::byte expected{0};
-    if (i >= 16 && i < 20) expected = std::byte{0xEE};
-    else if (i >= 20 && i < 24) expected = static_cast<std::byte>((0x0102030405060708ULL >> (8 * (i - 16))) & 0xFF);
+    if (i >= 16 && i < 20)
+      expected = std::byte{0xEE};
+    else if (i >= 20 && i < 24)
+      expected = static_cast<std::byte>((0x0102030405060708ULL >> (8 * (i - 16))) & 0xFF);
     EXPECT_EQ(bytes[i], expected) << "output byte " << i;
   }
 }
@@ -775,8 +778,8 @@ void expect_matches_reference(const DagInstance& dag, const Reference& ref, cons
   for (std::size_t p = 0; p < ref.pages.size(); ++p) {
     std::vector<std::byte> expected(ref.pages[p].size() * 8);
     std::memcpy(expected.data(), ref.pages[p].data(), expected.size());
-    ASSERT_EQ(dag.rt.read_all(dag.pages[p]), expected) << where << ": page index " << p << " ("
-                                                         << dag.pages[p].to_string() << ")";
+    ASSERT_EQ(dag.rt.read_all(dag.pages[p]), expected)
+        << where << ": page index " << p << " (" << dag.pages[p].to_string() << ")";
     if (p >= ref.spec.sources) {
       ASSERT_FALSE(dag.prop.is_stale(dag.pages[p])) << where << ": page index " << p;
     }
@@ -793,7 +796,9 @@ void run_random_dag_against_reference(PropagationMode mode, std::size_t group) {
     const DagSpec spec = random_dag(seed, pages, sources);
     const CommitScript script = random_commits(seed, spec, 24);
     const std::size_t inline_limits[] = {4, 32, 1000};
-    PropagatorOptions options{.mode = mode, .threads = 2, .inline_node_limit = inline_limits[seed % 3]};
+    // min_parallel_work_ns 0: levels larger than the inline limit run in parallel even with these tiny nodes.
+    PropagatorOptions options{
+        .mode = mode, .threads = 2, .inline_node_limit = inline_limits[seed % 3], .min_parallel_work_ns = 0};
     DagInstance dag(spec, options);
     Reference ref(spec);
     ref.evaluate();
@@ -834,13 +839,14 @@ TEST(PropagatorRandomDag, PageHashesAreIdenticalFor1And2And8Threads) {
   ref.evaluate();
   std::vector<std::uint64_t> hashes;
   for (unsigned threads : {1u, 2u, 8u}) {
-    DagInstance dag(spec, PropagatorOptions{.threads = threads, .inline_node_limit = 4});
+    DagInstance dag(spec, PropagatorOptions{.threads = threads, .inline_node_limit = 4, .min_parallel_work_ns = 0});
     for (const auto& c : script) dag.commit(c);
     expect_matches_reference(dag, ref, "threads " + std::to_string(threads));
     hashes.push_back(dag.hash());
     if (threads > 1) {
       const auto stats = dag.prop.stats();
-      EXPECT_GT(stats.waves, stats.inline_waves) << "with inline_node_limit 4 some waves must run on the flow graph";
+      EXPECT_GT(stats.waves, stats.inline_waves)
+          << "with inline_node_limit 4 some waves must split levels across the threads";
     }
   }
   ASSERT_EQ(hashes.size(), 3u);
@@ -913,7 +919,7 @@ TEST(PropagatorBatch, FoldedDeltaEqualsComposeOfTheCommittedDeltas) {
     committed.push_back(txn.committed_deltas()[0]);
   };
   write(0, {1, 2, 3, 4, 5, 6, 7, 8}, "first");
-  write(2, {9, 9}, "inside");     // covered by the pending delta: folded in place
+  write(2, {9, 9}, "inside");      // covered by the pending delta: folded in place
   write(40, {7, 7, 7}, "beyond");  // new bytes: folded by compose()
   write(41, {5}, "inside again");  // covered again
   prop.propagate();
@@ -1060,9 +1066,9 @@ TEST(PropagatorBatch, BackgroundWorkerPropagatesWithoutACallToPropagate) {
 
 TEST(PropagatorBackpressure, FullQueueWithFailPolicyRefusesTheCommitWithoutTrace) {
   Runtime rt;
-  Propagator prop(rt, PropagatorOptions{.mode = PropagationMode::Deferred,
-                                        .queue_capacity = 2,
-                                        .full_policy = QueueFullPolicy::Fail});
+  Propagator prop(
+      rt,
+      PropagatorOptions{.mode = PropagationMode::Deferred, .queue_capacity = 2, .full_policy = QueueFullPolicy::Fail});
   PageId s = rt.create_page(8), d = rt.create_page(8);
   prop.derive_map(d, {s}, affine(2, 0));
   commit_i64(rt, s, 1);
@@ -1306,7 +1312,8 @@ TEST(PropagatorFailure, ThrowingNodeRaisesNodeErrorAndMarksItAndDownstreamStale)
   } catch (const NodeError& e) {
     caught = true;
     EXPECT_EQ(e.page(), t.f);
-    EXPECT_EQ(e.code(), ErrorCode::Aborted);
+    EXPECT_EQ(e.code(), ErrorCode::NodeFailed);
+    EXPECT_EQ(e.committed_lsn(), t.rt.last_lsn()) << "the commit took effect: the error must carry its LSN";
     EXPECT_NE(std::string(e.what()).find(t.f.to_string()), std::string::npos) << e.what();
     ASSERT_TRUE(e.nested());
     try {
@@ -1361,6 +1368,8 @@ TEST(PropagatorFailure, DeferredPropagateRethrowsNodeErrorAndRecovers) {
     ADD_FAILURE() << "propagate() did not throw";
   } catch (const NodeError& e) {
     EXPECT_EQ(e.page(), t.f);
+    EXPECT_EQ(e.code(), ErrorCode::NodeFailed);
+    EXPECT_EQ(e.committed_lsn(), 0u) << "propagate() commits nothing";
   }
   EXPECT_TRUE(t.prop.is_stale(t.g));
   commit_i64(t.rt, t.s, 4);
@@ -1371,7 +1380,7 @@ TEST(PropagatorFailure, DeferredPropagateRethrowsNodeErrorAndRecovers) {
 
 TEST(PropagatorFailure, ThrowingNodeInAWideParallelWaveDoesNotHang) {
   Runtime rt;
-  Propagator prop(rt, PropagatorOptions{.threads = 4, .inline_node_limit = 4});
+  Propagator prop(rt, PropagatorOptions{.threads = 4, .inline_node_limit = 4, .min_parallel_work_ns = 0});
   constexpr int kWidth = 500, kBad = 250;
   PageId s = rt.create_page(8);
   std::vector<PageId> mids, tails;

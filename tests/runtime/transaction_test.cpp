@@ -141,7 +141,7 @@ TEST(Transaction, FailedMultiPageCommitChangesNoPage) {
   txn.write_value<std::uint64_t>(a, 0, 1);
   txn.write_value<std::uint64_t>(b, 0, 2);
   txn.expect_epoch(b, 5);  // wrong: b is at epoch 0
-  EXPECT_EQ(error_code_of([&] { txn.commit(); }), ErrorCode::Aborted);
+  EXPECT_EQ(error_code_of([&] { txn.commit(); }), ErrorCode::Conflict);
   EXPECT_EQ(rt.read_value<std::uint64_t>(a, 0), 0u);
   EXPECT_EQ(rt.read_value<std::uint64_t>(b, 0), 0u);
   EXPECT_EQ(rt.info(a).epoch, 0u);
@@ -180,7 +180,7 @@ TEST(Transaction, ConcurrentShrinkMakesAStagedWriteFailAtCommit) {
   EXPECT_EQ(rt.info(a).size, 16u);
 }
 
-TEST(Transaction, DeltaWithMismatchedBaseEpochIsAborted) {
+TEST(Transaction, DeltaWithMismatchedBaseEpochIsAConflict) {
   Runtime rt;
   PageId a = rt.create_page(16);
   std::vector<std::byte> old_bytes(16), new_bytes(16);
@@ -192,9 +192,9 @@ TEST(Transaction, DeltaWithMismatchedBaseEpochIsAborted) {
   txn.apply(d);
   try {
     txn.commit();
-    FAIL() << "expected Aborted";
+    FAIL() << "expected Conflict";
   } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::Aborted);
+    EXPECT_EQ(e.code(), ErrorCode::Conflict);
     EXPECT_NE(std::string(e.what()).find("epoch 1"), std::string::npos) << e.what();
   }
   d.base_epoch = 0;

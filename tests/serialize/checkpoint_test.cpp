@@ -15,6 +15,7 @@ namespace mmsb::serialize {
 namespace {
 
 using mmsb::testing::error_code_of;
+using mmsb::testing::read_file;
 using mmsb::testing::TempDir;
 
 CheckpointState random_state(std::mt19937_64& rng, std::size_t pages) {

@@ -167,6 +167,34 @@ TEST(Codec, InvalidPageIdIsCorruption) {
   EXPECT_EQ(error_code_of([&] { decode_commit(encode_commit(c.record())); }), ErrorCode::Corruption);
 }
 
+// Sizes and epochs read from a log never reach an allocator or an addition unchecked.
+TEST(Codec, PageSizesBeyondAnyAddressSpaceAndEpochOverflowsAreCorruption) {
+  for (std::uint64_t size : {std::uint64_t{1} << 49, ~std::uint64_t{0}}) {
+    DecodedCommit created;
+    created.lsn = 1;
+    created.created.push_back({PageId::make(0, 1), size, Location::Host});
+    EXPECT_EQ(error_code_of([&] { decode_commit(encode_commit(created.record())); }), ErrorCode::Corruption);
+    DecodedCommit resized;
+    resized.lsn = 2;
+    Delta d;
+    d.page = PageId::make(0, 1);
+    d.base_size = 8;
+    d.size = size;
+    d.epoch_count = 1;
+    resized.deltas.push_back(d);
+    EXPECT_EQ(error_code_of([&] { decode_commit(encode_commit(resized.record())); }), ErrorCode::Corruption);
+  }
+  DecodedCommit wrap;
+  wrap.lsn = 3;
+  Delta d;
+  d.page = PageId::make(0, 1);
+  d.base_size = d.size = 8;
+  d.base_epoch = ~std::uint64_t{0};
+  d.epoch_count = 2;
+  wrap.deltas.push_back(d);
+  EXPECT_EQ(error_code_of([&] { decode_commit(encode_commit(wrap.record())); }), ErrorCode::Corruption);
+}
+
 }  // namespace
 }  // namespace mmsb::serialize
 

@@ -28,8 +28,15 @@ using mmsb::testing::random_commit;
 
 using mmsb::testing::TempDir;
 
+LogOptions options_of(std::uint64_t segment_bytes, SyncPolicy sync) {
+  LogOptions o;
+  o.segment_bytes = segment_bytes;
+  o.sync = sync;
+  return o;
+}
+
 LogOptions fast(std::uint64_t segment_bytes = std::uint64_t{64} << 20) {
-  return LogOptions{segment_bytes, SyncPolicy::None};
+  return options_of(segment_bytes, SyncPolicy::None);
 }
 
 std::vector<DecodedCommit> read_all(const fs::path& dir, RecoveryReport* report = nullptr) {
@@ -52,17 +59,25 @@ void flip_byte(const fs::path& file, std::uint64_t offset) {
 }
 
 // Writes `count` random commits (LSN 1..count) into one segment; returns them and the file offset of each record.
+// Unless `closed`, the log then ends with its last commit record, as a writer that crashed right after it leaves
+// it (no close record).
 std::vector<DecodedCommit> write_commits(const fs::path& dir, std::size_t count, std::vector<std::uint64_t>* offsets,
-                                       std::uint64_t seed = 1) {
+                                       std::uint64_t seed = 1, bool closed = false) {
   std::mt19937_64 rng(seed);
   std::vector<DecodedCommit> commits;
-  LogWriter writer(dir, fast());
-  for (std::size_t i = 0; i < count; ++i) {
-    commits.push_back(random_commit(rng, i + 1));
-    if (offsets) {
-      offsets->push_back(segments_of(dir).empty() ? kSegmentHeaderBytes : fs::file_size(segments_of(dir).back()));
+  {
+    LogWriter writer(dir, fast());
+    for (std::size_t i = 0; i < count; ++i) {
+      commits.push_back(random_commit(rng, i + 1));
+      if (offsets) {
+        offsets->push_back(segments_of(dir).empty() ? kSegmentHeaderBytes : fs::file_size(segments_of(dir).back()));
+      }
+      writer.write(commits.back().record());
     }
-    writer.write(commits.back().record());
+  }
+  if (!closed && count > 0) {
+    const fs::path last = segments_of(dir).back();
+    fs::resize_file(last, fs::file_size(last) - kRecordHeaderBytes - kCloseBodyBytes);
   }
   return commits;
 }
@@ -193,7 +208,43 @@ TEST(Log, BitFlipInAMiddleRecordIsCorruptionNamingSegmentAndOffset) {
   }
 }
 
-TEST(Log, BitFlipInTheLastRecordBodyIsATornTail) {
+// A damaged length must never be trusted to find what follows: a reader that skipped `length` bytes and found
+// garbage there would call the rest of the segment a torn tail and drop every committed record after it.
+TEST(Log, FlippedLengthBitOfAMiddleRecordIsCorruptionNotATornTail) {
+  for (int bit = 0; bit < 8; ++bit) {
+    SCOPED_TRACE("bit " + std::to_string(bit));
+    TempDir dir;
+    std::vector<std::uint64_t> offsets;
+    write_commits(dir.path(), 10, &offsets);
+    const fs::path segment = segments_of(dir.path()).back();
+    std::fstream f(segment, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(offsets[3]));
+    char c = 0;
+    f.get(c);
+    f.seekp(static_cast<std::streamoff>(offsets[3]));
+    f.put(static_cast<char>(c ^ (1 << bit)));
+    f.close();
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      try {
+        if (attempt == 0) {
+          read_all(dir.path());
+        } else {
+          LogWriter writer(dir.path(), fast());
+        }
+        ADD_FAILURE() << "damage in the middle of the segment was not reported";
+      } catch (const Error& e) {
+        const std::string msg = e.what();
+        EXPECT_EQ(e.code(), ErrorCode::Corruption) << msg;
+        EXPECT_NE(msg.find("offset " + std::to_string(offsets[3])), std::string::npos) << msg;
+        EXPECT_NE(msg.find("last good LSN 3"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("6 intact records follow"), std::string::npos) << msg;
+      }
+    }
+  }
+}
+
+// Without a close record (the writer crashed), damage to the last record is what a torn write leaves.
+TEST(Log, BitFlipInTheLastRecordBodyOfACrashedWriterIsATornTail) {
   TempDir dir;
   std::vector<std::uint64_t> offsets;
   auto commits = write_commits(dir.path(), 10, &offsets);
@@ -207,8 +258,30 @@ TEST(Log, BitFlipInTheLastRecordBodyIsATornTail) {
   {
     LogWriter writer(dir.path(), fast());
     EXPECT_EQ(writer.last_lsn(), 9u);
+    EXPECT_EQ(fs::file_size(segment), offsets[9]);
   }
-  EXPECT_EQ(fs::file_size(segment), offsets[9]);
+  // Closing appended the close record where the torn tail was.
+  EXPECT_EQ(fs::file_size(segment), offsets[9] + kRecordHeaderBytes + kCloseBodyBytes);
+  RecoveryReport closed;
+  expect_prefix(read_all(dir.path(), &closed), commits, 9);
+  EXPECT_TRUE(closed.closed_cleanly);
+}
+
+// A writer that closed cleanly left a close record after the last commit: damage to that commit is then followed
+// by an intact record, so it is corruption, not a torn tail that could be cut away.
+TEST(Log, BitFlipInTheLastCommitOfACleanlyClosedLogIsCorruption) {
+  TempDir dir;
+  std::vector<std::uint64_t> offsets;
+  write_commits(dir.path(), 10, &offsets, 1, /*closed=*/true);
+  const fs::path segment = segments_of(dir.path()).back();
+  flip_byte(segment, offsets[9] + kRecordHeaderBytes + 2);
+  try {
+    read_all(dir.path());
+    ADD_FAILURE() << "damage to the last committed record was taken for a torn tail";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::Corruption) << e.what();
+    EXPECT_NE(std::string(e.what()).find("last good LSN 9; 0 intact records follow, then the record of a clean close"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Log, DamageInASegmentThatIsNotTheLastIsCorruption) {
@@ -405,7 +478,7 @@ TEST(Log, GroupCommitLandsEveryRecordWithFewerSyncsThanCommits) {
 TEST(Log, GroupCommitAcrossSegmentRollsThroughARuntime) {
   TempDir dir;
   Runtime rt;
-  auto log = std::make_shared<LogWriter>(dir.path(), LogOptions{4096, SyncPolicy::EveryCommit});
+  auto log = std::make_shared<LogWriter>(dir.path(), options_of(4096, SyncPolicy::EveryCommit));
   rt.set_commit_sink(log);
   constexpr int kThreads = 4;
   constexpr int kCommits = 100;

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
 
 #include "mmsb/mmsb.hpp"
 
@@ -34,5 +37,18 @@ inline void commit_u64(Runtime& rt, PageId page, std::uint64_t offset, std::uint
 }
 
 inline void commit_i64(Runtime& rt, PageId page, std::int64_t value) { commit_value<std::int64_t>(rt, page, 0, value); }
+
+// The whole contents of a file (empty when it cannot be read), and writing a whole file.
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return {};
+  std::string bytes(static_cast<std::size_t>(in.tellg()), '\0');
+  in.seekg(0);
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  return bytes;
+}
+inline void write_file(const std::filesystem::path& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
 
 }  // namespace mmsb::testing

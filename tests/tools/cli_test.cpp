@@ -2,6 +2,7 @@
 // it as a child process, and checks its exit code and output against what was written (not against what the
 // library's readers say, where an independent record exists).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -16,6 +17,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fcntl.h>
@@ -513,11 +515,20 @@ TEST_F(ToolTest, RepairWithForceDropsTheDamagedRecordAndVerifyPassesAgain) {
   const fs::path dir = root_ / "db";
   const FlatLog log = write_flat_log(dir);
   const Damage damage = flip_bit_mid_segment(only_segment(dir));
+  std::ofstream(root_ / "segment-before-repair", std::ios::binary) << read_file(damage.segment);
 
   const Outcome o = mmsb({"repair", dir.string(), "--force"});
   EXPECT_EQ(o.code, 0) << describe(o);
   EXPECT_EQ(o.out.rfind("dropped 1 damaged records", 0), 0u) << describe(o);
-  EXPECT_TRUE(fs::exists(damage.segment.string() + ".damaged")) << describe(o);
+  // The original segment went to a side folder before the log was changed.
+  const std::string original = read_file(root_ / "segment-before-repair");
+  bool kept = false;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.is_directory() && e.path().filename().string().rfind("aside-", 0) == 0) {
+      kept = read_file(e.path() / damage.segment.filename()) == original;
+    }
+  }
+  EXPECT_TRUE(kept) << "no side folder holds the original segment\n" << describe(o);
 
   const Outcome v = mmsb({"verify", dir.string()});
   EXPECT_EQ(v.code, 0) << describe(v);
@@ -625,6 +636,86 @@ TEST_F(ToolTest, ReplayToATimeAcceptsUnixNanosecondsAndIsoUtc) {
   const Outcome bad = mmsb({"replay", dir.string(), "--to-time", "yesterday", "--out", (root_ / "x").string()});
   EXPECT_EQ(bad.code, 2) << describe(bad);
   EXPECT_NE(bad.err.find("bad time 'yesterday'"), std::string::npos) << describe(bad);
+}
+
+// docs/cli.md: a point before the newest checkpoint was compacted away, so replaying to it is an error (exit 2),
+// not the checkpoint's state under another name.
+TEST_F(ToolTest, ReplayToATimeBeforeTheCheckpointIsAnError) {
+  const fs::path dir = root_ / "db";
+  std::uint64_t before_checkpoint = 0, after_checkpoint_hash = 0;
+  {
+    DurableRuntime db(dir, small_segments());
+    PageId p = db.runtime().create_page(8);
+    auto txn = db.runtime().begin();
+    txn.write_value<std::uint64_t>(p, 0, 1);
+    txn.commit();
+    before_checkpoint = now_ns();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    auto txn2 = db.runtime().begin();
+    txn2.write_value<std::uint64_t>(p, 0, 2);
+    txn2.commit();
+    db.checkpoint();
+    after_checkpoint_hash = state_hash(db.runtime());
+  }
+  const Outcome early = mmsb({"replay", dir.string(), "--to-time", std::to_string(before_checkpoint), "--out",
+                              (root_ / "early").string()});
+  EXPECT_EQ(early.code, 2) << describe(early);
+  EXPECT_NE(early.err.find("older than the checkpoint"), std::string::npos) << describe(early);
+  EXPECT_FALSE(fs::exists(root_ / "early")) << "nothing may be written for a refused target";
+  // A time after the checkpoint was written names its state.
+  const Outcome late = mmsb({"replay", dir.string(), "--to-time", std::to_string(now_ns()), "--out",
+                             (root_ / "late").string()});
+  ASSERT_EQ(late.code, 0) << describe(late);
+  EXPECT_EQ(state_hash(*load_state(root_ / "late")), after_checkpoint_hash);
+}
+
+TEST_F(ToolTest, HistoryOfAPageThatNeverExistedIsAnError) {
+  const fs::path dir = root_ / "db";
+  const Written w = write_workload(dir);
+  const Outcome o = mmsb({"history", dir.string(), "--page", "p0:999"});
+  EXPECT_EQ(o.code, 2) << describe(o);
+  EXPECT_NE(o.err.find("never existed"), std::string::npos) << describe(o);
+  EXPECT_EQ(lines_of(o.err).size(), 1u) << describe(o);
+  // A page the checkpoint holds but the log never changed has no changes, and that is no error.
+  {
+    DurableRuntime db(dir, small_segments());
+    db.checkpoint();
+  }
+  const Outcome quiet = mmsb({"history", dir.string(), "--page", w.counter.to_string()});
+  EXPECT_EQ(quiet.code, 0) << describe(quiet);
+  EXPECT_NE(quiet.out.find("0 changes"), std::string::npos) << describe(quiet);
+}
+
+// A FIFO named like a segment must not make a command wait for a writer, and a link to /dev/zero must not make it
+// read without end: each is refused, quickly, as damage.
+TEST_F(ToolTest, AFifoOrALinkToDevZeroNamedLikeASegmentIsRefusedWithoutHanging) {
+  for (int kind = 0; kind < 2; ++kind) {
+    SCOPED_TRACE(kind == 0 ? "fifo" : "/dev/zero");
+    const fs::path dir = root_ / ("db" + std::to_string(kind));
+    write_workload(dir);
+    fs::path last;
+    for (const auto& e : fs::directory_iterator(dir)) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("log-", 0) == 0 && (last.empty() || e.path() > last)) last = e.path();
+    }
+    ASSERT_FALSE(last.empty());
+    fs::remove(last);
+    if (kind == 0) {
+      ASSERT_EQ(::mkfifo(last.c_str(), 0644), 0);
+    } else {
+      fs::create_symlink("/dev/zero", last);
+    }
+    const auto started = std::chrono::steady_clock::now();
+    const Outcome v = mmsb({"verify", dir.string()});
+    EXPECT_EQ(v.code, 1) << describe(v);
+    EXPECT_NE(v.out.find("not a regular file"), std::string::npos) << describe(v);
+    for (const char* command : {"info", "dump", "stats"}) {
+      const Outcome o = mmsb({command, dir.string()});
+      EXPECT_EQ(o.code, 2) << command << "\n" << describe(o);
+      EXPECT_NE(o.err.find("not a regular file"), std::string::npos) << command << "\n" << describe(o);
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(60));
+  }
 }
 
 TEST_F(ToolTest, ReplayToAPageEpochStopsAtTheCommitThatReachedIt) {

@@ -23,16 +23,28 @@
 // in RecoveryInfo::unbound_nodes so the application can derive it again. External pages
 // (Runtime::create_external_page) are neither logged nor checkpointed: the application maps them again.
 //
-// Recovery. Opening a directory loads the newest checkpoint, then replays every log record with a higher LSN. A
-// torn tail (what a crash during an append leaves) is truncated and reported; any other damage is
-// Error(Corruption) naming the file and byte offset — never skipped silently. repair() is the explicit way to drop
-// damaged records. The recovered state equals the live state at the last durable commit (state_hash() of both is
+// Recovery. Opening a directory loads the newest checkpoint, then replays every log record with a higher LSN
+// through the restored graph, one wave per record, so derived pages end as an uninterrupted run left them. What
+// happens at damage is the RecoveryMode: by default a torn tail (what a crash during an append leaves) is truncated
+// and reported, and any other damage is Error(Corruption) naming the segment, the byte offset, the last good LSN
+// and how many intact records follow — never skipped silently. The other modes open anyway, keep what they do
+// not replay in a folder beside the log (never deleting it) and report it in RecoveryInfo. repair() drops damaged
+// records offline. The recovered state equals the live state at the last durable commit (state_hash() of both is
 // equal).
 //
-// Checkpoints. checkpoint() briefly holds new commits back (only while it copies the pages in memory), then
-// writes a zstd-compressed file to a temporary name, fsyncs it, renames it into place and fsyncs the directory.
-// Only then are older checkpoints and the log segments it covers deleted. A crash at any point leaves either the
-// old or the new checkpoint, with the log records needed on top of it.
+// Checkpoints. checkpoint() briefly holds new commits back (while it runs the waves of commits not yet propagated,
+// so derived pages reflect exactly the checkpoint's LSN, and copies the pages in memory), then writes a
+// zstd-compressed file to a temporary name, fsyncs it, renames it into place and fsyncs the directory. Only then
+// are older checkpoints and the log segments it covers deleted. A crash at any point leaves either the old or the
+// new checkpoint, with the log records needed on top of it.
+//
+// Exact restarts. After reopening, every derived page holds the bytes an uninterrupted run would hold: map and
+// passthrough nodes by construction; an incremental node restored by its registered name receives the replayed
+// records' deltas in LSN order (one wave per record, as IMMEDIATE and DEFERRED run them; in BATCH mode the
+// function must give the same result for a composed delta as for its parts); an incremental node given as a
+// lambda must declare a rebuild function (derive_incremental(..., rebuild)), which recompute() runs after the
+// application derives the node again. checkpoint() refuses (Error(InvalidArgument) naming the page) an
+// incremental node that has neither, since no restart could make its page exact.
 //
 // Thread-safety: DurableRuntime's members may be called from any thread; runtime() and propagator() are used as
 // documented in runtime.hpp and graph.hpp. Do not call checkpoint() while the calling thread holds a ReadView (the
@@ -49,6 +61,7 @@
 #include <string>
 #include <vector>
 
+#include "mmsb/file_system.hpp"
 #include "mmsb/graph.hpp"
 #include "mmsb/page_id.hpp"
 #include "mmsb/runtime.hpp"
@@ -61,13 +74,48 @@ enum class SyncPolicy : std::uint8_t {
   Interval,     // a background thread syncs every `sync_interval`: a crash may lose the last interval's commits
 };
 
+// What opening a directory does with damage in its log (docs/durability.md, "Recovery modes"; the names follow
+// RocksDB's WAL recovery modes). No mode drops a committed record without reporting it.
+enum class RecoveryMode : std::uint8_t {
+  // Only a torn tail (damage at the end of the last segment after which nothing intact follows: what a crash
+  // during an append leaves) is cut off and reported. Any other damage refuses to open: Error(Corruption) naming
+  // the segment, the offset, the last good LSN and how many intact records follow.
+  TolerateTornTail,
+  // Any damage, a torn tail included, refuses to open.
+  Absolute,
+  // Opens at the last LSN before the first damage (or the first record that no longer applies). The damaged segment
+  // is copied and everything after the damage is moved to a folder beside the log; nothing is deleted.
+  PointInTime,
+  // Replays every intact record; each damaged stretch, and each record that no longer applies because of one, is
+  // skipped, reported, and kept (with the original segment) in a folder beside the log.
+  SkipDamaged,
+};
+// "tolerate_torn_tail", "absolute", "point_in_time", "skip_damaged".
+const char* recovery_mode_name(RecoveryMode mode) noexcept;
+// The mode of one of those names; Error(InvalidArgument) listing them otherwise.
+RecoveryMode parse_recovery_mode(const std::string& name);
+
 struct DurableOptions {
-  RuntimeOptions runtime;          // `first_lsn` is ignored: new LSNs continue the directory's log
+  // `first_lsn` is ignored: new LSNs continue the directory's log. `record_undo` says whether the log keeps each
+  // commit's old bytes (undo) beside its new ones: page_history()'s deltas, invert() of a logged delta and `mmsb
+  // history` need them; without them a record holds about half the bytes (commits record only changed bytes).
+  RuntimeOptions runtime;
   PropagatorOptions propagation;   // options of the Propagator that propagator() returns
   SyncPolicy sync = SyncPolicy::EveryCommit;
   std::chrono::milliseconds sync_interval{10};       // SyncPolicy::Interval
-  std::uint64_t segment_bytes = std::uint64_t{64} << 20;  // a log segment is closed once it reaches this size
+  std::uint64_t segment_bytes = std::uint64_t{64} << 20;  // a log segment is closed once it reaches this size (<= 1 GiB)
   int checkpoint_compression_level = 3;              // zstd level 1..19, or 0 to store checkpoints uncompressed
+  RecoveryMode recovery_mode = RecoveryMode::TolerateTornTail;
+  std::shared_ptr<FileSystem> file_system;           // where the files live; null: posix_file_system()
+};
+
+// One stretch of a durable directory that recovery (or an offline reader) did not use.
+struct DamageReport {
+  std::filesystem::path file;       // the segment, or the file that is missing or unusable
+  std::uint64_t offset = 0;         // where the damage starts in it
+  std::uint64_t bytes = 0;          // how far it extends (to the next intact record or the end of the file)
+  std::string what;                 // what is wrong there
+  std::uint64_t last_good_lsn = 0;  // LSN of the last commit record read before it (0: none)
 };
 
 struct RecoveryInfo {
@@ -78,7 +126,16 @@ struct RecoveryInfo {
   std::uint64_t records_replayed = 0;  // log records applied on top of the checkpoint
   std::uint64_t last_lsn = 0;          // LSN of the last commit in the recovered state
   std::uint64_t truncated_bytes = 0;   // torn tail removed from the end of the log (0 when the log was clean)
-  std::vector<PageId> unbound_nodes;   // derived pages whose function had no registered name: derive them again
+  // Derived pages whose function had no registered name: derive them again, then recompute() each (a map, or an
+  // incremental node through its rebuild function), and they hold what an uninterrupted run would.
+  std::vector<PageId> unbound_nodes;
+  RecoveryMode mode = RecoveryMode::TolerateTornTail;  // the mode the directory was opened with
+  // PointInTime: the damage where the log was cut; SkipDamaged: every stretch skipped (damaged bytes, or records
+  // that no longer applied after an earlier skip).
+  std::vector<DamageReport> damage;
+  std::uint64_t records_not_replayed = 0;  // intact commit records after the cut (PointInTime) or skipped
+  std::filesystem::path set_aside;     // the folder holding what was cut or skipped (empty when nothing was)
+  std::uint64_t failed_waves = 0;      // replayed records whose wave threw (their nodes stay stale until the next)
   std::chrono::nanoseconds duration{0};
 };
 
@@ -96,10 +153,11 @@ struct CheckpointInfo {
 
 class DurableRuntime {
  public:
-  // Opens `dir` (created when missing) and recovers its state. Throws Error(Corruption) for damage other than a
-  // torn tail; Error(NotFound) when a checkpoint names a function not registered in FunctionRegistry::global();
-  // Error(IoError) when the directory cannot be read or written; Error(InvalidArgument) when another process has
-  // it open, or when it holds files but no mmsb state (so a mistyped path never fills a foreign directory).
+  // Opens `dir` (created when missing) and recovers its state. Throws Error(Corruption) for damage the recovery
+  // mode does not accept; Error(NotFound) when a checkpoint names a function not registered in the propagation
+  // options' registry (FunctionRegistry::global() by default); Error(IoError) when the directory cannot be read or
+  // written; Error(InvalidArgument) when another process has it open, when it holds files but no mmsb state (so
+  // a mistyped path never fills a foreign directory), or for options out of range.
   explicit DurableRuntime(const std::filesystem::path& dir, DurableOptions options = {});
   // Syncs the log (every commit that returned is then durable under every policy) and closes the directory.
   ~DurableRuntime();
@@ -112,6 +170,8 @@ class DurableRuntime {
   const std::filesystem::path& directory() const noexcept;
 
   // Writes a checkpoint of the current state and deletes what it makes unnecessary (see the header comment).
+  // Throws Error(InvalidArgument) for an incremental node that could not be restored exactly (see "Exact
+  // restarts"), and rethrows a NodeError of a wave it ran; in both cases nothing is written.
   CheckpointInfo checkpoint();
   // Makes every commit so far durable (useful under SyncPolicy::None and Interval).
   void sync();
@@ -122,7 +182,13 @@ class DurableRuntime {
 };
 
 // ---------------------------------------------------------------------------------------------------------------
-// Reading a durable directory offline (the `mmsb` tool is built on these).
+// Reading a durable directory offline (the `mmsb` tool is built on these). None of them changes the directory:
+// PointInTime and SkipDamaged act on what is read, in memory.
+
+struct OfflineOptions {
+  RecoveryMode recovery_mode = RecoveryMode::TolerateTornTail;
+  std::shared_ptr<FileSystem> file_system;  // null: posix_file_system()
+};
 
 // A point in a directory's history. The state "at" a target holds every commit with LSN <= the target LSN.
 struct ReplayTarget {
@@ -148,12 +214,14 @@ using ReplayProgress = std::function<void(std::uint64_t bytes_done, std::uint64_
 // past the end of the log, Error(Corruption) for a damaged directory. `reached_lsn`, if given, receives the LSN of
 // the last commit applied.
 std::unique_ptr<Runtime> load_state(const std::filesystem::path& dir, ReplayTarget target = {},
-                                    std::uint64_t* reached_lsn = nullptr, const ReplayProgress& progress = {});
+                                    std::uint64_t* reached_lsn = nullptr, const ReplayProgress& progress = {},
+                                    const OfflineOptions& options = {});
 
 // Writes the state of `dir` at `target` as a new durable directory `out` (a checkpoint and an empty log; the graph
-// topology of `dir`'s checkpoint comes along). `out` must not exist or be empty. Returns what was written.
+// topology of `dir`'s checkpoint comes along, and when records were replayed on top of the checkpoint its derived
+// pages are marked for recomputation at the next open). `out` must not exist or be empty. Returns what was written.
 CheckpointInfo replay_to(const std::filesystem::path& dir, ReplayTarget target, const std::filesystem::path& out,
-                         const ReplayProgress& progress = {});
+                         const ReplayProgress& progress = {}, const OfflineOptions& options = {});
 
 // One change of one page, from the log.
 struct PageChange {
@@ -165,12 +233,15 @@ struct PageChange {
   std::uint64_t size = 0;          // the page's size after the change (Deleted: 0)
   Delta delta;                     // Changed: the delta (with undo bytes when the runtime recorded them)
 };
-// The changes of `page` recorded in the log of `dir` (after its checkpoint), in LSN order.
-std::vector<PageChange> page_history(const std::filesystem::path& dir, PageId page);
+// The changes of `page` recorded in the log of `dir` (after its checkpoint), in LSN order. Throws Error(NotFound)
+// when the page is neither in the checkpoint nor in the log (it never existed, or was deleted before the
+// checkpoint).
+std::vector<PageChange> page_history(const std::filesystem::path& dir, PageId page, const OfflineOptions& options = {});
 
 // Calls `visit` for every log record of `dir` in log order (after the checkpoint's LSN, if any); stops early when
 // it returns false. The record's spans are valid during the call.
-void for_each_commit(const std::filesystem::path& dir, const std::function<bool(const CommitRecord&)>& visit);
+void for_each_commit(const std::filesystem::path& dir, const std::function<bool(const CommitRecord&)>& visit,
+                     const OfflineOptions& options = {});
 
 struct SegmentSummary {
   std::filesystem::path file;
@@ -193,10 +264,12 @@ struct DirectorySummary {
   std::uint64_t first_lsn = 0, last_lsn = 0;   // of the recoverable history (checkpoint, then records)
   std::uint64_t torn_tail_bytes = 0;           // what recovery would truncate
   std::uint64_t deltas = 0, payload_bytes = 0, pages_created = 0, pages_deleted = 0;
+  bool closed_cleanly = false;                 // the log ends with the record a writer leaves when it closes
+  std::vector<DamageReport> damage;            // what the recovery mode passed over (PointInTime, SkipDamaged)
 };
-// Reads every file of `dir` and summarizes it. Throws like recovery does (Error(NotFound) for a directory that
-// holds no mmsb state, Error(Corruption) for damage).
-DirectorySummary inspect(const std::filesystem::path& dir);
+// Reads every file of `dir` and summarizes it. Throws like recovery in the same mode does (Error(NotFound) for a
+// directory that holds no mmsb state, Error(Corruption) for damage the mode does not accept).
+DirectorySummary inspect(const std::filesystem::path& dir, const OfflineOptions& options = {});
 
 struct VerifyProblem {
   std::filesystem::path file;
@@ -211,20 +284,29 @@ struct VerifyReport {
   std::vector<VerifyProblem> problems;  // every damaged record or file, not only the first
 };
 // Checks every record of every segment and every checkpoint (checksums, framing, decodability, delta invariants,
-// that each delta applies to the page's epoch). Throws only Error(NotFound) for a missing directory.
-VerifyReport verify(const std::filesystem::path& dir);
+// the set of segments against the manifest, that each delta applies to the page's epoch), with the same damage
+// classifier as recovery. Throws only Error(NotFound) for a missing directory.
+VerifyReport verify(const std::filesystem::path& dir, const std::shared_ptr<FileSystem>& file_system = nullptr);
 
+struct RepairOptions {
+  // SkipDamaged (the default): drop each damaged stretch and keep every intact record. PointInTime: cut the log at
+  // the first damage. Other modes are refused (Error(InvalidArgument)).
+  RecoveryMode mode = RecoveryMode::SkipDamaged;
+  std::shared_ptr<FileSystem> file_system;
+};
 struct RepairReport {
   std::uint64_t records_dropped = 0;  // damaged stretches dropped (each held at least one damaged record)
   std::uint64_t bytes_dropped = 0;
   std::uint64_t torn_tail_bytes = 0;
-  std::vector<std::filesystem::path> backups;  // the damaged files, kept as "<name>.damaged"
+  std::vector<DamageReport> dropped;  // each stretch dropped (torn tail included)
+  std::filesystem::path set_aside;    // the folder holding the originals of every file changed (empty: none)
 };
-// Rewrites damaged log segments without their damaged records (resynchronizing on the next intact record),
-// keeping each original as "<name>.damaged", and truncates a torn tail. Records after a dropped one are kept; a
-// later delta that no longer applies makes recovery fail, which verify() then reports. Checkpoints are not
-// repaired (a damaged checkpoint is reported by verify()).
-RepairReport repair(const std::filesystem::path& dir);
+// Drops damage from the log offline: first copies every segment it will change, and writes a list of what it
+// drops, into a new folder "aside-<time>" of `dir`; only then rewrites the segments without their damaged stretches
+// (resynchronizing on the next intact record), truncates a torn tail and rewrites the manifest. Records after a
+// dropped one are kept; a later delta that no longer applies makes recovery fail, which verify() then reports.
+// Checkpoints are not repaired (a damaged checkpoint is reported by verify()).
+RepairReport repair(const std::filesystem::path& dir, const RepairOptions& options = {});
 
 // A hash of a runtime's whole state: every live page's id, size and bytes, in id order (epochs and derived-page
 // staleness are not included). Equal states hash equal across runs, thread counts and recoveries.

@@ -13,9 +13,11 @@
 //
 // Waves. A commit marks the pages it changed; the next wave runs every node downstream of them, in a topological
 // order of the dependency graph, each node after all of its inputs. A node whose inputs did not change in the wave
-// is skipped. Independent nodes run in parallel on a TBB flow graph (with `threads` workers), whose plan is built
-// once per graph version and reused; linear chains are fused into one task, and waves that touch only a few nodes
-// run inline on the calling thread, where scheduling would cost more than the work.
+// is skipped. A wave costs what it reaches (the nodes downstream of the change and their inputs), not the size of
+// the graph. Its plan, built once per graph version, orders the nodes by level (one more than the deepest node
+// each depends on); the nodes of one level are independent, so a level with enough work is split across `threads`
+// TBB workers, and everything else runs inline on the calling thread, where scheduling would cost more than the
+// work.
 //
 // Node kinds.
 //  - map: recomputes its whole output from its inputs; the new output is diffed against the old one and an empty
@@ -69,8 +71,8 @@
 
 #include "mmsb/delta.hpp"
 #include "mmsb/error.hpp"
-#include "mmsb/page_id.hpp"
 #include "mmsb/event.hpp"
+#include "mmsb/page_id.hpp"
 #include "mmsb/topology.hpp"
 
 namespace mmsb {
@@ -84,8 +86,11 @@ struct PropagatorOptions {
   PropagationMode mode = PropagationMode::Immediate;
   // Worker threads for parallel waves (the TBB task_arena's concurrency); 0 = one per hardware thread.
   unsigned threads = 0;
-  // Waves that reach at most this many nodes run inline on the calling thread.
+  // Waves that reach at most this many nodes run inline on the calling thread; so do levels of at most this many.
   std::size_t inline_node_limit = 32;
+  // A level of a wave is split across the workers only when its nodes' estimated run time (sampled) reaches this;
+  // 0 splits every level larger than inline_node_limit (tests use it to exercise the parallel path).
+  std::uint64_t min_parallel_work_ns = 50'000;
   // Commits a DEFERRED/BATCH queue holds before `full_policy` applies.
   std::size_t queue_capacity = 1 << 16;
   QueueFullPolicy full_policy = QueueFullPolicy::Block;
@@ -168,13 +173,19 @@ class FunctionRegistry {
   std::unique_ptr<Impl> impl_;
 };
 
-// The exception a wave rethrows when a node fails. nested() is the node's original exception.
+// The exception a wave rethrows when a node fails (code NodeFailed). nested() is the node's original exception.
+// Thrown by Transaction::commit() (IMMEDIATE mode), the commit itself took effect: committed_lsn() is its LSN and
+// it must not be retried; thrown by propagate() or recompute(), committed_lsn() is 0 (no commit was involved).
 class NodeError : public Error {
  public:
-  NodeError(PageId page, const std::string& what, std::exception_ptr nested)
-      : Error(ErrorCode::Aborted, "node computing page " + page.to_string() + " failed: " + what +
-                                      "; the wave was cancelled and its downstream pages are stale until the next "
-                                      "wave"),
+  NodeError(PageId page, const std::string& what, std::exception_ptr nested, std::uint64_t committed_lsn = 0)
+      : Error(ErrorCode::NodeFailed,
+              (committed_lsn != 0 ? "the commit with LSN " + std::to_string(committed_lsn) +
+                                        " took effect (do not retry it), but then the "
+                                  : std::string()) +
+                  "node computing page " + page.to_string() + " failed: " + what +
+                  "; the wave was cancelled and its downstream pages are stale until the next wave",
+              committed_lsn),
         page_(page),
         nested_(std::move(nested)) {}
   PageId page() const noexcept { return page_; }
@@ -203,14 +214,81 @@ struct PropagationStats {
   std::uint64_t nodes_skipped = 0;     // reached by a wave, but no input changed: not run
   std::uint64_t nodes_cut_off = 0;     // ran, output unchanged: propagation stopped there (not in recomputed)
   std::uint64_t nodes_failed = 0;
-  std::uint64_t inline_waves = 0;      // waves run on the calling thread
-  std::uint64_t plan_builds = 0;       // execution plans built (once per graph version that ran a parallel wave)
-  std::uint64_t commits_queued = 0;    // DEFERRED/BATCH
-  std::uint64_t deltas_composed = 0;   // BATCH: deltas folded into an earlier pending delta of the same page
-  std::uint64_t bytes_changed = 0;     // payload bytes of all derived-page deltas published
-  LatencySummary wave_latency;         // every wave, start to end
-  LatencySummary hop_latency;          // node runs (sampled: one in 64 per task, to keep clocks off the hot path)
-  LatencySummary commit_latency;       // commit published → its wave finished (sampled: one commit in 16)
+  std::uint64_t inline_waves = 0;     // waves run on the calling thread
+  std::uint64_t plan_builds = 0;      // execution plans built (once per graph version that ran a wave)
+  std::uint64_t commits_queued = 0;   // DEFERRED/BATCH
+  std::uint64_t deltas_composed = 0;  // BATCH: deltas folded into an earlier pending delta of the same page
+  std::uint64_t bytes_changed = 0;    // payload bytes of all derived-page deltas published
+  LatencySummary wave_latency;        // every wave, start to end
+  LatencySummary hop_latency;         // node runs (sampled: one in 64 per task, to keep clocks off the hot path)
+  LatencySummary commit_latency;      // commit published → its wave finished (sampled: one commit in 16)
+};
+
+class Propagator;
+
+// Declares many nodes at once, for programs that build large graphs in one go. Nodes are collected without any
+// lock; commit() adds them under one engine lock as one graph version, all or nothing: on the first node refused
+// (the same checks and errors as derive_*), the nodes of this commit that were already added are removed again and
+// the error is rethrown. Cycle checks stay incremental: an edge that agrees with the graph's topological order
+// (every edge of a node whose output is new) costs O(1). A function added with add_map_function() or
+// add_incremental_function() is stored once for all the nodes that name it, instead of once per node.
+//
+//   mmsb::GraphBuilder build(prop);
+//   auto sum = build.add_map_function([](mmsb::MapContext& c) { /* ... */ });
+//   for (std::size_t i = 0; i < outputs.size(); ++i) build.derive_map(outputs[i], {inputs[i]}, sum);
+//   build.commit();
+//
+// Thread-safety: a GraphBuilder is used by one thread at a time; its commit() may run concurrently with any other
+// Propagator call. The Propagator must outlive it.
+class GraphBuilder {
+ public:
+  // A function shared by many nodes of this builder.
+  struct FunctionId {
+    std::uint32_t index = ~std::uint32_t{0};
+  };
+  // A node's input pages: a braced list, a vector or any span (copied by the call).
+  class Inputs {
+   public:
+    Inputs(std::initializer_list<PageId> pages) noexcept : pages_(pages.begin(), pages.size()) {}
+    Inputs(std::span<const PageId> pages) noexcept : pages_(pages) {}
+    Inputs(const std::vector<PageId>& pages) noexcept : pages_(pages) {}
+    std::span<const PageId> pages() const noexcept { return pages_; }
+
+   private:
+    std::span<const PageId> pages_;
+  };
+
+  explicit GraphBuilder(Propagator& propagator);
+  ~GraphBuilder();
+  GraphBuilder(GraphBuilder&&) noexcept;
+  GraphBuilder& operator=(GraphBuilder&&) noexcept;
+
+  // Throws Error(InvalidArgument) for an empty function.
+  FunctionId add_map_function(MapFunction fn);
+  FunctionId add_incremental_function(IncrementalFunction fn);
+
+  // As Propagator::derive_*; checked at commit(). A FunctionId must come from this builder and match the kind.
+  GraphBuilder& derive_map(PageId output, Inputs inputs, FunctionId fn, NodeOptions options = {});
+  GraphBuilder& derive_map(PageId output, Inputs inputs, MapFunction fn, NodeOptions options = {});
+  GraphBuilder& derive_map(PageId output, Inputs inputs, const std::string& registered_name, NodeOptions options = {});
+  GraphBuilder& derive_passthrough(PageId output, PageId input, ByteRemap remap = {}, NodeOptions options = {});
+  GraphBuilder& derive_incremental(PageId output, Inputs inputs, FunctionId fn, NodeOptions options = {});
+  GraphBuilder& derive_incremental(PageId output, Inputs inputs, IncrementalFunction fn, NodeOptions options = {});
+  GraphBuilder& derive_incremental(PageId output, Inputs inputs, const std::string& registered_name,
+                                   NodeOptions options = {});
+  // Room for `nodes` more nodes with `inputs` inputs in all (optional; saves reallocations).
+  void reserve(std::size_t nodes, std::size_t inputs);
+  // Nodes declared since the last commit().
+  std::size_t size() const noexcept;
+
+  // Adds every node declared since the last commit(), in declaration order (a node may read the output of one
+  // declared before it). Throws what derive_* would throw for the first node refused, with nothing added. The
+  // builder is empty afterwards either way; its functions stay usable.
+  void commit();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 class Propagator {
@@ -230,8 +308,7 @@ class Propagator {
   void derive_map(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                   NodeOptions options = {});
   void derive_passthrough(PageId output, PageId input, ByteRemap remap = {}, NodeOptions options = {});
-  void derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn,
-                          NodeOptions options = {});
+  void derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn, NodeOptions options = {});
   void derive_incremental(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                           NodeOptions options = {});
   // Removes the node computing `output` (the page stays, with its last bytes) and its incoming DATA edges.
@@ -280,6 +357,7 @@ class Propagator {
   const PropagatorOptions& options() const noexcept;
 
   struct Impl;
+  friend class GraphBuilder;
 
  private:
   std::unique_ptr<Impl> impl_;

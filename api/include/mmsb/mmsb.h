@@ -15,7 +15,9 @@
  *
  * Errors. Every function that can fail returns an mmsb_status; MMSB_OK is 0. The message of the last failure on the
  * calling thread is mmsb_last_error() (valid until the thread's next failing call). No function lets a C++
- * exception escape.
+ * exception escape. After mmsb_txn_commit, only MMSB_OK and MMSB_NODE_FAILED mean the commit took effect (then
+ * `lsn` holds its LSN; never retry it); MMSB_CONFLICT means nothing was committed and the whole transaction
+ * (reads included) may be run again. docs/api.md has the table for every status.
  *
  * Ownership. Objects made by *_create / *_open / *_begin are owned by the caller and released by the matching
  * *_destroy, or, for a transaction, by mmsb_txn_commit or mmsb_txn_abort (whatever they return). Pointers passed
@@ -45,7 +47,9 @@ typedef enum mmsb_status {
   MMSB_UNSUPPORTED = 5,
   MMSB_RESOURCE_EXHAUSTED = 6,
   MMSB_ABORTED = 7,
-  MMSB_INTERNAL = 8
+  MMSB_INTERNAL = 8,
+  MMSB_CONFLICT = 9,   /* a page the transaction read or expected moved: nothing committed; run it again */
+  MMSB_NODE_FAILED = 10 /* a derived node failed; from mmsb_txn_commit: the commit took effect (see `lsn`) */
 } mmsb_status;
 
 typedef uint64_t mmsb_page_id; /* PageId::value(): rank in the high 16 bits, sequence below; 0 is no page */
@@ -60,12 +64,14 @@ typedef struct mmsb_input {
 
 /* Computes a derived page: writes `output` (`output_size` bytes, holding the page's current bytes on entry) from
  * the inputs, in declaration order. Returns 0 on success; anything else fails the wave: the page stays unchanged
- * and stale until the next wave, and the call that ran the wave returns MMSB_ABORTED. */
+ * and stale until the next wave, and the call that ran the wave returns MMSB_NODE_FAILED. */
 typedef int (*mmsb_map_fn)(void* user, const mmsb_input* inputs, size_t input_count, void* output,
                            uint64_t output_size);
 
 /* The message of the calling thread's last failure ("" if none). */
 const char* mmsb_last_error(void);
+/* A stable lower-case name of a status ("ok", "conflict", "node_failed", ...; "unknown" for other values). */
+const char* mmsb_status_name(mmsb_status status);
 
 /* An in-memory runtime with a propagator in IMMEDIATE mode (waves run inside each commit). */
 mmsb_status mmsb_runtime_create(mmsb_runtime** out);
@@ -85,12 +91,28 @@ mmsb_status mmsb_page_read(mmsb_runtime* rt, mmsb_page_id page, uint64_t offset,
 mmsb_status mmsb_txn_begin(mmsb_runtime* rt, mmsb_txn** out);
 /* Stages a write of `length` bytes (copied now) at `offset`. */
 mmsb_status mmsb_txn_write(mmsb_txn* txn, mmsb_page_id page, uint64_t offset, const void* bytes, uint64_t length);
-/* Commits and releases the transaction; `lsn`, if not NULL, receives the commit's LSN. When the commit succeeded
- * but the wave it triggered failed (a callback returned non-zero), the commit has taken effect, MMSB_ABORTED
- * reports the wave's failure, and `lsn` receives 0. */
+/* Commits and releases the transaction; `lsn`, if not NULL, receives the commit's LSN (0 when nothing changed).
+ * When the commit took effect but the wave it triggered failed (a callback returned non-zero), the result is
+ * MMSB_NODE_FAILED and `lsn` still receives the commit's LSN: the commit must not be retried. Every other failure
+ * leaves no trace and `lsn` receives 0; MMSB_CONFLICT is the one to retry (begin a new transaction, read again). */
 mmsb_status mmsb_txn_commit(mmsb_txn* txn, uint64_t* lsn);
 /* Drops the staged changes and releases the transaction. NULL is allowed. */
 void mmsb_txn_abort(mmsb_txn* txn);
+/* A tracked read: copies `length` bytes from `offset` of the page's last published state into `out` and records
+ * the page's epoch, so the commit fails with MMSB_CONFLICT (committing nothing) if the page moves before it:
+ * read-modify-write through these reads is serializable. MMSB_CONFLICT already here when the page moved since this
+ * transaction first read it. */
+mmsb_status mmsb_txn_read(mmsb_txn* txn, mmsb_page_id page, uint64_t offset, void* out, uint64_t length);
+
+/* The body of a transaction for mmsb_transact: reads and writes through `txn` (never commits or releases it) and
+ * returns MMSB_OK to commit, or any other status to give up (MMSB_CONFLICT, as returned by mmsb_txn_read, retries).
+ * It may run several times. */
+typedef mmsb_status (*mmsb_txn_fn)(void* user, mmsb_txn* txn);
+/* Runs `fn` on a fresh transaction and commits it, running it again (at most `max_attempts` times in all) while
+ * the result is MMSB_CONFLICT; `lsn`, if not NULL, receives the LSN as mmsb_txn_commit gives it. Returns the
+ * commit's status (MMSB_NODE_FAILED: committed, never retried), the last MMSB_CONFLICT once the attempts are
+ * spent, or the status `fn` gave up with (MMSB_ABORTED for a value that is no mmsb_status). */
+mmsb_status mmsb_transact(mmsb_runtime* rt, mmsb_txn_fn fn, void* user, unsigned max_attempts, uint64_t* lsn);
 
 /* Makes `output` a page derived from `inputs` by `fn`; it is recomputed whenever an input changes. The node is
  * computed for the first time by the next wave that touches an input, or by mmsb_recompute(). */

@@ -194,6 +194,18 @@ class Runtime {
   ReadView read_view(std::span<const PageId> ids) const;
 
   Transaction begin();
+
+  // Runs `fn(txn)` on a fresh transaction and commits it, retrying the whole of it (reads included) while the
+  // commit or one of its reads fails with Conflict, at most `max_attempts` times in all; returns the commit's LSN
+  // (0 when it changed nothing). Every other error, and the last Conflict once the attempts are spent, reaches the
+  // caller unchanged, so a NodeFailed (the commit took effect) is never retried. `fn` may run several times: it
+  // must touch pages only through `txn`. A `max_attempts` of 0 counts as 1.
+  //   rt.transact([&](mmsb::Transaction& txn) {
+  //     txn.write_value<std::int64_t>(acct, 0, txn.read_value<std::int64_t>(acct, 0) + 100);
+  //   });
+  template <class Fn>
+  std::uint64_t transact(Fn&& fn, unsigned max_attempts = 64);
+
   // The LSN of the most recent commit (0 before the first).
   std::uint64_t last_lsn() const noexcept;
 
@@ -211,6 +223,16 @@ class Runtime {
 
 // A set of staged changes committed atomically. Reads inside a transaction see committed state, not the
 // transaction's own staged writes. Destroying an uncommitted transaction aborts it.
+//
+// Serializable by default (optimistic concurrency). Every read made through the transaction (read, read_value,
+// read_all, read_for_update, and any typed view built on them) records the epoch of the page it read; commit()
+// checks those epochs with the pages locked and fails with Conflict, committing nothing, if any page moved. A
+// committed transaction is thus equivalent to running alone at its LSN: what it read is exactly the state that all
+// lower LSNs produced on those pages. Writes record nothing (a blind write costs what it always did), and reads made
+// outside the transaction (Runtime::read, a ReadView) are not tracked. A transaction that only reads commits
+// nothing and returns 0, but it too fails with Conflict unless all it read was one consistent state. Retry with
+// Runtime::transact(). (Extending the API: a new read path of Transaction records its page's epoch through the
+// same internal call as read(), State::note_read in runtime/transaction.cpp, or is built on read().)
 class Transaction {
  public:
   Transaction(Transaction&&) noexcept;
@@ -230,14 +252,41 @@ class Transaction {
   // Stages a whole delta; the commit fails with Error(Aborted) unless the page is then at delta.base_epoch with
   // size delta.base_size. A page may receive either one delta or writes/resizes in one transaction, not both.
   void apply(const Delta& delta);
-  // Makes the commit fail with Error(Aborted) unless the page is at `epoch` (optimistic concurrency).
+  // Makes the commit fail with Error(Conflict) unless the page is at `epoch` (optimistic concurrency by hand).
   void expect_epoch(PageId id, std::uint64_t epoch);
+
+  // Tracked reads: copy from the page's last published state, as Runtime::read() does, and record the page's
+  // epoch for the commit to validate. A read that finds the page moved since this transaction first read it
+  // throws Error(Conflict) at once (the transaction could not commit any more). Throws Error(NotFound) or
+  // Error(InvalidArgument) as Runtime::read() does.
+  void read(PageId id, std::uint64_t offset, std::span<std::byte> out);
+  template <class T>
+  T read_value(PageId id, std::uint64_t offset) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    T out;
+    read(id, offset, std::as_writable_bytes(std::span<T, 1>(&out, 1)));
+    return out;
+  }
+  std::vector<std::byte> read_all(PageId id);
+  // Records the page's current epoch as if the transaction had read all of it, without copying a byte, and
+  // returns its size and epoch: the commit then fails with Conflict if anything changes the page before it,
+  // whether or not the transaction writes it. For a decision made on bytes read some other way (a ReadView, a
+  // node's output), and to claim a page the transaction will overwrite wholesale.
+  PageInfo read_for_update(PageId id);
 
   void set_intent(std::string_view intent);
   void set_source(std::uint32_t source);
+  // Change-only commits (the default): the commit compares the staged bytes with the page (SIMD, as diff() does)
+  // and records only the bytes that differ, so rewriting equal bytes gives no delta and no new epoch (and no
+  // node downstream runs); a commit whose writes change nothing at all commits nothing and returns 0. With
+  // write-through on, every staged byte is recorded as written, without the compare, for a caller that knows
+  // they all changed. A delta staged with apply() is always recorded as given.
+  void set_write_through(bool on = true);
 
-  // Commits and returns the LSN. On any error the transaction is aborted with no trace and the error rethrown.
-  // An empty transaction commits nothing and returns 0.
+  // Commits and returns the LSN. A transaction that changes nothing commits nothing and returns 0 (its reads are
+  // still validated). Whether a failed commit took effect is in its code (docs/api.md, "Errors"): on every code
+  // but NodeFailed the transaction is aborted with no trace; NodeFailed (IMMEDIATE propagation: a node failed in
+  // the wave after the commit) means the commit took effect, and Error::committed_lsn() is its LSN.
   std::uint64_t commit();
   // Drops the staged changes. Idempotent.
   void abort() noexcept;
@@ -252,8 +301,26 @@ class Transaction {
  private:
   friend class Runtime;
   Transaction(Runtime::Impl* runtime, State* state) : runtime_(runtime), state_(state) {}
+  // After the `attempt`-th Conflict of Runtime::transact(): waits until a retry can succeed (the conflicting commit
+  // has become visible) and backs off, with jitter, after repeated conflicts, so a hot page does not starve a
+  // transaction that reads several pages.
+  void wait_before_retry(unsigned attempt) noexcept;
   Runtime::Impl* runtime_ = nullptr;
   State* state_ = nullptr;
 };
+
+template <class Fn>
+std::uint64_t Runtime::transact(Fn&& fn, unsigned max_attempts) {
+  for (unsigned attempt = 1;; ++attempt) {
+    Transaction txn = begin();
+    try {
+      fn(txn);
+      return txn.commit();
+    } catch (const Error& e) {
+      if (e.code() != ErrorCode::Conflict || attempt >= max_attempts) throw;
+      txn.wait_before_retry(attempt);
+    }
+  }
+}
 
 }  // namespace mmsb

@@ -1,0 +1,419 @@
+// graph/engine.hpp — the propagation engine's state, shared by the files that implement it (internal to mmsb).
+//
+// Propagator::Impl is one object; its code is split by concern:
+//   plan.cpp       graph version and plan: nodes, slots and functions; the per-version execution plan
+//   wave.cpp       the wave executor: which nodes a wave reaches, running them, publishing their outputs
+//   queue.cpp      queues and modes: the commit listener, IMMEDIATE/DEFERRED/BATCH draining, the worker thread
+//   observers.cpp  observers and stats: subscriptions, events, delivery after the wave, counters and exports
+//   builder.cpp    GraphBuilder: many nodes declared as one graph version
+//   propagator.cpp the public Propagator members, which lock and delegate
+//
+// Structure, sized for millions of pages (about 40 bytes per page and 40 per node here, besides the graph index):
+//  - The DependencyGraph (graph/dependency_graph.hpp) is the authority on edges, cycles and the topological order.
+//    Its dense vertex ids index the engine's per-page Slots.
+//  - A Slot records the wave in which its page last changed and that change's delta, so "did an input change in
+//    this wave?" is one atomic load per input. Commits find a page's Slot through a tag on its page record.
+//  - A Node is a derived page's computation: its output vertex, its inputs (a range of one shared pool of vertex
+//    ids) and an index into a function table, so nodes declared with one shared function store it once.
+//  - Slots and nodes live in chunked arrays whose elements never move: a commit on another thread may hold a
+//    Slot pointer while the engine adds pages.
+//  - The Plan, built once per graph version at the next wave, lists the nodes level by level (a node's level is
+//    one more than the deepest node it depends on, by any edge kind), with the data successors of each position
+//    as a Boost.Graph compressed_sparse_row_graph for the walk that finds a wave's nodes.
+//
+// A wave: mark the changed slots → walk the successors from their readers (plus stale nodes) to find the reached
+// positions → run them level by level: a level's nodes are independent, so a level with enough work is split
+// across the arena's threads (tbb::parallel_for), and everything else runs inline on the calling thread. A node
+// locks its inputs shared and its output exclusive (in PageId order, as commits do), computes, diffs and publishes
+// under those locks. Per-run scratch (the map output buffer, input spans, a delta nobody reads) belongs to the
+// thread, not the node. Observers get what the wave produced after it, outside the engine lock.
+//
+// Memory ordering. Work handed to TBB crosses threads inside libtbb, which sanitizers cannot see into, so the
+// engine states its own happens-before edges with atomics: the caller publishes the wave number (release) after
+// preparing the wave and each chunk acquires it; a producer publishes its slot's change (release) after writing
+// its delta and consumers acquire it; every chunk ends with an acq_rel increment of chunks_done, which each later
+// chunk and the caller acquire.
+//
+// Thread-safety: see the comment of each member group (most are guarded by engine_mutex).
+#pragma once
+
+#include <tbb/task_arena.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "graph/dependency_graph.hpp"
+#include "graph/latency_histogram.hpp"
+#include "mmsb/graph.hpp"
+#include "mmsb/runtime.hpp"
+#include "runtime/commit_listener.hpp"
+#include "runtime/page_allocator.hpp"
+#include "runtime/runtime_impl.hpp"
+
+namespace mmsb {
+namespace detail {
+
+// How often node runs and commits are timed, so clock reads stay off the hot paths: a node run costs ~60 ns, a
+// clock read ~20 ns.
+constexpr std::uint64_t kSampleHopsEvery = 64;
+constexpr std::uint64_t kSampleCommitsEvery = 16;
+
+inline const char* node_kind_name(NodeKind kind) {
+  switch (kind) {
+    case NodeKind::Map:
+      return "map";
+    case NodeKind::Passthrough:
+      return "passthrough";
+    case NodeKind::Incremental:
+      return "incremental";
+  }
+  return "?";
+}
+
+constexpr std::uint32_t event_bit(EventKind kind) { return EventMask{kind}.bits(); }
+
+using NodeIndex = std::uint32_t;
+inline constexpr NodeIndex kNoNode = ~NodeIndex{0};
+
+// An array of T in chunks of 4096 that never move once allocated, indexed by a 32-bit id. Growing takes the
+// engine lock; reading an element needs no lock once the reader has its address.
+template <class T>
+class StableArray {
+ public:
+  static constexpr unsigned kChunkBits = 12;
+  T& operator[](std::uint32_t i) noexcept { return chunks_[i >> kChunkBits][i & kMask]; }
+  const T& operator[](std::uint32_t i) const noexcept { return chunks_[i >> kChunkBits][i & kMask]; }
+  std::uint32_t size() const noexcept { return size_; }
+  // Makes ids [0, n) valid (new elements are value-initialized).
+  void grow_to(std::uint32_t n) {
+    while (static_cast<std::size_t>(chunks_.size()) << kChunkBits < n)
+      chunks_.push_back(std::make_unique<T[]>(std::size_t{1} << kChunkBits));
+    if (n > size_) size_ = n;
+  }
+  std::size_t memory_bytes() const noexcept {
+    return chunks_.size() * (sizeof(T) << kChunkBits) + chunks_.capacity() * sizeof(void*);
+  }
+
+ private:
+  static constexpr std::uint32_t kMask = (1u << kChunkBits) - 1;
+  std::vector<std::unique_ptr<T[]>> chunks_;
+  std::uint32_t size_ = 0;
+};
+
+// The engine's state for one page of the graph, indexed by its vertex id.
+struct Slot {
+  PageRecord* record = nullptr;                // null until the page joins the engine
+  std::atomic<const Delta*> delta{nullptr};    // this wave's change, when someone reads it; valid for the wave
+  std::atomic<std::uint32_t> changed_wave{0};  // release-stored after `delta`
+  NodeIndex node = kNoNode;                    // the node computing this page (engine_mutex)
+  std::atomic<std::uint32_t> subscribers{0};   // page subscriptions (observers)
+  VertexId vertex = kNoVertex;
+  struct BatchPending* batch = nullptr;  // BATCH: its pending delta (guarded by the page's lock)
+};
+
+// BATCH: the commits of one page not yet propagated, folded into one delta. Guarded by the page's lock, which
+// every commit of this page holds while it publishes, so folds happen in LSN order.
+struct BatchPending {
+  Delta pending;
+  bool has_pending = false;
+  std::uint64_t folds = 0;  // deltas folded into `pending` after the first
+};
+
+struct Node {
+  static constexpr std::uint8_t kLive = 1;           // the index is in use
+  static constexpr std::uint8_t kAlwaysChanges = 2;  // map: no diff, the whole output is the delta
+  static constexpr std::uint8_t kLockOrder = 4;      // inputs strictly increase by PageId: they are the lock order
+  static constexpr std::uint8_t kKeepDelta = 8;      // a reader consumes this node's delta (set by the plan)
+
+  VertexId out = kNoVertex;
+  std::uint32_t inputs = 0;  // first input in Impl::input_pool
+  std::uint32_t input_count = 0;
+  std::uint32_t function = 0;  // index into the kind's function table (maps, incrementals, remaps)
+  std::uint32_t position = 0;  // in the plan of its graph version
+  std::atomic<std::uint32_t> completed_wave{0};
+  NodeKind kind = NodeKind::Map;
+  std::uint8_t flags = 0;
+  std::atomic<bool> stale{false};
+  std::unique_ptr<Delta> delta;  // the published delta, kept when a reader consumes it (kKeepDelta)
+};
+
+// Functions shared by index, with a use count so the last node using one frees it.
+template <class F>
+struct FunctionTable {
+  std::vector<F> entries;
+  std::vector<std::uint32_t> uses;
+  std::vector<std::uint32_t> free;
+  std::uint32_t add(F fn, std::uint32_t initial_uses) {
+    std::uint32_t i;
+    if (!free.empty()) {
+      i = free.back();
+      free.pop_back();
+      entries[i] = std::move(fn);
+      uses[i] = initial_uses;
+    } else {
+      i = static_cast<std::uint32_t>(entries.size());
+      entries.push_back(std::move(fn));
+      uses.push_back(initial_uses);
+    }
+    return i;
+  }
+  void release(std::uint32_t i) {
+    if (--uses[i] == 0) {
+      entries[i] = F{};
+      free.push_back(i);
+    }
+  }
+};
+
+// What a node's description needs beyond the hot fields: its options' name and its registered function name.
+struct NodeLabel {
+  std::string name;
+  std::string function;
+};
+
+// The execution plan of one graph version (engine_mutex).
+struct Plan;
+struct PlanDeleter {
+  void operator()(Plan* plan) const noexcept;  // plan.cpp, where Plan is complete
+};
+
+// Per-run scratch of one thread: the map output buffer, input spans and deltas, a delta that no reader keeps.
+struct RunScratch;
+// Per-chunk counts, added to the shared counters once per chunk rather than once per node (those atomics would
+// otherwise bounce between cores on every node of a parallel wave).
+struct Tally {
+  std::uint32_t wanted = 0;  // the observers' event mask, read once per chunk
+  std::uint64_t recomputed = 0, skipped = 0, cut_off = 0, failed = 0, bytes = 0, runs = 0;
+  RunScratch* scratch = nullptr;
+};
+
+// A level of a wave: [first, last) of the wave's sorted positions (sparse waves) or of plan positions (dense).
+struct Segment {
+  std::uint32_t first, last;
+};
+
+// A derived or committed change of a subscribed page, kept for delivery after the wave. A committed delta is
+// shared with its PendingCommit rather than copied: a wave rewriting many large pages would otherwise allocate and
+// fault in a second copy of every payload and undo for its page observers (such as the GPU mirror).
+struct ObservedChange {
+  PageId page;
+  std::shared_ptr<const Delta> delta;
+  std::uint64_t epoch = 0;
+};
+
+struct PendingCommit {
+  std::uint64_t lsn = 0;
+  std::uint64_t published_ns = 0;  // set on sampled commits, for the commit latency
+  // Immutable once queued; page observers may share it. One allocation (make_shared of an array) holds the deltas
+  // and the control block, no more than the plain vector it replaces (the engine's allocation test counts them).
+  std::shared_ptr<Delta[]> deltas;
+  std::size_t count = 0;  // deltas[0, count) are the commit's watched deltas
+};
+
+// A node as GraphBuilder and derive_* hand it to the engine.
+struct NodeSpec {
+  PageId output;
+  std::span<const PageId> inputs;
+  NodeKind kind = NodeKind::Map;
+  bool always_changes = false;
+  ByteRemap remap;
+  // Exactly one of these is set for map and incremental nodes: a shared function's index in the engine's table
+  // (already counted for this node), or a function of this node alone.
+  std::uint32_t shared_function = kNoNode;
+  MapFunction* map = nullptr;
+  IncrementalFunction* incremental = nullptr;
+  const std::string* name = nullptr;      // NodeOptions::name, may be empty
+  const std::string* function = nullptr;  // the registered function name, may be empty
+};
+
+}  // namespace detail
+
+struct Propagator::Impl : detail::CommitListener {
+  using Slot = detail::Slot;
+  using Node = detail::Node;
+  using NodeIndex = detail::NodeIndex;
+  using Tally = detail::Tally;
+  using PageChange = detail::ObservedChange;
+  using PendingCommit = detail::PendingCommit;
+  using VertexId = detail::VertexId;
+
+  Impl(Runtime& rt, PropagatorOptions opts);
+  ~Impl() override;
+
+  Runtime& runtime;
+  Runtime::Impl& runtime_impl;
+  PropagatorOptions options;
+  tbb::task_arena arena;
+
+  // Structure: guarded by engine_mutex (taken by structural calls and by waves, so a wave sees a fixed graph).
+  std::recursive_mutex engine_mutex;
+  detail::DependencyGraph graph;
+  detail::StableArray<Slot> slots;    // by vertex id; commits find them through their page record's tag
+  detail::StableArray<Node> node_at;  // by node index
+  std::vector<NodeIndex> free_nodes;
+  std::size_t live_nodes = 0;
+  std::vector<VertexId> input_pool;  // every node's inputs, in declaration order
+  std::size_t input_garbage = 0;     // entries of removed nodes, reclaimed by compact_inputs()
+  detail::FunctionTable<MapFunction> maps;
+  detail::FunctionTable<IncrementalFunction> incrementals;
+  detail::FunctionTable<ByteRemap> remaps;
+  std::unordered_map<NodeIndex, detail::NodeLabel> labels;  // nodes with a name or a registered function
+  std::uint64_t structure_version = 0;
+
+  // Plan, rebuilt at the first wave after the structure changed.
+  std::unique_ptr<detail::Plan, detail::PlanDeleter> plan;
+  std::vector<NodeIndex> stale_nodes;              // engine_mutex: nodes to recompute in the next wave
+  std::atomic<std::uint64_t> node_ns_estimate{0};  // recent sampled node run time, for splitting levels
+
+  // Wave state.
+  std::atomic<std::uint32_t> wave_number{0};
+  std::atomic<std::uint64_t> chunks_done{0};
+  std::atomic<bool> cancelled{false};
+  std::mutex failure_mutex;
+  PageId failed_page;                   // guarded by failure_mutex
+  std::exception_ptr failure;           // guarded by failure_mutex
+  std::vector<std::uint32_t> affected;  // engine_mutex: this wave's positions, in plan order (sparse waves)
+  std::vector<detail::Segment> segments;  // engine_mutex: this wave's levels
+
+  // Queue of published commits.
+  std::mutex queue_mutex;
+  std::condition_variable queue_space, queue_nonempty;
+  std::deque<PendingCommit> queue;            // guarded by queue_mutex
+  std::atomic<std::size_t> reserved{0};       // commits between reserve() and being drained (or released)
+  std::atomic<std::size_t> blocked{0};        // commits waiting in reserve() for queue space
+  std::atomic<std::size_t> batch_commits{0};  // BATCH: commits folded into slots since the last drain
+  std::mutex dirty_mutex;
+  std::vector<Slot*> dirty_slots;   // guarded by dirty_mutex: BATCH slots with a pending delta
+  std::vector<Slot*> drain_slots;   // engine_mutex: the ones being drained
+  std::vector<Delta> drain_deltas;  // engine_mutex: their pending deltas, swapped out (capacity reused)
+  std::mutex batch_mutex;           // guards batch_pending
+  std::vector<std::unique_ptr<detail::BatchPending>> batch_pending;  // owns the Slots' BATCH deltas
+  bool stopping = false;                                             // guarded by queue_mutex
+  std::exception_ptr background_error;                               // guarded by queue_mutex
+  std::thread worker;
+
+  std::mutex done_mutex;
+  std::condition_variable wave_done;
+  std::atomic<int> waiters{0};  // threads inside wait_for(); commits and waves notify only when there are some
+
+  struct Counters {
+    std::atomic<std::uint64_t> waves{0}, recomputed{0}, skipped{0}, cut_off{0}, failed{0}, inline_waves{0},
+        plan_builds{0}, queued{0}, composed{0}, bytes{0};
+  } counters;
+  detail::LatencyHistogram wave_latency, hop_latency, commit_latency;
+  std::atomic<std::uint64_t> batch_sample_ns{0};  // BATCH: publish time of a sampled commit not yet propagated
+
+  // Observers. Subscriptions are guarded by observers_mutex; callbacks are called on copies of their shared_ptrs,
+  // outside every lock, so a callback may subscribe, unsubscribe or commit.
+  std::mutex observers_mutex;
+  SubscriptionId next_subscription = 1;  // observers_mutex
+  std::unordered_map<SubscriptionId, std::pair<PageId, std::shared_ptr<PageCallback>>> page_subscriptions;
+  std::unordered_map<SubscriptionId, std::pair<EventMask, std::shared_ptr<EventCallback>>> event_subscriptions;
+  std::atomic<std::uint32_t> wanted_events{0};  // union of the event subscriptions' kinds
+  // What a wave produced for observers, delivered by deliver() once the engine lock is released.
+  std::mutex pending_mutex;
+  std::vector<Event> pending_events;        // pending_mutex
+  std::vector<PageChange> pending_changes;  // pending_mutex
+
+  // --- observers (observers.cpp) --------------------------------------------------------------------------------
+  bool wants(EventKind kind) const noexcept {
+    return (wanted_events.load(std::memory_order_relaxed) & EventMask{kind}.bits()) != 0;
+  }
+  [[gnu::cold]] void emit(Event event);
+  // Records a page change for page subscribers and PageChanged/PageResized observers.
+  // `owner`, when set, keeps `d` alive (it points into the owner): the change shares it instead of copying it.
+  [[gnu::cold]] void note_change(Slot* slot, const Delta& d, std::uint64_t epoch, std::uint64_t wave,
+                                 const std::shared_ptr<const void>& owner = nullptr);
+  // Calls the callbacks for everything the finished waves produced. Must run without the engine lock.
+  void deliver();
+  void deliver_events(const std::vector<Event>& events, bool report_failures);
+  void refresh_wanted_events();  // observers_mutex held
+  void notify_waiters();
+  void page_event(EventKind kind, PageId page) noexcept;
+
+  // --- structure and plan (plan.cpp) ----------------------------------------------------------------------------
+  PageRecord* live_record(PageId id);
+  // The page's slot (and graph vertex), created if missing; `where` places a new vertex in the order.
+  Slot* slot_for(PageId id, detail::DependencyGraph::Placement where = detail::DependencyGraph::Placement::Last);
+  Slot& slot(VertexId v) noexcept { return slots[v]; }
+  Node& node(NodeIndex n) noexcept { return node_at[n]; }
+  Slot& out_slot(const Node& n) noexcept { return slots[n.out]; }
+  std::span<const VertexId> inputs_of(const Node& n) const noexcept {
+    return {input_pool.data() + n.inputs, n.input_count};
+  }
+  // The node computing `page`, or kNoNode. engine_mutex held.
+  NodeIndex node_of(PageId page) const noexcept;
+  // Adds one node (engine_mutex held); throws with nothing changed when the node is refused.
+  NodeIndex add_node(const detail::NodeSpec& spec);
+  void remove_node(NodeIndex n);
+  void compact_inputs();
+  // Builds the plan if the structure changed since it was built.
+  void ensure_plan();
+  std::size_t memory_bytes() const;
+
+  // --- node execution and waves (wave.cpp) ----------------------------------------------------------------------
+  void record_failure(Node& node, std::exception_ptr error);
+  // Writes `d` (ranges and payload set, or computed here by diffing `computed`) into the node's output page as one
+  // new epoch. Returns false if the delta is empty (cutoff). The caller holds the output's exclusive lock.
+  bool publish(Node& node, PageRecord& page, Delta& d, std::span<const std::byte> computed, bool diff);
+  bool compute_map(Node& node, Delta& d, detail::RunScratch& scratch);
+  // Forwards the input's delta through the remap window; a stale node copies the whole window instead.
+  bool compute_passthrough(Node& node, Delta& d, std::uint32_t wave, bool stale, detail::RunScratch& scratch);
+  bool compute_incremental(Node& node, Delta& d, std::uint32_t wave, detail::RunScratch& scratch);
+  void add_tally(const Tally& t);
+  void run_node(NodeIndex index, std::uint32_t wave, Tally& tally);
+  // Runs the reached nodes among plan positions [begin, end) (dense waves) or the listed positions (sparse).
+  void run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally);
+  void run_list(const std::uint32_t* positions, std::size_t count, std::uint32_t wave, Tally& tally);
+  static std::string describe(std::exception_ptr error);
+  // Runs one wave for the given changed pages (and stale nodes). engine_mutex must be held.
+  // `owner`, when set, owns the deltas of `changes`: page observers then share them instead of copying them.
+  void run_wave(const std::vector<std::pair<PageId, const Delta*>>& changes,
+                const std::shared_ptr<const void>& owner = nullptr);
+  [[noreturn]] static void throw_node_error(PageId page, std::exception_ptr error);
+  bool any_stale() const { return !stale_nodes.empty(); }
+  // The next wave number; when the 32-bit counter would wrap, every wave mark is reset first.
+  std::uint32_t next_wave();
+
+  // --- queues and modes (queue.cpp) -----------------------------------------------------------------------------
+  // Frees `n` reserved queue places and wakes commits blocked on a full queue.
+  void free_places(std::size_t n);
+  // Runs what is queued, then hands observers what the waves produced, outside the engine lock (callbacks may
+  // commit, which in IMMEDIATE mode drains again on this thread).
+  void drain();
+  // Runs queued commits according to the mode; then stale nodes if nothing else ran.
+  void drain_locked();
+  // BATCH: takes every slot's folded delta (under its page lock) and runs them as one wave.
+  void drain_batch();
+  // Folds `next` into `acc` (acc then next). The common case, `next` rewriting bytes `acc` already covers, is done
+  // in place: same ranges, newer payload, the older undo kept. Otherwise compose().
+  static void fold(Delta& acc, const Delta& next);
+  void worker_loop();
+  // One commit in kSampleCommitsEvery per thread is timed from here to the end of its wave.
+  static bool sample_this_commit() noexcept;
+  Slot* slot_of(PageId page) const noexcept;
+  detail::BatchPending& batch_of(Slot& slot);
+  // BATCH: fold each watched delta into its page's pending delta. Runs under the commit's page locks.
+  void publish_batch(std::span<const Delta> deltas) noexcept;
+
+  // detail::CommitListener
+  void reserve() override;
+  void release() noexcept override;
+  void published(std::uint64_t lsn, std::span<const Delta> deltas) noexcept override;
+  void after_commit(std::uint64_t lsn) override;
+  void page_created(PageId page) noexcept override { page_event(EventKind::PageCreated, page); }
+  void page_deleted(PageId page) noexcept override { page_event(EventKind::PageDeleted, page); }
+};
+
+}  // namespace mmsb

@@ -1,0 +1,30 @@
+// graph/plan.hpp — the execution plan of one graph version (internal to mmsb; built in plan.cpp, run by wave.cpp).
+//
+// Thread-safety: built and written under the engine lock by the thread running the wave; the chunks of a parallel
+// wave only read it (the caller publishes it with the wave number, see graph/engine.hpp).
+#pragma once
+
+#include <boost/graph/compressed_sparse_row_graph.hpp>
+
+#include <cstdint>
+#include <vector>
+
+#include "graph/engine.hpp"
+
+namespace mmsb::detail {
+
+struct Plan {
+  // The data successors of each position, as positions.
+  using Successors = boost::compressed_sparse_row_graph<boost::directedS, boost::no_property, boost::no_property,
+                                                        boost::no_property, std::uint32_t, std::uint32_t>;
+  std::uint64_t version = ~std::uint64_t{0};  // the structure_version it was built for
+  std::vector<NodeIndex> order;               // position → node, level by level
+  std::vector<std::uint32_t> level_begin;     // level L holds positions [level_begin[L], level_begin[L + 1])
+  Successors successors;
+  std::vector<std::uint32_t> reached;  // position → the last wave that reached it
+
+  std::size_t levels() const noexcept { return level_begin.size() - 1; }
+  std::size_t memory_bytes() const noexcept;
+};
+
+}  // namespace mmsb::detail

@@ -1,0 +1,284 @@
+// Queues and modes: the commit listener (reserve, publish, release), IMMEDIATE/DEFERRED/BATCH draining, the
+// bounded queue and its back-pressure, BATCH folding and the background worker. See graph/engine.hpp.
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <iterator>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "graph/engine.hpp"
+
+namespace mmsb {
+
+using detail::kSampleCommitsEvery;
+using detail::Slot;
+using detail::steady_ns;
+
+// Frees `n` reserved queue places and wakes commits blocked on a full queue.
+void Propagator::Impl::free_places(std::size_t n) {
+  if (n == 0) return;
+  reserved.fetch_sub(n, std::memory_order_acq_rel);
+  if (blocked.load(std::memory_order_acquire) > 0) {
+    { std::lock_guard lock(queue_mutex); }  // orders this wake-up after a waiter's check
+    queue_space.notify_all();
+  }
+}
+
+// Runs what is queued, then hands observers what the waves produced, outside the engine lock (callbacks may
+// commit, which in IMMEDIATE mode drains again on this thread).
+void Propagator::Impl::drain() {
+  std::exception_ptr error;
+  {
+    std::lock_guard lock(engine_mutex);
+    try {
+      drain_locked();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  deliver();
+  if (error) std::rethrow_exception(error);
+}
+
+// Runs queued commits according to the mode; then stale nodes if nothing else ran.
+void Propagator::Impl::drain_locked() {
+  if (options.mode == PropagationMode::Batch) {
+    drain_batch();
+    return;
+  }
+  bool ran = false;
+  for (;;) {
+    PendingCommit commit;
+    {
+      std::lock_guard qlock(queue_mutex);
+      if (queue.empty()) break;
+      commit = std::move(queue.front());
+      queue.pop_front();
+    }
+    free_places(1);
+    ran = true;
+    std::vector<std::pair<PageId, const Delta*>> changes;
+    for (std::size_t i = 0; i < commit.count; ++i) changes.emplace_back(commit.deltas[i].page, &commit.deltas[i]);
+    run_wave(changes, std::shared_ptr<const void>(commit.deltas, commit.deltas.get()));
+    if (commit.published_ns) commit_latency.record(steady_ns() - commit.published_ns);
+  }
+  if (!ran && any_stale()) run_wave({});
+}
+
+// BATCH: takes every slot's folded delta (under its page lock) and runs them as one wave.
+void Propagator::Impl::drain_batch() {
+  drain_slots.clear();
+  {
+    std::lock_guard dlock(dirty_mutex);
+    drain_slots.swap(dirty_slots);
+  }
+  free_places(batch_commits.exchange(0, std::memory_order_acq_rel));
+  if (drain_slots.empty()) {
+    if (any_stale()) run_wave({});
+    return;
+  }
+  std::sort(drain_slots.begin(), drain_slots.end(),
+            [](const Slot* a, const Slot* b) { return a->record->id < b->record->id; });
+  if (drain_deltas.size() < drain_slots.size()) drain_deltas.resize(drain_slots.size());
+  std::vector<std::pair<PageId, const Delta*>> changes;
+  changes.reserve(drain_slots.size());
+  std::uint64_t folds = 0;
+  for (std::size_t i = 0; i < drain_slots.size(); ++i) {
+    Slot* slot = drain_slots[i];
+    std::unique_lock page_lock(slot->record->mutex);
+    detail::BatchPending& batch = *slot->batch;
+    std::swap(drain_deltas[i], batch.pending);
+    batch.has_pending = false;
+    folds += std::exchange(batch.folds, 0);
+    changes.emplace_back(slot->record->id, &drain_deltas[i]);
+  }
+  counters.composed.fetch_add(folds, std::memory_order_relaxed);
+  const std::uint64_t sampled = batch_sample_ns.exchange(0, std::memory_order_acq_rel);
+  run_wave(changes);
+  if (sampled) commit_latency.record(steady_ns() - sampled);
+}
+
+// Folds `next` into `acc` (acc then next). The common case, `next` rewriting bytes `acc` already covers, is done
+// in place: same ranges, newer payload, the older undo kept. Otherwise compose().
+void Propagator::Impl::fold(Delta& acc, const Delta& next) {
+  bool in_place = next.base_size == next.size && acc.size == next.base_size && acc.base_size == acc.size;
+  if (in_place) {
+    for (const ByteRange& r : next.ranges) {
+      auto it = std::upper_bound(acc.ranges.begin(), acc.ranges.end(), r.offset,
+                                 [](std::uint64_t off, const ByteRange& a) { return off < a.offset; });
+      if (it == acc.ranges.begin() || r.end() > std::prev(it)->end()) {
+        in_place = false;
+        break;
+      }
+    }
+  }
+  if (!in_place) {
+    acc = compose(acc, next);
+    return;
+  }
+  // Both range lists are sorted, so one forward walk finds each containing range and its payload offset: the
+  // first acc range that ends at or after r ends is the one the check above found to contain r.
+  std::size_t k = 0;
+  std::uint64_t acc_pos = 0;
+  const std::byte* src = next.payload.data();
+  for (const ByteRange& r : next.ranges) {
+    while (acc.ranges[k].end() < r.end()) acc_pos += acc.ranges[k++].length;
+    std::memcpy(acc.payload.data() + acc_pos + (r.offset - acc.ranges[k].offset), src, r.length);
+    src += r.length;
+  }
+  acc.epoch_count += next.epoch_count;
+  acc.source = next.source;
+  acc.intent = next.intent;
+  if (!next.has_undo) {
+    acc.has_undo = false;
+    acc.undo.clear();
+    acc.undo_tail.clear();
+  }
+}
+
+void Propagator::Impl::worker_loop() {
+  for (;;) {
+    {
+      std::unique_lock lock(queue_mutex);
+      queue_nonempty.wait(
+          lock, [&] { return stopping || !queue.empty() || batch_commits.load(std::memory_order_acquire) > 0; });
+      if (stopping) return;
+    }
+    try {
+      drain();
+    } catch (...) {
+      std::lock_guard lock(queue_mutex);
+      background_error = std::current_exception();
+    }
+  }
+}
+
+void Propagator::Impl::reserve() {
+  if (options.mode == PropagationMode::Immediate) {
+    reserved.fetch_add(1, std::memory_order_relaxed);  // drained by this very commit: no bound needed
+    return;
+  }
+  for (;;) {
+    if (reserved.fetch_add(1, std::memory_order_acq_rel) < options.queue_capacity) return;
+    reserved.fetch_sub(1, std::memory_order_acq_rel);
+    if (options.full_policy == QueueFullPolicy::Fail) {
+      throw Error(ErrorCode::ResourceExhausted,
+                  "the propagation queue is full (" + std::to_string(options.queue_capacity) +
+                      " commits); call propagate(), enable the background worker, or raise queue_capacity");
+    }
+    std::unique_lock lock(queue_mutex);
+    blocked.fetch_add(1, std::memory_order_acq_rel);
+    queue_space.wait(lock,
+                     [&] { return stopping || reserved.load(std::memory_order_acquire) < options.queue_capacity; });
+    blocked.fetch_sub(1, std::memory_order_acq_rel);
+    if (stopping) {
+      throw Error(ErrorCode::Aborted, "the Propagator is being destroyed; the commit was not made");
+    }
+  }
+}
+
+// One commit in kSampleCommitsEvery per thread is timed from here to the end of its wave.
+bool Propagator::Impl::sample_this_commit() noexcept {
+  thread_local std::uint64_t commits = 0;
+  return commits++ % kSampleCommitsEvery == 0;
+}
+
+void Propagator::Impl::published(std::uint64_t lsn, std::span<const Delta> deltas) noexcept {
+  if (wants(EventKind::Commit)) {
+    try {
+      emit(Event{EventKind::Commit, deltas.empty() ? PageId() : deltas[0].page, lsn, 0, 0, 0, {}});
+    } catch (...) {  // observers are best effort; the commit must not fail here
+    }
+  }
+  if (options.mode == PropagationMode::Batch) {
+    publish_batch(deltas);
+    return;
+  }
+  PendingCommit commit;
+  for (const Delta& d : deltas) {
+    if (slot_of(d.page) == nullptr) continue;
+    if (!commit.deltas) commit.deltas = std::make_shared<Delta[]>(deltas.size());  // empty Deltas allocate nothing
+    commit.deltas[commit.count++] = d;
+  }
+  if (commit.count == 0) {
+    free_places(1);
+    return;
+  }
+  commit.lsn = lsn;
+  if (sample_this_commit()) commit.published_ns = steady_ns();
+  {
+    std::lock_guard lock(queue_mutex);
+    queue.push_back(std::move(commit));
+  }
+  counters.queued.fetch_add(1, std::memory_order_relaxed);
+  queue_nonempty.notify_one();
+}
+
+Slot* Propagator::Impl::slot_of(PageId page) const noexcept {
+  PageRecord* record = runtime_impl.find(page);
+  return record ? static_cast<Slot*>(record->listener_tag.load(std::memory_order_acquire)) : nullptr;
+}
+
+// The slot's BATCH state, created at its first BATCH commit (under that commit's page lock).
+detail::BatchPending& Propagator::Impl::batch_of(Slot& slot) {
+  if (slot.batch == nullptr) {
+    auto fresh = std::make_unique<detail::BatchPending>();
+    std::lock_guard lock(batch_mutex);
+    slot.batch = fresh.get();
+    batch_pending.push_back(std::move(fresh));
+  }
+  return *slot.batch;
+}
+
+// BATCH: fold each watched delta into its page's pending delta. Runs under the commit's page locks.
+void Propagator::Impl::publish_batch(std::span<const Delta> deltas) noexcept {
+  bool watched = false;
+  for (const Delta& d : deltas) {
+    Slot* slot = slot_of(d.page);
+    if (slot == nullptr) continue;
+    watched = true;
+    detail::BatchPending& batch = batch_of(*slot);
+    if (!batch.has_pending) {
+      batch.pending = d;  // copy-assignment reuses the capacity left by the last drain
+      batch.has_pending = true;
+      std::lock_guard lock(dirty_mutex);
+      dirty_slots.push_back(slot);
+    } else {
+      fold(batch.pending, d);
+      ++batch.folds;
+    }
+  }
+  if (!watched) {
+    free_places(1);
+    return;
+  }
+  if (sample_this_commit()) {
+    std::uint64_t none = 0;
+    batch_sample_ns.compare_exchange_strong(none, steady_ns(), std::memory_order_acq_rel);
+  }
+  batch_commits.fetch_add(1, std::memory_order_acq_rel);
+  counters.queued.fetch_add(1, std::memory_order_relaxed);
+  if (worker.joinable()) {
+    { std::lock_guard lock(queue_mutex); }  // orders this wake-up after the worker's check
+    queue_nonempty.notify_one();
+  }
+}
+
+// The commit `lsn` has taken effect: a wave failing now is reported as a NodeError carrying that LSN, so the
+// caller cannot mistake it for a failed commit (and retry it).
+void Propagator::Impl::after_commit(std::uint64_t lsn) {
+  try {
+    if (options.mode == PropagationMode::Immediate) drain();
+  } catch (const NodeError& e) {
+    notify_waiters();
+    throw NodeError(e.page(), e.nested() ? describe(e.nested()) : e.what(), e.nested(), lsn);
+  }
+  notify_waiters();  // a commit may be what a wait_for() is waiting on
+}
+
+void Propagator::Impl::release() noexcept { free_places(1); }
+
+}  // namespace mmsb

@@ -1,0 +1,544 @@
+// The wave executor: which nodes a wave reaches, running each (map, passthrough, incremental) under its page
+// locks, publishing its output as one new epoch, and what happens when one throws. See graph/engine.hpp.
+//
+// Cost. A wave costs what it reaches: marking the changed slots, walking the plan's successor graph from their
+// readers, and running the reached positions in plan order. Only a wave that reaches at least an eighth of the
+// graph scans plan ranges instead of a sorted list of positions. Running a node touches its input slots and
+// records, its output record and the thread's scratch; nothing is allocated per node once warmed up.
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
+#include <algorithm>
+#include <exception>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "delta/copy_bytes.hpp"
+#include "graph/engine.hpp"
+#include "graph/plan.hpp"
+
+namespace mmsb {
+
+using detail::event_bit;
+using detail::kNoNode;
+using detail::kNoVertex;
+using detail::kSampleHopsEvery;
+using detail::Node;
+using detail::NodeIndex;
+using detail::RunScratch;
+using detail::Slot;
+using detail::steady_ns;
+using detail::Tally;
+using detail::VertexId;
+
+namespace detail {
+
+// A 64-byte aligned buffer from the page allocator (map outputs are written here before publishing).
+struct AlignedBuffer {
+  Block block;
+  ~AlignedBuffer() { release(); }
+  void release() noexcept {
+    if (block.data) PageAllocator::global().deallocate(block.data, block.capacity);
+    block = {};
+  }
+  std::span<std::byte> resize(std::size_t n) {
+    if (n > block.capacity || block.data == nullptr) {
+      release();
+      block = PageAllocator::global().allocate(std::max<std::size_t>(n, 1), Zeroing::Uninitialized);
+    }
+    return {block.data, n};
+  }
+};
+
+struct RunScratch {
+  AlignedBuffer buffer;
+  std::vector<std::span<const std::byte>> spans;
+  std::vector<const Delta*> deltas;
+  std::vector<PageRecord*> lock_order;
+  Delta delta;  // the published delta of a node whose readers do not consume it
+};
+
+namespace {
+
+// A scratch of the calling thread. Leases nest (the thread running a wave also runs chunks of it, and a node
+// function that waits inside TBB may run another chunk on the same thread): each depth has its own scratch, kept
+// for the thread's lifetime, so nothing is allocated per wave or per chunk once warmed up.
+class ScratchLease {
+ public:
+  ScratchLease() {
+    if (stack().size() == depth()) stack().push_back(std::make_unique<RunScratch>());
+    scratch_ = stack()[depth()++].get();
+  }
+  ~ScratchLease() { --depth(); }
+  ScratchLease(const ScratchLease&) = delete;
+  ScratchLease& operator=(const ScratchLease&) = delete;
+  RunScratch& get() noexcept { return *scratch_; }
+
+ private:
+  static std::vector<std::unique_ptr<RunScratch>>& stack() {
+    thread_local std::vector<std::unique_ptr<RunScratch>> scratches;
+    return scratches;
+  }
+  static std::size_t& depth() {
+    thread_local std::size_t in_use = 0;
+    return in_use;
+  }
+  RunScratch* scratch_ = nullptr;
+};
+
+// A node's page locks: its inputs shared and its output exclusive, taken in PageId order (as commits take theirs,
+// so the two never deadlock) and dropped on scope exit. Holding the output from the start means the node computes,
+// diffs and publishes in one pass, and readers never see the output between two of those steps. Also fills the
+// input spans, in declaration order.
+class NodeLocks {
+ public:
+  NodeLocks(Propagator::Impl& engine, const Node& node, PageRecord& out, RunScratch& scratch)
+      : out_(out), held_(scratch.lock_order) {
+    const std::span<const VertexId> inputs = engine.inputs_of(node);
+    held_.clear();
+    for (VertexId v : inputs) held_.push_back(engine.slots[v].record);
+    const bool in_order = (node.flags & Node::kLockOrder) != 0;
+    if (!in_order) {  // any order, repeats allowed: lock a sorted copy
+      std::sort(held_.begin(), held_.end(), [](const PageRecord* a, const PageRecord* b) { return a->id < b->id; });
+      held_.erase(std::unique(held_.begin(), held_.end()), held_.end());
+    }
+    try {
+      for (PageRecord* rec : held_) {
+        if (!out_locked_ && out.id < rec->id) lock_output();
+        rec->mutex.lock_shared();
+        ++shared_;
+        check(*rec);
+      }
+      if (!out_locked_) lock_output();
+    } catch (...) {
+      unlock_all();
+      throw;
+    }
+    scratch.spans.resize(inputs.size());
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      const PageRecord* rec = in_order ? held_[i] : engine.slots[inputs[i]].record;
+      scratch.spans[i] = {rec->data, rec->size.load(std::memory_order_relaxed)};
+    }
+  }
+  ~NodeLocks() { unlock_all(); }
+  NodeLocks(const NodeLocks&) = delete;
+  NodeLocks& operator=(const NodeLocks&) = delete;
+
+ private:
+  void lock_output() {
+    out_.mutex.lock();
+    out_locked_ = true;
+    check(out_);
+  }
+  static void check(const PageRecord& rec) {
+    if (rec.deleted.load(std::memory_order_relaxed)) detail::throw_not_found(rec.id);
+  }
+  void unlock_all() noexcept {
+    for (std::size_t i = 0; i < shared_; ++i) held_[i]->mutex.unlock_shared();
+    shared_ = 0;
+    if (out_locked_) out_.mutex.unlock();
+    out_locked_ = false;
+  }
+  PageRecord& out_;
+  std::vector<PageRecord*>& held_;  // the inputs' records in lock order; [0, shared_) are locked
+  std::size_t shared_ = 0;
+  bool out_locked_ = false;
+};
+
+}  // namespace
+}  // namespace detail
+
+void Propagator::Impl::record_failure(Node& node, std::exception_ptr error) {
+  std::lock_guard lock(failure_mutex);
+  if (!failure) {
+    failure = std::move(error);
+    failed_page = slots[node.out].record->id;
+  }
+  cancelled.store(true, std::memory_order_release);
+}
+
+bool Propagator::Impl::publish(Node& node, PageRecord& page, Delta& d, std::span<const std::byte> computed, bool diff) {
+  const std::uint64_t size = page.size.load(std::memory_order_relaxed);
+  const bool record_undo = runtime_impl.options.record_undo;
+  if (diff) {
+    if (computed.size() != size) {
+      throw Error(ErrorCode::Aborted, "derived page " + page.id.to_string() + " was resized during the wave");
+    }
+    if (node.flags & Node::kAlwaysChanges) {
+      d.clear();
+      d.ranges.push_back({0, size});
+      d.payload.assign(computed.begin(), computed.end());
+      if (record_undo) {
+        d.has_undo = true;
+        d.undo.assign(page.data, page.data + size);
+      }
+      if (size == 0) d.clear();
+    } else {
+      DiffOptions opts;
+      opts.record_undo = record_undo;
+      diff_into(std::span<const std::byte>(page.data, size), computed, d, opts);
+    }
+  } else {
+    d.base_size = d.size = size;
+    for (const ByteRange& r : d.ranges) {
+      if (r.end() > size || r.end() < r.offset) {
+        throw Error(ErrorCode::InvalidArgument, "node output delta range " + detail::range_text(r.offset, r.length) +
+                                                    " is outside page " + page.id.to_string() + " of " +
+                                                    std::to_string(size) + " bytes");
+      }
+    }
+    d.has_undo = record_undo;
+    d.undo.clear();
+    d.undo_tail.clear();
+    if (record_undo) {
+      for (const ByteRange& r : d.ranges) d.undo.insert(d.undo.end(), page.data + r.offset, page.data + r.end());
+    }
+    d.validate();
+  }
+  if (d.ranges.empty()) return false;
+  const std::uint64_t epoch = page.epoch.load(std::memory_order_relaxed);
+  d.page = page.id;
+  d.base_epoch = epoch;
+  d.epoch_count = 1;
+  d.base_size = d.size = size;
+  const std::byte* src = d.payload.data();
+  for (const ByteRange& r : d.ranges) {
+    detail::copy_bytes(page.data + r.offset, src, r.length);
+    src += r.length;
+  }
+  page.epoch.store(epoch + 1, std::memory_order_release);
+  return true;
+}
+
+bool Propagator::Impl::compute_map(Node& node, Delta& d, RunScratch& scratch) {
+  PageRecord& out = *slots[node.out].record;
+  detail::NodeLocks locks(*this, node, out, scratch);
+  const std::uint64_t size = out.size.load(std::memory_order_relaxed);
+  std::span<std::byte> buffer = scratch.buffer.resize(size);
+  detail::copy_bytes(buffer.data(), out.data, size);
+  MapContext ctx(scratch.spans, buffer, out.id);
+  maps.entries[node.function](ctx);
+  return publish(node, out, d, buffer, /*diff=*/true);
+}
+
+bool Propagator::Impl::compute_passthrough(Node& node, Delta& d, std::uint32_t wave, bool stale, RunScratch& scratch) {
+  Slot& in = slots[input_pool[node.inputs]];
+  PageRecord& out = *slots[node.out].record;
+  d.clear();
+  const ByteRemap& m = remaps.entries[node.function];
+  const std::uint64_t window_end =
+      m.length > ~std::uint64_t{0} - m.input_offset ? ~std::uint64_t{0} : m.input_offset + m.length;
+  detail::NodeLocks locks(*this, node, out, scratch);
+  const std::uint64_t out_size = out.size.load(std::memory_order_relaxed);
+  auto forward = [&](std::uint64_t offset, std::uint64_t length, const std::byte* bytes) {
+    std::uint64_t begin = std::max(offset, m.input_offset), end = std::min(offset + length, window_end);
+    if (begin >= end) return;
+    std::uint64_t out_begin = begin - m.input_offset + m.output_offset;
+    if (out_begin >= out_size) return;
+    std::uint64_t n = std::min(end - begin, out_size - out_begin);
+    if (!d.ranges.empty() && d.ranges.back().end() >= out_begin) {
+      // Source ranges are sorted and disjoint, and the remap is a shift, so outputs only ever touch: merge.
+      d.ranges.back().length = out_begin + n - d.ranges.back().offset;
+    } else {
+      d.ranges.push_back({out_begin, n});
+    }
+    d.payload.insert(d.payload.end(), bytes + (begin - offset), bytes + (begin - offset) + n);
+  };
+  const Delta* src =
+      in.changed_wave.load(std::memory_order_acquire) == wave ? in.delta.load(std::memory_order_relaxed) : nullptr;
+  if (stale || src == nullptr) {
+    forward(0, in.record->size.load(std::memory_order_relaxed), in.record->data);
+  } else {
+    const std::byte* payload = src->payload.data();
+    for (const ByteRange& r : src->ranges) {
+      forward(r.offset, r.length, payload);
+      payload += r.length;
+    }
+  }
+  return publish(node, out, d, {}, /*diff=*/false);
+}
+
+bool Propagator::Impl::compute_incremental(Node& node, Delta& d, std::uint32_t wave, RunScratch& scratch) {
+  PageRecord& out = *slots[node.out].record;
+  d.clear();
+  detail::NodeLocks locks(*this, node, out, scratch);
+  const std::span<const VertexId> inputs = inputs_of(node);
+  scratch.deltas.resize(inputs.size());
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const Slot& s = slots[inputs[i]];
+    scratch.deltas[i] =
+        s.changed_wave.load(std::memory_order_acquire) == wave ? s.delta.load(std::memory_order_relaxed) : nullptr;
+  }
+  IncrementalContext ctx{scratch.spans, scratch.deltas, {out.data, out.size.load(std::memory_order_relaxed)}, out.id};
+  incrementals.entries[node.function](ctx, d);
+  return publish(node, out, d, {}, /*diff=*/false);
+}
+
+void Propagator::Impl::add_tally(const Tally& t) {
+  if (t.recomputed) counters.recomputed.fetch_add(t.recomputed, std::memory_order_relaxed);
+  if (t.skipped) counters.skipped.fetch_add(t.skipped, std::memory_order_relaxed);
+  if (t.cut_off) counters.cut_off.fetch_add(t.cut_off, std::memory_order_relaxed);
+  if (t.failed) counters.failed.fetch_add(t.failed, std::memory_order_relaxed);
+  if (t.bytes) counters.bytes.fetch_add(t.bytes, std::memory_order_relaxed);
+}
+
+void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tally) {
+  if (cancelled.load(std::memory_order_acquire)) return;
+  Node& node = node_at[index];
+  const bool stale = node.stale.load(std::memory_order_relaxed);
+  bool input_changed = false;
+  for (VertexId in : inputs_of(node)) {
+    if (slots[in].changed_wave.load(std::memory_order_acquire) == wave) {
+      input_changed = true;
+      break;
+    }
+  }
+  Slot& out = slots[node.out];
+  if (!input_changed && !stale) {
+    ++tally.skipped;
+    node.completed_wave.store(wave, std::memory_order_relaxed);
+    if (tally.wanted & event_bit(EventKind::NodeSkipped)) [[unlikely]]
+      emit(Event{EventKind::NodeSkipped, out.record->id, 0, 0, wave, 0, {}});
+    return;
+  }
+  const bool timed = tally.runs++ % kSampleHopsEvery == 0;
+  const std::uint64_t started = timed ? steady_ns() : 0;
+  const bool keep = (node.flags & Node::kKeepDelta) != 0;
+  if (keep && !node.delta) node.delta = std::make_unique<Delta>();
+  Delta& d = keep ? *node.delta : tally.scratch->delta;
+  bool changed = false;
+  try {
+    switch (node.kind) {
+      case NodeKind::Map:
+        changed = compute_map(node, d, *tally.scratch);
+        break;
+      case NodeKind::Passthrough:
+        changed = compute_passthrough(node, d, wave, stale, *tally.scratch);
+        break;
+      case NodeKind::Incremental:
+        changed = compute_incremental(node, d, wave, *tally.scratch);
+        break;
+    }
+  } catch (...) {
+    ++tally.failed;
+    if (tally.wanted & event_bit(EventKind::NodeFailed)) {
+      emit(Event{EventKind::NodeFailed, out.record->id, 0, 0, wave, 0, describe(std::current_exception())});
+    }
+    record_failure(node, std::current_exception());
+    return;
+  }
+  if (timed) {
+    const std::uint64_t ns = steady_ns() - started;
+    hop_latency.record(ns);
+    const std::uint64_t seen = node_ns_estimate.load(std::memory_order_relaxed);
+    node_ns_estimate.store(seen == 0 ? ns : (seen * 7 + ns) / 8, std::memory_order_relaxed);
+  }
+  node.stale.store(false, std::memory_order_relaxed);
+  node.completed_wave.store(wave, std::memory_order_relaxed);
+  if (changed) {
+    ++tally.recomputed;
+    tally.bytes += d.payload.size();
+    constexpr std::uint32_t kChangeEvents = event_bit(EventKind::PageChanged) | event_bit(EventKind::PageResized);
+    if ((tally.wanted & kChangeEvents) || out.subscribers.load(std::memory_order_relaxed) > 0) [[unlikely]] {
+      note_change(&out, d, d.target_epoch(), wave);
+    }
+    if (tally.wanted & event_bit(EventKind::NodeRecomputed)) [[unlikely]]
+      emit(Event{EventKind::NodeRecomputed, out.record->id, 0, 0, wave, 0, {}});
+    out.delta.store(keep ? &d : nullptr, std::memory_order_relaxed);
+    out.changed_wave.store(wave, std::memory_order_release);
+  } else {
+    ++tally.cut_off;
+    if (tally.wanted & event_bit(EventKind::NodeCutOff)) [[unlikely]]
+      emit(Event{EventKind::NodeCutOff, out.record->id, 0, 0, wave, 0, {}});
+  }
+}
+
+void Propagator::Impl::run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally) {
+  const detail::Plan& p = *plan;
+  for (std::uint32_t position = begin; position < end; ++position) {
+    if (p.reached[position] == wave) run_node(p.order[position], wave, tally);
+  }
+}
+
+void Propagator::Impl::run_list(const std::uint32_t* positions, std::size_t count, std::uint32_t wave, Tally& tally) {
+  const detail::Plan& p = *plan;
+  for (std::size_t i = 0; i < count; ++i) run_node(p.order[positions[i]], wave, tally);
+}
+
+std::string Propagator::Impl::describe(std::exception_ptr error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown exception";
+  }
+}
+
+void Propagator::Impl::throw_node_error(PageId page, std::exception_ptr error) {
+  throw NodeError(page, describe(error), error);
+}
+
+std::uint32_t Propagator::Impl::next_wave() {
+  std::uint32_t current = wave_number.load(std::memory_order_relaxed);
+  if (current == ~std::uint32_t{0}) {
+    // 2^32 waves: restart the numbering, clearing every mark so no old wave looks like a new one.
+    for (std::uint32_t v = 0; v < slots.size(); ++v) slots[v].changed_wave.store(0, std::memory_order_relaxed);
+    for (NodeIndex n = 0; n < node_at.size(); ++n) node_at[n].completed_wave.store(0, std::memory_order_relaxed);
+    if (plan) std::fill(plan->reached.begin(), plan->reached.end(), 0);
+    current = 0;
+  }
+  return current + 1;
+}
+
+void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*>>& changes,
+                                const std::shared_ptr<const void>& owner) {
+  ensure_plan();
+  detail::Plan& p = *plan;
+  const std::uint32_t wave = next_wave();
+  affected.clear();
+  auto reach = [&](std::uint32_t position) {
+    if (p.reached[position] == wave) return;
+    p.reached[position] = wave;
+    affected.push_back(position);  // doubles as the breadth-first queue
+  };
+  const bool observed = wants(EventKind::PageChanged) || wants(EventKind::PageResized);
+  for (const auto& [page, delta] : changes) {
+    Slot* s = slot_of(page);
+    if (s == nullptr || s->vertex == kNoVertex) continue;
+    s->delta.store(delta, std::memory_order_relaxed);
+    s->changed_wave.store(wave, std::memory_order_relaxed);
+    if (observed || s->subscribers.load(std::memory_order_relaxed) > 0) {
+      note_change(s, *delta, delta->target_epoch(), wave, owner);
+    }
+    graph.for_each_dependent(s->vertex, [&](VertexId w, detail::DependencyKind kind) {
+      if (kind != detail::DependencyKind::Data) return;
+      const NodeIndex reader = slots[w].node;
+      if (reader != kNoNode) reach(node_at[reader].position);
+    });
+  }
+  for (NodeIndex n : stale_nodes) reach(node_at[n].position);
+  for (std::size_t k = 0; k < affected.size(); ++k) {
+    for (auto [e, end] = boost::out_edges(affected[k], p.successors); e != end; ++e)
+      reach(boost::target(*e, p.successors));
+  }
+  if (affected.empty()) {
+    // The wave number still advances: the slots marked above must not look changed in the next wave.
+    wave_number.store(wave, std::memory_order_release);
+    return;
+  }
+  // A wave reaching a large part of the graph scans plan ranges; a smaller one runs its sorted positions.
+  const bool dense = affected.size() * 8 >= p.order.size();
+  if (!dense && !std::is_sorted(affected.begin(), affected.end())) std::sort(affected.begin(), affected.end());
+  const std::size_t reached = affected.size();
+
+  const std::uint64_t started = steady_ns();
+  if (wants(EventKind::WaveBegin)) emit(Event{EventKind::WaveBegin, PageId(), 0, 0, wave, 0, {}});
+  counters.waves.fetch_add(1, std::memory_order_relaxed);
+  cancelled.store(false, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(failure_mutex);
+    failure = nullptr;
+  }
+
+  // The levels to run: [first, last) of `affected` (sparse) or of plan positions (dense).
+  using Segment = detail::Segment;
+  segments.clear();
+  if (dense) {
+    for (std::size_t l = 0; l < p.levels(); ++l) segments.push_back({p.level_begin[l], p.level_begin[l + 1]});
+  } else {
+    for (std::size_t i = 0; i < reached;) {
+      const auto level_end = *std::upper_bound(p.level_begin.begin(), p.level_begin.end(), affected[i]);
+      const std::size_t j = static_cast<std::size_t>(
+          std::lower_bound(affected.begin() + static_cast<std::ptrdiff_t>(i), affected.end(), level_end) -
+          affected.begin());
+      segments.push_back({static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(j)});
+      i = j;
+    }
+  }
+  // A level is split across the threads when it has more than inline_node_limit nodes and enough work (by the
+  // sampled node run time) to be worth waking workers for; chunks aim at ~20 us of work.
+  const int threads = arena.max_concurrency();
+  const std::uint64_t estimate = std::max<std::uint64_t>(1, node_ns_estimate.load(std::memory_order_relaxed));
+  auto split = [&](const Segment& s) {
+    const std::size_t n = s.last - s.first;
+    return threads > 1 && n > options.inline_node_limit && n * estimate >= options.min_parallel_work_ns;
+  };
+  const bool parallel = reached > options.inline_node_limit && std::any_of(segments.begin(), segments.end(), split);
+  wave_number.store(wave, std::memory_order_release);  // publishes everything above to the chunks
+  auto run_segment = [&](const Segment& s, Tally& tally) {
+    if (dense) {
+      run_range(s.first, s.last, wave, tally);
+    } else {
+      run_list(affected.data() + s.first, s.last - s.first, wave, tally);
+    }
+  };
+  // The calling thread's share of the wave runs with one tally and one scratch; each parallel chunk has its own.
+  detail::ScratchLease lease;
+  Tally tally;
+  tally.wanted = wanted_events.load(std::memory_order_relaxed);
+  tally.scratch = &lease.get();
+  if (!parallel) {
+    counters.inline_waves.fetch_add(1, std::memory_order_relaxed);
+    for (const Segment& s : segments) run_segment(s, tally);
+  } else {
+    arena.execute([&] {
+      for (const Segment& s : segments) {
+        if (cancelled.load(std::memory_order_acquire)) break;
+        if (!split(s)) {
+          run_segment(s, tally);
+          continue;
+        }
+        const std::size_t n = s.last - s.first;
+        const std::size_t by_work = std::max<std::uint64_t>(1, 20'000 / estimate);
+        const std::size_t grain = std::max<std::size_t>(1, std::min(by_work, (n + 2 * threads - 1) / (2 * threads)));
+        tbb::parallel_for(tbb::blocked_range<std::uint32_t>(s.first, s.last, grain),
+                          [&](const tbb::blocked_range<std::uint32_t>& r) {
+                            wave_number.load(std::memory_order_acquire);  // pairs with the caller's release
+                            chunks_done.load(std::memory_order_acquire);  // and with earlier levels' chunks
+                            detail::ScratchLease chunk_lease;
+                            Tally chunk;
+                            chunk.wanted = wanted_events.load(std::memory_order_relaxed);
+                            chunk.scratch = &chunk_lease.get();
+                            run_segment(Segment{r.begin(), r.end()}, chunk);
+                            add_tally(chunk);
+                            chunks_done.fetch_add(1, std::memory_order_acq_rel);
+                          });
+      }
+    });
+    chunks_done.load(std::memory_order_acquire);  // pairs with each chunk's final increment
+  }
+  add_tally(tally);
+
+  stale_nodes.clear();
+  auto settle = [&](std::uint32_t position) {
+    const NodeIndex index = p.order[position];
+    Node& node = node_at[index];
+    if (node.completed_wave.load(std::memory_order_relaxed) != wave) node.stale.store(true, std::memory_order_relaxed);
+    if (node.stale.load(std::memory_order_relaxed)) stale_nodes.push_back(index);
+  };
+  if (dense) {
+    for (std::uint32_t position = 0; position < p.order.size(); ++position)
+      if (p.reached[position] == wave) settle(position);
+  } else {
+    for (std::uint32_t position : affected) settle(position);
+  }
+  const std::uint64_t duration = steady_ns() - started;
+  wave_latency.record(duration);
+  if (wants(EventKind::WaveEnd)) emit(Event{EventKind::WaveEnd, PageId(), 0, 0, wave, duration, {}});
+  notify_waiters();
+  std::exception_ptr error;
+  PageId page;
+  {
+    std::lock_guard lock(failure_mutex);
+    error = failure;
+    page = failed_page;
+  }
+  if (error) {
+    if (wants(EventKind::Error)) emit(Event{EventKind::Error, page, 0, 0, wave, 0, describe(error)});
+    throw_node_error(page, error);
+  }
+}
+
+}  // namespace mmsb

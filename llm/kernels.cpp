@@ -168,7 +168,6 @@ void matmul_rows(const std::byte* w, std::size_t row_stride, std::size_t rows, c
   }
 }
 
-
 void dequantize_f32(const void* row, float* out, std::size_t n) { std::memcpy(out, row, n * sizeof(float)); }
 void dequantize_f16(const void* row, float* out, std::size_t n) {
   const auto* r = static_cast<const std::uint8_t*>(row);
@@ -261,8 +260,8 @@ MMSB_AVX2 void quantize_q8_avx2(const float* x, std::size_t cols, std::byte* out
     const __m256 id = _mm256_set1_ps(scale != 0.0f ? 1.0f / scale : 0.0f);
     __m256i i32[4];
     for (int k = 0; k < 4; ++k) {
-      i32[k] = _mm256_cvtps_epi32(
-          _mm256_round_ps(_mm256_mul_ps(v[k], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      i32[k] =
+          _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     }
     const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(i32[0], i32[1]), _mm256_packs_epi32(i32[2], i32[3]));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlock), _mm256_permutevar8x32_epi32(bytes, order));
@@ -285,11 +284,10 @@ void quantize_q8k_activations_avx2(const float* x, std::size_t cols, std::byte* 
   quantize_row_q8k(x, reinterpret_cast<BlockQ8K*>(out), cols, SimdLevel::Avx2);
 }
 
-
 // Eight keys at a time: their 8-float chunks are transposed so that lane j accumulates key j's score in the
 // scalar order (element 0 first), with a separate multiply and add.
 MMSB_AVX2_NO_FMA void attention_scores_avx2(const float* q, const float* keys, std::size_t stride, std::size_t n,
-                                     std::size_t head, float scale, float* scores) {
+                                            std::size_t head, float scale, float* scores) {
   if (head % 8 != 0) return attention_scores_scalar(q, keys, stride, n, head, scale, scores);
   const __m256 vscale = _mm256_set1_ps(scale);
   std::size_t t = 0;
@@ -297,10 +295,10 @@ MMSB_AVX2_NO_FMA void attention_scores_avx2(const float* q, const float* keys, s
     __m256 s = _mm256_setzero_ps();
     for (std::size_t c = 0; c < head; c += 8) {
       const float* base = keys + t * stride + c;
-      __m256 r0 = _mm256_loadu_ps(base), r1 = _mm256_loadu_ps(base + stride),
-             r2 = _mm256_loadu_ps(base + 2 * stride), r3 = _mm256_loadu_ps(base + 3 * stride),
-             r4 = _mm256_loadu_ps(base + 4 * stride), r5 = _mm256_loadu_ps(base + 5 * stride),
-             r6 = _mm256_loadu_ps(base + 6 * stride), r7 = _mm256_loadu_ps(base + 7 * stride);
+      __m256 r0 = _mm256_loadu_ps(base), r1 = _mm256_loadu_ps(base + stride), r2 = _mm256_loadu_ps(base + 2 * stride),
+             r3 = _mm256_loadu_ps(base + 3 * stride), r4 = _mm256_loadu_ps(base + 4 * stride),
+             r5 = _mm256_loadu_ps(base + 5 * stride), r6 = _mm256_loadu_ps(base + 6 * stride),
+             r7 = _mm256_loadu_ps(base + 7 * stride);
       __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
       __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
       __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
@@ -321,7 +319,7 @@ MMSB_AVX2_NO_FMA void attention_scores_avx2(const float* q, const float* keys, s
 }
 
 MMSB_AVX2_NO_FMA void attention_mix_avx2(const float* weights, const float* values, std::size_t stride, std::size_t n,
-                                  std::size_t head, float* out) {
+                                         std::size_t head, float* out) {
   if (head % 8 != 0) return attention_mix_scalar(weights, values, stride, n, head, out);
   for (std::size_t c = 0; c < head; c += 8) {
     __m256 acc = _mm256_setzero_ps();
@@ -450,44 +448,70 @@ Kernels make_avx512() {
   return k;
 }
 
-
 }  // namespace
 
 std::optional<std::string_view> tensor_type_name(std::uint32_t id) noexcept {
   switch (id) {
-    case 0: return "F32";
-    case 1: return "F16";
-    case 2: return "Q4_0";
-    case 3: return "Q4_1";
-    case 6: return "Q5_0";
-    case 7: return "Q5_1";
-    case 8: return "Q8_0";
-    case 12: return "Q4_K";
-    case 13: return "Q5_K";
-    case 14: return "Q6_K";
-    case 15: return "Q8_K";
-    case 34: return "TQ1_0";
-    case 35: return "TQ2_0";
-    default: return std::nullopt;
+    case 0:
+      return "F32";
+    case 1:
+      return "F16";
+    case 2:
+      return "Q4_0";
+    case 3:
+      return "Q4_1";
+    case 6:
+      return "Q5_0";
+    case 7:
+      return "Q5_1";
+    case 8:
+      return "Q8_0";
+    case 12:
+      return "Q4_K";
+    case 13:
+      return "Q5_K";
+    case 14:
+      return "Q6_K";
+    case 15:
+      return "Q8_K";
+    case 34:
+      return "TQ1_0";
+    case 35:
+      return "TQ2_0";
+    default:
+      return std::nullopt;
   }
 }
 bool is_supported_type(std::uint32_t id) noexcept { return tensor_type_name(id).has_value(); }
 
 TypeTraits type_traits(TensorType type) noexcept {
   switch (type) {
-    case TensorType::F32: return {1, 4};
-    case TensorType::F16: return {1, 2};
-    case TensorType::Q4_0: return {32, kQ4_0Bytes};
-    case TensorType::Q4_1: return {32, kQ4_1Bytes};
-    case TensorType::Q5_0: return {32, kQ5_0Bytes};
-    case TensorType::Q5_1: return {32, kQ5_1Bytes};
-    case TensorType::Q8_0: return {32, kQ8_0Bytes};
-    case TensorType::Q4_K: return {256, kQ4_KBytes};
-    case TensorType::Q5_K: return {256, kQ5_KBytes};
-    case TensorType::Q6_K: return {256, kQ6_KBytes};
-    case TensorType::Q8_K: return {256, kQ8_KBytes};
-    case TensorType::TQ1_0: return {256, kTQ1_0Bytes};
-    case TensorType::TQ2_0: return {256, kTQ2_0Bytes};
+    case TensorType::F32:
+      return {1, 4};
+    case TensorType::F16:
+      return {1, 2};
+    case TensorType::Q4_0:
+      return {32, kQ4_0Bytes};
+    case TensorType::Q4_1:
+      return {32, kQ4_1Bytes};
+    case TensorType::Q5_0:
+      return {32, kQ5_0Bytes};
+    case TensorType::Q5_1:
+      return {32, kQ5_1Bytes};
+    case TensorType::Q8_0:
+      return {32, kQ8_0Bytes};
+    case TensorType::Q4_K:
+      return {256, kQ4_KBytes};
+    case TensorType::Q5_K:
+      return {256, kQ5_KBytes};
+    case TensorType::Q6_K:
+      return {256, kQ6_KBytes};
+    case TensorType::Q8_K:
+      return {256, kQ8_KBytes};
+    case TensorType::TQ1_0:
+      return {256, kTQ1_0Bytes};
+    case TensorType::TQ2_0:
+      return {256, kTQ2_0Bytes};
   }
   return {1, 0};
 }
@@ -533,7 +557,7 @@ std::uint16_t fp32_to_fp16(float f) noexcept {
   const std::uint32_t abs = x & 0x7FFFFFFFu;
   if (abs >= 0x7F800000u) return static_cast<std::uint16_t>(sign | 0x7C00u | (abs > 0x7F800000u ? 0x200u : 0));
   if (abs >= 0x477FF000u) return static_cast<std::uint16_t>(sign | 0x7C00u);  // rounds to infinity
-  if (abs < 0x38800000u) {                                                  // subnormal or zero half
+  if (abs < 0x38800000u) {                                                    // subnormal or zero half
     float a;
     std::memcpy(&a, &abs, 4);
     // Scaling by 2^24 puts the half's subnormal units in the integer part; nearbyint rounds to even.
@@ -546,12 +570,13 @@ std::uint16_t fp32_to_fp16(float f) noexcept {
 
 bool cpu_supports(SimdLevel level) noexcept {
   switch (level) {
-    case SimdLevel::Scalar: return true;
+    case SimdLevel::Scalar:
+      return true;
     case SimdLevel::Avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case SimdLevel::Avx512:
-      return cpu_supports(SimdLevel::Avx2) && __builtin_cpu_supports("avx512f") &&
-             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+      return cpu_supports(SimdLevel::Avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl");
   }
   return false;
 }
@@ -563,9 +588,12 @@ const Kernels& kernels_for(SimdLevel level) {
                 "this CPU does not support the " + std::string(simd_level_name(level)) + " kernels");
   }
   switch (level) {
-    case SimdLevel::Scalar: return scalar;
-    case SimdLevel::Avx2: return avx2;
-    case SimdLevel::Avx512: return avx512;
+    case SimdLevel::Scalar:
+      return scalar;
+    case SimdLevel::Avx2:
+      return avx2;
+    case SimdLevel::Avx512:
+      return avx512;
   }
   return scalar;
 }
@@ -587,10 +615,18 @@ ActivationFormat activation_format(TensorType weights) noexcept {
 std::size_t activation_bytes(ActivationFormat format, std::size_t cols) noexcept {
   std::size_t bytes = 0;
   switch (format) {
-    case ActivationFormat::F32: bytes = cols * sizeof(float); break;
-    case ActivationFormat::F16: bytes = cols * sizeof(std::uint16_t); break;
-    case ActivationFormat::Q8: bytes = cols + cols / kBlock * (sizeof(float) + sizeof(std::int32_t)); break;
-    case ActivationFormat::Q8_K: bytes = cols / kSuperBlock * sizeof(BlockQ8K); break;
+    case ActivationFormat::F32:
+      bytes = cols * sizeof(float);
+      break;
+    case ActivationFormat::F16:
+      bytes = cols * sizeof(std::uint16_t);
+      break;
+    case ActivationFormat::Q8:
+      bytes = cols + cols / kBlock * (sizeof(float) + sizeof(std::int32_t));
+      break;
+    case ActivationFormat::Q8_K:
+      bytes = cols / kSuperBlock * sizeof(BlockQ8K);
+      break;
   }
   return (bytes + 63) / 64 * 64;
 }
@@ -613,7 +649,6 @@ void matmul(const Kernels& k, TensorType type, const std::byte* matrix, std::siz
   const PreparedActivations act = prepare_activations(k, type, x, cols, 1, cols, storage);
   k.matmul[static_cast<std::uint32_t>(type)](matrix, row_stride, rows, act.data, act.stride, 1, cols, out, rows);
 }
-
 
 // --- activations rounded as llama.cpp rounds them (a comparison mode, scalar) ----------------------------------
 
@@ -648,12 +683,23 @@ float dot_rounded(TensorType type, const std::uint8_t* row, const RoundedBlock* 
   DecodedBlock w;
   for (std::size_t b = 0; b < n / kBlock; ++b, row += t.block_bytes) {
     switch (type) {
-      case TensorType::Q8_0: decode_q8_0(row, w); break;
-      case TensorType::Q4_0: decode_q4_0(row, w); break;
-      case TensorType::Q4_1: decode_q4_1(row, w); break;
-      case TensorType::Q5_0: decode_q5_0(row, w); break;
-      case TensorType::Q5_1: decode_q5_1(row, w); break;
-      default: return 0;
+      case TensorType::Q8_0:
+        decode_q8_0(row, w);
+        break;
+      case TensorType::Q4_0:
+        decode_q4_0(row, w);
+        break;
+      case TensorType::Q4_1:
+        decode_q4_1(row, w);
+        break;
+      case TensorType::Q5_0:
+        decode_q5_0(row, w);
+        break;
+      case TensorType::Q5_1:
+        decode_q5_1(row, w);
+        break;
+      default:
+        return 0;
     }
     int sumi = 0;
     for (std::size_t j = 0; j < kBlock; ++j) sumi += static_cast<int>(w.q[j]) * x[b].q[j];

@@ -628,17 +628,17 @@ void add_super_block_kernels(Kernels& k) {
     k.dot_q8k[tq2] = dot_tq2_0_avx2;
   }
   k.matmul[q4] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_q4_k, kQ4_KBytes>>
-                                               : matmul_q8k_rows<dot_k4_avx2<4>>;
+                                              : matmul_q8k_rows<dot_k4_avx2<4>>;
   k.matmul[q5] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_q5_k, kQ5_KBytes>>
-                                               : matmul_q8k_rows<dot_k4_avx2<5>>;
+                                              : matmul_q8k_rows<dot_k4_avx2<5>>;
   k.matmul[q6] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_q6_k, kQ6_KBytes>>
-                                               : matmul_q8k_rows<dot_q6_k_avx2>;
+                                              : matmul_q8k_rows<dot_q6_k_avx2>;
   k.matmul[q8] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_q8_k, kQ8_KBytes>>
-                                               : matmul_q8k_rows<dot_q8_k_avx2>;
+                                              : matmul_q8k_rows<dot_q8_k_avx2>;
   k.matmul[tq1] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_tq1_0, kTQ1_0Bytes>>
-                                                : matmul_q8k_rows<dot_tq1_0_avx2>;
+                                               : matmul_q8k_rows<dot_tq1_0_avx2>;
   k.matmul[tq2] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_tq2_0, kTQ2_0Bytes>>
-                                                : matmul_q8k_rows<dot_tq2_0_avx2>;
+                                               : matmul_q8k_rows<dot_tq2_0_avx2>;
 }
 
 void quantize_row_super_block(TensorType type, const float* x, void* out, std::size_t n) {

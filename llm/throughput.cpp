@@ -1,7 +1,7 @@
 #include "mmsb/llm/throughput.hpp"
 
-#include <algorithm>
 #include <time.h>
+#include <algorithm>
 
 #include <chrono>
 #include <memory>
@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "mmsb/error.hpp"
 #include "mmsb/llm/forward.hpp"
 #include "mmsb/llm/sampler.hpp"
-#include "mmsb/error.hpp"
 
 namespace mmsb::llm {
 
@@ -69,16 +69,17 @@ Throughput run(const ModelConfig& c, int n_prompt, int n_gen, int rounds, Prefil
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   };
-  return {median(&Throughput::prompt_tok_per_s), median(&Throughput::tok_per_s), all.front().checksum, {},
+  return {median(&Throughput::prompt_tok_per_s),     median(&Throughput::tok_per_s),    all.front().checksum, {},
           median(&Throughput::prompt_tok_per_cpu_s), median(&Throughput::tok_per_cpu_s)};
 }
 
 }  // namespace
 
-Throughput measure_throughput(const Model& model, ThroughputPath path, int n_prompt, int n_gen,
-                              EngineOptions options, int rounds, bool batched_prompt) {
+Throughput measure_throughput(const Model& model, ThroughputPath path, int n_prompt, int n_gen, EngineOptions options,
+                              int rounds, bool batched_prompt) {
   const ModelConfig& c = model.config;
-  if (n_prompt < 1 || n_gen < 1 || static_cast<std::uint64_t>(n_prompt) + static_cast<std::uint64_t>(n_gen) > c.seq_len) {
+  if (n_prompt < 1 || n_gen < 1 ||
+      static_cast<std::uint64_t>(n_prompt) + static_cast<std::uint64_t>(n_gen) > c.seq_len) {
     throw Error(ErrorCode::InvalidArgument, "bench: " + std::to_string(n_prompt) + " prompt + " +
                                                 std::to_string(n_gen) + " generated tokens must be >= 1 each and fit " +
                                                 std::to_string(c.seq_len) + " positions");

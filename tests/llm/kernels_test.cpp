@@ -12,7 +12,7 @@
 namespace mmsb::llm {
 namespace {
 
-const TensorType kAllTypes[] = {TensorType::F32, TensorType::F16, TensorType::Q4_0, TensorType::Q4_1,
+const TensorType kAllTypes[] = {TensorType::F32,  TensorType::F16,  TensorType::Q4_0, TensorType::Q4_1,
                                 TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0};
 
 std::vector<SimdLevel> available_levels() {
@@ -342,8 +342,8 @@ TEST(Kernels, RowBytesRefusesPartialBlocksAndSizesPast64Bits) {
   EXPECT_EQ(row_bytes(TensorType::Q8_0, 64), 68u);
   EXPECT_EQ(row_bytes(TensorType::Q8_0, 172), 0u);  // why ffn_down stays F16 in the quantized files
   EXPECT_EQ(row_bytes(TensorType::F16, 172), 344u);
-  EXPECT_TRUE(is_supported_type(12));               // Q4_K
-  EXPECT_FALSE(is_supported_type(16));              // IQ2_XXS
+  EXPECT_TRUE(is_supported_type(12));   // Q4_K
+  EXPECT_FALSE(is_supported_type(16));  // IQ2_XXS
   EXPECT_TRUE(is_supported_type(7));
 }
 

@@ -16,12 +16,12 @@
 #include <random>
 #include <vector>
 
+#include "llm/kquants.hpp"
+#include "mmsb/error.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/generate.hpp"
-#include "llm/kquants.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/quantize.hpp"
-#include "mmsb/error.hpp"
 #include "tests/llm/llm_test_support.hpp"
 
 namespace mmsb::llm {

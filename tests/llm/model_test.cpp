@@ -5,13 +5,13 @@
 #include <string>
 #include <vector>
 
+#include "llm/llm_test_support.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/forward.hpp"
 #include "mmsb/llm/generate.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/sampler.hpp"
 #include "mmsb/llm/tokenizer.hpp"
-#include "llm/llm_test_support.hpp"
 
 namespace mmsb::llm {
 namespace {
@@ -28,7 +28,8 @@ std::vector<float> last_prompt_logits(Engine& engine, const std::vector<int>& id
 float max_abs_diff(const std::vector<float>& a, const nlohmann::json& b) {
   EXPECT_EQ(a.size(), b.size());
   float worst = 0;
-  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i].get<float>()));
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
+    worst = std::max(worst, std::fabs(a[i] - b[i].get<float>()));
   return worst;
 }
 
@@ -55,7 +56,7 @@ TEST(Tokenizer, DecodeDropsTheLeadingSpaceAfterBosAndPrintsBytesRaw) {
   ASSERT_GE(ids.size(), 3u);
   EXPECT_EQ(tok.decode(1, ids[1]), "Once");
   EXPECT_EQ(tok.decode(ids[1], ids[2])[0], ' ');
-  EXPECT_EQ(tok.decode(5, 13), "\n");  // <0x0A>
+  EXPECT_EQ(tok.decode(5, 13), "\n");      // <0x0A>
   EXPECT_EQ(tok.decode(5, 3 + 0xC3), "");  // a lone non-printable byte prints nothing, as in llama2.c
 }
 
@@ -98,7 +99,9 @@ TEST_P(Greedy, OutputEqualsLlama2cByteForByte) {
 INSTANTIATE_TEST_SUITE_P(Models, Greedy,
                          ::testing::Values(GreedyCase{"stories260K.bin", "tok512.bin"},
                                            GreedyCase{"stories260K-f32.gguf", nullptr}),
-                         [](const auto& param) { return param.index == 0 ? std::string("llama2c_bin") : std::string("gguf_f32"); });
+                         [](const auto& param) {
+                           return param.index == 0 ? std::string("llama2c_bin") : std::string("gguf_f32");
+                         });
 
 TEST(Logits, FirstStepMatchesLlama2cWithin1e4) {
   MMSB_REQUIRE_SHARED(ref_path, "reference/logits_llama2c.json");
@@ -213,10 +216,10 @@ TEST(Sampler, IsSeededAndReproducible) {
   EXPECT_EQ(draw({1.0f, 0, 1.0f, 7}), draw({1.0f, 0, 1.0f, 7}));
   EXPECT_NE(draw({1.0f, 0, 1.0f, 7}), draw({1.0f, 0, 1.0f, 8}));
   const int best = argmax(logits);
-  for (int t : draw({0.0f, 0, 1.0f, 1})) EXPECT_EQ(t, best);      // greedy
-  for (int t : draw({1.5f, 1, 1.0f, 1})) EXPECT_EQ(t, best);      // top-k 1
-  for (int t : draw({1.0f, 0, 1e-6f, 1})) EXPECT_EQ(t, best);     // top-p tiny
-  for (int t : draw({1.0f, 3, 1.0f, 2})) {                        // top-k 3: only the three best
+  for (int t : draw({0.0f, 0, 1.0f, 1})) EXPECT_EQ(t, best);   // greedy
+  for (int t : draw({1.5f, 1, 1.0f, 1})) EXPECT_EQ(t, best);   // top-k 1
+  for (int t : draw({1.0f, 0, 1e-6f, 1})) EXPECT_EQ(t, best);  // top-p tiny
+  for (int t : draw({1.0f, 3, 1.0f, 2})) {                     // top-k 3: only the three best
     int better = 0;
     for (float l : logits) better += l > logits[static_cast<std::size_t>(t)];
     EXPECT_LT(better, 3);

@@ -10,14 +10,14 @@
 #include <string>
 #include <vector>
 
+#include "llm/llm_test_support.hpp"
+#include "mmsb/error.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/forward.hpp"
 #include "mmsb/llm/kernels.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/paged_model.hpp"
 #include "mmsb/llm/sampler.hpp"
-#include "mmsb/error.hpp"
-#include "llm/llm_test_support.hpp"
 
 namespace mmsb::llm {
 namespace {

@@ -34,10 +34,10 @@
 #include <span>
 #include <vector>
 
+#include "mmsb/graph.hpp"
 #include "mmsb/llm/forward.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/paged_model.hpp"
-#include "mmsb/graph.hpp"
 #include "mmsb/runtime.hpp"
 
 namespace mmsb::llm {
@@ -46,7 +46,7 @@ struct EngineOptions {
   // Threads of the propagator and of the team that splits each product (by rows) and attention (by heads) inside
   // the nodes, which run inline on the committing thread; results are the same bits for every count.
   unsigned threads = 1;
-  const Kernels* kernels = nullptr;  // nullptr: kernels(), the best this CPU supports
+  const Kernels* kernels = nullptr;                        // nullptr: kernels(), the best this CPU supports
   ActivationRounding rounding = ActivationRounding::None;  // LikeLlamaCpp: to compare with llama.cpp's logits
   // Layer paging (paged_model.hpp): the weights live in buffers of a PagedModel under this budget instead of being
   // read from the mapping; nodes pin their unit while they compute. Empty: every weight resident (the mapping).
@@ -108,7 +108,7 @@ class Engine {
   std::vector<const std::byte*> weight_data_;  // the file bytes each weight page was created over
   std::vector<float> logits_;
 
-  struct Wiring;  // the pages and sizes shared while the constructor adds the nodes
+  struct Wiring;                             // the pages and sizes shared while the constructor adds the nodes
   PageId weight_page(const Tensor& tensor);  // an external page over the tensor's bytes in the mapping
   void add_embed_node(Wiring& wiring);
   void add_layer_nodes(Wiring& wiring, std::uint32_t layer);

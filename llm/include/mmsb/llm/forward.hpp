@@ -90,8 +90,8 @@ struct BatchScratch {
   ForwardScratch one;  // attention scores and the one-token products' scratch
 };
 // out[t][r] = dot(row r, x[t]) for t < n, r < rows.
-void batched_matmul(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, float* out,
-                    std::size_t rows, std::size_t n, ForwardScratch& scratch);
+void batched_matmul(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, float* out, std::size_t rows,
+                    std::size_t n, ForwardScratch& scratch);
 void embed_batch(const ForwardShape& s, WeightRef table, const std::int32_t* tokens, std::size_t n, float* x);
 // Writes the n key rows to k and the n value rows to v ([n][kv_dim] each).
 void kv_project_batch(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wk, WeightRef wv,

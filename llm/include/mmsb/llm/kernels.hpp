@@ -113,7 +113,7 @@ using SwigluFn = void (*)(float* gate, const float* up, std::size_t n);
 
 struct Kernels {
   SimdLevel level;
-  MatmulFn matmul[kTypeSlots];  // nullptr for unused ids
+  MatmulFn matmul[kTypeSlots];                                     // nullptr for unused ids
   QuantizeActivationsFn quantize_activations[kActivationFormats];  // F32's entry copies
   DequantizeFn dequantize[kTypeSlots];
   DotQ8KFn dot_q8k[kTypeSlots];  // the super-block types only: one row against Q8_K activations

@@ -214,18 +214,6 @@ MMSB_KQ_AVX2 inline float hsum_ps(__m256 v) {
 MMSB_KQ_AVX2 inline __m256i mul_u8_i8(__m256i u, __m256i s, __m256i scale) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale);
 }
-// The eight 6-bit scales (bytes 0..7) and mins (bytes 8..15) of a Q4_K / Q5_K block from its 12 scale bytes: the
-// rules of the layout comment applied to four bytes at a time.
-inline void unpack_k4_scales(const std::uint8_t* s, std::uint8_t out[16]) noexcept {
-  std::uint32_t a, b, c;
-  std::memcpy(&a, s, 4);
-  std::memcpy(&b, s + 4, 4);
-  std::memcpy(&c, s + 8, 4);
-  const std::uint32_t words[4] = {a & 0x3F3F3F3Fu, (c & 0x0F0F0F0Fu) | (((a >> 6) & 0x03030303u) << 4), b & 0x3F3F3F3Fu,
-                                  ((c >> 4) & 0x0F0F0F0Fu) | (((b >> 6) & 0x03030303u) << 4)};
-  std::memcpy(out, words, 16);
-}
-
 // Q4_K (Bits = 4) and Q5_K (5): the integer sums of the eight sub-blocks weighted by their scales, and the
 // mins through the activations' block sums (bsums pairs, one per sub-block of 32), both as vectors.
 template <int Bits>

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "mmsb/llm/kernels.hpp"
 
@@ -61,5 +62,17 @@ void add_avx2_matmul_kernels(Kernels& k);
 // a threshold of 0.75 x mean|x| with the scale set to the mean magnitude of the values kept (exact for weights
 // that already are ternary, {-a, 0, a}).
 void quantize_row_super_block(TensorType type, const float* x, void* out, std::size_t n);
+
+// The eight 6-bit scales (bytes 0..7) and mins (bytes 8..15) of a Q4_K / Q5_K block from its 12 scale bytes: the
+// rules of the layout comment applied to four bytes at a time.
+inline void unpack_k4_scales(const std::uint8_t* s, std::uint8_t out[16]) noexcept {
+  std::uint32_t a, b, c;
+  std::memcpy(&a, s, 4);
+  std::memcpy(&b, s + 4, 4);
+  std::memcpy(&c, s + 8, 4);
+  const std::uint32_t words[4] = {a & 0x3F3F3F3Fu, (c & 0x0F0F0F0Fu) | (((a >> 6) & 0x03030303u) << 4), b & 0x3F3F3F3Fu,
+                                  ((c >> 4) & 0x0F0F0F0Fu) | (((b >> 6) & 0x03030303u) << 4)};
+  std::memcpy(out, words, 16);
+}
 
 }  // namespace mmsb::llm

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "llm/gguf_writer.hpp"
+#include "llm/split_mix.hpp"
 #include "mmsb/error.hpp"
 #include "mmsb/llm/quantize.hpp"
 
@@ -35,21 +36,6 @@ const std::vector<ModelShape>& shapes() {
                                            shape("s110m", 768, 2048, 12)};
   return all;
 }
-
-// SplitMix64: a small, fast generator with good statistics, seeded per row so rows are independent of the order
-// (and of the type) in which they are written.
-struct RowRandom {
-  std::uint64_t state;
-  std::uint64_t next() {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  float uniform(float range) {  // in [-range, range)
-    return (static_cast<float>(next() >> 40) / static_cast<float>(1u << 24) * 2.0f - 1.0f) * range;
-  }
-};
 
 // GGUF token types of SentencePiece vocabularies (llama.cpp's convention): 1 normal, 2 unknown, 3 control, 6 byte.
 std::int32_t token_type(std::size_t id, const std::string& piece) {
@@ -220,7 +206,8 @@ std::uint64_t make_model(const MakeModelOptions& options, const std::string& out
       std::fill(out, out + t.dims[0], 1.0f);  // norm weights
       return;
     }
-    RowRandom rng{options.seed * 0x100000001B3ull ^ (static_cast<std::uint64_t>(tensor) << 40) ^ row};
+    // seeded per row: rows are independent of the order (and of the type) in which they are written
+    SplitMix rng{options.seed * 0x100000001B3ull ^ (static_cast<std::uint64_t>(tensor) << 40) ^ row};
     const float range = 1.0f / std::sqrt(static_cast<float>(t.dims[0]));
     for (std::uint64_t i = 0; i < t.dims[0]; ++i) out[i] = rng.uniform(range);
   };

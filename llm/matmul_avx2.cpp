@@ -426,17 +426,6 @@ void matmul_block8(const std::byte* w, std::size_t row_stride, std::size_t rows,
 
 // --- super-block types (Q8_K activations) -----------------------------------------------------------------------
 
-// The eight 6-bit scales (bytes 0..7) and mins (bytes 8..15) of a Q4_K / Q5_K block from its 12 scale bytes.
-inline void unpack_k4_scales(const std::uint8_t* s, std::uint8_t out[16]) noexcept {
-  std::uint32_t a, b, c;
-  std::memcpy(&a, s, 4);
-  std::memcpy(&b, s + 4, 4);
-  std::memcpy(&c, s + 8, 4);
-  const std::uint32_t words[4] = {a & 0x3F3F3F3Fu, (c & 0x0F0F0F0Fu) | (((a >> 6) & 0x03030303u) << 4), b & 0x3F3F3F3Fu,
-                                  ((c >> 4) & 0x0F0F0F0Fu) | (((b >> 6) & 0x03030303u) << 4)};
-  std::memcpy(out, words, 16);
-}
-
 // Q4_K (Bits 4) and Q5_K (5): the integer sums of the eight sub-blocks of 32 weighted by their scales; the mins
 // through the activations' sums of each sub-block.
 template <int Bits>

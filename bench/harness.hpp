@@ -28,7 +28,11 @@ struct Metric {
   std::vector<std::string> keys;
   std::function<std::vector<double>()> run_group;
   int max_repetitions = 0;
+  bool heavy = false;  // left out of `mmsb-bench --quick` (a CI-sized run): minutes of work or big model files
 };
+
+// Marks a metric as heavy (not run under --quick).
+struct Heavy {};
 
 // A ratio key computed from two medians: value = numerator / denominator.
 struct Ratio {
@@ -47,6 +51,9 @@ bool& quick_mode();
 struct Register {
   Register(std::string name, std::string description, std::function<double()> run_once) {
     metrics().push_back({std::move(name), std::move(description), std::move(run_once), {}, {}, 0});
+  }
+  Register(std::string name, std::string description, std::function<double()> run_once, Heavy) {
+    metrics().push_back({std::move(name), std::move(description), std::move(run_once), {}, {}, 0, true});
   }
   Register(Ratio ratio) { ratios().push_back(std::move(ratio)); }
 };

@@ -2,6 +2,10 @@
 // 256 tokens generated after BOS), one wave per token on mmsb, and the same maths in a direct loop without the
 // runtime (the baseline, measured in the same run). Each repetition checks that both paths generate the same
 // tokens. The model files come from ../shared/models (MMSB_SHARED_DIR); a missing file fails the metric.
+// At real sizes (issue 21): random-weight models of the tinyllamas shapes made by make_model() (s15m, s42m, s110m
+// in f32, q8_0, q4_0, q4_k), measured as llama.cpp's llama-bench measures: decode = 128 tokens generated after BOS
+// (llm_tok_per_s_<shape>_<type>), prompt = 128 prompt tokens in batched waves (llm_prompt_tok_per_s_<shape>_<type>);
+// llama.cpp itself is measured on the same files outside this suite (docs/benchmarks.md).
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +18,7 @@
 #include <vector>
 
 #include "bench/harness.hpp"
+#include "mmsb/llm/make_model.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/paged_model.hpp"
 #include "mmsb/llm/quantize.hpp"
@@ -129,8 +134,7 @@ Register prompt_ratio("llm_prompt_batched_vs_per_token_ratio",
 struct PaddedQ8Model {
   std::filesystem::path dir;
   std::unique_ptr<llm::Model> model;
-  PaddedQ8Model()
-      : dir(std::filesystem::temp_directory_path() / ("mmsb-bench-paging-" + std::to_string(::getpid()))) {
+  PaddedQ8Model() : dir(std::filesystem::temp_directory_path() / ("mmsb-bench-paging-" + std::to_string(::getpid()))) {
     std::filesystem::create_directories(dir);
     try {
       const std::string out = (dir / "stories260K-pad256-q8_0.gguf").string();
@@ -169,7 +173,8 @@ llm::EngineOptions paged_options(const llm::Model& m, bool prefetch) {
 double paged_ratio(const llm::Model& m, int generated, int rounds) {
   std::vector<double> paged, resident;
   for (int i = 0; i < 5; ++i) {
-    const auto p = llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, generated, paged_options(m, true), rounds);
+    const auto p =
+        llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, generated, paged_options(m, true), rounds);
     const auto r = llm::measure_throughput(m, llm::ThroughputPath::Engine, 1, generated, {}, rounds);
     if (p.checksum != r.checksum) throw std::runtime_error("llm bench: paging changed tokens");
     paged.push_back(p.tok_per_s);
@@ -206,6 +211,75 @@ Register paged_small_ratio("llm_paged_tok_s_ratio_stories260k_f32",
                            "reference: the same ratio on stories260K f32 (1.1 MiB, within L2: paging only adds "
                            "copies between cores)",
                            [] { return paged_ratio(model("stories260K-f32.gguf"), kGenerated, kRounds); });
+
+// --- the tinyllamas shapes --------------------------------------------------------------------------------------
+
+// The model file of a shape and type (seed 1), made once into a folder of the temporary directory that later runs
+// reuse (make_model writes a temporary file and renames it, so a file there is always whole).
+const llm::Model& shape_model(const std::string& shape, const std::string& type) {
+  static std::map<std::string, std::unique_ptr<llm::Model>> cache;
+  auto& slot = cache[shape + type];
+  if (!slot) {
+    const std::filesystem::path dir = std::filesystem::temp_directory_path() / "mmsb-bench-models";
+    std::filesystem::create_directories(dir);
+    const std::string path = (dir / (shape + "-" + type + "-seed1.gguf")).string();
+    if (!std::filesystem::exists(path)) {
+      llm::MakeModelOptions o;
+      o.shape = llm::model_shape_from_name(shape);
+      o.type = llm::quantize_type_from_name(type);
+      o.seed = 1;
+      o.tokenizer = std::string(MMSB_SHARED_DIR) + "/models/tok512.bin";
+      llm::make_model(o, path);
+    }
+    llm::LoadOptions lo;
+    lo.context_length = 256;
+    slot = std::make_unique<llm::Model>(llm::load_model(path, lo));
+  }
+  return *slot;
+}
+
+constexpr int kShapeTokens = 128;  // llama-bench's tg128 / pp128
+
+double shape_decode(const std::string& shape, const std::string& type, unsigned threads) {
+  llm::EngineOptions o;
+  o.threads = threads;
+  return llm::measure_throughput(shape_model(shape, type), llm::ThroughputPath::Engine, 1, kShapeTokens, o).tok_per_s;
+}
+double shape_prompt(const std::string& shape, const std::string& type) {
+  return llm::measure_throughput(shape_model(shape, type), llm::ThroughputPath::Engine, kShapeTokens, 1)
+      .prompt_tok_per_s;
+}
+
+struct ShapeMetrics {
+  std::vector<Register> registered;
+  ShapeMetrics() {
+    for (const char* shape : {"s15m", "s42m", "s110m"}) {
+      for (const char* type : {"f32", "q8_0", "q4_0", "q4_k"}) {
+        const std::string s = shape, t = type, what = s + " " + t + " (random weights, vocabulary 512)";
+        auto decode = [s, t] { return shape_decode(s, t, 1); };
+        auto prompt = [s, t] { return shape_prompt(s, t); };
+        const std::string decode_key = "llm_tok_per_s_" + s + "_" + t,
+                          prompt_key = "llm_prompt_tok_per_s_" + s + "_" + t;
+        const std::string decode_what = "mmsb-llm engine: decode tokens/s, 128 after BOS, 1 thread, " + what;
+        const std::string prompt_what =
+            "mmsb-llm engine: prompt tokens/s, 128 tokens in batched waves, 1 thread, " + what;
+        if (s == "s15m") {  // the --quick subset: a few MB per model
+          registered.emplace_back(decode_key, decode_what, decode);
+          registered.emplace_back(prompt_key, prompt_what, prompt);
+          continue;
+        }
+        registered.emplace_back(decode_key, decode_what, decode, Heavy{});
+        registered.emplace_back(prompt_key, prompt_what, prompt, Heavy{});
+        // Two threads (issue 21: >= 1.6x one thread at 42M and 110M).
+        const std::string two_key = "llm_tok_per_s_2t_" + s + "_" + t;
+        registered.emplace_back(
+            two_key, "as " + decode_key + " with 2 threads", [s, t] { return shape_decode(s, t, 2); }, Heavy{});
+        registered.emplace_back(Ratio{"llm_two_thread_decode_ratio_" + s + "_" + t, two_key, decode_key,
+                                      "decode tokens/s with 2 threads over 1 (target >= 1.6)"});
+      }
+    }
+  }
+} shape_metrics;
 
 }  // namespace
 }  // namespace mmsb::bench

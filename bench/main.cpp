@@ -155,6 +155,7 @@ std::vector<const mmsb::bench::Metric*> select_metrics(const std::vector<mmsb::b
     return m.name == key || std::find(m.keys.begin(), m.keys.end(), key) != m.keys.end();
   };
   for (const auto& m : all) {
+    if (m.heavy && mmsb::bench::quick_mode()) continue;
     bool any = std::regex_search(m.name, pattern);
     for (const auto& k : m.keys) any = any || std::regex_search(k, pattern);
     if (any) selected.push_back(&m);
@@ -163,6 +164,7 @@ std::vector<const mmsb::bench::Metric*> select_metrics(const std::vector<mmsb::b
   for (const auto& r : mmsb::bench::ratios()) {
     if (!std::regex_search(r.name, pattern)) continue;
     for (const auto& m : all) {
+      if (m.heavy && mmsb::bench::quick_mode()) continue;
       if ((matches(m, r.numerator) || matches(m, r.denominator)) &&
           std::find(selected.begin(), selected.end(), &m) == selected.end())
         selected.push_back(&m);
@@ -176,7 +178,7 @@ int run_metrics(const Settings& settings) {
   std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   if (settings.list) {
     for (const auto& m : all) {
-      std::printf("%-28s %s\n", m.name.c_str(), m.description.c_str());
+      std::printf("%-28s %s%s\n", m.name.c_str(), m.description.c_str(), m.heavy ? " [not in --quick]" : "");
       for (const auto& k : m.keys) std::printf("  %-26s (key of %s)\n", k.c_str(), m.name.c_str());
     }
     for (const auto& r : mmsb::bench::ratios()) std::printf("%-28s %s\n", r.name.c_str(), r.description.c_str());
@@ -237,7 +239,8 @@ int main(int argc, char** argv) {
   app.add_option("--repetitions,-r", settings.repetitions, "Repetitions per metric; the median is reported")
       ->check(mmsb::program::range(1, 1000))
       ->capture_default_str();
-  app.add_flag("--quick", mmsb::bench::quick_mode(), "Smaller workloads where a key allows it (scale_*: 10^5 leaves)");
+  app.add_flag("--quick", mmsb::bench::quick_mode(),
+               "Smaller workloads where a key allows it (scale_*: 10^5 leaves); heavy keys (--list) left out");
   // mmsb-bench graph: one dependency-graph workload on mmsb and raw oneTBB, side by side.
   GraphSettings graph_settings;
   CLI::App* graph = add_graph_command(app, graph_settings, settings.json);

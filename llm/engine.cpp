@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "llm/thread_team.hpp"
 #include "mmsb/error.hpp"
 
 namespace mmsb::llm {
@@ -60,7 +61,144 @@ const std::int32_t* prefill_tokens(std::span<const std::byte> bytes) {
   return reinterpret_cast<const std::int32_t*>(bytes.data() + sizeof(PrefillHeader));
 }
 
+// What the kv node of layer l reads and keeps between waves.
+struct KvNode {
+  const ForwardShape* shape;
+  const LayerTensors* w;
+  const Tensor* embedding;
+  PagedModel* paged;
+  std::size_t unit;  // the layer's attention unit when paged
+  std::uint32_t layer;
+  bool last_layer;
+  std::size_t batch;  // the batch nodes' capacity (0: none)
+  std::uint64_t row_bytes, cache_half, stream_bytes;
+  std::shared_ptr<ForwardScratch> scratch;
+  std::shared_ptr<BatchScratch> batch_scratch;      // shared by every layer: the kv nodes form a chain
+  std::shared_ptr<std::vector<float>> batch_cache;  // likewise
+};
+
+// A decoding step: only the two rows of this position change; they are the delta, so no other cache byte moves.
+void kv_step(const KvNode& n, const StepInput& in, const IncrementalContext& ctx, Delta& out) {
+  LayerPager::Pin pin;
+  if (n.paged) pin = n.paged->pin(n.unit, in.want_logits != 0);
+  auto weight = [&](std::size_t input, const Tensor& t) {
+    return n.paged ? n.paged->tensor(pin, t) : ctx.inputs[input].data();
+  };
+  const std::uint64_t row = static_cast<std::uint64_t>(in.pos) * n.row_bytes;
+  out.ranges.push_back({row, n.row_bytes});
+  out.ranges.push_back({n.cache_half + row, n.row_bytes});
+  out.payload.resize(2 * n.row_bytes);
+  float* key = reinterpret_cast<float*>(out.payload.data());
+  kv_project(*n.shape, floats(ctx.inputs[0]), reinterpret_cast<const float*>(weight(2, n.w->attn_norm)),
+             weight_ref(n.w->wk, weight(3, n.w->wk)), weight_ref(n.w->wv, weight(4, n.w->wv)), in.pos, *n.scratch, key,
+             key + n.shape->config.kv_dim());
+}
+
+// A prompt wave (the prefill page changed): the batch positions pos .. pos + n - 1 and the step's position pos + n.
+// Their key and value rows go out as one run of rows in each half; then the batch's attention and feed-forward (as
+// matrix x n products) give the batch stream leaving this layer, emitted into the page's tail for the next layer
+// (the last layer skips it: no batch position needs logits).
+void kv_prompt_wave(const KvNode& node, const StepInput& in, const IncrementalContext& ctx, Delta& out) {
+  const PrefillHeader h = read_prefill(ctx.inputs[5], node.shape->config, node.batch);
+  if (in.pos != h.pos + h.n) {
+    throw Error(ErrorCode::InvalidArgument, "prompt wave: the step position " + std::to_string(in.pos) +
+                                                " does not follow the prefill positions " + std::to_string(h.pos) +
+                                                " + " + std::to_string(h.n));
+  }
+  const ForwardShape& shape = *node.shape;
+  const ModelConfig& cfg = shape.config;
+  const LayerTensors& w = *node.w;
+  const std::size_t n = static_cast<std::size_t>(h.n), rows = n + 1, kv_dim = cfg.kv_dim();
+  BatchScratch& bs = *node.batch_scratch;
+  const float* stream = node.layer == 0 ? bs.mid.data()  // the batch stream entering this layer
+                                        : reinterpret_cast<const float*>(ctx.inputs[6].data() + 2 * node.cache_half);
+  if (node.layer == 0) {
+    embed_batch(shape, weight_ref(*node.embedding, ctx.inputs[6].data()), prefill_tokens(ctx.inputs[5]), n,
+                bs.mid.data());
+  }
+  const std::uint64_t first = static_cast<std::uint64_t>(h.pos) * node.row_bytes, bytes = rows * node.row_bytes;
+  const std::uint64_t stream_out = node.last_layer ? 0 : n * node.stream_bytes;
+  out.ranges.push_back({first, bytes});
+  out.ranges.push_back({node.cache_half + first, bytes});
+  if (stream_out > 0) {
+    // Ranges must not touch: a run of value rows ending at the cache's end merges with the stream's.
+    if (out.ranges.back().end() == 2 * node.cache_half) {
+      out.ranges.back().length += stream_out;
+    } else {
+      out.ranges.push_back({2 * node.cache_half, stream_out});
+    }
+  }
+  out.payload.resize(2 * bytes + stream_out);
+  float* keys = reinterpret_cast<float*>(out.payload.data());
+  float* values = keys + rows * kv_dim;
+  const float* norm = reinterpret_cast<const float*>(ctx.inputs[2].data());
+  const WeightRef wk = weight_ref(w.wk, ctx.inputs[3].data()), wv = weight_ref(w.wv, ctx.inputs[4].data());
+  kv_project_batch(shape, stream, norm, wk, wv, h.pos, n, bs, keys, values);
+  kv_project(shape, floats(ctx.inputs[0]), norm, wk, wv, in.pos, *node.scratch, keys + n * kv_dim, values + n * kv_dim);
+  if (node.last_layer) return;
+  // The cache as the batch sees it: the rows before it (this page) and its own rows, contiguous.
+  float* ck = node.batch_cache->data();
+  float* cv = ck + std::size_t{cfg.seq_len} * kv_dim;
+  const std::size_t before = static_cast<std::size_t>(h.pos) * kv_dim;
+  const float* cache = reinterpret_cast<const float*>(ctx.output.data());
+  std::memcpy(ck, cache, before * sizeof(float));
+  std::memcpy(cv, cache + std::size_t{cfg.seq_len} * kv_dim, before * sizeof(float));
+  std::memcpy(ck + before, keys, n * kv_dim * sizeof(float));
+  std::memcpy(cv + before, values, n * kv_dim * sizeof(float));
+  auto f32 = [&](std::size_t i) { return reinterpret_cast<const float*>(ctx.inputs[i].data()); };
+  std::vector<float>& after_attention = bs.mid;  // may be `stream` itself (layer 0): updated in place
+  attention_batch(shape, stream, norm, weight_ref(w.wq, ctx.inputs[7].data()), weight_ref(w.wo, ctx.inputs[8].data()),
+                  ck, cv, h.pos, n, bs, after_attention.data());
+  feed_forward_batch(shape, after_attention.data(), f32(9), weight_ref(w.w1, ctx.inputs[10].data()),
+                     weight_ref(w.w2, ctx.inputs[11].data()), weight_ref(w.w3, ctx.inputs[12].data()), n, bs,
+                     reinterpret_cast<float*>(out.payload.data() + 2 * bytes));
+}
+
+// Attention and feed-forward fused into one node: the stream between them (x_l + attention) stays in the node's
+// scratch, which saves a node run, a page publish and its locks per layer and token.
+struct BlockNode {
+  const ForwardShape* shape;
+  const LayerTensors* w;
+  PagedModel* paged;
+  std::size_t unit, ffn_unit;
+  std::uint64_t cache_half;
+  std::shared_ptr<ForwardScratch> scratch;
+  std::shared_ptr<std::vector<float>> mid;
+};
+
+void block_step(const BlockNode& n, MapContext& ctx) {
+  const StepInput in = read_step(ctx.input(1), n.shape->config);
+  const LayerTensors& w = *n.w;
+  LayerPager::Pin pin;
+  if (n.paged) pin = n.paged->pin(n.unit, in.want_logits != 0);
+  auto weight = [&](std::size_t input, const Tensor& t) {
+    return n.paged ? n.paged->tensor(pin, t) : ctx.input(input).data();
+  };
+  auto f32w = [&](std::size_t input, const Tensor& t) { return reinterpret_cast<const float*>(weight(input, t)); };
+  const std::byte* cache = ctx.input(2).data();
+  attention(*n.shape, floats(ctx.input(0)), f32w(3, w.attn_norm), weight_ref(w.wq, weight(4, w.wq)),
+            weight_ref(w.wo, weight(5, w.wo)), reinterpret_cast<const float*>(cache),
+            reinterpret_cast<const float*>(cache + n.cache_half), in.pos, *n.scratch, n.mid->data());
+  if (n.paged) {  // the feed-forward unit follows the attention unit
+    pin.reset();
+    pin = n.paged->pin(n.ffn_unit, in.want_logits != 0);
+  }
+  feed_forward(*n.shape, n.mid->data(), f32w(6, w.ffn_norm), weight_ref(w.w1, weight(7, w.w1)),
+               weight_ref(w.w2, weight(8, w.w2)), weight_ref(w.w3, weight(9, w.w3)), *n.scratch, floats(ctx.output()));
+}
+
 }  // namespace
+
+// The pages and sizes the node wiring shares (Engine's constructor and its add_* helpers).
+struct Engine::Wiring {
+  const ForwardShape* shape;
+  PagedModel* paged;
+  std::uint64_t stream_bytes, row_bytes_kv, cache_half;
+  std::vector<PageId> x;         // x[l]: the stream entering layer l; x[L] leaves the last one
+  std::vector<PageId> kv_pages;  // kv[l]
+  std::shared_ptr<BatchScratch> batch_scratch;
+  std::shared_ptr<std::vector<float>> batch_cache;
+};
 
 Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   const ModelConfig& c = model.config;
@@ -73,216 +211,166 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   prop_options.inline_node_limit = 2 * static_cast<std::size_t>(c.n_layers) + 8;  // every wave runs inline
   propagator_ = std::make_unique<Propagator>(*runtime_, prop_options);
   shape_ = std::make_unique<ForwardShape>(c, k, options.rounding);
+  if (options.threads > 1) {  // the nodes run inline: their products split across a team of their own
+    team_ = std::make_unique<ThreadTeam>(options.threads);
+    shape_->team = team_.get();
+  }
   logits_.resize(c.vocab_size);
-  if (options.paging) paged_ = std::make_unique<PagedModel>(model, std::move(*options.paging));
   // Paged: nodes take no weight pages as inputs; each pins its unit of the PagedModel while it computes and reads
   // the tensors there (the unit stays pinned until the node returns, so it cannot be evicted under it).
-  PagedModel* paged = paged_.get();
+  if (options.paging) paged_ = std::make_unique<PagedModel>(model, std::move(*options.paging));
 
-  Runtime& rt = *runtime_;
-  Propagator& prop = *propagator_;
-  const ForwardShape* shape = shape_.get();
-  auto weight_page = [&](const Tensor& t) {
-    PageId id = rt.create_external_page(t.bytes, model.owner);
-    weight_pages_.push_back(id);
-    weight_data_.push_back(t.bytes.data());
-    return id;
-  };
-  const std::uint64_t stream_bytes = std::uint64_t{c.dim} * sizeof(float);
-  const std::uint64_t row_bytes_kv = std::uint64_t{c.kv_dim()} * sizeof(float);
-  const std::uint64_t cache_half = std::uint64_t{c.seq_len} * row_bytes_kv;
-
-  step_page_ = rt.create_page(sizeof(StepInput));
-  std::vector<PageId> x(c.n_layers + 1);
-  for (auto& id : x) id = rt.create_page(stream_bytes);
-
-  NodeOptions always;
-  always.always_changes = true;
-
+  Wiring wiring{shape_.get(),
+                paged_.get(),
+                std::uint64_t{c.dim} * sizeof(float),
+                std::uint64_t{c.kv_dim()} * sizeof(float),
+                0,
+                {},
+                {},
+                nullptr,
+                nullptr};
+  wiring.cache_half = std::uint64_t{c.seq_len} * wiring.row_bytes_kv;
+  step_page_ = runtime_->create_page(sizeof(StepInput));
+  wiring.x.resize(c.n_layers + 1);
+  for (auto& id : wiring.x) id = runtime_->create_page(wiring.stream_bytes);
   // Batch nodes: none when paging (their weights would need pins of their own) or when disabled.
-  batch_ = paged ? 0 : std::min<std::size_t>(options.prefill_batch, c.seq_len);  // more could never be used
-  const std::size_t batch = batch_;
-  // One scratch for every layer's batch attention: the kv nodes form a chain, so two never run at once.
-  auto batch_scratch = batch > 0 ? std::make_shared<BatchScratch>(c, batch) : nullptr;
-  auto batch_cache = batch > 0 ? std::make_shared<std::vector<float>>(2 * std::size_t{c.seq_len} * c.kv_dim())
-                               : nullptr;
-  if (batch > 0) prefill_page_ = rt.create_page(sizeof(PrefillHeader) + batch * sizeof(std::int32_t));
+  batch_ = paged_ ? 0 : std::min<std::size_t>(options.prefill_batch, c.seq_len);  // more could never be used
+  if (batch_ > 0) {
+    wiring.batch_scratch = std::make_shared<BatchScratch>(c, batch_);
+    wiring.batch_cache = std::make_shared<std::vector<float>>(2 * std::size_t{c.seq_len} * c.kv_dim());
+    prefill_page_ = runtime_->create_page(sizeof(PrefillHeader) + batch_ * sizeof(std::int32_t));
+  }
+  add_embed_node(wiring);
+  for (std::uint32_t l = 0; l < c.n_layers; ++l) add_layer_nodes(wiring, l);
+  add_logits_node(wiring);
+}
 
-  const Tensor* embedding = &model.token_embedding;
-  always.name = "embed";
-  std::vector<PageId> embed_inputs{step_page_};
-  if (!paged) embed_inputs.push_back(weight_page(*embedding));
+PageId Engine::weight_page(const Tensor& t) {
+  const PageId id = runtime_->create_external_page(t.bytes, model_.owner);
+  weight_pages_.push_back(id);
+  weight_data_.push_back(t.bytes.data());
+  return id;
+}
+
+void Engine::add_embed_node(Wiring& wiring) {
+  const Tensor* embedding = &model_.token_embedding;
+  PagedModel* paged = wiring.paged;
+  const ForwardShape* shape = wiring.shape;
+  std::vector<PageId> inputs{step_page_};
+  if (!paged) inputs.push_back(weight_page(*embedding));
   auto embedding_row = std::make_shared<std::vector<std::byte>>(embedding->row_stride);
-  prop.derive_map(x[0], std::move(embed_inputs), [shape, embedding, paged, embedding_row](MapContext& ctx) {
-    StepInput in = read_step(ctx.input(0), shape->config);
-    if (paged && paged->embedding_by_rows()) {  // one row of the file, not the table
-      paged->read_embedding_row(in.token, embedding_row->data());
-      embed(*shape, {embedding_row->data(), embedding->type, embedding->row_stride}, 0, floats(ctx.output()));
-      return;
-    }
-    LayerPager::Pin pin;
-    if (paged) pin = paged->pin(paged->embed_unit(), in.want_logits != 0);
-    const std::byte* table = paged ? paged->tensor(pin, *embedding) : ctx.input(1).data();
-    embed(*shape, weight_ref(*embedding, table), in.token, floats(ctx.output()));
-  }, always);
-
-  std::vector<PageId> kv_pages;
-  for (std::uint32_t l = 0; l < c.n_layers; ++l) {
-    const LayerTensors* w = &model.layers[l];
-    const std::string layer = std::to_string(l);
-    // With batch nodes the page ends with the batch stream leaving this layer (batch × dim floats), which the next
-    // layer's kv node reads in a prompt wave.
-    PageId kv = rt.create_page(2 * cache_half + batch * stream_bytes);
-    const PageId source = l == 0 ? (batch > 0 ? weight_page_of(*embedding) : PageId{}) : kv_pages.back();
-    kv_pages.push_back(kv);
-    std::vector<PageId> kv_inputs{x[l], step_page_}, block_inputs{x[l], step_page_, kv};
-    if (!paged) {
-      PageId attn_norm = weight_page(w->attn_norm), wq = weight_page(w->wq), wk = weight_page(w->wk),
-             wv = weight_page(w->wv), wo = weight_page(w->wo), ffn_norm = weight_page(w->ffn_norm),
-             w1 = weight_page(w->w1), w2 = weight_page(w->w2), w3 = weight_page(w->w3);
-      kv_inputs.insert(kv_inputs.end(), {attn_norm, wk, wv});
-      block_inputs.insert(block_inputs.end(), {attn_norm, wq, wo, ffn_norm, w1, w2, w3});
-      if (batch > 0) kv_inputs.insert(kv_inputs.end(), {prefill_page_, source, wq, wo, ffn_norm, w1, w2, w3});
-    }
-    const std::size_t unit = paged ? paged->attention_unit(l) : 0, ffn_unit = paged ? paged->ffn_unit(l) : 0;
-
-    // Only the two rows of this position change: emit them as the delta, so no other cache byte is copied.
-    auto kv_scratch = std::make_shared<ForwardScratch>(c);
-    NodeOptions kv_options;
-    kv_options.name = "kv" + layer;
-    const bool last_layer = l + 1 == c.n_layers;
-    prop.derive_incremental(kv, std::move(kv_inputs), [shape, w, kv_scratch, batch_scratch, batch_cache, row_bytes_kv,
-                                                       cache_half, stream_bytes, paged, unit, batch, l, last_layer,
-                                                       embedding](const IncrementalContext& ctx, Delta& out) {
-      StepInput in = read_step(ctx.inputs[1], shape->config);
-      if (batch > 0 && ctx.input_deltas[5] != nullptr) {
-        // A prompt wave (the prefill page changed): the batch positions pos .. pos + n - 1 and the step's position
-        // pos + n. Their key and value rows go out as one run of rows in each half; then the batch's attention and
-        // feed-forward (as matrix x n products) give the batch stream leaving this layer, emitted into the page's
-        // tail for the next layer (the last layer skips it: no batch position needs logits).
-        const PrefillHeader h = read_prefill(ctx.inputs[5], shape->config, batch);
-        if (in.pos != h.pos + h.n) {
-          throw Error(ErrorCode::InvalidArgument, "prompt wave: the step position " + std::to_string(in.pos) +
-                                                      " does not follow the prefill positions " +
-                                                      std::to_string(h.pos) + " + " + std::to_string(h.n));
+  NodeOptions options;
+  options.always_changes = true;
+  options.name = "embed";
+  propagator_->derive_map(
+      wiring.x[0], std::move(inputs),
+      [shape, embedding, paged, embedding_row](MapContext& ctx) {
+        StepInput in = read_step(ctx.input(0), shape->config);
+        if (paged && paged->embedding_by_rows()) {  // one row of the file, not the table
+          paged->read_embedding_row(in.token, embedding_row->data());
+          embed(*shape, {embedding_row->data(), embedding->type, embedding->row_stride}, 0, floats(ctx.output()));
+          return;
         }
-        const ModelConfig& cfg = shape->config;
-        const std::size_t n = static_cast<std::size_t>(h.n), rows = n + 1, kv_dim = cfg.kv_dim();
-        BatchScratch& bs = *batch_scratch;
-        const float* stream;  // the batch stream entering this layer
-        if (l == 0) {
-          embed_batch(*shape, weight_ref(*embedding, ctx.inputs[6].data()), prefill_tokens(ctx.inputs[5]), n,
-                      bs.mid.data());
-          stream = bs.mid.data();
-        } else {
-          stream = reinterpret_cast<const float*>(ctx.inputs[6].data() + 2 * cache_half);
-        }
-        const std::uint64_t first = static_cast<std::uint64_t>(h.pos) * row_bytes_kv, bytes = rows * row_bytes_kv;
-        const std::uint64_t stream_out = last_layer ? 0 : n * stream_bytes;
-        out.ranges.push_back({first, bytes});
-        out.ranges.push_back({cache_half + first, bytes});
-        if (stream_out > 0) {
-          // Ranges must not touch: a run of value rows ending at the cache's end merges with the stream's.
-          if (out.ranges.back().end() == 2 * cache_half) {
-            out.ranges.back().length += stream_out;
-          } else {
-            out.ranges.push_back({2 * cache_half, stream_out});
-          }
-        }
-        out.payload.resize(2 * bytes + stream_out);
-        float* keys = reinterpret_cast<float*>(out.payload.data());
-        float* values = keys + rows * kv_dim;
-        const float* norm = reinterpret_cast<const float*>(ctx.inputs[2].data());
-        const WeightRef wk = weight_ref(w->wk, ctx.inputs[3].data()), wv = weight_ref(w->wv, ctx.inputs[4].data());
-        kv_project_batch(*shape, stream, norm, wk, wv, h.pos, n, bs, keys, values);
-        kv_project(*shape, floats(ctx.inputs[0]), norm, wk, wv, in.pos, *kv_scratch, keys + n * kv_dim,
-                   values + n * kv_dim);
-        if (last_layer) return;
-        // The cache as the batch sees it: the rows before it (this page) and its own rows, contiguous.
-        float* ck = batch_cache->data();
-        float* cv = ck + std::size_t{cfg.seq_len} * kv_dim;
-        const std::size_t before = static_cast<std::size_t>(h.pos) * kv_dim;
-        const float* cache = reinterpret_cast<const float*>(ctx.output.data());
-        std::memcpy(ck, cache, before * sizeof(float));
-        std::memcpy(cv, cache + std::size_t{cfg.seq_len} * kv_dim, before * sizeof(float));
-        std::memcpy(ck + before, keys, n * kv_dim * sizeof(float));
-        std::memcpy(cv + before, values, n * kv_dim * sizeof(float));
-        auto f32 = [&](std::size_t i) { return reinterpret_cast<const float*>(ctx.inputs[i].data()); };
-        std::vector<float>& after_attention = bs.mid;  // may be `stream` itself (layer 0): updated in place
-        attention_batch(*shape, stream, norm, weight_ref(w->wq, ctx.inputs[7].data()),
-                        weight_ref(w->wo, ctx.inputs[8].data()), ck, cv, h.pos, n, bs, after_attention.data());
-        feed_forward_batch(*shape, after_attention.data(), f32(9), weight_ref(w->w1, ctx.inputs[10].data()),
-                           weight_ref(w->w2, ctx.inputs[11].data()), weight_ref(w->w3, ctx.inputs[12].data()), n, bs,
-                           reinterpret_cast<float*>(out.payload.data() + 2 * bytes));
-        return;
-      }
-      LayerPager::Pin pin;
-      if (paged) pin = paged->pin(unit, in.want_logits != 0);
-      auto weight = [&](std::size_t input, const Tensor& t) {
-        return paged ? paged->tensor(pin, t) : ctx.inputs[input].data();
-      };
-      const std::uint64_t row = static_cast<std::uint64_t>(in.pos) * row_bytes_kv;
-      out.ranges.push_back({row, row_bytes_kv});
-      out.ranges.push_back({cache_half + row, row_bytes_kv});
-      out.payload.resize(2 * row_bytes_kv);
-      float* key = reinterpret_cast<float*>(out.payload.data());
-      kv_project(*shape, floats(ctx.inputs[0]), reinterpret_cast<const float*>(weight(2, w->attn_norm)),
-                 weight_ref(w->wk, weight(3, w->wk)), weight_ref(w->wv, weight(4, w->wv)), in.pos, *kv_scratch, key,
-                 key + shape->config.kv_dim());
-    }, kv_options);
+        LayerPager::Pin pin;
+        if (paged) pin = paged->pin(paged->embed_unit(), in.want_logits != 0);
+        const std::byte* table = paged ? paged->tensor(pin, *embedding) : ctx.input(1).data();
+        embed(*shape, weight_ref(*embedding, table), in.token, floats(ctx.output()));
+      },
+      options);
+}
 
-    // Attention and feed-forward fused into one node: the stream between them (x_l + attention) stays in the
-    // node's scratch, which saves a node run, a page publish and its locks per layer and token.
-    auto block_scratch = std::make_shared<ForwardScratch>(c);
-    auto mid = std::make_shared<std::vector<float>>(c.dim);
-    always.name = "block" + layer;
-    prop.derive_map(x[l + 1], std::move(block_inputs),
-                    [shape, w, block_scratch, mid, cache_half, paged, unit, ffn_unit](MapContext& ctx) {
-      StepInput in = read_step(ctx.input(1), shape->config);
-      LayerPager::Pin pin;
-      if (paged) pin = paged->pin(unit, in.want_logits != 0);
-      auto weight = [&](std::size_t input, const Tensor& t) {
-        return paged ? paged->tensor(pin, t) : ctx.input(input).data();
-      };
-      auto f32w = [&](std::size_t input, const Tensor& t) { return reinterpret_cast<const float*>(weight(input, t)); };
-      const std::byte* cache = ctx.input(2).data();
-      attention(*shape, floats(ctx.input(0)), f32w(3, w->attn_norm), weight_ref(w->wq, weight(4, w->wq)),
-                weight_ref(w->wo, weight(5, w->wo)), reinterpret_cast<const float*>(cache),
-                reinterpret_cast<const float*>(cache + cache_half), in.pos, *block_scratch, mid->data());
-      if (paged) {  // the feed-forward unit follows the attention unit
-        pin.reset();
-        pin = paged->pin(ffn_unit, in.want_logits != 0);
-      }
-      feed_forward(*shape, mid->data(), f32w(6, w->ffn_norm), weight_ref(w->w1, weight(7, w->w1)),
-                   weight_ref(w->w2, weight(8, w->w2)), weight_ref(w->w3, weight(9, w->w3)), *block_scratch,
-                   floats(ctx.output()));
-    }, always);
-  }
-
-  logits_page_ = rt.create_page(std::uint64_t{c.vocab_size} * sizeof(float));
-  const Tensor* classifier = &model.classifier;
-  auto out_scratch = std::make_shared<ForwardScratch>(c);
-  always.name = "logits";
-  std::vector<PageId> logits_inputs{x[c.n_layers], step_page_};
+void Engine::add_layer_nodes(Wiring& wiring, std::uint32_t l) {
+  const ModelConfig& c = model_.config;
+  const LayerTensors* w = &model_.layers[l];
+  PagedModel* paged = wiring.paged;
+  // With batch nodes the page ends with the batch stream leaving this layer (batch × dim floats), which the next
+  // layer's kv node reads in a prompt wave.
+  const PageId kv = runtime_->create_page(2 * wiring.cache_half + batch_ * wiring.stream_bytes);
+  const PageId source =
+      l == 0 ? (batch_ > 0 ? weight_page_of(model_.token_embedding) : PageId{}) : wiring.kv_pages.back();
+  wiring.kv_pages.push_back(kv);
+  std::vector<PageId> kv_inputs{wiring.x[l], step_page_}, block_inputs{wiring.x[l], step_page_, kv};
   if (!paged) {
-    PageId final_norm = weight_page(model.final_norm);
-    PageId classifier_page = classifier->bytes.data() == embedding->bytes.data() ? weight_pages_.front()
-                                                                                 : weight_page(*classifier);
-    logits_inputs.insert(logits_inputs.end(), {final_norm, classifier_page});
+    PageId attn_norm = weight_page(w->attn_norm), wq = weight_page(w->wq), wk = weight_page(w->wk),
+           wv = weight_page(w->wv), wo = weight_page(w->wo), ffn_norm = weight_page(w->ffn_norm),
+           w1 = weight_page(w->w1), w2 = weight_page(w->w2), w3 = weight_page(w->w3);
+    kv_inputs.insert(kv_inputs.end(), {attn_norm, wk, wv});
+    block_inputs.insert(block_inputs.end(), {attn_norm, wq, wo, ffn_norm, w1, w2, w3});
+    if (batch_ > 0) kv_inputs.insert(kv_inputs.end(), {prefill_page_, source, wq, wo, ffn_norm, w1, w2, w3});
   }
-  const Tensor* final_norm = &model.final_norm;
-  prop.derive_map(logits_page_, std::move(logits_inputs),
-                  [shape, classifier, final_norm, out_scratch, paged](MapContext& ctx) {
-    // The classifier is the largest matrix of a small model; prompt steps before the last do not need it. The
-    // page then keeps its previous bytes (the node still publishes: it is always_changes).
-    if (read_step(ctx.input(1), shape->config).want_logits == 0) return;
-    LayerPager::Pin pin;
-    if (paged) pin = paged->pin(paged->head_unit(), true);
-    const std::byte* norm = paged ? paged->tensor(pin, *final_norm) : ctx.input(2).data();
-    const std::byte* table = paged ? paged->tensor(pin, *classifier) : ctx.input(3).data();
-    logits(*shape, floats(ctx.input(0)), reinterpret_cast<const float*>(norm), weight_ref(*classifier, table),
-           *out_scratch, floats(ctx.output()));
-  }, always);
+  const std::size_t unit = paged ? paged->attention_unit(l) : 0, ffn_unit = paged ? paged->ffn_unit(l) : 0;
+  const KvNode kv_node{wiring.shape,
+                       w,
+                       &model_.token_embedding,
+                       paged,
+                       unit,
+                       l,
+                       l + 1 == c.n_layers,
+                       batch_,
+                       wiring.row_bytes_kv,
+                       wiring.cache_half,
+                       wiring.stream_bytes,
+                       std::make_shared<ForwardScratch>(c),
+                       wiring.batch_scratch,
+                       wiring.batch_cache};
+  NodeOptions kv_options;
+  kv_options.name = "kv" + std::to_string(l);
+  propagator_->derive_incremental(
+      kv, std::move(kv_inputs),
+      [kv_node](const IncrementalContext& ctx, Delta& out) {
+        const StepInput in = read_step(ctx.inputs[1], kv_node.shape->config);
+        if (kv_node.batch > 0 && ctx.input_deltas[5] != nullptr) return kv_prompt_wave(kv_node, in, ctx, out);
+        kv_step(kv_node, in, ctx, out);
+      },
+      kv_options);
+
+  const BlockNode block{wiring.shape,
+                        w,
+                        paged,
+                        unit,
+                        ffn_unit,
+                        wiring.cache_half,
+                        std::make_shared<ForwardScratch>(c),
+                        std::make_shared<std::vector<float>>(c.dim)};
+  NodeOptions block_options;
+  block_options.always_changes = true;
+  block_options.name = "block" + std::to_string(l);
+  propagator_->derive_map(
+      wiring.x[l + 1], std::move(block_inputs), [block](MapContext& ctx) { block_step(block, ctx); }, block_options);
+}
+
+void Engine::add_logits_node(Wiring& wiring) {
+  const ModelConfig& c = model_.config;
+  PagedModel* paged = wiring.paged;
+  const ForwardShape* shape = wiring.shape;
+  logits_page_ = runtime_->create_page(std::uint64_t{c.vocab_size} * sizeof(float));
+  const Tensor* classifier = &model_.classifier;
+  const Tensor* final_norm = &model_.final_norm;
+  auto scratch = std::make_shared<ForwardScratch>(c);
+  std::vector<PageId> inputs{wiring.x[c.n_layers], step_page_};
+  if (!paged) {
+    const PageId norm = weight_page(*final_norm);
+    const PageId table = classifier->bytes.data() == model_.token_embedding.bytes.data() ? weight_pages_.front()
+                                                                                         : weight_page(*classifier);
+    inputs.insert(inputs.end(), {norm, table});
+  }
+  NodeOptions options;
+  options.always_changes = true;
+  options.name = "logits";
+  propagator_->derive_map(
+      logits_page_, std::move(inputs),
+      [shape, classifier, final_norm, scratch, paged](MapContext& ctx) {
+        // The classifier is the largest matrix of a small model; prompt steps before the last do not need it. The
+        // page then keeps its previous bytes (the node still publishes: it is always_changes).
+        if (read_step(ctx.input(1), shape->config).want_logits == 0) return;
+        LayerPager::Pin pin;
+        if (paged) pin = paged->pin(paged->head_unit(), true);
+        const std::byte* norm = paged ? paged->tensor(pin, *final_norm) : ctx.input(2).data();
+        const std::byte* table = paged ? paged->tensor(pin, *classifier) : ctx.input(3).data();
+        logits(*shape, floats(ctx.input(0)), reinterpret_cast<const float*>(norm), weight_ref(*classifier, table),
+               *scratch, floats(ctx.output()));
+      },
+      options);
 }
 
 PageId Engine::weight_page_of(const Tensor& tensor) const {

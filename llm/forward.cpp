@@ -5,10 +5,16 @@
 #include <cstring>
 
 #include "llm/kquants.hpp"
+#include "llm/thread_team.hpp"
 
 namespace mmsb::llm {
 
 namespace {
+
+// Products smaller than this many multiply-adds run on one thread: splitting them costs more than it saves.
+constexpr std::size_t kSplitWork = std::size_t{1} << 16;
+// Row ranges of a split start at multiples of this (a multiple of every kernel's tile height).
+constexpr std::size_t kRowAlign = 16;
 
 void rmsnorm(float* out, const float* x, const float* weight, std::size_t n, float eps) {
   float ss = 0;
@@ -19,15 +25,7 @@ void rmsnorm(float* out, const float* x, const float* weight, std::size_t n, flo
   for (std::size_t j = 0; j < n; ++j) out[j] = weight[j] * (ss * x[j]);
 }
 
-void matvec(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, float* out, std::size_t rows,
-            ForwardScratch& scratch) {
-  if (s.rounding == ActivationRounding::LikeLlamaCpp) {
-    return matmul_llamacpp_rounding(*s.kernels, w.type, w.data, w.row_stride, x, cols, out, rows, scratch.rounded);
-  }
-  matmul(*s.kernels, w.type, w.data, w.row_stride, x, cols, out, rows);
-}
-
-// Rotates adjacent pairs (i, i+1) of each head of `vec` (n floats) by the angles of position `pos`.
+// Rotates adjacent pairs (i, i+1) of each head of `vec` (n floats, starting at a head) by the angles of `pos`.
 void rope(const ForwardShape& s, float* vec, std::size_t n, int pos) {
   const std::size_t head = s.config.head_size(), half = head / 2;
   const float* cs = s.rope_cos.data() + static_cast<std::size_t>(pos) * half;
@@ -38,6 +36,138 @@ void rope(const ForwardShape& s, float* vec, std::size_t n, int pos) {
     vec[i] = v0 * cs[f] - v1 * sn[f];
     vec[i + 1] = v0 * sn[f] + v1 * cs[f];
   }
+}
+
+// Runs job(part, parts) on the team when `work` is worth splitting, else inline as the only part. Results do not
+// depend on the split: every kernel computes each row alike whatever range it is given (kernels.hpp).
+template <class Job>
+void split(const ForwardShape& s, std::size_t work, Job&& job) {
+  if (s.team == nullptr || s.team->size() == 1 || work < kSplitWork || s.rounding == ActivationRounding::LikeLlamaCpp) {
+    job(0u, 1u);
+    return;
+  }
+  s.team->run(job);
+}
+
+// Rows `range` of w times the n prepared vectors; out holds `rows` floats per vector. In the comparison mode
+// (ActivationRounding::LikeLlamaCpp) `x` is used instead, one vector at a time through the scalar rounding path.
+void product_rows(const ForwardShape& s, WeightRef w, PreparedActivations act, const float* x, std::size_t n,
+                  std::size_t cols, float* out, std::size_t rows, PartRange range, ForwardScratch& scratch) {
+  if (range.begin >= range.end) return;
+  if (s.rounding == ActivationRounding::LikeLlamaCpp) {
+    for (std::size_t t = 0; t < n; ++t) {
+      matmul_llamacpp_rounding(*s.kernels, w.type, w.data, w.row_stride, x + t * cols, cols, out + t * rows, rows,
+                               scratch.rounded);
+    }
+    return;
+  }
+  s.kernels->matmul[static_cast<std::uint32_t>(w.type)](w.data + range.begin * w.row_stride, w.row_stride,
+                                                        range.end - range.begin, act.data, act.stride, n, cols,
+                                                        out + range.begin, rows);
+}
+
+PreparedActivations prepare(const ForwardShape& s, TensorType type, const float* x, std::size_t cols, std::size_t n,
+                            std::vector<std::byte>& storage) {
+  if (s.rounding == ActivationRounding::LikeLlamaCpp) return {};
+  return prepare_activations(*s.kernels, type, x, cols, n, cols, storage);
+}
+
+// x ([n][cols]) times w_a and, when its data is not null, w_b (the same input: k and v, gate and up), split by rows
+// across the team; then(range) runs on each part's rows after its products, so that no second join is needed.
+template <class Then>
+void products(const ForwardShape& s, WeightRef w_a, WeightRef w_b, const float* x, std::size_t cols, std::size_t n,
+              float* out_a, float* out_b, std::size_t rows, ForwardScratch& scratch, Then&& then) {
+  const PreparedActivations a = prepare(s, w_a.type, x, cols, n, scratch.act);
+  PreparedActivations b = a;
+  if (w_b.data != nullptr && activation_format(w_b.type) != activation_format(w_a.type)) {
+    b = prepare(s, w_b.type, x, cols, n, scratch.act_b);
+  }
+  auto job = [&](unsigned part, unsigned parts) {
+    const PartRange range = part_range(rows, part, parts, kRowAlign);
+    product_rows(s, w_a, a, x, n, cols, out_a, rows, range, scratch);
+    if (w_b.data != nullptr) product_rows(s, w_b, b, x, n, cols, out_b, rows, range, scratch);
+    then(range);
+  };
+  split(s, rows * cols * n * (w_b.data != nullptr ? 2 : 1), job);
+}
+
+void product(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, std::size_t n, float* out,
+             std::size_t rows, ForwardScratch& scratch) {
+  products(s, w, {}, x, cols, n, out, nullptr, rows, scratch, [](PartRange) {});
+}
+
+// The buffers of n positions ([n][width] each) and the scratch of the products.
+struct Buffers {
+  float* xb;
+  float* q;
+  float* attn;
+  float* hb;
+  float* hb2;
+  ForwardScratch& one;
+};
+Buffers buffers(ForwardScratch& s) {
+  return {s.xb.data(), s.q.data(), s.attn_out.data(), s.hb.data(), s.hb2.data(), s};
+}
+Buffers buffers(BatchScratch& b) {
+  return {b.xb.data(), b.q.data(), b.attn_out.data(), b.hb.data(), b.hb2.data(), b.one};
+}
+
+void kv_rows(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wk, WeightRef wv, int pos0,
+             std::size_t n, Buffers b, float* k, float* v) {
+  const std::size_t dim = s.config.dim, kv_dim = s.config.kv_dim();
+  for (std::size_t t = 0; t < n; ++t) rmsnorm(b.xb + t * dim, x + t * dim, attn_norm, dim, s.config.rms_eps);
+  products(s, wk, wv, b.xb, dim, n, k, v, kv_dim, b.one, [](PartRange) {});
+  for (std::size_t t = 0; t < n; ++t) rope(s, k + t * kv_dim, kv_dim, pos0 + static_cast<int>(t));
+}
+
+// Position pos0 + t attends to cache rows 0 .. pos0 + t. The heads are split across the team: each part computes
+// the query rows of its heads (no other part needs them), rotates them and attends, into its own score buffer.
+void attention_rows(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wo,
+                    const float* keys, const float* values, int pos0, std::size_t n, Buffers b, float* out) {
+  const ModelConfig& c = s.config;
+  const std::size_t dim = c.dim, kv_dim = c.kv_dim(), head = c.head_size(), seq = c.seq_len;
+  const std::size_t group = c.n_heads / c.n_kv_heads;  // query heads sharing one key/value head
+  for (std::size_t t = 0; t < n; ++t) rmsnorm(b.xb + t * dim, x + t * dim, attn_norm, dim, c.rms_eps);
+  const PreparedActivations act = prepare(s, wq.type, b.xb, dim, n, b.one.act);
+  const unsigned parts = s.team != nullptr ? s.team->size() : 1;
+  if (b.one.att.size() < parts * seq) b.one.att.resize(parts * seq);  // once: a score buffer per part
+  const float scale = std::sqrt(static_cast<float>(head));
+  auto job = [&](unsigned part, unsigned count) {
+    const PartRange heads = part_range(c.n_heads, part, count, 1);
+    if (heads.begin >= heads.end) return;
+    product_rows(s, wq, act, b.xb, n, dim, b.q, dim, {heads.begin * head, heads.end * head}, b.one);
+    float* att = b.one.att.data() + part * seq;
+    for (std::size_t t = 0; t < n; ++t) {
+      const int pos = pos0 + static_cast<int>(t);
+      float* qt = b.q + t * dim;
+      rope(s, qt + heads.begin * head, (heads.end - heads.begin) * head, pos);
+      const std::size_t positions = static_cast<std::size_t>(pos) + 1;
+      for (std::size_t h = heads.begin; h < heads.end; ++h) {
+        const std::size_t kv_offset = (h / group) * head;
+        s.kernels->attention_scores(qt + h * head, keys + kv_offset, kv_dim, positions, head, scale, att);
+        s.kernels->softmax(att, positions);
+        s.kernels->attention_mix(att, values + kv_offset, kv_dim, positions, head, b.attn + t * dim + h * head);
+      }
+    }
+  };
+  split(s, n * dim * (dim + kv_dim * (static_cast<std::size_t>(pos0) + n)), job);
+  product(s, wo, b.attn, dim, n, b.xb, dim, b.one);
+  for (std::size_t i = 0; i < n * dim; ++i) out[i] = x[i] + b.xb[i];
+}
+
+// out = x + w2 · (silu(w1 · norm(x)) * (w3 · norm(x))); each part applies the SwiGLU to its own rows.
+void feed_forward_rows(const ForwardShape& s, const float* x, const float* ffn_norm, WeightRef w1, WeightRef w2,
+                       WeightRef w3, std::size_t n, Buffers b, float* out) {
+  const ModelConfig& c = s.config;
+  const std::size_t dim = c.dim, hidden = c.hidden_dim;
+  for (std::size_t t = 0; t < n; ++t) rmsnorm(b.xb + t * dim, x + t * dim, ffn_norm, dim, c.rms_eps);
+  products(s, w1, w3, b.xb, dim, n, b.hb, b.hb2, hidden, b.one, [&](PartRange rows) {
+    for (std::size_t t = 0; t < n && rows.begin < rows.end; ++t) {
+      s.kernels->swiglu(b.hb + t * hidden + rows.begin, b.hb2 + t * hidden + rows.begin, rows.end - rows.begin);
+    }
+  });
+  product(s, w2, b.hb, hidden, n, b.xb, dim, b.one);
+  for (std::size_t i = 0; i < n * dim; ++i) out[i] = x[i] + b.xb[i];
 }
 
 }  // namespace
@@ -58,7 +188,13 @@ ForwardShape::ForwardShape(const ModelConfig& c, const Kernels& k, ActivationRou
 }
 
 ForwardScratch::ForwardScratch(const ModelConfig& c)
-    : xb(c.dim), q(c.dim), att(c.seq_len), attn_out(c.dim), hb(c.hidden_dim), hb2(c.hidden_dim), k(c.kv_dim()),
+    : xb(c.dim),
+      q(c.dim),
+      att(c.seq_len),
+      attn_out(c.dim),
+      hb(c.hidden_dim),
+      hb2(c.hidden_dim),
+      k(c.kv_dim()),
       v(c.kv_dim()) {}
 
 void embed(const ForwardShape& s, WeightRef table, int token, float* x) {
@@ -68,61 +204,23 @@ void embed(const ForwardShape& s, WeightRef table, int token, float* x) {
 
 void kv_project(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wk, WeightRef wv, int pos,
                 ForwardScratch& scratch, float* k, float* v) {
-  const std::size_t dim = s.config.dim, kv_dim = s.config.kv_dim();
-  rmsnorm(scratch.xb.data(), x, attn_norm, dim, s.config.rms_eps);
-  matvec(s, wk, scratch.xb.data(), dim, k, kv_dim, scratch);
-  matvec(s, wv, scratch.xb.data(), dim, v, kv_dim, scratch);
-  rope(s, k, kv_dim, pos);
+  kv_rows(s, x, attn_norm, wk, wv, pos, 1, buffers(scratch), k, v);
 }
 
 void attention(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wo,
                const float* keys, const float* values, int pos, ForwardScratch& scratch, float* out) {
-  const ModelConfig& c = s.config;
-  const std::size_t dim = c.dim, kv_dim = c.kv_dim(), head = c.head_size();
-  const std::size_t group = c.n_heads / c.n_kv_heads;  // query heads sharing one key/value head
-  float* xb = scratch.xb.data();
-  float* q = scratch.q.data();
-  float* att = scratch.att.data();
-  float* attn = scratch.attn_out.data();
-  rmsnorm(xb, x, attn_norm, dim, c.rms_eps);
-  matvec(s, wq, xb, dim, q, dim, scratch);
-  rope(s, q, dim, pos);
-  const float scale = std::sqrt(static_cast<float>(head));
-  const std::size_t positions = static_cast<std::size_t>(pos) + 1;
-  for (std::size_t h = 0; h < c.n_heads; ++h) {
-    const float* qh = q + h * head;
-    const std::size_t kv_offset = (h / group) * head;
-    s.kernels->attention_scores(qh, keys + kv_offset, kv_dim, positions, head, scale, att);
-    s.kernels->softmax(att, positions);
-    s.kernels->attention_mix(att, values + kv_offset, kv_dim, positions, head, attn + h * head);
-  }
-  matvec(s, wo, attn, dim, xb, dim, scratch);
-  for (std::size_t i = 0; i < dim; ++i) out[i] = x[i] + xb[i];
+  attention_rows(s, x, attn_norm, wq, wo, keys, values, pos, 1, buffers(scratch), out);
 }
 
 void feed_forward(const ForwardShape& s, const float* x, const float* ffn_norm, WeightRef w1, WeightRef w2,
                   WeightRef w3, ForwardScratch& scratch, float* out) {
-  const ModelConfig& c = s.config;
-  const std::size_t dim = c.dim, hidden = c.hidden_dim;
-  float* xb = scratch.xb.data();
-  float* hb = scratch.hb.data();
-  float* hb2 = scratch.hb2.data();
-  rmsnorm(xb, x, ffn_norm, dim, c.rms_eps);
-  matvec(s, w1, xb, dim, hb, hidden, scratch);
-  matvec(s, w3, xb, dim, hb2, hidden, scratch);
-  for (std::size_t i = 0; i < hidden; ++i) {
-    float v = hb[i];
-    v *= 1.0f / (1.0f + std::exp(-v));  // SiLU
-    hb[i] = v * hb2[i];
-  }
-  matvec(s, w2, hb, hidden, xb, dim, scratch);
-  for (std::size_t i = 0; i < dim; ++i) out[i] = x[i] + xb[i];
+  feed_forward_rows(s, x, ffn_norm, w1, w2, w3, 1, buffers(scratch), out);
 }
 
 void logits(const ForwardShape& s, const float* x, const float* final_norm, WeightRef classifier,
             ForwardScratch& scratch, float* out) {
   rmsnorm(scratch.xb.data(), x, final_norm, s.config.dim, s.config.rms_eps);
-  matvec(s, classifier, scratch.xb.data(), s.config.dim, out, s.config.vocab_size, scratch);
+  product(s, classifier, scratch.xb.data(), s.config.dim, 1, out, s.config.vocab_size, scratch);
 }
 
 BatchScratch::BatchScratch(const ModelConfig& c, std::size_t max)
@@ -135,26 +233,9 @@ BatchScratch::BatchScratch(const ModelConfig& c, std::size_t max)
       mid(max * c.dim),
       one(c) {}
 
-void batched_matmul(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, float* out,
-                    std::size_t rows, std::size_t n, ForwardScratch& scratch) {
-  if (s.rounding == ActivationRounding::LikeLlamaCpp || is_super_block_type(w.type) || n == 1) {
-    for (std::size_t t = 0; t < n; ++t) matvec(s, w, x + t * cols, cols, out + t * rows, rows, scratch);
-    return;
-  }
-  const DotFn dot = s.kernels->dot[static_cast<std::uint32_t>(w.type)];
-  const Dot4Fn dot4 = s.kernels->dot4[static_cast<std::uint32_t>(w.type)];
-  for (std::size_t r = 0; r < rows; ++r) {
-    const std::byte* row = w.data + r * w.row_stride;
-    std::size_t t = 0;
-    if (dot4 != nullptr) {
-      for (; t + 4 <= n; t += 4) {
-        float four[4];
-        dot4(row, x + t * cols, cols, cols, four);
-        for (std::size_t j = 0; j < 4; ++j) out[(t + j) * rows + r] = four[j];
-      }
-    }
-    for (; t < n; ++t) out[t * rows + r] = dot(row, x + t * cols, cols);
-  }
+void batched_matmul(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, float* out, std::size_t rows,
+                    std::size_t n, ForwardScratch& scratch) {
+  product(s, w, x, cols, n, out, rows, scratch);
 }
 
 void embed_batch(const ForwardShape& s, WeightRef table, const std::int32_t* tokens, std::size_t n, float* x) {
@@ -163,71 +244,34 @@ void embed_batch(const ForwardShape& s, WeightRef table, const std::int32_t* tok
 
 void kv_project_batch(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wk, WeightRef wv,
                       int pos0, std::size_t n, BatchScratch& scratch, float* k, float* v) {
-  const std::size_t dim = s.config.dim, kv_dim = s.config.kv_dim();
-  float* xb = scratch.xb.data();
-  for (std::size_t t = 0; t < n; ++t) rmsnorm(xb + t * dim, x + t * dim, attn_norm, dim, s.config.rms_eps);
-  batched_matmul(s, wk, xb, dim, k, kv_dim, n, scratch.one);
-  batched_matmul(s, wv, xb, dim, v, kv_dim, n, scratch.one);
-  for (std::size_t t = 0; t < n; ++t) rope(s, k + t * kv_dim, kv_dim, pos0 + static_cast<int>(t));
+  kv_rows(s, x, attn_norm, wk, wv, pos0, n, buffers(scratch), k, v);
 }
 
 void attention_batch(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wo,
                      const float* keys, const float* values, int pos0, std::size_t n, BatchScratch& scratch,
                      float* out) {
-  const ModelConfig& c = s.config;
-  const std::size_t dim = c.dim, kv_dim = c.kv_dim(), head = c.head_size();
-  const std::size_t group = c.n_heads / c.n_kv_heads;
-  float* xb = scratch.xb.data();
-  float* q = scratch.q.data();
-  float* attn = scratch.attn_out.data();
-  float* att = scratch.one.att.data();
-  for (std::size_t t = 0; t < n; ++t) rmsnorm(xb + t * dim, x + t * dim, attn_norm, dim, c.rms_eps);
-  batched_matmul(s, wq, xb, dim, q, dim, n, scratch.one);
-  const float scale = std::sqrt(static_cast<float>(head));
-  for (std::size_t t = 0; t < n; ++t) {
-    const int pos = pos0 + static_cast<int>(t);
-    float* qt = q + t * dim;
-    rope(s, qt, dim, pos);
-    const std::size_t positions = static_cast<std::size_t>(pos) + 1;  // causal: rows up to this position
-    for (std::size_t h = 0; h < c.n_heads; ++h) {
-      const std::size_t kv_offset = (h / group) * head;
-      s.kernels->attention_scores(qt + h * head, keys + kv_offset, kv_dim, positions, head, scale, att);
-      s.kernels->softmax(att, positions);
-      s.kernels->attention_mix(att, values + kv_offset, kv_dim, positions, head, attn + t * dim + h * head);
-    }
-  }
-  batched_matmul(s, wo, attn, dim, xb, dim, n, scratch.one);
-  for (std::size_t i = 0; i < n * dim; ++i) out[i] = x[i] + xb[i];
+  attention_rows(s, x, attn_norm, wq, wo, keys, values, pos0, n, buffers(scratch), out);
 }
 
 void feed_forward_batch(const ForwardShape& s, const float* x, const float* ffn_norm, WeightRef w1, WeightRef w2,
                         WeightRef w3, std::size_t n, BatchScratch& scratch, float* out) {
-  const ModelConfig& c = s.config;
-  const std::size_t dim = c.dim, hidden = c.hidden_dim;
-  float* xb = scratch.xb.data();
-  float* hb = scratch.hb.data();
-  float* hb2 = scratch.hb2.data();
-  for (std::size_t t = 0; t < n; ++t) rmsnorm(xb + t * dim, x + t * dim, ffn_norm, dim, c.rms_eps);
-  batched_matmul(s, w1, xb, dim, hb, hidden, n, scratch.one);
-  batched_matmul(s, w3, xb, dim, hb2, hidden, n, scratch.one);
-  for (std::size_t i = 0; i < n * hidden; ++i) {
-    float v = hb[i];
-    v *= 1.0f / (1.0f + std::exp(-v));  // SiLU
-    hb[i] = v * hb2[i];
-  }
-  batched_matmul(s, w2, hb, hidden, xb, dim, n, scratch.one);
-  for (std::size_t i = 0; i < n * dim; ++i) out[i] = x[i] + xb[i];
+  feed_forward_rows(s, x, ffn_norm, w1, w2, w3, n, buffers(scratch), out);
 }
 
-DirectModel::DirectModel(const Model& model, const Kernels& kernels, ActivationRounding rounding)
+DirectModel::DirectModel(const Model& model, const Kernels& kernels, ActivationRounding rounding, unsigned threads)
     : model_(model),
+      team_(threads > 1 ? std::make_unique<ThreadTeam>(threads) : nullptr),
       shape_(model.config, kernels, rounding),
       scratch_(model.config),
       x_(model.config.dim),
       x2_(model.config.dim),
       keys_(static_cast<std::size_t>(model.config.n_layers) * model.config.seq_len * model.config.kv_dim()),
       values_(keys_.size()),
-      logits_(model.config.vocab_size) {}
+      logits_(model.config.vocab_size) {
+  shape_.team = team_.get();
+}
+
+DirectModel::~DirectModel() = default;
 
 const float* DirectModel::step(int token, int pos, bool want_logits) {
   const ModelConfig& c = model_.config;
@@ -248,10 +292,6 @@ const float* DirectModel::step(int token, int pos, bool want_logits) {
   logits(shape_, x_.data(), f32(model_.final_norm), ref(model_.classifier), scratch_, logits_.data());
   return logits_.data();
 }
-
-}  // namespace mmsb::llm
-
-namespace mmsb::llm {
 
 void DirectModel::prefill(std::span<const std::int32_t> tokens, int pos, std::size_t max_batch) {
   const ModelConfig& c = model_.config;
@@ -278,8 +318,7 @@ void DirectModel::prefill(std::span<const std::int32_t> tokens, int pos, std::si
       if (l + 1 == c.n_layers) break;  // the last layer's stream would only feed the classifier
       attention_batch(shape_, bx_.data(), f32(w.attn_norm), ref(w.wq), ref(w.wo), keys, values, pos0, n, *batch_,
                       bx2_.data());
-      feed_forward_batch(shape_, bx2_.data(), f32(w.ffn_norm), ref(w.w1), ref(w.w2), ref(w.w3), n, *batch_,
-                         bx_.data());
+      feed_forward_batch(shape_, bx2_.data(), f32(w.ffn_norm), ref(w.w1), ref(w.w2), ref(w.w3), n, *batch_, bx_.data());
     }
     done += n;
   }

@@ -81,34 +81,91 @@ inline void decode_q5_1(const std::uint8_t* b, DecodedBlock& out) noexcept {
 
 // --- scalar reference ------------------------------------------------------------------------------------------
 
-float dot_f32_scalar(const void* row, const float* x, std::size_t n) {
-  const float* r = static_cast<const float*>(row);
+// The Q8 activation format of one vector (kernels.hpp): q[cols], then d[cols / 32], then sum[cols / 32].
+struct Q8View {
+  const std::int8_t* q;
+  const float* d;
+  const std::int32_t* sum;
+};
+inline Q8View q8_view(const std::byte* act, std::size_t cols) noexcept {
+  return {reinterpret_cast<const std::int8_t*>(act), reinterpret_cast<const float*>(act + cols),
+          reinterpret_cast<const std::int32_t*>(act + cols + cols / kBlock * sizeof(float))};
+}
+
+// Rounds one vector to the Q8 format (as quantize_q8_avx2 does, byte for byte, and as llama.cpp's AVX2 backend
+// rounds activations to Q8_0: the same q and the same half-precision scale).
+void quantize_q8_scalar(const float* x, std::size_t cols, std::byte* out) {
+  auto* q = reinterpret_cast<std::int8_t*>(out);
+  auto* d = reinterpret_cast<float*>(out + cols);
+  auto* sum = reinterpret_cast<std::int32_t*>(out + cols + cols / kBlock * sizeof(float));
+  for (std::size_t b = 0; b < cols / kBlock; ++b) {
+    float amax = 0;
+    for (std::size_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(x[b * kBlock + j]));
+    const float scale = amax / 127.0f;
+    const float id = scale != 0.0f ? 1.0f / scale : 0.0f;
+    d[b] = fp16_to_fp32(fp32_to_fp16(scale));
+    std::int32_t s = 0;
+    for (std::size_t j = 0; j < kBlock; ++j) {
+      // |x| / (max|x| / 127) rounds to at most 127: the nearest integer cannot pass it.
+      q[b * kBlock + j] = static_cast<std::int8_t>(std::nearbyint(x[b * kBlock + j] * id));
+      s += q[b * kBlock + j];
+    }
+    sum[b] = s;
+  }
+}
+void quantize_q8k_activations_scalar(const float* x, std::size_t cols, std::byte* out) {
+  quantize_row_q8k(x, reinterpret_cast<BlockQ8K*>(out), cols, SimdLevel::Scalar);
+}
+void copy_activations(const float* x, std::size_t cols, std::byte* out) { std::memcpy(out, x, cols * sizeof(float)); }
+void half_activations_scalar(const float* x, std::size_t cols, std::byte* out) {
+  for (std::size_t i = 0; i < cols; ++i) {
+    const std::uint16_t h = fp32_to_fp16(x[i]);
+    std::memcpy(out + 2 * i, &h, 2);
+  }
+}
+
+// One row against one prepared vector: the reference arithmetic of each type. For the block types, each block's
+// integer sum times both block scales, plus the weight block's offset times the activation block's value sum
+// (Q4_1, Q5_1).
+using RowDot = float (*)(const std::uint8_t* row, const std::byte* act, std::size_t cols);
+
+float row_dot_f32(const std::uint8_t* row, const std::byte* act, std::size_t cols) {
+  const auto* r = reinterpret_cast<const float*>(row);
+  const auto* x = reinterpret_cast<const float*>(act);
   float sum = 0;
-  for (std::size_t i = 0; i < n; ++i) sum += r[i] * x[i];
+  for (std::size_t i = 0; i < cols; ++i) sum += r[i] * x[i];
   return sum;
 }
-float dot_f16_scalar(const void* row, const float* x, std::size_t n) {
-  const auto* r = static_cast<const std::uint8_t*>(row);
+float row_dot_f16(const std::uint8_t* row, const std::byte* act, std::size_t cols) {
+  const auto* x = reinterpret_cast<const std::uint8_t*>(act);
   float sum = 0;
-  for (std::size_t i = 0; i < n; ++i) sum += load_half(r + 2 * i) * x[i];
+  for (std::size_t i = 0; i < cols; ++i) sum += load_half(row + 2 * i) * load_half(x + 2 * i);
+  return sum;
+}
+template <void (*Decode)(const std::uint8_t*, DecodedBlock&), std::size_t BlockBytes>
+float row_dot_q8(const std::uint8_t* row, const std::byte* act, std::size_t cols) {
+  const Q8View x = q8_view(act, cols);
+  float sum = 0;
+  DecodedBlock blk;
+  for (std::size_t b = 0; b < cols / kBlock; ++b, row += BlockBytes) {
+    Decode(row, blk);
+    std::int32_t isum = 0;
+    for (std::size_t j = 0; j < kBlock; ++j) isum += blk.q[j] * x.q[b * kBlock + j];
+    sum += static_cast<float>(isum) * (blk.d * x.d[b]) + blk.m * (x.d[b] * static_cast<float>(x.sum[b]));
+  }
   return sum;
 }
 
-template <void (*Decode)(const std::uint8_t*, DecodedBlock&), std::size_t BlockBytes>
-float dot_blocks_scalar(const void* row, const float* x, std::size_t n) {
-  const auto* b = static_cast<const std::uint8_t*>(row);
-  float sum = 0;
-  DecodedBlock blk;
-  for (std::size_t i = 0; i < n; i += kBlock, b += BlockBytes, x += kBlock) {
-    Decode(b, blk);
-    float sq = 0, sx = 0;
-    for (std::size_t j = 0; j < kBlock; ++j) {
-      sq += static_cast<float>(blk.q[j]) * x[j];
-      sx += x[j];
+// A product as one row dot per (row, vector).
+template <RowDot Dot>
+void matmul_rows(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                 std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  for (std::size_t t = 0; t < n; ++t) {
+    for (std::size_t r = 0; r < rows; ++r) {
+      const auto* row = reinterpret_cast<const std::uint8_t*>(w + r * row_stride);
+      out[t * out_stride + r] = Dot(row, act + t * act_stride, cols);
     }
-    sum += blk.d * sq + blk.m * sx;
   }
-  return sum;
 }
 
 void dequantize_f32(const void* row, float* out, std::size_t n) { std::memcpy(out, row, n * sizeof(float)); }
@@ -158,13 +215,20 @@ void softmax_scalar(float* x, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) x[i] /= sum;
 }
 
+void swiglu_scalar(float* gate, const float* up, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) {
+    float v = gate[i];
+    v *= 1.0f / (1.0f + std::exp(-v));  // SiLU
+    gate[i] = v * up[i];
+  }
+}
+
 // --- AVX2 ------------------------------------------------------------------------------------------------------
 
 #define MMSB_AVX2 __attribute__((target("avx2,fma,f16c")))
 // Without "fma": GCC would fuse a multiply and an add into one FMA, which rounds once instead of twice; the
 // attention kernels must round exactly as the scalar loop does.
 #define MMSB_AVX2_NO_FMA __attribute__((target("avx2")))
-#define MMSB_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
 MMSB_AVX2 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -173,126 +237,57 @@ MMSB_AVX2 inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-MMSB_AVX2 float dot_f32_avx2(const void* row, const float* x, std::size_t n) {
-  const float* r = static_cast<const float*>(row);
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+// Q8 rounding of one vector, 8 lanes at a time: the same float products and rounding (to nearest, ties to even)
+// as quantize_q8_scalar, so the bytes are identical.
+MMSB_AVX2 void quantize_q8_avx2(const float* x, std::size_t cols, std::byte* out) {
+  auto* q = reinterpret_cast<std::int8_t*>(out);
+  auto* d = reinterpret_cast<float*>(out + cols);
+  auto* sum = reinterpret_cast<std::int32_t*>(out + cols + cols / kBlock * sizeof(float));
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undoes the lane interleaving of the packs
+  for (std::size_t b = 0; b < cols / kBlock; ++b, x += kBlock) {
+    __m256 v[4];
+    __m256 vmax = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      v[k] = _mm256_loadu_ps(x + 8 * k);
+      vmax = _mm256_max_ps(vmax, _mm256_and_ps(v[k], magnitude));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float scale = _mm_cvtss_f32(m) / 127.0f;
+    d[b] = _cvtsh_ss(_cvtss_sh(scale, _MM_FROUND_TO_NEAREST_INT));
+    const __m256 id = _mm256_set1_ps(scale != 0.0f ? 1.0f / scale : 0.0f);
+    __m256i i32[4];
+    for (int k = 0; k < 4; ++k) {
+      i32[k] =
+          _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(i32[0], i32[1]), _mm256_packs_epi32(i32[2], i32[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlock), _mm256_permutevar8x32_epi32(bytes, order));
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]), _mm256_add_epi32(i32[2], i32[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    sum[b] = _mm_cvtsi128_si32(s4);
+  }
+}
+MMSB_AVX2 void half_activations_avx2(const float* x, std::size_t cols, std::byte* out) {
   std::size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r + i), _mm256_loadu_ps(x + i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+  for (; i + 8 <= cols; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
   }
-  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r + i), _mm256_loadu_ps(x + i), a0);
-  float sum = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  for (; i < n; ++i) sum += r[i] * x[i];
-  return sum;
+  half_activations_scalar(x + i, cols - i, out + 2 * i);
 }
-
-MMSB_AVX2 float dot_f16_avx2(const void* row, const float* x, std::size_t n) {
-  const auto* r = static_cast<const std::uint8_t*>(row);
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  std::size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 2 * i)));
-    __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 2 * i + 16)));
-    a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
-    a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);
-  }
-  for (; i + 8 <= n; i += 8) {
-    __m256 w = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + 2 * i)));
-    a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + i), a0);
-  }
-  float sum = hsum256(_mm256_add_ps(a0, a1));
-  for (; i < n; ++i) sum += load_half(r + 2 * i) * x[i];
-  return sum;
-}
-
-// sum over 32 values of q[j] * x[j], as 8 lanes.
-MMSB_AVX2 inline __m256 dot_i8x32(__m256i q, const float* x) {
-  __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-  __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-  __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-  __m256 f2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-  __m256 f3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
-  __m256 s = _mm256_mul_ps(f0, _mm256_loadu_ps(x));
-  s = _mm256_fmadd_ps(f1, _mm256_loadu_ps(x + 8), s);
-  s = _mm256_fmadd_ps(f2, _mm256_loadu_ps(x + 16), s);
-  return _mm256_fmadd_ps(f3, _mm256_loadu_ps(x + 24), s);
-}
-MMSB_AVX2 inline __m256 sum_x32(const float* x) {
-  return _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
-                       _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
-}
-// 16 bytes of nibbles → 32 bytes: low nibbles as values 0..15, high nibbles as 16..31.
-MMSB_AVX2 inline __m256i unpack_nibbles(const std::uint8_t* p) {
-  __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  __m128i mask = _mm_set1_epi8(0x0F);
-  __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-  return _mm256_set_m128i(hi, lo);
-}
-// Bit j of `bits` → byte j set to 0x10 (the fifth bit of value j).
-MMSB_AVX2 inline __m256i high_bits_to_bytes(std::uint32_t bits) {
-  const __m256i shuffle = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
-  __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), shuffle);
-  const __m256i select = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
-  v = _mm256_cmpeq_epi8(_mm256_and_si256(v, select), select);
-  return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
-}
-
-MMSB_AVX2 float dot_q8_0_avx2(const void* row, const float* x, std::size_t n) {
-  const auto* b = static_cast<const std::uint8_t*>(row);
-  __m256 acc = _mm256_setzero_ps();
-  for (std::size_t i = 0; i < n; i += kBlock, b += kQ8_0Bytes, x += kBlock) {
-    __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(load_half(b)), dot_i8x32(q, x), acc);
-  }
-  return hsum256(acc);
-}
-MMSB_AVX2 float dot_q4_0_avx2(const void* row, const float* x, std::size_t n) {
-  const auto* b = static_cast<const std::uint8_t*>(row);
-  __m256 acc = _mm256_setzero_ps();
-  for (std::size_t i = 0; i < n; i += kBlock, b += kQ4_0Bytes, x += kBlock) {
-    __m256i q = _mm256_sub_epi8(unpack_nibbles(b + 2), _mm256_set1_epi8(8));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(load_half(b)), dot_i8x32(q, x), acc);
-  }
-  return hsum256(acc);
-}
-MMSB_AVX2 float dot_q4_1_avx2(const void* row, const float* x, std::size_t n) {
-  const auto* b = static_cast<const std::uint8_t*>(row);
-  __m256 acc = _mm256_setzero_ps();
-  for (std::size_t i = 0; i < n; i += kBlock, b += kQ4_1Bytes, x += kBlock) {
-    __m256i q = unpack_nibbles(b + 4);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(load_half(b)), dot_i8x32(q, x), acc);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(load_half(b + 2)), sum_x32(x), acc);
-  }
-  return hsum256(acc);
-}
-MMSB_AVX2 float dot_q5_0_avx2(const void* row, const float* x, std::size_t n) {
-  const auto* b = static_cast<const std::uint8_t*>(row);
-  __m256 acc = _mm256_setzero_ps();
-  for (std::size_t i = 0; i < n; i += kBlock, b += kQ5_0Bytes, x += kBlock) {
-    __m256i q = _mm256_or_si256(unpack_nibbles(b + 6), high_bits_to_bytes(load_u32(b + 2)));
-    q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(load_half(b)), dot_i8x32(q, x), acc);
-  }
-  return hsum256(acc);
-}
-MMSB_AVX2 float dot_q5_1_avx2(const void* row, const float* x, std::size_t n) {
-  const auto* b = static_cast<const std::uint8_t*>(row);
-  __m256 acc = _mm256_setzero_ps();
-  for (std::size_t i = 0; i < n; i += kBlock, b += kQ5_1Bytes, x += kBlock) {
-    __m256i q = _mm256_or_si256(unpack_nibbles(b + 8), high_bits_to_bytes(load_u32(b + 4)));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(load_half(b)), dot_i8x32(q, x), acc);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(load_half(b + 2)), sum_x32(x), acc);
-  }
-  return hsum256(acc);
+void quantize_q8k_activations_avx2(const float* x, std::size_t cols, std::byte* out) {
+  quantize_row_q8k(x, reinterpret_cast<BlockQ8K*>(out), cols, SimdLevel::Avx2);
 }
 
 // Eight keys at a time: their 8-float chunks are transposed so that lane j accumulates key j's score in the
 // scalar order (element 0 first), with a separate multiply and add.
 MMSB_AVX2_NO_FMA void attention_scores_avx2(const float* q, const float* keys, std::size_t stride, std::size_t n,
-                                     std::size_t head, float scale, float* scores) {
+                                            std::size_t head, float scale, float* scores) {
   if (head % 8 != 0) return attention_scores_scalar(q, keys, stride, n, head, scale, scores);
   const __m256 vscale = _mm256_set1_ps(scale);
   std::size_t t = 0;
@@ -300,10 +295,10 @@ MMSB_AVX2_NO_FMA void attention_scores_avx2(const float* q, const float* keys, s
     __m256 s = _mm256_setzero_ps();
     for (std::size_t c = 0; c < head; c += 8) {
       const float* base = keys + t * stride + c;
-      __m256 r0 = _mm256_loadu_ps(base), r1 = _mm256_loadu_ps(base + stride),
-             r2 = _mm256_loadu_ps(base + 2 * stride), r3 = _mm256_loadu_ps(base + 3 * stride),
-             r4 = _mm256_loadu_ps(base + 4 * stride), r5 = _mm256_loadu_ps(base + 5 * stride),
-             r6 = _mm256_loadu_ps(base + 6 * stride), r7 = _mm256_loadu_ps(base + 7 * stride);
+      __m256 r0 = _mm256_loadu_ps(base), r1 = _mm256_loadu_ps(base + stride), r2 = _mm256_loadu_ps(base + 2 * stride),
+             r3 = _mm256_loadu_ps(base + 3 * stride), r4 = _mm256_loadu_ps(base + 4 * stride),
+             r5 = _mm256_loadu_ps(base + 5 * stride), r6 = _mm256_loadu_ps(base + 6 * stride),
+             r7 = _mm256_loadu_ps(base + 7 * stride);
       __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
       __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
       __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
@@ -324,7 +319,7 @@ MMSB_AVX2_NO_FMA void attention_scores_avx2(const float* q, const float* keys, s
 }
 
 MMSB_AVX2_NO_FMA void attention_mix_avx2(const float* weights, const float* values, std::size_t stride, std::size_t n,
-                                  std::size_t head, float* out) {
+                                         std::size_t head, float* out) {
   if (head % 8 != 0) return attention_mix_scalar(weights, values, stride, n, head, out);
   for (std::size_t c = 0; c < head; c += 8) {
     __m256 acc = _mm256_setzero_ps();
@@ -358,6 +353,21 @@ MMSB_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {
   return _mm256_andnot_ps(too_small, _mm256_mul_ps(p, _mm256_castsi256_ps(scale)));
 }
 
+// gate * sigmoid(gate) * up, 8 lanes at a time: e^-|v| through the polynomial above (no overflow for any v), then
+// sigmoid(v) = 1 / (1 + e^-v) for v >= 0 and e^v / (1 + e^v) for v < 0.
+MMSB_AVX2 void swiglu_avx2(float* gate, const float* up, std::size_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(gate + i);
+    const __m256 e = exp_nonpositive_avx2(_mm256_or_ps(v, sign));  // e^-|v|
+    const __m256 negative = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
+    const __m256 sigmoid = _mm256_div_ps(_mm256_blendv_ps(one, e, negative), _mm256_add_ps(one, e));
+    _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_mul_ps(v, sigmoid), _mm256_loadu_ps(up + i)));
+  }
+  swiglu_scalar(gate + i, up + i, n - i);
+}
+
 MMSB_AVX2 void softmax_avx2(float* x, std::size_t n) {
   std::size_t i = 0;
   __m256 vmax = _mm256_set1_ps(x[0]);
@@ -388,71 +398,20 @@ MMSB_AVX2 void softmax_avx2(float* x, std::size_t n) {
   for (; i < n; ++i) x[i] /= sum;
 }
 
-// --- AVX-512 (F32, F16 and Q8_0; the other types use the AVX2 kernels at this level) --------------------------
-
-// GCC 12's own AVX-512 headers pass _mm512_undefined_*() to masked builtins, which -Wuninitialized reports once
-// inlined here: a false positive in code that is not ours.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-MMSB_AVX512 float dot_f32_avx512(const void* row, const float* x, std::size_t n) {
-  const float* r = static_cast<const float*>(row);
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  std::size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r + i), _mm512_loadu_ps(x + i), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(r + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-  }
-  if (i + 16 <= n) {
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r + i), _mm512_loadu_ps(x + i), a0);
-    i += 16;
-  }
-  if (i < n) {  // masked tail: no scalar loop
-    __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-    a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r + i), _mm512_maskz_loadu_ps(m, x + i), a1);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-}
-MMSB_AVX512 float dot_f16_avx512(const void* row, const float* x, std::size_t n) {
-  const auto* r = static_cast<const std::uint8_t*>(row);
-  __m512 a0 = _mm512_setzero_ps();
-  std::size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 2 * i)));
-    a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + i), a0);
-  }
-  if (i < n) {
-    __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-    __m512 w = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, r + 2 * i));
-    a0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x + i), a0);
-  }
-  return _mm512_reduce_add_ps(a0);
-}
-MMSB_AVX512 float dot_q8_0_avx512(const void* row, const float* x, std::size_t n) {
-  const auto* b = static_cast<const std::uint8_t*>(row);
-  __m512 acc = _mm512_setzero_ps();
-  for (std::size_t i = 0; i < n; i += kBlock, b += kQ8_0Bytes, x += kBlock) {
-    __m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2))));
-    __m512 f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18))));
-    __m512 s = _mm512_fmadd_ps(f1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(f0, _mm512_loadu_ps(x)));
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(load_half(b)), s, acc);
-  }
-  return _mm512_reduce_add_ps(acc);
-}
-
-#pragma GCC diagnostic pop
-
 Kernels make_scalar() {
   Kernels k{};
   k.level = SimdLevel::Scalar;
-  k.dot[0] = dot_f32_scalar;
-  k.dot[1] = dot_f16_scalar;
-  k.dot[2] = dot_blocks_scalar<decode_q4_0, kQ4_0Bytes>;
-  k.dot[3] = dot_blocks_scalar<decode_q4_1, kQ4_1Bytes>;
-  k.dot[6] = dot_blocks_scalar<decode_q5_0, kQ5_0Bytes>;
-  k.dot[7] = dot_blocks_scalar<decode_q5_1, kQ5_1Bytes>;
-  k.dot[8] = dot_blocks_scalar<decode_q8_0, kQ8_0Bytes>;
+  k.matmul[0] = matmul_rows<row_dot_f32>;
+  k.matmul[1] = matmul_rows<row_dot_f16>;
+  k.matmul[2] = matmul_rows<row_dot_q8<decode_q4_0, kQ4_0Bytes>>;
+  k.matmul[3] = matmul_rows<row_dot_q8<decode_q4_1, kQ4_1Bytes>>;
+  k.matmul[6] = matmul_rows<row_dot_q8<decode_q5_0, kQ5_0Bytes>>;
+  k.matmul[7] = matmul_rows<row_dot_q8<decode_q5_1, kQ5_1Bytes>>;
+  k.matmul[8] = matmul_rows<row_dot_q8<decode_q8_0, kQ8_0Bytes>>;
+  k.quantize_activations[static_cast<int>(ActivationFormat::F32)] = copy_activations;
+  k.quantize_activations[static_cast<int>(ActivationFormat::F16)] = half_activations_scalar;
+  k.quantize_activations[static_cast<int>(ActivationFormat::Q8)] = quantize_q8_scalar;
+  k.quantize_activations[static_cast<int>(ActivationFormat::Q8_K)] = quantize_q8k_activations_scalar;
   k.dequantize[0] = dequantize_f32;
   k.dequantize[1] = dequantize_f16;
   k.dequantize[2] = dequantize_blocks<decode_q4_0, kQ4_0Bytes>;
@@ -463,78 +422,29 @@ Kernels make_scalar() {
   k.attention_scores = attention_scores_scalar;
   k.attention_mix = attention_mix_scalar;
   k.softmax = softmax_scalar;
+  k.swiglu = swiglu_scalar;
   add_super_block_kernels(k);
   return k;
 }
 Kernels make_avx2() {
   Kernels k = make_scalar();
   k.level = SimdLevel::Avx2;
-  k.dot[0] = dot_f32_avx2;
-  k.dot[1] = dot_f16_avx2;
-  k.dot[2] = dot_q4_0_avx2;
-  k.dot[3] = dot_q4_1_avx2;
-  k.dot[6] = dot_q5_0_avx2;
-  k.dot[7] = dot_q5_1_avx2;
-  k.dot[8] = dot_q8_0_avx2;
+  k.quantize_activations[static_cast<int>(ActivationFormat::F16)] = half_activations_avx2;
+  k.quantize_activations[static_cast<int>(ActivationFormat::Q8)] = quantize_q8_avx2;
+  k.quantize_activations[static_cast<int>(ActivationFormat::Q8_K)] = quantize_q8k_activations_avx2;
   k.attention_scores = attention_scores_avx2;
   k.attention_mix = attention_mix_avx2;
   k.softmax = softmax_avx2;
+  k.swiglu = swiglu_avx2;
   add_super_block_kernels(k);
+  add_avx2_matmul_kernels(k);
   return k;
 }
-#pragma GCC diagnostic push  // _mm512_reduce_add_ps: GCC 12's header reads an undefined register (as above)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-MMSB_AVX512 void dot4_f32_avx512(const void* row, const float* x, std::size_t stride, std::size_t n, float* out) {
-  // dot_f32_avx512 four times over, sharing the row's loads: the same accumulators and order for each vector.
-  const float* r = static_cast<const float*>(row);
-  const float* x0 = x;
-  const float* x1 = x + stride;
-  const float* x2 = x + 2 * stride;
-  const float* x3 = x + 3 * stride;
-  __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-  std::size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m512 r0 = _mm512_loadu_ps(r + i), r1 = _mm512_loadu_ps(r + i + 16);
-    a00 = _mm512_fmadd_ps(r0, _mm512_loadu_ps(x0 + i), a00);
-    a01 = _mm512_fmadd_ps(r0, _mm512_loadu_ps(x1 + i), a01);
-    a02 = _mm512_fmadd_ps(r0, _mm512_loadu_ps(x2 + i), a02);
-    a03 = _mm512_fmadd_ps(r0, _mm512_loadu_ps(x3 + i), a03);
-    a10 = _mm512_fmadd_ps(r1, _mm512_loadu_ps(x0 + i + 16), a10);
-    a11 = _mm512_fmadd_ps(r1, _mm512_loadu_ps(x1 + i + 16), a11);
-    a12 = _mm512_fmadd_ps(r1, _mm512_loadu_ps(x2 + i + 16), a12);
-    a13 = _mm512_fmadd_ps(r1, _mm512_loadu_ps(x3 + i + 16), a13);
-  }
-  if (i + 16 <= n) {
-    const __m512 r0 = _mm512_loadu_ps(r + i);
-    a00 = _mm512_fmadd_ps(r0, _mm512_loadu_ps(x0 + i), a00);
-    a01 = _mm512_fmadd_ps(r0, _mm512_loadu_ps(x1 + i), a01);
-    a02 = _mm512_fmadd_ps(r0, _mm512_loadu_ps(x2 + i), a02);
-    a03 = _mm512_fmadd_ps(r0, _mm512_loadu_ps(x3 + i), a03);
-    i += 16;
-  }
-  if (i < n) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m512 r0 = _mm512_maskz_loadu_ps(m, r + i);
-    a10 = _mm512_fmadd_ps(r0, _mm512_maskz_loadu_ps(m, x0 + i), a10);
-    a11 = _mm512_fmadd_ps(r0, _mm512_maskz_loadu_ps(m, x1 + i), a11);
-    a12 = _mm512_fmadd_ps(r0, _mm512_maskz_loadu_ps(m, x2 + i), a12);
-    a13 = _mm512_fmadd_ps(r0, _mm512_maskz_loadu_ps(m, x3 + i), a13);
-  }
-  out[0] = _mm512_reduce_add_ps(_mm512_add_ps(a00, a10));
-  out[1] = _mm512_reduce_add_ps(_mm512_add_ps(a01, a11));
-  out[2] = _mm512_reduce_add_ps(_mm512_add_ps(a02, a12));
-  out[3] = _mm512_reduce_add_ps(_mm512_add_ps(a03, a13));
-}
-#pragma GCC diagnostic pop
-
+// The AVX-512 level runs the AVX2 kernels (256-bit lanes); it exists so that MMSB_SIMD and the diff code share
+// one set of level names.
 Kernels make_avx512() {
   Kernels k = make_avx2();
   k.level = SimdLevel::Avx512;
-  k.dot[0] = dot_f32_avx512;
-  k.dot[1] = dot_f16_avx512;
-  k.dot[8] = dot_q8_0_avx512;
-  k.dot4[0] = dot4_f32_avx512;
   return k;
 }
 
@@ -542,39 +452,66 @@ Kernels make_avx512() {
 
 std::optional<std::string_view> tensor_type_name(std::uint32_t id) noexcept {
   switch (id) {
-    case 0: return "F32";
-    case 1: return "F16";
-    case 2: return "Q4_0";
-    case 3: return "Q4_1";
-    case 6: return "Q5_0";
-    case 7: return "Q5_1";
-    case 8: return "Q8_0";
-    case 12: return "Q4_K";
-    case 13: return "Q5_K";
-    case 14: return "Q6_K";
-    case 15: return "Q8_K";
-    case 34: return "TQ1_0";
-    case 35: return "TQ2_0";
-    default: return std::nullopt;
+    case 0:
+      return "F32";
+    case 1:
+      return "F16";
+    case 2:
+      return "Q4_0";
+    case 3:
+      return "Q4_1";
+    case 6:
+      return "Q5_0";
+    case 7:
+      return "Q5_1";
+    case 8:
+      return "Q8_0";
+    case 12:
+      return "Q4_K";
+    case 13:
+      return "Q5_K";
+    case 14:
+      return "Q6_K";
+    case 15:
+      return "Q8_K";
+    case 34:
+      return "TQ1_0";
+    case 35:
+      return "TQ2_0";
+    default:
+      return std::nullopt;
   }
 }
 bool is_supported_type(std::uint32_t id) noexcept { return tensor_type_name(id).has_value(); }
 
 TypeTraits type_traits(TensorType type) noexcept {
   switch (type) {
-    case TensorType::F32: return {1, 4};
-    case TensorType::F16: return {1, 2};
-    case TensorType::Q4_0: return {32, kQ4_0Bytes};
-    case TensorType::Q4_1: return {32, kQ4_1Bytes};
-    case TensorType::Q5_0: return {32, kQ5_0Bytes};
-    case TensorType::Q5_1: return {32, kQ5_1Bytes};
-    case TensorType::Q8_0: return {32, kQ8_0Bytes};
-    case TensorType::Q4_K: return {256, kQ4_KBytes};
-    case TensorType::Q5_K: return {256, kQ5_KBytes};
-    case TensorType::Q6_K: return {256, kQ6_KBytes};
-    case TensorType::Q8_K: return {256, kQ8_KBytes};
-    case TensorType::TQ1_0: return {256, kTQ1_0Bytes};
-    case TensorType::TQ2_0: return {256, kTQ2_0Bytes};
+    case TensorType::F32:
+      return {1, 4};
+    case TensorType::F16:
+      return {1, 2};
+    case TensorType::Q4_0:
+      return {32, kQ4_0Bytes};
+    case TensorType::Q4_1:
+      return {32, kQ4_1Bytes};
+    case TensorType::Q5_0:
+      return {32, kQ5_0Bytes};
+    case TensorType::Q5_1:
+      return {32, kQ5_1Bytes};
+    case TensorType::Q8_0:
+      return {32, kQ8_0Bytes};
+    case TensorType::Q4_K:
+      return {256, kQ4_KBytes};
+    case TensorType::Q5_K:
+      return {256, kQ5_KBytes};
+    case TensorType::Q6_K:
+      return {256, kQ6_KBytes};
+    case TensorType::Q8_K:
+      return {256, kQ8_KBytes};
+    case TensorType::TQ1_0:
+      return {256, kTQ1_0Bytes};
+    case TensorType::TQ2_0:
+      return {256, kTQ2_0Bytes};
   }
   return {1, 0};
 }
@@ -620,7 +557,7 @@ std::uint16_t fp32_to_fp16(float f) noexcept {
   const std::uint32_t abs = x & 0x7FFFFFFFu;
   if (abs >= 0x7F800000u) return static_cast<std::uint16_t>(sign | 0x7C00u | (abs > 0x7F800000u ? 0x200u : 0));
   if (abs >= 0x477FF000u) return static_cast<std::uint16_t>(sign | 0x7C00u);  // rounds to infinity
-  if (abs < 0x38800000u) {                                                  // subnormal or zero half
+  if (abs < 0x38800000u) {                                                    // subnormal or zero half
     float a;
     std::memcpy(&a, &abs, 4);
     // Scaling by 2^24 puts the half's subnormal units in the integer part; nearbyint rounds to even.
@@ -633,12 +570,13 @@ std::uint16_t fp32_to_fp16(float f) noexcept {
 
 bool cpu_supports(SimdLevel level) noexcept {
   switch (level) {
-    case SimdLevel::Scalar: return true;
+    case SimdLevel::Scalar:
+      return true;
     case SimdLevel::Avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case SimdLevel::Avx512:
-      return cpu_supports(SimdLevel::Avx2) && __builtin_cpu_supports("avx512f") &&
-             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+      return cpu_supports(SimdLevel::Avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl");
   }
   return false;
 }
@@ -650,9 +588,12 @@ const Kernels& kernels_for(SimdLevel level) {
                 "this CPU does not support the " + std::string(simd_level_name(level)) + " kernels");
   }
   switch (level) {
-    case SimdLevel::Scalar: return scalar;
-    case SimdLevel::Avx2: return avx2;
-    case SimdLevel::Avx512: return avx512;
+    case SimdLevel::Scalar:
+      return scalar;
+    case SimdLevel::Avx2:
+      return avx2;
+    case SimdLevel::Avx512:
+      return avx512;
   }
   return scalar;
 }
@@ -665,12 +606,48 @@ const Kernels& kernels() {
   }();
   return chosen;
 }
+ActivationFormat activation_format(TensorType weights) noexcept {
+  if (weights == TensorType::F32) return ActivationFormat::F32;
+  if (weights == TensorType::F16) return ActivationFormat::F16;
+  return is_super_block_type(weights) ? ActivationFormat::Q8_K : ActivationFormat::Q8;
+}
+
+std::size_t activation_bytes(ActivationFormat format, std::size_t cols) noexcept {
+  std::size_t bytes = 0;
+  switch (format) {
+    case ActivationFormat::F32:
+      bytes = cols * sizeof(float);
+      break;
+    case ActivationFormat::F16:
+      bytes = cols * sizeof(std::uint16_t);
+      break;
+    case ActivationFormat::Q8:
+      bytes = cols + cols / kBlock * (sizeof(float) + sizeof(std::int32_t));
+      break;
+    case ActivationFormat::Q8_K:
+      bytes = cols / kSuperBlock * sizeof(BlockQ8K);
+      break;
+  }
+  return (bytes + 63) / 64 * 64;
+}
+
+PreparedActivations prepare_activations(const Kernels& k, TensorType weights, const float* x, std::size_t cols,
+                                        std::size_t n, std::size_t x_stride, std::vector<std::byte>& storage) {
+  const ActivationFormat format = activation_format(weights);
+  if (format == ActivationFormat::F32) return {reinterpret_cast<const std::byte*>(x), x_stride * sizeof(float)};
+  const std::size_t stride = activation_bytes(format, cols);
+  if (storage.size() < n * stride) storage.resize(n * stride);
+  for (std::size_t t = 0; t < n; ++t) {
+    k.quantize_activations[static_cast<int>(format)](x + t * x_stride, cols, storage.data() + t * stride);
+  }
+  return {storage.data(), stride};
+}
 
 void matmul(const Kernels& k, TensorType type, const std::byte* matrix, std::size_t row_stride, const float* x,
-            std::size_t cols, float* out, std::size_t rows) noexcept {
-  if (is_super_block_type(type)) return matmul_q8k(k, type, matrix, row_stride, x, cols, out, rows);
-  DotFn dot = k.dot[static_cast<std::uint32_t>(type)];
-  for (std::size_t r = 0; r < rows; ++r) out[r] = dot(matrix + r * row_stride, x, cols);
+            std::size_t cols, float* out, std::size_t rows) {
+  thread_local std::vector<std::byte> storage;  // grows to the widest product once, then no allocation
+  const PreparedActivations act = prepare_activations(k, type, x, cols, 1, cols, storage);
+  k.matmul[static_cast<std::uint32_t>(type)](matrix, row_stride, rows, act.data, act.stride, 1, cols, out, rows);
 }
 
 // --- activations rounded as llama.cpp rounds them (a comparison mode, scalar) ----------------------------------
@@ -706,12 +683,23 @@ float dot_rounded(TensorType type, const std::uint8_t* row, const RoundedBlock* 
   DecodedBlock w;
   for (std::size_t b = 0; b < n / kBlock; ++b, row += t.block_bytes) {
     switch (type) {
-      case TensorType::Q8_0: decode_q8_0(row, w); break;
-      case TensorType::Q4_0: decode_q4_0(row, w); break;
-      case TensorType::Q4_1: decode_q4_1(row, w); break;
-      case TensorType::Q5_0: decode_q5_0(row, w); break;
-      case TensorType::Q5_1: decode_q5_1(row, w); break;
-      default: return 0;
+      case TensorType::Q8_0:
+        decode_q8_0(row, w);
+        break;
+      case TensorType::Q4_0:
+        decode_q4_0(row, w);
+        break;
+      case TensorType::Q4_1:
+        decode_q4_1(row, w);
+        break;
+      case TensorType::Q5_0:
+        decode_q5_0(row, w);
+        break;
+      case TensorType::Q5_1:
+        decode_q5_1(row, w);
+        break;
+      default:
+        return 0;
     }
     int sumi = 0;
     for (std::size_t j = 0; j < kBlock; ++j) sumi += static_cast<int>(w.q[j]) * x[b].q[j];

@@ -188,17 +188,14 @@ float dot_q8k_scalar(const void* row, const BlockQ8K* y, std::size_t n) {
   return sum;
 }
 
-// The f32-activation entry (kernels().dot) for one row: rounds x to Q8_K block by block, then the level's dot.
-template <DotQ8KFn Dot, std::size_t Bytes, SimdLevel Level>
-float dot_via_q8k(const void* row, const float* x, std::size_t n) {
-  const auto* b = static_cast<const std::uint8_t*>(row);
-  BlockQ8K y;
-  float sum = 0;
-  for (std::size_t i = 0; i < n; i += QK) {
-    quantize_row_q8k(x + i, &y, QK, Level);
-    sum += Dot(b + (i / QK) * Bytes, &y, QK);
+// A product as one row dot per (row, vector), the activations already in Q8_K blocks.
+template <DotQ8KFn Dot>
+void matmul_q8k_rows(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                     std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  for (std::size_t t = 0; t < n; ++t) {
+    const auto* x = reinterpret_cast<const BlockQ8K*>(act + t * act_stride);
+    for (std::size_t r = 0; r < rows; ++r) out[t * out_stride + r] = Dot(w + r * row_stride, x, cols);
   }
-  return sum;
 }
 
 // --- AVX2 ------------------------------------------------------------------------------------------------------
@@ -217,18 +214,6 @@ MMSB_KQ_AVX2 inline float hsum_ps(__m256 v) {
 MMSB_KQ_AVX2 inline __m256i mul_u8_i8(__m256i u, __m256i s, __m256i scale) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale);
 }
-// The eight 6-bit scales (bytes 0..7) and mins (bytes 8..15) of a Q4_K / Q5_K block from its 12 scale bytes: the
-// rules of the layout comment applied to four bytes at a time.
-inline void unpack_k4_scales(const std::uint8_t* s, std::uint8_t out[16]) noexcept {
-  std::uint32_t a, b, c;
-  std::memcpy(&a, s, 4);
-  std::memcpy(&b, s + 4, 4);
-  std::memcpy(&c, s + 8, 4);
-  const std::uint32_t words[4] = {a & 0x3F3F3F3Fu, (c & 0x0F0F0F0Fu) | (((a >> 6) & 0x03030303u) << 4), b & 0x3F3F3F3Fu,
-                                  ((c >> 4) & 0x0F0F0F0Fu) | (((b >> 6) & 0x03030303u) << 4)};
-  std::memcpy(out, words, 16);
-}
-
 // Q4_K (Bits = 4) and Q5_K (5): the integer sums of the eight sub-blocks weighted by their scales, and the
 // mins through the activations' block sums (bsums pairs, one per sub-block of 32), both as vectors.
 template <int Bits>
@@ -622,35 +607,26 @@ void add_super_block_kernels(Kernels& k) {
     k.dot_q8k[q8] = dot_q8k_scalar<decode_q8_k, kQ8_KBytes>;
     k.dot_q8k[tq1] = dot_q8k_scalar<decode_tq1_0, kTQ1_0Bytes>;
     k.dot_q8k[tq2] = dot_q8k_scalar<decode_tq2_0, kTQ2_0Bytes>;
-    k.dot[q4] = dot_via_q8k<dot_q8k_scalar<decode_q4_k, kQ4_KBytes>, kQ4_KBytes, SimdLevel::Scalar>;
-    k.dot[q5] = dot_via_q8k<dot_q8k_scalar<decode_q5_k, kQ5_KBytes>, kQ5_KBytes, SimdLevel::Scalar>;
-    k.dot[q6] = dot_via_q8k<dot_q8k_scalar<decode_q6_k, kQ6_KBytes>, kQ6_KBytes, SimdLevel::Scalar>;
-    k.dot[q8] = dot_via_q8k<dot_q8k_scalar<decode_q8_k, kQ8_KBytes>, kQ8_KBytes, SimdLevel::Scalar>;
-    k.dot[tq1] = dot_via_q8k<dot_q8k_scalar<decode_tq1_0, kTQ1_0Bytes>, kTQ1_0Bytes, SimdLevel::Scalar>;
-    k.dot[tq2] = dot_via_q8k<dot_q8k_scalar<decode_tq2_0, kTQ2_0Bytes>, kTQ2_0Bytes, SimdLevel::Scalar>;
-  } else {  // AVX2 and AVX-512 (which uses the AVX2 kernels for these types)
+  } else {  // AVX2 and AVX-512 (which uses the AVX2 kernels); matmul_avx2.cpp replaces Q4_K, Q5_K and Q6_K's matmul
     k.dot_q8k[q4] = dot_k4_avx2<4>;
     k.dot_q8k[q5] = dot_k4_avx2<5>;
     k.dot_q8k[q6] = dot_q6_k_avx2;
     k.dot_q8k[q8] = dot_q8_k_avx2;
     k.dot_q8k[tq1] = dot_tq1_0_avx2;
     k.dot_q8k[tq2] = dot_tq2_0_avx2;
-    k.dot[q4] = dot_via_q8k<dot_k4_avx2<4>, kQ4_KBytes, SimdLevel::Avx2>;
-    k.dot[q5] = dot_via_q8k<dot_k4_avx2<5>, kQ5_KBytes, SimdLevel::Avx2>;
-    k.dot[q6] = dot_via_q8k<dot_q6_k_avx2, kQ6_KBytes, SimdLevel::Avx2>;
-    k.dot[q8] = dot_via_q8k<dot_q8_k_avx2, kQ8_KBytes, SimdLevel::Avx2>;
-    k.dot[tq1] = dot_via_q8k<dot_tq1_0_avx2, kTQ1_0Bytes, SimdLevel::Avx2>;
-    k.dot[tq2] = dot_via_q8k<dot_tq2_0_avx2, kTQ2_0Bytes, SimdLevel::Avx2>;
   }
-}
-
-void matmul_q8k(const Kernels& k, TensorType type, const std::byte* matrix, std::size_t row_stride, const float* x,
-                std::size_t cols, float* out, std::size_t rows) noexcept {
-  thread_local std::vector<BlockQ8K> xq;  // grows to the widest matrix once, then no allocation
-  if (xq.size() < cols / QK) xq.resize(cols / QK);
-  quantize_row_q8k(x, xq.data(), cols, k.level);
-  const DotQ8KFn dot = k.dot_q8k[static_cast<std::uint32_t>(type)];
-  for (std::size_t r = 0; r < rows; ++r) out[r] = dot(matrix + r * row_stride, xq.data(), cols);
+  k.matmul[q4] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_q4_k, kQ4_KBytes>>
+                                              : matmul_q8k_rows<dot_k4_avx2<4>>;
+  k.matmul[q5] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_q5_k, kQ5_KBytes>>
+                                              : matmul_q8k_rows<dot_k4_avx2<5>>;
+  k.matmul[q6] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_q6_k, kQ6_KBytes>>
+                                              : matmul_q8k_rows<dot_q6_k_avx2>;
+  k.matmul[q8] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_q8_k, kQ8_KBytes>>
+                                              : matmul_q8k_rows<dot_q8_k_avx2>;
+  k.matmul[tq1] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_tq1_0, kTQ1_0Bytes>>
+                                               : matmul_q8k_rows<dot_tq1_0_avx2>;
+  k.matmul[tq2] = k.level == SimdLevel::Scalar ? matmul_q8k_rows<dot_q8k_scalar<decode_tq2_0, kTQ2_0Bytes>>
+                                               : matmul_q8k_rows<dot_tq2_0_avx2>;
 }
 
 void quantize_row_super_block(TensorType type, const float* x, void* out, std::size_t n) {

@@ -8,15 +8,17 @@
 //   mmsb::llm::quantize_row_q8k(x, xq.data(), n);
 //   float s = mmsb::llm::kernels().dot_q8k[static_cast<int>(TensorType::Q4_K)](row, xq.data(), n);
 //
-// matmul() does this once per matrix (the activations are quantized once, not once per row). The kernels live in
-// the tables of kernels.hpp (dot_q8k, dequantize, and dot, which quantizes on the fly for one row); the scalar
-// level is the reference, the AVX2 level uses integer multiply-adds on 32 bytes at a time.
+// matmul() (kernels.hpp) prepares the activations once per product (ActivationFormat::Q8_K), not once per row.
+// The kernels live in the tables of kernels.hpp (dot_q8k, matmul, dequantize); the scalar level is the reference,
+// the AVX2 level uses integer multiply-adds on 32 bytes at a time (and multi-row tiles for Q4_K, Q5_K and Q6_K,
+// in matmul_avx2.cpp).
 //
-// Thread-safety: all functions are pure; matmul_q8k uses a per-thread scratch buffer.
+// Thread-safety: all functions are pure.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "mmsb/llm/kernels.hpp"
 
@@ -48,13 +50,11 @@ bool is_super_block_type(TensorType type) noexcept;
 // level writes the same bytes.
 void quantize_row_q8k(const float* x, BlockQ8K* out, std::size_t n, SimdLevel level = SimdLevel::Scalar) noexcept;
 
-// Fills the super-block entries (dot_q8k, dot, dequantize) of a kernel table for its level (the AVX2 functions
+// Fills the super-block entries (dot_q8k, matmul, dequantize) of a kernel table for its level (the AVX2 functions
 // at the AVX2 and AVX-512 levels). Called by kernels.cpp when it builds the tables.
 void add_super_block_kernels(Kernels& k);
-
-// out[r] = dot(row r, x) for a super-block type: x is quantized to Q8_K once, then each row uses k.dot_q8k.
-void matmul_q8k(const Kernels& k, TensorType type, const std::byte* matrix, std::size_t row_stride, const float* x,
-                std::size_t cols, float* out, std::size_t rows) noexcept;
+// Puts the AVX2 multi-row, multi-vector kernels (matmul_avx2.cpp) into an AVX2-level table.
+void add_avx2_matmul_kernels(Kernels& k);
 
 // Quantizes one row of `n` floats (a multiple of 256) to a super-block type (not Q8_K's activation rounding:
 // Q8_K rows are written with quantize_row_q8k). The methods are this project's own: per sub-block min/max
@@ -62,5 +62,17 @@ void matmul_q8k(const Kernels& k, TensorType type, const std::byte* matrix, std:
 // a threshold of 0.75 x mean|x| with the scale set to the mean magnitude of the values kept (exact for weights
 // that already are ternary, {-a, 0, a}).
 void quantize_row_super_block(TensorType type, const float* x, void* out, std::size_t n);
+
+// The eight 6-bit scales (bytes 0..7) and mins (bytes 8..15) of a Q4_K / Q5_K block from its 12 scale bytes: the
+// rules of the layout comment applied to four bytes at a time.
+inline void unpack_k4_scales(const std::uint8_t* s, std::uint8_t out[16]) noexcept {
+  std::uint32_t a, b, c;
+  std::memcpy(&a, s, 4);
+  std::memcpy(&b, s + 4, 4);
+  std::memcpy(&c, s + 8, 4);
+  const std::uint32_t words[4] = {a & 0x3F3F3F3Fu, (c & 0x0F0F0F0Fu) | (((a >> 6) & 0x03030303u) << 4), b & 0x3F3F3F3Fu,
+                                  ((c >> 4) & 0x0F0F0F0Fu) | (((b >> 6) & 0x03030303u) << 4)};
+  std::memcpy(out, words, 16);
+}
 
 }  // namespace mmsb::llm

@@ -9,8 +9,9 @@
 #include <map>
 #include <utility>
 
-#include "mmsb/llm/kernels.hpp"
+#include "llm/split_mix.hpp"
 #include "mmsb/error.hpp"
+#include "mmsb/llm/kernels.hpp"
 #include "mmsb/runtime.hpp"
 
 namespace mmsb::llm {
@@ -32,20 +33,6 @@ constexpr std::pair<const char*, Tensor LayerTensors::*> kTargets[] = {
 bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
-
-// splitmix64: a tiny seeded generator with the same sequence on every platform.
-struct SplitMix {
-  std::uint64_t state;
-  std::uint64_t next() {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  float uniform(float range) {  // in [-range, range)
-    return (static_cast<float>(next() >> 40) / static_cast<float>(1u << 24) * 2.0f - 1.0f) * range;
-  }
-};
 
 std::vector<float> factor_values(const GgufTensorEntry& t) {
   if (t.type != static_cast<std::uint32_t>(TensorType::F32) && t.type != static_cast<std::uint32_t>(TensorType::F16)) {

@@ -4,31 +4,33 @@
 //   mmsb-llm -m stories260K-Q8_0.gguf -p "Once upon a time" --temp 0.8 --top-p 0.9 --seed 7
 //   mmsb-llm bench -m stories260K-f32.gguf -p 16 -n 256 --json
 //   mmsb-llm quantize stories260K-f32.gguf stories260K-q4_k.gguf q4_k
+//   mmsb-llm make-model --shape s42m --type q8_0 -o s42m-q8_0.gguf
 //
 // stdout carries only the text (the prompt, then each token as it is generated, then a newline), byte for byte
 // what llama2.c's run prints for the same greedy run; timings go to stderr. Errors are one line and exit code 2.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <iostream>
 #include <memory>
-#include <exception>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <unistd.h>
 
+#include "mmsb/error.hpp"
 #include "mmsb/llm/chat.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/generate.hpp"
 #include "mmsb/llm/lora.hpp"
+#include "mmsb/llm/make_model.hpp"
 #include "mmsb/llm/model.hpp"
-#include "mmsb/llm/quantize.hpp"
 #include "mmsb/llm/paged_model.hpp"
+#include "mmsb/llm/quantize.hpp"
 #include "mmsb/llm/throughput.hpp"
 #include "mmsb/llm/tokenizer.hpp"
-#include "mmsb/error.hpp"
 #include "program/options.hpp"
 
 namespace {
@@ -51,12 +53,12 @@ struct Options {
   // bench
   int bench_prompt = 16, bench_gen = 256;
   unsigned prefill_batch = 64;  // EngineOptions::prefill_batch
-  bool json = false;
+  bool json = false, engine_only = false;
   int repeat = 7;
   int rounds = 5;
-  // quantize
-  std::string quant_in, quant_out, quant_type;
-  bool force = false;
+  // quantize, make-model
+  std::string quant_in, quant_out, quant_type, shape;
+  bool force = false, llama2c_format = false;
   std::uint64_t pad = 0;
   // LoRA and chat
   std::vector<std::string> lora;
@@ -67,6 +69,20 @@ struct Options {
   std::uint32_t lora_rank = 4;
   float lora_alpha = 4.0f;
 };
+
+int run_make_model(const Options& o) {
+  MakeModelOptions m;
+  m.shape = model_shape_from_name(o.shape);
+  m.type = quantize_type_from_name(o.quant_type);
+  m.seed = o.seed;
+  m.tokenizer = o.tokenizer.empty() ? MMSB_DEFAULT_TOKENIZER : o.tokenizer;
+  m.force = o.force;
+  m.llama2c_format = o.llama2c_format;
+  const std::uint64_t bytes = make_model(m, o.quant_out);
+  std::fprintf(stderr, "wrote %s: %s, %s, %llu bytes\n", o.quant_out.c_str(), o.shape.c_str(), o.quant_type.c_str(),
+               static_cast<unsigned long long>(bytes));
+  return 0;
+}
 
 int run_quantize(const Options& o) {
   QuantizeOptions q;
@@ -107,7 +123,10 @@ struct LoraCycle {
     const std::size_t n = switcher->prepared_count();
     const std::size_t state = (switcher->active() ? *switcher->active() : n) + 1;  // n = the base weights
     const std::size_t next = state % (n == 1 ? 2 : n);
-    if (next < n) switcher->activate(next); else switcher->revert();
+    if (next < n)
+      switcher->activate(next);
+    else
+      switcher->revert();
     swap_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
   }
   void report() const {
@@ -139,8 +158,8 @@ int run_lora_make(const Options& o) {
   Model model = load_model(o.model);
   LoraAdapter a = make_random_lora(model, o.lora_rank, o.lora_alpha, o.seed, split_commas(o.lora_targets));
   write_lora_gguf(o.lora_out, a);
-  std::fprintf(stderr, "mmsb-llm: wrote %s: %zu adapted matrices, rank %u, alpha %g, seed %llu\n",
-               o.lora_out.c_str(), a.tensors.size(), o.lora_rank, static_cast<double>(o.lora_alpha),
+  std::fprintf(stderr, "mmsb-llm: wrote %s: %zu adapted matrices, rank %u, alpha %g, seed %llu\n", o.lora_out.c_str(),
+               a.tensors.size(), o.lora_rank, static_cast<double>(o.lora_alpha),
                static_cast<unsigned long long>(o.seed));
   return 0;
 }
@@ -158,9 +177,9 @@ int run_chat(const Options& o, Engine& engine, const Tokenizer& tokenizer, Sampl
     TurnResult r = chat.turn(line, o.steps, print);
     std::fputc('\n', stdout);
     std::fflush(stdout);
-    std::fprintf(stderr, "[%zu tokens in, %zu out, %llu positions computed, %zu in the cache%s]\n",
-                 r.input_ids.size(), r.generated_ids.size(), static_cast<unsigned long long>(r.steps),
-                 chat.history().size(), r.context_full ? "; context full, /reset to go on" : "");
+    std::fprintf(stderr, "[%zu tokens in, %zu out, %llu positions computed, %zu in the cache%s]\n", r.input_ids.size(),
+                 r.generated_ids.size(), static_cast<unsigned long long>(r.steps), chat.history().size(),
+                 r.context_full ? "; context full, /reset to go on" : "");
   };
   if (!o.prompt.empty()) one_turn(o.prompt);
   std::string line;
@@ -200,16 +219,17 @@ std::optional<PagingOptions> paging_for(const Options& o, const Model& model, bo
 }
 
 void print_pager_stats(const char* label, const PagerStats& s) {
-  std::fprintf(stderr,
-               "%s: %llu pins: %llu synchronous loads, %llu hits, %llu waits for a prefetch in flight; %llu "
-               "prefetches (%llu hits, %llu late, %llu dropped, %llu unused); %llu evictions; %llu bytes loaded; peak %llu "
-               "bytes held\n",
-               label, static_cast<unsigned long long>(s.pins), static_cast<unsigned long long>(s.sync_loads),
-               static_cast<unsigned long long>(s.hits), static_cast<unsigned long long>(s.waits),
-               static_cast<unsigned long long>(s.prefetches), static_cast<unsigned long long>(s.prefetch_hits),
-               static_cast<unsigned long long>(s.prefetches_late), static_cast<unsigned long long>(s.prefetches_dropped),
-               static_cast<unsigned long long>(s.prefetches_unused), static_cast<unsigned long long>(s.evictions),
-               static_cast<unsigned long long>(s.bytes_loaded), static_cast<unsigned long long>(s.peak_held_bytes));
+  std::fprintf(
+      stderr,
+      "%s: %llu pins: %llu synchronous loads, %llu hits, %llu waits for a prefetch in flight; %llu "
+      "prefetches (%llu hits, %llu late, %llu dropped, %llu unused); %llu evictions; %llu bytes loaded; peak %llu "
+      "bytes held\n",
+      label, static_cast<unsigned long long>(s.pins), static_cast<unsigned long long>(s.sync_loads),
+      static_cast<unsigned long long>(s.hits), static_cast<unsigned long long>(s.waits),
+      static_cast<unsigned long long>(s.prefetches), static_cast<unsigned long long>(s.prefetch_hits),
+      static_cast<unsigned long long>(s.prefetches_late), static_cast<unsigned long long>(s.prefetches_dropped),
+      static_cast<unsigned long long>(s.prefetches_unused), static_cast<unsigned long long>(s.evictions),
+      static_cast<unsigned long long>(s.bytes_loaded), static_cast<unsigned long long>(s.peak_held_bytes));
 }
 
 int run_generate(const Options& o) {
@@ -248,9 +268,8 @@ int run_generate(const Options& o) {
   std::fprintf(stderr,
                "mmsb-llm: %s, %u layers, kernels %s; prompt %zu tokens (%.0f tok/s), generated %zu tokens "
                "(%.0f tok/s)%s; %llu waves (%llu inline), %llu node runs\n",
-               model.format.c_str(), model.config.n_layers, mmsb::simd_level_name(kernels().level),
-               r.prompt_ids.size(), r.prompt_seconds > 0 ? prompt_steps / r.prompt_seconds : 0.0,
-               r.generated_ids.size(),
+               model.format.c_str(), model.config.n_layers, mmsb::simd_level_name(kernels().level), r.prompt_ids.size(),
+               r.prompt_seconds > 0 ? prompt_steps / r.prompt_seconds : 0.0, r.generated_ids.size(),
                r.generate_seconds > 0 ? static_cast<double>(r.generated_ids.size()) / r.generate_seconds : 0.0,
                r.stopped_on_special ? "; stopped at an end-of-text token" : "",
                static_cast<unsigned long long>(stats.waves), static_cast<unsigned long long>(stats.inline_waves),
@@ -349,6 +368,39 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
   return 0;
 }
 
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// `bench --engine-only`: the engine alone, measured as llama.cpp's llama-bench measures (pp / tg): the prompt
+// (BOS + n_prompt - 1 tokens) in batched waves without generating, and generation of n_gen tokens after BOS.
+int run_engine_bench(const Options& o, const Model& model, const EngineOptions& engine_options) {
+  std::vector<double> prompt, generation, prompt_cpu, generation_cpu;
+  for (int r = 0; r < o.repeat; ++r) {
+    const Throughput p = measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, 1, engine_options, o.rounds);
+    const Throughput g = measure_throughput(model, ThroughputPath::Engine, 1, o.bench_gen, engine_options, o.rounds);
+    prompt.push_back(p.prompt_tok_per_s);
+    prompt_cpu.push_back(p.prompt_tok_per_cpu_s);
+    generation.push_back(g.tok_per_s);
+    generation_cpu.push_back(g.tok_per_cpu_s);
+  }
+  if (o.json) {
+    std::printf(
+        "{\"model\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"threads\": %u, \"kernels\": \"%s\", "
+        "\"prompt_tok_per_s\": %.1f, \"tok_per_s\": %.1f, \"prompt_tok_per_cpu_s\": %.1f, \"tok_per_cpu_s\": %.1f}\n",
+        o.model.c_str(), o.bench_prompt, o.bench_gen, o.threads, mmsb::simd_level_name(kernels().level),
+        median_of(prompt), median_of(generation), median_of(prompt_cpu), median_of(generation_cpu));
+  } else {
+    std::printf(
+        "model %s, kernels %s, %u thread(s): prompt (pp%d) %.1f tok/s, generation (tg%d) %.1f tok/s; per CPU "
+        "second: %.1f and %.1f\n",
+        o.model.c_str(), mmsb::simd_level_name(kernels().level), o.threads, o.bench_prompt, median_of(prompt),
+        o.bench_gen, median_of(generation), median_of(prompt_cpu), median_of(generation_cpu));
+  }
+  return 0;
+}
+
 int run_bench(const Options& o) {
   if (o.model.empty()) throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "no model given; use -m MODEL (see --help)");
   if (!o.lora.empty()) {
@@ -360,6 +412,10 @@ int run_bench(const Options& o) {
   EngineOptions engine_options;
   engine_options.threads = o.threads;
   engine_options.prefill_batch = o.prefill_batch;
+  if (o.engine_only) {
+    measure_throughput(model, ThroughputPath::Engine, 2, 2, engine_options);  // warm-up: page faults, caches
+    return run_engine_bench(o, model, engine_options);
+  }
   // Warm up once (page faults of the mapping, allocator caches), then measure both paths alternately in the same
   // run and keep the median of each figure, so that noise from other processes hits both alike.
   measure_throughput(model, ThroughputPath::Engine, o.bench_prompt, o.bench_gen, engine_options);
@@ -384,7 +440,8 @@ int run_bench(const Options& o) {
   if (progress) std::fprintf(stderr, "\r%-40s\r", "");
   if (!o.mem_budget.empty()) return run_paged_bench(o, model, engine_options, engines);
   auto median = [](std::vector<Throughput> runs, double Throughput::*field) {
-    std::sort(runs.begin(), runs.end(), [field](const Throughput& a, const Throughput& b) { return a.*field < b.*field; });
+    std::sort(runs.begin(), runs.end(),
+              [field](const Throughput& a, const Throughput& b) { return a.*field < b.*field; });
     return runs[runs.size() / 2].*field;
   };
   Throughput engine{median(engines, &Throughput::prompt_tok_per_s), median(engines, &Throughput::tok_per_s), 0, {}};
@@ -412,18 +469,15 @@ int run_bench(const Options& o) {
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  Options o;
-  CLI::App app{"mmsb-llm: Llama inference on mmsb pages (llama2.c .bin or GGUF models). The text goes to stdout "
-               "as it is generated; statistics go to stderr."};
+// The options of the default command: generate (or chat) with a model.
+void add_generate_options(CLI::App& app, Options& o) {
   app.add_option("-m,--model", o.model, "model file: a llama2.c checkpoint (.bin) or GGUF v2/v3 (architecture llama)");
   app.add_option("-z,--tokenizer", o.tokenizer,
                  "llama2.c tokenizer (tok*.bin); required for .bin checkpoints, overrides a GGUF's own vocabulary");
   app.add_option("-p,--prompt", o.prompt, "prompt text (BOS and a leading space are added, as llama2.c does)");
-  app.add_option("-n,--steps", o.steps, "how many new tokens to generate (fewer if the context fills or the model "
-                                        "emits BOS/EOS)")
+  app.add_option("-n,--steps", o.steps,
+                 "how many new tokens to generate (fewer if the context fills or the model "
+                 "emits BOS/EOS)")
       ->capture_default_str()
       ->check(range(0, 1 << 30));
   app.add_option("--temp", o.temperature, "sampling temperature; 0 = greedy (argmax)")
@@ -432,13 +486,15 @@ int main(int argc, char** argv) {
   app.add_option("--top-k", o.top_k, "sample only among the K most likely tokens; 0 = no limit")
       ->capture_default_str()
       ->check(range(0, 1 << 30));
-  app.add_option("--top-p", o.top_p, "nucleus sampling: the smallest set of tokens whose probability reaches P; 1 = off")
+  app.add_option("--top-p", o.top_p,
+                 "nucleus sampling: the smallest set of tokens whose probability reaches P; 1 = off")
       ->capture_default_str()
       ->check(range(0.0f, 1.0f));
   app.add_option("--seed", o.seed, "seed of the sampler's random generator (runs with the same seed are identical)")
       ->capture_default_str()
       ->check(non_negative<std::uint64_t>());
-  app.add_option("-t,--threads", o.threads, "worker threads of the propagator (this model's waves run inline)")
+  app.add_option("-t,--threads", o.threads,
+                 "threads: each product and attention is split across them inside the nodes (same results)")
       ->capture_default_str()
       ->check(range(1u, 1024u));
   app.add_option("--ctx", o.context, "KV cache positions; 0 = from the file (at least 512 for GGUF)")
@@ -453,32 +509,49 @@ int main(int argc, char** argv) {
       ->check(range(0, 1 << 30));
   app.add_flag("-i,--interactive", o.interactive,
                "chat: each stdin line is a turn (-p is the first); the KV cache is kept between turns; /reset");
-  CLI::App* lora_make = app.add_subcommand("lora-make", "write a random LoRA adapter (GGUF) for a model, for tests");
-  lora_make->add_option("-m,--model", o.model, "the base model")->required();
-  lora_make->add_option("-o,--output", o.lora_out, "adapter file to write")->required();
-  lora_make->add_option("--rank", o.lora_rank, "rank")->capture_default_str()->check(range(1u, 1u << 16));
-  lora_make->add_option("--alpha", o.lora_alpha, "adapter.lora.alpha (scale = alpha / rank)")->capture_default_str();
-  lora_make->add_option("--seed", o.seed, "random seed")->capture_default_str()->check(non_negative<std::uint64_t>());
-  lora_make->add_option("--targets", o.lora_targets,
-                        "comma-separated kinds: attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down")
-      ->capture_default_str();
   const char* budget_help =
       "layer paging: keep at most this many bytes of weights resident (suffix K/M/G, or a percentage of the model "
       "such as 50%); as much of the model as fits stays resident, the rest streams through and is prefetched by a "
       "loader thread";
   app.add_option("--mem-budget", o.mem_budget, budget_help);
   app.add_flag("--no-prefetch", o.no_prefetch, "with --mem-budget: load layers only when needed (no prefetch)");
+}
+
+// The subcommands, each with its options.
+struct Commands {
+  CLI::App* lora_make;
+  CLI::App* bench;
+  CLI::App* quantize;
+  CLI::App* make_model;
+};
+
+CLI::App* add_lora_make_command(CLI::App& app, Options& o) {
+  CLI::App* lora_make = app.add_subcommand("lora-make", "write a random LoRA adapter (GGUF) for a model, for tests");
+  lora_make->add_option("-m,--model", o.model, "the base model")->required();
+  lora_make->add_option("-o,--output", o.lora_out, "adapter file to write")->required();
+  lora_make->add_option("--rank", o.lora_rank, "rank")->capture_default_str()->check(range(1u, 1u << 16));
+  lora_make->add_option("--alpha", o.lora_alpha, "adapter.lora.alpha (scale = alpha / rank)")->capture_default_str();
+  lora_make->add_option("--seed", o.seed, "random seed")->capture_default_str()->check(non_negative<std::uint64_t>());
+  lora_make
+      ->add_option("--targets", o.lora_targets,
+                   "comma-separated kinds: attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down")
+      ->capture_default_str();
+  return lora_make;
+}
+
+CLI::App* add_bench_command(CLI::App& app, Options& o) {
   CLI::App* bench = app.add_subcommand("bench", "measure prompt and generation throughput (engine and direct loop)");
   bench->add_option("-m,--model", o.model, "model file")->required();
   bench->add_option("-p,--n-prompt", o.bench_prompt, "prompt tokens to process")
       ->capture_default_str()
       ->check(range(1, 1 << 20));
-  bench->add_option("--prefill-batch", o.prefill_batch,
-                    "prompt positions per batched wave besides the last (0: one wave per token)")
+  bench
+      ->add_option("--prefill-batch", o.prefill_batch,
+                   "prompt positions per batched wave besides the last (0: one wave per token)")
       ->capture_default_str()
       ->check(range(0u, 1u << 20));
   bench->add_option("-n,--n-gen", o.bench_gen, "tokens to generate")->capture_default_str()->check(range(1, 1 << 20));
-  bench->add_option("-t,--threads", o.threads, "worker threads of the propagator")
+  bench->add_option("-t,--threads", o.threads, "threads splitting each product and attention (same results)")
       ->capture_default_str()
       ->check(range(1u, 1024u));
   bench->add_option("-r,--repeat", o.repeat, "repetitions of each path; the medians are reported")
@@ -488,26 +561,66 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(range(1, 1000));
   bench->add_flag("--json", o.json, "print one JSON object with tok_per_s and prompt_tok_per_s");
+  bench->add_flag("--engine-only", o.engine_only,
+                  "measure the engine alone as llama-bench does: the prompt of -p tokens without generation, and -n "
+                  "tokens generated after BOS (no direct-loop or per-token baselines)");
+  bench->add_option("--mem-budget", o.mem_budget,
+                    "also measure layer paging under this budget (bytes, K/M/G, or a percentage of the model): the "
+                    "paged engine with and without prefetch against the resident one, and the synchronous loads");
+  return bench;
+}
+
+CLI::App* add_quantize_command(CLI::App& app, Options& o) {
   CLI::App* quantize = app.add_subcommand(
-      "quantize", "write a GGUF copy of a model with its matrices in another tensor type (rows that do not fit the "
-                  "type's blocks get a wider type, as llama.cpp does; norm vectors stay F32)");
+      "quantize",
+      "write a GGUF copy of a model with its matrices in another tensor type (rows that do not fit the "
+      "type's blocks get a wider type, as llama.cpp does; norm vectors stay F32)");
   quantize->add_option("input", o.quant_in, "GGUF model to read")->required();
   quantize->add_option("output", o.quant_out, "GGUF file to write")->required();
   quantize->add_option("type", o.quant_type, "tensor type: " + quantize_type_names())->required();
   quantize->add_flag("-f,--force", o.force, "overwrite the output file if it exists");
-  quantize->add_option("--pad", o.pad, "zero-pad the model's widths to multiples of N first (same function; 256 lets "
-                                       "the K-quants and ternary types apply to every matrix of a small model)")
+  quantize
+      ->add_option("--pad", o.pad,
+                   "zero-pad the model's widths to multiples of N first (same function; 256 lets "
+                   "the K-quants and ternary types apply to every matrix of a small model)")
       ->check(range<std::uint64_t>(0, 1 << 20));
-  bench->add_option("--mem-budget", o.mem_budget,
-                    "also measure layer paging under this budget (bytes, K/M/G, or a percentage of the model): the "
-                    "paged engine with and without prefetch against the resident one, and the synchronous loads");
+  return quantize;
+}
+
+CLI::App* add_make_model_command(CLI::App& app, Options& o) {
+  CLI::App* make = app.add_subcommand(
+      "make-model", "write a random-weight Llama model of a tinyllamas shape (GGUF v3, vocabulary 512, context 256)");
+  make->add_option("--shape", o.shape, "s15m (dim 288), s42m (512) or s110m (768)")->required();
+  make->add_option("--type", o.quant_type, "matrix type: " + quantize_type_names())->default_val("f32");
+  make->add_option("--seed", o.seed, "weights seed (equal seeds give the same f32 weights in every type)")
+      ->capture_default_str()
+      ->check(non_negative<std::uint64_t>());
+  make->add_option("-z,--tokenizer", o.tokenizer,
+                   "llama2.c tokenizer with 512 pieces (default: tok512.bin of the "
+                   "shared models)");
+  make->add_option("-o,--output", o.quant_out, "GGUF file to write")->required();
+  make->add_flag("-f,--force", o.force, "overwrite the output file if it exists");
+  make->add_flag("--llama2c", o.llama2c_format, "write a llama2.c checkpoint (.bin, f32) of the same weights instead");
+  return make;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{
+      "mmsb-llm: Llama inference on mmsb pages (llama2.c .bin or GGUF models). The text goes to stdout "
+      "as it is generated; statistics go to stderr."};
+  add_generate_options(app, o);
+  const Commands commands{add_lora_make_command(app, o), add_bench_command(app, o), add_quantize_command(app, o),
+                          add_make_model_command(app, o)};
   // Every error, of the command line or of the run, exits with 2 (docs/transformer.md).
-  return mmsb::program::run(
-      "mmsb-llm", app, argc, argv,
-      [&] {
-        if (quantize->parsed()) return run_quantize(o);
-        if (lora_make->parsed()) return run_lora_make(o);
-        return bench->parsed() ? run_bench(o) : run_generate(o);
-      },
-      {.usage = 2, .failure = 2});
+  return mmsb::program::run("mmsb-llm", app, argc, argv,
+                            [&] {
+                              if (commands.quantize->parsed()) return run_quantize(o);
+                              if (commands.make_model->parsed()) return run_make_model(o);
+                              if (commands.lora_make->parsed()) return run_lora_make(o);
+                              return commands.bench->parsed() ? run_bench(o) : run_generate(o);
+                            },
+                            {.usage = 2, .failure = 2});
 }

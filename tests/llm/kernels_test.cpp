@@ -1,6 +1,7 @@
 // Every kernel of every SIMD level this CPU has, against the scalar reference on seeded random data.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -11,7 +12,7 @@
 namespace mmsb::llm {
 namespace {
 
-const TensorType kAllTypes[] = {TensorType::F32, TensorType::F16, TensorType::Q4_0, TensorType::Q4_1,
+const TensorType kAllTypes[] = {TensorType::F32,  TensorType::F16,  TensorType::Q4_0, TensorType::Q4_1,
                                 TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0};
 
 std::vector<SimdLevel> available_levels() {
@@ -21,6 +22,9 @@ std::vector<SimdLevel> available_levels() {
   }
   return out;
 }
+
+// -120 or 120 by the parity of n: inputs where e^-v under- or overflows.
+float i_extreme(std::size_t n) { return n % 2 ? -120.0f : 120.0f; }
 
 // A random row of `n` values of `type`: random payload bytes, and scales that are sane halves.
 std::vector<std::byte> random_row(TensorType type, std::size_t n, std::mt19937& rng) {
@@ -93,7 +97,70 @@ TEST(Kernels, BlockLayoutsDecodeAsDocumented) {
   EXPECT_EQ(out[31], 0.0f);
 }
 
-TEST(Kernels, EveryDotMatchesTheScalarReference) {
+// A random matrix of `rows` rows of `n` values (rows row_bytes apart) and `vectors` activation vectors.
+struct Product {
+  std::vector<std::byte> matrix;
+  std::vector<float> x;
+  std::size_t rows, n, vectors;
+  Product(TensorType type, std::size_t rows_, std::size_t n_, std::size_t vectors_, std::mt19937& rng)
+      : rows(rows_), n(n_), vectors(vectors_) {
+    for (std::size_t r = 0; r < rows; ++r) {
+      const std::vector<std::byte> row = random_row(type, n, rng);
+      matrix.insert(matrix.end(), row.begin(), row.end());
+    }
+    std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+    x.resize(vectors * n);
+    for (float& v : x) v = value(rng) * (rng() % 4 == 0 ? 30.0f : 1.0f);
+  }
+  // out[t * rows + r] for rows [r0, r1) and vectors [t0, t1), by the level's kernel.
+  void run(const Kernels& k, TensorType type, std::vector<float>& out, std::size_t r0, std::size_t r1, std::size_t t0,
+           std::size_t t1) const {
+    std::vector<std::byte> storage;
+    const PreparedActivations act = prepare_activations(k, type, x.data() + t0 * n, n, t1 - t0, n, storage);
+    const std::size_t stride = row_bytes(type, n);
+    k.matmul[static_cast<int>(type)](matrix.data() + r0 * stride, stride, r1 - r0, act.data, act.stride, t1 - t0, n,
+                                     out.data() + t0 * rows + r0, rows);
+  }
+  std::vector<float> run(const Kernels& k, TensorType type) const {
+    std::vector<float> out(vectors * rows);
+    run(k, type, out, 0, rows, 0, vectors);
+    return out;
+  }
+};
+
+TEST(Kernels, ActivationRoundingIsTheSameAtEveryLevel) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> value(-3.0f, 3.0f);
+  for (std::size_t n : {32u, 256u, 288u, 2048u}) {
+    // A block with a zero, and (from 64 values on) one that is all zeros.
+    std::vector<float> x(n);
+    for (std::size_t i = 0; i < n; ++i) x[i] = i == 5 || (i >= 32 && i < 64) ? 0.0f : value(rng);
+    std::vector<std::byte> want, got;
+    const PreparedActivations ref =
+        prepare_activations(kernels_for(SimdLevel::Scalar), TensorType::Q8_0, x.data(), n, 1, n, want);
+    for (SimdLevel level : available_levels()) {
+      const PreparedActivations act = prepare_activations(kernels_for(level), TensorType::Q8_0, x.data(), n, 1, n, got);
+      ASSERT_EQ(act.stride, ref.stride);
+      EXPECT_EQ(0, std::memcmp(act.data, ref.data, n + n / 32 * 8)) << simd_level_name(level) << " n=" << n;
+    }
+    // The documented encoding: s = max|x| / 127, q = x * (1 / s) rounded to nearest, d = s in half precision,
+    // sum = the sum of q.
+    const auto* q = reinterpret_cast<const std::int8_t*>(ref.data);
+    const auto* d = reinterpret_cast<const float*>(ref.data + n);
+    const auto* sum = reinterpret_cast<const std::int32_t*>(ref.data + n + n / 32 * 4);
+    float amax = 0;
+    int total = 0;
+    for (std::size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j])), total += q[j];
+    EXPECT_EQ(d[0], fp16_to_fp32(fp32_to_fp16(amax / 127.0f)));
+    EXPECT_EQ(sum[0], total);
+    for (std::size_t j = 0; j < 32; ++j) EXPECT_EQ(q[j], std::nearbyint(x[j] * (1.0f / (amax / 127.0f)))) << j;
+    if (n >= 64) {
+      EXPECT_EQ(d[1], 0.0f);
+    }
+  }
+}
+
+TEST(Kernels, EveryProductMatchesTheScalarReference) {
   const Kernels& ref = kernels_for(SimdLevel::Scalar);
   std::mt19937 rng(1234);
   for (SimdLevel level : available_levels()) {
@@ -102,20 +169,23 @@ TEST(Kernels, EveryDotMatchesTheScalarReference) {
       const int id = static_cast<int>(type);
       for (std::size_t n : {32u, 64u, 96u, 172u, 256u, 4096u}) {
         if (row_bytes(type, n) == 0) continue;
-        for (int trial = 0; trial < 20; ++trial) {
-          std::vector<std::byte> row = random_row(type, n, rng);
-          std::vector<float> x(n), w(n);
-          std::uniform_real_distribution<float> value(-1.0f, 1.0f);
-          for (float& v : x) v = value(rng);
-          ref.dequantize[id](row.data(), w.data(), n);
-          double magnitude = 0;
-          for (std::size_t i = 0; i < n; ++i) magnitude += std::fabs(static_cast<double>(w[i]) * x[i]);
-          const float expected = ref.dot[id](row.data(), x.data(), n);
-          const float got = k.dot[id](row.data(), x.data(), n);
-          ASSERT_NEAR(got, expected, 1e-5 * magnitude + 1e-6)
-              << simd_level_name(level) << " " << *tensor_type_name(static_cast<std::uint32_t>(id)) << " n=" << n;
+        for (int trial = 0; trial < 6; ++trial) {
+          const Product p(type, 1 + rng() % 9, n, 1 + rng() % 6, rng);
+          const std::vector<float> want = p.run(ref, type), got = p.run(k, type);
+          std::vector<float> w(n), prepared(n);
+          for (std::size_t t = 0; t < p.vectors; ++t) {
+            for (std::size_t r = 0; r < p.rows; ++r) {
+              ref.dequantize[id](p.matrix.data() + r * row_bytes(type, n), w.data(), n);
+              double magnitude = 0;
+              for (std::size_t i = 0; i < n; ++i) magnitude += std::fabs(double{w[i]} * p.x[t * n + i]);
+              ASSERT_NEAR(got[t * p.rows + r], want[t * p.rows + r], 1e-5 * magnitude + 1e-6)
+                  << simd_level_name(level) << " " << *tensor_type_name(id) << " n=" << n << " row " << r << " vector "
+                  << t;
+            }
+          }
           std::vector<float> wl(n);
-          k.dequantize[id](row.data(), wl.data(), n);
+          k.dequantize[id](p.matrix.data(), wl.data(), n);
+          ref.dequantize[id](p.matrix.data(), w.data(), n);
           ASSERT_EQ(0, std::memcmp(w.data(), wl.data(), n * sizeof(float)));
         }
       }
@@ -123,21 +193,76 @@ TEST(Kernels, EveryDotMatchesTheScalarReference) {
   }
 }
 
-TEST(Kernels, ScalarDotEqualsTheSumOfDequantizedProducts) {
+// What batched prefill, the thread split and decoding rely on: one (row, vector) result is the same bits whether
+// the product covers one vector or many, all rows or a range of them.
+TEST(Kernels, ProductsAreBitIdenticalForEveryTileOfRowsAndVectors) {
+  std::mt19937 rng(42);
+  for (SimdLevel level : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512}) {
+    if (!cpu_supports(level)) continue;
+    const Kernels& k = kernels_for(level);
+    for (TensorType type : kAllTypes) {
+      for (std::size_t n : {64u, 172u, 288u}) {
+        if (row_bytes(type, n) == 0) continue;
+        const Product p(type, 11, n, 9, rng);
+        const std::vector<float> all = p.run(k, type);
+        std::vector<float> pieces(all.size());
+        for (std::size_t t = 0; t < p.vectors; ++t) p.run(k, type, pieces, 0, p.rows, t, t + 1);  // one vector each
+        EXPECT_EQ(0, std::memcmp(all.data(), pieces.data(), all.size() * sizeof(float)))
+            << simd_level_name(level) << " " << *tensor_type_name(static_cast<std::uint32_t>(type)) << " n=" << n;
+        p.run(k, type, pieces, 0, 5, 0, p.vectors);  // rows split unevenly, as two threads would
+        p.run(k, type, pieces, 5, p.rows, 0, 7);
+        p.run(k, type, pieces, 5, p.rows, 7, p.vectors);
+        EXPECT_EQ(0, std::memcmp(all.data(), pieces.data(), all.size() * sizeof(float)))
+            << simd_level_name(level) << " " << *tensor_type_name(static_cast<std::uint32_t>(type)) << " n=" << n;
+      }
+    }
+  }
+}
+
+// The reference product is the exact product of the dequantized row with the rounded activations, up to float
+// rounding: F32 takes the activations as they are, F16 rounded to half precision, the 32-value block types their Q8
+// rounding.
+TEST(Kernels, ScalarProductIsTheDequantizedRowTimesTheRoundedActivations) {
   const Kernels& ref = kernels_for(SimdLevel::Scalar);
   std::mt19937 rng(99);
   for (TensorType type : kAllTypes) {
     const int id = static_cast<int>(type);
-    std::vector<std::byte> row = random_row(type, 128, rng);
-    std::vector<float> x(128, 0.5f), w(128);
-    ref.dequantize[id](row.data(), w.data(), 128);
+    const Product p(type, 1, 128, 1, rng);
+    std::vector<float> w(128);
+    ref.dequantize[id](p.matrix.data(), w.data(), 128);
+    std::vector<std::byte> storage;
+    const PreparedActivations act = prepare_activations(ref, type, p.x.data(), 128, 1, 128, storage);
     double sum = 0, magnitude = 0;
     for (std::size_t i = 0; i < 128; ++i) {
-      sum += static_cast<double>(w[i]) * x[i];
-      magnitude += std::fabs(static_cast<double>(w[i]) * x[i]);
+      double xi = p.x[i];
+      if (activation_format(type) == ActivationFormat::F16) xi = fp16_to_fp32(fp32_to_fp16(p.x[i]));
+      if (activation_format(type) == ActivationFormat::Q8) {
+        xi = double{reinterpret_cast<const float*>(act.data + 128)[i / 32]} *
+             reinterpret_cast<const std::int8_t*>(act.data)[i];
+        // Half a step, plus what the half-precision scale moves 127 steps by (2^-11 of each).
+        EXPECT_LE(std::fabs(xi - p.x[i]), std::fabs(reinterpret_cast<const float*>(act.data + 128)[i / 32]) * 0.563);
+      }
+      sum += double{w[i]} * xi;
+      magnitude += std::fabs(double{w[i]} * xi);
     }
-    EXPECT_NEAR(ref.dot[id](row.data(), x.data(), 128), sum, 1e-5 * magnitude + 1e-6)
-        << *tensor_type_name(static_cast<std::uint32_t>(id));
+    EXPECT_NEAR(p.run(ref, type)[0], sum, 1e-5 * magnitude + 1e-6) << *tensor_type_name(static_cast<std::uint32_t>(id));
+  }
+}
+
+// Q8_0 stores int8 values; a crafted file may hold -128, which the quantizers never write. The product must
+// still be exact for it (the sign trick runs on |w|, which fits an unsigned byte).
+TEST(Kernels, Q8_0ProductIsExactForTheByteMinus128) {
+  std::vector<std::byte> row(34);
+  const std::uint16_t one = fp32_to_fp16(1.0f);
+  std::memcpy(row.data(), &one, 2);
+  for (std::size_t j = 0; j < 32; ++j) row[2 + j] = static_cast<std::byte>(0x80);  // -128
+  std::vector<float> x(32, -1.0f);
+  for (SimdLevel level : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512}) {
+    if (!cpu_supports(level)) continue;
+    float out = 0;
+    matmul(kernels_for(level), TensorType::Q8_0, row.data(), 34, x.data(), 32, &out, 1);
+    // x rounds to -127 with the scale 1 / 127 in half precision.
+    EXPECT_FLOAT_EQ(out, 32 * 128.0f * 127.0f * fp16_to_fp32(fp32_to_fp16(1.0f / 127.0f))) << simd_level_name(level);
   }
 }
 
@@ -190,12 +315,35 @@ TEST(Kernels, SoftmaxMatchesTheScalarReferenceWithinAFewUlp) {
   }
 }
 
-TEST(Kernels, RowBytesRefusesPartialBlocks) {
+TEST(Kernels, SwigluMatchesTheScalarReferenceWithinAFewUlp) {
+  const Kernels& ref = kernels_for(SimdLevel::Scalar);
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> value(-30.0f, 30.0f);
+  for (SimdLevel level : available_levels()) {
+    const Kernels& k = kernels_for(level);
+    for (std::size_t n : {1u, 7u, 8u, 9u, 100u, 1376u}) {
+      std::vector<float> gate(n), up(n);
+      for (std::size_t i = 0; i < n; ++i) gate[i] = value(rng), up[i] = value(rng);
+      gate[0] = i_extreme(n);  // far outside the polynomial's comfortable range, both signs
+      std::vector<float> a = gate, b = gate;
+      ref.swiglu(a.data(), up.data(), n);
+      k.swiglu(b.data(), up.data(), n);
+      for (std::size_t i = 0; i < n; ++i) {
+        ASSERT_NEAR(b[i], a[i], 3e-6 * std::fabs(a[i]) + 1e-30f) << simd_level_name(level) << " n=" << n << " i=" << i;
+      }
+    }
+  }
+}
+
+TEST(Kernels, RowBytesRefusesPartialBlocksAndSizesPast64Bits) {
+  EXPECT_EQ(row_bytes(TensorType::F32, std::uint64_t{1} << 62), 0u);
+  EXPECT_EQ(row_bytes(TensorType::F32, (std::uint64_t{1} << 62) - 1), ((std::uint64_t{1} << 62) - 1) * 4);
+  EXPECT_EQ(row_bytes(TensorType::Q8_0, ~std::uint64_t{0} - 31), 0u);
   EXPECT_EQ(row_bytes(TensorType::Q8_0, 64), 68u);
   EXPECT_EQ(row_bytes(TensorType::Q8_0, 172), 0u);  // why ffn_down stays F16 in the quantized files
   EXPECT_EQ(row_bytes(TensorType::F16, 172), 344u);
-  EXPECT_TRUE(is_supported_type(12));               // Q4_K
-  EXPECT_FALSE(is_supported_type(16));              // IQ2_XXS
+  EXPECT_TRUE(is_supported_type(12));   // Q4_K
+  EXPECT_FALSE(is_supported_type(16));  // IQ2_XXS
   EXPECT_TRUE(is_supported_type(7));
 }
 

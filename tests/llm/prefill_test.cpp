@@ -10,14 +10,14 @@
 #include <string>
 #include <vector>
 
+#include "llm/llm_test_support.hpp"
+#include "mmsb/error.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/forward.hpp"
 #include "mmsb/llm/kernels.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/paged_model.hpp"
 #include "mmsb/llm/sampler.hpp"
-#include "mmsb/error.hpp"
-#include "llm/llm_test_support.hpp"
 
 namespace mmsb::llm {
 namespace {
@@ -148,36 +148,6 @@ INSTANTIATE_TEST_SUITE_P(Models, PrefillModels,
                            }
                            return n;
                          });
-
-// The four-vector kernels must give each vector's dot product bit for bit (the batched path relies on it).
-TEST(Prefill, Dot4KernelsEqualFourDotsBitForBit) {
-  int checked = 0;
-  for (SimdLevel level : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512}) {
-    if (!cpu_supports(level)) continue;
-    const Kernels& k = kernels_for(level);
-    for (int type = 0; type < kTypeSlots; ++type) {
-      if (k.dot4[type] == nullptr) continue;
-      ASSERT_EQ(type, static_cast<int>(TensorType::F32)) << "extend this test to the new type's rows";
-      for (std::size_t n : {1u, 15u, 16u, 17u, 32u, 48u, 64u, 100u, 172u, 288u}) {
-        std::vector<float> row(n), x(4 * n + 3);
-        for (std::size_t i = 0; i < n; ++i) row[i] = std::sin(0.37f * static_cast<float>(i) + 0.1f);
-        for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::cos(1.3f * static_cast<float>(i)) * 3.0f;
-        const std::size_t stride = n + 1;  // not a multiple of the vector width
-        float four[4];
-        k.dot4[type](row.data(), x.data(), stride, n, four);
-        for (std::size_t j = 0; j < 4; ++j) {
-          const float one = k.dot[type](row.data(), x.data() + j * stride, n);
-          EXPECT_EQ(std::memcmp(&one, &four[j], sizeof one), 0) << "level " << static_cast<int>(level) << " n " << n
-                                                                 << " vector " << j << ": " << one << " vs " << four[j];
-        }
-        ++checked;
-      }
-    }
-  }
-  if (cpu_supports(SimdLevel::Avx512)) {
-    EXPECT_GT(checked, 0) << "the AVX-512 level has an F32 dot4";
-  }
-}
 
 TEST(Prefill, PagedEngineFallsBackToOneWavePerTokenWithTheSameResult) {
   MMSB_REQUIRE_SHARED(path, "models/stories260K-f32.gguf");

@@ -34,17 +34,19 @@
 #include <span>
 #include <vector>
 
+#include "mmsb/graph.hpp"
 #include "mmsb/llm/forward.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/paged_model.hpp"
-#include "mmsb/graph.hpp"
 #include "mmsb/runtime.hpp"
 
 namespace mmsb::llm {
 
 struct EngineOptions {
-  unsigned threads = 1;              // Propagator worker threads (waves of this graph run inline regardless)
-  const Kernels* kernels = nullptr;  // nullptr: kernels(), the best this CPU supports
+  // Threads of the propagator and of the team that splits each product (by rows) and attention (by heads) inside
+  // the nodes, which run inline on the committing thread; results are the same bits for every count.
+  unsigned threads = 1;
+  const Kernels* kernels = nullptr;                        // nullptr: kernels(), the best this CPU supports
   ActivationRounding rounding = ActivationRounding::None;  // LikeLlamaCpp: to compare with llama.cpp's logits
   // Layer paging (paged_model.hpp): the weights live in buffers of a PagedModel under this budget instead of being
   // read from the mapping; nodes pin their unit while they compute. Empty: every weight resident (the mapping).
@@ -86,7 +88,6 @@ class Engine {
   Runtime& runtime() noexcept { return *runtime_; }
   Propagator& propagator() noexcept { return *propagator_; }
   PageId step_page() const noexcept { return step_page_; }
-  PageId logits_page() const noexcept { return logits_page_; }
   // The external weight pages over the mapping; empty when paging (the nodes then read through paged()).
   std::span<const PageId> weight_pages() const noexcept { return weight_pages_; }
   // The page over a weight tensor of the model (found by the tensor's bytes in the file); Error(NotFound) if none.
@@ -100,12 +101,18 @@ class Engine {
   std::unique_ptr<PagedModel> paged_;
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<Propagator> propagator_;
+  std::unique_ptr<ThreadTeam> team_;
   std::unique_ptr<ForwardShape> shape_;
   PageId step_page_, logits_page_;
   std::vector<PageId> weight_pages_;
   std::vector<const std::byte*> weight_data_;  // the file bytes each weight page was created over
   std::vector<float> logits_;
 
+  struct Wiring;                             // the pages and sizes shared while the constructor adds the nodes
+  PageId weight_page(const Tensor& tensor);  // an external page over the tensor's bytes in the mapping
+  void add_embed_node(Wiring& wiring);
+  void add_layer_nodes(Wiring& wiring, std::uint32_t layer);
+  void add_logits_node(Wiring& wiring);
   std::span<const float> run_step(int token, int pos, bool want_logits);
   std::span<const float> run_prompt(std::span<const int> tokens, int pos, bool want_logits);
 

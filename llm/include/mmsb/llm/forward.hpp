@@ -7,7 +7,7 @@
 // ends it. Weights are raw tensor bytes (from pages, or the mapped file) with their type.
 //
 // Thread-safety: the functions are pure apart from their output and scratch arguments; calls with distinct
-// outputs and scratch may run concurrently.
+// outputs and scratch may run concurrently, unless they share a ForwardShape with a team (one job at a time).
 #pragma once
 
 #include <cstddef>
@@ -25,6 +25,8 @@ namespace mmsb::llm {
 // CPU backend rounds them (to compare with its logits; see matmul_llamacpp_rounding()).
 enum class ActivationRounding : std::uint8_t { None, LikeLlamaCpp };
 
+class ThreadTeam;  // llm/thread_team.hpp
+
 // The shape of the model plus precomputed RoPE rotations, shared by every step.
 struct ForwardShape {
   ForwardShape(const ModelConfig& config, const Kernels& kernels,
@@ -33,6 +35,10 @@ struct ForwardShape {
   const Kernels* kernels;
   ActivationRounding rounding;
   std::vector<float> rope_cos, rope_sin;  // [seq_len][head_size / 2]
+  // Splits the products (by rows) and attention (by heads) of every function below across its threads; nullptr:
+  // one thread. Results are bit-identical whatever the team's size (kernels.hpp). The comparison mode
+  // (ActivationRounding::LikeLlamaCpp) always runs on one thread.
+  ThreadTeam* team = nullptr;
 };
 
 // A weight tensor's bytes and encoding as a node sees them.
@@ -47,7 +53,8 @@ inline WeightRef weight_ref(const Tensor& t, const std::byte* data) { return {da
 struct ForwardScratch {
   explicit ForwardScratch(const ModelConfig& c);
   std::vector<float> xb, q, att, attn_out, hb, hb2, k, v;
-  std::vector<float> rounded;  // ActivationRounding::LikeLlamaCpp only
+  std::vector<float> rounded;         // ActivationRounding::LikeLlamaCpp only
+  std::vector<std::byte> act, act_b;  // prepared activations (kernels.hpp) of the products
 };
 
 // The step's input, as stored in the step page.
@@ -71,10 +78,11 @@ void logits(const ForwardShape& s, const float* x, const float* final_norm, Weig
             ForwardScratch& scratch, float* out);
 
 // Batched prefill: the same maths for `n` consecutive positions pos0 .. pos0 + n - 1 at once. Activations are
-// row-major [n][width]. Every product is batched_matmul(): each weight row is read once and dotted with the n
-// activation vectors by the same kernel as the one-token path, in the same order, so every position's results are
-// bit-identical to n single steps (with ActivationRounding::LikeLlamaCpp and the super-block types, whose
-// activations are rounded per vector, each vector goes through the one-token product instead: same result).
+// row-major [n][width]. Every product is batched_matmul(): the n activation vectors are prepared once and each
+// tile of weight rows is read once for several of them, by the same kernel as the one-token path, which computes
+// every (row, vector) result with the same operations (kernels.hpp), so every position's results are
+// bit-identical to n single steps (with ActivationRounding::LikeLlamaCpp each vector goes through the one-token
+// product instead: same result).
 struct BatchScratch {
   BatchScratch(const ModelConfig& c, std::size_t max_batch);
   std::size_t max_batch;
@@ -82,8 +90,8 @@ struct BatchScratch {
   ForwardScratch one;  // attention scores and the one-token products' scratch
 };
 // out[t][r] = dot(row r, x[t]) for t < n, r < rows.
-void batched_matmul(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, float* out,
-                    std::size_t rows, std::size_t n, ForwardScratch& scratch);
+void batched_matmul(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, float* out, std::size_t rows,
+                    std::size_t n, ForwardScratch& scratch);
 void embed_batch(const ForwardShape& s, WeightRef table, const std::int32_t* tokens, std::size_t n, float* x);
 // Writes the n key rows to k and the n value rows to v ([n][kv_dim] each).
 void kv_project_batch(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wk, WeightRef wv,
@@ -99,7 +107,12 @@ void feed_forward_batch(const ForwardShape& s, const float* x, const float* ffn_
 // (llm_direct_tok_per_s_*) and by tests as a second opinion on the engine.
 class DirectModel {
  public:
-  DirectModel(const Model& model, const Kernels& kernels, ActivationRounding rounding = ActivationRounding::None);
+  // `threads` > 1: the products and attention are split across a team of that many threads (as the engine's).
+  DirectModel(const Model& model, const Kernels& kernels, ActivationRounding rounding = ActivationRounding::None,
+              unsigned threads = 1);
+  ~DirectModel();
+  DirectModel(const DirectModel&) = delete;
+  DirectModel& operator=(const DirectModel&) = delete;
   // Returns vocab_size logits, valid until the next step (nullptr when !want_logits: the classifier is skipped).
   const float* step(int token, int pos, bool want_logits = true);
   // Batched prefill of tokens at positions pos .. pos + size - 1 (no logits), in chunks of up to `max_batch`
@@ -108,6 +121,7 @@ class DirectModel {
 
  private:
   const Model& model_;
+  std::unique_ptr<ThreadTeam> team_;
   ForwardShape shape_;
   ForwardScratch scratch_;
   std::vector<float> x_, x2_, keys_, values_, logits_;

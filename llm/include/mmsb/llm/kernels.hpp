@@ -1,15 +1,21 @@
-// mmsb/llm/kernels.hpp — tensor element types and the dot-product kernels of the transformer.
+// mmsb/llm/kernels.hpp — tensor element types and the matrix-product kernels of the transformer.
 //
-// A weight matrix is stored row by row in one of the GGUF element types; activations are always f32. Every
-// matrix-vector product in the model reduces to `dot(row, x, n)`: one row of `n` elements (in the row's own
-// encoding) against `n` floats. Kernels come in one table per instruction-set level, all computing the same sums
-// (in different orders, so results differ by rounding only):
+// A weight matrix is stored row by row in one of the GGUF element types. Every product of the model is
+// `out[t][r] = row r · x[t]` for a few activation vectors x[t] (one while decoding, a prompt's batch while
+// prefilling). The activations are first prepared once per product in the encoding the weight type's kernel reads
+// (ActivationFormat): kept in f32 for F32 weights, rounded to half precision for F16 weights, to blocks of 32 int8
+// with a scale (Q8) for the 32-value block types and to Q8_K super-blocks for the 256-value types (kquants.hpp),
+// as llama.cpp's CPU backend rounds them; the products of the block types are then integer dot products (AVX2
+// `maddubs`) scaled per block.
 //
 //   const mmsb::llm::Kernels& k = mmsb::llm::kernels();           // the best level this CPU has
-//   float s = k.dot[static_cast<int>(TensorType::Q8_0)](row, x.data(), 64);
+//   mmsb::llm::matmul(k, TensorType::Q8_0, matrix, row_stride, x, cols, out, rows);
 //
-// The scalar table is the reference the tests compare every other level against. MMSB_SIMD=scalar|avx2|avx512
-// caps the level chosen at startup (as for delta's diff).
+// Kernels come in one table per instruction-set level. Within a level, each (row, vector) result is computed by
+// the same operations in the same order whether the product covers one vector or many, all rows or a range of
+// them: batched prefill, the thread split and one-token decoding agree bit for bit. Levels differ from each other
+// by rounding only; the scalar table is the reference the tests compare the others against. MMSB_SIMD=
+// scalar|avx2|avx512 caps the level chosen at startup (as for delta's diff).
 //
 // Thread-safety: the tables are immutable after first use; all functions are pure and may run concurrently.
 #pragma once
@@ -62,10 +68,26 @@ std::uint64_t row_bytes(TensorType type, std::uint64_t n) noexcept;
 float fp16_to_fp32(std::uint16_t h) noexcept;
 std::uint16_t fp32_to_fp16(float f) noexcept;  // round to nearest even (for tests and quantizers)
 
-using DotFn = float (*)(const void* row, const float* x, std::size_t n);
-// One row against four activation vectors (x + j * stride, j < 4): out[j] = dot(row, x + j * stride, n), each with
-// exactly the operations of the same level's DotFn (bit-identical), the row loaded once for the four.
-using Dot4Fn = void (*)(const void* row, const float* x, std::size_t stride, std::size_t n, float* out);
+// How a product's activations are encoded (activation_format() gives the one of each weight type):
+//   F32   the floats themselves;
+//   F16   the floats rounded to IEEE half precision (to nearest, ties to even);
+//   Q8    per vector: int8 q[cols], then float d[cols / 32], then int32 sum[cols / 32] (the sum of the block's q):
+//         value j = d[j / 32] * q[j]. Per block s = max|x| / 127, q = x * (1 / s) rounded to nearest (ties to even)
+//         and d = s rounded to half precision: llama.cpp's Q8_0 rounding of activations exactly, so that quantized
+//         products agree with its logits up to the order of float sums; cols must be a multiple of 32;
+//   Q8_K  per vector: cols / 256 BlockQ8K (kquants.hpp).
+enum class ActivationFormat : std::uint8_t { F32 = 0, F16 = 1, Q8 = 2, Q8_K = 3 };
+inline constexpr int kActivationFormats = 4;
+ActivationFormat activation_format(TensorType weights) noexcept;
+// Bytes of one vector of `cols` activations in `format`, a multiple of 64 (the distance between prepared vectors).
+std::size_t activation_bytes(ActivationFormat format, std::size_t cols) noexcept;
+
+// Writes one vector of `cols` floats in a format (activation_bytes() bytes at `out`).
+using QuantizeActivationsFn = void (*)(const float* x, std::size_t cols, std::byte* out);
+// A product: for rows r < rows (row r at w + r * row_stride, `cols` values in the weight type) and vectors t < n
+// (vector t at act + t * act_stride, in the type's activation format): out[t * out_stride + r] = row r · vector t.
+using MatmulFn = void (*)(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                          std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride);
 // A super-block row against activations already rounded to Q8_K blocks (kquants.hpp).
 struct BlockQ8K;
 using DotQ8KFn = float (*)(const void* row, const BlockQ8K* x, std::size_t n);
@@ -85,15 +107,20 @@ using AttentionMixFn = void (*)(const float* weights, const float* values, std::
 // SIMD levels use a polynomial exp and lane-wise sums, so they differ from it by rounding only (a few ulp).
 using SoftmaxFn = void (*)(float* x, std::size_t n);
 
+// The SwiGLU of the feed-forward, in place: gate[i] = silu(gate[i]) * up[i], silu(v) = v / (1 + e^-v). The scalar
+// reference uses libm's expf (as llama2.c does); the SIMD levels a polynomial exp (a few ulp apart).
+using SwigluFn = void (*)(float* gate, const float* up, std::size_t n);
+
 struct Kernels {
   SimdLevel level;
-  DotFn dot[kTypeSlots];              // nullptr for unused ids
+  MatmulFn matmul[kTypeSlots];                                     // nullptr for unused ids
+  QuantizeActivationsFn quantize_activations[kActivationFormats];  // F32's entry copies
   DequantizeFn dequantize[kTypeSlots];
-  DotQ8KFn dot_q8k[kTypeSlots];       // the super-block types only
-  Dot4Fn dot4[kTypeSlots];            // batched prefill; nullptr where the level has none (dot is used instead)
+  DotQ8KFn dot_q8k[kTypeSlots];  // the super-block types only: one row against Q8_K activations
   AttentionScoresFn attention_scores;
   AttentionMixFn attention_mix;
   SoftmaxFn softmax;
+  SwigluFn swiglu;
 };
 
 // The table of one level; throws mmsb::Error(Unsupported) when this CPU lacks it.
@@ -103,9 +130,20 @@ bool cpu_supports(SimdLevel level) noexcept;
 // kernels of that level need (FMA, F16C); chosen once.
 const Kernels& kernels();
 
-// out[r] = dot(row r of `matrix`, x) for r in [0, rows); rows are `row_stride` bytes apart.
+// Activations prepared for the products of one weight type: `n` vectors, `stride` bytes apart. For F32 weights
+// they are the input floats themselves (no copy); otherwise they live in `storage`.
+struct PreparedActivations {
+  const std::byte* data;
+  std::size_t stride;
+};
+// Prepares n vectors of `cols` floats, `x_stride` floats apart, for products with `weights`-typed rows.
+PreparedActivations prepare_activations(const Kernels& k, TensorType weights, const float* x, std::size_t cols,
+                                        std::size_t n, std::size_t x_stride, std::vector<std::byte>& storage);
+
+// out[r] = row r of `matrix` · x for r in [0, rows); rows are `row_stride` bytes apart. Prepares x (in a
+// per-thread buffer) and runs the level's kernel: the single-vector product, for tools and tests.
 void matmul(const Kernels& k, TensorType type, const std::byte* matrix, std::size_t row_stride, const float* x,
-            std::size_t cols, float* out, std::size_t rows) noexcept;
+            std::size_t cols, float* out, std::size_t rows);
 
 // As matmul(), but with the activations rounded the way llama.cpp's CPU backend rounds them before a product:
 // to F16 for F16 weights, to blocks of 32 int8 with a half-precision scale for the block types (plus the block's

@@ -22,6 +22,11 @@ struct Throughput {
   double tok_per_s = 0;
   std::uint64_t checksum = 0;  // the generated ids, hashed: both paths must agree
   PagerStats paging;           // with EngineOptions::paging: the pager's counters over every round
+  // The same per second of this process's CPU time (all its threads) instead of wall-clock time: on a machine
+  // shared with other work, time slices lost to other processes do not count. Equal to the wall-clock figures on
+  // an idle machine with one thread; with several threads, spinning counts.
+  double prompt_tok_per_cpu_s = 0;
+  double tok_per_cpu_s = 0;
 };
 
 enum class ThroughputPath { Engine, Direct };

@@ -1,0 +1,608 @@
+// AVX2 products for every weight type: tiles of R rows x T activation vectors, so that a weight row, once loaded
+// and unpacked, serves T vectors (prompt batches) and a vector serves R rows (decoding). Each (row, vector) result
+// is accumulated in its own register, with the same operations in the same order in every tile shape, which is
+// what makes batched prefill, the thread split and one-token decoding agree bit for bit (kernels.hpp). The file is
+// compiled with -ffp-contract=off: only the explicit fused multiply-adds below are fused.
+//
+// Arithmetic per type (activation formats in kernels.hpp):
+//   F32, F16   8 lanes of w * x per step of 8 columns (F16: both operands half precision, widened), fused into
+//              one accumulator; then a horizontal sum and the columns past the last multiple of 8 one by one.
+//   Q8_0       per block of 32: the exact integer sum of w * x (maddubs on |w| and x with w's signs: exact for
+//              every stored byte, -128 included), converted to float and fused into the row's accumulator (one
+//              lane of a tile of eight rows) times d_w * d_x, block after block (see Block8).
+//   Q4_0, Q5_0 the same with the unsigned stored values n (maddubs on n and x) less 8 (16) x the block's sum of x.
+//   Q4_1, Q5_1 as Q4_0 without the offset, plus m_w * d_x * (sum of x) per block, accumulated apart.
+//   Q4_K, Q5_K, Q6_K  per super-block of 256: integer sums of each sub-block weighted by its integer scale, then
+//              fused into the accumulator times d_x * d_w (and the mins through the activations' block sums), as
+//              the one-row kernels of kquants.cpp do.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "llm/kquants.hpp"
+#include "mmsb/llm/kernels.hpp"
+
+namespace mmsb::llm {
+
+namespace {
+
+#define MMSB_TILE __attribute__((target("avx2,fma,f16c")))
+
+constexpr std::size_t kBlock = 32;
+
+MMSB_TILE inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+MMSB_TILE inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+MMSB_TILE inline float half(const std::uint8_t* p) {
+  std::uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+inline std::uint32_t load_u32(const std::uint8_t* p) {
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// What every tile receives: R rows from `w`, T vectors from `act`, results into `out` (see MatmulFn).
+struct TileArgs {
+  const std::uint8_t* w;
+  std::size_t row_stride;
+  const std::byte* act;
+  std::size_t act_stride;
+  std::size_t cols;
+  float* out;
+  std::size_t out_stride;
+};
+using TileFn = void (*)(const TileArgs&);
+
+// Asks for the bytes one tile further down the matrix (the same offset in the rows the next tile reads) while this
+// tile computes. The products of the block types compute long enough per cache line that the hardware prefetchers
+// fall behind when they stream a matrix from memory (measured: Q4_0 at 4.3 GB/s from DRAM without, 9 GB/s from
+// L3); prefetching never faults, so the last tile may point past the matrix.
+MMSB_TILE inline void prefetch_next_tile(const std::uint8_t* p, std::size_t tile_bytes) {
+  _mm_prefetch(reinterpret_cast<const char*>(p + 4 * tile_bytes), _MM_HINT_T0);
+}
+
+// --- F32 weights (f32 activations) and F16 weights (F16 activations) -------------------------------------------
+
+template <bool Half>
+struct FloatTile {
+  MMSB_TILE static __m256 load(const std::uint8_t* row, std::size_t k) {
+    if constexpr (Half) {
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k)));
+    } else {
+      return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + k);
+    }
+  }
+  static float at(const std::uint8_t* row, std::size_t k) {
+    if constexpr (Half) {
+      std::uint16_t h;
+      std::memcpy(&h, row + 2 * k, 2);
+      return fp16_to_fp32(h);
+    } else {
+      float v;
+      std::memcpy(&v, row + 4 * k, 4);
+      return v;
+    }
+  }
+  template <int R, int T>
+  MMSB_TILE static void run(const TileArgs& a) {
+    const std::uint8_t* x[T];
+    for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const std::uint8_t*>(a.act + t * a.act_stride);
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r) {
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    }
+    std::size_t k = 0;
+    constexpr std::size_t line_values = Half ? 32 : 16;  // values per cache line
+    for (; k + 8 <= a.cols; k += 8) {
+      if (k % line_values == 0) {
+        for (int r = 0; r < R; ++r) prefetch_next_tile(a.w + r * a.row_stride + k * (Half ? 2 : 4), R * a.row_stride);
+      }
+      __m256 xv[T];
+      for (int t = 0; t < T; ++t) xv[t] = load(x[t], k);
+      for (int r = 0; r < R; ++r) {
+        const __m256 wv = load(a.w + r * a.row_stride, k);
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int t = 0; t < T; ++t) {
+        float s = hsum(acc[r][t]);
+        for (std::size_t j = k; j < a.cols; ++j) s += at(a.w + r * a.row_stride, j) * at(x[t], j);
+        a.out[t * a.out_stride + r] = s;
+      }
+    }
+  }
+};
+
+// --- the 32-value block types (Q8 activations) ------------------------------------------------------------------
+
+// 16 bytes of nibbles -> 32 bytes: low nibbles as values 0..15, high nibbles as 16..31.
+MMSB_TILE inline __m256i unpack_nibbles(const std::uint8_t* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
+}
+// Bit j of `bits` -> byte j set to 0x10 (the fifth bit of value j).
+MMSB_TILE inline __m256i high_bits_to_bytes(std::uint32_t bits) {
+  const __m256i shuffle = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), shuffle);
+  const __m256i select = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
+  v = _mm256_cmpeq_epi8(_mm256_and_si256(v, select), select);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+// How a block type's 32 stored values relate to the integer values of the product.
+enum class Stored { Signed, Offset, Affine };
+
+struct Q8_0Block {
+  static constexpr int bits = 8;
+  static constexpr std::size_t bytes = 34;
+  static constexpr Stored kind = Stored::Signed;
+  static constexpr int offset = 0;
+  MMSB_TILE static __m256i values(const std::uint8_t* b) { return load32(b + 2); }
+  MMSB_TILE static float d(const std::uint8_t* b) { return half(b); }
+  static float m(const std::uint8_t*) { return 0; }
+};
+struct Q4_0Block {
+  static constexpr int bits = 4;
+  static constexpr std::size_t bytes = 18;
+  static constexpr Stored kind = Stored::Offset;
+  static constexpr int offset = 8;
+  MMSB_TILE static __m256i values(const std::uint8_t* b) { return unpack_nibbles(b + 2); }
+  MMSB_TILE static float d(const std::uint8_t* b) { return half(b); }
+  static float m(const std::uint8_t*) { return 0; }
+};
+struct Q5_0Block {
+  static constexpr int bits = 5;
+  static constexpr std::size_t bytes = 22;
+  static constexpr Stored kind = Stored::Offset;
+  static constexpr int offset = 16;
+  MMSB_TILE static __m256i values(const std::uint8_t* b) {
+    return _mm256_or_si256(unpack_nibbles(b + 6), high_bits_to_bytes(load_u32(b + 2)));
+  }
+  MMSB_TILE static float d(const std::uint8_t* b) { return half(b); }
+  static float m(const std::uint8_t*) { return 0; }
+};
+struct Q4_1Block {
+  static constexpr int bits = 4;
+  static constexpr std::size_t bytes = 20;
+  static constexpr Stored kind = Stored::Affine;
+  static constexpr int offset = 0;
+  MMSB_TILE static __m256i values(const std::uint8_t* b) { return unpack_nibbles(b + 4); }
+  MMSB_TILE static float d(const std::uint8_t* b) { return half(b); }
+  MMSB_TILE static float m(const std::uint8_t* b) { return half(b + 2); }
+};
+struct Q5_1Block {
+  static constexpr int bits = 5;
+  static constexpr std::size_t bytes = 24;
+  static constexpr Stored kind = Stored::Affine;
+  static constexpr int offset = 0;
+  MMSB_TILE static __m256i values(const std::uint8_t* b) {
+    return _mm256_or_si256(unpack_nibbles(b + 8), high_bits_to_bytes(load_u32(b + 4)));
+  }
+  MMSB_TILE static float d(const std::uint8_t* b) { return half(b); }
+  MMSB_TILE static float m(const std::uint8_t* b) { return half(b + 2); }
+};
+
+// Eight rows at a time, row r's sums in lane r. Per block b, row r and vector t the integer sum S of the block's
+// products (exact), less the type's offset times the vector's block sum, is converted to float and fused into
+// lane r of vector t's accumulator times d_w(r, b) * d_x(t, b): one accumulation per (row, vector) in block order,
+// the same in both ways of getting S below, so every tile shape gives the same bits.
+//   decoding (few vectors): the rows' 32 values are multiplied with the vector's in place (maddubs, madd), and the
+//     eight rows' lane sums are reduced into one vector (hadd);
+//   batches: the eight rows are first repacked into a scratch buffer, 4 bytes of each row side by side, so that a
+//     vector's 4 bytes broadcast to every lane give all eight rows' partial sums at once (maddubs), with no
+//     reduction; the repacking is paid once per row tile for the whole batch.
+constexpr std::size_t kTileRows = 8;
+
+// Lane r of the result = the sum of the 8 lanes of m[r].
+MMSB_TILE inline __m256i reduce8(const __m256i* m) {
+  const __m256i a0 = _mm256_hadd_epi32(m[0], m[1]), a1 = _mm256_hadd_epi32(m[2], m[3]);
+  const __m256i a2 = _mm256_hadd_epi32(m[4], m[5]), a3 = _mm256_hadd_epi32(m[6], m[7]);
+  const __m256i b0 = _mm256_hadd_epi32(a0, a1), b1 = _mm256_hadd_epi32(a2, a3);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(b0, b1, 0x20), _mm256_permute2x128_si256(b0, b1, 0x31));
+}
+
+// The half-precision scales at `offset` in eight rows, as floats (lane r: row r).
+MMSB_TILE inline __m256 halves8(const std::uint8_t* const* rows, std::size_t offset) {
+  auto h = [&](int r) {
+    std::uint16_t v;
+    std::memcpy(&v, rows[r] + offset, 2);
+    return static_cast<int>(v);
+  };
+  __m128i v = _mm_cvtsi32_si128(h(0));
+  v = _mm_insert_epi16(v, h(1), 1);
+  v = _mm_insert_epi16(v, h(2), 2);
+  v = _mm_insert_epi16(v, h(3), 3);
+  v = _mm_insert_epi16(v, h(4), 4);
+  v = _mm_insert_epi16(v, h(5), 5);
+  v = _mm_insert_epi16(v, h(6), 6);
+  v = _mm_insert_epi16(v, h(7), 7);
+  return _mm256_cvtph_ps(v);
+}
+
+// The 8 x 8 transpose of 32-bit elements: out[k] = (in[0][k], ..., in[7][k]).
+MMSB_TILE inline void transpose8(__m256i* v) {
+  const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+  const __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+  const __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+  const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+  v[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+  v[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+  v[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+  v[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+  v[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+  v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+  v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+  v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+// Four bytes repeated in every 32-bit lane.
+MMSB_TILE inline __m256i broadcast4(const std::int8_t* p) {
+  std::int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// One activation vector in the Q8 format.
+struct Q8Vector {
+  const std::int8_t* q;
+  const float* d;
+  const std::int32_t* sum;
+};
+inline Q8Vector q8_vector(const std::byte* v, std::size_t cols) {
+  return {reinterpret_cast<const std::int8_t*>(v), reinterpret_cast<const float*>(v + cols),
+          reinterpret_cast<const std::int32_t*>(v + cols + cols / kBlock * sizeof(float))};
+}
+
+template <class B>
+struct Block8 {
+  static constexpr bool affine = B::kind == Stored::Affine;
+
+  // Lane r of `acc` (and `offsets`, Affine) takes block b's contribution from the exact sums S (lane r: row r).
+  MMSB_TILE static void accumulate(__m256i sums, __m256 dw, __m256 mw, const Q8Vector& x, std::size_t b, __m256& acc,
+                                   __m256& offsets) {
+    if constexpr (B::kind == Stored::Offset) sums = _mm256_sub_epi32(sums, _mm256_set1_epi32(B::offset * x.sum[b]));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(dw, _mm256_set1_ps(x.d[b])), acc);
+    if constexpr (affine) {
+      offsets = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.d[b] * static_cast<float>(x.sum[b])), offsets);
+    }
+  }
+
+  // Lanes [0, rows) of acc (+ offsets) to out.
+  MMSB_TILE static void store(__m256 acc, __m256 offsets, float* out, std::size_t rows) {
+    if constexpr (affine) acc = _mm256_add_ps(acc, offsets);
+    if (rows == kTileRows) return _mm256_storeu_ps(out, acc);
+    alignas(32) float lanes[kTileRows];
+    _mm256_store_ps(lanes, acc);
+    for (std::size_t r = 0; r < rows; ++r) out[r] = lanes[r];
+  }
+
+  // The few-vector way: each row's products in place, the eight rows' lane sums reduced.
+  MMSB_TILE static void run_in_place(const std::uint8_t* const* row, std::size_t row_stride, std::size_t rows,
+                                     const std::byte* act, std::size_t act_stride, std::size_t n, std::size_t cols,
+                                     float* out, std::size_t out_stride) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (std::size_t t = 0; t < n; ++t) {
+      const Q8Vector x = q8_vector(act + t * act_stride, cols);
+      __m256 acc = _mm256_setzero_ps(), offsets = _mm256_setzero_ps();
+      for (std::size_t b = 0; b < cols / kBlock; ++b) {
+        const __m256i xv = load32(x.q + b * kBlock);
+        __m256i m[kTileRows];
+        for (std::size_t r = 0; r < kTileRows; ++r) {
+          const std::uint8_t* blk = row[r] + b * B::bytes;
+          prefetch_next_tile(blk, kTileRows * row_stride);
+          const __m256i w = B::values(blk);
+          __m256i pairs;
+          if constexpr (B::kind == Stored::Signed) {
+            pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xv, w));
+          } else {
+            pairs = _mm256_maddubs_epi16(w, xv);
+          }
+          m[r] = _mm256_madd_epi16(pairs, ones);
+        }
+        const __m256 dw = halves8(row, b * B::bytes + 0);
+        const __m256 mw = affine ? halves8(row, b * B::bytes + 2) : _mm256_setzero_ps();
+        accumulate(reduce8(m), dw, mw, x, b, acc, offsets);
+      }
+      store(acc, offsets, out + t * out_stride, rows);
+    }
+  }
+
+  // The repacked rows of one tile: per block, eight registers of 4 bytes from each row (register k: bytes 4k..4k+3
+  // of rows 0..7), then the eight scales (and offsets, Affine) as floats.
+  static constexpr std::size_t kPackedBlock = kTileRows * 32 + (affine ? 2 : 1) * kTileRows * sizeof(float);
+
+  MMSB_TILE static void repack(const std::uint8_t* const* row, std::size_t blocks, std::byte* packed) {
+    for (std::size_t b = 0; b < blocks; ++b, packed += kPackedBlock) {
+      __m256i v[kTileRows];
+      for (std::size_t r = 0; r < kTileRows; ++r) v[r] = B::values(row[r] + b * B::bytes);
+      transpose8(v);
+      for (std::size_t k = 0; k < kTileRows; ++k) _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed) + k, v[k]);
+      _mm256_storeu_ps(reinterpret_cast<float*>(packed + 256), halves8(row, b * B::bytes + 0));
+      if constexpr (affine) _mm256_storeu_ps(reinterpret_cast<float*>(packed + 288), halves8(row, b * B::bytes + 2));
+    }
+  }
+
+  // Exact sums of the eight rows (lanes) of one repacked block with one vector's block (4 bytes broadcast per k).
+  MMSB_TILE static __m256i packed_sums(const __m256i* w, const std::byte* packed, const std::int8_t* xq) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    if constexpr (B::kind == Stored::Signed) {  // |w| * x with w's signs; a pair may reach 32512: widen each
+      __m256i s = _mm256_setzero_si256();
+      for (std::size_t k = 0; k < kTileRows; ++k) {
+        const __m256i signs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed) + k);
+        s = _mm256_add_epi32(
+            s, _mm256_madd_epi16(_mm256_maddubs_epi16(w[k], _mm256_sign_epi8(broadcast4(xq + 4 * k), signs)), ones));
+      }
+      return s;
+    } else {
+      // Stored values below 16 (32): a pair of products is at most 3810 (7874), so 8 (4) of them fit 16 bits.
+      constexpr std::size_t group = B::bits == 5 ? 4 : 8;
+      __m256i s = _mm256_setzero_si256();
+      for (std::size_t g = 0; g < kTileRows; g += group) {
+        __m256i p = _mm256_maddubs_epi16(w[g], broadcast4(xq + 4 * g));
+        for (std::size_t k = g + 1; k < g + group; ++k)
+          p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[k], broadcast4(xq + 4 * k)));
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+      }
+      return s;
+    }
+  }
+
+  // T vectors against a repacked tile.
+  template <int T>
+  MMSB_TILE static void run_packed(const std::byte* packed, std::size_t rows, const std::byte* act,
+                                   std::size_t act_stride, std::size_t cols, float* out, std::size_t out_stride) {
+    Q8Vector x[T];
+    __m256 acc[T], offsets[T];
+    for (int t = 0; t < T; ++t) {
+      x[t] = q8_vector(act + t * act_stride, cols);
+      acc[t] = offsets[t] = _mm256_setzero_ps();
+    }
+    for (std::size_t b = 0; b < cols / kBlock; ++b, packed += kPackedBlock) {
+      __m256i w[kTileRows];
+      for (std::size_t k = 0; k < kTileRows; ++k) {
+        w[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed) + k);
+        if constexpr (B::kind == Stored::Signed) w[k] = _mm256_abs_epi8(w[k]);
+      }
+      const __m256 dw = _mm256_loadu_ps(reinterpret_cast<const float*>(packed + 256));
+      const __m256 mw = affine ? _mm256_loadu_ps(reinterpret_cast<const float*>(packed + 288)) : _mm256_setzero_ps();
+      for (int t = 0; t < T; ++t) {
+        accumulate(packed_sums(w, packed, x[t].q + b * kBlock), dw, mw, x[t], b, acc[t], offsets[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) store(acc[t], offsets[t], out + t * out_stride, rows);
+  }
+};
+
+// Below this many vectors the repacking costs more than it saves.
+constexpr std::size_t kRepackVectors = 4;
+
+template <class B>
+void matmul_block8(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                   std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  using K = Block8<B>;
+  constexpr int kT = 4;  // vectors per packed tile
+  thread_local std::vector<std::byte> packed;
+  const auto* wb = reinterpret_cast<const std::uint8_t*>(w);
+  const std::size_t blocks = cols / kBlock;
+  for (std::size_t r0 = 0; r0 < rows; r0 += kTileRows) {
+    const std::size_t rn = std::min(kTileRows, rows - r0);
+    const std::uint8_t* row[kTileRows];
+    for (std::size_t r = 0; r < kTileRows; ++r) row[r] = wb + (r0 + (r < rn ? r : 0)) * row_stride;  // spare lanes
+    if (n < kRepackVectors) {
+      K::run_in_place(row, row_stride, rn, act, act_stride, n, cols, out + r0, out_stride);
+      continue;
+    }
+    if (packed.size() < blocks * K::kPackedBlock) packed.resize(blocks * K::kPackedBlock);
+    K::repack(row, blocks, packed.data());
+    std::size_t t = 0;
+    for (; t + kT <= n; t += kT) {
+      K::template run_packed<kT>(packed.data(), rn, act + t * act_stride, act_stride, cols, out + t * out_stride + r0,
+                                 out_stride);
+    }
+    for (; t < n; ++t) {
+      K::template run_packed<1>(packed.data(), rn, act + t * act_stride, act_stride, cols, out + t * out_stride + r0,
+                                out_stride);
+    }
+  }
+}
+
+// --- super-block types (Q8_K activations) -----------------------------------------------------------------------
+
+// Q4_K (Bits 4) and Q5_K (5): the integer sums of the eight sub-blocks of 32 weighted by their scales; the mins
+// through the activations' sums of each sub-block.
+template <int Bits>
+struct K4Tile {
+  static constexpr std::size_t bytes = Bits == 4 ? kQ4_KBytes : kQ5_KBytes;
+  template <int R, int T>
+  MMSB_TILE static void run(const TileArgs& a) {
+    const std::size_t blocks = a.cols / kSuperBlock;
+    const BlockQ8K* y[T];
+    for (int t = 0; t < T; ++t) y[t] = reinterpret_cast<const BlockQ8K*>(a.act + t * a.act_stride);
+    const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r) {
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    }
+    for (std::size_t i = 0; i < blocks; ++i) {
+      alignas(16) std::uint8_t sm[R][16];
+      const std::uint8_t* blk[R];
+      for (int r = 0; r < R; ++r) {
+        blk[r] = a.w + r * a.row_stride + i * bytes;
+        for (std::size_t line = 0; line < bytes; line += 64) prefetch_next_tile(blk[r] + line, R * a.row_stride);
+        unpack_k4_scales(blk[r] + 4, sm[r]);
+      }
+      __m256i isum[R][T];
+      for (int r = 0; r < R; ++r) {
+        for (int t = 0; t < T; ++t) isum[r][t] = _mm256_setzero_si256();
+      }
+      for (int c = 0; c < 4; ++c) {
+        for (int r = 0; r < R; ++r) {
+          const __m256i raw = load32(blk[r] + (Bits == 4 ? 16 : 48) + 32 * c);
+          __m256i lo = _mm256_and_si256(raw, low4);
+          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+          if constexpr (Bits == 5) {
+            const __m256i qh = load32(blk[r] + 16);
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+          }
+          const __m256i scale_lo = _mm256_set1_epi16(sm[r][2 * c]), scale_hi = _mm256_set1_epi16(sm[r][2 * c + 1]);
+          for (int t = 0; t < T; ++t) {
+            const __m256i p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32(y[t][i].qs + 64 * c)), scale_lo);
+            const __m256i p_hi =
+                _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load32(y[t][i].qs + 64 * c + 32)), scale_hi);
+            isum[r][t] = _mm256_add_epi32(isum[r][t], _mm256_add_epi32(p_lo, p_hi));
+          }
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m256i pairs = _mm256_madd_epi16(load32(y[t][i].bsums), ones16);  // the sums of each sub-block of 32
+        for (int r = 0; r < R; ++r) {
+          const __m256i mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm[r] + 8)));
+          const __m256i msum = _mm256_mullo_epi32(mins, pairs);
+          acc[r][t] =
+              _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * half(blk[r])), _mm256_cvtepi32_ps(isum[r][t]), acc[r][t]);
+          acc[r][t] =
+              _mm256_fnmadd_ps(_mm256_set1_ps(y[t][i].d * half(blk[r] + 2)), _mm256_cvtepi32_ps(msum), acc[r][t]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int t = 0; t < T; ++t) a.out[t * a.out_stride + r] = hsum(acc[r][t]);
+    }
+  }
+};
+
+// Q6_K: sixteen sub-blocks of 16 with int8 scales; the stored values are q + 32.
+struct Q6KTile {
+  template <int R, int T>
+  MMSB_TILE static void run(const TileArgs& a) {
+    const std::size_t blocks = a.cols / kSuperBlock;
+    const BlockQ8K* y[T];
+    for (int t = 0; t < T; ++t) y[t] = reinterpret_cast<const BlockQ8K*>(a.act + t * a.act_stride);
+    const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r) {
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    }
+    for (std::size_t i = 0; i < blocks; ++i) {
+      const std::uint8_t* blk[R];
+      __m256i isum[R][T];
+      for (int r = 0; r < R; ++r) {
+        blk[r] = a.w + r * a.row_stride + i * kQ6_KBytes;
+        for (std::size_t line = 0; line < kQ6_KBytes; line += 64) prefetch_next_tile(blk[r] + line, R * a.row_stride);
+        for (int t = 0; t < T; ++t) isum[r][t] = _mm256_setzero_si256();
+      }
+      for (int h = 0; h < 2; ++h) {
+        for (int r = 0; r < R; ++r) {
+          const std::uint8_t* b = blk[r];
+          const auto* scales = reinterpret_cast<const std::int8_t*>(b + 192);
+          const __m256i ql0 = load32(b + 64 * h), ql1 = load32(b + 64 * h + 32), qh = load32(b + 128 + 32 * h);
+          const __m256i q[4] = {
+              _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
+              _mm256_or_si256(_mm256_and_si256(ql1, low4),
+                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4))};
+          for (int g = 0; g < 4; ++g) {
+            // 32 values = two sub-blocks of 16: the low 8 int16 lanes take the first scale, the high 8 the second.
+            const int s = 8 * h + 2 * g;
+            const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(scales[s + 1]), _mm_set1_epi16(scales[s]));
+            for (int t = 0; t < T; ++t) {
+              const __m256i p = _mm256_maddubs_epi16(q[g], load32(y[t][i].qs + 128 * h + 32 * g));
+              isum[r][t] = _mm256_add_epi32(isum[r][t], _mm256_madd_epi16(p, scale));
+            }
+          }
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[r] + 192)));
+        for (int t = 0; t < T; ++t) {
+          // The stored values are q + 32: subtract 32 x the scaled block sums.
+          const __m256i offset = _mm256_madd_epi16(scales16, load32(y[t][i].bsums));
+          const __m256i s = _mm256_sub_epi32(isum[r][t], _mm256_slli_epi32(offset, 5));
+          acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * half(blk[r] + 208)), _mm256_cvtepi32_ps(s), acc[r][t]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int t = 0; t < T; ++t) a.out[t * a.out_stride + r] = hsum(acc[r][t]);
+    }
+  }
+};
+
+// --- the driver ----------------------------------------------------------------------------------------------------
+
+// Every tile shape up to RG x TG, indexed by (rows - 1) * TG + (vectors - 1).
+template <class Tile, int RG, int TG, std::size_t... I>
+constexpr std::array<TileFn, sizeof...(I)> tile_table(std::index_sequence<I...>) {
+  return {&Tile::template run<static_cast<int>(I / TG) + 1, static_cast<int>(I % TG) + 1>...};
+}
+
+// Decoding (one vector) runs tiles of RD rows; batches run tiles of RG rows x TG vectors over chunks of vectors
+// whose activations fit in about half of L2, so that a chunk is read from cache for every tile of rows.
+template <class Tile, int RD, int RG, int TG>
+void matmul_tiles(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                  std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  static constexpr auto tiles = tile_table<Tile, RG, TG>(std::make_index_sequence<RG * TG>());
+  const auto* wb = reinterpret_cast<const std::uint8_t*>(w);
+  if (n == 1) {
+    std::size_t r = 0;
+    for (; r + RD <= rows; r += RD) {
+      Tile::template run<RD, 1>({wb + r * row_stride, row_stride, act, act_stride, cols, out + r, out_stride});
+    }
+    for (; r < rows; ++r) {
+      Tile::template run<1, 1>({wb + r * row_stride, row_stride, act, act_stride, cols, out + r, out_stride});
+    }
+    return;
+  }
+  constexpr std::size_t kChunkBytes = 192 * 1024;
+  const std::size_t chunk = std::max<std::size_t>(TG, kChunkBytes / act_stride / TG * TG);
+  for (std::size_t t0 = 0; t0 < n; t0 += chunk) {
+    const std::size_t t_end = std::min(n, t0 + chunk);
+    for (std::size_t r = 0; r < rows; r += RG) {
+      const std::size_t rn = std::min<std::size_t>(RG, rows - r);
+      for (std::size_t t = t0; t < t_end; t += TG) {
+        const std::size_t tn = std::min<std::size_t>(TG, t_end - t);
+        tiles[(rn - 1) * TG + (tn - 1)]({wb + r * row_stride, row_stride, act + t * act_stride, act_stride, cols,
+                                         out + t * out_stride + r, out_stride});
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void add_avx2_matmul_kernels(Kernels& k) {
+  k.matmul[static_cast<int>(TensorType::F32)] = matmul_tiles<FloatTile<false>, 8, 4, 3>;
+  k.matmul[static_cast<int>(TensorType::F16)] = matmul_tiles<FloatTile<true>, 8, 4, 3>;
+  k.matmul[static_cast<int>(TensorType::Q8_0)] = matmul_block8<Q8_0Block>;
+  k.matmul[static_cast<int>(TensorType::Q4_0)] = matmul_block8<Q4_0Block>;
+  k.matmul[static_cast<int>(TensorType::Q5_0)] = matmul_block8<Q5_0Block>;
+  k.matmul[static_cast<int>(TensorType::Q4_1)] = matmul_block8<Q4_1Block>;
+  k.matmul[static_cast<int>(TensorType::Q5_1)] = matmul_block8<Q5_1Block>;
+  k.matmul[static_cast<int>(TensorType::Q4_K)] = matmul_tiles<K4Tile<4>, 2, 2, 2>;
+  k.matmul[static_cast<int>(TensorType::Q5_K)] = matmul_tiles<K4Tile<5>, 2, 2, 2>;
+  k.matmul[static_cast<int>(TensorType::Q6_K)] = matmul_tiles<Q6KTile, 2, 2, 2>;
+}
+
+}  // namespace mmsb::llm

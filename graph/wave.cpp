@@ -13,6 +13,9 @@
 #include <string>
 #include <utility>
 #include <vector>
+#if defined(__SANITIZE_THREAD__)
+#include <thread>
+#endif
 
 #include "delta/copy_bytes.hpp"
 #include "graph/engine.hpp"
@@ -154,6 +157,41 @@ class NodeLocks {
   bool out_locked_ = false;
 };
 
+// Runs `body` over [first, last) in chunks of about `grain` positions, on up to `threads` threads.
+template <class Body>
+void for_each_chunk(std::uint32_t first, std::uint32_t last, std::size_t grain, int threads, const Body& body) {
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer cannot see the synchronization inside Debian's libtbb, which is not built with it: the task
+  // objects that parallel_for recycles between threads are reported as races in oneTBB's own headers. TSan builds
+  // run the chunks on std::threads instead, which it understands; the chunks still run concurrently, so races in
+  // node bodies and in the engine's own bookkeeping are still reported.
+  std::atomic<std::uint64_t> next{first};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto worker = [&] {
+    for (;;) {
+      const std::uint64_t begin = next.fetch_add(grain, std::memory_order_relaxed);
+      if (begin >= last) return;
+      const auto end = static_cast<std::uint32_t>(std::min<std::uint64_t>(last, begin + grain));
+      try {
+        body(tbb::blocked_range<std::uint32_t>(static_cast<std::uint32_t>(begin), end));
+      } catch (...) {
+        std::lock_guard lock(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (int t = 1; t < threads; ++t) helpers.emplace_back(worker);
+  worker();
+  for (std::thread& t : helpers) t.join();
+  if (error) std::rethrow_exception(error);
+#else
+  (void)threads;
+  tbb::parallel_for(tbb::blocked_range<std::uint32_t>(first, last, grain), body);
+#endif
+}
+
 }  // namespace
 }  // namespace detail
 
@@ -279,7 +317,10 @@ bool Propagator::Impl::compute_incremental(Node& node, Delta& d, std::uint32_t w
         s.changed_wave.load(std::memory_order_acquire) == wave ? s.delta.load(std::memory_order_relaxed) : nullptr;
   }
   // A stale node (new, or left behind by a failed wave) missed changes: IncrementalContext::recompute says so.
-  IncrementalContext ctx{scratch.spans, scratch.deltas, {out.data, out.size.load(std::memory_order_relaxed)}, out.id,
+  IncrementalContext ctx{scratch.spans,
+                         scratch.deltas,
+                         {out.data, out.size.load(std::memory_order_relaxed)},
+                         out.id,
                          node.stale.load(std::memory_order_relaxed)};
   incrementals.entries[node.function](ctx, d);
   return publish(node, out, d, {}, /*diff=*/false);
@@ -539,18 +580,17 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
         const std::size_t n = s.last - s.first;
         const std::size_t by_work = std::max<std::uint64_t>(1, 20'000 / estimate);
         const std::size_t grain = std::max<std::size_t>(1, std::min(by_work, (n + 2 * threads - 1) / (2 * threads)));
-        tbb::parallel_for(tbb::blocked_range<std::uint32_t>(s.first, s.last, grain),
-                          [&](const tbb::blocked_range<std::uint32_t>& r) {
-                            wave_number.load(std::memory_order_acquire);  // pairs with the caller's release
-                            chunks_done.load(std::memory_order_acquire);  // and with earlier levels' chunks
-                            detail::ScratchLease chunk_lease;
-                            Tally chunk;
-                            chunk.wanted = wanted_events.load(std::memory_order_relaxed);
-                            chunk.scratch = &chunk_lease.get();
-                            run_segment(Segment{r.begin(), r.end()}, chunk);
-                            add_tally(chunk);
-                            chunks_done.fetch_add(1, std::memory_order_acq_rel);
-                          });
+        detail::for_each_chunk(s.first, s.last, grain, threads, [&](const tbb::blocked_range<std::uint32_t>& r) {
+          wave_number.load(std::memory_order_acquire);  // pairs with the caller's release
+          chunks_done.load(std::memory_order_acquire);  // and with earlier levels' chunks
+          detail::ScratchLease chunk_lease;
+          Tally chunk;
+          chunk.wanted = wanted_events.load(std::memory_order_relaxed);
+          chunk.scratch = &chunk_lease.get();
+          run_segment(Segment{r.begin(), r.end()}, chunk);
+          add_tally(chunk);
+          chunks_done.fetch_add(1, std::memory_order_acq_rel);
+        });
       }
     });
     chunks_done.load(std::memory_order_acquire);  // pairs with each chunk's final increment

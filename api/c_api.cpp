@@ -33,16 +33,26 @@ thread_local std::uint64_t committed_lsn = 0;  // Error::committed_lsn() of the 
 
 mmsb_status status_of(mmsb::ErrorCode code) {
   switch (code) {
-    case mmsb::ErrorCode::InvalidArgument: return MMSB_INVALID_ARGUMENT;
-    case mmsb::ErrorCode::NotFound: return MMSB_NOT_FOUND;
-    case mmsb::ErrorCode::Corruption: return MMSB_CORRUPTION;
-    case mmsb::ErrorCode::IoError: return MMSB_IO_ERROR;
-    case mmsb::ErrorCode::Unsupported: return MMSB_UNSUPPORTED;
-    case mmsb::ErrorCode::ResourceExhausted: return MMSB_RESOURCE_EXHAUSTED;
-    case mmsb::ErrorCode::Aborted: return MMSB_ABORTED;
-    case mmsb::ErrorCode::Conflict: return MMSB_CONFLICT;
-    case mmsb::ErrorCode::NodeFailed: return MMSB_NODE_FAILED;
-    case mmsb::ErrorCode::Internal: break;
+    case mmsb::ErrorCode::InvalidArgument:
+      return MMSB_INVALID_ARGUMENT;
+    case mmsb::ErrorCode::NotFound:
+      return MMSB_NOT_FOUND;
+    case mmsb::ErrorCode::Corruption:
+      return MMSB_CORRUPTION;
+    case mmsb::ErrorCode::IoError:
+      return MMSB_IO_ERROR;
+    case mmsb::ErrorCode::Unsupported:
+      return MMSB_UNSUPPORTED;
+    case mmsb::ErrorCode::ResourceExhausted:
+      return MMSB_RESOURCE_EXHAUSTED;
+    case mmsb::ErrorCode::Aborted:
+      return MMSB_ABORTED;
+    case mmsb::ErrorCode::Conflict:
+      return MMSB_CONFLICT;
+    case mmsb::ErrorCode::NodeFailed:
+      return MMSB_NODE_FAILED;
+    case mmsb::ErrorCode::Internal:
+      break;
   }
   return MMSB_INTERNAL;
 }
@@ -70,9 +80,7 @@ mmsb_status guarded(Body&& body) noexcept {
   }
 }
 
-mmsb_status null_argument(const char* what) {
-  return fail(MMSB_INVALID_ARGUMENT, std::string(what) + " is NULL");
-}
+mmsb_status null_argument(const char* what) { return fail(MMSB_INVALID_ARGUMENT, std::string(what) + " is NULL"); }
 
 }  // namespace
 
@@ -209,9 +217,8 @@ void mmsb_txn_abort(mmsb_txn* txn) { delete txn; }
 mmsb_status mmsb_txn_read(mmsb_txn* txn, mmsb_page_id page, uint64_t offset, void* out, uint64_t length) {
   if (!txn) return null_argument("txn");
   if (!out && length > 0) return null_argument("out");
-  return guarded([&] {
-    txn->txn.read(mmsb::PageId(page), offset, std::span<std::byte>(static_cast<std::byte*>(out), length));
-  });
+  return guarded(
+      [&] { txn->txn.read(mmsb::PageId(page), offset, std::span<std::byte>(static_cast<std::byte*>(out), length)); });
 }
 
 mmsb_status mmsb_transact(mmsb_runtime* rt, mmsb_txn_fn fn, void* user, unsigned max_attempts, uint64_t* lsn) {
@@ -259,7 +266,8 @@ mmsb_status mmsb_derive_map(mmsb_runtime* rt, mmsb_page_id output, const mmsb_pa
 
 mmsb_status mmsb_add_dependency(mmsb_runtime* rt, mmsb_page_id from, mmsb_page_id to) {
   if (!rt) return null_argument("rt");
-  return guarded([&] { rt->propagator().add_dependency(mmsb::PageId(from), mmsb::PageId(to), mmsb::EdgeKind::Control); });
+  return guarded(
+      [&] { rt->propagator().add_dependency(mmsb::PageId(from), mmsb::PageId(to), mmsb::EdgeKind::Control); });
 }
 
 mmsb_status mmsb_recompute(mmsb_runtime* rt, mmsb_page_id output) {

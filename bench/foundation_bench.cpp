@@ -69,16 +69,18 @@ Register memcpy_4k("memcpy_4k_ns", "baseline: memcpy of 4 KiB", [] {
   });
 });
 
-Register diff_sparse("diff_4k_1pct_ns", "diff of a 4 KiB page with ~1% of bytes changed in 4 places (reused Delta)", [] {
-  static SparsePair pair;
-  Delta d;
-  diff_into(pair.old_page, pair.new_page, d);
-  if (d.ranges.size() != 4 || d.changed_bytes() != 41) check_failed("diff_4k_1pct: unexpected delta");
-  return ns_per_op([&] {
-    diff_into(pair.old_page, pair.new_page, d);
-    benchmark::DoNotOptimize(d.ranges.data());
-  });
-});
+Register diff_sparse("diff_4k_1pct_ns", "diff of a 4 KiB page with ~1% of bytes changed in 4 places (reused Delta)",
+                     [] {
+                       static SparsePair pair;
+                       Delta d;
+                       diff_into(pair.old_page, pair.new_page, d);
+                       if (d.ranges.size() != 4 || d.changed_bytes() != 41)
+                         check_failed("diff_4k_1pct: unexpected delta");
+                       return ns_per_op([&] {
+                         diff_into(pair.old_page, pair.new_page, d);
+                         benchmark::DoNotOptimize(d.ranges.data());
+                       });
+                     });
 
 Register diff_identical("diff_4k_identical_ns", "diff of two identical 4 KiB pages", [] {
   static SparsePair pair;
@@ -105,22 +107,23 @@ Register apply_sparse("apply_4k_1pct_ns", "apply of the 1% delta to a 4 KiB page
   });
 });
 
-Register commits_1t("commits_per_s_1t", "commits per second, one thread, 8-byte single-page transactions in memory", [] {
-  Runtime rt;
-  std::vector<PageId> pages;
-  for (int i = 0; i < 64; ++i) pages.push_back(rt.create_page(kPage));
-  std::uint64_t i = 0;
-  double ns = ns_per_op([&] {
-    auto txn = rt.begin();
-    txn.write_value<std::uint64_t>(pages[i % pages.size()], (i * 8) % kPage, i);
-    txn.commit();
-    ++i;
-  });
-  const std::uint64_t last = i - 1;
-  if (rt.read_value<std::uint64_t>(pages[last % pages.size()], (last * 8) % kPage) != last)
-    check_failed("commits_per_s_1t: last commit not visible");
-  return 1e9 / ns;
-});
+Register commits_1t("commits_per_s_1t", "commits per second, one thread, 8-byte single-page transactions in memory",
+                    [] {
+                      Runtime rt;
+                      std::vector<PageId> pages;
+                      for (int i = 0; i < 64; ++i) pages.push_back(rt.create_page(kPage));
+                      std::uint64_t i = 0;
+                      double ns = ns_per_op([&] {
+                        auto txn = rt.begin();
+                        txn.write_value<std::uint64_t>(pages[i % pages.size()], (i * 8) % kPage, i);
+                        txn.commit();
+                        ++i;
+                      });
+                      const std::uint64_t last = i - 1;
+                      if (rt.read_value<std::uint64_t>(pages[last % pages.size()], (last * 8) % kPage) != last)
+                        check_failed("commits_per_s_1t: last commit not visible");
+                      return 1e9 / ns;
+                    });
 
 Register diff_ratio(Ratio{"diff_4k_1pct_vs_memcmp_ratio", "diff_4k_1pct_ns", "memcmp_4k_ns",
                           "diff_4k_1pct_ns / memcmp_4k_ns (target <= 2)"});

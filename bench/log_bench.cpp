@@ -146,13 +146,14 @@ Register log_commits("log_commits_per_s",
                      });
 
 Register log_commits_sync("log_commits_per_s_sync",
-                          "16 threads, 64-byte single-page commits, SyncPolicy::EveryCommit (group commit), ~1 s",
-                          [] { return logged_commits(16, every_commit(), std::chrono::milliseconds(1000)).commits_per_s; });
-
-Register records_per_sync("group_commit_records_per_sync",
-                          "the log_commits_per_s_sync workload: records per fdatasync during the timed run (LogWriter::stats())", [] {
-                            return logged_commits(16, every_commit(), std::chrono::milliseconds(1000)).records_per_sync;
+                          "16 threads, 64-byte single-page commits, SyncPolicy::EveryCommit (group commit), ~1 s", [] {
+                            return logged_commits(16, every_commit(), std::chrono::milliseconds(1000)).commits_per_s;
                           });
+
+Register records_per_sync(
+    "group_commit_records_per_sync",
+    "the log_commits_per_s_sync workload: records per fdatasync during the timed run (LogWriter::stats())",
+    [] { return logged_commits(16, every_commit(), std::chrono::milliseconds(1000)).records_per_sync; });
 
 // The fsync baseline is measured just before and just after the group-commit run, in the same process: this VM's
 // fsync time moves by 10x from minute to minute, so a baseline from another process is not comparable.
@@ -169,34 +170,35 @@ Register group_factor("group_commit_factor",
 
 Register replay("replay_commits_per_s",
                 "DurableRuntime recovery (read, decode, apply) of a log of 1,000,000 small commits", [] {
-  TempDir dir;
-  constexpr std::uint64_t kCommits = 1'000'000;
-  constexpr int kPages = 64;
-  std::uint64_t live_hash = 0;
-  {
-    DurableOptions o;
-    o.sync = SyncPolicy::None;
-    DurableRuntime db(dir.path(), o);
-    Runtime& rt = db.runtime();
-    std::vector<PageId> pages;
-    for (int i = 0; i < kPages; ++i) pages.push_back(rt.create_page(64));
-    for (std::uint64_t i = 0; i < kCommits; ++i) {
-      auto txn = rt.begin();
-      txn.write_value<std::uint64_t>(pages[i % kPages], (i * 8) % 64, i);
-      txn.commit();
-    }
-    live_hash = state_hash(rt);
-  }
-  const auto start = clock_type::now();
-  DurableOptions o;
-  o.sync = SyncPolicy::None;
-  DurableRuntime db(dir.path(), o);
-  const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
-  const std::uint64_t records = db.recovery().records_replayed;
-  if (records != kCommits + kPages || state_hash(db.runtime()) != live_hash)
-    check_failed("replay_commits_per_s: recovered " + std::to_string(records) + " records, or a different state");
-  return static_cast<double>(records) / seconds;
-});
+                  TempDir dir;
+                  constexpr std::uint64_t kCommits = 1'000'000;
+                  constexpr int kPages = 64;
+                  std::uint64_t live_hash = 0;
+                  {
+                    DurableOptions o;
+                    o.sync = SyncPolicy::None;
+                    DurableRuntime db(dir.path(), o);
+                    Runtime& rt = db.runtime();
+                    std::vector<PageId> pages;
+                    for (int i = 0; i < kPages; ++i) pages.push_back(rt.create_page(64));
+                    for (std::uint64_t i = 0; i < kCommits; ++i) {
+                      auto txn = rt.begin();
+                      txn.write_value<std::uint64_t>(pages[i % kPages], (i * 8) % 64, i);
+                      txn.commit();
+                    }
+                    live_hash = state_hash(rt);
+                  }
+                  const auto start = clock_type::now();
+                  DurableOptions o;
+                  o.sync = SyncPolicy::None;
+                  DurableRuntime db(dir.path(), o);
+                  const double seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+                  const std::uint64_t records = db.recovery().records_replayed;
+                  if (records != kCommits + kPages || state_hash(db.runtime()) != live_hash)
+                    check_failed("replay_commits_per_s: recovered " + std::to_string(records) +
+                                 " records, or a different state");
+                  return static_cast<double>(records) / seconds;
+                });
 
 // The checkpoint workload: 10,000 pages of 4 KiB (40 MiB, a quarter of each page random, the rest zeros).
 constexpr std::size_t kCheckpointPages = 10'000;

@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "bench/harness.hpp"
+#include "mmsb/graph.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/lora.hpp"
 #include "mmsb/llm/model.hpp"
-#include "mmsb/graph.hpp"
 
 namespace mmsb::bench {
 namespace {

@@ -7,9 +7,7 @@
 namespace mmsb::detail {
 namespace {
 
-inline __m256i load256(const std::byte* p) noexcept {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-}
+inline __m256i load256(const std::byte* p) noexcept { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
 // Difference mask of the 64-byte block at a/b (bit i: byte i differs).
 inline std::uint64_t block_mask(__m256i a0, __m256i a1, __m256i b0, __m256i b1) noexcept {

@@ -43,8 +43,8 @@ struct ScanState {
   RunSink sink;
 };
 
-using DiffKernel = void (*)(const std::byte* old_bytes, const std::byte* new_bytes, std::size_t n,
-                            std::uint64_t base, ScanState& state);
+using DiffKernel = void (*)(const std::byte* old_bytes, const std::byte* new_bytes, std::size_t n, std::uint64_t base,
+                            ScanState& state);
 
 // Compares old/new [0, n) and reports differing runs at offsets base + i. One per SIMD level.
 void diff_runs_scalar(const std::byte* old_bytes, const std::byte* new_bytes, std::size_t n, std::uint64_t base,

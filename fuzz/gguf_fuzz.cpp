@@ -30,12 +30,12 @@
 
 #include <unistd.h>
 
+#include "fuzz/crash_note.hpp"
+#include "mmsb/error.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/lora.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/quantize.hpp"
-#include "mmsb/error.hpp"
-#include "fuzz/crash_note.hpp"
 #include "program/options.hpp"
 
 namespace {
@@ -97,7 +97,9 @@ std::string mutate(const Seed& seed, std::mt19937_64& rng) {
     const std::size_t span = (rng() % 8 == 0) ? b.size() : std::min(seed.header, b.size());
     const std::size_t at = pick(span);
     switch (rng() % 6) {
-      case 0: b[at] = static_cast<char>(b[at] ^ (1 << (rng() % 8))); break;
+      case 0:
+        b[at] = static_cast<char>(b[at] ^ (1 << (rng() % 8)));
+        break;
       case 1: {
         static const unsigned char edge[] = {0x00, 0xFF, 0x7F, 0x80, 0x01, 0x20};
         b[at] = static_cast<char>(edge[rng() % sizeof edge]);
@@ -110,9 +112,15 @@ std::string mutate(const Seed& seed, std::mt19937_64& rng) {
         if (pos + 8 <= b.size()) std::memcpy(b.data() + pos, &v, 8);
         break;
       }
-      case 3: b.insert(at, std::string(1 + pick(16), static_cast<char>(rng()))); break;
-      case 4: b.erase(at, 1 + pick(16)); break;
-      default: b.resize(pick(b.size())); break;
+      case 3:
+        b.insert(at, std::string(1 + pick(16), static_cast<char>(rng())));
+        break;
+      case 4:
+        b.erase(at, 1 + pick(16));
+        break;
+      default:
+        b.resize(pick(b.size()));
+        break;
     }
   }
   return b;
@@ -223,7 +231,8 @@ int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, doub
     std::string failure = s.lora ? run_lora(input) : run_one(input, s.gguf, rng() % 8 == 0, scratch);
     ::alarm(0);
     if (!failure.empty()) {
-      std::fprintf(stderr, "mmsb-fuzz-gguf: seed %llu iteration %llu (%s; --seed %llu --start %llu --iterations 1 "
+      std::fprintf(stderr,
+                   "mmsb-fuzz-gguf: seed %llu iteration %llu (%s; --seed %llu --start %llu --iterations 1 "
                    "replays it): %s\n",
                    static_cast<unsigned long long>(seed), static_cast<unsigned long long>(i), s.name.c_str(),
                    static_cast<unsigned long long>(seed), static_cast<unsigned long long>(i), failure.c_str());

@@ -26,13 +26,13 @@
 #include <string>
 #include <vector>
 
-#include <csignal>
 #include <unistd.h>
+#include <csignal>
 
-#include "serialize/checkpoint.hpp"
-#include "serialize/codec.hpp"
 #include "fuzz/crash_note.hpp"
 #include "program/options.hpp"
+#include "serialize/checkpoint.hpp"
+#include "serialize/codec.hpp"
 #include "serialize/log.hpp"
 
 namespace {
@@ -157,9 +157,15 @@ std::string random_bytes(std::mt19937_64& rng, std::size_t n) {
 
 // Overwrites `width` bytes at `at` (clipped to the string) with a little-endian value likely to hit an edge.
 void put_edge_value(std::string& s, std::size_t at, std::mt19937_64& rng) {
-  static constexpr std::array<std::uint64_t, 9> kEdges = {
-      0, 1, 0x7f, 0x80, 0xffffffffu, 0x7fffffffu, (std::uint64_t{64} << 20) + 1, ~std::uint64_t{0},
-      std::uint64_t{1} << 63};
+  static constexpr std::array<std::uint64_t, 9> kEdges = {0,
+                                                          1,
+                                                          0x7f,
+                                                          0x80,
+                                                          0xffffffffu,
+                                                          0x7fffffffu,
+                                                          (std::uint64_t{64} << 20) + 1,
+                                                          ~std::uint64_t{0},
+                                                          std::uint64_t{1} << 63};
   const std::uint64_t v = kEdges[rng() % kEdges.size()];
   const std::size_t width = rng() % 2 ? 4 : 8;
   for (std::size_t i = 0; i < width && at + i < s.size(); ++i) s[at + i] = static_cast<char>((v >> (8 * i)) & 0xff);
@@ -353,9 +359,10 @@ int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, doub
       } catch (const Violation& v) {
         const std::string saved = "mmsb-fuzz-log-failure.bin";
         if (!log_mode) write_file(saved, input);
-        const std::string where = log_mode ? "the mutated log is kept in " + dir.string()
-                                           : "the input is saved in " + saved;
-        std::fprintf(stderr, "mmsb-fuzz-log: FAILED at iteration %llu (--seed %llu --start %llu --iterations 1 "
+        const std::string where =
+            log_mode ? "the mutated log is kept in " + dir.string() : "the input is saved in " + saved;
+        std::fprintf(stderr,
+                     "mmsb-fuzz-log: FAILED at iteration %llu (--seed %llu --start %llu --iterations 1 "
                      "replays it): %s\n%s\n",
                      static_cast<unsigned long long>(i), static_cast<unsigned long long>(seed),
                      static_cast<unsigned long long>(i), v.what.c_str(), where.c_str());
@@ -376,13 +383,13 @@ int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, doub
     return 1;
   }
   fs::remove_all(root);
-  std::printf("mmsb-fuzz-log: %llu iterations (%llu random, %llu mutated commits, %llu mutated logs, %llu mutated "
-              "checkpoints), seed %llu, %.1f s: ok\n",
-              static_cast<unsigned long long>(i - first), static_cast<unsigned long long>(counts[0]),
-              static_cast<unsigned long long>(counts[1]), static_cast<unsigned long long>(counts[2]),
-              static_cast<unsigned long long>(counts[3]),
-              static_cast<unsigned long long>(seed),
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  std::printf(
+      "mmsb-fuzz-log: %llu iterations (%llu random, %llu mutated commits, %llu mutated logs, %llu mutated "
+      "checkpoints), seed %llu, %.1f s: ok\n",
+      static_cast<unsigned long long>(i - first), static_cast<unsigned long long>(counts[0]),
+      static_cast<unsigned long long>(counts[1]), static_cast<unsigned long long>(counts[2]),
+      static_cast<unsigned long long>(counts[3]), static_cast<unsigned long long>(seed),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return 0;
 }
 

@@ -77,11 +77,11 @@ struct LayerPager::Impl {
 
   // The loader thread (when no executor is given): prefetch() queues unit indexes in `requests` under the mutex.
   std::thread loader_thread;
-  std::deque<std::size_t> requests;          // guarded by mutex
-  bool stopping = false;                     // guarded by mutex
-  bool loader_sleeping = false;              // guarded by mutex: prefetch() must notify `work`
-  std::condition_variable work;              // a request was queued or the pager is stopping
-  std::atomic<std::uint64_t> queued{0};      // a hint for the spinning loader: requests were queued
+  std::deque<std::size_t> requests;      // guarded by mutex
+  bool stopping = false;                 // guarded by mutex
+  bool loader_sleeping = false;          // guarded by mutex: prefetch() must notify `work`
+  std::condition_variable work;          // a request was queued or the pager is stopping
+  std::atomic<std::uint64_t> queued{0};  // a hint for the spinning loader: requests were queued
   std::atomic<bool> stop_spinning{false};
 
   // How long the loader spins for the next request after a load before it sleeps. A decoding loop asks every few
@@ -310,11 +310,11 @@ LayerPager::LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budg
   const std::uint64_t unkept_minimum = minimum_budget(unit_bytes);
   if (budget < unkept_minimum) {
     std::uint64_t largest = unkept_minimum / 2;
-    throw Error(ErrorCode::InvalidArgument,
-                "memory budget of " + std::to_string(budget) + " bytes is below the minimum of " +
-                    std::to_string(unkept_minimum) + " bytes (two of the largest paged units, " +
-                    std::to_string(largest) + " bytes each: one in use while the next one loads); give a budget of " +
-                    "at least " + std::to_string(unkept_minimum) + " bytes");
+    throw Error(ErrorCode::InvalidArgument, "memory budget of " + std::to_string(budget) +
+                                                " bytes is below the minimum of " + std::to_string(unkept_minimum) +
+                                                " bytes (two of the largest paged units, " + std::to_string(largest) +
+                                                " bytes each: one in use while the next one loads); give a budget of " +
+                                                "at least " + std::to_string(unkept_minimum) + " bytes");
   }
   std::vector<bool> kept_seen(unit_bytes.size(), false);
   for (std::size_t k : options.kept) {
@@ -326,10 +326,10 @@ LayerPager::LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budg
   }
   const std::uint64_t minimum = minimum_budget(unit_bytes, options.kept);
   if (budget < minimum) {
-    throw Error(ErrorCode::InvalidArgument,
-                "layer pager: a budget of " + std::to_string(budget) + " bytes cannot keep " +
-                    std::to_string(options.kept.size()) + " units resident and stream the others (" +
-                    std::to_string(minimum) + " bytes needed); keep fewer units (see choose_kept)");
+    throw Error(ErrorCode::InvalidArgument, "layer pager: a budget of " + std::to_string(budget) +
+                                                " bytes cannot keep " + std::to_string(options.kept.size()) +
+                                                " units resident and stream the others (" + std::to_string(minimum) +
+                                                " bytes needed); keep fewer units (see choose_kept)");
   }
   if (!loader) throw Error(ErrorCode::InvalidArgument, "layer pager: no loader given");
   impl_->budget = budget;

@@ -89,24 +89,47 @@ std::string spaces_from_sentencepiece(std::string_view piece) {
 
 // Value types of GGUF metadata (format constants).
 enum class GgufType : std::uint32_t {
-  U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, Bool = 7, String = 8, Array = 9, U64 = 10, I64 = 11,
+  U8 = 0,
+  I8 = 1,
+  U16 = 2,
+  I16 = 3,
+  U32 = 4,
+  I32 = 5,
+  F32 = 6,
+  Bool = 7,
+  String = 8,
+  Array = 9,
+  U64 = 10,
+  I64 = 11,
   F64 = 12,
 };
 constexpr std::uint32_t kGgufTypeCount = 13;
 
 std::uint64_t scalar_size(GgufType t) {
   switch (t) {
-    case GgufType::U8: case GgufType::I8: case GgufType::Bool: return 1;
-    case GgufType::U16: case GgufType::I16: return 2;
-    case GgufType::U32: case GgufType::I32: case GgufType::F32: return 4;
-    case GgufType::U64: case GgufType::I64: case GgufType::F64: return 8;
-    default: return 0;
+    case GgufType::U8:
+    case GgufType::I8:
+    case GgufType::Bool:
+      return 1;
+    case GgufType::U16:
+    case GgufType::I16:
+      return 2;
+    case GgufType::U32:
+    case GgufType::I32:
+    case GgufType::F32:
+      return 4;
+    case GgufType::U64:
+    case GgufType::I64:
+    case GgufType::F64:
+      return 8;
+    default:
+      return 0;
   }
 }
 
 const char* gguf_type_name(GgufType t) {
-  static const char* names[] = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32",
-                                "bool", "string", "array", "uint64", "int64", "float64"};
+  static const char* names[] = {"uint8", "int8",   "uint16", "int16",  "uint32", "int32",  "float32",
+                                "bool",  "string", "array",  "uint64", "int64",  "float64"};
   auto i = static_cast<std::uint32_t>(t);
   return i < kGgufTypeCount ? names[i] : "unknown";
 }
@@ -128,8 +151,8 @@ struct GgufTensorInfo {
   std::vector<std::uint64_t> dims;
   std::uint32_t type = 0;
   std::uint64_t offset = 0;
-  std::uint64_t rows = 1;   // the product of dims[1..]
-  std::uint64_t size = 0;   // bytes, checked to lie in the data section; 0 for a type this engine cannot read
+  std::uint64_t rows = 1;  // the product of dims[1..]
+  std::uint64_t size = 0;  // bytes, checked to lie in the data section; 0 for a type this engine cannot read
 };
 
 std::string read_gguf_string(Cursor& c, const std::string& what) {
@@ -174,16 +197,38 @@ void read_gguf_value(Cursor& c, GgufType t, GgufValue& v, const std::string& wha
       }
       return;
     }
-    default: break;
+    default:
+      break;
   }
   switch (t) {
-    case GgufType::U8: v.integer = c.read<std::uint8_t>(what); v.is_integer = true; break;
-    case GgufType::I8: v.integer = c.read<std::int8_t>(what); v.is_integer = true; break;
-    case GgufType::Bool: v.integer = c.read<std::uint8_t>(what) != 0; v.is_integer = true; break;
-    case GgufType::U16: v.integer = c.read<std::uint16_t>(what); v.is_integer = true; break;
-    case GgufType::I16: v.integer = c.read<std::int16_t>(what); v.is_integer = true; break;
-    case GgufType::U32: v.integer = c.read<std::uint32_t>(what); v.is_integer = true; break;
-    case GgufType::I32: v.integer = c.read<std::int32_t>(what); v.is_integer = true; break;
+    case GgufType::U8:
+      v.integer = c.read<std::uint8_t>(what);
+      v.is_integer = true;
+      break;
+    case GgufType::I8:
+      v.integer = c.read<std::int8_t>(what);
+      v.is_integer = true;
+      break;
+    case GgufType::Bool:
+      v.integer = c.read<std::uint8_t>(what) != 0;
+      v.is_integer = true;
+      break;
+    case GgufType::U16:
+      v.integer = c.read<std::uint16_t>(what);
+      v.is_integer = true;
+      break;
+    case GgufType::I16:
+      v.integer = c.read<std::int16_t>(what);
+      v.is_integer = true;
+      break;
+    case GgufType::U32:
+      v.integer = c.read<std::uint32_t>(what);
+      v.is_integer = true;
+      break;
+    case GgufType::I32:
+      v.integer = c.read<std::int32_t>(what);
+      v.is_integer = true;
+      break;
     case GgufType::U64: {
       std::uint64_t u = c.read<std::uint64_t>(what);
       v.integer = u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())
@@ -192,10 +237,18 @@ void read_gguf_value(Cursor& c, GgufType t, GgufValue& v, const std::string& wha
       v.is_integer = true;
       break;
     }
-    case GgufType::I64: v.integer = c.read<std::int64_t>(what); v.is_integer = true; break;
-    case GgufType::F32: v.number = c.read<float>(what); break;
-    case GgufType::F64: v.number = c.read<double>(what); break;
-    default: break;
+    case GgufType::I64:
+      v.integer = c.read<std::int64_t>(what);
+      v.is_integer = true;
+      break;
+    case GgufType::F32:
+      v.number = c.read<float>(what);
+      break;
+    case GgufType::F64:
+      v.number = c.read<double>(what);
+      break;
+    default:
+      break;
   }
   if (v.is_integer) v.number = static_cast<double>(v.integer);
 }
@@ -303,7 +356,8 @@ class GgufFile {
       if (!tensors_.emplace(info.name, info).second) corrupt("GGUF tensor name '" + info.name + "' appears twice");
     }
     alignment_ = get_uint("general.alignment", 1, 1u << 20, 32);
-    if ((alignment_ & (alignment_ - 1)) != 0) corrupt("GGUF general.alignment " + num(alignment_) + " is not a power of two");
+    if ((alignment_ & (alignment_ - 1)) != 0)
+      corrupt("GGUF general.alignment " + num(alignment_) + " is not a power of two");
     data_start_ = (c.pos() + alignment_ - 1) / alignment_ * alignment_;
     if (data_start_ > bytes_.size()) {
       corrupt("GGUF data section would start at offset " + num(data_start_) + ", past the end of the " +
@@ -368,7 +422,8 @@ Tensor gguf_tensor(const GgufFile& f, const std::string& name, std::uint64_t col
   t.name = name;
   t.type = static_cast<TensorType>(info.type);
   if (vector_f32_only && t.type != TensorType::F32) {
-    unsupported("GGUF tensor '" + name + "' is " + std::string(*tensor_type_name(info.type)) + "; norm weights must be F32");
+    unsupported("GGUF tensor '" + name + "' is " + std::string(*tensor_type_name(info.type)) +
+                "; norm weights must be F32");
   }
   t.rows = rows;
   t.cols = cols;
@@ -381,25 +436,26 @@ std::uint32_t as_u32(std::uint64_t v) { return static_cast<std::uint32_t>(v); }
 
 void check_config(const ModelConfig& c, const std::string& format) {
   auto fail = [&](const std::string& what) { corrupt(format + " header: " + what); };
-  if (c.dim == 0 || c.hidden_dim == 0 || c.n_layers == 0 || c.n_heads == 0 || c.n_kv_heads == 0 ||
-      c.vocab_size == 0 || c.seq_len == 0) {
+  if (c.dim == 0 || c.hidden_dim == 0 || c.n_layers == 0 || c.n_heads == 0 || c.n_kv_heads == 0 || c.vocab_size == 0 ||
+      c.seq_len == 0) {
     fail("a dimension is zero (dim " + num(c.dim) + ", hidden " + num(c.hidden_dim) + ", layers " + num(c.n_layers) +
          ", heads " + num(c.n_heads) + ", kv heads " + num(c.n_kv_heads) + ", vocab " + num(c.vocab_size) +
          ", positions " + num(c.seq_len) + ")");
   }
   constexpr std::uint32_t kLimit = 1u << 20;  // far beyond any Llama; keeps buffer sizes sane
-  if (c.dim > kLimit || c.hidden_dim > kLimit || c.n_layers > 4096 || c.vocab_size > (1u << 24) ||
-      c.seq_len > kLimit) {
-    fail("implausible dimensions (dim " + num(c.dim) + ", hidden " + num(c.hidden_dim) + ", layers " +
-         num(c.n_layers) + ", vocab " + num(c.vocab_size) + ", positions " + num(c.seq_len) + ")");
+  if (c.dim > kLimit || c.hidden_dim > kLimit || c.n_layers > 4096 || c.vocab_size > (1u << 24) || c.seq_len > kLimit) {
+    fail("implausible dimensions (dim " + num(c.dim) + ", hidden " + num(c.hidden_dim) + ", layers " + num(c.n_layers) +
+         ", vocab " + num(c.vocab_size) + ", positions " + num(c.seq_len) + ")");
   }
   if (c.dim % c.n_heads != 0) fail("dim " + num(c.dim) + " is not a multiple of the head count " + num(c.n_heads));
   if (c.head_size() % 2 != 0) fail("head size " + num(c.head_size()) + " is odd; RoPE rotates pairs");
   if (c.n_heads % c.n_kv_heads != 0) {
     fail("head count " + num(c.n_heads) + " is not a multiple of the kv head count " + num(c.n_kv_heads));
   }
-  if (!(c.rms_eps > 0.0f && c.rms_eps < 1.0f)) fail("RMSNorm epsilon " + std::to_string(c.rms_eps) + " is out of (0, 1)");
-  if (!(c.rope_base > 1.0f && c.rope_base < 1e12f)) fail("RoPE base " + std::to_string(c.rope_base) + " is out of range");
+  if (!(c.rms_eps > 0.0f && c.rms_eps < 1.0f))
+    fail("RMSNorm epsilon " + std::to_string(c.rms_eps) + " is out of (0, 1)");
+  if (!(c.rope_base > 1.0f && c.rope_base < 1e12f))
+    fail("RoPE base " + std::to_string(c.rope_base) + " is out of range");
 }
 
 std::uint32_t context_positions(std::uint64_t file_value, const LoadOptions& options) {
@@ -475,8 +531,8 @@ Model parse_gguf(std::span<const std::byte> bytes, std::shared_ptr<const void> o
   const std::uint64_t dim = c.dim, hidden = c.hidden_dim, kv = c.kv_dim(), vocab_n = c.vocab_size;
   m.token_embedding = gguf_tensor(f, "token_embd.weight", dim, vocab_n, false);
   m.final_norm = gguf_tensor(f, "output_norm.weight", dim, 1, true);
-  m.classifier = f.tensors().count("output.weight") ? gguf_tensor(f, "output.weight", dim, vocab_n, false)
-                                                     : m.token_embedding;
+  m.classifier =
+      f.tensors().count("output.weight") ? gguf_tensor(f, "output.weight", dim, vocab_n, false) : m.token_embedding;
   for (std::uint32_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "blk." + num(l) + ".";
     LayerTensors t;
@@ -520,17 +576,17 @@ Model parse_llama2c(std::span<const std::byte> bytes, std::shared_ptr<const void
   c.seq_len = options.context_length ? options.context_length : trained_positions;
   check_config(c, m.format);
 
-  const std::uint64_t dim = c.dim, hidden = c.hidden_dim, layers = c.n_layers, kv = c.kv_dim(),
-                      vocab = c.vocab_size, head = c.head_size();
+  const std::uint64_t dim = c.dim, hidden = c.hidden_dim, layers = c.n_layers, kv = c.kv_dim(), vocab = c.vocab_size,
+                      head = c.head_size();
   // Expected size in floats, in file order (all dimensions < 2^24, so no product below overflows).
-  std::uint64_t floats = vocab * dim + layers * dim + layers * dim * dim + 2 * layers * dim * kv +
-                         layers * dim * dim + layers * dim + 3 * layers * dim * hidden + dim +
+  std::uint64_t floats = vocab * dim + layers * dim + layers * dim * dim + 2 * layers * dim * kv + layers * dim * dim +
+                         layers * dim + 3 * layers * dim * hidden + dim +
                          std::uint64_t{trained_positions} * head;  // two RoPE tables of head/2 each
   if (!shared_classifier) floats += vocab * dim;
   const std::uint64_t expected = kLlama2cHeaderBytes + floats * 4;
   if (bytes.size() != expected) {
-    corrupt("llama2.c checkpoint: the header (dim " + num(dim) + ", hidden " + num(hidden) + ", layers " +
-            num(layers) + ", heads " + num(c.n_heads) + ", kv heads " + num(c.n_kv_heads) + ", vocab " + num(vocab) +
+    corrupt("llama2.c checkpoint: the header (dim " + num(dim) + ", hidden " + num(hidden) + ", layers " + num(layers) +
+            ", heads " + num(c.n_heads) + ", kv heads " + num(c.n_kv_heads) + ", vocab " + num(vocab) +
             (shared_classifier ? ", shared" : ", separate") + " classifier, " + num(trained_positions) +
             " positions) implies " + num(expected) + " bytes, but the file has " + num(bytes.size()));
   }

@@ -160,8 +160,7 @@ PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model
   // Checks the budget before anything else happens.
   pager_ = std::make_unique<LayerPager>(
       paged_sizes, options.budget,
-      [this](std::size_t unit, std::span<std::byte> out) { load(unit + first_paged_, out); },
-      std::move(pager_options));
+      [this](std::size_t unit, std::span<std::byte> out) { load(unit + first_paged_, out); }, std::move(pager_options));
   // Slots for streamed units in what the kept units leave: one is in use, the others can be loading ahead.
   if (const std::uint64_t slot = pager_->slot_bytes(); slot > 0) {
     lookahead_ = std::max<std::uint64_t>(1, (options.budget - pager_->stats().kept_bytes) / slot - 1);
@@ -260,8 +259,8 @@ const std::byte* PagedModel::tensor(const LayerPager::Pin& pin, const Tensor& t)
   for (const auto& [source, offset] : units_[pin.unit() + first_paged_].tensors) {
     if (source == t.bytes.data()) return pin.bytes().data() + offset;
   }
-  throw Error(ErrorCode::Internal, "layer paging: tensor " + t.name + " is not in unit " +
-                                           std::to_string(pin.unit() + first_paged_));
+  throw Error(ErrorCode::Internal,
+              "layer paging: tensor " + t.name + " is not in unit " + std::to_string(pin.unit() + first_paged_));
 }
 
 }  // namespace mmsb::llm

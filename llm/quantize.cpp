@@ -18,8 +18,8 @@
 
 #include "llm/gguf_writer.hpp"
 #include "llm/kquants.hpp"
-#include "mmsb/llm/model.hpp"
 #include "mmsb/error.hpp"
+#include "mmsb/llm/model.hpp"
 
 namespace mmsb::llm {
 
@@ -165,7 +165,7 @@ struct TensorEntry {
   std::string name;
   std::vector<std::uint64_t> dims;  // as written (padded)
   TensorType in_type = TensorType::F32, out_type = TensorType::F32;
-  std::span<const std::byte> in;    // the input's rows, checked by parse_gguf_contents()
+  std::span<const std::byte> in;     // the input's rows, checked by parse_gguf_contents()
   std::uint64_t rows = 0, cols = 0;  // as read
   std::uint64_t out_rows = 0, out_cols = 0;
   float scale = 1.0f;  // norm vectors of a padded model
@@ -292,7 +292,8 @@ std::vector<TensorEntry> read_tensor_table(Reader& r, std::uint64_t n_tensors, c
   for (TensorEntry& t : tensors) {
     t.name = r.string("tensor name");
     const auto n_dims = r.read<std::uint32_t>("tensor dimension count");
-    if (n_dims == 0 || n_dims > 4) corrupt("GGUF tensor '" + t.name + "' has " + std::to_string(n_dims) + " dimensions");
+    if (n_dims == 0 || n_dims > 4)
+      corrupt("GGUF tensor '" + t.name + "' has " + std::to_string(n_dims) + " dimensions");
     for (std::uint32_t d = 0; d < n_dims; ++d) t.dims.push_back(r.read<std::uint64_t>("tensor dimension"));
     const auto type = r.read<std::uint32_t>("tensor type");
     r.skip(8, "tensor offset");

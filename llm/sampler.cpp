@@ -21,7 +21,8 @@ Sampler::Sampler(SamplerOptions options) : options_(options), state_(options.see
     throw Error(ErrorCode::InvalidArgument,
                 "temperature " + std::to_string(options.temperature) + " must be a finite number >= 0");
   }
-  if (options.top_k < 0) throw Error(ErrorCode::InvalidArgument, "top-k " + std::to_string(options.top_k) + " must be >= 0");
+  if (options.top_k < 0)
+    throw Error(ErrorCode::InvalidArgument, "top-k " + std::to_string(options.top_k) + " must be >= 0");
   if (!(options.top_p > 0.0f && options.top_p <= 1.0f)) {
     throw Error(ErrorCode::InvalidArgument, "top-p " + std::to_string(options.top_p) + " must be in (0, 1]");
   }

@@ -27,8 +27,8 @@ int parse_byte_piece(std::string_view p) {
 Tokenizer::Tokenizer(Vocabulary vocabulary) : vocab_(std::move(vocabulary)) {
   const std::size_t n = vocab_.pieces.size();
   if (n == 0 || vocab_.scores.size() != n) {
-    throw Error(ErrorCode::InvalidArgument, "tokenizer: " + std::to_string(n) + " pieces but " +
-                                                std::to_string(vocab_.scores.size()) + " scores");
+    throw Error(ErrorCode::InvalidArgument,
+                "tokenizer: " + std::to_string(n) + " pieces but " + std::to_string(vocab_.scores.size()) + " scores");
   }
   if (vocab_.bos >= n || vocab_.eos >= n) {
     throw Error(ErrorCode::InvalidArgument, "tokenizer: BOS/EOS id outside the vocabulary of " + std::to_string(n));

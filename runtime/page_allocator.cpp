@@ -46,7 +46,8 @@ struct SizeClasses {
     for (std::size_t s = 8192; s <= 16384; s += 4096) sizes.push_back(s);
     for (std::size_t base = 16384; base < PageAllocator::kMaxClassSize; base *= 2)
       for (std::size_t step = 1; step <= 4; ++step) sizes.push_back(base + base * step / 4);
-    for (std::size_t i = 0; i < small_index.size(); ++i) small_index[i] = static_cast<std::uint8_t>(lookup((i + 1) * 64));
+    for (std::size_t i = 0; i < small_index.size(); ++i)
+      small_index[i] = static_cast<std::uint8_t>(lookup((i + 1) * 64));
   }
   std::size_t lookup(std::size_t bytes) const {
     return static_cast<std::size_t>(std::lower_bound(sizes.begin(), sizes.end(), bytes) - sizes.begin());

@@ -23,12 +23,12 @@
 namespace mmsb::detail {
 
 struct AllocatorStats {
-  std::uint64_t bytes_mapped = 0;          // virtual memory obtained from the OS (slabs + large blocks)
-  std::uint64_t bytes_in_use = 0;          // capacity of blocks currently handed out
-  std::uint64_t bytes_cached_shared = 0;   // capacity of blocks parked in the shared free lists (dirty)
-  std::uint64_t bytes_cached_clean = 0;     // capacity of free shared blocks known to read as zero (fresh or madvised)
-  std::uint64_t numa_nodes = 0;            // arenas (one per NUMA node)
-  std::uint64_t large_allocations = 0;     // live blocks above the largest size class
+  std::uint64_t bytes_mapped = 0;         // virtual memory obtained from the OS (slabs + large blocks)
+  std::uint64_t bytes_in_use = 0;         // capacity of blocks currently handed out
+  std::uint64_t bytes_cached_shared = 0;  // capacity of blocks parked in the shared free lists (dirty)
+  std::uint64_t bytes_cached_clean = 0;   // capacity of free shared blocks known to read as zero (fresh or madvised)
+  std::uint64_t numa_nodes = 0;           // arenas (one per NUMA node)
+  std::uint64_t large_allocations = 0;    // live blocks above the largest size class
 };
 
 enum class Zeroing : std::uint8_t { Uninitialized, Zeroed };

@@ -36,8 +36,8 @@ namespace {
 std::uint64_t next_sequence(Runtime::Impl& impl) {
   std::uint64_t sequence = impl.next_sequence.fetch_add(1, std::memory_order_relaxed);
   if (sequence > detail::PageStore::kMaxSequence) {
-    throw Error(ErrorCode::ResourceExhausted, "this runtime has used all " +
-                                                  std::to_string(detail::PageStore::kMaxSequence) + " page ids");
+    throw Error(ErrorCode::ResourceExhausted,
+                "this runtime has used all " + std::to_string(detail::PageStore::kMaxSequence) + " page ids");
   }
   return sequence;
 }
@@ -136,8 +136,8 @@ PageId Runtime::create_external_page(std::span<const std::byte> bytes, std::shar
                                      Location location) {
   std::uint64_t sequence = impl_->next_sequence.fetch_add(1, std::memory_order_relaxed);
   if (sequence > detail::PageStore::kMaxSequence) {
-    throw Error(ErrorCode::ResourceExhausted, "this runtime has used all " +
-                                                  std::to_string(detail::PageStore::kMaxSequence) + " page ids");
+    throw Error(ErrorCode::ResourceExhausted,
+                "this runtime has used all " + std::to_string(detail::PageStore::kMaxSequence) + " page ids");
   }
   PageId id = PageId::make(impl_->options.rank, sequence);
   auto record = std::make_unique<PageRecord>(id, location);
@@ -195,9 +195,9 @@ bool Runtime::make_private(PageId id) {
 IdBlock Runtime::reserve_ids(std::uint64_t count) {
   std::uint64_t first = impl_->next_sequence.fetch_add(count, std::memory_order_relaxed);
   if (first + count - 1 > detail::PageStore::kMaxSequence || first + count < first) {
-    throw Error(ErrorCode::ResourceExhausted,
-                "cannot reserve " + std::to_string(count) + " more page ids: the id space holds " +
-                    std::to_string(detail::PageStore::kMaxSequence));
+    throw Error(ErrorCode::ResourceExhausted, "cannot reserve " + std::to_string(count) +
+                                                  " more page ids: the id space holds " +
+                                                  std::to_string(detail::PageStore::kMaxSequence));
   }
   return IdBlock(PageId::make(impl_->options.rank, first), count);
 }
@@ -302,8 +302,8 @@ struct ReadView::Impl {
     for (PageRecord* page : pages) page->mutex.unlock_shared();
   }
   PageRecord* find(PageId id) const {
-    auto it = std::lower_bound(pages.begin(), pages.end(), id,
-                               [](const PageRecord* p, PageId key) { return p->id < key; });
+    auto it =
+        std::lower_bound(pages.begin(), pages.end(), id, [](const PageRecord* p, PageId key) { return p->id < key; });
     if (it == pages.end() || (*it)->id != id) {
       throw Error(ErrorCode::NotFound, "page " + id.to_string() + " is not part of this read view");
     }
@@ -323,8 +323,7 @@ std::span<const std::byte> ReadView::bytes(PageId id) const {
 
 PageInfo ReadView::info(PageId id) const {
   PageRecord* page = impl_->find(id);
-  return {id, page->size.load(std::memory_order_relaxed), page->epoch.load(std::memory_order_relaxed),
-          page->location};
+  return {id, page->size.load(std::memory_order_relaxed), page->epoch.load(std::memory_order_relaxed), page->location};
 }
 
 void ReadView::throw_out_of_range(PageId id, std::uint64_t offset, std::uint64_t length, std::uint64_t size) {

@@ -28,14 +28,14 @@ struct RuntimeAccess {
 };
 
 inline std::uint64_t now_ns() {
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                        std::chrono::system_clock::now().time_since_epoch())
-                                        .count());
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
 }
 
 [[noreturn]] inline void throw_not_found(PageId id) {
-  throw Error(ErrorCode::NotFound, "page " + id.to_string() +
-                                       " does not exist (never created here, or deleted); check the id you pass");
+  throw Error(ErrorCode::NotFound,
+              "page " + id.to_string() + " does not exist (never created here, or deleted); check the id you pass");
 }
 
 inline std::string range_text(std::uint64_t offset, std::uint64_t length) {
@@ -65,8 +65,8 @@ struct Runtime::Impl {
       throw Error(ErrorCode::InvalidArgument, "RuntimeOptions::first_lsn must be at least 1 (LSN 0 means none)");
     }
     if (options.rank > PageId::kMaxRank) {
-      throw Error(ErrorCode::InvalidArgument, "rank " + std::to_string(options.rank) + " exceeds the maximum " +
-                                                  std::to_string(PageId::kMaxRank));
+      throw Error(ErrorCode::InvalidArgument,
+                  "rank " + std::to_string(options.rank) + " exceeds the maximum " + std::to_string(PageId::kMaxRank));
     }
   }
 
@@ -78,7 +78,7 @@ struct Runtime::Impl {
   std::atomic<std::uint64_t> live_pages{0};
   std::shared_ptr<CommitSink> sink;
   std::atomic<detail::CommitListener*> listener{nullptr};  // the propagation engine, if attached
-  detail::CommitGate gate;  // held by every LSN-taking operation; closed by checkpoints
+  detail::CommitGate gate;                                 // held by every LSN-taking operation; closed by checkpoints
   detail::PageNames names;  // names of pages (Runtime::create_page(name, ...), rename_page())
 
   // The record of a page of this runtime, or nullptr. The record may be flagged deleted: re-check under its lock.
@@ -169,8 +169,8 @@ struct Runtime::Impl {
   void restore_page(PageId id, std::uint64_t epoch, Location location, const std::byte* bytes, std::uint64_t size,
                     std::string_view name = {}) {
     if (id.rank() != options.rank || !id.valid() || id.sequence() > detail::PageStore::kMaxSequence) {
-      throw Error(ErrorCode::Corruption, "page " + id.to_string() + " cannot belong to a runtime of rank " +
-                                             std::to_string(options.rank));
+      throw Error(ErrorCode::Corruption,
+                  "page " + id.to_string() + " cannot belong to a runtime of rank " + std::to_string(options.rank));
     }
     if (!name.empty()) {
       try {

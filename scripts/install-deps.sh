@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config ccache git python3
+  build-essential cmake ninja-build pkg-config ccache git python3 clang-format-14
   libtbb-dev libboost-dev libboost-graph-dev libhwloc-dev
   libvulkan-dev glslc mesa-vulkan-drivers
   libspdlog-dev libfmt-dev

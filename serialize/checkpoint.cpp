@@ -11,8 +11,8 @@
 #include <cstring>
 #include <memory>
 
-#include "proto/mmsb.pb.h"
 #include "mmsb/error.hpp"
+#include "proto/mmsb.pb.h"
 #include "runtime/page_names.hpp"
 #include "runtime/page_store.hpp"
 #include "serialize/file_io.hpp"
@@ -243,7 +243,8 @@ class Parser {
   void frame(std::uint32_t type, std::string_view body) {
     const std::string at = "frame " + std::to_string(frames_++);
     if (ended_) corrupt(at + " follows the end frame");
-    if (frames_ == 1 && type != kFrameHeader) corrupt("the first frame is not the header (type " + std::to_string(type) + ")");
+    if (frames_ == 1 && type != kFrameHeader)
+      corrupt("the first frame is not the header (type " + std::to_string(type) + ")");
     const int size = static_cast<int>(std::min<std::size_t>(body.size(), INT32_MAX));
     if (body.size() > static_cast<std::size_t>(INT32_MAX)) corrupt(at + " is too large to parse");
     switch (type) {
@@ -466,9 +467,9 @@ CheckpointState read_checkpoint(const fs::path& file, CheckpointLimits limits, F
   const std::uint64_t max_file = body > UINT64_MAX - slack ? UINT64_MAX : body + slack;
   const FileStatus status = fsys.status(file);
   if (status.type != FileType::Regular) {
-    throw Error(ErrorCode::Corruption, "checkpoint " + file.filename().string() +
-                                           (status.type == FileType::Missing ? " is missing"
-                                                                             : " is not a regular file; not read"));
+    throw Error(ErrorCode::Corruption,
+                "checkpoint " + file.filename().string() +
+                    (status.type == FileType::Missing ? " is missing" : " is not a regular file; not read"));
   }
   if (status.size > max_file) {
     throw Error(ErrorCode::Corruption, "checkpoint " + file.filename().string() + " holds " +

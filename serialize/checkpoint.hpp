@@ -17,9 +17,9 @@
 #include <vector>
 
 #include "mmsb/file_system.hpp"
-#include "mmsb/topology.hpp"
 #include "mmsb/page_id.hpp"
 #include "mmsb/runtime.hpp"
+#include "mmsb/topology.hpp"
 
 namespace mmsb::serialize {
 
@@ -50,7 +50,7 @@ struct PageImage {
 };
 
 struct CheckpointState {
-  std::uint64_t lsn = 0;            // every commit up to this LSN is included, none after it
+  std::uint64_t lsn = 0;  // every commit up to this LSN is included, none after it
   std::uint64_t created_ns = 0;
   std::uint32_t rank = 0;
   std::uint64_t next_sequence = 1;  // first page sequence number never handed out
@@ -58,7 +58,7 @@ struct CheckpointState {
   std::string arena;                // the pages' bytes
   std::vector<NodeDescription> nodes;
   std::vector<OrderingEdge> edges;
-  bool derived_stale = false;       // derived pages do not reflect their inputs: recompute them on opening
+  bool derived_stale = false;  // derived pages do not reflect their inputs: recompute them on opening
 
   std::string_view bytes(const PageImage& page) const { return std::string_view(arena).substr(page.offset, page.size); }
 };

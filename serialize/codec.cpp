@@ -63,14 +63,14 @@ Delta from_wire(const wire::Delta& w, const std::string& where) {
   check_page_size(d.base_size, where, "base_size");
   check_page_size(d.size, where, "size");
   if (d.epoch_count > UINT64_MAX - d.base_epoch) {
-    corrupt(where + ": base_epoch " + std::to_string(d.base_epoch) + " + epoch_count " +
-            std::to_string(d.epoch_count) + " overflows 64 bits");
+    corrupt(where + ": base_epoch " + std::to_string(d.base_epoch) + " + epoch_count " + std::to_string(d.epoch_count) +
+            " overflows 64 bits");
   }
   // Every range carries at least one payload byte in a valid delta, so the payload length bounds the count;
   // checking it first keeps a crafted message from making us reserve more than its own size.
   if (static_cast<std::uint64_t>(w.ranges_size()) > w.payload().size()) {
-    corrupt(where + ": " + std::to_string(w.ranges_size()) + " ranges but only " +
-            std::to_string(w.payload().size()) + " payload bytes");
+    corrupt(where + ": " + std::to_string(w.ranges_size()) + " ranges but only " + std::to_string(w.payload().size()) +
+            " payload bytes");
   }
   d.ranges.reserve(static_cast<std::size_t>(w.ranges_size()));
   for (const wire::ByteRange& r : w.ranges()) d.ranges.push_back(ByteRange{r.offset(), r.length()});

@@ -1,8 +1,8 @@
 // quickstart: pages, an atomic two-page transaction, the delta it recorded, and undoing it.
 #include <cstdint>
 #include <cstdio>
-#include <optional>
 #include <mmsb/mmsb.hpp>
+#include <optional>
 #include <vector>
 
 #include "program/main.hpp"

@@ -263,8 +263,8 @@ TEST(Compose, AppliedEqualsApplyingFirstThenSecond) {
       EXPECT_TRUE(ab.is_identity());  // a size-less identity applies to no page of ours; nothing more to check
       continue;
     }
-    SCOPED_TRACE(testing::Message() << "iter " << iter << " sizes " << c.pages[0].size() << " -> "
-                                    << c.pages[1].size() << " -> " << c.pages[2].size());
+    SCOPED_TRACE(testing::Message() << "iter " << iter << " sizes " << c.pages[0].size() << " -> " << c.pages[1].size()
+                                    << " -> " << c.pages[2].size());
     ASSERT_NO_THROW(ab.validate());
     EXPECT_EQ(applied(ab, c.pages[0]), c.pages[2]);
     if (!c.deltas[0].is_identity() && !c.deltas[1].is_identity()) {
@@ -425,7 +425,11 @@ TEST(Validate, EmptyRange) {
   expect_invalid([](Delta& d) { d.ranges.insert(d.ranges.begin() + 1, ByteRange{5, 0}); });
 }
 TEST(Validate, RangePastSize) {
-  expect_invalid([](Delta& d) { d.ranges[1] = {11, 2}; d.payload.push_back(std::byte{1}); d.undo.push_back({}); });
+  expect_invalid([](Delta& d) {
+    d.ranges[1] = {11, 2};
+    d.payload.push_back(std::byte{1});
+    d.undo.push_back({});
+  });
 }
 TEST(Validate, RangeStartingAtSize) {
   expect_invalid([](Delta& d) { d.ranges[1] = {12, 1}; });
@@ -455,8 +459,14 @@ TEST(Validate, UndoTailPresentWhenNotShrinking) {
   expect_invalid([](Delta& d) { d.base_size = 12; });
 }
 TEST(Validate, UndoRecordedWithoutHasUndo) {
-  expect_invalid([](Delta& d) { d.has_undo = false; d.undo_tail.clear(); });
-  expect_invalid([](Delta& d) { d.has_undo = false; d.undo.clear(); });
+  expect_invalid([](Delta& d) {
+    d.has_undo = false;
+    d.undo_tail.clear();
+  });
+  expect_invalid([](Delta& d) {
+    d.has_undo = false;
+    d.undo.clear();
+  });
 }
 TEST(Validate, NonZeroUndoBeyondBaseSize) {
   expect_invalid([](Delta& d) {

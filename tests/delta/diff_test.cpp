@@ -27,7 +27,7 @@ std::vector<SimdLevel> supported_levels() {
 }
 
 std::uint64_t pick_size(std::mt19937_64& rng) {
-  static constexpr std::uint64_t kEdges[] = {0,   1,   2,   7,   8,    9,    63,   64,  65,
+  static constexpr std::uint64_t kEdges[] = {0,   1,   2,   7,   8,   9,   63,   64,   65,
                                              127, 128, 129, 191, 255, 256, 4095, 4096, 4097};
   if (rng() % 3 == 0) return 1 + 2 * (rng() % 4600);  // odd sizes up to ~9 KiB
   return kEdges[rng() % std::size(kEdges)];
@@ -286,7 +286,7 @@ TEST(Diff, DenseFractionThresholdIsExclusive) {
   o.dense_fraction = 0.0;
   Bytes one = old_page;
   one[99] = std::byte{1};
-  EXPECT_TRUE(diff(old_page, one, o).is_dense());          // any change is "most"
+  EXPECT_TRUE(diff(old_page, one, o).is_dense());           // any change is "most"
   EXPECT_TRUE(diff(old_page, old_page, o).ranges.empty());  // but no change stays empty
 }
 

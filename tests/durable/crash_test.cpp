@@ -124,11 +124,11 @@ std::uint64_t crash_seed() {
 
 TEST(BankCrash, KillNineAtRandomMomentsLosesNoReportedCommitAndConservesMoney) {
   const std::uint64_t seed = crash_seed();
-  SCOPED_TRACE("crash test seed " + std::to_string(seed) + " (rerun with MMSB_CRASH_SEED=" +
-               std::to_string(seed) + ")");
+  SCOPED_TRACE("crash test seed " + std::to_string(seed) + " (rerun with MMSB_CRASH_SEED=" + std::to_string(seed) +
+               ")");
   std::mt19937_64 rng(seed);
-  const fs::path root = fs::temp_directory_path() /
-                        ("mmsb-crash-test-" + std::to_string(::getpid()) + "-" + std::to_string(seed));
+  const fs::path root =
+      fs::temp_directory_path() / ("mmsb-crash-test-" + std::to_string(::getpid()) + "-" + std::to_string(seed));
   fs::remove_all(root);
   fs::create_directories(root);
   const fs::path err_file = root / "stderr.txt";
@@ -154,8 +154,18 @@ TEST(BankCrash, KillNineAtRandomMomentsLosesNoReportedCommitAndConservesMoney) {
     SCOPED_TRACE("iteration " + std::to_string(i) + ", log " + dir.string() + ", --sync " + sync + ", kill after " +
                  std::to_string(delay.count()) + " ms" + (compacting ? ", small segments and checkpoints" : ""));
 
-    std::vector<std::string> args = {MMSB_BANK_BINARY, "--log", dir.string(), "--accounts", std::to_string(kAccounts),
-                                     "--transfers", "100000000", "--threads", "4", "--sync", sync, "--seed",
+    std::vector<std::string> args = {MMSB_BANK_BINARY,
+                                     "--log",
+                                     dir.string(),
+                                     "--accounts",
+                                     std::to_string(kAccounts),
+                                     "--transfers",
+                                     "100000000",
+                                     "--threads",
+                                     "4",
+                                     "--sync",
+                                     sync,
+                                     "--seed",
                                      std::to_string(rng())};
     if (compacting) {
       for (const char* a : {"--segment-bytes", "8192", "--checkpoint-every", "700"}) args.emplace_back(a);
@@ -170,9 +180,9 @@ TEST(BankCrash, KillNineAtRandomMomentsLosesNoReportedCommitAndConservesMoney) {
     const std::vector<std::int64_t> committed = values_of(crashed.out, "committed");
     reported += committed.size();
 
-    Outcome recovered = run_process({MMSB_BANK_BINARY, "--log", dir.string(), "--accounts", std::to_string(kAccounts),
-                                     "--transfers", "0"},
-                                    err_file, std::nullopt);
+    Outcome recovered = run_process(
+        {MMSB_BANK_BINARY, "--log", dir.string(), "--accounts", std::to_string(kAccounts), "--transfers", "0"},
+        err_file, std::nullopt);
     ASSERT_TRUE(recovered.exited) << "recovery was killed by signal " << recovered.code;
     ASSERT_EQ(recovered.code, 0) << "recovery failed:\n" << recovered.err << "\nstdout:\n" << recovered.out;
     const std::vector<std::int64_t> totals = values_of(recovered.out, "total");
@@ -204,8 +214,8 @@ TEST(BankCrash, KillNineAtRandomMomentsLosesNoReportedCommitAndConservesMoney) {
     if (!missing.empty()) {
       ADD_FAILURE() << missing.size() << " of " << committed.size()
                     << " commits the killed process reported durable are neither in the checkpoint (LSN "
-                    << checkpoint_lsn << ") nor in the log, the first LSN "
-                    << missing.front() << " (the log is kept in " << dir << ")";
+                    << checkpoint_lsn << ") nor in the log, the first LSN " << missing.front()
+                    << " (the log is kept in " << dir << ")";
     }
     ++iterations;
     if (::testing::Test::HasFailure()) break;

@@ -434,8 +434,7 @@ TEST(Replay, TargetsBeforeTheCheckpointAreRefusedAndLaterOnesWork) {
     checkpoint_lsn = db.checkpoint().lsn;
     work.run(db.runtime(), 100, hashes);
   }
-  EXPECT_EQ(error_code_of([&] { load_state(dir.path(), ReplayTarget::lsn(checkpoint_lsn - 1)); }),
-            ErrorCode::NotFound);
+  EXPECT_EQ(error_code_of([&] { load_state(dir.path(), ReplayTarget::lsn(checkpoint_lsn - 1)); }), ErrorCode::NotFound);
   for (auto it = hashes.lower_bound(checkpoint_lsn); it != hashes.end(); ++it) {
     ASSERT_EQ(state_hash(*load_state(dir.path(), ReplayTarget::lsn(it->first))), it->second) << it->first;
   }

@@ -8,18 +8,18 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "gpu/device_allocator.hpp"
+#include "gpu/scoped_device_env.hpp"
 #include "gpu/vulkan_context.hpp"
 #include "mmsb/gpu.hpp"
 #include "mmsb/mmsb.hpp"
-#include "gpu/scoped_device_env.hpp"
 #include "support/test_support.hpp"
 
 namespace mmsb {
@@ -236,13 +236,15 @@ TEST_P(GpuMirrorConsistency, RandomCommitsResizesAndDeletesLeaveDeviceEqualToHos
 }
 
 INSTANTIATE_TEST_SUITE_P(UploadPaths, GpuMirrorConsistency,
-                         ::testing::Values(UploadPath::CopyRegions, UploadPath::ScatterShader,
-                                           UploadPath::DirectWrite),
+                         ::testing::Values(UploadPath::CopyRegions, UploadPath::ScatterShader, UploadPath::DirectWrite),
                          [](const auto& test_param) {
                            switch (test_param.param) {
-                             case UploadPath::CopyRegions: return std::string("CopyRegions");
-                             case UploadPath::ScatterShader: return std::string("ScatterShader");
-                             default: return std::string("DirectWrite");
+                             case UploadPath::CopyRegions:
+                               return std::string("CopyRegions");
+                             case UploadPath::ScatterShader:
+                               return std::string("ScatterShader");
+                             default:
+                               return std::string("DirectWrite");
                            }
                          });
 
@@ -513,10 +515,10 @@ TEST(GpuMirror, ManyMirrorsComeAndGoCleanly) {
 // --- device nodes -----------------------------------------------------------------------------------------------
 
 struct StencilRun {
-  std::vector<std::int32_t> both_output;       // host bytes of a Location::Both output, after each phase
-  std::vector<std::int32_t> device_only;       // device bytes of a Location::Device output
-  std::vector<std::int32_t> chained;           // a node reading the device-only output
-  std::vector<std::int32_t> host_follower;     // a host map node downstream of the Both output
+  std::vector<std::int32_t> both_output;    // host bytes of a Location::Both output, after each phase
+  std::vector<std::int32_t> device_only;    // device bytes of a Location::Device output
+  std::vector<std::int32_t> chained;        // a node reading the device-only output
+  std::vector<std::int32_t> host_follower;  // a host map node downstream of the Both output
   std::vector<std::int32_t> expected_both, expected_device_only, expected_chained;
   GpuStats stats;
   std::vector<std::byte> device_only_host_bytes;
@@ -642,7 +644,8 @@ TEST(GpuNodes, HostPagesAndWrongSizesAreRefused) {
   Runtime rt;
   Propagator prop(rt);
   GpuMirror gpu(rt, prop);
-  PageId host = rt.create_page(64), dev = rt.create_page(64, Location::Device), small = rt.create_page(8, Location::Device);
+  PageId host = rt.create_page(64), dev = rt.create_page(64, Location::Device),
+         small = rt.create_page(8, Location::Device);
   EXPECT_EQ(error_code_of([&] { gpu.derive_stencil5(dev, host, {4, 4, 1}); }), ErrorCode::InvalidArgument);
   EXPECT_EQ(error_code_of([&] { gpu.derive_stencil5(small, dev, {4, 4, 1}); }), ErrorCode::InvalidArgument);
   EXPECT_EQ(error_code_of([&] { gpu.derive_stencil5(small, dev, {0, 4, 1}); }), ErrorCode::InvalidArgument);

@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "gpu/scoped_device_env.hpp"
 #include "mmsb/gpu.hpp"
 #include "mmsb/mmsb.hpp"
-#include "gpu/scoped_device_env.hpp"
 #include "support/test_support.hpp"
 
 namespace mmsb {
@@ -31,10 +31,18 @@ std::vector<float> random_floats(std::mt19937_64& rng, std::size_t n) {
   std::uniform_real_distribution<float> mantissa(1.0f, 2.0f);
   for (auto& v : out) {
     switch (rng() % 6) {
-      case 0: v = 0.0f; break;
-      case 1: v = std::ldexp(mantissa(rng), -126 + static_cast<int>(rng() % 4)); break;  // near the threshold
-      case 2: v = std::ldexp(mantissa(rng), -120 + static_cast<int>(rng() % 100)); break;
-      default: v = mantissa(rng) * 50.0f; break;
+      case 0:
+        v = 0.0f;
+        break;
+      case 1:
+        v = std::ldexp(mantissa(rng), -126 + static_cast<int>(rng() % 4));
+        break;  // near the threshold
+      case 2:
+        v = std::ldexp(mantissa(rng), -120 + static_cast<int>(rng() % 100));
+        break;
+      default:
+        v = mantissa(rng) * 50.0f;
+        break;
     }
     if (rng() % 4 == 0) v = -v;
   }
@@ -233,7 +241,9 @@ TEST(GpuKernels, HeatTileRefusesHostPagesShortPagesAndBadParameters) {
   for (auto& h : halo) h = rt.create_page(4 * 4, Location::Both);
   const PageId host = rt.create_page(16 * 4), short_halo = rt.create_page(8, Location::Both);
   EXPECT_EQ(error_code_of([&] { gpu.derive_heat_tile(out, host, halo, {4, 0.2f}); }), ErrorCode::InvalidArgument);
-  EXPECT_EQ(error_code_of([&] { gpu.derive_heat_tile(out, cell, {halo[0], short_halo, halo[2], halo[3]}, {4, 0.2f}); }),
+  EXPECT_EQ(error_code_of([&] {
+              gpu.derive_heat_tile(out, cell, {halo[0], short_halo, halo[2], halo[3]}, {4, 0.2f});
+            }),
             ErrorCode::InvalidArgument);
   EXPECT_EQ(error_code_of([&] { gpu.derive_heat_tile(out, cell, halo, {5, 0.2f}); }), ErrorCode::InvalidArgument);
   EXPECT_EQ(error_code_of([&] { gpu.derive_heat_tile(out, cell, halo, {4, 0.3f}); }), ErrorCode::InvalidArgument);

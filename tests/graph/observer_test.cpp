@@ -69,7 +69,8 @@ TEST(Observers, QueuedCommitsReachEveryPageObserverIntactAndInOrder) {
   prop.subscribe(src, [&](const Delta& d, std::uint64_t) { mmsb::apply(d, second); });
   std::vector<std::byte> bytes(kSize);
   for (int k = 1; k <= 3; ++k) {
-    for (std::size_t i = 0; i < kSize; ++i) bytes[i] = static_cast<std::byte>((i * 31 + static_cast<std::size_t>(k)) & 0xff);
+    for (std::size_t i = 0; i < kSize; ++i)
+      bytes[i] = static_cast<std::byte>((i * 31 + static_cast<std::size_t>(k)) & 0xff);
     auto txn = rt.begin();
     txn.write(src, 0, bytes);
     txn.commit();
@@ -127,7 +128,8 @@ TEST(Observers, CutOffAndSkippedNodesAreReported) {
   });
   commit_i64(rt, a, 1);
   std::vector<Event> events;
-  prop.subscribe(EventMask{EventKind::NodeCutOff, EventKind::NodeSkipped}, [&](const Event& e) { events.push_back(e); });
+  prop.subscribe(EventMask{EventKind::NodeCutOff, EventKind::NodeSkipped},
+                 [&](const Event& e) { events.push_back(e); });
   commit_i64(rt, a, 2);  // sign stays 1: cut off; sum is reached but none of its inputs changed, so it is skipped
   ASSERT_EQ(events.size(), 2u);
   EXPECT_EQ(events[0].kind, EventKind::NodeCutOff);
@@ -210,7 +212,8 @@ TEST(Observers, PageCreationAndDeletionAreReported) {
   Runtime rt;
   Propagator prop(rt);
   std::vector<Event> events;
-  prop.subscribe(EventMask{EventKind::PageCreated, EventKind::PageDeleted}, [&](const Event& e) { events.push_back(e); });
+  prop.subscribe(EventMask{EventKind::PageCreated, EventKind::PageDeleted},
+                 [&](const Event& e) { events.push_back(e); });
   PageId p = rt.create_page(16);
   rt.delete_page(p);
   ASSERT_EQ(events.size(), 2u);
@@ -302,9 +305,8 @@ TEST(PropagatorWaves, AChangeFromAnEmptyWaveIsNotSeenByTheNextWave) {
   prop.subscribe(p, [](const Delta&, std::uint64_t) {});  // watched, but no node reads it yet
   commit_i64(rt, p, 1);                                   // a wave that reaches no node
   std::vector<bool> p_changed;
-  prop.derive_incremental(out, {p, q}, [&](const IncrementalContext& ctx, Delta&) {
-    p_changed.push_back(ctx.input_deltas[0] != nullptr);
-  });
+  prop.derive_incremental(
+      out, {p, q}, [&](const IncrementalContext& ctx, Delta&) { p_changed.push_back(ctx.input_deltas[0] != nullptr); });
   commit_i64(rt, q, 2);
   commit_i64(rt, p, 3);
   EXPECT_EQ(p_changed, (std::vector<bool>{false, true}));

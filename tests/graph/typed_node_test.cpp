@@ -122,7 +122,7 @@ TEST(TypedNode, ForEachChangedCoversPartlyWrittenElementsOnce) {
   });
   prop.propagate();
   auto txn = rt.begin();
-  txn.write_value<std::uint8_t>(in, 5, 1);   // one byte of element 1
+  txn.write_value<std::uint8_t>(in, 5, 1);  // one byte of element 1
   // The end of element 1 and the start of element 2: both bytes change, since commits record changed bytes only.
   txn.write_value<std::uint16_t>(in, 7, 0x0101);
   txn.write_value<std::uint8_t>(in, 40, 1);  // element 10

@@ -10,10 +10,10 @@
 #include <cstdlib>
 #include <new>
 
+#include "llm/llm_test_support.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/sampler.hpp"
-#include "llm/llm_test_support.hpp"
 
 namespace {
 std::atomic<bool> counting{false};

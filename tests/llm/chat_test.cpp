@@ -5,13 +5,13 @@
 #include <string>
 #include <vector>
 
+#include "llm/llm_test_support.hpp"
+#include "mmsb/error.hpp"
 #include "mmsb/llm/chat.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/sampler.hpp"
 #include "mmsb/llm/tokenizer.hpp"
-#include "mmsb/error.hpp"
-#include "llm/llm_test_support.hpp"
 
 namespace mmsb::llm {
 namespace {

@@ -12,8 +12,8 @@
 #include <thread>
 #include <vector>
 
-#include "mmsb/llm/layer_pager.hpp"
 #include "mmsb/error.hpp"
+#include "mmsb/llm/layer_pager.hpp"
 
 namespace mmsb::llm {
 namespace {

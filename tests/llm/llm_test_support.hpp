@@ -20,10 +20,10 @@ namespace mmsb::llm::testing {
 inline std::string shared_path(const std::string& relative) { return std::string(MMSB_SHARED_DIR) + "/" + relative; }
 
 // Fails the calling test (never skips) when a file of the shared folder is missing.
-#define MMSB_REQUIRE_SHARED(var, relative)                                                                     \
-  const std::string var = ::mmsb::llm::testing::shared_path(relative);                                          \
-  ASSERT_TRUE(std::filesystem::exists(var))                                                                     \
-      << "test data missing: " << var << " — these tests need the shared models and reference outputs "         \
+#define MMSB_REQUIRE_SHARED(var, relative)                                                                \
+  const std::string var = ::mmsb::llm::testing::shared_path(relative);                                    \
+  ASSERT_TRUE(std::filesystem::exists(var))                                                               \
+      << "test data missing: " << var << " — these tests need the shared models and reference outputs " \
       << "(MMSB_SHARED_DIR=" MMSB_SHARED_DIR "); put them there, or configure with the right shared folder"
 
 inline nlohmann::json load_json(const std::string& path) {

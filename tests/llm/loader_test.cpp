@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "llm/llm_test_support.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/model.hpp"
-#include "llm/llm_test_support.hpp"
 
 namespace mmsb::llm {
 namespace {
@@ -84,8 +84,24 @@ TEST(Loader, EveryTruncationOfTheRealFilesIsAnError) {
       if (!gguf) used = full.size();  // the RoPE tables follow the last tensor; the size must match exactly
     }
     ASSERT_LE(used, full.size());
-    std::vector<std::size_t> lengths = {0, 3, 4, 8, 16, 24, 27, 28, 100, 1000, 5000, 14000, 14151, 14152, 14229,
-                                        full.size() / 2, full.size() - 4, full.size() - 1};
+    std::vector<std::size_t> lengths = {0,
+                                        3,
+                                        4,
+                                        8,
+                                        16,
+                                        24,
+                                        27,
+                                        28,
+                                        100,
+                                        1000,
+                                        5000,
+                                        14000,
+                                        14151,
+                                        14152,
+                                        14229,
+                                        full.size() / 2,
+                                        full.size() - 4,
+                                        full.size() - 1};
     std::mt19937 rng(5);
     for (int i = 0; i < 40; ++i) lengths.push_back(rng() % full.size());
     for (std::size_t n : lengths) {

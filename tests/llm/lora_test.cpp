@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "llm/llm_test_support.hpp"
+#include "mmsb/error.hpp"
 #include "mmsb/llm/chat.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/forward.hpp"
@@ -23,8 +25,6 @@
 #include "mmsb/llm/paged_model.hpp"
 #include "mmsb/llm/sampler.hpp"
 #include "mmsb/llm/tokenizer.hpp"
-#include "mmsb/error.hpp"
-#include "llm/llm_test_support.hpp"
 
 namespace mmsb::llm {
 namespace {
@@ -330,8 +330,8 @@ TEST(LoraCli, LoraMakeThenLoraGivesTheLibrarysTextAndKeepsTheModelFile) {
   EXPECT_EQ(swapping.status, 0);
   EXPECT_NE(swapping.out, with.out);
   // Under a memory budget the adapter is merged into the paged units: the same text; swapping there is refused.
-  CliRun paged = run_cli("-m " + path + " -p 'Once upon a time' -n 30 --lora " + adapter +
-                         " --lora-scale 0.5 --mem-budget 90%");
+  CliRun paged =
+      run_cli("-m " + path + " -p 'Once upon a time' -n 30 --lora " + adapter + " --lora-scale 0.5 --mem-budget 90%");
   EXPECT_EQ(paged.status, 0);
   EXPECT_EQ(paged.out, with.out);
   CliRun paged_swap = run_cli("-m " + path + " -n 4 --lora " + adapter + " --lora-swap-every 3 --mem-budget 90%");

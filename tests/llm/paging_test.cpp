@@ -12,12 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "llm/llm_test_support.hpp"
+#include "mmsb/error.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/model.hpp"
 #include "mmsb/llm/paged_model.hpp"
 #include "mmsb/llm/sampler.hpp"
-#include "mmsb/error.hpp"
-#include "llm/llm_test_support.hpp"
 
 namespace mmsb::llm {
 namespace {
@@ -232,8 +232,8 @@ TEST(Paging, ReadsTheEmbeddingByRowsWhenTheClassifierIsSeparateAndTheModelDoesNo
     std::vector<std::byte> row(e.row_stride);
     for (int token : {0, 7, 511}) {
       paged.read_embedding_row(token, row.data());
-      EXPECT_EQ(0, std::memcmp(row.data(), e.bytes.data() + static_cast<std::size_t>(token) * e.row_stride,
-                               e.row_stride))
+      EXPECT_EQ(0,
+                std::memcmp(row.data(), e.bytes.data() + static_cast<std::size_t>(token) * e.row_stride, e.row_stride))
           << token;
     }
     for (int token : {-1, 512}) {

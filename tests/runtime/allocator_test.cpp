@@ -20,8 +20,8 @@ bool all_zero(const std::byte* p, std::size_t n) {
 }
 
 TEST(PageAllocator, CapacitiesCoverRequestAndKeepAlignment) {
-  for (std::size_t bytes : {1ul, 63ul, 64ul, 65ul, 1000ul, 1025ul, 4095ul, 4096ul, 4097ul, 20000ul, 65536ul,
-                            65537ul, 1000000ul, 1048576ul, 1048577ul, 3000000ul}) {
+  for (std::size_t bytes : {1ul, 63ul, 64ul, 65ul, 1000ul, 1025ul, 4095ul, 4096ul, 4097ul, 20000ul, 65536ul, 65537ul,
+                            1000000ul, 1048576ul, 1048577ul, 3000000ul}) {
     std::size_t cap = PageAllocator::capacity_for(bytes);
     EXPECT_GE(cap, bytes);
     EXPECT_EQ(cap % 64, 0u) << bytes;

@@ -36,7 +36,9 @@ struct RecordingSink : CommitSink {
       fail_next = false;
       throw Error(ErrorCode::IoError, "disk full (injected)");
     }
-    records.push_back({r.lsn, {r.deltas.begin(), r.deltas.end()}, {r.created.begin(), r.created.end()},
+    records.push_back({r.lsn,
+                       {r.deltas.begin(), r.deltas.end()},
+                       {r.created.begin(), r.created.end()},
                        {r.deleted.begin(), r.deleted.end()}});
   }
 };

@@ -5,8 +5,8 @@
 #include <random>
 #include <string>
 
-#include "support/test_support.hpp"
 #include "serialize/random_commit.hpp"
+#include "support/test_support.hpp"
 
 namespace mmsb::serialize {
 namespace {

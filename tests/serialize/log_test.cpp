@@ -62,7 +62,7 @@ void flip_byte(const fs::path& file, std::uint64_t offset) {
 // Unless `closed`, the log then ends with its last commit record, as a writer that crashed right after it leaves
 // it (no close record).
 std::vector<DecodedCommit> write_commits(const fs::path& dir, std::size_t count, std::vector<std::uint64_t>* offsets,
-                                       std::uint64_t seed = 1, bool closed = false) {
+                                         std::uint64_t seed = 1, bool closed = false) {
   std::mt19937_64 rng(seed);
   std::vector<DecodedCommit> commits;
   {
@@ -87,9 +87,7 @@ void expect_prefix(const std::vector<DecodedCommit>& got, const std::vector<Deco
   for (std::size_t i = 0; i < n; ++i) EXPECT_EQ(got[i], want[i]) << "record " << i;
 }
 
-TEST(Log, SegmentNamesHaveTwentyDigits) {
-  EXPECT_EQ(segment_file_name(42), "log-00000000000000000042.mmsb");
-}
+TEST(Log, SegmentNamesHaveTwentyDigits) { EXPECT_EQ(segment_file_name(42), "log-00000000000000000042.mmsb"); }
 
 TEST(Log, WriterThenReaderAcrossManySegmentsGivesIdenticalCommits) {
   TempDir dir;
@@ -280,7 +278,9 @@ TEST(Log, BitFlipInTheLastCommitOfACleanlyClosedLogIsCorruption) {
     ADD_FAILURE() << "damage to the last committed record was taken for a torn tail";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::Corruption) << e.what();
-    EXPECT_NE(std::string(e.what()).find("last good LSN 9; 0 intact records follow, then the record of a clean close"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("last good LSN 9; 0 intact records follow, then the record of a clean close"),
+              std::string::npos)
+        << e.what();
   }
 }
 
@@ -380,7 +380,8 @@ TEST(Log, ConcurrentCommitsOnDisjointPagesAreAllLogged) {
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      for (int i = 1; i <= kCommits; ++i) mmsb::testing::commit_u64(rt, pages[static_cast<std::size_t>(t)], 0, static_cast<std::uint64_t>(i));
+      for (int i = 1; i <= kCommits; ++i)
+        mmsb::testing::commit_u64(rt, pages[static_cast<std::size_t>(t)], 0, static_cast<std::uint64_t>(i));
     });
   }
   for (auto& th : threads) th.join();

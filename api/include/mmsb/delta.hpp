@@ -53,18 +53,18 @@ struct ByteRange {
 };
 
 struct Delta {
-  PageId page;                     // the page this delta belongs to (may be unset for free-standing deltas)
-  std::uint64_t base_epoch = 0;    // epoch the page must have before applying
-  std::uint64_t epoch_count = 0;   // commits covered; the page's epoch afterwards is base_epoch + epoch_count
-  std::uint64_t base_size = 0;     // page size before applying
-  std::uint64_t size = 0;          // page size after applying
-  std::vector<ByteRange> ranges;   // sorted, non-overlapping, non-adjacent, non-empty, each within [0, size)
-  std::vector<std::byte> payload;  // the new bytes of all ranges, concatenated in range order
-  bool has_undo = false;           // whether `undo` and `undo_tail` are recorded
-  std::vector<std::byte> undo;     // if has_undo: the old bytes of all ranges (zero where beyond base_size)
+  PageId page;                       // the page this delta belongs to (may be unset for free-standing deltas)
+  std::uint64_t base_epoch = 0;      // epoch the page must have before applying
+  std::uint64_t epoch_count = 0;     // commits covered; the page's epoch afterwards is base_epoch + epoch_count
+  std::uint64_t base_size = 0;       // page size before applying
+  std::uint64_t size = 0;            // page size after applying
+  std::vector<ByteRange> ranges;     // sorted, non-overlapping, non-adjacent, non-empty, each within [0, size)
+  std::vector<std::byte> payload;    // the new bytes of all ranges, concatenated in range order
+  bool has_undo = false;             // whether `undo` and `undo_tail` are recorded
+  std::vector<std::byte> undo;       // if has_undo: the old bytes of all ranges (zero where beyond base_size)
   std::vector<std::byte> undo_tail;  // if has_undo and size < base_size: the old bytes [size, base_size)
-  std::uint32_t source = 0;        // who produced the change (application-defined; 0 = unspecified)
-  std::string intent;              // free-form tag carried into logs ("transfer", "lora:swap", ...)
+  std::uint32_t source = 0;          // who produced the change (application-defined; 0 = unspecified)
+  std::string intent;                // free-form tag carried into logs ("transfer", "lora:swap", ...)
 
   std::uint64_t target_epoch() const noexcept { return base_epoch + epoch_count; }
   // Sum of range lengths (== payload.size() for a valid delta).
@@ -155,10 +155,9 @@ struct DiffOptions {
 void diff_into(std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes, Delta& out,
                const DiffOptions& options = {});
 // As diff_into(), forcing one SIMD path; throws Error(Unsupported) when this CPU lacks it. For tests/benchmarks.
-void diff_into(SimdLevel level, std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes,
-               Delta& out, const DiffOptions& options = {});
-Delta diff(std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes,
-           const DiffOptions& options = {});
+void diff_into(SimdLevel level, std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes, Delta& out,
+               const DiffOptions& options = {});
+Delta diff(std::span<const std::byte> old_bytes, std::span<const std::byte> new_bytes, const DiffOptions& options = {});
 
 // Writes the delta's ranges into `page`, which must already have the delta's final size (`delta.size`);
 // throws Error(InvalidArgument) otherwise. Does not resize: see apply(Delta, vector&) or the runtime.

@@ -29,9 +29,10 @@
 // still be on its way). When no rank has work left, propagate() throws a NodeError on every rank naming the
 // failing page and its rank (the failing rank nests the original exception). The next wave recomputes the
 // failed node. Any other failure on a rank (a corrupt message, a failed replica commit) cancels the wave at the
-// end of the current superstep on every rank, and every caller gets Error(Aborted) naming the rank and cause. Every MPI operation is non-blocking with a deadline (DistOptions::timeout): a rank that died or
-// stopped making collective calls makes the others throw Error(Aborted) naming the operation, instead of hanging;
-// the DistRuntime is then unusable (every further call throws).
+// end of the current superstep on every rank, and every caller gets Error(Aborted) naming the rank and cause. Every MPI
+// operation is non-blocking with a deadline (DistOptions::timeout): a rank that died or stopped making collective calls
+// makes the others throw Error(Aborted) naming the operation, instead of hanging; the DistRuntime is then unusable
+// (every further call throws).
 //
 // Durability. With DistOptions::durable_dir each rank keeps its own DurableRuntime in `<dir>/rank-<r>` (its own
 // log and checkpoints). checkpoint() is collective: every rank checkpoints between two waves, a consistent cut.
@@ -91,14 +92,14 @@ struct DistOptions {
 };
 
 struct DistStats {
-  std::uint64_t waves = 0;           // distributed waves run (propagate() calls that did any work or not)
-  std::uint64_t supersteps = 0;      // supersteps over all waves (each ends with one Allreduce)
-  std::uint64_t exchanges = 0;       // supersteps that exchanged deltas (one Alltoall + one Alltoallv each)
-  std::uint64_t deltas_sent = 0;     // page deltas sent (a page replicated on k ranks counts k times)
+  std::uint64_t waves = 0;               // distributed waves run (propagate() calls that did any work or not)
+  std::uint64_t supersteps = 0;          // supersteps over all waves (each ends with one Allreduce)
+  std::uint64_t exchanges = 0;           // supersteps that exchanged deltas (one Alltoall + one Alltoallv each)
+  std::uint64_t deltas_sent = 0;         // page deltas sent (a page replicated on k ranks counts k times)
   std::uint64_t payload_bytes_sent = 0;  // changed bytes carried by those deltas
-  std::uint64_t bytes_sent = 0;      // all bytes this rank put on the wire (messages and the count exchange)
+  std::uint64_t bytes_sent = 0;          // all bytes this rank put on the wire (messages and the count exchange)
   std::uint64_t bytes_received = 0;
-  std::uint64_t replica_commits = 0; // local commits that applied received deltas to replicas
+  std::uint64_t replica_commits = 0;  // local commits that applied received deltas to replicas
 };
 
 // The hash of one page in state_hash(): its creation index (the PageId sequence, equal on every rank), size and
@@ -146,8 +147,7 @@ class DistRuntime {
   void derive_map(PageId output, std::vector<PageId> inputs, MapFunction fn, NodeOptions options = {});
   void derive_map(PageId output, std::vector<PageId> inputs, const std::string& registered_name,
                   NodeOptions options = {});
-  void derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn,
-                          NodeOptions options = {});
+  void derive_incremental(PageId output, std::vector<PageId> inputs, IncrementalFunction fn, NodeOptions options = {});
   void derive_passthrough(PageId output, PageId input, ByteRemap remap = {}, NodeOptions options = {});
 
   // Collective: runs one distributed wave (see the header comment) and returns when no rank has work left.

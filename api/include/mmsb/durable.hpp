@@ -105,13 +105,14 @@ struct DurableOptions {
   // commit's old bytes (undo) beside its new ones: page_history()'s deltas, invert() of a logged delta and `mmsb
   // history` need them; without them a record holds about half the bytes (commits record only changed bytes).
   RuntimeOptions runtime;
-  PropagatorOptions propagation;   // options of the Propagator that propagator() returns
+  PropagatorOptions propagation;  // options of the Propagator that propagator() returns
   SyncPolicy sync = SyncPolicy::EveryCommit;
-  std::chrono::milliseconds sync_interval{10};       // SyncPolicy::Interval
-  std::uint64_t segment_bytes = std::uint64_t{64} << 20;  // a log segment is closed once it reaches this size (<= 1 GiB)
-  int checkpoint_compression_level = 3;              // zstd level 1..19, or 0 to store checkpoints uncompressed
+  std::chrono::milliseconds sync_interval{10};  // SyncPolicy::Interval
+  std::uint64_t segment_bytes = std::uint64_t{64}
+                                << 20;   // a log segment is closed once it reaches this size (<= 1 GiB)
+  int checkpoint_compression_level = 3;  // zstd level 1..19, or 0 to store checkpoints uncompressed
   RecoveryMode recovery_mode = RecoveryMode::TolerateTornTail;
-  std::shared_ptr<FileSystem> file_system;           // where the files live; null: posix_file_system()
+  std::shared_ptr<FileSystem> file_system;  // where the files live; null: posix_file_system()
   // Where node functions named in a checkpoint are looked up (and what propagator() uses); null: the global one.
   std::shared_ptr<FunctionRegistry> registry;
   // Called while the constructor runs, when a checkpoint was loaded, once its pages and graph are restored and
@@ -147,13 +148,13 @@ struct RecoveryInfo {
   // that no longer applied after an earlier skip).
   std::vector<DamageReport> damage;
   std::uint64_t records_not_replayed = 0;  // intact commit records after the cut (PointInTime) or skipped
-  std::filesystem::path set_aside;     // the folder holding what was cut or skipped (empty when nothing was)
-  std::uint64_t failed_waves = 0;      // replayed records whose wave threw (their nodes stay stale until the next)
+  std::filesystem::path set_aside;         // the folder holding what was cut or skipped (empty when nothing was)
+  std::uint64_t failed_waves = 0;          // replayed records whose wave threw (their nodes stay stale until the next)
   std::chrono::nanoseconds duration{0};
 };
 
 struct CheckpointInfo {
-  std::uint64_t lsn = 0;               // every commit up to this LSN is in the checkpoint, none after it
+  std::uint64_t lsn = 0;  // every commit up to this LSN is in the checkpoint, none after it
   std::filesystem::path file;
   std::uint64_t pages = 0;
   std::uint64_t nodes = 0;
@@ -168,9 +169,9 @@ class DurableRuntime {
  public:
   // Opens `dir` (created when missing) and recovers its state. Throws Error(Corruption) for damage the recovery
   // mode does not accept; Error(NotFound) when a checkpoint names a function not registered in
-  // DurableOptions::registry (FunctionRegistry::global() by default); Error(IoError) when the directory cannot be read or
-  // written; Error(InvalidArgument) when another process has it open, when it holds files but no mmsb state (so
-  // a mistyped path never fills a foreign directory), or for options out of range.
+  // DurableOptions::registry (FunctionRegistry::global() by default); Error(IoError) when the directory cannot be read
+  // or written; Error(InvalidArgument) when another process has it open, when it holds files but no mmsb state (so a
+  // mistyped path never fills a foreign directory), or for options out of range.
   explicit DurableRuntime(const std::filesystem::path& dir, DurableOptions options = {});
   // Syncs the log (every commit that returned is then durable under every policy) and closes the directory.
   ~DurableRuntime();
@@ -246,8 +247,8 @@ struct PageChange {
   // epoch and size seen in the log, 0 when the log holds no earlier change of the page).
   std::uint64_t epoch = 0;
   std::uint64_t size = 0;
-  Delta delta;                     // Changed: the delta (with undo bytes when the runtime recorded them)
-  std::string name;                // Created, Renamed: the page's name after the change ("" for none)
+  Delta delta;       // Changed: the delta (with undo bytes when the runtime recorded them)
+  std::string name;  // Created, Renamed: the page's name after the change ("" for none)
 };
 // The changes of `page` recorded in the log of `dir` (after its checkpoint), in LSN order. Throws Error(NotFound)
 // when the page is neither in the checkpoint nor in the log (it never existed, or was deleted before the
@@ -280,8 +281,8 @@ struct DirectorySummary {
   std::uint64_t first_lsn = 0, last_lsn = 0;   // of the recoverable history (checkpoint, then records)
   std::uint64_t torn_tail_bytes = 0;           // what recovery would truncate
   std::uint64_t deltas = 0, payload_bytes = 0, pages_created = 0, pages_deleted = 0;
-  bool closed_cleanly = false;                 // the log ends with the record a writer leaves when it closes
-  std::vector<DamageReport> damage;            // what the recovery mode passed over (PointInTime, SkipDamaged)
+  bool closed_cleanly = false;       // the log ends with the record a writer leaves when it closes
+  std::vector<DamageReport> damage;  // what the recovery mode passed over (PointInTime, SkipDamaged)
 };
 // Reads every file of `dir` and summarizes it. Throws like recovery in the same mode does (Error(NotFound) for a
 // directory that holds no mmsb state, Error(Corruption) for damage the mode does not accept).
@@ -293,7 +294,7 @@ struct VerifyProblem {
   std::string what;
 };
 struct VerifyReport {
-  bool ok = true;                       // no problem found (a torn tail is not a problem)
+  bool ok = true;  // no problem found (a torn tail is not a problem)
   std::uint64_t records_checked = 0;
   std::uint64_t checkpoints_checked = 0;
   std::uint64_t torn_tail_bytes = 0;

@@ -40,16 +40,26 @@ enum class ErrorCode : int {
 // Stable lower-case name of a code ("invalid_argument", ...), for logs and JSON.
 constexpr std::string_view error_code_name(ErrorCode code) noexcept {
   switch (code) {
-    case ErrorCode::InvalidArgument: return "invalid_argument";
-    case ErrorCode::NotFound: return "not_found";
-    case ErrorCode::Corruption: return "corruption";
-    case ErrorCode::IoError: return "io_error";
-    case ErrorCode::Unsupported: return "unsupported";
-    case ErrorCode::ResourceExhausted: return "resource_exhausted";
-    case ErrorCode::Aborted: return "aborted";
-    case ErrorCode::Internal: return "internal";
-    case ErrorCode::Conflict: return "conflict";
-    case ErrorCode::NodeFailed: return "node_failed";
+    case ErrorCode::InvalidArgument:
+      return "invalid_argument";
+    case ErrorCode::NotFound:
+      return "not_found";
+    case ErrorCode::Corruption:
+      return "corruption";
+    case ErrorCode::IoError:
+      return "io_error";
+    case ErrorCode::Unsupported:
+      return "unsupported";
+    case ErrorCode::ResourceExhausted:
+      return "resource_exhausted";
+    case ErrorCode::Aborted:
+      return "aborted";
+    case ErrorCode::Internal:
+      return "internal";
+    case ErrorCode::Conflict:
+      return "conflict";
+    case ErrorCode::NodeFailed:
+      return "node_failed";
   }
   return "unknown";
 }

@@ -51,12 +51,12 @@ class EventMask {
 
 struct Event {
   EventKind kind = EventKind::WaveEnd;
-  PageId page;                   // the page concerned, if any
-  std::uint64_t lsn = 0;         // Commit
-  std::uint64_t epoch = 0;       // PageChanged, PageResized: the page's new epoch
-  std::uint64_t wave = 0;        // wave events and node events
-  std::uint64_t duration_ns = 0; // WaveEnd
-  std::string message;           // NodeFailed, Error
+  PageId page;                    // the page concerned, if any
+  std::uint64_t lsn = 0;          // Commit
+  std::uint64_t epoch = 0;        // PageChanged, PageResized: the page's new epoch
+  std::uint64_t wave = 0;         // wave events and node events
+  std::uint64_t duration_ns = 0;  // WaveEnd
+  std::string message;            // NodeFailed, Error
 };
 
 }  // namespace mmsb

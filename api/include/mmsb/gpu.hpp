@@ -59,11 +59,11 @@ enum class GpuBackend : std::uint8_t { Vulkan, Cpu };
 
 // How the changed ranges of a wave reach device memory.
 enum class UploadPath : std::uint8_t {
-  CopyRegions,   // staged in a host-visible ring, then vkCmdCopyBuffer, one region per changed range
-  ScatterShader, // staged, then the scatter-apply compute shader writes the ranges (word-masked at the edges)
-  DirectWrite,   // written by the host straight into mapped device memory (needs host-visible device memory)
-  Auto,          // DirectWrite where all device memory is host-visible (UMA, lavapipe, resizable BAR), else
-                 // CopyRegions (the default)
+  CopyRegions,    // staged in a host-visible ring, then vkCmdCopyBuffer, one region per changed range
+  ScatterShader,  // staged, then the scatter-apply compute shader writes the ranges (word-masked at the edges)
+  DirectWrite,    // written by the host straight into mapped device memory (needs host-visible device memory)
+  Auto,           // DirectWrite where all device memory is host-visible (UMA, lavapipe, resizable BAR), else
+                  // CopyRegions (the default)
 };
 
 struct GpuOptions {
@@ -80,20 +80,20 @@ struct GpuOptions {
 
 // Counters since the mirror was attached.
 struct GpuStats {
-  std::uint64_t waves_uploaded = 0;    // wave uploads: submits, or flushes that wrote directly (a wave that
-                                       // changed nothing uploads nothing)
-  std::uint64_t bytes_changed = 0;     // changed bytes of the deltas the mirror received for mirrored pages
-  std::uint64_t bytes_uploaded = 0;    // bytes written into the staging ring (or, DirectWrite, device memory)
-  std::uint64_t regions_uploaded = 0;  // copy regions (or scatter segments)
-  std::uint64_t full_page_uploads = 0; // pages uploaded whole: new, resized, or re-synchronized
-  std::uint64_t pages_mirrored = 0;    // live mirrored pages
-  std::uint64_t device_bytes_reserved = 0;  // device memory held by the sub-allocator's buffers
-  std::uint64_t device_buffers = 0;         // VkDeviceMemory allocations of the sub-allocator (a buffer left
-                                            // empty by deleted pages is freed)
+  std::uint64_t waves_uploaded = 0;             // wave uploads: submits, or flushes that wrote directly (a wave that
+                                                // changed nothing uploads nothing)
+  std::uint64_t bytes_changed = 0;              // changed bytes of the deltas the mirror received for mirrored pages
+  std::uint64_t bytes_uploaded = 0;             // bytes written into the staging ring (or, DirectWrite, device memory)
+  std::uint64_t regions_uploaded = 0;           // copy regions (or scatter segments)
+  std::uint64_t full_page_uploads = 0;          // pages uploaded whole: new, resized, or re-synchronized
+  std::uint64_t pages_mirrored = 0;             // live mirrored pages
+  std::uint64_t device_bytes_reserved = 0;      // device memory held by the sub-allocator's buffers
+  std::uint64_t device_buffers = 0;             // VkDeviceMemory allocations of the sub-allocator (a buffer left
+                                                // empty by deleted pages is freed)
   std::uint64_t device_memory_allocations = 0;  // live VkDeviceMemory of the mirror: buffers, staging, readback
-  std::uint64_t dispatches = 0;        // compute dispatches of device nodes
-  std::uint64_t bytes_read_back = 0;   // device node outputs read back to the host
-  std::uint64_t upload_ns = 0;         // host time spent staging, recording and submitting wave uploads
+  std::uint64_t dispatches = 0;                 // compute dispatches of device nodes
+  std::uint64_t bytes_read_back = 0;            // device node outputs read back to the host
+  std::uint64_t upload_ns = 0;                  // host time spent staging, recording and submitting wave uploads
   std::uint64_t timeline_submits = 0;  // submits, each signalling the next value of the mirror's timeline semaphore
   std::uint64_t timeline_waits = 0;    // device-node submits that waited on the device for an upload submit
 };
@@ -169,7 +169,7 @@ void stencil5_step_cpu(const std::int32_t* in, std::int32_t* out, std::uint32_t 
 
 // The CPU twin of derive_heat_tile (also what the fallback runs): `cell` and `out` hold side * side floats, each
 // halo side floats. Compiled without FMA contraction; the same bits as the shader.
-void heat_tile_step_cpu(const float* cell, const float* north, const float* south, const float* west,
-                        const float* east, float* out, std::uint32_t side, float alpha);
+void heat_tile_step_cpu(const float* cell, const float* north, const float* south, const float* west, const float* east,
+                        float* out, std::uint32_t side, float alpha);
 
 }  // namespace mmsb

@@ -48,7 +48,7 @@ typedef enum mmsb_status {
   MMSB_RESOURCE_EXHAUSTED = 6,
   MMSB_ABORTED = 7,
   MMSB_INTERNAL = 8,
-  MMSB_CONFLICT = 9,   /* a page the transaction read or expected moved: nothing committed; run it again */
+  MMSB_CONFLICT = 9,    /* a page the transaction read or expected moved: nothing committed; run it again */
   MMSB_NODE_FAILED = 10 /* a derived node failed; from mmsb_txn_commit: the commit took effect (see `lsn`) */
 } mmsb_status;
 

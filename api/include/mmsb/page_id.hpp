@@ -37,9 +37,7 @@ class PageId {
   constexpr explicit operator bool() const noexcept { return valid(); }
 
   // "p<rank>:<sequence>", e.g. "p0:17"; what error messages and logs print.
-  std::string to_string() const {
-    return "p" + std::to_string(rank()) + ":" + std::to_string(sequence());
-  }
+  std::string to_string() const { return "p" + std::to_string(rank()) + ":" + std::to_string(sequence()); }
 
   friend constexpr auto operator<=>(PageId, PageId) noexcept = default;
 

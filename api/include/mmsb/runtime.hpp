@@ -89,11 +89,11 @@ struct CommitRecord {
     std::string name = {};  // the page's new name; "" when its name was removed
   };
   std::uint64_t lsn = 0;
-  std::uint64_t timestamp_ns = 0;             // wall clock, nanoseconds since the Unix epoch
-  std::span<const Delta> deltas;              // one per changed page, in PageId order
-  std::span<const CreatedPage> created;       // pages created by this record
-  std::span<const PageId> deleted;            // pages deleted by this record (their names are free again)
-  std::span<const RenamedPage> renamed;       // pages renamed by this record
+  std::uint64_t timestamp_ns = 0;        // wall clock, nanoseconds since the Unix epoch
+  std::span<const Delta> deltas;         // one per changed page, in PageId order
+  std::span<const CreatedPage> created;  // pages created by this record
+  std::span<const PageId> deleted;       // pages deleted by this record (their names are free again)
+  std::span<const RenamedPage> renamed;  // pages renamed by this record
 };
 
 // Receives every commit before it becomes visible (the durable log implements this). A commit hands its record
@@ -129,8 +129,8 @@ class CommitSink {
 };
 
 struct RuntimeOptions {
-  std::uint32_t rank = 0;    // owner rank stored in the high bits of every PageId created here
-  bool record_undo = true;   // keep old bytes in committed deltas (needed to invert or roll back a commit)
+  std::uint32_t rank = 0;   // owner rank stored in the high bits of every PageId created here
+  bool record_undo = true;  // keep old bytes in committed deltas (needed to invert or roll back a commit)
   // LSN of the first commit (>= 1). A runtime rebuilt from a log sets it past the log's last LSN, so the LSNs of
   // new commits keep increasing in that log; last_lsn() is first_lsn - 1 until the first commit.
   std::uint64_t first_lsn = 1;

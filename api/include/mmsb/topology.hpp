@@ -44,8 +44,8 @@ struct NodeDescription {
   std::vector<PageId> inputs;  // in declaration order
   std::string function;        // the registered function name; empty when the function was passed directly
   NodeOptions options;
-  ByteRemap remap;             // Passthrough only
-  bool has_rebuild = false;    // Incremental only: it has a rebuild function (not stored by checkpoints)
+  ByteRemap remap;           // Passthrough only
+  bool has_rebuild = false;  // Incremental only: it has a rebuild function (not stored by checkpoints)
 };
 
 // An ordering-only edge (CONTROL or GPU_SYNC).

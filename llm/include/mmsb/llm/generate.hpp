@@ -19,11 +19,11 @@
 namespace mmsb::llm {
 
 struct GenerateResult {
-  std::vector<int> prompt_ids;     // BOS included
-  std::vector<int> generated_ids;  // sampled tokens (a final BOS/EOS not included)
-  bool stopped_on_special = false; // the model emitted BOS or EOS
-  double prompt_seconds = 0;       // the prompt's waves (its last position's logits included)
-  double generate_seconds = 0;     // steps whose output was sampled
+  std::vector<int> prompt_ids;      // BOS included
+  std::vector<int> generated_ids;   // sampled tokens (a final BOS/EOS not included)
+  bool stopped_on_special = false;  // the model emitted BOS or EOS
+  double prompt_seconds = 0;        // the prompt's waves (its last position's logits included)
+  double generate_seconds = 0;      // steps whose output was sampled
 };
 
 // Generates up to `max_new_tokens` tokens after `prompt` (fewer when the context fills up or the model stops).

@@ -39,9 +39,9 @@
 #include <string_view>
 #include <vector>
 
+#include "mmsb/delta.hpp"
 #include "mmsb/llm/engine.hpp"
 #include "mmsb/llm/model.hpp"
-#include "mmsb/delta.hpp"
 
 namespace mmsb::llm {
 

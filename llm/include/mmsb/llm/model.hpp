@@ -53,7 +53,7 @@ struct ModelConfig {
   std::uint32_t n_heads = 0;
   std::uint32_t n_kv_heads = 0;  // grouped-query attention: n_heads is a multiple of it
   std::uint32_t vocab_size = 0;
-  std::uint32_t seq_len = 0;     // positions the KV cache holds
+  std::uint32_t seq_len = 0;  // positions the KV cache holds
   float rms_eps = 1e-5f;
   float rope_base = 10000.0f;
   std::uint32_t head_size() const noexcept { return dim / n_heads; }
@@ -88,7 +88,7 @@ struct Model {
   ModelConfig config;
   Tensor token_embedding, final_norm, classifier;
   std::vector<LayerTensors> layers;
-  std::optional<Vocabulary> vocabulary;  // GGUF files carry their tokenizer; llama2.c checkpoints do not
+  std::optional<Vocabulary> vocabulary;    // GGUF files carry their tokenizer; llama2.c checkpoints do not
   std::shared_ptr<const MappedFile> file;  // the mapped file (load_model); nullptr for bytes parsed from memory
 };
 
@@ -112,9 +112,9 @@ Vocabulary parse_llama2c_tokenizer(std::span<const std::byte> bytes, std::uint32
 // with the same bounds checks as parse_gguf(). Tensor bytes are spans into `bytes`.
 struct GgufTensorEntry {
   std::string name;
-  std::uint32_t type = 0;             // ggml type id, possibly one this engine cannot run
-  std::vector<std::uint64_t> dims;    // GGUF order: dims[0] is the length of a row
-  std::span<const std::byte> bytes;   // the data, checked to lie in the file; empty for an unsupported type
+  std::uint32_t type = 0;            // ggml type id, possibly one this engine cannot run
+  std::vector<std::uint64_t> dims;   // GGUF order: dims[0] is the length of a row
+  std::span<const std::byte> bytes;  // the data, checked to lie in the file; empty for an unsupported type
 };
 struct GgufContents {
   std::uint32_t version = 0;

@@ -104,7 +104,7 @@ class PagedModel {
     std::uint64_t offset;  // in the unit's buffer
   };
   struct Unit {
-    std::vector<Placement> runs;                                      // what a load copies
+    std::vector<Placement> runs;                                                     // what a load copies
     std::vector<std::pair<std::uint64_t, const std::vector<std::byte>*>> overrides;  // offset → bytes, after runs
     std::vector<std::pair<const std::byte*, std::uint64_t>> tensors;  // a tensor's bytes in the model → offset
   };
@@ -114,7 +114,7 @@ class PagedModel {
   std::size_t layers_ = 0;
   std::size_t lookahead_ = 1;    // streamed units to prefetch ahead of the one pinned
   std::size_t first_paged_ = 0;  // 1 when the embedding is read by rows: the pager holds units 1.. as 0..
-  int fd_ = -1;  // the model file, for pread(); -1 for a model parsed from memory
+  int fd_ = -1;                  // the model file, for pread(); -1 for a model parsed from memory
   std::vector<TensorOverride> overrides_;
   std::unique_ptr<LayerPager> pager_;
 

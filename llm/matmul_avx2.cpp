@@ -278,7 +278,12 @@ struct Block8 {
   // Lane r of `acc` (and `offsets`, Affine) takes block b's contribution from the exact sums S (lane r: row r).
   MMSB_TILE static void accumulate(__m256i sums, __m256 dw, __m256 mw, const Q8Vector& x, std::size_t b, __m256& acc,
                                    __m256& offsets) {
-    if constexpr (B::kind == Stored::Offset) sums = _mm256_sub_epi32(sums, _mm256_set1_epi32(B::offset * x.sum[b]));
+    // Unsigned, so a garbage activation sum (a NaN input quantizes to INT_MIN) wraps as the SIMD lanes do instead
+    // of overflowing a signed int.
+    if constexpr (B::kind == Stored::Offset) {
+      const auto offset = static_cast<std::uint32_t>(B::offset) * static_cast<std::uint32_t>(x.sum[b]);
+      sums = _mm256_sub_epi32(sums, _mm256_set1_epi32(static_cast<std::int32_t>(offset)));
+    }
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(dw, _mm256_set1_ps(x.d[b])), acc);
     if constexpr (affine) {
       offsets = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.d[b] * static_cast<float>(x.sum[b])), offsets);

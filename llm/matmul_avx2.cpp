@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "llm/kquants.hpp"
+#include "llm/q6k_avx2.hpp"
 #include "mmsb/llm/kernels.hpp"
 
 namespace mmsb::llm {
@@ -502,7 +503,6 @@ struct Q6KTile {
     const std::size_t blocks = a.cols / kSuperBlock;
     const BlockQ8K* y[T];
     for (int t = 0; t < T; ++t) y[t] = reinterpret_cast<const BlockQ8K*>(a.act + t * a.act_stride);
-    const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
     __m256 acc[R][T];
     for (int r = 0; r < R; ++r) {
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
@@ -519,15 +519,8 @@ struct Q6KTile {
         for (int r = 0; r < R; ++r) {
           const std::uint8_t* b = blk[r];
           const auto* scales = reinterpret_cast<const std::int8_t*>(b + 192);
-          const __m256i ql0 = load32(b + 64 * h), ql1 = load32(b + 64 * h + 32), qh = load32(b + 128 + 32 * h);
-          const __m256i q[4] = {
-              _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
-              _mm256_or_si256(_mm256_and_si256(ql1, low4),
-                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
-              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
-                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
-              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4))};
+          __m256i q[4];
+          unpack_q6_k_half(b, h, q);
           for (int g = 0; g < 4; ++g) {
             // 32 values = two sub-blocks of 16: the low 8 int16 lanes take the first scale, the high 8 the second.
             const int s = 8 * h + 2 * g;

@@ -80,20 +80,25 @@ MMSB_TILE inline void prefetch_next_tile(const std::uint8_t* p, std::size_t tile
 
 // --- F32 weights (f32 activations) and F16 weights (F16 activations) -------------------------------------------
 
-template <bool Half>
+// HalfX: the activations are half precision as well. Batches of F16 products widen their (half-precision)
+// activations to f32 once and run with HalfX false: the same values, so the same bits, but a tile then converts
+// only its weights, which leaves GCC registers enough to keep the 4 x 3 accumulators out of memory.
+template <bool Half, bool HalfX = Half>
 struct FloatTile {
+  template <bool H = Half>
   MMSB_TILE static __m256 load(const std::uint8_t* row, std::size_t k) {
-    if constexpr (Half) {
+    if constexpr (H) {
       return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k)));
     } else {
       return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + k);
     }
   }
-  static float at(const std::uint8_t* row, std::size_t k) {
-    if constexpr (Half) {
-      std::uint16_t h;
-      std::memcpy(&h, row + 2 * k, 2);
-      return fp16_to_fp32(h);
+  // Inline conversions only: a call would make GCC keep every accumulator of the tile in memory (all vector
+  // registers are caller-saved).
+  template <bool H = Half>
+  MMSB_TILE static float at(const std::uint8_t* row, std::size_t k) {
+    if constexpr (H) {
+      return half(row + 2 * k);
     } else {
       float v;
       std::memcpy(&v, row + 4 * k, 4);
@@ -120,7 +125,7 @@ struct FloatTile {
       }
       __m256 xv[T];
       MMSB_UNROLL
-      for (int t = 0; t < T; ++t) xv[t] = load(x[t], k);
+      for (int t = 0; t < T; ++t) xv[t] = load<HalfX>(x[t], k);
       MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
         const __m256 wv = load(a.w + r * a.row_stride, k);
@@ -133,12 +138,18 @@ struct FloatTile {
       MMSB_UNROLL
       for (int t = 0; t < T; ++t) {
         float s = hsum(acc[r][t]);
-        for (std::size_t j = k; j < a.cols; ++j) s += at(a.w + r * a.row_stride, j) * at(x[t], j);
+        for (std::size_t j = k; j < a.cols; ++j) s += at(a.w + r * a.row_stride, j) * at<HalfX>(x[t], j);
         a.out[t * a.out_stride + r] = s;
       }
     }
   }
 };
+
+MMSB_TILE void widen_halves(const std::uint8_t* halves, std::size_t n, float* out) {
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, FloatTile<true>::load(halves, i));
+  for (; i < n; ++i) out[i] = FloatTile<true>::at(halves, i);
+}
 
 // --- the 32-value block types (Q8 activations) ------------------------------------------------------------------
 
@@ -638,11 +649,26 @@ void matmul_tiles(const std::byte* w, std::size_t row_stride, std::size_t rows, 
   }
 }
 
+// F16: one vector as it comes (half precision); a batch widened to f32 first (see FloatTile).
+void matmul_f16(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  if (n == 1) {
+    return matmul_tiles<FloatTile<true>, 8, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  }
+  thread_local std::vector<float> wide;  // grows to the widest batch once
+  if (wide.size() < n * cols) wide.resize(n * cols);
+  for (std::size_t t = 0; t < n; ++t) {
+    widen_halves(reinterpret_cast<const std::uint8_t*>(act + t * act_stride), cols, wide.data() + t * cols);
+  }
+  matmul_tiles<FloatTile<true, false>, 8, 4, 3>(w, row_stride, rows, reinterpret_cast<const std::byte*>(wide.data()),
+                                                cols * sizeof(float), n, cols, out, out_stride);
+}
+
 }  // namespace
 
 void add_avx2_matmul_kernels(Kernels& k) {
   k.matmul[static_cast<int>(TensorType::F32)] = matmul_tiles<FloatTile<false>, 8, 4, 3>;
-  k.matmul[static_cast<int>(TensorType::F16)] = matmul_tiles<FloatTile<true>, 8, 4, 3>;
+  k.matmul[static_cast<int>(TensorType::F16)] = matmul_f16;
   k.matmul[static_cast<int>(TensorType::Q8_0)] = matmul_block8<Q8_0Block>;
   k.matmul[static_cast<int>(TensorType::Q4_0)] = matmul_block8<Q4_0Block>;
   k.matmul[static_cast<int>(TensorType::Q5_0)] = matmul_block8<Q5_0Block>;

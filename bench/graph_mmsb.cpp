@@ -166,4 +166,26 @@ Result run_mmsb(const Shape& shape, const RunOptions& options) {
   return result;
 }
 
+double rollback_ns_per_node(std::size_t nodes) {
+  Runtime rt;
+  Propagator prop(rt, PropagatorOptions{.mode = PropagationMode::Deferred});
+  std::vector<PageId> pages(nodes);
+  for (auto& page : pages) page = rt.create_page(8);
+  const MapFunction copy = sum_function(1, 0);
+  GraphBuilder build(prop);
+  build.reserve(nodes, nodes);
+  const GraphBuilder::FunctionId shared = build.add_map_function(copy);
+  for (std::size_t n = 0; n + 1 < nodes; ++n) build.derive_map(pages[n + 1], {pages[n]}, shared);
+  build.derive_map(pages[0], {pages[nodes - 1]}, shared);  // closes a cycle through the whole chain: refused
+  const auto start = clock_type::now();
+  try {
+    build.commit();
+  } catch (const Error&) {
+    const double ns = since(start);
+    if (prop.node_count() != 0) throw std::runtime_error("mmsb: a refused build left nodes behind");
+    return ns / static_cast<double>(nodes);
+  }
+  throw std::runtime_error("mmsb: a build closing a cycle was not refused");
+}
+
 }  // namespace mmsb::bench::graph

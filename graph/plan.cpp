@@ -185,7 +185,9 @@ void Propagator::Impl::remove_node(NodeIndex index) {
       remaps.release(n.function);
       break;
   }
-  stale_nodes.erase(std::remove(stale_nodes.begin(), stale_nodes.end(), index), stale_nodes.end());
+  // Its entry in stale_nodes stays: the next wave skips nodes that are not live and stale, and clears the list.
+  // Erasing it here would make rolling back a bulk build (all its nodes stale) quadratic.
+  n.stale.store(false, std::memory_order_relaxed);
   labels.erase(index);
   rebuilds.erase(index);
   slots[n.out].node = kNoNode;

@@ -280,7 +280,10 @@ void Propagator::Impl::assign_positions(detail::Plan& p, const std::vector<std::
   p.level_begin.assign(levels + 1, 0);
   for (NodeIndex u = 0; u < limit; ++u)
     if (node_at[u].flags & Node::kLive) ++p.level_begin[level[u] + 1];
-  for (std::uint32_t l = 0; l < levels; ++l) p.level_begin[l + 1] += p.level_begin[l];
+  for (std::uint32_t l = 0; l < levels; ++l) {
+    p.widest_level = std::max(p.widest_level, p.level_begin[l + 1]);
+    p.level_begin[l + 1] += p.level_begin[l];
+  }
   p.order.assign(live_nodes, kNoNode);
   std::vector<std::uint32_t> fill(p.level_begin.begin(), p.level_begin.end() - 1);
   for (NodeIndex u = 0; u < limit; ++u) {

@@ -528,7 +528,8 @@ bool Propagator::Impl::plan_segments(const WaveShape& shape) {
   const detail::Plan& p = *plan;
   const std::size_t reached = affected.size();
   segments.clear();
-  if (!shape.wide(reached, options)) return false;
+  // A segment lies within one level: when not even the widest level is wide, no segment is.
+  if (!shape.wide(reached, options) || !shape.wide(p.widest_level, options)) return false;
   if (shape.dense) {
     for (std::size_t l = 0; l < p.levels(); ++l) segments.push_back({p.level_begin[l], p.level_begin[l + 1]});
   } else {
@@ -590,6 +591,9 @@ void Propagator::Impl::run_levels_in_parallel(const WaveShape& shape, std::uint3
 void Propagator::Impl::settle(bool dense, std::uint32_t wave) {
   const detail::Plan& p = *plan;
   stale_nodes.clear();
+  // Only a failure cancels a wave; without one every reached node completed (ran or was skipped) and is not stale,
+  // and every stale node was reached: nothing is left stale.
+  if (!cancelled.load(std::memory_order_acquire)) return;
   auto settle_position = [&](std::uint32_t position) {
     const NodeIndex index = p.order[position];
     Node& node = node_at[index];

@@ -366,6 +366,7 @@ struct Propagator::Impl : detail::CommitListener {
   PageRecord* live_record(PageId id);
   // The page's slot (and graph vertex), created if missing; `where` places a new vertex in the order.
   Slot* slot_for(PageId id, detail::DependencyGraph::Placement where = detail::DependencyGraph::Placement::Last);
+  Slot* slot_for(PageRecord* record, detail::DependencyGraph::Placement where);
   Slot& slot(VertexId v) noexcept { return slots[v]; }
   Node& node(NodeIndex n) noexcept { return node_at[n]; }
   Slot& out_slot(const Node& n) noexcept { return slots[n.out]; }
@@ -377,7 +378,8 @@ struct Propagator::Impl : detail::CommitListener {
   // Adds one node (engine_mutex held); throws with nothing changed when the node is refused.
   NodeIndex add_node(const detail::NodeSpec& spec);
   PageRecord* check_node_spec(const detail::NodeSpec& spec);
-  VertexId link_node(const detail::NodeSpec& spec);
+  VertexId link_node(const detail::NodeSpec& spec, PageRecord* out_record);
+  std::vector<PageRecord*> spec_records;  // engine_mutex: the inputs' records of the node being added
   NodeIndex allocate_node();
   void bind_function(NodeIndex index, const detail::NodeSpec& spec);
   void remove_node(NodeIndex n);

@@ -45,7 +45,11 @@ PageRecord* Propagator::Impl::live_record(PageId id) {
 }
 
 Slot* Propagator::Impl::slot_for(PageId id, DependencyGraph::Placement where) {
-  PageRecord* record = live_record(id);
+  return slot_for(live_record(id), where);
+}
+
+Slot* Propagator::Impl::slot_for(PageRecord* record, DependencyGraph::Placement where) {
+  const PageId id = record->id;
   if (auto* tagged = static_cast<Slot*>(record->listener_tag.load(std::memory_order_acquire))) return tagged;
   const VertexId v = graph.add_vertex(id, where);  // no tag, so no vertex yet
   slots.grow_to(v + 1);
@@ -66,7 +70,8 @@ NodeIndex Propagator::Impl::node_of(PageId page) const noexcept {
   return s ? s->node : kNoNode;
 }
 
-// Throws, with nothing changed, when `spec` is not a valid node; returns the output's record.
+// Throws, with nothing changed, when `spec` is not a valid node; returns the output's record and leaves the
+// inputs' records in spec_records (looked up once: a large build looks up millions of pages).
 PageRecord* Propagator::Impl::check_node_spec(const detail::NodeSpec& spec) {
   const PageId out = spec.output;
   if (spec.inputs.empty()) {
@@ -87,18 +92,19 @@ PageRecord* Propagator::Impl::check_node_spec(const detail::NodeSpec& spec) {
     throw Error(ErrorCode::InvalidArgument,
                 "page " + out.to_string() + " is an external (read-only) page and cannot be a node's output");
   }
-  for (PageId in : spec.inputs) live_record(in);
+  spec_records.clear();
+  for (PageId in : spec.inputs) spec_records.push_back(live_record(in));
   return out_record;
 }
 
 // Slots (and vertices) first: a new input goes first in the order and a new output last, so the edges of a node
 // whose output is new agree with the order and cost no search. Appends the input vertices to input_pool and adds
 // all of the node's data edges or none (a refused edge names the cycle it would close). Returns the output vertex.
-VertexId Propagator::Impl::link_node(const detail::NodeSpec& spec) {
+VertexId Propagator::Impl::link_node(const detail::NodeSpec& spec, PageRecord* out_record) {
   const std::size_t pool_begin = input_pool.size();
   try {
-    for (PageId in : spec.inputs) input_pool.push_back(slot_for(in, DependencyGraph::Placement::First)->vertex);
-    const VertexId out_vertex = slot_for(spec.output, DependencyGraph::Placement::Last)->vertex;
+    for (PageRecord* in : spec_records) input_pool.push_back(slot_for(in, DependencyGraph::Placement::First)->vertex);
+    const VertexId out_vertex = slot_for(out_record, DependencyGraph::Placement::Last)->vertex;
     graph.add_edges(std::span<const VertexId>(input_pool.data() + pool_begin, spec.inputs.size()), out_vertex,
                     DependencyKind::Data);
     return out_vertex;
@@ -140,9 +146,9 @@ void Propagator::Impl::bind_function(NodeIndex index, const detail::NodeSpec& sp
 }
 
 NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
-  check_node_spec(spec);
+  PageRecord* out_record = check_node_spec(spec);
   const std::uint32_t pool_begin = static_cast<std::uint32_t>(input_pool.size());
-  const VertexId out_vertex = link_node(spec);
+  const VertexId out_vertex = link_node(spec, out_record);
   const NodeIndex index = allocate_node();
   Node& n = node_at[index];
   n.out = out_vertex;
@@ -299,6 +305,7 @@ void Propagator::Impl::assign_positions(detail::Plan& p, const std::vector<std::
 // Data successors by position, and which nodes' deltas a reader consumes (passthrough and incremental nodes).
 void Propagator::Impl::link_successors(detail::Plan& p) {
   std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
+  edges.reserve(input_pool.size() - input_garbage);  // every node's inputs: at least its data edges from nodes
   for (NodeIndex u = 0; u < node_at.size(); ++u) {
     const Node& n = node_at[u];
     if (!(n.flags & Node::kLive)) continue;

@@ -241,6 +241,22 @@ struct Committers {
   }
 };
 
+// After a crash of the Committers' run (fsys->crash() called): loses what was not synced the way `loss` says,
+// reopens `dir`, and expects each thread's page to hold that thread's last acknowledged value.
+void expect_reopens_with_acknowledged(const fs::path& dir, const std::shared_ptr<FaultFileSystem>& fsys,
+                                      FaultFileSystem::Loss loss, std::uint64_t seed,
+                                      const std::vector<std::int64_t>& acknowledged) {
+  std::mt19937_64 rng(seed);
+  fsys->lose_unsynced(loss, rng);
+  fsys->restart();
+  DurableRuntime db(dir, every_commit(fsys));
+  for (int t = 0; t < Committers::kThreads; ++t) {
+    EXPECT_EQ(db.runtime().read_value<std::int64_t>(PageId::make(0, static_cast<std::uint64_t>(t) + 1), 0),
+              acknowledged[static_cast<std::size_t>(t)])
+        << "thread " << t;
+  }
+}
+
 // The disk fills up while commits run in groups: every commit of an affected batch fails with ENOSPC named in its
 // error, none of them becomes visible, and once space returns the writer goes on and the directory opens (after a
 // crash that loses everything unsynced) with every acknowledged commit.
@@ -266,15 +282,7 @@ TEST(Faults, DiskFullDuringGroupCommitFailsOnlyAffectedCommitsAndRecoversEveryAc
     acknowledged = c.acknowledged;
     fsys->crash();
   }
-  std::mt19937_64 rng(3);
-  fsys->lose_unsynced(FaultFileSystem::Loss::Garble, rng);
-  fsys->restart();
-  DurableRuntime db(dir.path(), every_commit(fsys));
-  for (int t = 0; t < Committers::kThreads; ++t) {
-    EXPECT_EQ(db.runtime().read_value<std::int64_t>(PageId::make(0, static_cast<std::uint64_t>(t) + 1), 0),
-              acknowledged[static_cast<std::size_t>(t)])
-        << "thread " << t;
-  }
+  expect_reopens_with_acknowledged(dir.path(), fsys, FaultFileSystem::Loss::Garble, 3, acknowledged);
 }
 
 // EIO from fdatasync during group commit: every commit waiting on that sync fails, none is visible, the writer
@@ -299,15 +307,7 @@ TEST(Faults, EioOnFdatasyncDuringGroupCommitLosesNoAcknowledgedCommit) {
       acknowledged = c.acknowledged;
       fsys->crash();
     }
-    std::mt19937_64 rng(4);
-    fsys->lose_unsynced(loss, rng);
-    fsys->restart();
-    DurableRuntime db(dir.path(), every_commit(fsys));
-    for (int t = 0; t < Committers::kThreads; ++t) {
-      EXPECT_EQ(db.runtime().read_value<std::int64_t>(PageId::make(0, static_cast<std::uint64_t>(t) + 1), 0),
-                acknowledged[static_cast<std::size_t>(t)])
-          << "thread " << t;
-    }
+    expect_reopens_with_acknowledged(dir.path(), fsys, loss, 4, acknowledged);
   }
 }
 

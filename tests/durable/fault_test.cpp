@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <mutex>
 #include <random>
 #include <string>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "mmsb/durable.hpp"
+#include "serialize/log.hpp"
 #include "support/fault_file_system.hpp"
 #include "support/temp_dir.hpp"
 #include "support/test_support.hpp"
@@ -345,6 +348,58 @@ TEST(Faults, DiskFullWhileRollingToANewSegmentKeepsTheLogRecoverable) {
     DurableRuntime db(dir.path(), o);
     EXPECT_EQ(state_hash(db.runtime()), live);
   }
+}
+
+// Every regular file of `dir` (not the side folders) with its bytes.
+std::map<std::string, std::string> log_files(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.is_regular_file() && e.path().filename() != "LOCK") {
+      files[e.path().filename().string()] = testing::read_file(e.path());
+    }
+  }
+  return files;
+}
+
+// repair() copies what it will drop into a side folder before it changes anything: when that copy cannot be made
+// (ENOSPC or EIO on any of its steps), repair fails and the log is byte for byte what it was, damage included.
+TEST(Faults, RepairThatCannotWriteItsSideFolderChangesNothing) {
+  TempDir dir;
+  {
+    DurableRuntime db(dir.path(), every_commit());
+    for (int i = 0; i < 6; ++i) commit_i64(db.runtime(), db.runtime().create_page(8), 100 + i);
+  }
+  // Damage the middle of the 4th record's body: corruption, not a torn tail, so the default mode refuses.
+  fs::path segment;
+  for (const auto& e : fs::directory_iterator(dir.path()))
+    if (e.path().filename().string().rfind("log-", 0) == 0) segment = e.path();
+  std::string data = testing::read_file(segment);
+  std::uint64_t pos = serialize::kSegmentHeaderBytes;
+  for (int i = 0; i < 3; ++i) pos = serialize::frame_at(data, pos).end;
+  data[pos + serialize::kRecordHeaderBytes + serialize::frame_at(data, pos).body.size() / 2] ^= 0x10;
+  std::ofstream(segment, std::ios::binary | std::ios::trunc) << data;
+  const std::map<std::string, std::string> before = log_files(dir.path());
+
+  auto fsys = std::make_shared<FaultFileSystem>();
+  RepairOptions options;
+  options.file_system = fsys;
+  const FaultFileSystem::Fault faults[] = {{Op::Create, 0, 1, ENOSPC, false, "aside-"},
+                                           {Op::Append, 0, 1, ENOSPC, true, "aside-"},
+                                           {Op::Sync, 0, 1, EIO, false, "aside-"},
+                                           {Op::Rename, 0, 1, EIO, false, "aside-"}};
+  for (const FaultFileSystem::Fault& fault : faults) {
+    SCOPED_TRACE("fault on op " + std::to_string(static_cast<int>(fault.op)));
+    {
+      Faults armed(*fsys, fault);
+      EXPECT_EQ(error_code_of([&] { repair(dir.path(), options); }), ErrorCode::IoError);
+    }
+    EXPECT_EQ(log_files(dir.path()), before) << "repair changed the log although its side folder was not written";
+    EXPECT_FALSE(verify(dir.path()).ok);
+  }
+  const RepairReport repaired = repair(dir.path(), options);  // the disk works again
+  EXPECT_EQ(repaired.records_dropped, 1u);
+  EXPECT_EQ(testing::read_file(repaired.set_aside / segment.filename()), before.at(segment.filename().string()));
+  EXPECT_TRUE(verify(dir.path()).ok);
 }
 
 }  // namespace

@@ -96,7 +96,8 @@ LoggedRun logged_commits(int threads, serialize::LogOptions options, std::chrono
         std::uint64_t n = 0;
         while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
         while (!stop.load(std::memory_order_relaxed)) {
-          std::memset(payload, static_cast<int>(n & 0xff), kBytes);
+          // Never all zeros: a commit that leaves a page as it was logs nothing (change-only commits).
+          std::memset(payload, static_cast<int>((n & 0xff) | 1), kBytes);
           std::memcpy(payload, &n, sizeof n);
           auto txn = rt.begin();
           txn.write(own[n % own.size()], 0, payload);
@@ -125,7 +126,10 @@ LoggedRun logged_commits(int threads, serialize::LogOptions options, std::chrono
     log->sync();
     logged = log->stats().records - created;
   }
-  if (logged != total) check_failed("logged commits: the log holds a different number of records");
+  if (logged != total) {
+    check_failed("logged commits: the log holds " + std::to_string(logged) + " records, the workers committed " +
+                 std::to_string(total));
+  }
   if (total == 0) check_failed("logged commits: no commit completed");
   run.commits_per_s = static_cast<double>(total) / seconds;
   return run;
@@ -183,7 +187,8 @@ Register replay("replay_commits_per_s",
                     for (int i = 0; i < kPages; ++i) pages.push_back(rt.create_page(64));
                     for (std::uint64_t i = 0; i < kCommits; ++i) {
                       auto txn = rt.begin();
-                      txn.write_value<std::uint64_t>(pages[i % kPages], (i * 8) % 64, i);
+                      txn.write_value<std::uint64_t>(pages[i % kPages], (i * 8) % 64,
+                                                     i + 1);  // never 0: each commit changes its page
                       txn.commit();
                     }
                     live_hash = state_hash(rt);

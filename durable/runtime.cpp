@@ -253,6 +253,13 @@ struct DurableRuntime::Impl {
   std::mutex checkpoint_mutex;
   std::string snapshot_buffer;  // checkpoint_mutex: page bytes of the last checkpoint, kept for its capacity
 
+  // What replaying the log found: the highest LSN of each segment (0: none), the last LSN, what was left out.
+  struct Replayed {
+    std::vector<std::uint64_t> segment_max_lsn;
+    std::uint64_t last_lsn = 0;
+    Leftovers leftovers;
+  };
+
   serialize::LogOptions log_options() const {
     serialize::LogOptions o;
     o.segment_bytes = options.segment_bytes;
@@ -261,6 +268,13 @@ struct DurableRuntime::Impl {
     o.file_system = fsys;
     return o;
   }
+
+  DirectoryFiles open_directory();
+  void restore_checkpoint(const Checkpoint& ckpt, DurableRuntime& self);
+  Replayed replay_log(LogReader& reader);
+  void open_log(LogReader& reader, const Replayed& replayed);
+  void finish_interrupted_checkpoint(const DirectoryFiles& files, const CheckpointState& state, const LogReader& reader,
+                                     const Replayed& replayed);
 };
 
 DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : impl_(std::make_unique<Impl>()) {
@@ -268,20 +282,42 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
   Impl& m = *impl_;
   check_options(options);
   m.dir = dir;
-  m.options = options;
-  m.fsys = durable::file_system_or_default(options.file_system);
-  FileSystem& fsys = *m.fsys;
-  m.recovery.mode = options.recovery_mode;
-  fsys.create_directories(dir);
-  DirectoryFiles files = durable::list_directory(fsys, dir);
+  m.options = std::move(options);
+  m.fsys = durable::file_system_or_default(m.options.file_system);
+  m.recovery.mode = m.options.recovery_mode;
+  const DirectoryFiles files = m.open_directory();
+  const Checkpoint ckpt = durable::newest_checkpoint(*m.fsys, files);
+  m.restore_checkpoint(ckpt, *this);
+
+  serialize::LogReaderOptions reader_options;
+  reader_options.policy = durable::damage_policy(m.options.recovery_mode);
+  reader_options.file_system = m.fsys;
+  LogReader reader(dir, reader_options);
+  const Impl::Replayed replayed = m.replay_log(reader);
+  m.recovery.fresh = !files.has_state();
+  m.open_log(reader, replayed);
+  m.runtime->set_commit_sink(m.log);
+  if (ckpt.state) m.finish_interrupted_checkpoint(files, *ckpt.state, reader, replayed);
+  m.recovery.duration = std::chrono::steady_clock::now() - started;
+}
+
+// The files of the directory (created if missing), locked, after removing what an interrupted write left. A
+// directory that holds other files but no mmsb state is refused.
+DirectoryFiles DurableRuntime::Impl::open_directory() {
+  fsys->create_directories(dir);
+  DirectoryFiles files = durable::list_directory(*fsys, dir);
   if (!files.has_state() && files.other > 0) {
     throw Error(ErrorCode::InvalidArgument, "directory " + dir.string() + " holds " + std::to_string(files.other) +
                                                 " other files but no mmsb state; use an empty or new directory");
   }
-  m.lock = std::make_unique<durable::DirectoryLock>(dir);
-  for (const fs::path& tmp : files.temporaries) fsys.remove(tmp);  // an interrupted checkpoint or segment
+  lock = std::make_unique<durable::DirectoryLock>(dir);
+  for (const fs::path& tmp : files.temporaries) fsys->remove(tmp);  // an interrupted checkpoint or segment
+  return files;
+}
 
-  Checkpoint ckpt = durable::newest_checkpoint(fsys, files);
+// The Runtime with the checkpoint's pages and the Propagator with its graph (or both empty without one). The graph
+// comes back before the log is replayed, so replayed records run through it.
+void DurableRuntime::Impl::restore_checkpoint(const Checkpoint& ckpt, DurableRuntime& self) {
   RuntimeOptions rt_options = options.runtime;
   rt_options.first_lsn = 1;
   if (ckpt.state && ckpt.state->rank != rt_options.rank) {
@@ -289,46 +325,49 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
                                                 std::to_string(ckpt.state->rank) + ", not rank " +
                                                 std::to_string(rt_options.rank));
   }
-  m.runtime = std::make_unique<Runtime>(rt_options);
+  runtime = std::make_unique<Runtime>(rt_options);
   if (ckpt.state) {
-    durable::restore_pages(*m.runtime, *ckpt.state);
-    m.recovery.checkpoint_lsn = ckpt.state->lsn;
-    m.recovery.pages_restored = ckpt.state->pages.size();
+    durable::restore_pages(*runtime, *ckpt.state);
+    recovery.checkpoint_lsn = ckpt.state->lsn;
+    recovery.pages_restored = ckpt.state->pages.size();
   }
-  // The graph comes back before the log is replayed, so replayed records run through it.
-  m.propagator = std::make_unique<Propagator>(*m.runtime, options.propagation, options.registry);
-  if (ckpt.state) restore_graph(*m.propagator, *ckpt.state, m.recovery);
-  if (options.rebind && ckpt.state) {
-    options.rebind(*this);
+  propagator = std::make_unique<Propagator>(*runtime, options.propagation, options.registry);
+  if (!ckpt.state) return;
+  restore_graph(*propagator, *ckpt.state, recovery);
+  if (options.rebind) {
+    options.rebind(self);
     // What the application derived again is bound now.
     std::set<PageId> derived;
-    for (const NodeDescription& n : m.propagator->nodes()) derived.insert(n.output);
-    std::erase_if(m.recovery.unbound_nodes, [&](PageId p) { return derived.count(p) > 0; });
+    for (const NodeDescription& n : propagator->nodes()) derived.insert(n.output);
+    std::erase_if(recovery.unbound_nodes, [&](PageId p) { return derived.count(p) > 0; });
   }
-  if (ckpt.state && ckpt.state->derived_stale) recompute_stale_checkpoint(*m.propagator, dir.string());
+  if (ckpt.state->derived_stale) recompute_stale_checkpoint(*propagator, dir.string());
+}
 
-  serialize::LogReaderOptions reader_options;
-  reader_options.policy = durable::damage_policy(options.recovery_mode);
-  reader_options.file_system = m.fsys;
-  LogReader reader(dir, reader_options);
-  std::vector<std::uint64_t> segment_max_lsn(reader.segments().size(), 0);  // 0: no record
-  Leftovers leftovers;
-  std::uint64_t last_good = 0, last = m.recovery.checkpoint_lsn;
+// Applies every record after the checkpoint, through the graph; what the recovery mode leaves out (a record that
+// does not apply, damage the reader passed over) is collected in log order, and the Runtime goes on after the
+// last LSN seen.
+DurableRuntime::Impl::Replayed DurableRuntime::Impl::replay_log(LogReader& reader) {
+  Replayed out;
+  out.segment_max_lsn.assign(reader.segments().size(), 0);
+  out.last_lsn = recovery.checkpoint_lsn;
+  Leftovers& leftovers = out.leftovers;
+  std::uint64_t last_good = 0;
   for (DecodedCommit c; reader.next(c);) {
-    std::uint64_t& seen = segment_max_lsn[reader.current_segment_index()];
+    std::uint64_t& seen = out.segment_max_lsn[reader.current_segment_index()];
     seen = std::max(seen, c.lsn);
-    if (c.lsn > m.recovery.checkpoint_lsn) {
+    if (c.lsn > recovery.checkpoint_lsn) {
       try {
-        replay_record(*m.runtime, *m.propagator, c, m.recovery);
+        replay_record(*runtime, *propagator, c, recovery);
       } catch (const Error& e) {
         if (e.code() != ErrorCode::Corruption) throw;
         if (record_does_not_apply(options.recovery_mode, reader, c, last_good, e, leftovers) == Verdict::Stop) break;
         continue;
       }
-      ++m.recovery.records_replayed;
+      ++recovery.records_replayed;
     }
     last_good = c.lsn;
-    last = std::max(last, c.lsn);
+    out.last_lsn = std::max(out.last_lsn, c.lsn);
   }
   leftovers.records_not_replayed += durable::add_reader_damage(reader, leftovers.edit, /*torn_tail=*/false);
   // In log order: records that did not apply were noted while replaying, damage the reader passed over after it.
@@ -336,59 +375,66 @@ DurableRuntime::DurableRuntime(const fs::path& dir, DurableOptions options) : im
                    [](const DamageReport& a, const DamageReport& b) {
                      return std::tie(a.file, a.offset) < std::tie(b.file, b.offset);
                    });
-  detail::RuntimeAccess::of(*m.runtime).continue_after(last);
-  m.recovery.last_lsn = last;
-  m.recovery.fresh = !files.has_state();
-  m.recovery.damage = leftovers.edit.report;
-  m.recovery.records_not_replayed = leftovers.records_not_replayed;
+  detail::RuntimeAccess::of(*runtime).continue_after(out.last_lsn);
+  recovery.last_lsn = out.last_lsn;
+  recovery.damage = leftovers.edit.report;
+  recovery.records_not_replayed = leftovers.records_not_replayed;
+  return out;
+}
+
+// The LogWriter that appends after the replayed records. When replay left records out, the originals go to a side
+// folder first and the writer starts a fresh segment; otherwise it takes over the reader's last segment (cutting a
+// torn tail).
+void DurableRuntime::Impl::open_log(LogReader& reader, const Replayed& replayed) {
+  const Leftovers& leftovers = replayed.leftovers;
+  const std::uint64_t last = replayed.last_lsn;
   if (!leftovers.edit.empty()) {
-    m.recovery.set_aside = durable::set_aside(
-        fsys, dir, leftovers.edit,
+    recovery.set_aside = durable::set_aside(
+        *fsys, dir, leftovers.edit,
         std::string("Recovery in mode ") + recovery_mode_name(options.recovery_mode) + " opened " + dir.string() +
             " at LSN " + std::to_string(last) + " without these stretches of its log.");
     detail::logger()->warn(
         "{}: recovery mode {} left {} damaged stretch(es) and {} intact record(s) out of the "
         "state (LSN {}); the originals are in {}",
-        dir.string(), recovery_mode_name(options.recovery_mode), m.recovery.damage.size(),
-        m.recovery.records_not_replayed, last, m.recovery.set_aside.string());
-    m.log = std::make_shared<serialize::LogWriter>(dir, m.log_options());
+        dir.string(), recovery_mode_name(options.recovery_mode), recovery.damage.size(), recovery.records_not_replayed,
+        last, recovery.set_aside.string());
+    log = std::make_shared<serialize::LogWriter>(dir, log_options());
   } else {
-    m.log = std::make_shared<serialize::LogWriter>(dir, m.log_options(), reader);
+    log = std::make_shared<serialize::LogWriter>(dir, log_options(), reader);
   }
-  m.recovery.truncated_bytes = m.log->recovery().truncated_bytes;
-  if (m.recovery.truncated_bytes > 0) {
+  recovery.truncated_bytes = log->recovery().truncated_bytes;
+  if (recovery.truncated_bytes > 0) {
     // Expected after a crash during an append, but worth a line: those bytes are gone.
     detail::logger()->warn("{}: truncated a torn tail of {} bytes at offset {} of {} (a crash during an append)",
-                           dir.string(), m.recovery.truncated_bytes, m.log->recovery().truncated_offset,
-                           m.log->recovery().truncated_segment);
+                           dir.string(), recovery.truncated_bytes, log->recovery().truncated_offset,
+                           log->recovery().truncated_segment);
   }
   detail::logger()->info("{}: recovered to LSN {} (checkpoint LSN {}, {} pages, {} log records replayed)", dir.string(),
-                         m.recovery.last_lsn, m.recovery.checkpoint_lsn, m.recovery.pages_restored,
-                         m.recovery.records_replayed);
-  m.runtime->set_commit_sink(m.log);
-  if (ckpt.state) {
-    // Finish what a checkpoint interrupted by a crash left undone: older checkpoints and the segments (except
-    // the one being appended to) whose records the loaded checkpoint covers.
-    bool removed = false;
-    for (const auto& [lsn, path] : files.checkpoints) {
-      if (lsn < ckpt.state->lsn) {
-        fsys.remove(path);
-        removed = true;
-      }
-    }
-    std::uint64_t keep_from = 0;
-    const std::vector<fs::path>& segments = reader.segments();
-    for (std::size_t i = 0; i < segments.size(); ++i) {
-      if (i + 1 == segments.size() || segment_max_lsn[i] > ckpt.state->lsn) {
-        serialize::parse_segment_name(segments[i].filename().string(), keep_from);
-        break;
-      }
-    }
-    if (removed) fsys.sync_directory(dir);
-    if (keep_from > 0 && leftovers.edit.empty()) m.log->remove_segments_before(keep_from);
-  }
+                         recovery.last_lsn, recovery.checkpoint_lsn, recovery.pages_restored,
+                         recovery.records_replayed);
+}
 
-  m.recovery.duration = std::chrono::steady_clock::now() - started;
+// Finishes what a checkpoint interrupted by a crash left undone: removes older checkpoints and the segments (except
+// the one being appended to) whose records the loaded checkpoint covers.
+void DurableRuntime::Impl::finish_interrupted_checkpoint(const DirectoryFiles& files, const CheckpointState& state,
+                                                         const LogReader& reader, const Replayed& replayed) {
+  bool removed = false;
+  for (const auto& [lsn, path] : files.checkpoints) {
+    if (lsn < state.lsn) {
+      fsys->remove(path);
+      removed = true;
+    }
+  }
+  std::uint64_t keep_from = 0;
+  const std::vector<fs::path>& segments = reader.segments();
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    if (i + 1 == segments.size() || replayed.segment_max_lsn[i] > state.lsn) {
+      serialize::parse_segment_name(segments[i].filename().string(), keep_from);
+      break;
+    }
+  }
+  if (removed) fsys->sync_directory(dir);
+  if (keep_from > 0 && replayed.leftovers.edit.empty()) log->remove_segments_before(keep_from);
 }
 
 DurableRuntime::~DurableRuntime() {

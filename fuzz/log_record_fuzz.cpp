@@ -307,6 +307,58 @@ void fuzz_checkpoint(const Corpus& corpus, const fs::path& dir, std::mt19937_64&
   }
 }
 
+// How many iterations fuzzed each kind of input, for the summary line.
+struct KindCounts {
+  std::uint64_t random = 0, commits = 0, logs = 0, checkpoints = 0;
+};
+
+// What one iteration fed to a reader, for its failure report: the bytes, or (a mutated log) the directory.
+struct Iteration {
+  std::string input;
+  bool log_mode = false;
+};
+
+// One iteration: picks a kind of input with `rng`, makes it and feeds it to its reader. Throws Violation when the
+// reader's outcome is not acceptable.
+void fuzz_one(const Corpus& corpus, const fs::path& dir, std::mt19937_64& rng, KindCounts& counts, Iteration& it) {
+  switch (rng() % 5) {
+    case 0:  // random bytes
+      ++counts.random;
+      it.input = random_bytes(rng, rng() % 300);
+      fuzz_decode(it.input);
+      break;
+    case 1:  // a mutated valid commit body
+      ++counts.commits;
+      it.input = corpus.bodies[rng() % corpus.bodies.size()];
+      mutate(it.input, rng);
+      fuzz_decode(it.input);
+      break;
+    case 4:  // a mutated checkpoint
+      ++counts.checkpoints;
+      fuzz_checkpoint(corpus, dir, rng, it.input);
+      break;
+    default:  // a mutated log
+      ++counts.logs;
+      it.log_mode = true;
+      fuzz_log(corpus, dir, rng, rng() % 8 == 0);
+      break;
+  }
+}
+
+// Reports a failed iteration on stderr with the command that replays it, keeps its input, and returns exit code 1.
+int report_failure(std::uint64_t i, std::uint64_t seed, const std::string& what, const Iteration& it,
+                   const fs::path& dir) {
+  const std::string saved = "mmsb-fuzz-log-failure.bin";
+  if (!it.log_mode) write_file(saved, it.input);
+  const std::string where =
+      it.log_mode ? "the mutated log is kept in " + dir.string() : "the input is saved in " + saved;
+  std::fprintf(stderr,
+               "mmsb-fuzz-log: FAILED at iteration %llu (--seed %llu --start %llu --iterations 1 replays it): %s\n%s\n",
+               static_cast<unsigned long long>(i), static_cast<unsigned long long>(seed),
+               static_cast<unsigned long long>(i), what.c_str(), where.c_str());
+  return 1;
+}
+
 // The fuzz loop; returns the exit code (0: every outcome was acceptable, 1: a violation, reported on stderr).
 int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, double seconds) {
   if (iterations == 0 && seconds == 0) {
@@ -318,63 +370,25 @@ int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, doub
   const fs::path root = fs::temp_directory_path() / ("mmsb-fuzz-log-" + std::to_string(::getpid()));
   fs::remove_all(root);
   const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
   std::uint64_t i = first;
-  std::uint64_t counts[4] = {0, 0, 0, 0};
+  KindCounts counts;
   try {
     const Corpus corpus = make_corpus(root / "seed", seed);
     const fs::path dir = root / "log";
     for (; iterations == 0 || i - first < iterations; ++i) {
-      if (seconds > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > seconds) {
-        break;
-      }
+      if (seconds > 0 && elapsed() > seconds) break;
       ::alarm(kHangSeconds);
       mmsb::fuzz::CrashNote::set(seed, i);
       std::seed_seq seq{seed, i};
       std::mt19937_64 rng(seq);
-      std::string input;
-      bool log_mode = false;
+      Iteration it;
       try {
-        switch (rng() % 5) {
-          case 0:  // random bytes
-            ++counts[0];
-            input = random_bytes(rng, rng() % 300);
-            fuzz_decode(input);
-            break;
-          case 1:  // a mutated valid commit body
-            ++counts[1];
-            input = corpus.bodies[rng() % corpus.bodies.size()];
-            mutate(input, rng);
-            fuzz_decode(input);
-            break;
-          case 4:  // a mutated checkpoint
-            ++counts[3];
-            fuzz_checkpoint(corpus, dir, rng, input);
-            break;
-          default:  // a mutated log
-            ++counts[2];
-            log_mode = true;
-            fuzz_log(corpus, dir, rng, rng() % 8 == 0);
-            break;
-        }
+        fuzz_one(corpus, dir, rng, counts, it);
       } catch (const Violation& v) {
-        const std::string saved = "mmsb-fuzz-log-failure.bin";
-        if (!log_mode) write_file(saved, input);
-        const std::string where =
-            log_mode ? "the mutated log is kept in " + dir.string() : "the input is saved in " + saved;
-        std::fprintf(stderr,
-                     "mmsb-fuzz-log: FAILED at iteration %llu (--seed %llu --start %llu --iterations 1 "
-                     "replays it): %s\n%s\n",
-                     static_cast<unsigned long long>(i), static_cast<unsigned long long>(seed),
-                     static_cast<unsigned long long>(i), v.what.c_str(), where.c_str());
-        return 1;
+        return report_failure(i, seed, v.what, it, dir);
       } catch (const std::exception& e) {
-        std::fprintf(stderr,
-                     "mmsb-fuzz-log: FAILED at iteration %llu (--seed %llu --start %llu --iterations 1 replays it): "
-                     "unexpected exception: %s\n",
-                     static_cast<unsigned long long>(i), static_cast<unsigned long long>(seed),
-                     static_cast<unsigned long long>(i), e.what());
-        if (!log_mode) write_file("mmsb-fuzz-log-failure.bin", input);
-        return 1;
+        return report_failure(i, seed, std::string("unexpected exception: ") + e.what(), it, dir);
       }
     }
     ::alarm(0);
@@ -386,10 +400,9 @@ int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, doub
   std::printf(
       "mmsb-fuzz-log: %llu iterations (%llu random, %llu mutated commits, %llu mutated logs, %llu mutated "
       "checkpoints), seed %llu, %.1f s: ok\n",
-      static_cast<unsigned long long>(i - first), static_cast<unsigned long long>(counts[0]),
-      static_cast<unsigned long long>(counts[1]), static_cast<unsigned long long>(counts[2]),
-      static_cast<unsigned long long>(counts[3]), static_cast<unsigned long long>(seed),
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      static_cast<unsigned long long>(i - first), static_cast<unsigned long long>(counts.random),
+      static_cast<unsigned long long>(counts.commits), static_cast<unsigned long long>(counts.logs),
+      static_cast<unsigned long long>(counts.checkpoints), static_cast<unsigned long long>(seed), elapsed());
   return 0;
 }
 

@@ -245,101 +245,21 @@ class Parser {
     if (ended_) corrupt(at + " follows the end frame");
     if (frames_ == 1 && type != kFrameHeader)
       corrupt("the first frame is not the header (type " + std::to_string(type) + ")");
-    const int size = static_cast<int>(std::min<std::size_t>(body.size(), INT32_MAX));
     if (body.size() > static_cast<std::size_t>(INT32_MAX)) corrupt(at + " is too large to parse");
     switch (type) {
-      case kFrameHeader: {
+      case kFrameHeader:
         if (frames_ != 1) corrupt(at + " is a second header");
-        wire::CheckpointHeader h;
-        if (!h.ParseFromArray(body.data(), size)) corrupt(at + ": header does not parse");
-        if (h.format_version() != kCheckpointFormatVersion) {
-          corrupt("header format version " + std::to_string(h.format_version()) + " (expected 1)");
-        }
-        if (h.compression() != compression_) corrupt("header and file disagree on the compression");
-        state_.lsn = h.lsn();
-        state_.created_ns = h.created_ns();
-        state_.rank = h.rank();
-        state_.next_sequence = h.next_sequence();
-        state_.derived_stale = h.derived_stale();
-        page_count_ = h.page_count();
-        node_count_ = h.node_count();
-        edge_count_ = h.edge_count();
-        // Every page frame is at least a few bytes: counts beyond the body size are lies, not reasons to reserve.
-        if (page_count_ > expected_raw_ || node_count_ > expected_raw_ || edge_count_ > expected_raw_) {
-          corrupt("header counts exceed what the body can hold");
-        }
-        if (state_.rank > PageId::kMaxRank) corrupt("rank " + std::to_string(state_.rank) + " is out of range");
-        if (state_.next_sequence > mmsb::detail::PageStore::kMaxSequence + 1) {
-          corrupt("next page sequence " + std::to_string(state_.next_sequence) + " is beyond the largest page id");
-        }
+        header_frame(at, body);
         break;
-      }
-      case kFramePage: {
-        wire::Page p;
-        if (!p.ParseFromArray(body.data(), size)) corrupt(at + ": page does not parse");
-        PageId id(p.id());
-        if (!id.valid() || id.rank() != state_.rank) {
-          corrupt(at + ": page id " + id.to_string() + " is invalid for rank " + std::to_string(state_.rank));
-        }
-        if (id.sequence() >= state_.next_sequence) {
-          corrupt(at + ": page " + id.to_string() + " is at or beyond the next sequence " +
-                  std::to_string(state_.next_sequence));
-        }
-        if (!state_.pages.empty() && !(state_.pages.back().id < id)) {
-          corrupt(at + ": page " + id.to_string() + " is out of id order or repeated");
-        }
-        if (p.size() != p.data().size()) {
-          corrupt(at + ": page " + id.to_string() + " says " + std::to_string(p.size()) + " bytes but holds " +
-                  std::to_string(p.data().size()));
-        }
-        if (p.location() < 1 || p.location() > 3) {
-          corrupt(at + ": page " + id.to_string() + " has location " + std::to_string(p.location()));
-        }
-        if (!p.name().empty()) {
-          if (auto problem = mmsb::detail::page_name_problem(p.name())) {
-            corrupt(at + ": page " + id.to_string() + " has a bad name: " + *problem);
-          }
-        }
-        PageImage img;
-        img.id = id;
-        img.epoch = p.epoch();
-        img.location = static_cast<Location>(p.location());
-        img.name = p.name();
-        img.offset = state_.arena.size();
-        img.size = p.size();
-        state_.arena.append(p.data());
-        state_.pages.push_back(img);
+      case kFramePage:
+        page_frame(at, body);
         break;
-      }
-      case kFrameNode: {
-        wire::GraphNode n;
-        if (!n.ParseFromArray(body.data(), size)) corrupt(at + ": graph node does not parse");
-        if (n.kind() < 0 || n.kind() > 2) corrupt(at + ": unknown node kind " + std::to_string(n.kind()));
-        NodeDescription d;
-        d.output = PageId(n.output());
-        d.kind = static_cast<NodeKind>(n.kind());
-        for (std::uint64_t in : n.inputs()) d.inputs.push_back(PageId(in));
-        d.function = n.function();
-        d.options.name = n.name();
-        d.options.always_changes = n.always_changes();
-        d.remap = ByteRemap{n.remap_input_offset(), n.remap_length(), n.remap_output_offset()};
-        if (d.kind == NodeKind::Passthrough && d.inputs.size() != 1) {
-          corrupt(at + ": passthrough node " + d.output.to_string() + " has " + std::to_string(d.inputs.size()) +
-                  " inputs");
-        }
-        state_.nodes.push_back(std::move(d));
+      case kFrameNode:
+        node_frame(at, body);
         break;
-      }
-      case kFrameEdge: {
-        wire::GraphEdge e;
-        if (!e.ParseFromArray(body.data(), size)) corrupt(at + ": graph edge does not parse");
-        if (e.kind() != wire::GraphEdge::CONTROL && e.kind() != wire::GraphEdge::GPU_SYNC) {
-          corrupt(at + ": edge kind " + std::to_string(e.kind()) + " is not an ordering edge");
-        }
-        state_.edges.push_back({PageId(e.from()), PageId(e.to()),
-                                e.kind() == wire::GraphEdge::CONTROL ? EdgeKind::Control : EdgeKind::GpuSync});
+      case kFrameEdge:
+        edge_frame(at, body);
         break;
-      }
       case kFrameEnd:
         if (!body.empty()) corrupt(at + ": the end frame is not empty");
         ended_ = true;
@@ -347,6 +267,109 @@ class Parser {
       default:
         corrupt(at + ": unknown frame type " + std::to_string(type));
     }
+  }
+
+  // Parses a frame's message (frame() has bounded the body to INT32_MAX bytes).
+  template <class Message>
+  void parse_message(Message& m, std::string_view body, const std::string& at, const char* what) {
+    if (!m.ParseFromArray(body.data(), static_cast<int>(body.size()))) corrupt(at + ": " + what + " does not parse");
+  }
+
+  void header_frame(const std::string& at, std::string_view body) {
+    wire::CheckpointHeader h;
+    parse_message(h, body, at, "header");
+    if (h.format_version() != kCheckpointFormatVersion) {
+      corrupt("header format version " + std::to_string(h.format_version()) + " (expected 1)");
+    }
+    if (h.compression() != compression_) corrupt("header and file disagree on the compression");
+    state_.lsn = h.lsn();
+    state_.created_ns = h.created_ns();
+    state_.rank = h.rank();
+    state_.next_sequence = h.next_sequence();
+    state_.derived_stale = h.derived_stale();
+    page_count_ = h.page_count();
+    node_count_ = h.node_count();
+    edge_count_ = h.edge_count();
+    // Every page frame is at least a few bytes: counts beyond the body size are lies, not reasons to reserve.
+    if (page_count_ > expected_raw_ || node_count_ > expected_raw_ || edge_count_ > expected_raw_) {
+      corrupt("header counts exceed what the body can hold");
+    }
+    if (state_.rank > PageId::kMaxRank) corrupt("rank " + std::to_string(state_.rank) + " is out of range");
+    if (state_.next_sequence > mmsb::detail::PageStore::kMaxSequence + 1) {
+      corrupt("next page sequence " + std::to_string(state_.next_sequence) + " is beyond the largest page id");
+    }
+  }
+
+  // A page must belong to the header's rank, lie below its next sequence, follow the previous page in id order and
+  // hold the bytes it says it holds.
+  void check_page(const std::string& at, const wire::Page& p, PageId id) {
+    if (!id.valid() || id.rank() != state_.rank) {
+      corrupt(at + ": page id " + id.to_string() + " is invalid for rank " + std::to_string(state_.rank));
+    }
+    if (id.sequence() >= state_.next_sequence) {
+      corrupt(at + ": page " + id.to_string() + " is at or beyond the next sequence " +
+              std::to_string(state_.next_sequence));
+    }
+    if (!state_.pages.empty() && !(state_.pages.back().id < id)) {
+      corrupt(at + ": page " + id.to_string() + " is out of id order or repeated");
+    }
+    if (p.size() != p.data().size()) {
+      corrupt(at + ": page " + id.to_string() + " says " + std::to_string(p.size()) + " bytes but holds " +
+              std::to_string(p.data().size()));
+    }
+    if (p.location() < 1 || p.location() > 3) {
+      corrupt(at + ": page " + id.to_string() + " has location " + std::to_string(p.location()));
+    }
+    if (!p.name().empty()) {
+      if (auto problem = mmsb::detail::page_name_problem(p.name())) {
+        corrupt(at + ": page " + id.to_string() + " has a bad name: " + *problem);
+      }
+    }
+  }
+
+  void page_frame(const std::string& at, std::string_view body) {
+    wire::Page p;
+    parse_message(p, body, at, "page");
+    const PageId id(p.id());
+    check_page(at, p, id);
+    PageImage img;
+    img.id = id;
+    img.epoch = p.epoch();
+    img.location = static_cast<Location>(p.location());
+    img.name = p.name();
+    img.offset = state_.arena.size();
+    img.size = p.size();
+    state_.arena.append(p.data());
+    state_.pages.push_back(img);
+  }
+
+  void node_frame(const std::string& at, std::string_view body) {
+    wire::GraphNode n;
+    parse_message(n, body, at, "graph node");
+    if (n.kind() < 0 || n.kind() > 2) corrupt(at + ": unknown node kind " + std::to_string(n.kind()));
+    NodeDescription d;
+    d.output = PageId(n.output());
+    d.kind = static_cast<NodeKind>(n.kind());
+    for (std::uint64_t in : n.inputs()) d.inputs.push_back(PageId(in));
+    d.function = n.function();
+    d.options.name = n.name();
+    d.options.always_changes = n.always_changes();
+    d.remap = ByteRemap{n.remap_input_offset(), n.remap_length(), n.remap_output_offset()};
+    if (d.kind == NodeKind::Passthrough && d.inputs.size() != 1) {
+      corrupt(at + ": passthrough node " + d.output.to_string() + " has " + std::to_string(d.inputs.size()) +
+              " inputs");
+    }
+    state_.nodes.push_back(std::move(d));
+  }
+
+  void edge_frame(const std::string& at, std::string_view body) {
+    wire::GraphEdge e;
+    parse_message(e, body, at, "graph edge");
+    if (e.kind() != wire::GraphEdge::CONTROL && e.kind() != wire::GraphEdge::GPU_SYNC) {
+      corrupt(at + ": edge kind " + std::to_string(e.kind()) + " is not an ordering edge");
+    }
+    state_.edges.push_back({PageId(e.from()), PageId(e.to()),
+                            e.kind() == wire::GraphEdge::CONTROL ? EdgeKind::Control : EdgeKind::GpuSync});
   }
 
   std::string name_;
@@ -371,6 +394,81 @@ bool parse_checkpoint_name(const std::string& name, std::uint64_t& lsn) {
   return parse_numbered_file_name(name, kPrefix, kSuffix, lsn);
 }
 
+namespace {
+
+void write_header_frame(BodyWriter& body, const CheckpointState& state, std::uint32_t compression) {
+  wire::CheckpointHeader h;
+  h.set_format_version(kCheckpointFormatVersion);
+  h.set_lsn(state.lsn);
+  h.set_page_count(state.pages.size());
+  h.set_edge_count(state.edges.size());
+  h.set_node_count(state.nodes.size());
+  h.set_created_ns(state.created_ns);
+  h.set_compression(compression);
+  h.set_rank(state.rank);
+  h.set_next_sequence(state.next_sequence);
+  h.set_derived_stale(state.derived_stale);
+  body.frame(kFrameHeader, h.SerializeAsString());
+}
+
+// A page frame is the Page message without its data, followed by the data as field 5 written by hand: the
+// concatenation is one valid Page message, and the bytes are not copied into a protobuf string first. `head` is
+// the caller's buffer, reused across pages.
+void write_page_frame(BodyWriter& body, const CheckpointState& state, const PageImage& img, std::string& head) {
+  wire::Page p;
+  p.set_id(img.id.value());
+  p.set_size(img.size);
+  p.set_epoch(img.epoch);
+  p.set_location(static_cast<std::uint32_t>(img.location));
+  if (!img.name.empty()) p.set_name(img.name);
+  head = p.SerializeAsString();
+  head.push_back(static_cast<char>((5 << 3) | 2));  // field 5, length-delimited
+  for (std::uint64_t v = img.size;; v >>= 7) {
+    if (v < 0x80) {
+      head.push_back(static_cast<char>(v));
+      break;
+    }
+    head.push_back(static_cast<char>((v & 0x7f) | 0x80));
+  }
+  body.frame(kFramePage, head, state.bytes(img));
+}
+
+void write_edge_frame(BodyWriter& body, const OrderingEdge& e) {
+  wire::GraphEdge w;
+  w.set_from(e.from.value());
+  w.set_to(e.to.value());
+  w.set_kind(e.kind == EdgeKind::GpuSync ? wire::GraphEdge::GPU_SYNC : wire::GraphEdge::CONTROL);
+  body.frame(kFrameEdge, w.SerializeAsString());
+}
+
+// Writes header, body and trailer of a checkpoint to `file` and syncs it; fills the byte counts of `info`.
+void write_checkpoint_file(WritableFile& file, const CheckpointState& state, int zstd_level, CheckpointFileInfo& info) {
+  const std::uint32_t compression = zstd_level > 0 ? kCompressionZstd : kCompressionNone;
+  char header[kCheckpointHeaderBytes];
+  std::memcpy(header, kCheckpointMagic, sizeof kCheckpointMagic);
+  put_u32(header + 8, kCheckpointFormatVersion);
+  put_u32(header + 12, compression);
+  file.append({header, sizeof header});
+
+  BodyWriter body(file, zstd_level);
+  write_header_frame(body, state, compression);
+  std::string head;
+  for (const PageImage& img : state.pages) write_page_frame(body, state, img, head);
+  for (const NodeDescription& n : state.nodes) body.frame(kFrameNode, node_to_wire(n).SerializeAsString());
+  for (const OrderingEdge& e : state.edges) write_edge_frame(body, e);
+  body.frame(kFrameEnd, {});
+  auto [raw_bytes, hash] = body.finish();
+  char trailer[kCheckpointTrailerBytes];
+  put_u64(trailer, raw_bytes);
+  put_u64(trailer + 8, hash);
+  file.append({trailer, sizeof trailer});
+  file.sync();
+  info.raw_bytes = raw_bytes;
+  info.file_bytes = sizeof header + body.file_bytes() + sizeof trailer;
+}
+
+}  // namespace
+
 CheckpointFileInfo write_checkpoint(const fs::path& dir, const CheckpointState& state, int zstd_level,
                                     FileSystem& fsys) {
   if (zstd_level < 0 || zstd_level > ZSTD_maxCLevel()) {
@@ -382,66 +480,7 @@ CheckpointFileInfo write_checkpoint(const fs::path& dir, const CheckpointState& 
   const fs::path tmp = info.file.string() + ".tmp";
   try {
     std::unique_ptr<WritableFile> file = fsys.create(tmp);
-    const std::uint32_t compression = zstd_level > 0 ? kCompressionZstd : kCompressionNone;
-    char header[kCheckpointHeaderBytes];
-    std::memcpy(header, kCheckpointMagic, sizeof kCheckpointMagic);
-    put_u32(header + 8, kCheckpointFormatVersion);
-    put_u32(header + 12, compression);
-    file->append({header, sizeof header});
-    std::uint64_t file_bytes = sizeof header;
-
-    BodyWriter body(*file, zstd_level);
-    wire::CheckpointHeader h;
-    h.set_format_version(kCheckpointFormatVersion);
-    h.set_lsn(state.lsn);
-    h.set_page_count(state.pages.size());
-    h.set_edge_count(state.edges.size());
-    h.set_node_count(state.nodes.size());
-    h.set_created_ns(state.created_ns);
-    h.set_compression(compression);
-    h.set_rank(state.rank);
-    h.set_next_sequence(state.next_sequence);
-    h.set_derived_stale(state.derived_stale);
-    body.frame(kFrameHeader, h.SerializeAsString());
-
-    // A page frame is the Page message without its data, followed by the data as field 5 written by hand: the
-    // concatenation is one valid Page message, and the bytes are not copied into a protobuf string first.
-    std::string head;
-    for (const PageImage& img : state.pages) {
-      wire::Page p;
-      p.set_id(img.id.value());
-      p.set_size(img.size);
-      p.set_epoch(img.epoch);
-      p.set_location(static_cast<std::uint32_t>(img.location));
-      if (!img.name.empty()) p.set_name(img.name);
-      head = p.SerializeAsString();
-      head.push_back(static_cast<char>((5 << 3) | 2));  // field 5, length-delimited
-      for (std::uint64_t v = img.size;; v >>= 7) {
-        if (v < 0x80) {
-          head.push_back(static_cast<char>(v));
-          break;
-        }
-        head.push_back(static_cast<char>((v & 0x7f) | 0x80));
-      }
-      body.frame(kFramePage, head, state.bytes(img));
-    }
-    for (const NodeDescription& n : state.nodes) body.frame(kFrameNode, node_to_wire(n).SerializeAsString());
-    for (const OrderingEdge& e : state.edges) {
-      wire::GraphEdge w;
-      w.set_from(e.from.value());
-      w.set_to(e.to.value());
-      w.set_kind(e.kind == EdgeKind::GpuSync ? wire::GraphEdge::GPU_SYNC : wire::GraphEdge::CONTROL);
-      body.frame(kFrameEdge, w.SerializeAsString());
-    }
-    body.frame(kFrameEnd, {});
-    auto [raw_bytes, hash] = body.finish();
-    char trailer[kCheckpointTrailerBytes];
-    put_u64(trailer, raw_bytes);
-    put_u64(trailer + 8, hash);
-    file->append({trailer, sizeof trailer});
-    file->sync();
-    info.raw_bytes = raw_bytes;
-    info.file_bytes = file_bytes + body.file_bytes() + sizeof trailer;
+    write_checkpoint_file(*file, state, zstd_level, info);
     file.reset();
     fsys.rename(tmp, info.file);
   } catch (...) {

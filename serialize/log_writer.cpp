@@ -354,121 +354,149 @@ void LogWriter::gather_locked(std::unique_lock<std::mutex>& lock) {
   gathering_ = false;
 }
 
+// What a sync leader took on: the bytes up to `target` and, under EveryCommit, the batch it writes itself.
+struct LogWriter::LeadSync {
+  bool batched = false;                // EveryCommit: the leader writes leader_bytes_ before the sync
+  std::uint64_t batch_seq = 0;         // EveryCommit: the batch's sequence number
+  std::uint64_t file_size_before = 0;  // EveryCommit: the segment's size without the batch
+  std::uint64_t target = 0;            // written_ when the sync began: what it makes durable
+  WritableFile* file = nullptr;        // the segment cannot change while syncing_ (rolls wait)
+  std::string write_error, sync_error;
+  std::chrono::nanoseconds took{0};  // of the fdatasync
+};
+
 // Becomes the sync leader and publishes what the sync covered. Interval: writes out the buffer under the lock,
 // then fdatasyncs without it (other threads keep appending). EveryCommit: takes the next batch (its records and
 // writers), writes and fdatasyncs it without the lock while later writers form the batch after it.
 void LogWriter::lead_sync_locked(std::unique_lock<std::mutex>& lock) {
-  const bool batched = options_.sync == SyncPolicy::EveryCommit;
-  std::uint64_t batch_seq = 0;
-  std::uint64_t file_size_before = 0;  // EveryCommit: the segment's size without the batch
-  if (batched) {
-    syncing_ = true;  // from here on the segment cannot change and no one else leads
-    gather_locked(lock);
-    if (failed_) {
-      syncing_ = false;
-      synced_cv_.notify_all();
-      wake_collected(lock);
-      throw_failed_locked();
-    }
-    leader_bytes_.clear();
-    leader_bytes_.swap(pending_);
-    batch_seq = take_next_batch_locked(leader_batch_);
-    file_size_before = size_ - pending_.size() - leader_bytes_.size();
+  LeadSync sync;
+  sync.batched = options_.sync == SyncPolicy::EveryCommit;
+  if (sync.batched) {
+    take_batch_locked(lock, sync);
   } else {
     flush_pending_locked();
     syncing_ = true;
   }
-  const std::uint64_t target = written_;
-  // The segment cannot change while syncing_ (rolls wait), so the file stays valid without the lock.
-  WritableFile* const file = file_.get();
+  sync.target = written_;
+  sync.file = file_.get();
   ++stats_.syncs;
   lock.unlock();
-  std::string write_error;
-  if (batched) {
-    try {
-      file->append(leader_bytes_);
-    } catch (const Error& e) {
-      write_error = e.what();
-    }
-  }
-  std::string sync_error;
-  std::chrono::nanoseconds took{0};
-  if (write_error.empty()) {
-    const auto started = std::chrono::steady_clock::now();
-    try {
-      file->sync();
-    } catch (const Error& e) {
-      sync_error = e.what();
-    }
-    took = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started);
-  }
-  // Cuts the batch off the file again (its commits are about to fail); false when even that fails.
-  auto remove_batch = [&] {
-    try {
-      file->truncate(file_size_before);
-      return true;
-    } catch (const Error&) {
-      return false;
-    }
-  };
+  write_and_sync(sync);
   lock.lock();
   syncing_ = false;
-  if (!write_error.empty()) {
-    // Nothing of the batch is durable: remove what reached the file, so its commits fail without a trace and
-    // the writer goes on. When even that fails the file's state is unknown and the writer refuses more.
-    if (remove_batch()) {
-      size_ -= leader_bytes_.size();
-      stats_.records -= leader_batch_.size();
-      stats_.bytes -= leader_bytes_.size();
-      --stats_.syncs;
-      synced_ = std::max(synced_, target);  // resolved: those records are gone, their writers get the error
-      unwithdrawn_ += leader_batch_.size() + next_batch_.size();  // both fail below; append() refuses until then
-      finish_batch_locked(leader_batch_, batch_seq, &write_error);
-      // The log stays a prefix (CommitSink's contract): the records appended behind the failed ones, in the batch
-      // that formed meanwhile, may build on them (a later commit of the same page), so they are dropped too.
-      if (!next_batch_.empty()) {
-        size_ -= pending_.size();
-        stats_.records -= next_batch_.size();
-        stats_.bytes -= pending_.size();
-        pending_.clear();
-        synced_ = written_;
-        std::vector<BatchWaiter*> behind;
-        const std::uint64_t behind_seq = take_next_batch_locked(behind);
-        const std::string dropped =
-            write_error + " (this record was appended after the failed ones and is dropped with them)";
-        finish_batch_locked(behind, behind_seq, &dropped);
-      }
-      synced_cv_.notify_all();
-      hand_on_leadership_locked();
-      wake_collected(lock);
-      return;
-    }
-    fail_locked(write_error);
-    const std::string message = failed_message_locked();
-    finish_batch_locked(leader_batch_, batch_seq, &message);
-    wake_collected(lock);
-    throw_failed_locked();
+  if (!sync.write_error.empty()) {
+    batch_write_failed_locked(lock, sync);
+    return;
   }
-  last_sync_ns_ = static_cast<std::uint64_t>(took.count());
-  if (!sync_error.empty()) {
-    // The batch belongs to write() calls that are about to fail: remove it (best effort; the state of the file is
-    // unknown after a failed fdatasync anyway, which is why the writer stays failed).
-    if (batched) (void)remove_batch();
-    fail_locked(sync_error);
-    if (batched) {
-      const std::string message = failed_message_locked();
-      finish_batch_locked(leader_batch_, batch_seq, &message);
-    }
-    wake_collected(lock);
-    throw_failed_locked();
-  }
-  if (target > synced_) synced_ = target;
+  last_sync_ns_ = static_cast<std::uint64_t>(sync.took.count());
+  if (!sync.sync_error.empty()) sync_failed_locked(lock, sync);
+  if (sync.target > synced_) synced_ = sync.target;
   synced_cv_.notify_all();
-  if (batched) {
-    finish_batch_locked(leader_batch_, batch_seq, nullptr);
+  if (sync.batched) {
+    finish_batch_locked(leader_batch_, sync.batch_seq, nullptr);
     hand_on_leadership_locked();
     wake_collected(lock);
   }
+}
+
+// EveryCommit: gathers the writers of the last batch, then takes the next batch's records and writers as the
+// leader's own. From here on the segment cannot change and no one else leads (syncing_).
+void LogWriter::take_batch_locked(std::unique_lock<std::mutex>& lock, LeadSync& sync) {
+  syncing_ = true;
+  gather_locked(lock);
+  if (failed_) {
+    syncing_ = false;
+    synced_cv_.notify_all();
+    wake_collected(lock);
+    throw_failed_locked();
+  }
+  leader_bytes_.clear();
+  leader_bytes_.swap(pending_);
+  sync.batch_seq = take_next_batch_locked(leader_batch_);
+  sync.file_size_before = size_ - pending_.size() - leader_bytes_.size();
+}
+
+// Without the lock: writes the leader's batch (EveryCommit) and fdatasyncs, recording each failure and the sync's
+// duration. No sync follows a failed write.
+void LogWriter::write_and_sync(LeadSync& sync) {
+  if (sync.batched) {
+    try {
+      sync.file->append(leader_bytes_);
+    } catch (const Error& e) {
+      sync.write_error = e.what();
+      return;
+    }
+  }
+  const auto started = std::chrono::steady_clock::now();
+  try {
+    sync.file->sync();
+  } catch (const Error& e) {
+    sync.sync_error = e.what();
+  }
+  sync.took = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - started);
+}
+
+// Cuts the leader's batch off the file again (its commits are about to fail); false when even that fails.
+bool LogWriter::remove_batch(const LeadSync& sync) {
+  try {
+    sync.file->truncate(sync.file_size_before);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+// The batch's write failed, so nothing of it is durable: removes what reached the file, so its commits fail
+// without a trace and the writer goes on. When even that fails the file's state is unknown and the writer refuses
+// more (and this throws).
+void LogWriter::batch_write_failed_locked(std::unique_lock<std::mutex>& lock, const LeadSync& sync) {
+  if (!remove_batch(sync)) {
+    fail_locked(sync.write_error);
+    const std::string message = failed_message_locked();
+    finish_batch_locked(leader_batch_, sync.batch_seq, &message);
+    wake_collected(lock);
+    throw_failed_locked();
+  }
+  size_ -= leader_bytes_.size();
+  stats_.records -= leader_batch_.size();
+  stats_.bytes -= leader_bytes_.size();
+  --stats_.syncs;
+  synced_ = std::max(synced_, sync.target);  // resolved: those records are gone, their writers get the error
+  unwithdrawn_ += leader_batch_.size() + next_batch_.size();  // both fail below; append() refuses until then
+  finish_batch_locked(leader_batch_, sync.batch_seq, &sync.write_error);
+  // The log stays a prefix (CommitSink's contract): the records appended behind the failed ones, in the batch
+  // that formed meanwhile, may build on them (a later commit of the same page), so they are dropped too.
+  drop_next_batch_locked(sync.write_error);
+  synced_cv_.notify_all();
+  hand_on_leadership_locked();
+  wake_collected(lock);
+}
+
+// Fails the batch that formed behind a failed one; its records never reached the file.
+void LogWriter::drop_next_batch_locked(const std::string& why) {
+  if (next_batch_.empty()) return;
+  size_ -= pending_.size();
+  stats_.records -= next_batch_.size();
+  stats_.bytes -= pending_.size();
+  pending_.clear();
+  synced_ = written_;
+  std::vector<BatchWaiter*> behind;
+  const std::uint64_t behind_seq = take_next_batch_locked(behind);
+  const std::string dropped = why + " (this record was appended after the failed ones and is dropped with them)";
+  finish_batch_locked(behind, behind_seq, &dropped);
+}
+
+// The fdatasync failed: the batch belongs to write() calls that are about to fail, so it is removed (best effort;
+// the state of the file is unknown after a failed fdatasync anyway, which is why the writer stays failed).
+void LogWriter::sync_failed_locked(std::unique_lock<std::mutex>& lock, const LeadSync& sync) {
+  if (sync.batched) (void)remove_batch(sync);
+  fail_locked(sync.sync_error);
+  if (sync.batched) {
+    const std::string message = failed_message_locked();
+    finish_batch_locked(leader_batch_, sync.batch_seq, &message);
+  }
+  wake_collected(lock);
+  throw_failed_locked();
 }
 
 // EveryCommit: the batch that formed during a sync needs a leader; wakes its first writer (it leads unless

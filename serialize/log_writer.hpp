@@ -135,7 +135,14 @@ class LogWriter : public CommitSink {
   void prepare_segment_locked(std::unique_lock<std::mutex>& lock, std::uint64_t lsn, std::uint64_t frame_bytes);
   void flush_pending_locked();
   void wait_durable_locked(std::unique_lock<std::mutex>& lock, std::uint64_t ticket);
+  struct LeadSync;  // what one sync leader took on (log_writer.cpp)
   void lead_sync_locked(std::unique_lock<std::mutex>& lock);
+  void take_batch_locked(std::unique_lock<std::mutex>& lock, LeadSync& sync);
+  void write_and_sync(LeadSync& sync);
+  bool remove_batch(const LeadSync& sync);
+  void batch_write_failed_locked(std::unique_lock<std::mutex>& lock, const LeadSync& sync);
+  void drop_next_batch_locked(const std::string& why);
+  [[noreturn]] void sync_failed_locked(std::unique_lock<std::mutex>& lock, const LeadSync& sync);
   void gather_locked(std::unique_lock<std::mutex>& lock);
   std::uint64_t take_next_batch_locked(std::vector<BatchWaiter*>& into);
   void finish_batch_locked(std::vector<BatchWaiter*>& batch, std::uint64_t seq, const std::string* error);

@@ -122,6 +122,77 @@ std::uint64_t crash_seed() {
   return kDefaultSeed;
 }
 
+// One run of the bank example on `dir`, killed after a random delay.
+struct BankRun {
+  std::string sync;  // the --sync policy
+  bool compacting = false;
+  std::chrono::milliseconds delay{0};
+
+  std::vector<std::string> args(const fs::path& dir, std::uint64_t seed) const {
+    std::vector<std::string> a = {MMSB_BANK_BINARY,
+                                  "--log",
+                                  dir.string(),
+                                  "--accounts",
+                                  std::to_string(kAccounts),
+                                  "--transfers",
+                                  "100000000",
+                                  "--threads",
+                                  "4",
+                                  "--sync",
+                                  sync,
+                                  "--seed",
+                                  std::to_string(seed)};
+    if (compacting) {
+      for (const char* extra : {"--segment-bytes", "8192", "--checkpoint-every", "700"}) a.emplace_back(extra);
+    }
+    return a;
+  }
+};
+
+// Reopens `dir` with the bank example (no transfers): it must recover, hold all the money, and recover at least
+// the highest LSN the killed run reported durable.
+void expect_bank_recovers(const fs::path& dir, const fs::path& err_file, const std::vector<std::int64_t>& committed) {
+  Outcome recovered = run_process(
+      {MMSB_BANK_BINARY, "--log", dir.string(), "--accounts", std::to_string(kAccounts), "--transfers", "0"}, err_file,
+      std::nullopt);
+  ASSERT_TRUE(recovered.exited) << "recovery was killed by signal " << recovered.code;
+  ASSERT_EQ(recovered.code, 0) << "recovery failed:\n" << recovered.err << "\nstdout:\n" << recovered.out;
+  const std::vector<std::int64_t> totals = values_of(recovered.out, "total");
+  ASSERT_EQ(totals.size(), 1u) << recovered.out;
+  EXPECT_EQ(totals[0], static_cast<std::int64_t>(kAccounts) * 1000);
+  const std::vector<std::int64_t> recovered_lsn = values_of(recovered.out, "recovered");
+  ASSERT_EQ(recovered_lsn.size(), 1u) << recovered.out;
+  if (!committed.empty()) {
+    EXPECT_GE(recovered_lsn[0], *std::max_element(committed.begin(), committed.end()));
+  }
+}
+
+// Every LSN the killed process reported durable is covered by the checkpoint or in the log; no LSN appears twice
+// in the log, no older checkpoint and no torn tail is left behind.
+void expect_log_holds(const fs::path& dir, const std::vector<std::int64_t>& committed) {
+  const mmsb::DirectorySummary summary = mmsb::inspect(dir);
+  const std::uint64_t checkpoint_lsn = summary.checkpoints.empty() ? 0 : summary.checkpoints.back().lsn;
+  EXPECT_LE(summary.checkpoints.size(), 1u) << "an older checkpoint was left behind";
+  std::set<std::uint64_t> logged;
+  LogReader reader(dir);
+  for (DecodedCommit c; reader.next(c);) {
+    EXPECT_TRUE(logged.insert(c.lsn).second) << "LSN " << c.lsn << " is in the log twice";
+  }
+  EXPECT_EQ(reader.report().truncated_bytes, 0u) << "the recovery run left a torn tail";
+  std::vector<std::int64_t> missing;
+  for (std::int64_t lsn : committed) {
+    if (static_cast<std::uint64_t>(lsn) > checkpoint_lsn && !logged.count(static_cast<std::uint64_t>(lsn))) {
+      missing.push_back(lsn);
+    }
+  }
+  if (!missing.empty()) {
+    ADD_FAILURE() << missing.size() << " of " << committed.size()
+                  << " commits the killed process reported durable are neither in the checkpoint (LSN "
+                  << checkpoint_lsn << ") nor in the log, the first LSN " << missing.front() << " (the log is kept in "
+                  << dir << ")";
+  }
+}
+
 TEST(BankCrash, KillNineAtRandomMomentsLosesNoReportedCommitAndConservesMoney) {
   const std::uint64_t seed = crash_seed();
   SCOPED_TRACE("crash test seed " + std::to_string(seed) + " (rerun with MMSB_CRASH_SEED=" + std::to_string(seed) +
@@ -142,35 +213,19 @@ TEST(BankCrash, KillNineAtRandomMomentsLosesNoReportedCommitAndConservesMoney) {
   for (int i = 0; i < kIterations; ++i) {
     // Stay well inside the ctest timeout on a slow or loaded machine.
     if (Clock::now() - test_start > std::chrono::seconds(45)) break;
-    if (i % kIterationsPerLog == 0) {
-      dir = root / ("log-" + std::to_string(i));
-    }
-    const auto delay = std::chrono::milliseconds(5 + static_cast<int>(rng() % 196));
+    if (i % kIterationsPerLog == 0) dir = root / ("log-" + std::to_string(i));
     static const char* const kSync[] = {"every-commit", "every-commit", "none", "interval"};
-    const std::string sync = kSync[i % 4];
+    BankRun run;
+    run.delay = std::chrono::milliseconds(5 + static_cast<int>(rng() % 196));
+    run.sync = kSync[i % 4];
     // Every other log uses small segments and frequent checkpoints, so kills also land while a segment is
     // switched, a checkpoint is written, or covered segments are deleted.
-    const bool compacting = (i / kIterationsPerLog) % 2 == 1;
-    SCOPED_TRACE("iteration " + std::to_string(i) + ", log " + dir.string() + ", --sync " + sync + ", kill after " +
-                 std::to_string(delay.count()) + " ms" + (compacting ? ", small segments and checkpoints" : ""));
+    run.compacting = (i / kIterationsPerLog) % 2 == 1;
+    SCOPED_TRACE("iteration " + std::to_string(i) + ", log " + dir.string() + ", --sync " + run.sync + ", kill after " +
+                 std::to_string(run.delay.count()) + " ms" +
+                 (run.compacting ? ", small segments and checkpoints" : ""));
 
-    std::vector<std::string> args = {MMSB_BANK_BINARY,
-                                     "--log",
-                                     dir.string(),
-                                     "--accounts",
-                                     std::to_string(kAccounts),
-                                     "--transfers",
-                                     "100000000",
-                                     "--threads",
-                                     "4",
-                                     "--sync",
-                                     sync,
-                                     "--seed",
-                                     std::to_string(rng())};
-    if (compacting) {
-      for (const char* a : {"--segment-bytes", "8192", "--checkpoint-every", "700"}) args.emplace_back(a);
-    }
-    Outcome crashed = run_process(args, err_file, delay);
+    Outcome crashed = run_process(run.args(dir, rng()), err_file, run.delay);
     if (!crashed.exited) {
       ++killed_runs;
       EXPECT_EQ(crashed.code, SIGKILL);
@@ -179,44 +234,9 @@ TEST(BankCrash, KillNineAtRandomMomentsLosesNoReportedCommitAndConservesMoney) {
     }
     const std::vector<std::int64_t> committed = values_of(crashed.out, "committed");
     reported += committed.size();
-
-    Outcome recovered = run_process(
-        {MMSB_BANK_BINARY, "--log", dir.string(), "--accounts", std::to_string(kAccounts), "--transfers", "0"},
-        err_file, std::nullopt);
-    ASSERT_TRUE(recovered.exited) << "recovery was killed by signal " << recovered.code;
-    ASSERT_EQ(recovered.code, 0) << "recovery failed:\n" << recovered.err << "\nstdout:\n" << recovered.out;
-    const std::vector<std::int64_t> totals = values_of(recovered.out, "total");
-    ASSERT_EQ(totals.size(), 1u) << recovered.out;
-    EXPECT_EQ(totals[0], static_cast<std::int64_t>(kAccounts) * 1000);
-    const std::vector<std::int64_t> recovered_lsn = values_of(recovered.out, "recovered");
-    ASSERT_EQ(recovered_lsn.size(), 1u) << recovered.out;
-    if (!committed.empty()) {
-      EXPECT_GE(recovered_lsn[0], *std::max_element(committed.begin(), committed.end()));
-    }
-
-    // Every LSN the killed process reported durable is covered by the checkpoint or in the log; no LSN appears
-    // twice in the log.
-    const mmsb::DirectorySummary summary = mmsb::inspect(dir);
-    const std::uint64_t checkpoint_lsn = summary.checkpoints.empty() ? 0 : summary.checkpoints.back().lsn;
-    EXPECT_LE(summary.checkpoints.size(), 1u) << "an older checkpoint was left behind";
-    std::set<std::uint64_t> logged;
-    LogReader reader(dir);
-    for (DecodedCommit c; reader.next(c);) {
-      EXPECT_TRUE(logged.insert(c.lsn).second) << "LSN " << c.lsn << " is in the log twice";
-    }
-    EXPECT_EQ(reader.report().truncated_bytes, 0u) << "the recovery run left a torn tail";
-    std::vector<std::int64_t> missing;
-    for (std::int64_t lsn : committed) {
-      if (static_cast<std::uint64_t>(lsn) > checkpoint_lsn && !logged.count(static_cast<std::uint64_t>(lsn))) {
-        missing.push_back(lsn);
-      }
-    }
-    if (!missing.empty()) {
-      ADD_FAILURE() << missing.size() << " of " << committed.size()
-                    << " commits the killed process reported durable are neither in the checkpoint (LSN "
-                    << checkpoint_lsn << ") nor in the log, the first LSN " << missing.front()
-                    << " (the log is kept in " << dir << ")";
-    }
+    expect_bank_recovers(dir, err_file, committed);
+    if (::testing::Test::HasFatalFailure()) return;
+    expect_log_holds(dir, committed);
     ++iterations;
     if (::testing::Test::HasFailure()) break;
   }

@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <mutex>
 #include <random>
 #include <string>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "mmsb/durable.hpp"
+#include "serialize/log.hpp"
 #include "support/fault_file_system.hpp"
 #include "support/temp_dir.hpp"
 #include "support/test_support.hpp"
@@ -241,6 +244,22 @@ struct Committers {
   }
 };
 
+// After a crash of the Committers' run (fsys->crash() called): loses what was not synced the way `loss` says,
+// reopens `dir`, and expects each thread's page to hold that thread's last acknowledged value.
+void expect_reopens_with_acknowledged(const fs::path& dir, const std::shared_ptr<FaultFileSystem>& fsys,
+                                      FaultFileSystem::Loss loss, std::uint64_t seed,
+                                      const std::vector<std::int64_t>& acknowledged) {
+  std::mt19937_64 rng(seed);
+  fsys->lose_unsynced(loss, rng);
+  fsys->restart();
+  DurableRuntime db(dir, every_commit(fsys));
+  for (int t = 0; t < Committers::kThreads; ++t) {
+    EXPECT_EQ(db.runtime().read_value<std::int64_t>(PageId::make(0, static_cast<std::uint64_t>(t) + 1), 0),
+              acknowledged[static_cast<std::size_t>(t)])
+        << "thread " << t;
+  }
+}
+
 // The disk fills up while commits run in groups: every commit of an affected batch fails with ENOSPC named in its
 // error, none of them becomes visible, and once space returns the writer goes on and the directory opens (after a
 // crash that loses everything unsynced) with every acknowledged commit.
@@ -266,15 +285,7 @@ TEST(Faults, DiskFullDuringGroupCommitFailsOnlyAffectedCommitsAndRecoversEveryAc
     acknowledged = c.acknowledged;
     fsys->crash();
   }
-  std::mt19937_64 rng(3);
-  fsys->lose_unsynced(FaultFileSystem::Loss::Garble, rng);
-  fsys->restart();
-  DurableRuntime db(dir.path(), every_commit(fsys));
-  for (int t = 0; t < Committers::kThreads; ++t) {
-    EXPECT_EQ(db.runtime().read_value<std::int64_t>(PageId::make(0, static_cast<std::uint64_t>(t) + 1), 0),
-              acknowledged[static_cast<std::size_t>(t)])
-        << "thread " << t;
-  }
+  expect_reopens_with_acknowledged(dir.path(), fsys, FaultFileSystem::Loss::Garble, 3, acknowledged);
 }
 
 // EIO from fdatasync during group commit: every commit waiting on that sync fails, none is visible, the writer
@@ -299,15 +310,7 @@ TEST(Faults, EioOnFdatasyncDuringGroupCommitLosesNoAcknowledgedCommit) {
       acknowledged = c.acknowledged;
       fsys->crash();
     }
-    std::mt19937_64 rng(4);
-    fsys->lose_unsynced(loss, rng);
-    fsys->restart();
-    DurableRuntime db(dir.path(), every_commit(fsys));
-    for (int t = 0; t < Committers::kThreads; ++t) {
-      EXPECT_EQ(db.runtime().read_value<std::int64_t>(PageId::make(0, static_cast<std::uint64_t>(t) + 1), 0),
-                acknowledged[static_cast<std::size_t>(t)])
-          << "thread " << t;
-    }
+    expect_reopens_with_acknowledged(dir.path(), fsys, loss, 4, acknowledged);
   }
 }
 
@@ -345,6 +348,58 @@ TEST(Faults, DiskFullWhileRollingToANewSegmentKeepsTheLogRecoverable) {
     DurableRuntime db(dir.path(), o);
     EXPECT_EQ(state_hash(db.runtime()), live);
   }
+}
+
+// Every regular file of `dir` (not the side folders) with its bytes.
+std::map<std::string, std::string> log_files(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.is_regular_file() && e.path().filename() != "LOCK") {
+      files[e.path().filename().string()] = testing::read_file(e.path());
+    }
+  }
+  return files;
+}
+
+// repair() copies what it will drop into a side folder before it changes anything: when that copy cannot be made
+// (ENOSPC or EIO on any of its steps), repair fails and the log is byte for byte what it was, damage included.
+TEST(Faults, RepairThatCannotWriteItsSideFolderChangesNothing) {
+  TempDir dir;
+  {
+    DurableRuntime db(dir.path(), every_commit());
+    for (int i = 0; i < 6; ++i) commit_i64(db.runtime(), db.runtime().create_page(8), 100 + i);
+  }
+  // Damage the middle of the 4th record's body: corruption, not a torn tail, so the default mode refuses.
+  fs::path segment;
+  for (const auto& e : fs::directory_iterator(dir.path()))
+    if (e.path().filename().string().rfind("log-", 0) == 0) segment = e.path();
+  std::string data = testing::read_file(segment);
+  std::uint64_t pos = serialize::kSegmentHeaderBytes;
+  for (int i = 0; i < 3; ++i) pos = serialize::frame_at(data, pos).end;
+  data[pos + serialize::kRecordHeaderBytes + serialize::frame_at(data, pos).body.size() / 2] ^= 0x10;
+  std::ofstream(segment, std::ios::binary | std::ios::trunc) << data;
+  const std::map<std::string, std::string> before = log_files(dir.path());
+
+  auto fsys = std::make_shared<FaultFileSystem>();
+  RepairOptions options;
+  options.file_system = fsys;
+  const FaultFileSystem::Fault faults[] = {{Op::Create, 0, 1, ENOSPC, false, "aside-"},
+                                           {Op::Append, 0, 1, ENOSPC, true, "aside-"},
+                                           {Op::Sync, 0, 1, EIO, false, "aside-"},
+                                           {Op::Rename, 0, 1, EIO, false, "aside-"}};
+  for (const FaultFileSystem::Fault& fault : faults) {
+    SCOPED_TRACE("fault on op " + std::to_string(static_cast<int>(fault.op)));
+    {
+      Faults armed(*fsys, fault);
+      EXPECT_EQ(error_code_of([&] { repair(dir.path(), options); }), ErrorCode::IoError);
+    }
+    EXPECT_EQ(log_files(dir.path()), before) << "repair changed the log although its side folder was not written";
+    EXPECT_FALSE(verify(dir.path()).ok);
+  }
+  const RepairReport repaired = repair(dir.path(), options);  // the disk works again
+  EXPECT_EQ(repaired.records_dropped, 1u);
+  EXPECT_EQ(testing::read_file(repaired.set_aside / segment.filename()), before.at(segment.filename().string()));
+  EXPECT_TRUE(verify(dir.path()).ok);
 }
 
 }  // namespace

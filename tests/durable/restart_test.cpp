@@ -263,88 +263,121 @@ struct CaseResult {
 // The durable run: set up and checkpoint, commit until a crash at a random I/O call (or the end), lose what was
 // not synced, reopen, compare, run the rest, compare. Nodes given as functions are derived again either in
 // DurableOptions::rebind (before the log is replayed) or after opening, followed by recompute().
-CaseResult run_case(const Program& p, const std::vector<std::uint64_t>& expected, const fs::path& dir) {
-  std::mt19937_64 rng(p.seed * 7919 + 1);
-  auto fsys = std::make_shared<FaultFileSystem>(posix_file_system(), /*real_syncs=*/false);
-  std::vector<PageId> ids;
-  for (std::size_t i = 0; i < p.pages.size(); ++i) ids.push_back(PageId::make(0, i + 1));
-  std::unique_ptr<GpuMirror> gpu;  // destroyed before the DurableRuntime it is attached to
-  DurableOptions o;
-  o.file_system = fsys;
-  o.registry = registry();
-  o.propagation.mode = p.mode;
-  o.segment_bytes = 256 + rng() % 2048;
-  const SyncPolicy policies[] = {SyncPolicy::EveryCommit, SyncPolicy::None, SyncPolicy::Interval};
-  o.sync = policies[rng() % 3];
-  o.sync_interval = std::chrono::milliseconds(1);
-  const bool rebind = rng() % 2 == 0;
-  if (rebind) {
-    o.rebind = [&](DurableRuntime& db) {
-      if (p.device) gpu = std::make_unique<GpuMirror>(db.runtime(), db.propagator(), cpu_fallback());
-      p.derive(db.propagator(), gpu.get(), ids, /*unbound_only=*/true);
-    };
+class RestartCase {
+ public:
+  RestartCase(const Program& p, const fs::path& dir)
+      : p_(p),
+        dir_(dir),
+        rng_(p.seed * 7919 + 1),
+        fsys_(std::make_shared<FaultFileSystem>(posix_file_system(), /*real_syncs=*/false)) {
+    for (std::size_t i = 0; i < p.pages.size(); ++i) ids_.push_back(PageId::make(0, i + 1));
+    options_.file_system = fsys_;
+    options_.registry = registry();
+    options_.propagation.mode = p.mode;
+    options_.segment_bytes = 256 + rng_() % 2048;
+    const SyncPolicy policies[] = {SyncPolicy::EveryCommit, SyncPolicy::None, SyncPolicy::Interval};
+    options_.sync = policies[rng_() % 3];
+    options_.sync_interval = std::chrono::milliseconds(1);
+    rebind_ = rng_() % 2 == 0;
+    if (rebind_) {
+      options_.rebind = [this](DurableRuntime& db) {
+        attach_gpu(db);
+        p_.derive(db.propagator(), gpu_.get(), ids_, /*unbound_only=*/true);
+      };
+    }
   }
-  CaseResult result;
-  std::uint64_t first_commit_lsn = 0;
-  std::size_t acknowledged = 0;  // commits that returned (durable under EveryCommit)
-  {
-    DurableRuntime db(dir, o);
-    if (p.device) gpu = std::make_unique<GpuMirror>(db.runtime(), db.propagator(), cpu_fallback());
-    p.create_pages(db.runtime());
-    p.derive(db.propagator(), gpu.get(), ids, false);
+
+  CaseResult run(const std::vector<std::uint64_t>& expected) {
+    CaseResult result;
+    set_up_and_crash(result);
+    if (result.refused) return result;
+    const FaultFileSystem::Loss losses[] = {FaultFileSystem::Loss::Drop, FaultFileSystem::Loss::KeepPrefix,
+                                            FaultFileSystem::Loss::Garble};
+    fsys_->lose_unsynced(losses[rng_() % 3], rng_);
+    fsys_->restart();
+    result.resumed_at = reopen_and_finish(expected);
+    return result;
+  }
+
+ private:
+  void attach_gpu(DurableRuntime& db) {
+    if (p_.device) gpu_ = std::make_unique<GpuMirror>(db.runtime(), db.propagator(), cpu_fallback());
+  }
+
+  // Builds the graph, checkpoints it, and commits (checkpointing once more at a random commit) until the file
+  // system crashes at a random call or the commits run out. A setup checkpoint refused is a result too.
+  void set_up_and_crash(CaseResult& result) {
+    DurableRuntime db(dir_, options_);
+    attach_gpu(db);
+    p_.create_pages(db.runtime());
+    p_.derive(db.propagator(), gpu_.get(), ids_, false);
     db.propagator().recompute_all();
     try {
       db.checkpoint();
     } catch (const Error& e) {
       // Without rebind, a history node reading a node given as a function cannot restart exactly.
-      EXPECT_FALSE(rebind) << e.what();
+      EXPECT_FALSE(rebind_) << e.what();
       EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
-      gpu.reset();
+      gpu_.reset();
       result.refused = true;
-      return result;
+      return;
     }
-    first_commit_lsn = db.runtime().last_lsn() + 1;
-    const std::size_t checkpoint_at = rng() % (p.commits.size() + 1);
-    fsys->crash_at_call(1 + rng() % (4 * p.commits.size()));
+    first_commit_lsn_ = db.runtime().last_lsn() + 1;
+    const std::size_t checkpoint_at = rng_() % (p_.commits.size() + 1);
+    fsys_->crash_at_call(1 + rng_() % (4 * p_.commits.size()));
     try {
-      for (std::size_t c = 0; c < p.commits.size(); ++c) {
+      for (std::size_t c = 0; c < p_.commits.size(); ++c) {
         if (c == checkpoint_at) db.checkpoint();
-        p.commit(db.runtime(), db.propagator(), ids, c);
-        acknowledged = c + 1;
+        p_.commit(db.runtime(), db.propagator(), ids_, c);
+        acknowledged_ = c + 1;
       }
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::IoError) << e.what();
       result.crashed = true;
     }
-    fsys->crash();  // the process dies here: nothing more reaches the disk
-    gpu.reset();
+    fsys_->crash();  // the process dies here: nothing more reaches the disk
+    gpu_.reset();    // before the DurableRuntime it is attached to
   }
-  const FaultFileSystem::Loss losses[] = {FaultFileSystem::Loss::Drop, FaultFileSystem::Loss::KeepPrefix,
-                                          FaultFileSystem::Loss::Garble};
-  fsys->lose_unsynced(losses[rng() % 3], rng);
-  fsys->restart();
 
-  {
-    DurableRuntime db(dir, o);
+  // Reopens after the crash: the state must equal the uninterrupted run's after the commits recovered (every
+  // acknowledged one under EveryCommit), and after the remaining commits its final state. Returns the commits
+  // recovered.
+  std::size_t reopen_and_finish(const std::vector<std::uint64_t>& expected) {
+    DurableRuntime db(dir_, options_);
     const std::uint64_t last = db.recovery().last_lsn;
-    const std::size_t recovered = last >= first_commit_lsn ? static_cast<std::size_t>(last - first_commit_lsn + 1) : 0;
-    EXPECT_LE(recovered, p.commits.size());
-    if (o.sync == SyncPolicy::EveryCommit) {
-      EXPECT_GE(recovered, acknowledged) << "an acknowledged commit was lost";
+    const std::size_t recovered =
+        last >= first_commit_lsn_ ? static_cast<std::size_t>(last - first_commit_lsn_ + 1) : 0;
+    EXPECT_LE(recovered, p_.commits.size());
+    if (options_.sync == SyncPolicy::EveryCommit) {
+      EXPECT_GE(recovered, acknowledged_) << "an acknowledged commit was lost";
     }
-    result.resumed_at = recovered;
-    if (rebind) {
+    if (rebind_) {
       EXPECT_TRUE(db.recovery().unbound_nodes.empty());
     } else {
-      if (p.device) gpu = std::make_unique<GpuMirror>(db.runtime(), db.propagator(), cpu_fallback());
-      p.derive(db.propagator(), gpu.get(), ids, /*unbound_only=*/true, /*recompute=*/true);
+      attach_gpu(db);
+      p_.derive(db.propagator(), gpu_.get(), ids_, /*unbound_only=*/true, /*recompute=*/true);
     }
     EXPECT_EQ(state_hash(db.runtime()), expected[recovered]) << "after reopening at commit " << recovered;
-    for (std::size_t c = recovered; c < p.commits.size(); ++c) p.commit(db.runtime(), db.propagator(), ids, c);
+    for (std::size_t c = recovered; c < p_.commits.size(); ++c) p_.commit(db.runtime(), db.propagator(), ids_, c);
     EXPECT_EQ(state_hash(db.runtime()), expected.back()) << "at the end";
-    gpu.reset();
+    gpu_.reset();
+    return recovered;
   }
-  return result;
+
+  const Program& p_;
+  const fs::path dir_;
+  std::mt19937_64 rng_;
+  std::shared_ptr<FaultFileSystem> fsys_;
+  std::vector<PageId> ids_;
+  DurableOptions options_;
+  bool rebind_ = false;
+  std::unique_ptr<GpuMirror> gpu_;  // destroyed before the DurableRuntime it is attached to
+  std::uint64_t first_commit_lsn_ = 0;
+  std::size_t acknowledged_ = 0;  // commits that returned (durable under EveryCommit)
+};
+
+CaseResult run_case(const Program& p, const std::vector<std::uint64_t>& expected, const fs::path& dir) {
+  return RestartCase(p, dir).run(expected);
 }
 
 std::size_t case_count() {

@@ -46,26 +46,40 @@ struct TempDir : mmsb::testing::TempDir {
   TempDir() : mmsb::testing::TempDir("mmsb-txn-bench") {}
 };
 
+// 8-byte counters on 64 pages of commits_per_s_1t's size: step i increments counter i (all of them in turn), so
+// the total after the run must equal the number of steps.
+struct Counters {
+  Runtime rt;
+  std::vector<PageId> pages;
+  std::uint64_t steps = 0;
+
+  Counters() {
+    for (int i = 0; i < 64; ++i) pages.push_back(rt.create_page(kPage));
+  }
+  PageId page() const { return pages[steps % pages.size()]; }
+  std::uint64_t offset() const { return (steps * 8) % kPage; }
+  void check_no_increment_lost(const std::string& key) const {
+    std::uint64_t total = 0;
+    for (PageId p : pages)
+      for (std::size_t o = 0; o < kPage; o += 8) total += rt.read_value<std::uint64_t>(p, o);
+    if (total != steps) check_failed(key + ": increments were lost");
+  }
+};
+
 Register rmw_1t("txn_rmw_per_s_1t",
                 "read-modify-write transactions per second, one thread, in memory (tracked read + write + validated "
                 "commit via Runtime::transact)",
                 [] {
-                  Runtime rt;
-                  std::vector<PageId> pages;
-                  for (int i = 0; i < 64; ++i) pages.push_back(rt.create_page(kPage));
-                  std::uint64_t i = 0;
+                  Counters c;
                   const double ns = ns_per_op([&] {
-                    const PageId page = pages[i % pages.size()];
-                    const std::uint64_t offset = (i * 8) % kPage;
-                    rt.transact([&](Transaction& txn) {
+                    const PageId page = c.page();
+                    const std::uint64_t offset = c.offset();
+                    c.rt.transact([&](Transaction& txn) {
                       txn.write_value<std::uint64_t>(page, offset, txn.read_value<std::uint64_t>(page, offset) + 1);
                     });
-                    ++i;
+                    ++c.steps;
                   });
-                  std::uint64_t total = 0;
-                  for (PageId p : pages)
-                    for (std::size_t o = 0; o < kPage; o += 8) total += rt.read_value<std::uint64_t>(p, o);
-                  if (total != i) check_failed("txn_rmw_per_s_1t: increments were lost");
+                  c.check_no_increment_lost("txn_rmw_per_s_1t");
                   return 1e9 / ns;
                 });
 
@@ -76,35 +90,25 @@ Register overhead("txn_conflict_overhead_ratio",
                   "ns of a tracked, validated read-modify-write commit / ns of the same read (untracked) + blind "
                   "write commit, batches alternated in one process (target <= 1.25)",
                   [] {
-                    Runtime rt;
-                    std::vector<PageId> pages;
-                    for (int i = 0; i < 64; ++i) pages.push_back(rt.create_page(kPage));
-                    std::uint64_t i = 0;
-                    auto blind = [&] {
-                      const PageId page = pages[i % pages.size()];
-                      const std::uint64_t offset = (i * 8) % kPage;
-                      auto txn = rt.begin();
-                      txn.write_value<std::uint64_t>(page, offset, rt.read_value<std::uint64_t>(page, offset) + 1);
+                    Counters c;
+                    // The same increment either way: the same bytes written to the same pages, the value read
+                    // through the transaction (recorded, validated at commit) or outside it (a blind write).
+                    auto increment = [&](bool tracked) {
+                      const PageId page = c.page();
+                      const std::uint64_t offset = c.offset();
+                      auto txn = c.rt.begin();
+                      const auto v = tracked ? txn.read_value<std::uint64_t>(page, offset)
+                                             : c.rt.read_value<std::uint64_t>(page, offset);
+                      txn.write_value<std::uint64_t>(page, offset, v + 1);
                       txn.commit();
-                      ++i;
-                    };
-                    auto tracked = [&] {
-                      const PageId page = pages[i % pages.size()];
-                      const std::uint64_t offset = (i * 8) % kPage;
-                      auto txn = rt.begin();
-                      txn.write_value<std::uint64_t>(page, offset, txn.read_value<std::uint64_t>(page, offset) + 1);
-                      txn.commit();
-                      ++i;
+                      ++c.steps;
                     };
                     double blind_ns = 0, tracked_ns = 0;
                     for (int round = 0; round < 5; ++round) {
-                      blind_ns += ns_per_op(blind, std::chrono::milliseconds(20));
-                      tracked_ns += ns_per_op(tracked, std::chrono::milliseconds(20));
+                      blind_ns += ns_per_op([&] { increment(false); }, std::chrono::milliseconds(20));
+                      tracked_ns += ns_per_op([&] { increment(true); }, std::chrono::milliseconds(20));
                     }
-                    std::uint64_t total = 0;
-                    for (PageId p : pages)
-                      for (std::size_t o = 0; o < kPage; o += 8) total += rt.read_value<std::uint64_t>(p, o);
-                    if (total != i) check_failed("txn_conflict_overhead_ratio: increments were lost");
+                    c.check_no_increment_lost("txn_conflict_overhead_ratio");
                     return tracked_ns / blind_ns;
                   });
 

@@ -264,25 +264,7 @@ TEST(DurableRuntime, ConcurrentCommitsDuringCheckpointsLoseNothing) {
         while (!stop.load()) {
           PageId from = accounts[rng() % kAccounts], to = accounts[rng() % kAccounts];
           if (from == to) continue;
-          std::int64_t fb = 0, tb = 0;
-          std::uint64_t fe = 0, te = 0;
-          {
-            ReadView view = rt.read_view(std::vector<PageId>{from, to});
-            fb = view.value<std::int64_t>(from, 0);
-            tb = view.value<std::int64_t>(to, 0);
-            fe = view.info(from).epoch;
-            te = view.info(to).epoch;
-          }
-          auto txn = rt.begin();
-          txn.expect_epoch(from, fe);
-          txn.expect_epoch(to, te);
-          txn.write_value<std::int64_t>(from, 0, fb - 1);
-          txn.write_value<std::int64_t>(to, 0, tb + 1);
-          try {
-            txn.commit();
-          } catch (const Error& e) {
-            if (e.code() != ErrorCode::Conflict) throw;
-          }
+          testing::try_transfer(rt, from, to, 1);  // a Conflict: the next transfer is drawn anew
         }
       });
     }

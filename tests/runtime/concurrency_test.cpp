@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "mmsb/mmsb.hpp"
+#include "support/test_support.hpp"
 
 namespace mmsb {
 namespace {
@@ -19,31 +20,8 @@ constexpr std::int64_t kInitialBalance = 1000;
 // again until it commits. Counts the commit and the Conflicts retried; any other error fails the test.
 void transfer_with_expected_epochs(Runtime& rt, PageId from, PageId to, std::int64_t amount,
                                    std::atomic<std::int64_t>& commits, std::atomic<std::int64_t>& retries) {
-  for (;;) {
-    PageId pair[] = {from, to};
-    std::int64_t a = 0, b = 0;
-    std::uint64_t ea = 0, eb = 0;
-    {
-      ReadView view = rt.read_view(pair);  // consistent pair; its locks drop at the end of this block
-      a = view.value<std::int64_t>(from, 0);
-      b = view.value<std::int64_t>(to, 0);
-      ea = view.info(from).epoch;
-      eb = view.info(to).epoch;
-    }
-    auto txn = rt.begin();
-    txn.expect_epoch(from, ea);
-    txn.expect_epoch(to, eb);
-    txn.write_value<std::int64_t>(from, 0, a - amount);
-    txn.write_value<std::int64_t>(to, 0, b + amount);
-    try {
-      txn.commit();
-      commits.fetch_add(1);
-      return;
-    } catch (const Error& e) {
-      ASSERT_EQ(e.code(), ErrorCode::Conflict) << e.what();
-      retries.fetch_add(1);
-    }
-  }
+  while (!testing::try_transfer(rt, from, to, amount)) retries.fetch_add(1);
+  commits.fetch_add(1);
 }
 
 TEST(Concurrency, ReadersNeverSeeATornMultiPageCommit) {

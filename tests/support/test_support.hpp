@@ -38,6 +38,34 @@ inline void commit_u64(Runtime& rt, PageId page, std::uint64_t offset, std::uint
 
 inline void commit_i64(Runtime& rt, PageId page, std::int64_t value) { commit_value<std::int64_t>(rt, page, 0, value); }
 
+// Moves `amount` between two int64 balances (offset 0) in one transaction that expects the epochs of one consistent
+// read of both: true when it committed, false on a Conflict (a commit moved a page since the read); other errors
+// propagate.
+inline bool try_transfer(Runtime& rt, PageId from, PageId to, std::int64_t amount) {
+  PageId pair[] = {from, to};
+  std::int64_t a = 0, b = 0;
+  std::uint64_t ea = 0, eb = 0;
+  {
+    ReadView view = rt.read_view(pair);  // its locks drop at the end of this block
+    a = view.value<std::int64_t>(from, 0);
+    b = view.value<std::int64_t>(to, 0);
+    ea = view.info(from).epoch;
+    eb = view.info(to).epoch;
+  }
+  auto txn = rt.begin();
+  txn.expect_epoch(from, ea);
+  txn.expect_epoch(to, eb);
+  txn.write_value<std::int64_t>(from, 0, a - amount);
+  txn.write_value<std::int64_t>(to, 0, b + amount);
+  try {
+    txn.commit();
+    return true;
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::Conflict) throw;
+    return false;
+  }
+}
+
 // The whole contents of a file (empty when it cannot be read), and writing a whole file.
 inline std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);

@@ -203,5 +203,19 @@ Register small_ratio(Ratio{"scale_small_wave_growth_ratio", "scale_small_wave_us
                            "scale_small_wave_us_1m / scale_small_wave_us_1k: a single-source wave at 10^6 leaves "
                            "over 10^3 (depth 8 vs 5 levels; target <= 2)"});
 
+// A refused bulk build is rolled back node by node; that must stay linear in the build's size.
+Register rollback_1k("builder_rollback_ns_per_node_1k",
+                     "mmsb: a GraphBuilder commit of a 10^3-node chain refused at its last node (a cycle), "
+                     "rolled back: ns per node",
+                     [] { return rollback_ns_per_node(1000); });
+Register rollback_big("builder_rollback_ns_per_node",
+                      "mmsb: the same refused commit of a 10^5-node chain: ns per node (linear: close to the 10^3 "
+                      "figure)",
+                      [] { return rollback_ns_per_node(100'000); });
+Register rollback_ratio(Ratio{"builder_rollback_growth_ratio", "builder_rollback_ns_per_node",
+                              "builder_rollback_ns_per_node_1k",
+                              "builder_rollback_ns_per_node / builder_rollback_ns_per_node_1k: per-node cost of a "
+                              "rolled-back bulk build at 10^5 over 10^3 nodes (target <= 2: linear)"});
+
 }  // namespace
 }  // namespace mmsb::bench::graph

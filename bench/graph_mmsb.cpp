@@ -39,26 +39,8 @@ void check(const Runtime& rt, const Shape& shape, const std::vector<PageId>& pag
   }
 }
 
-}  // namespace
-
-Result run_mmsb(const Shape& shape, const RunOptions& options) {
-  const std::size_t words = options.payload / 8;
-  const std::uint64_t iterations = iterations_for_ns(options.work_ns);
-  Result result;
-  result.implementation = "mmsb";
-  result.nodes = shape.nodes();
-  result.edges = shape.edges();
-  result.depth = shape.depth();
-  std::vector<PageId> pages(shape.pages());
-  std::vector<PageId> inputs;
-
-  warm_up(options.threads, options.work_ns);
-  const double rss_before = resident_bytes();
-  auto start = clock_type::now();
-  Runtime rt;
-  Propagator prop(rt, PropagatorOptions{.mode = PropagationMode::Deferred, .threads = options.threads});
-  for (auto& page : pages) page = rt.create_page(options.payload);
-  const MapFunction sum = [words, iterations](MapContext& c) {
+MapFunction sum_function(std::size_t words, std::uint64_t iterations) {
+  return [words, iterations](MapContext& c) {
     auto* out = reinterpret_cast<std::uint64_t*>(c.output().data());
     for (std::size_t w = 0; w < words; ++w) out[w] = 0;
     for (std::size_t i = 0; i < c.input_count(); ++i) {
@@ -67,23 +49,106 @@ Result run_mmsb(const Shape& shape, const RunOptions& options) {
     }
     if (iterations) benchmark::DoNotOptimize(busy_work(out[0], iterations));
   };
-  if (options.one_by_one) {
-    for (std::size_t n = 0; n < shape.nodes(); ++n) {
-      inputs.clear();
-      for (std::uint32_t in : shape.inputs_of(n)) inputs.push_back(pages[in]);
-      prop.derive_map(pages[shape.sources + n], inputs, sum);
-    }
-  } else {
-    GraphBuilder build(prop);
-    build.reserve(shape.nodes(), shape.edges());
-    const GraphBuilder::FunctionId shared = build.add_map_function(sum);
-    for (std::size_t n = 0; n < shape.nodes(); ++n) {
-      inputs.clear();
-      for (std::uint32_t in : shape.inputs_of(n)) inputs.push_back(pages[in]);
-      build.derive_map(pages[shape.sources + n], inputs, shared);
-    }
-    build.commit();
+}
+
+// One map node per Shape node: with a GraphBuilder and one shared function, or one derive_map() call each.
+void declare_nodes(Propagator& prop, const Shape& shape, const std::vector<PageId>& pages, const MapFunction& sum,
+                   bool one_by_one) {
+  std::vector<PageId> inputs;
+  auto inputs_of = [&](std::size_t n) -> const std::vector<PageId>& {
+    inputs.clear();
+    for (std::uint32_t in : shape.inputs_of(n)) inputs.push_back(pages[in]);
+    return inputs;
+  };
+  if (one_by_one) {
+    for (std::size_t n = 0; n < shape.nodes(); ++n) prop.derive_map(pages[shape.sources + n], inputs_of(n), sum);
+    return;
   }
+  GraphBuilder build(prop);
+  build.reserve(shape.nodes(), shape.edges());
+  const GraphBuilder::FunctionId shared = build.add_map_function(sum);
+  for (std::size_t n = 0; n < shape.nodes(); ++n) build.derive_map(pages[shape.sources + n], inputs_of(n), shared);
+  build.commit();
+}
+
+// The graph under test and the source values last committed.
+struct Graph {
+  Runtime& rt;
+  Propagator& prop;
+  const Shape& shape;
+  const std::vector<PageId>& pages;
+  std::size_t words;
+  std::vector<std::uint64_t> source_values;
+};
+
+// Waves in which every source changes (so every node runs); as many as fit in about a second unless told.
+Percentiles time_full_waves(Graph& g, int full_waves) {
+  std::vector<std::uint64_t> buffer;
+  std::vector<double> samples;
+  const int max_full = full_waves > 0 ? full_waves : 100;
+  const auto full_start = clock_type::now();
+  for (int r = 0; r < max_full; ++r) {
+    {
+      auto txn = g.rt.begin();
+      for (std::uint32_t s = 0; s < g.shape.sources; ++s) {
+        g.source_values[s] = static_cast<std::uint64_t>(r + 1) * 1000003 + s;
+        write_words(txn, g.pages[s], g.words, g.source_values[s], buffer);
+      }
+      txn.commit();
+    }
+    const auto start = clock_type::now();
+    g.prop.propagate();
+    samples.push_back(since(start));
+    if (full_waves == 0 && r >= 2 && since(full_start) > 1e9) break;
+  }
+  check(g.rt, g.shape, g.pages, g.source_values, "the full waves");
+  return Percentiles::of(samples);
+}
+
+// Waves from one changed source (picked pseudo-randomly); `reached` is set to the node runs per wave.
+Percentiles time_small_waves(Graph& g, int small_waves, double& reached) {
+  std::vector<std::uint64_t> buffer;
+  std::vector<double> samples;
+  std::uint64_t pick = 12345, ran = 0;
+  for (int r = 0; r < small_waves; ++r) {
+    pick = pick * 6364136223846793005ull + 1442695040888963407ull;
+    const std::uint32_t s = static_cast<std::uint32_t>((pick >> 33) % g.shape.sources);
+    ++g.source_values[s];
+    {
+      auto txn = g.rt.begin();
+      write_words(txn, g.pages[s], g.words, g.source_values[s], buffer);
+      txn.commit();
+    }
+    const PropagationStats before = g.prop.stats();
+    const auto start = clock_type::now();
+    g.prop.propagate();
+    samples.push_back(since(start));
+    const PropagationStats after = g.prop.stats();
+    ran += (after.nodes_recomputed + after.nodes_cut_off) - (before.nodes_recomputed + before.nodes_cut_off);
+  }
+  check(g.rt, g.shape, g.pages, g.source_values, "the single-source waves");
+  reached = static_cast<double>(ran) / std::max(1, small_waves);
+  return Percentiles::of(samples);
+}
+
+}  // namespace
+
+Result run_mmsb(const Shape& shape, const RunOptions& options) {
+  Result result;
+  result.implementation = "mmsb";
+  result.nodes = shape.nodes();
+  result.edges = shape.edges();
+  result.depth = shape.depth();
+  std::vector<PageId> pages(shape.pages());
+
+  warm_up(options.threads, options.work_ns);
+  const double rss_before = resident_bytes();
+  auto start = clock_type::now();
+  Runtime rt;
+  Propagator prop(rt, PropagatorOptions{.mode = PropagationMode::Deferred, .threads = options.threads});
+  for (auto& page : pages) page = rt.create_page(options.payload);
+  declare_nodes(prop, shape, pages, sum_function(options.payload / 8, iterations_for_ns(options.work_ns)),
+                options.one_by_one);
   result.build_ns = since(start);
 
   // Every node runs once (all stale); the first such wave also builds the execution plan.
@@ -95,49 +160,32 @@ Result run_mmsb(const Shape& shape, const RunOptions& options) {
   prop.recompute_all();
   result.plan_ns = std::max(0.0, first - since(start));
 
-  std::vector<std::uint64_t> source_values(shape.sources, 0), buffer;
-  std::vector<double> samples;
-  const int max_full = options.full_waves > 0 ? options.full_waves : 100;
-  const auto full_start = clock_type::now();
-  for (int r = 0; r < max_full; ++r) {
-    {
-      auto txn = rt.begin();
-      for (std::uint32_t s = 0; s < shape.sources; ++s) {
-        source_values[s] = static_cast<std::uint64_t>(r + 1) * 1000003 + s;
-        write_words(txn, pages[s], words, source_values[s], buffer);
-      }
-      txn.commit();
-    }
-    start = clock_type::now();
-    prop.propagate();
-    samples.push_back(since(start));
-    if (options.full_waves == 0 && r >= 2 && since(full_start) > 1e9) break;
-  }
-  check(rt, shape, pages, source_values, "the full waves");
-  result.full_wave_ns = Percentiles::of(samples);
-
-  samples.clear();
-  std::uint64_t pick = 12345, ran = 0;
-  for (int r = 0; r < options.small_waves; ++r) {
-    pick = pick * 6364136223846793005ull + 1442695040888963407ull;
-    const std::uint32_t s = static_cast<std::uint32_t>((pick >> 33) % shape.sources);
-    ++source_values[s];
-    {
-      auto txn = rt.begin();
-      write_words(txn, pages[s], words, source_values[s], buffer);
-      txn.commit();
-    }
-    const PropagationStats before = prop.stats();
-    start = clock_type::now();
-    prop.propagate();
-    samples.push_back(since(start));
-    const PropagationStats after = prop.stats();
-    ran += (after.nodes_recomputed + after.nodes_cut_off) - (before.nodes_recomputed + before.nodes_cut_off);
-  }
-  check(rt, shape, pages, source_values, "the single-source waves");
-  result.small_wave_ns = Percentiles::of(samples);
-  result.small_reached = static_cast<double>(ran) / std::max(1, options.small_waves);
+  Graph graph{rt, prop, shape, pages, options.payload / 8, std::vector<std::uint64_t>(shape.sources, 0)};
+  result.full_wave_ns = time_full_waves(graph, options.full_waves);
+  result.small_wave_ns = time_small_waves(graph, options.small_waves, result.small_reached);
   return result;
+}
+
+double rollback_ns_per_node(std::size_t nodes) {
+  Runtime rt;
+  Propagator prop(rt, PropagatorOptions{.mode = PropagationMode::Deferred});
+  std::vector<PageId> pages(nodes);
+  for (auto& page : pages) page = rt.create_page(8);
+  const MapFunction copy = sum_function(1, 0);
+  GraphBuilder build(prop);
+  build.reserve(nodes, nodes);
+  const GraphBuilder::FunctionId shared = build.add_map_function(copy);
+  for (std::size_t n = 0; n + 1 < nodes; ++n) build.derive_map(pages[n + 1], {pages[n]}, shared);
+  build.derive_map(pages[0], {pages[nodes - 1]}, shared);  // closes a cycle through the whole chain: refused
+  const auto start = clock_type::now();
+  try {
+    build.commit();
+  } catch (const Error&) {
+    const double ns = since(start);
+    if (prop.node_count() != 0) throw std::runtime_error("mmsb: a refused build left nodes behind");
+    return ns / static_cast<double>(nodes);
+  }
+  throw std::runtime_error("mmsb: a build closing a cycle was not refused");
 }
 
 }  // namespace mmsb::bench::graph

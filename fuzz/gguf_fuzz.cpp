@@ -159,27 +159,41 @@ std::string run_one(const std::string& bytes, bool gguf, bool quantize, const st
   return "";
 }
 
+// The seeds: the reference models, a random LoRA adapter, and the small model re-quantized with 256-wide rows to
+// the block types it cannot hold otherwise (written in `scratch`). Throws when a model file is missing.
+std::vector<Seed> build_corpus(const std::string& models, std::uint64_t seed, const std::string& scratch) {
+  std::vector<Seed> corpus;
+  corpus.push_back({"stories260K-Q4_0.gguf", read_file(models + "/stories260K-Q4_0.gguf"), true, 14300});
+  corpus.push_back({"stories260K-Q8_0.gguf", read_file(models + "/stories260K-Q8_0.gguf"), true, 14300});
+  corpus.push_back({"stories260K.bin", read_file(models + "/stories260K.bin"), false, 28});
+  static LoraTarget target{mmsb::llm::load_model(models + "/stories260K-Q8_0.gguf"), nullptr};
+  target.engine = std::make_unique<mmsb::llm::Engine>(target.model);
+  lora_target = &target;
+  auto adapter =
+      mmsb::llm::serialize_lora_gguf(mmsb::llm::make_random_lora(target.model, 2, 4.0f, seed, {"attn_q", "ffn_down"}));
+  std::string adapter_bytes(reinterpret_cast<const char*>(adapter.data()), adapter.size());
+  corpus.push_back({"random LoRA adapter", adapter_bytes, true, 1200, true});
+  mmsb::llm::QuantizeOptions o;
+  o.type = mmsb::llm::TensorType::F32;
+  o.pad_to = 256;
+  o.force = true;
+  mmsb::llm::quantize_gguf(models + "/stories260K-f32.gguf", scratch + "/wide.gguf", o);
+  o.pad_to = 0;
+  for (auto type : {mmsb::llm::TensorType::Q4_K, mmsb::llm::TensorType::Q6_K, mmsb::llm::TensorType::TQ1_0}) {
+    o.type = type;
+    mmsb::llm::quantize_gguf(scratch + "/wide.gguf", scratch + "/seed.gguf", o);
+    const std::string name =
+        "stories260K-pad256-" + std::string(*mmsb::llm::tensor_type_name(static_cast<std::uint32_t>(type)));
+    corpus.push_back({name, read_file(scratch + "/seed.gguf"), true, 14300});
+  }
+  return corpus;
+}
+
 // The fuzz loop; returns the exit code (0: every outcome was acceptable, 1: a failure, reported on stderr).
 int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, double seconds, const std::string& models,
          const std::string& write_input) {
   if (iterations == 0 && seconds <= 0) {
     throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "give --iterations or --seconds");
-  }
-  std::vector<Seed> corpus;
-  try {
-    corpus.push_back({"stories260K-Q4_0.gguf", read_file(models + "/stories260K-Q4_0.gguf"), true, 14300});
-    corpus.push_back({"stories260K-Q8_0.gguf", read_file(models + "/stories260K-Q8_0.gguf"), true, 14300});
-    corpus.push_back({"stories260K.bin", read_file(models + "/stories260K.bin"), false, 28});
-    static LoraTarget target{mmsb::llm::load_model(models + "/stories260K-Q8_0.gguf"), nullptr};
-    target.engine = std::make_unique<mmsb::llm::Engine>(target.model);
-    lora_target = &target;
-    auto adapter = mmsb::llm::serialize_lora_gguf(
-        mmsb::llm::make_random_lora(target.model, 2, 4.0f, seed, {"attn_q", "ffn_down"}));
-    std::string adapter_bytes(reinterpret_cast<const char*>(adapter.data()), adapter.size());
-    corpus.push_back({"random LoRA adapter", adapter_bytes, true, 1200, true});
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "mmsb-fuzz-gguf: %s\n", e.what());
-    return 2;
   }
   char scratch_template[] = "/tmp/mmsb-fuzz-gguf-XXXXXX";
   if (::mkdtemp(scratch_template) == nullptr) {
@@ -196,20 +210,9 @@ int fuzz(std::uint64_t iterations, std::uint64_t first, std::uint64_t seed, doub
       ::rmdir(dir.c_str());
     }
   } cleanup{scratch};
+  std::vector<Seed> corpus;
   try {
-    mmsb::llm::QuantizeOptions o;
-    o.type = mmsb::llm::TensorType::F32;
-    o.pad_to = 256;
-    o.force = true;
-    mmsb::llm::quantize_gguf(models + "/stories260K-f32.gguf", scratch + "/wide.gguf", o);
-    o.pad_to = 0;
-    for (auto type : {mmsb::llm::TensorType::Q4_K, mmsb::llm::TensorType::Q6_K, mmsb::llm::TensorType::TQ1_0}) {
-      o.type = type;
-      mmsb::llm::quantize_gguf(scratch + "/wide.gguf", scratch + "/seed.gguf", o);
-      const std::string name =
-          "stories260K-pad256-" + std::string(*mmsb::llm::tensor_type_name(static_cast<std::uint32_t>(type)));
-      corpus.push_back({name, read_file(scratch + "/seed.gguf"), true, 14300});
-    }
+    corpus = build_corpus(models, seed, scratch);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mmsb-fuzz-gguf: %s\n", e.what());
     return 2;

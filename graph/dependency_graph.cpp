@@ -62,6 +62,10 @@ unsigned size_class(std::uint32_t count) noexcept {
   return count <= 1 ? 0u : static_cast<unsigned>(std::bit_width(count - 1));
 }
 
+// std::has_single_bit compiles to a libgcc call without -mpopcnt (the baseline x86-64 build); this is two
+// instructions, and list_push runs once per edge.
+constexpr bool is_power_of_two(std::uint32_t n) noexcept { return n != 0 && (n & (n - 1)) == 0; }
+
 // Escapes text for a double-quoted Graphviz string: quotes and backslashes are escaped, newlines become "\n".
 // Not the JSON escaping of tools/json.cpp (or nlohmann's): in a DOT label \l, \r and \N have meanings of their own
 // and \uXXXX is no escape, so only quotes, backslashes and line breaks change here.
@@ -240,7 +244,7 @@ void DependencyGraph::pool_free(std::uint32_t begin, unsigned cls) {
 void DependencyGraph::list_push(EdgeList& list, std::uint32_t entry) {
   if (list.count == 0) {
     list.begin = pool_allocate(0);
-  } else if (std::has_single_bit(list.count)) {  // full: move to a block twice as large
+  } else if (is_power_of_two(list.count)) {  // full: move to a block twice as large
     const unsigned cls = size_class(list.count);
     const std::uint32_t moved = pool_allocate(cls + 1);
     std::copy_n(pool_.begin() + list.begin, list.count, pool_.begin() + moved);
@@ -274,7 +278,7 @@ void DependencyGraph::list_erase(EdgeList& list, std::uint32_t entry) {
   const std::uint32_t before = list.count--;
   if (list.count == 0) {
     pool_free(list.begin, size_class(before));
-  } else if (std::has_single_bit(list.count) && size_class(before) > size_class(list.count)) {
+  } else if (is_power_of_two(list.count) && size_class(before) > size_class(list.count)) {
     // Shrunk to a power of two: the block's upper half is free.
     pool_free(list.begin + list.count, size_class(list.count));
   }

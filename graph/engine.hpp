@@ -366,6 +366,7 @@ struct Propagator::Impl : detail::CommitListener {
   PageRecord* live_record(PageId id);
   // The page's slot (and graph vertex), created if missing; `where` places a new vertex in the order.
   Slot* slot_for(PageId id, detail::DependencyGraph::Placement where = detail::DependencyGraph::Placement::Last);
+  Slot* slot_for(PageRecord* record, detail::DependencyGraph::Placement where);
   Slot& slot(VertexId v) noexcept { return slots[v]; }
   Node& node(NodeIndex n) noexcept { return node_at[n]; }
   Slot& out_slot(const Node& n) noexcept { return slots[n.out]; }
@@ -376,10 +377,21 @@ struct Propagator::Impl : detail::CommitListener {
   NodeIndex node_of(PageId page) const noexcept;
   // Adds one node (engine_mutex held); throws with nothing changed when the node is refused.
   NodeIndex add_node(const detail::NodeSpec& spec);
+  PageRecord* check_node_spec(const detail::NodeSpec& spec);
+  VertexId link_node(const detail::NodeSpec& spec, PageRecord* out_record);
+  std::vector<PageRecord*> spec_records;  // engine_mutex: the inputs' records of the node being added
+  NodeIndex allocate_node();
+  void bind_function(NodeIndex index, const detail::NodeSpec& spec);
   void remove_node(NodeIndex n);
   void compact_inputs();
   // Builds the plan if the structure changed since it was built.
   void ensure_plan();
+  // The steps of ensure_plan, in order.
+  bool levels_in_index_order(std::vector<std::uint32_t>& level, std::uint32_t& levels);
+  std::uint32_t levels_by_kahn(std::vector<std::uint32_t>& level);
+  void assign_positions(detail::Plan& p, const std::vector<std::uint32_t>& level, std::uint32_t levels);
+  void link_successors(detail::Plan& p);
+  void allocate_kept_deltas();
   std::size_t memory_bytes() const;
 
   // --- node execution and waves (wave.cpp) ----------------------------------------------------------------------
@@ -401,6 +413,21 @@ struct Propagator::Impl : detail::CommitListener {
   // `owner`, when set, owns the deltas of `changes`: page observers then share them instead of copying them.
   void run_wave(const std::vector<std::pair<PageId, const Delta*>>& changes,
                 const std::shared_ptr<const void>& owner = nullptr);
+  // The steps of run_wave, in order.
+  struct WaveShape {
+    bool dense = false;          // scans plan positions rather than the sorted `affected`
+    int threads = 1;             // the arena's concurrency
+    std::uint64_t estimate = 1;  // sampled ns per node
+    bool wide(std::size_t nodes, const PropagatorOptions& options) const noexcept;
+  };
+  void reach_from(const std::vector<std::pair<PageId, const Delta*>>& changes, const std::shared_ptr<const void>& owner,
+                  std::uint32_t wave);
+  void begin_wave(std::uint32_t wave);
+  bool plan_segments(const WaveShape& shape);
+  void run_segment(const detail::Segment& s, bool dense, std::uint32_t wave, Tally& tally);
+  void run_levels_in_parallel(const WaveShape& shape, std::uint32_t wave, Tally& tally);
+  void settle(bool dense, std::uint32_t wave);
+  void finish_wave(std::uint32_t wave, std::uint64_t started);
   [[noreturn]] static void throw_node_error(PageId page, std::exception_ptr error);
   bool any_stale() const { return !stale_nodes.empty(); }
   // Overlaps the cache misses of a small wave's nodes (see wave.cpp).

@@ -45,7 +45,11 @@ PageRecord* Propagator::Impl::live_record(PageId id) {
 }
 
 Slot* Propagator::Impl::slot_for(PageId id, DependencyGraph::Placement where) {
-  PageRecord* record = live_record(id);
+  return slot_for(live_record(id), where);
+}
+
+Slot* Propagator::Impl::slot_for(PageRecord* record, DependencyGraph::Placement where) {
+  const PageId id = record->id;
   if (auto* tagged = static_cast<Slot*>(record->listener_tag.load(std::memory_order_acquire))) return tagged;
   const VertexId v = graph.add_vertex(id, where);  // no tag, so no vertex yet
   slots.grow_to(v + 1);
@@ -66,7 +70,9 @@ NodeIndex Propagator::Impl::node_of(PageId page) const noexcept {
   return s ? s->node : kNoNode;
 }
 
-NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
+// Throws, with nothing changed, when `spec` is not a valid node; returns the output's record and leaves the
+// inputs' records in spec_records (looked up once: a large build looks up millions of pages).
+PageRecord* Propagator::Impl::check_node_spec(const detail::NodeSpec& spec) {
   const PageId out = spec.output;
   if (spec.inputs.empty()) {
     throw Error(ErrorCode::InvalidArgument, "derived page " + out.to_string() + " needs at least one input");
@@ -86,49 +92,42 @@ NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
     throw Error(ErrorCode::InvalidArgument,
                 "page " + out.to_string() + " is an external (read-only) page and cannot be a node's output");
   }
-  for (PageId in : spec.inputs) live_record(in);
+  spec_records.clear();
+  for (PageId in : spec.inputs) spec_records.push_back(live_record(in));
+  return out_record;
+}
 
-  // Slots (and vertices) first: a new input goes first in the order and a new output last, so the edges of a node
-  // whose output is new agree with the order and cost no search.
+// Slots (and vertices) first: a new input goes first in the order and a new output last, so the edges of a node
+// whose output is new agree with the order and cost no search. Appends the input vertices to input_pool and adds
+// all of the node's data edges or none (a refused edge names the cycle it would close). Returns the output vertex.
+VertexId Propagator::Impl::link_node(const detail::NodeSpec& spec, PageRecord* out_record) {
   const std::size_t pool_begin = input_pool.size();
-  VertexId out_vertex;
   try {
-    for (PageId in : spec.inputs) input_pool.push_back(slot_for(in, DependencyGraph::Placement::First)->vertex);
-    out_vertex = slot_for(out, DependencyGraph::Placement::Last)->vertex;
-    // All of the node's data edges or none (a refused edge names the cycle it would close).
+    for (PageRecord* in : spec_records) input_pool.push_back(slot_for(in, DependencyGraph::Placement::First)->vertex);
+    const VertexId out_vertex = slot_for(out_record, DependencyGraph::Placement::Last)->vertex;
     graph.add_edges(std::span<const VertexId>(input_pool.data() + pool_begin, spec.inputs.size()), out_vertex,
                     DependencyKind::Data);
+    return out_vertex;
   } catch (...) {
     input_pool.resize(pool_begin);
     throw;
   }
-  const std::span<const VertexId> ins(input_pool.data() + pool_begin, spec.inputs.size());
+}
 
-  NodeIndex index;
+NodeIndex Propagator::Impl::allocate_node() {
   if (!free_nodes.empty()) {
-    index = free_nodes.back();
+    const NodeIndex index = free_nodes.back();
     free_nodes.pop_back();
-  } else {
-    index = node_at.size();
-    node_at.grow_to(index + 1);
+    return index;
   }
+  const NodeIndex index = node_at.size();
+  node_at.grow_to(index + 1);
+  return index;
+}
+
+// The node's function: its own (moved into the engine's table) or a shared one already counted for it.
+void Propagator::Impl::bind_function(NodeIndex index, const detail::NodeSpec& spec) {
   Node& n = node_at[index];
-  n.out = out_vertex;
-  n.inputs = static_cast<std::uint32_t>(pool_begin);
-  n.input_count = static_cast<std::uint32_t>(ins.size());
-  n.kind = spec.kind;
-  n.position = 0;
-  n.completed_wave.store(0, std::memory_order_relaxed);
-  // A new node is stale: the next wave computes it once, whatever its inputs do (graph.hpp, derive_*), unless
-  // its output is declared current (a restored checkpoint).
-  n.stale.store(!spec.output_is_current, std::memory_order_relaxed);
-  if (!spec.output_is_current) stale_nodes.push_back(index);
-  n.flags = Node::kLive;
-  n.kept = kNoNode;
-  if (spec.always_changes) n.flags |= Node::kAlwaysChanges;
-  bool increasing = true;
-  for (std::size_t i = 1; i < spec.inputs.size(); ++i) increasing = increasing && spec.inputs[i - 1] < spec.inputs[i];
-  if (increasing) n.flags |= Node::kLockOrder;
   switch (spec.kind) {
     case NodeKind::Map:
       n.function = spec.map ? maps.add(std::move(*spec.map), 1) : spec.shared_function;
@@ -144,6 +143,31 @@ NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
       n.function = remaps.add(spec.remap, 1);
       break;
   }
+}
+
+NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
+  PageRecord* out_record = check_node_spec(spec);
+  const std::uint32_t pool_begin = static_cast<std::uint32_t>(input_pool.size());
+  const VertexId out_vertex = link_node(spec, out_record);
+  const NodeIndex index = allocate_node();
+  Node& n = node_at[index];
+  n.out = out_vertex;
+  n.inputs = pool_begin;
+  n.input_count = static_cast<std::uint32_t>(spec.inputs.size());
+  n.kind = spec.kind;
+  n.position = 0;
+  n.completed_wave.store(0, std::memory_order_relaxed);
+  // A new node is stale: the next wave computes it once, whatever its inputs do (graph.hpp, derive_*), unless
+  // its output is declared current (a restored checkpoint).
+  n.stale.store(!spec.output_is_current, std::memory_order_relaxed);
+  if (!spec.output_is_current) stale_nodes.push_back(index);
+  n.flags = Node::kLive;
+  n.kept = kNoNode;
+  if (spec.always_changes) n.flags |= Node::kAlwaysChanges;
+  bool increasing = true;
+  for (std::size_t i = 1; i < spec.inputs.size(); ++i) increasing = increasing && spec.inputs[i - 1] < spec.inputs[i];
+  if (increasing) n.flags |= Node::kLockOrder;
+  bind_function(index, spec);
   if ((spec.name && !spec.name->empty()) || (spec.function && !spec.function->empty())) {
     labels[index] = detail::NodeLabel{spec.name ? *spec.name : std::string(), spec.function ? *spec.function : ""};
   }
@@ -167,7 +191,9 @@ void Propagator::Impl::remove_node(NodeIndex index) {
       remaps.release(n.function);
       break;
   }
-  stale_nodes.erase(std::remove(stale_nodes.begin(), stale_nodes.end(), index), stale_nodes.end());
+  // Its entry in stale_nodes stays: the next wave skips nodes that are not live and stale, and clears the list.
+  // Erasing it here would make rolling back a bulk build (all its nodes stale) quadratic.
+  n.stale.store(false, std::memory_order_relaxed);
   labels.erase(index);
   rebuilds.erase(index);
   slots[n.out].node = kNoNode;
@@ -199,19 +225,12 @@ void Propagator::Impl::compact_inputs() {
   input_garbage = 0;
 }
 
-void Propagator::Impl::ensure_plan() {
-  if (plan && plan->version == structure_version) return;
-  counters.plan_builds.fetch_add(1, std::memory_order_relaxed);
-  auto next = std::unique_ptr<detail::Plan, detail::PlanDeleter>(new detail::Plan());
-  detail::Plan& p = *next;
-  const NodeIndex limit = node_at.size();
-
-  // Levels. When every node depends only on nodes of smaller index (graphs declared inputs first, as most are), one
-  // pass in index order computes them; otherwise Kahn's algorithm over the successors.
-  std::vector<std::uint32_t> level(limit, 0);
-  std::uint32_t levels = 0;
+// Levels when every node depends only on nodes of smaller index (graphs declared inputs first, as most are): one
+// pass in index order. Returns false, with `level` partly filled, when some node depends on a later one.
+bool Propagator::Impl::levels_in_index_order(std::vector<std::uint32_t>& level, std::uint32_t& levels) {
+  levels = 0;
   bool index_order = true;
-  for (NodeIndex u = 0; u < limit && index_order; ++u) {
+  for (NodeIndex u = 0; u < level.size() && index_order; ++u) {
     Node& n = node_at[u];
     if (!(n.flags & Node::kLive)) continue;
     std::uint32_t l = 0;
@@ -224,58 +243,70 @@ void Propagator::Impl::ensure_plan() {
     level[u] = l;
     levels = std::max(levels, l + 1);
   }
-  if (!index_order) {
-    std::fill(level.begin(), level.end(), 0);
-    levels = 0;
-    std::vector<std::uint32_t> pending(limit, 0);
-    std::vector<NodeIndex> kahn;
-    kahn.reserve(live_nodes);
-    auto for_each_successor = [&](const Node& u, auto&& fn) {
-      graph.for_each_dependent(u.out, [&](VertexId w, DependencyKind) {
-        const NodeIndex v = slots[w].node;
-        if (v != kNoNode) fn(v);
-      });
-    };
-    for (NodeIndex u = 0; u < limit; ++u) {
-      if (node_at[u].flags & Node::kLive) for_each_successor(node_at[u], [&](NodeIndex v) { ++pending[v]; });
-    }
-    for (NodeIndex u = 0; u < limit; ++u)
-      if ((node_at[u].flags & Node::kLive) && pending[u] == 0) kahn.push_back(u);
-    for (std::size_t k = 0; k < kahn.size(); ++k) {
-      const NodeIndex u = kahn[k];
-      levels = std::max(levels, level[u] + 1);
-      for_each_successor(node_at[u], [&](NodeIndex v) {
-        level[v] = std::max(level[v], level[u] + 1);
-        if (--pending[v] == 0) kahn.push_back(v);
-      });
-    }
-    if (kahn.size() != live_nodes) {  // the graph refuses cycles, so this is a broken invariant
-      throw Error(ErrorCode::Internal, "the dependency graph has a cycle the incremental check missed; please report");
-    }
-  }
+  return index_order;
+}
 
-  // Positions: level-major, index order within a level (a counting sort).
+// Levels by Kahn's algorithm over the successors, for any order of the nodes. Returns the number of levels.
+std::uint32_t Propagator::Impl::levels_by_kahn(std::vector<std::uint32_t>& level) {
+  const NodeIndex limit = static_cast<NodeIndex>(level.size());
+  std::fill(level.begin(), level.end(), 0);
+  std::uint32_t levels = 0;
+  std::vector<std::uint32_t> pending(limit, 0);
+  std::vector<NodeIndex> kahn;
+  kahn.reserve(live_nodes);
+  auto for_each_successor = [&](const Node& u, auto&& fn) {
+    graph.for_each_dependent(u.out, [&](VertexId w, DependencyKind) {
+      const NodeIndex v = slots[w].node;
+      if (v != kNoNode) fn(v);
+    });
+  };
+  for (NodeIndex u = 0; u < limit; ++u) {
+    if (node_at[u].flags & Node::kLive) for_each_successor(node_at[u], [&](NodeIndex v) { ++pending[v]; });
+  }
+  for (NodeIndex u = 0; u < limit; ++u)
+    if ((node_at[u].flags & Node::kLive) && pending[u] == 0) kahn.push_back(u);
+  for (std::size_t k = 0; k < kahn.size(); ++k) {
+    const NodeIndex u = kahn[k];
+    levels = std::max(levels, level[u] + 1);
+    for_each_successor(node_at[u], [&](NodeIndex v) {
+      level[v] = std::max(level[v], level[u] + 1);
+      if (--pending[v] == 0) kahn.push_back(v);
+    });
+  }
+  if (kahn.size() != live_nodes) {  // the graph refuses cycles, so this is a broken invariant
+    throw Error(ErrorCode::Internal, "the dependency graph has a cycle the incremental check missed; please report");
+  }
+  return levels;
+}
+
+// Positions: level-major, index order within a level (a counting sort).
+void Propagator::Impl::assign_positions(detail::Plan& p, const std::vector<std::uint32_t>& level,
+                                        std::uint32_t levels) {
+  const NodeIndex limit = static_cast<NodeIndex>(level.size());
   p.level_begin.assign(levels + 1, 0);
   for (NodeIndex u = 0; u < limit; ++u)
     if (node_at[u].flags & Node::kLive) ++p.level_begin[level[u] + 1];
-  for (std::uint32_t l = 0; l < levels; ++l) p.level_begin[l + 1] += p.level_begin[l];
-  p.order.assign(live_nodes, kNoNode);
-  {
-    std::vector<std::uint32_t> fill(p.level_begin.begin(), p.level_begin.end() - 1);
-    for (NodeIndex u = 0; u < limit; ++u) {
-      Node& n = node_at[u];
-      if (!(n.flags & Node::kLive)) continue;
-      const std::uint32_t position = fill[level[u]]++;
-      p.order[position] = u;
-      n.position = position;
-      n.flags = static_cast<std::uint8_t>(n.flags & ~Node::kKeepDelta);
-    }
+  for (std::uint32_t l = 0; l < levels; ++l) {
+    p.widest_level = std::max(p.widest_level, p.level_begin[l + 1]);
+    p.level_begin[l + 1] += p.level_begin[l];
   }
-  level = {};
-
-  // Data successors by position, and which nodes' deltas a reader consumes (passthrough and incremental nodes).
-  std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
+  p.order.assign(live_nodes, kNoNode);
+  std::vector<std::uint32_t> fill(p.level_begin.begin(), p.level_begin.end() - 1);
   for (NodeIndex u = 0; u < limit; ++u) {
+    Node& n = node_at[u];
+    if (!(n.flags & Node::kLive)) continue;
+    const std::uint32_t position = fill[level[u]]++;
+    p.order[position] = u;
+    n.position = position;
+    n.flags = static_cast<std::uint8_t>(n.flags & ~Node::kKeepDelta);
+  }
+}
+
+// Data successors by position, and which nodes' deltas a reader consumes (passthrough and incremental nodes).
+void Propagator::Impl::link_successors(detail::Plan& p) {
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
+  edges.reserve(input_pool.size() - input_garbage);  // every node's inputs: at least its data edges from nodes
+  for (NodeIndex u = 0; u < node_at.size(); ++u) {
     const Node& n = node_at[u];
     if (!(n.flags & Node::kLive)) continue;
     const bool consumes = n.kind != NodeKind::Map;
@@ -286,8 +317,13 @@ void Propagator::Impl::ensure_plan() {
       if (consumes) node_at[v].flags |= Node::kKeepDelta;
     });
   }
-  // A kept delta for every node whose delta is consumed, allocated now so a wave never changes kept_deltas.
-  for (NodeIndex u = 0; u < limit; ++u) {
+  p.successors = detail::Plan::Successors(boost::edges_are_unsorted_multi_pass, edges.begin(), edges.end(),
+                                          static_cast<std::uint32_t>(p.order.size()));
+}
+
+// A kept delta for every node whose delta is consumed, allocated now so a wave never changes kept_deltas.
+void Propagator::Impl::allocate_kept_deltas() {
+  for (NodeIndex u = 0; u < node_at.size(); ++u) {
     Node& n = node_at[u];
     if (!(n.flags & Node::kKeepDelta) || n.kept != kNoNode) continue;
     if (free_kept.empty()) {
@@ -299,8 +335,21 @@ void Propagator::Impl::ensure_plan() {
       kept_deltas[n.kept] = std::make_unique<Delta>();
     }
   }
-  p.successors = detail::Plan::Successors(boost::edges_are_unsorted_multi_pass, edges.begin(), edges.end(),
-                                          static_cast<std::uint32_t>(p.order.size()));
+}
+
+void Propagator::Impl::ensure_plan() {
+  if (plan && plan->version == structure_version) return;
+  counters.plan_builds.fetch_add(1, std::memory_order_relaxed);
+  auto next = std::unique_ptr<detail::Plan, detail::PlanDeleter>(new detail::Plan());
+  detail::Plan& p = *next;
+  {
+    std::vector<std::uint32_t> level(node_at.size(), 0);
+    std::uint32_t levels = 0;
+    if (!levels_in_index_order(level, levels)) levels = levels_by_kahn(level);
+    assign_positions(p, level, levels);
+  }
+  link_successors(p);
+  allocate_kept_deltas();
   p.reached.assign(p.order.size(), 0);
   p.version = structure_version;
   plan = std::move(next);

@@ -471,16 +471,16 @@ std::uint32_t Propagator::Impl::next_wave() {
   return current + 1;
 }
 
-void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*>>& changes,
-                                const std::shared_ptr<const void>& owner) {
-  ensure_plan();
+// Marks the changed slots and reaches the wave's nodes: the readers of the changed pages, the stale nodes, and
+// everything downstream of them. `affected` doubles as the breadth-first queue.
+void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delta*>>& changes,
+                                  const std::shared_ptr<const void>& owner, std::uint32_t wave) {
   detail::Plan& p = *plan;
-  const std::uint32_t wave = next_wave();
   affected.clear();
   auto reach = [&](std::uint32_t position) {
     if (p.reached[position] == wave) return;
     p.reached[position] = wave;
-    affected.push_back(position);  // doubles as the breadth-first queue
+    affected.push_back(position);
   };
   const bool observed = wants(EventKind::PageChanged) || wants(EventKind::PageResized);
   for (const auto& [page, delta] : changes) {
@@ -497,108 +497,104 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
       if (reader != kNoNode) reach(node_at[reader].position);
     });
   }
-  for (NodeIndex n : stale_nodes) reach(node_at[n].position);
+  for (NodeIndex n : stale_nodes) {
+    // remove_node() leaves its entry here (a removed node is not stale); a reused index is listed again if stale.
+    const Node& node = node_at[n];
+    if ((node.flags & Node::kLive) && node.stale.load(std::memory_order_relaxed)) reach(node.position);
+  }
   for (std::size_t k = 0; k < affected.size(); ++k) {
     for (auto [e, end] = boost::out_edges(affected[k], p.successors); e != end; ++e)
       reach(boost::target(*e, p.successors));
   }
-  if (affected.empty()) {
-    // The wave number still advances: the slots marked above must not look changed in the next wave.
-    wave_number.store(wave, std::memory_order_release);
-    return;
-  }
-  // A wave reaching a large part of the graph scans plan ranges; a smaller one runs its sorted positions.
-  const bool dense = affected.size() * 8 >= p.order.size();
-  if (!dense && !std::is_sorted(affected.begin(), affected.end())) std::sort(affected.begin(), affected.end());
-  const std::size_t reached = affected.size();
-  if (!dense && reached <= kPrefetchNodes) prefetch(affected);
+}
 
-  const std::uint64_t started = steady_ns();
+void Propagator::Impl::begin_wave(std::uint32_t wave) {
   if (wants(EventKind::WaveBegin)) emit(Event{EventKind::WaveBegin, PageId(), 0, 0, wave, 0, {}});
   counters.waves.fetch_add(1, std::memory_order_relaxed);
   cancelled.store(false, std::memory_order_relaxed);
-  {
-    std::lock_guard lock(failure_mutex);
-    failure = nullptr;
-  }
+  std::lock_guard lock(failure_mutex);
+  failure = nullptr;
+}
 
-  // A level is split across the threads when it has more than inline_node_limit nodes and enough work (by the
-  // sampled node run time) to be worth waking workers for; chunks aim at ~20 us of work. The levels are only
-  // looked at when the wave as a whole is that wide: segments are [first, last) of `affected` (sparse) or of plan
-  // positions (dense).
-  using Segment = detail::Segment;
-  const int threads = arena.max_concurrency();
-  const std::uint64_t estimate = std::max<std::uint64_t>(1, node_ns_estimate.load(std::memory_order_relaxed));
-  auto wide = [&](std::size_t n) {
-    return threads > 1 && n > options.inline_node_limit && n * estimate >= options.min_parallel_work_ns;
-  };
-  auto split = [&](const Segment& s) { return wide(s.last - s.first); };
+// A level is split across the threads when it has more than inline_node_limit nodes and enough work (by the
+// sampled node run time) to be worth waking workers for.
+bool Propagator::Impl::WaveShape::wide(std::size_t nodes, const PropagatorOptions& options) const noexcept {
+  return threads > 1 && nodes > options.inline_node_limit && nodes * estimate >= options.min_parallel_work_ns;
+}
+
+// The levels are only looked at when the wave as a whole is wide: segments are [first, last) of `affected`
+// (sparse) or of plan positions (dense). Returns whether any level is split across the threads.
+bool Propagator::Impl::plan_segments(const WaveShape& shape) {
+  const detail::Plan& p = *plan;
+  const std::size_t reached = affected.size();
   segments.clear();
-  bool parallel = false;
-  if (wide(reached)) {
-    if (dense) {
-      for (std::size_t l = 0; l < p.levels(); ++l) segments.push_back({p.level_begin[l], p.level_begin[l + 1]});
-    } else {
-      // Positions are sorted and levels are position ranges: one walk splits them.
-      std::size_t level = static_cast<std::size_t>(
-          std::upper_bound(p.level_begin.begin(), p.level_begin.end(), affected.front()) - p.level_begin.begin() - 1);
-      std::uint32_t first = 0;
-      for (std::uint32_t i = 1; i <= reached; ++i) {
-        if (i < reached && affected[i] < p.level_begin[level + 1]) continue;
-        segments.push_back({first, i});
-        first = i;
-        if (i < reached)
-          while (affected[i] >= p.level_begin[level + 1]) ++level;
-      }
-    }
-    parallel = std::any_of(segments.begin(), segments.end(), split);
-  }
-  wave_number.store(wave, std::memory_order_release);  // publishes everything above to the chunks
-  auto run_segment = [&](const Segment& s, Tally& tally) {
-    if (dense) {
-      run_range(s.first, s.last, wave, tally);
-    } else {
-      run_list(affected.data() + s.first, s.last - s.first, wave, tally);
-    }
-  };
-  // The calling thread's share of the wave runs with one tally and one scratch; each parallel chunk has its own.
-  detail::ScratchLease lease;
-  Tally tally;
-  tally.wanted = wanted_events.load(std::memory_order_relaxed);
-  tally.scratch = &lease.get();
-  if (!parallel) {
-    counters.inline_waves.fetch_add(1, std::memory_order_relaxed);
-    run_segment(Segment{0, static_cast<std::uint32_t>(dense ? p.order.size() : reached)}, tally);
+  // A segment lies within one level: when not even the widest level is wide, no segment is.
+  if (!shape.wide(reached, options) || !shape.wide(p.widest_level, options)) return false;
+  if (shape.dense) {
+    for (std::size_t l = 0; l < p.levels(); ++l) segments.push_back({p.level_begin[l], p.level_begin[l + 1]});
   } else {
-    arena.execute([&] {
-      for (const Segment& s : segments) {
-        if (cancelled.load(std::memory_order_acquire)) break;
-        if (!split(s)) {
-          run_segment(s, tally);
-          continue;
-        }
-        const std::size_t n = s.last - s.first;
-        const std::size_t by_work = std::max<std::uint64_t>(1, 20'000 / estimate);
-        const std::size_t grain = std::max<std::size_t>(1, std::min(by_work, (n + 2 * threads - 1) / (2 * threads)));
-        detail::for_each_chunk(s.first, s.last, grain, threads, [&](const tbb::blocked_range<std::uint32_t>& r) {
-          wave_number.load(std::memory_order_acquire);  // pairs with the caller's release
-          chunks_done.load(std::memory_order_acquire);  // and with earlier levels' chunks
-          detail::ScratchLease chunk_lease;
-          Tally chunk;
-          chunk.wanted = wanted_events.load(std::memory_order_relaxed);
-          chunk.scratch = &chunk_lease.get();
-          run_segment(Segment{r.begin(), r.end()}, chunk);
-          add_tally(chunk);
-          chunks_done.fetch_add(1, std::memory_order_acq_rel);
-        });
-      }
-    });
-    chunks_done.load(std::memory_order_acquire);  // pairs with each chunk's final increment
+    // Positions are sorted and levels are position ranges: one walk splits them.
+    std::size_t level = static_cast<std::size_t>(
+        std::upper_bound(p.level_begin.begin(), p.level_begin.end(), affected.front()) - p.level_begin.begin() - 1);
+    std::uint32_t first = 0;
+    for (std::uint32_t i = 1; i <= reached; ++i) {
+      if (i < reached && affected[i] < p.level_begin[level + 1]) continue;
+      segments.push_back({first, i});
+      first = i;
+      if (i < reached)
+        while (affected[i] >= p.level_begin[level + 1]) ++level;
+    }
   }
-  add_tally(tally);
+  return std::any_of(segments.begin(), segments.end(),
+                     [&](const detail::Segment& s) { return shape.wide(s.last - s.first, options); });
+}
 
+void Propagator::Impl::run_segment(const detail::Segment& s, bool dense, std::uint32_t wave, Tally& tally) {
+  if (dense) {
+    run_range(s.first, s.last, wave, tally);
+  } else {
+    run_list(affected.data() + s.first, s.last - s.first, wave, tally);
+  }
+}
+
+// Runs the segments level by level; a wide level is cut into chunks of ~20 us of work, each with its own tally
+// and scratch. The calling thread's share runs with `tally`.
+void Propagator::Impl::run_levels_in_parallel(const WaveShape& shape, std::uint32_t wave, Tally& tally) {
+  arena.execute([&] {
+    for (const detail::Segment& s : segments) {
+      if (cancelled.load(std::memory_order_acquire)) break;
+      const std::size_t n = s.last - s.first;
+      if (!shape.wide(n, options)) {
+        run_segment(s, shape.dense, wave, tally);
+        continue;
+      }
+      const std::size_t by_work = std::max<std::uint64_t>(1, 20'000 / shape.estimate);
+      const std::size_t grain =
+          std::max<std::size_t>(1, std::min(by_work, (n + 2 * shape.threads - 1) / (2 * shape.threads)));
+      detail::for_each_chunk(s.first, s.last, grain, shape.threads, [&](const tbb::blocked_range<std::uint32_t>& r) {
+        wave_number.load(std::memory_order_acquire);  // pairs with the caller's release
+        chunks_done.load(std::memory_order_acquire);  // and with earlier levels' chunks
+        detail::ScratchLease chunk_lease;
+        Tally chunk;
+        chunk.wanted = wanted_events.load(std::memory_order_relaxed);
+        chunk.scratch = &chunk_lease.get();
+        run_segment(detail::Segment{r.begin(), r.end()}, shape.dense, wave, chunk);
+        add_tally(chunk);
+        chunks_done.fetch_add(1, std::memory_order_acq_rel);
+      });
+    }
+  });
+  chunks_done.load(std::memory_order_acquire);  // pairs with each chunk's final increment
+}
+
+// Lists the nodes the wave reached but did not complete (skipped or failed) as stale for the next wave.
+void Propagator::Impl::settle(bool dense, std::uint32_t wave) {
+  const detail::Plan& p = *plan;
   stale_nodes.clear();
-  auto settle = [&](std::uint32_t position) {
+  // Only a failure cancels a wave; without one every reached node completed (ran or was skipped) and is not stale,
+  // and every stale node was reached: nothing is left stale.
+  if (!cancelled.load(std::memory_order_acquire)) return;
+  auto settle_position = [&](std::uint32_t position) {
     const NodeIndex index = p.order[position];
     Node& node = node_at[index];
     if (node.completed_wave.load(std::memory_order_relaxed) != wave) node.stale.store(true, std::memory_order_relaxed);
@@ -606,10 +602,14 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
   };
   if (dense) {
     for (std::uint32_t position = 0; position < p.order.size(); ++position)
-      if (p.reached[position] == wave) settle(position);
+      if (p.reached[position] == wave) settle_position(position);
   } else {
-    for (std::uint32_t position : affected) settle(position);
+    for (std::uint32_t position : affected) settle_position(position);
   }
+}
+
+// Records the wave's latency, tells observers and waiters, and throws the first node failure.
+void Propagator::Impl::finish_wave(std::uint32_t wave, std::uint64_t started) {
   const std::uint64_t duration = steady_ns() - started;
   wave_latency.record(duration);
   if (wants(EventKind::WaveEnd)) emit(Event{EventKind::WaveEnd, PageId(), 0, 0, wave, duration, {}});
@@ -625,6 +625,46 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
     if (wants(EventKind::Error)) emit(Event{EventKind::Error, page, 0, 0, wave, 0, describe(error)});
     throw_node_error(page, error);
   }
+}
+
+void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*>>& changes,
+                                const std::shared_ptr<const void>& owner) {
+  ensure_plan();
+  const std::uint32_t wave = next_wave();
+  reach_from(changes, owner, wave);
+  if (affected.empty()) {
+    // Nothing live was stale, so what stale_nodes still lists are removed nodes. The wave number still advances:
+    // the slots marked above must not look changed in the next wave.
+    stale_nodes.clear();
+    wave_number.store(wave, std::memory_order_release);
+    return;
+  }
+  // A wave reaching a large part of the graph scans plan ranges; a smaller one runs its sorted positions.
+  WaveShape shape;
+  shape.dense = affected.size() * 8 >= plan->order.size();
+  if (!shape.dense && !std::is_sorted(affected.begin(), affected.end())) std::sort(affected.begin(), affected.end());
+  if (!shape.dense && affected.size() <= kPrefetchNodes) prefetch(affected);
+
+  const std::uint64_t started = steady_ns();
+  begin_wave(wave);
+  shape.threads = arena.max_concurrency();
+  shape.estimate = std::max<std::uint64_t>(1, node_ns_estimate.load(std::memory_order_relaxed));
+  const bool parallel = plan_segments(shape);
+  wave_number.store(wave, std::memory_order_release);  // publishes everything above to the chunks
+  detail::ScratchLease lease;
+  Tally tally;
+  tally.wanted = wanted_events.load(std::memory_order_relaxed);
+  tally.scratch = &lease.get();
+  if (!parallel) {
+    counters.inline_waves.fetch_add(1, std::memory_order_relaxed);
+    const std::size_t count = shape.dense ? plan->order.size() : affected.size();
+    run_segment(detail::Segment{0, static_cast<std::uint32_t>(count)}, shape.dense, wave, tally);
+  } else {
+    run_levels_in_parallel(shape, wave, tally);
+  }
+  add_tally(tally);
+  settle(shape.dense, wave);
+  finish_wave(wave, started);
 }
 
 }  // namespace mmsb

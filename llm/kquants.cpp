@@ -21,6 +21,7 @@
 //         (((b * 3^n) mod 256) * 3) >> 8. Values 32n + m: trit n of qs[m] (m < 32); 160 + 16n + m: trit n of
 //         qs[32 + m] (m < 16); 240 + 4n + j: trit n of qh[j] (n < 4).
 #include "llm/kquants.hpp"
+#include "llm/q6k_avx2.hpp"
 
 #include <immintrin.h>
 
@@ -251,21 +252,13 @@ MMSB_KQ_AVX2 float dot_k4_avx2(const void* row, const BlockQ8K* y, std::size_t n
 
 MMSB_KQ_AVX2 float dot_q6_k_avx2(const void* row, const BlockQ8K* y, std::size_t n) {
   const auto* b = static_cast<const std::uint8_t*>(row);
-  const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
   __m256 acc = _mm256_setzero_ps();
   for (std::size_t i = 0; i < n; i += QK, b += kQ6_KBytes, ++y) {
     const auto* scales = reinterpret_cast<const std::int8_t*>(b + 192);
     __m256i isum = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
-      const __m256i ql0 = load32(b + 64 * h), ql1 = load32(b + 64 * h + 32), qh = load32(b + 128 + 32 * h);
-      const __m256i q[4] = {
-          _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
-          _mm256_or_si256(_mm256_and_si256(ql1, low4),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4))};
+      __m256i q[4];
+      unpack_q6_k_half(b, h, q);
       for (int g = 0; g < 4; ++g) {
         // 32 values = two sub-blocks of 16: the low 8 int16 lanes take the first scale, the high 8 the second.
         const int s = 8 * h + 2 * g;

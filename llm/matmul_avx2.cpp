@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "llm/kquants.hpp"
+#include "llm/q6k_avx2.hpp"
 #include "mmsb/llm/kernels.hpp"
 
 namespace mmsb::llm {
@@ -32,6 +33,10 @@ namespace mmsb::llm {
 namespace {
 
 #define MMSB_TILE __attribute__((target("avx2,fma,f16c")))
+// Loops over a tile's rows, vectors and registers are unrolled in full, so that the accumulators and unpacked
+// weights stay in registers: GCC at -O2 otherwise keeps them in arrays on the stack (measured: the f32 4 x 3 tile
+// ran at half speed with every fused multiply-add going through memory).
+#define MMSB_UNROLL _Pragma("GCC unroll 16")
 
 constexpr std::size_t kBlock = 32;
 
@@ -75,20 +80,25 @@ MMSB_TILE inline void prefetch_next_tile(const std::uint8_t* p, std::size_t tile
 
 // --- F32 weights (f32 activations) and F16 weights (F16 activations) -------------------------------------------
 
-template <bool Half>
+// HalfX: the activations are half precision as well. Batches of F16 products widen their (half-precision)
+// activations to f32 once and run with HalfX false: the same values, so the same bits, but a tile then converts
+// only its weights, which leaves GCC registers enough to keep the 4 x 3 accumulators out of memory.
+template <bool Half, bool HalfX = Half>
 struct FloatTile {
+  template <bool H = Half>
   MMSB_TILE static __m256 load(const std::uint8_t* row, std::size_t k) {
-    if constexpr (Half) {
+    if constexpr (H) {
       return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k)));
     } else {
       return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + k);
     }
   }
-  static float at(const std::uint8_t* row, std::size_t k) {
-    if constexpr (Half) {
-      std::uint16_t h;
-      std::memcpy(&h, row + 2 * k, 2);
-      return fp16_to_fp32(h);
+  // Inline conversions only: a call would make GCC keep every accumulator of the tile in memory (all vector
+  // registers are caller-saved).
+  template <bool H = Half>
+  MMSB_TILE static float at(const std::uint8_t* row, std::size_t k) {
+    if constexpr (H) {
+      return half(row + 2 * k);
     } else {
       float v;
       std::memcpy(&v, row + 4 * k, 4);
@@ -98,33 +108,48 @@ struct FloatTile {
   template <int R, int T>
   MMSB_TILE static void run(const TileArgs& a) {
     const std::uint8_t* x[T];
+    MMSB_UNROLL
     for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const std::uint8_t*>(a.act + t * a.act_stride);
     __m256 acc[R][T];
+    MMSB_UNROLL
     for (int r = 0; r < R; ++r) {
+      MMSB_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
     }
     std::size_t k = 0;
     constexpr std::size_t line_values = Half ? 32 : 16;  // values per cache line
     for (; k + 8 <= a.cols; k += 8) {
       if (k % line_values == 0) {
+        MMSB_UNROLL
         for (int r = 0; r < R; ++r) prefetch_next_tile(a.w + r * a.row_stride + k * (Half ? 2 : 4), R * a.row_stride);
       }
       __m256 xv[T];
-      for (int t = 0; t < T; ++t) xv[t] = load(x[t], k);
+      MMSB_UNROLL
+      for (int t = 0; t < T; ++t) xv[t] = load<HalfX>(x[t], k);
+      MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
         const __m256 wv = load(a.w + r * a.row_stride, k);
+        MMSB_UNROLL
         for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
       }
     }
+    MMSB_UNROLL
     for (int r = 0; r < R; ++r) {
+      MMSB_UNROLL
       for (int t = 0; t < T; ++t) {
         float s = hsum(acc[r][t]);
-        for (std::size_t j = k; j < a.cols; ++j) s += at(a.w + r * a.row_stride, j) * at(x[t], j);
+        for (std::size_t j = k; j < a.cols; ++j) s += at(a.w + r * a.row_stride, j) * at<HalfX>(x[t], j);
         a.out[t * a.out_stride + r] = s;
       }
     }
   }
 };
+
+MMSB_TILE void widen_halves(const std::uint8_t* halves, std::size_t n, float* out) {
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, FloatTile<true>::load(halves, i));
+  for (; i < n; ++i) out[i] = FloatTile<true>::at(halves, i);
+}
 
 // --- the 32-value block types (Q8 activations) ------------------------------------------------------------------
 
@@ -310,6 +335,7 @@ struct Block8 {
       for (std::size_t b = 0; b < cols / kBlock; ++b) {
         const __m256i xv = load32(x.q + b * kBlock);
         __m256i m[kTileRows];
+        MMSB_UNROLL
         for (std::size_t r = 0; r < kTileRows; ++r) {
           const std::uint8_t* blk = row[r] + b * B::bytes;
           prefetch_next_tile(blk, kTileRows * row_stride);
@@ -337,8 +363,10 @@ struct Block8 {
   MMSB_TILE static void repack(const std::uint8_t* const* row, std::size_t blocks, std::byte* packed) {
     for (std::size_t b = 0; b < blocks; ++b, packed += kPackedBlock) {
       __m256i v[kTileRows];
+      MMSB_UNROLL
       for (std::size_t r = 0; r < kTileRows; ++r) v[r] = B::values(row[r] + b * B::bytes);
       transpose8(v);
+      MMSB_UNROLL
       for (std::size_t k = 0; k < kTileRows; ++k) _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed) + k, v[k]);
       _mm256_storeu_ps(reinterpret_cast<float*>(packed + 256), halves8(row, b * B::bytes + 0));
       if constexpr (affine) _mm256_storeu_ps(reinterpret_cast<float*>(packed + 288), halves8(row, b * B::bytes + 2));
@@ -350,6 +378,7 @@ struct Block8 {
     const __m256i ones = _mm256_set1_epi16(1);
     if constexpr (B::kind == Stored::Signed) {  // |w| * x with w's signs; a pair may reach 32512: widen each
       __m256i s = _mm256_setzero_si256();
+      MMSB_UNROLL
       for (std::size_t k = 0; k < kTileRows; ++k) {
         const __m256i signs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed) + k);
         s = _mm256_add_epi32(
@@ -360,8 +389,10 @@ struct Block8 {
       // Stored values below 16 (32): a pair of products is at most 3810 (7874), so 8 (4) of them fit 16 bits.
       constexpr std::size_t group = B::bits == 5 ? 4 : 8;
       __m256i s = _mm256_setzero_si256();
+      MMSB_UNROLL
       for (std::size_t g = 0; g < kTileRows; g += group) {
         __m256i p = _mm256_maddubs_epi16(w[g], broadcast4(xq + 4 * g));
+        MMSB_UNROLL
         for (std::size_t k = g + 1; k < g + group; ++k)
           p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[k], broadcast4(xq + 4 * k)));
         s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
@@ -376,22 +407,26 @@ struct Block8 {
                                    std::size_t act_stride, std::size_t cols, float* out, std::size_t out_stride) {
     Q8Vector x[T];
     __m256 acc[T], offsets[T];
+    MMSB_UNROLL
     for (int t = 0; t < T; ++t) {
       x[t] = q8_vector(act + t * act_stride, cols);
       acc[t] = offsets[t] = _mm256_setzero_ps();
     }
     for (std::size_t b = 0; b < cols / kBlock; ++b, packed += kPackedBlock) {
       __m256i w[kTileRows];
+      MMSB_UNROLL
       for (std::size_t k = 0; k < kTileRows; ++k) {
         w[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed) + k);
         if constexpr (B::kind == Stored::Signed) w[k] = _mm256_abs_epi8(w[k]);
       }
       const __m256 dw = _mm256_loadu_ps(reinterpret_cast<const float*>(packed + 256));
       const __m256 mw = affine ? _mm256_loadu_ps(reinterpret_cast<const float*>(packed + 288)) : _mm256_setzero_ps();
+      MMSB_UNROLL
       for (int t = 0; t < T; ++t) {
         accumulate(packed_sums(w, packed, x[t].q + b * kBlock), dw, mw, x[t], b, acc[t], offsets[t]);
       }
     }
+    MMSB_UNROLL
     for (int t = 0; t < T; ++t) store(acc[t], offsets[t], out + t * out_stride, rows);
   }
 };
@@ -410,6 +445,7 @@ void matmul_block8(const std::byte* w, std::size_t row_stride, std::size_t rows,
   for (std::size_t r0 = 0; r0 < rows; r0 += kTileRows) {
     const std::size_t rn = std::min(kTileRows, rows - r0);
     const std::uint8_t* row[kTileRows];
+    MMSB_UNROLL
     for (std::size_t r = 0; r < kTileRows; ++r) row[r] = wb + (r0 + (r < rn ? r : 0)) * row_stride;  // spare lanes
     if (n < kRepackVectors) {
       K::run_in_place(row, row_stride, rn, act, act_stride, n, cols, out + r0, out_stride);
@@ -440,25 +476,33 @@ struct K4Tile {
   MMSB_TILE static void run(const TileArgs& a) {
     const std::size_t blocks = a.cols / kSuperBlock;
     const BlockQ8K* y[T];
+    MMSB_UNROLL
     for (int t = 0; t < T; ++t) y[t] = reinterpret_cast<const BlockQ8K*>(a.act + t * a.act_stride);
     const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     __m256 acc[R][T];
+    MMSB_UNROLL
     for (int r = 0; r < R; ++r) {
+      MMSB_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
     }
     for (std::size_t i = 0; i < blocks; ++i) {
       alignas(16) std::uint8_t sm[R][16];
       const std::uint8_t* blk[R];
+      MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
         blk[r] = a.w + r * a.row_stride + i * bytes;
         for (std::size_t line = 0; line < bytes; line += 64) prefetch_next_tile(blk[r] + line, R * a.row_stride);
         unpack_k4_scales(blk[r] + 4, sm[r]);
       }
       __m256i isum[R][T];
+      MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
+        MMSB_UNROLL
         for (int t = 0; t < T; ++t) isum[r][t] = _mm256_setzero_si256();
       }
+      MMSB_UNROLL
       for (int c = 0; c < 4; ++c) {
+        MMSB_UNROLL
         for (int r = 0; r < R; ++r) {
           const __m256i raw = load32(blk[r] + (Bits == 4 ? 16 : 48) + 32 * c);
           __m256i lo = _mm256_and_si256(raw, low4);
@@ -469,6 +513,7 @@ struct K4Tile {
             hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
           }
           const __m256i scale_lo = _mm256_set1_epi16(sm[r][2 * c]), scale_hi = _mm256_set1_epi16(sm[r][2 * c + 1]);
+          MMSB_UNROLL
           for (int t = 0; t < T; ++t) {
             const __m256i p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32(y[t][i].qs + 64 * c)), scale_lo);
             const __m256i p_hi =
@@ -477,8 +522,10 @@ struct K4Tile {
           }
         }
       }
+      MMSB_UNROLL
       for (int t = 0; t < T; ++t) {
         const __m256i pairs = _mm256_madd_epi16(load32(y[t][i].bsums), ones16);  // the sums of each sub-block of 32
+        MMSB_UNROLL
         for (int r = 0; r < R; ++r) {
           const __m256i mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm[r] + 8)));
           const __m256i msum = _mm256_mullo_epi32(mins, pairs);
@@ -489,7 +536,9 @@ struct K4Tile {
         }
       }
     }
+    MMSB_UNROLL
     for (int r = 0; r < R; ++r) {
+      MMSB_UNROLL
       for (int t = 0; t < T; ++t) a.out[t * a.out_stride + r] = hsum(acc[r][t]);
     }
   }
@@ -501,37 +550,38 @@ struct Q6KTile {
   MMSB_TILE static void run(const TileArgs& a) {
     const std::size_t blocks = a.cols / kSuperBlock;
     const BlockQ8K* y[T];
+    MMSB_UNROLL
     for (int t = 0; t < T; ++t) y[t] = reinterpret_cast<const BlockQ8K*>(a.act + t * a.act_stride);
-    const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
     __m256 acc[R][T];
+    MMSB_UNROLL
     for (int r = 0; r < R; ++r) {
+      MMSB_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
     }
     for (std::size_t i = 0; i < blocks; ++i) {
       const std::uint8_t* blk[R];
       __m256i isum[R][T];
+      MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
         blk[r] = a.w + r * a.row_stride + i * kQ6_KBytes;
         for (std::size_t line = 0; line < kQ6_KBytes; line += 64) prefetch_next_tile(blk[r] + line, R * a.row_stride);
+        MMSB_UNROLL
         for (int t = 0; t < T; ++t) isum[r][t] = _mm256_setzero_si256();
       }
+      MMSB_UNROLL
       for (int h = 0; h < 2; ++h) {
+        MMSB_UNROLL
         for (int r = 0; r < R; ++r) {
           const std::uint8_t* b = blk[r];
           const auto* scales = reinterpret_cast<const std::int8_t*>(b + 192);
-          const __m256i ql0 = load32(b + 64 * h), ql1 = load32(b + 64 * h + 32), qh = load32(b + 128 + 32 * h);
-          const __m256i q[4] = {
-              _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
-              _mm256_or_si256(_mm256_and_si256(ql1, low4),
-                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
-              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
-                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
-              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4))};
+          __m256i q[4];
+          unpack_q6_k_half(b, h, q);
+          MMSB_UNROLL
           for (int g = 0; g < 4; ++g) {
             // 32 values = two sub-blocks of 16: the low 8 int16 lanes take the first scale, the high 8 the second.
             const int s = 8 * h + 2 * g;
             const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(scales[s + 1]), _mm_set1_epi16(scales[s]));
+            MMSB_UNROLL
             for (int t = 0; t < T; ++t) {
               const __m256i p = _mm256_maddubs_epi16(q[g], load32(y[t][i].qs + 128 * h + 32 * g));
               isum[r][t] = _mm256_add_epi32(isum[r][t], _mm256_madd_epi16(p, scale));
@@ -539,8 +589,10 @@ struct Q6KTile {
           }
         }
       }
+      MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
         const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[r] + 192)));
+        MMSB_UNROLL
         for (int t = 0; t < T; ++t) {
           // The stored values are q + 32: subtract 32 x the scaled block sums.
           const __m256i offset = _mm256_madd_epi16(scales16, load32(y[t][i].bsums));
@@ -549,7 +601,9 @@ struct Q6KTile {
         }
       }
     }
+    MMSB_UNROLL
     for (int r = 0; r < R; ++r) {
+      MMSB_UNROLL
       for (int t = 0; t < T; ++t) a.out[t * a.out_stride + r] = hsum(acc[r][t]);
     }
   }
@@ -595,11 +649,26 @@ void matmul_tiles(const std::byte* w, std::size_t row_stride, std::size_t rows, 
   }
 }
 
+// F16: one vector as it comes (half precision); a batch widened to f32 first (see FloatTile).
+void matmul_f16(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  if (n == 1) {
+    return matmul_tiles<FloatTile<true>, 8, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  }
+  thread_local std::vector<float> wide;  // grows to the widest batch once
+  if (wide.size() < n * cols) wide.resize(n * cols);
+  for (std::size_t t = 0; t < n; ++t) {
+    widen_halves(reinterpret_cast<const std::uint8_t*>(act + t * act_stride), cols, wide.data() + t * cols);
+  }
+  matmul_tiles<FloatTile<true, false>, 8, 4, 3>(w, row_stride, rows, reinterpret_cast<const std::byte*>(wide.data()),
+                                                cols * sizeof(float), n, cols, out, out_stride);
+}
+
 }  // namespace
 
 void add_avx2_matmul_kernels(Kernels& k) {
   k.matmul[static_cast<int>(TensorType::F32)] = matmul_tiles<FloatTile<false>, 8, 4, 3>;
-  k.matmul[static_cast<int>(TensorType::F16)] = matmul_tiles<FloatTile<true>, 8, 4, 3>;
+  k.matmul[static_cast<int>(TensorType::F16)] = matmul_f16;
   k.matmul[static_cast<int>(TensorType::Q8_0)] = matmul_block8<Q8_0Block>;
   k.matmul[static_cast<int>(TensorType::Q4_0)] = matmul_block8<Q4_0Block>;
   k.matmul[static_cast<int>(TensorType::Q5_0)] = matmul_block8<Q5_0Block>;

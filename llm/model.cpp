@@ -166,80 +166,67 @@ GgufType read_gguf_type(Cursor& c, const std::string& what) {
   return static_cast<GgufType>(t);
 }
 
-// Reads (or skips) one value of type `t`; arrays are recorded by position and walked to find their end.
-void read_gguf_value(Cursor& c, GgufType t, GgufValue& v, const std::string& what, int depth) {
-  v.type = t;
+void read_gguf_value(Cursor& c, GgufType t, GgufValue& v, const std::string& what, int depth);
+
+// Arrays are recorded by position and walked to find their end.
+void read_gguf_array(Cursor& c, GgufValue& v, const std::string& what, int depth) {
+  if (depth > 2) corrupt("GGUF " + what + ": arrays nested deeper than 2");
+  v.elem_type = read_gguf_type(c, what + " element");
+  v.count = c.read<std::uint64_t>(what + " element count");
   v.offset = c.pos();
-  switch (t) {
-    case GgufType::String: {
-      std::uint64_t len = c.read<std::uint64_t>(what + " string length");
-      v.text = c.read_bytes(len, what + " string of " + num(len) + " bytes");
-      return;
+  if (v.elem_type == GgufType::String || v.elem_type == GgufType::Array) {
+    // Each element takes at least 8 bytes (a length): refuse impossible counts before looping.
+    if (v.count > c.remaining() / 8) {
+      corrupt("GGUF " + what + ": array of " + num(v.count) + " " + gguf_type_name(v.elem_type) +
+              " elements cannot fit in the " + num(c.remaining()) + " bytes left");
     }
-    case GgufType::Array: {
-      if (depth > 2) corrupt("GGUF " + what + ": arrays nested deeper than 2");
-      v.elem_type = read_gguf_type(c, what + " element");
-      v.count = c.read<std::uint64_t>(what + " element count");
-      v.offset = c.pos();
-      if (v.elem_type == GgufType::String || v.elem_type == GgufType::Array) {
-        // Each element takes at least 8 bytes (a length): refuse impossible counts before looping.
-        if (v.count > c.remaining() / 8) {
-          corrupt("GGUF " + what + ": array of " + num(v.count) + " " + gguf_type_name(v.elem_type) +
-                  " elements cannot fit in the " + num(c.remaining()) + " bytes left");
-        }
-        GgufValue elem;
-        for (std::uint64_t i = 0; i < v.count; ++i) {
-          read_gguf_value(c, v.elem_type, elem, what + "[" + num(i) + "]", depth + 1);
-        }
-      } else {
-        c.skip(mul_checked(v.count, scalar_size(v.elem_type), "GGUF " + what + " array size"),
-               what + " array of " + num(v.count) + " " + gguf_type_name(v.elem_type));
-      }
-      return;
+    GgufValue elem;
+    for (std::uint64_t i = 0; i < v.count; ++i) {
+      read_gguf_value(c, v.elem_type, elem, what + "[" + num(i) + "]", depth + 1);
     }
-    default:
-      break;
+  } else {
+    c.skip(mul_checked(v.count, scalar_size(v.elem_type), "GGUF " + what + " array size"),
+           what + " array of " + num(v.count) + " " + gguf_type_name(v.elem_type));
   }
+}
+
+// Integers of every width are kept as int64 (U64 saturates), with `number` mirroring them.
+void read_gguf_scalar(Cursor& c, GgufType t, GgufValue& v, const std::string& what) {
+  auto integer = [&](std::int64_t value) {
+    v.integer = value;
+    v.is_integer = true;
+  };
   switch (t) {
     case GgufType::U8:
-      v.integer = c.read<std::uint8_t>(what);
-      v.is_integer = true;
+      integer(c.read<std::uint8_t>(what));
       break;
     case GgufType::I8:
-      v.integer = c.read<std::int8_t>(what);
-      v.is_integer = true;
+      integer(c.read<std::int8_t>(what));
       break;
     case GgufType::Bool:
-      v.integer = c.read<std::uint8_t>(what) != 0;
-      v.is_integer = true;
+      integer(c.read<std::uint8_t>(what) != 0);
       break;
     case GgufType::U16:
-      v.integer = c.read<std::uint16_t>(what);
-      v.is_integer = true;
+      integer(c.read<std::uint16_t>(what));
       break;
     case GgufType::I16:
-      v.integer = c.read<std::int16_t>(what);
-      v.is_integer = true;
+      integer(c.read<std::int16_t>(what));
       break;
     case GgufType::U32:
-      v.integer = c.read<std::uint32_t>(what);
-      v.is_integer = true;
+      integer(c.read<std::uint32_t>(what));
       break;
     case GgufType::I32:
-      v.integer = c.read<std::int32_t>(what);
-      v.is_integer = true;
+      integer(c.read<std::int32_t>(what));
       break;
     case GgufType::U64: {
       std::uint64_t u = c.read<std::uint64_t>(what);
-      v.integer = u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())
-                      ? std::numeric_limits<std::int64_t>::max()
-                      : static_cast<std::int64_t>(u);
-      v.is_integer = true;
+      integer(u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())
+                  ? std::numeric_limits<std::int64_t>::max()
+                  : static_cast<std::int64_t>(u));
       break;
     }
     case GgufType::I64:
-      v.integer = c.read<std::int64_t>(what);
-      v.is_integer = true;
+      integer(c.read<std::int64_t>(what));
       break;
     case GgufType::F32:
       v.number = c.read<float>(what);
@@ -251,6 +238,20 @@ void read_gguf_value(Cursor& c, GgufType t, GgufValue& v, const std::string& wha
       break;
   }
   if (v.is_integer) v.number = static_cast<double>(v.integer);
+}
+
+// Reads (or skips) one value of type `t`.
+void read_gguf_value(Cursor& c, GgufType t, GgufValue& v, const std::string& what, int depth) {
+  v.type = t;
+  v.offset = c.pos();
+  if (t == GgufType::String) {
+    std::uint64_t len = c.read<std::uint64_t>(what + " string length");
+    v.text = c.read_bytes(len, what + " string of " + num(len) + " bytes");
+  } else if (t == GgufType::Array) {
+    read_gguf_array(c, v, what, depth);
+  } else {
+    read_gguf_scalar(c, t, v, what);
+  }
 }
 
 class GgufFile {

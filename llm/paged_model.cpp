@@ -120,27 +120,7 @@ PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model
   for (const TensorOverride& o : overrides_) override_bytes += o.bytes.size();
   if (head_ != embed_unit() && options.budget < total + override_bytes) first_paged_ = 1;
 
-  // Overrides: found in their unit, their bytes taken off the budget.
-  for (const TensorOverride& o : overrides_) {
-    if (!o.tensor || o.bytes.size() != o.tensor->bytes.size()) {
-      throw Error(ErrorCode::InvalidArgument, "layer paging: an override of " +
-                                                  (o.tensor ? o.tensor->name : std::string("no tensor")) +
-                                                  " does not have the tensor's size");
-    }
-    bool placed = false;
-    for (std::size_t u = first_paged_; u < units_.size() && !placed; ++u) {
-      for (const auto& [source, offset] : units_[u].tensors) {
-        if (source == o.tensor->bytes.data()) {
-          units_[u].overrides.emplace_back(offset, &o.bytes);
-          placed = true;
-          break;
-        }
-      }
-    }
-    if (!placed) {
-      throw Error(ErrorCode::InvalidArgument, "layer paging: " + o.tensor->name + " is not in a paged unit");
-    }
-  }
+  place_overrides();
   const std::vector<std::uint64_t> paged_sizes(sizes.begin() + static_cast<std::ptrdiff_t>(first_paged_), sizes.end());
   if (override_bytes > 0) {
     const std::uint64_t needed = override_bytes + LayerPager::minimum_budget(paged_sizes);
@@ -166,21 +146,47 @@ PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model
     lookahead_ = std::max<std::uint64_t>(1, (options.budget - pager_->stats().kept_bytes) / slot - 1);
   }
 
-  if (model.file) {
-    fd_ = ::open(model.file->path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) {
-      throw Error(ErrorCode::IoError,
-                  "layer paging: cannot open " + model.file->path() + " again to read layers: " + std::strerror(errno));
+  if (model.file) read_weights_from_file(*model.file);
+}
+
+// Finds each override's tensor in its paged unit (the override's bytes are written over the tensor's after a load).
+void PagedModel::place_overrides() {
+  for (const TensorOverride& o : overrides_) {
+    if (!o.tensor || o.bytes.size() != o.tensor->bytes.size()) {
+      throw Error(ErrorCode::InvalidArgument, "layer paging: an override of " +
+                                                  (o.tensor ? o.tensor->name : std::string("no tensor")) +
+                                                  " does not have the tensor's size");
     }
-    // The weights now come from the file through the pager: drop the mapping's pages under every tensor (whole
-    // pages only; a page shared with the header or another unit's tensor may stay), so that they do not count.
-    const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-    for (const Unit& unit : units_) {
-      for (const Placement& t : unit.runs) {
-        const auto begin = (reinterpret_cast<std::uintptr_t>(t.source) + page - 1) / page * page;
-        const auto end = (reinterpret_cast<std::uintptr_t>(t.source) + t.size) / page * page;
-        if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+    bool placed = false;
+    for (std::size_t u = first_paged_; u < units_.size() && !placed; ++u) {
+      for (const auto& [source, offset] : units_[u].tensors) {
+        if (source == o.tensor->bytes.data()) {
+          units_[u].overrides.emplace_back(offset, &o.bytes);
+          placed = true;
+          break;
+        }
       }
+    }
+    if (!placed) {
+      throw Error(ErrorCode::InvalidArgument, "layer paging: " + o.tensor->name + " is not in a paged unit");
+    }
+  }
+}
+
+void PagedModel::read_weights_from_file(const MappedFile& file) {
+  fd_ = ::open(file.path().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) {
+    throw Error(ErrorCode::IoError,
+                "layer paging: cannot open " + file.path() + " again to read layers: " + std::strerror(errno));
+  }
+  // The weights now come from the file through the pager: drop the mapping's pages under every tensor (whole
+  // pages only; a page shared with the header or another unit's tensor may stay), so that they do not count.
+  const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  for (const Unit& unit : units_) {
+    for (const Placement& t : unit.runs) {
+      const auto begin = (reinterpret_cast<std::uintptr_t>(t.source) + page - 1) / page * page;
+      const auto end = (reinterpret_cast<std::uintptr_t>(t.source) + t.size) / page * page;
+      if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
     }
   }
 }

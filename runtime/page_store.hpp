@@ -63,6 +63,10 @@ struct PageRecord {
   // it made may then be reached again by other bytes, so a transaction's read records this too, not the epoch
   // alone.
   std::atomic<std::uint32_t> withdrawals{0};
+  // Runtime::transact()'s fairness: the token of the escalated transact() call that reserved this page (0: none).
+  // A commit that would change the page, made on another thread, waits until it is 0 again. Set before the
+  // reserver takes and drops the update lock once, so every commit that locks the page after that sees it.
+  std::atomic<std::uint32_t> reserved_by{0};
 
   // The page as the next commit builds on it (published state plus the in-flight deltas). Under the update lock.
   std::uint64_t head_epoch() const noexcept {

@@ -80,6 +80,9 @@ struct Runtime::Impl {
   std::atomic<detail::CommitListener*> listener{nullptr};  // the propagation engine, if attached
   detail::CommitGate gate;                                 // held by every LSN-taking operation; closed by checkpoints
   detail::PageNames names;  // names of pages (Runtime::create_page(name, ...), rename_page())
+  // Runtime::transact()'s serial turn, a ticket lock: an escalated call takes a ticket and waits until it is served.
+  std::atomic<std::uint32_t> serial_next_ticket{0};
+  std::atomic<std::uint32_t> serial_serving{0};
 
   // The record of a page of this runtime, or nullptr. The record may be flagged deleted: re-check under its lock.
   PageRecord* find(PageId id) const noexcept {

@@ -18,11 +18,9 @@
 // nothing: the staged writes, the deltas and their vectors keep their capacity.
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstring>
-#include <functional>
+#include <memory>
 #include <numeric>
-#include <random>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -34,6 +32,31 @@
 #include "runtime/runtime_impl.hpp"
 
 namespace mmsb {
+
+namespace detail {
+// An escalated Runtime::transact() call's reservations (mmsb/runtime.hpp, "Fairness"): it holds the runtime's
+// serial turn, so no two calls reserve at once and none ever waits for another's reservation.
+struct Reservations {
+  std::uint32_t token = 0;  // PageRecord::reserved_by: unique among the calls of all runtimes that overlap
+  std::vector<PageRecord*> pages;
+
+  // Reserves `page` before the call's transaction reads it. Taking and dropping the update lock once lets every
+  // commit that locked the page before the reservation finish; every commit that locks it after sees it.
+  void reserve(PageRecord& page) {
+    if (page.reserved_by.load(std::memory_order_relaxed) == token) return;
+    pages.push_back(&page);
+    page.reserved_by.store(token, std::memory_order_relaxed);
+    page.mutex.lock_update();
+    page.mutex.unlock_update();
+  }
+};
+
+namespace {
+std::atomic<std::uint32_t> next_reservation_token{1};
+// The token of the escalated transact() call this thread runs (0: none): its own commits pass its reservations.
+thread_local std::uint32_t thread_reservation_token = 0;
+}  // namespace
+}  // namespace detail
 
 struct Transaction::State {
   struct Write {
@@ -80,6 +103,11 @@ struct Transaction::State {
   std::string intent;
   std::uint32_t source = 0;
   bool write_through = false;  // record staged bytes as written, without comparing them with the page
+  // Set for the attempts of an escalated Runtime::transact() call: each page is reserved before it is read.
+  detail::Reservations* reservations = nullptr;
+  // Set by a commit that found a page it changes reserved by another thread's transact() call: the commit undid
+  // everything and waits for the reservation outside every lock, then starts over.
+  PageRecord* blocked_by = nullptr;
 
   // Commit scratch, kept for its capacity.
   std::vector<std::size_t> order;
@@ -104,12 +132,19 @@ struct Transaction::State {
     intent.clear();
     source = 0;
     write_through = false;
+    reservations = nullptr;
+    blocked_by = nullptr;
     for (Entry& e : entries) free_grown(e);
     entries.clear();
   }
   static void free_grown(Entry& e) noexcept {
     if (e.grown.data) PageAllocator::global().deallocate(e.grown.data, e.grown.capacity);
     e.grown = {};
+  }
+
+  // Before a read (or an expectation) of `page`: an escalated transact() attempt reserves it first.
+  void reserve(PageRecord& page) {
+    if (reservations) reservations->reserve(page);
   }
 
   PageOp& op_for(PageRecord* page) {
@@ -217,6 +252,27 @@ struct PageLocks {
     }
   }
 };
+
+// Under the commit's page locks: the first page the commit would change that another thread's escalated
+// transact() call has reserved, or nullptr. One relaxed load per changed page (the reservation was published by
+// the update lock the caller now holds).
+PageRecord* reserved_elsewhere(const std::vector<Transaction::State::Entry>& entries) noexcept {
+  for (const auto& e : entries) {
+    if (!e.changes()) continue;
+    const std::uint32_t holder = e.page->reserved_by.load(std::memory_order_relaxed);
+    if (holder != 0 && holder != detail::thread_reservation_token) return e.page;
+  }
+  return nullptr;
+}
+
+// Holding no lock: waits until the transact() call that reserved `page` has returned.
+void wait_unreserved(PageRecord& page) noexcept {
+  for (;;) {
+    const std::uint32_t holder = page.reserved_by.load(std::memory_order_acquire);
+    if (holder == 0 || holder == detail::thread_reservation_token) return;
+    page.reserved_by.wait(holder, std::memory_order_acquire);
+  }
+}
 
 // Logged commits: update locks on every entry's page, in PageId order, released on scope exit. Readers ignore them;
 // they keep other commits of these pages from building on the same head.
@@ -396,6 +452,7 @@ void Transaction::apply(const Delta& delta) {
   delta.validate();
   PageRecord* page = runtime_->find_live_or_throw(delta.page);
   refuse_external(*page);
+  state_->reserve(*page);
   State::PageOp& op = state_->op_for(page);
   if (op.delta_index != State::kNoDelta) {
     throw Error(ErrorCode::InvalidArgument,
@@ -408,6 +465,7 @@ void Transaction::apply(const Delta& delta) {
 void Transaction::expect_epoch(PageId id, std::uint64_t epoch) {
   if (!active()) throw_inactive();
   PageRecord* page = runtime_->find_live_or_throw(id);
+  state_->reserve(*page);
   State::PageOp& op = state_->op_for(page);
   op.expect = true;
   op.expected_epoch = epoch;
@@ -431,6 +489,7 @@ void Transaction::set_write_through(bool on) {
 void Transaction::read(PageId id, std::uint64_t offset, std::span<std::byte> out) {
   if (!active()) throw_inactive();
   PageRecord* page = runtime_->find_or_throw(id);
+  state_->reserve(*page);
   std::uint64_t epoch = 0;
   std::uint32_t withdrawals = 0;
   with_head(*page, [&](bool in_flight, std::uint64_t size, std::uint64_t head_epoch, std::uint32_t seen) {
@@ -454,6 +513,7 @@ void Transaction::read(PageId id, std::uint64_t offset, std::span<std::byte> out
 std::vector<std::byte> Transaction::read_all(PageId id) {
   if (!active()) throw_inactive();
   PageRecord* page = runtime_->find_or_throw(id);
+  state_->reserve(*page);
   std::vector<std::byte> out;
   std::uint64_t epoch = 0;
   std::uint32_t withdrawals = 0;
@@ -475,6 +535,7 @@ std::vector<std::byte> Transaction::read_all(PageId id) {
 PageInfo Transaction::read_for_update(PageId id) {
   if (!active()) throw_inactive();
   PageRecord* page = runtime_->find_or_throw(id);
+  state_->reserve(*page);
   PageInfo info;
   std::uint32_t withdrawals = 0;
   with_head(*page, [&](bool, std::uint64_t size, std::uint64_t head_epoch, std::uint32_t seen) {
@@ -491,17 +552,43 @@ void Transaction::abort() noexcept {
   }
 }
 
-void Transaction::wait_before_retry(unsigned attempt) noexcept {
-  // Another commit won the race and has already published. The first retries only let it (and others) run; after
-  // that, a random sleep that doubles per attempt (up to ~1 ms) spreads the contenders out.
-  if (attempt <= 2) {
+void detail::TransactTurn::after_conflict(unsigned attempt) {
+  if (held_) return;  // it holds the turn already: another commit moved a page before this call reserved it
+  if (attempt < Runtime::kOptimisticAttempts || thread_reservation_token != 0) {
+    // Another commit won the race and has published: let it (and others) run, then try again. (A transact()
+    // nested in an escalated one's `fn` never escalates: it would wait for the turn its own thread holds.)
     std::this_thread::yield();
     return;
   }
-  thread_local std::minstd_rand jitter(
-      static_cast<std::uint32_t>(std::hash<std::thread::id>{}(std::this_thread::get_id())));
-  const std::uint32_t ceiling_us = 1u << std::min(attempt - 2, 10u);
-  std::this_thread::sleep_for(std::chrono::microseconds(jitter() % ceiling_us + 1));
+  auto held = std::make_unique<Reservations>();  // before the ticket: nothing may throw once it is taken
+  held->pages.reserve(4);
+  // 32-bit words wait in the kernel directly (futex). Token 0 means "none": skipped when the counter wraps.
+  do {
+    held->token = next_reservation_token.fetch_add(1, std::memory_order_relaxed);
+  } while (held->token == 0);
+  Runtime::Impl& rt = *runtime_;
+  const std::uint32_t ticket = rt.serial_next_ticket.fetch_add(1, std::memory_order_relaxed);
+  for (std::uint32_t serving = rt.serial_serving.load(std::memory_order_acquire); serving != ticket;
+       serving = rt.serial_serving.load(std::memory_order_acquire)) {
+    rt.serial_serving.wait(serving, std::memory_order_acquire);
+  }
+  thread_reservation_token = held->token;
+  held_ = held.release();
+}
+
+void detail::TransactTurn::attach_held(Transaction& txn) noexcept { txn.state_->reservations = held_; }
+
+// The call returns (committed, failed or gave up): drops its reservations, letting the commits that wait for them
+// go, and passes the turn on.
+void detail::TransactTurn::release() noexcept {
+  for (PageRecord* page : held_->pages) {
+    page->reserved_by.store(0, std::memory_order_release);
+    page->reserved_by.notify_all();
+  }
+  thread_reservation_token = 0;
+  delete std::exchange(held_, nullptr);
+  runtime_->serial_serving.fetch_add(1, std::memory_order_release);
+  runtime_->serial_serving.notify_all();
 }
 
 std::span<const Delta> Transaction::committed_deltas() const noexcept {
@@ -527,23 +614,28 @@ std::uint64_t Transaction::commit() {
   }
   detail::CommitListener* listener = runtime_->listener.load(std::memory_order_acquire);
   std::uint64_t lsn = 0;
-  try {
-    if (listener) listener->reserve();
-  } catch (...) {
-    st.reset();
-    throw;
+  for (;;) {
+    try {
+      if (listener) listener->reserve();
+    } catch (...) {
+      st.reset();
+      throw;
+    }
+    try {
+      detail::GateGuard inside(runtime_->gate);
+      lsn = st.commit(*runtime_, listener);
+      if (lsn == 0 && listener) listener->release();  // nothing changed (or a page is reserved): nothing published
+    } catch (...) {
+      if (listener) listener->release();
+      st.committed_count = 0;
+      st.reset();
+      throw;
+    }
+    if (st.blocked_by == nullptr) break;
+    // Outside the gate and the listener's queue: the reserving call needs both to commit.
+    wait_unreserved(*std::exchange(st.blocked_by, nullptr));
   }
-  try {
-    detail::GateGuard inside(runtime_->gate);
-    lsn = st.commit(*runtime_, listener);
-    st.reset();
-    if (lsn == 0 && listener) listener->release();  // nothing changed: nothing was published
-  } catch (...) {
-    if (listener) listener->release();
-    st.committed_count = 0;
-    st.reset();
-    throw;
-  }
+  st.reset();
   // The commit is visible; what follows is propagation, whose errors reach the caller but do not undo it: each
   // carries the LSN, so no caller mistakes it for a failed commit.
   if (listener && lsn != 0) {
@@ -818,6 +910,7 @@ void Transaction::State::apply_deltas() noexcept {
 std::uint64_t Transaction::State::commit_in_memory(Runtime::Impl& rt, detail::CommitListener* listener) {
   PageLocks locks(entries);
   locks.lock_all();
+  if ((blocked_by = reserved_elsewhere(entries)) != nullptr) return 0;
   for (Entry& e : entries) check_and_prepare(e, /*on_head=*/false);
   const std::size_t count = build_deltas(rt);
   if (count == 0) return 0;
@@ -837,6 +930,7 @@ std::uint64_t Transaction::State::commit_logged(Runtime::Impl& rt, detail::Commi
     {
       UpdateLocks locks(entries);
       locks.lock_all();
+      if ((blocked_by = reserved_elsewhere(entries)) != nullptr) return 0;
       for (Entry& e : entries) check_and_prepare(e, /*on_head=*/true);
       count = build_deltas(rt);
       if (count == 0) return 0;

@@ -101,6 +101,36 @@ TEST(GraphBuilder, RefusedNodeLeavesNothingAdded) {
   EXPECT_EQ(read_u64(rt, d), 7u);
 }
 
+// A rolled-back build's nodes were stale; what the next waves run must not include them, nor a node declared
+// current that takes over one of their slots (remove_node leaves their stale entries for the next wave to skip).
+TEST(GraphBuilder, RolledBackStaleNodesAreNotRunLater) {
+  Runtime rt;
+  Propagator prop(rt);
+  const PageId a = rt.create_page(8), b = rt.create_page(8), c = rt.create_page(8), d = rt.create_page(8);
+  const PageId e = rt.create_page(8);
+  prop.derive_map(b, {a}, sum_inputs);
+  commit_u64(rt, a, 0, 3);
+  commit_u64(rt, e, 0, 5);
+  ASSERT_EQ(read_u64(rt, b), 3u);
+  const PropagationStats before = prop.stats();
+
+  GraphBuilder build(prop);
+  build.derive_map(c, {b}, sum_inputs).derive_map(d, {c}, sum_inputs).derive_map(a, {d}, sum_inputs);  // a cycle
+  ASSERT_TRUE(error_of([&] { build.commit(); }));
+  // e, declared current with the value 5 it holds, takes over a freed node slot before any wave ran: neither it
+  // nor the refused nodes may run.
+  NodeOptions current;
+  current.output_is_current = true;
+  prop.derive_map(e, {c}, sum_inputs, current);
+  prop.propagate();
+  EXPECT_EQ(read_u64(rt, e), 5u) << "a node declared current is not recomputed by a stale entry of a removed node";
+  EXPECT_EQ(prop.stats().nodes_recomputed, before.nodes_recomputed) << "no node of the refused build runs";
+  EXPECT_EQ(prop.stats().nodes_skipped, before.nodes_skipped) << "nor does the wave reach any node (none is stale)";
+  EXPECT_EQ(prop.node_count(), 2u);
+  commit_u64(rt, c, 0, 9);
+  EXPECT_EQ(read_u64(rt, e), 9u) << "it still runs when its input changes";
+}
+
 TEST(GraphBuilder, MissingPageAndDuplicateOutputAreRefusedLikeDerive) {
   Runtime rt;
   Propagator prop(rt);

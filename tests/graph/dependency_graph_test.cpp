@@ -448,123 +448,156 @@ TEST(DependencyGraphTest, EdgeAgainstOrderMovesOnlyTheAffectedPages) {
   EXPECT_EQ(g.order_index(P(4)), before[P(4)]);
 }
 
-TEST(DependencyGraphTest, RandomOperationsKeepValidOrderAndRefuseExactlyTheCycles) {
+// A DependencyGraph driven by random operations next to a plain reference model (a list of edges and a set of
+// pages) that it must match after every operation.
+class RandomGraphModel {
+ public:
+  explicit RandomGraphModel(std::uint64_t seed) : rng_(seed) {}
+
+  void step(int op) {
+    const std::uint64_t dice = rng_() % 100;
+    if (dice < 70) {
+      add_random_edge(op, dice);
+    } else if (dice < 90) {
+      remove_random_edge(op);
+    } else {
+      remove_random_page(op);
+    }
+  }
+
+  // The graph agrees with the model: counts, a valid order, one page's inputs and dependents.
+  void check(int op) {
+    ASSERT_EQ(g_.edge_count(), edges_.size()) << "op " << op;
+    ASSERT_EQ(g_.page_count(), pages_.size()) << "op " << op;
+    std::vector<std::tuple<PageId, PageId>> pairs;
+    for (const RefEdge& e : edges_) pairs.emplace_back(e.from, e.to);
+    ASSERT_TRUE(valid_order(g_, pages_, pairs)) << "op " << op;
+    // Inputs and dependents of one page match the reference, in insertion order.
+    const PageId probe = random_page();
+    std::vector<Dependency> in, out;
+    for (const RefEdge& e : edges_) {
+      if (e.to == probe) in.push_back({e.from, e.to, e.kind});
+      if (e.from == probe) out.push_back({e.from, e.to, e.kind});
+    }
+    ASSERT_EQ(g_.inputs_of(probe), in) << "op " << op;
+    ASSERT_EQ(g_.dependents_of(probe), out) << "op " << op;
+    ASSERT_EQ(g_.contains(probe), pages_.count(probe) != 0);
+  }
+
+  std::size_t refused = 0;
+  std::size_t reordered = 0;
+
+ private:
   struct RefEdge {
     PageId from, to;
     DependencyKind kind;
   };
+
+  std::vector<RefEdge>::iterator find_edge(PageId from, PageId to, DependencyKind kind) {
+    return std::find_if(edges_.begin(), edges_.end(),
+                        [&](const RefEdge& e) { return e.from == from && e.to == to && e.kind == kind; });
+  }
+  bool reaches(PageId start, PageId goal) const {  // plain DFS on the reference edges
+    std::set<PageId> seen{start};
+    std::vector<PageId> stack{start};
+    while (!stack.empty()) {
+      const PageId v = stack.back();
+      stack.pop_back();
+      if (v == goal) return true;
+      for (const RefEdge& e : edges_) {
+        if (e.from == v && seen.insert(e.to).second) stack.push_back(e.to);
+      }
+    }
+    return false;
+  }
+  PageId random_page() { return P(1 + rng_() % 200); }
+  DependencyKind random_kind() { return static_cast<DependencyKind>(rng_() % 3); }
+
+  // dice < 25: an edge that agrees with the order; < 50: one that disagrees; else between random pages.
+  std::pair<PageId, PageId> random_endpoints(std::uint64_t dice) {
+    PageId from = random_page();
+    PageId to = random_page();
+    const std::vector<PageId> order = g_.topological_order();
+    if (dice < 50 && order.size() >= 2) {
+      std::size_t i = rng_() % order.size(), j = rng_() % order.size();
+      if ((dice < 25) == (i > j)) std::swap(i, j);
+      from = order[i];
+      to = order[j];
+    }
+    return {from, to};
+  }
+
+  void add_random_edge(int op, std::uint64_t dice) {
+    const auto version = g_.version();
+    const auto [from, to] = random_endpoints(dice);
+    const DependencyKind kind = random_kind();
+    const bool known = pages_.count(from) != 0 && pages_.count(to) != 0;
+    const bool against = known && from != to && g_.order_index(from) > g_.order_index(to);
+    const bool duplicate = find_edge(from, to, kind) != edges_.end();
+    const bool expect_refused = from == to || (!duplicate && reaches(to, from));
+    bool threw = false;
+    try {
+      g_.add_edge(from, to, kind);
+    } catch (const Error& e) {
+      threw = true;
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    }
+    ASSERT_EQ(threw, expect_refused) << from.to_string() << " -> " << to.to_string() << " at op " << op;
+    if (threw) {
+      ++refused;
+      EXPECT_EQ(g_.version(), version);
+    } else if (duplicate) {
+      EXPECT_EQ(g_.version(), version);
+    } else {
+      EXPECT_NE(g_.version(), version);
+      edges_.push_back({from, to, kind});
+      pages_.insert(from);
+      pages_.insert(to);
+      if (against) ++reordered;
+    }
+  }
+
+  void remove_random_edge(int op) {
+    const auto version = g_.version();
+    RefEdge e{random_page(), random_page(), random_kind()};
+    if (!edges_.empty() && rng_() % 4 != 0) e = edges_[rng_() % edges_.size()];
+    const auto it = find_edge(e.from, e.to, e.kind);
+    const bool exists = it != edges_.end();
+    ASSERT_EQ(g_.remove_edge(e.from, e.to, e.kind), exists) << "op " << op;
+    if (exists) {
+      edges_.erase(it);
+      EXPECT_NE(g_.version(), version);
+    } else {
+      EXPECT_EQ(g_.version(), version);
+    }
+  }
+
+  void remove_random_page(int op) {
+    PageId page = random_page();
+    if (!pages_.empty() && rng_() % 2 == 0) page = *std::next(pages_.begin(), rng_() % pages_.size());
+    const bool exists = pages_.count(page) != 0;
+    ASSERT_EQ(g_.remove_page(page), exists) << "op " << op;
+    pages_.erase(page);
+    std::erase_if(edges_, [&](const RefEdge& e) { return e.from == page || e.to == page; });
+  }
+
+  std::mt19937_64 rng_;
+  DependencyGraph g_;
+  std::set<PageId> pages_;
+  std::vector<RefEdge> edges_;  // insertion order
+};
+
+TEST(DependencyGraphTest, RandomOperationsKeepValidOrderAndRefuseExactlyTheCycles) {
   for (const std::uint64_t seed : {1ull, 2ull, 3ull, 0xC0FFEEull, 0x5EEDull}) {
     SCOPED_TRACE("seed " + std::to_string(seed));
-    std::mt19937_64 rng(seed);
-    DependencyGraph g;
-    std::set<PageId> pages;
-    std::vector<RefEdge> edges;  // insertion order
-    std::size_t refused = 0;
-    std::size_t reordered = 0;
-
-    auto find_edge = [&](PageId from, PageId to, DependencyKind kind) {
-      return std::find_if(edges.begin(), edges.end(),
-                          [&](const RefEdge& e) { return e.from == from && e.to == to && e.kind == kind; });
-    };
-    auto reaches = [&](PageId start, PageId goal) {  // plain DFS on the reference edges
-      std::set<PageId> seen{start};
-      std::vector<PageId> stack{start};
-      while (!stack.empty()) {
-        const PageId v = stack.back();
-        stack.pop_back();
-        if (v == goal) return true;
-        for (const RefEdge& e : edges) {
-          if (e.from == v && seen.insert(e.to).second) stack.push_back(e.to);
-        }
-      }
-      return false;
-    };
-    auto random_page = [&] { return P(1 + rng() % 200); };
-    auto random_kind = [&] { return static_cast<DependencyKind>(rng() % 3); };
-
+    RandomGraphModel model(seed);
     for (int op = 0; op < 600; ++op) {
-      const std::uint64_t dice = rng() % 100;
-      const auto version = g.version();
-      if (dice < 70) {
-        PageId from = random_page();
-        PageId to = random_page();
-        const std::vector<PageId> order = g.topological_order();
-        if (dice < 25 && order.size() >= 2) {  // agrees with the order
-          std::size_t i = rng() % order.size(), j = rng() % order.size();
-          if (i > j) std::swap(i, j);
-          from = order[i];
-          to = order[j];
-        } else if (dice < 50 && order.size() >= 2) {  // disagrees with the order
-          std::size_t i = rng() % order.size(), j = rng() % order.size();
-          if (i < j) std::swap(i, j);
-          from = order[i];
-          to = order[j];
-        }
-        const DependencyKind kind = random_kind();
-        const bool known = pages.count(from) != 0 && pages.count(to) != 0;
-        const bool against = known && from != to && g.order_index(from) > g.order_index(to);
-        const bool duplicate = find_edge(from, to, kind) != edges.end();
-        const bool expect_refused = from == to || (!duplicate && reaches(to, from));
-        bool threw = false;
-        try {
-          g.add_edge(from, to, kind);
-        } catch (const Error& e) {
-          threw = true;
-          EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
-        }
-        ASSERT_EQ(threw, expect_refused) << from.to_string() << " -> " << to.to_string() << " at op " << op;
-        if (threw) {
-          ++refused;
-          EXPECT_EQ(g.version(), version);
-        } else if (duplicate) {
-          EXPECT_EQ(g.version(), version);
-        } else {
-          EXPECT_NE(g.version(), version);
-          edges.push_back({from, to, kind});
-          pages.insert(from);
-          pages.insert(to);
-          if (against) ++reordered;
-        }
-      } else if (dice < 90) {
-        RefEdge e{random_page(), random_page(), random_kind()};
-        if (!edges.empty() && rng() % 4 != 0) e = edges[rng() % edges.size()];
-        const auto it = find_edge(e.from, e.to, e.kind);
-        const bool exists = it != edges.end();
-        ASSERT_EQ(g.remove_edge(e.from, e.to, e.kind), exists) << "op " << op;
-        if (exists) {
-          edges.erase(it);
-          EXPECT_NE(g.version(), version);
-        } else {
-          EXPECT_EQ(g.version(), version);
-        }
-      } else {
-        PageId page = random_page();
-        if (!pages.empty() && rng() % 2 == 0) page = *std::next(pages.begin(), rng() % pages.size());
-        const bool exists = pages.count(page) != 0;
-        ASSERT_EQ(g.remove_page(page), exists) << "op " << op;
-        pages.erase(page);
-        std::erase_if(edges, [&](const RefEdge& e) { return e.from == page || e.to == page; });
-      }
-
-      ASSERT_EQ(g.edge_count(), edges.size()) << "op " << op;
-      ASSERT_EQ(g.page_count(), pages.size()) << "op " << op;
-      std::vector<std::tuple<PageId, PageId>> pairs;
-      for (const RefEdge& e : edges) pairs.emplace_back(e.from, e.to);
-      ASSERT_TRUE(valid_order(g, pages, pairs)) << "op " << op;
-      // Inputs and dependents of one page match the reference, in insertion order.
-      const PageId probe = random_page();
-      std::vector<Dependency> in, out;
-      for (const RefEdge& e : edges) {
-        if (e.to == probe) in.push_back({e.from, e.to, e.kind});
-        if (e.from == probe) out.push_back({e.from, e.to, e.kind});
-      }
-      ASSERT_EQ(g.inputs_of(probe), in) << "op " << op;
-      ASSERT_EQ(g.dependents_of(probe), out) << "op " << op;
-      ASSERT_EQ(g.contains(probe), pages.count(probe) != 0);
+      ASSERT_NO_FATAL_FAILURE(model.step(op));
+      ASSERT_NO_FATAL_FAILURE(model.check(op));
     }
     // The sequence exercised both refusals and reorders.
-    EXPECT_GT(refused, 10u);
-    EXPECT_GT(reordered, 10u);
+    EXPECT_GT(model.refused, 10u);
+    EXPECT_GT(model.reordered, 10u);
   }
 }
 

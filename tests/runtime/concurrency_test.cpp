@@ -15,6 +15,37 @@ namespace {
 
 constexpr std::int64_t kInitialBalance = 1000;
 
+// Moves a random amount from `from` to `to`: reads both in one ReadView, then commits with expect_epoch on both,
+// again until it commits. Counts the commit and the Conflicts retried; any other error fails the test.
+void transfer_with_expected_epochs(Runtime& rt, PageId from, PageId to, std::int64_t amount,
+                                   std::atomic<std::int64_t>& commits, std::atomic<std::int64_t>& retries) {
+  for (;;) {
+    PageId pair[] = {from, to};
+    std::int64_t a = 0, b = 0;
+    std::uint64_t ea = 0, eb = 0;
+    {
+      ReadView view = rt.read_view(pair);  // consistent pair; its locks drop at the end of this block
+      a = view.value<std::int64_t>(from, 0);
+      b = view.value<std::int64_t>(to, 0);
+      ea = view.info(from).epoch;
+      eb = view.info(to).epoch;
+    }
+    auto txn = rt.begin();
+    txn.expect_epoch(from, ea);
+    txn.expect_epoch(to, eb);
+    txn.write_value<std::int64_t>(from, 0, a - amount);
+    txn.write_value<std::int64_t>(to, 0, b + amount);
+    try {
+      txn.commit();
+      commits.fetch_add(1);
+      return;
+    } catch (const Error& e) {
+      ASSERT_EQ(e.code(), ErrorCode::Conflict) << e.what();
+      retries.fetch_add(1);
+    }
+  }
+}
+
 TEST(Concurrency, ReadersNeverSeeATornMultiPageCommit) {
   Runtime rt;
   constexpr int kAccounts = 16;
@@ -39,32 +70,8 @@ TEST(Concurrency, ReadersNeverSeeATornMultiPageCommit) {
     for (int i = 0; i < 3000; ++i) {
       PageId from = accounts[rng() % kAccounts], to = accounts[rng() % kAccounts];
       if (from == to) continue;
-      for (;;) {
-        PageId pair[] = {from, to};
-        std::int64_t a = 0, b = 0;
-        std::uint64_t ea = 0, eb = 0;
-        {
-          ReadView view = rt.read_view(pair);  // consistent pair; its locks drop at the end of this block
-          a = view.value<std::int64_t>(from, 0);
-          b = view.value<std::int64_t>(to, 0);
-          ea = view.info(from).epoch;
-          eb = view.info(to).epoch;
-        }
-        auto amount = static_cast<std::int64_t>(1 + rng() % 50);  // never 0: each commit changes both pages
-        auto txn = rt.begin();
-        txn.expect_epoch(from, ea);
-        txn.expect_epoch(to, eb);
-        txn.write_value<std::int64_t>(from, 0, a - amount);
-        txn.write_value<std::int64_t>(to, 0, b + amount);
-        try {
-          txn.commit();
-          commits.fetch_add(1);
-          break;
-        } catch (const Error& e) {
-          ASSERT_EQ(e.code(), ErrorCode::Conflict) << e.what();
-          retries.fetch_add(1);
-        }
-      }
+      const auto amount = static_cast<std::int64_t>(1 + rng() % 50);  // never 0: each commit changes both pages
+      transfer_with_expected_epochs(rt, from, to, amount, commits, retries);
     }
   };
   auto reader = [&] {

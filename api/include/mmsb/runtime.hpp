@@ -63,7 +63,9 @@ namespace mmsb {
 class Runtime;
 namespace detail {
 struct RuntimeAccess;
-}
+struct Reservations;
+class TransactTurn;
+}  // namespace detail
 
 // Where a page's bytes live. Device placement takes effect once the GPU mirror is attached.
 enum class Location : std::uint8_t { Host = 1, Device = 2, Both = 3 };
@@ -283,12 +285,26 @@ class Runtime {
   // commit or one of its reads fails with Conflict, at most `max_attempts` times in all; returns the commit's LSN
   // (0 when it changed nothing). Every other error, and the last Conflict once the attempts are spent, reaches the
   // caller unchanged, so a NodeFailed (the commit took effect) is never retried. `fn` may run several times: it
-  // must touch pages only through `txn`. A `max_attempts` of 0 counts as 1.
+  // must touch pages only through `txn` (and must not call transact() itself). A `max_attempts` of 0 counts as 1.
+  //
+  // Fairness: a bounded number of attempts under any contention. The first kOptimisticAttempts attempts are
+  // optimistic. After that many conflicts the call takes this runtime's serial turn (first come, first served
+  // among such calls) and holds it until it returns; while it holds the turn, each page its attempts read (read,
+  // read_value, read_all, read_for_update, expect_epoch, apply) is reserved before it is read, and any other
+  // commit that would change a reserved page waits, holding no lock, until the call returns. Readers never wait,
+  // nor do commits that leave reserved pages unchanged. An attempt made with the turn therefore cannot lose to
+  // other transactions: transact() commits by attempt kOptimisticAttempts + 1 (the default `max_attempts` leaves
+  // ample room), plus the time spent waiting for the turn. Outside the guarantee: a Conflict caused by a commit
+  // sink failing a commit the attempt built on (the next attempt is again protected), a page changed by a graph
+  // node's output (propagation does not wait for reservations), a stale epoch given to expect_epoch()/apply(), and
+  // `fn` itself committing to the pages it reads through another transaction. Uncontended calls and blind writes
+  // pay nothing for this but one atomic load per changed page at commit.
   //   rt.transact([&](mmsb::Transaction& txn) {
   //     txn.write_value<std::int64_t>(acct, 0, txn.read_value<std::int64_t>(acct, 0) + 100);
   //   });
   template <class Fn>
   std::uint64_t transact(Fn&& fn, unsigned max_attempts = 64);
+  static constexpr unsigned kOptimisticAttempts = 3;
 
   // The highest LSN taken so far (0 before the first), by a commit that may still be in flight to the sink.
   std::uint64_t last_lsn() const noexcept;
@@ -407,25 +423,52 @@ class Transaction {
 
  private:
   friend class Runtime;
+  friend class detail::TransactTurn;
   Transaction(Runtime::Impl* runtime, State* state) : runtime_(runtime), state_(state) {}
-  // After the `attempt`-th Conflict of Runtime::transact(): waits until a retry can succeed (the conflicting commit
-  // has become visible) and backs off, with jitter, after repeated conflicts, so a hot page does not starve a
-  // transaction that reads several pages.
-  void wait_before_retry(unsigned attempt) noexcept;
   Runtime::Impl* runtime_ = nullptr;
   State* state_ = nullptr;
 };
 
+namespace detail {
+// Runtime::transact()'s fairness state for one call (see "Fairness" there; runtime/transaction.cpp). Holds
+// nothing until the call escalates; then the runtime's serial turn and the reservations of the pages its attempts
+// read, released when it is destroyed. Not for use outside transact().
+class TransactTurn {
+ public:
+  explicit TransactTurn(Runtime::Impl& runtime) noexcept : runtime_(&runtime) {}
+  ~TransactTurn() {
+    if (held_) release();
+  }
+  TransactTurn(const TransactTurn&) = delete;
+  TransactTurn& operator=(const TransactTurn&) = delete;
+
+  // Before each attempt: once escalated, makes `txn` reserve each page before it reads it.
+  void attach(Transaction& txn) noexcept {
+    if (held_) attach_held(txn);
+  }
+  // After the `attempt`-th Conflict: backs off briefly, or escalates (waits for the serial turn).
+  void after_conflict(unsigned attempt);
+
+ private:
+  void attach_held(Transaction& txn) noexcept;
+  void release() noexcept;
+  Runtime::Impl* runtime_;
+  Reservations* held_ = nullptr;
+};
+}  // namespace detail
+
 template <class Fn>
 std::uint64_t Runtime::transact(Fn&& fn, unsigned max_attempts) {
+  detail::TransactTurn turn(*impl_);
   for (unsigned attempt = 1;; ++attempt) {
     Transaction txn = begin();
+    turn.attach(txn);
     try {
       fn(txn);
       return txn.commit();
     } catch (const Error& e) {
       if (e.code() != ErrorCode::Conflict || attempt >= max_attempts) throw;
-      txn.wait_before_retry(attempt);
+      turn.after_conflict(attempt);
     }
   }
 }

@@ -119,6 +119,8 @@ class PagedModel {
   std::unique_ptr<LayerPager> pager_;
 
   std::size_t pager_unit(std::size_t unit) const;
+  void place_overrides();
+  void read_weights_from_file(const MappedFile& file);
   void load(std::size_t unit, std::span<std::byte> destination) const;
   void read(const std::byte* source, std::uint64_t size, std::byte* out) const;
 };

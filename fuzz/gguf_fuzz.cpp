@@ -14,7 +14,8 @@
 //   mmsb-fuzz-gguf --iterations 0 --seconds 600 --seed 7     # ten minutes
 //   mmsb-fuzz-gguf --seed 777 --start 16089 --iterations 1 --write-input crash.gguf  # keep one input
 //
-// Inputs that once failed are kept in tests/llm/regressions/ (the llm test suite parses each of them).
+// Inputs that once failed are listed in fuzz/regressions.txt (ctest replays each); the llm test suite has this driver
+// write the GGUF ones again and parses each of them (tests/llm/hostile_test.cpp).
 #include <chrono>
 #include <csignal>
 #include <cstdint>

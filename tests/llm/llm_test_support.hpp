@@ -44,10 +44,11 @@ struct LlmRun {
   std::string out;
 };
 
-// Runs `mmsb-llm ARGS` through the shell: stdout is captured, and stderr too when `with_stderr` (else it is
+// Runs `PROGRAM ARGS` through the shell: stdout is captured, and stderr too when `with_stderr` (else it is
 // dropped); `input`, when given, is its stdin (printf format, so no single quotes).
-inline LlmRun run_llm(const std::string& args, bool with_stderr = false, const std::string& input = "") {
-  std::string cmd = std::string(MMSB_LLM_BINARY) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
+inline LlmRun run_program(const std::string& program, const std::string& args, bool with_stderr = false,
+                          const std::string& input = "") {
+  std::string cmd = program + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
   if (!input.empty()) cmd = "printf '" + input + "' | " + cmd;
   LlmRun run;
   FILE* p = ::popen(cmd.c_str(), "r");
@@ -58,6 +59,11 @@ inline LlmRun run_llm(const std::string& args, bool with_stderr = false, const s
   const int status = ::pclose(p);
   run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return run;
+}
+
+// run_program() of the mmsb-llm binary.
+inline LlmRun run_llm(const std::string& args, bool with_stderr = false, const std::string& input = "") {
+  return run_program(MMSB_LLM_BINARY, args, with_stderr, input);
 }
 
 }  // namespace mmsb::llm::testing

@@ -15,6 +15,9 @@ namespace {
 constexpr std::size_t kSplitWork = std::size_t{1} << 16;
 // Row ranges of a split start at multiples of this (a multiple of every kernel's tile height).
 constexpr std::size_t kRowAlign = 16;
+// Chunks per thread of a split job: enough that a thread the OS deschedules leaves only a small share for the others
+// to wait on (the rest they claim themselves), few enough that claiming costs nothing next to a chunk's rows.
+constexpr unsigned kChunksPerThread = 8;
 
 void rmsnorm(float* out, const float* x, const float* weight, std::size_t n, float eps) {
   float ss = 0;
@@ -38,15 +41,18 @@ void rope(const ForwardShape& s, float* vec, std::size_t n, int pos) {
   }
 }
 
-// Runs job(part, parts) on the team when `work` is worth splitting, else inline as the only part. Results do not
-// depend on the split: every kernel computes each row alike whatever range it is given (kernels.hpp).
+// Runs job(chunk, chunks, thread) on the team for `items` chunks at most (kChunksPerThread per thread) when `work` is
+// worth splitting, else inline as the only chunk. Results do not depend on the split: every kernel computes each
+// row alike whatever range it is given (kernels.hpp).
 template <class Job>
-void split(const ForwardShape& s, std::size_t work, Job&& job) {
-  if (s.team == nullptr || s.team->size() == 1 || work < kSplitWork || s.rounding == ActivationRounding::LikeLlamaCpp) {
-    job(0u, 1u);
+void split(const ForwardShape& s, std::size_t work, std::size_t items, Job&& job) {
+  if (s.team == nullptr || s.team->size() == 1 || work < kSplitWork || items < 2 ||
+      s.rounding == ActivationRounding::LikeLlamaCpp) {
+    job(0u, 1u, 0u);
     return;
   }
-  s.team->run(job);
+  const std::size_t most = std::size_t{kChunksPerThread} * s.team->size();
+  s.team->run(job, static_cast<unsigned>(std::min(items, most)));
 }
 
 // Rows `range` of w times the n prepared vectors; out holds `rows` floats per vector. In the comparison mode
@@ -73,7 +79,7 @@ PreparedActivations prepare(const ForwardShape& s, TensorType type, const float*
 }
 
 // x ([n][cols]) times w_a and, when its data is not null, w_b (the same input: k and v, gate and up), split by rows
-// across the team; then(range) runs on each part's rows after its products, so that no second join is needed.
+// across the team; then(range) runs on each chunk's rows after its products, so that no second join is needed.
 template <class Then>
 void products(const ForwardShape& s, WeightRef w_a, WeightRef w_b, const float* x, std::size_t cols, std::size_t n,
               float* out_a, float* out_b, std::size_t rows, ForwardScratch& scratch, Then&& then) {
@@ -82,13 +88,13 @@ void products(const ForwardShape& s, WeightRef w_a, WeightRef w_b, const float* 
   if (w_b.data != nullptr && activation_format(w_b.type) != activation_format(w_a.type)) {
     b = prepare(s, w_b.type, x, cols, n, scratch.act_b);
   }
-  auto job = [&](unsigned part, unsigned parts) {
-    const PartRange range = part_range(rows, part, parts, kRowAlign);
+  auto job = [&](unsigned chunk, unsigned chunks, unsigned) {
+    const PartRange range = part_range(rows, chunk, chunks, kRowAlign);
     product_rows(s, w_a, a, x, n, cols, out_a, rows, range, scratch);
     if (w_b.data != nullptr) product_rows(s, w_b, b, x, n, cols, out_b, rows, range, scratch);
     then(range);
   };
-  split(s, rows * cols * n * (w_b.data != nullptr ? 2 : 1), job);
+  split(s, rows * cols * n * (w_b.data != nullptr ? 2 : 1), (rows + kRowAlign - 1) / kRowAlign, job);
 }
 
 void product(const ForwardShape& s, WeightRef w, const float* x, std::size_t cols, std::size_t n, float* out,
@@ -120,8 +126,8 @@ void kv_rows(const ForwardShape& s, const float* x, const float* attn_norm, Weig
   for (std::size_t t = 0; t < n; ++t) rope(s, k + t * kv_dim, kv_dim, pos0 + static_cast<int>(t));
 }
 
-// Position pos0 + t attends to cache rows 0 .. pos0 + t. The heads are split across the team: each part computes
-// the query rows of its heads (no other part needs them), rotates them and attends, into its own score buffer.
+// Position pos0 + t attends to cache rows 0 .. pos0 + t. The heads are split across the team: each chunk computes
+// the query rows of its heads (no other chunk needs them), rotates them and attends, into its thread's score buffer.
 void attention_rows(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wo,
                     const float* keys, const float* values, int pos0, std::size_t n, Buffers b, float* out) {
   const ModelConfig& c = s.config;
@@ -130,13 +136,13 @@ void attention_rows(const ForwardShape& s, const float* x, const float* attn_nor
   for (std::size_t t = 0; t < n; ++t) rmsnorm(b.xb + t * dim, x + t * dim, attn_norm, dim, c.rms_eps);
   const PreparedActivations act = prepare(s, wq.type, b.xb, dim, n, b.one.act);
   const unsigned parts = s.team != nullptr ? s.team->size() : 1;
-  if (b.one.att.size() < parts * seq) b.one.att.resize(parts * seq);  // once: a score buffer per part
+  if (b.one.att.size() < parts * seq) b.one.att.resize(parts * seq);  // once: a score buffer per thread
   const float scale = std::sqrt(static_cast<float>(head));
-  auto job = [&](unsigned part, unsigned count) {
-    const PartRange heads = part_range(c.n_heads, part, count, 1);
+  auto job = [&](unsigned chunk, unsigned chunks, unsigned thread) {
+    const PartRange heads = part_range(c.n_heads, chunk, chunks, 1);
     if (heads.begin >= heads.end) return;
     product_rows(s, wq, act, b.xb, n, dim, b.q, dim, {heads.begin * head, heads.end * head}, b.one);
-    float* att = b.one.att.data() + part * seq;
+    float* att = b.one.att.data() + thread * seq;
     for (std::size_t t = 0; t < n; ++t) {
       const int pos = pos0 + static_cast<int>(t);
       float* qt = b.q + t * dim;
@@ -150,12 +156,12 @@ void attention_rows(const ForwardShape& s, const float* x, const float* attn_nor
       }
     }
   };
-  split(s, n * dim * (dim + kv_dim * (static_cast<std::size_t>(pos0) + n)), job);
+  split(s, n * dim * (dim + kv_dim * (static_cast<std::size_t>(pos0) + n)), c.n_heads, job);
   product(s, wo, b.attn, dim, n, b.xb, dim, b.one);
   for (std::size_t i = 0; i < n * dim; ++i) out[i] = x[i] + b.xb[i];
 }
 
-// out = x + w2 · (silu(w1 · norm(x)) * (w3 · norm(x))); each part applies the SwiGLU to its own rows.
+// out = x + w2 · (silu(w1 · norm(x)) * (w3 · norm(x))); each chunk applies the SwiGLU to its own rows.
 void feed_forward_rows(const ForwardShape& s, const float* x, const float* ffn_norm, WeightRef w1, WeightRef w2,
                        WeightRef w3, std::size_t n, Buffers b, float* out) {
   const ModelConfig& c = s.config;

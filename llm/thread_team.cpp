@@ -8,8 +8,8 @@ namespace mmsb::llm {
 
 namespace {
 
-// How long a worker polls for the next job before it sleeps, and how long run() polls for the workers before it
-// yields its core: a decoding step starts jobs microseconds apart, a paused engine should cost nothing.
+// How long a worker polls for the next job before it sleeps, and how long run() polls for the last chunks before
+// it yields its core: a decoding step starts jobs microseconds apart, a paused engine should cost nothing.
 constexpr auto kSpin = std::chrono::microseconds(200);
 
 template <class Done>
@@ -27,7 +27,7 @@ void spin_then(Done&& done, bool yield_after) {
 }  // namespace
 
 ThreadTeam::ThreadTeam(unsigned threads) {
-  for (unsigned part = 1; part < threads; ++part) workers_.emplace_back([this, part] { work(part); });
+  for (unsigned thread = 1; thread < threads; ++thread) workers_.emplace_back([this, thread] { work(thread); });
 }
 
 ThreadTeam::~ThreadTeam() {
@@ -37,18 +37,34 @@ ThreadTeam::~ThreadTeam() {
   for (std::thread& t : workers_) t.join();
 }
 
-void ThreadTeam::run(JobRef job) {
-  const unsigned parts = size();
-  if (parts == 1) return job(0, 1);
-  job_ = job;
-  pending_.store(parts - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);  // publishes job_ and pending_
-  generation_.notify_all();
-  job(0, parts);
-  spin_then([this] { return pending_.load(std::memory_order_acquire) == 0; }, /*yield_after=*/true);
+// Claims the next chunk of whatever job is current and runs it. A claim below the job's chunk count means the job
+// cannot finish before this chunk does, so job_ stays valid; a claim past it (a finished job, or a worker that woke
+// late) does nothing, and the next job's store of claim_ overwrites the excess.
+bool ThreadTeam::run_one_chunk(unsigned thread) {
+  const std::uint64_t claim = claim_.fetch_add(1, std::memory_order_acq_rel);
+  const auto chunks = static_cast<unsigned>(claim >> 32), chunk = static_cast<unsigned>(claim & 0xffffffffu);
+  if (chunk >= chunks) return false;
+  job_(chunk, chunks, thread);
+  done_.fetch_add(1, std::memory_order_release);
+  return true;
 }
 
-void ThreadTeam::work(unsigned part) {
+void ThreadTeam::run(JobRef job, unsigned chunks) {
+  if (workers_.empty() || chunks == 1) {
+    for (unsigned c = 0; c < chunks; ++c) job(c, chunks, 0);
+    return;
+  }
+  job_ = job;
+  done_.store(0, std::memory_order_relaxed);
+  claim_.store(std::uint64_t{chunks} << 32, std::memory_order_release);  // publishes job_ and done_
+  generation_.fetch_add(1, std::memory_order_release);
+  generation_.notify_all();
+  while (run_one_chunk(0)) {
+  }
+  spin_then([this, chunks] { return done_.load(std::memory_order_acquire) == chunks; }, /*yield_after=*/true);
+}
+
+void ThreadTeam::work(unsigned thread) {
   std::uint64_t seen = 0;
   for (;;) {
     auto next = [&] { return generation_.load(std::memory_order_acquire) != seen; };
@@ -56,8 +72,8 @@ void ThreadTeam::work(unsigned part) {
     if (!next()) generation_.wait(seen, std::memory_order_acquire);
     seen = generation_.load(std::memory_order_acquire);
     if (stop_.load(std::memory_order_relaxed)) return;
-    job_(part, size());
-    pending_.fetch_sub(1, std::memory_order_release);
+    while (run_one_chunk(thread)) {
+    }
   }
 }
 

@@ -1,13 +1,16 @@
 // llm/thread_team.hpp — a fixed team of threads that splits one product (or attention over heads) inside a graph
-// node: the calling thread runs part 0, `size() - 1` workers run the others, and run() returns when all are done.
+// node. A job is cut into chunks; every thread of the team (the caller included) claims chunks one at a time
+// until none is left, and run() returns when all are done.
 //
 //   ThreadTeam team(2);
-//   team.run([&](unsigned part, unsigned parts) { rows [part * n / parts, (part + 1) * n / parts) ... });
+//   team.run([&](unsigned chunk, unsigned chunks, unsigned thread) { rows of `chunk` ... }, 16);
 //
 // A node runs inline on the thread that committed the step (the engine's waves are small), so its products would
 // otherwise use one core whatever the propagator's worker count; the team gives them the engine's `threads`.
-// Between jobs, workers spin briefly (a decoding step starts several jobs within microseconds) and then sleep on
-// a futex, so an idle engine costs no CPU.
+// Chunks are claimed dynamically rather than one fixed part per thread: on a machine shared with other work a
+// worker may not be scheduled for milliseconds, and then the caller runs its chunks instead of waiting for it
+// (the wait is at most the chunk a descheduled worker is inside). Between jobs, workers spin briefly (a decoding
+// step starts several jobs within microseconds) and then sleep on a futex, so an idle engine costs no CPU.
 //
 // Thread-safety: run() is called by one thread at a time (the node running the product); jobs never overlap.
 #pragma once
@@ -20,40 +23,48 @@
 
 namespace mmsb::llm {
 
-// A non-owning reference to a job callable as job(part, parts) (no allocation, unlike std::function).
+// A non-owning reference to a job callable as job(chunk, chunks, thread) (no allocation, unlike std::function).
+// `thread` (0 .. team size - 1) names the thread running the chunk, for per-thread scratch.
 class JobRef {
  public:
   JobRef() noexcept = default;
   template <class F>
   JobRef(F& f) noexcept  // NOLINT: implicit, as a function_ref
-      : object_(&f), call_([](void* o, unsigned part, unsigned parts) { (*static_cast<F*>(o))(part, parts); }) {}
-  void operator()(unsigned part, unsigned parts) const { call_(object_, part, parts); }
+      : object_(&f), call_([](void* o, unsigned chunk, unsigned chunks, unsigned thread) {
+          (*static_cast<F*>(o))(chunk, chunks, thread);
+        }) {}
+  void operator()(unsigned chunk, unsigned chunks, unsigned thread) const { call_(object_, chunk, chunks, thread); }
 
  private:
   void* object_ = nullptr;
-  void (*call_)(void*, unsigned, unsigned) = nullptr;
+  void (*call_)(void*, unsigned, unsigned, unsigned) = nullptr;
 };
 
 class ThreadTeam {
  public:
-  // `threads` >= 1 parts per job; 1 starts no worker and run() calls the job inline.
+  static constexpr unsigned kMaxChunks = 4096;
+
+  // `threads` >= 1; 1 starts no worker and run() calls the job inline.
   explicit ThreadTeam(unsigned threads);
   ~ThreadTeam();
   ThreadTeam(const ThreadTeam&) = delete;
   ThreadTeam& operator=(const ThreadTeam&) = delete;
 
   unsigned size() const noexcept { return static_cast<unsigned>(workers_.size()) + 1; }
-  // Runs job(part, size()) for every part, part 0 on the calling thread; returns when every part has returned.
-  // The job must not throw (products and attention do not).
-  void run(JobRef job);
+  // Runs job(chunk, chunks, thread) once for every chunk in [0, chunks) (1 <= chunks <= kMaxChunks), each on some
+  // thread of the team; returns when every chunk has returned. The job must not throw (products and attention do
+  // not).
+  void run(JobRef job, unsigned chunks);
 
  private:
-  void work(unsigned part);
+  void work(unsigned thread);
+  bool run_one_chunk(unsigned thread);
 
   std::vector<std::thread> workers_;
-  JobRef job_;                                // the current job, published by generation_
-  std::atomic<std::uint64_t> generation_{0};  // advanced once per job (and once more to stop)
-  std::atomic<unsigned> pending_{0};          // worker parts of the current job not yet finished
+  JobRef job_;                                // the current job: written before claim_ is published
+  std::atomic<std::uint64_t> claim_{0};       // chunks of the current job << 32 | the next chunk to claim
+  std::atomic<unsigned> done_{0};             // chunks of the current job finished
+  std::atomic<std::uint64_t> generation_{0};  // advanced once per job (and once more to stop): wakes workers
   std::atomic<bool> stop_{false};
 };
 

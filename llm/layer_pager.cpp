@@ -44,6 +44,11 @@ void release(Buffer& b) noexcept {
   b = {};
 }
 
+std::uint64_t elapsed_ns(std::chrono::steady_clock::time_point start) {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
+}
+
 // Queued: a prefetch reserved the buffer but its task has not started; a pin that needs the unit then loads it
 // itself rather than wait for a worker thread to be scheduled (the task later finds nothing to do).
 enum class State : std::uint8_t { Absent, Queued, Loading, Resident };
@@ -204,15 +209,18 @@ struct LayerPager::Impl {
     const std::span<std::byte> destination{u.buffer.data, u.bytes};
     lock.unlock();
     bool ok = true;
+    const auto start = std::chrono::steady_clock::now();
     try {
       loader(index, destination);
     } catch (...) {
       ok = false;  // a later pin loads it synchronously, and reports the error if it recurs
     }
+    const std::uint64_t ns = elapsed_ns(start);
     lock.lock();
     if (ok) {
       u.state = State::Resident;
       stats.bytes_loaded += u.bytes;
+      stats.load_ns += ns;
       --loads_in_flight;
     } else {
       abandon_load(u);
@@ -420,6 +428,7 @@ LayerPager::Pin LayerPager::pin(std::size_t index) {
     }
     const Buffer b = u.buffer;
     lock.unlock();
+    const auto start = std::chrono::steady_clock::now();
     try {
       m.loader(index, {b.data, u.bytes});
     } catch (...) {
@@ -428,6 +437,7 @@ LayerPager::Pin LayerPager::pin(std::size_t index) {
       m.changed.notify_all();
       throw;
     }
+    const std::uint64_t ns = elapsed_ns(start);
     lock.lock();
     u.state = State::Resident;
     --m.loads_in_flight;
@@ -435,6 +445,8 @@ LayerPager::Pin LayerPager::pin(std::size_t index) {
     ++m.stats.pins;
     ++m.stats.sync_loads;
     m.stats.bytes_loaded += u.bytes;
+    m.stats.load_ns += ns;
+    m.stats.sync_load_ns += ns;
     m.changed.notify_all();
     return Pin(this, index, {b.data, u.bytes});
   }

@@ -289,6 +289,27 @@ int run_generate(const Options& o) {
   return 0;
 }
 
+double median(const std::vector<Throughput>& runs, double Throughput::*field) {
+  std::vector<double> v;
+  for (const Throughput& t : runs) v.push_back(t.*field);
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// What bounds paging on one core: without prefetch every load is on the step's path, so a step costs the resident
+// step plus its loads; with one core for both, no overlap can do better than resident / (resident + loads).
+struct LoadBound {
+  double us_per_mb_with, us_per_mb_without, load_ms_per_step, resident_ms_per_step, one_core;
+};
+LoadBound load_bound(const PagerStats& with, const PagerStats& without, double steps, double resident_tok) {
+  auto us_per_mb = [](const PagerStats& s) {
+    return s.bytes_loaded > 0 ? static_cast<double>(s.load_ns) / 1e3 / (static_cast<double>(s.bytes_loaded) / 1e6)
+                              : 0.0;
+  };
+  const double load_ms = static_cast<double>(without.load_ns) / 1e6 / steps, resident_ms = 1e3 / resident_tok;
+  return {us_per_mb(with), us_per_mb(without), load_ms, resident_ms, resident_ms / (resident_ms + load_ms)};
+}
+
 // `bench --mem-budget`: the engine fully resident, paged with prefetch and paged without, alternated in one run.
 // `resident` already holds the fully resident repetitions; the paged ones alternate with as many more.
 int run_paged_bench(const Options& o, const Model& model, const EngineOptions& base, std::vector<Throughput> resident) {
@@ -307,12 +328,6 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
                         "bench: the paged engine generated other tokens than the resident one");
     }
   }
-  auto median = [](const std::vector<Throughput>& runs, double Throughput::*field) {
-    std::vector<double> v;
-    for (const Throughput& t : runs) v.push_back(t.*field);
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
   const double resident_tok = median(resident, &Throughput::tok_per_s);
   const double paged_tok = median(paged, &Throughput::tok_per_s);
   const double unprefetched_tok = median(unprefetched, &Throughput::tok_per_s);
@@ -324,6 +339,8 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
       without.sync_loads > 0 ? static_cast<double>(with.sync_loads) / static_cast<double>(without.sync_loads) : 0.0;
   const std::uint64_t model_bytes = PagedModel::model_bytes(model);
   const std::uint64_t budget = prefetching.paging->budget;
+  const double steps = static_cast<double>(o.rounds) * (o.bench_prompt + o.bench_gen);
+  const LoadBound bound = load_bound(with, without, steps, resident_tok);
   if (o.json) {
     std::printf(
         "{\"model\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"rounds\": %d, \"model_bytes\": %llu, "
@@ -332,7 +349,8 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
         "\"sync_loads_no_prefetch\": %llu, \"sync_loads_ratio\": %.4f, \"prefetch_hits\": %llu, "
         "\"prefetch_waits\": %llu, \"prefetches_late\": %llu, \"prefetches_dropped\": %llu, \"evictions\": %llu, "
         "\"bytes_loaded\": %llu, \"kept_units\": %llu, \"kept_bytes\": %llu, "
-        "\"peak_held_bytes\": %llu}\n",
+        "\"peak_held_bytes\": %llu, \"load_us_per_mb\": %.1f, \"load_us_per_mb_no_prefetch\": %.1f, "
+        "\"load_ms_per_step_no_prefetch\": %.2f, \"one_core_bound\": %.4f}\n",
         o.model.c_str(), o.bench_prompt, o.bench_gen, o.rounds, static_cast<unsigned long long>(model_bytes),
         static_cast<unsigned long long>(budget), resident_tok, paged_tok, unprefetched_tok, paged_tok / resident_tok,
         static_cast<unsigned long long>(with.sync_loads), static_cast<unsigned long long>(without.sync_loads),
@@ -340,7 +358,8 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
         static_cast<unsigned long long>(with.prefetches_late), static_cast<unsigned long long>(with.prefetches_dropped),
         static_cast<unsigned long long>(with.evictions), static_cast<unsigned long long>(with.bytes_loaded),
         static_cast<unsigned long long>(with.kept_units), static_cast<unsigned long long>(with.kept_bytes),
-        static_cast<unsigned long long>(with.peak_held_bytes));
+        static_cast<unsigned long long>(with.peak_held_bytes), bound.us_per_mb_with, bound.us_per_mb_without,
+        bound.load_ms_per_step, bound.one_core);
   } else {
     std::printf(
         "model %s (%s), %llu bytes paged in %zu units, budget %llu bytes (%.1f%%), %d sequence(s) of %d + %d "
@@ -360,10 +379,14 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
         sync_ratio, static_cast<unsigned long long>(with.prefetch_hits), static_cast<unsigned long long>(with.waits),
         static_cast<unsigned long long>(with.prefetches_late), static_cast<unsigned long long>(with.prefetches_dropped),
         static_cast<unsigned long long>(with.evictions));
-    const double steps = static_cast<double>(o.rounds) * (o.bench_prompt + o.bench_gen);
     std::printf("  %llu units (%llu bytes) kept resident; %.0f bytes loaded per step\n",
                 static_cast<unsigned long long>(with.kept_units), static_cast<unsigned long long>(with.kept_bytes),
                 static_cast<double>(with.bytes_loaded) / steps);
+    std::printf(
+        "  loads: %.0f us/MB on the step's path (no prefetch: %.2f ms per step against %.2f ms of resident "
+        "compute; one core for both bounds paged/resident at %.3f), %.0f us/MB with prefetch (wall clock)\n",
+        bound.us_per_mb_without, bound.load_ms_per_step, bound.resident_ms_per_step, bound.one_core,
+        bound.us_per_mb_with);
   }
   return 0;
 }

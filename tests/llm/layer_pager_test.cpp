@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <mutex>
@@ -183,6 +184,28 @@ TEST(LayerPager, CountsPrefetchHitsLatePrefetchesAndDropsOfAScriptedSequence) {
   EXPECT_EQ(s.evictions, 2u);
   EXPECT_EQ(s.bytes_loaded, 400u);
   EXPECT_EQ(s.held_bytes, 200u);
+}
+
+// The load times behind `mmsb-llm bench --mem-budget`'s bound: every load's time counts in load_ns, only the
+// loads on a pinning thread in sync_load_ns. The loader sleeps a known time, so the counts have lower bounds.
+TEST(LayerPager, TimesLoadsAndTheSynchronousShareOfThem) {
+  using std::chrono::milliseconds, std::chrono::nanoseconds;
+  ManualExecutor ex;
+  auto slow = [](std::size_t unit, std::span<std::byte> out) {
+    std::this_thread::sleep_for(milliseconds(unit == 0 ? 2 : 6));
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = pattern(unit, i);
+  };
+  LayerPager pager({100, 100, 100}, 200, slow, manual(ex));
+  (void)pager.pin(0);  // a synchronous load: 2 ms at least
+  PagerStats s = pager.stats();
+  EXPECT_GE(s.sync_load_ns, static_cast<std::uint64_t>(nanoseconds(milliseconds(2)).count()));
+  EXPECT_EQ(s.load_ns, s.sync_load_ns);
+  pager.prefetch(1);
+  ex.run_all();  // a prefetch load: 6 ms at least, not synchronous
+  const std::uint64_t sync_before = s.sync_load_ns;
+  s = pager.stats();
+  EXPECT_EQ(s.sync_load_ns, sync_before);
+  EXPECT_GE(s.load_ns, s.sync_load_ns + static_cast<std::uint64_t>(nanoseconds(milliseconds(6)).count()));
 }
 
 TEST(LayerPager, CountsAPrefetchEvictedBeforeUseAsUnused) {

@@ -73,6 +73,8 @@ struct PagerStats {
   std::uint64_t kept_units = 0;  // Options::kept: units that are never evicted
   std::uint64_t kept_bytes = 0;
   std::uint64_t bytes_loaded = 0;
+  std::uint64_t load_ns = 0;         // wall-clock time inside the loader, all loads (prefetches and synchronous)
+  std::uint64_t sync_load_ns = 0;    // the part of load_ns spent by synchronous loads, on the pinning thread
   std::uint64_t resident_bytes = 0;  // bytes of the units resident or loading now
   std::uint64_t held_bytes = 0;      // buffers held now: resident, loading and pooled (<= budget)
   std::uint64_t peak_held_bytes = 0;

@@ -222,14 +222,15 @@ void print_pager_stats(const char* label, const PagerStats& s) {
   std::fprintf(
       stderr,
       "%s: %llu pins: %llu synchronous loads, %llu hits, %llu waits for a prefetch in flight; %llu "
-      "prefetches (%llu hits, %llu late, %llu dropped, %llu unused); %llu evictions; %llu bytes loaded; peak %llu "
-      "bytes held\n",
+      "prefetches (%llu hits, %llu late, %llu dropped, %llu unused); %llu evictions; %llu bytes loaded in %.1f ms "
+      "(%.1f ms synchronous); peak %llu bytes held\n",
       label, static_cast<unsigned long long>(s.pins), static_cast<unsigned long long>(s.sync_loads),
       static_cast<unsigned long long>(s.hits), static_cast<unsigned long long>(s.waits),
       static_cast<unsigned long long>(s.prefetches), static_cast<unsigned long long>(s.prefetch_hits),
       static_cast<unsigned long long>(s.prefetches_late), static_cast<unsigned long long>(s.prefetches_dropped),
       static_cast<unsigned long long>(s.prefetches_unused), static_cast<unsigned long long>(s.evictions),
-      static_cast<unsigned long long>(s.bytes_loaded), static_cast<unsigned long long>(s.peak_held_bytes));
+      static_cast<unsigned long long>(s.bytes_loaded), static_cast<double>(s.load_ns) / 1e6,
+      static_cast<double>(s.sync_load_ns) / 1e6, static_cast<unsigned long long>(s.peak_held_bytes));
 }
 
 int run_generate(const Options& o) {

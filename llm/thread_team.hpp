@@ -42,8 +42,6 @@ class JobRef {
 
 class ThreadTeam {
  public:
-  static constexpr unsigned kMaxChunks = 4096;
-
   // `threads` >= 1; 1 starts no worker and run() calls the job inline.
   explicit ThreadTeam(unsigned threads);
   ~ThreadTeam();
@@ -51,7 +49,7 @@ class ThreadTeam {
   ThreadTeam& operator=(const ThreadTeam&) = delete;
 
   unsigned size() const noexcept { return static_cast<unsigned>(workers_.size()) + 1; }
-  // Runs job(chunk, chunks, thread) once for every chunk in [0, chunks) (1 <= chunks <= kMaxChunks), each on some
+  // Runs job(chunk, chunks, thread) once for every chunk in [0, chunks) (chunks >= 1), each on some
   // thread of the team; returns when every chunk has returned. The job must not throw (products and attention do
   // not).
   void run(JobRef job, unsigned chunks);

@@ -80,8 +80,10 @@ MMSB_TILE inline void prefetch_next_tile(const std::uint8_t* p, std::size_t tile
 
 // --- F32 weights (f32 activations) and F16 weights (F16 activations) -------------------------------------------
 
-// One vector at a time (decoding); batches run FloatGemm below, with the same operations per result.
-template <bool Half, bool HalfX = Half>
+// One vector at a time (decoding; F16 activations widened to f32 first, the same values, so a row converts only its
+// weights); batches run FloatGemm below, with the same operations per result. Linear: the tile after this one is
+// asked for in address order (R lines per step of a cache line) rather than row by row at this step's columns.
+template <bool Half, bool Linear = false>
 struct FloatTile {
   template <bool H = Half>
   MMSB_TILE static __m256 load(const std::uint8_t* row, std::size_t k) {
@@ -119,11 +121,18 @@ struct FloatTile {
     for (; k + 8 <= a.cols; k += 8) {
       if (k % line_values == 0) {
         MMSB_UNROLL
-        for (int r = 0; r < R; ++r) prefetch_next_tile(a.w + r * a.row_stride + k * (Half ? 2 : 4), R * a.row_stride);
+        for (int r = 0; r < R; ++r) {
+          if constexpr (Linear) {
+            const std::size_t line = k / line_values * R + static_cast<std::size_t>(r);
+            _mm_prefetch(reinterpret_cast<const char*>(a.w + R * a.row_stride + line * 64), _MM_HINT_T0);
+          } else {
+            prefetch_next_tile(a.w + r * a.row_stride + k * (Half ? 2 : 4), R * a.row_stride);
+          }
+        }
       }
       __m256 xv[T];
       MMSB_UNROLL
-      for (int t = 0; t < T; ++t) xv[t] = load<HalfX>(x[t], k);
+      for (int t = 0; t < T; ++t) xv[t] = load<false>(x[t], k);
       MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
         const __m256 wv = load(a.w + r * a.row_stride, k);
@@ -136,12 +145,18 @@ struct FloatTile {
       MMSB_UNROLL
       for (int t = 0; t < T; ++t) {
         float s = hsum(acc[r][t]);
-        for (std::size_t j = k; j < a.cols; ++j) s += at(a.w + r * a.row_stride, j) * at<HalfX>(x[t], j);
+        for (std::size_t j = k; j < a.cols; ++j) s += at(a.w + r * a.row_stride, j) * at<false>(x[t], j);
         a.out[t * a.out_stride + r] = s;
       }
     }
   }
 };
+
+MMSB_TILE void widen_halves(const std::uint8_t* halves, std::size_t n, float* out) {
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, FloatTile<true>::load(halves, i));
+  for (; i < n; ++i) out[i] = FloatTile<true>::at(halves, i);
+}
 
 // Batches of F32 and F16 products, cache-blocked. The 4 x 3 tile above streams every vector of a batch from L2
 // for each tile of rows, and once a tile's rows pass L1 (4 rows of 2048 f32 = 32 KiB) its weights as well
@@ -265,10 +280,12 @@ struct FloatGemm {
               (std::min(kBlockSteps, steps - std::min(steps, next_s)) * kStep * value_bytes + line_bytes - 1) /
               line_bytes;
           const std::size_t per_tile = (R * lines + vector_tiles - 1) / vector_tiles;
+          std::size_t pf_row = 0, pf_line = 0;  // the next line to ask for
           for (std::size_t t = 0, i = 0; t < n; t += T, ++i) {
-            for (std::size_t j = i * per_tile; j < std::min(R * lines, (i + 1) * per_tile); ++j) {
-              _mm_prefetch(reinterpret_cast<const char*>(next + j / lines * row_stride + j % lines * line_bytes),
+            for (std::size_t j = 0; j < per_tile && pf_row < R; ++j) {
+              _mm_prefetch(reinterpret_cast<const char*>(next + pf_row * row_stride + pf_line * line_bytes),
                            _MM_HINT_T1);
+              if (++pf_line == lines) pf_line = 0, ++pf_row;
             }
             const std::size_t tn = std::min<std::size_t>(T, n - t);
             tiles[(rn - 1) * T + (tn - 1)](wr, row_stride, panel + i * tile_floats + s0 * T * kStep, s0, s1,
@@ -798,20 +815,26 @@ void matmul_tiles(const std::byte* w, std::size_t row_stride, std::size_t rows, 
   }
 }
 
-// F32 and F16: one vector by the tiles, a batch by the cache-blocked products. One vector against rows shorter than
-// 2 KiB reads them one at a time: eight such rows side by side (eight streams 1 to 1.5 KiB apart) came from memory
-// at 10-11 GB/s against 13-14 one by one (F16, 512 and 768 columns); longer rows stream well eight at a time
-// (16-17 GB/s against 13).
+// F32 and F16: a batch by the cache-blocked products, one vector by the tiles. Rows shorter than 2 KiB are read
+// four at a time with the next tile asked for in address order: eight such rows side by side, prefetched row by
+// row, came from memory at 11-12 GB/s against 15-16 (F16, 512 and 768 columns); longer rows stream best eight at
+// a time, prefetched row by row (17-18 GB/s against 14-16).
 template <bool Half>
 void matmul_float(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
                   std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
-  if (n == 1 && row_stride < 2048) {
-    return matmul_tiles<FloatTile<Half>, 1, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  if (n > 1) return FloatGemm<Half>::run(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  if constexpr (Half) {
+    // The vector widened to f32 once (the same values, so the same bits): a row then converts only its weights.
+    thread_local std::vector<float> wide;
+    if (wide.size() < cols) wide.resize(cols);
+    widen_halves(reinterpret_cast<const std::uint8_t*>(act), cols, wide.data());
+    act = reinterpret_cast<const std::byte*>(wide.data());
+    act_stride = cols * sizeof(float);
   }
-  if (n == 1) {
-    return matmul_tiles<FloatTile<Half>, 8, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  if (row_stride < 2048) {
+    return matmul_tiles<FloatTile<Half, true>, 4, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
   }
-  FloatGemm<Half>::run(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  matmul_tiles<FloatTile<Half>, 8, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
 }
 
 }  // namespace

@@ -500,11 +500,17 @@ struct Block8 {
       __m256 acc = _mm256_setzero_ps(), offsets = _mm256_setzero_ps();
       for (std::size_t b = 0; b < cols / kBlock; ++b) {
         const __m256i xv = load32(x.q + b * kBlock);
+        // The tile four tiles further down, in address order: the eight rows are contiguous, and this step's
+        // share of them is the same share of that tile (measured from memory, Q4_0 at 768 and 2048 columns:
+        // 11.6-12.3 GB/s against 9.4-10.0 asking row by row at this block; Q8_0 17 against 10.5).
+        const std::uint8_t* ahead = row[0] + 4 * kTileRows * row_stride + b * kTileRows * B::bytes;
+        for (std::size_t o = 0; o < kTileRows * B::bytes + 63; o += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + o), _MM_HINT_T0);
+        }
         __m256i m[kTileRows];
         MMSB_UNROLL
         for (std::size_t r = 0; r < kTileRows; ++r) {
           const std::uint8_t* blk = row[r] + b * B::bytes;
-          prefetch_next_tile(blk, kTileRows * row_stride);
           const __m256i w = B::values(blk);
           __m256i pairs;
           if constexpr (B::kind == Stored::Signed) {

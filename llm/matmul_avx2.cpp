@@ -176,21 +176,21 @@ MMSB_TILE inline __m256 hsum8(const float* acc, std::size_t count, std::size_t f
   return _mm256_permutevar8x32_ps(t, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-// Batches of F32 and F16 products, cache-blocked. The 4 x 3 tile above streams every vector of a batch from L2
-// for each tile of rows, and once a tile's rows pass L1 (4 rows of 2048 f32 = 32 KiB) its weights as well
-// (measured: 40 GFLOP/s at 768 x 2048 against 80 when everything sits in L2). Here the vectors of a chunk are first
-// copied into one contiguous panel (F16 activations widened to f32 on the way), tile by tile: per step of 8
+// Batches of F32 products, cache-blocked. The 4 x 3 tile above streams every vector of a batch from L2 for each
+// tile of rows, and once a tile's rows pass L1 (4 rows of 2048 f32 = 32 KiB) its weights as well (measured: 40
+// GFLOP/s at 768 x 2048 against 80 when everything sits in L2; F16 rows, half the bytes, ran at 75-83 either way,
+// so F16 batches keep the plain tiles). Here the vectors of a chunk are first copied into one contiguous panel,
+// tile by tile: per step of 8
 // columns the tile's T vectors side by side, so a tile reads one sequential stream. Then, for each tile of R rows,
 // the columns are taken in blocks of kc whose R weight rows stay in L1 while every tile of vectors of the chunk
 // passes over them; between blocks a tile's accumulators wait in a small buffer. Each accumulator lane still takes
 // the same fused multiply-adds in the same order as FloatTile, and the end (horizontal sum, then the columns past
 // the last multiple of 8 one by one from the vectors as given) is FloatTile's: the results are the same bits.
-template <bool Half>
 struct FloatGemm {
   static constexpr int R = 4, T = 3;
   static constexpr std::size_t kStep = 8;
   // Column blocks of 512: a tile's weights (4 rows, 8 KiB in f32) stay in L1 while the chunk's vectors pass.
-  static constexpr std::size_t kBlockSteps = Half ? 128 : 64;
+  static constexpr std::size_t kBlockSteps = 64;
   // The vectors' panel of one column block is read again for every tile of rows of a row block: at most 128 KiB,
   // and the row block's accumulators (64 rows x the chunk) as much, together half of L2.
   static constexpr std::size_t kSliceBytes = 192 * 1024, kRowBlock = 64;
@@ -203,7 +203,7 @@ struct FloatGemm {
       const auto* x = reinterpret_cast<const std::uint8_t*>(act + t * act_stride);
       float* dst = panel + (t / T * steps * T + t % T) * kStep;
       for (std::size_t s = 0; s < steps; ++s)
-        _mm256_storeu_ps(dst + s * T * kStep, FloatTile<Half>::load(x, s * kStep));
+        _mm256_storeu_ps(dst + s * T * kStep, FloatTile<false>::load(x, s * kStep));
     }
   }
 
@@ -224,7 +224,7 @@ struct FloatGemm {
       for (int t = 0; t < TN; ++t) xv[t] = _mm256_loadu_ps(x + t * kStep);
       MMSB_UNROLL
       for (int r = 0; r < RN; ++r) {
-        const __m256 wv = FloatTile<Half>::load(w + r * row_stride, s * kStep);
+        const __m256 wv = FloatTile<false>::load(w + r * row_stride, s * kStep);
         MMSB_UNROLL
         for (int t = 0; t < TN; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
       }
@@ -268,7 +268,7 @@ struct FloatGemm {
           for (std::size_t ri = 0; ri < rn; ++ri) {
             float sum = sums[ri * tn + ti];
             for (std::size_t j = steps * kStep; j < cols; ++j) {
-              sum += FloatTile<Half>::at(w + (r + ri) * row_stride, j) * FloatTile<Half>::at(x, j);
+              sum += FloatTile<false>::at(w + (r + ri) * row_stride, j) * FloatTile<false>::at(x, j);
             }
             out[(t + ti) * out_stride + r + ri] = sum;
           }
@@ -283,7 +283,7 @@ struct FloatGemm {
                               std::size_t act_stride, std::size_t n, std::size_t cols, const float* panel, float* acc,
                               float* out, std::size_t out_stride) {
     static constexpr auto tiles = table(std::make_index_sequence<R * T>());
-    constexpr std::size_t line_bytes = 64, value_bytes = Half ? 2 : 4;
+    constexpr std::size_t line_bytes = 64, value_bytes = 4;
     const std::size_t steps = cols / kStep, tile_floats = steps * T * kStep, vector_tiles = (n + T - 1) / T;
     for (std::size_t rb = 0; rb < rows; rb += kRowBlock) {
       const std::size_t rb_end = std::min(rows, rb + kRowBlock);
@@ -842,21 +842,26 @@ void matmul_tiles(const std::byte* w, std::size_t row_stride, std::size_t rows, 
   }
 }
 
-// F32 and F16: a batch by the cache-blocked products, one vector by the tiles. Rows shorter than 2 KiB are read
-// four at a time with the next tile asked for in address order: eight such rows side by side, prefetched row by
-// row, came from memory at 11-12 GB/s against 15-16 (F16, 512 and 768 columns); longer rows stream best eight at
-// a time, prefetched row by row (17-18 GB/s against 14-16).
+// F32 and F16: an F32 batch by the cache-blocked products, an F16 batch and one vector by the tiles. Rows
+// shorter than 2 KiB are read four at a time with the next tile asked for in address order: eight such rows side
+// by side, prefetched row by row, came from memory at 11-12 GB/s against 15-16 (F16, 512 and 768 columns); longer
+// rows stream best eight at a time, prefetched row by row (17-18 GB/s against 14-16).
 template <bool Half>
 void matmul_float(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
                   std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
-  if (n > 1) return FloatGemm<Half>::run(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
   if constexpr (Half) {
-    // The vector widened to f32 once (the same values, so the same bits): a row then converts only its weights.
-    thread_local std::vector<float> wide;
-    if (wide.size() < cols) wide.resize(cols);
-    widen_halves(reinterpret_cast<const std::uint8_t*>(act), cols, wide.data());
+    // The vectors widened to f32 once (the same values, so the same bits): a tile then converts only its weights.
+    thread_local std::vector<float> wide;  // grows to the widest batch once
+    if (wide.size() < n * cols) wide.resize(n * cols);
+    for (std::size_t t = 0; t < n; ++t) {
+      widen_halves(reinterpret_cast<const std::uint8_t*>(act + t * act_stride), cols, wide.data() + t * cols);
+    }
     act = reinterpret_cast<const std::byte*>(wide.data());
     act_stride = cols * sizeof(float);
+    if (n > 1)
+      return matmul_tiles<FloatTile<true>, 8, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  } else if (n > 1) {
+    return FloatGemm::run(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
   }
   if (row_stride < 2048) {
     return matmul_tiles<FloatTile<Half, true>, 4, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);

@@ -81,8 +81,9 @@ MMSB_TILE inline void prefetch_next_tile(const std::uint8_t* p, std::size_t tile
 // --- F32 weights (f32 activations) and F16 weights (F16 activations) -------------------------------------------
 
 // One vector at a time (decoding; F16 activations widened to f32 first, the same values, so a row converts only its
-// weights); batches run FloatGemm below, with the same operations per result. Linear: the tile after this one is
-// asked for in address order (R lines per step of a cache line) rather than row by row at this step's columns.
+// weights), and F16 batches; F32 batches run FloatGemm below, with the same operations per result. Linear: the tile
+// after this one is asked for in address order (R lines per step of a cache line) rather than row by row at this step's
+// columns.
 template <bool Half, bool Linear = false>
 struct FloatTile {
   template <bool H = Half>
@@ -180,19 +181,19 @@ MMSB_TILE inline __m256 hsum8(const float* acc, std::size_t count, std::size_t f
 // tile of rows, and once a tile's rows pass L1 (4 rows of 2048 f32 = 32 KiB) its weights as well (measured: 40
 // GFLOP/s at 768 x 2048 against 80 when everything sits in L2; F16 rows, half the bytes, ran at 75-83 either way,
 // so F16 batches keep the plain tiles). Here the vectors of a chunk are first copied into one contiguous panel,
-// tile by tile: per step of 8
-// columns the tile's T vectors side by side, so a tile reads one sequential stream. Then, for each tile of R rows,
-// the columns are taken in blocks of kc whose R weight rows stay in L1 while every tile of vectors of the chunk
-// passes over them; between blocks a tile's accumulators wait in a small buffer. Each accumulator lane still takes
-// the same fused multiply-adds in the same order as FloatTile, and the end (horizontal sum, then the columns past
-// the last multiple of 8 one by one from the vectors as given) is FloatTile's: the results are the same bits.
+// tile by tile: per step of 8 columns the tile's T vectors side by side, so a tile reads one sequential stream.
+// Then, per row block, the columns are taken in blocks whose R weight rows (one tile of rows) stay in L1 while
+// every tile of vectors of the chunk passes over them; between column blocks a tile's accumulators wait in a
+// buffer. Each accumulator lane still takes the same fused multiply-adds in the same order as FloatTile, and the
+// end (horizontal sum, then the columns past the last multiple of 8 one by one from the vectors as given) is
+// FloatTile's: the results are the same bits.
 struct FloatGemm {
   static constexpr int R = 4, T = 3;
   static constexpr std::size_t kStep = 8;
   // Column blocks of 512: a tile's weights (4 rows, 8 KiB in f32) stay in L1 while the chunk's vectors pass.
   static constexpr std::size_t kBlockSteps = 64;
-  // The vectors' panel of one column block is read again for every tile of rows of a row block: at most 128 KiB,
-  // and the row block's accumulators (64 rows x the chunk) as much, together half of L2.
+  // The vectors' panel of one column block is read again for every tile of rows of a row block: at most 192 KiB;
+  // with the row block's accumulators (64 rows x 96 vectors x 32 bytes) about three quarters of L2 (512 KiB).
   static constexpr std::size_t kSliceBytes = 192 * 1024, kRowBlock = 64;
 
   // Vectors [t0, t0 + n) into `panel`: tile i, step s, vector t at ((i * steps + s) * T + t) * 8.

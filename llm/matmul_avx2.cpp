@@ -80,10 +80,11 @@ MMSB_TILE inline void prefetch_next_tile(const std::uint8_t* p, std::size_t tile
 
 // --- F32 weights (f32 activations) and F16 weights (F16 activations) -------------------------------------------
 
-// HalfX: the activations are half precision as well. Batches of F16 products widen their (half-precision)
-// activations to f32 once and run with HalfX false: the same values, so the same bits, but a tile then converts
-// only its weights, which leaves GCC registers enough to keep the 4 x 3 accumulators out of memory.
-template <bool Half, bool HalfX = Half>
+// One vector at a time (decoding; F16 activations widened to f32 first, the same values, so a row converts only its
+// weights), and F16 batches; F32 batches run FloatGemm below, with the same operations per result. Linear: the tile
+// after this one is asked for in address order (R lines per step of a cache line) rather than row by row at this step's
+// columns.
+template <bool Half, bool Linear = false>
 struct FloatTile {
   template <bool H = Half>
   MMSB_TILE static __m256 load(const std::uint8_t* row, std::size_t k) {
@@ -121,11 +122,18 @@ struct FloatTile {
     for (; k + 8 <= a.cols; k += 8) {
       if (k % line_values == 0) {
         MMSB_UNROLL
-        for (int r = 0; r < R; ++r) prefetch_next_tile(a.w + r * a.row_stride + k * (Half ? 2 : 4), R * a.row_stride);
+        for (int r = 0; r < R; ++r) {
+          if constexpr (Linear) {
+            const std::size_t line = k / line_values * R + static_cast<std::size_t>(r);
+            _mm_prefetch(reinterpret_cast<const char*>(a.w + R * a.row_stride + line * 64), _MM_HINT_T0);
+          } else {
+            prefetch_next_tile(a.w + r * a.row_stride + k * (Half ? 2 : 4), R * a.row_stride);
+          }
+        }
       }
       __m256 xv[T];
       MMSB_UNROLL
-      for (int t = 0; t < T; ++t) xv[t] = load<HalfX>(x[t], k);
+      for (int t = 0; t < T; ++t) xv[t] = load<false>(x[t], k);
       MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
         const __m256 wv = load(a.w + r * a.row_stride, k);
@@ -138,7 +146,7 @@ struct FloatTile {
       MMSB_UNROLL
       for (int t = 0; t < T; ++t) {
         float s = hsum(acc[r][t]);
-        for (std::size_t j = k; j < a.cols; ++j) s += at(a.w + r * a.row_stride, j) * at<HalfX>(x[t], j);
+        for (std::size_t j = k; j < a.cols; ++j) s += at(a.w + r * a.row_stride, j) * at<false>(x[t], j);
         a.out[t * a.out_stride + r] = s;
       }
     }
@@ -150,6 +158,186 @@ MMSB_TILE void widen_halves(const std::uint8_t* halves, std::size_t n, float* ou
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, FloatTile<true>::load(halves, i));
   for (; i < n; ++i) out[i] = FloatTile<true>::at(halves, i);
 }
+
+// Lane j of the result = hsum(acc[first + j]) for the `count` accumulators (8 floats each) at `acc`, in the same
+// additions: per accumulator (low half + high half), then (lanes 0 + 2) + (lanes 1 + 3) (float addition commutes
+// exactly). Lanes past `count` repeat accumulator `first`.
+MMSB_TILE inline __m256 hsum8(const float* acc, std::size_t count, std::size_t first) {
+  __m256 v[8];
+  for (std::size_t j = 0; j < 8; ++j) v[j] = _mm256_loadu_ps(acc + 8 * (first + j < count ? first + j : first));
+  __m256 h[4];
+  MMSB_UNROLL
+  for (int p = 0; p < 4; ++p) {
+    const __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x20),
+                                   _mm256_permute2f128_ps(v[2 * p], v[2 * p + 1], 0x31));
+    h[p] = _mm256_permute_ps(s, 0xD8);  // per half: lanes 0, 2, 1, 3
+  }
+  // Per 128-bit half: (0 + 2), (1 + 3) of two accumulators each, then their sums: lanes v0 v2 v4 v6 | v1 v3 v5 v7.
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+  return _mm256_permutevar8x32_ps(t, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// Batches of F32 products, cache-blocked. The 4 x 3 tile above streams every vector of a batch from L2 for each
+// tile of rows, and once a tile's rows pass L1 (4 rows of 2048 f32 = 32 KiB) its weights as well (measured: 40
+// GFLOP/s at 768 x 2048 against 80 when everything sits in L2; F16 rows, half the bytes, ran at 75-83 either way,
+// so F16 batches keep the plain tiles). Here the vectors of a chunk are first copied into one contiguous panel,
+// tile by tile: per step of 8 columns the tile's T vectors side by side, so a tile reads one sequential stream.
+// Then, per row block, the columns are taken in blocks whose R weight rows (one tile of rows) stay in L1 while
+// every tile of vectors of the chunk passes over them; between column blocks a tile's accumulators wait in a
+// buffer. Each accumulator lane still takes the same fused multiply-adds in the same order as FloatTile, and the
+// end (horizontal sum, then the columns past the last multiple of 8 one by one from the vectors as given) is
+// FloatTile's: the results are the same bits.
+struct FloatGemm {
+  static constexpr int R = 4, T = 3;
+  static constexpr std::size_t kStep = 8;
+  // Column blocks of 512: a tile's weights (4 rows, 8 KiB in f32) stay in L1 while the chunk's vectors pass.
+  static constexpr std::size_t kBlockSteps = 64;
+  // The vectors' panel of one column block is read again for every tile of rows of a row block: at most 192 KiB;
+  // with the row block's accumulators (64 rows x 96 vectors x 32 bytes) about three quarters of L2 (512 KiB).
+  static constexpr std::size_t kSliceBytes = 192 * 1024, kRowBlock = 64;
+
+  // Vectors [t0, t0 + n) into `panel`: tile i, step s, vector t at ((i * steps + s) * T + t) * 8.
+  MMSB_TILE static void pack(const std::byte* act, std::size_t act_stride, std::size_t n, std::size_t cols,
+                             float* panel) {
+    const std::size_t steps = cols / kStep;
+    for (std::size_t t = 0; t < n; ++t) {
+      const auto* x = reinterpret_cast<const std::uint8_t*>(act + t * act_stride);
+      float* dst = panel + (t / T * steps * T + t % T) * kStep;
+      for (std::size_t s = 0; s < steps; ++s)
+        _mm256_storeu_ps(dst + s * T * kStep, FloatTile<false>::load(x, s * kStep));
+    }
+  }
+
+  // Steps [s0, s1) of a tile of RN rows x TN vectors (the tile's panel at `x`), accumulators in `acc`.
+  template <int RN, int TN>
+  MMSB_TILE static void steps(const std::uint8_t* w, std::size_t row_stride, const float* x, std::size_t s0,
+                              std::size_t s1, float* acc_io, bool first) {
+    __m256 acc[RN][TN];
+    MMSB_UNROLL
+    for (int r = 0; r < RN; ++r) {
+      MMSB_UNROLL
+      for (int t = 0; t < TN; ++t)
+        acc[r][t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc_io + (r * TN + t) * kStep);
+    }
+    for (std::size_t s = s0; s < s1; ++s, x += T * kStep) {
+      __m256 xv[TN];
+      MMSB_UNROLL
+      for (int t = 0; t < TN; ++t) xv[t] = _mm256_loadu_ps(x + t * kStep);
+      MMSB_UNROLL
+      for (int r = 0; r < RN; ++r) {
+        const __m256 wv = FloatTile<false>::load(w + r * row_stride, s * kStep);
+        MMSB_UNROLL
+        for (int t = 0; t < TN; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+      }
+    }
+    MMSB_UNROLL
+    for (int r = 0; r < RN; ++r) {
+      MMSB_UNROLL
+      for (int t = 0; t < TN; ++t) _mm256_storeu_ps(acc_io + (r * TN + t) * kStep, acc[r][t]);
+    }
+  }
+  using StepsFn = void (*)(const std::uint8_t*, std::size_t, const float*, std::size_t, std::size_t, float*, bool);
+  template <std::size_t... I>
+  static constexpr std::array<StepsFn, sizeof...(I)> table(std::index_sequence<I...>) {
+    return {&steps<static_cast<int>(I / T) + 1, static_cast<int>(I % T) + 1>...};
+  }
+
+  // Where the tile of rows after (r, block s0) in chunk()'s order starts: its first row and first step.
+  static std::pair<std::size_t, std::size_t> next_tile(std::size_t r, std::size_t row_block_end, std::size_t s0,
+                                                       std::size_t steps, std::size_t row_block_start) {
+    if (r + R < row_block_end) return {r + R, s0};
+    if (s0 + kBlockSteps < steps) return {row_block_start, s0 + kBlockSteps};
+    return {row_block_end, 0};
+  }
+
+  // The results of rows [r0, r1) from their accumulators: the horizontal sum, then the columns past the last
+  // multiple of 8 one by one, as FloatTile ends.
+  MMSB_TILE static void finish(const std::uint8_t* w, std::size_t row_stride, std::size_t r0, std::size_t r1,
+                               const std::byte* act, std::size_t act_stride, std::size_t n, std::size_t cols,
+                               const float* acc, float* out, std::size_t out_stride) {
+    const std::size_t steps = cols / kStep, vector_tiles = (n + T - 1) / T;
+    for (std::size_t r = r0; r < r1; r += R) {
+      const std::size_t rn = std::min<std::size_t>(R, r1 - r);
+      for (std::size_t t = 0, i = 0; t < n; t += T, ++i) {
+        const std::size_t tn = std::min<std::size_t>(T, n - t);
+        const float* tile_acc = acc + ((r - r0) / R * vector_tiles + i) * R * T * kStep;
+        alignas(32) float sums[2 * kStep];
+        _mm256_store_ps(sums, hsum8(tile_acc, rn * tn, 0));
+        if (rn * tn > kStep) _mm256_store_ps(sums + kStep, hsum8(tile_acc, rn * tn, kStep));
+        for (std::size_t ti = 0; ti < tn; ++ti) {
+          const auto* x = reinterpret_cast<const std::uint8_t*>(act + (t + ti) * act_stride);
+          for (std::size_t ri = 0; ri < rn; ++ri) {
+            float sum = sums[ri * tn + ti];
+            for (std::size_t j = steps * kStep; j < cols; ++j) {
+              sum += FloatTile<false>::at(w + (r + ri) * row_stride, j) * FloatTile<false>::at(x, j);
+            }
+            out[(t + ti) * out_stride + r + ri] = sum;
+          }
+        }
+      }
+    }
+  }
+
+  // One chunk of n vectors (panel packed), all rows: blocks of kRowBlock rows, and in each, the column blocks in
+  // order, every tile of rows of the block per column block (its accumulators in `acc` between blocks).
+  MMSB_TILE static void chunk(const std::uint8_t* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                              std::size_t act_stride, std::size_t n, std::size_t cols, const float* panel, float* acc,
+                              float* out, std::size_t out_stride) {
+    static constexpr auto tiles = table(std::make_index_sequence<R * T>());
+    constexpr std::size_t line_bytes = 64, value_bytes = 4;
+    const std::size_t steps = cols / kStep, tile_floats = steps * T * kStep, vector_tiles = (n + T - 1) / T;
+    for (std::size_t rb = 0; rb < rows; rb += kRowBlock) {
+      const std::size_t rb_end = std::min(rows, rb + kRowBlock);
+      for (std::size_t s0 = 0;; s0 += kBlockSteps) {  // at least one block: it zeroes the accumulators
+        const std::size_t s1 = std::min(steps, s0 + kBlockSteps);
+        for (std::size_t r = rb; r < rb_end; r += R) {
+          const std::size_t rn = std::min<std::size_t>(R, rb_end - r);
+          const std::uint8_t* wr = w + r * row_stride;
+          // The next tile's weights are asked for while this one computes, a few lines before each tile of
+          // vectors: they come from memory once per chunk, and a burst of prefetches would only queue.
+          // (Prefetching never faults: the last tile may point past the matrix.)
+          const auto [next_r, next_s] = next_tile(r, rb_end, s0, steps, rb);
+          const std::uint8_t* next = w + next_r * row_stride + next_s * kStep * value_bytes;
+          const std::size_t lines =
+              (std::min(kBlockSteps, steps - std::min(steps, next_s)) * kStep * value_bytes + line_bytes - 1) /
+              line_bytes;
+          const std::size_t per_tile = (R * lines + vector_tiles - 1) / vector_tiles;
+          std::size_t pf_row = 0, pf_line = 0;  // the next line to ask for
+          for (std::size_t t = 0, i = 0; t < n; t += T, ++i) {
+            for (std::size_t j = 0; j < per_tile && pf_row < R; ++j) {
+              _mm_prefetch(reinterpret_cast<const char*>(next + pf_row * row_stride + pf_line * line_bytes),
+                           _MM_HINT_T1);
+              if (++pf_line == lines) pf_line = 0, ++pf_row;
+            }
+            const std::size_t tn = std::min<std::size_t>(T, n - t);
+            tiles[(rn - 1) * T + (tn - 1)](wr, row_stride, panel + i * tile_floats + s0 * T * kStep, s0, s1,
+                                           acc + ((r - rb) / R * vector_tiles + i) * R * T * kStep, s0 == 0);
+          }
+        }
+        if (s1 == steps) break;
+      }
+      finish(w, row_stride, rb, rb_end, act, act_stride, n, cols, acc, out, out_stride);
+    }
+  }
+
+  static void run(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                  std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+    const std::size_t steps = cols / kStep;
+    const std::size_t slice_bytes = std::max<std::size_t>(std::min(steps, kBlockSteps), 1) * kStep * sizeof(float);
+    const std::size_t per_chunk = std::max<std::size_t>(T, kSliceBytes / slice_bytes / T * T);
+    thread_local std::vector<float> panel;
+    thread_local std::vector<float> acc;
+    const std::size_t tiles = (std::min(n, per_chunk) + T - 1) / T;
+    if (panel.size() < tiles * T * steps * kStep) panel.resize(tiles * T * steps * kStep);
+    if (acc.size() < kRowBlock / R * tiles * R * T * kStep) acc.resize(kRowBlock / R * tiles * R * T * kStep);
+    for (std::size_t t0 = 0; t0 < n; t0 += per_chunk) {
+      const std::size_t tn = std::min(per_chunk, n - t0);
+      pack(act + t0 * act_stride, act_stride, tn, cols, panel.data());
+      chunk(reinterpret_cast<const std::uint8_t*>(w), row_stride, rows, act + t0 * act_stride, act_stride, tn, cols,
+            panel.data(), acc.data(), out + t0 * out_stride, out_stride);
+    }
+  }
+};
 
 // --- the 32-value block types (Q8 activations) ------------------------------------------------------------------
 
@@ -334,11 +522,17 @@ struct Block8 {
       __m256 acc = _mm256_setzero_ps(), offsets = _mm256_setzero_ps();
       for (std::size_t b = 0; b < cols / kBlock; ++b) {
         const __m256i xv = load32(x.q + b * kBlock);
+        // The tile four tiles further down, in address order: the eight rows are contiguous, and this step's
+        // share of them is the same share of that tile (measured from memory, Q4_0 at 768 and 2048 columns:
+        // 11.6-12.3 GB/s against 9.4-10.0 asking row by row at this block; Q8_0 17 against 10.5).
+        const std::uint8_t* ahead = row[0] + 4 * kTileRows * row_stride + b * kTileRows * B::bytes;
+        for (std::size_t o = 0; o < kTileRows * B::bytes + 63; o += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + o), _MM_HINT_T0);
+        }
         __m256i m[kTileRows];
         MMSB_UNROLL
         for (std::size_t r = 0; r < kTileRows; ++r) {
           const std::uint8_t* blk = row[r] + b * B::bytes;
-          prefetch_next_tile(blk, kTileRows * row_stride);
           const __m256i w = B::values(blk);
           __m256i pairs;
           if constexpr (B::kind == Stored::Signed) {
@@ -649,26 +843,38 @@ void matmul_tiles(const std::byte* w, std::size_t row_stride, std::size_t rows, 
   }
 }
 
-// F16: one vector as it comes (half precision); a batch widened to f32 first (see FloatTile).
-void matmul_f16(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
-                std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
-  if (n == 1) {
-    return matmul_tiles<FloatTile<true>, 8, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+// F32 and F16: an F32 batch by the cache-blocked products, an F16 batch and one vector by the tiles. Rows
+// shorter than 2 KiB are read four at a time with the next tile asked for in address order: eight such rows side
+// by side, prefetched row by row, came from memory at 11-12 GB/s against 15-16 (F16, 512 and 768 columns); longer
+// rows stream best eight at a time, prefetched row by row (17-18 GB/s against 14-16).
+template <bool Half>
+void matmul_float(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                  std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  if constexpr (Half) {
+    // The vectors widened to f32 once (the same values, so the same bits): a tile then converts only its weights.
+    thread_local std::vector<float> wide;  // grows to the widest batch once
+    if (wide.size() < n * cols) wide.resize(n * cols);
+    for (std::size_t t = 0; t < n; ++t) {
+      widen_halves(reinterpret_cast<const std::uint8_t*>(act + t * act_stride), cols, wide.data() + t * cols);
+    }
+    act = reinterpret_cast<const std::byte*>(wide.data());
+    act_stride = cols * sizeof(float);
+    if (n > 1)
+      return matmul_tiles<FloatTile<true>, 8, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  } else if (n > 1) {
+    return FloatGemm::run(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
   }
-  thread_local std::vector<float> wide;  // grows to the widest batch once
-  if (wide.size() < n * cols) wide.resize(n * cols);
-  for (std::size_t t = 0; t < n; ++t) {
-    widen_halves(reinterpret_cast<const std::uint8_t*>(act + t * act_stride), cols, wide.data() + t * cols);
+  if (row_stride < 2048) {
+    return matmul_tiles<FloatTile<Half, true>, 4, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
   }
-  matmul_tiles<FloatTile<true, false>, 8, 4, 3>(w, row_stride, rows, reinterpret_cast<const std::byte*>(wide.data()),
-                                                cols * sizeof(float), n, cols, out, out_stride);
+  matmul_tiles<FloatTile<Half>, 8, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
 }
 
 }  // namespace
 
 void add_avx2_matmul_kernels(Kernels& k) {
-  k.matmul[static_cast<int>(TensorType::F32)] = matmul_tiles<FloatTile<false>, 8, 4, 3>;
-  k.matmul[static_cast<int>(TensorType::F16)] = matmul_f16;
+  k.matmul[static_cast<int>(TensorType::F32)] = matmul_float<false>;
+  k.matmul[static_cast<int>(TensorType::F16)] = matmul_float<true>;
   k.matmul[static_cast<int>(TensorType::Q8_0)] = matmul_block8<Q8_0Block>;
   k.matmul[static_cast<int>(TensorType::Q4_0)] = matmul_block8<Q4_0Block>;
   k.matmul[static_cast<int>(TensorType::Q5_0)] = matmul_block8<Q5_0Block>;

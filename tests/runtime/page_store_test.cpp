@@ -13,6 +13,7 @@
 
 #include "mmsb/mmsb.hpp"
 #include "runtime/page_store.hpp"
+#include "support/test_support.hpp"
 
 namespace mmsb::detail {
 namespace {
@@ -123,20 +124,12 @@ namespace {
 TEST(SmallPages, GrowShrinkAndGrowAgainKeepTheirBytes) {
   Runtime rt;
   const PageId page = rt.create_page(8);
-  {
-    auto txn = rt.begin();
-    txn.write_value<std::uint64_t>(page, 0, 42);
-    txn.commit();
-  }
+  testing::commit_u64(rt, page, 0, 42);
   EXPECT_EQ(rt.read_value<std::uint64_t>(page, 0), 42u);
   rt.resize_page(page, 200);  // out of the record into a block
   EXPECT_EQ(rt.read_value<std::uint64_t>(page, 0), 42u);
   EXPECT_EQ(rt.read_value<std::uint64_t>(page, 192), 0u);
-  {
-    auto txn = rt.begin();
-    txn.write_value<std::uint64_t>(page, 192, 7);
-    txn.commit();
-  }
+  testing::commit_u64(rt, page, 192, 7);
   rt.resize_page(page, 4);
   rt.resize_page(page, 8);  // the bytes past a shrink read as zero again
   EXPECT_EQ(rt.read_value<std::uint32_t>(page, 0), 42u);
@@ -148,11 +141,7 @@ TEST(SmallPages, GrowShrinkAndGrowAgainKeepTheirBytes) {
 TEST(SmallPages, ShrinkingInsideTheRecordZeroesOnRegrowth) {
   Runtime rt;
   const PageId page = rt.create_page(8);
-  {
-    auto txn = rt.begin();
-    txn.write_value<std::uint64_t>(page, 0, ~std::uint64_t{0});
-    txn.commit();
-  }
+  testing::commit_u64(rt, page, 0, ~std::uint64_t{0});
   rt.resize_page(page, 2);
   rt.resize_page(page, 8);
   EXPECT_EQ(rt.read_value<std::uint64_t>(page, 0), 0xffffull);
@@ -180,9 +169,7 @@ TEST(SmallPages, AFailedCreationLeavesTheNextOnesWhole) {
   std::vector<PageId> pages;
   for (int i = 0; i < 100; ++i) {
     pages.push_back(rt.create_page(8));
-    auto txn = rt.begin();
-    txn.write_value<std::uint64_t>(pages.back(), 0, static_cast<std::uint64_t>(i));
-    txn.commit();
+    testing::commit_u64(rt, pages.back(), 0, static_cast<std::uint64_t>(i));
   }
   for (int i = 0; i < 100; ++i) EXPECT_EQ(rt.read_value<std::uint64_t>(pages[i], 0), static_cast<std::uint64_t>(i));
   EXPECT_EQ(rt.find("taken"), named);
@@ -203,27 +190,21 @@ TEST(SmallPages, DeletingAnExternalPageReleasesItsOwner) {
 
 TEST(SmallPages, ConcurrentCreationGivesEveryPageItsOwnBytes) {
   Runtime rt;
-  constexpr int kThreads = 4, kPerThread = 3000;
-  std::vector<std::vector<PageId>> made(kThreads);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < kPerThread; ++i) {
-        const PageId page = rt.create_page(8);
-        auto txn = rt.begin();
-        txn.write_value<std::uint64_t>(page, 0, static_cast<std::uint64_t>(t) * kPerThread + i);
-        txn.commit();
-        made[t].push_back(page);
-      }
-    });
-  }
-  for (auto& thread : threads) thread.join();
-  for (int t = 0; t < kThreads; ++t) {
-    for (int i = 0; i < kPerThread; ++i) {
-      ASSERT_EQ(rt.read_value<std::uint64_t>(made[t][i], 0), static_cast<std::uint64_t>(t) * kPerThread + i);
+  constexpr std::uint64_t kThreads = 4, kPerThread = 3000;
+  std::vector<PageId> made(kThreads * kPerThread);  // page k holds the value k
+  {
+    std::vector<std::jthread> creators;
+    for (std::uint64_t t = 0; t < kThreads; ++t) {
+      creators.emplace_back([&rt, &made, t] {
+        for (std::uint64_t k = t * kPerThread; k < (t + 1) * kPerThread; ++k) {
+          made[k] = rt.create_page(8);
+          testing::commit_u64(rt, made[k], 0, k);
+        }
+      });
     }
   }
-  EXPECT_EQ(rt.page_count(), static_cast<std::uint64_t>(kThreads) * kPerThread);
+  for (std::uint64_t k = 0; k < made.size(); ++k) ASSERT_EQ(rt.read_value<std::uint64_t>(made[k], 0), k);
+  EXPECT_EQ(rt.page_count(), kThreads * kPerThread);
 }
 
 }  // namespace

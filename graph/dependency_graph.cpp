@@ -66,6 +66,14 @@ unsigned size_class(std::uint32_t count) noexcept {
 // instructions, and list_push runs once per edge.
 constexpr bool is_power_of_two(std::uint32_t n) noexcept { return n != 0 && (n & (n - 1)) == 0; }
 
+// The pool entries an edge list of `count` entries takes (at most) when it grows by `added`: the block it moves to,
+// if it must move (list_push and list_append). Exact, so a reserved bulk build never outgrows its reserve.
+std::size_t list_growth(std::uint32_t count, std::uint32_t added) noexcept {
+  const unsigned need = size_class(count + added);
+  if (count == 0) return std::size_t{1} << need;
+  return need > size_class(count) ? std::size_t{1} << need : 0;
+}
+
 // Escapes text for a double-quoted Graphviz string: quotes and backslashes are escaped, newlines become "\n".
 // Not the JSON escaping of tools/json.cpp (or nlohmann's): in a DOT label \l, \r and \N have meanings of their own
 // and \uXXXX is no escape, so only quotes, backslashes and line breaks change here.
@@ -231,7 +239,8 @@ std::uint32_t DependencyGraph::pool_allocate(unsigned cls) {
   if (begin + block > ~std::uint32_t{0}) {
     throw Error(ErrorCode::ResourceExhausted, "the dependency graph's edge pool is full (2^32 entries)");
   }
-  if (begin + block > pool_.size()) pool_.resize(std::max(begin + block, pool_.size() + pool_.size() / 2));
+  ensure_pool(block);
+  pool_.resize(begin + block);  // within the capacity: touches only the entries handed out
   pool_used_ = begin + block;
   return static_cast<std::uint32_t>(begin);
 }
@@ -295,7 +304,7 @@ bool DependencyGraph::has_edge(VertexId from, VertexId to, DependencyKind kind) 
 
 void DependencyGraph::link(VertexId from, VertexId to, DependencyKind kind) {
   // Room for both lists' growth first, so a failed allocation leaves neither list changed.
-  ensure_pool(2 * (std::size_t{out_[from].count} + in_[to].count + 2));
+  ensure_pool(list_growth(out_[from].count, 1) + list_growth(in_[to].count, 1));
   list_push(out_[from], pack(to, kind));
   list_push(in_[to], pack(from, kind));
   ++edges_;
@@ -438,8 +447,12 @@ void DependencyGraph::check_edge(PageId from, PageId to, DependencyKind kind) co
   }
 }
 
+// Grows the capacity only: entries are written (zeroed) when handed out, so a bulk build's generous reserve costs
+// address space, not resident memory.
 void DependencyGraph::ensure_pool(std::size_t more) {
-  if (pool_used_ + more > pool_.size()) pool_.resize(std::max(pool_used_ + more, pool_.size() + pool_.size() / 2));
+  if (pool_used_ + more > pool_.capacity()) {
+    pool_.reserve(std::max(pool_used_ + more, pool_.capacity() + pool_.capacity() / 2));
+  }
 }
 
 void DependencyGraph::order_edge(VertexId x, VertexId y) {
@@ -471,9 +484,9 @@ std::size_t DependencyGraph::add_edges(std::span<const VertexId> from, VertexId 
     batch_.push_back(entry);
   }
   if (batch_.empty()) return 0;
-  std::size_t room = in_[to].count + batch_.size() + 1;
-  for (const std::uint32_t entry : batch_) room += out_[edge_vertex(entry)].count + 1;
-  ensure_pool(2 * room);
+  std::size_t room = list_growth(in_[to].count, static_cast<std::uint32_t>(batch_.size()));
+  for (const std::uint32_t entry : batch_) room += list_growth(out_[edge_vertex(entry)].count, 1);
+  ensure_pool(room);
   for (const std::uint32_t entry : batch_) list_push(out_[edge_vertex(entry)], pack(to, kind));
   list_append(in_[to], batch_);
   edges_ += batch_.size();

@@ -143,7 +143,7 @@ class DependencyGraph {
   void check_edge(PageId from, PageId to, DependencyKind kind) const;
   [[noreturn]] void throw_cycle(VertexId x, VertexId y) const;
   void link(VertexId from, VertexId to, DependencyKind kind);
-  void ensure_pool(std::size_t more);  // pool_ holds `more` entries beyond pool_used_
+  void ensure_pool(std::size_t more);  // pool_'s capacity holds `more` entries beyond pool_used_
   void list_push(EdgeList& list, std::uint32_t entry);
   void list_append(EdgeList& list, std::span<const std::uint32_t> entries);
   // Checks from → to against the order (reordering when needed); throws when it would close a cycle.

@@ -46,9 +46,11 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <span>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -87,18 +89,23 @@ using NodeIndex = std::uint32_t;
 inline constexpr NodeIndex kNoNode = ~NodeIndex{0};
 
 // An array of T in chunks of 4096 that never move once allocated, indexed by a 32-bit id. Growing takes the
-// engine lock; reading an element needs no lock once the reader has its address.
+// engine lock; reading an element needs no lock once the reader has its address. Elements are constructed as the
+// array grows, not a chunk at a time, so a small graph keeps most of its one chunk untouched (not resident).
 template <class T>
 class StableArray {
+  static_assert(std::is_trivially_destructible_v<T>, "elements are never destroyed one by one");
+
  public:
   static constexpr unsigned kChunkBits = 12;
-  T& operator[](std::uint32_t i) noexcept { return chunks_[i >> kChunkBits][i & kMask]; }
-  const T& operator[](std::uint32_t i) const noexcept { return chunks_[i >> kChunkBits][i & kMask]; }
+  T& operator[](std::uint32_t i) noexcept { return chunks_[i >> kChunkBits].get()[i & kMask]; }
+  const T& operator[](std::uint32_t i) const noexcept { return chunks_[i >> kChunkBits].get()[i & kMask]; }
   std::uint32_t size() const noexcept { return size_; }
   // Makes ids [0, n) valid (new elements are value-initialized).
   void grow_to(std::uint32_t n) {
-    while (static_cast<std::size_t>(chunks_.size()) << kChunkBits < n)
-      chunks_.push_back(std::make_unique<T[]>(std::size_t{1} << kChunkBits));
+    while (static_cast<std::size_t>(chunks_.size()) << kChunkBits < n) {
+      chunks_.emplace_back(static_cast<T*>(::operator new (sizeof(T) << kChunkBits, std::align_val_t{alignof(T)})));
+    }
+    for (std::uint32_t i = size_; i < n; ++i) new (&(*this)[i]) T();
     if (n > size_) size_ = n;
   }
   std::size_t memory_bytes() const noexcept {
@@ -107,7 +114,10 @@ class StableArray {
 
  private:
   static constexpr std::uint32_t kMask = (1u << kChunkBits) - 1;
-  std::vector<std::unique_ptr<T[]>> chunks_;
+  struct FreeChunk {
+    void operator()(T* chunk) const noexcept { ::operator delete (chunk, std::align_val_t{alignof(T)}); }
+  };
+  std::vector<std::unique_ptr<T, FreeChunk>> chunks_;
   std::uint32_t size_ = 0;
 };
 

@@ -1,36 +1,125 @@
 #include "runtime/page_store.hpp"
 
+#include <cstdlib>
+#include <new>
+#include <utility>
+
 #include "runtime/page_allocator.hpp"
 
 namespace mmsb::detail {
 
-PageStore::~PageStore() {
-  for (auto& chunk_slot : chunks_) {
-    Chunk* chunk = chunk_slot.load(std::memory_order_acquire);
-    if (!chunk) continue;
-    for (auto& slot : chunk->slots) {
-      PageRecord* record = slot.load(std::memory_order_acquire);
-      if (!record) continue;
-      if (record->data && !record->external) PageAllocator::global().deallocate(record->data, record->capacity);
-      delete record;
-    }
-    delete chunk;
+// Every page of a large graph pays for one record: keep it from growing unnoticed.
+static_assert(sizeof(void*) != 8 || sizeof(PageRecord) <= 80, "PageRecord grew past 80 bytes");
+
+void PageRecord::take_bytes(std::uint64_t bytes, Zeroing zeroing) {
+  if (bytes == 0) return;
+  if (bytes <= kInlineBytes) {
+    data = room_.bytes;  // zero in a fresh record, which is the only kind given bytes here
+    return;
   }
+  const Block block = PageAllocator::global().allocate(bytes, zeroing);
+  data = block.data;
+  room_.block_capacity = block.capacity;
+}
+
+void PageRecord::adopt_block(Block block) noexcept {
+  free_bytes();
+  data = block.data;
+  room_.block_capacity = block.capacity;
+}
+
+void PageRecord::free_bytes() noexcept {
+  if (owns_block()) PageAllocator::global().deallocate(data, room_.block_capacity);
+  data = nullptr;
+  room_.block_capacity = 0;
+}
+
+namespace {
+// Zeroed memory for `count` objects of T, or std::bad_alloc.
+template <class T>
+T* zeroed_array(std::size_t count) {
+  void* memory = std::calloc(count, sizeof(T));
+  if (!memory) throw std::bad_alloc();
+  return static_cast<T*>(memory);
+}
+}  // namespace
+
+PageStore::PageStore() : chunks_(zeroed_array<Chunk*>(std::size_t{1} << kChunkBits)) {}
+
+PageStore::~PageStore() {
+  // The store is destroyed by its last user: plain reads see every insert.
+  for (std::size_t c = 0; c < (std::size_t{1} << kChunkBits); ++c) {
+    Chunk* chunk = chunks_[c];
+    if (!chunk) continue;
+    for (PageRecord* record : chunk->slots) {
+      if (!record) continue;
+      record->free_bytes();
+      record->~PageRecord();  // its memory goes with the slabs
+    }
+    std::free(chunk);
+  }
+  std::free(chunks_);
 }
 
 bool PageStore::insert(std::uint64_t sequence, PageRecord* record) {
-  auto& chunk_slot = chunks_[sequence >> kSlotBits];
+  std::atomic_ref<Chunk*> chunk_slot(chunks_[sequence >> kSlotBits]);
   Chunk* chunk = chunk_slot.load(std::memory_order_acquire);
   if (!chunk) {
-    auto* fresh = new Chunk;
+    Chunk* fresh = zeroed_array<Chunk>(1);
     if (chunk_slot.compare_exchange_strong(chunk, fresh, std::memory_order_acq_rel)) {
       chunk = fresh;
     } else {
-      delete fresh;  // another thread installed the chunk first; `chunk` now holds it
+      std::free(fresh);  // another thread installed the chunk first; `chunk` now holds it
     }
   }
   PageRecord* expected = nullptr;
-  return chunk->slots[sequence & kSlotMask].compare_exchange_strong(expected, record, std::memory_order_acq_rel);
+  return std::atomic_ref<PageRecord*>(chunk->slots[sequence & kSlotMask])
+      .compare_exchange_strong(expected, record, std::memory_order_acq_rel);
+}
+
+PageRecord* PageStore::make_record(PageId id, Location where) {
+  RecordSpace* space = nullptr;
+  {
+    std::lock_guard lock(arena_mutex_);
+    if (!spare_.empty()) {
+      space = spare_.back();
+      spare_.pop_back();
+    } else {
+      if (slab_used_ == slab_size_) {
+        const std::size_t size = slab_size_ == 0 ? kFirstSlabRecords : std::min(2 * slab_size_, kMaxSlabRecords);
+        slabs_.push_back(std::make_unique_for_overwrite<RecordSpace[]>(size));
+        slab_size_ = size;
+        slab_used_ = 0;
+      }
+      space = &slabs_.back()[slab_used_++];
+    }
+  }
+  return new (space->bytes) PageRecord(id, where);
+}
+
+void PageStore::discard(PageRecord* record) noexcept {
+  record->free_bytes();
+  record->~PageRecord();
+  std::lock_guard lock(arena_mutex_);
+  try {
+    spare_.push_back(reinterpret_cast<RecordSpace*>(record));
+  } catch (const std::bad_alloc&) {
+    // The memory stays in its slab, unused until the store goes: harmless.
+  }
+}
+
+void PageStore::set_external_owner(std::uint64_t sequence, std::shared_ptr<const void> owner) {
+  std::lock_guard lock(owners_mutex_);
+  external_owners_[sequence] = std::move(owner);
+}
+
+std::shared_ptr<const void> PageStore::take_external_owner(std::uint64_t sequence) noexcept {
+  std::lock_guard lock(owners_mutex_);
+  auto it = external_owners_.find(sequence);
+  if (it == external_owners_.end()) return nullptr;
+  std::shared_ptr<const void> owner = std::move(it->second);
+  external_owners_.erase(it);
+  return owner;
 }
 
 }  // namespace mmsb::detail

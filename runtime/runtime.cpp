@@ -26,7 +26,11 @@ PageId IdBlock::next() {
   return id;
 }
 
-Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>(options)) {}
+Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>(options)) {
+  // Starts the page allocator (once per process: its hwloc topology and the log line that reports it) with the
+  // first runtime, as when every page took a block: pages of a few bytes now live in their records and never ask.
+  (void)PageAllocator::global();
+}
 Runtime::~Runtime() = default;
 
 const RuntimeOptions& Runtime::options() const noexcept { return impl_->options; }
@@ -140,26 +144,31 @@ PageId Runtime::create_external_page(std::span<const std::byte> bytes, std::shar
                 "this runtime has used all " + std::to_string(detail::PageStore::kMaxSequence) + " page ids");
   }
   PageId id = PageId::make(impl_->options.rank, sequence);
-  auto record = std::make_unique<PageRecord>(id, location);
+  PageRecord* record = impl_->store.make_record(id, location);
   // The bytes are never written through this record: every write path refuses external pages (transaction.cpp).
   record->data = const_cast<std::byte*>(bytes.data());
   record->external = true;
-  record->external_owner = std::move(owner);
   record->size.store(bytes.size(), std::memory_order_relaxed);
-  if (impl_->sink) {
-    CommitRecord::CreatedPage created{id, bytes.size(), location};
-    CommitRecord rec;
-    rec.lsn = impl_->take_lsn();
-    rec.timestamp_ns = detail::now_ns();
-    rec.created = std::span<const CommitRecord::CreatedPage>(&created, 1);
-    impl_->sink->write(rec);
-  } else {
-    impl_->take_lsn();
+  try {
+    impl_->store.set_external_owner(sequence, std::move(owner));
+    if (impl_->sink) {
+      CommitRecord::CreatedPage created{id, bytes.size(), location};
+      CommitRecord rec;
+      rec.lsn = impl_->take_lsn();
+      rec.timestamp_ns = detail::now_ns();
+      rec.created = std::span<const CommitRecord::CreatedPage>(&created, 1);
+      impl_->sink->write(rec);
+    } else {
+      impl_->take_lsn();
+    }
+    if (!impl_->store.insert(sequence, record)) {
+      throw Error(ErrorCode::Internal, "page id " + id.to_string() + " is already in use");
+    }
+  } catch (...) {
+    impl_->store.discard(record);  // external: its bytes are not the allocator's
+    impl_->store.take_external_owner(sequence).reset();
+    throw;
   }
-  if (!impl_->store.insert(sequence, record.get())) {
-    throw Error(ErrorCode::Internal, "page id " + id.to_string() + " is already in use");
-  }
-  record.release();  // the store owns it now
   impl_->live_pages.fetch_add(1, std::memory_order_relaxed);
   if (detail::CommitListener* l = impl_->listener.load(std::memory_order_acquire)) l->page_created(id);
   return id;
@@ -177,16 +186,17 @@ bool Runtime::make_private(PageId id) {
   if (record->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
   if (!record->external) return false;
   const std::uint64_t size = record->size.load(std::memory_order_relaxed);
-  if (size > 0) {
-    detail::Block block = PageAllocator::global().allocate(size, detail::Zeroing::Uninitialized);
-    std::memcpy(block.data, record->data, size);
-    record->data = block.data;
-    record->capacity = block.capacity;
-  } else {
-    record->data = nullptr;
+  const std::byte* external_bytes = record->data;
+  record->data = nullptr;  // not freed: the owner's memory
+  try {
+    record->take_bytes(size, detail::Zeroing::Uninitialized);
+  } catch (...) {
+    record->data = const_cast<std::byte*>(external_bytes);
+    throw;
   }
+  if (size > 0) std::memcpy(record->data, external_bytes, size);
   record->external = false;
-  std::shared_ptr<const void> owner = std::move(record->external_owner);
+  std::shared_ptr<const void> owner = impl_->store.take_external_owner(id.sequence());
   lock.unlock();
   owner.reset();  // may unmap a file: outside the lock
   return true;
@@ -230,10 +240,9 @@ void Runtime::delete_page(PageId id) {
   }
   record->mutex.upgrade();  // holds no other page lock: cannot deadlock
   record->deleted.store(true, std::memory_order_relaxed);
-  if (record->data && !record->external) PageAllocator::global().deallocate(record->data, record->capacity);
-  record->external_owner.reset();
-  record->data = nullptr;
-  record->capacity = 0;
+  std::shared_ptr<const void> owner;  // released after the lock: may unmap a file
+  if (record->external.load(std::memory_order_relaxed)) owner = impl_->store.take_external_owner(id.sequence());
+  record->free_bytes();
   record->size.store(0, std::memory_order_relaxed);
   impl_->live_pages.fetch_sub(1, std::memory_order_relaxed);
   impl_->names.forget(id);  // a deleted page's name is free again (the log record implies it)

@@ -115,14 +115,10 @@ struct Runtime::Impl {
   PageId create(std::uint64_t sequence, std::uint64_t size, Location location, std::string_view name = {}) {
     detail::GateGuard inside(gate);
     PageId id = PageId::make(options.rank, sequence);
-    auto* record = new PageRecord(id, location);
+    PageRecord* record = store.make_record(id, location);
     try {
       if (!name.empty()) names.claim(name, id);  // before the LSN: a taken name fails with no trace
-      if (size > 0) {
-        detail::Block block = PageAllocator::global().allocate(size, detail::Zeroing::Zeroed);
-        record->data = block.data;
-        record->capacity = block.capacity;
-      }
+      record->take_bytes(size, detail::Zeroing::Zeroed);
       record->size.store(size, std::memory_order_relaxed);
       if (sink) {
         CommitRecord::CreatedPage created{id, size, location, std::string(name)};
@@ -138,8 +134,7 @@ struct Runtime::Impl {
         throw Error(ErrorCode::InvalidArgument, "page id " + id.to_string() + " is already in use");
       }
     } catch (...) {
-      if (record->data) PageAllocator::global().deallocate(record->data, record->capacity);
-      delete record;
+      store.discard(record);
       if (!name.empty()) names.unclaim(name, id);
       throw;
     }
@@ -183,18 +178,18 @@ struct Runtime::Impl {
       }
       names.bind(id, name);
     }
-    auto* record = new PageRecord(id, location);
-    if (size > 0) {
-      detail::Block block = PageAllocator::global().allocate(size, detail::Zeroing::Uninitialized);
-      std::memcpy(block.data, bytes, size);
-      record->data = block.data;
-      record->capacity = block.capacity;
+    PageRecord* record = store.make_record(id, location);
+    try {
+      record->take_bytes(size, detail::Zeroing::Uninitialized);
+    } catch (...) {
+      store.discard(record);
+      throw;
     }
+    if (size > 0) std::memcpy(record->data, bytes, size);
     record->size.store(size, std::memory_order_relaxed);
     record->epoch.store(epoch, std::memory_order_relaxed);
     if (!store.insert(id.sequence(), record)) {
-      if (record->data) PageAllocator::global().deallocate(record->data, record->capacity);
-      delete record;
+      store.discard(record);
       throw Error(ErrorCode::Corruption, "page " + id.to_string() + " appears twice");
     }
     reserve_through(id.sequence());
@@ -224,12 +219,10 @@ struct Runtime::Impl {
       if (!found) continue;  // not reached: checked above
       PageRecord& page = *found;
       const std::uint64_t size = page.size.load(std::memory_order_relaxed);
-      if (d.size > page.capacity) {
+      if (d.size > page.capacity()) {
         detail::Block grown = PageAllocator::global().allocate(d.size, detail::Zeroing::Zeroed);
         if (size > 0) std::memcpy(grown.data, page.data, size);
-        if (page.data) PageAllocator::global().deallocate(page.data, page.capacity);
-        page.data = grown.data;
-        page.capacity = grown.capacity;
+        page.adopt_block(grown);
       } else if (d.size > size) {
         std::memset(page.data + size, 0, d.size - size);
       }

@@ -735,7 +735,7 @@ void Transaction::State::check_and_prepare(Entry& e, bool on_head) {
                                                   std::to_string(e.final_size) + " bytes");
     }
   }
-  if (e.final_size > page.capacity) {
+  if (e.final_size > page.capacity()) {
     e.grown = PageAllocator::global().allocate(e.final_size, detail::Zeroing::Zeroed);
   }
 }
@@ -887,11 +887,9 @@ void Transaction::State::apply_deltas() noexcept {
   for (Entry& e : entries) {
     if (e.delta == kNoDelta) continue;
     PageRecord& page = *e.page;
-    if (e.grown.data && e.final_size > page.capacity) {
+    if (e.grown.data && e.final_size > page.capacity()) {
       if (e.size > 0) std::memcpy(e.grown.data, page.data, e.size);
-      if (page.data) PageAllocator::global().deallocate(page.data, page.capacity);
-      page.data = e.grown.data;
-      page.capacity = e.grown.capacity;
+      page.adopt_block(e.grown);
       e.grown = {};
     } else if (e.final_size > e.size) {
       std::memset(page.data + e.size, 0, e.final_size - e.size);  // bytes past a shrink may be stale

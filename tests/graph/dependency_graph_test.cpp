@@ -721,5 +721,27 @@ TEST(DependencyGraphTest, DotIsDeterministicForTheSameCalls) {
   EXPECT_EQ(a->to_dot({{P(3), "x"}}), b->to_dot({{P(3), "x"}}));
 }
 
+// A bulk build reserves once: adding the reserved vertices and edges (fan-in lists whose capacities are the
+// exact powers of two, as in a tree of fan-in 8) allocates nothing more, and the edges come out as added.
+TEST(DependencyGraphTest, ReservedBulkBuildNeedsNoFurtherMemory) {
+  DependencyGraph g;
+  constexpr std::uint64_t kTargets = 1000, kFanIn = 8;
+  g.reserve(kTargets * (kFanIn + 1), kTargets * kFanIn);
+  const std::size_t reserved = g.memory_bytes();
+  std::vector<VertexId> inputs(kFanIn);
+  for (std::uint64_t t = 0; t < kTargets; ++t) {
+    for (std::uint64_t i = 0; i < kFanIn; ++i) {
+      inputs[i] = g.add_vertex(P(1 + t * (kFanIn + 1) + i), DependencyGraph::Placement::First);
+    }
+    const VertexId target = g.add_vertex(P(1 + t * (kFanIn + 1) + kFanIn), DependencyGraph::Placement::Last);
+    ASSERT_EQ(g.add_edges(inputs, target, DependencyKind::Data), kFanIn);
+  }
+  EXPECT_EQ(g.memory_bytes(), reserved);
+  EXPECT_EQ(g.edge_count(), kTargets * kFanIn);
+  const std::vector<Dependency> last = g.inputs_of(P(kTargets * (kFanIn + 1)));
+  ASSERT_EQ(last.size(), kFanIn);
+  for (std::uint64_t i = 0; i < kFanIn; ++i) EXPECT_EQ(last[i].from, P(1 + (kTargets - 1) * (kFanIn + 1) + i));
+}
+
 }  // namespace
 }  // namespace mmsb::detail

@@ -4,7 +4,8 @@
 // MapContext::input_span<T> / output_span<T>, IncrementalContext::input_span<T> / output_span<T>) are built on
 // view_as<T>() below. T must be trivially copyable (a plain struct of numbers, say). A view of a whole page needs a
 // page size that is a whole number of T; a view at a byte offset needs that offset aligned for T. Page bytes are
-// 64-byte aligned, so any T with alignof(T) <= 64 fits a page at offset 0. A failed check throws
+// 64-byte aligned (those of pages created with at most 8 bytes: 8-byte aligned, enough for any T that fits them),
+// so any T with alignof(T) <= 64 fits a page at offset 0. A failed check throws
 // Error(InvalidArgument) naming the page, its size, the offset and sizeof/alignof T.
 //
 //   struct Particle { float x, y, vx, vy; };

@@ -14,16 +14,25 @@
 namespace mmsb::detail {
 
 struct Plan {
-  // The data successors of each position, as positions.
+  // The data successors of each position, as positions: the positions with more than one (Step::next).
   using Successors = boost::compressed_sparse_row_graph<boost::directedS, boost::no_property, boost::no_property,
                                                         boost::no_property, std::uint32_t, std::uint32_t>;
+  // What a wave needs of one position, in one place: in a large graph each array a wave indexes by position costs a
+  // cache (and TLB) miss per reached node, and the walk that finds a wave's nodes pays them one after another.
+  static constexpr std::uint32_t kNoSuccessor = ~std::uint32_t{0};
+  static constexpr std::uint32_t kManySuccessors = kNoSuccessor - 1;  // see `successors`
+  struct Step {
+    std::uint32_t reached = 0;          // the last wave that reached this position
+    NodeIndex node = kNoNode;           // the node at this position
+    std::uint32_t next = kNoSuccessor;  // its only data successor, kNoSuccessor or kManySuccessors
+  };
   std::uint64_t version = ~std::uint64_t{0};  // the structure_version it was built for
-  std::vector<NodeIndex> order;               // position → node, level by level
+  std::vector<Step> steps;                    // by position: level by level
   std::vector<std::uint32_t> level_begin;     // level L holds positions [level_begin[L], level_begin[L + 1])
   std::uint32_t widest_level = 0;             // the most positions any level holds
   Successors successors;
-  std::vector<std::uint32_t> reached;  // position → the last wave that reached it
 
+  std::size_t positions() const noexcept { return steps.size(); }
   std::size_t levels() const noexcept { return level_begin.size() - 1; }
   std::size_t memory_bytes() const noexcept;
 };

@@ -32,7 +32,7 @@ namespace detail {
 void PlanDeleter::operator()(Plan* p) const noexcept { delete p; }
 
 std::size_t Plan::memory_bytes() const noexcept {
-  return steps.capacity() * sizeof(Step) + level_begin.capacity() * sizeof(std::uint32_t) +
+  return steps.capacity() * sizeof(Step) + (level_begin.capacity() + reader_of.capacity()) * sizeof(std::uint32_t) +
          (boost::num_vertices(successors) + 1 + boost::num_edges(successors)) * sizeof(std::uint32_t);
 }
 
@@ -304,22 +304,26 @@ void Propagator::Impl::assign_positions(detail::Plan& p, const std::vector<std::
 
 // Data successors by position, and which nodes' deltas a reader consumes (passthrough and incremental nodes).
 void Propagator::Impl::link_successors(detail::Plan& p) {
+  constexpr std::uint32_t kNone = detail::Plan::kNoSuccessor, kMany = detail::Plan::kManySuccessors;
   std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
   edges.reserve(input_pool.size() - input_garbage);  // every node's inputs: at least its data edges from nodes
+  p.reader_of.assign(slots.size(), kNone);
   for (NodeIndex u = 0; u < node_at.size(); ++u) {
     const Node& n = node_at[u];
     if (!(n.flags & Node::kLive)) continue;
     const bool consumes = n.kind != NodeKind::Map;
     graph.for_each_input(n.out, [&](VertexId w, DependencyKind kind) {
+      if (kind != DependencyKind::Data) return;
+      std::uint32_t& reader = p.reader_of[w];
+      reader = reader == kNone || reader == n.position ? n.position : kMany;
       const NodeIndex v = slots[w].node;
-      if (v == kNoNode || kind != DependencyKind::Data) return;
+      if (v == kNoNode) return;
       edges.emplace_back(node_at[v].position, n.position);
       if (consumes) node_at[v].flags |= Node::kKeepDelta;
     });
   }
   // A position with one successor keeps it in its step; only the edges of those with more go into the successor
   // graph.
-  constexpr std::uint32_t kNone = detail::Plan::kNoSuccessor, kMany = detail::Plan::kManySuccessors;
   for (const auto& [from, to] : edges) {
     std::uint32_t& next = p.steps[from].next;
     next = next == kNone || next == to ? to : kMany;

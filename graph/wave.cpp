@@ -496,11 +496,16 @@ void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delt
     if (observed || s->subscribers.load(std::memory_order_relaxed) > 0) {
       note_change(s, *delta, delta->target_epoch(), wave, owner);
     }
-    graph.for_each_dependent(s->vertex, [&](VertexId w, detail::DependencyKind kind) {
-      if (kind != detail::DependencyKind::Data) return;
-      const NodeIndex reader = slots[w].node;
-      if (reader != kNoNode) reach(node_at[reader].position);
-    });
+    const std::uint32_t only = s->vertex < p.reader_of.size() ? p.reader_of[s->vertex] : detail::Plan::kManySuccessors;
+    if (only < detail::Plan::kManySuccessors) {
+      reach(only);
+    } else if (only == detail::Plan::kManySuccessors) {
+      graph.for_each_dependent(s->vertex, [&](VertexId w, detail::DependencyKind kind) {
+        if (kind != detail::DependencyKind::Data) return;
+        const NodeIndex reader = slots[w].node;
+        if (reader != kNoNode) reach(node_at[reader].position);
+      });
+    }
   }
   for (NodeIndex n : stale_nodes) {
     // remove_node() leaves its entry here (a removed node is not stale); a reused index is listed again if stale.

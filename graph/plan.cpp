@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "graph/engine.hpp"
@@ -322,17 +323,19 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
       if (consumes) node_at[v].flags |= Node::kKeepDelta;
     });
   }
-  // A position with one successor keeps it in its step; only the edges of those with more go into the successor
-  // graph.
+  // A position with one successor keeps it in its step; those with more get a row of the successor graph.
   for (const auto& [from, to] : edges) {
     std::uint32_t& next = p.steps[from].next;
     next = next == kNone || next == to ? to : kMany;
   }
-  const auto multi_end =
-      std::remove_if(edges.begin(), edges.end(),
-                     [&](const std::pair<std::uint32_t, std::uint32_t>& e) { return p.steps[e.first].next != kMany; });
-  p.successors = detail::Plan::Successors(boost::edges_are_unsorted_multi_pass, edges.begin(), multi_end,
-                                          static_cast<std::uint32_t>(p.steps.size()));
+  std::uint32_t rows = 0;
+  for (detail::Plan::Step& step : p.steps)
+    if (step.next == kMany) step.next = detail::Plan::kRow | rows++;
+  const auto multi_end = std::remove_if(
+      edges.begin(), edges.end(),
+      [&](const std::pair<std::uint32_t, std::uint32_t>& e) { return p.steps[e.first].next < detail::Plan::kRow; });
+  for (auto e = edges.begin(); e != multi_end; ++e) e->first = p.steps[e->first].next & ~detail::Plan::kRow;
+  p.successors = detail::Plan::Successors(boost::edges_are_unsorted_multi_pass, edges.begin(), multi_end, rows);
 }
 
 // A kept delta for every node whose delta is consumed, allocated now so a wave never changes kept_deltas.
@@ -353,6 +356,10 @@ void Propagator::Impl::allocate_kept_deltas() {
 
 void Propagator::Impl::ensure_plan() {
   if (plan && plan->version == structure_version) return;
+  if (live_nodes > detail::Plan::kMaxPositions) {
+    throw Error(ErrorCode::ResourceExhausted, "a plan holds at most " + std::to_string(detail::Plan::kMaxPositions) +
+                                                  " nodes; split the graph over several propagators");
+  }
   counters.plan_builds.fetch_add(1, std::memory_order_relaxed);
   auto next = std::unique_ptr<detail::Plan, detail::PlanDeleter>(new detail::Plan());
   detail::Plan& p = *next;

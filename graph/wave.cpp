@@ -514,10 +514,10 @@ void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delt
   }
   for (std::size_t k = 0; k < affected.size(); ++k) {
     const std::uint32_t next = steps[affected[k]].next;
-    if (next < detail::Plan::kManySuccessors) {
+    if (next < detail::Plan::kRow) {
       reach(next);
-    } else if (next == detail::Plan::kManySuccessors) {
-      for (auto [e, end] = boost::out_edges(affected[k], p.successors); e != end; ++e)
+    } else if (next != detail::Plan::kNoSuccessor) {
+      for (auto [e, end] = boost::out_edges(next & ~detail::Plan::kRow, p.successors); e != end; ++e)
         reach(boost::target(*e, p.successors));
     }
   }

@@ -159,12 +159,13 @@ TEST(Propagator, DiamondJoinRunsOncePerWaveAfterBothBranches) {
 TEST(Propagator, AWaveReachesEveryReaderAsPagesGainAndLoseReaders) {
   Runtime rt;
   Propagator prop(rt);
-  PageId s = rt.create_page(8), b = rt.create_page(8), c = rt.create_page(8);
+  std::vector<PageId> pages;
+  for (int i = 0; i < 5; ++i) pages.push_back(rt.create_page(8));
+  const PageId s = pages[0], b = pages[1], c = pages[2], d = pages[3], e = pages[4];
   prop.derive_map(b, {s}, affine(2, 0));
   prop.derive_map(c, {b}, affine(1, 1));
   commit_i64(rt, s, 1);
   EXPECT_EQ(read_i64(rt, c), 3);
-  PageId d = rt.create_page(8), e = rt.create_page(8);
   prop.derive_map(d, {s}, affine(3, 0));  // s now has two readers, b two successors
   prop.derive_map(e, {b}, affine(1, 2));
   commit_i64(rt, s, 10);

@@ -18,8 +18,9 @@
 //  - Slots and nodes live in chunked arrays whose elements never move: a commit on another thread may hold a
 //    Slot pointer while the engine adds pages.
 //  - The Plan, built once per graph version at the next wave, lists the nodes level by level (a node's level is
-//    one more than the deepest node it depends on, by any edge kind), with the data successors of each position
-//    as a Boost.Graph compressed_sparse_row_graph for the walk that finds a wave's nodes.
+//    one more than the deepest node it depends on, by any edge kind). Each position's step holds what the walk that
+//    finds a wave's nodes needs (its node, its only data successor, the last wave that reached it) in one place;
+//    positions with several data successors list them in a Boost.Graph compressed_sparse_row_graph.
 //
 // A wave: mark the changed slots → walk the successors from their readers (plus stale nodes) to find the reached
 // positions → run them level by level: a level's nodes are independent, so a level with enough work is split

@@ -5,12 +5,13 @@
 // depends on by any edge kind (nodes that depend on no node are level 0), computed in O(nodes + edges): in one pass
 // over the nodes in index order when each depends only on earlier ones, else by Kahn's algorithm. Within a level nodes
 // keep their index order (creation order), so plans are deterministic. Every node of a level can run at the same time;
-// a wave runs the levels in order. The data successors of each position form a Boost.Graph compressed_sparse_row_graph,
-// the walk that finds a wave's nodes.
+// a wave runs the levels in order. A position's only data successor is kept in its step (plan.hpp); the successors of
+// positions with several form a Boost.Graph compressed_sparse_row_graph. Both serve the walk that finds a wave's nodes.
 #include <boost/graph/compressed_sparse_row_graph.hpp>
 
 #include <algorithm>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "graph/engine.hpp"
@@ -32,7 +33,7 @@ namespace detail {
 void PlanDeleter::operator()(Plan* p) const noexcept { delete p; }
 
 std::size_t Plan::memory_bytes() const noexcept {
-  return (order.capacity() + level_begin.capacity() + reached.capacity()) * sizeof(std::uint32_t) +
+  return steps.capacity() * sizeof(Step) + (level_begin.capacity() + reader_of.capacity()) * sizeof(std::uint32_t) +
          (boost::num_vertices(successors) + 1 + boost::num_edges(successors)) * sizeof(std::uint32_t);
 }
 
@@ -290,13 +291,13 @@ void Propagator::Impl::assign_positions(detail::Plan& p, const std::vector<std::
     p.widest_level = std::max(p.widest_level, p.level_begin[l + 1]);
     p.level_begin[l + 1] += p.level_begin[l];
   }
-  p.order.assign(live_nodes, kNoNode);
+  p.steps.assign(live_nodes, detail::Plan::Step{});
   std::vector<std::uint32_t> fill(p.level_begin.begin(), p.level_begin.end() - 1);
   for (NodeIndex u = 0; u < limit; ++u) {
     Node& n = node_at[u];
     if (!(n.flags & Node::kLive)) continue;
     const std::uint32_t position = fill[level[u]]++;
-    p.order[position] = u;
+    p.steps[position].node = u;
     n.position = position;
     n.flags = static_cast<std::uint8_t>(n.flags & ~Node::kKeepDelta);
   }
@@ -304,21 +305,37 @@ void Propagator::Impl::assign_positions(detail::Plan& p, const std::vector<std::
 
 // Data successors by position, and which nodes' deltas a reader consumes (passthrough and incremental nodes).
 void Propagator::Impl::link_successors(detail::Plan& p) {
+  constexpr std::uint32_t kNone = detail::Plan::kNoSuccessor, kMany = detail::Plan::kManySuccessors;
   std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
   edges.reserve(input_pool.size() - input_garbage);  // every node's inputs: at least its data edges from nodes
+  p.reader_of.assign(slots.size(), kNone);
   for (NodeIndex u = 0; u < node_at.size(); ++u) {
     const Node& n = node_at[u];
     if (!(n.flags & Node::kLive)) continue;
     const bool consumes = n.kind != NodeKind::Map;
     graph.for_each_input(n.out, [&](VertexId w, DependencyKind kind) {
+      if (kind != DependencyKind::Data) return;
+      std::uint32_t& reader = p.reader_of[w];
+      reader = reader == kNone || reader == n.position ? n.position : kMany;
       const NodeIndex v = slots[w].node;
-      if (v == kNoNode || kind != DependencyKind::Data) return;
+      if (v == kNoNode) return;
       edges.emplace_back(node_at[v].position, n.position);
       if (consumes) node_at[v].flags |= Node::kKeepDelta;
     });
   }
-  p.successors = detail::Plan::Successors(boost::edges_are_unsorted_multi_pass, edges.begin(), edges.end(),
-                                          static_cast<std::uint32_t>(p.order.size()));
+  // A position with one successor keeps it in its step; those with more get a row of the successor graph.
+  for (const auto& [from, to] : edges) {
+    std::uint32_t& next = p.steps[from].next;
+    next = next == kNone || next == to ? to : kMany;
+  }
+  std::uint32_t rows = 0;
+  for (detail::Plan::Step& step : p.steps)
+    if (step.next == kMany) step.next = detail::Plan::kRow | rows++;
+  const auto multi_end = std::remove_if(
+      edges.begin(), edges.end(),
+      [&](const std::pair<std::uint32_t, std::uint32_t>& e) { return p.steps[e.first].next < detail::Plan::kRow; });
+  for (auto e = edges.begin(); e != multi_end; ++e) e->first = p.steps[e->first].next & ~detail::Plan::kRow;
+  p.successors = detail::Plan::Successors(boost::edges_are_unsorted_multi_pass, edges.begin(), multi_end, rows);
 }
 
 // A kept delta for every node whose delta is consumed, allocated now so a wave never changes kept_deltas.
@@ -339,6 +356,10 @@ void Propagator::Impl::allocate_kept_deltas() {
 
 void Propagator::Impl::ensure_plan() {
   if (plan && plan->version == structure_version) return;
+  if (live_nodes > detail::Plan::kMaxPositions) {
+    throw Error(ErrorCode::ResourceExhausted, "a plan holds at most " + std::to_string(detail::Plan::kMaxPositions) +
+                                                  " nodes; split the graph over several propagators");
+  }
   counters.plan_builds.fetch_add(1, std::memory_order_relaxed);
   auto next = std::unique_ptr<detail::Plan, detail::PlanDeleter>(new detail::Plan());
   detail::Plan& p = *next;
@@ -350,7 +371,6 @@ void Propagator::Impl::ensure_plan() {
   }
   link_successors(p);
   allocate_kept_deltas();
-  p.reached.assign(p.order.size(), 0);
   p.version = structure_version;
   plan = std::move(next);
 }

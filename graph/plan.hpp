@@ -14,16 +14,32 @@
 namespace mmsb::detail {
 
 struct Plan {
-  // The data successors of each position, as positions.
+  // The data successors, as positions, of the positions with more than one: a row each (Step::next), so a graph
+  // whose nodes each feed one node (trees, chains) keeps no row at all.
   using Successors = boost::compressed_sparse_row_graph<boost::directedS, boost::no_property, boost::no_property,
                                                         boost::no_property, std::uint32_t, std::uint32_t>;
+  // What a wave needs of one position, in one place: in a large graph each array a wave indexes by position costs a
+  // cache (and TLB) miss per reached node, and the walk that finds a wave's nodes pays them one after another.
+  static constexpr std::uint32_t kNoSuccessor = ~std::uint32_t{0};
+  static constexpr std::uint32_t kManySuccessors = kNoSuccessor - 1;  // in reader_of
+  static constexpr std::uint32_t kRow = 1u << 31;                     // Step::next: kRow | its row in `successors`
+  static constexpr std::uint32_t kMaxPositions = kRow - 2;
+  struct Step {
+    std::uint32_t reached = 0;          // the last wave that reached this position
+    NodeIndex node = kNoNode;           // the node at this position
+    std::uint32_t next = kNoSuccessor;  // its only data successor, kNoSuccessor, or kRow | its successors' row
+  };
   std::uint64_t version = ~std::uint64_t{0};  // the structure_version it was built for
-  std::vector<NodeIndex> order;               // position → node, level by level
+  std::vector<Step> steps;                    // by position: level by level
   std::vector<std::uint32_t> level_begin;     // level L holds positions [level_begin[L], level_begin[L + 1])
   std::uint32_t widest_level = 0;             // the most positions any level holds
   Successors successors;
-  std::vector<std::uint32_t> reached;  // position → the last wave that reached it
+  // By vertex: the position of the page's only data reader, kNoSuccessor or kManySuccessors (then the wave asks the
+  // DependencyGraph). A wave starts from changed pages: this spares it four dependent misses per page (the page's
+  // edge list, the edge, the reader's slot and node) in a large graph.
+  std::vector<std::uint32_t> reader_of;
 
+  std::size_t positions() const noexcept { return steps.size(); }
   std::size_t levels() const noexcept { return level_begin.size() - 1; }
   std::size_t memory_bytes() const noexcept;
 };

@@ -407,15 +407,15 @@ void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tall
 }
 
 void Propagator::Impl::run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally) {
-  const detail::Plan& p = *plan;
+  const detail::Plan::Step* steps = plan->steps.data();
   for (std::uint32_t position = begin; position < end; ++position) {
-    if (p.reached[position] == wave) run_node(p.order[position], wave, tally);
+    if (steps[position].reached == wave) run_node(steps[position].node, wave, tally);
   }
 }
 
 void Propagator::Impl::run_list(const std::uint32_t* positions, std::size_t count, std::uint32_t wave, Tally& tally) {
-  const detail::Plan& p = *plan;
-  for (std::size_t i = 0; i < count; ++i) run_node(p.order[positions[i]], wave, tally);
+  const detail::Plan::Step* steps = plan->steps.data();
+  for (std::size_t i = 0; i < count; ++i) run_node(steps[positions[i]].node, wave, tally);
 }
 
 std::string Propagator::Impl::describe(std::exception_ptr error) {
@@ -436,24 +436,24 @@ void Propagator::Impl::throw_node_error(PageId page, std::exception_ptr error) {
 // lately: its node, its inputs' slots, their page records and bytes are a chain of dependent cache misses. Walking
 // the chain one link at a time for all the wave's nodes together overlaps those misses instead of paying them one
 // after another, node by node.
+// The walk already prefetched each reached node (reach_from), so this starts one link further.
 void Propagator::Impl::prefetch(const std::vector<std::uint32_t>& positions) {
-  const detail::Plan& p = *plan;
-  for (std::uint32_t position : positions) __builtin_prefetch(&node_at[p.order[position]]);
+  const detail::Plan::Step* steps = plan->steps.data();
   for (std::uint32_t position : positions) {
-    const Node& n = node_at[p.order[position]];
+    const Node& n = node_at[steps[position].node];
     __builtin_prefetch(input_pool.data() + n.inputs);
     __builtin_prefetch(&slots[n.out]);
   }
   for (std::uint32_t position : positions) {
-    for (VertexId in : inputs_of(node_at[p.order[position]])) __builtin_prefetch(&slots[in]);
+    for (VertexId in : inputs_of(node_at[steps[position].node])) __builtin_prefetch(&slots[in]);
   }
   for (std::uint32_t position : positions) {
-    const Node& n = node_at[p.order[position]];
+    const Node& n = node_at[steps[position].node];
     __builtin_prefetch(slots[n.out].record);
     for (VertexId in : inputs_of(n)) __builtin_prefetch(slots[in].record);
   }
   for (std::uint32_t position : positions) {
-    const Node& n = node_at[p.order[position]];
+    const Node& n = node_at[steps[position].node];
     __builtin_prefetch(slots[n.out].record->data);
     for (VertexId in : inputs_of(n)) __builtin_prefetch(slots[in].record->data);
   }
@@ -465,21 +465,26 @@ std::uint32_t Propagator::Impl::next_wave() {
     // 2^32 waves: restart the numbering, clearing every mark so no old wave looks like a new one.
     for (std::uint32_t v = 0; v < slots.size(); ++v) slots[v].changed_wave.store(0, std::memory_order_relaxed);
     for (NodeIndex n = 0; n < node_at.size(); ++n) node_at[n].completed_wave.store(0, std::memory_order_relaxed);
-    if (plan) std::fill(plan->reached.begin(), plan->reached.end(), 0);
+    if (plan)
+      for (detail::Plan::Step& step : plan->steps) step.reached = 0;
     current = 0;
   }
   return current + 1;
 }
 
 // Marks the changed slots and reaches the wave's nodes: the readers of the changed pages, the stale nodes, and
-// everything downstream of them. `affected` doubles as the breadth-first queue.
+// everything downstream of them. `affected` doubles as the breadth-first queue. Each reached node is prefetched as it
+// is found, so its record is on the way while the walk goes on.
 void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delta*>>& changes,
                                   const std::shared_ptr<const void>& owner, std::uint32_t wave) {
   detail::Plan& p = *plan;
   affected.clear();
+  detail::Plan::Step* steps = p.steps.data();
   auto reach = [&](std::uint32_t position) {
-    if (p.reached[position] == wave) return;
-    p.reached[position] = wave;
+    detail::Plan::Step& step = steps[position];
+    if (step.reached == wave) return;
+    step.reached = wave;
+    __builtin_prefetch(&node_at[step.node]);
     affected.push_back(position);
   };
   const bool observed = wants(EventKind::PageChanged) || wants(EventKind::PageResized);
@@ -491,11 +496,16 @@ void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delt
     if (observed || s->subscribers.load(std::memory_order_relaxed) > 0) {
       note_change(s, *delta, delta->target_epoch(), wave, owner);
     }
-    graph.for_each_dependent(s->vertex, [&](VertexId w, detail::DependencyKind kind) {
-      if (kind != detail::DependencyKind::Data) return;
-      const NodeIndex reader = slots[w].node;
-      if (reader != kNoNode) reach(node_at[reader].position);
-    });
+    const std::uint32_t only = s->vertex < p.reader_of.size() ? p.reader_of[s->vertex] : detail::Plan::kManySuccessors;
+    if (only < detail::Plan::kManySuccessors) {
+      reach(only);
+    } else if (only == detail::Plan::kManySuccessors) {
+      graph.for_each_dependent(s->vertex, [&](VertexId w, detail::DependencyKind kind) {
+        if (kind != detail::DependencyKind::Data) return;
+        const NodeIndex reader = slots[w].node;
+        if (reader != kNoNode) reach(node_at[reader].position);
+      });
+    }
   }
   for (NodeIndex n : stale_nodes) {
     // remove_node() leaves its entry here (a removed node is not stale); a reused index is listed again if stale.
@@ -503,8 +513,13 @@ void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delt
     if ((node.flags & Node::kLive) && node.stale.load(std::memory_order_relaxed)) reach(node.position);
   }
   for (std::size_t k = 0; k < affected.size(); ++k) {
-    for (auto [e, end] = boost::out_edges(affected[k], p.successors); e != end; ++e)
-      reach(boost::target(*e, p.successors));
+    const std::uint32_t next = steps[affected[k]].next;
+    if (next < detail::Plan::kRow) {
+      reach(next);
+    } else if (next != detail::Plan::kNoSuccessor) {
+      for (auto [e, end] = boost::out_edges(next & ~detail::Plan::kRow, p.successors); e != end; ++e)
+        reach(boost::target(*e, p.successors));
+    }
   }
 }
 
@@ -595,14 +610,14 @@ void Propagator::Impl::settle(bool dense, std::uint32_t wave) {
   // and every stale node was reached: nothing is left stale.
   if (!cancelled.load(std::memory_order_acquire)) return;
   auto settle_position = [&](std::uint32_t position) {
-    const NodeIndex index = p.order[position];
+    const NodeIndex index = p.steps[position].node;
     Node& node = node_at[index];
     if (node.completed_wave.load(std::memory_order_relaxed) != wave) node.stale.store(true, std::memory_order_relaxed);
     if (node.stale.load(std::memory_order_relaxed)) stale_nodes.push_back(index);
   };
   if (dense) {
-    for (std::uint32_t position = 0; position < p.order.size(); ++position)
-      if (p.reached[position] == wave) settle_position(position);
+    for (std::uint32_t position = 0; position < p.positions(); ++position)
+      if (p.steps[position].reached == wave) settle_position(position);
   } else {
     for (std::uint32_t position : affected) settle_position(position);
   }
@@ -641,7 +656,7 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
   }
   // A wave reaching a large part of the graph scans plan ranges; a smaller one runs its sorted positions.
   WaveShape shape;
-  shape.dense = affected.size() * 8 >= plan->order.size();
+  shape.dense = affected.size() * 8 >= plan->positions();
   if (!shape.dense && !std::is_sorted(affected.begin(), affected.end())) std::sort(affected.begin(), affected.end());
   if (!shape.dense && affected.size() <= kPrefetchNodes) prefetch(affected);
 
@@ -657,7 +672,7 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
   tally.scratch = &lease.get();
   if (!parallel) {
     counters.inline_waves.fetch_add(1, std::memory_order_relaxed);
-    const std::size_t count = shape.dense ? plan->order.size() : affected.size();
+    const std::size_t count = shape.dense ? plan->positions() : affected.size();
     run_segment(detail::Segment{0, static_cast<std::uint32_t>(count)}, shape.dense, wave, tally);
   } else {
     run_levels_in_parallel(shape, wave, tally);

@@ -153,6 +153,35 @@ TEST(Propagator, DiamondJoinRunsOncePerWaveAfterBothBranches) {
   EXPECT_EQ(join_calls.load(), 2);
 }
 
+// The plan keeps a page's only reader, and a node's only successor, beside the general successor lists; a page
+// that gains a second reader (and a node a second successor) after a wave, then loses it, must reach every reader
+// each time.
+TEST(Propagator, AWaveReachesEveryReaderAsPagesGainAndLoseReaders) {
+  Runtime rt;
+  Propagator prop(rt);
+  std::vector<PageId> pages;
+  for (int i = 0; i < 5; ++i) pages.push_back(rt.create_page(8));
+  const PageId s = pages[0], b = pages[1], c = pages[2], d = pages[3], e = pages[4];
+  prop.derive_map(b, {s}, affine(2, 0));
+  prop.derive_map(c, {b}, affine(1, 1));
+  commit_i64(rt, s, 1);
+  EXPECT_EQ(read_i64(rt, c), 3);
+  prop.derive_map(d, {s}, affine(3, 0));  // s now has two readers, b two successors
+  prop.derive_map(e, {b}, affine(1, 2));
+  commit_i64(rt, s, 10);
+  EXPECT_EQ(read_i64(rt, b), 20);
+  EXPECT_EQ(read_i64(rt, c), 21);
+  EXPECT_EQ(read_i64(rt, d), 30);
+  EXPECT_EQ(read_i64(rt, e), 22);
+  prop.remove_node(d);  // back to one reader of s and one successor of b
+  prop.remove_node(c);
+  commit_i64(rt, s, 100);
+  EXPECT_EQ(read_i64(rt, b), 200);
+  EXPECT_EQ(read_i64(rt, e), 202);
+  EXPECT_EQ(read_i64(rt, d), 30);  // no longer derived
+  EXPECT_EQ(read_i64(rt, c), 21);
+}
+
 TEST(Propagator, MapContextSeesInputsInDeclarationOrderAndItsOutputPage) {
   Runtime rt;
   Propagator prop(rt);

@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <unistd.h>
@@ -290,11 +291,15 @@ int run_generate(const Options& o) {
   return 0;
 }
 
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
 double median(const std::vector<Throughput>& runs, double Throughput::*field) {
   std::vector<double> v;
   for (const Throughput& t : runs) v.push_back(t.*field);
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
+  return median_of(std::move(v));
 }
 
 // What bounds paging on one core: without prefetch every load is on the step's path, so a step costs the resident
@@ -390,11 +395,6 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
         bound.us_per_mb_with);
   }
   return 0;
-}
-
-double median_of(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 // `bench --engine-only`: the engine alone, measured as llama.cpp's llama-bench measures (pp / tg): the prompt

@@ -303,6 +303,14 @@ void Propagator::Impl::assign_positions(detail::Plan& p, const std::vector<std::
   }
 }
 
+namespace {
+// Records `value` in `one`, which ends as kNoSuccessor (never noted), the one value noted, or kManySuccessors.
+void note_one_or_many(std::uint32_t& one, std::uint32_t value) {
+  constexpr std::uint32_t kNone = detail::Plan::kNoSuccessor, kMany = detail::Plan::kManySuccessors;
+  one = one == kNone || one == value ? value : kMany;
+}
+}  // namespace
+
 // Data successors by position, and which nodes' deltas a reader consumes (passthrough and incremental nodes).
 void Propagator::Impl::link_successors(detail::Plan& p) {
   constexpr std::uint32_t kNone = detail::Plan::kNoSuccessor, kMany = detail::Plan::kManySuccessors;
@@ -315,8 +323,7 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
     const bool consumes = n.kind != NodeKind::Map;
     graph.for_each_input(n.out, [&](VertexId w, DependencyKind kind) {
       if (kind != DependencyKind::Data) return;
-      std::uint32_t& reader = p.reader_of[w];
-      reader = reader == kNone || reader == n.position ? n.position : kMany;
+      note_one_or_many(p.reader_of[w], n.position);
       const NodeIndex v = slots[w].node;
       if (v == kNoNode) return;
       edges.emplace_back(node_at[v].position, n.position);
@@ -324,10 +331,7 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
     });
   }
   // A position with one successor keeps it in its step; those with more get a row of the successor graph.
-  for (const auto& [from, to] : edges) {
-    std::uint32_t& next = p.steps[from].next;
-    next = next == kNone || next == to ? to : kMany;
-  }
+  for (const auto& [from, to] : edges) note_one_or_many(p.steps[from].next, to);
   std::uint32_t rows = 0;
   for (detail::Plan::Step& step : p.steps)
     if (step.next == kMany) step.next = detail::Plan::kRow | rows++;

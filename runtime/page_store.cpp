@@ -1,6 +1,7 @@
 #include "runtime/page_store.hpp"
 
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <utility>
 
@@ -20,6 +21,11 @@ void PageRecord::take_bytes(std::uint64_t bytes, Zeroing zeroing) {
   const Block block = PageAllocator::global().allocate(bytes, zeroing);
   data = block.data;
   room_.block_capacity = block.capacity;
+}
+
+void PageRecord::take_copy(const std::byte* bytes, std::uint64_t count) {
+  take_bytes(count, Zeroing::Uninitialized);
+  if (count > 0) std::memcpy(data, bytes, count);
 }
 
 void PageRecord::adopt_block(Block block) noexcept {

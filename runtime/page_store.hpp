@@ -97,6 +97,8 @@ struct PageRecord {
   // Gives a record without bytes (data null) room for `bytes`: its inline bytes when they fit (zero: a fresh
   // record's are), else an allocator block. Throws Error(ResourceExhausted) when the OS refuses memory.
   void take_bytes(std::uint64_t bytes, Zeroing zeroing);
+  // take_bytes, then copies `count` bytes from `bytes` (which must not be the record's own) into the new room.
+  void take_copy(const std::byte* bytes, std::uint64_t count);
   // Bytes `data` can hold without a new block (0 for external pages and pages without bytes). Under the lock.
   std::uint64_t capacity() const noexcept { return holds_inline() ? kInlineBytes : room_.block_capacity; }
   bool holds_inline() const noexcept { return data == room_.bytes; }

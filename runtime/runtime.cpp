@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -189,12 +188,11 @@ bool Runtime::make_private(PageId id) {
   const std::byte* external_bytes = record->data;
   record->data = nullptr;  // not freed: the owner's memory
   try {
-    record->take_bytes(size, detail::Zeroing::Uninitialized);
+    record->take_copy(external_bytes, size);
   } catch (...) {
     record->data = const_cast<std::byte*>(external_bytes);
     throw;
   }
-  if (size > 0) std::memcpy(record->data, external_bytes, size);
   record->external = false;
   std::shared_ptr<const void> owner = impl_->store.take_external_owner(id.sequence());
   lock.unlock();

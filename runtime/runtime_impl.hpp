@@ -180,12 +180,11 @@ struct Runtime::Impl {
     }
     PageRecord* record = store.make_record(id, location);
     try {
-      record->take_bytes(size, detail::Zeroing::Uninitialized);
+      record->take_copy(bytes, size);
     } catch (...) {
       store.discard(record);
       throw;
     }
-    if (size > 0) std::memcpy(record->data, bytes, size);
     record->size.store(size, std::memory_order_relaxed);
     record->epoch.store(epoch, std::memory_order_relaxed);
     if (!store.insert(id.sequence(), record)) {

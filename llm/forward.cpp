@@ -127,7 +127,9 @@ void kv_rows(const ForwardShape& s, const float* x, const float* attn_norm, Weig
 }
 
 // Position pos0 + t attends to cache rows 0 .. pos0 + t. The heads are split across the team: each chunk computes
-// the query rows of its heads (no other chunk needs them), rotates them and attends, into its thread's score buffer.
+// the query rows of its heads (no other chunk needs them) and rotates them; then per head, the scores of all n
+// positions at once (each key read once for several queries: kernels.hpp), their softmax and mix, in the thread's
+// score rows.
 void attention_rows(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wo,
                     const float* keys, const float* values, int pos0, std::size_t n, Buffers b, float* out) {
   const ModelConfig& c = s.config;
@@ -136,23 +138,25 @@ void attention_rows(const ForwardShape& s, const float* x, const float* attn_nor
   for (std::size_t t = 0; t < n; ++t) rmsnorm(b.xb + t * dim, x + t * dim, attn_norm, dim, c.rms_eps);
   const PreparedActivations act = prepare(s, wq.type, b.xb, dim, n, b.one.act);
   const unsigned parts = s.team != nullptr ? s.team->size() : 1;
-  if (b.one.att.size() < parts * seq) b.one.att.resize(parts * seq);  // once: a score buffer per thread
+  if (b.one.att.size() < parts * n * seq) b.one.att.resize(parts * n * seq);  // once: n score rows per thread
   const float scale = std::sqrt(static_cast<float>(head));
+  const std::size_t first = static_cast<std::size_t>(pos0);  // position 0 of the batch sees first + 1 keys
   auto job = [&](unsigned chunk, unsigned chunks, unsigned thread) {
     const PartRange heads = part_range(c.n_heads, chunk, chunks, 1);
     if (heads.begin >= heads.end) return;
     product_rows(s, wq, act, b.xb, n, dim, b.q, dim, {heads.begin * head, heads.end * head}, b.one);
-    float* att = b.one.att.data() + thread * seq;
     for (std::size_t t = 0; t < n; ++t) {
-      const int pos = pos0 + static_cast<int>(t);
-      float* qt = b.q + t * dim;
-      rope(s, qt + heads.begin * head, (heads.end - heads.begin) * head, pos);
-      const std::size_t positions = static_cast<std::size_t>(pos) + 1;
-      for (std::size_t h = heads.begin; h < heads.end; ++h) {
-        const std::size_t kv_offset = (h / group) * head;
-        s.kernels->attention_scores(qt + h * head, keys + kv_offset, kv_dim, positions, head, scale, att);
-        s.kernels->softmax(att, positions);
-        s.kernels->attention_mix(att, values + kv_offset, kv_dim, positions, head, b.attn + t * dim + h * head);
+      rope(s, b.q + t * dim + heads.begin * head, (heads.end - heads.begin) * head, pos0 + static_cast<int>(t));
+    }
+    float* att = b.one.att.data() + thread * n * seq;
+    for (std::size_t h = heads.begin; h < heads.end; ++h) {
+      const std::size_t kv_offset = (h / group) * head;
+      s.kernels->attention_scores_causal(b.q + h * head, dim, n, keys + kv_offset, kv_dim, first, head, scale, att,
+                                         seq);
+      for (std::size_t t = 0; t < n; ++t) {
+        s.kernels->softmax(att + t * seq, first + t + 1);
+        s.kernels->attention_mix(att + t * seq, values + kv_offset, kv_dim, first + t + 1, head,
+                                 b.attn + t * dim + h * head);
       }
     }
   };

@@ -64,11 +64,13 @@ void rope(const ForwardShape& s, float* vec, std::size_t n, int pos) {
   const std::size_t head = s.config.head_size(), half = head / 2;
   const float* cs = s.rope_cos.data() + static_cast<std::size_t>(pos) * half;
   const float* sn = s.rope_sin.data() + static_cast<std::size_t>(pos) * half;
-  for (std::size_t i = 0; i < n; i += 2) {
-    const std::size_t f = (i % head) / 2;
-    const float v0 = vec[i], v1 = vec[i + 1];
-    vec[i] = v0 * cs[f] - v1 * sn[f];
-    vec[i + 1] = v0 * sn[f] + v1 * cs[f];
+  for (std::size_t h = 0; h < n; h += head) {  // head by head: no division per pair
+    float* v = vec + h;
+    for (std::size_t f = 0; f < half; ++f) {
+      const float v0 = v[2 * f], v1 = v[2 * f + 1];
+      v[2 * f] = v0 * cs[f] - v1 * sn[f];
+      v[2 * f + 1] = v0 * sn[f] + v1 * cs[f];
+    }
   }
 }
 

@@ -21,9 +21,8 @@ constexpr std::size_t kRowAlign = 16;
 // to wait on (the rest they claim themselves), few enough that claiming costs nothing next to a chunk's rows.
 constexpr unsigned kChunksPerThread = 8;
 
-// out = weight * x / rms(x) for `rows` rows of n floats. Each row's sum of squares is taken in element order;
-// four rows go side by side, so that their four chains of adds overlap (the results are those of one row at a
-// time). The scaling goes four lanes at a time (SSE, which every x86-64 has: products lane by lane, the same bits).
+// out = weight * x / rms(x) for one row of n floats whose sum of squares is ss, four lanes at a time (SSE, which
+// every x86-64 has: products lane by lane, the same bits as one at a time).
 void scale_row(float* out, const float* x, const float* weight, std::size_t n, float ss, float eps) {
   float scale = ss / static_cast<float>(n);
   scale += eps;
@@ -35,6 +34,8 @@ void scale_row(float* out, const float* x, const float* weight, std::size_t n, f
   }
   for (; j < n; ++j) out[j] = weight[j] * (scale * x[j]);
 }
+// The RMS norm of `rows` rows of n floats. Each row's sum of squares is taken in element order; four rows go side
+// by side, so that their four chains of adds overlap (the results are those of one row at a time).
 void rmsnorm_rows(float* out, const float* x, const float* weight, std::size_t rows, std::size_t n, float eps) {
   std::size_t t = 0;
   for (; t + 4 <= rows; t += 4) {

@@ -21,11 +21,12 @@ StepInput read_step(std::span<const std::byte> bytes, const ModelConfig& c) {
   StepInput in;
   std::memcpy(&in, bytes.data(), sizeof in);
   if (in.token < 0 || static_cast<std::uint32_t>(in.token) >= c.vocab_size || in.pos < 0 ||
-      static_cast<std::uint32_t>(in.pos) >= c.seq_len) {
+      static_cast<std::uint32_t>(in.pos) >= c.seq_len || in.batch_rows < 0 || in.batch_rows > in.pos) {
     throw Error(ErrorCode::InvalidArgument, "step page holds token " + std::to_string(in.token) + " at position " +
-                                                std::to_string(in.pos) + "; expected a token below " +
-                                                std::to_string(c.vocab_size) + " and a position below " +
-                                                std::to_string(c.seq_len));
+                                                std::to_string(in.pos) + " after " + std::to_string(in.batch_rows) +
+                                                " batch rows; expected a token below " + std::to_string(c.vocab_size) +
+                                                ", a position below " + std::to_string(c.seq_len) +
+                                                " and 0 to position batch rows");
   }
   return in;
 }
@@ -94,16 +95,18 @@ void kv_step(const KvNode& n, const StepInput& in, const IncrementalContext& ctx
              key + n.shape->config.kv_dim());
 }
 
-// A prompt wave (the prefill page changed): the batch positions pos .. pos + n - 1 and the step's position pos + n.
-// Their key and value rows go out as one run of rows in each half; then the batch's attention and feed-forward (as
-// matrix x n products) give the batch stream leaving this layer, emitted into the page's tail for the next layer
-// (the last layer skips it: no batch position needs logits).
+// A prompt wave (the step input has batch rows): the batch positions pos .. pos + n - 1 and the step position pos + n,
+// all n + 1 as one batch (matrix x (n + 1) products). Their key and value rows go out as one run of rows in each
+// half; then the batch's attention and feed-forward give the batch stream leaving this layer, emitted into the
+// page's tail for the next layer, its last row for this layer's block node (the last layer skips them: only the
+// step position may need logits, and its block node computes that layer).
 void kv_prompt_wave(const KvNode& node, const StepInput& in, const IncrementalContext& ctx, Delta& out) {
   const PrefillHeader h = read_prefill(ctx.inputs[5], node.shape->config, node.batch);
-  if (in.pos != h.pos + h.n) {
-    throw Error(ErrorCode::InvalidArgument, "prompt wave: the step position " + std::to_string(in.pos) +
-                                                " does not follow the prefill positions " + std::to_string(h.pos) +
-                                                " + " + std::to_string(h.n));
+  if (in.pos != h.pos + h.n || in.batch_rows != h.n) {
+    throw Error(ErrorCode::InvalidArgument, "prompt wave: the step position " + std::to_string(in.pos) + " after " +
+                                                std::to_string(in.batch_rows) + " batch rows does not follow the " +
+                                                std::to_string(h.n) + " prefill positions from " +
+                                                std::to_string(h.pos));
   }
   const ForwardShape& shape = *node.shape;
   const ModelConfig& cfg = shape.config;
@@ -113,11 +116,12 @@ void kv_prompt_wave(const KvNode& node, const StepInput& in, const IncrementalCo
   const float* stream = node.layer == 0 ? bs.mid.data()  // the batch stream entering this layer
                                         : reinterpret_cast<const float*>(ctx.inputs[6].data() + 2 * node.cache_half);
   if (node.layer == 0) {
-    embed_batch(shape, weight_ref(*node.embedding, ctx.inputs[6].data()), prefill_tokens(ctx.inputs[5]), n,
-                bs.mid.data());
+    const WeightRef table = weight_ref(*node.embedding, ctx.inputs[6].data());
+    embed_batch(shape, table, prefill_tokens(ctx.inputs[5]), n, bs.mid.data());
+    embed(shape, table, in.token, bs.mid.data() + n * cfg.dim);
   }
   const std::uint64_t first = static_cast<std::uint64_t>(h.pos) * node.row_bytes, bytes = rows * node.row_bytes;
-  const std::uint64_t stream_out = node.last_layer ? 0 : n * node.stream_bytes;
+  const std::uint64_t stream_out = node.last_layer ? 0 : rows * node.stream_bytes;
   out.ranges.push_back({first, bytes});
   out.ranges.push_back({node.cache_half + first, bytes});
   if (stream_out > 0) {
@@ -133,8 +137,7 @@ void kv_prompt_wave(const KvNode& node, const StepInput& in, const IncrementalCo
   float* values = keys + rows * kv_dim;
   const float* norm = reinterpret_cast<const float*>(ctx.inputs[2].data());
   const WeightRef wk = weight_ref(w.wk, ctx.inputs[3].data()), wv = weight_ref(w.wv, ctx.inputs[4].data());
-  kv_project_batch(shape, stream, norm, wk, wv, h.pos, n, bs, keys, values);
-  kv_project(shape, floats(ctx.inputs[0]), norm, wk, wv, in.pos, *node.scratch, keys + n * kv_dim, values + n * kv_dim);
+  kv_project_batch(shape, stream, norm, wk, wv, h.pos, rows, bs, keys, values);
   if (node.last_layer) return;
   // The cache as the batch sees it: the rows before it (this page) and its own rows, contiguous.
   float* ck = node.batch_cache->data();
@@ -143,14 +146,14 @@ void kv_prompt_wave(const KvNode& node, const StepInput& in, const IncrementalCo
   const float* cache = reinterpret_cast<const float*>(ctx.output.data());
   std::memcpy(ck, cache, before * sizeof(float));
   std::memcpy(cv, cache + std::size_t{cfg.seq_len} * kv_dim, before * sizeof(float));
-  std::memcpy(ck + before, keys, n * kv_dim * sizeof(float));
-  std::memcpy(cv + before, values, n * kv_dim * sizeof(float));
+  std::memcpy(ck + before, keys, rows * kv_dim * sizeof(float));
+  std::memcpy(cv + before, values, rows * kv_dim * sizeof(float));
   auto f32 = [&](std::size_t i) { return reinterpret_cast<const float*>(ctx.inputs[i].data()); };
   std::vector<float>& after_attention = bs.mid;  // may be `stream` itself (layer 0): updated in place
   attention_batch(shape, stream, norm, weight_ref(w.wq, ctx.inputs[7].data()), weight_ref(w.wo, ctx.inputs[8].data()),
-                  ck, cv, h.pos, n, bs, after_attention.data());
+                  ck, cv, h.pos, rows, bs, after_attention.data());
   feed_forward_batch(shape, after_attention.data(), f32(9), weight_ref(w.w1, ctx.inputs[10].data()),
-                     weight_ref(w.w2, ctx.inputs[11].data()), weight_ref(w.w3, ctx.inputs[12].data()), n, bs,
+                     weight_ref(w.w2, ctx.inputs[11].data()), weight_ref(w.w3, ctx.inputs[12].data()), rows, bs,
                      reinterpret_cast<float*>(out.payload.data() + 2 * bytes));
 }
 
@@ -161,13 +164,28 @@ struct BlockNode {
   const LayerTensors* w;
   PagedModel* paged;
   std::size_t unit, ffn_unit;
-  std::uint64_t cache_half;
+  bool last_layer;
+  std::size_t batch;  // the batch nodes' capacity (0: none)
+  std::uint64_t cache_half, stream_bytes;
   std::shared_ptr<ForwardScratch> scratch;
   std::shared_ptr<std::vector<float>> mid;
 };
 
 void block_step(const BlockNode& n, MapContext& ctx) {
   const StepInput in = read_step(ctx.input(1), n.shape->config);
+  if (in.batch_rows > 0 && !n.last_layer) {  // a prompt wave: the kv node computed this position with its batch
+    if (static_cast<std::size_t>(in.batch_rows) > n.batch) {
+      throw Error(ErrorCode::InvalidArgument, "step page holds " + std::to_string(in.batch_rows) +
+                                                  " batch rows; this engine's batch holds " + std::to_string(n.batch));
+    }
+    const std::byte* row =
+        ctx.input(2).data() + 2 * n.cache_half + static_cast<std::uint64_t>(in.batch_rows) * n.stream_bytes;
+    std::memcpy(ctx.output().data(), row, n.stream_bytes);
+    return;
+  }
+  // The stream leaving the last layer feeds only the classifier: without logits the page keeps its previous bytes
+  // (it is always_changes, as the logits node). Paged engines still compute it, so that their pins stay as they were.
+  if (n.last_layer && in.want_logits == 0 && n.paged == nullptr) return;
   const LayerTensors& w = *n.w;
   LayerPager::Pin pin;
   if (n.paged) pin = n.paged->pin(n.unit, in.want_logits != 0);
@@ -236,7 +254,7 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   // Batch nodes: none when paging (their weights would need pins of their own) or when disabled.
   batch_ = paged_ ? 0 : std::min<std::size_t>(options.prefill_batch, c.seq_len);  // more could never be used
   if (batch_ > 0) {
-    wiring.batch_scratch = std::make_shared<BatchScratch>(c, batch_);
+    wiring.batch_scratch = std::make_shared<BatchScratch>(c, batch_ + 1);  // the step position joins the batch
     wiring.batch_cache = std::make_shared<std::vector<float>>(2 * std::size_t{c.seq_len} * c.kv_dim());
     prefill_page_ = runtime_->create_page(sizeof(PrefillHeader) + batch_ * sizeof(std::int32_t));
   }
@@ -283,9 +301,9 @@ void Engine::add_layer_nodes(Wiring& wiring, std::uint32_t l) {
   const ModelConfig& c = model_.config;
   const LayerTensors* w = &model_.layers[l];
   PagedModel* paged = wiring.paged;
-  // With batch nodes the page ends with the batch stream leaving this layer (batch × dim floats), which the next
-  // layer's kv node reads in a prompt wave.
-  const PageId kv = runtime_->create_page(2 * wiring.cache_half + batch_ * wiring.stream_bytes);
+  // With batch nodes the page ends with the batch stream leaving this layer ((batch + 1) × dim floats: the batch
+  // and the step position), which the next layer's kv node and this layer's block node read in a prompt wave.
+  const PageId kv = runtime_->create_page(2 * wiring.cache_half + (batch_ > 0 ? batch_ + 1 : 0) * wiring.stream_bytes);
   const PageId source =
       l == 0 ? (batch_ > 0 ? weight_page_of(model_.token_embedding) : PageId{}) : wiring.kv_pages.back();
   wiring.kv_pages.push_back(kv);
@@ -319,7 +337,15 @@ void Engine::add_layer_nodes(Wiring& wiring, std::uint32_t l) {
       kv, std::move(kv_inputs),
       [kv_node](const IncrementalContext& ctx, Delta& out) {
         const StepInput in = read_step(ctx.inputs[1], kv_node.shape->config);
-        if (kv_node.batch > 0 && ctx.input_deltas[5] != nullptr) return kv_prompt_wave(kv_node, in, ctx, out);
+        // The step page says whether this is a prompt wave: the prefill page may hold the bytes of an earlier wave
+        // (the same tokens at the same positions) and then shows no delta.
+        if (in.batch_rows > 0) {
+          if (kv_node.batch == 0) {
+            throw Error(ErrorCode::InvalidArgument, "step page holds " + std::to_string(in.batch_rows) +
+                                                        " batch rows; this engine has no batch nodes");
+          }
+          return kv_prompt_wave(kv_node, in, ctx, out);
+        }
         kv_step(kv_node, in, ctx, out);
       },
       kv_options);
@@ -329,7 +355,10 @@ void Engine::add_layer_nodes(Wiring& wiring, std::uint32_t l) {
                         paged,
                         unit,
                         ffn_unit,
+                        l + 1 == c.n_layers,
+                        batch_,
                         wiring.cache_half,
+                        wiring.stream_bytes,
                         std::make_shared<ForwardScratch>(c),
                         std::make_shared<std::vector<float>>(c.dim)};
   NodeOptions block_options;
@@ -431,7 +460,7 @@ std::span<const float> Engine::run_prompt(std::span<const int> tokens, int pos, 
       const bool logits = want_logits && last_wave;
       auto txn = runtime_->begin();
       txn.write(prefill_page_, 0, page);
-      txn.write_value(step_page_, 0, StepInput{step_token, step_pos, logits ? 1 : 0});
+      txn.write_value(step_page_, 0, StepInput{step_token, step_pos, logits ? 1 : 0, static_cast<std::int32_t>(n)});
       txn.commit();
       ++waves_;
       if (logits) {

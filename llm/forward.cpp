@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 
+#include <xmmintrin.h>
+
 #include "llm/kquants.hpp"
 #include "llm/thread_team.hpp"
 
@@ -19,13 +21,43 @@ constexpr std::size_t kRowAlign = 16;
 // to wait on (the rest they claim themselves), few enough that claiming costs nothing next to a chunk's rows.
 constexpr unsigned kChunksPerThread = 8;
 
-void rmsnorm(float* out, const float* x, const float* weight, std::size_t n, float eps) {
-  float ss = 0;
-  for (std::size_t j = 0; j < n; ++j) ss += x[j] * x[j];
-  ss /= static_cast<float>(n);
-  ss += eps;
-  ss = 1.0f / std::sqrt(ss);
-  for (std::size_t j = 0; j < n; ++j) out[j] = weight[j] * (ss * x[j]);
+// out = weight * x / rms(x) for one row of n floats whose sum of squares is ss, four lanes at a time (SSE, which
+// every x86-64 has: products lane by lane, the same bits as one at a time).
+void scale_row(float* out, const float* x, const float* weight, std::size_t n, float ss, float eps) {
+  float scale = ss / static_cast<float>(n);
+  scale += eps;
+  scale = 1.0f / std::sqrt(scale);
+  const __m128 s4 = _mm_set1_ps(scale);
+  std::size_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    _mm_storeu_ps(out + j, _mm_mul_ps(_mm_loadu_ps(weight + j), _mm_mul_ps(s4, _mm_loadu_ps(x + j))));
+  }
+  for (; j < n; ++j) out[j] = weight[j] * (scale * x[j]);
+}
+// The RMS norm of `rows` rows of n floats. Each row's sum of squares is taken in element order; four rows go side
+// by side, so that their four chains of adds overlap (the results are those of one row at a time).
+void rmsnorm_rows(float* out, const float* x, const float* weight, std::size_t rows, std::size_t n, float eps) {
+  std::size_t t = 0;
+  for (; t + 4 <= rows; t += 4) {
+    const float *x0 = x + t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (std::size_t j = 0; j < n; ++j) {
+      s0 += x0[j] * x0[j];
+      s1 += x1[j] * x1[j];
+      s2 += x2[j] * x2[j];
+      s3 += x3[j] * x3[j];
+    }
+    scale_row(out + t * n, x0, weight, n, s0, eps);
+    scale_row(out + (t + 1) * n, x1, weight, n, s1, eps);
+    scale_row(out + (t + 2) * n, x2, weight, n, s2, eps);
+    scale_row(out + (t + 3) * n, x3, weight, n, s3, eps);
+  }
+  for (; t < rows; ++t) {
+    const float* xt = x + t * n;
+    float ss = 0;
+    for (std::size_t j = 0; j < n; ++j) ss += xt[j] * xt[j];
+    scale_row(out + t * n, xt, weight, n, ss, eps);
+  }
 }
 
 // Rotates adjacent pairs (i, i+1) of each head of `vec` (n floats, starting at a head) by the angles of `pos`.
@@ -33,11 +65,13 @@ void rope(const ForwardShape& s, float* vec, std::size_t n, int pos) {
   const std::size_t head = s.config.head_size(), half = head / 2;
   const float* cs = s.rope_cos.data() + static_cast<std::size_t>(pos) * half;
   const float* sn = s.rope_sin.data() + static_cast<std::size_t>(pos) * half;
-  for (std::size_t i = 0; i < n; i += 2) {
-    const std::size_t f = (i % head) / 2;
-    const float v0 = vec[i], v1 = vec[i + 1];
-    vec[i] = v0 * cs[f] - v1 * sn[f];
-    vec[i + 1] = v0 * sn[f] + v1 * cs[f];
+  for (std::size_t h = 0; h < n; h += head) {  // head by head: no division per pair
+    float* v = vec + h;
+    for (std::size_t f = 0; f < half; ++f) {
+      const float v0 = v[2 * f], v1 = v[2 * f + 1];
+      v[2 * f] = v0 * cs[f] - v1 * sn[f];
+      v[2 * f + 1] = v0 * sn[f] + v1 * cs[f];
+    }
   }
 }
 
@@ -121,38 +155,42 @@ Buffers buffers(BatchScratch& b) {
 void kv_rows(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wk, WeightRef wv, int pos0,
              std::size_t n, Buffers b, float* k, float* v) {
   const std::size_t dim = s.config.dim, kv_dim = s.config.kv_dim();
-  for (std::size_t t = 0; t < n; ++t) rmsnorm(b.xb + t * dim, x + t * dim, attn_norm, dim, s.config.rms_eps);
+  rmsnorm_rows(b.xb, x, attn_norm, n, dim, s.config.rms_eps);
   products(s, wk, wv, b.xb, dim, n, k, v, kv_dim, b.one, [](PartRange) {});
   for (std::size_t t = 0; t < n; ++t) rope(s, k + t * kv_dim, kv_dim, pos0 + static_cast<int>(t));
 }
 
 // Position pos0 + t attends to cache rows 0 .. pos0 + t. The heads are split across the team: each chunk computes
-// the query rows of its heads (no other chunk needs them), rotates them and attends, into its thread's score buffer.
+// the query rows of its heads (no other chunk needs them) and rotates them; then per head, the scores of all n
+// positions at once (each key read once for several queries: kernels.hpp), their softmax and mix, in the thread's
+// score rows.
 void attention_rows(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wo,
                     const float* keys, const float* values, int pos0, std::size_t n, Buffers b, float* out) {
   const ModelConfig& c = s.config;
   const std::size_t dim = c.dim, kv_dim = c.kv_dim(), head = c.head_size(), seq = c.seq_len;
   const std::size_t group = c.n_heads / c.n_kv_heads;  // query heads sharing one key/value head
-  for (std::size_t t = 0; t < n; ++t) rmsnorm(b.xb + t * dim, x + t * dim, attn_norm, dim, c.rms_eps);
+  rmsnorm_rows(b.xb, x, attn_norm, n, dim, c.rms_eps);
   const PreparedActivations act = prepare(s, wq.type, b.xb, dim, n, b.one.act);
   const unsigned parts = s.team != nullptr ? s.team->size() : 1;
-  if (b.one.att.size() < parts * seq) b.one.att.resize(parts * seq);  // once: a score buffer per thread
+  if (b.one.att.size() < parts * n * seq) b.one.att.resize(parts * n * seq);  // once: n score rows per thread
   const float scale = std::sqrt(static_cast<float>(head));
+  const std::size_t first = static_cast<std::size_t>(pos0);  // position 0 of the batch sees first + 1 keys
   auto job = [&](unsigned chunk, unsigned chunks, unsigned thread) {
     const PartRange heads = part_range(c.n_heads, chunk, chunks, 1);
     if (heads.begin >= heads.end) return;
     product_rows(s, wq, act, b.xb, n, dim, b.q, dim, {heads.begin * head, heads.end * head}, b.one);
-    float* att = b.one.att.data() + thread * seq;
     for (std::size_t t = 0; t < n; ++t) {
-      const int pos = pos0 + static_cast<int>(t);
-      float* qt = b.q + t * dim;
-      rope(s, qt + heads.begin * head, (heads.end - heads.begin) * head, pos);
-      const std::size_t positions = static_cast<std::size_t>(pos) + 1;
-      for (std::size_t h = heads.begin; h < heads.end; ++h) {
-        const std::size_t kv_offset = (h / group) * head;
-        s.kernels->attention_scores(qt + h * head, keys + kv_offset, kv_dim, positions, head, scale, att);
-        s.kernels->softmax(att, positions);
-        s.kernels->attention_mix(att, values + kv_offset, kv_dim, positions, head, b.attn + t * dim + h * head);
+      rope(s, b.q + t * dim + heads.begin * head, (heads.end - heads.begin) * head, pos0 + static_cast<int>(t));
+    }
+    float* att = b.one.att.data() + thread * n * seq;
+    for (std::size_t h = heads.begin; h < heads.end; ++h) {
+      const std::size_t kv_offset = (h / group) * head;
+      s.kernels->attention_scores_causal(b.q + h * head, dim, n, keys + kv_offset, kv_dim, first, head, scale, att,
+                                         seq);
+      for (std::size_t t = 0; t < n; ++t) {
+        s.kernels->softmax(att + t * seq, first + t + 1);
+        s.kernels->attention_mix(att + t * seq, values + kv_offset, kv_dim, first + t + 1, head,
+                                 b.attn + t * dim + h * head);
       }
     }
   };
@@ -166,7 +204,7 @@ void feed_forward_rows(const ForwardShape& s, const float* x, const float* ffn_n
                        WeightRef w3, std::size_t n, Buffers b, float* out) {
   const ModelConfig& c = s.config;
   const std::size_t dim = c.dim, hidden = c.hidden_dim;
-  for (std::size_t t = 0; t < n; ++t) rmsnorm(b.xb + t * dim, x + t * dim, ffn_norm, dim, c.rms_eps);
+  rmsnorm_rows(b.xb, x, ffn_norm, n, dim, c.rms_eps);
   products(s, w1, w3, b.xb, dim, n, b.hb, b.hb2, hidden, b.one, [&](PartRange rows) {
     for (std::size_t t = 0; t < n && rows.begin < rows.end; ++t) {
       s.kernels->swiglu(b.hb + t * hidden + rows.begin, b.hb2 + t * hidden + rows.begin, rows.end - rows.begin);
@@ -225,7 +263,7 @@ void feed_forward(const ForwardShape& s, const float* x, const float* ffn_norm, 
 
 void logits(const ForwardShape& s, const float* x, const float* final_norm, WeightRef classifier,
             ForwardScratch& scratch, float* out) {
-  rmsnorm(scratch.xb.data(), x, final_norm, s.config.dim, s.config.rms_eps);
+  rmsnorm_rows(scratch.xb.data(), x, final_norm, 1, s.config.dim, s.config.rms_eps);
   product(s, classifier, scratch.xb.data(), s.config.dim, 1, out, s.config.vocab_size, scratch);
 }
 

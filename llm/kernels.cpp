@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "llm/kquants.hpp"
 #include "mmsb/error.hpp"
@@ -192,6 +193,13 @@ void attention_scores_scalar(const float* q, const float* keys, std::size_t stri
     scores[t] = s / scale;
   }
 }
+void attention_scores_causal_scalar(const float* q, std::size_t q_stride, std::size_t m, const float* keys,
+                                    std::size_t stride, std::size_t first, std::size_t head, float scale, float* scores,
+                                    std::size_t scores_stride) {
+  for (std::size_t j = 0; j < m; ++j) {
+    attention_scores_scalar(q + j * q_stride, keys, stride, first + j + 1, head, scale, scores + j * scores_stride);
+  }
+}
 void attention_mix_scalar(const float* weights, const float* values, std::size_t stride, std::size_t n,
                           std::size_t head, float* out) {
   for (std::size_t i = 0; i < head; ++i) out[i] = 0;
@@ -284,6 +292,32 @@ void quantize_q8k_activations_avx2(const float* x, std::size_t cols, std::byte* 
   quantize_row_q8k(x, reinterpret_cast<BlockQ8K*>(out), cols, SimdLevel::Avx2);
 }
 
+#define MMSB_UNROLL _Pragma("GCC unroll 16")
+
+// The 8 x 8 floats at base (rows `stride` apart) transposed: col[j] holds element j of the eight rows.
+MMSB_AVX2_NO_FMA inline void transpose8x8(const float* base, std::size_t stride, __m256 (&col)[8]) {
+  __m256 r0 = _mm256_loadu_ps(base), r1 = _mm256_loadu_ps(base + stride), r2 = _mm256_loadu_ps(base + 2 * stride),
+         r3 = _mm256_loadu_ps(base + 3 * stride), r4 = _mm256_loadu_ps(base + 4 * stride),
+         r5 = _mm256_loadu_ps(base + 5 * stride), r6 = _mm256_loadu_ps(base + 6 * stride),
+         r7 = _mm256_loadu_ps(base + 7 * stride);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  col[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  col[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  col[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  col[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  col[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  col[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  col[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  col[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
 // Eight keys at a time: their 8-float chunks are transposed so that lane j accumulates key j's score in the
 // scalar order (element 0 first), with a separate multiply and add.
 MMSB_AVX2_NO_FMA void attention_scores_avx2(const float* q, const float* keys, std::size_t stride, std::size_t n,
@@ -294,23 +328,8 @@ MMSB_AVX2_NO_FMA void attention_scores_avx2(const float* q, const float* keys, s
   for (; t + 8 <= n; t += 8) {
     __m256 s = _mm256_setzero_ps();
     for (std::size_t c = 0; c < head; c += 8) {
-      const float* base = keys + t * stride + c;
-      __m256 r0 = _mm256_loadu_ps(base), r1 = _mm256_loadu_ps(base + stride), r2 = _mm256_loadu_ps(base + 2 * stride),
-             r3 = _mm256_loadu_ps(base + 3 * stride), r4 = _mm256_loadu_ps(base + 4 * stride),
-             r5 = _mm256_loadu_ps(base + 5 * stride), r6 = _mm256_loadu_ps(base + 6 * stride),
-             r7 = _mm256_loadu_ps(base + 7 * stride);
-      __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-      __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-      __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-      __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-      __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-      __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-      __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-      __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-      __m256 col[8] = {_mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
-                       _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
-                       _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
-                       _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+      __m256 col[8];
+      transpose8x8(keys + t * stride + c, stride, col);
       for (int j = 0; j < 8; ++j) s = _mm256_add_ps(s, _mm256_mul_ps(_mm256_set1_ps(q[c + j]), col[j]));
     }
     _mm256_storeu_ps(scores + t, _mm256_div_ps(s, vscale));
@@ -318,15 +337,112 @@ MMSB_AVX2_NO_FMA void attention_scores_avx2(const float* q, const float* keys, s
   if (t < n) attention_scores_scalar(q, keys + t * stride, stride, n - t, head, scale, scores + t);
 }
 
+// kt[i * padded + t] = keys[t * stride + i] for t < count and i < head (a multiple of 8); 0 for count <= t < padded.
+MMSB_AVX2_NO_FMA void transpose_keys(const float* keys, std::size_t stride, std::size_t count, std::size_t head,
+                                     std::size_t padded, float* kt) {
+  std::size_t t = 0;
+  for (; t + 8 <= count; t += 8) {
+    for (std::size_t c = 0; c < head; c += 8) {
+      __m256 col[8];
+      transpose8x8(keys + t * stride + c, stride, col);
+      MMSB_UNROLL
+      for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(kt + (c + j) * padded + t, col[j]);
+    }
+  }
+  for (; t < padded; ++t) {
+    for (std::size_t i = 0; i < head; ++i) kt[i * padded + t] = t < count ? keys[t * stride + i] : 0.0f;
+  }
+}
+
+// Stores the lanes of v below `count - base` at row + base (the scores of one query's keys base .. base + 7).
+MMSB_AVX2_NO_FMA inline void store_scores(__m256 v, float* row, std::size_t base, std::size_t count) {
+  if (base + 8 <= count) return _mm256_storeu_ps(row + base, v);
+  if (base >= count) return;
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count - base)), lanes);
+  _mm256_maskstore_ps(row + base, mask, v);
+}
+
+// J queries (q_stride apart) against the transposed keys kt, 16 keys per step: each of the J x 2 accumulators
+// is a chain of its own (one add per element, the scalar order), so the adds overlap instead of waiting on each
+// other, and each key chunk loaded serves J queries. Query jj sees `count + jj` keys.
+template <int J>
+MMSB_AVX2_NO_FMA void causal_scores_group(const float* q, std::size_t q_stride, const float* kt, std::size_t padded,
+                                          std::size_t head, float scale, std::size_t count, float* scores,
+                                          std::size_t scores_stride) {
+  const __m256 vscale = _mm256_set1_ps(scale);
+  for (std::size_t t = 0; t < count + J - 1; t += 16) {
+    __m256 acc[J][2];
+    MMSB_UNROLL
+    for (int j = 0; j < J; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+    const float* col = kt + t;
+    for (std::size_t i = 0; i < head; ++i, col += padded) {
+      const __m256 k0 = _mm256_loadu_ps(col), k1 = _mm256_loadu_ps(col + 8);
+      MMSB_UNROLL
+      for (int j = 0; j < J; ++j) {
+        const __m256 qv = _mm256_broadcast_ss(q + j * q_stride + i);
+        acc[j][0] = _mm256_add_ps(acc[j][0], _mm256_mul_ps(qv, k0));
+        acc[j][1] = _mm256_add_ps(acc[j][1], _mm256_mul_ps(qv, k1));
+      }
+    }
+    MMSB_UNROLL
+    for (int j = 0; j < J; ++j) {
+      store_scores(_mm256_div_ps(acc[j][0], vscale), scores + j * scores_stride, t, count + j);
+      store_scores(_mm256_div_ps(acc[j][1], vscale), scores + j * scores_stride, t + 8, count + j);
+    }
+  }
+}
+
+// The keys are transposed once (per call, into a buffer of this thread) so that a step reads one element of eight
+// keys as one vector; then queries four at a time. One query (decoding) transposes as it goes instead.
+MMSB_AVX2_NO_FMA void attention_scores_causal_avx2(const float* q, std::size_t q_stride, std::size_t m,
+                                                   const float* keys, std::size_t stride, std::size_t first,
+                                                   std::size_t head, float scale, float* scores,
+                                                   std::size_t scores_stride) {
+  if (head % 8 != 0 || m == 0) {
+    return attention_scores_causal_scalar(q, q_stride, m, keys, stride, first, head, scale, scores, scores_stride);
+  }
+  if (m == 1) return attention_scores_avx2(q, keys, stride, first + 1, head, scale, scores);  // nothing to share
+  const std::size_t count = first + m, padded = (count + 15) / 16 * 16;
+  thread_local std::vector<float> kt;  // grows to the longest context once
+  if (kt.size() < head * padded) kt.resize(head * padded);
+  transpose_keys(keys, stride, count, head, padded, kt.data());
+  using Group = void (*)(const float*, std::size_t, const float*, std::size_t, std::size_t, float, std::size_t, float*,
+                         std::size_t);
+  static constexpr Group groups[] = {causal_scores_group<1>, causal_scores_group<2>, causal_scores_group<3>,
+                                     causal_scores_group<4>};
+  for (std::size_t j = 0; j < m; j += 4) {
+    groups[std::min<std::size_t>(4, m - j) - 1](q + j * q_stride, q_stride, kt.data(), padded, head, scale,
+                                                first + j + 1, scores + j * scores_stride, scores_stride);
+  }
+}
+
+// C chunks of 8 columns of the mix, each its own accumulator: the value rows are taken in order (the scalar order)
+// and the C chains of adds overlap.
+template <int C>
+MMSB_AVX2_NO_FMA void mix_columns(const float* weights, const float* values, std::size_t stride, std::size_t n,
+                                  float* out) {
+  __m256 acc[C];
+  MMSB_UNROLL
+  for (int c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+  for (std::size_t t = 0; t < n; ++t) {
+    const __m256 w = _mm256_broadcast_ss(weights + t);
+    const float* v = values + t * stride;
+    MMSB_UNROLL
+    for (int c = 0; c < C; ++c) acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(w, _mm256_loadu_ps(v + 8 * c)));
+  }
+  MMSB_UNROLL
+  for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + 8 * c, acc[c]);
+}
+
 MMSB_AVX2_NO_FMA void attention_mix_avx2(const float* weights, const float* values, std::size_t stride, std::size_t n,
                                          std::size_t head, float* out) {
   if (head % 8 != 0) return attention_mix_scalar(weights, values, stride, n, head, out);
-  for (std::size_t c = 0; c < head; c += 8) {
-    __m256 acc = _mm256_setzero_ps();
-    for (std::size_t t = 0; t < n; ++t) {
-      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(weights[t]), _mm256_loadu_ps(values + t * stride + c)));
-    }
-    _mm256_storeu_ps(out + c, acc);
+  using Columns = void (*)(const float*, const float*, std::size_t, std::size_t, float*);
+  static constexpr Columns columns[] = {mix_columns<1>, mix_columns<2>, mix_columns<3>, mix_columns<4>,
+                                        mix_columns<5>, mix_columns<6>, mix_columns<7>, mix_columns<8>};
+  for (std::size_t c = 0; c < head; c += 64) {
+    columns[std::min<std::size_t>(64, head - c) / 8 - 1](weights, values + c, stride, n, out + c);
   }
 }
 
@@ -421,6 +537,7 @@ Kernels make_scalar() {
   k.dequantize[8] = dequantize_blocks<decode_q8_0, kQ8_0Bytes>;
   k.attention_scores = attention_scores_scalar;
   k.attention_mix = attention_mix_scalar;
+  k.attention_scores_causal = attention_scores_causal_scalar;
   k.softmax = softmax_scalar;
   k.swiglu = swiglu_scalar;
   add_super_block_kernels(k);
@@ -434,17 +551,19 @@ Kernels make_avx2() {
   k.quantize_activations[static_cast<int>(ActivationFormat::Q8_K)] = quantize_q8k_activations_avx2;
   k.attention_scores = attention_scores_avx2;
   k.attention_mix = attention_mix_avx2;
+  k.attention_scores_causal = attention_scores_causal_avx2;
   k.softmax = softmax_avx2;
   k.swiglu = swiglu_avx2;
   add_super_block_kernels(k);
   add_avx2_matmul_kernels(k);
   return k;
 }
-// The AVX-512 level runs the AVX2 kernels (256-bit lanes); it exists so that MMSB_SIMD and the diff code share
-// one set of level names.
+// The AVX-512 level runs the AVX2 kernels (256-bit lanes) but for the F16 products, which have 512-bit tiles (the
+// level also exists so that MMSB_SIMD and the diff code share one set of level names).
 Kernels make_avx512() {
   Kernels k = make_avx2();
   k.level = SimdLevel::Avx512;
+  add_avx512_matmul_kernels(k);
   return k;
 }
 

@@ -55,6 +55,8 @@ void quantize_row_q8k(const float* x, BlockQ8K* out, std::size_t n, SimdLevel le
 void add_super_block_kernels(Kernels& k);
 // Puts the AVX2 multi-row, multi-vector kernels (matmul_avx2.cpp) into an AVX2-level table.
 void add_avx2_matmul_kernels(Kernels& k);
+// Then, at the AVX-512 level, the kernels that have a 512-bit version (F16: matmul_avx2.cpp).
+void add_avx512_matmul_kernels(Kernels& k);
 
 // Quantizes one row of `n` floats (a multiple of 256) to a super-block type (not Q8_K's activation rounding:
 // Q8_K rows are written with quantize_row_q8k). The methods are this project's own: per sub-block min/max

@@ -312,7 +312,7 @@ TEST(Kernels, AttentionKernelsAreBitIdenticalToScalar) {
   std::normal_distribution<float> value(0.0f, 1.0f);
   for (SimdLevel level : available_levels()) {
     const Kernels& k = kernels_for(level);
-    for (std::size_t head : {8u, 16u, 6u}) {
+    for (std::size_t head : {8u, 16u, 6u, 64u, 80u}) {
       for (std::size_t n : {1u, 7u, 8u, 9u, 100u, 257u}) {
         const std::size_t stride = head * 4 + 3;  // rows of several heads, not aligned
         std::vector<float> q(head), keys(n * stride), values(n * stride), weights(n);
@@ -327,6 +327,36 @@ TEST(Kernels, AttentionKernelsAreBitIdenticalToScalar) {
         ref.attention_mix(weights.data(), values.data(), stride, n, head, o_ref.data());
         k.attention_mix(weights.data(), values.data(), stride, n, head, o.data());
         ASSERT_EQ(0, std::memcmp(o.data(), o_ref.data(), head * sizeof(float))) << "head " << head << " n " << n;
+      }
+    }
+  }
+}
+
+// A prompt batch's scores (several queries against one set of keys, causal) are each query's own scores, bit for
+// bit, at every level; past a query's last key its row is left as it was.
+TEST(Kernels, CausalScoresOfABatchAreEachQuerysScores) {
+  const Kernels& ref = kernels_for(SimdLevel::Scalar);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> value(0.0f, 1.0f);
+  for (SimdLevel level : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512}) {
+    if (!cpu_supports(level)) continue;
+    const Kernels& k = kernels_for(level);
+    for (std::size_t head : {8u, 64u, 6u}) {
+      for (const auto [m, first] : {std::array<std::size_t, 2>{1, 0}, {2, 5}, {4, 0}, {7, 9}, {13, 0}, {30, 21}}) {
+        const std::size_t stride = head * 3 + 5, q_stride = head * 2 + 1, rows = first + m + 3;
+        std::vector<float> q(m * q_stride), keys(rows * stride);
+        for (float& v : q) v = value(rng);
+        for (float& v : keys) v = value(rng);
+        const std::size_t scores_stride = rows + 2;
+        std::vector<float> got(m * scores_stride, -7.0f), want(got.size(), -7.0f);
+        k.attention_scores_causal(q.data(), q_stride, m, keys.data(), stride, first, head, 1.5f, got.data(),
+                                  scores_stride);
+        for (std::size_t j = 0; j < m; ++j) {
+          ref.attention_scores(q.data() + j * q_stride, keys.data(), stride, first + j + 1, head, 1.5f,
+                               want.data() + j * scores_stride);
+        }
+        ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float)))
+            << simd_level_name(level) << " head " << head << " m " << m << " first " << first;
       }
     }
   }

@@ -202,6 +202,13 @@ TEST(Engine, RejectsTokensAndPositionsOutsideTheModel) {
   txn.write_value(engine.step_page(), 0, StepInput{100000, 0});
   EXPECT_THROW(txn.commit(), NodeError);
   EXPECT_NO_THROW(engine.step(1, 0));
+  // Batch rows that the prefill page does not announce, or past the position: refused, not read past the batch.
+  for (const StepInput bad : {StepInput{1, 5, 1, 3}, StepInput{1, 5, 1, 6}, StepInput{1, 5, 1, -1}}) {
+    auto t = engine.runtime().begin();
+    t.write_value(engine.step_page(), 0, bad);
+    EXPECT_THROW(t.commit(), NodeError) << bad.batch_rows;
+  }
+  EXPECT_NO_THROW(engine.step(1, 0));
 }
 
 TEST(Sampler, IsSeededAndReproducible) {

@@ -52,8 +52,8 @@ struct EngineOptions {
   // read from the mapping; nodes pin their unit while they compute. Empty: every weight resident (the mapping).
   std::optional<PagingOptions> paging;
   // Batched prefill (prompt()/prefill()): up to this many prompt positions computed in one wave by the batch
-  // nodes, besides the one the step nodes compute. 0: no batch nodes (prompts go one wave per token). Paging
-  // always goes one wave per token.
+  // nodes, besides the wave's step position (which joins their batch). 0: no batch nodes (prompts go one wave per
+  // token). Paging always goes one wave per token.
   unsigned prefill_batch = 64;
 };
 
@@ -69,14 +69,16 @@ class Engine {
   // again at 0 begins a new sequence. Throws Error(InvalidArgument) for a token outside the vocabulary or a
   // position at or past seq_len.
   std::span<const float> step(int token, int pos);
-  // As step(), for a prompt position whose logits are not needed: the wave skips the classifier.
+  // As step(), for a prompt position whose logits are not needed: the wave skips the classifier and (unless paged)
+  // the last layer's attention and feed-forward, which only feed it.
   void prefill_step(int token, int pos);
-  // Batched prefill: feeds tokens[i] at position pos + i, up to prefill_batch + 1 positions per wave (the batch
-  // nodes compute all but the last position of a wave as matrix x N products; the step nodes compute the last),
-  // giving the same KV cache, stream and logits bit for bit as one step per token. prompt() returns the logits of
-  // the last position (valid until the next step); prefill() skips the classifier. Without batch nodes (paging,
-  // prefill_batch 0) both run one wave per token. Throws as step() for a bad token or position (nothing is
-  // computed then), and Error(InvalidArgument) for an empty prompt().
+  // Batched prefill: feeds tokens[i] at position pos + i, up to prefill_batch + 1 positions per wave (the kv nodes
+  // compute all of them as matrix x N products; the step nodes take the last one's stream from them and compute
+  // only its last layer, when its logits are wanted), giving the same KV cache, stream and logits bit for bit as
+  // one step per token. prompt() returns the logits of the last position (valid until the next step); prefill()
+  // skips the classifier. Without batch nodes (paging, prefill_batch 0) both run one wave per token. Throws as
+  // step() for a bad token or position (nothing is computed then), and Error(InvalidArgument) for an empty
+  // prompt().
   std::span<const float> prompt(std::span<const int> tokens, int pos);
   void prefill(std::span<const int> tokens, int pos);
   // Whether prompt()/prefill() run batched waves.

@@ -62,6 +62,9 @@ struct StepInput {
   std::int32_t token;
   std::int32_t pos;
   std::int32_t want_logits = 1;  // 0: a prompt step whose logits nobody reads; the classifier is skipped
+  // > 0: the last position of a batched prompt wave (Engine::prompt), after this many batch positions; the kv nodes
+  // compute it with the batch, and its stream leaving each layer is row batch_rows of that layer's batch stream.
+  std::int32_t batch_rows = 0;
 };
 
 void embed(const ForwardShape& s, WeightRef table, int token, float* x);

@@ -102,6 +102,12 @@ using AttentionScoresFn = void (*)(const float* q, const float* keys, std::size_
                                    std::size_t head, float scale, float* scores);
 using AttentionMixFn = void (*)(const float* weights, const float* values, std::size_t stride, std::size_t n,
                                 std::size_t head, float* out);
+// The scores of m consecutive positions of one head at once (a prompt batch), causal: query j (head floats at
+// q + j * q_stride) against keys 0 .. first + j (first + j + 1 keys), into scores + j * scores_stride. Each score
+// is the bits AttentionScoresFn gives it; nothing past a query's last key is written.
+using AttentionScoresCausalFn = void (*)(const float* q, std::size_t q_stride, std::size_t m, const float* keys,
+                                         std::size_t stride, std::size_t first, std::size_t head, float scale,
+                                         float* scores, std::size_t scores_stride);
 
 // In-place softmax of n floats. The scalar reference uses libm's expf and sums in order (as llama2.c does); the
 // SIMD levels use a polynomial exp and lane-wise sums, so they differ from it by rounding only (a few ulp).
@@ -119,6 +125,7 @@ struct Kernels {
   DotQ8KFn dot_q8k[kTypeSlots];  // the super-block types only: one row against Q8_K activations
   AttentionScoresFn attention_scores;
   AttentionMixFn attention_mix;
+  AttentionScoresCausalFn attention_scores_causal;
   SoftmaxFn softmax;
   SwigluFn swiglu;
 };

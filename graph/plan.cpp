@@ -298,6 +298,7 @@ void Propagator::Impl::assign_positions(detail::Plan& p, const std::vector<std::
     if (!(n.flags & Node::kLive)) continue;
     const std::uint32_t position = fill[level[u]]++;
     p.steps[position].node = u;
+    p.steps[position].inputs = n.inputs;
     n.position = position;
     n.flags = static_cast<std::uint8_t>(n.flags & ~Node::kKeepDelta);
   }
@@ -328,6 +329,8 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
     std::uint32_t& next = p.steps[from].next;
     next = next == kNone || next == to ? to : kMany;
   }
+  for (detail::Plan::Step& step : p.steps)
+    if (step.next < kMany && p.steps[step.next].next < kMany) step.after_next = p.steps[step.next].next;
   std::uint32_t rows = 0;
   for (detail::Plan::Step& step : p.steps)
     if (step.next == kMany) step.next = detail::Plan::kRow | rows++;

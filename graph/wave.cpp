@@ -436,14 +436,19 @@ void Propagator::Impl::throw_node_error(PageId page, std::exception_ptr error) {
 // lately: its node, its inputs' slots, their page records and bytes are a chain of dependent cache misses. Walking
 // the chain one link at a time for all the wave's nodes together overlaps those misses instead of paying them one
 // after another, node by node.
-// The walk already prefetched each reached node and its inputs' ids (reach_from), so this starts at the slots. A
-// record is 80 bytes, so it spans two cache lines (the second holds a small page's bytes): both are fetched.
+// The walk already prefetched each reached node and its inputs' ids (reach_from), so this starts at the slots. Slots
+// (40 bytes) and records (80 bytes, the second line holding a small page's bytes) may straddle two cache lines:
+// both are fetched.
 void Propagator::Impl::prefetch(const std::vector<std::uint32_t>& positions) {
   const detail::Plan::Step* steps = plan->steps.data();
+  auto fetch_slot = [](const Slot* slot) {  // 40 bytes: three slots in eight straddle two lines
+    __builtin_prefetch(slot);
+    __builtin_prefetch(reinterpret_cast<const char*>(slot) + sizeof(Slot) - 1);
+  };
   for (std::uint32_t position : positions) {
     const Node& n = node_at[steps[position].node];
-    __builtin_prefetch(&slots[n.out]);
-    for (VertexId in : inputs_of(n)) __builtin_prefetch(&slots[in]);
+    fetch_slot(&slots[n.out]);
+    for (VertexId in : inputs_of(n)) fetch_slot(&slots[in]);
   }
   auto fetch_record = [](const PageRecord* rec) {
     __builtin_prefetch(rec);
@@ -477,19 +482,23 @@ std::uint32_t Propagator::Impl::next_wave() {
 
 // Marks the changed slots and reaches the wave's nodes: the readers of the changed pages, the stale nodes, and
 // everything downstream of them. `affected` doubles as the breadth-first queue. Each reached node and its inputs'
-// ids are prefetched as they are found, so they are on the way while the walk goes on.
+// ids are prefetched as they are found (in a plan large enough to leave the cache), so they are on the way while the
+// walk goes on.
 void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delta*>>& changes,
                                   const std::shared_ptr<const void>& owner, std::uint32_t wave) {
   detail::Plan& p = *plan;
   affected.clear();
   detail::Plan::Step* steps = p.steps.data();
-  auto reach = [&](std::uint32_t position) {
+  const bool far = p.positions() >= kPrefetchPositions;
+  auto reach = [&](std::uint32_t position) __attribute__((always_inline)) {
     detail::Plan::Step& step = steps[position];
     if (step.reached == wave) return;
     step.reached = wave;
-    __builtin_prefetch(&node_at[step.node]);
-    __builtin_prefetch(input_pool.data() + step.inputs);
-    if (step.after_next != detail::Plan::kNoSuccessor) __builtin_prefetch(steps + step.after_next);
+    if (far) {
+      __builtin_prefetch(&node_at[step.node]);
+      __builtin_prefetch(input_pool.data() + step.inputs);
+      if (step.after_next != detail::Plan::kNoSuccessor) __builtin_prefetch(steps + step.after_next);
+    }
     affected.push_back(position);
   };
   const bool observed = wants(EventKind::PageChanged) || wants(EventKind::PageResized);

@@ -19,7 +19,8 @@
 //    Slot pointer while the engine adds pages.
 //  - The Plan, built once per graph version at the next wave, lists the nodes level by level (a node's level is
 //    one more than the deepest node it depends on, by any edge kind). Each position's step holds what the walk that
-//    finds a wave's nodes needs (its node, its only data successor, the last wave that reached it) in one place;
+//    finds a wave's nodes needs (its node, its only data successor, the last wave that reached it, and for the
+//    walk's prefetches the node's first input and its successor's only successor) in one place;
 //    positions with several data successors list them in a Boost.Graph compressed_sparse_row_graph.
 //
 // A wave: mark the changed slots → walk the successors from their readers (plus stale nodes) to find the reached

@@ -441,7 +441,7 @@ void Propagator::Impl::throw_node_error(PageId page, std::exception_ptr error) {
 // both are fetched.
 void Propagator::Impl::prefetch(const std::vector<std::uint32_t>& positions) {
   const detail::Plan::Step* steps = plan->steps.data();
-  auto fetch_slot = [](const Slot* slot) {  // 40 bytes: three slots in eight straddle two lines
+  auto fetch_slot = [](const Slot* slot) {  // 40 bytes: half the slots straddle two lines
     __builtin_prefetch(slot);
     __builtin_prefetch(reinterpret_cast<const char*>(slot) + sizeof(Slot) - 1);
   };

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bench/harness.hpp"
+#include "bench/tbb_chain.hpp"
 
 namespace mmsb::bench {
 namespace {
@@ -52,4 +53,36 @@ Register tbb_hop("tbb_hop_ns",
                  });
 
 }  // namespace
+
+struct TbbChain::Impl {
+  flow::graph g;
+  std::vector<std::uint64_t> slots;  // slots[0] is the source; node i copies slots[i] into slots[i + 1]
+  std::vector<std::unique_ptr<flow::continue_node<flow::continue_msg>>> nodes;
+};
+
+TbbChain::TbbChain(std::size_t length) : impl_(std::make_unique<Impl>()) {
+  impl_->slots.assign(length + 1, 0);
+  impl_->nodes.reserve(length);
+  std::vector<std::uint64_t>& slots = impl_->slots;
+  for (std::size_t i = 0; i < length; ++i) {
+    impl_->nodes.push_back(
+        std::make_unique<flow::continue_node<flow::continue_msg>>(impl_->g, [&slots, i](const flow::continue_msg&) {
+          std::memcpy(&slots[i + 1], &slots[i], sizeof(std::uint64_t));
+          return flow::continue_msg{};
+        }));
+    if (i > 0) flow::make_edge(*impl_->nodes[i - 1], *impl_->nodes[i]);
+  }
+}
+
+TbbChain::~TbbChain() = default;
+
+void TbbChain::wave(std::uint64_t value) {
+  impl_->slots[0] = value;
+  impl_->nodes.front()->try_put(flow::continue_msg{});
+  impl_->g.wait_for_all();
+  benchmark::DoNotOptimize(impl_->slots.data());
+}
+
+std::uint64_t TbbChain::last() const { return impl_->slots.back(); }
+
 }  // namespace mmsb::bench

@@ -19,7 +19,8 @@
 //    Slot pointer while the engine adds pages.
 //  - The Plan, built once per graph version at the next wave, lists the nodes level by level (a node's level is
 //    one more than the deepest node it depends on, by any edge kind). Each position's step holds what the walk that
-//    finds a wave's nodes needs (its node, its only data successor, the last wave that reached it) in one place;
+//    finds a wave's nodes needs (its node, its only data successor, the last wave that reached it, and for the
+//    walk's prefetches the node's first input and its successor's only successor) in one place;
 //    positions with several data successors list them in a Boost.Graph compressed_sparse_row_graph.
 //
 // A wave: mark the changed slots → walk the successors from their readers (plus stale nodes) to find the reached
@@ -104,7 +105,7 @@ class StableArray {
   // Makes ids [0, n) valid (new elements are value-initialized).
   void grow_to(std::uint32_t n) {
     while (static_cast<std::size_t>(chunks_.size()) << kChunkBits < n) {
-      chunks_.emplace_back(static_cast<T*>(::operator new (sizeof(T) << kChunkBits, std::align_val_t{alignof(T)})));
+      chunks_.emplace_back(static_cast<T*>(::operator new (sizeof(T) << kChunkBits, std::align_val_t{kAlignment})));
     }
     for (std::uint32_t i = size_; i < n; ++i) new (&(*this)[i]) T();
     if (n > size_) size_ = n;
@@ -115,8 +116,11 @@ class StableArray {
 
  private:
   static constexpr std::uint32_t kMask = (1u << kChunkBits) - 1;
+  // Chunks start on a cache line, so an element of 32 bytes (a Node) never straddles two: a wave that misses on
+  // one pays one line for it, not sometimes two.
+  static constexpr std::size_t kAlignment = alignof(T) > 64 ? alignof(T) : 64;
   struct FreeChunk {
-    void operator()(T* chunk) const noexcept { ::operator delete (chunk, std::align_val_t{alignof(T)}); }
+    void operator()(T* chunk) const noexcept { ::operator delete (chunk, std::align_val_t{kAlignment}); }
   };
   std::vector<std::unique_ptr<T, FreeChunk>> chunks_;
   std::uint32_t size_ = 0;
@@ -443,6 +447,9 @@ struct Propagator::Impl : detail::CommitListener {
   bool any_stale() const { return !stale_nodes.empty(); }
   // Overlaps the cache misses of a small wave's nodes (see wave.cpp).
   static constexpr std::size_t kPrefetchNodes = 256;
+  // Plans from this many positions on prefetch during the walk: below it (about 1 MB of engine state, a core's L2)
+  // the steps, nodes and input ids are in cache and a prefetch only costs instructions on every hop.
+  static constexpr std::size_t kPrefetchPositions = 4096;
   void prefetch(const std::vector<std::uint32_t>& positions);
   // The next wave number; when the 32-bit counter would wrap, every wave mark is reset first.
   std::uint32_t next_wave();

@@ -298,6 +298,7 @@ void Propagator::Impl::assign_positions(detail::Plan& p, const std::vector<std::
     if (!(n.flags & Node::kLive)) continue;
     const std::uint32_t position = fill[level[u]]++;
     p.steps[position].node = u;
+    p.steps[position].inputs = n.inputs;
     n.position = position;
     n.flags = static_cast<std::uint8_t>(n.flags & ~Node::kKeepDelta);
   }
@@ -332,6 +333,8 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
   }
   // A position with one successor keeps it in its step; those with more get a row of the successor graph.
   for (const auto& [from, to] : edges) note_one_or_many(p.steps[from].next, to);
+  for (detail::Plan::Step& step : p.steps)
+    if (step.next < kMany && p.steps[step.next].next < kMany) step.after_next = p.steps[step.next].next;
   std::uint32_t rows = 0;
   for (detail::Plan::Step& step : p.steps)
     if (step.next == kMany) step.next = detail::Plan::kRow | rows++;

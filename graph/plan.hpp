@@ -28,6 +28,12 @@ struct Plan {
     std::uint32_t reached = 0;          // the last wave that reached this position
     NodeIndex node = kNoNode;           // the node at this position
     std::uint32_t next = kNoSuccessor;  // its only data successor, kNoSuccessor, or kRow | its successors' row
+    // Node::inputs, copied so the walk that reaches this position can fetch the node's inputs at the same time as
+    // the node itself instead of one miss later. Only a prefetch reads it (a stale copy costs speed, never a result).
+    std::uint32_t inputs = 0;
+    // The only data successor of `next`, when both are single: the walk fetches that step while it waits for
+    // `next`'s, so a path through a tree or chain pays one miss per two levels. Read only by a prefetch.
+    std::uint32_t after_next = kNoSuccessor;
   };
   std::uint64_t version = ~std::uint64_t{0};  // the structure_version it was built for
   std::vector<Step> steps;                    // by position: level by level

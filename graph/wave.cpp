@@ -436,26 +436,34 @@ void Propagator::Impl::throw_node_error(PageId page, std::exception_ptr error) {
 // lately: its node, its inputs' slots, their page records and bytes are a chain of dependent cache misses. Walking
 // the chain one link at a time for all the wave's nodes together overlaps those misses instead of paying them one
 // after another, node by node.
-// The walk already prefetched each reached node (reach_from), so this starts one link further.
+// The walk already prefetched each reached node and its inputs' ids (reach_from), so this starts at the slots. Slots
+// (40 bytes) and records (80 bytes, the second line holding a small page's bytes) may straddle two cache lines:
+// both are fetched.
 void Propagator::Impl::prefetch(const std::vector<std::uint32_t>& positions) {
   const detail::Plan::Step* steps = plan->steps.data();
+  auto fetch_slot = [](const Slot* slot) {  // 40 bytes: half the slots straddle two lines
+    __builtin_prefetch(slot);
+    __builtin_prefetch(reinterpret_cast<const char*>(slot) + sizeof(Slot) - 1);
+  };
   for (std::uint32_t position : positions) {
     const Node& n = node_at[steps[position].node];
-    __builtin_prefetch(input_pool.data() + n.inputs);
-    __builtin_prefetch(&slots[n.out]);
+    fetch_slot(&slots[n.out]);
+    for (VertexId in : inputs_of(n)) fetch_slot(&slots[in]);
   }
+  auto fetch_record = [](const PageRecord* rec) {
+    __builtin_prefetch(rec);
+    __builtin_prefetch(reinterpret_cast<const char*>(rec) + sizeof(PageRecord) - 1);
+  };
   for (std::uint32_t position : positions) {
-    for (VertexId in : inputs_of(node_at[steps[position].node])) __builtin_prefetch(&slots[in]);
+    const Node& n = node_at[steps[position].node];
+    fetch_record(slots[n.out].record);
+    for (VertexId in : inputs_of(n)) fetch_record(slots[in].record);
   }
   for (std::uint32_t position : positions) {
     const Node& n = node_at[steps[position].node];
-    __builtin_prefetch(slots[n.out].record);
-    for (VertexId in : inputs_of(n)) __builtin_prefetch(slots[in].record);
-  }
-  for (std::uint32_t position : positions) {
-    const Node& n = node_at[steps[position].node];
-    __builtin_prefetch(slots[n.out].record->data);
-    for (VertexId in : inputs_of(n)) __builtin_prefetch(slots[in].record->data);
+    if (!slots[n.out].record->holds_inline()) __builtin_prefetch(slots[n.out].record->data);
+    for (VertexId in : inputs_of(n))
+      if (!slots[in].record->holds_inline()) __builtin_prefetch(slots[in].record->data);
   }
 }
 
@@ -473,18 +481,24 @@ std::uint32_t Propagator::Impl::next_wave() {
 }
 
 // Marks the changed slots and reaches the wave's nodes: the readers of the changed pages, the stale nodes, and
-// everything downstream of them. `affected` doubles as the breadth-first queue. Each reached node is prefetched as it
-// is found, so its record is on the way while the walk goes on.
+// everything downstream of them. `affected` doubles as the breadth-first queue. Each reached node and its inputs'
+// ids are prefetched as they are found (in a plan large enough to leave the cache), so they are on the way while the
+// walk goes on.
 void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delta*>>& changes,
                                   const std::shared_ptr<const void>& owner, std::uint32_t wave) {
   detail::Plan& p = *plan;
   affected.clear();
   detail::Plan::Step* steps = p.steps.data();
-  auto reach = [&](std::uint32_t position) {
+  const bool far = p.positions() >= kPrefetchPositions;
+  auto reach = [&](std::uint32_t position) __attribute__((always_inline)) {
     detail::Plan::Step& step = steps[position];
     if (step.reached == wave) return;
     step.reached = wave;
-    __builtin_prefetch(&node_at[step.node]);
+    if (far) {
+      __builtin_prefetch(&node_at[step.node]);
+      __builtin_prefetch(input_pool.data() + step.inputs);
+      if (step.after_next != detail::Plan::kNoSuccessor) __builtin_prefetch(steps + step.after_next);
+    }
     affected.push_back(position);
   };
   const bool observed = wants(EventKind::PageChanged) || wants(EventKind::PageResized);

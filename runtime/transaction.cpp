@@ -537,7 +537,8 @@ void Transaction::set_write_through(bool on) {
   state_->write_through = on;
 }
 
-void Transaction::read(PageId id, std::uint64_t offset, std::span<std::byte> out) {
+// Flattened, as write(): the tracked read of a read-modify-write.
+[[gnu::flatten]] void Transaction::read(PageId id, std::uint64_t offset, std::span<std::byte> out) {
   if (!active()) throw_inactive();
   PageRecord* page = runtime_->find_or_throw(id);
   state_->reserve(*page);

@@ -143,6 +143,9 @@ struct BatchPending {
   Delta pending;
   bool has_pending = false;
   std::uint64_t folds = 0;  // deltas folded into `pending` after the first
+  // BATCH commits counted here, not yet drained: each commit counts on the first watched page it changes, under
+  // that page's lock, so counting takes no shared atomic (the drain frees that many queue places).
+  std::uint64_t commits = 0;
 };
 
 struct Node {
@@ -325,9 +328,9 @@ struct Propagator::Impl : detail::CommitListener {
   static constexpr std::size_t kSpareDeltas = 8, kSpareCommits = 8;
   std::vector<std::shared_ptr<Delta[]>> spare_commits;
   std::vector<std::pair<PageId, const Delta*>> drain_changes;  // engine_mutex
-  std::atomic<std::size_t> reserved{0};       // commits between reserve() and being drained (or released)
-  std::atomic<std::size_t> blocked{0};        // commits waiting in reserve() for queue space
-  std::atomic<std::size_t> batch_commits{0};  // BATCH: commits folded into slots since the last drain
+  std::atomic<std::size_t> reserved{0};  // commits between reserve() and being drained (or released)
+  std::atomic<std::size_t> blocked{0};   // commits waiting in reserve() for queue space
+  std::atomic<bool> batch_dirty{false};  // BATCH: dirty_slots is not empty (the worker's wake-up)
   std::mutex dirty_mutex;
   std::vector<Slot*> dirty_slots;   // guarded by dirty_mutex: BATCH slots with a pending delta
   std::vector<Slot*> drain_slots;   // engine_mutex: the ones being drained

@@ -198,7 +198,11 @@ PropagationStats Propagator::stats() const {
   s.nodes_failed = c.failed.load(std::memory_order_relaxed);
   s.inline_waves = c.inline_waves.load(std::memory_order_relaxed);
   s.plan_builds = c.plan_builds.load(std::memory_order_relaxed);
-  s.commits_queued = c.queued.load(std::memory_order_relaxed) + impl_->batch_commits.load(std::memory_order_relaxed);
+  // BATCH commits are counted as they drain; those not drained yet are the reserved places (a commit on its way in
+  // counts a moment early).
+  const bool batch = impl_->options.mode == PropagationMode::Batch;
+  s.commits_queued =
+      c.queued.load(std::memory_order_relaxed) + (batch ? impl_->reserved.load(std::memory_order_relaxed) : 0);
   s.deltas_composed = c.composed.load(std::memory_order_relaxed);
   s.bytes_changed = c.bytes.load(std::memory_order_relaxed);
   s.wave_latency = impl_->wave_latency.summary();

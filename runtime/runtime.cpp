@@ -296,7 +296,7 @@ std::vector<std::byte> Runtime::read_all(PageId id) const {
   return std::vector<std::byte>(record->data, record->data + size);
 }
 
-std::uint64_t Runtime::last_lsn() const noexcept { return impl_->last_lsn.load(std::memory_order_acquire); }
+std::uint64_t Runtime::last_lsn() const noexcept { return impl_->last_lsn(); }
 
 void Runtime::set_commit_sink(std::shared_ptr<CommitSink> sink) { impl_->sink = std::move(sink); }
 

@@ -1,6 +1,7 @@
 // runtime/runtime_impl.hpp — Runtime's private state, shared by runtime.cpp and transaction.cpp (internal).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -60,7 +61,7 @@ inline void copy_out(const PageRecord& page, std::uint64_t offset, std::span<std
 // Runtime::Impl
 
 struct Runtime::Impl {
-  explicit Impl(RuntimeOptions opts) : options(opts), next_lsn{opts.first_lsn}, last_lsn{opts.first_lsn - 1} {
+  explicit Impl(RuntimeOptions opts) : options(opts), next_lsn{opts.first_lsn}, replayed_lsn{opts.first_lsn - 1} {
     if (options.first_lsn == 0) {
       throw Error(ErrorCode::InvalidArgument, "RuntimeOptions::first_lsn must be at least 1 (LSN 0 means none)");
     }
@@ -74,11 +75,13 @@ struct Runtime::Impl {
   detail::PageStore store;
   std::atomic<std::uint64_t> next_sequence{1};
   std::atomic<std::uint64_t> next_lsn;  // initialised from options.first_lsn
-  std::atomic<std::uint64_t> last_lsn;
+  // Recovery only: the highest LSN replayed, which set_next_lsn() may move next_lsn below. Outside recovery the
+  // highest LSN taken is next_lsn - 1, so a commit takes its LSN with one atomic add and no high-water update.
+  std::atomic<std::uint64_t> replayed_lsn;
   std::atomic<std::uint64_t> live_pages{0};
   std::shared_ptr<CommitSink> sink;
   std::atomic<detail::CommitListener*> listener{nullptr};  // the propagation engine, if attached
-  detail::CommitGate gate;                                 // held by every LSN-taking operation; closed by checkpoints
+  detail::CommitGate gate;  // held by every LSN-taking operation (sinkless commits excepted); closed by checkpoints
   detail::PageNames names;  // names of pages (Runtime::create_page(name, ...), rename_page())
   // Runtime::transact()'s serial turn, a ticket lock: an escalated call takes a ticket and waits until it is served.
   std::atomic<std::uint32_t> serial_next_ticket{0};
@@ -103,13 +106,11 @@ struct Runtime::Impl {
     return record;
   }
 
-  std::uint64_t take_lsn() noexcept {
-    std::uint64_t lsn = next_lsn.fetch_add(1, std::memory_order_relaxed);
-    // last_lsn is a high-water mark: commits on disjoint pages may finish out of order.
-    std::uint64_t seen = last_lsn.load(std::memory_order_relaxed);
-    while (seen < lsn && !last_lsn.compare_exchange_weak(seen, lsn, std::memory_order_release)) {
-    }
-    return lsn;
+  std::uint64_t take_lsn() noexcept { return next_lsn.fetch_add(1, std::memory_order_acq_rel); }
+  // The highest LSN taken so far (Runtime::last_lsn()): a high-water mark, since commits on disjoint pages may
+  // finish out of order and replay may run below it.
+  std::uint64_t last_lsn() const noexcept {
+    return std::max(next_lsn.load(std::memory_order_acquire) - 1, replayed_lsn.load(std::memory_order_acquire));
   }
 
   PageId create(std::uint64_t sequence, std::uint64_t size, Location location, std::string_view name = {}) {
@@ -250,14 +251,15 @@ struct Runtime::Impl {
   }
 
   // The next LSN-taking operation takes exactly `lsn` (replaying a log record at its own LSN). LSNs below the
-  // last one may be replayed too: last_lsn stays the high-water mark.
-  void set_next_lsn(std::uint64_t lsn) noexcept { next_lsn.store(lsn, std::memory_order_relaxed); }
+  // last one may be replayed too: last_lsn() stays the high-water mark.
+  void set_next_lsn(std::uint64_t lsn) noexcept {
+    replayed_lsn.store(last_lsn(), std::memory_order_relaxed);
+    next_lsn.store(lsn, std::memory_order_relaxed);
+  }
   // After replay: new commits continue after `last`.
   void continue_after(std::uint64_t last) noexcept {
+    replayed_lsn.store(std::max(last_lsn(), last), std::memory_order_relaxed);
     next_lsn.store(last + 1, std::memory_order_relaxed);
-    std::uint64_t seen = last_lsn.load(std::memory_order_relaxed);
-    while (seen < last && !last_lsn.compare_exchange_weak(seen, last)) {
-    }
   }
 };
 

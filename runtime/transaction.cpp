@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "delta/changed_runs.hpp"
+#include "delta/copy_bytes.hpp"
 #include "mmsb/runtime.hpp"
 #include "runtime/runtime_impl.hpp"
 
@@ -58,6 +59,45 @@ thread_local std::uint32_t thread_reservation_token = 0;
 }  // namespace
 }  // namespace detail
 
+namespace {
+// Appends n bytes to `v`, keeping its capacity. Into an empty vector (a reused delta's payload) through assign(),
+// which costs less than insert().
+void append_bytes(std::vector<std::byte>& v, const std::byte* src, std::size_t n) {
+  if (v.empty()) {
+    v.assign(src, src + n);
+  } else {
+    v.insert(v.end(), src, src + n);
+  }
+}
+}  // namespace
+
+namespace detail {
+// A transaction's staged bytes: a growable buffer that keeps its capacity and, unlike std::vector, neither zeroes
+// what it is about to overwrite nor calls memcpy for a few bytes (copy_bytes).
+class StagedBytes {
+ public:
+  std::size_t size() const noexcept { return size_; }
+  const std::byte* data() const noexcept { return bytes_.get(); }
+  void clear() noexcept { size_ = 0; }
+  void append(const std::byte* src, std::size_t n) {
+    if (capacity_ - size_ < n) grow(size_ + n);
+    copy_bytes(bytes_.get() + size_, src, n);
+    size_ += n;
+  }
+
+ private:
+  void grow(std::size_t needed) {
+    const std::size_t capacity = std::max({needed, 2 * capacity_, std::size_t{64}});
+    auto bigger = std::make_unique_for_overwrite<std::byte[]>(capacity);
+    if (size_ > 0) std::memcpy(bigger.get(), bytes_.get(), size_);
+    bytes_ = std::move(bigger);
+    capacity_ = capacity;
+  }
+  std::unique_ptr<std::byte[]> bytes_;
+  std::size_t size_ = 0, capacity_ = 0;
+};
+}  // namespace detail
+
 struct Transaction::State {
   struct Write {
     PageRecord* page;
@@ -80,15 +120,16 @@ struct Transaction::State {
   };
   static constexpr std::size_t kNoDelta = ~std::size_t{0};
 
-  // One touched page during commit.
+  // One touched page during commit. Built in place (emplace_back), and small: every commit builds one per page.
   struct Entry {
-    PageRecord* page = nullptr;
-    std::size_t write_begin = 0, write_end = 0;  // its writes in `order`
-    const PageOp* op = nullptr;
+    Entry(PageRecord* p, std::size_t begin, std::size_t end, const PageOp* o) noexcept
+        : page(p), write_begin(begin), write_end(end), op(o) {}
+    PageRecord* page;
+    std::size_t write_begin, write_end;  // its writes in `order`
+    const PageOp* op;
     std::uint64_t epoch = 0, size = 0, final_size = 0;
     detail::Block grown;           // new memory when the page outgrows its capacity
     std::size_t delta = kNoDelta;  // its delta in `committed`, when the commit changes the page
-    detail::InFlight node;         // logged commits: its place in the page's in-flight list
 
     // Written pages are locked exclusively; pages only read or expected are locked shared (enough to hold their
     // epochs still while the commit validates them).
@@ -97,7 +138,7 @@ struct Transaction::State {
 
   bool active = false;
   std::vector<Write> writes;
-  std::vector<std::byte> data;
+  detail::StagedBytes data;
   std::vector<PageOp> ops;
   std::vector<Delta> staged_deltas;
   std::string intent;
@@ -112,6 +153,12 @@ struct Transaction::State {
   // Commit scratch, kept for its capacity.
   std::vector<std::size_t> order;
   std::vector<Entry> entries;
+  // Logged commits: entries[i]'s place in its page's in-flight list. Sized by size_nodes() before the commit
+  // locks anything (it may throw), never while a node is linked (another commit may point at it).
+  std::vector<detail::InFlight> nodes;
+  void size_nodes() {
+    if (nodes.size() < entries.size()) nodes.resize(entries.size());
+  }
   std::vector<Delta> committed;
   std::size_t committed_count = 0;
   std::vector<ByteRange> scratch_ranges;
@@ -193,6 +240,9 @@ struct Transaction::State {
   void collect_entries();
   void check_and_prepare(Entry& e, bool on_head);
   bool build_delta(const Entry& e, Delta& d, bool record_undo);
+  bool stage_writes(const Entry& e, Delta& d, bool staged_delta);
+  void append_changed(const Entry& e, Delta& d, std::uint64_t offset, const std::byte* now, std::uint64_t length,
+                      bool record_undo);
   const std::byte* old_bytes(const Entry& e, std::uint64_t offset, std::uint64_t length);
   void keep_changed_bytes(const Entry& e, Delta& d, bool record_undo);
 };
@@ -378,7 +428,7 @@ Transaction& Transaction::operator=(Transaction&& other) noexcept {
 
 Transaction::~Transaction() {
   if (!state_) return;
-  state_->reset();
+  if (state_->active) state_->reset();  // an inactive state is already clean (reset() is what deactivates it)
   state_->committed_count = 0;
   try {
     state_pool.free.push_back(state_);
@@ -413,7 +463,8 @@ void refuse_external(const PageRecord& page) {
 }
 }  // namespace
 
-void Transaction::write(PageId id, std::uint64_t offset, std::span<const std::byte> bytes) {
+// Flattened (the lookup, the checks and the copy inline), as commit_in_memory(): it runs once per staged write.
+[[gnu::flatten]] void Transaction::write(PageId id, std::uint64_t offset, std::span<const std::byte> bytes) {
   if (!active()) throw_inactive();
   PageRecord* page = runtime_->find_live_or_throw(id);
   refuse_external(*page);
@@ -435,7 +486,7 @@ void Transaction::write(PageId id, std::uint64_t offset, std::span<const std::by
   if (bytes.empty()) return;
   State& st = *state_;
   st.writes.push_back({page, offset, bytes.size(), st.data.size()});
-  st.data.insert(st.data.end(), bytes.begin(), bytes.end());
+  st.data.append(bytes.data(), bytes.size());
 }
 
 void Transaction::resize(PageId id, std::uint64_t new_size) {
@@ -486,7 +537,8 @@ void Transaction::set_write_through(bool on) {
   state_->write_through = on;
 }
 
-void Transaction::read(PageId id, std::uint64_t offset, std::span<std::byte> out) {
+// Flattened, as write(): the tracked read of a read-modify-write.
+[[gnu::flatten]] void Transaction::read(PageId id, std::uint64_t offset, std::span<std::byte> out) {
   if (!active()) throw_inactive();
   PageRecord* page = runtime_->find_or_throw(id);
   state_->reserve(*page);
@@ -622,7 +674,6 @@ std::uint64_t Transaction::commit() {
       throw;
     }
     try {
-      detail::GateGuard inside(runtime_->gate);
       lsn = st.commit(*runtime_, listener);
       if (lsn == 0 && listener) listener->release();  // nothing changed (or a page is reserved): nothing published
     } catch (...) {
@@ -657,18 +708,16 @@ std::uint64_t Transaction::commit() {
 // program order within a page.
 void Transaction::State::collect_entries() {
   entries.clear();
-  order.resize(writes.size());
-  std::iota(order.begin(), order.end(), std::size_t{0});
+  order.clear();
   if (writes.size() == 1 &&
       (ops.empty() || (ops.size() == 1 && ops[0].page == writes[0].page && ops[0].delta_index == kNoDelta))) {
     // The common blind write and read-modify-write of one page.
-    Entry e;
-    e.page = writes[0].page;
-    e.write_end = 1;
-    e.op = ops.empty() ? nullptr : &ops[0];
-    entries.push_back(e);
+    order.push_back(0);
+    entries.emplace_back(writes[0].page, 0, 1, ops.empty() ? nullptr : &ops[0]);
     return;
   }
+  order.resize(writes.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
   std::sort(order.begin(), order.end(), [this](std::size_t a, std::size_t b) {
     PageId pa = writes[a].page->id, pb = writes[b].page->id;
     return pa != pb ? pa < pb : a < b;
@@ -682,18 +731,15 @@ void Transaction::State::collect_entries() {
     } else {
       page = ops[o].page;
     }
-    Entry e;
-    e.page = page;
-    e.write_begin = w;
+    const std::size_t begin = w;
     while (w < order.size() && writes[order[w]].page == page) ++w;
-    e.write_end = w;
-    if (o < ops.size() && ops[o].page == page) e.op = &ops[o++];
-    if (e.op && e.op->delta_index != kNoDelta && (e.write_end > e.write_begin || e.op->resize)) {
+    const PageOp* op = o < ops.size() && ops[o].page == page ? &ops[o++] : nullptr;
+    if (op && op->delta_index != kNoDelta && (w > begin || op->resize)) {
       throw Error(ErrorCode::InvalidArgument, "page " + page->id.to_string() +
                                                   " has both a delta and writes or a resize in one transaction; "
                                                   "stage one or the other");
     }
-    entries.push_back(e);
+    entries.emplace_back(page, begin, w, op);
   }
 }
 
@@ -781,6 +827,22 @@ void Transaction::State::keep_changed_bytes(const Entry& e, Delta& d, bool recor
   d.payload.resize(out);
 }
 
+// Change-only commits, one staged write: appends to `d` the runs of `now` (the write's bytes, at `offset`) that
+// differ from the page, with their old bytes as undo, straight from the staging buffer (no copy to compact after).
+void Transaction::State::append_changed(const Entry& e, Delta& d, std::uint64_t offset, const std::byte* now,
+                                        std::uint64_t length, bool record_undo) {
+  const std::uint64_t merge_gap = record_undo ? 4 : 8;  // as keep_changed_bytes()
+  const std::byte* old = old_bytes(e, offset, length);
+  const std::size_t first = d.ranges.size();
+  detail::append_changed_runs(old, now, length, offset, merge_gap, d.ranges);
+  for (std::size_t k = first; k < d.ranges.size(); ++k) {
+    const ByteRange& run = d.ranges[k];
+    const std::uint64_t at = run.offset - offset;
+    append_bytes(d.payload, now + at, run.length);
+    if (record_undo) append_bytes(d.undo, old + at, run.length);
+  }
+}
+
 // Fills `d` with the change of one page. Ranges come out canonical: sorted, merged where they touch. Returns false
 // when the commit does not change the page after all (its writes rewrote equal bytes): no delta, no new epoch.
 bool Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo) {
@@ -792,9 +854,28 @@ bool Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo)
   d.base_size = e.size;
   d.size = e.final_size;
   d.source = source;
-  d.intent = intent;
+  if (!intent.empty()) d.intent = intent;  // d.clear() emptied it
   d.has_undo = record_undo;
   const bool staged_delta = e.op && e.op->delta_index != kNoDelta;
+  if (!staged_delta && !write_through && e.write_end - e.write_begin == 1) {
+    // The common case: one write, change-only.
+    const Write& w = writes[order[e.write_begin]];
+    append_changed(e, d, w.offset, data.data() + w.data_pos, w.length, record_undo);
+    if (d.ranges.empty() && d.size == d.base_size) return false;
+  } else if (!stage_writes(e, d, staged_delta)) {
+    return false;
+  }
+  if (record_undo && e.final_size < e.size) {
+    const std::byte* tail = old_bytes(e, e.final_size, e.size - e.final_size);
+    d.undo_tail.assign(tail, tail + (e.size - e.final_size));
+  }
+  return true;
+}
+
+// build_delta() for a staged delta, several writes or write-through: copies what was staged into `d`, then keeps
+// only the changed bytes (change-only) or records the undo bytes of all of them. False: nothing changed.
+bool Transaction::State::stage_writes(const Entry& e, Delta& d, bool staged_delta) {
+  const bool record_undo = d.has_undo;
   if (staged_delta) {
     const Delta& staged = staged_deltas[e.op->delta_index];
     d.ranges = staged.ranges;
@@ -803,8 +884,7 @@ bool Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo)
   } else if (e.write_end - e.write_begin == 1) {
     const Write& w = writes[order[e.write_begin]];
     d.ranges.push_back({w.offset, w.length});
-    d.payload.assign(data.begin() + static_cast<std::ptrdiff_t>(w.data_pos),
-                     data.begin() + static_cast<std::ptrdiff_t>(w.data_pos + w.length));
+    d.payload.assign(data.data() + w.data_pos, data.data() + w.data_pos + w.length);
   } else if (e.write_end > e.write_begin) {
     // Union of the written intervals, then each write copied in program order so later writes win.
     scratch_ranges.clear();
@@ -839,8 +919,9 @@ bool Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo)
   }
   if (!staged_delta && !write_through) {
     keep_changed_bytes(e, d, record_undo);  // a staged delta is recorded as given
-    if (d.ranges.empty() && d.size == d.base_size) return false;
-  } else if (record_undo) {
+    return !(d.ranges.empty() && d.size == d.base_size);
+  }
+  if (record_undo) {
     d.undo.resize(d.payload.size());
     std::uint64_t pos = 0;
     for (const ByteRange& r : d.ranges) {
@@ -848,16 +929,15 @@ bool Transaction::State::build_delta(const Entry& e, Delta& d, bool record_undo)
       pos += r.length;
     }
   }
-  if (record_undo && e.final_size < e.size) {
-    const std::byte* tail = old_bytes(e, e.final_size, e.size - e.final_size);
-    d.undo_tail.assign(tail, tail + (e.size - e.final_size));
-  }
   return true;
 }
 
 std::uint64_t Transaction::State::commit(Runtime::Impl& rt, detail::CommitListener* listener) {
   collect_entries();
-  return rt.sink ? commit_logged(rt, listener) : commit_in_memory(rt, listener);
+  if (!rt.sink) return commit_in_memory(rt, listener);  // nothing closes the gate of a runtime without a sink
+  size_nodes();
+  detail::GateGuard inside(rt.gate);
+  return commit_logged(rt, listener);
 }
 
 // Builds the delta of every page the commit changes, in `committed`; returns how many (0: nothing changed).
@@ -897,7 +977,7 @@ void Transaction::State::apply_deltas() noexcept {
     const Delta& d = committed[e.delta];
     const std::byte* src = d.payload.data();
     for (const ByteRange& r : d.ranges) {
-      std::memcpy(page.data + r.offset, src, r.length);
+      detail::copy_bytes(page.data + r.offset, src, r.length);
       src += r.length;
     }
     page.size.store(e.final_size, std::memory_order_relaxed);
@@ -905,7 +985,10 @@ void Transaction::State::apply_deltas() noexcept {
   }
 }
 
-std::uint64_t Transaction::State::commit_in_memory(Runtime::Impl& rt, detail::CommitListener* listener) {
+// Flattened: its steps are functions for reading's sake, but a small commit is made of little else than their calls
+// (about an eighth of its instructions went to calling them).
+[[gnu::flatten]] std::uint64_t Transaction::State::commit_in_memory(Runtime::Impl& rt,
+                                                                    detail::CommitListener* listener) {
   PageLocks locks(entries);
   locks.lock_all();
   if ((blocked_by = reserved_elsewhere(entries)) != nullptr) return 0;
@@ -970,8 +1053,9 @@ void Transaction::State::throw_cascade(std::uint64_t lsn) {
 // Under the update locks, once the record is appended: joins the end of each page's in-flight list, so later
 // commits of the page build on this one and publish after it.
 void Transaction::State::link_in_flight() noexcept {
-  for (Entry& e : entries) {
-    detail::InFlight& node = e.node;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const Entry& e = entries[i];
+    detail::InFlight& node = nodes[i];
     const bool changed = e.delta != kNoDelta;
     node.delta = changed ? &committed[e.delta] : nullptr;
     node.epoch_after = changed ? e.epoch + 1 : e.epoch;
@@ -993,11 +1077,11 @@ void Transaction::State::link_in_flight() noexcept {
 // Durable: waits until this commit is first in every one of its pages' in-flight lists (every earlier commit of
 // those pages has published), or until one it builds on has failed. Holds no lock: waits only on other commits.
 void Transaction::State::wait_for_turn() noexcept {
-  for (Entry& e : entries) {
+  for (std::size_t i = 0; i < entries.size(); ++i) {
     for (;;) {
       const std::uint32_t seen = turn.load(std::memory_order_acquire);
       if (failed.load(std::memory_order_acquire)) return;
-      if (e.page->in_flight_front.load(std::memory_order_acquire) == &e.node) break;
+      if (entries[i].page->in_flight_front.load(std::memory_order_acquire) == &nodes[i]) break;
       turn.wait(seen, std::memory_order_acquire);
     }
   }
@@ -1014,12 +1098,13 @@ void Transaction::State::publish_logged(std::uint64_t lsn, std::size_t count,
     }
   }
   apply_deltas();
-  for (Entry& e : entries) {
-    PageRecord& page = *e.page;
-    detail::InFlight* next = e.node.next;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    PageRecord& page = *entries[i].page;
+    detail::InFlight& node = nodes[i];
+    detail::InFlight* next = node.next;
     page.in_flight_front.store(next, std::memory_order_release);
-    if (page.in_flight_back == &e.node) page.in_flight_back = nullptr;
-    e.node.linked = false;
+    if (page.in_flight_back == &node) page.in_flight_back = nullptr;
+    node.linked = false;
     // Its owner cannot leave while the node is linked and this page locked, so its word is still there.
     if (next) wake(*next);
   }
@@ -1042,10 +1127,10 @@ void Transaction::State::withdraw() noexcept {
   {
     UpdateLocks locks(entries);
     locks.lock_all();
-    for (Entry& e : entries) {
-      detail::InFlight& node = e.node;
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      detail::InFlight& node = nodes[i];
       if (!node.linked) continue;
-      PageRecord& page = *e.page;
+      PageRecord& page = *entries[i].page;
       detail::InFlight* before = nullptr;
       for (detail::InFlight* it = page.in_flight_front.load(std::memory_order_relaxed); it != &node; it = it->next) {
         before = it;
@@ -1080,6 +1165,7 @@ void Transaction::State::validate_reads_only(Runtime::Impl& rt) {
     for (Entry& e : entries) check_and_prepare(e, /*on_head=*/false);
     return;
   }
+  size_nodes();
   failed.store(false, std::memory_order_relaxed);
   {
     UpdateLocks locks(entries);

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/harness.hpp"
@@ -43,18 +44,24 @@ void commit_u64(Runtime& rt, PageId page, std::uint64_t value) {
 
 void copy_8_bytes(MapContext& c) { std::memcpy(c.output().data(), c.input(0).data(), sizeof(std::uint64_t)); }
 
+// A source page and a chain of `length` map nodes copying it along: {source, the chain's last page}.
+std::pair<PageId, PageId> copy_chain(Runtime& rt, Propagator& prop, int length) {
+  const PageId source = rt.create_page(8);
+  PageId last = source;
+  for (int i = 0; i < length; ++i) {
+    const PageId next = rt.create_page(8);
+    prop.derive_map(next, {last}, copy_8_bytes);
+    last = next;
+  }
+  return {source, last};
+}
+
 Register hop("hop_ns",
              "mmsb: chain of 1000 map nodes copying 8 bytes, one source commit per wave; time per wave / 1000", [] {
                constexpr int kChain = 1000;
                Runtime rt;
                Propagator prop(rt);
-               PageId source = rt.create_page(8);
-               PageId last = source;
-               for (int i = 0; i < kChain; ++i) {
-                 PageId next = rt.create_page(8);
-                 prop.derive_map(next, {last}, copy_8_bytes);
-                 last = next;
-               }
+               const auto [source, last] = copy_chain(rt, prop, kChain);
                std::uint64_t value = 0;
                commit_u64(rt, source, ++value);
                if (rt.read_value<std::uint64_t>(last, 0) != value)
@@ -77,13 +84,7 @@ Register hop_paired("hop_vs_tbb_paired_ratio",
                       constexpr int kChain = 1000, kPairs = 9;
                       Runtime rt;
                       Propagator prop(rt);
-                      PageId source = rt.create_page(8);
-                      PageId last = source;
-                      for (int i = 0; i < kChain; ++i) {
-                        PageId next = rt.create_page(8);
-                        prop.derive_map(next, {last}, copy_8_bytes);
-                        last = next;
-                      }
+                      const auto [source, last] = copy_chain(rt, prop, kChain);
                       TbbChain chain(kChain);
                       std::uint64_t value = 0, tbb_value = 0;
                       commit_u64(rt, source, ++value);

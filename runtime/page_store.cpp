@@ -1,6 +1,7 @@
 #include "runtime/page_store.hpp"
 
-#include <cstdlib>
+#include <sys/mman.h>
+
 #include <cstring>
 #include <new>
 #include <utility>
@@ -41,20 +42,29 @@ void PageRecord::free_bytes() noexcept {
 }
 
 namespace {
-// Zeroed memory for `count` objects of T, or std::bad_alloc.
+// Zeroed memory for `count` objects of T straight from the OS, or std::bad_alloc. Not calloc: once a process has
+// freed a large block, malloc's dynamic mmap threshold rises and calloc serves the next directory from the heap,
+// clearing it byte by byte, so every untouched part of it would be resident.
 template <class T>
-T* zeroed_array(std::size_t count) {
-  void* memory = std::calloc(count, sizeof(T));
-  if (!memory) throw std::bad_alloc();
+T* zeroed_pages(std::size_t count) {
+  void* memory = ::mmap(nullptr, count * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (memory == MAP_FAILED) throw std::bad_alloc();
   return static_cast<T*>(memory);
 }
+
+template <class T>
+void unmap_pages(T* memory, std::size_t count) noexcept {
+  ::munmap(memory, count * sizeof(T));
+}
+
+constexpr std::size_t kChunkCount = std::size_t{1} << PageStore::kChunkBits;
 }  // namespace
 
-PageStore::PageStore() : chunks_(zeroed_array<Chunk*>(std::size_t{1} << kChunkBits)) {}
+PageStore::PageStore() : chunks_(zeroed_pages<Chunk*>(kChunkCount)) {}
 
 PageStore::~PageStore() {
   // The store is destroyed by its last user: plain reads see every insert.
-  for (std::size_t c = 0; c < (std::size_t{1} << kChunkBits); ++c) {
+  for (std::size_t c = 0; c < kChunkCount; ++c) {
     Chunk* chunk = chunks_[c];
     if (!chunk) continue;
     for (PageRecord* record : chunk->slots) {
@@ -62,20 +72,20 @@ PageStore::~PageStore() {
       record->free_bytes();
       record->~PageRecord();  // its memory goes with the slabs
     }
-    std::free(chunk);
+    unmap_pages(chunk, 1);
   }
-  std::free(chunks_);
+  unmap_pages(chunks_, kChunkCount);
 }
 
 bool PageStore::insert(std::uint64_t sequence, PageRecord* record) {
   std::atomic_ref<Chunk*> chunk_slot(chunks_[sequence >> kSlotBits]);
   Chunk* chunk = chunk_slot.load(std::memory_order_acquire);
   if (!chunk) {
-    Chunk* fresh = zeroed_array<Chunk>(1);
+    Chunk* fresh = zeroed_pages<Chunk>(1);
     if (chunk_slot.compare_exchange_strong(chunk, fresh, std::memory_order_acq_rel)) {
       chunk = fresh;
     } else {
-      std::free(fresh);  // another thread installed the chunk first; `chunk` now holds it
+      unmap_pages(fresh, 1);  // another thread installed the chunk first; `chunk` now holds it
     }
   }
   PageRecord* expected = nullptr;

@@ -147,9 +147,9 @@ class PageStore {
 
  private:
   static constexpr std::uint64_t kSlotMask = (std::uint64_t{1} << kSlotBits) - 1;
-  // The directory's two levels are plain pointer arrays from calloc, read and written through std::atomic_ref: the
-  // OS hands them out as untouched zero pages, so only the parts in use become resident (a small runtime would
-  // otherwise fault in 256 KiB of empty directory).
+  // The directory's two levels are plain pointer arrays mapped straight from the OS, read and written through
+  // std::atomic_ref: they start as untouched zero pages, so only the parts in use become resident (a small runtime
+  // would otherwise hold 256 KiB of empty directory).
   struct Chunk {
     PageRecord* slots[std::size_t{1} << kSlotBits];
   };

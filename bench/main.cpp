@@ -2,7 +2,9 @@
 // This is the only translation unit that includes CLI11 (through program/options.hpp).
 #include <nlohmann/json.hpp>
 
+#include <sched.h>
 #include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -77,6 +79,24 @@ bool run_isolated(const mmsb::bench::Metric& metric, int repetitions, std::map<s
   } catch (const std::exception& e) {
     error = e.what();
     return false;
+  }
+}
+
+// --pin: binds this process, and so every metric's child, to one CPU before anything runs. On a shared VM the
+// one-thread keys (hop_ns, deltas_per_s_batch) swing by up to 2x between runs with where the scheduler places
+// the process; pinned they repeat within a few percent. Multi-threaded keys then share that one CPU.
+void pin_to_cpu(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (cpu >= CPU_SETSIZE) {
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument, "--pin " + std::to_string(cpu) + ": CPUs are numbered below " +
+                                                            std::to_string(CPU_SETSIZE) + "; see `nproc`");
+  }
+  CPU_SET(cpu, &set);
+  if (sched_setaffinity(0, sizeof set, &set) != 0) {
+    throw mmsb::Error(mmsb::ErrorCode::InvalidArgument,
+                      "--pin " + std::to_string(cpu) +
+                          ": this process may not run on that CPU (`taskset -cp $$` lists those it may)");
   }
 }
 
@@ -241,10 +261,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--quick", mmsb::bench::quick_mode(),
                "Smaller workloads where a key allows it (scale_*: 10^5 leaves); heavy keys (--list) left out");
+  int pin = -1;
+  app.add_option("--pin", pin,
+                 "Run on this CPU only (like `taskset -c CPU`): steadier one-thread keys on a shared machine; "
+                 "multi-threaded keys then share the one CPU")
+      ->check(mmsb::program::range(0, 1 << 20));
   // mmsb-bench graph: one dependency-graph workload on mmsb and raw oneTBB, side by side.
   GraphSettings graph_settings;
   CLI::App* graph = add_graph_command(app, graph_settings, settings.json);
   return mmsb::program::run("mmsb-bench", app, argc, argv, [&] {
+    if (pin >= 0) pin_to_cpu(pin);
     return graph->parsed() ? run_graph(graph_settings, settings.json) : run_metrics(settings);
   });
 }

@@ -554,7 +554,7 @@ void Transaction::set_write_through(bool on) {
     } else if (in_flight) {
       copy_head_bytes(*page, offset, out.size(), out.data());
     } else {
-      std::memcpy(out.data(), page->data + offset, out.size());
+      detail::copy_bytes(out.data(), page->data + offset, out.size());  // read_value's few bytes: no memcpy call
     }
     epoch = head_epoch;
     withdrawals = seen;
@@ -803,11 +803,17 @@ const std::byte* Transaction::State::old_bytes(const Entry& e, std::uint64_t off
   }
   return old_scratch.data();
 }
+
+namespace {
+// Change-only commits: the widest run of unchanged bytes kept inside one range rather than split into two. A range
+// costs about 8 bytes in a log record; a merged gap costs its bytes once (payload) or twice (and undo).
+constexpr std::uint64_t change_merge_gap(bool record_undo) noexcept { return record_undo ? 4 : 8; }
+}  // namespace
+
 // Change-only commits: keeps only the runs of `d` (ranges and payload as staged) whose bytes differ from the page,
 // merging runs closer than a range header costs in the log, and records their old bytes as undo.
 void Transaction::State::keep_changed_bytes(const Entry& e, Delta& d, bool record_undo) {
-  // A range costs about 8 bytes in a log record; a merged gap costs its bytes once (payload) or twice (and undo).
-  const std::uint64_t merge_gap = record_undo ? 4 : 8;
+  const std::uint64_t merge_gap = change_merge_gap(record_undo);
   scratch_ranges.clear();
   std::uint64_t in = 0, out = 0;
   for (const ByteRange& r : d.ranges) {
@@ -831,7 +837,7 @@ void Transaction::State::keep_changed_bytes(const Entry& e, Delta& d, bool recor
 // differ from the page, with their old bytes as undo, straight from the staging buffer (no copy to compact after).
 void Transaction::State::append_changed(const Entry& e, Delta& d, std::uint64_t offset, const std::byte* now,
                                         std::uint64_t length, bool record_undo) {
-  const std::uint64_t merge_gap = record_undo ? 4 : 8;  // as keep_changed_bytes()
+  const std::uint64_t merge_gap = change_merge_gap(record_undo);
   const std::byte* old = old_bytes(e, offset, length);
   const std::size_t first = d.ranges.size();
   detail::append_changed_runs(old, now, length, offset, merge_gap, d.ranges);

@@ -159,12 +159,9 @@ MMSB_TILE void widen_halves(const std::uint8_t* halves, std::size_t n, float* ou
   for (; i < n; ++i) out[i] = FloatTile<true>::at(halves, i);
 }
 
-// Lane j of the result = hsum(acc[first + j]) for the `count` accumulators (8 floats each) at `acc`, in the same
-// additions: per accumulator (low half + high half), then (lanes 0 + 2) + (lanes 1 + 3) (float addition commutes
-// exactly). Lanes past `count` repeat accumulator `first`.
-MMSB_TILE inline __m256 hsum8(const float* acc, std::size_t count, std::size_t first) {
-  __m256 v[8];
-  for (std::size_t j = 0; j < 8; ++j) v[j] = _mm256_loadu_ps(acc + 8 * (first + j < count ? first + j : first));
+// Lane j of the result = hsum(v[j]), in the same additions: per vector (low half + high half), then (lanes 0 + 2)
+// + (lanes 1 + 3) (float addition commutes exactly).
+MMSB_TILE inline __m256 hsum8(const __m256 (&v)[8]) {
   __m256 h[4];
   MMSB_UNROLL
   for (int p = 0; p < 4; ++p) {
@@ -175,6 +172,13 @@ MMSB_TILE inline __m256 hsum8(const float* acc, std::size_t count, std::size_t f
   // Per 128-bit half: (0 + 2), (1 + 3) of two accumulators each, then their sums: lanes v0 v2 v4 v6 | v1 v3 v5 v7.
   const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
   return _mm256_permutevar8x32_ps(t, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+// The same for the `count` accumulators (8 floats each) at `acc` from `first` on; lanes past `count` repeat
+// accumulator `first`.
+MMSB_TILE inline __m256 hsum8(const float* acc, std::size_t count, std::size_t first) {
+  __m256 v[8];
+  for (std::size_t j = 0; j < 8; ++j) v[j] = _mm256_loadu_ps(acc + 8 * (first + j < count ? first + j : first));
+  return hsum8(v);
 }
 
 // Batches of F32 products, cache-blocked. The 4 x 3 tile above streams every vector of a batch from L2 for each
@@ -1053,81 +1057,84 @@ struct FloatGemm512 {
     }
   }
 
-  // Steps [s0, s1) of a tile of RN rows x TN vectors (the tile's panel at `x`), accumulators in `acc_io`; the
-  // weights of step `last` (the final, maybe partial, step) are loaded under `last_mask`.
+  // What one call of steps() covers: steps [s0, s1) of a tile of rows (its first row at `w`) and vectors (their
+  // panel at `x`); the weights of step `last` (the final, maybe partial, step of a row) are loaded under
+  // `last_mask`. The accumulators start at zero (`first`) or from `acc`; after a block that ends before `last`
+  // they go back to `acc`, after the final one the results go to `out` (vector t's at out + t * out_stride).
+  struct Block {
+    const std::uint8_t* w;
+    std::size_t row_stride;
+    const float* x;
+    std::size_t s0, s1, last;
+    __mmask16 last_mask;
+    bool first;
+    float* acc;
+    float* out;
+    std::size_t out_stride;
+  };
+
+  // One step of the tile (weights under `mask`) into the accumulators.
   template <int RN, int TN>
-  MMSB_TILE512 static void steps(const std::uint8_t* w, std::size_t row_stride, const float* x, std::size_t s0,
-                                 std::size_t s1, std::size_t last, __mmask16 last_mask, float* acc_io, bool first) {
+  MMSB_TILE512 static void step(const Block& b, std::size_t s, const float* x, __mmask16 mask, __m512 (&acc)[RN][TN]) {
+    __m512 xv[TN];
+    MMSB_UNROLL
+    for (int t = 0; t < TN; ++t) xv[t] = _mm512_loadu_ps(x + t * kStep);
+    MMSB_UNROLL
+    for (int r = 0; r < RN; ++r) {
+      const std::uint8_t* row = b.w + r * b.row_stride;
+      __m512 wv =
+          mask == 0xFFFF ? FloatTile512<false>::load(row, s * kStep) : FloatTile512<false>::load(row, s * kStep, mask);
+      // Loaded once into a register: GCC otherwise folds the load into each of the TN multiply-adds, and the
+      // loads, not the multiply-adds, bound the tile (measured: 35 GFLOP/s against 62 for the AVX2 tiles).
+      __asm__("" : "+v"(wv));
+      MMSB_UNROLL
+      for (int t = 0; t < TN; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+
+  // The results of a tile: per vector, each row's accumulator folded (low half + high half, then hsum8's
+  // additions, which are hsum's), the RN rows side by side in one store.
+  template <int RN, int TN>
+  MMSB_TILE512 static void write(const Block& b, const __m512 (&acc)[RN][TN]) {
+    MMSB_UNROLL
+    for (int t = 0; t < TN; ++t) {
+      __m256 halves[8];
+      MMSB_UNROLL
+      for (int r = 0; r < 8; ++r) {
+        const __m512 v = acc[r < RN ? r : 0][t];
+        halves[r] =
+            _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+      }
+      _mm256_mask_storeu_ps(b.out + t * b.out_stride, static_cast<__mmask8>((1u << RN) - 1), hsum8(halves));
+    }
+  }
+
+  template <int RN, int TN>
+  MMSB_TILE512 static void steps(const Block& b) {
+    static_assert(RN <= 8, "one store of 8 lanes per vector");
     __m512 acc[RN][TN];
     MMSB_UNROLL
     for (int r = 0; r < RN; ++r) {
       MMSB_UNROLL
       for (int t = 0; t < TN; ++t)
-        acc[r][t] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc_io + (r * TN + t) * kStep);
+        acc[r][t] = b.first ? _mm512_setzero_ps() : _mm512_loadu_ps(b.acc + (r * TN + t) * kStep);
     }
-    const std::size_t full_end = std::min(s1, last);
-    std::size_t s = s0;
-    for (; s < full_end; ++s, x += T * kStep) {
-      __m512 xv[TN];
-      MMSB_UNROLL
-      for (int t = 0; t < TN; ++t) xv[t] = _mm512_loadu_ps(x + t * kStep);
-      MMSB_UNROLL
-      for (int r = 0; r < RN; ++r) {
-        __m512 wv = FloatTile512<false>::load(w + r * row_stride, s * kStep);
-        // Loaded once into a register: GCC otherwise folds the load into each of the TN multiply-adds, and the
-        // loads, not the multiply-adds, bound the tile (measured: 35 GFLOP/s against 62 for the AVX2 tiles).
-        __asm__("" : "+v"(wv));
-        MMSB_UNROLL
-        for (int t = 0; t < TN; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
-      }
-    }
-    if (s < s1) {  // s == last
-      __m512 xv[TN];
-      MMSB_UNROLL
-      for (int t = 0; t < TN; ++t) xv[t] = _mm512_loadu_ps(x + t * kStep);
-      MMSB_UNROLL
-      for (int r = 0; r < RN; ++r) {
-        const __m512 wv = FloatTile512<false>::load(w + r * row_stride, s * kStep, last_mask);
-        MMSB_UNROLL
-        for (int t = 0; t < TN; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
-      }
-    }
+    const std::size_t full_end = std::min(b.s1, b.last);
+    const float* x = b.x;
+    std::size_t s = b.s0;
+    for (; s < full_end; ++s, x += T * kStep) step(b, s, x, 0xFFFF, acc);
+    if (s < b.s1) step(b, s, x, b.last_mask, acc);  // s == last
+    if (b.s1 > b.last) return write(b, acc);
     MMSB_UNROLL
     for (int r = 0; r < RN; ++r) {
       MMSB_UNROLL
-      for (int t = 0; t < TN; ++t) _mm512_storeu_ps(acc_io + (r * TN + t) * kStep, acc[r][t]);
+      for (int t = 0; t < TN; ++t) _mm512_storeu_ps(b.acc + (r * TN + t) * kStep, acc[r][t]);
     }
   }
-  using StepsFn = void (*)(const std::uint8_t*, std::size_t, const float*, std::size_t, std::size_t, std::size_t,
-                           __mmask16, float*, bool);
+  using StepsFn = void (*)(const Block&);
   template <std::size_t... I>
   static constexpr std::array<StepsFn, sizeof...(I)> table(std::index_sequence<I...>) {
     return {&steps<static_cast<int>(I / T) + 1, static_cast<int>(I % T) + 1>...};
-  }
-
-  // The results of rows [r0, r1) from their accumulators: each folded (low half + high half, then hsum's
-  // additions, eight accumulators at a time by hsum8).
-  MMSB_TILE512 static void finish(std::size_t r0, std::size_t r1, std::size_t n, const float* acc, float* out,
-                                  std::size_t out_stride) {
-    const std::size_t vector_tiles = (n + T - 1) / T;
-    for (std::size_t r = r0; r < r1; r += R) {
-      const std::size_t rn = std::min<std::size_t>(R, r1 - r);
-      for (std::size_t t = 0, i = 0; t < n; t += T, ++i) {
-        const std::size_t tn = std::min<std::size_t>(T, n - t), count = rn * tn;
-        const float* tile_acc = acc + ((r - r0) / R * vector_tiles + i) * R * T * kStep;
-        alignas(32) float halves[R * T * 8];
-        for (std::size_t j = 0; j < count; ++j) {
-          const __m512 v = _mm512_loadu_ps(tile_acc + j * kStep);
-          const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-          _mm256_store_ps(halves + 8 * j, _mm256_add_ps(_mm512_castps512_ps256(v), hi));
-        }
-        alignas(32) float sums[R * T];
-        for (std::size_t j = 0; j < count; j += 8) _mm256_store_ps(sums + j, hsum8(halves, count, j));
-        for (std::size_t ti = 0; ti < tn; ++ti) {
-          for (std::size_t ri = 0; ri < rn; ++ri) out[(t + ti) * out_stride + r + ri] = sums[ri * tn + ti];
-        }
-      }
-    }
   }
 
   // Asks for a tile's worth of the next tile of rows' weights (R rows x `lines` lines from `next`), spread over
@@ -1146,14 +1153,13 @@ struct FloatGemm512 {
                                  std::size_t cols, const float* panel, float* acc, float* out, std::size_t out_stride) {
     static constexpr auto tiles = table(std::make_index_sequence<R * T>());
     const std::size_t steps = steps_of(cols), tile_floats = steps * T * kStep, vector_tiles = (n + T - 1) / T;
-    const __mmask16 last_mask = tail_mask(cols);
+    Block b{w, row_stride, panel, 0, 0, steps - 1, tail_mask(cols), true, acc, out, out_stride};
     for (std::size_t rb = 0; rb < rows; rb += kRowBlock) {
       const std::size_t rb_end = std::min(rows, rb + kRowBlock);
-      for (std::size_t s0 = 0;; s0 += kBlockSteps) {  // at least one block: it zeroes the accumulators
+      for (std::size_t s0 = 0; s0 < steps; s0 += kBlockSteps) {
         const std::size_t s1 = std::min(steps, s0 + kBlockSteps);
         for (std::size_t r = rb; r < rb_end; r += R) {
           const std::size_t rn = std::min<std::size_t>(R, rb_end - r);
-          const std::uint8_t* wr = w + r * row_stride;
           // The next tile's weights are asked for while this one computes, a few lines before each tile of
           // vectors (see FloatGemm::chunk); a step of a row is one cache line.
           const auto [next_r, next_s] = FloatGemm::next_tile<R, kBlockSteps>(r, rb_end, s0, steps, rb);
@@ -1163,27 +1169,32 @@ struct FloatGemm512 {
           std::size_t pf_row = 0, pf_line = 0;
           for (std::size_t t = 0, i = 0; t < n; t += T, ++i) {
             prefetch_share(next, row_stride, lines, per_tile, pf_row, pf_line);
-            const std::size_t tn = std::min<std::size_t>(T, n - t);
-            tiles[(rn - 1) * T + (tn - 1)](wr, row_stride, panel + i * tile_floats + s0 * T * kStep, s0, s1, steps - 1,
-                                           last_mask, acc + ((r - rb) / R * vector_tiles + i) * R * T * kStep, s0 == 0);
+            b.w = w + r * row_stride;
+            b.x = panel + i * tile_floats + s0 * T * kStep;
+            b.s0 = s0, b.s1 = s1, b.first = s0 == 0;
+            b.acc = acc + ((r - rb) / R * vector_tiles + i) * R * T * kStep;
+            b.out = out + t * out_stride + r;
+            tiles[(rn - 1) * T + (std::min<std::size_t>(T, n - t) - 1)](b);
           }
         }
-        if (s1 == steps) break;
       }
-      finish(rb, rb_end, n, acc, out, out_stride);
     }
   }
 
   static void run(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
                   std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
     const std::size_t steps = steps_of(cols);
-    const std::size_t slice_bytes = std::max<std::size_t>(std::min(steps, kBlockSteps), 1) * kStep * sizeof(float);
+    if (steps == 0) {  // no columns: every product is 0, as the one-vector tiles give
+      for (std::size_t t = 0; t < n; ++t) std::fill_n(out + t * out_stride, rows, 0.0f);
+      return;
+    }
+    const std::size_t slice_bytes = std::min(steps, kBlockSteps) * kStep * sizeof(float);
     const std::size_t per_chunk = std::max<std::size_t>(T, kSliceBytes / slice_bytes / T * T);
     thread_local std::vector<float> panel_buffer;
     thread_local std::vector<float> acc_buffer;
     const std::size_t tiles = (std::min(n, per_chunk) + T - 1) / T;
     float* panel = aligned_floats(panel_buffer, tiles * T * steps * kStep);
-    float* acc = aligned_floats(acc_buffer, kRowBlock / R * tiles * R * T * kStep);
+    float* acc = aligned_floats(acc_buffer, (kRowBlock + R - 1) / R * tiles * R * T * kStep);
     for (std::size_t t0 = 0; t0 < n; t0 += per_chunk) {
       const std::size_t tn = std::min(per_chunk, n - t0);
       pack(act + t0 * act_stride, act_stride, tn, cols, panel);

@@ -558,8 +558,9 @@ Kernels make_avx2() {
   add_avx2_matmul_kernels(k);
   return k;
 }
-// The AVX-512 level runs the AVX2 kernels (256-bit lanes) but for the F16 products, which have 512-bit tiles (the
-// level also exists so that MMSB_SIMD and the diff code share one set of level names).
+// The AVX-512 level runs the AVX2 kernels (256-bit lanes) but for the F32 and F16 products, which sum 16 lanes and
+// run batches in 512-bit tiles (the level also exists so that MMSB_SIMD and the diff code share one set of level
+// names).
 Kernels make_avx512() {
   Kernels k = make_avx2();
   k.level = SimdLevel::Avx512;

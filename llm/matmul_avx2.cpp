@@ -159,12 +159,9 @@ MMSB_TILE void widen_halves(const std::uint8_t* halves, std::size_t n, float* ou
   for (; i < n; ++i) out[i] = FloatTile<true>::at(halves, i);
 }
 
-// Lane j of the result = hsum(acc[first + j]) for the `count` accumulators (8 floats each) at `acc`, in the same
-// additions: per accumulator (low half + high half), then (lanes 0 + 2) + (lanes 1 + 3) (float addition commutes
-// exactly). Lanes past `count` repeat accumulator `first`.
-MMSB_TILE inline __m256 hsum8(const float* acc, std::size_t count, std::size_t first) {
-  __m256 v[8];
-  for (std::size_t j = 0; j < 8; ++j) v[j] = _mm256_loadu_ps(acc + 8 * (first + j < count ? first + j : first));
+// Lane j of the result = hsum(v[j]), in the same additions: per vector (low half + high half), then (lanes 0 + 2)
+// + (lanes 1 + 3) (float addition commutes exactly).
+MMSB_TILE inline __m256 hsum8(const __m256 (&v)[8]) {
   __m256 h[4];
   MMSB_UNROLL
   for (int p = 0; p < 4; ++p) {
@@ -175,6 +172,13 @@ MMSB_TILE inline __m256 hsum8(const float* acc, std::size_t count, std::size_t f
   // Per 128-bit half: (0 + 2), (1 + 3) of two accumulators each, then their sums: lanes v0 v2 v4 v6 | v1 v3 v5 v7.
   const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
   return _mm256_permutevar8x32_ps(t, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+// The same for the `count` accumulators (8 floats each) at `acc` from `first` on; lanes past `count` repeat
+// accumulator `first`.
+MMSB_TILE inline __m256 hsum8(const float* acc, std::size_t count, std::size_t first) {
+  __m256 v[8];
+  for (std::size_t j = 0; j < 8; ++j) v[j] = _mm256_loadu_ps(acc + 8 * (first + j < count ? first + j : first));
+  return hsum8(v);
 }
 
 // Batches of F32 products, cache-blocked. The 4 x 3 tile above streams every vector of a batch from L2 for each
@@ -242,11 +246,13 @@ struct FloatGemm {
     return {&steps<static_cast<int>(I / T) + 1, static_cast<int>(I % T) + 1>...};
   }
 
-  // Where the tile of rows after (r, block s0) in chunk()'s order starts: its first row and first step.
+  // Where the tile of rows after (r, block s0) in chunk()'s order starts: its first row and first step (for
+  // FloatGemm512 too, with its tile and block sizes).
+  template <int TileRows = R, std::size_t BlockSteps = kBlockSteps>
   static std::pair<std::size_t, std::size_t> next_tile(std::size_t r, std::size_t row_block_end, std::size_t s0,
                                                        std::size_t steps, std::size_t row_block_start) {
-    if (r + R < row_block_end) return {r + R, s0};
-    if (s0 + kBlockSteps < steps) return {row_block_start, s0 + kBlockSteps};
+    if (r + TileRows < row_block_end) return {r + TileRows, s0};
+    if (s0 + BlockSteps < steps) return {row_block_start, s0 + BlockSteps};
     return {row_block_end, 0};
   }
 
@@ -870,7 +876,7 @@ void matmul_float(const std::byte* w, std::size_t row_stride, std::size_t rows, 
   matmul_tiles<FloatTile<Half>, 8, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
 }
 
-// --- AVX-512: F16 weights (the AVX-512 level) ----------------------------------------------------------------
+// --- AVX-512: F32 and F16 weights (the AVX-512 level) --------------------------------------------------------
 
 #define MMSB_TILE512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 // GCC 12's AVX-512 intrinsics pass an undefined register as the unused merge source, which it then reports as
@@ -879,37 +885,54 @@ void matmul_float(const std::byte* w, std::size_t row_stride, std::size_t rows, 
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-// As FloatTile<true> with 16 lanes: per step of 16 columns one fused multiply-add into the (row, vector)
-// accumulator; the columns past the last multiple of 16 as one more step whose missing lanes are loaded as zeros
-// (adding w * x = 0 leaves a lane as it was); then the 16 lanes folded to 8 (low half + high half) and hsum().
-// The same operations for every tile shape, so one vector, batches and row ranges give the same bits. Half the
-// instructions of the 8-lane tile per product: measured here, 512-bit fused multiply-adds ran at about 1.6 times
-// the rate of 256-bit ones.
-template <bool Linear = false>
-struct HalfTile512 {
-  MMSB_TILE512 static __m512 load_half(const std::uint8_t* row, std::size_t k) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k)));
+// As FloatTile with 16 lanes: per step of 16 columns one fused multiply-add into the (row, vector) accumulator;
+// the columns past the last multiple of 16 as one more step whose missing lanes are loaded as zeros (adding w * x =
+// 0 leaves a lane as it was); then the 16 lanes folded to 8 (low half + high half) and hsum(). The same operations
+// for every tile shape, so one vector, batches and row ranges give the same bits (F32 batches run FloatGemm512,
+// with the same operations per result). Half the instructions of the 8-lane tile per product: measured here,
+// 512-bit fused multiply-adds ran at about 1.6 times the rate of 256-bit ones.
+template <bool Half, bool Linear = false>
+struct FloatTile512 {
+  static constexpr std::size_t value_bytes = Half ? 2 : 4, line_values = 64 / value_bytes;
+  MMSB_TILE512 static __m512 load(const std::uint8_t* row, std::size_t k) {
+    if constexpr (Half) {
+      return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k)));
+    } else {
+      return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + k);
+    }
   }
-  MMSB_TILE512 static __m512 load_half(const std::uint8_t* row, std::size_t k, __mmask16 m) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k));
+  MMSB_TILE512 static __m512 load(const std::uint8_t* row, std::size_t k, __mmask16 m) {
+    if constexpr (Half) {
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * k));
+    } else {
+      return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + k);
+    }
+  }
+  // Eight values of a row from column k (a quarter of a 16-lane load), masked.
+  MMSB_TILE512 static __m256 load8(const std::uint8_t* row, std::size_t k, __mmask8 m) {
+    if constexpr (Half) {
+      return _mm256_cvtph_ps(_mm_maskz_loadu_epi16(m, row + 2 * k));
+    } else {
+      return _mm256_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + k);
+    }
   }
   MMSB_TILE512 static float fold(__m512 v) {
     const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
     return hsum(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
   }
-  // The line of row r to ask for at column k (a multiple of 32): as FloatTile<true, Linear>.
+  // The line of row r to ask for at column k (a multiple of line_values): as FloatTile<Half, Linear>.
   template <int R>
   MMSB_TILE512 static void prefetch(const TileArgs& a, int r, std::size_t k) {
     if constexpr (Linear) {
-      const std::size_t line = k / 32 * R + static_cast<std::size_t>(r);
+      const std::size_t line = k / line_values * R + static_cast<std::size_t>(r);
       _mm_prefetch(reinterpret_cast<const char*>(a.w + R * a.row_stride + line * 64), _MM_HINT_T0);
     } else {
-      prefetch_next_tile(a.w + r * a.row_stride + 2 * k, R * a.row_stride);
+      prefetch_next_tile(a.w + r * a.row_stride + value_bytes * k, R * a.row_stride);
     }
   }
   // One vector (decoding, a batch's last): the 16 lanes as two 256-bit halves, the same operations lane by lane
-  // and the same fold, without the 512-bit instructions (measured: decoding lost 3-4% with them; a product of one
-  // vector is bound by memory, not by the multiply-adds).
+  // and the same fold, without the 512-bit instructions (measured on F16: decoding lost 3-4% with them; a product
+  // of one vector is bound by memory, not by the multiply-adds).
   template <int R>
   MMSB_TILE512 static void run_one(const TileArgs& a) {
     const float* x = reinterpret_cast<const float*>(a.act);
@@ -918,17 +941,16 @@ struct HalfTile512 {
     for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
     std::size_t k = 0;
     for (; k + 16 <= a.cols; k += 16) {
-      if (k % 32 == 0) {
+      if (k % line_values == 0) {
         MMSB_UNROLL
         for (int r = 0; r < R; ++r) prefetch<R>(a, r, k);
       }
       const __m256 x_lo = _mm256_loadu_ps(x + k), x_hi = _mm256_loadu_ps(x + k + 8);
       MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
-        const std::uint8_t* row = a.w + r * a.row_stride + 2 * k;
-        lo[r] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row))), x_lo, lo[r]);
-        hi[r] =
-            _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16))), x_hi, hi[r]);
+        const std::uint8_t* row = a.w + r * a.row_stride;
+        lo[r] = _mm256_fmadd_ps(FloatTile<Half>::load(row, k), x_lo, lo[r]);
+        hi[r] = _mm256_fmadd_ps(FloatTile<Half>::load(row, k + 8), x_hi, hi[r]);
       }
     }
     if (k < a.cols) {
@@ -937,9 +959,9 @@ struct HalfTile512 {
       const __m256 x_lo = _mm256_maskz_loadu_ps(m_lo, x + k), x_hi = _mm256_maskz_loadu_ps(m_hi, x + k + 8);
       MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
-        const std::uint8_t* row = a.w + r * a.row_stride + 2 * k;
-        lo[r] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(m_lo, row)), x_lo, lo[r]);
-        hi[r] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(m_hi, row + 16)), x_hi, hi[r]);
+        const std::uint8_t* row = a.w + r * a.row_stride;
+        lo[r] = _mm256_fmadd_ps(load8(row, k, m_lo), x_lo, lo[r]);
+        hi[r] = _mm256_fmadd_ps(load8(row, k + 8, m_hi), x_hi, hi[r]);
       }
     }
     MMSB_UNROLL
@@ -959,7 +981,7 @@ struct HalfTile512 {
     }
     std::size_t k = 0;
     for (; k + 16 <= a.cols; k += 16) {
-      if (k % 32 == 0) {  // a cache line of halves per row every other step
+      if (k % line_values == 0) {
         MMSB_UNROLL
         for (int r = 0; r < R; ++r) prefetch<R>(a, r, k);
       }
@@ -968,7 +990,7 @@ struct HalfTile512 {
       for (int t = 0; t < T; ++t) xv[t] = _mm512_loadu_ps(x[t] + k);
       MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
-        const __m512 wv = load_half(a.w + r * a.row_stride, k);
+        const __m512 wv = load(a.w + r * a.row_stride, k);
         MMSB_UNROLL
         for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
       }
@@ -977,7 +999,7 @@ struct HalfTile512 {
       const __mmask16 m = static_cast<__mmask16>((1u << (a.cols - k)) - 1);
       MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
-        const __m512 wv = load_half(a.w + r * a.row_stride, k, m);
+        const __m512 wv = load(a.w + r * a.row_stride, k, m);
         MMSB_UNROLL
         for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x[t] + k), acc[r][t]);
       }
@@ -990,28 +1012,227 @@ struct HalfTile512 {
   }
 };
 
+// `count` floats at a 64-byte boundary inside `buffer` (grown as needed): a 512-bit load from any other address
+// spans two cache lines.
+inline float* aligned_floats(std::vector<float>& buffer, std::size_t count) {
+  constexpr std::size_t line_floats = 16;
+  if (buffer.size() < count + line_floats) buffer.resize(count + line_floats);
+  const auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
+  return buffer.data() + (64 - address % 64) % 64 / sizeof(float);
+}
+
+// Batches of F32 products at the AVX-512 level: FloatGemm's cache blocking (the vectors packed into a panel that
+// stays in L2, a tile's weight rows in L1 for a column block while every tile of vectors passes over them) with
+// FloatTile512's arithmetic per result: 16-lane steps, the columns past the last multiple of 16 as one more step
+// with zeros in the missing lanes (the panel holds zeros there, the weights are loaded masked), then the fold.
+// Tiles of 8 rows x 3 vectors: 24 accumulators, 3 vectors and a row in registers, and per step the 3 vectors'
+// lines from L2 against 8 rows' from L1 (a tile of 4 x 6 would read twice the bytes from L2 per multiply-add).
+struct FloatGemm512 {
+  static constexpr int R = 8, T = 3;
+  static constexpr std::size_t kStep = 16;
+  // Column blocks of 512: a tile's weights (8 rows, 16 KiB) stay in L1 while the chunk's vectors pass.
+  static constexpr std::size_t kBlockSteps = 32;
+  // As FloatGemm: the panel of one column block at most 192 KiB; the accumulators of a row block (64 rows x 96
+  // vectors x 64 bytes) beside it in L2.
+  static constexpr std::size_t kSliceBytes = 192 * 1024, kRowBlock = 64;
+
+  static std::size_t steps_of(std::size_t cols) { return (cols + kStep - 1) / kStep; }
+  static __mmask16 tail_mask(std::size_t cols) {
+    return static_cast<__mmask16>(cols % kStep == 0 ? 0xFFFF : (1u << (cols % kStep)) - 1);
+  }
+
+  // Vectors [0, n) into `panel`: tile i, step s, vector t at ((i * steps + s) * T + t) * 16, the lanes past the
+  // last column zero.
+  MMSB_TILE512 static void pack(const std::byte* act, std::size_t act_stride, std::size_t n, std::size_t cols,
+                                float* panel) {
+    const std::size_t steps = steps_of(cols);
+    for (std::size_t t = 0; t < n; ++t) {
+      const auto* x = reinterpret_cast<const float*>(act + t * act_stride);
+      float* dst = panel + (t / T * steps * T + t % T) * kStep;
+      for (std::size_t s = 0; s + 1 < steps; ++s) _mm512_storeu_ps(dst + s * T * kStep, _mm512_loadu_ps(x + s * kStep));
+      if (steps > 0) {
+        const std::size_t s = steps - 1;
+        _mm512_storeu_ps(dst + s * T * kStep, _mm512_maskz_loadu_ps(tail_mask(cols), x + s * kStep));
+      }
+    }
+  }
+
+  // What one call of steps() covers: steps [s0, s1) of a tile of rows (its first row at `w`) and vectors (their
+  // panel at `x`); the weights of step `last` (the final, maybe partial, step of a row) are loaded under
+  // `last_mask`. The accumulators start at zero (`first`) or from `acc`; after a block that ends before `last`
+  // they go back to `acc`, after the final one the results go to `out` (vector t's at out + t * out_stride).
+  struct Block {
+    const std::uint8_t* w;
+    std::size_t row_stride;
+    const float* x;
+    std::size_t s0, s1, last;
+    __mmask16 last_mask;
+    bool first;
+    float* acc;
+    float* out;
+    std::size_t out_stride;
+  };
+
+  // One step of the tile (weights under `mask`) into the accumulators.
+  template <int RN, int TN>
+  MMSB_TILE512 static void step(const Block& b, std::size_t s, const float* x, __mmask16 mask, __m512 (&acc)[RN][TN]) {
+    __m512 xv[TN];
+    MMSB_UNROLL
+    for (int t = 0; t < TN; ++t) xv[t] = _mm512_loadu_ps(x + t * kStep);
+    MMSB_UNROLL
+    for (int r = 0; r < RN; ++r) {
+      const std::uint8_t* row = b.w + r * b.row_stride;
+      __m512 wv =
+          mask == 0xFFFF ? FloatTile512<false>::load(row, s * kStep) : FloatTile512<false>::load(row, s * kStep, mask);
+      // Loaded once into a register: GCC otherwise folds the load into each of the TN multiply-adds, and the
+      // loads, not the multiply-adds, bound the tile (measured with an unaligned panel as well: 35 GFLOP/s
+      // against 62 for the AVX2 tiles).
+      __asm__("" : "+v"(wv));
+      MMSB_UNROLL
+      for (int t = 0; t < TN; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+
+  // The results of a tile: per vector, each row's accumulator folded (low half + high half, then hsum8's
+  // additions, which are hsum's), the RN rows side by side in one store.
+  template <int RN, int TN>
+  MMSB_TILE512 static void write(const Block& b, const __m512 (&acc)[RN][TN]) {
+    MMSB_UNROLL
+    for (int t = 0; t < TN; ++t) {
+      __m256 halves[8];
+      MMSB_UNROLL
+      for (int r = 0; r < 8; ++r) {
+        const __m512 v = acc[r < RN ? r : 0][t];
+        halves[r] =
+            _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+      }
+      _mm256_mask_storeu_ps(b.out + t * b.out_stride, static_cast<__mmask8>((1u << RN) - 1), hsum8(halves));
+    }
+  }
+
+  template <int RN, int TN>
+  MMSB_TILE512 static void steps(const Block& b) {
+    static_assert(RN <= 8, "one store of 8 lanes per vector");
+    __m512 acc[RN][TN];
+    MMSB_UNROLL
+    for (int r = 0; r < RN; ++r) {
+      MMSB_UNROLL
+      for (int t = 0; t < TN; ++t)
+        acc[r][t] = b.first ? _mm512_setzero_ps() : _mm512_loadu_ps(b.acc + (r * TN + t) * kStep);
+    }
+    const std::size_t full_end = std::min(b.s1, b.last);
+    const float* x = b.x;
+    std::size_t s = b.s0;
+    for (; s < full_end; ++s, x += T * kStep) step(b, s, x, 0xFFFF, acc);
+    if (s < b.s1) step(b, s, x, b.last_mask, acc);  // s == last
+    if (b.s1 > b.last) return write(b, acc);
+    MMSB_UNROLL
+    for (int r = 0; r < RN; ++r) {
+      MMSB_UNROLL
+      for (int t = 0; t < TN; ++t) _mm512_storeu_ps(b.acc + (r * TN + t) * kStep, acc[r][t]);
+    }
+  }
+  using StepsFn = void (*)(const Block&);
+  template <std::size_t... I>
+  static constexpr std::array<StepsFn, sizeof...(I)> table(std::index_sequence<I...>) {
+    return {&steps<static_cast<int>(I / T) + 1, static_cast<int>(I % T) + 1>...};
+  }
+
+  // Asks for a tile's worth of the next tile of rows' weights (R rows x `lines` lines from `next`), spread over
+  // the tiles of vectors: one share of `per_tile` lines per call, from the position in `row`, `line`.
+  MMSB_TILE512 static void prefetch_share(const std::uint8_t* next, std::size_t row_stride, std::size_t lines,
+                                          std::size_t per_tile, std::size_t& row, std::size_t& line) {
+    for (std::size_t j = 0; j < per_tile && row < R; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + row * row_stride + line * 64), _MM_HINT_T1);
+      if (++line == lines) line = 0, ++row;
+    }
+  }
+
+  // One chunk of n vectors (panel packed), all rows: blocks of kRowBlock rows, and in each, the column blocks in
+  // order, every tile of rows of the block per column block (its accumulators in `acc` between blocks).
+  MMSB_TILE512 static void chunk(const std::uint8_t* w, std::size_t row_stride, std::size_t rows, std::size_t n,
+                                 std::size_t cols, const float* panel, float* acc, float* out, std::size_t out_stride) {
+    static constexpr auto tiles = table(std::make_index_sequence<R * T>());
+    const std::size_t steps = steps_of(cols), tile_floats = steps * T * kStep, vector_tiles = (n + T - 1) / T;
+    Block b{w, row_stride, panel, 0, 0, steps - 1, tail_mask(cols), true, acc, out, out_stride};
+    for (std::size_t rb = 0; rb < rows; rb += kRowBlock) {
+      const std::size_t rb_end = std::min(rows, rb + kRowBlock);
+      for (std::size_t s0 = 0; s0 < steps; s0 += kBlockSteps) {
+        const std::size_t s1 = std::min(steps, s0 + kBlockSteps);
+        for (std::size_t r = rb; r < rb_end; r += R) {
+          const std::size_t rn = std::min<std::size_t>(R, rb_end - r);
+          // The next tile's weights are asked for while this one computes, a few lines before each tile of
+          // vectors (see FloatGemm::chunk); a step of a row is one cache line.
+          const auto [next_r, next_s] = FloatGemm::next_tile<R, kBlockSteps>(r, rb_end, s0, steps, rb);
+          const std::uint8_t* next = w + next_r * row_stride + next_s * kStep * sizeof(float);
+          const std::size_t lines = std::min(kBlockSteps, steps - std::min(steps, next_s));
+          const std::size_t per_tile = (R * lines + vector_tiles - 1) / vector_tiles;
+          std::size_t pf_row = 0, pf_line = 0;
+          for (std::size_t t = 0, i = 0; t < n; t += T, ++i) {
+            prefetch_share(next, row_stride, lines, per_tile, pf_row, pf_line);
+            b.w = w + r * row_stride;
+            b.x = panel + i * tile_floats + s0 * T * kStep;
+            b.s0 = s0, b.s1 = s1, b.first = s0 == 0;
+            b.acc = acc + ((r - rb) / R * vector_tiles + i) * R * T * kStep;
+            b.out = out + t * out_stride + r;
+            tiles[(rn - 1) * T + (std::min<std::size_t>(T, n - t) - 1)](b);
+          }
+        }
+      }
+    }
+  }
+
+  static void run(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                  std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+    const std::size_t steps = steps_of(cols);
+    if (steps == 0) {  // no columns: every product is 0, as the one-vector tiles give
+      for (std::size_t t = 0; t < n; ++t) std::fill_n(out + t * out_stride, rows, 0.0f);
+      return;
+    }
+    const std::size_t slice_bytes = std::min(steps, kBlockSteps) * kStep * sizeof(float);
+    const std::size_t per_chunk = std::max<std::size_t>(T, kSliceBytes / slice_bytes / T * T);
+    thread_local std::vector<float> panel_buffer;
+    thread_local std::vector<float> acc_buffer;
+    const std::size_t tiles = (std::min(n, per_chunk) + T - 1) / T;
+    float* panel = aligned_floats(panel_buffer, tiles * T * steps * kStep);
+    float* acc = aligned_floats(acc_buffer, (kRowBlock + R - 1) / R * tiles * R * T * kStep);
+    for (std::size_t t0 = 0; t0 < n; t0 += per_chunk) {
+      const std::size_t tn = std::min(per_chunk, n - t0);
+      pack(act + t0 * act_stride, act_stride, tn, cols, panel);
+      chunk(reinterpret_cast<const std::uint8_t*>(w), row_stride, rows, tn, cols, panel, acc, out + t0 * out_stride,
+            out_stride);
+    }
+  }
+};
+
 constexpr std::size_t kHalf512ChunkBytes = 24 * 1024;  // half of L1, for the tile's rows beside
 
-// F16 at the AVX-512 level: the vectors widened to f32 once; one vector by the tiles (and prefetch orders) of
-// matmul_float, batches by tiles of 4 rows x 6 vectors (24 accumulators, the 6 vectors and a row in registers:
-// 31 of the 32).
-void matmul_half512(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
-                    std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
-  thread_local std::vector<float> wide;  // grows to the widest batch once
-  if (wide.size() < n * cols) wide.resize(n * cols);
-  for (std::size_t t = 0; t < n; ++t) {
-    widen_halves(reinterpret_cast<const std::uint8_t*>(act + t * act_stride), cols, wide.data() + t * cols);
+// The AVX-512 level: the vectors of F16 products widened to f32 once; one vector by the tiles (and prefetch
+// orders) of matmul_float, F32 batches by FloatGemm512 and F16 batches by tiles of 4 rows x 6 vectors (24
+// accumulators, the 6 vectors and a row in registers: 31 of the 32).
+template <bool Half>
+void matmul_float512(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                     std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  if constexpr (Half) {
+    thread_local std::vector<float> wide;  // grows to the widest batch once
+    if (wide.size() < n * cols) wide.resize(n * cols);
+    for (std::size_t t = 0; t < n; ++t) {
+      widen_halves(reinterpret_cast<const std::uint8_t*>(act + t * act_stride), cols, wide.data() + t * cols);
+    }
+    act = reinterpret_cast<const std::byte*>(wide.data());
+    act_stride = cols * sizeof(float);
+  } else if (n > 1) {
+    return FloatGemm512::run(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
   }
-  act = reinterpret_cast<const std::byte*>(wide.data());
-  act_stride = cols * sizeof(float);
   if (n == 1 && row_stride < 2048) {
-    return matmul_tiles<HalfTile512<true>, 4, 4, 6>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+    return matmul_tiles<FloatTile512<Half, true>, 4, 4, 6>(w, row_stride, rows, act, act_stride, n, cols, out,
+                                                           out_stride);
   }
   if (n == 1)
-    return matmul_tiles<HalfTile512<>, 8, 4, 6>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+    return matmul_tiles<FloatTile512<Half>, 8, 4, 6>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
   // Chunks of vectors that stay in L1 while every tile of rows passes over them (measured: 93 GFLOP/s at 512 x 512
   // with 12 vectors against 70 with the 65 of a prompt wave read from L2).
-  static constexpr auto tiles = tile_table<HalfTile512<>, 4, 6>(std::make_index_sequence<24>());
+  static constexpr auto tiles = tile_table<FloatTile512<true>, 4, 6>(std::make_index_sequence<24>());
   const auto* wb = reinterpret_cast<const std::uint8_t*>(w);
   const std::size_t chunk = std::max<std::size_t>(6, kHalf512ChunkBytes / act_stride / 6 * 6);
   for (std::size_t t0 = 0; t0 < n; t0 += chunk) {
@@ -1043,6 +1264,9 @@ void add_avx2_matmul_kernels(Kernels& k) {
   k.matmul[static_cast<int>(TensorType::Q6_K)] = matmul_tiles<Q6KTile, 2, 2, 2>;
 }
 
-void add_avx512_matmul_kernels(Kernels& k) { k.matmul[static_cast<int>(TensorType::F16)] = matmul_half512; }
+void add_avx512_matmul_kernels(Kernels& k) {
+  k.matmul[static_cast<int>(TensorType::F32)] = matmul_float512<false>;
+  k.matmul[static_cast<int>(TensorType::F16)] = matmul_float512<true>;
+}
 
 }  // namespace mmsb::llm

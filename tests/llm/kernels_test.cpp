@@ -221,18 +221,19 @@ TEST(Kernels, ProductsAreBitIdenticalForEveryTileOfRowsAndVectors) {
   }
 }
 
-// Batches of F32 products run cache-blocked (AVX2: column blocks of 512, row blocks of 64, chunks of vectors whose
-// block fits L2, a tile's accumulators kept between blocks), F16 batches widen their vectors first: shapes past
-// every block size with ragged ends still give each result the bits of the one-vector product, and the scalar
-// reference's value.
+// Batches of F32 products run cache-blocked (AVX2 and AVX-512: column blocks of 512, row blocks of 64, chunks of
+// vectors whose block fits L2, a tile's accumulators kept between blocks; AVX-512: 16-lane steps, the last one
+// partial, tiles of 8 rows stored at once), F16 batches widen their vectors first: shapes past every block size
+// with ragged ends still give each result the bits of the one-vector product, and the scalar reference's value.
 TEST(Kernels, BatchedFloatProductsAreBitIdenticalAcrossCacheBlocks) {
   const Kernels& ref = kernels_for(SimdLevel::Scalar);
   std::mt19937 rng(2112);
   for (SimdLevel level : available_levels()) {
     const Kernels& k = kernels_for(level);
     for (TensorType type : {TensorType::F32, TensorType::F16}) {
-      // Columns: three and five column blocks with a tail of 4 (1100 = 137 x 8 + 4; 2100 = 262 x 8 + 4), and one
-      // short of a step. Rows: past one row block, not a multiple of the tile's 4. Vectors: over two chunks.
+      // Columns: three and five column blocks with a tail of 4 (1100 = 137 x 8 + 4 = 68 x 16 + 12; 2100 = 262 x 8
+      // + 4 = 131 x 16 + 4), and one short of a step. Rows: past one row block, not a multiple of the tiles' 4 or
+      // 8. Vectors: over two chunks.
       for (const auto [rows, n, vectors] : {std::array<std::size_t, 3>{70, 1100, 200}, {70, 2100, 110}, {7, 5, 4}}) {
         const Product p(type, rows, n, vectors, rng);
         const std::vector<float> all = p.run(k, type), want = p.run(ref, type);

@@ -6,6 +6,8 @@
 //   scale_full_wave_ns_per_node   a wave in which every node runs, per node (p50)
 //   scale_small_wave_us_1m        a wave from one changed source in that tree (p50)
 //   scale_small_wave_us_1k        the same in a tree of 10^3 leaves
+//   scale_small_wave_visits_*     nodes such a wave reaches plus their inputs (mean over sources)
+//   scale_small_wave_ns_per_visit_*  the p50 wave time over those visits
 // and each with a tbb_ twin measured on raw oneTBB continue_nodes in the same run.
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
@@ -167,15 +169,31 @@ std::vector<double> scale_keys(bool tbb) {
   options.full_waves = 5;
   const Shape tree = make_tree(quick_mode() ? 100'000 : 1'000'000, kFanin);
   const Result big = tbb ? run_tbb(tree, options) : run_mmsb(tree, options);
-  return {big.build_ns_per_node(),         big.bytes_per_node(),          big.full_wave_ns_per_node(),
-          big.small_wave_ns.p50 / 1e3,     small.small_wave_ns.p50 / 1e3, static_cast<double>(big.depth),
-          static_cast<double>(small.depth)};
+  const double big_visits = tree.mean_source_wave_visits(), small_visits = small_tree.mean_source_wave_visits();
+  return {big.build_ns_per_node(),
+          big.bytes_per_node(),
+          big.full_wave_ns_per_node(),
+          big.small_wave_ns.p50 / 1e3,
+          small.small_wave_ns.p50 / 1e3,
+          static_cast<double>(big.depth),
+          static_cast<double>(small.depth),
+          big_visits,
+          small_visits,
+          big.small_wave_ns.p50 / big_visits,
+          small.small_wave_ns.p50 / small_visits};
 }
 
-const std::vector<std::string> kScaleKeys = {
-    "scale_build_ns_per_node", "scale_bytes_per_node",   "scale_full_wave_ns_per_node",
-    "scale_small_wave_us_1m",  "scale_small_wave_us_1k", "scale_depth_1m",
-    "scale_depth_1k"};
+const std::vector<std::string> kScaleKeys = {"scale_build_ns_per_node",
+                                             "scale_bytes_per_node",
+                                             "scale_full_wave_ns_per_node",
+                                             "scale_small_wave_us_1m",
+                                             "scale_small_wave_us_1k",
+                                             "scale_depth_1m",
+                                             "scale_depth_1k",
+                                             "scale_small_wave_visits_1m",
+                                             "scale_small_wave_visits_1k",
+                                             "scale_small_wave_ns_per_visit_1m",
+                                             "scale_small_wave_ns_per_visit_1k"};
 
 std::vector<std::string> with_prefix(const std::string& prefix, const std::vector<std::string>& keys) {
   std::vector<std::string> out;
@@ -186,7 +204,8 @@ std::vector<std::string> with_prefix(const std::string& prefix, const std::vecto
 RegisterGroup scale(
     "scale",
     "mmsb: fan-in tree (fan-in 8) of 10^6 leaves (10^5 with --quick): build+plan ns, resident bytes and "
-    "full-wave ns per node; single-source wave us there and in a 10^3-leaf tree; tree depths",
+    "full-wave ns per node; single-source wave us there and in a 10^3-leaf tree; tree depths; such a wave's "
+    "node+input visits and ns per visit",
     kScaleKeys, [] { return scale_keys(false); }, 3);
 RegisterGroup tbb_scale(
     "tbb_scale", "baseline: the scale_* workload on raw oneTBB continue_nodes (see scale_*)",
@@ -199,9 +218,16 @@ Register bytes_ratio(Ratio{"scale_bytes_vs_tbb_ratio", "scale_bytes_per_node", "
 Register wave_ratio(Ratio{"scale_full_wave_vs_tbb_ratio", "scale_full_wave_ns_per_node",
                           "tbb_scale_full_wave_ns_per_node",
                           "scale_full_wave_ns_per_node / tbb_scale_full_wave_ns_per_node (target <= 0.4)"});
-Register small_ratio(Ratio{"scale_small_wave_growth_ratio", "scale_small_wave_us_1m", "scale_small_wave_us_1k",
-                           "scale_small_wave_us_1m / scale_small_wave_us_1k: a single-source wave at 10^6 leaves "
-                           "over 10^3 (depth 8 vs 5 levels; target <= 2)"});
+// Issue 18 asks for a single-source wave that costs O(nodes reached x their inputs): at 10^6 leaves within 2x of the
+// same wave at 10^3 "for the same depth". The two trees differ in depth (8 and 5 levels), so the growth key compares
+// the cost per node-and-input visit; the plain time ratio stays beside it.
+Register small_ratio(Ratio{"scale_small_wave_growth_ratio", "scale_small_wave_ns_per_visit_1m",
+                           "scale_small_wave_ns_per_visit_1k",
+                           "scale_small_wave_ns_per_visit_1m / _1k: a single-source wave's cost per node and input "
+                           "it visits, 10^6 leaves over 10^3 (target <= 2)"});
+Register small_time_ratio(Ratio{"scale_small_wave_us_ratio", "scale_small_wave_us_1m", "scale_small_wave_us_1k",
+                                "scale_small_wave_us_1m / scale_small_wave_us_1k: the plain times (depth 8 vs 5 "
+                                "levels, ~61 vs ~32 visits; before session 10 this was the growth key)"});
 
 // A refused bulk build is rolled back node by node; that must stay linear in the build's size.
 Register rollback_1k("builder_rollback_ns_per_node_1k",

@@ -33,6 +33,30 @@ void Shape::readers(std::vector<std::uint32_t>& offsets_out, std::vector<std::ui
   }
 }
 
+double Shape::mean_source_wave_visits(std::size_t samples) const {
+  if (sources == 0 || samples == 0) return 0;
+  std::vector<std::uint32_t> offsets_of, readers_of;
+  readers(offsets_of, readers_of);
+  std::vector<std::uint32_t> seen(nodes(), 0), queue;
+  const std::size_t picks = std::min<std::size_t>(samples, sources);
+  double visits = 0;
+  for (std::size_t k = 0; k < picks; ++k) {
+    const auto stamp = static_cast<std::uint32_t>(k + 1);
+    queue.assign(1, static_cast<std::uint32_t>(k * sources / picks));  // a page index; nodes follow as pages
+    for (std::size_t q = 0; q < queue.size(); ++q) {
+      const std::uint32_t page = queue[q];
+      if (page >= sources) visits += 1.0 + static_cast<double>(inputs_of(page - sources).size());
+      for (std::uint32_t r = offsets_of[page]; r < offsets_of[page + 1]; ++r) {
+        const std::uint32_t node = readers_of[r];
+        if (seen[node] == stamp) continue;
+        seen[node] = stamp;
+        queue.push_back(sources + node);
+      }
+    }
+  }
+  return visits / static_cast<double>(picks);
+}
+
 namespace {
 
 void add_node(Shape& s, std::span<const std::uint32_t> ins) {

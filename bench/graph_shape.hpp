@@ -43,6 +43,10 @@ struct Shape {
   std::size_t depth() const;
   // The readers of each page (pages() + 1 offsets into the second vector, node indices), for single-source waves.
   void readers(std::vector<std::uint32_t>& offsets_out, std::vector<std::uint32_t>& readers_out) const;
+  // What a single-source wave must visit: the nodes a change of one source reaches plus those nodes' inputs,
+  // averaged over up to `samples` evenly spaced sources (the work a wave costing O(nodes reached x their inputs)
+  // is proportional to; the scale keys divide a small wave's time by it).
+  double mean_source_wave_visits(std::size_t samples = 1000) const;
 };
 
 Shape make_chain(std::size_t nodes);

@@ -228,7 +228,14 @@ void Propagator::Impl::compact_inputs() {
 
 // Levels when every node depends only on nodes of smaller index (graphs declared inputs first, as most are): one
 // pass in index order. Returns false, with `level` partly filled, when some node depends on a later one.
+// Each input's level is read from one array indexed by vertex (1 + its writer's level, 0 for a page no node
+// writes, kLater for a writer not yet visited): in a graph that does not fit in the cache, reading the writer
+// through its slot and node instead costs a miss per edge.
 bool Propagator::Impl::levels_in_index_order(std::vector<std::uint32_t>& level, std::uint32_t& levels) {
+  constexpr std::uint32_t kLater = ~std::uint32_t{0};
+  std::vector<std::uint32_t> above(slots.size(), 0);
+  for (NodeIndex u = 0; u < level.size(); ++u)
+    if (node_at[u].flags & Node::kLive) above[node_at[u].out] = kLater;
   levels = 0;
   bool index_order = true;
   for (NodeIndex u = 0; u < level.size() && index_order; ++u) {
@@ -236,12 +243,12 @@ bool Propagator::Impl::levels_in_index_order(std::vector<std::uint32_t>& level, 
     if (!(n.flags & Node::kLive)) continue;
     std::uint32_t l = 0;
     graph.for_each_input(n.out, [&](VertexId w, DependencyKind) {
-      const NodeIndex v = slots[w].node;
-      if (v == kNoNode) return;
-      if (v >= u) index_order = false;
-      l = std::max(l, level[v] + 1);
+      const std::uint32_t writer = above[w];
+      if (writer == kLater) index_order = false;
+      l = std::max(l, writer);
     });
     level[u] = l;
+    above[n.out] = l + 1;
     levels = std::max(levels, l + 1);
   }
   return index_order;
@@ -318,6 +325,10 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
   std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
   edges.reserve(input_pool.size() - input_garbage);  // every node's inputs: at least its data edges from nodes
   p.reader_of.assign(slots.size(), kNone);
+  // The writer's position by vertex, read once per edge (as in levels_in_index_order: no slot and node per edge).
+  std::vector<std::uint32_t> position_of(slots.size(), kNone);
+  for (NodeIndex u = 0; u < node_at.size(); ++u)
+    if (node_at[u].flags & Node::kLive) position_of[node_at[u].out] = node_at[u].position;
   for (NodeIndex u = 0; u < node_at.size(); ++u) {
     const Node& n = node_at[u];
     if (!(n.flags & Node::kLive)) continue;
@@ -325,10 +336,10 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
     graph.for_each_input(n.out, [&](VertexId w, DependencyKind kind) {
       if (kind != DependencyKind::Data) return;
       note_one_or_many(p.reader_of[w], n.position);
-      const NodeIndex v = slots[w].node;
-      if (v == kNoNode) return;
-      edges.emplace_back(node_at[v].position, n.position);
-      if (consumes) node_at[v].flags |= Node::kKeepDelta;
+      const std::uint32_t from = position_of[w];
+      if (from == kNone) return;
+      edges.emplace_back(from, n.position);
+      if (consumes) node_at[slots[w].node].flags |= Node::kKeepDelta;
     });
   }
   // A position with one successor keeps it in its step; those with more get a row of the successor graph.

@@ -167,10 +167,17 @@ void Propagator::Impl::fold(Delta& acc, const Delta& next) {
 }
 
 void Propagator::Impl::recycle(PendingCommit& commit) noexcept {
-  // Only arrays nobody else holds (page observers may keep a delta) and of the small size class are kept.
-  if (!commit.deltas || commit.capacity != kSpareDeltas || commit.deltas.use_count() != 1) return;
+  // Only arrays nobody else holds (page observers may keep a delta) are kept: a few of the small size class and
+  // the largest of the others (the one it displaces is freed after the lock, by `displaced`).
+  if (!commit.deltas || commit.deltas.use_count() != 1) return;
+  std::shared_ptr<Delta[]> displaced;
   std::lock_guard lock(queue_mutex);
-  if (spare_commits.size() < kSpareCommits) spare_commits.push_back(std::move(commit.deltas));
+  if (commit.capacity == kSpareDeltas) {
+    if (spare_commits.size() < kSpareCommits) spare_commits.push_back(std::move(commit.deltas));
+  } else if (commit.capacity > spare_large_capacity) {
+    displaced = std::exchange(spare_large, std::move(commit.deltas));
+    spare_large_capacity = commit.capacity;
+  }
 }
 
 void Propagator::Impl::worker_loop() {
@@ -223,6 +230,21 @@ bool Propagator::Impl::sample_this_commit() noexcept {
   return seen % kSampleCommitsEvery == 0;
 }
 
+// A drained array that holds `watched` deltas, if one is spare: its deltas' vectors keep their capacity, so the
+// commit's copies into them allocate nothing.
+void Propagator::Impl::take_spare(PendingCommit& commit, std::size_t watched) noexcept {
+  std::lock_guard lock(queue_mutex);
+  if (watched <= kSpareDeltas) {
+    if (spare_commits.empty()) return;
+    commit.deltas = std::move(spare_commits.back());
+    spare_commits.pop_back();
+    commit.capacity = kSpareDeltas;
+  } else if (spare_large && watched <= spare_large_capacity) {
+    commit.deltas = std::move(spare_large);
+    commit.capacity = std::exchange(spare_large_capacity, 0);
+  }
+}
+
 // Flattened: runs once per commit, and in BATCH mode its work (a lookup and a fold) costs less than the calls
 // it is split into.
 [[gnu::flatten]] void Propagator::Impl::published(std::uint64_t lsn, std::span<const Delta> deltas) noexcept {
@@ -243,14 +265,7 @@ bool Propagator::Impl::sample_this_commit() noexcept {
     return;
   }
   PendingCommit commit;
-  if (watched <= kSpareDeltas) {  // a drained array of the same size class: its vectors' capacity is reused
-    std::lock_guard lock(queue_mutex);
-    if (!spare_commits.empty()) {
-      commit.deltas = std::move(spare_commits.back());
-      spare_commits.pop_back();
-      commit.capacity = kSpareDeltas;
-    }
-  }
+  take_spare(commit, watched);
   if (!commit.deltas) {
     commit.capacity = watched <= kSpareDeltas ? kSpareDeltas : watched;
     commit.deltas = std::make_shared<Delta[]>(commit.capacity);  // empty Deltas allocate nothing

@@ -432,6 +432,15 @@ void Propagator::Impl::throw_node_error(PageId page, std::exception_ptr error) {
   throw NodeError(page, describe(error), error);
 }
 
+namespace {
+// Prefetches the first and the last byte of *object, so an object straddling two cache lines has both on the way.
+template <typename T>
+inline void prefetch_whole(const T* object) {
+  __builtin_prefetch(object);
+  __builtin_prefetch(reinterpret_cast<const char*>(object) + sizeof(T) - 1);
+}
+}  // namespace
+
 // A small wave's nodes are known before the first one runs, but in a large graph each sits in memory nobody touched
 // lately: its node, its inputs' slots, their page records and bytes are a chain of dependent cache misses. Walking
 // the chain one link at a time for all the wave's nodes together overlaps those misses instead of paying them one
@@ -441,23 +450,15 @@ void Propagator::Impl::throw_node_error(PageId page, std::exception_ptr error) {
 // both are fetched.
 void Propagator::Impl::prefetch(const std::vector<std::uint32_t>& positions) {
   const detail::Plan::Step* steps = plan->steps.data();
-  auto fetch_slot = [](const Slot* slot) {  // 40 bytes: half the slots straddle two lines
-    __builtin_prefetch(slot);
-    __builtin_prefetch(reinterpret_cast<const char*>(slot) + sizeof(Slot) - 1);
-  };
   for (std::uint32_t position : positions) {
     const Node& n = node_at[steps[position].node];
-    fetch_slot(&slots[n.out]);
-    for (VertexId in : inputs_of(n)) fetch_slot(&slots[in]);
+    prefetch_whole(&slots[n.out]);
+    for (VertexId in : inputs_of(n)) prefetch_whole(&slots[in]);
   }
-  auto fetch_record = [](const PageRecord* rec) {
-    __builtin_prefetch(rec);
-    __builtin_prefetch(reinterpret_cast<const char*>(rec) + sizeof(PageRecord) - 1);
-  };
   for (std::uint32_t position : positions) {
     const Node& n = node_at[steps[position].node];
-    fetch_record(slots[n.out].record);
-    for (VertexId in : inputs_of(n)) fetch_record(slots[in].record);
+    prefetch_whole(slots[n.out].record);
+    for (VertexId in : inputs_of(n)) prefetch_whole(slots[in].record);
   }
   for (std::uint32_t position : positions) {
     const Node& n = node_at[steps[position].node];

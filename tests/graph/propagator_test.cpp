@@ -361,6 +361,37 @@ TEST(Propagator, TwoInputNodeIsNotRunWhenOnlyAnUnrelatedPageChanged) {
   EXPECT_EQ(read_i64(rt, ab), 3);
 }
 
+// A large commit's drained delta array is kept and reused by the next commit it can hold (graph/queue.cpp): a
+// smaller commit in it must run only its own readers, with its own bytes, not the stale deltas past its count.
+TEST(Propagator, ACommitReusingALargerCommitsDeltasRunsOnlyItsOwnReaders) {
+  Runtime rt;
+  Propagator prop(rt);
+  constexpr int kPages = 20;
+  std::vector<PageId> in, out;
+  std::atomic<int> calls{0};
+  for (int i = 0; i < kPages; ++i) {
+    in.push_back(rt.create_page(8));
+    out.push_back(rt.create_page(8));
+    prop.derive_map(out.back(), {in.back()}, counting_copy(calls));
+  }
+  prop.propagate();
+  auto commit_first = [&](int count, std::int64_t base) {
+    auto txn = rt.begin();
+    for (int i = 0; i < count; ++i) txn.write_value<std::int64_t>(in[i], 0, base + i);
+    txn.commit();
+  };
+  for (int round = 1; round <= 3; ++round) {  // all pages, then 12 of them in the reused array, then 3
+    calls = 0;
+    const int count = round == 1 ? kPages : round == 2 ? 12 : 3;
+    commit_first(count, 100 * round);
+    EXPECT_EQ(calls.load(), count) << "round " << round;
+    for (int i = 0; i < kPages; ++i) {
+      const std::int64_t last = i < count ? 100 * round + i : i < 12 ? 200 + i : 100 + i;
+      EXPECT_EQ(read_i64(rt, out[i]), last) << "round " << round << ", page " << i;
+    }
+  }
+}
+
 TEST(Propagator, JoinIsNotRunWhenItsOnlyChangedAncestorWasCutOff) {
   Runtime rt;
   Propagator prop(rt);

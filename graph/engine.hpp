@@ -330,8 +330,13 @@ struct Propagator::Impl : detail::CommitListener {
   // The largest drained array above that size (guarded by queue_mutex), reused by the next commit it can hold: an
   // app that commits all its sources each step then neither allocates the commit's deltas nor frees them at the
   // end of the wave (freeing 10^5 deltas was ~30% of a 10^5-source full wave). Holds at most one commit's deltas.
+  // A kept array holding more than kSpareLargeBytes (deltas and their vectors' capacity) is freed by the first
+  // commit that would use less than a quarter of it, so one huge commit does not pin its memory while the app
+  // goes on with small ones; an app that commits as much every time keeps it.
+  static constexpr std::size_t kSpareLargeBytes = std::size_t{64} << 20;
   std::shared_ptr<Delta[]> spare_large;
   std::size_t spare_large_capacity = 0;
+  std::size_t spare_large_bytes = 0;
   std::vector<std::pair<PageId, const Delta*>> drain_changes;  // engine_mutex
   std::atomic<std::size_t> reserved{0};  // commits between reserve() and being drained (or released)
   std::atomic<std::size_t> blocked{0};   // commits waiting in reserve() for queue space

@@ -166,10 +166,24 @@ void Propagator::Impl::fold(Delta& acc, const Delta& next) {
   }
 }
 
+namespace {
+// Memory a drained commit's array keeps: the deltas themselves and their vectors' capacity.
+std::size_t held_bytes(const detail::PendingCommit& commit) noexcept {
+  std::size_t bytes = commit.capacity * sizeof(Delta);
+  for (std::size_t i = 0; i < commit.capacity; ++i) {
+    const Delta& d = commit.deltas[i];
+    bytes += d.ranges.capacity() * sizeof(ByteRange) + d.payload.capacity() + d.undo.capacity() +
+             d.undo_tail.capacity() + d.intent.capacity();
+  }
+  return bytes;
+}
+}  // namespace
+
 void Propagator::Impl::recycle(PendingCommit& commit) noexcept {
   // Only arrays nobody else holds (page observers may keep a delta) are kept: a few of the small size class and
   // the largest of the others (the one it displaces is freed after the lock, by `displaced`).
   if (!commit.deltas || commit.deltas.use_count() != 1) return;
+  const std::size_t bytes = commit.capacity == kSpareDeltas ? 0 : held_bytes(commit);
   std::shared_ptr<Delta[]> displaced;
   std::lock_guard lock(queue_mutex);
   if (commit.capacity == kSpareDeltas) {
@@ -177,6 +191,7 @@ void Propagator::Impl::recycle(PendingCommit& commit) noexcept {
   } else if (commit.capacity > spare_large_capacity) {
     displaced = std::exchange(spare_large, std::move(commit.deltas));
     spare_large_capacity = commit.capacity;
+    spare_large_bytes = bytes;
   }
 }
 
@@ -233,7 +248,12 @@ bool Propagator::Impl::sample_this_commit() noexcept {
 // A drained array that holds `watched` deltas, if one is spare: its deltas' vectors keep their capacity, so the
 // commit's copies into them allocate nothing.
 void Propagator::Impl::take_spare(PendingCommit& commit, std::size_t watched) noexcept {
+  std::shared_ptr<Delta[]> dropped;  // freed after the lock
   std::lock_guard lock(queue_mutex);
+  if (spare_large && spare_large_bytes > kSpareLargeBytes && watched < spare_large_capacity / 4) {
+    dropped = std::move(spare_large);
+    spare_large_capacity = spare_large_bytes = 0;
+  }
   if (watched <= kSpareDeltas) {
     if (spare_commits.empty()) return;
     commit.deltas = std::move(spare_commits.back());
@@ -242,6 +262,7 @@ void Propagator::Impl::take_spare(PendingCommit& commit, std::size_t watched) no
   } else if (spare_large && watched <= spare_large_capacity) {
     commit.deltas = std::move(spare_large);
     commit.capacity = std::exchange(spare_large_capacity, 0);
+    spare_large_bytes = 0;
   }
 }
 

@@ -78,6 +78,7 @@ class StagedBytes {
  public:
   std::size_t size() const noexcept { return size_; }
   const std::byte* data() const noexcept { return bytes_.get(); }
+  std::size_t capacity() const noexcept { return capacity_; }
   void clear() noexcept { size_ = 0; }
   void append(const std::byte* src, std::size_t n) {
     if (capacity_ - size_ < n) grow(size_ + n);
@@ -141,6 +142,7 @@ struct Transaction::State {
   detail::StagedBytes data;
   std::vector<PageOp> ops;
   std::vector<Delta> staged_deltas;
+  std::size_t staged_used = 0;  // bytes `data` held when reset() last cleared it
   std::string intent;
   std::uint32_t source = 0;
   bool write_through = false;  // record staged bytes as written, without comparing them with the page
@@ -172,6 +174,7 @@ struct Transaction::State {
 
   void reset() noexcept {
     active = false;
+    staged_used = data.size();
     writes.clear();
     data.clear();
     ops.clear();
@@ -183,6 +186,32 @@ struct Transaction::State {
     blocked_by = nullptr;
     for (Entry& e : entries) free_grown(e);
     entries.clear();
+  }
+  // Whether a finished state goes back to the thread's pool: yes when it keeps at most kMaxPooledBytes, or when
+  // its last transaction used at least a quarter of what it keeps (an app that commits large transactions again
+  // and again keeps its buffers). So one huge transaction pins its memory only until the thread's next, smaller
+  // transaction ends, not for the rest of the process.
+  static constexpr std::size_t kMaxPooledBytes = std::size_t{64} << 20;
+  bool worth_pooling() const noexcept {
+    const std::size_t kept = kept_bytes();
+    if (kept <= kMaxPooledBytes) return true;
+    std::size_t used = staged_used;
+    for (std::size_t i = 0; i < committed_count; ++i) used += committed[i].payload.size() + committed[i].undo.size();
+    return used >= kept / 4;
+  }
+  // Heap bytes the state keeps for reuse: its buffers' capacity.
+  std::size_t kept_bytes() const noexcept {
+    std::size_t bytes = data.capacity() + writes.capacity() * sizeof(Write) + old_scratch.capacity() +
+                        (committed.capacity() + staged_deltas.capacity()) * sizeof(Delta) +
+                        entries.capacity() * sizeof(Entry) + order.capacity() * sizeof(std::size_t);
+    // Only the deltas this transaction used can have grown; the others passed this check when last used, so the
+    // total stays under twice the cap without a scan of every kept delta after each small transaction.
+    for (std::size_t i = 0; i < committed_count; ++i) bytes += delta_heap_bytes(committed[i]);
+    return bytes;
+  }
+  static std::size_t delta_heap_bytes(const Delta& d) noexcept {
+    return d.ranges.capacity() * sizeof(ByteRange) + d.payload.capacity() + d.undo.capacity() + d.undo_tail.capacity() +
+           d.intent.capacity();
   }
   static void free_grown(Entry& e) noexcept {
     if (e.grown.data) PageAllocator::global().deallocate(e.grown.data, e.grown.capacity);
@@ -429,11 +458,16 @@ Transaction& Transaction::operator=(Transaction&& other) noexcept {
 Transaction::~Transaction() {
   if (!state_) return;
   if (state_->active) state_->reset();  // an inactive state is already clean (reset() is what deactivates it)
+  const bool keep = state_->worth_pooling();
   state_->committed_count = 0;
-  try {
-    state_pool.free.push_back(state_);
-  } catch (...) {
+  if (!keep) {
     delete state_;
+  } else {
+    try {
+      state_pool.free.push_back(state_);
+    } catch (...) {
+      delete state_;
+    }
   }
   state_ = nullptr;
 }

@@ -33,6 +33,7 @@ using namespace std::chrono_literals;
 
 using mmsb::testing::commit_i64;
 using mmsb::testing::commit_u64;
+using mmsb::testing::heap_bytes_in_use;
 
 std::uint64_t read_u64(const Runtime& rt, PageId page, std::uint64_t offset = 0) {
   return rt.read_value<std::uint64_t>(page, offset);
@@ -390,6 +391,37 @@ TEST(Propagator, ACommitReusingALargerCommitsDeltasRunsOnlyItsOwnReaders) {
       EXPECT_EQ(read_i64(rt, out[i]), last) << "round " << round << ", page " << i;
     }
   }
+}
+
+TEST(Propagator, AHugeCommitsDeltasAreFreedByTheNextSmallCommit) {
+  // The engine keeps a drained commit's delta array for the next commit, but one whose deltas hold more than 64
+  // MiB only while commits of its size follow: a single huge commit must not pin its memory while the app goes on
+  // with small ones.
+  constexpr std::uint64_t kPageBytes = std::uint64_t{4} << 20;
+  constexpr int kPages = 24;  // 96 MiB of changed bytes in one commit
+  Runtime rt;
+  Propagator prop(rt);
+  std::vector<PageId> in;
+  std::atomic<int> calls{0};
+  for (int i = 0; i < kPages; ++i) {
+    in.push_back(rt.create_page(kPageBytes));
+    prop.derive_map(rt.create_page(8), {in.back()}, counting_copy(calls));
+  }
+  prop.propagate();
+  const std::size_t before = heap_bytes_in_use();
+  {
+    const std::vector<std::byte> filler(kPageBytes, std::byte{7});
+    auto txn = rt.begin();
+    for (PageId page : in) txn.write(page, 0, filler);
+    txn.commit();
+  }
+  for (int round = 1; round <= 2; ++round) {  // two small commits after it
+    auto txn = rt.begin();
+    txn.write_value<std::int64_t>(in[0], 0, round);
+    txn.commit();
+  }
+  EXPECT_EQ(calls.load(), 2 * kPages + 2);
+  EXPECT_LT(heap_bytes_in_use(), before + (std::size_t{16} << 20));
 }
 
 TEST(Propagator, JoinIsNotRunWhenItsOnlyChangedAncestorWasCutOff) {

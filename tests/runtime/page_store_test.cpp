@@ -2,7 +2,6 @@
 // the same through the public API: small pages that grow, shrink and are deleted, creation that fails and is
 // retried, and concurrent creation.
 #include <gtest/gtest.h>
-#include <malloc.h>
 
 #include <algorithm>
 #include <atomic>
@@ -98,12 +97,6 @@ TEST(PageStore, SmallPagesKeepTheirBytesInTheRecord) {
   ASSERT_TRUE(store.insert(2, large));
 }
 
-// Bytes malloc holds for the process: in-use heap plus malloc's own large mappings.
-std::size_t malloc_bytes() {
-  const struct mallinfo2 info = mallinfo2();
-  return info.uordblks + info.hblkhd;
-}
-
 TEST(PageStore, AnEmptyDirectoryTakesNoHeapEvenAfterAnotherStoreWasFreed) {
   // Freeing a large block raises malloc's mmap threshold, after which calloc would serve a new directory from the
   // heap and clear all of it: the 256 KiB of a store's directory would be resident however few pages it holds.
@@ -112,12 +105,12 @@ TEST(PageStore, AnEmptyDirectoryTakesNoHeapEvenAfterAnotherStoreWasFreed) {
     for (std::uint64_t seq = 1; seq <= 100; ++seq)
       ASSERT_TRUE(first.insert(seq, first.make_record(PageId::make(0, seq), Location::Host)));
   }
-  const std::size_t before = malloc_bytes();
+  const std::size_t before = testing::heap_bytes_in_use();
   PageStore store;
   for (std::uint64_t seq = 1; seq <= 100; ++seq)
     ASSERT_TRUE(store.insert(seq, store.make_record(PageId::make(0, seq), Location::Host)));
   // 100 records in slabs of 16, 32 and 64 records of 80 bytes, with malloc's headers: about 10 KB.
-  EXPECT_LT(malloc_bytes() - before, std::size_t{32} << 10);
+  EXPECT_LT(testing::heap_bytes_in_use(), before + (std::size_t{32} << 10));
 }
 
 TEST(PageStore, ExternalOwnersAreKeptUntilTakenOrTheStoreGoes) {

@@ -127,6 +127,31 @@ TEST(Transaction, AbortAndDestructionLeaveNoTrace) {
   EXPECT_EQ(rt.last_lsn(), lsn);
 }
 
+TEST(Transaction, AHugeTransactionsBuffersAreFreedByTheThreadsNextSmallerOne) {
+  // A thread keeps its finished transactions' buffers for the next one (so a warm commit allocates nothing), but
+  // above 64 MiB only while they serve transactions of their size: one huge transaction must not pin its staged
+  // bytes, deltas and undo for the rest of the thread's life.
+  constexpr std::uint64_t kPageBytes = std::uint64_t{4} << 20;
+  Runtime rt;
+  std::vector<PageId> pages;
+  for (int i = 0; i < 24; ++i) pages.push_back(rt.create_page(kPageBytes));  // 96 MiB changed in one commit
+  const std::size_t before = mmsb::testing::heap_bytes_in_use();
+  const std::vector<std::byte> filler(kPageBytes, std::byte{7});
+  for (int round = 0; round < 2; ++round) {  // the second huge transaction reuses the first one's buffers
+    auto txn = rt.begin();
+    for (PageId page : pages) txn.write(page, 0, filler);
+    txn.commit();
+  }
+  EXPECT_GT(mmsb::testing::heap_bytes_in_use(), before + (std::size_t{64} << 20)) << "kept for transactions that size";
+  {
+    auto small = rt.begin();
+    small.write_value<std::int64_t>(pages[0], 0, 42);
+    small.commit();
+  }
+  EXPECT_LT(mmsb::testing::heap_bytes_in_use(), before + (std::size_t{16} << 20) + kPageBytes) << "freed";
+  EXPECT_EQ(rt.read_value<std::int64_t>(pages[0], 0), 42);
+}
+
 TEST(Transaction, EmptyTransactionCommitsNothing) {
   Runtime rt;
   rt.create_page(8);

@@ -2,6 +2,10 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <malloc.h>
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#include <sanitizer/allocator_interface.h>
+#endif
 
 #include <cstdint>
 #include <filesystem>
@@ -67,6 +71,17 @@ inline bool try_transfer(Runtime& rt, PageId from, PageId to, std::int64_t amoun
 }
 
 // The whole contents of a file (empty when it cannot be read), and writing a whole file.
+// Heap bytes the process holds through malloc (in use, including malloc's own large mappings), for tests of what
+// the runtime keeps; under a sanitizer, whose allocator replaces malloc's, the sanitizer's count.
+inline std::size_t heap_bytes_in_use() {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return __sanitizer_get_current_allocated_bytes();
+#else
+  const struct mallinfo2 info = mallinfo2();
+  return info.uordblks + info.hblkhd;
+#endif
+}
+
 inline std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) return {};

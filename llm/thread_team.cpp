@@ -113,12 +113,13 @@ bool ThreadTeam::run_one_chunk_timed(unsigned thread, bool& first) {
 }
 
 void ThreadTeam::run(JobRef job, unsigned chunks) {
-  if (timed_) published_ns_ = now_ns();
   if (workers_.empty() || chunks == 1) {
-    if (!timed_) {
+    // Timed only in a team of one: with workers, a worker still leaving the previous job could claim from claim_.
+    if (!timed_ || !workers_.empty()) {
       for (unsigned c = 0; c < chunks; ++c) job(c, chunks, 0);
       return;
     }
+    published_ns_ = now_ns();
     job_ = job;
     claim_.store(std::uint64_t{chunks} << 32, std::memory_order_relaxed);
     bool first = true;
@@ -129,6 +130,7 @@ void ThreadTeam::run(JobRef job, unsigned chunks) {
   }
   job_ = job;
   done_.store(0, std::memory_order_relaxed);
+  if (timed_) published_ns_ = now_ns();
   claim_.store(std::uint64_t{chunks} << 32, std::memory_order_release);  // publishes job_, done_ and published_ns_
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();

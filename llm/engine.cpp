@@ -229,7 +229,8 @@ Engine::Engine(const Model& model, EngineOptions options) : model_(model) {
   prop_options.inline_node_limit = 2 * static_cast<std::size_t>(c.n_layers) + 8;  // every wave runs inline
   propagator_ = std::make_unique<Propagator>(*runtime_, prop_options);
   shape_ = std::make_unique<ForwardShape>(c, k, options.rounding);
-  if (options.threads > 1) {  // the nodes run inline: their products split across a team of their own
+  // The nodes run inline: their products split across a team of their own (of one to time them: thread_team.hpp).
+  if (options.threads > 1 || ThreadTeam::stats_wanted()) {
     team_ = std::make_unique<ThreadTeam>(options.threads);
     shape_->team = team_.get();
   }

@@ -78,14 +78,14 @@ void rope(const ForwardShape& s, float* vec, std::size_t n, int pos) {
 // Runs job(chunk, chunks, thread) on the team for `items` chunks at most (kChunksPerThread per thread) when `work` is
 // worth splitting, else inline as the only chunk. Results do not depend on the split: every kernel computes each
 // row alike whatever range it is given (kernels.hpp).
+// A team of one exists only to time its jobs (MMSB_TEAM_STATS): it runs the chunks two threads would.
 template <class Job>
 void split(const ForwardShape& s, std::size_t work, std::size_t items, Job&& job) {
-  if (s.team == nullptr || s.team->size() == 1 || work < kSplitWork || items < 2 ||
-      s.rounding == ActivationRounding::LikeLlamaCpp) {
+  if (s.team == nullptr || work < kSplitWork || items < 2 || s.rounding == ActivationRounding::LikeLlamaCpp) {
     job(0u, 1u, 0u);
     return;
   }
-  const std::size_t most = std::size_t{kChunksPerThread} * s.team->size();
+  const std::size_t most = std::size_t{kChunksPerThread} * std::max(s.team->size(), 2u);
   s.team->run(job, static_cast<unsigned>(std::min(items, most)));
 }
 
@@ -304,7 +304,7 @@ void feed_forward_batch(const ForwardShape& s, const float* x, const float* ffn_
 
 DirectModel::DirectModel(const Model& model, const Kernels& kernels, ActivationRounding rounding, unsigned threads)
     : model_(model),
-      team_(threads > 1 ? std::make_unique<ThreadTeam>(threads) : nullptr),
+      team_(threads > 1 || ThreadTeam::stats_wanted() ? std::make_unique<ThreadTeam>(threads) : nullptr),
       shape_(model.config, kernels, rounding),
       scratch_(model.config),
       x_(model.config.dim),

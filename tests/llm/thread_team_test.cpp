@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -72,6 +74,31 @@ TEST(ThreadTeam, BackToBackJobsRunEachChunkOnce) {
       ASSERT_EQ(runs[c].load(std::memory_order_relaxed), 1) << "job " << job_index << " chunk " << c;
     }
   }
+}
+
+// MMSB_TEAM_STATS: every split job and chunk is counted once, on the thread that ran it, and a team of one times
+// its inline jobs alike (the single-thread baseline of the same chunks). Without the variable nothing is counted.
+TEST(ThreadTeam, StatsCountEveryJobAndChunkWhenAsked) {
+  ::setenv("MMSB_TEAM_STATS", "1", 1);
+  for (unsigned threads : {1u, 2u}) {
+    ThreadTeam team(threads);
+    std::atomic<unsigned> ran{0};
+    auto job = [&](unsigned, unsigned, unsigned) { ran.fetch_add(1); };
+    for (int i = 0; i < 50; ++i) team.run(job, 16);
+    const ThreadTeam::Stats& s = team.stats();
+    EXPECT_EQ(s.jobs, 50u) << threads << " threads";
+    EXPECT_EQ(s.chunks, 800u) << threads << " threads";
+    ASSERT_EQ(s.chunks_run.size(), threads);
+    EXPECT_EQ(std::accumulate(s.chunks_run.begin(), s.chunks_run.end(), std::uint64_t{0}), 800u);
+    EXPECT_EQ(ran.load(), 800u);
+    EXPECT_LE(s.caller_wait_ns, s.job_ns);
+  }
+  ::unsetenv("MMSB_TEAM_STATS");
+  ThreadTeam quiet(2);
+  auto nothing = [](unsigned, unsigned, unsigned) {};
+  quiet.run(nothing, 16);
+  EXPECT_EQ(quiet.stats().jobs, 0u);
+  EXPECT_TRUE(quiet.stats().chunks_run.empty());
 }
 
 }  // namespace

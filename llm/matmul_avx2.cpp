@@ -159,6 +159,17 @@ MMSB_TILE void widen_halves(const std::uint8_t* halves, std::size_t n, float* ou
   for (; i < n; ++i) out[i] = FloatTile<true>::at(halves, i);
 }
 
+// A batch of F16 vectors widened to f32 once, into a per-thread buffer that grows to the widest batch: a tile then
+// converts only its weights (the same values, so the same bits). Returns the f32 vectors, `cols` floats apart.
+MMSB_TILE const std::byte* widen_batch(const std::byte* act, std::size_t act_stride, std::size_t n, std::size_t cols) {
+  thread_local std::vector<float> wide;
+  if (wide.size() < n * cols) wide.resize(n * cols);
+  for (std::size_t t = 0; t < n; ++t) {
+    widen_halves(reinterpret_cast<const std::uint8_t*>(act + t * act_stride), cols, wide.data() + t * cols);
+  }
+  return reinterpret_cast<const std::byte*>(wide.data());
+}
+
 // Lane j of the result = hsum(v[j]), in the same additions: per vector (low half + high half), then (lanes 0 + 2)
 // + (lanes 1 + 3) (float addition commutes exactly).
 MMSB_TILE inline __m256 hsum8(const __m256 (&v)[8]) {
@@ -857,13 +868,7 @@ template <bool Half>
 void matmul_float(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
                   std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
   if constexpr (Half) {
-    // The vectors widened to f32 once (the same values, so the same bits): a tile then converts only its weights.
-    thread_local std::vector<float> wide;  // grows to the widest batch once
-    if (wide.size() < n * cols) wide.resize(n * cols);
-    for (std::size_t t = 0; t < n; ++t) {
-      widen_halves(reinterpret_cast<const std::uint8_t*>(act + t * act_stride), cols, wide.data() + t * cols);
-    }
-    act = reinterpret_cast<const std::byte*>(wide.data());
+    act = widen_batch(act, act_stride, n, cols);
     act_stride = cols * sizeof(float);
     if (n > 1)
       return matmul_tiles<FloatTile<true>, 8, 4, 3>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
@@ -1214,12 +1219,7 @@ template <bool Half>
 void matmul_float512(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
                      std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
   if constexpr (Half) {
-    thread_local std::vector<float> wide;  // grows to the widest batch once
-    if (wide.size() < n * cols) wide.resize(n * cols);
-    for (std::size_t t = 0; t < n; ++t) {
-      widen_halves(reinterpret_cast<const std::uint8_t*>(act + t * act_stride), cols, wide.data() + t * cols);
-    }
-    act = reinterpret_cast<const std::byte*>(wide.data());
+    act = widen_batch(act, act_stride, n, cols);
     act_stride = cols * sizeof(float);
   } else if (n > 1) {
     return FloatGemm512::run(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "delta/copy_bytes.hpp"
+#include "delta/heap_bytes.hpp"
 #include "graph/engine.hpp"
 
 namespace mmsb {
@@ -170,11 +171,7 @@ namespace {
 // Memory a drained commit's array keeps: the deltas themselves and their vectors' capacity.
 std::size_t held_bytes(const detail::PendingCommit& commit) noexcept {
   std::size_t bytes = commit.capacity * sizeof(Delta);
-  for (std::size_t i = 0; i < commit.capacity; ++i) {
-    const Delta& d = commit.deltas[i];
-    bytes += d.ranges.capacity() * sizeof(ByteRange) + d.payload.capacity() + d.undo.capacity() +
-             d.undo_tail.capacity() + d.intent.capacity();
-  }
+  for (std::size_t i = 0; i < commit.capacity; ++i) bytes += detail::heap_bytes(commit.deltas[i]);
   return bytes;
 }
 }  // namespace

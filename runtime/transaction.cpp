@@ -29,6 +29,7 @@
 
 #include "delta/changed_runs.hpp"
 #include "delta/copy_bytes.hpp"
+#include "delta/heap_bytes.hpp"
 #include "mmsb/runtime.hpp"
 #include "runtime/runtime_impl.hpp"
 
@@ -206,12 +207,8 @@ struct Transaction::State {
                         entries.capacity() * sizeof(Entry) + order.capacity() * sizeof(std::size_t);
     // Only the deltas this transaction used can have grown; the others passed this check when last used, so the
     // total stays under twice the cap without a scan of every kept delta after each small transaction.
-    for (std::size_t i = 0; i < committed_count; ++i) bytes += delta_heap_bytes(committed[i]);
+    for (std::size_t i = 0; i < committed_count; ++i) bytes += detail::heap_bytes(committed[i]);
     return bytes;
-  }
-  static std::size_t delta_heap_bytes(const Delta& d) noexcept {
-    return d.ranges.capacity() * sizeof(ByteRange) + d.payload.capacity() + d.undo.capacity() + d.undo_tail.capacity() +
-           d.intent.capacity();
   }
   static void free_grown(Entry& e) noexcept {
     if (e.grown.data) PageAllocator::global().deallocate(e.grown.data, e.grown.capacity);

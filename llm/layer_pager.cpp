@@ -59,16 +59,22 @@ struct LayerPager::Impl {
   struct Unit {
     std::uint64_t bytes = 0;
     std::atomic<State> state{State::Absent};  // written under mutex; read without it while spinning
-    Buffer buffer;                            // guarded by mutex; fixed while Loading or Resident
+    Buffer buffer;                            // guarded by mutex; fixed while Loading or Resident (copied units)
+    std::span<const std::byte> mapped;        // guarded by mutex: what the mapper returned, while Resident
     std::uint32_t pins = 0;                   // guarded by mutex
     std::uint64_t last_use = 0;               // guarded by mutex: tick of the last pin or started prefetch
     bool by_prefetch = false;                 // guarded by mutex: loaded (or loading) by a prefetch, not pinned since
     bool kept = false;                        // fixed after construction: never evicted
+
+    std::span<const std::byte> view() const noexcept {
+      return mapped.data() ? mapped : std::span<const std::byte>(buffer.data, bytes);
+    }
   };
 
   std::uint64_t budget = 0;
-  std::uint64_t slot_bytes = 0;  // the largest unit that is not kept: the size of every buffer of such units
-  std::uint64_t slots_held = 0;  // guarded by mutex: bytes of the slots mapped (in use or pooled)
+  std::uint64_t slot_bytes = 0;     // the largest unit that is not kept: the size of every buffer of such units
+  std::uint64_t streamed_held = 0;  // guarded by mutex: bytes held for units that are not kept: the slots (in use
+                                    // or pooled), or the mapped units' bytes (mapped, being mapped or unmapped)
   Loader loader;
   Options options;
   mutable std::mutex mutex;
@@ -78,6 +84,7 @@ struct LayerPager::Impl {
   std::uint64_t tick = 0;                  // guarded by mutex
   std::uint64_t loads_in_flight = 0;       // guarded by mutex: synchronous and prefetch loads
   std::uint64_t prefetches_in_flight = 0;  // guarded by mutex
+  std::uint64_t unmaps_in_flight = 0;      // guarded by mutex: evicted mapped units being given back
   PagerStats stats;                        // guarded by mutex
 
   // The loader thread (when no executor is given): prefetch() queues unit indexes in `requests` under the mutex.
@@ -125,6 +132,14 @@ struct LayerPager::Impl {
   // pinned since it was loaded, else the least recently used one a prefetch loaded for a pin still to come (which
   // is needed sooner than anything already used in a cyclic order). False when there is none.
   bool evict_lru() {
+    Unit* victim = lru_victim();
+    if (!victim) return false;
+    evict(*victim);
+    pool.push_back(std::exchange(victim->buffer, {}));
+    return true;
+  }
+
+  Unit* lru_victim() {
     Unit* victim = nullptr;
     auto before = [](const Unit& a, const Unit& b) {
       return a.by_prefetch != b.by_prefetch ? !a.by_prefetch : a.last_use < b.last_use;
@@ -132,15 +147,54 @@ struct LayerPager::Impl {
     for (Unit& u : units) {
       if (u.state == State::Resident && u.pins == 0 && !u.kept && (!victim || before(u, *victim))) victim = &u;
     }
-    if (!victim) return false;
-    if (victim->by_prefetch) ++stats.prefetches_unused;
-    victim->by_prefetch = false;
-    victim->state = State::Absent;
-    pool.push_back(victim->buffer);
-    victim->buffer = {};
-    stats.resident_bytes -= victim->bytes;
+    return victim;
+  }
+
+  void evict(Unit& victim) {
+    if (victim.by_prefetch) ++stats.prefetches_unused;
+    victim.by_prefetch = false;
+    victim.state = State::Absent;
+    stats.resident_bytes -= victim.bytes;
     ++stats.evictions;
-    return true;
+  }
+
+  bool maps() const noexcept { return static_cast<bool>(options.mapper.map); }
+
+  // Mapped units: makes room for `u` under the budget (a kept unit has its room), evicting LRU units and unmapping
+  // them on this thread with the lock released; their bytes stay counted until the unmapping returns, so the bytes
+  // mapped never exceed the budget. False when nothing can be evicted now.
+  bool reserve_mapping(std::unique_lock<std::mutex>& lock, Unit& u) {
+    for (;;) {
+      if (u.kept || streamed_held + u.bytes <= budget - stats.kept_bytes) {
+        if (!u.kept) streamed_held += u.bytes;
+        add_held(u.bytes);
+        return true;
+      }
+      Unit* victim = lru_victim();
+      if (!victim) return false;
+      evict(*victim);
+      const std::span<const std::byte> bytes = std::exchange(victim->mapped, {});
+      ++unmaps_in_flight;
+      lock.unlock();
+      const auto start = std::chrono::steady_clock::now();
+      options.mapper.unmap(static_cast<std::size_t>(victim - units.data()), bytes);
+      const std::uint64_t ns = elapsed_ns(start);
+      lock.lock();
+      --unmaps_in_flight;
+      stats.unmap_ns += ns;
+      release_reservation(*victim);
+      changed.notify_all();
+    }
+  }
+
+  void release_reservation(const Unit& u) {
+    if (!u.kept) streamed_held -= u.bytes;
+    stats.held_bytes -= u.bytes;
+  }
+
+  void add_held(std::uint64_t bytes) {
+    stats.held_bytes += bytes;
+    stats.peak_held_bytes = std::max(stats.peak_held_bytes, stats.held_bytes);
   }
 
   // A buffer for a load of `unit`. The budget is split: every kept unit has room for a buffer of exactly its size,
@@ -156,8 +210,8 @@ struct LayerPager::Impl {
         pool.pop_back();
         return b;
       }
-      if (slots_held + slot_bytes <= budget - stats.kept_bytes) {
-        slots_held += slot_bytes;
+      if (streamed_held + slot_bytes <= budget - stats.kept_bytes) {
+        streamed_held += slot_bytes;
         return take_new(slot_bytes);
       }
       if (!evict_lru()) return {};
@@ -176,25 +230,111 @@ struct LayerPager::Impl {
 
   Buffer take_new(std::uint64_t bytes) {
     Buffer b = allocate(bytes);
-    stats.held_bytes += bytes;
-    stats.peak_held_bytes = std::max(stats.peak_held_bytes, stats.held_bytes);
+    add_held(bytes);
     return b;
   }
 
   // Marks a unit whose load failed absent again; a slot returns to the pool, a kept unit's buffer is freed (its
-  // room stays reserved).
+  // room stays reserved); a mapped unit's room is given back.
   void abandon_load(Unit& u) {
-    u.state = State::Absent;
-    u.by_prefetch = false;
-    if (u.kept) {
+    if (maps()) {
+      release_reservation(u);
+    } else if (u.kept) {
       stats.held_bytes -= u.buffer.capacity;
       release(u.buffer);
     } else {
       pool.push_back(u.buffer);
     }
     u.buffer = {};
+    unclaim(u);
+  }
+
+  // Undoes begin_load() of a unit that holds no room.
+  void unclaim(Unit& u) {
+    u.state = State::Absent;
+    u.by_prefetch = false;
     stats.resident_bytes -= u.bytes;
     --loads_in_flight;
+  }
+
+  // Copies or maps a unit being loaded (Loading, with room), without the lock: its bytes. Rethrows the error.
+  std::span<const std::byte> fill(std::size_t index, const Unit& u) {
+    if (!maps()) {
+      loader(index, {u.buffer.data, u.bytes});
+      return {u.buffer.data, u.bytes};
+    }
+    const std::span<const std::byte> bytes = options.mapper.map(index);
+    if (bytes.size() > u.bytes) {
+      options.mapper.unmap(index, bytes);
+      throw Error(ErrorCode::Internal, "layer pager: the mapper returned " + std::to_string(bytes.size()) +
+                                           " bytes for unit " + std::to_string(index) + " of " +
+                                           std::to_string(u.bytes));
+    }
+    return bytes;
+  }
+
+  // A load succeeded (under the lock).
+  void finish_load(Unit& u, std::span<const std::byte> bytes, std::uint64_t ns) {
+    u.state = State::Resident;
+    if (maps()) u.mapped = bytes;
+    stats.bytes_loaded += u.bytes;
+    stats.load_ns += ns;
+    --loads_in_flight;
+  }
+
+  // A pin found `u` absent or queued: claims it for a load on the pinning thread, with room (a buffer, or the
+  // mapped units' share of the budget). False after waiting for room that a load or unmapping in flight will make;
+  // throws Error(ResourceExhausted) when none can come.
+  bool claim_for_pin(std::unique_lock<std::mutex>& lock, Unit& u, std::size_t index) {
+    if (u.state == State::Queued) {  // the prefetch task has not started: load it here (a copy has its buffer)
+      ++stats.prefetches_late;
+      u.state = State::Loading;
+      u.by_prefetch = false;
+      u.last_use = ++tick;
+    } else {
+      Buffer b;
+      if (!maps() && !(b = acquire(u)).data) return wait_for_room(lock, u, index);
+      begin_load(u, b, State::Loading, false);
+    }
+    if (!maps() || reserve_mapping(lock, u)) return true;
+    unclaim(u);
+    changed.notify_all();
+    return wait_for_room(lock, u, index);
+  }
+
+  bool wait_for_room(std::unique_lock<std::mutex>& lock, const Unit& u, std::size_t index) {
+    if (loads_in_flight == 0 && unmaps_in_flight == 0) {
+      throw Error(ErrorCode::ResourceExhausted,
+                  "layer pager: no room for unit " + std::to_string(index) + " (" + std::to_string(u.bytes) +
+                      " bytes): every resident unit is pinned within a budget of " + std::to_string(budget) +
+                      " bytes; release pins first or give a larger budget");
+    }
+    changed.wait(lock);  // a finishing load makes its unit evictable; a finished unmapping frees room
+    return false;
+  }
+
+  // Loads a unit claimed by claim_for_pin() on the pinning thread and pins it: its bytes.
+  std::span<const std::byte> load_here(std::unique_lock<std::mutex>& lock, Unit& u, std::size_t index) {
+    lock.unlock();
+    const auto start = std::chrono::steady_clock::now();
+    std::span<const std::byte> bytes;
+    try {
+      bytes = fill(index, u);
+    } catch (...) {
+      lock.lock();
+      abandon_load(u);
+      changed.notify_all();
+      throw;
+    }
+    const std::uint64_t ns = elapsed_ns(start);
+    lock.lock();
+    finish_load(u, bytes, ns);
+    ++u.pins;
+    ++stats.pins;
+    ++stats.sync_loads;
+    stats.sync_load_ns += ns;
+    changed.notify_all();
+    return bytes;
   }
 
   void run_prefetch(std::size_t index) noexcept {
@@ -206,22 +346,27 @@ struct LayerPager::Impl {
       return;
     }
     u.state = State::Loading;
-    const std::span<std::byte> destination{u.buffer.data, u.bytes};
+    if (maps() && !reserve_mapping(lock, u)) {  // no room now: dropped, as a copy's prefetch that finds none
+      unclaim(u);
+      --stats.prefetches;
+      ++stats.prefetches_dropped;
+      --prefetches_in_flight;
+      changed.notify_all();
+      return;
+    }
     lock.unlock();
     bool ok = true;
+    std::span<const std::byte> bytes;
     const auto start = std::chrono::steady_clock::now();
     try {
-      loader(index, destination);
+      bytes = fill(index, u);
     } catch (...) {
       ok = false;  // a later pin loads it synchronously, and reports the error if it recurs
     }
     const std::uint64_t ns = elapsed_ns(start);
     lock.lock();
     if (ok) {
-      u.state = State::Resident;
-      stats.bytes_loaded += u.bytes;
-      stats.load_ns += ns;
-      --loads_in_flight;
+      finish_load(u, bytes, ns);
     } else {
       abandon_load(u);
       ++stats.prefetch_failures;
@@ -266,7 +411,9 @@ std::uint64_t LayerPager::minimum_budget(std::span<const std::uint64_t> unit_byt
   return kept_bytes + 2 * largest_other;
 }
 
-std::vector<std::size_t> LayerPager::choose_kept(std::span<const std::uint64_t> unit_bytes, std::uint64_t budget) {
+std::vector<std::size_t> LayerPager::choose_kept(std::span<const std::uint64_t> unit_bytes, std::uint64_t budget,
+                                                 std::size_t room_units) {
+  room_units = std::max<std::size_t>(room_units, 2);
   std::vector<std::size_t> order(unit_bytes.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
@@ -278,9 +425,9 @@ std::vector<std::size_t> LayerPager::choose_kept(std::span<const std::uint64_t> 
     std::sort(order.begin(), order.end());
     return order;
   }
-  // For each candidate size T of the largest streamed unit: every larger unit must be kept, room for two units of
-  // T stays free, and the units of at most T fill what is left, largest first. The candidate keeping the most bytes
-  // loads the fewest per cycle.
+  // For each candidate size T of the largest streamed unit: every larger unit must be kept, room for `room_units`
+  // units of T stays free, and the units of at most T fill what is left, largest first. The candidate keeping the
+  // most bytes loads the fewest per cycle.
   std::vector<std::size_t> best;
   std::uint64_t best_bytes = 0;
   for (std::size_t c = 0; c < order.size(); ++c) {
@@ -288,9 +435,9 @@ std::vector<std::size_t> LayerPager::choose_kept(std::span<const std::uint64_t> 
     if (c > 0 && unit_bytes[order[c - 1]] == stream_max) continue;  // the same candidate as before
     std::uint64_t kept_bytes = 0;
     for (std::size_t i = 0; i < c; ++i) kept_bytes += unit_bytes[order[i]];
-    if (kept_bytes + 2 * stream_max > budget) continue;
+    if (kept_bytes + room_units * stream_max > budget) continue;
     std::vector<std::size_t> kept(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(c));
-    std::uint64_t room = budget - kept_bytes - 2 * stream_max;
+    std::uint64_t room = budget - kept_bytes - room_units * stream_max;
     for (std::size_t i = c; i < order.size(); ++i) {
       if (unit_bytes[order[i]] <= room) {
         room -= unit_bytes[order[i]];
@@ -339,7 +486,10 @@ LayerPager::LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budg
                                                 " units resident and stream the others (" + std::to_string(minimum) +
                                                 " bytes needed); keep fewer units (see choose_kept)");
   }
-  if (!loader) throw Error(ErrorCode::InvalidArgument, "layer pager: no loader given");
+  if (static_cast<bool>(options.mapper.map) != static_cast<bool>(options.mapper.unmap)) {
+    throw Error(ErrorCode::InvalidArgument, "layer pager: a mapper needs both map and unmap");
+  }
+  if (!loader && !options.mapper.map) throw Error(ErrorCode::InvalidArgument, "layer pager: no loader given");
   impl_->budget = budget;
   impl_->loader = std::move(loader);
   impl_->options = std::move(options);
@@ -371,7 +521,10 @@ LayerPager::~LayerPager() {
     std::unique_lock lock(m.mutex);
     m.changed.wait(lock, [&m] { return m.prefetches_in_flight == 0; });
   }
-  for (Impl::Unit& u : m.units) release(u.buffer);
+  for (std::size_t i = 0; i < m.units.size(); ++i) {
+    if (m.units[i].mapped.data()) m.options.mapper.unmap(i, m.units[i].mapped);
+    release(m.units[i].buffer);
+  }
   for (Buffer& b : m.pool) release(b);
 }
 
@@ -392,7 +545,7 @@ LayerPager::Pin LayerPager::pin(std::size_t index) {
       ++(waited ? m.stats.waits : m.stats.hits);
       if (u.by_prefetch) ++m.stats.prefetch_hits;
       u.by_prefetch = false;
-      return Pin(this, index, {u.buffer.data, u.bytes});
+      return Pin(this, index, u.view());
     }
     if (u.state == State::Loading) {
       // Another thread is copying it: spin briefly (a unit copies in tens of microseconds; sleeping on the
@@ -407,48 +560,8 @@ LayerPager::Pin LayerPager::pin(std::size_t index) {
       if (u.state == State::Loading) m.changed.wait(lock);
       continue;
     }
-    if (u.state == State::Queued) {  // the prefetch task has not started: load it here
-      ++m.stats.prefetches_late;
-      u.state = State::Loading;
-      u.by_prefetch = false;
-      u.last_use = ++m.tick;
-    } else {
-      Buffer b = m.acquire(u);
-      if (!b.data) {
-        if (m.loads_in_flight > 0) {  // a finishing load makes its unit evictable
-          m.changed.wait(lock);
-          continue;
-        }
-        throw Error(ErrorCode::ResourceExhausted,
-                    "layer pager: no room for unit " + std::to_string(index) + " (" + std::to_string(u.bytes) +
-                        " bytes): every resident unit is pinned within a budget of " + std::to_string(m.budget) +
-                        " bytes; release pins first or give a larger budget");
-      }
-      m.begin_load(u, b, State::Loading, false);
-    }
-    const Buffer b = u.buffer;
-    lock.unlock();
-    const auto start = std::chrono::steady_clock::now();
-    try {
-      m.loader(index, {b.data, u.bytes});
-    } catch (...) {
-      lock.lock();
-      m.abandon_load(u);
-      m.changed.notify_all();
-      throw;
-    }
-    const std::uint64_t ns = elapsed_ns(start);
-    lock.lock();
-    u.state = State::Resident;
-    --m.loads_in_flight;
-    ++u.pins;
-    ++m.stats.pins;
-    ++m.stats.sync_loads;
-    m.stats.bytes_loaded += u.bytes;
-    m.stats.load_ns += ns;
-    m.stats.sync_load_ns += ns;
-    m.changed.notify_all();
-    return Pin(this, index, {b.data, u.bytes});
+    if (!m.claim_for_pin(lock, u, index)) continue;  // waited for room
+    return Pin(this, index, m.load_here(lock, u, index));
   }
 }
 
@@ -464,8 +577,8 @@ void LayerPager::prefetch(std::size_t index) {
     std::lock_guard lock(m.mutex);
     Impl::Unit& u = m.units[index];
     if (u.state != State::Absent) return;
-    Buffer b = m.acquire(u);
-    if (!b.data) {
+    Buffer b;  // a mapped unit gets its room from the loader thread, which also unmaps what must go
+    if (!m.maps() && !(b = m.acquire(u)).data) {
       ++m.stats.prefetches_dropped;
       return;
     }
@@ -517,6 +630,8 @@ PagerStats LayerPager::stats() const {
   std::lock_guard lock(impl_->mutex);
   return impl_->stats;
 }
+
+bool LayerPager::maps_units() const noexcept { return impl_->maps(); }
 
 bool LayerPager::kept(std::size_t index) const noexcept {
   return index < impl_->units.size() && impl_->units[index].kept;

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -79,22 +80,91 @@ Layout layout(std::vector<const Tensor*> tensors) {
   return out;
 }
 
+std::uint64_t page_bytes() { return static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)); }
+
+// A mapped unit's layout: the whole pages of each run of the file, mapped one after another (a GGUF unit: one
+// range); a tensor lies at its range's place in the mapping plus its distance from the range's first page. The
+// unit's size is the sum of the ranges: the bytes its mapping holds.
+Layout map_layout(const Layout& copied, const std::byte* file) {
+  const std::uint64_t page = page_bytes();
+  Layout out;
+  for (const Layout::Run& run : copied.runs) {
+    const auto begin = static_cast<std::uint64_t>(run.source - file) / page * page;
+    const auto end = (static_cast<std::uint64_t>(run.source - file) + run.size + page - 1) / page * page;
+    out.runs.push_back({file + begin, end - begin, out.bytes});
+    out.bytes += end - begin;
+  }
+  for (const auto& [source, copied_offset] : copied.tensors) {  // in its own run's range (ranges may share a page)
+    std::size_t r = 0;
+    while (copied_offset >= copied.runs[r].offset + copied.runs[r].size) ++r;
+    out.tensors.emplace_back(source, out.runs[r].offset + static_cast<std::uint64_t>(source - out.runs[r].source));
+  }
+  return out;
+}
+
+PagingKind resolve(const Model& model, PagingKind kind, bool overrides) {
+  if (kind == PagingKind::Copy) return kind;
+  if (kind == PagingKind::Map && (!model.file || overrides)) {
+    throw Error(ErrorCode::InvalidArgument, std::string("layer paging: cannot map the units: ") +
+                                                (model.file ? "an adapter's merged matrices replace bytes of the file"
+                                                            : "the model was not read from a file") +
+                                                "; page them by copying (--paging copy)");
+  }
+  return model.file && !overrides ? PagingKind::Map : PagingKind::Copy;
+}
+
+// The layout of each unit of `p` for `kind` (Map or Copy).
+std::vector<Layout> layouts(const Model& model, const Plan& p, PagingKind kind) {
+  std::vector<Layout> out;
+  for (const auto& tensors : p.units) {
+    out.push_back(layout(tensors));
+    if (kind == PagingKind::Map) out.back() = map_layout(out.back(), model.file->bytes().data());
+  }
+  return out;
+}
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14
+#endif
+
+// Faults a fresh mapping's pages in now, on the loading thread, rather than on the compute's first reads.
+void populate(const std::byte* base, std::uint64_t size, const std::string& path) {
+  for (int interrupted = 0;; ++interrupted) {
+    if (::madvise(const_cast<std::byte*>(base), size, MADV_POPULATE_READ) == 0) return;
+    if ((errno == EINTR || errno == EAGAIN) && interrupted < 100) continue;
+    if (errno != EINVAL) break;
+    // A kernel before 5.14: read a byte of every page (a file truncated since it was loaded raises SIGBUS here).
+    const std::uint64_t page = page_bytes();
+    std::uint8_t sum = 0;
+    for (std::uint64_t at = 0; at < size; at += page)
+      sum ^= static_cast<const volatile std::uint8_t*>(static_cast<const volatile void*>(base))[at];
+    asm volatile("" : : "r"(sum));
+    return;
+  }
+  const int err = errno;
+  throw Error(ErrorCode::IoError, "layer paging: cannot read " + std::to_string(size) + " mapped bytes of " + path +
+                                      ": " +
+                                      (err == EFAULT ? "the file is shorter than when loaded" : std::strerror(err)));
+}
+
 }  // namespace
 
-std::vector<std::uint64_t> PagedModel::unit_sizes(const Model& model) {
+PagingKind PagedModel::kind_of(const Model& model, PagingKind kind) { return resolve(model, kind, false); }
+
+std::vector<std::uint64_t> PagedModel::unit_sizes(const Model& model, PagingKind kind) {
   std::vector<std::uint64_t> sizes;
-  for (const auto& unit : plan(model).units) sizes.push_back(layout(unit).bytes);
+  for (const Layout& l : layouts(model, plan(model), kind_of(model, kind))) sizes.push_back(l.bytes);
   return sizes;
 }
 
-std::uint64_t PagedModel::model_bytes(const Model& model) {
+std::uint64_t PagedModel::model_bytes(const Model& model, PagingKind kind) {
   std::uint64_t total = 0;
-  for (std::uint64_t s : unit_sizes(model)) total += s;
+  for (std::uint64_t s : unit_sizes(model, kind)) total += s;
   return total;
 }
 
-std::uint64_t PagedModel::minimum_budget(const Model& model) {
-  std::vector<std::uint64_t> sizes = unit_sizes(model);
+std::uint64_t PagedModel::minimum_budget(const Model& model, PagingKind kind) {
+  std::vector<std::uint64_t> sizes = unit_sizes(model, kind);
   // Below the whole model a separate classifier's embedding is read by rows, not paged (see the header).
   if (plan(model).head != 0) sizes.erase(sizes.begin());
   return LayerPager::minimum_budget(sizes);
@@ -103,12 +173,13 @@ std::uint64_t PagedModel::minimum_budget(const Model& model) {
 PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model), layers_(model.layers.size()) {
   Plan p = plan(model);
   head_ = p.head;
+  kind_ = resolve(model, options.kind, !options.overrides.empty());
   std::vector<std::uint64_t> sizes;
-  for (const auto& tensors : p.units) {
-    Layout l = layout(tensors);
+  for (Layout& l : layouts(model, p, kind_)) {
     Unit unit;
     for (const Layout::Run& r : l.runs) unit.runs.push_back({r.source, r.size, r.offset});
     unit.tensors = std::move(l.tensors);
+    unit.bytes = l.bytes;
     units_.push_back(std::move(unit));
     sizes.push_back(l.bytes);
   }
@@ -136,11 +207,23 @@ PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model
   LayerPager::Options pager_options;
   pager_options.prefetch = options.prefetch;
   pager_options.executor = std::move(options.executor);
-  pager_options.kept = LayerPager::choose_kept(paged_sizes, options.budget);
+  // A mapped load costs page-table work only, so mapped units trade two kept units for a deeper prefetch window:
+  // room for up to four of the largest streamed units, three of them loading ahead of the one in use, so that a
+  // loader thread that the OS schedules late (another process busy on a core) still finishes before the pin.
+  const std::uint64_t largest = *std::max_element(paged_sizes.begin(), paged_sizes.end());
+  const std::uint64_t room = kind_ == PagingKind::Map ? std::clamp<std::uint64_t>(options.budget / largest, 2, 4) : 2;
+  pager_options.kept = LayerPager::choose_kept(paged_sizes, options.budget, static_cast<std::size_t>(room));
+  LayerPager::Loader loader;
+  if (kind_ == PagingKind::Map) {
+    pager_options.mapper.map = [this](std::size_t unit) { return map_unit(unit + first_paged_); };
+    pager_options.mapper.unmap = [](std::size_t, std::span<const std::byte> bytes) {
+      ::munmap(const_cast<std::byte*>(bytes.data()), bytes.size());
+    };
+  } else {
+    loader = [this](std::size_t unit, std::span<std::byte> out) { load(unit + first_paged_, out); };
+  }
   // Checks the budget before anything else happens.
-  pager_ = std::make_unique<LayerPager>(
-      paged_sizes, options.budget,
-      [this](std::size_t unit, std::span<std::byte> out) { load(unit + first_paged_, out); }, std::move(pager_options));
+  pager_ = std::make_unique<LayerPager>(paged_sizes, options.budget, std::move(loader), std::move(pager_options));
   // Slots for streamed units in what the kept units leave: one is in use, the others can be loading ahead.
   if (const std::uint64_t slot = pager_->slot_bytes(); slot > 0) {
     lookahead_ = std::max<std::uint64_t>(1, (options.budget - pager_->stats().kept_bytes) / slot - 1);
@@ -179,8 +262,16 @@ void PagedModel::read_weights_from_file(const MappedFile& file) {
     throw Error(ErrorCode::IoError,
                 "layer paging: cannot open " + file.path() + " again to read layers: " + std::strerror(errno));
   }
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0 || static_cast<std::uint64_t>(st.st_size) < file.bytes().size()) {
+    const std::string size = std::to_string(st.st_size);
+    ::close(std::exchange(fd_, -1));
+    throw Error(ErrorCode::IoError, "layer paging: " + file.path() + " is shorter than when it was loaded (" + size +
+                                        " of " + std::to_string(file.bytes().size()) + " bytes)");
+  }
   // The weights now come from the file through the pager: drop the mapping's pages under every tensor (whole
   // pages only; a page shared with the header or another unit's tensor may stay), so that they do not count.
+  // Mapped units map the file again, each unit on its own, so that the kernel maps around a fault within the unit.
   const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
   for (const Unit& unit : units_) {
     for (const Placement& t : unit.runs) {
@@ -213,6 +304,42 @@ void PagedModel::read(const std::byte* source, std::uint64_t size, std::byte* ou
     }
     done += static_cast<std::uint64_t>(n);
   }
+}
+
+// A mapped unit: its ranges of the file, read-only and shared (the page cache's pages, not a copy), one after
+// another in one span, populated. A range's address is congruent to its file offset modulo 2 MiB where the kernel
+// aligns file mappings (then page-cache folios of 2 MiB map whole).
+std::span<const std::byte> PagedModel::map_unit(std::size_t unit) const {
+  const Unit& u = units_[unit];
+  const std::byte* file = model_.file->bytes().data();
+  void* base = u.runs.size() == 1
+                   ? ::mmap(nullptr, u.bytes, PROT_READ, MAP_SHARED, fd_, u.runs[0].source - file)
+                   : ::mmap(nullptr, u.bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  auto fail = [&](void* mapped) {
+    const int err = errno;
+    if (mapped != MAP_FAILED) ::munmap(mapped, u.bytes);
+    return Error(ErrorCode::IoError, "layer paging: cannot map " + std::to_string(u.bytes) + " bytes of " +
+                                         model_.file->path() + ": " + std::strerror(err));
+  };
+  if (base == MAP_FAILED) throw fail(base);
+  for (std::size_t r = 0; u.runs.size() > 1 && r < u.runs.size(); ++r) {  // into the reserved addresses
+    const Placement& range = u.runs[r];
+    if (::mmap(static_cast<std::byte*>(base) + range.offset, range.size, PROT_READ, MAP_SHARED | MAP_FIXED, fd_,
+               range.source - file) == MAP_FAILED) {
+      throw fail(base);
+    }
+  }
+  const std::span<const std::byte> bytes(static_cast<const std::byte*>(base), u.bytes);
+  // Pages not in the page cache are read in 2 MiB folios (where the file system has large folios), which later
+  // loads map with one entry each; without it a fault reads 4 KiB folios, which cost ~5x more to map and unmap.
+  ::madvise(base, u.bytes, MADV_HUGEPAGE);
+  try {
+    populate(bytes.data(), bytes.size(), model_.file->path());
+  } catch (...) {
+    ::munmap(base, u.bytes);
+    throw;
+  }
+  return bytes;
 }
 
 void PagedModel::load(std::size_t unit, std::span<std::byte> destination) const {

@@ -51,6 +51,7 @@ struct Options {
   std::uint32_t context = 0;
   std::string mem_budget;  // empty: every weight resident
   bool no_prefetch = false;
+  std::string paging = "auto";  // --paging: auto, map or copy
   // bench
   int bench_prompt = 16, bench_gen = 256;
   unsigned prefill_batch = 64;  // EngineOptions::prefill_batch
@@ -206,7 +207,10 @@ int run_chat(const Options& o, Engine& engine, const Tokenizer& tokenizer, Sampl
 std::optional<PagingOptions> paging_for(const Options& o, const Model& model, bool prefetch) {
   if (o.mem_budget.empty()) return std::nullopt;
   PagingOptions paging;
-  paging.budget = parse_mem_budget(o.mem_budget, PagedModel::model_bytes(model));
+  paging.kind = o.paging == "map" ? PagingKind::Map : o.paging == "copy" ? PagingKind::Copy : PagingKind::Auto;
+  // An adapter's merged matrices are written over each load: Auto then copies (and 100% means the copied units).
+  const PagingKind kind = !o.lora.empty() && paging.kind == PagingKind::Auto ? PagingKind::Copy : paging.kind;
+  paging.budget = parse_mem_budget(o.mem_budget, PagedModel::model_bytes(model, kind));
   paging.prefetch = prefetch;
   if (!o.lora.empty()) {  // one adapter, merged once: swapping needs the weights resident as runtime pages
     if (o.lora.size() > 1 || o.lora_swap_every > 0) {
@@ -224,14 +228,15 @@ void print_pager_stats(const char* label, const PagerStats& s) {
       stderr,
       "%s: %llu pins: %llu synchronous loads, %llu hits, %llu waits for a prefetch in flight; %llu "
       "prefetches (%llu hits, %llu late, %llu dropped, %llu unused); %llu evictions; %llu bytes loaded in %.1f ms "
-      "(%.1f ms synchronous); peak %llu bytes held\n",
+      "(%.1f ms synchronous; %.1f ms unmapping); peak %llu bytes held\n",
       label, static_cast<unsigned long long>(s.pins), static_cast<unsigned long long>(s.sync_loads),
       static_cast<unsigned long long>(s.hits), static_cast<unsigned long long>(s.waits),
       static_cast<unsigned long long>(s.prefetches), static_cast<unsigned long long>(s.prefetch_hits),
       static_cast<unsigned long long>(s.prefetches_late), static_cast<unsigned long long>(s.prefetches_dropped),
       static_cast<unsigned long long>(s.prefetches_unused), static_cast<unsigned long long>(s.evictions),
       static_cast<unsigned long long>(s.bytes_loaded), static_cast<double>(s.load_ns) / 1e6,
-      static_cast<double>(s.sync_load_ns) / 1e6, static_cast<unsigned long long>(s.peak_held_bytes));
+      static_cast<double>(s.sync_load_ns) / 1e6, static_cast<double>(s.unmap_ns) / 1e6,
+      static_cast<unsigned long long>(s.peak_held_bytes));
 }
 
 int run_generate(const Options& o) {
@@ -279,9 +284,10 @@ int run_generate(const Options& o) {
   if (engine.paged()) {
     const LayerPager& pager = engine.paged()->pager();
     std::fprintf(stderr,
-                 "mmsb-llm: paging %zu units of %llu bytes in all under a budget of %llu bytes%s; %llu units (%llu "
-                 "bytes) kept resident, the others streamed\n",
-                 pager.unit_count(), static_cast<unsigned long long>(PagedModel::model_bytes(model)),
+                 "mmsb-llm: paging (%s) %zu units of %llu bytes in all under a budget of %llu bytes%s; %llu units "
+                 "(%llu bytes) kept resident, the others streamed\n",
+                 engine.paged()->kind() == PagingKind::Map ? "mapped" : "copied", pager.unit_count(),
+                 static_cast<unsigned long long>(PagedModel::model_bytes(model, engine.paged()->kind())),
                  static_cast<unsigned long long>(pager.budget()),
                  engine.paged()->embedding_by_rows() ? " (the embedding read by rows)" : "",
                  static_cast<unsigned long long>(pager.stats().kept_units),
@@ -303,16 +309,19 @@ double median(const std::vector<Throughput>& runs, double Throughput::*field) {
 }
 
 // What bounds paging on one core: without prefetch every load is on the step's path, so a step costs the resident
-// step plus its loads; with one core for both, no overlap can do better than resident / (resident + loads).
+// step plus its loads; with one core for both, no overlap can do better than resident / (resident + loads). A
+// mapped unit's load time counts its unmapping too.
 struct LoadBound {
   double us_per_mb_with, us_per_mb_without, load_ms_per_step, resident_ms_per_step, one_core;
 };
 LoadBound load_bound(const PagerStats& with, const PagerStats& without, double steps, double resident_tok) {
   auto us_per_mb = [](const PagerStats& s) {
-    return s.bytes_loaded > 0 ? static_cast<double>(s.load_ns) / 1e3 / (static_cast<double>(s.bytes_loaded) / 1e6)
-                              : 0.0;
+    return s.bytes_loaded > 0
+               ? static_cast<double>(s.load_ns + s.unmap_ns) / 1e3 / (static_cast<double>(s.bytes_loaded) / 1e6)
+               : 0.0;
   };
-  const double load_ms = static_cast<double>(without.load_ns) / 1e6 / steps, resident_ms = 1e3 / resident_tok;
+  const double load_ms = static_cast<double>(without.load_ns + without.unmap_ns) / 1e6 / steps;
+  const double resident_ms = 1e3 / resident_tok;
   return {us_per_mb(with), us_per_mb(without), load_ms, resident_ms, resident_ms / (resident_ms + load_ms)};
 }
 
@@ -343,13 +352,15 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
   const PagerStats& without = unprefetched.back().paging;
   const double sync_ratio =
       without.sync_loads > 0 ? static_cast<double>(with.sync_loads) / static_cast<double>(without.sync_loads) : 0.0;
-  const std::uint64_t model_bytes = PagedModel::model_bytes(model);
+  const PagingKind kind = PagedModel::kind_of(model, prefetching.paging->kind);
+  const std::uint64_t model_bytes = PagedModel::model_bytes(model, kind);
   const std::uint64_t budget = prefetching.paging->budget;
   const double steps = static_cast<double>(o.rounds) * (o.bench_prompt + o.bench_gen);
   const LoadBound bound = load_bound(with, without, steps, resident_tok);
   if (o.json) {
     std::printf(
-        "{\"model\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"rounds\": %d, \"model_bytes\": %llu, "
+        "{\"model\": \"%s\", \"paging\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"rounds\": %d, \"model_bytes\": "
+        "%llu, "
         "\"mem_budget\": %llu, \"resident_tok_per_s\": %.1f, \"paged_tok_per_s\": %.1f, "
         "\"paged_no_prefetch_tok_per_s\": %.1f, \"paged_vs_resident_ratio\": %.4f, \"sync_loads\": %llu, "
         "\"sync_loads_no_prefetch\": %llu, \"sync_loads_ratio\": %.4f, \"prefetch_hits\": %llu, "
@@ -357,10 +368,11 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
         "\"bytes_loaded\": %llu, \"kept_units\": %llu, \"kept_bytes\": %llu, "
         "\"peak_held_bytes\": %llu, \"load_us_per_mb\": %.1f, \"load_us_per_mb_no_prefetch\": %.1f, "
         "\"load_ms_per_step_no_prefetch\": %.2f, \"one_core_bound\": %.4f}\n",
-        o.model.c_str(), o.bench_prompt, o.bench_gen, o.rounds, static_cast<unsigned long long>(model_bytes),
-        static_cast<unsigned long long>(budget), resident_tok, paged_tok, unprefetched_tok, paged_tok / resident_tok,
-        static_cast<unsigned long long>(with.sync_loads), static_cast<unsigned long long>(without.sync_loads),
-        sync_ratio, static_cast<unsigned long long>(with.prefetch_hits), static_cast<unsigned long long>(with.waits),
+        o.model.c_str(), kind == PagingKind::Map ? "map" : "copy", o.bench_prompt, o.bench_gen, o.rounds,
+        static_cast<unsigned long long>(model_bytes), static_cast<unsigned long long>(budget), resident_tok, paged_tok,
+        unprefetched_tok, paged_tok / resident_tok, static_cast<unsigned long long>(with.sync_loads),
+        static_cast<unsigned long long>(without.sync_loads), sync_ratio,
+        static_cast<unsigned long long>(with.prefetch_hits), static_cast<unsigned long long>(with.waits),
         static_cast<unsigned long long>(with.prefetches_late), static_cast<unsigned long long>(with.prefetches_dropped),
         static_cast<unsigned long long>(with.evictions), static_cast<unsigned long long>(with.bytes_loaded),
         static_cast<unsigned long long>(with.kept_units), static_cast<unsigned long long>(with.kept_bytes),
@@ -368,11 +380,12 @@ int run_paged_bench(const Options& o, const Model& model, const EngineOptions& b
         bound.load_ms_per_step, bound.one_core);
   } else {
     std::printf(
-        "model %s (%s), %llu bytes paged in %zu units, budget %llu bytes (%.1f%%), %d sequence(s) of %d + %d "
+        "model %s (%s), %llu bytes paged (%s) in %zu units, budget %llu bytes (%.1f%%), %d sequence(s) of %d + %d "
         "steps per repetition\n",
         o.model.c_str(), model.format.c_str(), static_cast<unsigned long long>(model_bytes),
-        PagedModel::unit_sizes(model).size(), static_cast<unsigned long long>(budget),
-        100.0 * static_cast<double>(budget) / static_cast<double>(model_bytes), o.rounds, o.bench_prompt, o.bench_gen);
+        kind == PagingKind::Map ? "mapped" : "copied", PagedModel::unit_sizes(model, kind).size(),
+        static_cast<unsigned long long>(budget), 100.0 * static_cast<double>(budget) / static_cast<double>(model_bytes),
+        o.rounds, o.bench_prompt, o.bench_gen);
     std::printf("  resident:              generation %10.0f tok/s\n", resident_tok);
     std::printf("  paged, prefetch:       generation %10.0f tok/s   (paged/resident %.3f)\n", paged_tok,
                 paged_tok / resident_tok);
@@ -494,6 +507,10 @@ int run_bench(const Options& o) {
 }
 
 // The options of the default command: generate (or chat) with a model.
+constexpr const char* paging_help =
+    "with --mem-budget: how layers load: map (the file's pages, read-only: no copy), copy (pread into buffers the "
+    "pager owns), or auto (map, except with --lora, whose merged matrices need copies)";
+
 void add_generate_options(CLI::App& app, Options& o) {
   app.add_option("-m,--model", o.model, "model file: a llama2.c checkpoint (.bin) or GGUF v2/v3 (architecture llama)");
   app.add_option("-z,--tokenizer", o.tokenizer,
@@ -539,6 +556,9 @@ void add_generate_options(CLI::App& app, Options& o) {
       "loader thread";
   app.add_option("--mem-budget", o.mem_budget, budget_help);
   app.add_flag("--no-prefetch", o.no_prefetch, "with --mem-budget: load layers only when needed (no prefetch)");
+  app.add_option("--paging", o.paging, paging_help)
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "map", "copy"}));
 }
 
 // The subcommands, each with its options.
@@ -588,6 +608,9 @@ CLI::App* add_bench_command(CLI::App& app, Options& o) {
   bench->add_flag("--engine-only", o.engine_only,
                   "measure the engine alone as llama-bench does: the prompt of -p tokens without generation, and -n "
                   "tokens generated after BOS (no direct-loop or per-token baselines)");
+  bench->add_option("--paging", o.paging, paging_help)
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "map", "copy"}));
   bench->add_option("--mem-budget", o.mem_budget,
                     "also measure layer paging under this budget (bytes, K/M/G, or a percentage of the model): the "
                     "paged engine with and without prefetch against the resident one, and the synchronous loads");

@@ -307,6 +307,12 @@ TEST(LayerPager, ChoosesTheKeptUnitsThatLeaveTheFewestBytesToLoad) {
     const V kept = LayerPager::choose_kept(sizes, budget);
     EXPECT_LE(LayerPager::minimum_budget(sizes, kept), budget) << budget;
   }
+  // Room for more streamed units. At 330 with room for three: three of 100 and unit 4 (30 kept; room for three of
+  // 60 with 0 and 3 kept needs 380). Room for four: four of the largest do not fit, nor any smaller choice (four of
+  // 60 with 200 kept: 440), so nothing is kept.
+  EXPECT_EQ(LayerPager::choose_kept(sizes, 330, 3), (V{4}));
+  EXPECT_EQ(LayerPager::choose_kept(sizes, 330, 4), V{});
+  EXPECT_EQ(LayerPager::choose_kept(sizes, 290, 1), (V{1, 4}));  // at least two
 }
 
 TEST(LayerPager, ALoaderErrorReachesThePinAndTheUnitCanBeLoadedLater) {
@@ -406,6 +412,135 @@ TEST(LayerPager, PinnedBytesNeverChangeWhilePrefetchTasksRaceWithPins) {
   EXPECT_EQ(s.sync_loads + s.hits + s.waits, s.pins);
   EXPECT_LE(s.peak_held_bytes, 3 * kBytes);
   EXPECT_EQ(s.bytes_loaded, fake.loads().size() * kBytes - s.prefetch_failures * kBytes);
+}
+
+// Mapped units: each unit's bytes (its pattern) live in storage of its own; map() hands them out and unmap() takes
+// them back, counting the bytes "mapped" now and at most; calls are recorded as +unit and -unit.
+struct FakeMapper {
+  std::vector<std::vector<std::byte>> storage;
+  std::mutex mutex;
+  std::vector<long> calls;
+  std::atomic<std::uint64_t> mapped{0}, peak{0};
+  std::atomic<long> fail_unit{-1};
+  explicit FakeMapper(const std::vector<std::uint64_t>& sizes) {
+    for (std::size_t u = 0; u < sizes.size(); ++u) {
+      storage.emplace_back(sizes[u]);
+      for (std::size_t i = 0; i < sizes[u]; ++i) storage[u][i] = pattern(u, i);
+    }
+  }
+  LayerPager::Options options() {
+    LayerPager::Options o;
+    o.mapper.map = [this](std::size_t unit) {
+      if (fail_unit.load() == static_cast<long>(unit)) throw std::runtime_error("disk on fire");
+      record(static_cast<long>(unit));
+      const std::uint64_t now = mapped += storage[unit].size();
+      for (std::uint64_t p = peak.load(); now > p && !peak.compare_exchange_weak(p, now);) {
+      }
+      return std::span<const std::byte>(storage[unit]);
+    };
+    o.mapper.unmap = [this](std::size_t unit, std::span<const std::byte> bytes) {
+      if (bytes.data() != storage[unit].data() || bytes.size() != storage[unit].size()) ++wrong_unmaps;
+      record(-static_cast<long>(unit) - 100);
+      mapped -= storage[unit].size();
+    };
+    return o;
+  }
+  void record(long call) {
+    std::lock_guard lock(mutex);
+    calls.push_back(call);
+  }
+  std::atomic<int> wrong_unmaps{0};
+};
+
+TEST(LayerPager, MapsUnitsThroughTheMapperAndUnmapsTheLeastRecentlyUsedBeforeMappingAnother) {
+  const std::vector<std::uint64_t> sizes{100, 100, 100, 100};
+  ManualExecutor ex;
+  auto fake = std::make_unique<FakeMapper>(sizes);
+  LayerPager::Options o = fake->options();
+  o.executor = ex.executor();
+  {
+    LayerPager pager(sizes, 200, LayerPager::Loader{}, o);
+    EXPECT_TRUE(pager.maps_units());
+    touch(pager, 0);  // maps 0
+    touch(pager, 1);  // maps 1: the budget is full
+    touch(pager, 2);  // unmaps 0 (least recently used) before it maps 2
+    EXPECT_EQ(fake->calls, (std::vector<long>{0, 1, -100, 2}));
+    EXPECT_EQ(fake->mapped.load(), 200u);
+    // A prefetch only queues: the unit is mapped, and room made, when the task runs.
+    pager.prefetch(3);
+    EXPECT_EQ(fake->calls.size(), 4u);
+    EXPECT_FALSE(pager.resident(3));
+    ex.run_all();  // unmaps 1, maps 3
+    EXPECT_EQ(fake->calls, (std::vector<long>{0, 1, -100, 2, -101, 3}));
+    touch(pager, 3);
+    PagerStats s = pager.stats();
+    EXPECT_EQ(s.sync_loads, 3u);
+    EXPECT_EQ(s.prefetches, 1u);
+    EXPECT_EQ(s.prefetch_hits, 1u);
+    EXPECT_EQ(s.evictions, 2u);
+    EXPECT_EQ(s.bytes_loaded, 400u);
+    EXPECT_EQ(s.held_bytes, 200u);
+    EXPECT_EQ(s.peak_held_bytes, 200u);
+    // Both units pinned: a queued prefetch finds no room when it runs and is dropped; nothing is unmapped.
+    {
+      LayerPager::Pin a = pager.pin(2), b = pager.pin(3);
+      pager.prefetch(0);
+      ex.run_all();
+      s = pager.stats();
+      EXPECT_EQ(s.prefetches_dropped, 1u);
+      EXPECT_EQ(s.prefetches, 1u);
+      EXPECT_FALSE(pager.resident(0));
+      try {
+        pager.pin(1);
+        ADD_FAILURE() << "a unit was mapped past the budget";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::ResourceExhausted);
+      }
+    }
+    // A mapper error reaches the pin and gives the room back; the unit maps later.
+    fake->fail_unit = 1;
+    EXPECT_THROW(pager.pin(1), std::runtime_error);
+    EXPECT_EQ(pager.stats().held_bytes, 100u);  // 2 was unmapped to make room; 3 stays
+    fake->fail_unit = -1;
+    touch(pager, 1);
+    EXPECT_EQ(fake->mapped.load(), 200u);
+  }
+  EXPECT_EQ(fake->mapped.load(), 0u);  // the destructor unmaps what is left
+  EXPECT_EQ(fake->peak.load(), 200u);
+  EXPECT_EQ(fake->wrong_unmaps.load(), 0);
+}
+
+TEST(LayerPager, MappedBytesNeverExceedTheBudgetWhilePrefetchesRaceWithPins) {
+  const std::vector<std::uint64_t> sizes{4096, 1000, 3000, 4096, 2000, 500, 4096, 3500};
+  const std::uint64_t budget = 3 * 4096;
+  FakeMapper fake(sizes);
+  std::atomic<int> bad{0};
+  {
+    LayerPager pager(sizes, budget, LayerPager::Loader{}, fake.options());
+    auto worker = [&](std::size_t stride, std::size_t offset) {
+      for (std::size_t i = 0; i < 800; ++i) {
+        const std::size_t u = (i * stride + offset) % sizes.size();
+        LayerPager::Pin pin = pager.pin(u);
+        pager.prefetch((u + stride) % sizes.size());
+        if (!holds_pattern(pin.bytes(), u) || fake.mapped.load() > budget) ++bad;
+        std::this_thread::yield();
+      }
+    };
+    std::thread a(worker, 1, 0), b(worker, 3, 5);
+    a.join();
+    b.join();
+    pager.wait_prefetches();
+    const PagerStats s = pager.stats();
+    EXPECT_EQ(s.pins, 1600u);
+    EXPECT_EQ(s.sync_loads + s.hits + s.waits, s.pins);
+    EXPECT_LE(s.peak_held_bytes, budget);
+    EXPECT_EQ(s.held_bytes, fake.mapped.load());
+    EXPECT_GT(s.evictions, 0u);
+  }
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_LE(fake.peak.load(), budget);
+  EXPECT_EQ(fake.mapped.load(), 0u);
+  EXPECT_EQ(fake.wrong_unmaps.load(), 0);
 }
 
 TEST(MemBudget, ParsesBytesBinarySuffixesAndPercentagesOfTheModel) {

@@ -500,8 +500,9 @@ TEST_P(LoraEngine, PagedEngineWithAnAdapterGivesTheResidentAdaptersLogits) {
   std::uint64_t merged_bytes = 0;
   for (const TensorOverride& o : merge_lora(model, a, 0.75f)) merged_bytes += o.bytes.size();
   ASSERT_GT(merged_bytes, 0u);
-  const std::uint64_t minimum = merged_bytes + PagedModel::minimum_budget(model);
-  const std::uint64_t all = PagedModel::model_bytes(model);
+  // With overrides paging copies the units (their merged bytes replace the file's after each load).
+  const std::uint64_t minimum = merged_bytes + PagedModel::minimum_budget(model, PagingKind::Copy);
+  const std::uint64_t all = PagedModel::model_bytes(model, PagingKind::Copy);
   for (std::uint64_t budget : {minimum, minimum + all / 4, merged_bytes + all, 2 * all}) {
     SCOPED_TRACE("budget " + std::to_string(budget));
     EngineOptions options;
@@ -526,6 +527,15 @@ TEST_P(LoraEngine, PagedEngineWithAnAdapterGivesTheResidentAdaptersLogits) {
     EXPECT_NE(std::string(e.what()).find("minimum of " + std::to_string(minimum) + " bytes with the adapter"),
               std::string::npos)
         << e.what();
+  }
+  tight.paging->budget = 2 * all;
+  tight.paging->kind = PagingKind::Map;  // the merged bytes are not the file's: they cannot be mapped
+  try {
+    Engine refused(model, tight);
+    ADD_FAILURE() << "mapped paging with an adapter was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("--paging copy"), std::string::npos) << e.what();
   }
 }
 

@@ -4,10 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <vector>
@@ -63,10 +67,12 @@ Generation run(const Model& model, std::optional<PagingOptions> paging, std::uin
   return r;
 }
 
-PagingOptions paging(std::uint64_t budget, bool prefetch, bool inline_prefetch = false) {
+PagingOptions paging(std::uint64_t budget, bool prefetch, bool inline_prefetch = false,
+                     PagingKind kind = PagingKind::Copy) {
   PagingOptions p;
   p.budget = budget;
   p.prefetch = prefetch;
+  p.kind = kind;
   // Inline: the prefetch task runs inside prefetch(), so every prefetch is complete before the next pin and the
   // counters do not depend on timing.
   if (inline_prefetch) p.executor = [](std::function<void()> task) { task(); };
@@ -85,45 +91,93 @@ TEST(Paging, UnitSizesFollowTheTensorShapes) {
   std::vector<std::uint64_t> expected{131072};
   for (int l = 0; l < 5; ++l) expected.insert(expected.end(), {49408, 132352});
   expected.push_back(131328);
-  EXPECT_EQ(PagedModel::unit_sizes(gguf), expected);
-  EXPECT_EQ(PagedModel::model_bytes(gguf), 1171200u);
-  EXPECT_EQ(PagedModel::minimum_budget(gguf), 2u * 132352u);
+  EXPECT_EQ(PagedModel::unit_sizes(gguf, PagingKind::Copy), expected);
+  EXPECT_EQ(PagedModel::model_bytes(gguf, PagingKind::Copy), 1171200u);
+  EXPECT_EQ(PagedModel::minimum_budget(gguf, PagingKind::Copy), 2u * 132352u);
   // The llama2.c checkpoint shares the classifier with the embedding: unit 0 is the embedding and the final norm.
   const Model bin = load_model(bin_path);
   expected.front() = 131328;
   expected.pop_back();
-  EXPECT_EQ(PagedModel::unit_sizes(bin), expected);
-  EXPECT_EQ(PagedModel::model_bytes(bin), 1040128u);
+  EXPECT_EQ(PagedModel::unit_sizes(bin, PagingKind::Copy), expected);
+  EXPECT_EQ(PagedModel::model_bytes(bin, PagingKind::Copy), 1040128u);
 }
 
-TEST(Paging, EveryBudgetGivesTheResidentTokensAndLogitsBitForBit) {
+TEST(Paging, MappedUnitsAreTheWholePagesOfTheirRunsOfTheFile) {
+  MMSB_REQUIRE_SHARED(gguf_path, "models/stories260K-f32.gguf");
+  MMSB_REQUIRE_SHARED(bin_path, "models/stories260K.bin");
+  ASSERT_EQ(::sysconf(_SC_PAGESIZE), 4096);
+  // In the GGUF file the embedding lies at bytes 14176-145248: pages 3-35, 33 pages (135168 bytes); layer 0's
+  // attention unit at 276576-325984: pages 67-79 (53248); its feed-forward unit at 325984-458336: pages 79-111
+  // (135168, sharing page 79 with the attention unit); layer 1's at 507744-640096: pages 123-156 (139264); the
+  // final norm and classifier at 145248-276576: pages 35-67 (135168).
+  const Model gguf = load_model(gguf_path);
+  const std::vector<std::uint64_t> expected{135168, 53248, 135168, 53248, 139264, 53248,
+                                            135168, 53248, 139264, 53248, 135168, 135168};
+  EXPECT_EQ(PagedModel::unit_sizes(gguf, PagingKind::Map), expected);
+  EXPECT_EQ(PagedModel::unit_sizes(gguf), expected);  // Auto maps a model read from a file
+  EXPECT_EQ(PagedModel::model_bytes(gguf, PagingKind::Map), 1220608u);
+  EXPECT_EQ(PagedModel::minimum_budget(gguf, PagingKind::Map), 2u * 139264u);
+  // The llama2.c checkpoint's unit 0 is two runs: the embedding at bytes 28-131100 (pages 0-32) and the final norm
+  // at 1039900-1040156 (page 253): 34 pages. Layer 0's attention unit is five runs of one to five pages each.
+  const Model bin = load_model(bin_path);
+  const std::vector<std::uint64_t> sizes = PagedModel::unit_sizes(bin, PagingKind::Map);
+  ASSERT_EQ(sizes.size(), 11u);
+  EXPECT_EQ(sizes[0], 139264u);
+  EXPECT_EQ(sizes[1], 69632u);  // norm 131100-131356 (page 32), wq 132380-148764 (32-36), wk 214300-222492 (52-54),
+                                // wv 255260-263452 (62-64), wo 296220-312604 (72-76): 1 + 5 + 3 + 3 + 5 = 17 pages
+  // A model parsed from memory has no file to map: Auto copies, and Map is refused.
+  EXPECT_EQ(PagedModel::kind_of(gguf, PagingKind::Auto), PagingKind::Map);
+  const Model parsed = parse_gguf(gguf.file->bytes(), gguf.file);
+  EXPECT_EQ(PagedModel::kind_of(parsed, PagingKind::Auto), PagingKind::Copy);
+  EXPECT_EQ(PagedModel::unit_sizes(parsed), PagedModel::unit_sizes(gguf, PagingKind::Copy));
+  try {
+    PagedModel paged(parsed, paging(PagedModel::model_bytes(parsed) / 2, true, false, PagingKind::Map));
+    ADD_FAILURE() << "mapped paging of a model parsed from memory was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("not read from a file"), std::string::npos) << e.what();
+  }
+}
+
+// Paged runs without prefetch, with prefetch on the loader thread and with prefetch inline give the resident run's
+// tokens and logits bit for bit, within the budget.
+void expect_resident_results(const Model& model, const Generation& resident, std::uint64_t budget, PagingKind kind,
+                             const std::string& file) {
+  const std::uint64_t all = PagedModel::model_bytes(model, kind);
+  for (int mode = 0; mode < 3; ++mode) {
+    SCOPED_TRACE(file + ", budget " + std::to_string(budget) + ", mode " + std::to_string(mode) +
+                 (kind == PagingKind::Map ? ", mapped" : ", copied"));
+    const Generation paged = run(model, paging(budget, mode != 1, mode == 2, kind));
+    EXPECT_EQ(paged.tokens, resident.tokens);
+    ASSERT_EQ(paged.logits.size(), resident.logits.size());
+    EXPECT_EQ(0, std::memcmp(paged.logits.data(), resident.logits.data(), paged.logits.size() * sizeof(float)));
+    const PagerStats& s = paged.stats;
+    EXPECT_EQ(s.sync_loads + s.hits + s.waits, s.pins);
+    EXPECT_LE(s.peak_held_bytes, budget);
+    if (budget >= all) {
+      EXPECT_EQ(s.evictions, 0u);
+    }
+    if (mode == 2) {
+      EXPECT_EQ(s.sync_loads, 1u);  // only the very first unit: every later one was prefetched
+    }
+  }
+}
+
+TEST(Paging, EveryBudgetGivesTheResidentTokensAndLogitsBitForBitMappedOrCopied) {
   for (const char* file : {"models/stories260K-f32.gguf", "models/stories260K.bin", "models/stories260K-Q8_0.gguf",
                            "models/stories260K-Q4_0.gguf"}) {
     MMSB_REQUIRE_SHARED(path, file);
     const Model model = load_model(path);
     const Generation resident = run(model, std::nullopt);
-    const std::uint64_t minimum = PagedModel::minimum_budget(model), all = PagedModel::model_bytes(model);
-    ASSERT_LT(minimum, all) << file;
-    std::vector<std::uint64_t> budgets{minimum, minimum + 1, minimum + 65536};
-    for (int i = 1; i < 8; ++i) budgets.push_back(minimum + (all - minimum) * i / 8);
-    budgets.insert(budgets.end(), {all / 2, all - 1, all, all + (1u << 20)});
-    for (std::uint64_t budget : budgets) {
-      if (budget < minimum) continue;  // half of a small quantized model can be below two layers
-      for (int mode = 0; mode < 3; ++mode) {
-        SCOPED_TRACE(std::string(file) + ", budget " + std::to_string(budget) + ", mode " + std::to_string(mode));
-        const Generation paged = run(model, paging(budget, mode != 1, mode == 2));
-        EXPECT_EQ(paged.tokens, resident.tokens);
-        ASSERT_EQ(paged.logits.size(), resident.logits.size());
-        EXPECT_EQ(0, std::memcmp(paged.logits.data(), resident.logits.data(), paged.logits.size() * sizeof(float)));
-        const PagerStats& s = paged.stats;
-        EXPECT_EQ(s.sync_loads + s.hits + s.waits, s.pins);
-        EXPECT_LE(s.peak_held_bytes, budget);
-        if (budget >= all) {
-          EXPECT_EQ(s.evictions, 0u);
-        }
-        if (mode == 2) {
-          EXPECT_EQ(s.sync_loads, 1u);  // only the very first unit: every later one was prefetched
-        }
+    for (const PagingKind kind : {PagingKind::Copy, PagingKind::Map}) {
+      const std::uint64_t minimum = PagedModel::minimum_budget(model, kind), all = PagedModel::model_bytes(model, kind);
+      ASSERT_LT(minimum, all) << file;
+      std::vector<std::uint64_t> budgets{minimum, minimum + 1, minimum + 65536};
+      for (int i = 1; i < 8; ++i) budgets.push_back(minimum + (all - minimum) * i / 8);
+      budgets.insert(budgets.end(), {all / 2, all - 1, all, all + (1u << 20)});
+      for (std::uint64_t budget : budgets) {
+        if (budget < minimum) continue;  // half of a small quantized model can be below two layers
+        expect_resident_results(model, resident, budget, kind, file);
       }
     }
   }
@@ -140,6 +194,14 @@ TEST(Paging, RefusesABudgetBelowTwoLayersWithAMessageNamingTheMinimum) {
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
     EXPECT_NE(std::string(e.what()).find("minimum of 264704 bytes"), std::string::npos) << e.what();
+  }
+  options.paging = paging(2 * 139264 - 1, true, false, PagingKind::Map);  // mapped: whole pages, a larger minimum
+  try {
+    Engine engine(model, options);
+    FAIL() << "a budget one byte below two mapped layers was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("minimum of 278528 bytes"), std::string::npos) << e.what();
   }
 }
 
@@ -188,7 +250,7 @@ TEST(Paging, SynchronousLoadsOfAScriptedRunAreExact) {
 
   // Half the model (585600 bytes): F0 and F1 (132352 each) and A0 (49408) are kept, 314112 bytes, leaving two
   // slots of 132352; the other 8 units are streamed: 7 in a prompt step (no H), 8 in a generated one.
-  const std::uint64_t half = PagedModel::model_bytes(model) / 2;
+  const std::uint64_t half = PagedModel::model_bytes(model, PagingKind::Copy) / 2;
   const std::uint64_t streamed = 7 * kPrompt + 8 * kGenerated;
   r = run(model, paging(half, false), &resident);
   EXPECT_EQ(r.stats.kept_units, 3u);
@@ -211,19 +273,135 @@ TEST(Paging, SynchronousLoadsOfAScriptedRunAreExact) {
   EXPECT_LE(static_cast<double>(r.stats.sync_loads) / static_cast<double>(half_without), 0.1);
 
   // The whole model: every unit (the embedding too) is kept and loaded once.
-  r = run(model, paging(PagedModel::model_bytes(model), false), &resident);
+  r = run(model, paging(PagedModel::model_bytes(model, PagingKind::Copy), false), &resident);
   EXPECT_EQ(r.stats.sync_loads, 12u);
   EXPECT_EQ(r.stats.kept_units, 12u);
   EXPECT_EQ(r.stats.evictions, 0u);
-  EXPECT_EQ(r.stats.peak_held_bytes, PagedModel::model_bytes(model));
+  EXPECT_EQ(r.stats.peak_held_bytes, PagedModel::model_bytes(model, PagingKind::Copy));
   EXPECT_EQ(resident, 12u);
+}
+
+TEST(Paging, MappedUnitsOfAScriptedRunLoadAndEvictWithinTheBudget) {
+  MMSB_REQUIRE_SHARED(path, "models/stories260K-f32.gguf");
+  const Model model = load_model(path);
+  // Mapped units (see MappedUnitsAreTheWholePagesOfTheirRunsOfTheFile), the embedding read by rows: A0..A4 53248
+  // bytes each, F0, F2, F4 and H 135168, F1 and F3 139264. Half of the mapped model, 610304 bytes, holds four of
+  // the largest units (557056) plus A0: mapped units keep room for four streamed units, so only A0 is kept, and a
+  // prompt step streams A1..A4 and F0..F4 (9 units, 897024 bytes), a generated step H too (10, 1032192 bytes).
+  const std::uint64_t half = PagedModel::model_bytes(model, PagingKind::Map) / 2;
+  ASSERT_EQ(half, 610304u);
+  const std::uint64_t pins = 15 * kPrompt + 16 * kGenerated;
+  const std::uint64_t streamed = 9 * kPrompt + 10 * kGenerated;
+  std::uint64_t resident = 0;
+  Generation r = run(model, paging(half, false, false, PagingKind::Map), &resident);
+  EXPECT_EQ(r.stats.kept_units, 1u);
+  EXPECT_EQ(r.stats.kept_bytes, 53248u);
+  EXPECT_EQ(r.stats.pins, pins);
+  EXPECT_EQ(r.stats.sync_loads, 1 + streamed);
+  EXPECT_EQ(r.stats.bytes_loaded, 53248 + kPrompt * 897024 + kGenerated * 1032192);
+  EXPECT_EQ(r.stats.evictions, streamed - (resident - 1));  // every streamed load but those still mapped
+  EXPECT_LE(r.stats.peak_held_bytes, half);
+  EXPECT_GT(r.stats.peak_held_bytes, half - 53248);  // the room fills up
+  EXPECT_GT(r.stats.unmap_ns, 0u);
+  // With prefetch run inline, every unit but the first is mapped before its pin; the last step's H prefetches the
+  // next step's first streamed units, three of them, never pinned.
+  r = run(model, paging(half, true, /*inline_prefetch=*/true, PagingKind::Map), &resident);
+  EXPECT_EQ(r.stats.sync_loads, 1u);
+  EXPECT_EQ(r.stats.prefetches_dropped, 0u);
+  EXPECT_EQ(r.stats.prefetches_unused, 0u);
+  EXPECT_EQ(r.stats.prefetch_hits, streamed);
+  EXPECT_LE(r.stats.peak_held_bytes, half);
+}
+
+// The bytes of this process's mappings of `path` other than the whole file's (the Model's own), by smaps' Rss.
+std::uint64_t mapped_unit_rss(const std::string& path, std::uint64_t file_bytes) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool counting = false;
+  std::uint64_t total = 0;
+  while (std::getline(smaps, line)) {
+    unsigned long long begin = 0, end = 0;
+    char name[4096] = "";
+    if (std::sscanf(line.c_str(), "%llx-%llx %*s %*s %*s %*s %4095s", &begin, &end, name) >= 2 &&
+        line.find(" kB") == std::string::npos) {
+      counting = path == name && end - begin < file_bytes;
+    } else if (counting && line.rfind("Rss:", 0) == 0) {
+      total += std::stoull(line.substr(4)) * 1024;
+    }
+  }
+  return total;
+}
+
+TEST(Paging, MappedUnitsHoldExactlyTheFilesBytesAndTheProcessHoldsOnlyWhatTheBudgetCounts) {
+  MMSB_REQUIRE_SHARED(path, "models/stories260K-f32.gguf");
+  const Model model = load_model(path);
+  const std::string real = std::filesystem::canonical(path).string();
+  const std::uint64_t file_bytes = model.file->bytes().size();
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::uint64_t half = PagedModel::model_bytes(model, PagingKind::Map) / 2;
+  PagedModel paged(model, paging(half, false, false, PagingKind::Map));
+  ASSERT_EQ(paged.kind(), PagingKind::Map);
+  LayerPager& pager = paged.pager();
+  auto check_unit = [&](std::size_t unit, std::initializer_list<const Tensor*> tensors) {
+    LayerPager::Pin pin = paged.pin(unit, true);
+    EXPECT_EQ(pin.bytes().size(), pager.unit_bytes(pin.unit()));
+    for (const Tensor* t : tensors) {
+      const auto at = static_cast<std::size_t>(t->bytes.data() - model.file->bytes().data());
+      EXPECT_EQ(0, std::memcmp(paged.tensor(pin, *t), file.data() + at, t->bytes.size())) << t->name;
+    }
+    // The pages mapped for units are the resident units' sizes, never more than the budget.
+    std::uint64_t counted = 0;
+    for (std::size_t u = 0; u < pager.unit_count(); ++u) counted += pager.resident(u) ? pager.unit_bytes(u) : 0;
+    EXPECT_EQ(mapped_unit_rss(real, file_bytes), counted) << "unit " << unit;
+    EXPECT_LE(counted, half);
+  };
+  for (std::size_t l = 0; l < model.layers.size(); ++l) {
+    const LayerTensors& w = model.layers[l];
+    check_unit(paged.attention_unit(l), {&w.attn_norm, &w.wq, &w.wk, &w.wv, &w.wo});
+    check_unit(paged.ffn_unit(l), {&w.ffn_norm, &w.w1, &w.w2, &w.w3});
+  }
+  check_unit(paged.head_unit(), {&model.final_norm, &model.classifier});
+  EXPECT_GT(pager.stats().evictions, 0u);
+}
+
+TEST(Paging, AFileShorterThanWhenLoadedIsAnIoErrorNotACrash) {
+  MMSB_REQUIRE_SHARED(path, "models/stories260K-f32.gguf");
+  const std::string copy = ::testing::TempDir() + "/paging_short.gguf";
+  std::filesystem::copy_file(path, copy, std::filesystem::copy_options::overwrite_existing);
+  const Model model = load_model(copy);
+  const std::uint64_t all = PagedModel::model_bytes(model, PagingKind::Map);
+  {  // cut after the PagedModel was made: a mapped load of the lost bytes fails (no SIGBUS: nothing read them)
+    PagedModel paged(model, paging(all / 2, false, false, PagingKind::Map));
+    std::filesystem::resize_file(copy, 400000);  // layer 0's attention unit (276576-325984) stays whole
+    EXPECT_NO_THROW(paged.pin(paged.attention_unit(0), true));
+    try {
+      paged.pin(paged.ffn_unit(4), true);  // bytes 1053024-1185120
+      ADD_FAILURE() << "a unit past the end of the file was mapped";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::IoError);
+      EXPECT_NE(std::string(e.what()).find("shorter than when loaded"), std::string::npos) << e.what();
+    }
+  }
+  for (const PagingKind kind : {PagingKind::Map, PagingKind::Copy}) {  // cut before: refused when made
+    try {
+      PagedModel paged(model, paging(all / 2, false, false, kind));
+      ADD_FAILURE() << "paging a file shorter than the model was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::IoError);
+      EXPECT_NE(std::string(e.what()).find("shorter than when it was loaded (400000 of 1185376 bytes)"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  std::filesystem::remove(copy);
 }
 
 TEST(Paging, ReadsTheEmbeddingByRowsWhenTheClassifierIsSeparateAndTheModelDoesNotFit) {
   MMSB_REQUIRE_SHARED(gguf_path, "models/stories260K-f32.gguf");
   MMSB_REQUIRE_SHARED(bin_path, "models/stories260K.bin");
   const Model gguf = load_model(gguf_path);
-  const std::uint64_t all = PagedModel::model_bytes(gguf);
+  const std::uint64_t all = PagedModel::model_bytes(gguf, PagingKind::Copy);
   {
     PagedModel paged(gguf, paging(all / 2, true));
     EXPECT_TRUE(paged.embedding_by_rows());
@@ -258,7 +436,7 @@ TEST(Paging, ReadsTheEmbeddingByRowsWhenTheClassifierIsSeparateAndTheModelDoesNo
     EXPECT_EQ(paged.pager().unit_count(), 12u);
   }
   const Model bin = load_model(bin_path);  // the classifier is the embedding: the whole table is needed
-  PagedModel paged(bin, paging(PagedModel::minimum_budget(bin), true));
+  PagedModel paged(bin, paging(PagedModel::minimum_budget(bin, PagingKind::Copy), true));
   EXPECT_FALSE(paged.embedding_by_rows());
 }
 
@@ -273,16 +451,23 @@ TEST(Paging, CommandLineGivesTheSameTextAndRefusesATooSmallBudget) {
   int status = -1;
   std::string resident = run_cli("", status);
   ASSERT_EQ(status, 0) << resident;
-  for (const char* budget : {"50%", "264704", "400K", "100%"}) {
-    std::string paged = run_cli(std::string("--mem-budget ") + budget, status);
-    EXPECT_EQ(status, 0) << budget;
-    EXPECT_EQ(paged, resident) << budget;
+  for (const char* budget : {"50%", "278528", "400K", "100%"}) {  // mapped (the default), then copied
+    for (const char* kind : {"", " --paging copy"}) {
+      std::string paged = run_cli(std::string("--mem-budget ") + budget + kind, status);
+      EXPECT_EQ(status, 0) << budget << kind;
+      EXPECT_EQ(paged, resident) << budget << kind;
+    }
   }
-  std::string paged = run_cli("--mem-budget 50% --no-prefetch", status);
+  std::string paged = run_cli("--mem-budget 264704 --paging copy", status);
   EXPECT_EQ(paged, resident);
-  std::string refused = run_cli("--mem-budget 64K", status, true);
+  paged = run_cli("--mem-budget 50% --no-prefetch --paging map", status);
+  EXPECT_EQ(paged, resident);
+  std::string refused = run_cli("--mem-budget 64K --paging copy", status, true);
   EXPECT_EQ(status, 2);
   EXPECT_NE(refused.find("minimum of 264704 bytes"), std::string::npos) << refused;
+  refused = run_cli("--mem-budget 264704", status, true);  // below two mapped units
+  EXPECT_EQ(status, 2);
+  EXPECT_NE(refused.find("minimum of 278528 bytes"), std::string::npos) << refused;
   refused = run_cli("--mem-budget lots", status, true);
   EXPECT_EQ(status, 2);
   EXPECT_NE(refused.find("percentage of the model"), std::string::npos) << refused;

@@ -22,6 +22,14 @@
 // Why slots: fresh anonymous pages cost a page fault each, which on a virtual machine can cost ten times the copy;
 // buffers of one size are reused for ever.
 //
+// Mapped units (Options::mapper): instead of copying into the pager's buffers, a load calls the mapper, which makes
+// the unit's bytes resident where they lie (a read-only mapping of the model file, populated) and returns them;
+// eviction gives them back through the mapper (munmap). Each mapped unit counts its unit_bytes() against the
+// budget, so `stats().held_bytes <= budget()` bounds the mapped bytes too. There are no slots: a prefetch() only
+// queues the unit, and the loader thread makes room (evicting and unmapping, so that the pinning thread does not
+// pay for the unmapping) and maps it. An eviction's bytes stay counted until the unmapping returns, so that what
+// the process holds never exceeds the budget even while one unit is being unmapped and another mapped.
+//
 // Why a loader thread and not TBB tasks: a load is a blocking pread(), which TBB advises keeping off its workers,
 // and a sleeping TBB worker took longer to wake than a layer takes to compute. The loader thread spins (yielding)
 // for a short while after each load, so that the next prefetch of a decoding loop starts at once, then sleeps.
@@ -73,10 +81,12 @@ struct PagerStats {
   std::uint64_t kept_units = 0;  // Options::kept: units that are never evicted
   std::uint64_t kept_bytes = 0;
   std::uint64_t bytes_loaded = 0;
-  std::uint64_t load_ns = 0;         // wall-clock time inside the loader, all loads (prefetches and synchronous)
+  std::uint64_t load_ns = 0;         // wall-clock time inside the loader or mapper, all loads (prefetches and sync)
   std::uint64_t sync_load_ns = 0;    // the part of load_ns spent by synchronous loads, on the pinning thread
   std::uint64_t resident_bytes = 0;  // bytes of the units resident or loading now
-  std::uint64_t held_bytes = 0;      // buffers held now: resident, loading and pooled (<= budget)
+  std::uint64_t unmap_ns = 0;        // mapped units: wall-clock time spent giving evicted units back
+  std::uint64_t held_bytes = 0;      // buffers held now: resident, loading and pooled (<= budget); mapped units:
+                                     // mapped, being mapped or being unmapped (<= budget)
   std::uint64_t peak_held_bytes = 0;
 };
 
@@ -87,8 +97,18 @@ class LayerPager {
   // Runs a task asynchronously (must run each task exactly once). Empty: the pager's own loader thread.
   using Executor = std::function<void(std::function<void()>)>;
 
+  // Mapped units (see the top of the file). `map` makes unit `unit`'s bytes resident and returns them (at most
+  // unit_bytes(unit) of them; the pager counts unit_bytes(unit)); it may throw, and then the load fails, having
+  // undone what it did. `unmap` gives back what `map` returned; it must not throw. Both are called without the
+  // pager's lock, from the pinning thread or the loader thread, for distinct units at once.
+  struct Mapper {
+    std::function<std::span<const std::byte>(std::size_t unit)> map;
+    std::function<void(std::size_t unit, std::span<const std::byte> bytes)> unmap;
+  };
+
   struct Options {
     bool prefetch = true;  // false: prefetch() does nothing (the baseline of the sync-load ratio)
+    Mapper mapper;         // set (map and unmap): units are mapped, not copied; the Loader is not used
     Executor executor;
     // Units that stay resident once loaded (distinct indexes). The budget must hold them all plus two of the
     // largest other units (see minimum_budget); choose them with choose_kept().
@@ -118,8 +138,9 @@ class LayerPager {
     std::span<const std::byte> bytes_;
   };
 
-  // Throws Error(InvalidArgument) for no units, a unit of 0 bytes, an unknown or repeated kept unit, or a budget
-  // below minimum_budget(unit_bytes, options.kept).
+  // Throws Error(InvalidArgument) for no units, a unit of 0 bytes, an unknown or repeated kept unit, a budget
+  // below minimum_budget(unit_bytes, options.kept), or neither a loader nor a whole mapper (the loader may be empty
+  // when the mapper is set).
   LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budget, Loader loader, Options options);
   LayerPager(std::vector<std::uint64_t> unit_bytes, std::uint64_t budget, Loader loader)
       : LayerPager(std::move(unit_bytes), budget, std::move(loader), Options{}) {}
@@ -133,11 +154,14 @@ class LayerPager {
                                       std::span<const std::size_t> kept = {}) noexcept;
   // The units to keep resident under `budget` when every unit is read once per cycle: every unit when the budget
   // holds them all; else the set with the most bytes (chosen largest unit first, lower index first among equals)
-  // that leaves room for two of the largest units not kept, so that a cycle loads the fewest bytes. Empty when
-  // nothing can be kept (in particular for a budget below minimum_budget(unit_bytes)).
-  static std::vector<std::size_t> choose_kept(std::span<const std::uint64_t> unit_bytes, std::uint64_t budget);
+  // that leaves room for `room_units` (at least two) of the largest units not kept, so that a cycle loads the
+  // fewest bytes. Empty when nothing can be kept (in particular for a budget below minimum_budget(unit_bytes)).
+  // More room than two lets prefetches run further ahead of the pins, for more bytes loaded per cycle.
+  static std::vector<std::size_t> choose_kept(std::span<const std::uint64_t> unit_bytes, std::uint64_t budget,
+                                              std::size_t room_units = 2);
 
-  // Blocks until the unit is resident (loading it here if needed) and pins it. Rethrows the loader's error.
+  // Blocks until the unit is resident (loading or mapping it here if needed) and pins it. Rethrows the loader's or
+  // mapper's error.
   // Throws Error(InvalidArgument) for an unknown unit, Error(ResourceExhausted) when no room can be made.
   Pin pin(std::size_t unit);
   // Starts loading the unit asynchronously if it is absent and room can be made without waiting.
@@ -148,8 +172,10 @@ class LayerPager {
   PagerStats stats() const;
   bool resident(std::size_t unit) const;  // resident now (not loading)
   bool kept(std::size_t unit) const noexcept;
+  bool maps_units() const noexcept;  // Options::mapper was given
   std::uint64_t budget() const noexcept;
-  // The size of a slot: the largest unit that is not kept (0 when every unit is kept).
+  // The size of a slot: the largest unit that is not kept (0 when every unit is kept). Mapped units have no slots,
+  // but the same room: the budget left by the kept units holds this many bytes per streamed unit.
   std::uint64_t slot_bytes() const noexcept;
   std::size_t unit_count() const noexcept;
   std::uint64_t unit_bytes(std::size_t unit) const noexcept;

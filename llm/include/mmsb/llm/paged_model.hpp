@@ -4,17 +4,30 @@
 // final norm when the classifier is the embedding itself), then each layer's attention (attention norm, wq, wk, wv,
 // wo) and feed-forward (ffn norm, w1, w2, w3) units, and last the final norm with a separate classifier. A layer is
 // two units, not one, because the room kept free for streaming is two of the largest streamed units: halving the
-// largest unit leaves more of the budget to units that stay resident. A LayerPager keeps some of
-// them in anonymous buffers it owns. A unit's tensors that lie back to back in the file (at most 256 bytes apart)
-// form one run, kept in the buffer as in the file, padding included; each run starts at a 64-byte aligned offset,
-// and a unit's size is the end of its last run rounded up to 64 (a GGUF layer: one run; a llama2.c layer: nine).
-// model_bytes(), 100% of a percentage budget, is the sum of the units.
+// largest unit leaves more of the budget to units that stay resident. A unit's tensors that lie back to back in
+// the file (at most 256 bytes apart) form one run (a GGUF layer: one run; a llama2.c layer: nine).
+// Two kinds of paging (PagingKind), the same tokens and logits bit for bit:
+//  - Map (the default for a model read from a file, without an adapter's overrides): a unit's load maps the whole
+//    pages of its runs of the file read-only (MAP_SHARED, PROT_READ; the page cache's pages, nothing copied), one
+//    range after another, and populates them (madvise MADV_POPULATE_READ; a kernel before 5.14: a read of every
+//    page) on the loading thread; eviction unmaps them. A unit's size is the sum of its ranges, shared pages at its
+//    ends included (each unit counts the pages it maps). A load costs page-table work only: ~15-30 us/MB where the
+//    page cache holds the file in 4 KiB-mapped folios, ~2-5 us/MB where it holds 2 MiB folios, against ~130-300
+//    us/MB for copying (docs/benchmarks.md, "Mapped layer paging").
+//  - Copy: a LayerPager keeps units in anonymous buffers it owns; each run is read with one pread() (a model parsed
+//    from memory: memcpy) and kept in the buffer as in the file, padding included; each run starts at a 64-byte
+//    aligned offset, and a unit's size is the end of its last run rounded up to 64. The only kind for a model
+//    parsed from memory and for overrides (they replace bytes after each load).
+// model_bytes(), 100% of a percentage budget, is the sum of the units of the kind.
+// Trust: a mapped unit reads the file as it is on disk while mapped. The file must not change while the model is
+// open (as for the resident engine, which maps the whole file): a file truncated under a mapping raises SIGBUS on
+// the next read of a lost page; a load that finds the file shorter fails with Error(IoError), and so does making a
+// PagedModel when the file is shorter than when the model was loaded.
 // Embedding rows: when the classifier is a tensor of its own and the budget does not hold the whole model, a step
 // needs one row of the embedding, not the table, so the embedding is not paged at all: read_embedding_row() reads
 // the token's row (one pread(), a few hundred bytes) and the pager holds the other units only.
-// Loading a unit reads each run from the model file with one pread() (a model parsed from memory: memcpy), and the
-// file mapping's pages under the tensors are dropped (madvise MADV_DONTNEED) when the PagedModel is made, so a
-// unit that is not resident is not in this process's memory at all.
+// The model's own file mapping's pages under the tensors are dropped (madvise MADV_DONTNEED) when the PagedModel is
+// made, so a unit that is not resident is not in this process's memory at all.
 //
 // Residency: a step reads the units in a cycle (embedding → attention 0 → feed-forward 0 → … → feed-forward L-1 →
 // classifier, or, for a prompt step that skips the logits, the next step's embedding), so the pager keeps the set
@@ -49,8 +62,12 @@ struct TensorOverride {
   std::vector<std::byte> bytes;
 };
 
+// How units are loaded (see the top of the file). Auto: Map for a model read from a file and no overrides, else Copy.
+enum class PagingKind : std::uint8_t { Auto, Map, Copy };
+
 struct PagingOptions {
-  std::uint64_t budget = 0;       // bytes for every weight buffer; at least PagedModel::minimum_budget(model)
+  std::uint64_t budget = 0;  // bytes for every weight buffer; at least PagedModel::minimum_budget(model)
+  PagingKind kind = PagingKind::Auto;
   bool prefetch = true;           // false: no prefetch, every miss is a synchronous load (the baseline)
   LayerPager::Executor executor;  // empty: the pager's loader thread
   // Held for the PagedModel's life and counted against the budget (the pager gets what they leave). A LoRA
@@ -60,20 +77,26 @@ struct PagingOptions {
 
 class PagedModel {
  public:
-  // Throws Error(InvalidArgument) for a budget below minimum_budget(model) plus the overrides' bytes, or an
-  // override of a tensor that is not paged (the embedding read by rows) or of the wrong size, Error(IoError) when
-  // the model file cannot be opened again for reading.
+  // Throws Error(InvalidArgument) for a budget below minimum_budget(model) plus the overrides' bytes, an override
+  // of a tensor that is not paged (the embedding read by rows) or of the wrong size, or PagingKind::Map for a model
+  // parsed from memory or with overrides; Error(IoError) when the model file cannot be opened again for reading or
+  // is shorter than when the model was loaded.
   PagedModel(const Model& model, PagingOptions options);
   ~PagedModel();
   PagedModel(const PagedModel&) = delete;
   PagedModel& operator=(const PagedModel&) = delete;
 
   // The paged size of the model (every unit), and the smallest budget it runs in (two of the largest units that
-  // are paged below the whole model: not an embedding read by rows).
-  static std::uint64_t model_bytes(const Model& model);
-  static std::uint64_t minimum_budget(const Model& model);
+  // are paged below the whole model: not an embedding read by rows), for paging of `kind` (Auto: Map for a model
+  // read from a file, else Copy; a PagedModel with overrides copies, and its units are then smaller).
+  static std::uint64_t model_bytes(const Model& model, PagingKind kind = PagingKind::Auto);
+  static std::uint64_t minimum_budget(const Model& model, PagingKind kind = PagingKind::Auto);
   // Each unit's size, in unit order.
-  static std::vector<std::uint64_t> unit_sizes(const Model& model);
+  static std::vector<std::uint64_t> unit_sizes(const Model& model, PagingKind kind = PagingKind::Auto);
+  // The kind Auto stands for (a model without overrides), or `kind`; throws as the constructor for Map.
+  static PagingKind kind_of(const Model& model, PagingKind kind);
+
+  PagingKind kind() const noexcept { return kind_; }  // Map or Copy
 
   std::size_t embed_unit() const noexcept { return 0; }
   std::size_t attention_unit(std::size_t layer) const noexcept { return 1 + 2 * layer; }
@@ -104,9 +127,10 @@ class PagedModel {
     std::uint64_t offset;  // in the unit's buffer
   };
   struct Unit {
-    std::vector<Placement> runs;                                                     // what a load copies
+    std::vector<Placement> runs;  // what a load copies, or maps (whole pages, offsets in the unit's mapping)
     std::vector<std::pair<std::uint64_t, const std::vector<std::byte>*>> overrides;  // offset → bytes, after runs
     std::vector<std::pair<const std::byte*, std::uint64_t>> tensors;  // a tensor's bytes in the model → offset
+    std::uint64_t bytes = 0;                                          // the unit's size
   };
   const Model& model_;
   std::vector<Unit> units_;
@@ -114,7 +138,8 @@ class PagedModel {
   std::size_t layers_ = 0;
   std::size_t lookahead_ = 1;    // streamed units to prefetch ahead of the one pinned
   std::size_t first_paged_ = 0;  // 1 when the embedding is read by rows: the pager holds units 1.. as 0..
-  int fd_ = -1;                  // the model file, for pread(); -1 for a model parsed from memory
+  int fd_ = -1;                  // the model file, for pread() and mmap(); -1 for a model parsed from memory
+  PagingKind kind_ = PagingKind::Copy;
   std::vector<TensorOverride> overrides_;
   std::unique_ptr<LayerPager> pager_;
 
@@ -123,6 +148,7 @@ class PagedModel {
   void read_weights_from_file(const MappedFile& file);
   void load(std::size_t unit, std::span<std::byte> destination) const;
   void read(const std::byte* source, std::uint64_t size, std::byte* out) const;
+  std::span<const std::byte> map_unit(std::size_t unit) const;
 };
 
 }  // namespace mmsb::llm

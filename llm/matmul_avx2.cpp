@@ -1247,6 +1247,146 @@ void matmul_float512(const std::byte* w, std::size_t row_stride, std::size_t row
     }
   }
 }
+// --- AVX-512 VNNI: batches of the 32-value block types -----------------------------------------------------------
+
+#define MMSB_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+constexpr std::size_t kVnniRows = 16;
+
+// Block8's batch arithmetic with sixteen rows per 512-bit register and the integer sums by vpdpbusd (unsigned
+// weight bytes times signed activation bytes, four products summed into each 32-bit lane without saturation): per
+// block 8 instructions for 16 rows x 32 columns of one vector, against about 30 for Block8's 8 rows. Signed Q8_0
+// weights become unsigned by adding 128 (w ^ 0x80), and 128 x the activation block's sum comes off as the offset of
+// Q4_0 / Q5_0 does. The sums S are exact integers either way and each lane then takes Block8::accumulate's float
+// operations in the same order, so every result is the bits of Block8's (of the one-vector product too).
+template <class B>
+struct Block16 {
+  static constexpr bool affine = B::kind == Stored::Affine;
+  static constexpr std::uint32_t offset = B::kind == Stored::Signed ? 128 : static_cast<std::uint32_t>(B::offset);
+  // Per block: 8 registers of 4 bytes from each of the 16 rows (bytes 4k..4k+3 of every row in register k), then
+  // the 16 scales (and offsets, Affine) as floats.
+  static constexpr std::size_t kPackedBlock = 8 * 64 + (affine ? 2 : 1) * 64;
+
+  MMSB_VNNI static __m256i unsigned_values(const std::uint8_t* blk) {
+    const __m256i v = B::values(blk);
+    return B::kind == Stored::Signed ? _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80))) : v;
+  }
+
+  MMSB_VNNI static void repack(const std::uint8_t* const* row, std::size_t blocks, std::byte* packed) {
+    for (std::size_t b = 0; b < blocks; ++b, packed += kPackedBlock) {
+      __m256i lo[8], hi[8];
+      MMSB_UNROLL
+      for (std::size_t r = 0; r < 8; ++r) {
+        lo[r] = unsigned_values(row[r] + b * B::bytes);
+        hi[r] = unsigned_values(row[r + 8] + b * B::bytes);
+      }
+      transpose8(lo);
+      transpose8(hi);
+      MMSB_UNROLL
+      for (std::size_t k = 0; k < 8; ++k) {
+        _mm512_store_si512(packed + 64 * k, _mm512_inserti64x4(_mm512_castsi256_si512(lo[k]), hi[k], 1));
+      }
+      auto* scales = reinterpret_cast<float*>(packed + 512);
+      _mm256_store_ps(scales, halves8(row, b * B::bytes));
+      _mm256_store_ps(scales + 8, halves8(row + 8, b * B::bytes));
+      if constexpr (affine) {
+        _mm256_store_ps(scales + 16, halves8(row, b * B::bytes + 2));
+        _mm256_store_ps(scales + 24, halves8(row + 8, b * B::bytes + 2));
+      }
+    }
+  }
+
+  // T vectors against a repacked tile of `rows` (<= 16) rows; `ahead`, when not null, is the next tile's weights,
+  // asked for a share per block.
+  template <int T>
+  MMSB_VNNI static void run_packed(const std::byte* packed, std::size_t rows, const std::byte* act,
+                                   std::size_t act_stride, std::size_t cols, float* out, std::size_t out_stride,
+                                   const std::uint8_t* ahead) {
+    Q8Vector x[T];
+    __m512 acc[T], offsets[T];
+    MMSB_UNROLL
+    for (int t = 0; t < T; ++t) {
+      x[t] = q8_vector(act + t * act_stride, cols);
+      acc[t] = offsets[t] = _mm512_setzero_ps();
+    }
+    for (std::size_t b = 0; b < cols / kBlock; ++b, packed += kPackedBlock) {
+      if (ahead) {
+        for (std::size_t o = 0; o < kVnniRows * B::bytes; o += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + b * kVnniRows * B::bytes + o), _MM_HINT_T0);
+      }
+      __m512i w[8];
+      MMSB_UNROLL
+      for (std::size_t k = 0; k < 8; ++k) w[k] = _mm512_load_si512(packed + 64 * k);
+      const __m512 dw = _mm512_load_ps(packed + 512);
+      const __m512 mw = affine ? _mm512_load_ps(packed + 576) : _mm512_setzero_ps();
+      MMSB_UNROLL
+      for (int t = 0; t < T; ++t) {
+        // Unsigned, so a garbage activation sum wraps as the lanes do (Block8::accumulate).
+        __m512i s = _mm512_set1_epi32(static_cast<std::int32_t>(0u - offset * static_cast<std::uint32_t>(x[t].sum[b])));
+        const std::int8_t* xq = x[t].q + b * kBlock;
+        MMSB_UNROLL
+        for (std::size_t k = 0; k < 8; ++k) {
+          s = _mm512_dpbusd_epi32(
+              s, w[k],
+              _mm512_set1_epi32(static_cast<int>(load_u32(reinterpret_cast<const std::uint8_t*>(xq) + 4 * k))));
+        }
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(x[t].d[b])), acc[t]);
+        if constexpr (affine) {
+          offsets[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(x[t].d[b] * static_cast<float>(x[t].sum[b])), offsets[t]);
+        }
+      }
+    }
+    const __mmask16 lanes = static_cast<__mmask16>((1u << rows) - 1);
+    MMSB_UNROLL
+    for (int t = 0; t < T; ++t) {
+      if constexpr (affine) acc[t] = _mm512_add_ps(acc[t], offsets[t]);
+      _mm512_mask_storeu_ps(out + t * out_stride, lanes, acc[t]);
+    }
+  }
+};
+
+// Vectors per tile of the VNNI kernels: 8 accumulators and 8 weight registers.
+constexpr std::size_t kVnniVectors = 8;
+
+template <class B, std::size_t... T>
+void run_block16_tail(std::size_t tn, const std::byte* packed, std::size_t rows, const std::byte* act,
+                      std::size_t act_stride, std::size_t cols, float* out, std::size_t out_stride,
+                      std::index_sequence<T...>) {
+  static constexpr decltype(&Block16<B>::template run_packed<1>) fns[] = {&Block16<B>::template run_packed<T + 1>...};
+  fns[tn - 1](packed, rows, act, act_stride, cols, out, out_stride, nullptr);
+}
+
+// Batches by Block16 (few vectors by Block8's in-place products, the same bits): the 16 rows of a tile are
+// repacked once into a 64-byte aligned per-thread buffer and every vector of the batch passes over them; the first
+// tile of vectors asks for the next tile's rows.
+template <class B>
+void matmul_block16(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                    std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  if (n < kRepackVectors) return matmul_block8<B>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  using K = Block16<B>;
+  thread_local std::vector<float> buffer;
+  const std::size_t blocks = cols / kBlock;
+  auto* packed = reinterpret_cast<std::byte*>(aligned_floats(buffer, blocks * K::kPackedBlock / sizeof(float)));
+  const auto* wb = reinterpret_cast<const std::uint8_t*>(w);
+  for (std::size_t r0 = 0; r0 < rows; r0 += kVnniRows) {
+    const std::size_t rn = std::min(kVnniRows, rows - r0);
+    const std::uint8_t* row[kVnniRows];
+    for (std::size_t r = 0; r < kVnniRows; ++r) row[r] = wb + (r0 + (r < rn ? r : 0)) * row_stride;  // spare lanes
+    K::repack(row, blocks, packed);
+    // The next tile's rows are contiguous when the rows are (row_stride = blocks x bytes): ask for them in order.
+    const std::uint8_t* ahead =
+        r0 + kVnniRows < rows && row_stride == blocks * B::bytes ? wb + (r0 + kVnniRows) * row_stride : nullptr;
+    std::size_t t = 0;
+    for (; t + kVnniVectors <= n; t += kVnniVectors, ahead = nullptr) {
+      K::template run_packed<kVnniVectors>(packed, rn, act + t * act_stride, act_stride, cols,
+                                           out + t * out_stride + r0, out_stride, ahead);
+    }
+    if (t < n) {
+      run_block16_tail<B>(n - t, packed, rn, act + t * act_stride, act_stride, cols, out + t * out_stride + r0,
+                          out_stride, std::make_index_sequence<kVnniVectors - 1>());
+    }
+  }
+}
+
 #pragma GCC diagnostic pop
 
 }  // namespace
@@ -1267,6 +1407,13 @@ void add_avx2_matmul_kernels(Kernels& k) {
 void add_avx512_matmul_kernels(Kernels& k) {
   k.matmul[static_cast<int>(TensorType::F32)] = matmul_float512<false>;
   k.matmul[static_cast<int>(TensorType::F16)] = matmul_float512<true>;
+  if (__builtin_cpu_supports("avx512vnni")) {
+    k.matmul[static_cast<int>(TensorType::Q8_0)] = matmul_block16<Q8_0Block>;
+    k.matmul[static_cast<int>(TensorType::Q4_0)] = matmul_block16<Q4_0Block>;
+    k.matmul[static_cast<int>(TensorType::Q5_0)] = matmul_block16<Q5_0Block>;
+    k.matmul[static_cast<int>(TensorType::Q4_1)] = matmul_block16<Q4_1Block>;
+    k.matmul[static_cast<int>(TensorType::Q5_1)] = matmul_block16<Q5_1Block>;
+  }
 }
 
 }  // namespace mmsb::llm

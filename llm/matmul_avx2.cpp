@@ -46,6 +46,13 @@ MMSB_TILE inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+// The sum of the 8 lanes (exact: integer addition, wrapping as the lanes do).
+MMSB_TILE inline std::int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+  return _mm_cvtsi128_si32(s);
+}
 MMSB_TILE inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 MMSB_TILE inline float half(const std::uint8_t* p) {
   std::uint16_t h;
@@ -755,7 +762,53 @@ struct K4Tile {
   }
 };
 
-// Q6_K: sixteen sub-blocks of 16 with int8 scales; the stored values are q + 32.
+// Q6_K: sixteen sub-blocks of 16 with int8 scales; the stored values are q + 32. Per super-block i, row r and
+// vector t the integer sums of the block in 8 lanes (lane j: bytes 4j..4j+3 of every group of 32 values, each
+// weighted by its sub-block's scale, less 32 x the scaled activation sums of sub-blocks 2j and 2j+1).
+template <int R, int T>
+MMSB_TILE __attribute__((always_inline)) inline void q6_k_block_sums(const std::uint8_t* const* blk,
+                                                                     const BlockQ8K* const* y, std::size_t i,
+                                                                     __m256i (&isum)[R][T]) {
+  MMSB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    MMSB_UNROLL
+    for (int t = 0; t < T; ++t) isum[r][t] = _mm256_setzero_si256();
+  }
+  MMSB_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    MMSB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const std::uint8_t* b = blk[r];
+      const auto* scales = reinterpret_cast<const std::int8_t*>(b + 192);
+      __m256i q[4];
+      unpack_q6_k_half(b, h, q);
+      MMSB_UNROLL
+      for (int g = 0; g < 4; ++g) {
+        // 32 values = two sub-blocks of 16: the low 8 int16 lanes take the first scale, the high 8 the second.
+        const int s = 8 * h + 2 * g;
+        const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(scales[s + 1]), _mm_set1_epi16(scales[s]));
+        MMSB_UNROLL
+        for (int t = 0; t < T; ++t) {
+          const __m256i p = _mm256_maddubs_epi16(q[g], load32(y[t][i].qs + 128 * h + 32 * g));
+          isum[r][t] = _mm256_add_epi32(isum[r][t], _mm256_madd_epi16(p, scale));
+        }
+      }
+    }
+  }
+  MMSB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[r] + 192)));
+    MMSB_UNROLL
+    for (int t = 0; t < T; ++t) {
+      // The stored values are q + 32: subtract 32 x the scaled block sums.
+      const __m256i offset = _mm256_madd_epi16(scales16, load32(y[t][i].bsums));
+      isum[r][t] = _mm256_sub_epi32(isum[r][t], _mm256_slli_epi32(offset, 5));
+    }
+  }
+}
+
+// The AVX2 level: each lane of the block sums converted and fused into its own accumulator lane, the 8 lanes summed
+// at the end.
 struct Q6KTile {
   template <int R, int T>
   MMSB_TILE static void run(const TileArgs& a) {
@@ -771,44 +824,19 @@ struct Q6KTile {
     }
     for (std::size_t i = 0; i < blocks; ++i) {
       const std::uint8_t* blk[R];
-      __m256i isum[R][T];
       MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
         blk[r] = a.w + r * a.row_stride + i * kQ6_KBytes;
         for (std::size_t line = 0; line < kQ6_KBytes; line += 64) prefetch_next_tile(blk[r] + line, R * a.row_stride);
-        MMSB_UNROLL
-        for (int t = 0; t < T; ++t) isum[r][t] = _mm256_setzero_si256();
       }
-      MMSB_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        MMSB_UNROLL
-        for (int r = 0; r < R; ++r) {
-          const std::uint8_t* b = blk[r];
-          const auto* scales = reinterpret_cast<const std::int8_t*>(b + 192);
-          __m256i q[4];
-          unpack_q6_k_half(b, h, q);
-          MMSB_UNROLL
-          for (int g = 0; g < 4; ++g) {
-            // 32 values = two sub-blocks of 16: the low 8 int16 lanes take the first scale, the high 8 the second.
-            const int s = 8 * h + 2 * g;
-            const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(scales[s + 1]), _mm_set1_epi16(scales[s]));
-            MMSB_UNROLL
-            for (int t = 0; t < T; ++t) {
-              const __m256i p = _mm256_maddubs_epi16(q[g], load32(y[t][i].qs + 128 * h + 32 * g));
-              isum[r][t] = _mm256_add_epi32(isum[r][t], _mm256_madd_epi16(p, scale));
-            }
-          }
-        }
-      }
+      __m256i isum[R][T];
+      q6_k_block_sums<R, T>(blk, y, i, isum);
       MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
-        const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[r] + 192)));
         MMSB_UNROLL
         for (int t = 0; t < T; ++t) {
-          // The stored values are q + 32: subtract 32 x the scaled block sums.
-          const __m256i offset = _mm256_madd_epi16(scales16, load32(y[t][i].bsums));
-          const __m256i s = _mm256_sub_epi32(isum[r][t], _mm256_slli_epi32(offset, 5));
-          acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * half(blk[r] + 208)), _mm256_cvtepi32_ps(s), acc[r][t]);
+          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][t]), _mm256_set1_ps(y[t][i].d * half(blk[r] + 208)),
+                                      acc[r][t]);
         }
       }
     }
@@ -816,6 +844,63 @@ struct Q6KTile {
     for (int r = 0; r < R; ++r) {
       MMSB_UNROLL
       for (int t = 0; t < T; ++t) a.out[t * a.out_stride + r] = hsum(acc[r][t]);
+    }
+  }
+};
+
+// Lane r of the result = the sum of the 8 lanes of v[r] (r < R <= 4; lanes past R are 0): exact.
+template <int R>
+MMSB_TILE inline __m128i reduce_rows(const __m256i* v) {
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i h01 = _mm256_hadd_epi32(v[0], R > 1 ? v[1] : zero);
+  const __m256i h23 = R > 2 ? _mm256_hadd_epi32(v[2], R > 3 ? v[3] : zero) : zero;
+  const __m256i h = _mm256_hadd_epi32(h01, h23);
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// The AVX-512 level with VNNI, few vectors: the lanes of each block's sums first reduced to the super-block's exact
+// integer, then one fused multiply-add per super-block (row r in lane r), as Q6KBatch16 computes it for batches.
+struct Q6KExactTile {
+  template <int R, int T>
+  MMSB_TILE static void run(const TileArgs& a) {
+    const std::size_t blocks = a.cols / kSuperBlock;
+    const BlockQ8K* y[T];
+    __m128 acc[T];
+    MMSB_UNROLL
+    for (int t = 0; t < T; ++t) {
+      y[t] = reinterpret_cast<const BlockQ8K*>(a.act + t * a.act_stride);
+      acc[t] = _mm_setzero_ps();
+    }
+    for (std::size_t i = 0; i < blocks; ++i) {
+      const std::uint8_t* blk[R];
+      __m128i dw_halves = _mm_setzero_si128();  // built in a register: four scalar stores read back as one vector
+                                                // would stall store forwarding every super-block
+      MMSB_UNROLL
+      for (int r = 0; r < R; ++r) {
+        blk[r] = a.w + r * a.row_stride + i * kQ6_KBytes;
+        for (std::size_t line = 0; line < kQ6_KBytes; line += 64) prefetch_next_tile(blk[r] + line, R * a.row_stride);
+        std::uint16_t h;
+        std::memcpy(&h, blk[r] + 208, 2);
+        dw_halves = _mm_insert_epi16(dw_halves, h, r);
+      }
+      const __m128 dw = _mm_cvtph_ps(dw_halves);
+      __m256i isum[R][T];
+      q6_k_block_sums<R, T>(blk, y, i, isum);
+      MMSB_UNROLL
+      for (int t = 0; t < T; ++t) {
+        __m256i rows[R];
+        MMSB_UNROLL
+        for (int r = 0; r < R; ++r) rows[r] = isum[r][t];
+        const __m128 scale = _mm_mul_ps(dw, _mm_set1_ps(y[t][i].d));
+        acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(reduce_rows<R>(rows)), scale, acc[t]);
+      }
+    }
+    MMSB_UNROLL
+    for (int t = 0; t < T; ++t) {
+      alignas(16) float lanes[4];
+      _mm_store_ps(lanes, acc[t]);
+      MMSB_UNROLL
+      for (int r = 0; r < R; ++r) a.out[t * a.out_stride + r] = lanes[r];
     }
   }
 };
@@ -1247,6 +1332,268 @@ void matmul_float512(const std::byte* w, std::size_t row_stride, std::size_t row
     }
   }
 }
+// --- AVX-512 VNNI: batches of the 32-value block types -----------------------------------------------------------
+
+#define MMSB_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+constexpr std::size_t kVnniRows = 16;
+
+// Block8's batch arithmetic with sixteen rows per 512-bit register and the integer sums by vpdpbusd (unsigned
+// weight bytes times signed activation bytes, four products summed into each 32-bit lane without saturation): per
+// block 8 instructions for 16 rows x 32 columns of one vector, against about 30 for Block8's 8 rows. Signed Q8_0
+// weights become unsigned by adding 128 (w ^ 0x80), and 128 x the activation block's sum comes off as the offset of
+// Q4_0 / Q5_0 does. The sums S are exact integers either way and each lane then takes Block8::accumulate's float
+// operations in the same order, so every result is the bits of Block8's (of the one-vector product too).
+template <class B>
+struct Block16 {
+  static constexpr bool affine = B::kind == Stored::Affine;
+  static constexpr std::uint32_t offset = B::kind == Stored::Signed ? 128 : static_cast<std::uint32_t>(B::offset);
+  // Per block: 8 registers of 4 bytes from each of the 16 rows (bytes 4k..4k+3 of every row in register k), then
+  // the 16 scales (and offsets, Affine) as floats.
+  static constexpr std::size_t kPackedBlock = 8 * 64 + (affine ? 2 : 1) * 64;
+
+  MMSB_VNNI static __m256i unsigned_values(const std::uint8_t* blk) {
+    const __m256i v = B::values(blk);
+    return B::kind == Stored::Signed ? _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80))) : v;
+  }
+
+  MMSB_VNNI static void repack(const std::uint8_t* const* row, std::size_t blocks, std::byte* packed) {
+    for (std::size_t b = 0; b < blocks; ++b, packed += kPackedBlock) {
+      __m256i lo[8], hi[8];
+      MMSB_UNROLL
+      for (std::size_t r = 0; r < 8; ++r) {
+        lo[r] = unsigned_values(row[r] + b * B::bytes);
+        hi[r] = unsigned_values(row[r + 8] + b * B::bytes);
+      }
+      transpose8(lo);
+      transpose8(hi);
+      MMSB_UNROLL
+      for (std::size_t k = 0; k < 8; ++k) {
+        _mm512_store_si512(packed + 64 * k, _mm512_inserti64x4(_mm512_castsi256_si512(lo[k]), hi[k], 1));
+      }
+      auto* scales = reinterpret_cast<float*>(packed + 512);
+      _mm256_store_ps(scales, halves8(row, b * B::bytes));
+      _mm256_store_ps(scales + 8, halves8(row + 8, b * B::bytes));
+      if constexpr (affine) {
+        _mm256_store_ps(scales + 16, halves8(row, b * B::bytes + 2));
+        _mm256_store_ps(scales + 24, halves8(row + 8, b * B::bytes + 2));
+      }
+    }
+  }
+
+  // T vectors against a repacked tile of `rows` (<= 16) rows; `ahead`, when not null, is the next tile's weights,
+  // asked for a share per block.
+  template <int T>
+  MMSB_VNNI static void run_packed(const std::byte* packed, std::size_t rows, const std::byte* act,
+                                   std::size_t act_stride, std::size_t cols, float* out, std::size_t out_stride,
+                                   const std::uint8_t* ahead) {
+    Q8Vector x[T];
+    __m512 acc[T], offsets[T];
+    MMSB_UNROLL
+    for (int t = 0; t < T; ++t) {
+      x[t] = q8_vector(act + t * act_stride, cols);
+      acc[t] = offsets[t] = _mm512_setzero_ps();
+    }
+    for (std::size_t b = 0; b < cols / kBlock; ++b, packed += kPackedBlock) {
+      if (ahead) {
+        for (std::size_t o = 0; o < kVnniRows * B::bytes; o += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + b * kVnniRows * B::bytes + o), _MM_HINT_T0);
+      }
+      __m512i w[8];
+      MMSB_UNROLL
+      for (std::size_t k = 0; k < 8; ++k) w[k] = _mm512_load_si512(packed + 64 * k);
+      const __m512 dw = _mm512_load_ps(packed + 512);
+      const __m512 mw = affine ? _mm512_load_ps(packed + 576) : _mm512_setzero_ps();
+      MMSB_UNROLL
+      for (int t = 0; t < T; ++t) {
+        // Unsigned, so a garbage activation sum wraps as the lanes do (Block8::accumulate).
+        __m512i s = _mm512_set1_epi32(static_cast<std::int32_t>(0u - offset * static_cast<std::uint32_t>(x[t].sum[b])));
+        const std::int8_t* xq = x[t].q + b * kBlock;
+        MMSB_UNROLL
+        for (std::size_t k = 0; k < 8; ++k) {
+          s = _mm512_dpbusd_epi32(
+              s, w[k],
+              _mm512_set1_epi32(static_cast<int>(load_u32(reinterpret_cast<const std::uint8_t*>(xq) + 4 * k))));
+        }
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(x[t].d[b])), acc[t]);
+        if constexpr (affine) {
+          offsets[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(x[t].d[b] * static_cast<float>(x[t].sum[b])), offsets[t]);
+        }
+      }
+    }
+    const __mmask16 lanes = static_cast<__mmask16>((1u << rows) - 1);
+    MMSB_UNROLL
+    for (int t = 0; t < T; ++t) {
+      if constexpr (affine) acc[t] = _mm512_add_ps(acc[t], offsets[t]);
+      _mm512_mask_storeu_ps(out + t * out_stride, lanes, acc[t]);
+    }
+  }
+};
+
+// Vectors per tile of the VNNI kernels: 8 accumulators and 8 weight registers.
+constexpr std::size_t kVnniVectors = 8;
+
+// The last tile of vectors of a batch, fewer than kVnniVectors, against a repacked tile of 16 rows.
+template <class K, std::size_t... T>
+void run_packed16_tail(std::size_t tn, const std::byte* packed, std::size_t rows, const std::byte* act,
+                       std::size_t act_stride, std::size_t cols, float* out, std::size_t out_stride,
+                       std::index_sequence<T...>) {
+  static constexpr decltype(&K::template run_packed<1>) fns[] = {&K::template run_packed<T + 1>...};
+  fns[tn - 1](packed, rows, act, act_stride, cols, out, out_stride, nullptr);
+}
+
+// Batches by Block16 (few vectors by Block8's in-place products, the same bits): the 16 rows of a tile are
+// repacked once into a 64-byte aligned per-thread buffer and every vector of the batch passes over them; the first
+// tile of vectors asks for the next tile's rows.
+template <class B>
+void matmul_block16(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                    std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  if (n < kRepackVectors) return matmul_block8<B>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  using K = Block16<B>;
+  thread_local std::vector<float> buffer;
+  const std::size_t blocks = cols / kBlock;
+  auto* packed = reinterpret_cast<std::byte*>(aligned_floats(buffer, blocks * K::kPackedBlock / sizeof(float)));
+  const auto* wb = reinterpret_cast<const std::uint8_t*>(w);
+  for (std::size_t r0 = 0; r0 < rows; r0 += kVnniRows) {
+    const std::size_t rn = std::min(kVnniRows, rows - r0);
+    const std::uint8_t* row[kVnniRows];
+    for (std::size_t r = 0; r < kVnniRows; ++r) row[r] = wb + (r0 + (r < rn ? r : 0)) * row_stride;  // spare lanes
+    K::repack(row, blocks, packed);
+    // The next tile's rows are contiguous when the rows are (row_stride = blocks x bytes): ask for them in order.
+    const std::uint8_t* ahead =
+        r0 + kVnniRows < rows && row_stride == blocks * B::bytes ? wb + (r0 + kVnniRows) * row_stride : nullptr;
+    std::size_t t = 0;
+    for (; t + kVnniVectors <= n; t += kVnniVectors, ahead = nullptr) {
+      K::template run_packed<kVnniVectors>(packed, rn, act + t * act_stride, act_stride, cols,
+                                           out + t * out_stride + r0, out_stride, ahead);
+    }
+    if (t < n) {
+      run_packed16_tail<K>(n - t, packed, rn, act + t * act_stride, act_stride, cols, out + t * out_stride + r0,
+                           out_stride, std::make_index_sequence<kVnniVectors - 1>());
+    }
+  }
+}
+
+// Q6_K batches: 16 rows repacked as Block16 repacks its blocks (per group of 4 columns, 4 bytes of each row; here
+// the unsigned stored values q + 32, 0..63), then per sub-block of 16 columns 4 vpdpbusd from 32 x the negated
+// activation sum of the sub-block on, times the rows' scales (vpmulld), summed into the exact integer of the
+// super-block, and one fused multiply-add per super-block: Q6KExactTile's arithmetic (the one-vector product).
+struct Q6KBatch16 {
+  // Per super-block: 64 groups of 64 bytes, then the 16 sub-blocks' scales as 16 int32 each, then d as 16 floats.
+  static constexpr std::size_t kScales = 64 * 64, kD = kScales + 16 * 64, kPackedBlock = kD + 64;
+
+  MMSB_VNNI static void repack(const std::uint8_t* const* row, std::size_t blocks, std::byte* packed) {
+    alignas(32) std::uint8_t values[kVnniRows][kSuperBlock];
+    for (std::size_t i = 0; i < blocks; ++i, packed += kPackedBlock) {
+      const std::uint8_t* blk[kVnniRows];
+      for (std::size_t r = 0; r < kVnniRows; ++r) {
+        blk[r] = row[r] + i * kQ6_KBytes;
+        for (int h = 0; h < 2; ++h) {
+          __m256i q[4];
+          unpack_q6_k_half(blk[r], h, q);
+          for (int g = 0; g < 4; ++g)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(values[r] + 128 * h + 32 * g), q[g]);
+        }
+      }
+      for (std::size_t c = 0; c < kSuperBlock / 32; ++c) {
+        __m256i lo[8], hi[8];
+        MMSB_UNROLL
+        for (std::size_t r = 0; r < 8; ++r) {
+          lo[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(values[r] + 32 * c));
+          hi[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(values[r + 8] + 32 * c));
+        }
+        transpose8(lo);
+        transpose8(hi);
+        MMSB_UNROLL
+        for (std::size_t k = 0; k < 8; ++k) {
+          _mm512_store_si512(packed + 64 * (8 * c + k), _mm512_inserti64x4(_mm512_castsi256_si512(lo[k]), hi[k], 1));
+        }
+      }
+      auto* scales = reinterpret_cast<std::int32_t*>(packed + kScales);
+      for (std::size_t s = 0; s < 16; ++s) {
+        for (std::size_t r = 0; r < kVnniRows; ++r) scales[16 * s + r] = static_cast<std::int8_t>(blk[r][192 + s]);
+      }
+      auto* d = reinterpret_cast<float*>(packed + kD);
+      _mm256_store_ps(d, halves8(blk, 208));
+      _mm256_store_ps(d + 8, halves8(blk + 8, 208));
+    }
+  }
+
+  template <int T>
+  MMSB_VNNI static void run_packed(const std::byte* packed, std::size_t rows, const std::byte* act,
+                                   std::size_t act_stride, std::size_t cols, float* out, std::size_t out_stride,
+                                   const std::uint8_t* ahead) {
+    const BlockQ8K* y[T];
+    __m512 acc[T];
+    MMSB_UNROLL
+    for (int t = 0; t < T; ++t) {
+      y[t] = reinterpret_cast<const BlockQ8K*>(act + t * act_stride);
+      acc[t] = _mm512_setzero_ps();
+    }
+    for (std::size_t i = 0; i < cols / kSuperBlock; ++i, packed += kPackedBlock) {
+      if (ahead) {
+        for (std::size_t o = 0; o < kVnniRows * kQ6_KBytes; o += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + i * kVnniRows * kQ6_KBytes + o), _MM_HINT_T0);
+      }
+      __m512i sum[T];
+      MMSB_UNROLL
+      for (int t = 0; t < T; ++t) sum[t] = _mm512_setzero_si512();
+      for (std::size_t s = 0; s < 16; ++s) {
+        __m512i w[4];
+        MMSB_UNROLL
+        for (std::size_t k = 0; k < 4; ++k) w[k] = _mm512_load_si512(packed + 64 * (4 * s + k));
+        const __m512i scale = _mm512_load_si512(packed + kScales + 64 * s);
+        MMSB_UNROLL
+        for (int t = 0; t < T; ++t) {
+          __m512i p = _mm512_set1_epi32(-32 * y[t][i].bsums[s]);
+          const std::uint8_t* xq = reinterpret_cast<const std::uint8_t*>(y[t][i].qs) + 16 * s;
+          MMSB_UNROLL
+          for (std::size_t k = 0; k < 4; ++k)
+            p = _mm512_dpbusd_epi32(p, w[k], _mm512_set1_epi32(static_cast<int>(load_u32(xq + 4 * k))));
+          sum[t] = _mm512_add_epi32(sum[t], _mm512_mullo_epi32(p, scale));
+        }
+      }
+      const __m512 dw = _mm512_load_ps(packed + kD);
+      MMSB_UNROLL
+      for (int t = 0; t < T; ++t) {
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), _mm512_mul_ps(dw, _mm512_set1_ps(y[t][i].d)), acc[t]);
+      }
+    }
+    const __mmask16 lanes = static_cast<__mmask16>((1u << rows) - 1);
+    MMSB_UNROLL
+    for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(out + t * out_stride, lanes, acc[t]);
+  }
+};
+
+// Q6_K at the AVX-512 level with VNNI: batches by Q6KBatch16, fewer vectors by Q6KExactTile (the same bits).
+void matmul_q6_k_vnni(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                      std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  if (n < kRepackVectors) {
+    return matmul_tiles<Q6KExactTile, 4, 2, 2>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  }
+  using K = Q6KBatch16;
+  thread_local std::vector<float> buffer;
+  const std::size_t blocks = cols / kSuperBlock;
+  auto* packed = reinterpret_cast<std::byte*>(aligned_floats(buffer, blocks * K::kPackedBlock / sizeof(float)));
+  const auto* wb = reinterpret_cast<const std::uint8_t*>(w);
+  for (std::size_t r0 = 0; r0 < rows; r0 += kVnniRows) {
+    const std::size_t rn = std::min(kVnniRows, rows - r0);
+    const std::uint8_t* row[kVnniRows];
+    for (std::size_t r = 0; r < kVnniRows; ++r) row[r] = wb + (r0 + (r < rn ? r : 0)) * row_stride;  // spare lanes
+    K::repack(row, blocks, packed);
+    const std::uint8_t* ahead =
+        r0 + kVnniRows < rows && row_stride == blocks * kQ6_KBytes ? wb + (r0 + kVnniRows) * row_stride : nullptr;
+    std::size_t t = 0;
+    for (; t + kVnniVectors <= n; t += kVnniVectors, ahead = nullptr) {
+      K::run_packed<kVnniVectors>(packed, rn, act + t * act_stride, act_stride, cols, out + t * out_stride + r0,
+                                  out_stride, ahead);
+    }
+    if (t < n) {
+      run_packed16_tail<K>(n - t, packed, rn, act + t * act_stride, act_stride, cols, out + t * out_stride + r0,
+                           out_stride, std::make_index_sequence<kVnniVectors - 1>());
+    }
+  }
+}
+
 #pragma GCC diagnostic pop
 
 }  // namespace
@@ -1267,6 +1614,14 @@ void add_avx2_matmul_kernels(Kernels& k) {
 void add_avx512_matmul_kernels(Kernels& k) {
   k.matmul[static_cast<int>(TensorType::F32)] = matmul_float512<false>;
   k.matmul[static_cast<int>(TensorType::F16)] = matmul_float512<true>;
+  if (__builtin_cpu_supports("avx512vnni")) {
+    k.matmul[static_cast<int>(TensorType::Q8_0)] = matmul_block16<Q8_0Block>;
+    k.matmul[static_cast<int>(TensorType::Q4_0)] = matmul_block16<Q4_0Block>;
+    k.matmul[static_cast<int>(TensorType::Q5_0)] = matmul_block16<Q5_0Block>;
+    k.matmul[static_cast<int>(TensorType::Q4_1)] = matmul_block16<Q4_1Block>;
+    k.matmul[static_cast<int>(TensorType::Q5_1)] = matmul_block16<Q5_1Block>;
+    k.matmul[static_cast<int>(TensorType::Q6_K)] = matmul_q6_k_vnni;
+  }
 }
 
 }  // namespace mmsb::llm

@@ -196,16 +196,23 @@ TEST(Kernels, EveryProductMatchesTheScalarReference) {
 }
 
 // What batched prefill, the thread split and decoding rely on: one (row, vector) result is the same bits whether
-// the product covers one vector or many, all rows or a range of them.
+// the product covers one vector or many, all rows or a range of them. 37 rows x 21 vectors: past the VNNI
+// kernels' tiles of 16 rows (with the next tile's rows prefetched) and 8 vectors, with ragged ends; 512 and 768
+// columns for the super-block types.
 TEST(Kernels, ProductsAreBitIdenticalForEveryTileOfRowsAndVectors) {
   std::mt19937 rng(42);
   for (SimdLevel level : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512}) {
     if (!cpu_supports(level)) continue;
     const Kernels& k = kernels_for(level);
     for (TensorType type : kAllTypes) {
-      for (std::size_t n : {64u, 172u, 288u}) {
+      for (const auto [n, rows, vectors] : {std::array<std::size_t, 3>{64, 11, 9},
+                                            {172, 11, 9},
+                                            {288, 11, 9},
+                                            {288, 37, 21},
+                                            {512, 11, 9},
+                                            {768, 37, 21}}) {
         if (row_bytes(type, n) == 0) continue;
-        const Product p(type, 11, n, 9, rng);
+        const Product p(type, rows, n, vectors, rng);
         const std::vector<float> all = p.run(k, type);
         std::vector<float> pieces(all.size());
         for (std::size_t t = 0; t < p.vectors; ++t) p.run(k, type, pieces, 0, p.rows, t, t + 1);  // one vector each

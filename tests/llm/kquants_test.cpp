@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <utility>
 
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "llm/kquants.hpp"
@@ -288,6 +290,57 @@ TEST(KQuantDot, EveryLevelMatchesTheScalarReferenceAndTheF32Product) {
           ASSERT_NEAR(via_f32, exact, bound * 1.001 + 1e-5 * magnitude + 1e-5)
               << simd_level_name(level) << " " << name_of(t) << " n=" << n;
           ASSERT_NEAR(via_f32, want, 2e-6 * magnitude + 1e-6);
+        }
+      }
+    }
+  }
+}
+
+// What batched prefill, the thread split and decoding rely on for the super-block types: each (row, vector) result
+// is the same bits whether the product covers one vector or a batch (at the AVX-512 level with VNNI, Q6_K batches
+// run tiles of 16 rows x 8 vectors: 37 x 21 passes both with ragged ends), all rows or a range of them; and it
+// stays near the scalar reference.
+TEST(KQuantDot, BatchedProductsAreBitIdenticalToOneVectorProducts) {
+  const Kernels& ref = kernels_for(SimdLevel::Scalar);
+  std::mt19937 rng(91);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (SimdLevel level : levels()) {
+    const Kernels& k = kernels_for(level);
+    for (TensorType t : kSuperTypes) {
+      for (const auto [n, rows, vectors] : {std::array<std::size_t, 3>{256, 5, 3}, {512, 11, 6}, {768, 37, 21}}) {
+        const std::size_t stride = row_bytes(t, n);
+        std::vector<std::uint8_t> matrix;
+        for (std::size_t r = 0; r < rows; ++r) {
+          const std::vector<std::uint8_t> row = random_row(t, n, rng);
+          matrix.insert(matrix.end(), row.begin(), row.end());
+        }
+        std::vector<float> x(vectors * n);
+        for (float& f : x) f = g(rng);
+        const auto* w = reinterpret_cast<const std::byte*>(matrix.data());
+        std::vector<std::byte> storage, ref_storage;
+        const PreparedActivations act = prepare_activations(k, t, x.data(), n, vectors, n, storage);
+        auto run = [&](std::vector<float>& out, std::size_t r0, std::size_t r1, std::size_t t0, std::size_t t1) {
+          k.matmul[id(t)](w + r0 * stride, stride, r1 - r0, act.data + t0 * act.stride, act.stride, t1 - t0, n,
+                          out.data() + t0 * rows + r0, rows);
+        };
+        std::vector<float> all(rows * vectors), pieces(rows * vectors), want(rows * vectors);
+        run(all, 0, rows, 0, vectors);
+        for (std::size_t v = 0; v < vectors; ++v) run(pieces, 0, rows, v, v + 1);
+        const std::string what = std::string(simd_level_name(level)) + " " + name_of(t) + " n=" + std::to_string(n);
+        ASSERT_EQ(0, std::memcmp(all.data(), pieces.data(), all.size() * sizeof(float))) << what;
+        run(pieces, 0, rows / 2 + 1, 0, vectors);  // rows split unevenly, as two threads would
+        run(pieces, rows / 2 + 1, rows, 0, vectors);
+        ASSERT_EQ(0, std::memcmp(all.data(), pieces.data(), all.size() * sizeof(float))) << what;
+        const PreparedActivations ref_act = prepare_activations(ref, t, x.data(), n, vectors, n, ref_storage);
+        ref.matmul[id(t)](w, stride, rows, ref_act.data, ref_act.stride, vectors, n, want.data(), rows);
+        for (std::size_t i = 0; i < all.size(); ++i) {
+          const std::vector<float> wr = dequantize(
+              t,
+              std::vector<std::uint8_t>(matrix.begin() + (i % rows) * stride, matrix.begin() + (i % rows + 1) * stride),
+              n);
+          double magnitude = 0;
+          for (std::size_t j = 0; j < n; ++j) magnitude += std::fabs(double{wr[j]} * x[(i / rows) * n + j]);
+          ASSERT_NEAR(all[i], want[i], 1e-5 * magnitude + 1e-6) << what << " result " << i;
         }
       }
     }

@@ -114,7 +114,7 @@ PreparedActivations prepare(const ForwardShape& s, TensorType type, const float*
 }
 
 // x ([n][cols]) times w_a and, when its data is not null, w_b (the same input: k and v, gate and up), split by rows
-// across the team; then(range) runs on each chunk's rows after its products, so that no second join is needed.
+// across the team; then(range) runs on each piece's rows after its products, so that no second join is needed.
 template <class Then>
 void products(const ForwardShape& s, WeightRef w_a, WeightRef w_b, const float* x, std::size_t cols, std::size_t n,
               float* out_a, float* out_b, std::size_t rows, ForwardScratch& scratch, Then&& then) {
@@ -161,8 +161,8 @@ void kv_rows(const ForwardShape& s, const float* x, const float* attn_norm, Weig
   for (std::size_t t = 0; t < n; ++t) rope(s, k + t * kv_dim, kv_dim, pos0 + static_cast<int>(t));
 }
 
-// Position pos0 + t attends to cache rows 0 .. pos0 + t. The heads are split across the team: each chunk computes
-// the query rows of its heads (no other chunk needs them) and rotates them; then per head, the scores of all n
+// Position pos0 + t attends to cache rows 0 .. pos0 + t. The heads are split across the team: each piece computes
+// the query rows of its heads (no other piece needs them) and rotates them; then per head, the scores of all n
 // positions at once (each key read once for several queries: kernels.hpp), their softmax and mix, in the thread's
 // score rows.
 void attention_rows(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wo,
@@ -199,7 +199,7 @@ void attention_rows(const ForwardShape& s, const float* x, const float* attn_nor
   for (std::size_t i = 0; i < n * dim; ++i) out[i] = x[i] + b.xb[i];
 }
 
-// out = x + w2 · (silu(w1 · norm(x)) * (w3 · norm(x))); each chunk applies the SwiGLU to its own rows.
+// out = x + w2 · (silu(w1 · norm(x)) * (w3 · norm(x))); each piece applies the SwiGLU to its own rows.
 void feed_forward_rows(const ForwardShape& s, const float* x, const float* ffn_norm, WeightRef w1, WeightRef w2,
                        WeightRef w3, std::size_t n, Buffers b, float* out) {
   const ModelConfig& c = s.config;

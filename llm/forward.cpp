@@ -15,11 +15,8 @@ namespace {
 
 // Products smaller than this many multiply-adds run on one thread: splitting them costs more than it saves.
 constexpr std::size_t kSplitWork = std::size_t{1} << 16;
-// Row ranges of a split start at multiples of this (a multiple of every kernel's tile height).
+// A split product's items are tiles of this many rows (a multiple of every kernel's tile height).
 constexpr std::size_t kRowAlign = 16;
-// Chunks per thread of a split job: enough that a thread the OS deschedules leaves only a small share for the others
-// to wait on (the rest they claim themselves), few enough that claiming costs nothing next to a chunk's rows.
-constexpr unsigned kChunksPerThread = 8;
 
 // out = weight * x / rms(x) for one row of n floats whose sum of squares is ss, four lanes at a time (SSE, which
 // every x86-64 has: products lane by lane, the same bits as one at a time).
@@ -75,18 +72,22 @@ void rope(const ForwardShape& s, float* vec, std::size_t n, int pos) {
   }
 }
 
-// Runs job(chunk, chunks, thread) on the team for `items` chunks at most (kChunksPerThread per thread) when `work` is
-// worth splitting, else inline as the only chunk. Results do not depend on the split: every kernel computes each
-// row alike whatever range it is given (kernels.hpp).
-// A team of one exists only to time its jobs (MMSB_TEAM_STATS): it runs the chunks two threads would.
+// Runs job(first, last, thread) over the items [0, items) on the team when `work` is worth splitting, else inline
+// as one piece. Results do not depend on the split: every kernel computes each row alike whatever range it is given
+// (kernels.hpp). A team of one exists only to time its jobs (MMSB_TEAM_STATS): it runs the pieces two threads would.
 template <class Job>
 void split(const ForwardShape& s, std::size_t work, std::size_t items, Job&& job) {
+  const auto count = static_cast<unsigned>(items);
   if (s.team == nullptr || work < kSplitWork || items < 2 || s.rounding == ActivationRounding::LikeLlamaCpp) {
-    job(0u, 1u, 0u);
+    job(0u, count, 0u);
     return;
   }
-  const std::size_t most = std::size_t{kChunksPerThread} * std::max(s.team->size(), 2u);
-  s.team->run(job, static_cast<unsigned>(std::min(items, most)));
+  s.team->run(job, count);
+}
+
+// The rows of tiles [first, last) of a product of `rows` rows.
+PartRange tile_rows(std::size_t rows, unsigned first, unsigned last) {
+  return {std::min(rows, first * kRowAlign), std::min(rows, last * kRowAlign)};
 }
 
 // Rows `range` of w times the n prepared vectors; out holds `rows` floats per vector. In the comparison mode
@@ -113,7 +114,7 @@ PreparedActivations prepare(const ForwardShape& s, TensorType type, const float*
 }
 
 // x ([n][cols]) times w_a and, when its data is not null, w_b (the same input: k and v, gate and up), split by rows
-// across the team; then(range) runs on each chunk's rows after its products, so that no second join is needed.
+// across the team; then(range) runs on each piece's rows after its products, so that no second join is needed.
 template <class Then>
 void products(const ForwardShape& s, WeightRef w_a, WeightRef w_b, const float* x, std::size_t cols, std::size_t n,
               float* out_a, float* out_b, std::size_t rows, ForwardScratch& scratch, Then&& then) {
@@ -122,8 +123,8 @@ void products(const ForwardShape& s, WeightRef w_a, WeightRef w_b, const float* 
   if (w_b.data != nullptr && activation_format(w_b.type) != activation_format(w_a.type)) {
     b = prepare(s, w_b.type, x, cols, n, scratch.act_b);
   }
-  auto job = [&](unsigned chunk, unsigned chunks, unsigned) {
-    const PartRange range = part_range(rows, chunk, chunks, kRowAlign);
+  auto job = [&](unsigned first, unsigned last, unsigned) {
+    const PartRange range = tile_rows(rows, first, last);
     product_rows(s, w_a, a, x, n, cols, out_a, rows, range, scratch);
     if (w_b.data != nullptr) product_rows(s, w_b, b, x, n, cols, out_b, rows, range, scratch);
     then(range);
@@ -160,8 +161,8 @@ void kv_rows(const ForwardShape& s, const float* x, const float* attn_norm, Weig
   for (std::size_t t = 0; t < n; ++t) rope(s, k + t * kv_dim, kv_dim, pos0 + static_cast<int>(t));
 }
 
-// Position pos0 + t attends to cache rows 0 .. pos0 + t. The heads are split across the team: each chunk computes
-// the query rows of its heads (no other chunk needs them) and rotates them; then per head, the scores of all n
+// Position pos0 + t attends to cache rows 0 .. pos0 + t. The heads are split across the team: each piece computes
+// the query rows of its heads (no other piece needs them) and rotates them; then per head, the scores of all n
 // positions at once (each key read once for several queries: kernels.hpp), their softmax and mix, in the thread's
 // score rows.
 void attention_rows(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wo,
@@ -175,9 +176,8 @@ void attention_rows(const ForwardShape& s, const float* x, const float* attn_nor
   if (b.one.att.size() < parts * n * seq) b.one.att.resize(parts * n * seq);  // once: n score rows per thread
   const float scale = std::sqrt(static_cast<float>(head));
   const std::size_t first = static_cast<std::size_t>(pos0);  // position 0 of the batch sees first + 1 keys
-  auto job = [&](unsigned chunk, unsigned chunks, unsigned thread) {
-    const PartRange heads = part_range(c.n_heads, chunk, chunks, 1);
-    if (heads.begin >= heads.end) return;
+  auto job = [&](unsigned first_head, unsigned last_head, unsigned thread) {
+    const PartRange heads{first_head, last_head};
     product_rows(s, wq, act, b.xb, n, dim, b.q, dim, {heads.begin * head, heads.end * head}, b.one);
     for (std::size_t t = 0; t < n; ++t) {
       rope(s, b.q + t * dim + heads.begin * head, (heads.end - heads.begin) * head, pos0 + static_cast<int>(t));
@@ -199,7 +199,7 @@ void attention_rows(const ForwardShape& s, const float* x, const float* attn_nor
   for (std::size_t i = 0; i < n * dim; ++i) out[i] = x[i] + b.xb[i];
 }
 
-// out = x + w2 · (silu(w1 · norm(x)) * (w3 · norm(x))); each chunk applies the SwiGLU to its own rows.
+// out = x + w2 · (silu(w1 · norm(x)) * (w3 · norm(x))); each piece applies the SwiGLU to its own rows.
 void feed_forward_rows(const ForwardShape& s, const float* x, const float* ffn_norm, WeightRef w1, WeightRef w2,
                        WeightRef w3, std::size_t n, Buffers b, float* out) {
   const ModelConfig& c = s.config;

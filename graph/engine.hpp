@@ -436,6 +436,18 @@ struct Propagator::Impl : detail::CommitListener {
   // Runs the reached nodes among plan positions [begin, end) (dense waves) or the listed positions (sparse).
   void run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally);
   void run_list(const std::uint32_t* positions, std::size_t count, std::uint32_t wave, Tally& tally);
+  // Runs `count` nodes, the i-th at step_at(i), prefetching the nodes ahead stage by stage (see wave.cpp).
+  template <class StepAt>
+  void run_pipelined(std::size_t count, std::uint32_t wave, Tally& tally, const StepAt& step_at);
+  // How many nodes ahead of the running one each stage of the pipeline fetches: the node and its input ids, its
+  // slots, its page records, its pages' bytes.
+  static constexpr std::size_t kNodesAhead = 16, kSlotsAhead = 8, kRecordsAhead = 4, kBytesAhead = 2;
+  // The prefetches are always inlined (wave.cpp): GCC finds that a function which only reads and prefetches has no
+  // side effects and drops its calls, which is what happened to prefetch() until session 11.
+  void prefetch_node(NodeIndex node, std::uint32_t first_input) const noexcept;
+  void prefetch_slots(NodeIndex node) const noexcept;
+  void prefetch_records(NodeIndex node) const noexcept;
+  void prefetch_bytes(NodeIndex node) const noexcept;
   static std::string describe(std::exception_ptr error);
   // Runs one wave for the given changed pages (and stale nodes). engine_mutex must be held.
   // `owner`, when set, owns the deltas of `changes`: page observers then share them instead of copying them.

@@ -419,6 +419,7 @@ struct Propagator::Impl : detail::CommitListener {
   std::uint32_t levels_by_kahn(std::vector<std::uint32_t>& level);
   void assign_positions(detail::Plan& p, const std::vector<std::uint32_t>& level, std::uint32_t levels);
   void link_successors(detail::Plan& p);
+  void link_source_readers(detail::Plan& p, std::vector<std::pair<std::uint32_t, std::uint32_t>>& edges);
   void allocate_kept_deltas();
   std::size_t memory_bytes() const;
 
@@ -476,6 +477,9 @@ struct Propagator::Impl : detail::CommitListener {
   // the steps, nodes and input ids are in cache and a prefetch only costs instructions on every hop.
   static constexpr std::size_t kPrefetchPositions = 4096;
   void prefetch(const std::vector<std::uint32_t>& positions);
+  // Prefetches for the walk of reach_from() at queue index k (see wave.cpp), with its stages' distances.
+  void prefetch_walk(std::size_t k) const noexcept;
+  static constexpr std::size_t kRowsAhead = 12, kColumnsAhead = 8, kTargetsAhead = 4;
   // The next wave number; when the 32-bit counter would wrap, every wave mark is reset first.
   std::uint32_t next_wave();
 

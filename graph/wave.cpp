@@ -573,6 +573,38 @@ std::uint32_t Propagator::Impl::next_wave() {
   return current + 1;
 }
 
+// The walk's own chain of misses, pipelined like a wave's nodes (run_pipelined): a reached position's successor
+// row bounds, then the row, then the successors' steps, each fetched for a position further down the queue than the
+// next stage reads. A full wave of a random DAG visits every edge this way.
+[[gnu::always_inline]] inline void Propagator::Impl::prefetch_walk(std::size_t k) const noexcept {
+  const detail::Plan& p = *plan;
+  const auto& rows = p.successors.m_forward;
+  auto row_at = [&](std::size_t j) {
+    const std::uint32_t next = p.steps[affected[j]].next;
+    return next >= detail::Plan::kRow && next != detail::Plan::kNoSuccessor ? next & ~detail::Plan::kRow
+                                                                            : detail::Plan::kNoSuccessor;
+  };
+  const std::size_t queued = affected.size();
+  if (k + kRowsAhead < queued)
+    if (const std::uint32_t row = row_at(k + kRowsAhead); row != detail::Plan::kNoSuccessor)
+      __builtin_prefetch(&rows.m_rowstart[row]);
+  if (k + kColumnsAhead < queued)
+    if (const std::uint32_t row = row_at(k + kColumnsAhead); row != detail::Plan::kNoSuccessor) {
+      __builtin_prefetch(rows.m_column.data() + rows.m_rowstart[row]);
+      __builtin_prefetch(rows.m_column.data() + rows.m_rowstart[row + 1] - 1);  // a row is never empty
+    }
+  if (k + kTargetsAhead < queued) {
+    const std::uint32_t next = p.steps[affected[k + kTargetsAhead]].next;
+    if (next < detail::Plan::kRow) {
+      __builtin_prefetch(&p.steps[next]);
+    } else if (next != detail::Plan::kNoSuccessor) {
+      const std::uint32_t row = next & ~detail::Plan::kRow;
+      for (std::uint32_t e = rows.m_rowstart[row]; e < rows.m_rowstart[row + 1]; ++e)
+        __builtin_prefetch(&p.steps[rows.m_column[e]]);
+    }
+  }
+}
+
 // Marks the changed slots and reaches the wave's nodes: the readers of the changed pages, the stale nodes, and
 // everything downstream of them. `affected` doubles as the breadth-first queue. Each reached node and its inputs'
 // ids are prefetched as they are found (in a plan large enough to leave the cache), so they are on the way while the
@@ -604,8 +636,11 @@ void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delt
       note_change(s, *delta, delta->target_epoch(), wave, owner);
     }
     const std::uint32_t only = s->vertex < p.reader_of.size() ? p.reader_of[s->vertex] : detail::Plan::kManySuccessors;
-    if (only < detail::Plan::kManySuccessors) {
+    if (only < detail::Plan::kRow) {
       reach(only);
+    } else if (only < detail::Plan::kManySuccessors) {
+      for (auto [e, end] = boost::out_edges(only & ~detail::Plan::kRow, p.source_readers); e != end; ++e)
+        reach(boost::target(*e, p.source_readers));
     } else if (only == detail::Plan::kManySuccessors) {
       graph.for_each_dependent(s->vertex, [&](VertexId w, detail::DependencyKind kind) {
         if (kind != detail::DependencyKind::Data) return;
@@ -620,6 +655,7 @@ void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delt
     if ((node.flags & Node::kLive) && node.stale.load(std::memory_order_relaxed)) reach(node.position);
   }
   for (std::size_t k = 0; k < affected.size(); ++k) {
+    if (far) prefetch_walk(k);
     const std::uint32_t next = steps[affected[k]].next;
     if (next < detail::Plan::kRow) {
       reach(next);

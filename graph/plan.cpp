@@ -336,9 +336,13 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
     const bool consumes = n.kind != NodeKind::Map;
     graph.for_each_input(n.out, [&](VertexId w, DependencyKind kind) {
       if (kind != DependencyKind::Data) return;
+      const std::uint32_t only_before = p.reader_of[w];
       note_one_or_many(p.reader_of[w], n.position);
       const std::uint32_t from = position_of[w];
       if (from == kNone) {
+        // Only a source read by several gets a row: its first reader is listed when the second one comes.
+        if (p.reader_of[w] != kMany) return;
+        if (only_before != kMany) source_edges.emplace_back(w, only_before);
         source_edges.emplace_back(w, n.position);
         return;
       }

@@ -419,6 +419,7 @@ struct Propagator::Impl : detail::CommitListener {
   std::uint32_t levels_by_kahn(std::vector<std::uint32_t>& level);
   void assign_positions(detail::Plan& p, const std::vector<std::uint32_t>& level, std::uint32_t levels);
   void link_successors(detail::Plan& p);
+  void link_source_readers(detail::Plan& p, std::vector<std::pair<std::uint32_t, std::uint32_t>>& edges);
   void allocate_kept_deltas();
   std::size_t memory_bytes() const;
 
@@ -436,6 +437,18 @@ struct Propagator::Impl : detail::CommitListener {
   // Runs the reached nodes among plan positions [begin, end) (dense waves) or the listed positions (sparse).
   void run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally);
   void run_list(const std::uint32_t* positions, std::size_t count, std::uint32_t wave, Tally& tally);
+  // Runs `count` nodes, the i-th at step_at(i), prefetching the nodes ahead stage by stage (see wave.cpp).
+  template <class StepAt>
+  void run_pipelined(std::size_t count, std::uint32_t wave, Tally& tally, const StepAt& step_at);
+  // How many nodes ahead of the running one each stage of the pipeline fetches: the node and its input ids, its
+  // slots, its page records, its pages' bytes.
+  static constexpr std::size_t kNodesAhead = 16, kSlotsAhead = 8, kRecordsAhead = 4, kBytesAhead = 2;
+  // The prefetches are always inlined (wave.cpp): GCC finds that a function which only reads and prefetches has no
+  // side effects and drops its calls, which is what happened to prefetch() until session 11.
+  void prefetch_node(NodeIndex node, std::uint32_t first_input) const noexcept;
+  void prefetch_slots(NodeIndex node) const noexcept;
+  void prefetch_records(NodeIndex node) const noexcept;
+  void prefetch_bytes(NodeIndex node) const noexcept;
   static std::string describe(std::exception_ptr error);
   // Runs one wave for the given changed pages (and stale nodes). engine_mutex must be held.
   // `owner`, when set, owns the deltas of `changes`: page observers then share them instead of copying them.
@@ -464,6 +477,9 @@ struct Propagator::Impl : detail::CommitListener {
   // the steps, nodes and input ids are in cache and a prefetch only costs instructions on every hop.
   static constexpr std::size_t kPrefetchPositions = 4096;
   void prefetch(const std::vector<std::uint32_t>& positions);
+  // Prefetches for the walk of reach_from() at queue index k (see wave.cpp), with its stages' distances.
+  void prefetch_walk(std::size_t k) const noexcept;
+  static constexpr std::size_t kRowsAhead = 12, kColumnsAhead = 8, kTargetsAhead = 4;
   // The next wave number; when the 32-bit counter would wrap, every wave mark is reset first.
   std::uint32_t next_wave();
 

@@ -34,7 +34,8 @@ void PlanDeleter::operator()(Plan* p) const noexcept { delete p; }
 
 std::size_t Plan::memory_bytes() const noexcept {
   return steps.capacity() * sizeof(Step) + (level_begin.capacity() + reader_of.capacity()) * sizeof(std::uint32_t) +
-         (boost::num_vertices(successors) + 1 + boost::num_edges(successors)) * sizeof(std::uint32_t);
+         (boost::num_vertices(successors) + 1 + boost::num_edges(successors)) * sizeof(std::uint32_t) +
+         (boost::num_vertices(source_readers) + 1 + boost::num_edges(source_readers)) * sizeof(std::uint32_t);
 }
 
 }  // namespace detail
@@ -322,7 +323,7 @@ void note_one_or_many(std::uint32_t& one, std::uint32_t value) {
 // Data successors by position, and which nodes' deltas a reader consumes (passthrough and incremental nodes).
 void Propagator::Impl::link_successors(detail::Plan& p) {
   constexpr std::uint32_t kNone = detail::Plan::kNoSuccessor, kMany = detail::Plan::kManySuccessors;
-  std::vector<std::pair<std::uint32_t, std::uint32_t>> edges;
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> edges, source_edges;
   edges.reserve(input_pool.size() - input_garbage);  // every node's inputs: at least its data edges from nodes
   p.reader_of.assign(slots.size(), kNone);
   // The writer's position by vertex, read once per edge (as in levels_in_index_order: no slot and node per edge).
@@ -335,9 +336,16 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
     const bool consumes = n.kind != NodeKind::Map;
     graph.for_each_input(n.out, [&](VertexId w, DependencyKind kind) {
       if (kind != DependencyKind::Data) return;
+      const std::uint32_t only_before = p.reader_of[w];
       note_one_or_many(p.reader_of[w], n.position);
       const std::uint32_t from = position_of[w];
-      if (from == kNone) return;
+      if (from == kNone) {
+        // Only a source read by several gets a row: its first reader is listed when the second one comes.
+        if (p.reader_of[w] != kMany) return;
+        if (only_before != kMany) source_edges.emplace_back(w, only_before);
+        source_edges.emplace_back(w, n.position);
+        return;
+      }
       edges.emplace_back(from, n.position);
       if (consumes) node_at[slots[w].node].flags |= Node::kKeepDelta;
     });
@@ -354,6 +362,25 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
       [&](const std::pair<std::uint32_t, std::uint32_t>& e) { return p.steps[e.first].next < detail::Plan::kRow; });
   for (auto e = edges.begin(); e != multi_end; ++e) e->first = p.steps[e->first].next & ~detail::Plan::kRow;
   p.successors = detail::Plan::Successors(boost::edges_are_unsorted_multi_pass, edges.begin(), multi_end, rows);
+  link_source_readers(p, source_edges);
+}
+
+// A row of reader positions for each page that no node computes and several nodes read (a graph's sources): a wave
+// from such a page then reaches its readers without the DependencyGraph. `edges` are (vertex, reader position).
+void Propagator::Impl::link_source_readers(detail::Plan& p,
+                                           std::vector<std::pair<std::uint32_t, std::uint32_t>>& edges) {
+  std::uint32_t rows = 0;
+  for (const auto& [vertex, position] : edges) {
+    std::uint32_t& reader = p.reader_of[vertex];
+    if (reader == detail::Plan::kManySuccessors && rows < detail::Plan::kMaxPositions)
+      reader = detail::Plan::kRow | rows++;
+  }
+  const auto in_rows =
+      std::remove_if(edges.begin(), edges.end(), [&](const std::pair<std::uint32_t, std::uint32_t>& e) {
+        return p.reader_of[e.first] < detail::Plan::kRow || p.reader_of[e.first] == detail::Plan::kManySuccessors;
+      });
+  for (auto e = edges.begin(); e != in_rows; ++e) e->first = p.reader_of[e->first] & ~detail::Plan::kRow;
+  p.source_readers = detail::Plan::Successors(boost::edges_are_unsorted_multi_pass, edges.begin(), in_rows, rows);
 }
 
 // A kept delta for every node whose delta is consumed, allocated now so a wave never changes kept_deltas.

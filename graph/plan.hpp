@@ -40,10 +40,12 @@ struct Plan {
   std::vector<std::uint32_t> level_begin;     // level L holds positions [level_begin[L], level_begin[L + 1])
   std::uint32_t widest_level = 0;             // the most positions any level holds
   Successors successors;
-  // By vertex: the position of the page's only data reader, kNoSuccessor or kManySuccessors (then the wave asks the
-  // DependencyGraph). A wave starts from changed pages: this spares it four dependent misses per page (the page's
-  // edge list, the edge, the reader's slot and node) in a large graph.
+  // By vertex: the position of the page's only data reader, kNoSuccessor, kRow | its readers' row in
+  // `source_readers` (a page no node computes, read by several), or kManySuccessors (a node's output read by several:
+  // then the wave asks the DependencyGraph). A wave starts from changed pages: this spares it four dependent misses
+  // per reader (the page's edge list, the edge, the reader's slot and node) in a large graph.
   std::vector<std::uint32_t> reader_of;
+  Successors source_readers;  // the reader positions of the pages that have a row in reader_of
 
   std::size_t positions() const noexcept { return steps.size(); }
   std::size_t levels() const noexcept { return level_begin.size() - 1; }

@@ -180,12 +180,20 @@ void Propagator::Impl::recycle(PendingCommit& commit) noexcept {
   // Only arrays nobody else holds (page observers may keep a delta) are kept: a few of the small size class and
   // the largest of the others (the one it displaces is freed after the lock, by `displaced`).
   if (!commit.deltas || commit.deltas.use_count() != 1) return;
-  const std::size_t bytes = commit.capacity == kSpareDeltas ? 0 : held_bytes(commit);
+  if (commit.capacity == kSpareDeltas) {
+    std::lock_guard lock(queue_mutex);
+    if (spare_commits.size() < kSpareCommits) spare_commits.push_back(std::move(commit.deltas));
+    return;
+  }
+  {
+    // Measuring the array scans every delta: only an array that would be kept is measured, and outside the lock.
+    std::lock_guard lock(queue_mutex);
+    if (commit.capacity <= spare_large_capacity) return;
+  }
+  const std::size_t bytes = held_bytes(commit);
   std::shared_ptr<Delta[]> displaced;
   std::lock_guard lock(queue_mutex);
-  if (commit.capacity == kSpareDeltas) {
-    if (spare_commits.size() < kSpareCommits) spare_commits.push_back(std::move(commit.deltas));
-  } else if (commit.capacity > spare_large_capacity) {
+  if (commit.capacity > spare_large_capacity) {  // checked again: another drain may have kept a larger one since
     displaced = std::exchange(spare_large, std::move(commit.deltas));
     spare_large_capacity = commit.capacity;
     spare_large_bytes = bytes;

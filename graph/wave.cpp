@@ -90,10 +90,12 @@ class ScratchLease {
   RunScratch* scratch_ = nullptr;
 };
 
-// A node's page locks: its inputs shared and its output exclusive, taken in PageId order (as commits take theirs,
-// so the two never deadlock) and dropped on scope exit. Holding the output from the start means the node computes,
-// diffs and publishes in one pass, and readers never see the output between two of those steps. Also fills the
-// input spans, in declaration order.
+// A node's page locks: its inputs shared and its output exclusive, dropped on scope exit. Holding the output from the
+// start means the node computes, diffs and publishes in one pass, and readers never see the output between two of
+// those steps. Locks that must be waited for are taken in PageId order (as commits take theirs, so the two never
+// deadlock); a node whose inputs are not declared in that order first tries to take them all as declared without
+// waiting (no hold-and-wait, so no deadlock either), which spares sorting them: uncontended, that always works.
+// Also fills the input spans, in declaration order.
 class NodeLocks {
  public:
   NodeLocks(Propagator::Impl& engine, const Node& node, PageRecord& out, RunScratch& scratch)
@@ -102,22 +104,15 @@ class NodeLocks {
     held_.clear();
     for (VertexId v : inputs) held_.push_back(engine.slots[v].record);
     const bool in_order = (node.flags & Node::kLockOrder) != 0;
-    if (!in_order) {  // any order, repeats allowed: lock a sorted copy
-      std::sort(held_.begin(), held_.end(), [](const PageRecord* a, const PageRecord* b) { return a->id < b->id; });
-      held_.erase(std::unique(held_.begin(), held_.end()), held_.end());
-    }
+    bool as_declared = true;  // held_ lists the inputs in declaration order
     for (;;) {
-      try {
-        for (PageRecord* rec : held_) {
-          if (!out_locked_ && out.id < rec->id) lock_output();
-          rec->mutex.lock_shared();
-          ++shared_;
-          check(*rec);
+      if (in_order || !try_lock_as_declared()) {
+        if (as_declared && !in_order) {  // any order, repeats allowed: lock a sorted copy
+          std::sort(held_.begin(), held_.end(), [](const PageRecord* a, const PageRecord* b) { return a->id < b->id; });
+          held_.erase(std::unique(held_.begin(), held_.end()), held_.end());
+          as_declared = false;
         }
-        if (!out_locked_) lock_output();
-      } catch (...) {
-        unlock_all();
-        throw;
+        lock_in_page_order();
       }
       // A logged commit to the output page itself is on its way to the disk (runtime.hpp, "Visibility"): let it
       // publish first, holding no lock it needs, rather than write under the in-flight deltas it heads.
@@ -128,7 +123,7 @@ class NodeLocks {
     }
     scratch.spans.resize(inputs.size());
     for (std::size_t i = 0; i < inputs.size(); ++i) {
-      const PageRecord* rec = in_order ? held_[i] : engine.slots[inputs[i]].record;
+      const PageRecord* rec = as_declared ? held_[i] : engine.slots[inputs[i]].record;
       scratch.spans[i] = {rec->data, rec->size.load(std::memory_order_relaxed)};
     }
   }
@@ -137,6 +132,45 @@ class NodeLocks {
   NodeLocks& operator=(const NodeLocks&) = delete;
 
  private:
+  // Takes every lock without waiting, or none (then returns false).
+  bool try_lock_as_declared() {
+    if (!out_.mutex.try_lock()) return false;
+    out_locked_ = true;
+    for (PageRecord* rec : held_) {
+      if (!rec->mutex.try_lock_shared()) {
+        unlock_all();
+        return false;
+      }
+      ++shared_;
+    }
+    checked();
+    return true;
+  }
+  // Waits for each lock in turn, in PageId order (held_ sorted).
+  void lock_in_page_order() {
+    try {
+      for (PageRecord* rec : held_) {
+        if (!out_locked_ && out_.id < rec->id) lock_output();
+        rec->mutex.lock_shared();
+        ++shared_;
+        check(*rec);
+      }
+      if (!out_locked_) lock_output();
+    } catch (...) {
+      unlock_all();
+      throw;
+    }
+  }
+  // Throws, holding nothing, if a page was deleted.
+  void checked() {
+    try {
+      check(out_);
+      for (const PageRecord* rec : held_) check(*rec);
+    } catch (...) {
+      unlock_all();
+      throw;
+    }
+  }
   void lock_output() {
     out_.mutex.lock();
     out_locked_ = true;
@@ -152,7 +186,7 @@ class NodeLocks {
     out_locked_ = false;
   }
   PageRecord& out_;
-  std::vector<PageRecord*>& held_;  // the inputs' records in lock order; [0, shared_) are locked
+  std::vector<PageRecord*>& held_;  // the inputs' records, as declared or in PageId order; [0, shared_) are locked
   std::size_t shared_ = 0;
   bool out_locked_ = false;
 };
@@ -406,16 +440,83 @@ void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tall
   }
 }
 
-void Propagator::Impl::run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally) {
-  const detail::Plan::Step* steps = plan->steps.data();
-  for (std::uint32_t position = begin; position < end; ++position) {
-    if (steps[position].reached == wave) run_node(steps[position].node, wave, tally);
+namespace {
+// Prefetches the first and the last byte of *object, so an object straddling two cache lines has both on the way.
+// Always inlined: GCC drops calls to a function that only prefetches (it has no side effects for the optimizer).
+template <typename T>
+[[gnu::always_inline]] inline void prefetch_whole(const T* object) {
+  __builtin_prefetch(object);
+  __builtin_prefetch(reinterpret_cast<const char*>(object) + sizeof(T) - 1);
+}
+}  // namespace
+
+// The stages of a node's chain of dependent misses, each fetched for a node further ahead than the next stage
+// needs it (see run_range): by the time a stage reads what the one before fetched, it has arrived.
+// A node's ids of eight inputs may straddle two lines: both are fetched (a prefetch past the pool cannot fault).
+[[gnu::always_inline]] inline void Propagator::Impl::prefetch_node(NodeIndex node,
+                                                                   std::uint32_t first_input) const noexcept {
+  __builtin_prefetch(&node_at[node]);
+  __builtin_prefetch(input_pool.data() + first_input);
+  __builtin_prefetch(input_pool.data() + first_input + 7);
+}
+[[gnu::always_inline]] inline void Propagator::Impl::prefetch_slots(NodeIndex node) const noexcept {
+  const Node& n = node_at[node];
+  prefetch_whole(&slots[n.out]);
+  for (VertexId in : inputs_of(n)) prefetch_whole(&slots[in]);
+}
+[[gnu::always_inline]] inline void Propagator::Impl::prefetch_records(NodeIndex node) const noexcept {
+  const Node& n = node_at[node];
+  prefetch_whole(slots[n.out].record);
+  for (VertexId in : inputs_of(n)) prefetch_whole(slots[in].record);
+}
+[[gnu::always_inline]] inline void Propagator::Impl::prefetch_bytes(NodeIndex node) const noexcept {
+  const Node& n = node_at[node];
+  for (VertexId in : inputs_of(n)) {
+    const PageRecord* rec = slots[in].record;
+    if (!rec->holds_inline()) __builtin_prefetch(rec->data);
   }
+}
+
+// In a graph larger than the cache, a node's inputs may be anywhere (a random DAG's are): each costs a chain of
+// dependent misses, its slot, then its page record, then its bytes, and paid node by node they are the wave's cost.
+// The nodes coming next are known (plan order), so the chain is software-pipelined: while node i runs, the slots
+// of node i + kSlotsAhead, the records of i + kRecordsAhead and the bytes of i + kBytesAhead are on their way, each
+// stage reading only what an earlier stage fetched for it. `step_at(i)` is the i-th step, or null where the wave
+// skips it.
+template <class StepAt>
+void Propagator::Impl::run_pipelined(std::size_t count, std::uint32_t wave, Tally& tally, const StepAt& step_at) {
+  for (std::size_t i = 0; i < count; ++i) {
+    if (i + kNodesAhead < count)
+      if (const detail::Plan::Step* ahead = step_at(i + kNodesAhead)) prefetch_node(ahead->node, ahead->inputs);
+    if (i + kSlotsAhead < count)
+      if (const detail::Plan::Step* ahead = step_at(i + kSlotsAhead)) prefetch_slots(ahead->node);
+    if (i + kRecordsAhead < count)
+      if (const detail::Plan::Step* ahead = step_at(i + kRecordsAhead)) prefetch_records(ahead->node);
+    if (i + kBytesAhead < count)
+      if (const detail::Plan::Step* ahead = step_at(i + kBytesAhead)) prefetch_bytes(ahead->node);
+    if (const detail::Plan::Step* step = step_at(i)) run_node(step->node, wave, tally);
+  }
+}
+
+void Propagator::Impl::run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally) {
+  const detail::Plan::Step* steps = plan->steps.data() + begin;
+  auto reached = [&](std::size_t i) { return steps[i].reached == wave ? &steps[i] : nullptr; };
+  if (plan->positions() < kPrefetchPositions) {
+    for (std::size_t i = 0; i < end - begin; ++i)
+      if (reached(i)) run_node(steps[i].node, wave, tally);
+    return;
+  }
+  run_pipelined(end - begin, wave, tally, reached);
 }
 
 void Propagator::Impl::run_list(const std::uint32_t* positions, std::size_t count, std::uint32_t wave, Tally& tally) {
   const detail::Plan::Step* steps = plan->steps.data();
-  for (std::size_t i = 0; i < count; ++i) run_node(steps[positions[i]].node, wave, tally);
+  // A small wave's nodes were all prefetched together before it began (prefetch()).
+  if (plan->positions() < kPrefetchPositions || affected.size() <= kPrefetchNodes) {
+    for (std::size_t i = 0; i < count; ++i) run_node(steps[positions[i]].node, wave, tally);
+    return;
+  }
+  run_pipelined(count, wave, tally, [&](std::size_t i) { return &steps[positions[i]]; });
 }
 
 std::string Propagator::Impl::describe(std::exception_ptr error) {
@@ -432,15 +533,6 @@ void Propagator::Impl::throw_node_error(PageId page, std::exception_ptr error) {
   throw NodeError(page, describe(error), error);
 }
 
-namespace {
-// Prefetches the first and the last byte of *object, so an object straddling two cache lines has both on the way.
-template <typename T>
-inline void prefetch_whole(const T* object) {
-  __builtin_prefetch(object);
-  __builtin_prefetch(reinterpret_cast<const char*>(object) + sizeof(T) - 1);
-}
-}  // namespace
-
 // A small wave's nodes are known before the first one runs, but in a large graph each sits in memory nobody touched
 // lately: its node, its inputs' slots, their page records and bytes are a chain of dependent cache misses. Walking
 // the chain one link at a time for all the wave's nodes together overlaps those misses instead of paying them one
@@ -448,7 +540,7 @@ inline void prefetch_whole(const T* object) {
 // The walk already prefetched each reached node and its inputs' ids (reach_from), so this starts at the slots. Slots
 // (40 bytes) and records (80 bytes, the second line holding a small page's bytes) may straddle two cache lines:
 // both are fetched.
-void Propagator::Impl::prefetch(const std::vector<std::uint32_t>& positions) {
+[[gnu::always_inline]] inline void Propagator::Impl::prefetch(const std::vector<std::uint32_t>& positions) {
   const detail::Plan::Step* steps = plan->steps.data();
   for (std::uint32_t position : positions) {
     const Node& n = node_at[steps[position].node];
@@ -479,6 +571,38 @@ std::uint32_t Propagator::Impl::next_wave() {
     current = 0;
   }
   return current + 1;
+}
+
+// The walk's own chain of misses, pipelined like a wave's nodes (run_pipelined): a reached position's successor
+// row bounds, then the row, then the successors' steps, each fetched for a position further down the queue than the
+// next stage reads. A full wave of a random DAG visits every edge this way.
+[[gnu::always_inline]] inline void Propagator::Impl::prefetch_walk(std::size_t k) const noexcept {
+  const detail::Plan& p = *plan;
+  const auto& rows = p.successors.m_forward;
+  auto row_at = [&](std::size_t j) {
+    const std::uint32_t next = p.steps[affected[j]].next;
+    return next >= detail::Plan::kRow && next != detail::Plan::kNoSuccessor ? next & ~detail::Plan::kRow
+                                                                            : detail::Plan::kNoSuccessor;
+  };
+  const std::size_t queued = affected.size();
+  if (k + kRowsAhead < queued)
+    if (const std::uint32_t row = row_at(k + kRowsAhead); row != detail::Plan::kNoSuccessor)
+      __builtin_prefetch(&rows.m_rowstart[row]);
+  if (k + kColumnsAhead < queued)
+    if (const std::uint32_t row = row_at(k + kColumnsAhead); row != detail::Plan::kNoSuccessor) {
+      __builtin_prefetch(rows.m_column.data() + rows.m_rowstart[row]);
+      __builtin_prefetch(rows.m_column.data() + rows.m_rowstart[row + 1] - 1);  // a row is never empty
+    }
+  if (k + kTargetsAhead < queued) {
+    const std::uint32_t next = p.steps[affected[k + kTargetsAhead]].next;
+    if (next < detail::Plan::kRow) {
+      __builtin_prefetch(&p.steps[next]);
+    } else if (next != detail::Plan::kNoSuccessor) {
+      const std::uint32_t row = next & ~detail::Plan::kRow;
+      for (std::uint32_t e = rows.m_rowstart[row]; e < rows.m_rowstart[row + 1]; ++e)
+        __builtin_prefetch(&p.steps[rows.m_column[e]]);
+    }
+  }
 }
 
 // Marks the changed slots and reaches the wave's nodes: the readers of the changed pages, the stale nodes, and
@@ -512,8 +636,11 @@ void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delt
       note_change(s, *delta, delta->target_epoch(), wave, owner);
     }
     const std::uint32_t only = s->vertex < p.reader_of.size() ? p.reader_of[s->vertex] : detail::Plan::kManySuccessors;
-    if (only < detail::Plan::kManySuccessors) {
+    if (only < detail::Plan::kRow) {
       reach(only);
+    } else if (only < detail::Plan::kManySuccessors) {
+      for (auto [e, end] = boost::out_edges(only & ~detail::Plan::kRow, p.source_readers); e != end; ++e)
+        reach(boost::target(*e, p.source_readers));
     } else if (only == detail::Plan::kManySuccessors) {
       graph.for_each_dependent(s->vertex, [&](VertexId w, detail::DependencyKind kind) {
         if (kind != detail::DependencyKind::Data) return;
@@ -528,6 +655,7 @@ void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delt
     if ((node.flags & Node::kLive) && node.stale.load(std::memory_order_relaxed)) reach(node.position);
   }
   for (std::size_t k = 0; k < affected.size(); ++k) {
+    if (far) prefetch_walk(k);
     const std::uint32_t next = steps[affected[k]].next;
     if (next < detail::Plan::kRow) {
       reach(next);

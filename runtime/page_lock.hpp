@@ -47,6 +47,13 @@ class PageLock {
       s = pause_or_wait(s, spins);
     }
   }
+  // Takes the lock shared only if that needs no wait. Never waiting, a caller may take several pages' locks in
+  // any order this way (and fall back to PageId order when one fails).
+  bool try_lock_shared() noexcept {
+    std::uint32_t s = state_.load(std::memory_order_relaxed);
+    return (s & (kWriter | kPending)) == 0 &&
+           state_.compare_exchange_strong(s, s + 1, std::memory_order_acquire, std::memory_order_relaxed);
+  }
   void unlock_shared() noexcept {
     const std::uint32_t prev = state_.fetch_sub(1, std::memory_order_release);
     if ((prev & kReaders) == 1 && (prev & kPending) != 0) state_.notify_all();  // last reader lets a writer in
@@ -87,6 +94,11 @@ class PageLock {
       return;
     lock_update();
     upgrade();
+  }
+  bool try_lock() noexcept {
+    std::uint32_t free = 0;
+    return state_.compare_exchange_strong(free, kUpdate | kWriter, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
   }
   void unlock() noexcept {
     // While held exclusively the word is exactly kWriter | kUpdate: readers, update lockers and upgrades all wait

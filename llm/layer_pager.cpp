@@ -99,6 +99,10 @@ struct LayerPager::Impl {
   // How long the loader spins for the next request after a load before it sleeps. A decoding loop asks every few
   // to few tens of microseconds; waking a sleeping thread costs about as much as a small layer's compute.
   static constexpr std::chrono::microseconds kLoaderSpin{2000};
+  // Mapped units sleep at once: a mapping takes tens to hundreds of microseconds, the pager prefetches three
+  // units ahead, and a spinning thread on a core shared with the compute (another process busy on the other core)
+  // used the time the OS would give it when the next request comes, so more prefetches started late.
+  static constexpr std::chrono::microseconds kMapperSpin{0};
 
   void loader_loop() noexcept {
     std::unique_lock lock(mutex);
@@ -114,7 +118,7 @@ struct LayerPager::Impl {
       if (stopping) return;
       const std::uint64_t seen = queued.load(std::memory_order_relaxed);
       lock.unlock();
-      const auto give_up = std::chrono::steady_clock::now() + kLoaderSpin;
+      const auto give_up = std::chrono::steady_clock::now() + (maps() ? kMapperSpin : kLoaderSpin);
       while (queued.load(std::memory_order_relaxed) == seen && !stop_spinning.load(std::memory_order_relaxed) &&
              std::chrono::steady_clock::now() < give_up) {
         std::this_thread::yield();

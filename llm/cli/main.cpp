@@ -327,6 +327,7 @@ LoadBound load_bound(const PagerStats& with, const PagerStats& without, double s
 
 // `bench --mem-budget`: the engine fully resident, paged with prefetch and paged without, alternated in one run.
 // `resident` already holds the fully resident repetitions; the paged ones alternate with as many more.
+// long-function: the measurement loop and one report in two formats (JSON, text) that must list the same figures.
 int run_paged_bench(const Options& o, const Model& model, const EngineOptions& base, std::vector<Throughput> resident) {
   EngineOptions prefetching = base, synchronous = base;
   prefetching.paging = paging_for(o, model, true);

@@ -31,8 +31,9 @@
 // the process holds never exceeds the budget even while one unit is being unmapped and another mapped.
 //
 // Why a loader thread and not TBB tasks: a load is a blocking pread(), which TBB advises keeping off its workers,
-// and a sleeping TBB worker took longer to wake than a layer takes to compute. The loader thread spins (yielding)
-// for a short while after each load, so that the next prefetch of a decoding loop starts at once, then sleeps.
+// and a sleeping TBB worker took longer to wake than a layer takes to compute. The loader thread of a copying pager
+// spins (yielding) for a short while after each load, so that the next prefetch of a decoding loop starts at once, then
+// sleeps; a mapping pager's sleeps at once (mappings are fast, and spinning on a shared core delays the next one).
 //
 // Counting (each pin is exactly one of sync load, hit, wait):
 //   sync_loads     pin found the unit absent, or queued by a prefetch the loader had not started yet (see

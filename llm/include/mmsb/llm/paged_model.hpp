@@ -11,9 +11,9 @@
 //    pages of its runs of the file read-only (MAP_SHARED, PROT_READ; the page cache's pages, nothing copied), one
 //    range after another, and populates them (madvise MADV_POPULATE_READ; a kernel before 5.14: a read of every
 //    page) on the loading thread; eviction unmaps them. A unit's size is the sum of its ranges, shared pages at its
-//    ends included (each unit counts the pages it maps). A load costs page-table work only: ~15-30 us/MB where the
-//    page cache holds the file in 4 KiB-mapped folios, ~2-5 us/MB where it holds 2 MiB folios, against ~130-300
-//    us/MB for copying (docs/benchmarks.md, "Mapped layer paging").
+//    ends included (each unit counts the pages it maps). A load costs page-table work only, which depends on the page
+//    cache's folios: ~100 us/MB for 4 KiB folios, ~15-35 for larger ones, ~2-20 for 2 MiB folios (mapped whole),
+//    against ~200-300 us/MB for copying (docs/benchmarks.md, "Mapped layer paging").
 //  - Copy: a LayerPager keeps units in anonymous buffers it owns; each run is read with one pread() (a model parsed
 //    from memory: memcpy) and kept in the buffer as in the file, padding included; each run starts at a 64-byte
 //    aligned offset, and a unit's size is the end of its last run rounded up to 64. The only kind for a model

@@ -717,6 +717,9 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
       throw Error(ErrorCode::IoError, "cannot map " + path + ": " + std::strerror(err));
     }
     f->data_ = static_cast<const std::byte*>(p);
+    // A hint, failure harmless: pages this mapping reads into the page cache are then grouped in 2 MiB folios,
+    // which mapped layer paging maps and populates ~10x faster than 4 KiB ones (docs/transformer.md).
+    ::madvise(p, f->size_, MADV_HUGEPAGE);
   }
   ::close(fd);
   return f;

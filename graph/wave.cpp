@@ -474,10 +474,7 @@ template <typename T>
 [[gnu::always_inline]] inline void Propagator::Impl::prefetch_bytes(NodeIndex node) const noexcept {
   const Node& n = node_at[node];
   if (n.flags & Node::kLockOrder) return;
-  for (VertexId in : inputs_of(n)) {
-    const PageRecord* rec = slots[in].record;
-    if (!rec->holds_inline()) __builtin_prefetch(rec->data);
-  }
+  for (VertexId in : inputs_of(n)) __builtin_prefetch(slots[in].record->bytes_hint());
 }
 
 // In a graph larger than the cache, a node's inputs may be anywhere (a random DAG's are): each costs a chain of
@@ -560,9 +557,8 @@ void Propagator::Impl::throw_node_error(PageId page, std::exception_ptr error) {
   }
   for (std::uint32_t position : positions) {
     const Node& n = node_at[steps[position].node];
-    if (!slots[n.out].record->holds_inline()) __builtin_prefetch(slots[n.out].record->data);
-    for (VertexId in : inputs_of(n))
-      if (!slots[in].record->holds_inline()) __builtin_prefetch(slots[in].record->data);
+    __builtin_prefetch(slots[n.out].record->bytes_hint());  // a small page's: the record's line already fetched
+    for (VertexId in : inputs_of(n)) __builtin_prefetch(slots[in].record->bytes_hint());
   }
 }
 

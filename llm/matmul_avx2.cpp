@@ -858,6 +858,24 @@ MMSB_TILE inline __m128i reduce_rows(const __m256i* v) {
   return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
+// The f16 scales (`d`, at byte 208) of R rows' Q6_K super-blocks, one per 16-bit lane. Built in a register: four
+// scalar stores read back as one vector would stall store forwarding every super-block. The lane index of each
+// insert is a constant by construction, as the instruction requires even in an unoptimized build.
+template <int R>
+MMSB_TILE inline __m128i super_block_scales(const std::uint8_t* const* blk) {
+  auto scale = [blk](int r) {
+    std::uint16_t h;
+    std::memcpy(&h, blk[r] + 208, 2);
+    return h;
+  };
+  auto insert_all = [scale]<int... r>(std::integer_sequence<int, r...>) {
+    __m128i halves = _mm_setzero_si128();
+    ((halves = _mm_insert_epi16(halves, scale(r), r)), ...);
+    return halves;
+  };
+  return insert_all(std::make_integer_sequence<int, R>{});
+}
+
 // The AVX-512 level with VNNI, few vectors: the lanes of each block's sums first reduced to the super-block's exact
 // integer, then one fused multiply-add per super-block (row r in lane r), as Q6KBatch16 computes it for batches.
 struct Q6KExactTile {
@@ -873,17 +891,12 @@ struct Q6KExactTile {
     }
     for (std::size_t i = 0; i < blocks; ++i) {
       const std::uint8_t* blk[R];
-      __m128i dw_halves = _mm_setzero_si128();  // built in a register: four scalar stores read back as one vector
-                                                // would stall store forwarding every super-block
       MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
         blk[r] = a.w + r * a.row_stride + i * kQ6_KBytes;
         for (std::size_t line = 0; line < kQ6_KBytes; line += 64) prefetch_next_tile(blk[r] + line, R * a.row_stride);
-        std::uint16_t h;
-        std::memcpy(&h, blk[r] + 208, 2);
-        dw_halves = _mm_insert_epi16(dw_halves, h, r);
       }
-      const __m128 dw = _mm_cvtph_ps(dw_halves);
+      const __m128 dw = _mm_cvtph_ps(super_block_scales<R>(blk));
       __m256i isum[R][T];
       q6_k_block_sums<R, T>(blk, y, i, isum);
       MMSB_UNROLL

@@ -1454,16 +1454,15 @@ void run_packed16_tail(std::size_t tn, const std::byte* packed, std::size_t rows
   fns[tn - 1](packed, rows, act, act_stride, cols, out, out_stride, nullptr);
 }
 
-// Batches by Block16 (few vectors by Block8's in-place products, the same bits): the 16 rows of a tile are
-// repacked once into a 64-byte aligned per-thread buffer and every vector of the batch passes over them; the first
-// tile of vectors asks for the next tile's rows.
-template <class B>
-void matmul_block16(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
-                    std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
-  if (n < kRepackVectors) return matmul_block8<B>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
-  using K = Block16<B>;
+// The driver of the 16-row repacked kernels (K: Block16<B>, Q6KBatch16): the 16 rows of a tile are repacked once
+// into a 64-byte aligned per-thread buffer and every vector of the batch passes over them; the first tile of
+// vectors asks for the next tile's rows, which are contiguous when the rows are (row_stride = blocks x bytes).
+template <class K>
+void matmul_repacked16(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                       std::size_t act_stride, std::size_t n, std::size_t cols, std::size_t block_values,
+                       std::size_t block_bytes, float* out, std::size_t out_stride) {
   thread_local std::vector<float> buffer;
-  const std::size_t blocks = cols / kBlock;
+  const std::size_t blocks = cols / block_values;
   auto* packed = reinterpret_cast<std::byte*>(aligned_floats(buffer, blocks * K::kPackedBlock / sizeof(float)));
   const auto* wb = reinterpret_cast<const std::uint8_t*>(w);
   for (std::size_t r0 = 0; r0 < rows; r0 += kVnniRows) {
@@ -1471,9 +1470,8 @@ void matmul_block16(const std::byte* w, std::size_t row_stride, std::size_t rows
     const std::uint8_t* row[kVnniRows];
     for (std::size_t r = 0; r < kVnniRows; ++r) row[r] = wb + (r0 + (r < rn ? r : 0)) * row_stride;  // spare lanes
     K::repack(row, blocks, packed);
-    // The next tile's rows are contiguous when the rows are (row_stride = blocks x bytes): ask for them in order.
     const std::uint8_t* ahead =
-        r0 + kVnniRows < rows && row_stride == blocks * B::bytes ? wb + (r0 + kVnniRows) * row_stride : nullptr;
+        r0 + kVnniRows < rows && row_stride == blocks * block_bytes ? wb + (r0 + kVnniRows) * row_stride : nullptr;
     std::size_t t = 0;
     for (; t + kVnniVectors <= n; t += kVnniVectors, ahead = nullptr) {
       K::template run_packed<kVnniVectors>(packed, rn, act + t * act_stride, act_stride, cols,
@@ -1484,6 +1482,14 @@ void matmul_block16(const std::byte* w, std::size_t row_stride, std::size_t rows
                            out_stride, std::make_index_sequence<kVnniVectors - 1>());
     }
   }
+}
+
+// Batches by Block16 (few vectors by Block8's in-place products, the same bits).
+template <class B>
+void matmul_block16(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
+                    std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
+  if (n < kRepackVectors) return matmul_block8<B>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
+  matmul_repacked16<Block16<B>>(w, row_stride, rows, act, act_stride, n, cols, kBlock, B::bytes, out, out_stride);
 }
 
 // Q6_K batches: 16 rows repacked as Block16 repacks its blocks (per group of 4 columns, 4 bytes of each row; here
@@ -1583,28 +1589,8 @@ void matmul_q6_k_vnni(const std::byte* w, std::size_t row_stride, std::size_t ro
   if (n < kRepackVectors) {
     return matmul_tiles<Q6KExactTile, 4, 2, 2>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
   }
-  using K = Q6KBatch16;
-  thread_local std::vector<float> buffer;
-  const std::size_t blocks = cols / kSuperBlock;
-  auto* packed = reinterpret_cast<std::byte*>(aligned_floats(buffer, blocks * K::kPackedBlock / sizeof(float)));
-  const auto* wb = reinterpret_cast<const std::uint8_t*>(w);
-  for (std::size_t r0 = 0; r0 < rows; r0 += kVnniRows) {
-    const std::size_t rn = std::min(kVnniRows, rows - r0);
-    const std::uint8_t* row[kVnniRows];
-    for (std::size_t r = 0; r < kVnniRows; ++r) row[r] = wb + (r0 + (r < rn ? r : 0)) * row_stride;  // spare lanes
-    K::repack(row, blocks, packed);
-    const std::uint8_t* ahead =
-        r0 + kVnniRows < rows && row_stride == blocks * kQ6_KBytes ? wb + (r0 + kVnniRows) * row_stride : nullptr;
-    std::size_t t = 0;
-    for (; t + kVnniVectors <= n; t += kVnniVectors, ahead = nullptr) {
-      K::run_packed<kVnniVectors>(packed, rn, act + t * act_stride, act_stride, cols, out + t * out_stride + r0,
-                                  out_stride, ahead);
-    }
-    if (t < n) {
-      run_packed16_tail<K>(n - t, packed, rn, act + t * act_stride, act_stride, cols, out + t * out_stride + r0,
-                           out_stride, std::make_index_sequence<kVnniVectors - 1>());
-    }
-  }
+  matmul_repacked16<Q6KBatch16>(w, row_stride, rows, act, act_stride, n, cols, kSuperBlock, kQ6_KBytes, out,
+                                out_stride);
 }
 
 #pragma GCC diagnostic pop

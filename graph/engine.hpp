@@ -446,9 +446,13 @@ struct Propagator::Impl : detail::CommitListener {
   // The prefetches are always inlined (wave.cpp): GCC finds that a function which only reads and prefetches has no
   // side effects and drops its calls, which is what happened to prefetch() until session 11.
   void prefetch_node(NodeIndex node, std::uint32_t first_input) const noexcept;
-  void prefetch_slots(NodeIndex node) const noexcept;
-  void prefetch_records(NodeIndex node) const noexcept;
-  void prefetch_bytes(NodeIndex node) const noexcept;
+  // The three later stages of one node, shared by the pipeline and by a small wave's prefetch().
+  void prefetch_slots(const Node& node) const noexcept;
+  void prefetch_records(const Node& node) const noexcept;
+  void prefetch_input_bytes(const Node& node) const noexcept;
+  // The node of step_at(k) when the pipeline's later stages serve it (inputs not declared in PageId order).
+  template <class StepAt>
+  const Node* unordered_node(const StepAt& step_at, std::size_t k) const noexcept;
   static std::string describe(std::exception_ptr error);
   // Runs one wave for the given changed pages (and stale nodes). engine_mutex must be held.
   // `owner`, when set, owns the deltas of `changes`: page observers then share them instead of copying them.

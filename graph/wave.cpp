@@ -459,22 +459,24 @@ template <typename T>
   __builtin_prefetch(input_pool.data() + first_input);
   __builtin_prefetch(input_pool.data() + first_input + 7);
 }
-[[gnu::always_inline]] inline void Propagator::Impl::prefetch_slots(NodeIndex node) const noexcept {
-  const Node& n = node_at[node];
-  if (n.flags & Node::kLockOrder) return;
+[[gnu::always_inline]] inline void Propagator::Impl::prefetch_slots(const Node& n) const noexcept {
   prefetch_whole(&slots[n.out]);
   for (VertexId in : inputs_of(n)) prefetch_whole(&slots[in]);
 }
-[[gnu::always_inline]] inline void Propagator::Impl::prefetch_records(NodeIndex node) const noexcept {
-  const Node& n = node_at[node];
-  if (n.flags & Node::kLockOrder) return;
+[[gnu::always_inline]] inline void Propagator::Impl::prefetch_records(const Node& n) const noexcept {
   prefetch_whole(slots[n.out].record);
   for (VertexId in : inputs_of(n)) prefetch_whole(slots[in].record);
 }
-[[gnu::always_inline]] inline void Propagator::Impl::prefetch_bytes(NodeIndex node) const noexcept {
-  const Node& n = node_at[node];
-  if (n.flags & Node::kLockOrder) return;
+[[gnu::always_inline]] inline void Propagator::Impl::prefetch_input_bytes(const Node& n) const noexcept {
   for (VertexId in : inputs_of(n)) __builtin_prefetch(slots[in].record->bytes_hint());
+}
+template <class StepAt>
+[[gnu::always_inline]] inline const Node* Propagator::Impl::unordered_node(const StepAt& step_at,
+                                                                           std::size_t k) const noexcept {
+  const detail::Plan::Step* step = step_at(k);
+  if (!step) return nullptr;
+  const Node& n = node_at[step->node];
+  return (n.flags & Node::kLockOrder) ? nullptr : &n;
 }
 
 // In a graph larger than the cache, a node's inputs may be anywhere (a random DAG's are): each costs a chain of
@@ -492,11 +494,11 @@ void Propagator::Impl::run_pipelined(std::size_t count, std::uint32_t wave, Tall
     if (i + kNodesAhead < count)
       if (const detail::Plan::Step* ahead = step_at(i + kNodesAhead)) prefetch_node(ahead->node, ahead->inputs);
     if (i + kSlotsAhead < count)
-      if (const detail::Plan::Step* ahead = step_at(i + kSlotsAhead)) prefetch_slots(ahead->node);
+      if (const Node* ahead = unordered_node(step_at, i + kSlotsAhead)) prefetch_slots(*ahead);
     if (i + kRecordsAhead < count)
-      if (const detail::Plan::Step* ahead = step_at(i + kRecordsAhead)) prefetch_records(ahead->node);
+      if (const Node* ahead = unordered_node(step_at, i + kRecordsAhead)) prefetch_records(*ahead);
     if (i + kBytesAhead < count)
-      if (const detail::Plan::Step* ahead = step_at(i + kBytesAhead)) prefetch_bytes(ahead->node);
+      if (const Node* ahead = unordered_node(step_at, i + kBytesAhead)) prefetch_input_bytes(*ahead);
     if (const detail::Plan::Step* step = step_at(i)) run_node(step->node, wave, tally);
   }
 }
@@ -545,20 +547,12 @@ void Propagator::Impl::throw_node_error(PageId page, std::exception_ptr error) {
 // both are fetched.
 [[gnu::always_inline]] inline void Propagator::Impl::prefetch(const std::vector<std::uint32_t>& positions) {
   const detail::Plan::Step* steps = plan->steps.data();
-  for (std::uint32_t position : positions) {
-    const Node& n = node_at[steps[position].node];
-    prefetch_whole(&slots[n.out]);
-    for (VertexId in : inputs_of(n)) prefetch_whole(&slots[in]);
-  }
-  for (std::uint32_t position : positions) {
-    const Node& n = node_at[steps[position].node];
-    prefetch_whole(slots[n.out].record);
-    for (VertexId in : inputs_of(n)) prefetch_whole(slots[in].record);
-  }
+  for (std::uint32_t position : positions) prefetch_slots(node_at[steps[position].node]);
+  for (std::uint32_t position : positions) prefetch_records(node_at[steps[position].node]);
   for (std::uint32_t position : positions) {
     const Node& n = node_at[steps[position].node];
     __builtin_prefetch(slots[n.out].record->bytes_hint());  // a small page's: the record's line already fetched
-    for (VertexId in : inputs_of(n)) __builtin_prefetch(slots[in].record->bytes_hint());
+    prefetch_input_bytes(n);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <utility>
 
@@ -147,6 +148,13 @@ void populate(const std::byte* base, std::uint64_t size, const std::string& path
                                       (err == EFAULT ? "the file is shorter than when loaded" : std::strerror(err)));
 }
 
+// Thread CPU time: what a populate costs, whatever else runs on the core.
+std::uint64_t thread_cpu_ns() {
+  timespec t{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<std::uint64_t>(t.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(t.tv_nsec);
+}
+
 }  // namespace
 
 PagingKind PagedModel::kind_of(const Model& model, PagingKind kind) { return resolve(model, kind, false); }
@@ -182,6 +190,11 @@ PagedModel::PagedModel(const Model& model, PagingOptions options) : model_(model
     unit.bytes = l.bytes;
     units_.push_back(std::move(unit));
     sizes.push_back(l.bytes);
+  }
+  refill_state_ = std::make_unique<RefillState[]>(units_.size());
+  if (kind_ == PagingKind::Map && options.refill_above_us_per_mib > 0) {
+    refill_above_ = options.refill_above_us_per_mib;
+    refilling_.store(true, std::memory_order_relaxed);
   }
   // The embedding is read by rows when a separate classifier is the step's last unit and not everything fits.
   std::uint64_t total = 0;
@@ -306,10 +319,49 @@ void PagedModel::read(const std::byte* source, std::uint64_t size, std::byte* ou
   }
 }
 
-// A mapped unit: its ranges of the file, read-only and shared (the page cache's pages, not a copy), one after
-// another in one span, populated. A range's address is congruent to its file offset modulo 2 MiB where the kernel
-// aligns file mappings (then page-cache folios of 2 MiB map whole).
+// A mapped unit (see map_and_populate). Each load also checks how the page cache holds the unit: a populate that
+// costs more CPU time per MiB than PagingOptions::refill_above_us_per_mib means small folios, which every later
+// load would pay again, so the unit's pages are dropped from the page cache and read from the file once more
+// through the huge-page mapping (2 MiB folios where the file system has large folios). The drop covers the 2 MiB
+// blocks the unit touches, since a block whose pages are partly cached is read again in small folios; pages that a
+// mapping holds (a neighbouring unit's) stay, so a unit may need another refill later, up to kMaxRefills. When a
+// refill did not make the unit's loads clearly cheaper, the file system keeps small folios: refills stop.
 std::span<const std::byte> PagedModel::map_unit(std::size_t unit) const {
+  const MappedUnit mapped = map_and_populate(unit);
+  if (!refilling_.load(std::memory_order_relaxed)) return mapped.bytes;
+  const Unit& u = units_[unit];
+  RefillState& state = refill_state_[unit];
+  const double mib = static_cast<double>(u.bytes) / static_cast<double>(1 << 20);
+  const double cost = static_cast<double>(mapped.populate_cpu_ns) / 1e3 / mib;  // us of CPU per MiB
+  const int refills = state.refills.load(std::memory_order_relaxed);
+  if (cost <= refill_above_ || refills >= kMaxRefills) return mapped.bytes;
+  if (refills > 0 && cost > 0.8 * state.cost_before.load(std::memory_order_relaxed)) {
+    refilling_.store(false, std::memory_order_relaxed);
+    return mapped.bytes;
+  }
+  ::munmap(const_cast<std::byte*>(mapped.bytes.data()), mapped.bytes.size());  // mapped pages cannot be dropped
+  drop_cached_blocks(u);
+  state.refills.store(refills + 1, std::memory_order_relaxed);
+  state.cost_before.store(cost, std::memory_order_relaxed);
+  refilled_bytes_.fetch_add(u.bytes, std::memory_order_relaxed);
+  return map_and_populate(unit).bytes;
+}
+
+// Drops the page cache's clean, unmapped pages of the 2 MiB blocks of the file that the unit's ranges touch.
+void PagedModel::drop_cached_blocks(const Unit& u) const {
+  constexpr std::uint64_t block = 2u << 20;
+  const std::byte* file = model_.file->bytes().data();
+  for (const Placement& range : u.runs) {
+    const auto offset = static_cast<std::uint64_t>(range.source - file);
+    const std::uint64_t begin = offset / block * block, end = (offset + range.size + block - 1) / block * block;
+    ::posix_fadvise(fd_, static_cast<off_t>(begin), static_cast<off_t>(end - begin), POSIX_FADV_DONTNEED);
+  }
+}
+
+// The unit's ranges of the file, read-only and shared (the page cache's pages, not a copy), one after another in
+// one span, populated. A range's address is congruent to its file offset modulo 2 MiB where the kernel aligns file
+// mappings (then page-cache folios of 2 MiB map whole).
+PagedModel::MappedUnit PagedModel::map_and_populate(std::size_t unit) const {
   const Unit& u = units_[unit];
   const std::byte* file = model_.file->bytes().data();
   void* base = u.runs.size() == 1
@@ -333,13 +385,14 @@ std::span<const std::byte> PagedModel::map_unit(std::size_t unit) const {
   // Pages not in the page cache are read in 2 MiB folios (where the file system has large folios), which later
   // loads map with one entry each; without it a fault reads 4 KiB folios, which cost ~5x more to map and unmap.
   ::madvise(base, u.bytes, MADV_HUGEPAGE);
+  const std::uint64_t start = thread_cpu_ns();
   try {
     populate(bytes.data(), bytes.size(), model_.file->path());
   } catch (...) {
     ::munmap(base, u.bytes);
     throw;
   }
-  return bytes;
+  return {bytes, thread_cpu_ns() - start};
 }
 
 void PagedModel::load(std::size_t unit, std::span<std::byte> destination) const {

@@ -93,7 +93,10 @@ Throughput measure_throughput(const Model& model, ThroughputPath path, int n_pro
           for (std::size_t pos = 0; pos < ids.size(); ++pos) engine.prefill_step(ids[pos], static_cast<int>(pos));
         },
         [&](int token, int pos) { return engine.step(token, pos).data(); });
-    if (engine.paged()) t.paging = engine.paged()->pager().stats();
+    if (engine.paged()) {
+      t.paging = engine.paged()->pager().stats();
+      t.refilled_bytes = engine.paged()->refilled_bytes();
+    }
     return t;
   }
   DirectModel direct(model, options.kernels ? *options.kernels : kernels(), options.rounding, options.threads);

@@ -33,6 +33,7 @@ struct Generation {
   std::vector<int> tokens;
   std::vector<float> logits;  // of every generated step, concatenated
   PagerStats stats;
+  std::uint64_t refilled_bytes = 0;  // PagedModel::refilled_bytes()
 };
 
 // The number of units resident in the pager now.
@@ -62,6 +63,7 @@ Generation run(const Model& model, std::optional<PagingOptions> paging, std::uin
   if (engine.paged()) {
     engine.paged()->pager().wait_prefetches();
     r.stats = engine.paged()->pager().stats();
+    r.refilled_bytes = engine.paged()->refilled_bytes();
     if (resident_at_end) *resident_at_end = resident_units(engine.paged()->pager());
   }
   return r;
@@ -392,6 +394,36 @@ TEST(Paging, AFileShorterThanWhenLoadedIsAnIoErrorNotACrash) {
       EXPECT_NE(std::string(e.what()).find("shorter than when it was loaded (400000 of 1185376 bytes)"),
                 std::string::npos)
           << e.what();
+    }
+  }
+  std::filesystem::remove(copy);
+}
+
+// A unit whose populate costs more CPU time per MiB than refill_above_us_per_mib is dropped from the page cache and
+// read again: with a threshold no load can stay under, units are refilled, and the tokens and logits are still the
+// resident ones bit for bit; with 0, nothing is ever refilled. (Whether a real page cache in
+// small folios is detected depends on the file system: docs/benchmarks.md measures it.)
+TEST(Paging, MappedUnitsInSmallFoliosAreReadAgainAndGiveTheSameResults) {
+  MMSB_REQUIRE_SHARED(path, "models/stories260K-f32.gguf");
+  const std::string copy = ::testing::TempDir() + "/paging_refill.gguf";  // its page cache is dropped: not shared
+  std::filesystem::copy_file(path, copy, std::filesystem::copy_options::overwrite_existing);
+  const Model model = load_model(copy);
+  const Generation resident = run(model, std::nullopt);
+  const std::uint64_t all = PagedModel::model_bytes(model, PagingKind::Map);
+  for (const double threshold : {1e-12, 0.0}) {
+    PagingOptions options = paging(all / 2, true, /*inline_prefetch=*/true, PagingKind::Map);
+    options.refill_above_us_per_mib = threshold;
+    const Generation paged = run(model, options);
+    EXPECT_EQ(paged.tokens, resident.tokens) << threshold;
+    EXPECT_EQ(paged.logits, resident.logits) << threshold;  // bit for bit (no NaN in these logits)
+    const std::uint64_t refilled = paged.refilled_bytes;
+    if (threshold > 0) {
+      // At least the first unit loaded; refills stop once one did not make a unit's load cheaper, and no unit is
+      // refilled more than three times.
+      EXPECT_GE(refilled, PagedModel::unit_sizes(model, PagingKind::Map).front());
+      EXPECT_LE(refilled, 3 * all);
+    } else {
+      EXPECT_EQ(refilled, 0u);
     }
   }
   std::filesystem::remove(copy);

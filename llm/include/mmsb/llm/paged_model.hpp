@@ -13,7 +13,10 @@
 //    page) on the loading thread; eviction unmaps them. A unit's size is the sum of its ranges, shared pages at its
 //    ends included (each unit counts the pages it maps). A load costs page-table work only, which depends on the page
 //    cache's folios: ~100 us/MB for 4 KiB folios, ~15-35 for larger ones, ~2-20 for 2 MiB folios (mapped whole),
-//    against ~200-300 us/MB for copying (docs/benchmarks.md, "Mapped layer paging").
+//    against ~200-300 us/MB for copying (docs/benchmarks.md, "Mapped layer paging"). A unit whose load finds
+//    small folios (more CPU time per MiB than PagingOptions::refill_above_us_per_mib) has the 2 MiB blocks of the
+//    file it touches dropped from the page cache (clean pages no mapping holds) and read again from the file in
+//    2 MiB folios, so the page-table work of its later loads falls ~10x (a one-time read of the unit from disk).
 //  - Copy: a LayerPager keeps units in anonymous buffers it owns; each run is read with one pread() (a model parsed
 //    from memory: memcpy) and kept in the buffer as in the file, padding included; each run starts at a 64-byte
 //    aligned offset, and a unit's size is the end of its last run rounded up to 64. The only kind for a model
@@ -44,6 +47,7 @@
 // Thread-safety: as LayerPager; the Model must outlive the PagedModel (the tensors are looked up in it).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -73,6 +77,13 @@ struct PagingOptions {
   // Held for the PagedModel's life and counted against the budget (the pager gets what they leave). A LoRA
   // adapter is merged this way once; swapping adapters needs the weights resident (LoraSwitcher).
   std::vector<TensorOverride> overrides;
+  // Mapped units: a unit whose load takes more CPU time than this per MiB to populate finds the file's page cache
+  // in small folios (4 KiB folios cost ~100-300 us/MiB at every load, 2 MiB folios ~2-20): its pages are then
+  // dropped from the page cache (posix_fadvise POSIX_FADV_DONTNEED; pages that a mapping holds stay) and read from
+  // the file again in large folios; at most three times per unit, and no more once a refill did not make a load
+  // cheaper (a file system without large folios). Only the page cache changes: other readers see the same bytes.
+  // 0: never.
+  double refill_above_us_per_mib = 60;
 };
 
 class PagedModel {
@@ -119,6 +130,9 @@ class PagedModel {
   // The pager. Its unit indexes are this model's, less one when the embedding is read by rows (pager_unit()).
   LayerPager& pager() noexcept { return *pager_; }
   const LayerPager& pager() const noexcept { return *pager_; }
+  // Bytes of mapped units read again from the file because the page cache held them in small folios
+  // (PagingOptions::refill_above_us_per_mib), counted once per refill.
+  std::uint64_t refilled_bytes() const noexcept { return refilled_bytes_.load(std::memory_order_relaxed); }
 
  private:
   struct Placement {
@@ -142,6 +156,19 @@ class PagedModel {
   PagingKind kind_ = PagingKind::Copy;
   std::vector<TensorOverride> overrides_;
   std::unique_ptr<LayerPager> pager_;
+  struct MappedUnit {
+    std::span<const std::byte> bytes;
+    std::uint64_t populate_cpu_ns;
+  };
+  struct RefillState {  // of one unit; written only by the unit's load
+    std::atomic<int> refills{0};
+    std::atomic<double> cost_before{0};  // us of CPU per MiB of the load before the last refill
+  };
+  static constexpr int kMaxRefills = 3;
+  double refill_above_ = 0;  // us of CPU per MiB; 0: never refill
+  mutable std::atomic<bool> refilling_{false};
+  std::unique_ptr<RefillState[]> refill_state_;  // per unit (its elements change in const loads)
+  mutable std::atomic<std::uint64_t> refilled_bytes_{0};
 
   std::size_t pager_unit(std::size_t unit) const;
   void place_overrides();
@@ -149,6 +176,8 @@ class PagedModel {
   void load(std::size_t unit, std::span<std::byte> destination) const;
   void read(const std::byte* source, std::uint64_t size, std::byte* out) const;
   std::span<const std::byte> map_unit(std::size_t unit) const;
+  MappedUnit map_and_populate(std::size_t unit) const;
+  void drop_cached_blocks(const Unit& u) const;
 };
 
 }  // namespace mmsb::llm

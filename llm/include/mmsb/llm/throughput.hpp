@@ -27,6 +27,7 @@ struct Throughput {
   // an idle machine with one thread; with several threads, spinning counts.
   double prompt_tok_per_cpu_s = 0;
   double tok_per_cpu_s = 0;
+  std::uint64_t refilled_bytes = 0;  // with mapped paging: PagedModel::refilled_bytes() at the end
 };
 
 enum class ThroughputPath { Engine, Direct };

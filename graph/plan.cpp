@@ -33,7 +33,7 @@ namespace detail {
 void PlanDeleter::operator()(Plan* p) const noexcept { delete p; }
 
 std::size_t Plan::memory_bytes() const noexcept {
-  return steps.capacity() * sizeof(Step) + (level_begin.capacity() + reader_of.capacity()) * sizeof(std::uint32_t) +
+  return steps.capacity() * sizeof(Step) + level_begin.capacity() * sizeof(std::uint32_t) +
          (boost::num_vertices(successors) + 1 + boost::num_edges(successors)) * sizeof(std::uint32_t) +
          (boost::num_vertices(source_readers) + 1 + boost::num_edges(source_readers)) * sizeof(std::uint32_t);
 }
@@ -214,7 +214,7 @@ void Propagator::Impl::remove_node(NodeIndex index) {
 }
 
 void Propagator::Impl::compact_inputs() {
-  std::vector<VertexId> packed;
+  detail::HugeVector<VertexId> packed;
   packed.reserve(input_pool.size() - input_garbage);
   for (NodeIndex i = 0; i < node_at.size(); ++i) {
     Node& n = node_at[i];
@@ -325,7 +325,9 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
   constexpr std::uint32_t kNone = detail::Plan::kNoSuccessor, kMany = detail::Plan::kManySuccessors;
   std::vector<std::pair<std::uint32_t, std::uint32_t>> edges, source_edges;
   edges.reserve(input_pool.size() - input_garbage);  // every node's inputs: at least its data edges from nodes
-  p.reader_of.assign(slots.size(), kNone);
+  // By vertex, as Slot::reader: filled here, then stored in the slots in one pass (store_readers), so an edge does
+  // not cost its input's slot.
+  std::vector<std::uint32_t> reader_of(slots.size(), kNone);
   // The writer's position by vertex, read once per edge (as in levels_in_index_order: no slot and node per edge).
   std::vector<std::uint32_t> position_of(slots.size(), kNone);
   for (NodeIndex u = 0; u < node_at.size(); ++u)
@@ -336,12 +338,12 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
     const bool consumes = n.kind != NodeKind::Map;
     graph.for_each_input(n.out, [&](VertexId w, DependencyKind kind) {
       if (kind != DependencyKind::Data) return;
-      const std::uint32_t only_before = p.reader_of[w];
-      note_one_or_many(p.reader_of[w], n.position);
+      const std::uint32_t only_before = reader_of[w];
+      note_one_or_many(reader_of[w], n.position);
       const std::uint32_t from = position_of[w];
       if (from == kNone) {
         // Only a source read by several gets a row: its first reader is listed when the second one comes.
-        if (p.reader_of[w] != kMany) return;
+        if (reader_of[w] != kMany) return;
         if (only_before != kMany) source_edges.emplace_back(w, only_before);
         source_edges.emplace_back(w, n.position);
         return;
@@ -362,25 +364,37 @@ void Propagator::Impl::link_successors(detail::Plan& p) {
       [&](const std::pair<std::uint32_t, std::uint32_t>& e) { return p.steps[e.first].next < detail::Plan::kRow; });
   for (auto e = edges.begin(); e != multi_end; ++e) e->first = p.steps[e->first].next & ~detail::Plan::kRow;
   p.successors = detail::Plan::Successors(boost::edges_are_unsorted_multi_pass, edges.begin(), multi_end, rows);
-  link_source_readers(p, source_edges);
+  link_source_readers(p, reader_of, source_edges);
+  store_readers(p, reader_of);
 }
 
 // A row of reader positions for each page that no node computes and several nodes read (a graph's sources): a wave
 // from such a page then reaches its readers without the DependencyGraph. `edges` are (vertex, reader position).
-void Propagator::Impl::link_source_readers(detail::Plan& p,
+void Propagator::Impl::link_source_readers(detail::Plan& p, std::vector<std::uint32_t>& reader_of,
                                            std::vector<std::pair<std::uint32_t, std::uint32_t>>& edges) {
   std::uint32_t rows = 0;
   for (const auto& [vertex, position] : edges) {
-    std::uint32_t& reader = p.reader_of[vertex];
+    std::uint32_t& reader = reader_of[vertex];
     if (reader == detail::Plan::kManySuccessors && rows < detail::Plan::kMaxPositions)
       reader = detail::Plan::kRow | rows++;
   }
   const auto in_rows =
       std::remove_if(edges.begin(), edges.end(), [&](const std::pair<std::uint32_t, std::uint32_t>& e) {
-        return p.reader_of[e.first] < detail::Plan::kRow || p.reader_of[e.first] == detail::Plan::kManySuccessors;
+        return reader_of[e.first] < detail::Plan::kRow || reader_of[e.first] == detail::Plan::kManySuccessors;
       });
-  for (auto e = edges.begin(); e != in_rows; ++e) e->first = p.reader_of[e->first] & ~detail::Plan::kRow;
+  for (auto e = edges.begin(); e != in_rows; ++e) e->first = reader_of[e->first] & ~detail::Plan::kRow;
   p.source_readers = detail::Plan::Successors(boost::edges_are_unsorted_multi_pass, edges.begin(), in_rows, rows);
+}
+
+// Every slot's readers in the new plan (Slot::reader), in one sequential pass over the slots.
+void Propagator::Impl::store_readers(const detail::Plan& p, const std::vector<std::uint32_t>& reader_of) {
+  for (VertexId v = 0; v < slots.size(); ++v) {
+    Slot& s = slots[v];
+    s.reader = reader_of[v];
+    s.reader_next = s.reader < detail::Plan::kRow && p.steps[s.reader].next < detail::Plan::kRow
+                        ? p.steps[s.reader].next
+                        : detail::Plan::kNoSuccessor;
+  }
 }
 
 // A kept delta for every node whose delta is consumed, allocated now so a wave never changes kept_deltas.

@@ -20,9 +20,9 @@ struct Plan {
                                                         boost::no_property, std::uint32_t, std::uint32_t>;
   // What a wave needs of one position, in one place: in a large graph each array a wave indexes by position costs a
   // cache (and TLB) miss per reached node, and the walk that finds a wave's nodes pays them one after another.
-  static constexpr std::uint32_t kNoSuccessor = ~std::uint32_t{0};
-  static constexpr std::uint32_t kManySuccessors = kNoSuccessor - 1;  // in reader_of
-  static constexpr std::uint32_t kRow = 1u << 31;                     // Step::next: kRow | its row in `successors`
+  static constexpr std::uint32_t kNoSuccessor = kNoPosition;
+  static constexpr std::uint32_t kManySuccessors = kManyPositions;  // in Slot::reader
+  static constexpr std::uint32_t kRow = 1u << 31;                   // Step::next: kRow | its row in `successors`
   static constexpr std::uint32_t kMaxPositions = kRow - 2;
   struct Step {
     std::uint32_t reached = 0;          // the last wave that reached this position
@@ -36,16 +36,15 @@ struct Plan {
     std::uint32_t after_next = kNoSuccessor;
   };
   std::uint64_t version = ~std::uint64_t{0};  // the structure_version it was built for
-  std::vector<Step> steps;                    // by position: level by level
+  HugeVector<Step> steps;                     // by position: level by level
   std::vector<std::uint32_t> level_begin;     // level L holds positions [level_begin[L], level_begin[L + 1])
   std::uint32_t widest_level = 0;             // the most positions any level holds
   Successors successors;
-  // By vertex: the position of the page's only data reader, kNoSuccessor, kRow | its readers' row in
-  // `source_readers` (a page no node computes, read by several), or kManySuccessors (a node's output read by several:
-  // then the wave asks the DependencyGraph). A wave starts from changed pages: this spares it four dependent misses
-  // per reader (the page's edge list, the edge, the reader's slot and node) in a large graph.
-  std::vector<std::uint32_t> reader_of;
-  Successors source_readers;  // the reader positions of the pages that have a row in reader_of
+  // Each page's readers are in its Slot (Slot::reader: the only reader's position, kNoSuccessor, kRow | its
+  // readers' row here (a page no node computes, read by several), or kManySuccessors (a node's output read by
+  // several: then the wave asks the DependencyGraph)). A wave starts from changed pages: this spares it four
+  // dependent misses per reader (the page's edge list, the edge, the reader's slot and node) in a large graph.
+  Successors source_readers;
 
   std::size_t positions() const noexcept { return steps.size(); }
   std::size_t levels() const noexcept { return level_begin.size() - 1; }

@@ -631,8 +631,9 @@ void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delt
     if (observed || s->subscribers.load(std::memory_order_relaxed) > 0) {
       note_change(s, *delta, delta->target_epoch(), wave, owner);
     }
-    const std::uint32_t only = s->vertex < p.reader_of.size() ? p.reader_of[s->vertex] : detail::Plan::kManySuccessors;
+    const std::uint32_t only = s->reader;
     if (only < detail::Plan::kRow) {
+      if (far && s->reader_next != detail::Plan::kNoSuccessor) __builtin_prefetch(steps + s->reader_next);
       reach(only);
     } else if (only < detail::Plan::kManySuccessors) {
       for (auto [e, end] = boost::out_edges(only & ~detail::Plan::kRow, p.source_readers); e != end; ++e)

@@ -94,28 +94,26 @@ class ScratchLease {
 
 // A node's page locks: its inputs shared and its output exclusive, dropped on scope exit. Holding the output from the
 // start means the node computes, diffs and publishes in one pass, and readers never see the output between two of
-// those steps. Locks that must be waited for are taken in PageId order (as commits take theirs, so the two never
-// deadlock); a node whose inputs are not declared in that order first tries to take them all as declared without
-// waiting (no hold-and-wait, so no deadlock either), which spares sorting them: uncontended, that always works.
-// Also fills the input spans, in declaration order.
+// those steps. Every node first tries to take its locks as declared without waiting (no hold-and-wait, so no
+// deadlock in any order), filling the input spans in the same pass over its inputs: uncontended, that always works.
+// When a lock is busy (or a logged commit to the output is in flight), it lets go of everything and waits for each
+// lock in PageId order, as commits take theirs, so the two never deadlock; inputs not declared in that order are
+// sorted first. Also fills the input spans, in declaration order.
 class NodeLocks {
  public:
   NodeLocks(Propagator::Impl& engine, const Node& node, PageRecord& out, RunScratch& scratch)
       : out_(out), held_(scratch.lock_order) {
     const std::span<const VertexId> inputs = engine.inputs_of(node);
-    held_.clear();
-    for (VertexId v : inputs) held_.push_back(engine.slots[v].record);
-    const bool in_order = (node.flags & Node::kLockOrder) != 0;
-    bool as_declared = true;  // held_ lists the inputs in declaration order
+    held_.resize(inputs.size());
+    scratch.spans.resize(inputs.size());
+    if (try_lock_as_declared(engine, inputs, scratch.spans.data())) return;
+    for (std::size_t i = 0; i < inputs.size(); ++i) held_[i] = engine.slots[inputs[i]].record;
+    if ((node.flags & Node::kLockOrder) == 0) {  // any order, repeats allowed: lock a sorted copy
+      std::sort(held_.begin(), held_.end(), [](const PageRecord* a, const PageRecord* b) { return a->id < b->id; });
+      held_.erase(std::unique(held_.begin(), held_.end()), held_.end());
+    }
     for (;;) {
-      if (in_order || !try_lock_as_declared()) {
-        if (as_declared && !in_order) {  // any order, repeats allowed: lock a sorted copy
-          std::sort(held_.begin(), held_.end(), [](const PageRecord* a, const PageRecord* b) { return a->id < b->id; });
-          held_.erase(std::unique(held_.begin(), held_.end()), held_.end());
-          as_declared = false;
-        }
-        lock_in_page_order();
-      }
+      lock_in_page_order();
       // A logged commit to the output page itself is on its way to the disk (runtime.hpp, "Visibility"): let it
       // publish first, holding no lock it needs, rather than write under the in-flight deltas it heads.
       detail::InFlight* in_flight = out_.in_flight_front.load(std::memory_order_acquire);
@@ -123,9 +121,8 @@ class NodeLocks {
       unlock_all();
       out_.in_flight_front.wait(in_flight, std::memory_order_acquire);
     }
-    scratch.spans.resize(inputs.size());
     for (std::size_t i = 0; i < inputs.size(); ++i) {
-      const PageRecord* rec = as_declared ? held_[i] : engine.slots[inputs[i]].record;
+      const PageRecord* rec = engine.slots[inputs[i]].record;
       scratch.spans[i] = {rec->data, rec->size.load(std::memory_order_relaxed)};
     }
   }
@@ -134,19 +131,27 @@ class NodeLocks {
   NodeLocks& operator=(const NodeLocks&) = delete;
 
  private:
-  // Takes every lock without waiting, or none (then returns false).
-  bool try_lock_as_declared() {
+  // Takes every lock without waiting and fills the spans, or takes none (then returns false). Throws, holding
+  // nothing, if a page was deleted.
+  bool try_lock_as_declared(Propagator::Impl& engine, std::span<const VertexId> inputs,
+                            std::span<const std::byte>* spans) {
     if (!out_.mutex.try_lock()) return false;
     out_locked_ = true;
-    for (PageRecord* rec : held_) {
+    checked(out_);
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      PageRecord* rec = engine.slots[inputs[i]].record;
+      held_[i] = rec;
       if (!rec->mutex.try_lock_shared()) {
         unlock_all();
         return false;
       }
       ++shared_;
+      checked(*rec);
+      spans[i] = {rec->data, rec->size.load(std::memory_order_relaxed)};
     }
-    checked();
-    return true;
+    if (out_.in_flight_front.load(std::memory_order_acquire) == nullptr) return true;
+    unlock_all();
+    return false;
   }
   // Waits for each lock in turn, in PageId order (held_ sorted).
   void lock_in_page_order() {
@@ -163,14 +168,11 @@ class NodeLocks {
       throw;
     }
   }
-  // Throws, holding nothing, if a page was deleted.
-  void checked() {
-    try {
-      check(out_);
-      for (const PageRecord* rec : held_) check(*rec);
-    } catch (...) {
+  // Throws, holding nothing, if the page (locked) was deleted.
+  void checked(const PageRecord& rec) {
+    if (rec.deleted.load(std::memory_order_relaxed)) [[unlikely]] {
       unlock_all();
-      throw;
+      detail::throw_not_found(rec.id);
     }
   }
   void lock_output() {
@@ -525,31 +527,49 @@ template <typename T>
 // are on their way, each stage reading only what an earlier stage fetched for it. The slot stage looks the node up
 // once and leaves it (null for an ordered node) in a ring that the two later stages read. `step_at(i)` is the i-th
 // step to fetch for, or null where the wave skips it; `run_at(i)` runs the i-th.
+namespace detail {
+// One node in flight in the wave pipeline (run_pipelined): its output's and first inputs' slots, found once by the
+// slot stage, then their records, found once by the record stage, so no later stage looks them up again.
+struct FetchAhead {
+  static constexpr std::size_t kCarried = 16;  // inputs beyond these are not fetched ahead
+  const Node* node = nullptr;                  // null: nothing to fetch (skipped, or inputs in PageId order)
+  std::uint32_t count = 0;                     // pages carried: the output, then inputs
+  const Slot* slot[kCarried + 1];
+  const PageRecord* record[kCarried + 1];
+};
+}  // namespace detail
+
 template <class StepAt, class RunAt>
 void Propagator::Impl::run_pipelined(std::size_t count, const StepAt& step_at, const RunAt& run_at) {
   static_assert(kNodesAhead > kSlotsAhead && kSlotsAhead > kRecordsAhead && kRecordsAhead > kBytesAhead);
-  constexpr std::size_t kRing = 8;  // > kSlotsAhead - kBytesAhead: an entry is read before it is overwritten
+  constexpr std::size_t kRing = 8;  // an entry is read by the later stages before the slot stage reuses it
   static_assert(kRing > kSlotsAhead - kBytesAhead && kRing >= kSlotsAhead && (kRing & (kRing - 1)) == 0);
-  const Node* ring[kRing] = {};
+  detail::FetchAhead ring[kRing];
   for (std::size_t i = 0; i < count; ++i) {
     if (i + kNodesAhead < count)
       if (const detail::Plan::Step* ahead = step_at(i + kNodesAhead)) prefetch_node(ahead->node, ahead->inputs);
     if (i + kSlotsAhead < count) {
-      const Node* ahead = nullptr;
-      if (const detail::Plan::Step* step = step_at(i + kSlotsAhead)) {
-        ahead = &node_at[step->node];
-        if (ahead->flags & Node::kLockOrder) {
-          ahead = nullptr;
-        } else {
-          prefetch_slots(*ahead);
-        }
+      detail::FetchAhead& a = ring[(i + kSlotsAhead) % kRing];
+      const detail::Plan::Step* step = step_at(i + kSlotsAhead);
+      a.node = step ? &node_at[step->node] : nullptr;
+      if (a.node && (a.node->flags & Node::kLockOrder)) a.node = nullptr;
+      if (a.node) {
+        const std::span<const VertexId> inputs = inputs_of(*a.node);
+        a.count = static_cast<std::uint32_t>(std::min(inputs.size(), detail::FetchAhead::kCarried) + 1);
+        a.slot[0] = &slots[a.node->out];
+        for (std::uint32_t j = 1; j < a.count; ++j) a.slot[j] = &slots[inputs[j - 1]];
+        for (std::uint32_t j = 0; j < a.count; ++j) prefetch_whole(a.slot[j]);
       }
-      ring[(i + kSlotsAhead) % kRing] = ahead;
     }
-    if (const Node* ahead = ring[(i + kRecordsAhead) % kRing]; ahead && i + kRecordsAhead < count)
-      prefetch_records(*ahead);
-    if (const Node* ahead = ring[(i + kBytesAhead) % kRing]; ahead && i + kBytesAhead < count)
-      prefetch_input_bytes(*ahead);
+    if (detail::FetchAhead& a = ring[(i + kRecordsAhead) % kRing]; a.node && i + kRecordsAhead < count) {
+      for (std::uint32_t j = 0; j < a.count; ++j) {
+        a.record[j] = a.slot[j]->record;
+        prefetch_whole(a.record[j]);
+      }
+    }
+    if (const detail::FetchAhead& a = ring[(i + kBytesAhead) % kRing]; a.node && i + kBytesAhead < count) {
+      for (std::uint32_t j = 1; j < a.count; ++j) __builtin_prefetch(a.record[j]->bytes_hint());
+    }
     run_at(i);
   }
 }

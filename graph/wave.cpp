@@ -607,11 +607,9 @@ void Propagator::Impl::run_sweep(std::uint32_t wave, Tally& tally) {
   detail::Plan& p = *plan;
   detail::Plan::Step* steps = p.steps.data();
   const auto& rows = p.successors.m_forward;
-  auto run_at = [&](std::size_t i) {
-    const detail::Plan::Step& step = steps[i];
-    if (step.reached != wave) return;
-    run_node(step.node, wave, tally);
-    const std::uint32_t next = step.next;
+  const std::size_t count = p.positions();
+  auto mark_successors = [&](std::size_t i) {
+    const std::uint32_t next = steps[i].next;
     if (next < detail::Plan::kRow) {
       steps[next].reached = wave;
     } else if (next != detail::Plan::kNoSuccessor) {
@@ -620,14 +618,32 @@ void Propagator::Impl::run_sweep(std::uint32_t wave, Tally& tally) {
         steps[rows.m_column[e]].reached = wave;
     }
   };
-  const std::size_t count = p.positions();
+  // A random DAG's successors are anywhere in the plan: their steps are fetched (for writing) ahead, as the walk's
+  // were. The step, row bounds and row of a position come in plan order, which the hardware prefetcher follows.
+  auto fetch_successors = [&](std::size_t k) {
+    const std::uint32_t next = steps[k].next;
+    if (next >= detail::Plan::kRow && next != detail::Plan::kNoSuccessor) {
+      const std::uint32_t row = next & ~detail::Plan::kRow;
+      for (std::uint32_t e = rows.m_rowstart[row]; e < rows.m_rowstart[row + 1]; ++e)
+        __builtin_prefetch(&steps[rows.m_column[e]], 1);
+    }
+  };
+  auto run_at = [&](std::size_t i) {
+    if (steps[i].reached != wave) return;
+    run_node(steps[i].node, wave, tally);
+    mark_successors(i);
+  };
   if (count < kPrefetchPositions || p.unordered_nodes == 0) {
     for (std::size_t i = 0; i < count; ++i) run_at(i);
     return;
   }
   // Which positions are reached is known only as the sweep gets there: fetch ahead for every one.
   run_pipelined(
-      count, [&](std::size_t i) { return &steps[i]; }, run_at);
+      count, [&](std::size_t i) { return &steps[i]; },
+      [&](std::size_t i) {
+        if (i + kSlotsAhead < count) fetch_successors(i + kSlotsAhead);
+        run_at(i);
+      });
 }
 
 std::string Propagator::Impl::describe(std::exception_ptr error) {

@@ -211,6 +211,8 @@ struct PlanDeleter {
 
 // Per-run scratch of one thread: the map output buffer, input spans and deltas, a delta that no reader keeps.
 struct RunScratch;
+// A node's slots and records found ahead by the wave pipeline (wave.cpp).
+struct FetchAhead;
 // Per-chunk counts, added to the shared counters once per chunk rather than once per node (those atomics would
 // otherwise bounce between cores on every node of a parallel wave).
 struct Tally {
@@ -430,7 +432,9 @@ struct Propagator::Impl : detail::CommitListener {
   bool publish(Node& node, PageRecord& page, Delta& d, std::span<const std::byte> computed, bool diff);
   // A map's output, diffed and published; returns the published delta's payload bytes (0: cutoff). `d` null: no
   // one reads the delta (no consuming reader, no observer), so a small page is compared and written in place.
-  std::uint64_t compute_map(Node& node, Delta* d, detail::RunScratch& scratch, const MapFunction& fn);
+  // `carried`: the node's slots and records found ahead by the wave pipeline, or null.
+  std::uint64_t compute_map(Node& node, Delta* d, detail::RunScratch& scratch, const MapFunction& fn,
+                            const detail::FetchAhead* carried = nullptr);
   // The in-place publish of a small map output (the caller holds the output's exclusive lock): returns what the
   // delta's payload would have held.
   std::uint64_t publish_in_place(Node& node, PageRecord& page, std::span<const std::byte> computed);
@@ -438,7 +442,7 @@ struct Propagator::Impl : detail::CommitListener {
   bool compute_passthrough(Node& node, Delta& d, std::uint32_t wave, bool stale, detail::RunScratch& scratch);
   bool compute_incremental(Node& node, Delta& d, std::uint32_t wave, detail::RunScratch& scratch);
   void add_tally(const Tally& t);
-  void run_node(NodeIndex index, std::uint32_t wave, Tally& tally);
+  void run_node(NodeIndex index, std::uint32_t wave, Tally& tally, const detail::FetchAhead* carried = nullptr);
   // Runs the reached nodes among plan positions [begin, end) (dense waves) or the listed positions (sparse).
   void run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally);
   void run_list(const std::uint32_t* positions, std::size_t count, std::uint32_t wave, Tally& tally);

@@ -56,6 +56,16 @@ struct AlignedBuffer {
   }
 };
 
+// One node in flight in the wave pipeline (run_pipelined): its output's and first inputs' slots, found once by the
+// slot stage, then their records, found once by the record stage, so no later stage looks them up again.
+struct FetchAhead {
+  static constexpr std::size_t kCarried = 16;  // inputs beyond these are not fetched ahead
+  const Node* node = nullptr;                  // null: nothing to fetch (skipped, or inputs in PageId order)
+  std::uint32_t count = 0;                     // pages carried: the output, then inputs
+  const Slot* slot[kCarried + 1];
+  PageRecord* record[kCarried + 1];
+  bool complete = false;  // every input is carried: the node may take its records from here
+};
 struct RunScratch {
   AlignedBuffer buffer;
   std::vector<std::span<const std::byte>> spans;
@@ -101,12 +111,14 @@ class ScratchLease {
 // sorted first. Also fills the input spans, in declaration order.
 class NodeLocks {
  public:
-  NodeLocks(Propagator::Impl& engine, const Node& node, PageRecord& out, RunScratch& scratch)
+  // `records`, when given, are the inputs' records in declaration order (found ahead by the wave pipeline).
+  NodeLocks(Propagator::Impl& engine, const Node& node, PageRecord& out, RunScratch& scratch,
+            PageRecord* const* records = nullptr)
       : out_(out), held_(scratch.lock_order) {
     const std::span<const VertexId> inputs = engine.inputs_of(node);
     held_.resize(inputs.size());
     scratch.spans.resize(inputs.size());
-    if (try_lock_as_declared(engine, inputs, scratch.spans.data())) return;
+    if (try_lock_as_declared(engine, inputs, records, scratch.spans.data())) return;
     for (std::size_t i = 0; i < inputs.size(); ++i) held_[i] = engine.slots[inputs[i]].record;
     if ((node.flags & Node::kLockOrder) == 0) {  // any order, repeats allowed: lock a sorted copy
       std::sort(held_.begin(), held_.end(), [](const PageRecord* a, const PageRecord* b) { return a->id < b->id; });
@@ -133,13 +145,13 @@ class NodeLocks {
  private:
   // Takes every lock without waiting and fills the spans, or takes none (then returns false). Throws, holding
   // nothing, if a page was deleted.
-  bool try_lock_as_declared(Propagator::Impl& engine, std::span<const VertexId> inputs,
+  bool try_lock_as_declared(Propagator::Impl& engine, std::span<const VertexId> inputs, PageRecord* const* records,
                             std::span<const std::byte>* spans) {
     if (!out_.mutex.try_lock()) return false;
     out_locked_ = true;
     checked(out_);
     for (std::size_t i = 0; i < inputs.size(); ++i) {
-      PageRecord* rec = engine.slots[inputs[i]].record;
+      PageRecord* rec = records ? records[i] : engine.slots[inputs[i]].record;
       held_[i] = rec;
       if (!rec->mutex.try_lock_shared()) {
         unlock_all();
@@ -328,9 +340,10 @@ std::uint64_t Propagator::Impl::publish_in_place(Node& node, PageRecord& page, s
   return (node.flags & Node::kAlwaysChanges) || dense ? size : changed;
 }
 
-std::uint64_t Propagator::Impl::compute_map(Node& node, Delta* d, RunScratch& scratch, const MapFunction& fn) {
+std::uint64_t Propagator::Impl::compute_map(Node& node, Delta* d, RunScratch& scratch, const MapFunction& fn,
+                                            const detail::FetchAhead* carried) {
   PageRecord& out = *slots[node.out].record;
-  detail::NodeLocks locks(*this, node, out, scratch);
+  detail::NodeLocks locks(*this, node, out, scratch, carried ? carried->record + 1 : nullptr);
   const std::uint64_t size = out.size.load(std::memory_order_relaxed);
   std::span<std::byte> buffer = scratch.buffer.resize(size);
   detail::copy_bytes(buffer.data(), out.data, size);
@@ -409,16 +422,15 @@ void Propagator::Impl::add_tally(const Tally& t) {
   if (t.bytes) counters.bytes.fetch_add(t.bytes, std::memory_order_relaxed);
 }
 
-void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tally) {
+void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tally, const detail::FetchAhead* carried) {
   if (cancelled.load(std::memory_order_acquire)) return;
   Node& node = node_at[index];
   const bool stale = node.stale.load(std::memory_order_relaxed);
   bool input_changed = false;
-  for (VertexId in : inputs_of(node)) {
-    if (slots[in].changed_wave.load(std::memory_order_acquire) == wave) {
-      input_changed = true;
-      break;
-    }
+  const std::span<const VertexId> inputs = inputs_of(node);
+  for (std::size_t i = 0; i < inputs.size() && !input_changed; ++i) {
+    const Slot& in = carried ? *carried->slot[i + 1] : slots[inputs[i]];
+    input_changed = in.changed_wave.load(std::memory_order_acquire) == wave;
   }
   Slot& out = slots[node.out];
   if (!input_changed && !stale) {
@@ -440,7 +452,7 @@ void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tall
   try {
     switch (node.kind) {
       case NodeKind::Map:
-        bytes = compute_map(node, d, *tally.scratch, maps.entries[node.function]);
+        bytes = compute_map(node, d, *tally.scratch, maps.entries[node.function], carried);
         break;
       case NodeKind::Passthrough:
         bytes = compute_passthrough(node, built, wave, stale, *tally.scratch) ? built.payload.size() : 0;
@@ -526,24 +538,14 @@ template <typename T>
 // i + kNodesAhead, the slots of i + kSlotsAhead, the records of i + kRecordsAhead and the bytes of i + kBytesAhead
 // are on their way, each stage reading only what an earlier stage fetched for it. The slot stage looks the node up
 // once and leaves it (null for an ordered node) in a ring that the two later stages read. `step_at(i)` is the i-th
-// step to fetch for, or null where the wave skips it; `run_at(i)` runs the i-th.
-namespace detail {
-// One node in flight in the wave pipeline (run_pipelined): its output's and first inputs' slots, found once by the
-// slot stage, then their records, found once by the record stage, so no later stage looks them up again.
-struct FetchAhead {
-  static constexpr std::size_t kCarried = 16;  // inputs beyond these are not fetched ahead
-  const Node* node = nullptr;                  // null: nothing to fetch (skipped, or inputs in PageId order)
-  std::uint32_t count = 0;                     // pages carried: the output, then inputs
-  const Slot* slot[kCarried + 1];
-  const PageRecord* record[kCarried + 1];
-};
-}  // namespace detail
-
+// step to fetch for, or null where the wave skips it; `run_at(i, carried)` runs the i-th, with its ring entry when
+// that holds all of the node's records (else null).
 template <class StepAt, class RunAt>
 void Propagator::Impl::run_pipelined(std::size_t count, const StepAt& step_at, const RunAt& run_at) {
   static_assert(kNodesAhead > kSlotsAhead && kSlotsAhead > kRecordsAhead && kRecordsAhead > kBytesAhead);
-  constexpr std::size_t kRing = 8;  // an entry is read by the later stages before the slot stage reuses it
-  static_assert(kRing > kSlotsAhead - kBytesAhead && kRing >= kSlotsAhead && (kRing & (kRing - 1)) == 0);
+  // An entry is filled kSlotsAhead nodes ahead and read up to the node's own run, before the slot stage reuses it.
+  constexpr std::size_t kRing = 16;
+  static_assert(kRing > kSlotsAhead && (kRing & (kRing - 1)) == 0);
   detail::FetchAhead ring[kRing];
   for (std::size_t i = 0; i < count; ++i) {
     if (i + kNodesAhead < count)
@@ -556,6 +558,7 @@ void Propagator::Impl::run_pipelined(std::size_t count, const StepAt& step_at, c
       if (a.node) {
         const std::span<const VertexId> inputs = inputs_of(*a.node);
         a.count = static_cast<std::uint32_t>(std::min(inputs.size(), detail::FetchAhead::kCarried) + 1);
+        a.complete = inputs.size() <= detail::FetchAhead::kCarried;
         a.slot[0] = &slots[a.node->out];
         for (std::uint32_t j = 1; j < a.count; ++j) a.slot[j] = &slots[inputs[j - 1]];
         for (std::uint32_t j = 0; j < a.count; ++j) prefetch_whole(a.slot[j]);
@@ -570,18 +573,19 @@ void Propagator::Impl::run_pipelined(std::size_t count, const StepAt& step_at, c
     if (const detail::FetchAhead& a = ring[(i + kBytesAhead) % kRing]; a.node && i + kBytesAhead < count) {
       for (std::uint32_t j = 1; j < a.count; ++j) __builtin_prefetch(a.record[j]->bytes_hint());
     }
-    run_at(i);
+    const detail::FetchAhead& own = ring[i % kRing];
+    run_at(i, own.node && own.complete ? &own : nullptr);
   }
 }
 
 void Propagator::Impl::run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally) {
   const detail::Plan::Step* steps = plan->steps.data() + begin;
   auto reached = [&](std::size_t i) { return steps[i].reached == wave ? &steps[i] : nullptr; };
-  auto run_at = [&](std::size_t i) {
-    if (steps[i].reached == wave) run_node(steps[i].node, wave, tally);
+  auto run_at = [&](std::size_t i, const detail::FetchAhead* carried) {
+    if (steps[i].reached == wave) run_node(steps[i].node, wave, tally, carried);
   };
   if (plan->positions() < kPrefetchPositions || plan->unordered_nodes == 0) {
-    for (std::size_t i = 0; i < end - begin; ++i) run_at(i);
+    for (std::size_t i = 0; i < end - begin; ++i) run_at(i, nullptr);
     return;
   }
   run_pipelined(end - begin, reached, run_at);
@@ -589,10 +593,12 @@ void Propagator::Impl::run_range(std::uint32_t begin, std::uint32_t end, std::ui
 
 void Propagator::Impl::run_list(const std::uint32_t* positions, std::size_t count, std::uint32_t wave, Tally& tally) {
   const detail::Plan::Step* steps = plan->steps.data();
-  auto run_at = [&](std::size_t i) { run_node(steps[positions[i]].node, wave, tally); };
+  auto run_at = [&](std::size_t i, const detail::FetchAhead* carried) {
+    run_node(steps[positions[i]].node, wave, tally, carried);
+  };
   // A small wave's nodes were all prefetched together before it began (prefetch()), and a small plan is in cache.
   if (plan->positions() < kPrefetchPositions || affected.size() <= kPrefetchNodes || plan->unordered_nodes == 0) {
-    for (std::size_t i = 0; i < count; ++i) run_at(i);
+    for (std::size_t i = 0; i < count; ++i) run_at(i, nullptr);
     return;
   }
   run_pipelined(
@@ -628,21 +634,21 @@ void Propagator::Impl::run_sweep(std::uint32_t wave, Tally& tally) {
         __builtin_prefetch(&steps[rows.m_column[e]], 1);
     }
   };
-  auto run_at = [&](std::size_t i) {
+  auto run_at = [&](std::size_t i, const detail::FetchAhead* carried) {
     if (steps[i].reached != wave) return;
-    run_node(steps[i].node, wave, tally);
+    run_node(steps[i].node, wave, tally, carried);
     mark_successors(i);
   };
   if (count < kPrefetchPositions || p.unordered_nodes == 0) {
-    for (std::size_t i = 0; i < count; ++i) run_at(i);
+    for (std::size_t i = 0; i < count; ++i) run_at(i, nullptr);
     return;
   }
   // Which positions are reached is known only as the sweep gets there: fetch ahead for every one.
   run_pipelined(
       count, [&](std::size_t i) { return &steps[i]; },
-      [&](std::size_t i) {
+      [&](std::size_t i, const detail::FetchAhead* carried) {
         if (i + kSlotsAhead < count) fetch_successors(i + kSlotsAhead);
-        run_at(i);
+        run_at(i, carried);
       });
 }
 

@@ -317,6 +317,7 @@ std::uint64_t Propagator::Impl::publish_in_place(Node& node, PageRecord& page, s
   const std::byte* old_bytes = page.data;
   const std::byte* new_bytes = computed.data();
   std::uint64_t first = 0, last = size;  // the differing bytes are [first, last)
+  bool written = false;
   if (node.flags & Node::kAlwaysChanges) {
     if (size == 0) return 0;
   } else if (size == 8 && std::endian::native == std::endian::little) {
@@ -327,12 +328,14 @@ std::uint64_t Propagator::Impl::publish_in_place(Node& node, PageRecord& page, s
     if (differ == 0) return 0;
     first = static_cast<std::uint64_t>(std::countr_zero(differ)) / 8;
     last = 8 - static_cast<std::uint64_t>(std::countl_zero(differ)) / 8;
+    std::memcpy(page.data, &new_word, 8);  // one store; the bytes outside [first, last) are equal
+    written = true;
   } else {
     while (first < size && old_bytes[first] == new_bytes[first]) ++first;
     if (first == size) return 0;
     while (old_bytes[last - 1] == new_bytes[last - 1]) --last;
   }
-  detail::copy_bytes(page.data + first, new_bytes + first, last - first);
+  if (!written) detail::copy_bytes(page.data + first, new_bytes + first, last - first);
   page.epoch.store(page.epoch.load(std::memory_order_relaxed) + 1, std::memory_order_release);
   const std::uint64_t changed = last - first;
   // The delta would be dense (the whole page) past this fraction, as diff_into() decides.

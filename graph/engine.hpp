@@ -251,6 +251,8 @@ struct PlanDeleter {
 
 // Per-run scratch of one thread: the map output buffer, input spans and deltas, a delta that no reader keeps.
 struct RunScratch;
+// A node's slots and records found ahead by the wave pipeline (wave.cpp).
+struct FetchAhead;
 // Per-chunk counts, added to the shared counters once per chunk rather than once per node (those atomics would
 // otherwise bounce between cores on every node of a parallel wave).
 struct Tally {
@@ -470,18 +472,27 @@ struct Propagator::Impl : detail::CommitListener {
   // Writes `d` (ranges and payload set, or computed here by diffing `computed`) into the node's output page as one
   // new epoch. Returns false if the delta is empty (cutoff). The caller holds the output's exclusive lock.
   bool publish(Node& node, PageRecord& page, Delta& d, std::span<const std::byte> computed, bool diff);
-  bool compute_map(Node& node, Delta& d, detail::RunScratch& scratch, const MapFunction& fn);
+  // A map's output, diffed and published; returns the published delta's payload bytes (0: cutoff). `d` null: no
+  // one reads the delta (no consuming reader, no observer), so a small page is compared and written in place.
+  // `carried`: the node's slots and records found ahead by the wave pipeline, or null.
+  std::uint64_t compute_map(Node& node, Delta* d, detail::RunScratch& scratch, const MapFunction& fn,
+                            const detail::FetchAhead* carried = nullptr);
+  // The in-place publish of a small map output (the caller holds the output's exclusive lock): returns what the
+  // delta's payload would have held.
+  std::uint64_t publish_in_place(Node& node, PageRecord& page, std::span<const std::byte> computed);
   // Forwards the input's delta through the remap window; a stale node copies the whole window instead.
   bool compute_passthrough(Node& node, Delta& d, std::uint32_t wave, bool stale, detail::RunScratch& scratch);
   bool compute_incremental(Node& node, Delta& d, std::uint32_t wave, detail::RunScratch& scratch);
   void add_tally(const Tally& t);
-  void run_node(NodeIndex index, std::uint32_t wave, Tally& tally);
+  void run_node(NodeIndex index, std::uint32_t wave, Tally& tally, const detail::FetchAhead* carried = nullptr);
   // Runs the reached nodes among plan positions [begin, end) (dense waves) or the listed positions (sparse).
   void run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally);
   void run_list(const std::uint32_t* positions, std::size_t count, std::uint32_t wave, Tally& tally);
-  // Runs `count` nodes, the i-th at step_at(i), prefetching the nodes ahead stage by stage (see wave.cpp).
-  template <class StepAt>
-  void run_pipelined(std::size_t count, std::uint32_t wave, Tally& tally, const StepAt& step_at);
+  // Runs `count` nodes (run_at(i)), prefetching for the nodes ahead (step_at(k)) stage by stage (see wave.cpp).
+  template <class StepAt, class RunAt>
+  void run_pipelined(std::size_t count, const StepAt& step_at, const RunAt& run_at);
+  // Runs every plan position that the wave reaches, marking successors as it goes (a full wave, see run_wave).
+  void run_sweep(std::uint32_t wave, Tally& tally);
   // How many nodes ahead of the running one each stage of the pipeline fetches: the node and its input ids, its
   // slots, its page records, its pages' bytes.
   static constexpr std::size_t kNodesAhead = 16, kSlotsAhead = 8, kRecordsAhead = 4, kBytesAhead = 2;
@@ -492,9 +503,6 @@ struct Propagator::Impl : detail::CommitListener {
   void prefetch_slots(const Node& node) const noexcept;
   void prefetch_records(const Node& node) const noexcept;
   void prefetch_input_bytes(const Node& node) const noexcept;
-  // The node of step_at(k) when the pipeline's later stages serve it (inputs not declared in PageId order).
-  template <class StepAt>
-  const Node* unordered_node(const StepAt& step_at, std::size_t k) const noexcept;
   static std::string describe(std::exception_ptr error);
   // Runs one wave for the given changed pages (and stale nodes). engine_mutex must be held.
   // `owner`, when set, owns the deltas of `changes`: page observers then share them instead of copying them.
@@ -503,12 +511,14 @@ struct Propagator::Impl : detail::CommitListener {
   // The steps of run_wave, in order.
   struct WaveShape {
     bool dense = false;          // scans plan positions rather than the sorted `affected`
+    bool sweep = false;          // dense, and reaching as it runs (run_sweep) instead of walking first
     int threads = 1;             // the arena's concurrency
     std::uint64_t estimate = 1;  // sampled ns per node
     bool wide(std::size_t nodes, const PropagatorOptions& options) const noexcept;
   };
+  // Without `walk`, only the changed pages' readers and the stale nodes are reached (run_sweep reaches the rest).
   void reach_from(const std::vector<std::pair<PageId, const Delta*>>& changes, const std::shared_ptr<const void>& owner,
-                  std::uint32_t wave);
+                  std::uint32_t wave, bool walk = true);
   void begin_wave(std::uint32_t wave);
   bool plan_segments(const WaveShape& shape);
   void run_segment(const detail::Segment& s, bool dense, std::uint32_t wave, Tally& tally);

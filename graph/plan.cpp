@@ -309,6 +309,7 @@ void Propagator::Impl::assign_positions(detail::Plan& p, const std::vector<std::
     p.steps[position].inputs = n.inputs;
     n.position = position;
     n.flags = static_cast<std::uint8_t>(n.flags & ~Node::kKeepDelta);
+    if (!(n.flags & Node::kLockOrder)) ++p.unordered_nodes;
   }
 }
 

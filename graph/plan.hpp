@@ -39,6 +39,9 @@ struct Plan {
   HugeVector<Step> steps;                     // by position: level by level
   std::vector<std::uint32_t> level_begin;     // level L holds positions [level_begin[L], level_begin[L + 1])
   std::uint32_t widest_level = 0;             // the most positions any level holds
+  // Nodes whose inputs are not declared in PageId order (no Node::kLockOrder): only those get the wave pipeline's
+  // slot, record and byte stages, so a plan without any (trees, stencils, chains) runs without them.
+  std::uint32_t unordered_nodes = 0;
   Successors successors;
   // Each page's readers are in its Slot (Slot::reader: the only reader's position, kNoSuccessor, kRow | its
   // readers' row here (a page no node computes, read by several), or kManySuccessors (a node's output read by

@@ -9,6 +9,8 @@
 #include <tbb/parallel_for.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstring>
 #include <exception>
 #include <string>
 #include <utility>
@@ -54,6 +56,16 @@ struct AlignedBuffer {
   }
 };
 
+// One node in flight in the wave pipeline (run_pipelined): its output's and first inputs' slots, found once by the
+// slot stage, then their records, found once by the record stage, so no later stage looks them up again.
+struct FetchAhead {
+  static constexpr std::size_t kCarried = 16;  // inputs beyond these are not fetched ahead
+  const Node* node = nullptr;                  // null: nothing to fetch (skipped, or inputs in PageId order)
+  std::uint32_t count = 0;                     // pages carried: the output, then inputs
+  const Slot* slot[kCarried + 1];
+  PageRecord* record[kCarried + 1];
+  bool complete = false;  // every input is carried: the node may take its records from here
+};
 struct RunScratch {
   AlignedBuffer buffer;
   std::vector<std::span<const std::byte>> spans;
@@ -92,28 +104,28 @@ class ScratchLease {
 
 // A node's page locks: its inputs shared and its output exclusive, dropped on scope exit. Holding the output from the
 // start means the node computes, diffs and publishes in one pass, and readers never see the output between two of
-// those steps. Locks that must be waited for are taken in PageId order (as commits take theirs, so the two never
-// deadlock); a node whose inputs are not declared in that order first tries to take them all as declared without
-// waiting (no hold-and-wait, so no deadlock either), which spares sorting them: uncontended, that always works.
-// Also fills the input spans, in declaration order.
+// those steps. Every node first tries to take its locks as declared without waiting (no hold-and-wait, so no
+// deadlock in any order), filling the input spans in the same pass over its inputs: uncontended, that always works.
+// When a lock is busy (or a logged commit to the output is in flight), it lets go of everything and waits for each
+// lock in PageId order, as commits take theirs, so the two never deadlock; inputs not declared in that order are
+// sorted first. Also fills the input spans, in declaration order.
 class NodeLocks {
  public:
-  NodeLocks(Propagator::Impl& engine, const Node& node, PageRecord& out, RunScratch& scratch)
+  // `records`, when given, are the inputs' records in declaration order (found ahead by the wave pipeline).
+  NodeLocks(Propagator::Impl& engine, const Node& node, PageRecord& out, RunScratch& scratch,
+            PageRecord* const* records = nullptr)
       : out_(out), held_(scratch.lock_order) {
     const std::span<const VertexId> inputs = engine.inputs_of(node);
-    held_.clear();
-    for (VertexId v : inputs) held_.push_back(engine.slots[v].record);
-    const bool in_order = (node.flags & Node::kLockOrder) != 0;
-    bool as_declared = true;  // held_ lists the inputs in declaration order
+    held_.resize(inputs.size());
+    scratch.spans.resize(inputs.size());
+    if (try_lock_as_declared(engine, inputs, records, scratch.spans.data())) return;
+    for (std::size_t i = 0; i < inputs.size(); ++i) held_[i] = engine.slots[inputs[i]].record;
+    if ((node.flags & Node::kLockOrder) == 0) {  // any order, repeats allowed: lock a sorted copy
+      std::sort(held_.begin(), held_.end(), [](const PageRecord* a, const PageRecord* b) { return a->id < b->id; });
+      held_.erase(std::unique(held_.begin(), held_.end()), held_.end());
+    }
     for (;;) {
-      if (in_order || !try_lock_as_declared()) {
-        if (as_declared && !in_order) {  // any order, repeats allowed: lock a sorted copy
-          std::sort(held_.begin(), held_.end(), [](const PageRecord* a, const PageRecord* b) { return a->id < b->id; });
-          held_.erase(std::unique(held_.begin(), held_.end()), held_.end());
-          as_declared = false;
-        }
-        lock_in_page_order();
-      }
+      lock_in_page_order();
       // A logged commit to the output page itself is on its way to the disk (runtime.hpp, "Visibility"): let it
       // publish first, holding no lock it needs, rather than write under the in-flight deltas it heads.
       detail::InFlight* in_flight = out_.in_flight_front.load(std::memory_order_acquire);
@@ -121,9 +133,8 @@ class NodeLocks {
       unlock_all();
       out_.in_flight_front.wait(in_flight, std::memory_order_acquire);
     }
-    scratch.spans.resize(inputs.size());
     for (std::size_t i = 0; i < inputs.size(); ++i) {
-      const PageRecord* rec = as_declared ? held_[i] : engine.slots[inputs[i]].record;
+      const PageRecord* rec = engine.slots[inputs[i]].record;
       scratch.spans[i] = {rec->data, rec->size.load(std::memory_order_relaxed)};
     }
   }
@@ -132,19 +143,27 @@ class NodeLocks {
   NodeLocks& operator=(const NodeLocks&) = delete;
 
  private:
-  // Takes every lock without waiting, or none (then returns false).
-  bool try_lock_as_declared() {
+  // Takes every lock without waiting and fills the spans, or takes none (then returns false). Throws, holding
+  // nothing, if a page was deleted.
+  bool try_lock_as_declared(Propagator::Impl& engine, std::span<const VertexId> inputs, PageRecord* const* records,
+                            std::span<const std::byte>* spans) {
     if (!out_.mutex.try_lock()) return false;
     out_locked_ = true;
-    for (PageRecord* rec : held_) {
+    checked(out_);
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      PageRecord* rec = records ? records[i] : engine.slots[inputs[i]].record;
+      held_[i] = rec;
       if (!rec->mutex.try_lock_shared()) {
         unlock_all();
         return false;
       }
       ++shared_;
+      checked(*rec);
+      spans[i] = {rec->data, rec->size.load(std::memory_order_relaxed)};
     }
-    checked();
-    return true;
+    if (out_.in_flight_front.load(std::memory_order_acquire) == nullptr) return true;
+    unlock_all();
+    return false;
   }
   // Waits for each lock in turn, in PageId order (held_ sorted).
   void lock_in_page_order() {
@@ -161,14 +180,11 @@ class NodeLocks {
       throw;
     }
   }
-  // Throws, holding nothing, if a page was deleted.
-  void checked() {
-    try {
-      check(out_);
-      for (const PageRecord* rec : held_) check(*rec);
-    } catch (...) {
+  // Throws, holding nothing, if the page (locked) was deleted.
+  void checked(const PageRecord& rec) {
+    if (rec.deleted.load(std::memory_order_relaxed)) [[unlikely]] {
       unlock_all();
-      throw;
+      detail::throw_not_found(rec.id);
     }
   }
   void lock_output() {
@@ -291,15 +307,56 @@ bool Propagator::Impl::publish(Node& node, PageRecord& page, Delta& d, std::span
   return true;
 }
 
-bool Propagator::Impl::compute_map(Node& node, Delta& d, RunScratch& scratch, const MapFunction& fn) {
+// A page this small is diffed as one range (diff_with's small-page case: no longer than the merge gap), so its
+// delta's byte count is known from the first and last differing bytes alone.
+constexpr std::uint64_t kInPlaceBytes = 16;
+static_assert(kInPlaceBytes <= DiffOptions{}.merge_gap && kInPlaceBytes <= 64);
+
+std::uint64_t Propagator::Impl::publish_in_place(Node& node, PageRecord& page, std::span<const std::byte> computed) {
+  const std::uint64_t size = computed.size();
+  const std::byte* old_bytes = page.data;
+  const std::byte* new_bytes = computed.data();
+  std::uint64_t first = 0, last = size;  // the differing bytes are [first, last)
+  bool written = false;
+  if (node.flags & Node::kAlwaysChanges) {
+    if (size == 0) return 0;
+  } else if (size == 8 && std::endian::native == std::endian::little) {
+    std::uint64_t old_word, new_word;
+    std::memcpy(&old_word, old_bytes, 8);
+    std::memcpy(&new_word, new_bytes, 8);
+    const std::uint64_t differ = old_word ^ new_word;
+    if (differ == 0) return 0;
+    first = static_cast<std::uint64_t>(std::countr_zero(differ)) / 8;
+    last = 8 - static_cast<std::uint64_t>(std::countl_zero(differ)) / 8;
+    std::memcpy(page.data, &new_word, 8);  // one store; the bytes outside [first, last) are equal
+    written = true;
+  } else {
+    while (first < size && old_bytes[first] == new_bytes[first]) ++first;
+    if (first == size) return 0;
+    while (old_bytes[last - 1] == new_bytes[last - 1]) --last;
+  }
+  if (!written) detail::copy_bytes(page.data + first, new_bytes + first, last - first);
+  page.epoch.store(page.epoch.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  const std::uint64_t changed = last - first;
+  // The delta would be dense (the whole page) past this fraction, as diff_into() decides.
+  const bool dense = static_cast<double>(changed) > DiffOptions{}.dense_fraction * static_cast<double>(size);
+  return (node.flags & Node::kAlwaysChanges) || dense ? size : changed;
+}
+
+std::uint64_t Propagator::Impl::compute_map(Node& node, Delta* d, RunScratch& scratch, const MapFunction& fn,
+                                            const detail::FetchAhead* carried) {
   PageRecord& out = *slots[node.out].record;
-  detail::NodeLocks locks(*this, node, out, scratch);
+  detail::NodeLocks locks(*this, node, out, scratch, carried ? carried->record + 1 : nullptr);
   const std::uint64_t size = out.size.load(std::memory_order_relaxed);
   std::span<std::byte> buffer = scratch.buffer.resize(size);
   detail::copy_bytes(buffer.data(), out.data, size);
   MapContext ctx(scratch.spans, buffer, out.id);
   fn(ctx);
-  return publish(node, out, d, buffer, /*diff=*/true);
+  if (d == nullptr) {
+    if (buffer.size() == size && size <= kInPlaceBytes) return publish_in_place(node, out, buffer);
+    d = &scratch.delta;
+  }
+  return publish(node, out, *d, buffer, /*diff=*/true) ? d->payload.size() : 0;
 }
 
 bool Propagator::Impl::compute_passthrough(Node& node, Delta& d, std::uint32_t wave, bool stale, RunScratch& scratch) {
@@ -368,16 +425,15 @@ void Propagator::Impl::add_tally(const Tally& t) {
   if (t.bytes) counters.bytes.fetch_add(t.bytes, std::memory_order_relaxed);
 }
 
-void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tally) {
+void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tally, const detail::FetchAhead* carried) {
   if (cancelled.load(std::memory_order_acquire)) return;
   Node& node = node_at[index];
   const bool stale = node.stale.load(std::memory_order_relaxed);
   bool input_changed = false;
-  for (VertexId in : inputs_of(node)) {
-    if (slots[in].changed_wave.load(std::memory_order_acquire) == wave) {
-      input_changed = true;
-      break;
-    }
+  const std::span<const VertexId> inputs = inputs_of(node);
+  for (std::size_t i = 0; i < inputs.size() && !input_changed; ++i) {
+    const Slot& in = carried ? *carried->slot[i + 1] : slots[inputs[i]];
+    input_changed = in.changed_wave.load(std::memory_order_acquire) == wave;
   }
   Slot& out = slots[node.out];
   if (!input_changed && !stale) {
@@ -390,20 +446,27 @@ void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tall
   const bool timed = tally.runs++ % kSampleHopsEvery == 0;
   const std::uint64_t started = timed ? steady_ns() : 0;
   const bool keep = (node.flags & Node::kKeepDelta) != 0;
-  Delta& d = keep ? *kept_deltas[node.kept] : tally.scratch->delta;
-  bool changed = false;
+  constexpr std::uint32_t kChangeEvents = event_bit(EventKind::PageChanged) | event_bit(EventKind::PageResized);
+  const bool observed = (tally.wanted & kChangeEvents) || out.subscribers.load(std::memory_order_relaxed) > 0;
+  // Without a reader of the delta, a map publishes in place (publish_in_place).
+  Delta* d = keep ? kept_deltas[node.kept].get() : observed ? &tally.scratch->delta : nullptr;
+  Delta& built = d ? *d : tally.scratch->delta;
+  std::uint64_t bytes = 0;  // the published delta's payload; 0: nothing changed (cutoff)
   try {
     switch (node.kind) {
       case NodeKind::Map:
-        changed = compute_map(node, d, *tally.scratch, maps.entries[node.function]);
+        bytes = compute_map(node, d, *tally.scratch, maps.entries[node.function], carried);
         break;
       case NodeKind::Passthrough:
-        changed = compute_passthrough(node, d, wave, stale, *tally.scratch);
+        bytes = compute_passthrough(node, built, wave, stale, *tally.scratch) ? built.payload.size() : 0;
         break;
       case NodeKind::Incremental:
         // Computed from scratch (recompute, stale), a node with a rebuild function runs it, as a map would.
-        changed = stale && (node.flags & Node::kHasRebuild) ? compute_map(node, d, *tally.scratch, rebuilds.at(index))
-                                                            : compute_incremental(node, d, wave, *tally.scratch);
+        if (stale && (node.flags & Node::kHasRebuild)) {
+          bytes = compute_map(node, d, *tally.scratch, rebuilds.at(index));
+        } else {
+          bytes = compute_incremental(node, built, wave, *tally.scratch) ? built.payload.size() : 0;
+        }
         break;
     }
   } catch (...) {
@@ -422,16 +485,14 @@ void Propagator::Impl::run_node(NodeIndex index, std::uint32_t wave, Tally& tall
   }
   node.stale.store(false, std::memory_order_relaxed);
   node.completed_wave.store(wave, std::memory_order_relaxed);
-  if (changed) {
+  if (bytes != 0) {
     ++tally.recomputed;
-    tally.bytes += d.payload.size();
-    constexpr std::uint32_t kChangeEvents = event_bit(EventKind::PageChanged) | event_bit(EventKind::PageResized);
-    if ((tally.wanted & kChangeEvents) || out.subscribers.load(std::memory_order_relaxed) > 0) [[unlikely]] {
-      note_change(&out, d, d.target_epoch(), wave);
-    }
+    tally.bytes += bytes;
+    if (observed) [[unlikely]]
+      note_change(&out, *d, d->target_epoch(), wave);
     if (tally.wanted & event_bit(EventKind::NodeRecomputed)) [[unlikely]]
       emit(Event{EventKind::NodeRecomputed, out.record->id, 0, 0, wave, 0, {}});
-    out.delta.store(keep ? &d : nullptr, std::memory_order_relaxed);
+    out.delta.store(keep ? d : nullptr, std::memory_order_relaxed);
     out.changed_wave.store(wave, std::memory_order_release);
   } else {
     ++tally.cut_off;
@@ -470,58 +531,128 @@ template <typename T>
 [[gnu::always_inline]] inline void Propagator::Impl::prefetch_input_bytes(const Node& n) const noexcept {
   for (VertexId in : inputs_of(n)) __builtin_prefetch(slots[in].record->bytes_hint());
 }
-template <class StepAt>
-[[gnu::always_inline]] inline const Node* Propagator::Impl::unordered_node(const StepAt& step_at,
-                                                                           std::size_t k) const noexcept {
-  const detail::Plan::Step* step = step_at(k);
-  if (!step) return nullptr;
-  const Node& n = node_at[step->node];
-  return (n.flags & Node::kLockOrder) ? nullptr : &n;
-}
-
 // In a graph larger than the cache, a node's inputs may be anywhere (a random DAG's are): each costs a chain of
 // dependent misses, its slot, then its page record, then its bytes, and paid node by node they are the wave's cost.
 // A node whose inputs are declared in PageId order (trees, stencils, chains: pages created together) skips the
-// slot, record and byte stages: in those shapes the hardware prefetcher already follows its reads, and the stages'
-// instructions made the 10^6-leaf tree's full wave slower (119-126 -> 145-193 ns per node).
-// The nodes coming next are known (plan order), so the chain is software-pipelined: while node i runs, the slots
-// of node i + kSlotsAhead, the records of i + kRecordsAhead and the bytes of i + kBytesAhead are on their way, each
-// stage reading only what an earlier stage fetched for it. `step_at(i)` is the i-th step, or null where the wave
-// skips it.
-template <class StepAt>
-void Propagator::Impl::run_pipelined(std::size_t count, std::uint32_t wave, Tally& tally, const StepAt& step_at) {
+// slot, record and byte stages: in those shapes the hardware prefetcher already follows its reads, and a plan
+// without any other node (Plan::unordered_nodes) runs without the pipeline at all (its instructions made the
+// 10^6-leaf tree's full wave slower, 119-126 -> 145-193 ns per node).
+// The nodes coming next are known (plan order), so the chain is software-pipelined: while node i runs, the node of
+// i + kNodesAhead, the slots of i + kSlotsAhead, the records of i + kRecordsAhead and the bytes of i + kBytesAhead
+// are on their way, each stage reading only what an earlier stage fetched for it. The slot stage looks the node up
+// once and leaves it (null for an ordered node) in a ring that the two later stages read. `step_at(i)` is the i-th
+// step to fetch for, or null where the wave skips it; `run_at(i, carried)` runs the i-th, with its ring entry when
+// that holds all of the node's records (else null).
+template <class StepAt, class RunAt>
+void Propagator::Impl::run_pipelined(std::size_t count, const StepAt& step_at, const RunAt& run_at) {
+  static_assert(kNodesAhead > kSlotsAhead && kSlotsAhead > kRecordsAhead && kRecordsAhead > kBytesAhead);
+  // An entry is filled kSlotsAhead nodes ahead and read up to the node's own run, before the slot stage reuses it.
+  constexpr std::size_t kRing = 16;
+  static_assert(kRing > kSlotsAhead && (kRing & (kRing - 1)) == 0);
+  detail::FetchAhead ring[kRing];
   for (std::size_t i = 0; i < count; ++i) {
     if (i + kNodesAhead < count)
       if (const detail::Plan::Step* ahead = step_at(i + kNodesAhead)) prefetch_node(ahead->node, ahead->inputs);
-    if (i + kSlotsAhead < count)
-      if (const Node* ahead = unordered_node(step_at, i + kSlotsAhead)) prefetch_slots(*ahead);
-    if (i + kRecordsAhead < count)
-      if (const Node* ahead = unordered_node(step_at, i + kRecordsAhead)) prefetch_records(*ahead);
-    if (i + kBytesAhead < count)
-      if (const Node* ahead = unordered_node(step_at, i + kBytesAhead)) prefetch_input_bytes(*ahead);
-    if (const detail::Plan::Step* step = step_at(i)) run_node(step->node, wave, tally);
+    if (i + kSlotsAhead < count) {
+      detail::FetchAhead& a = ring[(i + kSlotsAhead) % kRing];
+      const detail::Plan::Step* step = step_at(i + kSlotsAhead);
+      a.node = step ? &node_at[step->node] : nullptr;
+      if (a.node && (a.node->flags & Node::kLockOrder)) a.node = nullptr;
+      if (a.node) {
+        const std::span<const VertexId> inputs = inputs_of(*a.node);
+        a.count = static_cast<std::uint32_t>(std::min(inputs.size(), detail::FetchAhead::kCarried) + 1);
+        a.complete = inputs.size() <= detail::FetchAhead::kCarried;
+        a.slot[0] = &slots[a.node->out];
+        for (std::uint32_t j = 1; j < a.count; ++j) a.slot[j] = &slots[inputs[j - 1]];
+        for (std::uint32_t j = 0; j < a.count; ++j) prefetch_whole(a.slot[j]);
+      }
+    }
+    if (detail::FetchAhead& a = ring[(i + kRecordsAhead) % kRing]; a.node && i + kRecordsAhead < count) {
+      for (std::uint32_t j = 0; j < a.count; ++j) {
+        a.record[j] = a.slot[j]->record;
+        prefetch_whole(a.record[j]);
+      }
+    }
+    if (const detail::FetchAhead& a = ring[(i + kBytesAhead) % kRing]; a.node && i + kBytesAhead < count) {
+      for (std::uint32_t j = 1; j < a.count; ++j) __builtin_prefetch(a.record[j]->bytes_hint());
+    }
+    const detail::FetchAhead& own = ring[i % kRing];
+    run_at(i, own.node && own.complete ? &own : nullptr);
   }
 }
 
 void Propagator::Impl::run_range(std::uint32_t begin, std::uint32_t end, std::uint32_t wave, Tally& tally) {
   const detail::Plan::Step* steps = plan->steps.data() + begin;
   auto reached = [&](std::size_t i) { return steps[i].reached == wave ? &steps[i] : nullptr; };
-  if (plan->positions() < kPrefetchPositions) {
-    for (std::size_t i = 0; i < end - begin; ++i)
-      if (reached(i)) run_node(steps[i].node, wave, tally);
+  auto run_at = [&](std::size_t i, const detail::FetchAhead* carried) {
+    if (steps[i].reached == wave) run_node(steps[i].node, wave, tally, carried);
+  };
+  if (plan->positions() < kPrefetchPositions || plan->unordered_nodes == 0) {
+    for (std::size_t i = 0; i < end - begin; ++i) run_at(i, nullptr);
     return;
   }
-  run_pipelined(end - begin, wave, tally, reached);
+  run_pipelined(end - begin, reached, run_at);
 }
 
 void Propagator::Impl::run_list(const std::uint32_t* positions, std::size_t count, std::uint32_t wave, Tally& tally) {
   const detail::Plan::Step* steps = plan->steps.data();
+  auto run_at = [&](std::size_t i, const detail::FetchAhead* carried) {
+    run_node(steps[positions[i]].node, wave, tally, carried);
+  };
   // A small wave's nodes were all prefetched together before it began (prefetch()), and a small plan is in cache.
-  if (plan->positions() < kPrefetchPositions || affected.size() <= kPrefetchNodes) {
-    for (std::size_t i = 0; i < count; ++i) run_node(steps[positions[i]].node, wave, tally);
+  if (plan->positions() < kPrefetchPositions || affected.size() <= kPrefetchNodes || plan->unordered_nodes == 0) {
+    for (std::size_t i = 0; i < count; ++i) run_at(i, nullptr);
     return;
   }
-  run_pipelined(count, wave, tally, [&](std::size_t i) { return &steps[positions[i]]; });
+  run_pipelined(
+      count, [&](std::size_t i) { return &steps[positions[i]]; }, run_at);
+}
+
+// A full wave (see run_wave): every position in plan order, each reached one run and then marking its data
+// successors reached, so no walk beforehand finds them. Plan order puts a position's successors after it, so each is
+// marked before the sweep gets there; the reached set is the walk's, so stats and stale marks are the same. A
+// cancelled wave's run_node returns at once, and the sweep still marks what the walk would have reached.
+void Propagator::Impl::run_sweep(std::uint32_t wave, Tally& tally) {
+  detail::Plan& p = *plan;
+  detail::Plan::Step* steps = p.steps.data();
+  const auto& rows = p.successors.m_forward;
+  const std::size_t count = p.positions();
+  auto mark_successors = [&](std::size_t i) {
+    const std::uint32_t next = steps[i].next;
+    if (next < detail::Plan::kRow) {
+      steps[next].reached = wave;
+    } else if (next != detail::Plan::kNoSuccessor) {
+      const std::uint32_t row = next & ~detail::Plan::kRow;
+      for (std::uint32_t e = rows.m_rowstart[row]; e < rows.m_rowstart[row + 1]; ++e)
+        steps[rows.m_column[e]].reached = wave;
+    }
+  };
+  // A random DAG's successors are anywhere in the plan: their steps are fetched (for writing) ahead, as the walk's
+  // were. The step, row bounds and row of a position come in plan order, which the hardware prefetcher follows.
+  auto fetch_successors = [&](std::size_t k) {
+    const std::uint32_t next = steps[k].next;
+    if (next >= detail::Plan::kRow && next != detail::Plan::kNoSuccessor) {
+      const std::uint32_t row = next & ~detail::Plan::kRow;
+      for (std::uint32_t e = rows.m_rowstart[row]; e < rows.m_rowstart[row + 1]; ++e)
+        __builtin_prefetch(&steps[rows.m_column[e]], 1);
+    }
+  };
+  auto run_at = [&](std::size_t i, const detail::FetchAhead* carried) {
+    if (steps[i].reached != wave) return;
+    run_node(steps[i].node, wave, tally, carried);
+    mark_successors(i);
+  };
+  if (count < kPrefetchPositions || p.unordered_nodes == 0) {
+    for (std::size_t i = 0; i < count; ++i) run_at(i, nullptr);
+    return;
+  }
+  // Which positions are reached is known only as the sweep gets there: fetch ahead for every one.
+  run_pipelined(
+      count, [&](std::size_t i) { return &steps[i]; },
+      [&](std::size_t i, const detail::FetchAhead* carried) {
+        if (i + kSlotsAhead < count) fetch_successors(i + kSlotsAhead);
+        run_at(i, carried);
+      });
 }
 
 std::string Propagator::Impl::describe(std::exception_ptr error) {
@@ -606,11 +737,11 @@ std::uint32_t Propagator::Impl::next_wave() {
 // ids are prefetched as they are found (in a plan large enough to leave the cache), so they are on the way while the
 // walk goes on.
 void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delta*>>& changes,
-                                  const std::shared_ptr<const void>& owner, std::uint32_t wave) {
+                                  const std::shared_ptr<const void>& owner, std::uint32_t wave, bool walk) {
   detail::Plan& p = *plan;
   affected.clear();
   detail::Plan::Step* steps = p.steps.data();
-  const bool far = p.positions() >= kPrefetchPositions;
+  const bool far = walk && p.positions() >= kPrefetchPositions;
   auto reach = [&](std::uint32_t position) __attribute__((always_inline)) {
     detail::Plan::Step& step = steps[position];
     if (step.reached == wave) return;
@@ -651,7 +782,7 @@ void Propagator::Impl::reach_from(const std::vector<std::pair<PageId, const Delt
     const Node& node = node_at[n];
     if ((node.flags & Node::kLive) && node.stale.load(std::memory_order_relaxed)) reach(node.position);
   }
-  for (std::size_t k = 0; k < affected.size(); ++k) {
+  for (std::size_t k = 0; walk && k < affected.size(); ++k) {
     if (far) prefetch_walk(k);
     const std::uint32_t next = steps[affected[k]].next;
     if (next < detail::Plan::kRow) {
@@ -786,7 +917,14 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
                                 const std::shared_ptr<const void>& owner) {
   ensure_plan();
   const std::uint32_t wave = next_wave();
-  reach_from(changes, owner, wave);
+  WaveShape shape;
+  shape.threads = arena.max_concurrency();
+  shape.estimate = std::max<std::uint64_t>(1, node_ns_estimate.load(std::memory_order_relaxed));
+  // Changes (or stale nodes) as many as a sixteenth of the plan start a full wave, or most of one: when it runs
+  // inline, it reaches its positions as it runs them (run_sweep) rather than walking the plan's edges first.
+  const std::size_t seeds = changes.size() + stale_nodes.size();
+  shape.sweep = seeds * 16 >= plan->positions() && !shape.wide(plan->positions(), options);
+  reach_from(changes, owner, wave, /*walk=*/!shape.sweep);
   if (affected.empty()) {
     // Nothing live was stale, so what stale_nodes still lists are removed nodes. The wave number still advances:
     // the slots marked above must not look changed in the next wave.
@@ -795,16 +933,13 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
     return;
   }
   // A wave reaching a large part of the graph scans plan ranges; a smaller one runs its sorted positions.
-  WaveShape shape;
-  shape.dense = affected.size() * 8 >= plan->positions();
+  shape.dense = shape.sweep || affected.size() * 8 >= plan->positions();
   if (!shape.dense && !std::is_sorted(affected.begin(), affected.end())) std::sort(affected.begin(), affected.end());
   // In a plan that fits the cache (as the walk's prefetches, see reach_from) prefetching only costs instructions.
   if (!shape.dense && affected.size() <= kPrefetchNodes && plan->positions() >= kPrefetchPositions) prefetch(affected);
 
   const std::uint64_t started = steady_ns();
   begin_wave(wave);
-  shape.threads = arena.max_concurrency();
-  shape.estimate = std::max<std::uint64_t>(1, node_ns_estimate.load(std::memory_order_relaxed));
   const bool parallel = plan_segments(shape);
   wave_number.store(wave, std::memory_order_release);  // publishes everything above to the chunks
   detail::ScratchLease lease;
@@ -814,7 +949,11 @@ void Propagator::Impl::run_wave(const std::vector<std::pair<PageId, const Delta*
   if (!parallel) {
     counters.inline_waves.fetch_add(1, std::memory_order_relaxed);
     const std::size_t count = shape.dense ? plan->positions() : affected.size();
-    run_segment(detail::Segment{0, static_cast<std::uint32_t>(count)}, shape.dense, wave, tally);
+    if (shape.sweep) {
+      run_sweep(wave, tally);
+    } else {
+      run_segment(detail::Segment{0, static_cast<std::uint32_t>(count)}, shape.dense, wave, tally);
+    }
   } else {
     run_levels_in_parallel(shape, wave, tally);
   }

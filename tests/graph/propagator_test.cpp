@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "mmsb/graph.hpp"
@@ -117,6 +118,59 @@ TEST(Propagator, DerivedPageEpochAdvancesOncePerChangingWave) {
   EXPECT_EQ(rt.info(b).epoch, e0 + 1);
   commit_i64(rt, a, 2);
   EXPECT_EQ(rt.info(b).epoch, e0 + 2);
+}
+
+// A map whose delta no one reads (no observer, no consuming reader) publishes a small output in place, without
+// building the delta; an observed one builds it. Both must leave the same bytes, epochs and counts: the bytes of
+// the delta (one range from the first to the last changed byte, or the whole page past half of it) and cutoffs.
+TEST(Propagator, UnobservedSmallMapOutputPublishesWhatTheDeltaWould) {
+  for (std::uint64_t size : {1u, 8u, 12u, 16u, 24u}) {
+    for (bool always : {false, true}) {
+      SCOPED_TRACE("size " + std::to_string(size) + (always ? ", always_changes" : ""));
+      Runtime observed_rt, plain_rt;
+      Propagator observed(observed_rt), plain(plain_rt);
+      std::array<PageId, 2> ins, outs;
+      for (auto [rt, prop, k] : {std::tuple{&observed_rt, &observed, 0}, std::tuple{&plain_rt, &plain, 1}}) {
+        ins[k] = rt->create_page(size);
+        outs[k] = rt->create_page(size);
+        // Byte 0 of the output ignores the input, so a change there alone is cut off.
+        prop->derive_map(
+            outs[k], {ins[k]},
+            [](MapContext& c) {
+              auto in = c.input(0);
+              auto out = c.output();
+              for (std::size_t b = 1; b < out.size(); ++b) out[b] = in[b] ^ std::byte{0x5a};
+            },
+            NodeOptions{.always_changes = always, .name = {}, .output_is_current = false});
+        prop->propagate();  // computes the new node, so the first write below (byte 0 alone) is cut off
+      }
+      std::size_t changes = 0;
+      const std::uint64_t recomputed_before = observed.stats().nodes_recomputed;
+      observed.subscribe(outs[0], [&](const Delta&, std::uint64_t) { ++changes; });
+      const std::vector<std::pair<std::uint64_t, std::uint64_t>> writes = {
+          {0, 1}, {size - 1, 1}, {size / 2, 1}, {1, size - 1}, {0, size}, {size / 3, (size + 2) / 3}};
+      std::uint8_t value = 1;
+      for (auto [offset, length] : writes) {
+        std::vector<std::byte> bytes(length, std::byte{value++});
+        for (auto [rt, k] : {std::pair{&observed_rt, 0}, std::pair{&plain_rt, 1}}) {
+          auto txn = rt->begin();
+          txn.write(ins[k], offset, bytes);
+          txn.commit();
+        }
+        EXPECT_EQ(observed_rt.read_all(outs[0]), plain_rt.read_all(outs[1]));
+        EXPECT_EQ(observed_rt.info(outs[0]).epoch, plain_rt.info(outs[1]).epoch);
+        const PropagationStats a = observed.stats(), b = plain.stats();
+        EXPECT_EQ(a.bytes_changed, b.bytes_changed);
+        EXPECT_EQ(a.nodes_recomputed, b.nodes_recomputed);
+        EXPECT_EQ(a.nodes_cut_off, b.nodes_cut_off);
+      }
+      const PropagationStats a = observed.stats();
+      EXPECT_EQ(changes, a.nodes_recomputed - recomputed_before);  // the observed side delivered each delta
+      if (size > 1 && !always) {
+        EXPECT_GT(a.nodes_cut_off, 0u);
+      }
+    }
+  }
 }
 
 TEST(Propagator, ChainOfMapNodesPropagatesThroughEveryHop) {

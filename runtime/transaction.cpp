@@ -485,8 +485,9 @@ void reader_fence() noexcept {
   const std::byte* bytes = page.bytes_unlocked();
   // Only memory that stays mapped is copied from: inline bytes or a class block (a freed one reads as garbage,
   // which the check after the copy rejects).
+  // (The list's front is loaded with acquire: a withdrawn commit bumps `withdrawals` before it empties the list.)
   if (bytes == nullptr || page.bytes_may_unmap.load(std::memory_order_relaxed) ||
-      page.in_flight_front.load(std::memory_order_relaxed) != nullptr) {
+      page.in_flight_front.load(std::memory_order_acquire) != nullptr) {
     return false;
   }
   const std::uint64_t size = page.size.load(std::memory_order_relaxed);

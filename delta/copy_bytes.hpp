@@ -22,9 +22,15 @@ inline void copy_bytes(std::byte* dst, const std::byte* src, std::uint64_t n) no
     std::memcpy(&tail, src + n - 4, 4);
     std::memcpy(dst, &head, 4);
     std::memcpy(dst + n - 4, &tail, 4);
-  } else if (n < 4) {
-    for (std::uint64_t i = 0; i < n; ++i) dst[i] = src[i];
-  } else {
+  } else if (n >= 2 && n < 4) {
+    std::uint16_t head, tail;
+    std::memcpy(&head, src, 2);
+    std::memcpy(&tail, src + n - 2, 2);
+    std::memcpy(dst, &head, 2);
+    std::memcpy(dst + n - 2, &tail, 2);
+  } else if (n == 1) {
+    dst[0] = src[0];
+  } else if (n > 16) {
     std::memcpy(dst, src, n);
   }
 }

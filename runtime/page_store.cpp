@@ -20,8 +20,7 @@ void PageRecord::take_bytes(std::uint64_t bytes, Zeroing zeroing) {
     return;
   }
   const Block block = PageAllocator::global().allocate(bytes, zeroing);
-  data = block.data;
-  room_.block_capacity = block.capacity;
+  set_block(block);
 }
 
 void PageRecord::take_copy(const std::byte* bytes, std::uint64_t count) {
@@ -31,7 +30,12 @@ void PageRecord::take_copy(const std::byte* bytes, std::uint64_t count) {
 
 void PageRecord::adopt_block(Block block) noexcept {
   free_bytes();
-  data = block.data;
+  set_block(block);
+}
+
+void PageRecord::set_block(Block block) noexcept {
+  if (block.capacity > PageAllocator::kMaxClassSize) bytes_may_unmap.store(true, std::memory_order_relaxed);
+  __atomic_store_n(&data, block.data, __ATOMIC_RELEASE);  // after the flag: see bytes_unlocked()
   room_.block_capacity = block.capacity;
 }
 

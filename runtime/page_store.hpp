@@ -57,6 +57,11 @@ struct PageRecord {
   // refused. Atomic: Runtime::make_private() clears it under the exclusive lock while lock-free readers
   // (is_external) may look.
   std::atomic<bool> external{false};
+  // Set, never cleared, before `data` first points at memory that can be unmapped while the record lives:
+  // external memory, or an allocator block above its size classes (those are unmapped when freed). A page
+  // without it has only ever held its inline bytes or class blocks, which stay mapped until exit, so an
+  // optimistic reader (read_unlocked) may copy from a `data` it loaded without the lock.
+  std::atomic<bool> bytes_may_unmap{false};
   mutable PageLock mutex;
   std::byte* data = nullptr;            // guarded by mutex: the inline bytes, an allocator block, or external memory
   std::atomic<std::uint64_t> size{0};   // written under the exclusive lock
@@ -107,6 +112,12 @@ struct PageRecord {
   [[gnu::no_sanitize("thread")]] const std::byte* bytes_hint() const noexcept {
     return __atomic_load_n(&data, __ATOMIC_RELAXED);
   }
+  // `data` loaded without the lock, for an optimistic reader that validates what it copied (read_unlocked in
+  // runtime/transaction.cpp). Acquire: a reader that sees a pointer also sees the bytes_may_unmap stored before
+  // it. Hidden from ThreadSanitizer: the race is the design (a seqlock on the epoch).
+  [[gnu::no_sanitize("thread")]] const std::byte* bytes_unlocked() const noexcept {
+    return __atomic_load_n(&data, __ATOMIC_ACQUIRE);
+  }
   // Whether `data` is an allocator block that this record must give back.
   bool owns_block() const noexcept {
     return data != nullptr && !holds_inline() && !external.load(std::memory_order_relaxed);
@@ -115,6 +126,12 @@ struct PageRecord {
   void adopt_block(Block block) noexcept;
   // Gives back the allocator block, if any; the record holds no bytes afterwards.
   void free_bytes() noexcept;
+
+ private:
+  // Points `data` at `block` (flagging bytes_may_unmap first when the allocator maps it alone).
+  void set_block(Block block) noexcept;
+
+ public:
 };
 
 class PageStore {

@@ -147,6 +147,7 @@ PageId Runtime::create_external_page(std::span<const std::byte> bytes, std::shar
   // The bytes are never written through this record: every write path refuses external pages (transaction.cpp).
   record->data = const_cast<std::byte*>(bytes.data());
   record->external = true;
+  record->bytes_may_unmap.store(true, std::memory_order_relaxed);  // its owner may unmap it (make_private, delete)
   record->size.store(bytes.size(), std::memory_order_relaxed);
   try {
     impl_->store.set_external_owner(sequence, std::move(owner));

@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "delta/changed_runs.hpp"
 #include "mmsb/mmsb.hpp"
 #include "support/test_support.hpp"
 
@@ -159,6 +160,48 @@ TEST(ChangeOnly, NoUndoWhenTheRuntimeKeepsNone) {
 // Random pages and random overlapping writes, some rewriting equal bytes: the delta applies to the old bytes to
 // give the new ones, inverts back, starts and ends each range on a changed byte, and leaves every byte outside its
 // ranges unchanged.
+// An 8-byte write takes a shortcut (one XOR) to its run: every pattern of differing bytes must give the ranges
+// the general scan gives, split where merge_gap equal bytes or more separate them, with and without undo (merge
+// gaps 4 and 8).
+TEST(ChangeOnly, AnEightByteWriteRecordsTheRunsTheGeneralScanFinds) {
+  for (bool undo : {true, false}) {
+    RuntimeOptions options;
+    options.record_undo = undo;
+    Runtime rt(options);
+    PageId p = rt.create_page(24);
+    std::uint64_t old = 0x0123456789abcdefULL;
+    testing::commit_value<std::uint64_t>(rt, p, 8, old);
+    for (unsigned mask = 1; mask < 256; ++mask) {
+      std::uint64_t now = old;
+      for (unsigned byte = 0; byte < 8; ++byte)
+        if (mask & (1u << byte)) now ^= std::uint64_t{0x5a} << (8 * byte);
+      auto txn = rt.begin();
+      txn.write_value<std::uint64_t>(p, 8, now);
+      ASSERT_GT(txn.commit(), 0u);
+      std::vector<ByteRange> expected;
+      detail::append_changed_runs(reinterpret_cast<const std::byte*>(&old), reinterpret_cast<const std::byte*>(&now), 8,
+                                  8, undo ? 4 : 8, expected);
+      ASSERT_EQ(txn.committed_deltas().size(), 1u);
+      const Delta& d = txn.committed_deltas()[0];
+      ASSERT_EQ(d.ranges.size(), expected.size()) << "mask " << mask;
+      std::uint64_t at = 0;
+      for (std::size_t i = 0; i < expected.size(); ++i) {
+        EXPECT_EQ(d.ranges[i].offset, expected[i].offset) << "mask " << mask;
+        EXPECT_EQ(d.ranges[i].length, expected[i].length) << "mask " << mask;
+        for (std::uint64_t k = 0; k < expected[i].length; ++k) {
+          const std::uint64_t byte = expected[i].offset - 8 + k;
+          EXPECT_EQ(d.payload[at + k], static_cast<std::byte>(now >> (8 * byte)));
+          if (undo) {
+            EXPECT_EQ(d.undo[at + k], static_cast<std::byte>(old >> (8 * byte)));
+          }
+        }
+        at += expected[i].length;
+      }
+      old = now;
+    }
+  }
+}
+
 TEST(ChangeOnly, RecordedDeltasMatchTheBytesBeforeAndAfter) {
   std::mt19937 rng(77);
   for (bool undo : {true, false}) {

@@ -13,6 +13,7 @@
 
 #include "mmsb/mmsb.hpp"
 #include "runtime/page_store.hpp"
+#include "runtime/runtime_impl.hpp"
 #include "support/test_support.hpp"
 
 namespace mmsb::detail {
@@ -136,6 +137,39 @@ TEST(PageStore, ExternalOwnersAreKeptUntilTakenOrTheStoreGoes) {
 
 namespace mmsb {
 namespace {
+
+// Optimistic readers copy only from memory that stays mapped (runtime/transaction.cpp, read_unlocked): a record
+// says, for good, once its bytes were ever external or a block the allocator maps alone.
+TEST(PageStore, ARecordFlagsMemoryThatMayBeUnmappedForGood) {
+  detail::PageStore store;
+  detail::PageRecord* small = store.make_record(PageId::make(0, 1), Location::Host);
+  small->take_bytes(4, detail::Zeroing::Zeroed);  // inline
+  EXPECT_FALSE(small->bytes_may_unmap.load());
+  small->adopt_block(
+      detail::PageAllocator::global().allocate(detail::PageAllocator::kMaxClassSize, detail::Zeroing::Zeroed));
+  EXPECT_FALSE(small->bytes_may_unmap.load());  // the largest class: its slab stays mapped
+  small->adopt_block(
+      detail::PageAllocator::global().allocate(detail::PageAllocator::kMaxClassSize + 1, detail::Zeroing::Zeroed));
+  EXPECT_TRUE(small->bytes_may_unmap.load());
+  small->adopt_block(detail::PageAllocator::global().allocate(64, detail::Zeroing::Zeroed));
+  EXPECT_TRUE(small->bytes_may_unmap.load());  // once flagged, always: an old reader may still hold the pointer
+  small->free_bytes();
+  detail::PageRecord* large = store.make_record(PageId::make(0, 2), Location::Host);
+  large->take_bytes(2 * detail::PageAllocator::kMaxClassSize, detail::Zeroing::Zeroed);
+  EXPECT_TRUE(large->bytes_may_unmap.load());
+  large->free_bytes();
+  store.discard(small);
+  store.discard(large);
+
+  static const std::uint64_t constant = 7;
+  Runtime rt;
+  PageId ext = rt.create_external_page(std::as_bytes(std::span<const std::uint64_t, 1>(&constant, 1)));
+  detail::PageRecord* record = detail::RuntimeAccess::of(rt).find(ext);
+  ASSERT_NE(record, nullptr);
+  EXPECT_TRUE(record->bytes_may_unmap.load());
+  EXPECT_TRUE(rt.make_private(ext));
+  EXPECT_TRUE(record->bytes_may_unmap.load());
+}
 
 TEST(SmallPages, GrowShrinkAndGrowAgainKeepTheirBytes) {
   Runtime rt;

@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <span>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -186,6 +187,118 @@ TEST(Transact, TwoThreadsIncrementingOneCounterLoseNoUpdate) {
   a.join();
   b.join();
   EXPECT_EQ(read_i64(rt, counter), 2 * kPerThread);
+}
+
+// ---- Reads without the page lock: a tracked read of a few bytes copies them optimistically and validates them
+// with the page's epoch (runtime/transaction.cpp, read_unlocked). What a commit between the read and the commit
+// does to the page, its bytes or its memory must still fail the commit, and a read must never return bytes that
+// no single state of the page held.
+
+TEST(OptimisticRead, ACommitThatMovesThePageToNewMemoryAfterTheReadFailsTheCommit) {
+  Runtime rt;
+  PageId p = rt.create_page(16);  // a 64-byte class block
+  commit_i64(rt, p, 5);
+  auto txn = rt.begin();
+  const auto seen = txn.read_value<std::int64_t>(p, 0);
+  EXPECT_EQ(seen, 5);
+  rt.resize_page(p, 1 << 16);  // another commit: a new block, the old one freed
+  txn.write_value<std::int64_t>(p, 0, seen + 1);
+  EXPECT_EQ(error_code_of([&] { txn.commit(); }), ErrorCode::Conflict);
+  EXPECT_EQ(read_i64(rt, p), 5);
+  EXPECT_EQ(rt.info(p).size, 1u << 16);
+}
+
+TEST(OptimisticRead, ADeletionAfterTheReadFailsTheCommitAndAReadOfADeletedPageSaysNotFound) {
+  Runtime rt;
+  PageId p = rt.create_page(64);
+  PageId other = rt.create_page(8);
+  auto txn = rt.begin();
+  const auto seen = txn.read_value<std::int64_t>(p, 8);
+  rt.delete_page(p);
+  txn.write_value<std::int64_t>(other, 0, seen + 1);
+  EXPECT_EQ(error_code_of([&] { txn.commit(); }), ErrorCode::NotFound);
+  EXPECT_EQ(read_i64(rt, other), 0);
+  auto later = rt.begin();
+  EXPECT_EQ(error_code_of([&] { later.read_value<std::int64_t>(p, 8); }), ErrorCode::NotFound);
+}
+
+TEST(OptimisticRead, AReadOutsideThePageStillFailsWithInvalidArgument) {
+  Runtime rt;
+  PageId p = rt.create_page(16);
+  auto txn = rt.begin();
+  EXPECT_EQ(error_code_of([&] { txn.read_value<std::int64_t>(p, 12); }), ErrorCode::InvalidArgument);
+}
+
+// Pairs of equal words tagged with their page: a read that mixed two states (torn), or copied from a block that a
+// growing page gave back and another page took over, would show unequal halves or another page's tag.
+std::uint64_t tagged(std::uint64_t page_index, std::uint64_t step) { return page_index << 32 | step; }
+
+TEST(OptimisticRead, ReadsNeverSeeATornPairOrAnotherPagesBytesWhileWritersGrowAndRewritePages) {
+  Runtime rt;
+  constexpr std::uint64_t kPages = 60;
+  const std::uint64_t sizes[] = {16, 200, 3000, 20000, 150000};  // a new allocator block at each step
+  std::vector<PageId> pages;
+  for (std::uint64_t k = 0; k < kPages; ++k) pages.push_back(rt.create_page(16));
+  std::atomic<std::uint64_t> current{0};
+  std::atomic<bool> stop{false};
+  std::atomic<long> reads{0}, bad{0};
+  auto reader = [&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      const std::uint64_t k = current.load(std::memory_order_relaxed);
+      auto txn = rt.begin();
+      std::uint64_t pair[2];
+      txn.read(pages[k], 0, std::as_writable_bytes(std::span<std::uint64_t, 2>(pair)));
+      if (pair[0] != pair[1] || (pair[0] != 0 && pair[0] >> 32 != k)) bad.fetch_add(1);
+      reads.fetch_add(1, std::memory_order_relaxed);
+    }
+  };
+  std::thread r1(reader), r2(reader);
+  for (std::uint64_t k = 0; k < kPages; ++k) {
+    current.store(k, std::memory_order_relaxed);
+    std::uint64_t step = 0;
+    for (std::uint64_t size : sizes) {
+      const long reads_before = reads.load();
+      for (int rewrite = 0; rewrite < 20; ++rewrite) {
+        const std::uint64_t v = tagged(k, ++step);
+        const std::uint64_t pair[2] = {v, v};
+        auto txn = rt.begin();
+        txn.resize(pages[k], size);
+        txn.write_span(pages[k], 0, std::span<const std::uint64_t, 2>(pair));
+        txn.commit();
+      }
+      while (reads.load() < reads_before + 2) std::this_thread::yield();  // the readers overlap every step
+    }
+  }
+  stop.store(true);
+  r1.join();
+  r2.join();
+  EXPECT_EQ(bad.load(), 0);
+}
+
+TEST(OptimisticRead, IncrementsLoseNothingWhileAnotherThreadKeepsMovingThePageToNewMemory) {
+  Runtime rt;
+  PageId counter = rt.create_page(16);
+  constexpr int kPerThread = 5000;
+  std::atomic<bool> stop{false};
+  std::thread mover([&] {
+    for (std::uint64_t size = 16; !stop.load(std::memory_order_relaxed);) {
+      size = size >= (1u << 20) ? 16 : size * 2;  // shrinking keeps the block; each new maximum takes a new one
+      rt.transact([&](Transaction& txn) { txn.resize(counter, std::max<std::uint64_t>(size, 16)); });
+    }
+  });
+  auto work = [&] {
+    for (int i = 0; i < kPerThread; ++i) {
+      rt.transact([&](Transaction& txn) {
+        txn.write_value<std::int64_t>(counter, 8, txn.read_value<std::int64_t>(counter, 8) + 1);
+      });
+    }
+  };
+  std::thread a(work), b(work);
+  a.join();
+  b.join();
+  stop.store(true);
+  mover.join();
+  EXPECT_EQ(read_i64(rt, counter, 8), 2 * kPerThread);
 }
 
 // ---- Fairness: every transact() call commits within kOptimisticAttempts + 1 attempts, however hard other

@@ -432,10 +432,12 @@ void with_head(PageRecord& page, Fn&& fn) {
 constexpr std::size_t kUnlockedReadMax = 16;
 
 // Copies n bytes, sizeof(Word) <= n <= 2 * sizeof(Word), as two overlapping words that a writer may be changing
-// meanwhile (the caller validates them after). Hidden from ThreadSanitizer: the race is the design.
+// meanwhile (the caller validates them after). Hidden from ThreadSanitizer (the race is the design) and from
+// AddressSanitizer (the block may have been freed to its allocator class meanwhile, which poisons it; it stays
+// mapped, and the check after the copy rejects what was read).
 template <class Word>
-[[gnu::no_sanitize("thread"), gnu::always_inline]] inline void copy_two_words(std::byte* dst, const std::byte* src,
-                                                                              std::size_t n) noexcept {
+[[gnu::no_sanitize("thread"), gnu::no_sanitize("address"), gnu::always_inline]] inline void copy_two_words(
+    std::byte* dst, const std::byte* src, std::size_t n) noexcept {
   Word head, tail;
   __builtin_memcpy(&head, src, sizeof(Word));
   __builtin_memcpy(&tail, src + n - sizeof(Word), sizeof(Word));
@@ -445,7 +447,8 @@ template <class Word>
 
 // Copies n <= kUnlockedReadMax racy bytes: fixed-size moves, never a memcpy call (which ThreadSanitizer would
 // intercept and report).
-[[gnu::no_sanitize("thread")]] inline void copy_racy(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
+[[gnu::no_sanitize("thread"), gnu::no_sanitize("address")]] inline void copy_racy(std::byte* dst, const std::byte* src,
+                                                                                  std::size_t n) noexcept {
   if (n >= 8) {
     copy_two_words<std::uint64_t>(dst, src, n);
   } else if (n >= 4) {

@@ -58,7 +58,6 @@
 #include <vector>
 
 #include "graph/dependency_graph.hpp"
-#include "graph/huge_pages.hpp"
 #include "graph/latency_histogram.hpp"
 #include "mmsb/graph.hpp"
 #include "mmsb/runtime.hpp"
@@ -98,64 +97,36 @@ inline constexpr std::uint32_t kManyPositions = kNoPosition - 1;
 // An array of T in chunks of 4096 that never move once allocated, indexed by a 32-bit id. Growing takes the
 // engine lock; reading an element needs no lock once the reader has its address. Elements are constructed as the
 // array grows, not a chunk at a time, so a small graph keeps most of its one chunk untouched (not resident).
-// From the kChunksBeforeRegions-th chunk on, chunks are carved from regions mapped for huge pages (huge_pages.hpp):
-// a large graph's waves then miss the TLB less.
 template <class T>
 class StableArray {
   static_assert(std::is_trivially_destructible_v<T>, "elements are never destroyed one by one");
 
  public:
   static constexpr unsigned kChunkBits = 12;
-  T& operator[](std::uint32_t i) noexcept { return chunks_[i >> kChunkBits][i & kMask]; }
-  const T& operator[](std::uint32_t i) const noexcept { return chunks_[i >> kChunkBits][i & kMask]; }
+  T& operator[](std::uint32_t i) noexcept { return chunks_[i >> kChunkBits].get()[i & kMask]; }
+  const T& operator[](std::uint32_t i) const noexcept { return chunks_[i >> kChunkBits].get()[i & kMask]; }
   std::uint32_t size() const noexcept { return size_; }
   // Makes ids [0, n) valid (new elements are value-initialized).
   void grow_to(std::uint32_t n) {
-    while (static_cast<std::size_t>(chunks_.size()) << kChunkBits < n) add_chunk();
+    while (static_cast<std::size_t>(chunks_.size()) << kChunkBits < n) {
+      chunks_.emplace_back(static_cast<T*>(::operator new (sizeof(T) << kChunkBits, std::align_val_t{kAlignment})));
+    }
     for (std::uint32_t i = size_; i < n; ++i) new (&(*this)[i]) T();
     if (n > size_) size_ = n;
   }
   std::size_t memory_bytes() const noexcept {
-    return chunks_.size() * kChunkBytes + chunks_.capacity() * sizeof(void*) +
-           (owned_.capacity() + regions_.capacity()) * sizeof(void*);
+    return chunks_.size() * (sizeof(T) << kChunkBits) + chunks_.capacity() * sizeof(void*);
   }
 
  private:
   static constexpr std::uint32_t kMask = (1u << kChunkBits) - 1;
-  static constexpr std::size_t kChunkBytes = sizeof(T) << kChunkBits;
-  static constexpr std::size_t kChunksBeforeRegions = 8;
-  static constexpr std::size_t kRegionBytes = (kChunkBytes * 16 + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
   // Chunks start on a cache line, so an element of 32 bytes (a Node) never straddles two: a wave that misses on
   // one pays one line for it, not sometimes two.
   static constexpr std::size_t kAlignment = alignof(T) > 64 ? alignof(T) : 64;
-  static_assert(kChunkBytes % kAlignment == 0, "chunks carved from a region stay aligned");
   struct FreeChunk {
     void operator()(T* chunk) const noexcept { ::operator delete (chunk, std::align_val_t{kAlignment}); }
   };
-  struct FreeRegion {
-    void operator()(std::byte* region) const noexcept { unmap_huge(region, kRegionBytes); }
-  };
-  void add_chunk() {
-    if (chunks_.size() < kChunksBeforeRegions) {
-      owned_.emplace_back(static_cast<T*>(::operator new (kChunkBytes, std::align_val_t{kAlignment})));
-      chunks_.push_back(owned_.back().get());
-      return;
-    }
-    if (region_left_ < kChunkBytes) {
-      regions_.reserve(regions_.size() + 1);
-      regions_.emplace_back(static_cast<std::byte*>(map_huge(kRegionBytes)));
-      region_next_ = regions_.back().get();
-      region_left_ = kRegionBytes;
-    }
-    chunks_.push_back(reinterpret_cast<T*>(region_next_));
-    region_next_ += kChunkBytes;
-    region_left_ -= kChunkBytes;
-  }
-  std::vector<T*> chunks_;
-  std::vector<std::unique_ptr<T, FreeChunk>> owned_;             // the first chunks, allocated one by one
-  std::vector<std::unique_ptr<std::byte, FreeRegion>> regions_;  // the later ones' memory
-  std::byte* region_next_ = nullptr;                             // the unused rest of the last region
-  std::size_t region_left_ = 0;
+  std::vector<std::unique_ptr<T, FreeChunk>> chunks_;
   std::uint32_t size_ = 0;
 };
 
@@ -329,8 +300,8 @@ struct Propagator::Impl : detail::CommitListener {
   detail::StableArray<Node> node_at;  // by node index
   std::vector<NodeIndex> free_nodes;
   std::size_t live_nodes = 0;
-  detail::HugeVector<VertexId> input_pool;  // every node's inputs, in declaration order
-  std::size_t input_garbage = 0;            // entries of removed nodes, reclaimed by compact_inputs()
+  std::vector<VertexId> input_pool;  // every node's inputs, in declaration order
+  std::size_t input_garbage = 0;     // entries of removed nodes, reclaimed by compact_inputs()
   detail::FunctionTable<MapFunction> maps;
   detail::FunctionTable<IncrementalFunction> incrementals;
   detail::FunctionTable<ByteRemap> remaps;

@@ -214,7 +214,7 @@ void Propagator::Impl::remove_node(NodeIndex index) {
 }
 
 void Propagator::Impl::compact_inputs() {
-  detail::HugeVector<VertexId> packed;
+  std::vector<VertexId> packed;
   packed.reserve(input_pool.size() - input_garbage);
   for (NodeIndex i = 0; i < node_at.size(); ++i) {
     Node& n = node_at[i];

@@ -36,7 +36,7 @@ struct Plan {
     std::uint32_t after_next = kNoSuccessor;
   };
   std::uint64_t version = ~std::uint64_t{0};  // the structure_version it was built for
-  HugeVector<Step> steps;                     // by position: level by level
+  std::vector<Step> steps;                    // by position: level by level
   std::vector<std::uint32_t> level_begin;     // level L holds positions [level_begin[L], level_begin[L + 1])
   std::uint32_t widest_level = 0;             // the most positions any level holds
   // Nodes whose inputs are not declared in PageId order (no Node::kLockOrder): only those get the wave pipeline's

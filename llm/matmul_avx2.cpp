@@ -1629,18 +1629,21 @@ struct Q6KVnniOne {
     return _mm256_sub_epi32(sums, _mm256_slli_epi32(offset, 5));
   }
 
-  template <int R>
-  MMSB_VNNI static void run(const std::uint8_t* w, std::size_t row_stride, const BlockQ8K* y, std::size_t blocks,
-                            float* out) {
+  // A tile of R rows against one vector (matmul_tiles' decoding path).
+  template <int R, int T>
+  MMSB_VNNI static void run(const TileArgs& a) {
+    static_assert(T == 1, "one vector only");
+    const std::size_t blocks = a.cols / kSuperBlock;
+    const auto* y = reinterpret_cast<const BlockQ8K*>(a.act);
     const __m512i index[4] = {scale_index(0), scale_index(1), scale_index(2), scale_index(3)};
     __m128 acc = _mm_setzero_ps();
     for (std::size_t i = 0; i < blocks; ++i) {
       const std::uint8_t* blk[R];
       MMSB_UNROLL
       for (int r = 0; r < R; ++r) {
-        blk[r] = w + r * row_stride + i * kQ6_KBytes;
+        blk[r] = a.w + r * a.row_stride + i * kQ6_KBytes;
         for (std::size_t line = 0; line < kQ6_KBytes; line += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(blk[r] + line + kAheadRows * row_stride), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(blk[r] + line + kAheadRows * a.row_stride), _MM_HINT_T0);
         }
       }
       __m512i x[4];
@@ -1655,27 +1658,7 @@ struct Q6KVnniOne {
     alignas(16) float lanes[4];
     _mm_store_ps(lanes, acc);
     MMSB_UNROLL
-    for (int r = 0; r < R; ++r) out[r] = lanes[r];
-  }
-
-  static void matmul(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
-                     std::size_t cols, float* out) {
-    const auto* wb = reinterpret_cast<const std::uint8_t*>(w);
-    const auto* y = reinterpret_cast<const BlockQ8K*>(act);
-    const std::size_t blocks = cols / kSuperBlock;
-    std::size_t r = 0;
-    for (; r + kRows <= rows; r += kRows) run<kRows>(wb + r * row_stride, row_stride, y, blocks, out + r);
-    const std::uint8_t* rest = wb + r * row_stride;
-    switch (rows - r) {
-      case 3:
-        return run<3>(rest, row_stride, y, blocks, out + r);
-      case 2:
-        return run<2>(rest, row_stride, y, blocks, out + r);
-      case 1:
-        return run<1>(rest, row_stride, y, blocks, out + r);
-      default:
-        return;
-    }
+    for (int r = 0; r < R; ++r) a.out[r] = lanes[r];
   }
 };
 
@@ -1683,7 +1666,10 @@ struct Q6KVnniOne {
 // same bits).
 void matmul_q6_k_vnni(const std::byte* w, std::size_t row_stride, std::size_t rows, const std::byte* act,
                       std::size_t act_stride, std::size_t n, std::size_t cols, float* out, std::size_t out_stride) {
-  if (n == 1) return Q6KVnniOne::matmul(w, row_stride, rows, act, cols, out);
+  if (n == 1) {
+    return matmul_tiles<Q6KVnniOne, Q6KVnniOne::kRows, 1, 1>(w, row_stride, rows, act, act_stride, n, cols, out,
+                                                             out_stride);
+  }
   if (n < kRepackVectors) {
     return matmul_tiles<Q6KExactTile, 4, 2, 2>(w, row_stride, rows, act, act_stride, n, cols, out, out_stride);
   }

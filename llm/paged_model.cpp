@@ -8,10 +8,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <ctime>
 #include <string>
 #include <utility>
 
+#include "llm/cpu_time.hpp"
 #include "mmsb/error.hpp"
 
 namespace mmsb::llm {
@@ -146,13 +146,6 @@ void populate(const std::byte* base, std::uint64_t size, const std::string& path
   throw Error(ErrorCode::IoError, "layer paging: cannot read " + std::to_string(size) + " mapped bytes of " + path +
                                       ": " +
                                       (err == EFAULT ? "the file is shorter than when loaded" : std::strerror(err)));
-}
-
-// Thread CPU time: what a populate costs, whatever else runs on the core.
-std::uint64_t thread_cpu_ns() {
-  timespec t{};
-  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return static_cast<std::uint64_t>(t.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(t.tv_nsec);
 }
 
 }  // namespace

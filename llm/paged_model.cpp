@@ -317,8 +317,10 @@ void PagedModel::read(const std::byte* source, std::uint64_t size, std::byte* ou
 // load would pay again, so the unit's pages are dropped from the page cache and read from the file once more
 // through the huge-page mapping (2 MiB folios where the file system has large folios). The drop covers the 2 MiB
 // blocks the unit touches, since a block whose pages are partly cached is read again in small folios; pages that a
-// mapping holds (a neighbouring unit's) stay, so a unit may need another refill later, up to kMaxRefills. When a
-// refill did not make the unit's loads clearly cheaper, the file system keeps small folios: refills stop.
+// mapping holds (a neighbouring unit's) stay, so a unit may need another refill later, up to kMaxRefills. A refill
+// that did not make the unit's next load clearly cheaper is the unit's last (its blocks share pages that a mapping
+// holds, the model header's for one); when that happens to kFailedRefillsToStop units, the file system keeps
+// small folios: refills stop.
 std::span<const std::byte> PagedModel::map_unit(std::size_t unit) const {
   const MappedUnit mapped = map_and_populate(unit);
   if (!refilling_.load(std::memory_order_relaxed)) return mapped.bytes;
@@ -329,7 +331,10 @@ std::span<const std::byte> PagedModel::map_unit(std::size_t unit) const {
   const int refills = state.refills.load(std::memory_order_relaxed);
   if (cost <= refill_above_ || refills >= kMaxRefills) return mapped.bytes;
   if (refills > 0 && cost > 0.8 * state.cost_before.load(std::memory_order_relaxed)) {
-    refilling_.store(false, std::memory_order_relaxed);
+    state.refills.store(kMaxRefills, std::memory_order_relaxed);
+    if (failed_refills_.fetch_add(1, std::memory_order_relaxed) + 1 >= kFailedRefillsToStop) {
+      refilling_.store(false, std::memory_order_relaxed);
+    }
     return mapped.bytes;
   }
   ::munmap(const_cast<std::byte*>(mapped.bytes.data()), mapped.bytes.size());  // mapped pages cannot be dropped

@@ -418,8 +418,8 @@ TEST(Paging, MappedUnitsInSmallFoliosAreReadAgainAndGiveTheSameResults) {
     EXPECT_EQ(paged.logits, resident.logits) << threshold;  // bit for bit (no NaN in these logits)
     const std::uint64_t refilled = paged.refilled_bytes;
     if (threshold > 0) {
-      // At least the first unit loaded; refills stop once one did not make a unit's load cheaper, and no unit is
-      // refilled more than three times.
+      // At least the first unit loaded; a unit is not refilled again once a refill did not make its load cheaper,
+      // refills stop after two such units, and no unit is refilled more than three times.
       EXPECT_GE(refilled, PagedModel::unit_sizes(model, PagingKind::Map).front());
       EXPECT_LE(refilled, 3 * all);
     } else {

@@ -78,12 +78,13 @@ struct PagingOptions {
   // adapter is merged this way once; swapping adapters needs the weights resident (LoraSwitcher).
   std::vector<TensorOverride> overrides;
   // Mapped units: a unit whose load takes more CPU time than this per MiB to populate finds the file's page cache
-  // in small folios (4 KiB folios cost ~100-300 us/MiB at every load, 2 MiB folios ~2-20): its pages are then
+  // in small folios (4 KiB folios cost ~40-130 us/MiB at every load, 2 MiB folios ~2-14): its pages are then
   // dropped from the page cache (posix_fadvise POSIX_FADV_DONTNEED; pages that a mapping holds stay) and read from
-  // the file again in large folios; at most three times per unit, and no more once a refill did not make a load
-  // cheaper (a file system without large folios). Only the page cache changes: other readers see the same bytes.
+  // the file again in large folios; at most three times per unit. A unit whose refill did not make its next load
+  // cheaper (its blocks shared with pages a mapping holds) is not refilled again, and after two such units none
+  // is (a file system without large folios). Only the page cache changes: other readers see the same bytes.
   // 0: never.
-  double refill_above_us_per_mib = 60;
+  double refill_above_us_per_mib = 25;
 };
 
 class PagedModel {
@@ -165,8 +166,10 @@ class PagedModel {
     std::atomic<double> cost_before{0};  // us of CPU per MiB of the load before the last refill
   };
   static constexpr int kMaxRefills = 3;
-  double refill_above_ = 0;  // us of CPU per MiB; 0: never refill
+  static constexpr int kFailedRefillsToStop = 2;  // units whose refill did not help, before refills stop
+  double refill_above_ = 0;                       // us of CPU per MiB; 0: never refill
   mutable std::atomic<bool> refilling_{false};
+  mutable std::atomic<int> failed_refills_{0};
   std::unique_ptr<RefillState[]> refill_state_;  // per unit (its elements change in const loads)
   mutable std::atomic<std::uint64_t> refilled_bytes_{0};
 

@@ -165,6 +165,10 @@ struct Node {
   static constexpr std::uint8_t kLockOrder = 4;      // inputs strictly increase by PageId: they are the lock order
   static constexpr std::uint8_t kKeepDelta = 8;      // a reader consumes this node's delta (set by the plan)
   static constexpr std::uint8_t kHasRebuild = 16;    // incremental: Impl::rebuilds holds its rebuild function
+  // Its output and inputs were at most PageRecord::kInlineBytes when it was declared, so their bytes sit inside
+  // their records and a small wave's prefetch does not fetch them apart (see wave.cpp's prefetch()). Only a hint: a
+  // page resized since then costs a miss, never a result.
+  static constexpr std::uint8_t kInlinePages = 32;
 
   VertexId out = kNoVertex;
   std::uint32_t inputs = 0;  // first input in Impl::input_pool

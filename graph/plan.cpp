@@ -147,6 +147,12 @@ void Propagator::Impl::bind_function(NodeIndex index, const detail::NodeSpec& sp
   }
 }
 
+namespace {
+bool holds_inline_bytes(const PageRecord& record) {
+  return record.size.load(std::memory_order_relaxed) <= PageRecord::kInlineBytes;
+}
+}  // namespace
+
 NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
   PageRecord* out_record = check_node_spec(spec);
   const std::uint32_t pool_begin = static_cast<std::uint32_t>(input_pool.size());
@@ -169,6 +175,9 @@ NodeIndex Propagator::Impl::add_node(const detail::NodeSpec& spec) {
   bool increasing = true;
   for (std::size_t i = 1; i < spec.inputs.size(); ++i) increasing = increasing && spec.inputs[i - 1] < spec.inputs[i];
   if (increasing) n.flags |= Node::kLockOrder;
+  if (holds_inline_bytes(*out_record) && std::all_of(spec_records.begin(), spec_records.end(),
+                                                     [](const PageRecord* in) { return holds_inline_bytes(*in); }))
+    n.flags |= Node::kInlinePages;
   bind_function(index, spec);
   if ((spec.name && !spec.name->empty()) || (spec.function && !spec.function->empty())) {
     labels[index] = detail::NodeLabel{spec.name ? *spec.name : std::string(), spec.function ? *spec.function : ""};

@@ -285,7 +285,17 @@ void Propagator::Impl::take_spare(PendingCommit& commit, std::size_t watched) no
     return;
   }
   std::size_t watched = 0;
-  for (const Delta& d : deltas) watched += slot_of(d.page) != nullptr;
+  for (const Delta& d : deltas) {
+    const Slot* slot = slot_of(d.page);
+    watched += slot != nullptr;
+    // The wave of a small commit starts from these slots (reach_from): fetched now, their miss overlaps the rest of
+    // the commit and whatever the caller does before propagate() instead of opening the wave (~0.3 us of a
+    // single-source wave in a 10^6-leaf tree). A large commit's wave sweeps its slots in order anyway.
+    if (slot && deltas.size() <= kSpareDeltas) {
+      __builtin_prefetch(slot, 1);
+      __builtin_prefetch(reinterpret_cast<const char*>(slot) + sizeof(Slot) - 1, 1);  // it may straddle two lines
+    }
+  }
   if (watched == 0) {
     free_places(1);
     return;

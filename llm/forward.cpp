@@ -199,6 +199,73 @@ void attention_rows(const ForwardShape& s, const float* x, const float* attn_nor
   for (std::size_t i = 0; i < n * dim; ++i) out[i] = x[i] + b.xb[i];
 }
 
+// The activations of x prepared for each of three weights, each format once: q's in `act`, k's in `act_b`
+// unless it matches q's, v's in `act_c` unless it matches one of them.
+struct QkvActivations {
+  PreparedActivations q, k, v;
+};
+QkvActivations prepare_qkv(const ForwardShape& s, WeightRef wq, WeightRef wk, WeightRef wv, const float* x,
+                           std::size_t cols, ForwardScratch& scratch) {
+  QkvActivations a{prepare(s, wq.type, x, cols, 1, scratch.act), {}, {}};
+  const ActivationFormat fq = activation_format(wq.type), fk = activation_format(wk.type);
+  const ActivationFormat fv = activation_format(wv.type);
+  a.k = fk == fq ? a.q : prepare(s, wk.type, x, cols, 1, scratch.act_b);
+  a.v = fv == fq ? a.q : fv == fk ? a.k : prepare(s, wv.type, x, cols, 1, scratch.act_c);
+  return a;
+}
+
+// One query head against the cached rows 0 .. pos - 1 (keys, values: the head's column, kv_dim apart) and the
+// position's own row (key, value): the scores, their softmax and the mix into out. The cached rows and the new one
+// are separate calls, yet every score is its own dot product and the mix adds the rows in order, each product
+// rounded before its add as the kernels do: the bits of one call over pos + 1 contiguous rows.
+void attend_head(const ForwardShape& s, const float* q, const float* keys, const float* values, const float* key,
+                 const float* value, std::size_t pos, float* att, float* out) {
+  const std::size_t head = s.config.head_size(), kv_dim = s.config.kv_dim();
+  const float scale = std::sqrt(static_cast<float>(head));
+  if (pos > 0) s.kernels->attention_scores(q, keys, kv_dim, pos, head, scale, att);
+  s.kernels->attention_scores(q, key, kv_dim, 1, head, scale, att + pos);
+  s.kernels->softmax(att, pos + 1);
+  s.kernels->attention_mix(att, values, kv_dim, pos, head, out);  // 0 rows: zeros
+  const float w = att[pos];
+  for (std::size_t i = 0; i < head; ++i) {
+    const float product = w * value[i];
+    out[i] = out[i] + product;
+  }
+}
+
+// Each piece takes key/value heads [first, last): the q, k and v rows of those heads (the q heads that share them),
+// their rotation, and their query heads' attention, which needs no row of another piece: one job, no join between
+// the products and the attention.
+void attend_rows(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wk,
+                 WeightRef wv, const float* keys, const float* values, int pos, ForwardScratch& scratch, float* k,
+                 float* v, float* attn) {
+  const ModelConfig& c = s.config;
+  const std::size_t dim = c.dim, kv_dim = c.kv_dim(), head = c.head_size(), seq = c.seq_len;
+  const std::size_t group = c.n_heads / c.n_kv_heads;
+  rmsnorm_rows(scratch.xb.data(), x, attn_norm, 1, dim, c.rms_eps);
+  const float* xb = scratch.xb.data();
+  const QkvActivations act = prepare_qkv(s, wq, wk, wv, xb, dim, scratch);
+  const unsigned parts = s.team != nullptr ? s.team->size() : 1;
+  if (scratch.att.size() < parts * seq) scratch.att.resize(parts * seq);  // once: a score row per thread
+  const auto p = static_cast<std::size_t>(pos);
+  float* q = scratch.q.data();
+  auto job = [&](unsigned first, unsigned last, unsigned thread) {
+    const PartRange kv_rows{first * head, last * head}, q_rows{first * group * head, last * group * head};
+    product_rows(s, wq, act.q, xb, 1, dim, q, dim, q_rows, scratch);
+    product_rows(s, wk, act.k, xb, 1, dim, k, kv_dim, kv_rows, scratch);
+    product_rows(s, wv, act.v, xb, 1, dim, v, kv_dim, kv_rows, scratch);
+    rope(s, q + q_rows.begin, q_rows.end - q_rows.begin, pos);
+    rope(s, k + kv_rows.begin, kv_rows.end - kv_rows.begin, pos);
+    float* att = scratch.att.data() + thread * seq;
+    for (std::size_t h = q_rows.begin / head; h < q_rows.end / head; ++h) {
+      const std::size_t kv_offset = (h / group) * head;
+      attend_head(s, q + h * head, keys + kv_offset, values + kv_offset, k + kv_offset, v + kv_offset, p, att,
+                  attn + h * head);
+    }
+  };
+  split(s, dim * (dim + 2 * kv_dim) + 2 * dim * (p + 1), c.n_kv_heads, job);
+}
+
 // out = x + w2 · (silu(w1 · norm(x)) * (w3 · norm(x))); each piece applies the SwiGLU to its own rows.
 void feed_forward_rows(const ForwardShape& s, const float* x, const float* ffn_norm, WeightRef w1, WeightRef w2,
                        WeightRef w3, std::size_t n, Buffers b, float* out) {
@@ -254,6 +321,18 @@ void kv_project(const ForwardShape& s, const float* x, const float* attn_norm, W
 void attention(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wo,
                const float* keys, const float* values, int pos, ForwardScratch& scratch, float* out) {
   attention_rows(s, x, attn_norm, wq, wo, keys, values, pos, 1, buffers(scratch), out);
+}
+
+void attend(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wk, WeightRef wv,
+            const float* keys, const float* values, int pos, ForwardScratch& scratch, float* k, float* v, float* attn) {
+  attend_rows(s, x, attn_norm, wq, wk, wv, keys, values, pos, scratch, k, v, attn);
+}
+
+void attention_output(const ForwardShape& s, const float* x, WeightRef wo, const float* attn, ForwardScratch& scratch,
+                      float* out) {
+  const std::size_t dim = s.config.dim;
+  product(s, wo, attn, dim, 1, scratch.xb.data(), dim, scratch);
+  for (std::size_t i = 0; i < dim; ++i) out[i] = x[i] + scratch.xb[i];
 }
 
 void feed_forward(const ForwardShape& s, const float* x, const float* ffn_norm, WeightRef w1, WeightRef w2,
@@ -328,8 +407,9 @@ const float* DirectModel::step(int token, int pos, bool want_logits) {
     float* keys = keys_.data() + l * layer_cache;
     float* values = values_.data() + l * layer_cache;
     const std::size_t row = static_cast<std::size_t>(pos) * kv_dim;
-    kv_project(shape_, x_.data(), f32(w.attn_norm), ref(w.wk), ref(w.wv), pos, scratch_, keys + row, values + row);
-    attention(shape_, x_.data(), f32(w.attn_norm), ref(w.wq), ref(w.wo), keys, values, pos, scratch_, x2_.data());
+    attend(shape_, x_.data(), f32(w.attn_norm), ref(w.wq), ref(w.wk), ref(w.wv), keys, values, pos, scratch_,
+           keys + row, values + row, scratch_.attn_out.data());
+    attention_output(shape_, x_.data(), ref(w.wo), scratch_.attn_out.data(), scratch_, x2_.data());
     feed_forward(shape_, x2_.data(), f32(w.ffn_norm), ref(w.w1), ref(w.w2), ref(w.w3), scratch_, x_.data());
   }
   if (!want_logits) return nullptr;

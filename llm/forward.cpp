@@ -214,21 +214,24 @@ QkvActivations prepare_qkv(const ForwardShape& s, WeightRef wq, WeightRef wk, We
   return a;
 }
 
-// One query head against the cached rows 0 .. pos - 1 (keys, values: the head's column, kv_dim apart) and the
-// position's own row (key, value): the scores, their softmax and the mix into out. The cached rows and the new one
-// are separate calls, yet every score is its own dot product and the mix adds the rows in order, each product
-// rounded before its add as the kernels do: the bits of one call over pos + 1 contiguous rows.
-void attend_head(const ForwardShape& s, const float* q, const float* keys, const float* values, const float* key,
-                 const float* value, std::size_t pos, float* att, float* out) {
-  const std::size_t head = s.config.head_size(), kv_dim = s.config.kv_dim();
+// The attention weights of the `group` query heads at q that share one key/value head, over the cached rows
+// 0 .. pos - 1 (keys: that head's column, kv_dim apart) and the position's own key: pos + 1 scores and their softmax
+// per query head, `seq` apart in att. The cached rows and the new one are separate calls, yet every score is its
+// own dot product: the bits of one call over pos + 1 contiguous rows.
+void attention_weights(const ForwardShape& s, const float* q, std::size_t group, const float* keys, const float* key,
+                       std::size_t pos, float* att) {
+  const std::size_t head = s.config.head_size(), kv_dim = s.config.kv_dim(), seq = s.config.seq_len;
   const float scale = std::sqrt(static_cast<float>(head));
-  if (pos > 0) s.kernels->attention_scores(q, keys, kv_dim, pos, head, scale, att);
-  s.kernels->attention_scores(q, key, kv_dim, 1, head, scale, att + pos);
-  s.kernels->softmax(att, pos + 1);
-  s.kernels->attention_mix(att, values, kv_dim, pos, head, out);  // 0 rows: zeros
-  const float w = att[pos];
+  if (pos > 0) s.kernels->attention_scores_heads(q, head, group, keys, kv_dim, pos, head, scale, att, seq);
+  s.kernels->attention_scores_heads(q, head, group, key, kv_dim, 1, head, scale, att + pos, seq);
+  for (std::size_t j = 0; j < group; ++j) s.kernels->softmax(att + j * seq, pos + 1);
+}
+
+// Adds the position's own value row, weighted, to a head's mix of the cached rows: the mix adds the rows in order,
+// each product rounded before its add as the kernels do, so this is the bits of one mix over pos + 1 rows.
+void add_last_row(float weight, const float* value, std::size_t head, float* out) {
   for (std::size_t i = 0; i < head; ++i) {
-    const float product = w * value[i];
+    const float product = weight * value[i];
     out[i] = out[i] + product;
   }
 }
@@ -246,7 +249,8 @@ void attend_rows(const ForwardShape& s, const float* x, const float* attn_norm, 
   const float* xb = scratch.xb.data();
   const QkvActivations act = prepare_qkv(s, wq, wk, wv, xb, dim, scratch);
   const unsigned parts = s.team != nullptr ? s.team->size() : 1;
-  if (scratch.att.size() < parts * seq) scratch.att.resize(parts * seq);  // once: a score row per thread
+  const std::size_t rows = c.n_heads * seq;                                 // a score row per head, per thread
+  if (scratch.att.size() < parts * rows) scratch.att.resize(parts * rows);  // once
   const auto p = static_cast<std::size_t>(pos);
   float* q = scratch.q.data();
   auto job = [&](unsigned first, unsigned last, unsigned thread) {
@@ -256,11 +260,16 @@ void attend_rows(const ForwardShape& s, const float* x, const float* attn_norm, 
     product_rows(s, wv, act.v, xb, 1, dim, v, kv_dim, kv_rows, scratch);
     rope(s, q + q_rows.begin, q_rows.end - q_rows.begin, pos);
     rope(s, k + kv_rows.begin, kv_rows.end - kv_rows.begin, pos);
-    float* att = scratch.att.data() + thread * seq;
-    for (std::size_t h = q_rows.begin / head; h < q_rows.end / head; ++h) {
-      const std::size_t kv_offset = (h / group) * head;
-      attend_head(s, q + h * head, keys + kv_offset, values + kv_offset, k + kv_offset, v + kv_offset, p, att,
-                  attn + h * head);
+    float* att = scratch.att.data() + thread * rows;
+    const std::size_t h0 = q_rows.begin / head, h1 = q_rows.end / head;
+    for (std::size_t kv_head = first; kv_head < last; ++kv_head) {
+      const std::size_t kv_offset = kv_head * head, h = kv_head * group;
+      attention_weights(s, q + h * head, group, keys + kv_offset, k + kv_offset, p, att + (h - h0) * seq);
+    }
+    // The cached rows for all of the piece's heads in one pass (0 rows: zeros), then each head's new row.
+    s.kernels->attention_mix_heads(att, seq, values + first * head, kv_dim, p, head, h1 - h0, group, attn + h0 * head);
+    for (std::size_t h = h0; h < h1; ++h) {
+      add_last_row(att[(h - h0) * seq + p], v + (h / group) * head, head, attn + h * head);
     }
   };
   split(s, dim * (dim + 2 * kv_dim) + 2 * dim * (p + 1), c.n_kv_heads, job);

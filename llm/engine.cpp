@@ -73,26 +73,43 @@ struct KvNode {
   bool last_layer;
   std::size_t batch;  // the batch nodes' capacity (0: none)
   std::uint64_t row_bytes, cache_half, stream_bytes;
+  std::uint64_t attention_row;  // where the page holds the step position's attention mixes (attend())
   std::shared_ptr<ForwardScratch> scratch;
   std::shared_ptr<BatchScratch> batch_scratch;      // shared by every layer: the kv nodes form a chain
   std::shared_ptr<std::vector<float>> batch_cache;  // likewise
 };
 
 // A decoding step: only the two rows of this position change; they are the delta, so no other cache byte moves.
+// The node also computes the position's attention (attend(): q, k, v and the heads' mixes in one split job) and
+// hands the mixes to the block node in the page's attention row, so a layer's attention costs no second join. The
+// last layer's mixes without logits feed nothing (the block node skips it) unless paged (it still runs there).
 void kv_step(const KvNode& n, const StepInput& in, const IncrementalContext& ctx, Delta& out) {
   LayerPager::Pin pin;
   if (n.paged) pin = n.paged->pin(n.unit, in.want_logits != 0);
   auto weight = [&](std::size_t input, const Tensor& t) {
     return n.paged ? n.paged->tensor(pin, t) : ctx.inputs[input].data();
   };
+  const bool mixes = !(n.last_layer && in.want_logits == 0 && n.paged == nullptr);
   const std::uint64_t row = static_cast<std::uint64_t>(in.pos) * n.row_bytes;
   out.ranges.push_back({row, n.row_bytes});
   out.ranges.push_back({n.cache_half + row, n.row_bytes});
-  out.payload.resize(2 * n.row_bytes);
+  if (mixes) {
+    // Ranges must not touch: the last value row may end where the attention row starts.
+    if (out.ranges.back().end() == n.attention_row) {
+      out.ranges.back().length += n.stream_bytes;
+    } else {
+      out.ranges.push_back({n.attention_row, n.stream_bytes});
+    }
+  }
+  out.payload.resize(2 * n.row_bytes + (mixes ? n.stream_bytes : 0));
   float* key = reinterpret_cast<float*>(out.payload.data());
-  kv_project(*n.shape, floats(ctx.inputs[0]), reinterpret_cast<const float*>(weight(2, n.w->attn_norm)),
-             weight_ref(n.w->wk, weight(3, n.w->wk)), weight_ref(n.w->wv, weight(4, n.w->wv)), in.pos, *n.scratch, key,
-             key + n.shape->config.kv_dim());
+  float* value = key + n.shape->config.kv_dim();
+  const auto* norm = reinterpret_cast<const float*>(weight(2, n.w->attn_norm));
+  const WeightRef wk = weight_ref(n.w->wk, weight(3, n.w->wk)), wv = weight_ref(n.w->wv, weight(4, n.w->wv));
+  if (!mixes) return kv_project(*n.shape, floats(ctx.inputs[0]), norm, wk, wv, in.pos, *n.scratch, key, value);
+  const auto* cache = reinterpret_cast<const float*>(ctx.output.data());  // rows before pos: the page as it is
+  attend(*n.shape, floats(ctx.inputs[0]), norm, weight_ref(n.w->wq, weight(5, n.w->wq)), wk, wv, cache,
+         cache + n.cache_half / sizeof(float), in.pos, *n.scratch, key, value, value + n.shape->config.kv_dim());
 }
 
 // A prompt wave (the step input has batch rows): the batch positions pos .. pos + n - 1 and the step position pos + n,
@@ -101,7 +118,7 @@ void kv_step(const KvNode& n, const StepInput& in, const IncrementalContext& ctx
 // page's tail for the next layer, its last row for this layer's block node (the last layer skips them: only the
 // step position may need logits, and its block node computes that layer).
 void kv_prompt_wave(const KvNode& node, const StepInput& in, const IncrementalContext& ctx, Delta& out) {
-  const PrefillHeader h = read_prefill(ctx.inputs[5], node.shape->config, node.batch);
+  const PrefillHeader h = read_prefill(ctx.inputs[6], node.shape->config, node.batch);
   if (in.pos != h.pos + h.n || in.batch_rows != h.n) {
     throw Error(ErrorCode::InvalidArgument, "prompt wave: the step position " + std::to_string(in.pos) + " after " +
                                                 std::to_string(in.batch_rows) + " batch rows does not follow the " +
@@ -114,10 +131,10 @@ void kv_prompt_wave(const KvNode& node, const StepInput& in, const IncrementalCo
   const std::size_t n = static_cast<std::size_t>(h.n), rows = n + 1, kv_dim = cfg.kv_dim();
   BatchScratch& bs = *node.batch_scratch;
   const float* stream = node.layer == 0 ? bs.mid.data()  // the batch stream entering this layer
-                                        : reinterpret_cast<const float*>(ctx.inputs[6].data() + 2 * node.cache_half);
+                                        : reinterpret_cast<const float*>(ctx.inputs[7].data() + 2 * node.cache_half);
   if (node.layer == 0) {
-    const WeightRef table = weight_ref(*node.embedding, ctx.inputs[6].data());
-    embed_batch(shape, table, prefill_tokens(ctx.inputs[5]), n, bs.mid.data());
+    const WeightRef table = weight_ref(*node.embedding, ctx.inputs[7].data());
+    embed_batch(shape, table, prefill_tokens(ctx.inputs[6]), n, bs.mid.data());
     embed(shape, table, in.token, bs.mid.data() + n * cfg.dim);
   }
   const std::uint64_t first = static_cast<std::uint64_t>(h.pos) * node.row_bytes, bytes = rows * node.row_bytes;
@@ -150,15 +167,16 @@ void kv_prompt_wave(const KvNode& node, const StepInput& in, const IncrementalCo
   std::memcpy(cv + before, values, rows * kv_dim * sizeof(float));
   auto f32 = [&](std::size_t i) { return reinterpret_cast<const float*>(ctx.inputs[i].data()); };
   std::vector<float>& after_attention = bs.mid;  // may be `stream` itself (layer 0): updated in place
-  attention_batch(shape, stream, norm, weight_ref(w.wq, ctx.inputs[7].data()), weight_ref(w.wo, ctx.inputs[8].data()),
+  attention_batch(shape, stream, norm, weight_ref(w.wq, ctx.inputs[5].data()), weight_ref(w.wo, ctx.inputs[8].data()),
                   ck, cv, h.pos, rows, bs, after_attention.data());
   feed_forward_batch(shape, after_attention.data(), f32(9), weight_ref(w.w1, ctx.inputs[10].data()),
                      weight_ref(w.w2, ctx.inputs[11].data()), weight_ref(w.w3, ctx.inputs[12].data()), rows, bs,
                      reinterpret_cast<float*>(out.payload.data() + 2 * bytes));
 }
 
-// Attention and feed-forward fused into one node: the stream between them (x_l + attention) stays in the node's
-// scratch, which saves a node run, a page publish and its locks per layer and token.
+// The attention's output product and the feed-forward fused into one node (the kv node computed the mixes in a
+// decoding step): the stream between them (x_l + attention) stays in the node's scratch, which saves a node run, a
+// page publish and its locks per layer and token.
 struct BlockNode {
   const ForwardShape* shape;
   const LayerTensors* w;
@@ -167,6 +185,7 @@ struct BlockNode {
   bool last_layer;
   std::size_t batch;  // the batch nodes' capacity (0: none)
   std::uint64_t cache_half, stream_bytes;
+  std::uint64_t attention_row;  // where the kv page holds the step position's attention mixes (kv_step)
   std::shared_ptr<ForwardScratch> scratch;
   std::shared_ptr<std::vector<float>> mid;
 };
@@ -194,9 +213,14 @@ void block_step(const BlockNode& n, MapContext& ctx) {
   };
   auto f32w = [&](std::size_t input, const Tensor& t) { return reinterpret_cast<const float*>(weight(input, t)); };
   const std::byte* cache = ctx.input(2).data();
-  attention(*n.shape, floats(ctx.input(0)), f32w(3, w.attn_norm), weight_ref(w.wq, weight(4, w.wq)),
-            weight_ref(w.wo, weight(5, w.wo)), reinterpret_cast<const float*>(cache),
-            reinterpret_cast<const float*>(cache + n.cache_half), in.pos, *n.scratch, n.mid->data());
+  if (in.batch_rows == 0) {  // the kv node attended (kv_step): only the output product is left
+    attention_output(*n.shape, floats(ctx.input(0)), weight_ref(w.wo, weight(5, w.wo)),
+                     reinterpret_cast<const float*>(cache + n.attention_row), *n.scratch, n.mid->data());
+  } else {  // the last layer of a prompt wave: the kv node computed the batch's keys only
+    attention(*n.shape, floats(ctx.input(0)), f32w(3, w.attn_norm), weight_ref(w.wq, weight(4, w.wq)),
+              weight_ref(w.wo, weight(5, w.wo)), reinterpret_cast<const float*>(cache),
+              reinterpret_cast<const float*>(cache + n.cache_half), in.pos, *n.scratch, n.mid->data());
+  }
   if (n.paged) {  // the feed-forward unit follows the attention unit
     pin.reset();
     pin = n.paged->pin(n.ffn_unit, in.want_logits != 0);
@@ -302,9 +326,11 @@ void Engine::add_layer_nodes(Wiring& wiring, std::uint32_t l) {
   const ModelConfig& c = model_.config;
   const LayerTensors* w = &model_.layers[l];
   PagedModel* paged = wiring.paged;
-  // With batch nodes the page ends with the batch stream leaving this layer ((batch + 1) × dim floats: the batch
-  // and the step position), which the next layer's kv node and this layer's block node read in a prompt wave.
-  const PageId kv = runtime_->create_page(2 * wiring.cache_half + (batch_ > 0 ? batch_ + 1 : 0) * wiring.stream_bytes);
+  // After the cache, with batch nodes, the batch stream leaving this layer ((batch + 1) × dim floats: the batch and
+  // the step position), which the next layer's kv node and this layer's block node read in a prompt wave; last, the
+  // step position's attention mixes (kv_step), which the block node reads in a decoding step.
+  const std::uint64_t attention_row = 2 * wiring.cache_half + (batch_ > 0 ? batch_ + 1 : 0) * wiring.stream_bytes;
+  const PageId kv = runtime_->create_page(attention_row + wiring.stream_bytes);
   const PageId source =
       l == 0 ? (batch_ > 0 ? weight_page_of(model_.token_embedding) : PageId{}) : wiring.kv_pages.back();
   wiring.kv_pages.push_back(kv);
@@ -313,9 +339,9 @@ void Engine::add_layer_nodes(Wiring& wiring, std::uint32_t l) {
     PageId attn_norm = weight_page(w->attn_norm), wq = weight_page(w->wq), wk = weight_page(w->wk),
            wv = weight_page(w->wv), wo = weight_page(w->wo), ffn_norm = weight_page(w->ffn_norm),
            w1 = weight_page(w->w1), w2 = weight_page(w->w2), w3 = weight_page(w->w3);
-    kv_inputs.insert(kv_inputs.end(), {attn_norm, wk, wv});
+    kv_inputs.insert(kv_inputs.end(), {attn_norm, wk, wv, wq});
     block_inputs.insert(block_inputs.end(), {attn_norm, wq, wo, ffn_norm, w1, w2, w3});
-    if (batch_ > 0) kv_inputs.insert(kv_inputs.end(), {prefill_page_, source, wq, wo, ffn_norm, w1, w2, w3});
+    if (batch_ > 0) kv_inputs.insert(kv_inputs.end(), {prefill_page_, source, wo, ffn_norm, w1, w2, w3});
   }
   const std::size_t unit = paged ? paged->attention_unit(l) : 0, ffn_unit = paged ? paged->ffn_unit(l) : 0;
   const KvNode kv_node{wiring.shape,
@@ -329,6 +355,7 @@ void Engine::add_layer_nodes(Wiring& wiring, std::uint32_t l) {
                        wiring.row_bytes_kv,
                        wiring.cache_half,
                        wiring.stream_bytes,
+                       attention_row,
                        std::make_shared<ForwardScratch>(c),
                        wiring.batch_scratch,
                        wiring.batch_cache};
@@ -360,6 +387,7 @@ void Engine::add_layer_nodes(Wiring& wiring, std::uint32_t l) {
                         batch_,
                         wiring.cache_half,
                         wiring.stream_bytes,
+                        attention_row,
                         std::make_shared<ForwardScratch>(c),
                         std::make_shared<std::vector<float>>(c.dim)};
   NodeOptions block_options;

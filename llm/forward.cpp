@@ -199,6 +199,82 @@ void attention_rows(const ForwardShape& s, const float* x, const float* attn_nor
   for (std::size_t i = 0; i < n * dim; ++i) out[i] = x[i] + b.xb[i];
 }
 
+// The activations of x prepared for each of three weights, each format once: q's in `act`, k's in `act_b`
+// unless it matches q's, v's in `act_c` unless it matches one of them.
+struct QkvActivations {
+  PreparedActivations q, k, v;
+};
+QkvActivations prepare_qkv(const ForwardShape& s, WeightRef wq, WeightRef wk, WeightRef wv, const float* x,
+                           std::size_t cols, ForwardScratch& scratch) {
+  QkvActivations a{prepare(s, wq.type, x, cols, 1, scratch.act), {}, {}};
+  const ActivationFormat fq = activation_format(wq.type), fk = activation_format(wk.type);
+  const ActivationFormat fv = activation_format(wv.type);
+  a.k = fk == fq ? a.q : prepare(s, wk.type, x, cols, 1, scratch.act_b);
+  a.v = fv == fq ? a.q : fv == fk ? a.k : prepare(s, wv.type, x, cols, 1, scratch.act_c);
+  return a;
+}
+
+// The attention weights of the `group` query heads at q that share one key/value head, over the cached rows
+// 0 .. pos - 1 (keys: that head's column, kv_dim apart) and the position's own key: pos + 1 scores and their softmax
+// per query head, `seq` apart in att. The cached rows and the new one are separate calls, yet every score is its
+// own dot product: the bits of one call over pos + 1 contiguous rows.
+void attention_weights(const ForwardShape& s, const float* q, std::size_t group, const float* keys, const float* key,
+                       std::size_t pos, float* att) {
+  const std::size_t head = s.config.head_size(), kv_dim = s.config.kv_dim(), seq = s.config.seq_len;
+  const float scale = std::sqrt(static_cast<float>(head));
+  if (pos > 0) s.kernels->attention_scores_heads(q, head, group, keys, kv_dim, pos, head, scale, att, seq);
+  s.kernels->attention_scores_heads(q, head, group, key, kv_dim, 1, head, scale, att + pos, seq);
+  for (std::size_t j = 0; j < group; ++j) s.kernels->softmax(att + j * seq, pos + 1);
+}
+
+// Adds the position's own value row, weighted, to a head's mix of the cached rows: the mix adds the rows in order,
+// each product rounded before its add as the kernels do, so this is the bits of one mix over pos + 1 rows.
+void add_last_row(float weight, const float* value, std::size_t head, float* out) {
+  for (std::size_t i = 0; i < head; ++i) {
+    const float product = weight * value[i];
+    out[i] = out[i] + product;
+  }
+}
+
+// Each piece takes key/value heads [first, last): the q, k and v rows of those heads (the q heads that share them),
+// their rotation, and their query heads' attention, which needs no row of another piece: one job, no join between
+// the products and the attention.
+void attend_rows(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wk,
+                 WeightRef wv, const float* keys, const float* values, int pos, ForwardScratch& scratch, float* k,
+                 float* v, float* attn) {
+  const ModelConfig& c = s.config;
+  const std::size_t dim = c.dim, kv_dim = c.kv_dim(), head = c.head_size(), seq = c.seq_len;
+  const std::size_t group = c.n_heads / c.n_kv_heads;
+  rmsnorm_rows(scratch.xb.data(), x, attn_norm, 1, dim, c.rms_eps);
+  const float* xb = scratch.xb.data();
+  const QkvActivations act = prepare_qkv(s, wq, wk, wv, xb, dim, scratch);
+  const unsigned parts = s.team != nullptr ? s.team->size() : 1;
+  const std::size_t rows = c.n_heads * seq;                                 // a score row per head, per thread
+  if (scratch.att.size() < parts * rows) scratch.att.resize(parts * rows);  // once
+  const auto p = static_cast<std::size_t>(pos);
+  float* q = scratch.q.data();
+  auto job = [&](unsigned first, unsigned last, unsigned thread) {
+    const PartRange kv_rows{first * head, last * head}, q_rows{first * group * head, last * group * head};
+    product_rows(s, wq, act.q, xb, 1, dim, q, dim, q_rows, scratch);
+    product_rows(s, wk, act.k, xb, 1, dim, k, kv_dim, kv_rows, scratch);
+    product_rows(s, wv, act.v, xb, 1, dim, v, kv_dim, kv_rows, scratch);
+    rope(s, q + q_rows.begin, q_rows.end - q_rows.begin, pos);
+    rope(s, k + kv_rows.begin, kv_rows.end - kv_rows.begin, pos);
+    float* att = scratch.att.data() + thread * rows;
+    const std::size_t h0 = q_rows.begin / head, h1 = q_rows.end / head;
+    for (std::size_t kv_head = first; kv_head < last; ++kv_head) {
+      const std::size_t kv_offset = kv_head * head, h = kv_head * group;
+      attention_weights(s, q + h * head, group, keys + kv_offset, k + kv_offset, p, att + (h - h0) * seq);
+    }
+    // The cached rows for all of the piece's heads in one pass (0 rows: zeros), then each head's new row.
+    s.kernels->attention_mix_heads(att, seq, values + first * head, kv_dim, p, head, h1 - h0, group, attn + h0 * head);
+    for (std::size_t h = h0; h < h1; ++h) {
+      add_last_row(att[(h - h0) * seq + p], v + (h / group) * head, head, attn + h * head);
+    }
+  };
+  split(s, dim * (dim + 2 * kv_dim) + 2 * dim * (p + 1), c.n_kv_heads, job);
+}
+
 // out = x + w2 · (silu(w1 · norm(x)) * (w3 · norm(x))); each piece applies the SwiGLU to its own rows.
 void feed_forward_rows(const ForwardShape& s, const float* x, const float* ffn_norm, WeightRef w1, WeightRef w2,
                        WeightRef w3, std::size_t n, Buffers b, float* out) {
@@ -254,6 +330,18 @@ void kv_project(const ForwardShape& s, const float* x, const float* attn_norm, W
 void attention(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wo,
                const float* keys, const float* values, int pos, ForwardScratch& scratch, float* out) {
   attention_rows(s, x, attn_norm, wq, wo, keys, values, pos, 1, buffers(scratch), out);
+}
+
+void attend(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wk, WeightRef wv,
+            const float* keys, const float* values, int pos, ForwardScratch& scratch, float* k, float* v, float* attn) {
+  attend_rows(s, x, attn_norm, wq, wk, wv, keys, values, pos, scratch, k, v, attn);
+}
+
+void attention_output(const ForwardShape& s, const float* x, WeightRef wo, const float* attn, ForwardScratch& scratch,
+                      float* out) {
+  const std::size_t dim = s.config.dim;
+  product(s, wo, attn, dim, 1, scratch.xb.data(), dim, scratch);
+  for (std::size_t i = 0; i < dim; ++i) out[i] = x[i] + scratch.xb[i];
 }
 
 void feed_forward(const ForwardShape& s, const float* x, const float* ffn_norm, WeightRef w1, WeightRef w2,
@@ -328,8 +416,9 @@ const float* DirectModel::step(int token, int pos, bool want_logits) {
     float* keys = keys_.data() + l * layer_cache;
     float* values = values_.data() + l * layer_cache;
     const std::size_t row = static_cast<std::size_t>(pos) * kv_dim;
-    kv_project(shape_, x_.data(), f32(w.attn_norm), ref(w.wk), ref(w.wv), pos, scratch_, keys + row, values + row);
-    attention(shape_, x_.data(), f32(w.attn_norm), ref(w.wq), ref(w.wo), keys, values, pos, scratch_, x2_.data());
+    attend(shape_, x_.data(), f32(w.attn_norm), ref(w.wq), ref(w.wk), ref(w.wv), keys, values, pos, scratch_,
+           keys + row, values + row, scratch_.attn_out.data());
+    attention_output(shape_, x_.data(), ref(w.wo), scratch_.attn_out.data(), scratch_, x2_.data());
     feed_forward(shape_, x2_.data(), f32(w.ffn_norm), ref(w.w1), ref(w.w2), ref(w.w3), scratch_, x_.data());
   }
   if (!want_logits) return nullptr;

@@ -200,6 +200,13 @@ void attention_scores_causal_scalar(const float* q, std::size_t q_stride, std::s
     attention_scores_scalar(q + j * q_stride, keys, stride, first + j + 1, head, scale, scores + j * scores_stride);
   }
 }
+void attention_scores_heads_scalar(const float* q, std::size_t q_stride, std::size_t m, const float* keys,
+                                   std::size_t stride, std::size_t n, std::size_t head, float scale, float* scores,
+                                   std::size_t scores_stride) {
+  for (std::size_t j = 0; j < m; ++j) {
+    attention_scores_scalar(q + j * q_stride, keys, stride, n, head, scale, scores + j * scores_stride);
+  }
+}
 void attention_mix_scalar(const float* weights, const float* values, std::size_t stride, std::size_t n,
                           std::size_t head, float* out) {
   for (std::size_t i = 0; i < head; ++i) out[i] = 0;
@@ -207,6 +214,14 @@ void attention_mix_scalar(const float* weights, const float* values, std::size_t
     const float* v = values + t * stride;
     const float w = weights[t];
     for (std::size_t i = 0; i < head; ++i) out[i] += w * v[i];
+  }
+}
+
+void attention_mix_heads_scalar(const float* weights, std::size_t weights_stride, const float* values,
+                                std::size_t stride, std::size_t n, std::size_t head, std::size_t heads,
+                                std::size_t group, float* out) {
+  for (std::size_t h = 0; h < heads; ++h) {
+    attention_mix_scalar(weights + h * weights_stride, values + (h / group) * head, stride, n, head, out + h * head);
   }
 }
 
@@ -337,6 +352,55 @@ MMSB_AVX2_NO_FMA void attention_scores_avx2(const float* q, const float* keys, s
   if (t < n) attention_scores_scalar(q, keys + t * stride, stride, n - t, head, scale, scores + t);
 }
 
+// J queries against eight keys at a time: each 8 x 8 block of keys is transposed once for all J (the shuffles are
+// most of a score's cost at small heads), lane k of query j's chain being key k's score in the scalar order.
+template <int J>
+MMSB_AVX2_NO_FMA void scores_heads(const float* q, std::size_t q_stride, const float* keys, std::size_t stride,
+                                   std::size_t n, std::size_t head, float scale, float* scores,
+                                   std::size_t scores_stride) {
+  const __m256 vscale = _mm256_set1_ps(scale);
+  std::size_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    __m256 s[J];
+    MMSB_UNROLL
+    for (int j = 0; j < J; ++j) s[j] = _mm256_setzero_ps();
+    for (std::size_t c = 0; c < head; c += 8) {
+      __m256 col[8];
+      transpose8x8(keys + t * stride + c, stride, col);
+      MMSB_UNROLL
+      for (int i = 0; i < 8; ++i) {
+        MMSB_UNROLL
+        for (int j = 0; j < J; ++j) {
+          s[j] = _mm256_add_ps(s[j], _mm256_mul_ps(_mm256_set1_ps(q[j * q_stride + c + i]), col[i]));
+        }
+      }
+    }
+    MMSB_UNROLL
+    for (int j = 0; j < J; ++j) _mm256_storeu_ps(scores + j * scores_stride + t, _mm256_div_ps(s[j], vscale));
+  }
+  if (t == n) return;
+  for (int j = 0; j < J; ++j) {
+    attention_scores_scalar(q + j * q_stride, keys + t * stride, stride, n - t, head, scale,
+                            scores + j * scores_stride + t);
+  }
+}
+
+MMSB_AVX2_NO_FMA void attention_scores_heads_avx2(const float* q, std::size_t q_stride, std::size_t m,
+                                                  const float* keys, std::size_t stride, std::size_t n,
+                                                  std::size_t head, float scale, float* scores,
+                                                  std::size_t scores_stride) {
+  if (head % 8 != 0) {
+    return attention_scores_heads_scalar(q, q_stride, m, keys, stride, n, head, scale, scores, scores_stride);
+  }
+  using Group = void (*)(const float*, std::size_t, const float*, std::size_t, std::size_t, std::size_t, float, float*,
+                         std::size_t);
+  static constexpr Group groups[] = {scores_heads<1>, scores_heads<2>, scores_heads<3>, scores_heads<4>};
+  for (std::size_t j = 0; j < m; j += 4) {
+    groups[std::min<std::size_t>(4, m - j) - 1](q + j * q_stride, q_stride, keys, stride, n, head, scale,
+                                                scores + j * scores_stride, scores_stride);
+  }
+}
+
 // kt[i * padded + t] = keys[t * stride + i] for t < count and i < head (a multiple of 8); 0 for count <= t < padded.
 MMSB_AVX2_NO_FMA void transpose_keys(const float* keys, std::size_t stride, std::size_t count, std::size_t head,
                                      std::size_t padded, float* kt) {
@@ -446,6 +510,65 @@ MMSB_AVX2_NO_FMA void attention_mix_avx2(const float* weights, const float* valu
   }
 }
 
+// H heads of C chunks of 8 columns each at once (H * C <= 8 accumulators): every chain adds the rows in order, as
+// mix_columns does for one head, and the heads' chains overlap.
+template <int C, int H>
+MMSB_AVX2_NO_FMA void mix_heads(const float* weights, std::size_t weights_stride, const float* values,
+                                std::size_t stride, std::size_t n, std::size_t head, std::size_t group, float* out) {
+  __m256 acc[H][C];
+  MMSB_UNROLL
+  for (int h = 0; h < H; ++h) {
+    MMSB_UNROLL
+    for (int c = 0; c < C; ++c) acc[h][c] = _mm256_setzero_ps();
+  }
+  for (std::size_t t = 0; t < n; ++t) {
+    const float* row = values + t * stride;
+    MMSB_UNROLL
+    for (int h = 0; h < H; ++h) {
+      const __m256 w = _mm256_broadcast_ss(weights + h * weights_stride + t);
+      const float* v = row + (static_cast<std::size_t>(h) / group) * head;
+      MMSB_UNROLL
+      for (int c = 0; c < C; ++c) acc[h][c] = _mm256_add_ps(acc[h][c], _mm256_mul_ps(w, _mm256_loadu_ps(v + 8 * c)));
+    }
+  }
+  MMSB_UNROLL
+  for (int h = 0; h < H; ++h) {
+    MMSB_UNROLL
+    for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + h * head + 8 * c, acc[h][c]);
+  }
+}
+
+// Heads of 8 or 16 columns go up to 8 or 4 at a time; wider heads already have a chain per 8 columns.
+MMSB_AVX2_NO_FMA void attention_mix_heads_avx2(const float* weights, std::size_t weights_stride, const float* values,
+                                               std::size_t stride, std::size_t n, std::size_t head, std::size_t heads,
+                                               std::size_t group, float* out) {
+  using Heads =
+      void (*)(const float*, std::size_t, const float*, std::size_t, std::size_t, std::size_t, std::size_t, float*);
+  static constexpr Heads eights[] = {mix_heads<1, 1>, mix_heads<1, 2>, mix_heads<1, 3>, mix_heads<1, 4>,
+                                     mix_heads<1, 5>, mix_heads<1, 6>, mix_heads<1, 7>, mix_heads<1, 8>};
+  static constexpr Heads sixteens[] = {mix_heads<2, 1>, mix_heads<2, 2>, mix_heads<2, 3>, mix_heads<2, 4>};
+  if ((head != 8 && head != 16) || group == 0) {
+    for (std::size_t h = 0; h < heads; ++h) {
+      attention_mix_avx2(weights + h * weights_stride, values + (h / group) * head, stride, n, head, out + h * head);
+    }
+    return;
+  }
+  const std::size_t at_once = head == 8 ? 8 : 4;
+  for (std::size_t h = 0; h < heads; h += at_once) {
+    // A batch starting inside a group reads the value columns of its first head's key/value head onwards.
+    const std::size_t count = std::min(at_once, heads - h);
+    const Heads run = head == 8 ? eights[count - 1] : sixteens[count - 1];
+    if (h % group == 0) {
+      run(weights + h * weights_stride, weights_stride, values + (h / group) * head, stride, n, head, group,
+          out + h * head);
+    } else {  // only when a batch size is not a multiple of the group: one head at a time keeps the mapping simple
+      for (std::size_t j = h; j < h + count; ++j) {
+        attention_mix_avx2(weights + j * weights_stride, values + (j / group) * head, stride, n, head, out + j * head);
+      }
+    }
+  }
+}
+
 // exp(x) for x <= 0, 8 lanes: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact product), e^r by
 // its degree-7 Taylor polynomial (truncation error below 1e-8 relative), then scaled by 2^n through the exponent
 // bits. Inputs below -87 (where the result would be subnormal) give 0: next to the maximum's e^0 = 1 they add
@@ -486,7 +609,13 @@ MMSB_AVX2 void swiglu_avx2(float* gate, const float* up, std::size_t n) {
 
 MMSB_AVX2 void softmax_avx2(float* x, std::size_t n) {
   std::size_t i = 0;
-  __m256 vmax = _mm256_set1_ps(x[0]);
+  __m256 vmax = _mm256_set1_ps(x[0]), vmax2 = vmax;
+  // Two chains of maxima (a maximum is exact in any order): a decoding step's rows are short and start cold.
+  for (; i + 16 <= n; i += 16) {
+    vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+    vmax2 = _mm256_max_ps(vmax2, _mm256_loadu_ps(x + i + 8));
+  }
+  vmax = _mm256_max_ps(vmax, vmax2);
   for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
   __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
   m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
@@ -537,6 +666,8 @@ Kernels make_scalar() {
   k.dequantize[8] = dequantize_blocks<decode_q8_0, kQ8_0Bytes>;
   k.attention_scores = attention_scores_scalar;
   k.attention_mix = attention_mix_scalar;
+  k.attention_mix_heads = attention_mix_heads_scalar;
+  k.attention_scores_heads = attention_scores_heads_scalar;
   k.attention_scores_causal = attention_scores_causal_scalar;
   k.softmax = softmax_scalar;
   k.swiglu = swiglu_scalar;
@@ -551,6 +682,8 @@ Kernels make_avx2() {
   k.quantize_activations[static_cast<int>(ActivationFormat::Q8_K)] = quantize_q8k_activations_avx2;
   k.attention_scores = attention_scores_avx2;
   k.attention_mix = attention_mix_avx2;
+  k.attention_mix_heads = attention_mix_heads_avx2;
+  k.attention_scores_heads = attention_scores_heads_avx2;
   k.attention_scores_causal = attention_scores_causal_avx2;
   k.softmax = softmax_avx2;
   k.swiglu = swiglu_avx2;

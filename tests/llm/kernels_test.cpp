@@ -340,6 +340,68 @@ TEST(Kernels, AttentionKernelsAreBitIdenticalToScalar) {
   }
 }
 
+// The scores of several query heads against one set of keys (a decoding step's heads that share a key/value head)
+// are each head's own scores, bit for bit, at every level.
+TEST(Kernels, ScoresOfSeveralHeadsAreEachHeadsScores) {
+  const Kernels& ref = kernels_for(SimdLevel::Scalar);
+  std::mt19937 rng(17);
+  std::normal_distribution<float> value(0.0f, 1.0f);
+  for (SimdLevel level : available_levels()) {
+    const Kernels& k = kernels_for(level);
+    for (std::size_t head : {8u, 16u, 6u, 64u}) {
+      for (std::size_t m : {1u, 2u, 5u}) {
+        for (std::size_t n : {1u, 7u, 8u, 17u, 100u}) {
+          const std::size_t stride = head * 3 + 1, scores_stride = n + 2;
+          std::vector<float> q(m * head), keys(n * stride);
+          for (float& v : q) v = value(rng);
+          for (float& v : keys) v = value(rng);
+          std::vector<float> expected(m * scores_stride, 7.0f), got(m * scores_stride, 7.0f);
+          for (std::size_t j = 0; j < m; ++j) {
+            ref.attention_scores(q.data() + j * head, keys.data(), stride, n, head, 2.5f,
+                                 expected.data() + j * scores_stride);
+          }
+          k.attention_scores_heads(q.data(), head, m, keys.data(), stride, n, head, 2.5f, got.data(), scores_stride);
+          ASSERT_EQ(0, std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)))
+              << simd_level_name(level) << " head " << head << " m " << m << " n " << n;
+        }
+      }
+    }
+  }
+}
+
+// The mixes of several heads at once (a decoding step's heads, grouped over shared value heads) are each head's
+// own mix, bit for bit, at every level: heads of 8 and 16 columns run side by side, others one by one.
+TEST(Kernels, MixesOfSeveralHeadsAreEachHeadsMix) {
+  const Kernels& ref = kernels_for(SimdLevel::Scalar);
+  std::mt19937 rng(13);
+  std::normal_distribution<float> value(0.0f, 1.0f);
+  for (SimdLevel level : available_levels()) {
+    const Kernels& k = kernels_for(level);
+    for (std::size_t head : {8u, 16u, 24u, 64u}) {
+      for (std::size_t group : {1u, 2u, 3u}) {
+        for (std::size_t heads : {1u, 3u, 6u, 9u, 12u}) {
+          for (std::size_t n : {0u, 1u, 9u, 70u}) {
+            const std::size_t value_heads = (heads + group - 1) / group, stride = value_heads * head + 5;
+            const std::size_t weights_stride = n + 3;
+            std::vector<float> values(std::max<std::size_t>(n, 1) * stride), weights(heads * weights_stride);
+            for (float& v : values) v = value(rng);
+            for (float& v : weights) v = value(rng);
+            std::vector<float> expected(heads * head), got(heads * head, 42.0f);
+            for (std::size_t h = 0; h < heads; ++h) {
+              ref.attention_mix(weights.data() + h * weights_stride, values.data() + (h / group) * head, stride, n,
+                                head, expected.data() + h * head);
+            }
+            k.attention_mix_heads(weights.data(), weights_stride, values.data(), stride, n, head, heads, group,
+                                  got.data());
+            ASSERT_EQ(0, std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)))
+                << simd_level_name(level) << " head " << head << " group " << group << " heads " << heads << " n " << n;
+          }
+        }
+      }
+    }
+  }
+}
+
 // A prompt batch's scores (several queries against one set of keys, causal) are each query's own scores, bit for
 // bit, at every level; past a query's last key its row is left as it was.
 TEST(Kernels, CausalScoresOfABatchAreEachQuerysScores) {

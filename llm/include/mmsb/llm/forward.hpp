@@ -4,7 +4,9 @@
 //
 // Per layer: kv_project() writes the new key and value rows of the position; attention() adds the attention
 // output to the residual stream; feed_forward() adds the SwiGLU output. embed() starts the stream, logits()
-// ends it. Weights are raw tensor bytes (from pages, or the mapped file) with their type.
+// ends it. attend() then attention_output() is kv_project() then attention() with the products of q, k and v and
+// the attention in one split job (the decoding step's path). Weights are raw tensor bytes (from pages, or the
+// mapped file) with their type.
 //
 // Thread-safety: the functions are pure apart from their output and scratch arguments; calls with distinct
 // outputs and scratch may run concurrently, unless they share a ForwardShape with a team (one job at a time).
@@ -53,8 +55,8 @@ inline WeightRef weight_ref(const Tensor& t, const std::byte* data) { return {da
 struct ForwardScratch {
   explicit ForwardScratch(const ModelConfig& c);
   std::vector<float> xb, q, att, attn_out, hb, hb2, k, v;
-  std::vector<float> rounded;         // ActivationRounding::LikeLlamaCpp only
-  std::vector<std::byte> act, act_b;  // prepared activations (kernels.hpp) of the products
+  std::vector<float> rounded;                // ActivationRounding::LikeLlamaCpp only
+  std::vector<std::byte> act, act_b, act_c;  // prepared activations (kernels.hpp) of the products
 };
 
 // The step's input, as stored in the step page.
@@ -71,6 +73,15 @@ void embed(const ForwardShape& s, WeightRef table, int token, float* x);
 // Normalizes x, projects the key and value of `pos` and rotates the key; writes kv_dim floats to each of k and v.
 void kv_project(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wk, WeightRef wv, int pos,
                 ForwardScratch& scratch, float* k, float* v);
+// One position's attention before its output product, as one split job: normalizes x, projects q, k and v,
+// rotates q and k, and attends over the cached rows 0 .. pos - 1 of keys/values ([seq_len][kv_dim]; no other row
+// is read) and the position's new row. Writes the new key and value rows to k and v (kv_dim floats each; they may
+// be row pos of keys/values) and the heads' mixes to attn (dim floats). The bits of kv_project() then attention().
+void attend(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wk, WeightRef wv,
+            const float* keys, const float* values, int pos, ForwardScratch& scratch, float* k, float* v, float* attn);
+// out = x + wo · attn (attn: attend()'s mixes).
+void attention_output(const ForwardShape& s, const float* x, WeightRef wo, const float* attn, ForwardScratch& scratch,
+                      float* out);
 // out = x + wo · attention(q(x), keys[0..pos], values[0..pos]); keys/values are [seq_len][kv_dim].
 void attention(const ForwardShape& s, const float* x, const float* attn_norm, WeightRef wq, WeightRef wo,
                const float* keys, const float* values, int pos, ForwardScratch& scratch, float* out);

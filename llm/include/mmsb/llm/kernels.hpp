@@ -102,6 +102,19 @@ using AttentionScoresFn = void (*)(const float* q, const float* keys, std::size_
                                    std::size_t head, float scale, float* scores);
 using AttentionMixFn = void (*)(const float* weights, const float* values, std::size_t stride, std::size_t n,
                                 std::size_t head, float* out);
+// The scores of m query heads (head floats at q + j * q_stride) against the same n keys (a decoding step's heads
+// that share a key/value head), into scores + j * scores_stride: each the bits AttentionScoresFn gives it, the keys
+// read (and rearranged) once for all m.
+using AttentionScoresHeadsFn = void (*)(const float* q, std::size_t q_stride, std::size_t m, const float* keys,
+                                        std::size_t stride, std::size_t n, std::size_t head, float scale, float* scores,
+                                        std::size_t scores_stride);
+// The mixes of `heads` query heads over the same n rows (a decoding step's heads): head h weighs the rows by
+// weights + h * weights_stride, reads its value columns at values + (h / group) * head (heads sharing a key/value
+// head: group of them) and writes out + h * head. Each head's output is the bits AttentionMixFn gives it; small
+// heads (one chain of adds per 8 columns) are mixed side by side, so that their chains overlap.
+using AttentionMixHeadsFn = void (*)(const float* weights, std::size_t weights_stride, const float* values,
+                                     std::size_t stride, std::size_t n, std::size_t head, std::size_t heads,
+                                     std::size_t group, float* out);
 // The scores of m consecutive positions of one head at once (a prompt batch), causal: query j (head floats at
 // q + j * q_stride) against keys 0 .. first + j (first + j + 1 keys), into scores + j * scores_stride. Each score
 // is the bits AttentionScoresFn gives it; nothing past a query's last key is written.
@@ -124,7 +137,9 @@ struct Kernels {
   DequantizeFn dequantize[kTypeSlots];
   DotQ8KFn dot_q8k[kTypeSlots];  // the super-block types only: one row against Q8_K activations
   AttentionScoresFn attention_scores;
+  AttentionScoresHeadsFn attention_scores_heads;
   AttentionMixFn attention_mix;
+  AttentionMixHeadsFn attention_mix_heads;
   AttentionScoresCausalFn attention_scores_causal;
   SoftmaxFn softmax;
   SwigluFn swiglu;

@@ -357,7 +357,21 @@ struct Propagator::Impl : detail::CommitListener {
   std::vector<std::pair<PageId, const Delta*>> drain_changes;  // engine_mutex
   std::atomic<std::size_t> reserved{0};  // commits between reserve() and being drained (or released)
   std::atomic<std::size_t> blocked{0};   // commits waiting in reserve() for queue space
-  std::atomic<bool> batch_dirty{false};  // BATCH: dirty_slots is not empty (the worker's wake-up)
+  // BATCH: queue places a committing thread took as a block (counted in `reserved` when taken) and has not used
+  // yet. Only the owning thread writes `places`, so using one is a plain load and store (see take_block_place()).
+  struct alignas(64) PlaceBlock {
+    std::thread::id owner;
+    std::atomic<std::size_t> places{0};
+  };
+  static constexpr std::size_t kPlacesPerBlock = 64;
+  // Blocks are only taken while every thread's block together is at most this fraction of the queue's capacity
+  // (capacity >= kPlacesPerBlock * kBlockShare * threads), so unused places can never fill the queue.
+  static constexpr std::size_t kBlockShare = 64;
+  const std::uint64_t block_serial;  // unique per Propagator: a thread's cached block is never another's
+  mutable std::mutex block_mutex;
+  std::deque<PlaceBlock> place_blocks;        // guarded by block_mutex; appended only, never moved
+  std::atomic<std::size_t> block_threads{0};  // place_blocks.size()
+  std::atomic<bool> batch_dirty{false};       // BATCH: dirty_slots is not empty (the worker's wake-up)
   std::mutex dirty_mutex;
   std::vector<Slot*> dirty_slots;   // guarded by dirty_mutex: BATCH slots with a pending delta
   std::vector<Slot*> drain_slots;   // engine_mutex: the ones being drained
@@ -517,6 +531,13 @@ struct Propagator::Impl : detail::CommitListener {
   // --- queues and modes (queue.cpp) -----------------------------------------------------------------------------
   // Frees `n` reserved queue places and wakes commits blocked on a full queue.
   void free_places(std::size_t n);
+  // BATCH: a new block for this thread, with one of its places taken; false when the commit must take its place
+  // alone (reserve_alone()).
+  bool take_block_place();
+  void reserve_alone();
+  PlaceBlock* block_of_this_thread();
+  // Places taken in blocks and not used yet (stats() subtracts them from the reserved ones).
+  std::size_t unused_block_places() const;
   // Runs what is queued, then hands observers what the waves produced, outside the engine lock (callbacks may
   // commit, which in IMMEDIATE mode drains again on this thread).
   void drain();

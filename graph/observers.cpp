@@ -198,11 +198,13 @@ PropagationStats Propagator::stats() const {
   s.nodes_failed = c.failed.load(std::memory_order_relaxed);
   s.inline_waves = c.inline_waves.load(std::memory_order_relaxed);
   s.plan_builds = c.plan_builds.load(std::memory_order_relaxed);
-  // BATCH commits are counted as they drain; those not drained yet are the reserved places (a commit on its way in
-  // counts a moment early).
+  // BATCH commits are counted as they drain; those not drained yet are the reserved places that no thread holds
+  // unused in its block (a commit on its way in counts a moment early). Unused places are read first: a block
+  // taken in between then counts too many for a moment, never too few.
   const bool batch = impl_->options.mode == PropagationMode::Batch;
-  s.commits_queued =
-      c.queued.load(std::memory_order_relaxed) + (batch ? impl_->reserved.load(std::memory_order_relaxed) : 0);
+  const std::size_t unused = batch ? impl_->unused_block_places() : 0;
+  const std::size_t reserved = batch ? impl_->reserved.load(std::memory_order_relaxed) : 0;
+  s.commits_queued = c.queued.load(std::memory_order_relaxed) + (reserved > unused ? reserved - unused : 0);
   s.deltas_composed = c.composed.load(std::memory_order_relaxed);
   s.bytes_changed = c.bytes.load(std::memory_order_relaxed);
   s.wave_latency = impl_->wave_latency.summary();

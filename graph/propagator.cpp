@@ -19,11 +19,19 @@ using detail::Node;
 using detail::NodeIndex;
 using detail::Slot;
 
+namespace {
+std::uint64_t next_block_serial() noexcept {
+  static std::atomic<std::uint64_t> serial{0};
+  return serial.fetch_add(1, std::memory_order_relaxed) + 1;  // 0 marks a thread with no cached block
+}
+}  // namespace
+
 Propagator::Impl::Impl(Runtime& rt, PropagatorOptions opts)
     : runtime(rt),
       runtime_impl(detail::RuntimeAccess::of(rt)),
       options(opts),
-      arena(opts.threads == 0 ? tbb::task_arena::automatic : static_cast<int>(opts.threads)) {
+      arena(opts.threads == 0 ? tbb::task_arena::automatic : static_cast<int>(opts.threads)),
+      block_serial(next_block_serial()) {
   spare_commits.reserve(kSpareCommits);  // recycle() must not allocate
   if (options.queue_capacity == 0) {
     throw Error(ErrorCode::InvalidArgument, "PropagatorOptions::queue_capacity must be at least 1");

@@ -217,11 +217,87 @@ void Propagator::Impl::worker_loop() {
   }
 }
 
+namespace {
+// The block of queue places this thread took last, and the Propagator (by serial) it belongs to.
+struct CachedBlock {
+  std::uint64_t serial = 0;
+  Propagator::Impl::PlaceBlock* block = nullptr;
+};
+thread_local CachedBlock cached_block;
+}  // namespace
+
+// This thread's block, registered at its first use. Null when no more threads may hold blocks.
+Propagator::Impl::PlaceBlock* Propagator::Impl::block_of_this_thread() {
+  const std::thread::id me = std::this_thread::get_id();
+  std::lock_guard lock(block_mutex);
+  for (PlaceBlock& b : place_blocks) {  // a thread that alternates between Propagators finds its block again
+    if (b.owner == me) return &b;
+  }
+  if (options.queue_capacity / (kPlacesPerBlock * kBlockShare) <= place_blocks.size()) return nullptr;
+  PlaceBlock& b = place_blocks.emplace_back();
+  b.owner = me;  // a block outlives its thread: a later thread with the same id takes it over
+  block_threads.store(place_blocks.size(), std::memory_order_relaxed);
+  return &b;
+}
+
+// BATCH: this thread's block has no place left (or it has none yet): takes a new block of kPlacesPerBlock places
+// for it, or says false (the commit then takes its place alone). Blocks are taken only while the queue has room
+// for twice a block and at most a kBlockShare-th of the capacity can sit unused in blocks, so a full queue always
+// holds commits that a drain frees (no thread waits on places another thread holds unused), and a thread alone
+// meets the capacity exactly.
+bool Propagator::Impl::take_block_place() {
+  PlaceBlock* block = cached_block.serial == block_serial ? cached_block.block : nullptr;
+  if (block == nullptr &&
+      options.queue_capacity / (kPlacesPerBlock * kBlockShare) <= block_threads.load(std::memory_order_relaxed)) {
+    return false;
+  }
+  if (reserved.load(std::memory_order_relaxed) + 2 * kPlacesPerBlock > options.queue_capacity) return false;
+  if (block == nullptr) {
+    block = block_of_this_thread();
+    if (block == nullptr) return false;
+    cached_block = {block_serial, block};
+    const std::size_t left = block->places.load(std::memory_order_relaxed);  // left by a thread with this id
+    if (left > 0) {
+      block->places.store(left - 1, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  if (reserved.fetch_add(kPlacesPerBlock, std::memory_order_acq_rel) + kPlacesPerBlock > options.queue_capacity) {
+    free_places(kPlacesPerBlock);  // others filled the queue meanwhile
+    return false;
+  }
+  block->places.store(kPlacesPerBlock - 1, std::memory_order_relaxed);
+  return true;
+}
+
+std::size_t Propagator::Impl::unused_block_places() const {
+  std::lock_guard lock(block_mutex);
+  std::size_t unused = 0;
+  for (const PlaceBlock& b : place_blocks) unused += b.places.load(std::memory_order_relaxed);
+  return unused;
+}
+
+// BATCH takes a place from this thread's block when it can: only this thread writes the block's count, so that
+// is a plain load and store, no locked instruction per commit.
 void Propagator::Impl::reserve() {
-  if (options.mode == PropagationMode::Immediate) {
+  if (options.mode == PropagationMode::Batch) {
+    if (cached_block.serial == block_serial) {
+      const std::size_t left = cached_block.block->places.load(std::memory_order_relaxed);
+      if (left > 0) {
+        cached_block.block->places.store(left - 1, std::memory_order_relaxed);
+        return;
+      }
+    }
+    if (take_block_place()) return;
+  } else if (options.mode == PropagationMode::Immediate) {
     reserved.fetch_add(1, std::memory_order_relaxed);  // drained by this very commit: no bound needed
     return;
   }
+  reserve_alone();
+}
+
+// One queue place, waiting for room or failing as full_policy says.
+void Propagator::Impl::reserve_alone() {
   for (;;) {
     if (reserved.fetch_add(1, std::memory_order_acq_rel) < options.queue_capacity) return;
     reserved.fetch_sub(1, std::memory_order_acq_rel);

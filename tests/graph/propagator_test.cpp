@@ -1369,6 +1369,94 @@ TEST(PropagatorBackpressure, FullQueueWithFailPolicyRefusesTheCommitWithoutTrace
   EXPECT_EQ(read_i64(rt, d), 6);
 }
 
+// BATCH commits take their queue places in per-thread blocks (graph/queue.cpp); a thread alone still meets the
+// capacity exactly, and the stats count commits, not places held unused.
+TEST(PropagatorBackpressure, BatchQueueHoldsExactlyItsCapacityForOneThread) {
+  Runtime rt;
+  constexpr std::size_t kCapacity = 8192;  // room for two threads' blocks
+  Propagator prop(
+      rt, PropagatorOptions{
+              .mode = PropagationMode::Batch, .queue_capacity = kCapacity, .full_policy = QueueFullPolicy::Fail});
+  PageId s = rt.create_page(8), d = rt.create_page(8);
+  prop.derive_map(d, {s}, affine(2, 0));
+  for (int round = 0; round < 2; ++round) {
+    for (std::size_t i = 1; i <= kCapacity; ++i) {
+      commit_i64(rt, s, static_cast<std::int64_t>(i));
+      if (i == 1 || i == 100 || i == kCapacity) {
+        EXPECT_EQ(prop.stats().commits_queued, round * kCapacity + i);
+      }
+    }
+    auto e = error_of([&] { commit_i64(rt, s, -1); });
+    ASSERT_TRUE(e) << "round " << round << ": a commit past the capacity was accepted";
+    EXPECT_EQ(e->code(), ErrorCode::ResourceExhausted);
+    EXPECT_EQ(read_i64(rt, s), static_cast<std::int64_t>(kCapacity));
+    prop.propagate();
+    EXPECT_EQ(read_i64(rt, d), 2 * static_cast<std::int64_t>(kCapacity));
+  }
+}
+
+TEST(PropagatorBackpressure, BatchPlacesAnotherThreadHoldsUnusedNeverFillTheQueue) {
+  Runtime rt;
+  constexpr std::size_t kCapacity = 8192;
+  Propagator prop(
+      rt, PropagatorOptions{
+              .mode = PropagationMode::Batch, .queue_capacity = kCapacity, .full_policy = QueueFullPolicy::Fail});
+  PageId s = rt.create_page(8), d = rt.create_page(8);
+  prop.derive_map(d, {s}, affine(2, 0));
+  constexpr std::size_t kOther = 10;  // the other thread keeps the rest of its block unused
+  std::thread([&] {
+    for (std::size_t i = 0; i < kOther; ++i) commit_i64(rt, s, -1 - static_cast<std::int64_t>(i));
+  }).join();
+  EXPECT_EQ(prop.stats().commits_queued, kOther);
+  std::size_t accepted = 0;  // each commit changes the page (a commit that changes nothing takes no place)
+  for (;; ++accepted) {
+    ASSERT_LE(accepted, kCapacity) << "the queue never filled";
+    try {
+      commit_i64(rt, s, static_cast<std::int64_t>(accepted) + 2);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::ResourceExhausted);
+      break;
+    }
+  }
+  // The unused places count against the capacity, but never more than a 64th of it.
+  EXPECT_GE(accepted + kOther, kCapacity - kCapacity / 64);
+  EXPECT_LE(accepted + kOther, kCapacity);
+  EXPECT_EQ(prop.stats().commits_queued, kOther + accepted);
+  prop.propagate();
+  EXPECT_EQ(read_i64(rt, d), 2 * (static_cast<std::int64_t>(accepted) + 1));
+  commit_i64(rt, s, -5);  // room again
+  prop.propagate();
+  EXPECT_EQ(read_i64(rt, d), -10);
+}
+
+TEST(PropagatorBackpressure, BatchWithBlockPolicyAndBackgroundWorkerCompletesEveryThreadsCommits) {
+  Runtime rt;
+  Propagator prop(rt, PropagatorOptions{.mode = PropagationMode::Batch,
+                                        .queue_capacity = 8192,
+                                        .full_policy = QueueFullPolicy::Block,
+                                        .background_worker = true});
+  constexpr int kThreads = 4, kCommits = 20'000;
+  std::vector<PageId> sources, outs;
+  for (int t = 0; t < kThreads; ++t) {
+    sources.push_back(rt.create_page(8));
+    outs.push_back(rt.create_page(8));
+    prop.derive_map(outs.back(), {sources.back()}, affine(1, 0));
+  }
+  std::vector<std::future<void>> writers;
+  for (int t = 0; t < kThreads; ++t) {
+    writers.push_back(std::async(std::launch::async, [&, t] {
+      for (int i = 1; i <= kCommits; ++i) commit_i64(rt, sources[t], i);
+    }));
+  }
+  for (auto& w : writers) {
+    ASSERT_EQ(w.wait_for(60s), std::future_status::ready) << "commits blocked forever on a full queue";
+    w.get();
+  }
+  prop.propagate();
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(read_i64(rt, outs[t]), kCommits);
+  EXPECT_EQ(prop.stats().commits_queued, static_cast<std::uint64_t>(kThreads) * kCommits);
+}
+
 TEST(PropagatorBackpressure, FullQueueWithBlockPolicyAndBackgroundWorkerCompletesEveryCommit) {
   Runtime rt;
   Propagator prop(rt, PropagatorOptions{.mode = PropagationMode::Deferred,

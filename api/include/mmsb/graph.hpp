@@ -34,7 +34,11 @@
 // commits, in LSN order; rewrites of bytes already pending are folded in place), and propagate() runs everything
 // pending as one wave. Queues are bounded (`queue_capacity` commits); when full, a commit either blocks until the
 // queue drains or fails with ResourceExhausted (before it becomes visible), as `full_policy` says. Under many
-// concurrent committers the bound may be exceeded by at most the number of committing threads.
+// concurrent committers the bound may be exceeded by at most the number of committing threads. In BATCH mode a
+// committing thread takes its queue places in blocks of 64 while the queue is far from full and blocks fit in a
+// 64th of the capacity; places another thread holds unused count against the capacity, so with several
+// committing threads full_policy may apply up to queue_capacity / 64 commits early (a thread alone gets exactly
+// queue_capacity).
 //
 // Visibility. A node's output is published only when the node finishes (under the output page's lock, with its
 // epoch advanced), so a reader never sees half of a node's write. Derived-page updates take no LSN of their own;

@@ -960,21 +960,16 @@ namespace {
 // then splits the run.
 bool append_word_run(const std::byte* old, const std::byte* now, std::uint64_t offset, std::uint64_t merge_gap,
                      std::vector<ByteRange>& out) {
-  std::uint64_t a, b;
-  std::memcpy(&a, old, 8);
-  std::memcpy(&b, now, 8);
-  const std::uint64_t x = a ^ b;
-  if (x == 0) return true;
-  const unsigned first = static_cast<unsigned>(__builtin_ctzll(x)) / 8;
-  const unsigned last = (63 - static_cast<unsigned>(__builtin_clzll(x))) / 8;
-  if (merge_gap < last - first) {  // room inside for a split: look for merge_gap equal bytes in a row
-    unsigned equal = 0;
-    for (unsigned i = first + 1; i < last; ++i) {
-      equal = ((x >> (8 * i)) & 0xff) == 0 ? equal + 1 : 0;
+  const detail::DifferingBytes run = detail::differing_bytes_of_words(old, now);
+  if (run.empty()) return true;
+  if (merge_gap + 1 < run.end - run.first) {  // room inside for a split: look for merge_gap equal bytes in a row
+    std::uint64_t equal = 0;
+    for (std::uint32_t i = run.first + 1; i + 1 < run.end; ++i) {
+      equal = old[i] == now[i] ? equal + 1 : 0;
       if (equal >= merge_gap) return false;
     }
   }
-  out.push_back(ByteRange{offset + first, last - first + 1});
+  out.push_back(ByteRange{offset + run.first, run.end - run.first});
   return true;
 }
 }  // namespace

@@ -9,7 +9,6 @@
 #include <tbb/parallel_for.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -19,6 +18,7 @@
 #include <thread>
 #endif
 
+#include "delta/changed_runs.hpp"
 #include "delta/copy_bytes.hpp"
 #include "graph/engine.hpp"
 #include "graph/plan.hpp"
@@ -320,15 +320,12 @@ std::uint64_t Propagator::Impl::publish_in_place(Node& node, PageRecord& page, s
   bool written = false;
   if (node.flags & Node::kAlwaysChanges) {
     if (size == 0) return 0;
-  } else if (size == 8 && std::endian::native == std::endian::little) {
-    std::uint64_t old_word, new_word;
-    std::memcpy(&old_word, old_bytes, 8);
-    std::memcpy(&new_word, new_bytes, 8);
-    const std::uint64_t differ = old_word ^ new_word;
-    if (differ == 0) return 0;
-    first = static_cast<std::uint64_t>(std::countr_zero(differ)) / 8;
-    last = 8 - static_cast<std::uint64_t>(std::countl_zero(differ)) / 8;
-    std::memcpy(page.data, &new_word, 8);  // one store; the bytes outside [first, last) are equal
+  } else if (size == 8) {
+    const detail::DifferingBytes run = detail::differing_bytes_of_words(old_bytes, new_bytes);
+    if (run.empty()) return 0;
+    first = run.first;
+    last = run.end;
+    std::memcpy(page.data, new_bytes, 8);  // one store; the bytes outside [first, last) are equal
     written = true;
   } else {
     while (first < size && old_bytes[first] == new_bytes[first]) ++first;

@@ -98,6 +98,47 @@ class StagedBytes {
   std::unique_ptr<std::byte[]> bytes_;
   std::size_t size_ = 0, capacity_ = 0;
 };
+
+// A transaction's read set: for each page it read, the epoch the commit validates. A growable array that keeps its
+// capacity and whose first slot Transaction::read fills with plain stores (a vector's push_back would keep a call
+// to its reallocation on that path, and with it the saving of registers).
+class ReadSet {
+ public:
+  struct Read {
+    PageRecord* page;
+    std::uint64_t epoch;
+    std::uint32_t withdrawals;  // PageRecord::withdrawals when read
+  };
+  std::size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
+  Read* begin() noexcept { return reads_.get(); }
+  Read* end() noexcept { return reads_.get() + size_; }
+  const Read* begin() const noexcept { return reads_.get(); }
+  const Read* end() const noexcept { return reads_.get() + size_; }
+  const Read& operator[](std::size_t i) const noexcept { return reads_[i]; }
+  void clear() noexcept { size_ = 0; }
+  void push_back(const Read& read) {
+    if (size_ == capacity_) grow();
+    reads_[size_++] = read;
+  }
+  // Whether the set is empty with room for a read: then set_first() records it without a call.
+  bool first_fits() const noexcept { return size_ == 0 && capacity_ != 0; }
+  void set_first(PageRecord* page, std::uint64_t epoch, std::uint32_t withdrawals) noexcept {
+    reads_[0] = {page, epoch, withdrawals};
+    size_ = 1;
+  }
+
+ private:
+  void grow() {
+    const std::size_t capacity = std::max<std::size_t>(2 * capacity_, 4);
+    auto bigger = std::make_unique_for_overwrite<Read[]>(capacity);
+    std::copy(begin(), end(), bigger.get());
+    reads_ = std::move(bigger);
+    capacity_ = capacity;
+  }
+  std::unique_ptr<Read[]> reads_;
+  std::size_t size_ = 0, capacity_ = 0;
+};
 }  // namespace detail
 
 struct Transaction::State {
@@ -107,22 +148,22 @@ struct Transaction::State {
     std::uint64_t length;
     std::uint64_t data_pos;  // where its bytes start in `data`
   };
-  // Words first, flags last: 48 bytes that a tracked read builds with a few stores (at 72 bytes, padded between
-  // each flag and its word, GCC built a temporary with `rep stos` and copied it in with `rep movs`).
+  // A resize, a staged delta or an expected epoch of one page. Words first, flags last (padded between each flag
+  // and its word, GCC built a temporary with `rep stos` and copied it in with `rep movs`).
   struct PageOp {
     explicit PageOp(PageRecord* p) noexcept : page(p) {}
     PageRecord* page;
     std::uint64_t new_size = 0;
     std::uint64_t expected_epoch = 0;
-    std::uint64_t read_epoch = 0;
     std::size_t delta_index = kNoDelta;
-    std::uint32_t read_withdrawals = 0;  // PageRecord::withdrawals when read
     bool resize = false;
     bool expect = false;
-    bool read = false;  // read through the transaction: the commit validates `read_epoch`
     // Whether the commit changes the page (else it only validates it).
     bool changes() const noexcept { return resize || delta_index != kNoDelta; }
   };
+  // A page read through the transaction: the commit validates that it is still at `epoch`. Apart from `ops`, so
+  // that a read-modify-write records three words and leaves `ops` empty (write() and the commit look there).
+  using Read = detail::ReadSet::Read;
   static constexpr std::size_t kNoDelta = ~std::size_t{0};
 
   // One touched page during commit. Built in place (emplace_back), and small: every commit builds one per page.
@@ -132,6 +173,7 @@ struct Transaction::State {
     PageRecord* page;
     std::size_t write_begin, write_end;  // its writes in `order`
     const PageOp* op;
+    const Read* read = nullptr;  // its read, validated
     std::uint64_t epoch = 0, size = 0, final_size = 0;
     detail::Block grown;           // new memory when the page outgrows its capacity
     std::size_t delta = kNoDelta;  // its delta in `committed`, when the commit changes the page
@@ -145,6 +187,7 @@ struct Transaction::State {
   std::vector<Write> writes;
   detail::StagedBytes data;
   std::vector<PageOp> ops;
+  detail::ReadSet reads;  // one per page read
   std::vector<Delta> staged_deltas;
   std::size_t staged_used = 0;  // bytes `data` held when reset() last cleared it
   std::string intent;
@@ -182,6 +225,7 @@ struct Transaction::State {
     writes.clear();
     data.clear();
     ops.clear();
+    reads.clear();
     staged_deltas.clear();
     intent.clear();
     source = 0;
@@ -218,6 +262,14 @@ struct Transaction::State {
     e.grown = {};
   }
 
+  // The record of page `id` for write(): a read-modify-write writes the one page it has just read, found in the
+  // read set without a lookup.
+  PageRecord* record_to_write(const Runtime::Impl& rt, PageId id) const {
+    if (reads.size() != 1 || reads[0].page->id != id) return rt.find_live_or_throw(id);
+    if (reads[0].page->deleted.load(std::memory_order_relaxed)) detail::throw_not_found(id);
+    return reads[0].page;
+  }
+
   // Before a read (or an expectation) of `page`: an escalated transact() attempt reserves it first.
   void reserve(PageRecord& page) {
     if (reservations) reservations->reserve(page);
@@ -233,14 +285,12 @@ struct Transaction::State {
   // typed view built on them): the first read of a page fixes the epoch the commit validates; a later read that
   // finds the page moved fails at once, since the transaction can no longer commit.
   void note_read(PageRecord* page, std::uint64_t epoch, std::uint32_t withdrawals) {
-    PageOp& op = op_for(page);
-    if (!op.read) {
-      op.read = true;
-      op.read_epoch = epoch;
-      op.read_withdrawals = withdrawals;
-    } else if (op.read_epoch != epoch || op.read_withdrawals != withdrawals) {
-      throw_conflict(*page, op.read_epoch, epoch, "read it");
+    for (const Read& read : reads) {
+      if (read.page != page) continue;
+      if (read.epoch != epoch || read.withdrawals != withdrawals) throw_conflict(*page, read.epoch, epoch, "read it");
+      return;
     }
+    reads.push_back({page, epoch, withdrawals});
   }
   [[noreturn]] void throw_conflict(const PageRecord& page, std::uint64_t seen, std::uint64_t now, const char* how);
   [[noreturn]] void throw_unexpected_epoch(const PageRecord& page, std::uint64_t expected, std::uint64_t now);
@@ -445,10 +495,17 @@ template <class Word>
   __builtin_memcpy(dst + n - sizeof(Word), &tail, sizeof(Word));
 }
 
+// Inlined where no sanitizer runs (GCC refuses to inline a no_sanitize function into an instrumented one).
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define MMSB_INLINE_UNSANITIZED inline
+#else
+#define MMSB_INLINE_UNSANITIZED [[gnu::always_inline]] inline
+#endif
+
 // Copies n <= kUnlockedReadMax racy bytes: fixed-size moves, never a memcpy call (which ThreadSanitizer would
 // intercept and report).
-[[gnu::no_sanitize("thread"), gnu::no_sanitize("address")]] inline void copy_racy(std::byte* dst, const std::byte* src,
-                                                                                  std::size_t n) noexcept {
+[[gnu::no_sanitize("thread"), gnu::no_sanitize("address")]] MMSB_INLINE_UNSANITIZED void copy_racy(
+    std::byte* dst, const std::byte* src, std::size_t n) noexcept {
   if (n >= 8) {
     copy_two_words<std::uint64_t>(dst, src, n);
   } else if (n >= 4) {
@@ -468,11 +525,11 @@ void reader_fence() noexcept {
 }
 
 // Whether the page is still at `epoch` with no exclusive holder inside: then nothing changed its bytes, size or
-// memory since the caller read the epoch (every exclusive holder that does moves the epoch; deletion sets the flag).
-[[gnu::always_inline]] inline bool unchanged_since(const PageRecord& page, std::uint64_t epoch) noexcept {
+// memory since the caller read the epoch, except a deletion (every exclusive holder that changes them moves the
+// epoch; deletion only sets the flag, frees the memory and zeroes the size).
+[[gnu::always_inline]] inline bool unmoved_since(const PageRecord& page, std::uint64_t epoch) noexcept {
   reader_fence();
-  return !page.mutex.writer_inside() && page.epoch.load(std::memory_order_relaxed) == epoch &&
-         !page.deleted.load(std::memory_order_relaxed);
+  return !page.mutex.writer_inside() && page.epoch.load(std::memory_order_relaxed) == epoch;
 }
 
 // A tracked read of a few bytes without the page lock (its two atomic read-modify-writes were most of what a
@@ -484,7 +541,6 @@ void reader_fence() noexcept {
 [[gnu::always_inline]] inline bool read_unlocked(const PageRecord& page, std::uint64_t offset, std::span<std::byte> out,
                                                  std::uint64_t& epoch, std::uint32_t& withdrawals) noexcept {
   const std::uint64_t seen = page.epoch.load(std::memory_order_acquire);
-  if (page.mutex.writer_inside()) return false;
   const std::byte* bytes = page.bytes_unlocked();
   // Only memory that stays mapped is copied from: inline bytes or a class block (a freed one reads as garbage,
   // which the check after the copy rejects).
@@ -495,10 +551,11 @@ void reader_fence() noexcept {
   }
   const std::uint64_t size = page.size.load(std::memory_order_relaxed);
   const std::uint32_t seen_withdrawals = page.withdrawals.load(std::memory_order_relaxed);
-  // `bytes` held `size` bytes at one instant: the range below lies inside that block.
-  if (!unchanged_since(page, seen) || offset > size || size - offset < out.size()) return false;
+  // `bytes` held `size` bytes at one instant (or the page was deleted meanwhile, leaving a block that stays mapped
+  // or a size of 0): the range below lies inside that block.
+  if (!unmoved_since(page, seen) || offset > size || size - offset < out.size()) return false;
   copy_racy(out.data(), bytes + offset, out.size());
-  if (!unchanged_since(page, seen)) return false;
+  if (!unmoved_since(page, seen) || page.deleted.load(std::memory_order_relaxed)) return false;
   epoch = seen;
   withdrawals = seen_withdrawals;
   return true;
@@ -575,7 +632,7 @@ void refuse_external(const PageRecord& page) {
 // Flattened (the lookup, the checks and the copy inline), as commit_in_memory(): it runs once per staged write.
 [[gnu::flatten]] void Transaction::write(PageId id, std::uint64_t offset, std::span<const std::byte> bytes) {
   if (!active()) throw_inactive();
-  PageRecord* page = runtime_->find_live_or_throw(id);
+  PageRecord* page = state_->record_to_write(*runtime_, id);
   refuse_external(*page);
   // An early check against the current size (a hint; commit re-checks under the lock, after any resize).
   std::uint64_t size = page->size.load(std::memory_order_relaxed);
@@ -669,17 +726,39 @@ namespace {
 }
 }  // namespace
 
-// The tracked read of a read-modify-write: a few bytes are read without the lock (read_unlocked).
-void Transaction::read(PageId id, std::uint64_t offset, std::span<std::byte> out) {
-  if (!active()) throw_inactive();
-  PageRecord* page = runtime_->find_or_throw(id);
-  state_->reserve(*page);
+namespace {
+// Transaction::read of any size, with any number of reads before it.
+[[gnu::noinline]] void read_tracked(Runtime::Impl& rt, Transaction::State& st, PageId id, std::uint64_t offset,
+                                    std::span<std::byte> out) {
+  if (!st.active) throw_inactive();
+  PageRecord* page = rt.find_or_throw(id);
+  st.reserve(*page);
   std::uint64_t epoch = 0;
   std::uint32_t withdrawals = 0;
   if (out.size() > kUnlockedReadMax || !read_unlocked(*page, offset, out, epoch, withdrawals)) {
     read_locked(*page, offset, out, epoch, withdrawals);
   }
-  state_->note_read(page, epoch, withdrawals);
+  st.note_read(page, epoch, withdrawals);
+}
+}  // namespace
+
+// The tracked read of a read-modify-write: a transaction's first read, of a few bytes, is copied without the lock
+// (read_unlocked) and recorded here, calling nothing on the way (so it saves no registers); any other read, and
+// any that cannot be validated so, is read_tracked()'s.
+void Transaction::read(PageId id, std::uint64_t offset, std::span<std::byte> out) {
+  State* st = state_;
+  if (st != nullptr && st->active && st->reads.first_fits() && st->reservations == nullptr &&
+      out.size() <= kUnlockedReadMax) {
+    PageRecord* page = runtime_->find(id);
+    std::uint64_t epoch;
+    std::uint32_t withdrawals;
+    if (page != nullptr && read_unlocked(*page, offset, out, epoch, withdrawals)) {
+      st->reads.set_first(page, epoch, withdrawals);
+      return;
+    }
+  }
+  if (st == nullptr) throw_inactive();
+  read_tracked(*runtime_, *st, id, offset, out);
 }
 
 std::vector<std::byte> Transaction::read_all(PageId id) {
@@ -776,7 +855,7 @@ std::uint64_t Transaction::commit() {
     // Reads and expectations only: nothing to log or publish, but they are validated, so a read-only transaction
     // fails with Conflict unless what it read was one consistent state.
     try {
-      if (!st.ops.empty()) st.validate_reads_only(*runtime_);
+      if (!st.ops.empty() || !st.reads.empty()) st.validate_reads_only(*runtime_);
     } catch (...) {
       st.reset();
       throw;
@@ -829,13 +908,16 @@ std::uint64_t Transaction::commit() {
 void Transaction::State::collect_entries() {
   entries.clear();
   order.clear();
-  if (writes.size() == 1 &&
+  if (writes.size() == 1 && (reads.empty() || (reads.size() == 1 && reads[0].page == writes[0].page)) &&
       (ops.empty() || (ops.size() == 1 && ops[0].page == writes[0].page && ops[0].delta_index == kNoDelta))) {
     // The common blind write and read-modify-write of one page.
     order.push_back(0);
-    entries.emplace_back(writes[0].page, 0, 1, ops.empty() ? nullptr : &ops[0]);
+    Entry& e = entries.emplace_back(writes[0].page, 0, 1, ops.empty() ? nullptr : &ops[0]);
+    if (!reads.empty()) e.read = &reads[0];
     return;
   }
+  // A page that is only read gets an op that stages nothing (locked shared, validated), so it has an entry.
+  for (const Read& read : reads) op_for(read.page);
   order.resize(writes.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
   std::sort(order.begin(), order.end(), [this](std::size_t a, std::size_t b) {
@@ -861,6 +943,12 @@ void Transaction::State::collect_entries() {
     }
     entries.emplace_back(page, begin, w, op);
   }
+  // Each read to its page's entry (both sorted by PageId; every read page has one).
+  std::sort(reads.begin(), reads.end(), [](const Read& a, const Read& b) { return a.page->id < b.page->id; });
+  std::size_t r = 0;
+  for (Entry& e : entries) {
+    if (r < reads.size() && reads[r].page == e.page) e.read = &reads[r++];
+  }
 }
 
 // Runs under the page's exclusive lock; throws without side effects (grown memory is freed by reset()).
@@ -873,12 +961,14 @@ void Transaction::State::check_and_prepare(Entry& e, bool on_head) {
   e.epoch = on_head ? page.head_epoch() : page.epoch.load(std::memory_order_relaxed);
   e.size = on_head ? page.head_size() : page.size.load(std::memory_order_relaxed);
   e.final_size = e.size;
-  if (e.op) {
-    if (e.op->read && e.op->read_epoch != e.epoch) throw_conflict(page, e.op->read_epoch, e.epoch, "read it");
-    if (e.op->read && on_head && e.op->read_withdrawals != page.withdrawals.load(std::memory_order_relaxed)) {
+  if (e.read) {
+    if (e.read->epoch != e.epoch) throw_conflict(page, e.read->epoch, e.epoch, "read it");
+    if (on_head && e.read->withdrawals != page.withdrawals.load(std::memory_order_relaxed)) {
       // The epoch is the same, but an in-flight commit of the page failed since: what was read may be gone.
-      throw_conflict(page, e.op->read_epoch, e.epoch, "read it (and an in-flight commit of it failed meanwhile)");
+      throw_conflict(page, e.read->epoch, e.epoch, "read it (and an in-flight commit of it failed meanwhile)");
     }
+  }
+  if (e.op) {
     if (e.op->expect && e.op->expected_epoch != e.epoch) throw_unexpected_epoch(page, e.op->expected_epoch, e.epoch);
     if (e.op->delta_index != kNoDelta) {
       const Delta& d = staged_deltas[e.op->delta_index];
@@ -960,21 +1050,16 @@ namespace {
 // then splits the run.
 bool append_word_run(const std::byte* old, const std::byte* now, std::uint64_t offset, std::uint64_t merge_gap,
                      std::vector<ByteRange>& out) {
-  std::uint64_t a, b;
-  std::memcpy(&a, old, 8);
-  std::memcpy(&b, now, 8);
-  const std::uint64_t x = a ^ b;
-  if (x == 0) return true;
-  const unsigned first = static_cast<unsigned>(__builtin_ctzll(x)) / 8;
-  const unsigned last = (63 - static_cast<unsigned>(__builtin_clzll(x))) / 8;
-  if (merge_gap < last - first) {  // room inside for a split: look for merge_gap equal bytes in a row
-    unsigned equal = 0;
-    for (unsigned i = first + 1; i < last; ++i) {
-      equal = ((x >> (8 * i)) & 0xff) == 0 ? equal + 1 : 0;
+  const detail::DifferingBytes run = detail::differing_bytes_of_words(old, now);
+  if (run.empty()) return true;
+  if (merge_gap + 1 < run.end - run.first) {  // room inside for a split: look for merge_gap equal bytes in a row
+    std::uint64_t equal = 0;
+    for (std::uint32_t i = run.first + 1; i + 1 < run.end; ++i) {
+      equal = old[i] == now[i] ? equal + 1 : 0;
       if (equal >= merge_gap) return false;
     }
   }
-  out.push_back(ByteRange{offset + first, last - first + 1});
+  out.push_back(ByteRange{offset + run.first, run.end - run.first});
   return true;
 }
 }  // namespace

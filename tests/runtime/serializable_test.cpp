@@ -301,6 +301,78 @@ TEST(OptimisticRead, IncrementsLoseNothingWhileAnotherThreadKeepsMovingThePageTo
   EXPECT_EQ(read_i64(rt, counter, 8), 2 * kPerThread);
 }
 
+// ---- The read set (runtime/transaction.cpp, ReadSet): a transaction's first read is recorded in place, a
+// read-modify-write's write finds its page there, and a commit of one page validates that read in its own
+// entry; several pages take the general path. Each test runs its transactions several times on this thread, so
+// that they run on recycled transaction states (whose read set has room) as well as fresh ones.
+
+TEST(ReadSet, AReadModifyWriteFailsWhenTheReadPageMovesOnFreshAndRecycledStates) {
+  Runtime rt;
+  PageId p = rt.create_page(64);
+  for (int round = 0; round < 4; ++round) {
+    auto txn = rt.begin();
+    const auto seen = txn.read_value<std::int64_t>(p, 0);
+    commit_i64(rt, p, 100 + round);  // another client wins the race
+    txn.write_value<std::int64_t>(p, 0, seen + 1);
+    EXPECT_EQ(error_code_of([&] { txn.commit(); }), ErrorCode::Conflict) << "round " << round;
+    EXPECT_EQ(read_i64(rt, p), 100 + round) << "a lost update was committed";
+  }
+  for (int round = 0; round < 4; ++round) {
+    auto txn = rt.begin();
+    txn.write_value<std::int64_t>(p, 0, txn.read_value<std::int64_t>(p, 0) + 1);
+    EXPECT_GT(txn.commit(), 0u);
+  }
+  EXPECT_EQ(read_i64(rt, p), 103 + 4);
+}
+
+TEST(ReadSet, EveryPageReadInAnyOrderIsValidatedWhenTheTransactionWritesOne) {
+  Runtime rt;
+  const PageId pages[] = {rt.create_page(8), rt.create_page(8), rt.create_page(8)};
+  // Read in the order 2, 0, 1 (not PageId order); write page 1. Moving any of the three fails the commit.
+  for (int moved = -1; moved < 3; ++moved) {
+    for (int round = 0; round < 2; ++round) {
+      auto txn = rt.begin();
+      const std::int64_t sum = txn.read_value<std::int64_t>(pages[2], 0) + txn.read_value<std::int64_t>(pages[0], 0) +
+                               txn.read_value<std::int64_t>(pages[1], 0);
+      if (moved >= 0) commit_i64(rt, pages[moved], read_i64(rt, pages[moved]) + 10);
+      const std::int64_t before = read_i64(rt, pages[1]);
+      txn.write_value<std::int64_t>(pages[1], 0, sum + 1);
+      if (moved < 0) {
+        EXPECT_GT(txn.commit(), 0u);
+        EXPECT_EQ(read_i64(rt, pages[1]), sum + 1);
+      } else {
+        EXPECT_EQ(error_code_of([&] { txn.commit(); }), ErrorCode::Conflict) << "moved page " << moved;
+        EXPECT_EQ(read_i64(rt, pages[1]), before) << "moved page " << moved;
+      }
+    }
+  }
+}
+
+TEST(ReadSet, AWriteToThePageJustReadThatWasDeletedMeanwhileSaysNotFound) {
+  Runtime rt;
+  for (int round = 0; round < 3; ++round) {
+    PageId p = rt.create_page(16);
+    auto txn = rt.begin();
+    const auto seen = txn.read_value<std::int64_t>(p, 8);
+    rt.delete_page(p);
+    EXPECT_EQ(error_code_of([&] { txn.write_value<std::int64_t>(p, 8, seen + 1); }), ErrorCode::NotFound)
+        << "round " << round;
+  }
+}
+
+TEST(ReadSet, TwoReadsOfOnePageAreOneReadAndTheWriteCommits) {
+  Runtime rt;
+  PageId p = rt.create_page(16);
+  for (int round = 0; round < 3; ++round) {
+    auto txn = rt.begin();
+    const auto a = txn.read_value<std::int64_t>(p, 0);
+    const auto b = txn.read_value<std::int64_t>(p, 8);
+    txn.write_value<std::int64_t>(p, 0, a + b + 1);
+    EXPECT_GT(txn.commit(), 0u);
+  }
+  EXPECT_EQ(read_i64(rt, p), 3);
+}
+
 // ---- Fairness: every transact() call commits within kOptimisticAttempts + 1 attempts, however hard other
 // threads hammer the pages it reads.
 

@@ -484,7 +484,8 @@ constexpr std::size_t kUnlockedReadMax = 16;
 // Copies n bytes, sizeof(Word) <= n <= 2 * sizeof(Word), as two overlapping words that a writer may be changing
 // meanwhile (the caller validates them after). Hidden from ThreadSanitizer (the race is the design) and from
 // AddressSanitizer (the block may have been freed to its allocator class meanwhile, which poisons it; it stays
-// mapped, and the check after the copy rejects what was read).
+// mapped, and the check after the copy rejects what was read). delta/copy_bytes.hpp's copy_overlapping_words is its
+// instrumented twin.
 template <class Word>
 [[gnu::no_sanitize("thread"), gnu::no_sanitize("address"), gnu::always_inline]] inline void copy_two_words(
     std::byte* dst, const std::byte* src, std::size_t n) noexcept {

@@ -538,6 +538,15 @@ MMSB_AVX2_NO_FMA void mix_heads(const float* weights, std::size_t weights_stride
   }
 }
 
+// Heads [first, last) one at a time (query head h reads key/value head h / group's columns).
+MMSB_AVX2_NO_FMA void mix_each_head(const float* weights, std::size_t weights_stride, const float* values,
+                                    std::size_t stride, std::size_t n, std::size_t head, std::size_t first,
+                                    std::size_t last, std::size_t group, float* out) {
+  for (std::size_t h = first; h < last; ++h) {
+    attention_mix_avx2(weights + h * weights_stride, values + (h / group) * head, stride, n, head, out + h * head);
+  }
+}
+
 // Heads of 8 or 16 columns go up to 8 or 4 at a time; wider heads already have a chain per 8 columns.
 MMSB_AVX2_NO_FMA void attention_mix_heads_avx2(const float* weights, std::size_t weights_stride, const float* values,
                                                std::size_t stride, std::size_t n, std::size_t head, std::size_t heads,
@@ -547,12 +556,8 @@ MMSB_AVX2_NO_FMA void attention_mix_heads_avx2(const float* weights, std::size_t
   static constexpr Heads eights[] = {mix_heads<1, 1>, mix_heads<1, 2>, mix_heads<1, 3>, mix_heads<1, 4>,
                                      mix_heads<1, 5>, mix_heads<1, 6>, mix_heads<1, 7>, mix_heads<1, 8>};
   static constexpr Heads sixteens[] = {mix_heads<2, 1>, mix_heads<2, 2>, mix_heads<2, 3>, mix_heads<2, 4>};
-  if ((head != 8 && head != 16) || group == 0) {
-    for (std::size_t h = 0; h < heads; ++h) {
-      attention_mix_avx2(weights + h * weights_stride, values + (h / group) * head, stride, n, head, out + h * head);
-    }
-    return;
-  }
+  if (head != 8 && head != 16)
+    return mix_each_head(weights, weights_stride, values, stride, n, head, 0, heads, group, out);
   const std::size_t at_once = head == 8 ? 8 : 4;
   for (std::size_t h = 0; h < heads; h += at_once) {
     // A batch starting inside a group reads the value columns of its first head's key/value head onwards.
@@ -562,9 +567,7 @@ MMSB_AVX2_NO_FMA void attention_mix_heads_avx2(const float* weights, std::size_t
       run(weights + h * weights_stride, weights_stride, values + (h / group) * head, stride, n, head, group,
           out + h * head);
     } else {  // only when a batch size is not a multiple of the group: one head at a time keeps the mapping simple
-      for (std::size_t j = h; j < h + count; ++j) {
-        attention_mix_avx2(weights + j * weights_stride, values + (j / group) * head, stride, n, head, out + j * head);
-      }
+      mix_each_head(weights, weights_stride, values, stride, n, head, h, h + count, group, out);
     }
   }
 }
